@@ -1,0 +1,861 @@
+//! The key actor: sole owner of one loaded key's document, metadata, user
+//! ids and lease.
+//!
+//! Owns: running application closures (one at a time, panics caught),
+//! change detection (seahash of the document's JSON), the write slot (at
+//! most one write in flight, one pending that newer saves fold into),
+//! lease renewal on autosave, release/close, and the close reason.
+//!
+//! Invariants:
+//! - every write is a compare-and-swap on the (epoch, revision) this actor
+//!   last wrote; a failed check closes the session with `LeaseLost`;
+//! - once closing starts, `update` is refused, so the release writes the
+//!   final state; once closed the actor stops, so no late autosave can
+//!   write or re-lock the key.
+//!
+//! Must not: call the backend directly (only through the queue), or block.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde_json::Value;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::engine::queue_error;
+use crate::error::Error;
+use crate::lease::{acquire, Loaded};
+use crate::messages::key::{
+    AddUserId, AnyBox, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx,
+    Release, Save, SetMetadata, Update,
+};
+use crate::messages::queue::{Operation, Priority, Reply};
+use crate::migration::panic_message;
+use crate::session::{CloseReason, LeaseInfo, SaveOutcome};
+use crate::storage::{
+    storage_key, LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOp,
+    WriteOutcome,
+};
+use crate::store::{Document, StoreShared};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    Opening,
+    Open,
+    Closing(CloseReason),
+    Closed(CloseReason),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum WriteKind {
+    /// Lease renewal with unchanged data.
+    Renew,
+    Save,
+    /// Save and clear the lease.
+    Release(CloseReason),
+    /// Clear the lease, keep the stored data.
+    Close(CloseReason),
+}
+
+impl WriteKind {
+    fn rank(&self) -> u8 {
+        match self {
+            WriteKind::Renew => 0,
+            WriteKind::Save => 1,
+            WriteKind::Release(_) => 2,
+            WriteKind::Close(_) => 3,
+        }
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            WriteKind::Renew => "renew",
+            WriteKind::Save => "save",
+            WriteKind::Release(_) => "release",
+            WriteKind::Close(_) => "close",
+        }
+    }
+}
+
+struct InFlight {
+    kind: WriteKind,
+    receipts: Vec<ReceiptTx>,
+    checksum: u64,
+    meta_generation: u64,
+    header: RecordHeader,
+    expires_at_ms: u64,
+}
+
+struct PendingWrite {
+    kind: WriteKind,
+    priority: Priority,
+    receipts: Vec<ReceiptTx>,
+}
+
+/// One loaded key. Created by `Store::open`, stopped when its session closes.
+pub(crate) struct KeyActor<T: Document> {
+    store: Arc<StoreShared<T>>,
+    key: Arc<str>,
+    storage_key: Vec<u8>,
+    generation: u64,
+    phase: Phase,
+    doc: Option<Loaded<T>>,
+    /// Bumped by every metadata or user-id change; compared with the value
+    /// covered by the last durable write.
+    meta_generation: u64,
+    saved_meta_generation: u64,
+    in_flight: Option<InFlight>,
+    pending: Option<PendingWrite>,
+    closed_tx: watch::Sender<Option<CloseReason>>,
+}
+
+impl<T: Document> KeyActor<T> {
+    pub(crate) fn new(
+        store: Arc<StoreShared<T>>,
+        key: Arc<str>,
+        generation: u64,
+        closed_tx: watch::Sender<Option<CloseReason>>,
+    ) -> Self {
+        let storage_key = storage_key(&store.name, &key);
+        Self {
+            store,
+            key,
+            storage_key,
+            generation,
+            phase: Phase::Opening,
+            doc: None,
+            meta_generation: 0,
+            saved_meta_generation: 0,
+            in_flight: None,
+            pending: None,
+            closed_tx,
+        }
+    }
+
+    fn closed_error(&self) -> Error {
+        let reason = match &self.phase {
+            Phase::Closing(r) | Phase::Closed(r) => r.clone(),
+            Phase::Opening | Phase::Open => CloseReason::Error("not open".into()),
+        };
+        Error::SessionClosed {
+            store: self.store.name.to_string(),
+            key: self.key.to_string(),
+            reason,
+        }
+    }
+
+    fn panicked(&self, what: &'static str, payload: &(dyn std::any::Any + Send)) -> Error {
+        Error::Panicked {
+            store: self.store.name.to_string(),
+            key: self.key.to_string(),
+            what,
+            message: panic_message(payload),
+        }
+    }
+
+    fn publish(&self, kind: NoticeKind) {
+        self.store.engine.backend.notices().publish(Notice {
+            store: self.store.name.to_string(),
+            key: self.key.to_string(),
+            kind,
+        });
+    }
+
+    /// The document as JSON bytes and their checksum.
+    fn encode_data(&self) -> Result<(Vec<u8>, u64), Error> {
+        let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
+        let bytes = serde_json::to_vec(&doc.data).map_err(|e| Error::Serialize {
+            store: self.store.name.to_string(),
+            key: self.key.to_string(),
+            message: e.to_string(),
+        })?;
+        let checksum = seahash::hash(&bytes);
+        Ok((bytes, checksum))
+    }
+
+    fn is_dirty(&self, checksum: u64) -> bool {
+        self.doc
+            .as_ref()
+            .is_some_and(|d| d.saved_checksum != checksum)
+            || self.meta_generation != self.saved_meta_generation
+    }
+
+    /// Queues a write of `kind`: starts it now, or folds it into the pending
+    /// write when one is in flight (a newer save never joins the one on the wire).
+    fn request_write(
+        &mut self,
+        kind: WriteKind,
+        priority: Priority,
+        receipts: Vec<ReceiptTx>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.in_flight.is_none() {
+            self.start_write(kind, priority, receipts, None, ctx);
+            return;
+        }
+        match &mut self.pending {
+            None => {
+                self.pending = Some(PendingWrite {
+                    kind,
+                    priority,
+                    receipts,
+                })
+            }
+            Some(p) => {
+                if kind.rank() > p.kind.rank() {
+                    if matches!(kind, WriteKind::Close(_)) {
+                        // A close drops unsaved data: the saves waiting for it cannot succeed.
+                        let err = Error::SessionClosed {
+                            store: self.store.name.to_string(),
+                            key: self.key.to_string(),
+                            reason: CloseReason::Closed,
+                        };
+                        for r in p.receipts.drain(..) {
+                            let _ = r.send(Err(err.clone()));
+                        }
+                    }
+                    p.kind = kind;
+                }
+                p.priority = p.priority.max(priority);
+                p.receipts.extend(receipts);
+            }
+        }
+    }
+
+    fn start_write(
+        &mut self,
+        kind: WriteKind,
+        priority: Priority,
+        receipts: Vec<ReceiptTx>,
+        encoded: Option<(Vec<u8>, u64)>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let WriteKind::Close(reason) = kind {
+            self.start_close(reason, priority, receipts, ctx);
+            return;
+        }
+        let fail = |receipts: Vec<ReceiptTx>, err: Error| {
+            for r in receipts {
+                let _ = r.send(Err(err.clone()));
+            }
+        };
+        let releasing = matches!(kind, WriteKind::Release(_));
+        let (mut bytes, mut checksum) = match encoded.map_or_else(|| self.encode_data(), Ok) {
+            Ok(e) => e,
+            Err(err) => {
+                self.write_aborted(releasing);
+                return fail(receipts, err);
+            }
+        };
+        let dirty = self.is_dirty(checksum);
+        if kind == WriteKind::Save && !dirty {
+            let revision = self.doc.as_ref().map_or(0, |d| d.header.revision);
+            for r in receipts {
+                let _ = r.send(Ok(SaveOutcome { revision }));
+            }
+            return;
+        }
+        if dirty && kind != WriteKind::Renew {
+            if let Some(hook) = self.store.hooks.before_save.clone() {
+                let Some(doc) = self.doc.as_mut() else { return };
+                if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook(&mut doc.data))) {
+                    let err = self.panicked("before-save hook", &*p);
+                    self.write_aborted(releasing);
+                    return fail(receipts, err);
+                }
+                match self.encode_data() {
+                    Ok((b, c)) => (bytes, checksum) = (b, c),
+                    Err(err) => {
+                        self.write_aborted(releasing);
+                        return fail(receipts, err);
+                    }
+                }
+            }
+        }
+        let engine = self.store.engine.clone();
+        if bytes.len() > engine.config.max_document_bytes {
+            let err = Error::Serialize {
+                store: self.store.name.to_string(),
+                key: self.key.to_string(),
+                message: format!(
+                    "document is {} bytes, more than max_document_bytes ({})",
+                    bytes.len(),
+                    engine.config.max_document_bytes
+                ),
+            };
+            self.write_aborted(releasing);
+            return fail(receipts, err);
+        }
+        let Some(doc) = self.doc.as_ref() else {
+            return fail(receipts, self.closed_error());
+        };
+        let metadata = match serde_json::to_vec(&doc.metadata) {
+            Ok(m) => m,
+            Err(e) => {
+                let err = Error::Serialize {
+                    store: self.store.name.to_string(),
+                    key: self.key.to_string(),
+                    message: format!("metadata: {e}"),
+                };
+                self.write_aborted(releasing);
+                return fail(receipts, err);
+            }
+        };
+        let now_ms = engine.clock.now_ms();
+        let expires_at_ms = if releasing {
+            0
+        } else {
+            now_ms + engine.config.lease_ttl.as_millis() as u64
+        };
+        let header = RecordHeader {
+            epoch: doc.header.epoch,
+            revision: doc.header.revision + 1,
+        };
+        let record = Record {
+            header,
+            data_version: doc.data_version,
+            data: bytes,
+            metadata,
+            user_ids: doc.user_ids.clone(),
+            lease: (!releasing).then(|| LeaseHolder {
+                owner: engine.owner.to_string(),
+                expires_at_ms,
+            }),
+            created_at_ms: doc.created_at_ms,
+            updated_at_ms: now_ms,
+        };
+        let op = WriteOp {
+            key: self.storage_key.clone(),
+            precondition: Precondition::Header(doc.header),
+            value: Some(record.encode()),
+        };
+        debug!(
+            target: "datastorer::key", store = %self.store.name, key = %self.key,
+            write = kind.name(), revision = header.revision, lane = priority.as_str(), "write queued"
+        );
+        self.in_flight = Some(InFlight {
+            kind,
+            receipts,
+            checksum,
+            meta_generation: self.meta_generation,
+            header,
+            expires_at_ms,
+        });
+        let (store, key) = (self.store.name.clone(), self.key.clone());
+        let request = engine.request(
+            &store,
+            &key,
+            self.storage_key.clone(),
+            Operation::Write(op),
+            priority,
+        );
+        let fut = async move {
+            match request.await {
+                Ok(Reply::Written(outcome)) => Ok(outcome),
+                Ok(_) => Err(Error::NotRunning),
+                Err(f) => Err(queue_error(&store, &key, f)),
+            }
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|res, act, ctx| act.write_done(res, ctx)),
+        );
+    }
+
+    /// A release that could not even start leaves the session open.
+    fn write_aborted(&mut self, releasing: bool) {
+        if releasing && matches!(self.phase, Phase::Closing(_)) {
+            self.phase = Phase::Open;
+        }
+    }
+
+    /// Clears the lease without writing the in-memory document: reads the
+    /// record, checks it is still ours, writes it back with no lease.
+    fn start_close(
+        &mut self,
+        reason: CloseReason,
+        priority: Priority,
+        receipts: Vec<ReceiptTx>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(doc) = self.doc.as_ref() else {
+            for r in receipts {
+                let _ = r.send(Err(self.closed_error()));
+            }
+            return;
+        };
+        let expected = doc.header;
+        let header = RecordHeader {
+            epoch: expected.epoch,
+            revision: expected.revision + 1,
+        };
+        self.in_flight = Some(InFlight {
+            kind: WriteKind::Close(reason),
+            receipts,
+            checksum: doc.saved_checksum,
+            meta_generation: self.saved_meta_generation,
+            header,
+            expires_at_ms: 0,
+        });
+        let engine = self.store.engine.clone();
+        let (store, key, skey) = (
+            self.store.name.clone(),
+            self.key.clone(),
+            self.storage_key.clone(),
+        );
+        let fut = async move {
+            let fail = |f| queue_error(&store, &key, f);
+            let bytes = match engine
+                .request(&store, &key, skey.clone(), Operation::Get, priority)
+                .await
+            {
+                Ok(Reply::Value(Some(b))) => b,
+                Ok(Reply::Value(None)) => return Ok(WriteOutcome::Conflict { current: None }),
+                Ok(_) => return Err(Error::NotRunning),
+                Err(f) => return Err(fail(f)),
+            };
+            let mut record = Record::decode(&bytes).map_err(|source| Error::CorruptRecord {
+                store: store.to_string(),
+                key: key.to_string(),
+                source,
+            })?;
+            if record.header != expected {
+                return Ok(WriteOutcome::Conflict {
+                    current: Some(record.header),
+                });
+            }
+            record.header = header;
+            record.lease = None;
+            record.updated_at_ms = engine.clock.now_ms();
+            let op = WriteOp {
+                key: skey.clone(),
+                precondition: Precondition::Header(expected),
+                value: Some(record.encode()),
+            };
+            match engine
+                .request(&store, &key, skey, Operation::Write(op), priority)
+                .await
+            {
+                Ok(Reply::Written(outcome)) => Ok(outcome),
+                Ok(_) => Err(Error::NotRunning),
+                Err(f) => Err(fail(f)),
+            }
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|res, act, ctx| act.write_done(res, ctx)),
+        );
+    }
+
+    fn write_done(&mut self, result: Result<WriteOutcome, Error>, ctx: &mut Context<Self>) {
+        let Some(inf) = self.in_flight.take() else {
+            return;
+        };
+        match result {
+            Ok(WriteOutcome::Applied) => {
+                let closing = matches!(inf.kind, WriteKind::Release(_) | WriteKind::Close(_));
+                if let Some(doc) = self.doc.as_mut() {
+                    doc.header = inf.header;
+                    doc.expires_at_ms = inf.expires_at_ms;
+                    doc.saved_checksum = inf.checksum;
+                }
+                self.saved_meta_generation = inf.meta_generation;
+                let revision = inf.header.revision;
+                debug!(
+                    target: "datastorer::key", store = %self.store.name, key = %self.key,
+                    write = inf.kind.name(), revision, outcome = "durable", "write done"
+                );
+                self.publish(if closing {
+                    NoticeKind::Released { revision }
+                } else {
+                    NoticeKind::Saved { revision }
+                });
+                for r in inf.receipts {
+                    let _ = r.send(Ok(SaveOutcome { revision }));
+                }
+                if let WriteKind::Release(reason) | WriteKind::Close(reason) = inf.kind {
+                    self.finish(reason, ctx);
+                    return;
+                }
+            }
+            Ok(WriteOutcome::Conflict { current }) => {
+                warn!(
+                    target: "datastorer::key", store = %self.store.name, key = %self.key,
+                    ours = ?inf.header, stored = ?current, "fencing check failed: lease lost"
+                );
+                let err = Error::LeaseLost {
+                    store: self.store.name.to_string(),
+                    key: self.key.to_string(),
+                };
+                for r in inf.receipts {
+                    let _ = r.send(Err(err.clone()));
+                }
+                self.finish(CloseReason::LeaseLost, ctx);
+                return;
+            }
+            Err(err) => {
+                warn!(
+                    target: "datastorer::key", store = %self.store.name, key = %self.key,
+                    write = inf.kind.name(), error = %err, "write failed; data kept in memory"
+                );
+                for r in inf.receipts {
+                    let _ = r.send(Err(err.clone()));
+                }
+                let closing_failed =
+                    matches!(inf.kind, WriteKind::Release(_) | WriteKind::Close(_));
+                if closing_failed && matches!(self.phase, Phase::Closing(_)) {
+                    // Stay open so the application can retry; nothing is lost.
+                    self.phase = Phase::Open;
+                }
+            }
+        }
+        if let Some(p) = self.pending.take() {
+            self.start_write(p.kind, p.priority, p.receipts, None, ctx);
+        }
+    }
+
+    /// Ends the session: reports `reason`, fails what is still waiting,
+    /// deregisters and stops the actor.
+    fn finish(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
+        debug!(target: "datastorer::key", store = %self.store.name, key = %self.key, reason = %reason, "session closed");
+        let err = Error::SessionClosed {
+            store: self.store.name.to_string(),
+            key: self.key.to_string(),
+            reason: reason.clone(),
+        };
+        for w in [
+            self.in_flight.take().map(|i| i.receipts),
+            self.pending.take().map(|p| p.receipts),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+        {
+            let _ = w.send(Err(err.clone()));
+        }
+        self.phase = Phase::Closed(reason.clone());
+        self.store.remove(&self.key, self.generation);
+        self.closed_tx.send_replace(Some(reason));
+        ctx.stop();
+    }
+
+    fn begin_closing(
+        &mut self,
+        kind: WriteKind,
+        priority: Priority,
+        receipt: ReceiptTx,
+        ctx: &mut Context<Self>,
+    ) {
+        match &self.phase {
+            Phase::Open => {
+                let reason = match &kind {
+                    WriteKind::Release(r) | WriteKind::Close(r) => r.clone(),
+                    _ => CloseReason::Released,
+                };
+                self.phase = Phase::Closing(reason);
+                self.request_write(kind, priority, vec![receipt], ctx);
+            }
+            // Already closing: resolve together with the close under way.
+            Phase::Closing(_) => {
+                if let Some(p) = self.pending.as_mut() {
+                    p.priority = p.priority.max(priority);
+                    p.receipts.push(receipt);
+                } else if let Some(i) = self.in_flight.as_mut() {
+                    i.receipts.push(receipt);
+                } else {
+                    let _ = receipt.send(Err(self.closed_error()));
+                }
+            }
+            Phase::Opening | Phase::Closed(_) => {
+                let _ = receipt.send(Err(self.closed_error()));
+            }
+        }
+    }
+
+    fn autosave(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Open || self.in_flight.is_some() || self.pending.is_some() {
+            return;
+        }
+        let encoded = match self.encode_data() {
+            Ok(e) => e,
+            Err(err) => {
+                warn!(target: "datastorer::key", store = %self.store.name, key = %self.key, error = %err, "autosave cannot encode");
+                return;
+            }
+        };
+        if self.is_dirty(encoded.1) {
+            self.start_write(
+                WriteKind::Save,
+                Priority::Normal,
+                Vec::new(),
+                Some(encoded),
+                ctx,
+            );
+            return;
+        }
+        let engine = &self.store.engine;
+        let expires = self.doc.as_ref().map_or(0, |d| d.expires_at_ms);
+        let half = engine.config.lease_ttl.as_millis() as u64 / 2;
+        if expires.saturating_sub(engine.clock.now_ms()) < half {
+            self.start_write(
+                WriteKind::Renew,
+                Priority::Normal,
+                Vec::new(),
+                Some(encoded),
+                ctx,
+            );
+        }
+    }
+}
+
+impl<T: Document> Actor for KeyActor<T> {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if !matches!(self.phase, Phase::Closed(_)) {
+            self.store.remove(&self.key, self.generation);
+            self.closed_tx
+                .send_replace(Some(CloseReason::Error("key actor stopped".into())));
+        }
+    }
+}
+
+impl<T: Document> Handler<Open> for KeyActor<T> {
+    type Result = AtomicResponse<Self, Result<(), Error>>;
+
+    fn handle(&mut self, msg: Open, _ctx: &mut Self::Context) -> Self::Result {
+        match &self.phase {
+            Phase::Open => return AtomicResponse::new(Box::pin(fut::ready(Ok(())))),
+            Phase::Closing(_) | Phase::Closed(_) => {
+                return AtomicResponse::new(Box::pin(fut::ready(Err(self.closed_error()))))
+            }
+            Phase::Opening => {}
+        }
+        let load = acquire(
+            self.store.clone(),
+            self.key.clone(),
+            self.storage_key.clone(),
+            msg.user_ids,
+            msg.policy,
+        );
+        AtomicResponse::new(Box::pin(load.into_actor(self).map(
+            |res, act, ctx| match res {
+                Ok(loaded) => {
+                    act.doc = Some(loaded);
+                    act.phase = Phase::Open;
+                    if let Some(hook) = act.store.hooks.after_load.clone() {
+                        let Some(doc) = act.doc.as_mut() else {
+                            return Err(act.closed_error());
+                        };
+                        if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook(&mut doc.data))) {
+                            let err = act.panicked("after-load hook", &*p);
+                            act.phase = Phase::Closing(CloseReason::Error(err.to_string()));
+                            act.start_write(
+                                WriteKind::Close(CloseReason::Error(err.to_string())),
+                                Priority::Emergency,
+                                Vec::new(),
+                                None,
+                                ctx,
+                            );
+                            return Err(err);
+                        }
+                    }
+                    act.store.mark_open(&act.key, act.generation);
+                    Ok(())
+                }
+                Err(err) => {
+                    act.finish(CloseReason::Error(err.to_string()), ctx);
+                    Err(err)
+                }
+            },
+        )))
+    }
+}
+
+impl<T: Document> Handler<Read<T>> for KeyActor<T> {
+    type Result = Result<AnyBox, Error>;
+
+    fn handle(&mut self, msg: Read<T>, _ctx: &mut Self::Context) -> Self::Result {
+        if !matches!(self.phase, Phase::Open | Phase::Closing(_)) {
+            return Err(self.closed_error());
+        }
+        let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
+        catch_unwind(AssertUnwindSafe(|| (msg.0)(&doc.data)))
+            .map_err(|p| self.panicked("read closure", &*p))
+    }
+}
+
+impl<T: Document> Handler<Update<T>> for KeyActor<T> {
+    type Result = Result<AnyBox, Error>;
+
+    fn handle(&mut self, msg: Update<T>, _ctx: &mut Self::Context) -> Self::Result {
+        if self.phase != Phase::Open {
+            return Err(self.closed_error());
+        }
+        let doc = self.doc.as_mut().ok_or_else(|| Error::NotRunning)?;
+        // The copy restores the document if the closure panics half-way.
+        let before = doc.data.clone();
+        match catch_unwind(AssertUnwindSafe(|| (msg.0)(&mut doc.data))) {
+            Ok(out) => Ok(out),
+            Err(p) => {
+                doc.data = before;
+                Err(self.panicked("update closure", &*p))
+            }
+        }
+    }
+}
+
+impl<T: Document> Handler<GetMetadata> for KeyActor<T> {
+    type Result = Result<Value, Error>;
+
+    fn handle(&mut self, _msg: GetMetadata, _ctx: &mut Self::Context) -> Self::Result {
+        self.doc
+            .as_ref()
+            .map(|d| d.metadata.clone())
+            .ok_or_else(|| self.closed_error())
+    }
+}
+
+impl<T: Document> Handler<SetMetadata> for KeyActor<T> {
+    type Result = Result<(), Error>;
+
+    fn handle(&mut self, msg: SetMetadata, _ctx: &mut Self::Context) -> Self::Result {
+        if self.phase != Phase::Open {
+            return Err(self.closed_error());
+        }
+        let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
+        if doc.metadata != msg.0 {
+            doc.metadata = msg.0;
+            self.meta_generation += 1;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Document> Handler<AddUserId> for KeyActor<T> {
+    type Result = Result<(), Error>;
+
+    fn handle(&mut self, msg: AddUserId, _ctx: &mut Self::Context) -> Self::Result {
+        if self.phase != Phase::Open {
+            return Err(self.closed_error());
+        }
+        let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
+        if !doc.user_ids.contains(&msg.0) {
+            doc.user_ids.push(msg.0);
+            self.meta_generation += 1;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Document> Handler<GetUserIds> for KeyActor<T> {
+    type Result = Result<Vec<String>, Error>;
+
+    fn handle(&mut self, _msg: GetUserIds, _ctx: &mut Self::Context) -> Self::Result {
+        self.doc
+            .as_ref()
+            .map(|d| d.user_ids.clone())
+            .ok_or_else(|| self.closed_error())
+    }
+}
+
+impl<T: Document> Handler<GetLease> for KeyActor<T> {
+    type Result = Result<LeaseInfo, Error>;
+
+    fn handle(&mut self, _msg: GetLease, _ctx: &mut Self::Context) -> Self::Result {
+        if !matches!(self.phase, Phase::Open | Phase::Closing(_)) {
+            return Err(self.closed_error());
+        }
+        let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
+        Ok(LeaseInfo {
+            owner: self.store.engine.owner.to_string(),
+            epoch: doc.header.epoch,
+            expires_at_ms: doc.expires_at_ms,
+            revision: doc.header.revision,
+        })
+    }
+}
+
+impl<T: Document> Handler<Save> for KeyActor<T> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Save, ctx: &mut Self::Context) {
+        match &self.phase {
+            Phase::Open => {
+                self.request_write(WriteKind::Save, msg.priority, vec![msg.receipt], ctx)
+            }
+            // Updates are refused while a release runs, so its write covers this save.
+            Phase::Closing(CloseReason::Closed) => {
+                let _ = msg.receipt.send(Err(self.closed_error()));
+            }
+            Phase::Closing(_) => {
+                self.begin_closing(WriteKind::Save, msg.priority, msg.receipt, ctx)
+            }
+            Phase::Opening | Phase::Closed(_) => {
+                let _ = msg.receipt.send(Err(self.closed_error()));
+            }
+        }
+    }
+}
+
+impl<T: Document> Handler<Release> for KeyActor<T> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Release, ctx: &mut Self::Context) {
+        self.begin_closing(
+            WriteKind::Release(msg.reason),
+            msg.priority,
+            msg.receipt,
+            ctx,
+        );
+    }
+}
+
+impl<T: Document> Handler<Close> for KeyActor<T> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
+        self.begin_closing(
+            WriteKind::Close(CloseReason::Closed),
+            Priority::Normal,
+            msg.receipt,
+            ctx,
+        );
+    }
+}
+
+impl<T: Document> Handler<Control> for KeyActor<T> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Control, ctx: &mut Self::Context) {
+        match msg {
+            Control::Autosave => self.autosave(ctx),
+            Control::Notice(NoticeKind::ReleaseRequested { requester, .. }) => {
+                if self.phase == Phase::Open {
+                    debug!(target: "datastorer::lease", store = %self.store.name, key = %self.key, %requester, "release requested");
+                    let (tx, _rx) = tokio::sync::oneshot::channel();
+                    self.begin_closing(
+                        WriteKind::Release(CloseReason::ReleaseRequested),
+                        Priority::Emergency,
+                        tx,
+                        ctx,
+                    );
+                }
+            }
+            Control::Notice(NoticeKind::Stolen { by, .. }) => {
+                if matches!(self.phase, Phase::Open | Phase::Closing(_)) {
+                    warn!(target: "datastorer::lease", store = %self.store.name, key = %self.key, %by, "lease stolen");
+                    self.finish(CloseReason::Stolen, ctx);
+                }
+            }
+            Control::Notice(_) => {}
+            Control::ReleaseForSupervisor {
+                reason,
+                priority,
+                receipt,
+            } => {
+                self.begin_closing(WriteKind::Release(reason), priority, receipt, ctx);
+            }
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! The queue actor: the single path from the engine to the backend.
+//!
+//! Owns: the emergency and normal lanes, the token buckets, the retry timers
+//! and the one batch executing at a time. Every batch is one
+//! `Backend::write_batch` plus one `Backend::flush` (group commit): while a
+//! batch is on the disk, new requests gather and go together in the next.
+//!
+//! Invariants:
+//! - per-key FIFO: a key with a request executing, waiting out a backoff, or
+//!   skipped for budget blocks that key's later requests; an emergency
+//!   request pulls the same key's queued normal requests ahead of it;
+//! - a batch holds at most one request per key;
+//! - a write is reported `Applied` only after the flush that covers it.
+//!
+//! Must not: know about records, documents or leases (it moves bytes).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::config::{Budget, QueueConfig};
+use crate::messages::queue::{
+    DropQueued, GetDepth, NotifyWhenEmpty, Operation, Priority, QueueDepth, QueueFailure, Reply,
+    Submit,
+};
+use crate::retry::RetryState;
+use crate::storage::{Backend, Precondition, RecordHeader, StorageError, WriteOp, WriteOutcome};
+
+struct Pending {
+    req: Submit,
+    attempt: u32,
+    retry: Option<RetryState>,
+    enqueued: Instant,
+}
+
+struct Bucket {
+    budget: Budget,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn new(budget: Budget) -> Self {
+        Self {
+            budget,
+            tokens: budget.burst,
+            refilled: Instant::now(),
+        }
+    }
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.budget.per_second).min(self.budget.burst);
+        self.refilled = now;
+    }
+    fn time_to_token(&self) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens).max(0.0)) / self.budget.per_second)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum BudgetClass {
+    Get,
+    Write,
+    Scan,
+}
+
+fn class_of(op: &Operation) -> BudgetClass {
+    match op {
+        Operation::Get => BudgetClass::Get,
+        Operation::Write(_) => BudgetClass::Write,
+        Operation::Scan { .. } => BudgetClass::Scan,
+    }
+}
+
+/// The queue actor. Started by the supervisor; see the module docs.
+pub(crate) struct QueueActor {
+    backend: Arc<dyn Backend>,
+    config: QueueConfig,
+    emergency: VecDeque<Pending>,
+    normal: VecDeque<Pending>,
+    /// Queued normal requests per key, to find them when an emergency
+    /// request for the same key arrives.
+    normal_keys: HashMap<Vec<u8>, usize>,
+    retrying: HashMap<u64, Pending>,
+    retrying_keys: HashMap<Vec<u8>, usize>,
+    next_retry_id: u64,
+    buckets: HashMap<BudgetClass, Bucket>,
+    executing: usize,
+    wake_at: Option<Instant>,
+    empty_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl QueueActor {
+    pub(crate) fn new(backend: Arc<dyn Backend>, config: QueueConfig) -> Self {
+        let mut buckets = HashMap::new();
+        for (class, budget) in [
+            (BudgetClass::Get, config.budgets.get),
+            (BudgetClass::Write, config.budgets.write),
+            (BudgetClass::Scan, config.budgets.scan),
+        ] {
+            if let Some(b) = budget {
+                buckets.insert(class, Bucket::new(b));
+            }
+        }
+        Self {
+            backend,
+            config,
+            emergency: VecDeque::new(),
+            normal: VecDeque::new(),
+            normal_keys: HashMap::new(),
+            retrying: HashMap::new(),
+            retrying_keys: HashMap::new(),
+            next_retry_id: 0,
+            buckets,
+            executing: 0,
+            wake_at: None,
+            empty_waiters: Vec::new(),
+        }
+    }
+
+    fn depth(&self) -> QueueDepth {
+        QueueDepth {
+            emergency: self.emergency.len(),
+            normal: self.normal.len(),
+            in_flight: self.executing,
+            retrying: self.retrying.len(),
+        }
+    }
+
+    fn enqueue(&mut self, pending: Pending, front: bool) {
+        match pending.req.lane {
+            Priority::Emergency => {
+                // Keep per-key order: this key's queued normal requests are
+                // older, so they move to the emergency lane first.
+                if self.normal_keys.contains_key(&pending.req.storage_key) {
+                    let key = pending.req.storage_key.clone();
+                    let (moved, kept): (VecDeque<_>, VecDeque<_>) = self
+                        .normal
+                        .drain(..)
+                        .partition(|p| p.req.storage_key == key);
+                    self.normal = kept;
+                    self.normal_keys.remove(&key);
+                    if front {
+                        self.emergency.push_front(pending);
+                        for p in moved.into_iter().rev() {
+                            self.emergency.push_front(p);
+                        }
+                        return;
+                    }
+                    self.emergency.extend(moved);
+                }
+                if front {
+                    self.emergency.push_front(pending)
+                } else {
+                    self.emergency.push_back(pending)
+                }
+            }
+            Priority::Normal => {
+                *self
+                    .normal_keys
+                    .entry(pending.req.storage_key.clone())
+                    .or_default() += 1;
+                if front {
+                    self.normal.push_front(pending)
+                } else {
+                    self.normal.push_back(pending)
+                }
+            }
+        }
+    }
+
+    fn forget_normal_key(&mut self, key: &[u8]) {
+        if let Some(n) = self.normal_keys.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.normal_keys.remove(key);
+            }
+        }
+    }
+
+    /// Picks the next batch: emergency first, with `1/normal_share` of the
+    /// slots reserved for the normal lane when it has work.
+    fn compose(&mut self) -> Vec<Pending> {
+        let now = Instant::now();
+        for b in self.buckets.values_mut() {
+            b.refill(now);
+        }
+        let max = self.config.max_batch;
+        let reserved = if self.normal.is_empty() {
+            0
+        } else {
+            (max / self.config.normal_share).max(1)
+        };
+        let mut blocked: HashSet<Vec<u8>> = self.retrying_keys.keys().cloned().collect();
+        // Keys of emergency requests left over by the first pass's cap: a
+        // newer normal request for them must not overtake them.
+        let mut deferred = HashSet::new();
+        let mut batch = Vec::new();
+        let first_cap = max.saturating_sub(reserved).max(1);
+        self.take_from(
+            Priority::Emergency,
+            first_cap,
+            &mut blocked,
+            &mut deferred,
+            &mut batch,
+        );
+        self.take_from(
+            Priority::Normal,
+            max,
+            &mut blocked,
+            &mut deferred,
+            &mut batch,
+        );
+        self.take_from(
+            Priority::Emergency,
+            max,
+            &mut blocked,
+            &mut HashSet::new(),
+            &mut batch,
+        );
+        batch
+    }
+
+    fn take_from(
+        &mut self,
+        lane: Priority,
+        cap: usize,
+        blocked: &mut HashSet<Vec<u8>>,
+        deferred: &mut HashSet<Vec<u8>>,
+        batch: &mut Vec<Pending>,
+    ) {
+        if batch.len() >= cap && lane == Priority::Normal {
+            return;
+        }
+        let queue = match lane {
+            Priority::Emergency => std::mem::take(&mut self.emergency),
+            Priority::Normal => std::mem::take(&mut self.normal),
+        };
+        let mut kept = VecDeque::with_capacity(queue.len());
+        let mut taken_keys = Vec::new();
+        for p in queue {
+            if batch.len() >= cap {
+                if lane == Priority::Emergency {
+                    deferred.insert(p.req.storage_key.clone());
+                }
+                kept.push_back(p);
+                continue;
+            }
+            if blocked.contains(&p.req.storage_key) || deferred.contains(&p.req.storage_key) {
+                blocked.insert(p.req.storage_key.clone());
+                kept.push_back(p);
+                continue;
+            }
+            if let Some(bucket) = self.buckets.get_mut(&class_of(&p.req.op)) {
+                if bucket.tokens < 1.0 {
+                    blocked.insert(p.req.storage_key.clone());
+                    kept.push_back(p);
+                    continue;
+                }
+                bucket.tokens -= 1.0;
+            }
+            blocked.insert(p.req.storage_key.clone());
+            if lane == Priority::Normal {
+                taken_keys.push(p.req.storage_key.clone());
+            }
+            batch.push(p);
+        }
+        match lane {
+            Priority::Emergency => self.emergency = kept,
+            Priority::Normal => self.normal = kept,
+        }
+        for k in taken_keys {
+            self.forget_normal_key(&k);
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.executing > 0 {
+            return;
+        }
+        loop {
+            let mut batch = self.compose();
+            if batch.is_empty() {
+                self.schedule_budget_wake(ctx);
+                self.notify_if_empty();
+                return;
+            }
+            self.executing = batch.len();
+            if self.backend.is_blocking() {
+                let backend = self.backend.clone();
+                let work = tokio::task::spawn_blocking(move || {
+                    let started = Instant::now();
+                    let results = execute(&*backend, &mut batch);
+                    (batch, results, started.elapsed())
+                });
+                ctx.spawn(work.into_actor(self).map(|joined, act, ctx| {
+                    act.executing = 0;
+                    match joined {
+                        Ok((batch, results, took)) => act.finish(batch, results, took, ctx),
+                        // The blocking task panicked or was cancelled: the
+                        // batch is lost with it; nothing is acknowledged.
+                        Err(e) => warn!(target: "datastorer::queue", error = %e, "storage batch task failed"),
+                    }
+                    act.pump(ctx);
+                }));
+                return;
+            }
+            let started = Instant::now();
+            let results = execute(&*self.backend, &mut batch);
+            self.executing = 0;
+            self.finish(batch, results, started.elapsed(), ctx);
+        }
+    }
+
+    fn schedule_budget_wake(&mut self, ctx: &mut Context<Self>) {
+        if self.emergency.is_empty() && self.normal.is_empty() {
+            return;
+        }
+        let wait = self
+            .buckets
+            .values()
+            .filter(|b| b.tokens < 1.0)
+            .map(Bucket::time_to_token)
+            .min()
+            .unwrap_or(Duration::from_millis(1))
+            .max(Duration::from_millis(1));
+        let at = Instant::now() + wait;
+        if self.wake_at.is_some_and(|w| w <= at) {
+            return;
+        }
+        self.wake_at = Some(at);
+        ctx.run_later(wait, |act, ctx| {
+            act.wake_at = None;
+            act.pump(ctx);
+        });
+    }
+
+    fn finish(
+        &mut self,
+        batch: Vec<Pending>,
+        results: Vec<Result<Reply, StorageError>>,
+        took: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        debug!(target: "datastorer::queue", size = batch.len(), duration_us = took.as_micros() as u64, "batch done");
+        for (mut p, result) in batch.into_iter().zip(results) {
+            p.attempt += 1;
+            let op = p.req.op.name();
+            let waited = p.enqueued.elapsed().as_micros() as u64;
+            match result {
+                Ok(reply) => {
+                    debug!(
+                        target: "datastorer::queue",
+                        store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
+                        attempt = p.attempt, outcome = reply_outcome(&reply), duration_us = waited,
+                        "request done"
+                    );
+                    let _ = p.req.reply.send(Ok(reply));
+                }
+                Err(error)
+                    if error.is_retryable() && p.attempt < self.config.retry.max_attempts =>
+                {
+                    let delay = p
+                        .retry
+                        .get_or_insert_with(|| RetryState::new(&self.config.retry))
+                        .next_delay();
+                    warn!(
+                        target: "datastorer::queue",
+                        store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
+                        attempt = p.attempt, outcome = "retry", delay_ms = delay.as_millis() as u64,
+                        error = %error, "request failed, retrying"
+                    );
+                    let id = self.next_retry_id;
+                    self.next_retry_id += 1;
+                    *self
+                        .retrying_keys
+                        .entry(p.req.storage_key.clone())
+                        .or_default() += 1;
+                    self.retrying.insert(id, p);
+                    ctx.run_later(delay, move |act, ctx| act.retry_due(id, ctx));
+                }
+                Err(error) => {
+                    warn!(
+                        target: "datastorer::queue",
+                        store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
+                        attempt = p.attempt, outcome = "failed", duration_us = waited,
+                        error = %error, "request failed"
+                    );
+                    let failure = QueueFailure::Storage {
+                        error,
+                        attempts: p.attempt,
+                        operation: op,
+                    };
+                    let _ = p.req.reply.send(Err(failure));
+                }
+            }
+        }
+    }
+
+    fn retry_due(&mut self, id: u64, ctx: &mut Context<Self>) {
+        if let Some(p) = self.retrying.remove(&id) {
+            self.release_retry_key(&p.req.storage_key);
+            self.enqueue(p, true);
+        }
+        self.pump(ctx);
+    }
+
+    fn release_retry_key(&mut self, key: &[u8]) {
+        if let Some(n) = self.retrying_keys.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.retrying_keys.remove(key);
+            }
+        }
+    }
+
+    fn notify_if_empty(&mut self) {
+        if self.depth().total() == 0 {
+            for w in self.empty_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+}
+
+fn reply_outcome(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Value(Some(_)) => "found",
+        Reply::Value(None) => "missing",
+        Reply::Written(WriteOutcome::Applied) => "applied",
+        Reply::Written(WriteOutcome::Conflict { .. }) => "conflict",
+        Reply::Scanned(_) => "scanned",
+    }
+}
+
+/// Runs one batch against the backend: reads, then all writes in one
+/// `write_batch`, then one flush if anything was written.
+fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Result<Reply, StorageError>> {
+    let mut results: Vec<Option<Result<Reply, StorageError>>> = Vec::with_capacity(batch.len());
+    let mut write_idx = Vec::new();
+    let mut writes = Vec::new();
+    for (i, p) in batch.iter_mut().enumerate() {
+        match &mut p.req.op {
+            Operation::Get => results.push(Some(backend.get(&p.req.storage_key).map(Reply::Value))),
+            Operation::Scan {
+                prefix,
+                start_after,
+                limit,
+            } => results.push(Some(
+                backend
+                    .scan_prefix(prefix, start_after.as_deref(), *limit)
+                    .map(Reply::Scanned),
+            )),
+            Operation::Write(op) => {
+                write_idx.push(i);
+                writes.push(std::mem::replace(op, placeholder_op()));
+                results.push(None);
+            }
+        }
+    }
+    if !writes.is_empty() {
+        let outcomes = backend.write_batch(&writes);
+        let mut any_applied = false;
+        for ((&i, op), outcome) in write_idx.iter().zip(&writes).zip(outcomes) {
+            // A retry of a write whose first attempt applied but whose flush
+            // failed finds its own new header: that is success, not a conflict.
+            let outcome = match outcome {
+                Ok(WriteOutcome::Conflict { current: Some(cur) })
+                    if op.precondition != Precondition::Any
+                        && op.value.as_deref().and_then(RecordHeader::peek) == Some(cur) =>
+                {
+                    Ok(WriteOutcome::Applied)
+                }
+                other => other,
+            };
+            any_applied |= matches!(outcome, Ok(WriteOutcome::Applied));
+            results[i] = Some(outcome.map(Reply::Written));
+        }
+        if any_applied {
+            if let Err(e) = backend.flush() {
+                for &i in &write_idx {
+                    if matches!(results[i], Some(Ok(Reply::Written(WriteOutcome::Applied)))) {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for (&i, op) in write_idx.iter().zip(writes) {
+            if let Operation::Write(slot) = &mut batch[i].req.op {
+                *slot = op;
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StorageError::permanent("request produced no result"))))
+        .collect()
+}
+
+fn placeholder_op() -> WriteOp {
+    WriteOp {
+        key: Vec::new(),
+        precondition: Precondition::Any,
+        value: None,
+    }
+}
+
+impl Actor for QueueActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Key actors use do_send; the queue bounds itself by design (at most
+        // one outstanding write per key), so the mailbox must not push back.
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+impl Handler<Submit> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
+        let pending = Pending {
+            req: msg,
+            attempt: 0,
+            retry: None,
+            enqueued: Instant::now(),
+        };
+        self.enqueue(pending, false);
+        self.pump(ctx);
+    }
+}
+
+impl Handler<DropQueued> for QueueActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: DropQueued, _ctx: &mut Self::Context) -> usize {
+        let mut dropped: Vec<Pending> = self.normal.drain(..).collect();
+        self.normal_keys.clear();
+        if msg.emergency_too {
+            dropped.extend(self.emergency.drain(..));
+        }
+        let ids: Vec<u64> = self
+            .retrying
+            .iter()
+            .filter(|(_, p)| msg.emergency_too || p.req.lane == Priority::Normal)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(p) = self.retrying.remove(&id) {
+                self.release_retry_key(&p.req.storage_key);
+                dropped.push(p);
+            }
+        }
+        let count = dropped.len();
+        for p in dropped {
+            debug!(
+                target: "datastorer::queue",
+                store = %p.req.store, key = %p.req.key, op = p.req.op.name(),
+                lane = p.req.lane.as_str(), outcome = "cancelled", "request dropped"
+            );
+            let _ = p.req.reply.send(Err(QueueFailure::Cancelled));
+        }
+        self.notify_if_empty();
+        count
+    }
+}
+
+impl Handler<NotifyWhenEmpty> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: NotifyWhenEmpty, _ctx: &mut Self::Context) {
+        self.empty_waiters.push(msg.done);
+        self.notify_if_empty();
+    }
+}
+
+impl Handler<GetDepth> for QueueActor {
+    type Result = MessageResult<GetDepth>;
+
+    fn handle(&mut self, _msg: GetDepth, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.depth())
+    }
+}

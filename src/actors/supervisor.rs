@@ -1,0 +1,231 @@
+//! The supervisor: drives the autosave tick, routes backend notices to key
+//! actors, releases every key on request, and runs the shutdown sequence
+//! (on `shutdown()` or SIGINT/SIGTERM).
+//!
+//! Owns: the registry's shutting-down flag, the autosave timer, the notice
+//! listener, and the shutdown outcome (a second shutdown gets the first's
+//! report). Must not: touch documents or storage bytes; it talks to key
+//! actors through `Control` and to storage through the queue (except the
+//! final `flush`, which is the backend's own durability barrier).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::{broadcast, oneshot};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::actors::queue::QueueActor;
+use crate::engine::Registry;
+use crate::error::Error;
+use crate::messages::key::Control;
+use crate::messages::queue::{NotifyWhenEmpty, Priority};
+use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
+use crate::report::{ReleaseReport, ShutdownReport};
+use crate::session::CloseReason;
+use crate::storage::{Backend, NoticeKind};
+
+pub(crate) struct Supervisor {
+    registry: Arc<Registry>,
+    queue: Addr<QueueActor>,
+    backend: Arc<dyn Backend>,
+    owner: Arc<str>,
+    autosave_interval: Duration,
+    shutdown_deadline: Duration,
+    shutdown: ShutdownState,
+}
+
+enum ShutdownState {
+    Running,
+    InProgress(Vec<oneshot::Sender<ShutdownReport>>),
+    Done(ShutdownReport),
+}
+
+impl Supervisor {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        queue: Addr<QueueActor>,
+        backend: Arc<dyn Backend>,
+        owner: Arc<str>,
+        autosave_interval: Duration,
+        shutdown_deadline: Duration,
+    ) -> Self {
+        Self {
+            registry,
+            queue,
+            backend,
+            owner,
+            autosave_interval,
+            shutdown_deadline,
+            shutdown: ShutdownState::Running,
+        }
+    }
+}
+
+/// Sends every key a release and waits for all receipts until `deadline`.
+async fn release_keys(
+    keys: Vec<Recipient<Control>>,
+    reason: CloseReason,
+    priority: Priority,
+    deadline: Instant,
+) -> ReleaseReport {
+    let mut receipts = Vec::with_capacity(keys.len());
+    for k in keys {
+        let (tx, rx) = oneshot::channel();
+        k.do_send(Control::ReleaseForSupervisor {
+            reason: reason.clone(),
+            priority,
+            receipt: tx,
+        });
+        receipts.push(rx);
+    }
+    let mut report = ReleaseReport::default();
+    let mut pending = receipts.into_iter();
+    for rx in pending.by_ref() {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Ok(_))) => report.released += 1,
+            // Closed before our request reached it: nothing left to release.
+            Ok(Ok(Err(Error::SessionClosed { .. }))) | Ok(Err(_)) => {}
+            Ok(Ok(Err(e))) => report.failed.push(e),
+            Err(_) => {
+                report.timed_out += 1;
+                break;
+            }
+        }
+    }
+    report.timed_out += pending.count();
+    report
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.run_interval(self.autosave_interval, |act, _ctx| {
+            if !act.registry.is_shutting_down() {
+                for k in act.registry.all_keys() {
+                    k.do_send(Control::Autosave);
+                }
+            }
+        });
+        // Route notices addressed to this owner to the key actor concerned.
+        let mut notices = self.backend.notices().subscribe();
+        let registry = self.registry.clone();
+        let owner = self.owner.clone();
+        ctx.spawn(
+            async move {
+                loop {
+                    let n = match notices.recv().await {
+                        Ok(n) => n,
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            warn!(target: "datastorer::supervisor", missed, "notice listener lagged");
+                            continue;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    let for_us = match &n.kind {
+                        NoticeKind::ReleaseRequested { holder, .. } | NoticeKind::Stolen { holder, .. } => {
+                            **holder == *owner
+                        }
+                        _ => false,
+                    };
+                    if for_us {
+                        if let Some(k) = registry.find(&n.store, &n.key) {
+                            k.do_send(Control::Notice(n.kind));
+                        }
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Handler<AutosaveNow> for Supervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _msg: AutosaveNow, _ctx: &mut Self::Context) -> usize {
+        let keys = self.registry.all_keys();
+        for k in &keys {
+            k.do_send(Control::Autosave);
+        }
+        keys.len()
+    }
+}
+
+impl Handler<ReleaseAll> for Supervisor {
+    type Result = ResponseFuture<ReleaseReport>;
+
+    fn handle(&mut self, msg: ReleaseAll, _ctx: &mut Self::Context) -> Self::Result {
+        let keys = self.registry.all_keys();
+        let deadline = Instant::now() + self.shutdown_deadline;
+        Box::pin(release_keys(
+            keys,
+            CloseReason::Released,
+            msg.priority,
+            deadline,
+        ))
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseActFuture<Self, ShutdownReport>;
+
+    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        match &mut self.shutdown {
+            ShutdownState::Done(report) => return Box::pin(fut::ready(report.clone())),
+            ShutdownState::InProgress(waiters) => {
+                let (tx, rx) = oneshot::channel();
+                waiters.push(tx);
+                return Box::pin(async move { rx.await.unwrap_or_default() }.into_actor(self));
+            }
+            ShutdownState::Running => self.shutdown = ShutdownState::InProgress(Vec::new()),
+        }
+        info!(target: "datastorer::supervisor", keys = self.registry.loaded_count(), "shutting down");
+        self.registry.begin_shutdown();
+        let started = Instant::now();
+        let deadline = started + self.shutdown_deadline;
+        let keys = self.registry.all_keys();
+        let queue = self.queue.clone();
+        let backend = self.backend.clone();
+        let work = async move {
+            let release =
+                release_keys(keys, CloseReason::Shutdown, Priority::Emergency, deadline).await;
+            let (done_tx, done_rx) = oneshot::channel();
+            queue.do_send(NotifyWhenEmpty { done: done_tx });
+            let queue_drained =
+                matches!(tokio::time::timeout_at(deadline, done_rx).await, Ok(Ok(())));
+            let flush = if backend.is_blocking() {
+                tokio::task::spawn_blocking(move || backend.flush())
+                    .await
+                    .unwrap_or_else(|e| Err(crate::storage::StorageError::permanent(e.to_string())))
+            } else {
+                backend.flush()
+            };
+            ShutdownReport {
+                release,
+                queue_drained,
+                flush_error: flush.err().map(|e| e.to_string()),
+                took: started.elapsed(),
+            }
+        };
+        Box::pin(work.into_actor(self).map(|report, act, _ctx| {
+            info!(
+                target: "datastorer::supervisor",
+                released = report.release.released, failed = report.release.failed.len(),
+                timed_out = report.release.timed_out, drained = report.queue_drained,
+                took_ms = report.took.as_millis() as u64, "shutdown complete"
+            );
+            if let ShutdownState::InProgress(waiters) =
+                std::mem::replace(&mut act.shutdown, ShutdownState::Done(report.clone()))
+            {
+                for w in waiters {
+                    let _ = w.send(report.clone());
+                }
+            }
+            report
+        }))
+    }
+}

@@ -1,0 +1,148 @@
+//! State shared by every handle of one `Datastorer` instance: configuration,
+//! owner id, backend, queue address, registry of stores, clock.
+//!
+//! Must not: hold per-key state (key actors own it) or call the backend
+//! directly (everything goes through the queue).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix::{Addr, ArbiterHandle, Recipient};
+use tokio::sync::oneshot;
+
+use crate::actors::queue::QueueActor;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::Error;
+use crate::messages::key::Control;
+use crate::messages::queue::{Operation, Priority, QueueFailure, Reply, Submit};
+use crate::storage::Backend;
+
+/// Type-erased view of a store, for the supervisor and the notice listener.
+pub(crate) trait StoreControl: Send + Sync + 'static {
+    fn as_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    fn fingerprint(&self) -> &crate::store::Fingerprint;
+    fn key_recipients(&self) -> Vec<Recipient<Control>>;
+    fn find(&self, key: &str) -> Option<Recipient<Control>>;
+    fn loaded_count(&self) -> usize;
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    stores: Mutex<HashMap<String, Arc<dyn StoreControl>>>,
+    shutting_down: AtomicBool,
+}
+
+impl Registry {
+    pub(crate) fn stores(&self) -> MutexGuard<'_, HashMap<String, Arc<dyn StoreControl>>> {
+        // Critical sections are single map operations; a poisoned lock holds
+        // a consistent map.
+        self.stores.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn all_keys(&self) -> Vec<Recipient<Control>> {
+        let stores: Vec<_> = self.stores().values().cloned().collect();
+        stores.iter().flat_map(|s| s.key_recipients()).collect()
+    }
+
+    pub(crate) fn find(&self, store: &str, key: &str) -> Option<Recipient<Control>> {
+        let s = self.stores().get(store).cloned()?;
+        s.find(key)
+    }
+
+    pub(crate) fn loaded_count(&self) -> usize {
+        let stores: Vec<_> = self.stores().values().cloned().collect();
+        stores.iter().map(|s| s.loaded_count()).sum()
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+pub(crate) struct Engine {
+    pub config: Config,
+    pub owner: Arc<str>,
+    pub backend: Arc<dyn Backend>,
+    pub queue: Addr<QueueActor>,
+    pub registry: Arc<Registry>,
+    pub clock: Clock,
+    pub arbiter: ArbiterHandle,
+    generations: AtomicU64,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        config: Config,
+        backend: Arc<dyn Backend>,
+        queue: Addr<QueueActor>,
+        registry: Arc<Registry>,
+        clock: Clock,
+        arbiter: ArbiterHandle,
+    ) -> Self {
+        let owner = Arc::from(config.owner_id.as_str());
+        Self {
+            config,
+            owner,
+            backend,
+            queue,
+            registry,
+            clock,
+            arbiter,
+            generations: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends one request through the queue and waits for its answer.
+    pub(crate) fn request(
+        &self,
+        store: &Arc<str>,
+        key: &Arc<str>,
+        storage_key: Vec<u8>,
+        op: Operation,
+        lane: Priority,
+    ) -> impl std::future::Future<Output = Result<Reply, QueueFailure>> + 'static {
+        let (reply, rx) = oneshot::channel();
+        self.queue.do_send(Submit {
+            store: store.clone(),
+            key: key.clone(),
+            storage_key,
+            op,
+            lane,
+            reply,
+        });
+        async move { rx.await.unwrap_or(Err(QueueFailure::Stopped)) }
+    }
+}
+
+/// Turns a queue failure into the public error for `store`/`key`.
+pub(crate) fn queue_error(store: &str, key: &str, failure: QueueFailure) -> Error {
+    match failure {
+        QueueFailure::Storage {
+            error,
+            attempts,
+            operation,
+        } => Error::Storage {
+            store: store.to_owned(),
+            key: key.to_owned(),
+            operation,
+            attempts,
+            source: error,
+        },
+        QueueFailure::Cancelled => Error::Cancelled {
+            store: store.to_owned(),
+            key: key.to_owned(),
+        },
+        QueueFailure::Stopped => Error::NotRunning,
+    }
+}

@@ -1,0 +1,168 @@
+//! The library's error type. Every variant that concerns a key names its
+//! store and key, so a log line or an HTTP error is enough to find the record.
+
+use thiserror::Error;
+
+use crate::session::CloseReason;
+use crate::storage::{DecodeError, StorageError};
+
+/// Errors returned by datastorer's public API.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum Error {
+    /// The configuration is invalid; the message names the field.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A store name or key is not acceptable.
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidName {
+        /// "store name" or "key".
+        what: &'static str,
+        /// The offending value (truncated).
+        value: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// `store()` was called again with a different specification.
+    #[error("store `{store}` is already open with a different specification ({difference})")]
+    StoreConflict {
+        /// Store name.
+        store: String,
+        /// What differs.
+        difference: String,
+    },
+
+    /// The key is leased by another owner and the acquire policy gave up.
+    #[error("key `{key}` in store `{store}` is leased by `{holder}` until {expires_at_ms} ms since the Unix epoch")]
+    LeaseHeld {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// Owner id of the holder.
+        holder: String,
+        /// When the holder's lease lapses unless renewed.
+        expires_at_ms: u64,
+    },
+
+    /// A write failed its fencing check: another owner took the lease.
+    #[error("lease on key `{key}` in store `{store}` was lost to a newer holder")]
+    LeaseLost {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+    },
+
+    /// The stored record does not decode. It is left untouched.
+    #[error(
+        "record of key `{key}` in store `{store}` is corrupt and was left untouched: {source}"
+    )]
+    CorruptRecord {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// What is wrong with it.
+        source: DecodeError,
+    },
+
+    /// The stored data is not valid JSON, a migration failed, or the stored
+    /// data version is newer than this build's migrations.
+    #[error(
+        "cannot migrate key `{key}` in store `{store}` from data version {from_version}: {message}"
+    )]
+    Migration {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// The stored data version.
+        from_version: u32,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// The migrated, reconciled document does not fit the application's type.
+    #[error("document of key `{key}` in store `{store}` does not deserialize: {message}")]
+    Deserialize {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// serde's message.
+        message: String,
+    },
+
+    /// The document does not serialize to JSON (for example a map with non-string keys).
+    #[error("document of key `{key}` in store `{store}` does not serialize: {message}")]
+    Serialize {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// serde's message.
+        message: String,
+    },
+
+    /// The backend failed (after retries, for transient failures).
+    #[error("storage {operation} for key `{key}` in store `{store}` failed after {attempts} attempt(s): {source}")]
+    Storage {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// "get", "write", "scan" or "flush".
+        operation: &'static str,
+        /// Attempts made.
+        attempts: u32,
+        /// The last backend error.
+        source: StorageError,
+    },
+
+    /// Opening the backend failed.
+    #[error("cannot open storage: {0}")]
+    Open(StorageError),
+
+    /// A closure or hook supplied by the application panicked.
+    #[error("{what} for key `{key}` in store `{store}` panicked: {message}")]
+    Panicked {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// Which callback ("update closure", "after-load hook", ...).
+        what: &'static str,
+        /// The panic payload, if it was a string.
+        message: String,
+    },
+
+    /// The session is closed (or closing) and cannot do this.
+    #[error("session of key `{key}` in store `{store}` is closed ({reason})")]
+    SessionClosed {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// Why it closed.
+        reason: CloseReason,
+    },
+
+    /// The queued request was dropped by `flush_queue`/`emergency_flush_queue`.
+    #[error("queued request for key `{key}` in store `{store}` was cancelled")]
+    Cancelled {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+    },
+
+    /// The engine is shutting down and accepts no new loads.
+    #[error("datastorer is shutting down")]
+    ShuttingDown,
+
+    /// The engine's actors are gone (the actix System stopped).
+    #[error("datastorer is not running")]
+    NotRunning,
+}

@@ -1,0 +1,300 @@
+//! Taking a lease and loading a key: read the record, apply the acquire
+//! policy, migrate and reconcile, then write the record back with the new
+//! epoch as one compare-and-swap.
+//!
+//! Owns: the acquire loop and the untyped-to-typed load. Must not: keep
+//! state between calls (the key actor owns the result).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::engine::queue_error;
+use crate::error::Error;
+use crate::messages::queue::{Operation, Priority, Reply};
+use crate::migration::{migrate, reconcile};
+use crate::session::AcquirePolicy;
+use crate::storage::{
+    LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOp, WriteOutcome,
+};
+use crate::store::{Document, StoreShared};
+
+/// A key loaded under a fresh lease.
+pub(crate) struct Loaded<T> {
+    pub data: T,
+    pub metadata: Value,
+    pub user_ids: Vec<String>,
+    pub data_version: u32,
+    pub created_at_ms: u64,
+    pub header: RecordHeader,
+    pub expires_at_ms: u64,
+    pub saved_checksum: u64,
+}
+
+struct Prepared<T> {
+    data: T,
+    metadata: Value,
+    user_ids: Vec<String>,
+    data_version: u32,
+    created_at_ms: u64,
+    data_bytes: Vec<u8>,
+    metadata_bytes: Vec<u8>,
+}
+
+/// How many times a lost compare-and-swap race is retried before giving up.
+const MAX_RACES: u32 = 16;
+
+pub(crate) async fn acquire<T: Document>(
+    store: Arc<StoreShared<T>>,
+    key: Arc<str>,
+    storage_key: Vec<u8>,
+    user_ids: Vec<String>,
+    policy: AcquirePolicy,
+) -> Result<Loaded<T>, Error> {
+    let engine = store.engine.clone();
+    let started = Instant::now();
+    // Subscribe before the first read so a release between read and wait is not missed.
+    let mut notices = engine.backend.notices().subscribe();
+    let mut asked = false;
+    let mut races = 0;
+    loop {
+        let bytes = match engine
+            .request(
+                &store.name,
+                &key,
+                storage_key.clone(),
+                Operation::Get,
+                Priority::Normal,
+            )
+            .await
+        {
+            Ok(Reply::Value(v)) => v,
+            Ok(_) => return Err(Error::NotRunning),
+            Err(f) => return Err(queue_error(&store.name, &key, f)),
+        };
+        let current = bytes
+            .as_deref()
+            .map(Record::decode)
+            .transpose()
+            .map_err(|source| Error::CorruptRecord {
+                store: store.name.to_string(),
+                key: key.to_string(),
+                source,
+            })?;
+        let now_ms = engine.clock.now_ms();
+        let mut stolen_from = None;
+        if let Some(holder) = current.as_ref().and_then(|r| r.lease.as_ref()) {
+            if holder.owner != *engine.owner && holder.expires_at_ms > now_ms {
+                let held = || Error::LeaseHeld {
+                    store: store.name.to_string(),
+                    key: key.to_string(),
+                    holder: holder.owner.clone(),
+                    expires_at_ms: holder.expires_at_ms,
+                };
+                let timeout = match policy {
+                    AcquirePolicy::Fail => return Err(held()),
+                    AcquirePolicy::Steal => {
+                        stolen_from = Some(holder.owner.clone());
+                        None
+                    }
+                    AcquirePolicy::Wait { timeout } => Some(timeout),
+                    AcquirePolicy::RequestRelease { timeout } => {
+                        if !asked {
+                            debug!(target: "datastorer::lease", store = %store.name, key = %key, holder = %holder.owner, "requesting release");
+                            engine.backend.notices().publish(Notice {
+                                store: store.name.to_string(),
+                                key: key.to_string(),
+                                kind: NoticeKind::ReleaseRequested {
+                                    holder: holder.owner.clone(),
+                                    requester: engine.owner.to_string(),
+                                },
+                            });
+                            asked = true;
+                        }
+                        Some(timeout)
+                    }
+                };
+                if let Some(timeout) = timeout {
+                    let now = Instant::now();
+                    let deadline = started + timeout;
+                    if now >= deadline {
+                        return Err(held());
+                    }
+                    let wait = (deadline - now)
+                        .min(Duration::from_millis(holder.expires_at_ms - now_ms))
+                        .min(engine.config.lease_poll_interval);
+                    wait_for_release(&mut notices, &store.name, &key, wait).await;
+                    continue;
+                }
+            }
+        }
+
+        let prepared = prepare(&store, &key, current.as_ref(), &user_ids, now_ms)?;
+        let header = RecordHeader {
+            epoch: current.as_ref().map_or(0, |r| r.header.epoch) + 1,
+            revision: current.as_ref().map_or(0, |r| r.header.revision) + 1,
+        };
+        let expires_at_ms = now_ms + engine.config.lease_ttl.as_millis() as u64;
+        let record = Record {
+            header,
+            data_version: prepared.data_version,
+            data: prepared.data_bytes,
+            metadata: prepared.metadata_bytes,
+            user_ids: prepared.user_ids,
+            lease: Some(LeaseHolder {
+                owner: engine.owner.to_string(),
+                expires_at_ms,
+            }),
+            created_at_ms: prepared.created_at_ms,
+            updated_at_ms: now_ms,
+        };
+        let saved_checksum = seahash::hash(&record.data);
+        let precondition = current
+            .as_ref()
+            .map_or(Precondition::Absent, |r| Precondition::Header(r.header));
+        let op = WriteOp {
+            key: storage_key.clone(),
+            precondition,
+            value: Some(record.encode()),
+        };
+        match engine
+            .request(
+                &store.name,
+                &key,
+                storage_key.clone(),
+                Operation::Write(op),
+                Priority::Normal,
+            )
+            .await
+        {
+            Ok(Reply::Written(WriteOutcome::Applied)) => {
+                if let Some(holder) = stolen_from {
+                    engine.backend.notices().publish(Notice {
+                        store: store.name.to_string(),
+                        key: key.to_string(),
+                        kind: NoticeKind::Stolen {
+                            holder,
+                            by: engine.owner.to_string(),
+                        },
+                    });
+                }
+                debug!(target: "datastorer::lease", store = %store.name, key = %key, epoch = header.epoch, "lease acquired");
+                return Ok(Loaded {
+                    data: prepared.data,
+                    metadata: prepared.metadata,
+                    user_ids: record.user_ids,
+                    data_version: record.data_version,
+                    created_at_ms: record.created_at_ms,
+                    header,
+                    expires_at_ms,
+                    saved_checksum,
+                });
+            }
+            Ok(Reply::Written(WriteOutcome::Conflict { .. })) => {
+                races += 1;
+                if races >= MAX_RACES {
+                    return Err(Error::LeaseLost {
+                        store: store.name.to_string(),
+                        key: key.to_string(),
+                    });
+                }
+            }
+            Ok(_) => return Err(Error::NotRunning),
+            Err(f) => return Err(queue_error(&store.name, &key, f)),
+        }
+    }
+}
+
+async fn wait_for_release(
+    notices: &mut broadcast::Receiver<Notice>,
+    store: &str,
+    key: &str,
+    wait: Duration,
+) {
+    let released = async {
+        loop {
+            match notices.recv().await {
+                Ok(n)
+                    if n.store == store
+                        && n.key == key
+                        && matches!(n.kind, NoticeKind::Released { .. }) =>
+                {
+                    return
+                }
+                Ok(_) => continue,
+                // Missed notices: re-read the record now.
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(wait, released).await;
+}
+
+fn prepare<T: Document>(
+    store: &StoreShared<T>,
+    key: &str,
+    current: Option<&Record>,
+    user_ids: &[String],
+    now_ms: u64,
+) -> Result<Prepared<T>, Error> {
+    let latest = store.migrations.len() as u32;
+    let (doc, metadata, mut ids, created_at_ms) = match current {
+        None => (
+            store.template_json.clone(),
+            store.metadata_template.clone(),
+            Vec::new(),
+            now_ms,
+        ),
+        Some(r) => {
+            let fail = |message: String| Error::Migration {
+                store: store.name.to_string(),
+                key: key.to_owned(),
+                from_version: r.data_version,
+                message,
+            };
+            let doc: Value = serde_json::from_slice(&r.data)
+                .map_err(|e| fail(format!("stored data is not JSON: {e}")))?;
+            let mut doc = migrate(doc, r.data_version, &store.migrations).map_err(fail)?;
+            reconcile(&mut doc, &store.template_json);
+            let mut metadata: Value = if r.metadata.is_empty() {
+                Value::Object(Default::default())
+            } else {
+                serde_json::from_slice(&r.metadata)
+                    .map_err(|e| fail(format!("stored metadata is not JSON: {e}")))?
+            };
+            reconcile(&mut metadata, &store.metadata_template);
+            (doc, metadata, r.user_ids.clone(), r.created_at_ms)
+        }
+    };
+    for u in user_ids {
+        if !ids.contains(u) {
+            ids.push(u.clone());
+        }
+    }
+    let data: T = serde_json::from_value(doc).map_err(|e| Error::Deserialize {
+        store: store.name.to_string(),
+        key: key.to_owned(),
+        message: e.to_string(),
+    })?;
+    let serialize_err = |e: serde_json::Error| Error::Serialize {
+        store: store.name.to_string(),
+        key: key.to_owned(),
+        message: e.to_string(),
+    };
+    let data_bytes = serde_json::to_vec(&data).map_err(serialize_err)?;
+    let metadata_bytes = serde_json::to_vec(&metadata).map_err(serialize_err)?;
+    Ok(Prepared {
+        data,
+        metadata,
+        user_ids: ids,
+        data_version: latest,
+        created_at_ms,
+        data_bytes,
+        metadata_bytes,
+    })
+}

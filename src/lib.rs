@@ -1,0 +1,262 @@
+//! # datastorer
+//!
+//! Per-key, session-locked documents for actix/tokio applications: open a
+//! key, get a session holding a lease (with a fencing epoch), read and
+//! mutate the document through it, and let datastorer detect changes,
+//! autosave, renew the lease and release it — with every storage request
+//! going through one queue with an emergency lane, rate budgets, backoff and
+//! group commit.
+//!
+//! ```no_run
+//! use datastorer::{Config, Datastorer, Priority, StoreSpec};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct Profile { coins: u64 }
+//!
+//! #[actix::main]
+//! async fn main() -> Result<(), datastorer::Error> {
+//!     let ds = Datastorer::start(Config::sled("./data")).await?;
+//!     let profiles = ds.store("profiles", StoreSpec::new(Profile { coins: 0 }))?;
+//!     let session = profiles.open(42u64).user_ids([42]).await?;
+//!     session.update(|p| p.coins += 10).await?;
+//!     session.save(Priority::Normal).await?; // durable once this resolves
+//!     session.release(Priority::Normal).await?;
+//!     ds.shutdown().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Layout
+//! - [`Datastorer`] (this file): starts the engine, hands out stores.
+//! - `store`: [`Store`], [`StoreSpec`], the open flow and key registry.
+//! - `session`: [`Session`] and its small types.
+//! - `actors/`: the key actor, the queue actor, the supervisor.
+//! - `messages/`: each actor's protocol.
+//! - `lease`: acquire policy and load (migrate, reconcile).
+//! - `storage/`: the [`Backend`] trait, the record envelope, sled and memory backends.
+//! - `retry`: backoff delays (the only user of the `backoff` crate).
+//!
+//! Actors need a running actix `System` (`#[actix::main]`, `actix_rt::System`,
+//! or an actix-web server); no actix type appears in the public API.
+
+#![warn(missing_docs)]
+
+mod actors;
+mod clock;
+mod config;
+mod engine;
+mod error;
+mod lease;
+mod messages;
+mod migration;
+mod report;
+mod retry;
+mod session;
+pub mod storage;
+mod store;
+
+use std::sync::Arc;
+
+use actix::{Actor, Addr, Arbiter, System};
+use tokio::sync::oneshot;
+use tracing::info;
+
+use crate::actors::queue::QueueActor;
+use crate::actors::supervisor::Supervisor;
+use crate::engine::{Engine, Registry};
+use crate::messages::queue::{DropQueued, GetDepth, NotifyWhenEmpty};
+use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
+
+pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
+pub use crate::error::Error;
+pub use crate::messages::queue::{Priority, QueueDepth};
+pub use crate::migration::Migration;
+pub use crate::report::{ReleaseReport, ShutdownReport};
+pub use crate::retry::RetryConfig;
+pub use crate::session::{
+    AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome, SaveReceipt, Session,
+};
+pub use crate::storage::{Backend, ErrorKind, StorageError};
+pub use crate::store::{
+    Document, Hooks, Key, OpenRequest, Store, StoreSpec, MAX_KEY_LEN, MAX_STORE_NAME_LEN,
+};
+
+/// One running engine: a backend, a queue, a supervisor and the stores.
+/// Cheap to clone; every clone is the same instance.
+#[derive(Clone)]
+pub struct Datastorer {
+    engine: Arc<Engine>,
+    supervisor: Addr<Supervisor>,
+}
+
+impl std::fmt::Debug for Datastorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datastorer")
+            .field("owner", &self.engine.owner)
+            .field("backend", &self.engine.backend.name())
+            .finish()
+    }
+}
+
+impl Datastorer {
+    /// Validates `config`, opens the backend and starts the actors on the
+    /// current actix arbiter. With `handle_signals`, SIGINT/SIGTERM run
+    /// [`Datastorer::shutdown`] and then stop the actix `System`.
+    pub async fn start(config: Config) -> Result<Datastorer, Error> {
+        config.validate()?;
+        let arbiter = Arbiter::try_current().ok_or(Error::NotRunning)?;
+        let backend: Arc<dyn storage::Backend> = match &config.storage {
+            StorageConfig::Sled { path } => {
+                let path = path.clone();
+                let opened = tokio::task::spawn_blocking(move || {
+                    storage::sled_backend::SledBackend::open(path)
+                })
+                .await
+                .map_err(|e| Error::Open(StorageError::permanent(e.to_string())))?;
+                Arc::new(opened.map_err(Error::Open)?)
+            }
+            StorageConfig::Memory => Arc::new(storage::memory::MemoryBackend::new()),
+            StorageConfig::Backend(b) => b.clone(),
+        };
+        let queue = QueueActor::new(backend.clone(), config.queue.clone()).start();
+        let registry = Arc::new(Registry::default());
+        let owner: Arc<str> = Arc::from(config.owner_id.as_str());
+        let supervisor = Supervisor::new(
+            registry.clone(),
+            queue.clone(),
+            backend.clone(),
+            owner,
+            config.autosave_interval,
+            config.shutdown_deadline,
+        )
+        .start();
+        if config.handle_signals {
+            install_signal_handler(supervisor.clone())?;
+        }
+        info!(target: "datastorer", owner = %config.owner_id, backend = backend.name(), "datastorer started");
+        let engine = Arc::new(Engine::new(
+            config,
+            backend,
+            queue,
+            registry,
+            clock::Clock::new(),
+            arbiter,
+        ));
+        Ok(Datastorer { engine, supervisor })
+    }
+
+    /// The store `name`, registered on first use. Asking again with the same
+    /// specification returns the same store; a different one is an error.
+    pub fn store<T: Document>(&self, name: &str, spec: StoreSpec<T>) -> Result<Store<T>, Error> {
+        Store::register(&self.engine, name, spec)
+    }
+
+    /// This instance's owner id (as written in leases).
+    pub fn owner_id(&self) -> &str {
+        &self.engine.owner
+    }
+
+    /// The backend (shared with every instance started on it).
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.engine.backend.clone()
+    }
+
+    /// Number of keys loaded and open, over all stores.
+    pub fn loaded_count(&self) -> usize {
+        self.engine.registry.loaded_count()
+    }
+
+    /// Saves and releases every loaded key (reason `Released`).
+    pub async fn release_all_keys(&self, priority: Priority) -> ReleaseReport {
+        self.supervisor
+            .send(ReleaseAll { priority })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Stops new loads, saves and releases every key on the emergency lane,
+    /// drains the queue and flushes storage, within `shutdown_deadline`.
+    /// Calling it again returns the first call's report.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.supervisor.send(Shutdown).await.unwrap_or_default()
+    }
+
+    /// Runs the autosave pass now (saves changed keys, renews half-used
+    /// leases). Answers how many keys were ticked; the writes are queued, not
+    /// awaited (use [`Datastorer::wait_for_empty_queue`]).
+    pub async fn autosave_now(&self) -> usize {
+        self.supervisor.send(AutosaveNow).await.unwrap_or(0)
+    }
+
+    /// Drops queued normal-lane requests; their callers get `Error::Cancelled`
+    /// (a cancelled save leaves the key dirty, so the next autosave retries).
+    pub async fn flush_queue(&self) -> usize {
+        self.engine
+            .queue
+            .send(DropQueued {
+                emergency_too: false,
+            })
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Drops every queued request, emergency lane included.
+    pub async fn emergency_flush_queue(&self) -> usize {
+        self.engine
+            .queue
+            .send(DropQueued {
+                emergency_too: true,
+            })
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Resolves once nothing is queued, retrying or executing.
+    pub async fn wait_for_empty_queue(&self) {
+        let (done, rx) = oneshot::channel();
+        self.engine.queue.do_send(NotifyWhenEmpty { done });
+        let _ = rx.await;
+    }
+
+    /// Current queue depth per lane.
+    pub async fn queue_depth(&self) -> QueueDepth {
+        self.engine.queue.send(GetDepth).await.unwrap_or_default()
+    }
+}
+
+#[cfg(unix)]
+fn install_signal_handler(supervisor: Addr<Supervisor>) -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let install = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| Error::Config(format!("cannot install the {name} handler: {e}")))
+    };
+    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+    actix::spawn(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(target: "datastorer", signal = which, "signal received: saving and releasing every key");
+        let report = supervisor.send(Shutdown).await.unwrap_or_default();
+        info!(target: "datastorer", clean = report.is_clean(), "stopping the actix system");
+        if let Some(system) = System::try_current() {
+            system.stop();
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn install_signal_handler(supervisor: Addr<Supervisor>) -> Result<(), Error> {
+    actix::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = supervisor.send(Shutdown).await;
+            if let Some(system) = System::try_current() {
+                system.stop();
+            }
+        }
+    });
+    Ok(())
+}

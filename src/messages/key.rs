@@ -1,0 +1,99 @@
+//! The key actor's protocol. Typed messages (`Read`, `Update`, ...) come
+//! from a `Session<T>`; `Control` is type-erased so the supervisor can drive
+//! key actors of every store through one `Recipient`.
+
+use std::any::Any;
+
+use actix::Message;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+use crate::messages::queue::Priority;
+use crate::session::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};
+use crate::storage::NoticeKind;
+
+pub(crate) type AnyBox = Box<dyn Any + Send>;
+pub(crate) type ReadFn<T> = Box<dyn FnOnce(&T) -> AnyBox + Send>;
+pub(crate) type UpdateFn<T> = Box<dyn FnOnce(&mut T) -> AnyBox + Send>;
+pub(crate) type ReceiptTx = oneshot::Sender<Result<SaveOutcome, Error>>;
+
+/// Load the record, take the lease, migrate, reconcile, run the after-load hook.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct Open {
+    pub user_ids: Vec<String>,
+    pub policy: AcquirePolicy,
+}
+
+/// Run a closure over the document.
+pub(crate) struct Read<T>(pub ReadFn<T>);
+impl<T: 'static> Message for Read<T> {
+    type Result = Result<AnyBox, Error>;
+}
+
+/// Run a mutating closure over the document.
+pub(crate) struct Update<T>(pub UpdateFn<T>);
+impl<T: 'static> Message for Update<T> {
+    type Result = Result<AnyBox, Error>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Value, Error>")]
+pub(crate) struct GetMetadata;
+
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct SetMetadata(pub Value);
+
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct AddUserId(pub String);
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<String>, Error>")]
+pub(crate) struct GetUserIds;
+
+#[derive(Message)]
+#[rtype(result = "Result<LeaseInfo, Error>")]
+pub(crate) struct GetLease;
+
+/// Save now; `receipt` resolves when the write is durable or failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Save {
+    pub priority: Priority,
+    pub receipt: ReceiptTx,
+}
+
+/// Save, clear the lease and close; `receipt` resolves when that is durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Release {
+    pub priority: Priority,
+    pub reason: CloseReason,
+    pub receipt: ReceiptTx,
+}
+
+/// Drop unsaved changes, clear the lease and close.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Close {
+    pub receipt: ReceiptTx,
+}
+
+/// Messages from the supervisor and the notice listener, for every store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) enum Control {
+    /// Save if changed; renew the lease if half of it is used.
+    Autosave,
+    /// A notice addressed to this key's holder arrived on the backend bus.
+    Notice(NoticeKind),
+    /// Release on the emergency lane with reason `Shutdown` (or `Released`).
+    ReleaseForSupervisor {
+        reason: CloseReason,
+        priority: Priority,
+        receipt: ReceiptTx,
+    },
+}

@@ -1,0 +1,125 @@
+//! The queue actor's protocol: submit a storage request, drop queued
+//! requests, wait for an empty queue, read the depth.
+
+use std::sync::Arc;
+
+use actix::Message;
+use tokio::sync::oneshot;
+
+use crate::storage::{StorageError, WriteOp, WriteOutcome};
+
+/// Which lane a request waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    /// The ordinary lane.
+    Normal,
+    /// Served first (shutdown, release); never starves the normal lane.
+    Emergency,
+}
+
+impl Priority {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Priority::Normal => "normal",
+            Priority::Emergency => "emergency",
+        }
+    }
+}
+
+/// The backend operation a request performs.
+#[derive(Debug)]
+pub(crate) enum Operation {
+    Get,
+    Write(WriteOp),
+    Scan {
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    },
+}
+
+impl Operation {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Operation::Get => "get",
+            Operation::Write(op) if op.value.is_none() => "delete",
+            Operation::Write(_) => "write",
+            Operation::Scan { .. } => "scan",
+        }
+    }
+}
+
+/// A successful result.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Value(Option<Vec<u8>>),
+    Written(WriteOutcome),
+    Scanned(Vec<(Vec<u8>, Vec<u8>)>),
+}
+
+/// Why a request produced no result.
+#[derive(Debug, Clone)]
+pub(crate) enum QueueFailure {
+    Storage {
+        error: StorageError,
+        attempts: u32,
+        operation: &'static str,
+    },
+    Cancelled,
+    Stopped,
+}
+
+pub(crate) type ReplyTx = oneshot::Sender<Result<Reply, QueueFailure>>;
+
+/// Enqueue one storage request; the answer arrives on `reply`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Submit {
+    pub store: Arc<str>,
+    pub key: Arc<str>,
+    pub storage_key: Vec<u8>,
+    pub op: Operation,
+    pub lane: Priority,
+    pub reply: ReplyTx,
+}
+
+/// Drop queued (not yet executing) requests: the normal lane only, or both
+/// lanes when `emergency_too`. Their callers get `Cancelled`. Answers how
+/// many were dropped.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub(crate) struct DropQueued {
+    pub emergency_too: bool,
+}
+
+/// Resolves `done` once nothing is queued, retrying or executing.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct NotifyWhenEmpty {
+    pub done: oneshot::Sender<()>,
+}
+
+/// How much work the queue holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Requests waiting in the emergency lane.
+    pub emergency: usize,
+    /// Requests waiting in the normal lane.
+    pub normal: usize,
+    /// Requests in the batch being executed.
+    pub in_flight: usize,
+    /// Requests waiting out a backoff delay.
+    pub retrying: usize,
+}
+
+impl QueueDepth {
+    /// Total requests the queue holds.
+    pub fn total(&self) -> usize {
+        self.emergency + self.normal + self.in_flight + self.retrying
+    }
+}
+
+/// Read the current [`QueueDepth`].
+#[derive(Message)]
+#[rtype(result = "QueueDepth")]
+pub(crate) struct GetDepth;

@@ -1,0 +1,24 @@
+//! The supervisor's protocol: release every key, shut down, run an
+//! autosave pass now.
+
+use actix::Message;
+
+use crate::messages::queue::Priority;
+use crate::report::{ReleaseReport, ShutdownReport};
+
+/// Release every loaded key of every store.
+#[derive(Message)]
+#[rtype(result = "ReleaseReport")]
+pub(crate) struct ReleaseAll {
+    pub priority: Priority,
+}
+
+/// Stop new loads, save and release every key, drain the queue, flush.
+#[derive(Message)]
+#[rtype(result = "ShutdownReport")]
+pub(crate) struct Shutdown;
+
+/// Send every loaded key an autosave tick now; answers how many were ticked.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub(crate) struct AutosaveNow;

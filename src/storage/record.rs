@@ -1,0 +1,200 @@
+//! The on-disk record envelope: the only module that knows the byte layout of
+//! a stored record, and the only one that touches `bincode`.
+//!
+//! Layout (all integers little endian):
+//!
+//! ```text
+//! offset  size  field
+//! 0       2     magic "DS"
+//! 2       1     format version (currently 1)
+//! 3       8     epoch      (fencing token, +1 on every lease acquisition)
+//! 11      8     revision   (+1 on every write)
+//! 19      4     body length
+//! 23      8     seahash of the body
+//! 31      ..    body: bincode (varint, size-limited) of `BodyV1`
+//! ```
+//!
+//! The fixed header lets a backend check a compare-and-swap precondition
+//! (epoch, revision) without decoding the body, and lets a torn or corrupt
+//! record be detected before anything trusts it. The document and metadata
+//! inside the body are JSON bytes: self-describing, so migrations can read
+//! shapes that no longer deserialize into the application's type.
+//!
+//! Must not: know about actors, leases policy, or the queue.
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+const MAGIC: [u8; 2] = *b"DS";
+/// The envelope version this build writes.
+pub const FORMAT_VERSION: u8 = 1;
+/// Size of the fixed header in front of the body.
+pub const HEADER_LEN: usize = 31;
+/// Upper bound for a decoded body; protects the decoder from hostile lengths.
+pub const MAX_BODY_LEN: u64 = 64 * 1024 * 1024;
+
+/// The part of a record a backend may read to check a precondition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordHeader {
+    /// The record's lease epoch (fencing token).
+    pub epoch: u64,
+    /// The record's revision, incremented by every write.
+    pub revision: u64,
+}
+
+impl RecordHeader {
+    /// Reads the header of an encoded record without decoding the body.
+    /// `None` when the bytes do not start with a valid header.
+    pub fn peek(bytes: &[u8]) -> Option<RecordHeader> {
+        if bytes.len() < HEADER_LEN || bytes[0..2] != MAGIC {
+            return None;
+        }
+        Some(RecordHeader {
+            epoch: u64::from_le_bytes(bytes[3..11].try_into().ok()?),
+            revision: u64::from_le_bytes(bytes[11..19].try_into().ok()?),
+        })
+    }
+}
+
+/// Who holds the lease recorded in a record, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseHolder {
+    /// The owner id of the holding `Datastorer` instance.
+    pub owner: String,
+    /// Milliseconds since the Unix epoch after which the lease may be taken.
+    pub expires_at_ms: u64,
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Fencing epoch and revision.
+    pub header: RecordHeader,
+    /// The version of the application's data schema (number of migrations applied).
+    pub data_version: u32,
+    /// The document, as JSON bytes.
+    pub data: Vec<u8>,
+    /// Metadata stored beside the document, as JSON bytes.
+    pub metadata: Vec<u8>,
+    /// User ids associated with the key (GDPR-style ownership).
+    pub user_ids: Vec<String>,
+    /// The current lease, if any.
+    pub lease: Option<LeaseHolder>,
+    /// When the record was first written (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When the record was last written (ms since the Unix epoch).
+    pub updated_at_ms: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BodyV1 {
+    data_version: u32,
+    data: Vec<u8>,
+    metadata: Vec<u8>,
+    user_ids: Vec<String>,
+    lease: Option<LeaseHolder>,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+/// Borrowed twin of `BodyV1` for encoding without copying; every field has
+/// the same serde shape, so the bytes are identical.
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    data_version: u32,
+    data: &'a Vec<u8>,
+    metadata: &'a Vec<u8>,
+    user_ids: &'a Vec<String>,
+    lease: Option<&'a LeaseHolder>,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+/// Why a stored record could not be decoded.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than a header or without the magic bytes.
+    #[error("not a datastorer record (bad magic or shorter than the {HEADER_LEN}-byte header)")]
+    NotARecord,
+    /// Written by a newer build.
+    #[error("record format version {0} is newer than this build understands ({FORMAT_VERSION})")]
+    UnknownFormat(u8),
+    /// Body length or checksum do not match: a torn or corrupted write.
+    #[error("record body is torn or corrupt: {0}")]
+    Corrupt(String),
+    /// The body does not decode.
+    #[error("record body does not decode: {0}")]
+    Body(String),
+}
+
+fn options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_varint_encoding()
+        .with_limit(MAX_BODY_LEN)
+        .reject_trailing_bytes()
+}
+
+impl Record {
+    /// Encodes the record, header first.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = BodyRef {
+            data_version: self.data_version,
+            data: &self.data,
+            metadata: &self.metadata,
+            user_ids: &self.user_ids,
+            lease: self.lease.as_ref(),
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+        };
+        // Serializing plain integers, byte vectors and strings into a Vec cannot
+        // fail; a failure here would be a bug in bincode itself.
+        let body_bytes = options()
+            .serialize(&body)
+            .unwrap_or_else(|e| unreachable!("bincode failed on an in-memory body: {e}"));
+        let mut out = Vec::with_capacity(HEADER_LEN + body_bytes.len());
+        out.extend_from_slice(&MAGIC);
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&self.header.epoch.to_le_bytes());
+        out.extend_from_slice(&self.header.revision.to_le_bytes());
+        out.extend_from_slice(&(body_bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&seahash::hash(&body_bytes).to_le_bytes());
+        out.extend_from_slice(&body_bytes);
+        out
+    }
+
+    /// Decodes a record; never panics on arbitrary input.
+    pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+        let header = RecordHeader::peek(bytes).ok_or(DecodeError::NotARecord)?;
+        let version = bytes[2];
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnknownFormat(version));
+        }
+        let declared = u32::from_le_bytes([bytes[19], bytes[20], bytes[21], bytes[22]]) as usize;
+        let body = &bytes[HEADER_LEN..];
+        if body.len() != declared {
+            return Err(DecodeError::Corrupt(format!(
+                "body is {} bytes, header says {declared}",
+                body.len()
+            )));
+        }
+        let mut hash = [0u8; 8];
+        hash.copy_from_slice(&bytes[23..31]);
+        if seahash::hash(body) != u64::from_le_bytes(hash) {
+            return Err(DecodeError::Corrupt("body checksum mismatch".into()));
+        }
+        let body: BodyV1 = options()
+            .deserialize(body)
+            .map_err(|e| DecodeError::Body(e.to_string()))?;
+        Ok(Record {
+            header,
+            data_version: body.data_version,
+            data: body.data,
+            metadata: body.metadata,
+            user_ids: body.user_ids,
+            lease: body.lease,
+            created_at_ms: body.created_at_ms,
+            updated_at_ms: body.updated_at_ms,
+        })
+    }
+}

@@ -1,0 +1,600 @@
+//! Stores: a named collection of keys with a template, migrations, a
+//! metadata template and hooks; the typed registry of its key actors.
+//!
+//! Owns: the map from key to key actor for one store (which actor is
+//! loaded, which is open), name validation, and the open flow up to the
+//! moment the key actor takes over. Must not: touch storage or document
+//! data (the key actor does).
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix::{Actor, Addr, Recipient};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::actors::key::KeyActor;
+use crate::engine::{queue_error, Engine, StoreControl};
+use crate::error::Error;
+use crate::messages::key::{Control, Open};
+use crate::messages::queue::{Operation, Priority, Reply};
+use crate::migration::Migration;
+use crate::session::{AcquirePolicy, CloseReason, Session};
+use crate::storage::{split_storage_key, storage_key, store_prefix, Record};
+
+/// What a document type must be: serde both ways, cloneable (the actor
+/// keeps a copy while an `update` closure runs), sendable to the actor.
+pub trait Document: Serialize + DeserializeOwned + Clone + Send + Unpin + 'static {}
+impl<T: Serialize + DeserializeOwned + Clone + Send + Unpin + 'static> Document for T {}
+
+type Hook<T> = Arc<dyn Fn(&mut T) + Send + Sync>;
+
+/// Callbacks run inside the key actor. A panicking hook is caught: a
+/// panicking after-load hook fails the open (the lease is cleared), a
+/// panicking before-save hook fails that save.
+pub struct Hooks<T> {
+    /// After the record is loaded, migrated, reconciled and the lease taken.
+    /// Changes it makes are saved by the next save or autosave.
+    pub after_load: Option<Hook<T>>,
+    /// Before every write of the document (save, autosave, release).
+    pub before_save: Option<Hook<T>>,
+}
+
+impl<T> Default for Hooks<T> {
+    fn default() -> Self {
+        Self {
+            after_load: None,
+            before_save: None,
+        }
+    }
+}
+
+impl<T> Clone for Hooks<T> {
+    fn clone(&self) -> Self {
+        Self {
+            after_load: self.after_load.clone(),
+            before_save: self.before_save.clone(),
+        }
+    }
+}
+
+/// How a store is defined. Two `store()` calls for one name must agree on
+/// the type, template, metadata template, migration names and hooks.
+pub struct StoreSpec<T> {
+    /// The document of a new key; also the source of fields that reconcile
+    /// adds to old records.
+    pub template: T,
+    /// Step `i` migrates data version `i` to `i + 1`. New records start at
+    /// `migrations.len()`.
+    pub migrations: Vec<Migration>,
+    /// Metadata of a new key, reconciled into old records like the template.
+    pub metadata_template: Value,
+    /// Optional callbacks.
+    pub hooks: Hooks<T>,
+}
+
+impl<T> StoreSpec<T> {
+    /// A spec with no migrations, an empty metadata object and no hooks.
+    pub fn new(template: T) -> Self {
+        Self {
+            template,
+            migrations: Vec::new(),
+            metadata_template: Value::Object(Default::default()),
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// Adds a migration step.
+    pub fn migration(mut self, m: Migration) -> Self {
+        self.migrations.push(m);
+        self
+    }
+
+    /// Sets the metadata template.
+    pub fn metadata_template(mut self, metadata: Value) -> Self {
+        self.metadata_template = metadata;
+        self
+    }
+
+    /// Sets the after-load hook.
+    pub fn after_load(mut self, hook: impl Fn(&mut T) + Send + Sync + 'static) -> Self {
+        self.hooks.after_load = Some(Arc::new(hook));
+        self
+    }
+
+    /// Sets the before-save hook.
+    pub fn before_save(mut self, hook: impl Fn(&mut T) + Send + Sync + 'static) -> Self {
+        self.hooks.before_save = Some(Arc::new(hook));
+        self
+    }
+}
+
+/// What identifies a store's definition, to detect conflicting `store()` calls.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Fingerprint {
+    type_id: TypeId,
+    type_name: &'static str,
+    template: Value,
+    metadata_template: Value,
+    migrations: Vec<String>,
+    hooks: (bool, bool),
+}
+
+impl Fingerprint {
+    fn difference(&self, other: &Fingerprint) -> Option<String> {
+        if self.type_id != other.type_id {
+            return Some(format!(
+                "document type {} vs {}",
+                self.type_name, other.type_name
+            ));
+        }
+        if self.template != other.template {
+            return Some("template differs".into());
+        }
+        if self.metadata_template != other.metadata_template {
+            return Some("metadata template differs".into());
+        }
+        if self.migrations != other.migrations {
+            return Some(format!(
+                "migrations {:?} vs {:?}",
+                self.migrations, other.migrations
+            ));
+        }
+        if self.hooks != other.hooks {
+            return Some("hooks differ".into());
+        }
+        None
+    }
+}
+
+/// A key: any non-empty UTF-8 string up to 512 bytes without control
+/// characters. Numbers are accepted and stored as their decimal string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key(String);
+
+impl Key {
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Key(s.to_owned())
+    }
+}
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Key(s)
+    }
+}
+impl From<&String> for Key {
+    fn from(s: &String) -> Self {
+        Key(s.clone())
+    }
+}
+macro_rules! numeric_key {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Key {
+            fn from(n: $t) -> Self { Key(n.to_string()) }
+        }
+    )*};
+}
+numeric_key!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+
+/// Longest key accepted, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+/// Longest store name accepted, in bytes.
+pub const MAX_STORE_NAME_LEN: usize = 128;
+
+fn truncated(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+pub(crate) fn validate_key(key: &str) -> Result<(), Error> {
+    let reason = if key.is_empty() {
+        Some("must not be empty")
+    } else if key.len() > MAX_KEY_LEN {
+        Some("is longer than 512 bytes")
+    } else if key.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            what: "key",
+            value: truncated(key),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn validate_store_name(name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > MAX_STORE_NAME_LEN {
+        Some("is longer than 128 bytes")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    {
+        Some("may contain only ASCII letters, digits, '_', '-', '.' and ':'")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            what: "store name",
+            value: truncated(name),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+struct KeyEntry<T: Document> {
+    addr: Addr<KeyActor<T>>,
+    generation: u64,
+    open: bool,
+    closed: watch::Receiver<Option<CloseReason>>,
+}
+
+/// One store's shared state; `Store<T>` handles point at it.
+pub(crate) struct StoreShared<T: Document> {
+    pub name: Arc<str>,
+    pub migrations: Vec<Migration>,
+    pub metadata_template: Value,
+    pub hooks: Hooks<T>,
+    /// The template as JSON; the typed template is not kept, so documents
+    /// need not be `Sync`.
+    pub template_json: Value,
+    pub engine: Arc<Engine>,
+    fingerprint: Fingerprint,
+    keys: Mutex<HashMap<Arc<str>, KeyEntry<T>>>,
+}
+
+impl<T: Document> StoreShared<T> {
+    fn keys(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyEntry<T>>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn mark_open(&self, key: &str, generation: u64) {
+        if let Some(e) = self.keys().get_mut(key) {
+            if e.generation == generation {
+                e.open = true;
+            }
+        }
+    }
+
+    pub(crate) fn remove(&self, key: &str, generation: u64) {
+        let mut keys = self.keys();
+        if keys.get(key).is_some_and(|e| e.generation == generation) {
+            keys.remove(key);
+        }
+    }
+}
+
+impl<T: Document> StoreControl for StoreShared<T> {
+    fn as_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+
+    fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
+    fn key_recipients(&self) -> Vec<Recipient<Control>> {
+        self.keys()
+            .values()
+            .map(|e| e.addr.clone().recipient())
+            .collect()
+    }
+
+    fn find(&self, key: &str) -> Option<Recipient<Control>> {
+        self.keys().get(key).map(|e| e.addr.clone().recipient())
+    }
+
+    fn loaded_count(&self) -> usize {
+        self.keys().values().filter(|e| e.open).count()
+    }
+}
+
+/// A handle on a store. Cheap to clone.
+pub struct Store<T: Document> {
+    shared: Arc<StoreShared<T>>,
+}
+
+impl<T: Document> Clone for Store<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T: Document> fmt::Debug for Store<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("name", &self.shared.name)
+            .finish()
+    }
+}
+
+impl<T: Document> Store<T> {
+    /// Finds or registers the store `name` in `engine`.
+    pub(crate) fn register(
+        engine: &Arc<Engine>,
+        name: &str,
+        spec: StoreSpec<T>,
+    ) -> Result<Store<T>, Error> {
+        validate_store_name(name)?;
+        let template_json = serde_json::to_value(&spec.template).map_err(|e| Error::Serialize {
+            store: name.to_owned(),
+            key: "<template>".to_owned(),
+            message: e.to_string(),
+        })?;
+        let fingerprint = Fingerprint {
+            type_id: TypeId::of::<T>(),
+            type_name: std::any::type_name::<T>(),
+            template: template_json.clone(),
+            metadata_template: spec.metadata_template.clone(),
+            migrations: spec
+                .migrations
+                .iter()
+                .map(|m| m.name().to_owned())
+                .collect(),
+            hooks: (
+                spec.hooks.after_load.is_some(),
+                spec.hooks.before_save.is_some(),
+            ),
+        };
+        let mut stores = engine.registry.stores();
+        if let Some(existing) = stores.get(name) {
+            if let Some(difference) = existing.fingerprint().difference(&fingerprint) {
+                return Err(Error::StoreConflict {
+                    store: name.to_owned(),
+                    difference,
+                });
+            }
+            let shared = existing
+                .clone()
+                .as_any_arc()
+                .downcast::<StoreShared<T>>()
+                .map_err(|_| Error::StoreConflict {
+                    store: name.to_owned(),
+                    difference: "document type".into(),
+                })?;
+            return Ok(Store { shared });
+        }
+        let StoreSpec {
+            template: _,
+            migrations,
+            metadata_template,
+            hooks,
+        } = spec;
+        let shared = Arc::new(StoreShared {
+            name: Arc::from(name),
+            migrations,
+            metadata_template,
+            hooks,
+            template_json,
+            engine: engine.clone(),
+            fingerprint,
+            keys: Mutex::new(HashMap::new()),
+        });
+        stores.insert(name.to_owned(), shared.clone());
+        Ok(Store { shared })
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Starts opening `key`: configure with `.user_ids(..)` and `.policy(..)`,
+    /// then `.await`. Opening a key this instance already has open returns
+    /// that session.
+    pub fn open(&self, key: impl Into<Key>) -> OpenRequest<T> {
+        OpenRequest {
+            store: self.clone(),
+            key: key.into().0,
+            user_ids: Vec::new(),
+            policy: AcquirePolicy::default(),
+        }
+    }
+
+    /// The open session of `key`, if this instance has it loaded.
+    pub fn get(&self, key: impl Into<Key>) -> Option<Session<T>> {
+        let key = key.into().0;
+        let keys = self.shared.keys();
+        let (k, e) = keys.get_key_value(key.as_str()).filter(|(_, e)| e.open)?;
+        Some(Session::new(
+            e.addr.clone(),
+            self.shared.name.clone(),
+            k.clone(),
+            e.closed.clone(),
+        ))
+    }
+
+    /// Whether this instance has `key` loaded and open.
+    pub fn is_loaded(&self, key: impl Into<Key>) -> bool {
+        let key = key.into().0;
+        self.shared.keys().get(key.as_str()).is_some_and(|e| e.open)
+    }
+
+    /// Keys this instance has loaded and open.
+    pub fn loaded_keys(&self) -> Vec<String> {
+        self.shared
+            .keys()
+            .iter()
+            .filter(|(_, e)| e.open)
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+
+    /// Keys stored in this store (loaded or not) that start with `prefix`,
+    /// in byte order, after `start_after` (a cursor: the last key of the
+    /// previous page), at most `limit`. Goes through the queue.
+    pub async fn list_keys(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        let shared = &self.shared;
+        let mut full_prefix = store_prefix(&shared.name);
+        full_prefix.extend_from_slice(prefix.as_bytes());
+        let op = Operation::Scan {
+            prefix: full_prefix.clone(),
+            start_after: start_after.map(|k| storage_key(&shared.name, k)),
+            limit,
+        };
+        let key: Arc<str> = Arc::from(format!("{prefix}*"));
+        match shared
+            .engine
+            .request(&shared.name, &key, full_prefix, op, Priority::Normal)
+            .await
+        {
+            Ok(Reply::Scanned(rows)) => Ok(rows
+                .into_iter()
+                .filter_map(|(k, _)| split_storage_key(&k).map(|(_, key)| key))
+                .collect()),
+            Ok(_) => Err(Error::NotRunning),
+            Err(f) => Err(queue_error(&shared.name, &key, f)),
+        }
+    }
+
+    /// The stored record of `key` as it is on disk, without taking a lease
+    /// (`None` if absent). A corrupt record is reported, not repaired.
+    pub async fn inspect(&self, key: impl Into<Key>) -> Result<Option<Record>, Error> {
+        let key = key.into().0;
+        validate_key(&key)?;
+        let shared = &self.shared;
+        let key: Arc<str> = Arc::from(key);
+        let skey = storage_key(&shared.name, &key);
+        match shared
+            .engine
+            .request(&shared.name, &key, skey, Operation::Get, Priority::Normal)
+            .await
+        {
+            Ok(Reply::Value(None)) => Ok(None),
+            Ok(Reply::Value(Some(bytes))) => {
+                Record::decode(&bytes)
+                    .map(Some)
+                    .map_err(|source| Error::CorruptRecord {
+                        store: shared.name.to_string(),
+                        key: key.to_string(),
+                        source,
+                    })
+            }
+            Ok(_) => Err(Error::NotRunning),
+            Err(f) => Err(queue_error(&shared.name, &key, f)),
+        }
+    }
+
+    async fn open_key(
+        self,
+        key: String,
+        user_ids: Vec<String>,
+        policy: AcquirePolicy,
+    ) -> Result<Session<T>, Error> {
+        validate_key(&key)?;
+        let shared = &self.shared;
+        loop {
+            if shared.engine.registry.is_shutting_down() {
+                return Err(Error::ShuttingDown);
+            }
+            let (addr, key_arc, generation, mut closed) = {
+                let mut keys = shared.keys();
+                match keys.get_key_value(key.as_str()) {
+                    Some((k, e)) => (e.addr.clone(), k.clone(), e.generation, e.closed.clone()),
+                    None => {
+                        let key_arc: Arc<str> = Arc::from(key.as_str());
+                        let generation = shared.engine.next_generation();
+                        let (tx, rx) = watch::channel(None);
+                        let actor = KeyActor::new(shared.clone(), key_arc.clone(), generation, tx);
+                        let addr =
+                            KeyActor::start_in_arbiter(&shared.engine.arbiter, move |_| actor);
+                        keys.insert(
+                            key_arc.clone(),
+                            KeyEntry {
+                                addr: addr.clone(),
+                                generation,
+                                open: false,
+                                closed: rx.clone(),
+                            },
+                        );
+                        (addr, key_arc, generation, rx)
+                    }
+                }
+            };
+            let opened = addr
+                .send(Open {
+                    user_ids: user_ids.clone(),
+                    policy,
+                })
+                .await;
+            match opened {
+                Ok(Ok(())) => return Ok(Session::new(addr, shared.name.clone(), key_arc, closed)),
+                // An actor that is closing: wait for it to finish, then load afresh.
+                Ok(Err(Error::SessionClosed { .. })) => {
+                    let _ = closed.wait_for(Option::is_some).await;
+                    shared.remove(&key_arc, generation);
+                }
+                // The actor is gone without cleaning up after itself.
+                Err(_) => shared.remove(&key_arc, generation),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A pending `open`; await it.
+pub struct OpenRequest<T: Document> {
+    store: Store<T>,
+    key: String,
+    user_ids: Vec<String>,
+    policy: AcquirePolicy,
+}
+
+impl<T: Document> OpenRequest<T> {
+    /// User ids to associate with the key (added to those already stored).
+    pub fn user_ids<I, U>(mut self, ids: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: fmt::Display,
+    {
+        self.user_ids.extend(ids.into_iter().map(|u| u.to_string()));
+        self
+    }
+
+    /// What to do when another owner holds the key.
+    pub fn policy(mut self, policy: AcquirePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+impl<T: Document> IntoFuture for OpenRequest<T> {
+    type Output = Result<Session<T>, Error>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.store.open_key(self.key, self.user_ids, self.policy))
+    }
+}

@@ -1,0 +1,255 @@
+//! Sessions: open, read, update, metadata, user ids, save receipts, release,
+//! close, close reasons, panics inside closures.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use datastorer::storage::memory::MemoryBackend;
+use datastorer::{CloseReason, Error, Priority};
+use serde_json::json;
+
+#[actix_rt::test]
+async fn open_creates_from_template_and_update_saves() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+
+    let s = store.open("alice").user_ids([7u64]).await.unwrap();
+    assert_eq!(s.get().await.unwrap(), template());
+    // The lease write created the record with the template, epoch 1.
+    let rec = stored(&backend, "profiles", "alice").unwrap();
+    assert_eq!(rec.header.epoch, 1);
+    assert_eq!(rec.user_ids, vec!["7".to_string()]);
+    assert_eq!(rec.lease.as_ref().unwrap().owner, "a");
+
+    let coins = s
+        .update(|p| {
+            p.coins += 5;
+            p.coins
+        })
+        .await
+        .unwrap();
+    assert_eq!(coins, 5);
+    let outcome = s.save(Priority::Normal).await.unwrap();
+    assert_eq!(outcome.revision, 2);
+    assert_eq!(stored_json(&backend, "profiles", "alice")["coins"], 5);
+
+    // Nothing changed: the receipt resolves at once with the same revision.
+    let again = s.save(Priority::Normal).await.unwrap();
+    assert_eq!(again.revision, 2);
+    assert_eq!(
+        stored(&backend, "profiles", "alice")
+            .unwrap()
+            .header
+            .revision,
+        2
+    );
+}
+
+#[actix_rt::test]
+async fn get_and_is_loaded_track_open_sessions_and_numeric_keys_are_strings() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    assert!(!store.is_loaded(42u64));
+    assert!(store.get(42u64).is_none());
+
+    let s = store.open(42u64).await.unwrap();
+    assert!(store.is_loaded("42"));
+    let again = store.get(42).unwrap();
+    again.update(|p| p.coins = 9).await.unwrap();
+    assert_eq!(
+        s.read(|p| p.coins).await.unwrap(),
+        9,
+        "both handles reach one actor"
+    );
+    // Opening a loaded key returns the same session.
+    let third = store.open("42").await.unwrap();
+    assert_eq!(third.read(|p| p.coins).await.unwrap(), 9);
+    assert!(stored(&backend, "profiles", "42").is_some());
+
+    s.release(Priority::Normal).await.unwrap();
+    assert!(!store.is_loaded(42));
+    assert_eq!(s.closed().await, CloseReason::Released);
+    assert_eq!(ds.loaded_count(), 0);
+}
+
+#[actix_rt::test]
+async fn metadata_and_user_ids_are_saved_beside_the_data() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = ds
+        .store(
+            "meta",
+            datastorer::StoreSpec::new(template())
+                .metadata_template(json!({"region": "eu", "flags": 0})),
+        )
+        .unwrap();
+    let s = store.open("k").user_ids(["u1"]).await.unwrap();
+    assert_eq!(
+        s.metadata().await.unwrap(),
+        json!({"region": "eu", "flags": 0})
+    );
+    s.set_metadata(json!({"region": "us", "flags": 1}))
+        .await
+        .unwrap();
+    s.add_user_id(99).await.unwrap();
+    s.add_user_id(99).await.unwrap();
+    assert_eq!(
+        s.user_ids().await.unwrap(),
+        vec!["u1".to_string(), "99".to_string()]
+    );
+
+    // Metadata changes alone make the key dirty.
+    let rev = s.save(Priority::Normal).await.unwrap().revision;
+    assert_eq!(rev, 2);
+    let rec = stored(&backend, "meta", "k").unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&rec.metadata).unwrap()["region"],
+        "us"
+    );
+    assert_eq!(rec.user_ids, vec!["u1".to_string(), "99".to_string()]);
+    // The data itself kept its shape.
+    assert_eq!(
+        stored_json(&backend, "meta", "k"),
+        serde_json::to_value(template()).unwrap()
+    );
+}
+
+#[actix_rt::test]
+async fn release_saves_and_clears_the_lease_then_refuses_calls() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let s = profiles(&ds).open("bob").await.unwrap();
+    s.update(|p| p.coins = 77).await.unwrap();
+    s.release(Priority::Normal).await.unwrap();
+
+    let rec = stored(&backend, "profiles", "bob").unwrap();
+    assert!(rec.lease.is_none(), "release clears the lease");
+    assert_eq!(stored_json(&backend, "profiles", "bob")["coins"], 77);
+    assert_eq!(s.close_reason(), Some(CloseReason::Released));
+    match s.update(|p| p.coins = 1).await {
+        Err(Error::SessionClosed {
+            reason: CloseReason::Released,
+            ..
+        }) => {}
+        other => panic!("expected SessionClosed(Released), got {other:?}"),
+    }
+    assert!(s.save(Priority::Normal).await.is_err());
+}
+
+#[actix_rt::test]
+async fn close_drops_unsaved_changes_and_clears_the_lease() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    let s = store.open("carol").await.unwrap();
+    s.update(|p| p.coins = 10).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    s.update(|p| p.coins = 999).await.unwrap();
+    s.close().await.unwrap();
+    assert_eq!(s.closed().await, CloseReason::Closed);
+
+    let rec = stored(&backend, "profiles", "carol").unwrap();
+    assert!(rec.lease.is_none());
+    assert_eq!(
+        stored_json(&backend, "profiles", "carol")["coins"],
+        10,
+        "unsaved change dropped"
+    );
+
+    // No late autosave writes after close.
+    let writes = backend.stats().writes_applied;
+    tokio::time::advance(AUTOSAVE * 3).await;
+    ds.autosave_now().await;
+    ds.wait_for_empty_queue().await;
+    assert_eq!(backend.stats().writes_applied, writes);
+
+    // Reopening loads the saved state.
+    let s2 = store.open("carol").await.unwrap();
+    assert_eq!(s2.read(|p| p.coins).await.unwrap(), 10);
+    assert_eq!(s2.lease().await.unwrap().epoch, 2);
+}
+
+#[actix_rt::test]
+async fn a_panicking_update_restores_the_document_and_the_actor_survives() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    let s = store.open("dave").await.unwrap();
+    let other = store.open("erin").await.unwrap();
+    s.update(|p| p.coins = 3).await.unwrap();
+
+    let err = s
+        .update(|p| {
+            p.coins = 1000;
+            p.items.push("half-applied".into());
+            panic!("boom in user code");
+        })
+        .await
+        .unwrap_err();
+    match err {
+        Error::Panicked {
+            ref key,
+            ref message,
+            ..
+        } => {
+            assert_eq!(key, "dave");
+            assert!(message.contains("boom"));
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    // Restored, and the session still works.
+    assert_eq!(s.get().await.unwrap().coins, 3);
+    assert!(s.get().await.unwrap().items.is_empty());
+    s.update(|p| p.coins += 1).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(stored_json(&backend, "profiles", "dave")["coins"], 4);
+    // A panicking read is reported too, and other keys are unaffected.
+    assert!(matches!(
+        s.read(|_| -> u64 { panic!("read boom") }).await,
+        Err(Error::Panicked { .. })
+    ));
+    other.update(|p| p.coins = 1).await.unwrap();
+    assert_eq!(other.save(Priority::Normal).await.unwrap().revision, 2);
+}
+
+#[actix_rt::test]
+async fn a_newer_save_waits_for_the_write_on_the_wire_and_carries_the_newest_state() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let s = profiles(&ds).open("frank").await.unwrap();
+    // Make the first write fail twice transiently so it stays on the wire
+    // while more saves arrive.
+    backend.fail_next(
+        datastorer::storage::memory::OpKind::Write,
+        None,
+        2,
+        datastorer::ErrorKind::Transient,
+    );
+    s.update(|p| p.coins = 1).await.unwrap();
+    let first = s.save(Priority::Normal);
+    s.update(|p| p.coins = 2).await.unwrap();
+    let second = s.save(Priority::Normal);
+    s.update(|p| p.coins = 3).await.unwrap();
+    let third = s.save(Priority::Normal);
+    let (a, b, c) = (
+        first.await.unwrap(),
+        second.await.unwrap(),
+        third.await.unwrap(),
+    );
+    assert_eq!(a.revision, 2);
+    // The two later saves were folded into one write of the newest state.
+    assert_eq!(b.revision, 3);
+    assert_eq!(c.revision, 3);
+    assert_eq!(stored_json(&backend, "profiles", "frank")["coins"], 3);
+}
