@@ -17,14 +17,8 @@ pub(crate) struct Clock {
 
 impl Clock {
     pub(crate) fn new() -> Self {
-        let anchor_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Self {
-            anchor_ms,
-            anchor: Instant::now(),
-        }
+        let anchor_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Self { anchor_ms, anchor: Instant::now() }
     }
 
     /// Milliseconds since the Unix epoch.

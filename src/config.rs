@@ -69,12 +69,7 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self {
-            max_batch: 1024,
-            normal_share: 8,
-            budgets: Budgets::default(),
-            retry: RetryConfig::default(),
-        }
+        Self { max_batch: 1024, normal_share: 8, budgets: Budgets::default(), retry: RetryConfig::default() }
     }
 }
 
@@ -110,10 +105,8 @@ fn default_owner_id() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".to_owned());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{host}-{}-{nanos:08x}", std::process::id())
 }
 
@@ -177,17 +170,11 @@ impl Config {
         if self.queue.normal_share == 0 {
             return bad("queue.normal_share must be at least 1".into());
         }
-        for (name, budget) in [
-            ("get", &self.queue.budgets.get),
-            ("write", &self.queue.budgets.write),
-            ("scan", &self.queue.budgets.scan),
-        ] {
+        for (name, budget) in
+            [("get", &self.queue.budgets.get), ("write", &self.queue.budgets.write), ("scan", &self.queue.budgets.scan)]
+        {
             if let Some(b) = budget {
-                if !(b.per_second > 0.0
-                    && b.per_second.is_finite()
-                    && b.burst >= 1.0
-                    && b.burst.is_finite())
-                {
+                if !(b.per_second > 0.0 && b.per_second.is_finite() && b.burst >= 1.0 && b.burst.is_finite()) {
                     return bad(format!(
                         "queue.budgets.{name} needs per_second > 0 and burst >= 1 (got {} and {})",
                         b.per_second, b.burst

@@ -87,16 +87,7 @@ impl Engine {
         arbiter: ArbiterHandle,
     ) -> Self {
         let owner = Arc::from(config.owner_id.as_str());
-        Self {
-            config,
-            owner,
-            backend,
-            queue,
-            registry,
-            clock,
-            arbiter,
-            generations: AtomicU64::new(1),
-        }
+        Self { config, owner, backend, queue, registry, clock, arbiter, generations: AtomicU64::new(1) }
     }
 
     pub(crate) fn next_generation(&self) -> u64 {
@@ -113,14 +104,7 @@ impl Engine {
         lane: Priority,
     ) -> impl std::future::Future<Output = Result<Reply, QueueFailure>> + 'static {
         let (reply, rx) = oneshot::channel();
-        self.queue.do_send(Submit {
-            store: store.clone(),
-            key: key.clone(),
-            storage_key,
-            op,
-            lane,
-            reply,
-        });
+        self.queue.do_send(Submit { store: store.clone(), key: key.clone(), storage_key, op, lane, reply });
         async move { rx.await.unwrap_or(Err(QueueFailure::Stopped)) }
     }
 }
@@ -128,21 +112,10 @@ impl Engine {
 /// Turns a queue failure into the public error for `store`/`key`.
 pub(crate) fn queue_error(store: &str, key: &str, failure: QueueFailure) -> Error {
     match failure {
-        QueueFailure::Storage {
-            error,
-            attempts,
-            operation,
-        } => Error::Storage {
-            store: store.to_owned(),
-            key: key.to_owned(),
-            operation,
-            attempts,
-            source: error,
-        },
-        QueueFailure::Cancelled => Error::Cancelled {
-            store: store.to_owned(),
-            key: key.to_owned(),
-        },
+        QueueFailure::Storage { error, attempts, operation } => {
+            Error::Storage { store: store.to_owned(), key: key.to_owned(), operation, attempts, source: error }
+        }
+        QueueFailure::Cancelled => Error::Cancelled { store: store.to_owned(), key: key.to_owned() },
         QueueFailure::Stopped => Error::NotRunning,
     }
 }

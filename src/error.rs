@@ -56,9 +56,7 @@ pub enum Error {
     },
 
     /// The stored record does not decode. It is left untouched.
-    #[error(
-        "record of key `{key}` in store `{store}` is corrupt and was left untouched: {source}"
-    )]
+    #[error("record of key `{key}` in store `{store}` is corrupt and was left untouched: {source}")]
     CorruptRecord {
         /// Store name.
         store: String,
@@ -70,9 +68,7 @@ pub enum Error {
 
     /// The stored data is not valid JSON, a migration failed, or the stored
     /// data version is newer than this build's migrations.
-    #[error(
-        "cannot migrate key `{key}` in store `{store}` from data version {from_version}: {message}"
-    )]
+    #[error("cannot migrate key `{key}` in store `{store}` from data version {from_version}: {message}")]
     Migration {
         /// Store name.
         store: String,

@@ -18,9 +18,7 @@ use crate::error::Error;
 use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::{migrate, reconcile};
 use crate::session::AcquirePolicy;
-use crate::storage::{
-    LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOp, WriteOutcome,
-};
+use crate::storage::{LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOp, WriteOutcome};
 use crate::store::{Document, StoreShared};
 
 /// A key loaded under a fresh lease.
@@ -62,29 +60,17 @@ pub(crate) async fn acquire<T: Document>(
     let mut asked = false;
     let mut races = 0;
     loop {
-        let bytes = match engine
-            .request(
-                &store.name,
-                &key,
-                storage_key.clone(),
-                Operation::Get,
-                Priority::Normal,
-            )
-            .await
+        let bytes = match engine.request(&store.name, &key, storage_key.clone(), Operation::Get, Priority::Normal).await
         {
             Ok(Reply::Value(v)) => v,
             Ok(_) => return Err(Error::NotRunning),
             Err(f) => return Err(queue_error(&store.name, &key, f)),
         };
-        let current = bytes
-            .as_deref()
-            .map(Record::decode)
-            .transpose()
-            .map_err(|source| Error::CorruptRecord {
-                store: store.name.to_string(),
-                key: key.to_string(),
-                source,
-            })?;
+        let current = bytes.as_deref().map(Record::decode).transpose().map_err(|source| Error::CorruptRecord {
+            store: store.name.to_string(),
+            key: key.to_string(),
+            source,
+        })?;
         let now_ms = engine.clock.now_ms();
         let mut stolen_from = None;
         if let Some(holder) = current.as_ref().and_then(|r| r.lease.as_ref()) {
@@ -145,41 +131,20 @@ pub(crate) async fn acquire<T: Document>(
             data: prepared.data_bytes,
             metadata: prepared.metadata_bytes,
             user_ids: prepared.user_ids,
-            lease: Some(LeaseHolder {
-                owner: engine.owner.to_string(),
-                expires_at_ms,
-            }),
+            lease: Some(LeaseHolder { owner: engine.owner.to_string(), expires_at_ms }),
             created_at_ms: prepared.created_at_ms,
             updated_at_ms: now_ms,
         };
         let saved_checksum = seahash::hash(&record.data);
-        let precondition = current
-            .as_ref()
-            .map_or(Precondition::Absent, |r| Precondition::Header(r.header));
-        let op = WriteOp {
-            key: storage_key.clone(),
-            precondition,
-            value: Some(record.encode()),
-        };
-        match engine
-            .request(
-                &store.name,
-                &key,
-                storage_key.clone(),
-                Operation::Write(op),
-                Priority::Normal,
-            )
-            .await
-        {
+        let precondition = current.as_ref().map_or(Precondition::Absent, |r| Precondition::Header(r.header));
+        let op = WriteOp { key: storage_key.clone(), precondition, value: Some(record.encode()) };
+        match engine.request(&store.name, &key, storage_key.clone(), Operation::Write(op), Priority::Normal).await {
             Ok(Reply::Written(WriteOutcome::Applied)) => {
                 if let Some(holder) = stolen_from {
                     engine.backend.notices().publish(Notice {
                         store: store.name.to_string(),
                         key: key.to_string(),
-                        kind: NoticeKind::Stolen {
-                            holder,
-                            by: engine.owner.to_string(),
-                        },
+                        kind: NoticeKind::Stolen { holder, by: engine.owner.to_string() },
                     });
                 }
                 debug!(target: "datastorer::lease", store = %store.name, key = %key, epoch = header.epoch, "lease acquired");
@@ -197,10 +162,7 @@ pub(crate) async fn acquire<T: Document>(
             Ok(Reply::Written(WriteOutcome::Conflict { .. })) => {
                 races += 1;
                 if races >= MAX_RACES {
-                    return Err(Error::LeaseLost {
-                        store: store.name.to_string(),
-                        key: key.to_string(),
-                    });
+                    return Err(Error::LeaseLost { store: store.name.to_string(), key: key.to_string() });
                 }
             }
             Ok(_) => return Err(Error::NotRunning),
@@ -209,22 +171,11 @@ pub(crate) async fn acquire<T: Document>(
     }
 }
 
-async fn wait_for_release(
-    notices: &mut broadcast::Receiver<Notice>,
-    store: &str,
-    key: &str,
-    wait: Duration,
-) {
+async fn wait_for_release(notices: &mut broadcast::Receiver<Notice>, store: &str, key: &str, wait: Duration) {
     let released = async {
         loop {
             match notices.recv().await {
-                Ok(n)
-                    if n.store == store
-                        && n.key == key
-                        && matches!(n.kind, NoticeKind::Released { .. }) =>
-                {
-                    return
-                }
+                Ok(n) if n.store == store && n.key == key && matches!(n.kind, NoticeKind::Released { .. }) => return,
                 Ok(_) => continue,
                 // Missed notices: re-read the record now.
                 Err(broadcast::error::RecvError::Lagged(_)) => return,
@@ -244,12 +195,7 @@ fn prepare<T: Document>(
 ) -> Result<Prepared<T>, Error> {
     let latest = store.migrations.len() as u32;
     let (doc, metadata, mut ids, created_at_ms) = match current {
-        None => (
-            store.template_json.clone(),
-            store.metadata_template.clone(),
-            Vec::new(),
-            now_ms,
-        ),
+        None => (store.template_json.clone(), store.metadata_template.clone(), Vec::new(), now_ms),
         Some(r) => {
             let fail = |message: String| Error::Migration {
                 store: store.name.to_string(),
@@ -257,15 +203,14 @@ fn prepare<T: Document>(
                 from_version: r.data_version,
                 message,
             };
-            let doc: Value = serde_json::from_slice(&r.data)
-                .map_err(|e| fail(format!("stored data is not JSON: {e}")))?;
+            let doc: Value =
+                serde_json::from_slice(&r.data).map_err(|e| fail(format!("stored data is not JSON: {e}")))?;
             let mut doc = migrate(doc, r.data_version, &store.migrations).map_err(fail)?;
             reconcile(&mut doc, &store.template_json);
             let mut metadata: Value = if r.metadata.is_empty() {
                 Value::Object(Default::default())
             } else {
-                serde_json::from_slice(&r.metadata)
-                    .map_err(|e| fail(format!("stored metadata is not JSON: {e}")))?
+                serde_json::from_slice(&r.metadata).map_err(|e| fail(format!("stored metadata is not JSON: {e}")))?
             };
             reconcile(&mut metadata, &store.metadata_template);
             (doc, metadata, r.user_ids.clone(), r.created_at_ms)
@@ -288,13 +233,5 @@ fn prepare<T: Document>(
     };
     let data_bytes = serde_json::to_vec(&data).map_err(serialize_err)?;
     let metadata_bytes = serde_json::to_vec(&metadata).map_err(serialize_err)?;
-    Ok(Prepared {
-        data,
-        metadata,
-        user_ids: ids,
-        data_version: latest,
-        created_at_ms,
-        data_bytes,
-        metadata_bytes,
-    })
+    Ok(Prepared { data, metadata, user_ids: ids, data_version: latest, created_at_ms, data_bytes, metadata_bytes })
 }

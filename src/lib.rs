@@ -74,13 +74,9 @@ pub use crate::messages::queue::{Priority, QueueDepth};
 pub use crate::migration::Migration;
 pub use crate::report::{ReleaseReport, ShutdownReport};
 pub use crate::retry::RetryConfig;
-pub use crate::session::{
-    AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome, SaveReceipt, Session,
-};
+pub use crate::session::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome, SaveReceipt, Session};
 pub use crate::storage::{Backend, ErrorKind, StorageError};
-pub use crate::store::{
-    Document, Hooks, Key, OpenRequest, Store, StoreSpec, MAX_KEY_LEN, MAX_STORE_NAME_LEN,
-};
+pub use crate::store::{Document, Hooks, Key, OpenRequest, Store, StoreSpec, MAX_KEY_LEN, MAX_STORE_NAME_LEN};
 
 /// One running engine: a backend, a queue, a supervisor and the stores.
 /// Cheap to clone; every clone is the same instance.
@@ -109,11 +105,9 @@ impl Datastorer {
         let backend: Arc<dyn storage::Backend> = match &config.storage {
             StorageConfig::Sled { path } => {
                 let path = path.clone();
-                let opened = tokio::task::spawn_blocking(move || {
-                    storage::sled_backend::SledBackend::open(path)
-                })
-                .await
-                .map_err(|e| Error::Open(StorageError::permanent(e.to_string())))?;
+                let opened = tokio::task::spawn_blocking(move || storage::sled_backend::SledBackend::open(path))
+                    .await
+                    .map_err(|e| Error::Open(StorageError::permanent(e.to_string())))?;
                 Arc::new(opened.map_err(Error::Open)?)
             }
             StorageConfig::Memory => Arc::new(storage::memory::MemoryBackend::new()),
@@ -135,14 +129,7 @@ impl Datastorer {
             install_signal_handler(supervisor.clone())?;
         }
         info!(target: "datastorer", owner = %config.owner_id, backend = backend.name(), "datastorer started");
-        let engine = Arc::new(Engine::new(
-            config,
-            backend,
-            queue,
-            registry,
-            clock::Clock::new(),
-            arbiter,
-        ));
+        let engine = Arc::new(Engine::new(config, backend, queue, registry, clock::Clock::new(), arbiter));
         Ok(Datastorer { engine, supervisor })
     }
 
@@ -169,10 +156,7 @@ impl Datastorer {
 
     /// Saves and releases every loaded key (reason `Released`).
     pub async fn release_all_keys(&self, priority: Priority) -> ReleaseReport {
-        self.supervisor
-            .send(ReleaseAll { priority })
-            .await
-            .unwrap_or_default()
+        self.supervisor.send(ReleaseAll { priority }).await.unwrap_or_default()
     }
 
     /// Stops new loads, saves and releases every key on the emergency lane,
@@ -192,24 +176,12 @@ impl Datastorer {
     /// Drops queued normal-lane requests; their callers get `Error::Cancelled`
     /// (a cancelled save leaves the key dirty, so the next autosave retries).
     pub async fn flush_queue(&self) -> usize {
-        self.engine
-            .queue
-            .send(DropQueued {
-                emergency_too: false,
-            })
-            .await
-            .unwrap_or(0)
+        self.engine.queue.send(DropQueued { emergency_too: false }).await.unwrap_or(0)
     }
 
     /// Drops every queued request, emergency lane included.
     pub async fn emergency_flush_queue(&self) -> usize {
-        self.engine
-            .queue
-            .send(DropQueued {
-                emergency_too: true,
-            })
-            .await
-            .unwrap_or(0)
+        self.engine.queue.send(DropQueued { emergency_too: true }).await.unwrap_or(0)
     }
 
     /// Resolves once nothing is queued, retrying or executing.

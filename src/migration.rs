@@ -23,23 +23,15 @@ pub struct Migration {
 
 impl fmt::Debug for Migration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Migration")
-            .field("name", &self.name)
-            .finish()
+        f.debug_struct("Migration").field("name", &self.name).finish()
     }
 }
 
 impl Migration {
     /// A named step. Return `Err` to refuse a document; the key then fails to
     /// open and its record is left untouched.
-    pub fn new(
-        name: impl Into<String>,
-        step: impl Fn(Value) -> Result<Value, String> + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            step: Arc::new(step),
-        }
+    pub fn new(name: impl Into<String>, step: impl Fn(Value) -> Result<Value, String> + Send + Sync + 'static) -> Self {
+        Self { name: name.into(), step: Arc::new(step) }
     }
 
     /// The step's name (part of the store's identity: two `store()` calls
@@ -60,30 +52,17 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Applies `migrations[from..]` in order. Errors name the failing step.
-pub(crate) fn migrate(
-    mut doc: Value,
-    from: u32,
-    migrations: &[Migration],
-) -> Result<Value, String> {
+pub(crate) fn migrate(mut doc: Value, from: u32, migrations: &[Migration]) -> Result<Value, String> {
     let latest = migrations.len() as u32;
     if from > latest {
-        return Err(format!(
-            "stored data version {from} is newer than the latest known version {latest}"
-        ));
+        return Err(format!("stored data version {from} is newer than the latest known version {latest}"));
     }
     for (index, m) in migrations.iter().enumerate().skip(from as usize) {
         let step = m.step.clone();
         doc = match catch_unwind(AssertUnwindSafe(move || step(doc))) {
             Ok(Ok(next)) => next,
             Ok(Err(e)) => return Err(format!("step {} ({:?}) failed: {e}", index + 1, m.name)),
-            Err(p) => {
-                return Err(format!(
-                    "step {} ({:?}) panicked: {}",
-                    index + 1,
-                    m.name,
-                    panic_message(&*p)
-                ))
-            }
+            Err(p) => return Err(format!("step {} ({:?}) panicked: {}", index + 1, m.name, panic_message(&*p))),
         };
     }
     Ok(doc)

@@ -26,28 +26,20 @@ impl Default for RetryConfig {
     fn default() -> Self {
         // 50 ms .. 50 ms * 2^6 = 3.2 s, 10 attempts: about 15 s of trying,
         // inside the default shutdown deadline.
-        Self {
-            base_delay: Duration::from_millis(50),
-            max_exponent: 6,
-            max_attempts: 10,
-            jitter: 0.5,
-        }
+        Self { base_delay: Duration::from_millis(50), max_exponent: 6, max_attempts: 10, jitter: 0.5 }
     }
 }
 
 impl RetryConfig {
     /// The largest delay a retry may wait (jitter included).
     pub fn max_delay(&self) -> Duration {
-        let capped = self
-            .base_delay
-            .saturating_mul(1u32 << self.max_exponent.min(20));
+        let capped = self.base_delay.saturating_mul(1u32 << self.max_exponent.min(20));
         capped.mul_f64(1.0 + self.jitter.clamp(0.0, 1.0))
     }
 
     /// An upper bound for the total time spent waiting between attempts.
     pub fn max_total_delay(&self) -> Duration {
-        self.max_delay()
-            .saturating_mul(self.max_attempts.saturating_sub(1))
+        self.max_delay().saturating_mul(self.max_attempts.saturating_sub(1))
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
@@ -71,9 +63,7 @@ pub(crate) struct RetryState {
 
 impl RetryState {
     pub(crate) fn new(config: &RetryConfig) -> Self {
-        let max_interval = config
-            .base_delay
-            .saturating_mul(1u32 << config.max_exponent.min(20));
+        let max_interval = config.base_delay.saturating_mul(1u32 << config.max_exponent.min(20));
         let backoff = backoff::ExponentialBackoffBuilder::new()
             .with_initial_interval(config.base_delay)
             .with_multiplier(2.0)
@@ -87,8 +77,6 @@ impl RetryState {
     /// The delay before the next attempt.
     pub(crate) fn next_delay(&mut self) -> Duration {
         // With no max_elapsed_time the crate always yields a delay.
-        self.backoff
-            .next_backoff()
-            .unwrap_or(self.backoff.max_interval)
+        self.backoff.next_backoff().unwrap_or(self.backoff.max_interval)
     }
 }

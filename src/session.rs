@@ -19,8 +19,7 @@ use tokio::sync::{oneshot, watch};
 use crate::actors::key::KeyActor;
 use crate::error::Error;
 use crate::messages::key::{
-    AddUserId, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, Save,
-    SetMetadata, Update,
+    AddUserId, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, Save, SetMetadata, Update,
 };
 use crate::messages::queue::Priority;
 use crate::store::Document;
@@ -50,9 +49,7 @@ pub enum AcquirePolicy {
 
 impl Default for AcquirePolicy {
     fn default() -> Self {
-        AcquirePolicy::RequestRelease {
-            timeout: Duration::from_secs(15),
-        }
+        AcquirePolicy::RequestRelease { timeout: Duration::from_secs(15) }
     }
 }
 
@@ -151,21 +148,13 @@ pub struct Session<T: Document> {
 
 impl<T: Document> Clone for Session<T> {
     fn clone(&self) -> Self {
-        Self {
-            addr: self.addr.clone(),
-            store: self.store.clone(),
-            key: self.key.clone(),
-            closed: self.closed.clone(),
-        }
+        Self { addr: self.addr.clone(), store: self.store.clone(), key: self.key.clone(), closed: self.closed.clone() }
     }
 }
 
 impl<T: Document> fmt::Debug for Session<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session")
-            .field("store", &self.store)
-            .field("key", &self.key)
-            .finish()
+        f.debug_struct("Session").field("store", &self.store).field("key", &self.key).finish()
     }
 }
 
@@ -184,12 +173,7 @@ impl<T: Document> Session<T> {
         key: Arc<str>,
         closed: watch::Receiver<Option<CloseReason>>,
     ) -> Self {
-        Self {
-            addr,
-            store,
-            key,
-            closed,
-        }
+        Self { addr, store, key, closed }
     }
 
     /// The store name.
@@ -203,23 +187,12 @@ impl<T: Document> Session<T> {
     }
 
     fn gone(&self) -> Error {
-        let reason = self
-            .closed
-            .borrow()
-            .clone()
-            .unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
-        Error::SessionClosed {
-            store: self.store.to_string(),
-            key: self.key.to_string(),
-            reason,
-        }
+        let reason = self.closed.borrow().clone().unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
+        Error::SessionClosed { store: self.store.to_string(), key: self.key.to_string(), reason }
     }
 
     /// Runs `f` over the document inside the key actor.
-    pub async fn read<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&T) -> R + Send + 'static,
-    ) -> Result<R, Error> {
+    pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&T) -> R + Send + 'static) -> Result<R, Error> {
         let msg = Read::<T>(Box::new(move |t: &T| Box::new(f(t)) as Box<dyn Any + Send>));
         let out = self.addr.send(msg).await.map_err(|_| self.gone())??;
         Ok(unbox(out))
@@ -234,13 +207,8 @@ impl<T: Document> Session<T> {
     /// document is restored to what it was before the call (the actor keeps
     /// a copy for the duration of the call), the panic is returned as
     /// `Error::Panicked`, and the session stays open.
-    pub async fn update<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut T) -> R + Send + 'static,
-    ) -> Result<R, Error> {
-        let msg = Update::<T>(Box::new(move |t: &mut T| {
-            Box::new(f(t)) as Box<dyn Any + Send>
-        }));
+    pub async fn update<R: Send + 'static>(&self, f: impl FnOnce(&mut T) -> R + Send + 'static) -> Result<R, Error> {
+        let msg = Update::<T>(Box::new(move |t: &mut T| Box::new(f(t)) as Box<dyn Any + Send>));
         let out = self.addr.send(msg).await.map_err(|_| self.gone())??;
         Ok(unbox(out))
     }
@@ -252,18 +220,12 @@ impl<T: Document> Session<T> {
 
     /// Replaces the metadata (saved with the next write).
     pub async fn set_metadata(&self, metadata: Value) -> Result<(), Error> {
-        self.addr
-            .send(SetMetadata(metadata))
-            .await
-            .map_err(|_| self.gone())?
+        self.addr.send(SetMetadata(metadata)).await.map_err(|_| self.gone())?
     }
 
     /// Associates a user id with the key (saved with the next write).
     pub async fn add_user_id(&self, user_id: impl fmt::Display) -> Result<(), Error> {
-        self.addr
-            .send(AddUserId(user_id.to_string()))
-            .await
-            .map_err(|_| self.gone())?
+        self.addr.send(AddUserId(user_id.to_string())).await.map_err(|_| self.gone())?
     }
 
     /// The user ids associated with the key.
@@ -282,10 +244,7 @@ impl<T: Document> Session<T> {
     /// while another write is in flight waits and writes the newer state.
     pub fn save(&self, priority: Priority) -> SaveReceipt {
         let (tx, receipt) = SaveReceipt::channel(self.store.clone(), self.key.clone());
-        self.addr.do_send(Save {
-            priority,
-            receipt: tx,
-        });
+        self.addr.do_send(Save { priority, receipt: tx });
         receipt
     }
 
@@ -293,11 +252,7 @@ impl<T: Document> Session<T> {
     /// On failure the session stays open and the data stays in memory.
     pub async fn release(&self, priority: Priority) -> Result<SaveOutcome, Error> {
         let (tx, receipt) = SaveReceipt::channel(self.store.clone(), self.key.clone());
-        self.addr.do_send(Release {
-            priority,
-            reason: CloseReason::Released,
-            receipt: tx,
-        });
+        self.addr.do_send(Release { priority, reason: CloseReason::Released, receipt: tx });
         receipt.await
     }
 
@@ -316,9 +271,7 @@ impl<T: Document> Session<T> {
                 Ok(v) => v.clone(),
                 Err(_) => None,
             };
-            reason
-                .or_else(|| rx.borrow().clone())
-                .unwrap_or_else(|| CloseReason::Error("key actor stopped".into()))
+            reason.or_else(|| rx.borrow().clone()).unwrap_or_else(|| CloseReason::Error("key actor stopped".into()))
         }
     }
 

@@ -48,19 +48,13 @@ pub struct Hooks<T> {
 
 impl<T> Default for Hooks<T> {
     fn default() -> Self {
-        Self {
-            after_load: None,
-            before_save: None,
-        }
+        Self { after_load: None, before_save: None }
     }
 }
 
 impl<T> Clone for Hooks<T> {
     fn clone(&self) -> Self {
-        Self {
-            after_load: self.after_load.clone(),
-            before_save: self.before_save.clone(),
-        }
+        Self { after_load: self.after_load.clone(), before_save: self.before_save.clone() }
     }
 }
 
@@ -129,10 +123,7 @@ pub(crate) struct Fingerprint {
 impl Fingerprint {
     fn difference(&self, other: &Fingerprint) -> Option<String> {
         if self.type_id != other.type_id {
-            return Some(format!(
-                "document type {} vs {}",
-                self.type_name, other.type_name
-            ));
+            return Some(format!("document type {} vs {}", self.type_name, other.type_name));
         }
         if self.template != other.template {
             return Some("template differs".into());
@@ -141,10 +132,7 @@ impl Fingerprint {
             return Some("metadata template differs".into());
         }
         if self.migrations != other.migrations {
-            return Some(format!(
-                "migrations {:?} vs {:?}",
-                self.migrations, other.migrations
-            ));
+            return Some(format!("migrations {:?} vs {:?}", self.migrations, other.migrations));
         }
         if self.hooks != other.hooks {
             return Some("hooks differ".into());
@@ -215,11 +203,7 @@ pub(crate) fn validate_key(key: &str) -> Result<(), Error> {
         None
     };
     match reason {
-        Some(reason) => Err(Error::InvalidName {
-            what: "key",
-            value: truncated(key),
-            reason,
-        }),
+        Some(reason) => Err(Error::InvalidName { what: "key", value: truncated(key), reason }),
         None => Ok(()),
     }
 }
@@ -229,20 +213,13 @@ pub(crate) fn validate_store_name(name: &str) -> Result<(), Error> {
         Some("must not be empty")
     } else if name.len() > MAX_STORE_NAME_LEN {
         Some("is longer than 128 bytes")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
-    {
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')) {
         Some("may contain only ASCII letters, digits, '_', '-', '.' and ':'")
     } else {
         None
     };
     match reason {
-        Some(reason) => Err(Error::InvalidName {
-            what: "store name",
-            value: truncated(name),
-            reason,
-        }),
+        Some(reason) => Err(Error::InvalidName { what: "store name", value: truncated(name), reason }),
         None => Ok(()),
     }
 }
@@ -299,10 +276,7 @@ impl<T: Document> StoreControl for StoreShared<T> {
     }
 
     fn key_recipients(&self) -> Vec<Recipient<Control>> {
-        self.keys()
-            .values()
-            .map(|e| e.addr.clone().recipient())
-            .collect()
+        self.keys().values().map(|e| e.addr.clone().recipient()).collect()
     }
 
     fn find(&self, key: &str) -> Option<Recipient<Control>> {
@@ -321,27 +295,19 @@ pub struct Store<T: Document> {
 
 impl<T: Document> Clone for Store<T> {
     fn clone(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-        }
+        Self { shared: self.shared.clone() }
     }
 }
 
 impl<T: Document> fmt::Debug for Store<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("name", &self.shared.name)
-            .finish()
+        f.debug_struct("Store").field("name", &self.shared.name).finish()
     }
 }
 
 impl<T: Document> Store<T> {
     /// Finds or registers the store `name` in `engine`.
-    pub(crate) fn register(
-        engine: &Arc<Engine>,
-        name: &str,
-        spec: StoreSpec<T>,
-    ) -> Result<Store<T>, Error> {
+    pub(crate) fn register(engine: &Arc<Engine>, name: &str, spec: StoreSpec<T>) -> Result<Store<T>, Error> {
         validate_store_name(name)?;
         let template_json = serde_json::to_value(&spec.template).map_err(|e| Error::Serialize {
             store: name.to_owned(),
@@ -353,40 +319,22 @@ impl<T: Document> Store<T> {
             type_name: std::any::type_name::<T>(),
             template: template_json.clone(),
             metadata_template: spec.metadata_template.clone(),
-            migrations: spec
-                .migrations
-                .iter()
-                .map(|m| m.name().to_owned())
-                .collect(),
-            hooks: (
-                spec.hooks.after_load.is_some(),
-                spec.hooks.before_save.is_some(),
-            ),
+            migrations: spec.migrations.iter().map(|m| m.name().to_owned()).collect(),
+            hooks: (spec.hooks.after_load.is_some(), spec.hooks.before_save.is_some()),
         };
         let mut stores = engine.registry.stores();
         if let Some(existing) = stores.get(name) {
             if let Some(difference) = existing.fingerprint().difference(&fingerprint) {
-                return Err(Error::StoreConflict {
-                    store: name.to_owned(),
-                    difference,
-                });
+                return Err(Error::StoreConflict { store: name.to_owned(), difference });
             }
             let shared = existing
                 .clone()
                 .as_any_arc()
                 .downcast::<StoreShared<T>>()
-                .map_err(|_| Error::StoreConflict {
-                    store: name.to_owned(),
-                    difference: "document type".into(),
-                })?;
+                .map_err(|_| Error::StoreConflict { store: name.to_owned(), difference: "document type".into() })?;
             return Ok(Store { shared });
         }
-        let StoreSpec {
-            template: _,
-            migrations,
-            metadata_template,
-            hooks,
-        } = spec;
+        let StoreSpec { template: _, migrations, metadata_template, hooks } = spec;
         let shared = Arc::new(StoreShared {
             name: Arc::from(name),
             migrations,
@@ -410,12 +358,7 @@ impl<T: Document> Store<T> {
     /// then `.await`. Opening a key this instance already has open returns
     /// that session.
     pub fn open(&self, key: impl Into<Key>) -> OpenRequest<T> {
-        OpenRequest {
-            store: self.clone(),
-            key: key.into().0,
-            user_ids: Vec::new(),
-            policy: AcquirePolicy::default(),
-        }
+        OpenRequest { store: self.clone(), key: key.into().0, user_ids: Vec::new(), policy: AcquirePolicy::default() }
     }
 
     /// The open session of `key`, if this instance has it loaded.
@@ -423,12 +366,7 @@ impl<T: Document> Store<T> {
         let key = key.into().0;
         let keys = self.shared.keys();
         let (k, e) = keys.get_key_value(key.as_str()).filter(|(_, e)| e.open)?;
-        Some(Session::new(
-            e.addr.clone(),
-            self.shared.name.clone(),
-            k.clone(),
-            e.closed.clone(),
-        ))
+        Some(Session::new(e.addr.clone(), self.shared.name.clone(), k.clone(), e.closed.clone()))
     }
 
     /// Whether this instance has `key` loaded and open.
@@ -439,23 +377,13 @@ impl<T: Document> Store<T> {
 
     /// Keys this instance has loaded and open.
     pub fn loaded_keys(&self) -> Vec<String> {
-        self.shared
-            .keys()
-            .iter()
-            .filter(|(_, e)| e.open)
-            .map(|(k, _)| k.to_string())
-            .collect()
+        self.shared.keys().iter().filter(|(_, e)| e.open).map(|(k, _)| k.to_string()).collect()
     }
 
     /// Keys stored in this store (loaded or not) that start with `prefix`,
     /// in byte order, after `start_after` (a cursor: the last key of the
     /// previous page), at most `limit`. Goes through the queue.
-    pub async fn list_keys(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, Error> {
+    pub async fn list_keys(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
         let shared = &self.shared;
         let mut full_prefix = store_prefix(&shared.name);
         full_prefix.extend_from_slice(prefix.as_bytes());
@@ -465,15 +393,10 @@ impl<T: Document> Store<T> {
             limit,
         };
         let key: Arc<str> = Arc::from(format!("{prefix}*"));
-        match shared
-            .engine
-            .request(&shared.name, &key, full_prefix, op, Priority::Normal)
-            .await
-        {
-            Ok(Reply::Scanned(rows)) => Ok(rows
-                .into_iter()
-                .filter_map(|(k, _)| split_storage_key(&k).map(|(_, key)| key))
-                .collect()),
+        match shared.engine.request(&shared.name, &key, full_prefix, op, Priority::Normal).await {
+            Ok(Reply::Scanned(rows)) => {
+                Ok(rows.into_iter().filter_map(|(k, _)| split_storage_key(&k).map(|(_, key)| key)).collect())
+            }
             Ok(_) => Err(Error::NotRunning),
             Err(f) => Err(queue_error(&shared.name, &key, f)),
         }
@@ -487,32 +410,19 @@ impl<T: Document> Store<T> {
         let shared = &self.shared;
         let key: Arc<str> = Arc::from(key);
         let skey = storage_key(&shared.name, &key);
-        match shared
-            .engine
-            .request(&shared.name, &key, skey, Operation::Get, Priority::Normal)
-            .await
-        {
+        match shared.engine.request(&shared.name, &key, skey, Operation::Get, Priority::Normal).await {
             Ok(Reply::Value(None)) => Ok(None),
-            Ok(Reply::Value(Some(bytes))) => {
-                Record::decode(&bytes)
-                    .map(Some)
-                    .map_err(|source| Error::CorruptRecord {
-                        store: shared.name.to_string(),
-                        key: key.to_string(),
-                        source,
-                    })
-            }
+            Ok(Reply::Value(Some(bytes))) => Record::decode(&bytes).map(Some).map_err(|source| Error::CorruptRecord {
+                store: shared.name.to_string(),
+                key: key.to_string(),
+                source,
+            }),
             Ok(_) => Err(Error::NotRunning),
             Err(f) => Err(queue_error(&shared.name, &key, f)),
         }
     }
 
-    async fn open_key(
-        self,
-        key: String,
-        user_ids: Vec<String>,
-        policy: AcquirePolicy,
-    ) -> Result<Session<T>, Error> {
+    async fn open_key(self, key: String, user_ids: Vec<String>, policy: AcquirePolicy) -> Result<Session<T>, Error> {
         validate_key(&key)?;
         let shared = &self.shared;
         loop {
@@ -528,27 +438,16 @@ impl<T: Document> Store<T> {
                         let generation = shared.engine.next_generation();
                         let (tx, rx) = watch::channel(None);
                         let actor = KeyActor::new(shared.clone(), key_arc.clone(), generation, tx);
-                        let addr =
-                            KeyActor::start_in_arbiter(&shared.engine.arbiter, move |_| actor);
+                        let addr = KeyActor::start_in_arbiter(&shared.engine.arbiter, move |_| actor);
                         keys.insert(
                             key_arc.clone(),
-                            KeyEntry {
-                                addr: addr.clone(),
-                                generation,
-                                open: false,
-                                closed: rx.clone(),
-                            },
+                            KeyEntry { addr: addr.clone(), generation, open: false, closed: rx.clone() },
                         );
                         (addr, key_arc, generation, rx)
                     }
                 }
             };
-            let opened = addr
-                .send(Open {
-                    user_ids: user_ids.clone(),
-                    policy,
-                })
-                .await;
+            let opened = addr.send(Open { user_ids: user_ids.clone(), policy }).await;
             match opened {
                 Ok(Ok(())) => return Ok(Session::new(addr, shared.name.clone(), key_arc, closed)),
                 // An actor that is closing: wait for it to finish, then load afresh.

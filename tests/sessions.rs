@@ -40,13 +40,7 @@ async fn open_creates_from_template_and_update_saves() {
     // Nothing changed: the receipt resolves at once with the same revision.
     let again = s.save(Priority::Normal).await.unwrap();
     assert_eq!(again.revision, 2);
-    assert_eq!(
-        stored(&backend, "profiles", "alice")
-            .unwrap()
-            .header
-            .revision,
-        2
-    );
+    assert_eq!(stored(&backend, "profiles", "alice").unwrap().header.revision, 2);
 }
 
 #[actix_rt::test]
@@ -62,11 +56,7 @@ async fn get_and_is_loaded_track_open_sessions_and_numeric_keys_are_strings() {
     assert!(store.is_loaded("42"));
     let again = store.get(42).unwrap();
     again.update(|p| p.coins = 9).await.unwrap();
-    assert_eq!(
-        s.read(|p| p.coins).await.unwrap(),
-        9,
-        "both handles reach one actor"
-    );
+    assert_eq!(s.read(|p| p.coins).await.unwrap(), 9, "both handles reach one actor");
     // Opening a loaded key returns the same session.
     let third = store.open("42").await.unwrap();
     assert_eq!(third.read(|p| p.coins).await.unwrap(), 9);
@@ -84,41 +74,23 @@ async fn metadata_and_user_ids_are_saved_beside_the_data() {
     let backend = Arc::new(MemoryBackend::new());
     let ds = node(&backend, "a").await;
     let store = ds
-        .store(
-            "meta",
-            datastorer::StoreSpec::new(template())
-                .metadata_template(json!({"region": "eu", "flags": 0})),
-        )
+        .store("meta", datastorer::StoreSpec::new(template()).metadata_template(json!({"region": "eu", "flags": 0})))
         .unwrap();
     let s = store.open("k").user_ids(["u1"]).await.unwrap();
-    assert_eq!(
-        s.metadata().await.unwrap(),
-        json!({"region": "eu", "flags": 0})
-    );
-    s.set_metadata(json!({"region": "us", "flags": 1}))
-        .await
-        .unwrap();
+    assert_eq!(s.metadata().await.unwrap(), json!({"region": "eu", "flags": 0}));
+    s.set_metadata(json!({"region": "us", "flags": 1})).await.unwrap();
     s.add_user_id(99).await.unwrap();
     s.add_user_id(99).await.unwrap();
-    assert_eq!(
-        s.user_ids().await.unwrap(),
-        vec!["u1".to_string(), "99".to_string()]
-    );
+    assert_eq!(s.user_ids().await.unwrap(), vec!["u1".to_string(), "99".to_string()]);
 
     // Metadata changes alone make the key dirty.
     let rev = s.save(Priority::Normal).await.unwrap().revision;
     assert_eq!(rev, 2);
     let rec = stored(&backend, "meta", "k").unwrap();
-    assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&rec.metadata).unwrap()["region"],
-        "us"
-    );
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&rec.metadata).unwrap()["region"], "us");
     assert_eq!(rec.user_ids, vec!["u1".to_string(), "99".to_string()]);
     // The data itself kept its shape.
-    assert_eq!(
-        stored_json(&backend, "meta", "k"),
-        serde_json::to_value(template()).unwrap()
-    );
+    assert_eq!(stored_json(&backend, "meta", "k"), serde_json::to_value(template()).unwrap());
 }
 
 #[actix_rt::test]
@@ -135,10 +107,7 @@ async fn release_saves_and_clears_the_lease_then_refuses_calls() {
     assert_eq!(stored_json(&backend, "profiles", "bob")["coins"], 77);
     assert_eq!(s.close_reason(), Some(CloseReason::Released));
     match s.update(|p| p.coins = 1).await {
-        Err(Error::SessionClosed {
-            reason: CloseReason::Released,
-            ..
-        }) => {}
+        Err(Error::SessionClosed { reason: CloseReason::Released, .. }) => {}
         other => panic!("expected SessionClosed(Released), got {other:?}"),
     }
     assert!(s.save(Priority::Normal).await.is_err());
@@ -159,11 +128,7 @@ async fn close_drops_unsaved_changes_and_clears_the_lease() {
 
     let rec = stored(&backend, "profiles", "carol").unwrap();
     assert!(rec.lease.is_none());
-    assert_eq!(
-        stored_json(&backend, "profiles", "carol")["coins"],
-        10,
-        "unsaved change dropped"
-    );
+    assert_eq!(stored_json(&backend, "profiles", "carol")["coins"], 10, "unsaved change dropped");
 
     // No late autosave writes after close.
     let writes = backend.stats().writes_applied;
@@ -197,11 +162,7 @@ async fn a_panicking_update_restores_the_document_and_the_actor_survives() {
         .await
         .unwrap_err();
     match err {
-        Error::Panicked {
-            ref key,
-            ref message,
-            ..
-        } => {
+        Error::Panicked { ref key, ref message, .. } => {
             assert_eq!(key, "dave");
             assert!(message.contains("boom"));
         }
@@ -214,10 +175,7 @@ async fn a_panicking_update_restores_the_document_and_the_actor_survives() {
     s.save(Priority::Normal).await.unwrap();
     assert_eq!(stored_json(&backend, "profiles", "dave")["coins"], 4);
     // A panicking read is reported too, and other keys are unaffected.
-    assert!(matches!(
-        s.read(|_| -> u64 { panic!("read boom") }).await,
-        Err(Error::Panicked { .. })
-    ));
+    assert!(matches!(s.read(|_| -> u64 { panic!("read boom") }).await, Err(Error::Panicked { .. })));
     other.update(|p| p.coins = 1).await.unwrap();
     assert_eq!(other.save(Priority::Normal).await.unwrap().revision, 2);
 }
@@ -230,23 +188,14 @@ async fn a_newer_save_waits_for_the_write_on_the_wire_and_carries_the_newest_sta
     let s = profiles(&ds).open("frank").await.unwrap();
     // Make the first write fail twice transiently so it stays on the wire
     // while more saves arrive.
-    backend.fail_next(
-        datastorer::storage::memory::OpKind::Write,
-        None,
-        2,
-        datastorer::ErrorKind::Transient,
-    );
+    backend.fail_next(datastorer::storage::memory::OpKind::Write, None, 2, datastorer::ErrorKind::Transient);
     s.update(|p| p.coins = 1).await.unwrap();
     let first = s.save(Priority::Normal);
     s.update(|p| p.coins = 2).await.unwrap();
     let second = s.save(Priority::Normal);
     s.update(|p| p.coins = 3).await.unwrap();
     let third = s.save(Priority::Normal);
-    let (a, b, c) = (
-        first.await.unwrap(),
-        second.await.unwrap(),
-        third.await.unwrap(),
-    );
+    let (a, b, c) = (first.await.unwrap(), second.await.unwrap(), third.await.unwrap());
     assert_eq!(a.revision, 2);
     // The two later saves were folded into one write of the newest state.
     assert_eq!(b.revision, 3);

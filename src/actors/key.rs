@@ -27,15 +27,14 @@ use crate::engine::queue_error;
 use crate::error::Error;
 use crate::lease::{acquire, Loaded};
 use crate::messages::key::{
-    AddUserId, AnyBox, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx,
-    Release, Save, SetMetadata, Update,
+    AddUserId, AnyBox, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release, Save,
+    SetMetadata, Update,
 };
 use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::panic_message;
 use crate::session::{CloseReason, LeaseInfo, SaveOutcome};
 use crate::storage::{
-    storage_key, LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOp,
-    WriteOutcome,
+    storage_key, LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOp, WriteOutcome,
 };
 use crate::store::{Document, StoreShared};
 
@@ -137,11 +136,7 @@ impl<T: Document> KeyActor<T> {
             Phase::Closing(r) | Phase::Closed(r) => r.clone(),
             Phase::Opening | Phase::Open => CloseReason::Error("not open".into()),
         };
-        Error::SessionClosed {
-            store: self.store.name.to_string(),
-            key: self.key.to_string(),
-            reason,
-        }
+        Error::SessionClosed { store: self.store.name.to_string(), key: self.key.to_string(), reason }
     }
 
     fn panicked(&self, what: &'static str, payload: &(dyn std::any::Any + Send)) -> Error {
@@ -174,9 +169,7 @@ impl<T: Document> KeyActor<T> {
     }
 
     fn is_dirty(&self, checksum: u64) -> bool {
-        self.doc
-            .as_ref()
-            .is_some_and(|d| d.saved_checksum != checksum)
+        self.doc.as_ref().is_some_and(|d| d.saved_checksum != checksum)
             || self.meta_generation != self.saved_meta_generation
     }
 
@@ -194,13 +187,7 @@ impl<T: Document> KeyActor<T> {
             return;
         }
         match &mut self.pending {
-            None => {
-                self.pending = Some(PendingWrite {
-                    kind,
-                    priority,
-                    receipts,
-                })
-            }
+            None => self.pending = Some(PendingWrite { kind, priority, receipts }),
             Some(p) => {
                 if kind.rank() > p.kind.rank() {
                     if matches!(kind, WriteKind::Close(_)) {
@@ -302,25 +289,15 @@ impl<T: Document> KeyActor<T> {
             }
         };
         let now_ms = engine.clock.now_ms();
-        let expires_at_ms = if releasing {
-            0
-        } else {
-            now_ms + engine.config.lease_ttl.as_millis() as u64
-        };
-        let header = RecordHeader {
-            epoch: doc.header.epoch,
-            revision: doc.header.revision + 1,
-        };
+        let expires_at_ms = if releasing { 0 } else { now_ms + engine.config.lease_ttl.as_millis() as u64 };
+        let header = RecordHeader { epoch: doc.header.epoch, revision: doc.header.revision + 1 };
         let record = Record {
             header,
             data_version: doc.data_version,
             data: bytes,
             metadata,
             user_ids: doc.user_ids.clone(),
-            lease: (!releasing).then(|| LeaseHolder {
-                owner: engine.owner.to_string(),
-                expires_at_ms,
-            }),
+            lease: (!releasing).then(|| LeaseHolder { owner: engine.owner.to_string(), expires_at_ms }),
             created_at_ms: doc.created_at_ms,
             updated_at_ms: now_ms,
         };
@@ -333,22 +310,10 @@ impl<T: Document> KeyActor<T> {
             target: "datastorer::key", store = %self.store.name, key = %self.key,
             write = kind.name(), revision = header.revision, lane = priority.as_str(), "write queued"
         );
-        self.in_flight = Some(InFlight {
-            kind,
-            receipts,
-            checksum,
-            meta_generation: self.meta_generation,
-            header,
-            expires_at_ms,
-        });
+        self.in_flight =
+            Some(InFlight { kind, receipts, checksum, meta_generation: self.meta_generation, header, expires_at_ms });
         let (store, key) = (self.store.name.clone(), self.key.clone());
-        let request = engine.request(
-            &store,
-            &key,
-            self.storage_key.clone(),
-            Operation::Write(op),
-            priority,
-        );
+        let request = engine.request(&store, &key, self.storage_key.clone(), Operation::Write(op), priority);
         let fut = async move {
             match request.await {
                 Ok(Reply::Written(outcome)) => Ok(outcome),
@@ -356,10 +321,7 @@ impl<T: Document> KeyActor<T> {
                 Err(f) => Err(queue_error(&store, &key, f)),
             }
         };
-        ctx.spawn(
-            fut.into_actor(self)
-                .map(|res, act, ctx| act.write_done(res, ctx)),
-        );
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
     }
 
     /// A release that could not even start leaves the session open.
@@ -385,10 +347,7 @@ impl<T: Document> KeyActor<T> {
             return;
         };
         let expected = doc.header;
-        let header = RecordHeader {
-            epoch: expected.epoch,
-            revision: expected.revision + 1,
-        };
+        let header = RecordHeader { epoch: expected.epoch, revision: expected.revision + 1 };
         self.in_flight = Some(InFlight {
             kind: WriteKind::Close(reason),
             receipts,
@@ -398,17 +357,10 @@ impl<T: Document> KeyActor<T> {
             expires_at_ms: 0,
         });
         let engine = self.store.engine.clone();
-        let (store, key, skey) = (
-            self.store.name.clone(),
-            self.key.clone(),
-            self.storage_key.clone(),
-        );
+        let (store, key, skey) = (self.store.name.clone(), self.key.clone(), self.storage_key.clone());
         let fut = async move {
             let fail = |f| queue_error(&store, &key, f);
-            let bytes = match engine
-                .request(&store, &key, skey.clone(), Operation::Get, priority)
-                .await
-            {
+            let bytes = match engine.request(&store, &key, skey.clone(), Operation::Get, priority).await {
                 Ok(Reply::Value(Some(b))) => b,
                 Ok(Reply::Value(None)) => return Ok(WriteOutcome::Conflict { current: None }),
                 Ok(_) => return Err(Error::NotRunning),
@@ -420,9 +372,7 @@ impl<T: Document> KeyActor<T> {
                 source,
             })?;
             if record.header != expected {
-                return Ok(WriteOutcome::Conflict {
-                    current: Some(record.header),
-                });
+                return Ok(WriteOutcome::Conflict { current: Some(record.header) });
             }
             record.header = header;
             record.lease = None;
@@ -432,19 +382,13 @@ impl<T: Document> KeyActor<T> {
                 precondition: Precondition::Header(expected),
                 value: Some(record.encode()),
             };
-            match engine
-                .request(&store, &key, skey, Operation::Write(op), priority)
-                .await
-            {
+            match engine.request(&store, &key, skey, Operation::Write(op), priority).await {
                 Ok(Reply::Written(outcome)) => Ok(outcome),
                 Ok(_) => Err(Error::NotRunning),
                 Err(f) => Err(fail(f)),
             }
         };
-        ctx.spawn(
-            fut.into_actor(self)
-                .map(|res, act, ctx| act.write_done(res, ctx)),
-        );
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
     }
 
     fn write_done(&mut self, result: Result<WriteOutcome, Error>, ctx: &mut Context<Self>) {
@@ -465,11 +409,7 @@ impl<T: Document> KeyActor<T> {
                     target: "datastorer::key", store = %self.store.name, key = %self.key,
                     write = inf.kind.name(), revision, outcome = "durable", "write done"
                 );
-                self.publish(if closing {
-                    NoticeKind::Released { revision }
-                } else {
-                    NoticeKind::Saved { revision }
-                });
+                self.publish(if closing { NoticeKind::Released { revision } } else { NoticeKind::Saved { revision } });
                 for r in inf.receipts {
                     let _ = r.send(Ok(SaveOutcome { revision }));
                 }
@@ -483,10 +423,7 @@ impl<T: Document> KeyActor<T> {
                     target: "datastorer::key", store = %self.store.name, key = %self.key,
                     ours = ?inf.header, stored = ?current, "fencing check failed: lease lost"
                 );
-                let err = Error::LeaseLost {
-                    store: self.store.name.to_string(),
-                    key: self.key.to_string(),
-                };
+                let err = Error::LeaseLost { store: self.store.name.to_string(), key: self.key.to_string() };
                 for r in inf.receipts {
                     let _ = r.send(Err(err.clone()));
                 }
@@ -501,8 +438,7 @@ impl<T: Document> KeyActor<T> {
                 for r in inf.receipts {
                     let _ = r.send(Err(err.clone()));
                 }
-                let closing_failed =
-                    matches!(inf.kind, WriteKind::Release(_) | WriteKind::Close(_));
+                let closing_failed = matches!(inf.kind, WriteKind::Release(_) | WriteKind::Close(_));
                 if closing_failed && matches!(self.phase, Phase::Closing(_)) {
                     // Stay open so the application can retry; nothing is lost.
                     self.phase = Phase::Open;
@@ -523,13 +459,10 @@ impl<T: Document> KeyActor<T> {
             key: self.key.to_string(),
             reason: reason.clone(),
         };
-        for w in [
-            self.in_flight.take().map(|i| i.receipts),
-            self.pending.take().map(|p| p.receipts),
-        ]
-        .into_iter()
-        .flatten()
-        .flatten()
+        for w in [self.in_flight.take().map(|i| i.receipts), self.pending.take().map(|p| p.receipts)]
+            .into_iter()
+            .flatten()
+            .flatten()
         {
             let _ = w.send(Err(err.clone()));
         }
@@ -539,13 +472,7 @@ impl<T: Document> KeyActor<T> {
         ctx.stop();
     }
 
-    fn begin_closing(
-        &mut self,
-        kind: WriteKind,
-        priority: Priority,
-        receipt: ReceiptTx,
-        ctx: &mut Context<Self>,
-    ) {
+    fn begin_closing(&mut self, kind: WriteKind, priority: Priority, receipt: ReceiptTx, ctx: &mut Context<Self>) {
         match &self.phase {
             Phase::Open => {
                 let reason = match &kind {
@@ -584,26 +511,14 @@ impl<T: Document> KeyActor<T> {
             }
         };
         if self.is_dirty(encoded.1) {
-            self.start_write(
-                WriteKind::Save,
-                Priority::Normal,
-                Vec::new(),
-                Some(encoded),
-                ctx,
-            );
+            self.start_write(WriteKind::Save, Priority::Normal, Vec::new(), Some(encoded), ctx);
             return;
         }
         let engine = &self.store.engine;
         let expires = self.doc.as_ref().map_or(0, |d| d.expires_at_ms);
         let half = engine.config.lease_ttl.as_millis() as u64 / 2;
         if expires.saturating_sub(engine.clock.now_ms()) < half {
-            self.start_write(
-                WriteKind::Renew,
-                Priority::Normal,
-                Vec::new(),
-                Some(encoded),
-                ctx,
-            );
+            self.start_write(WriteKind::Renew, Priority::Normal, Vec::new(), Some(encoded), ctx);
         }
     }
 }
@@ -614,8 +529,7 @@ impl<T: Document> Actor for KeyActor<T> {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         if !matches!(self.phase, Phase::Closed(_)) {
             self.store.remove(&self.key, self.generation);
-            self.closed_tx
-                .send_replace(Some(CloseReason::Error("key actor stopped".into())));
+            self.closed_tx.send_replace(Some(CloseReason::Error("key actor stopped".into())));
         }
     }
 }
@@ -631,44 +545,36 @@ impl<T: Document> Handler<Open> for KeyActor<T> {
             }
             Phase::Opening => {}
         }
-        let load = acquire(
-            self.store.clone(),
-            self.key.clone(),
-            self.storage_key.clone(),
-            msg.user_ids,
-            msg.policy,
-        );
-        AtomicResponse::new(Box::pin(load.into_actor(self).map(
-            |res, act, ctx| match res {
-                Ok(loaded) => {
-                    act.doc = Some(loaded);
-                    act.phase = Phase::Open;
-                    if let Some(hook) = act.store.hooks.after_load.clone() {
-                        let Some(doc) = act.doc.as_mut() else {
-                            return Err(act.closed_error());
-                        };
-                        if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook(&mut doc.data))) {
-                            let err = act.panicked("after-load hook", &*p);
-                            act.phase = Phase::Closing(CloseReason::Error(err.to_string()));
-                            act.start_write(
-                                WriteKind::Close(CloseReason::Error(err.to_string())),
-                                Priority::Emergency,
-                                Vec::new(),
-                                None,
-                                ctx,
-                            );
-                            return Err(err);
-                        }
+        let load = acquire(self.store.clone(), self.key.clone(), self.storage_key.clone(), msg.user_ids, msg.policy);
+        AtomicResponse::new(Box::pin(load.into_actor(self).map(|res, act, ctx| match res {
+            Ok(loaded) => {
+                act.doc = Some(loaded);
+                act.phase = Phase::Open;
+                if let Some(hook) = act.store.hooks.after_load.clone() {
+                    let Some(doc) = act.doc.as_mut() else {
+                        return Err(act.closed_error());
+                    };
+                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook(&mut doc.data))) {
+                        let err = act.panicked("after-load hook", &*p);
+                        act.phase = Phase::Closing(CloseReason::Error(err.to_string()));
+                        act.start_write(
+                            WriteKind::Close(CloseReason::Error(err.to_string())),
+                            Priority::Emergency,
+                            Vec::new(),
+                            None,
+                            ctx,
+                        );
+                        return Err(err);
                     }
-                    act.store.mark_open(&act.key, act.generation);
-                    Ok(())
                 }
-                Err(err) => {
-                    act.finish(CloseReason::Error(err.to_string()), ctx);
-                    Err(err)
-                }
-            },
-        )))
+                act.store.mark_open(&act.key, act.generation);
+                Ok(())
+            }
+            Err(err) => {
+                act.finish(CloseReason::Error(err.to_string()), ctx);
+                Err(err)
+            }
+        })))
     }
 }
 
@@ -680,8 +586,7 @@ impl<T: Document> Handler<Read<T>> for KeyActor<T> {
             return Err(self.closed_error());
         }
         let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
-        catch_unwind(AssertUnwindSafe(|| (msg.0)(&doc.data)))
-            .map_err(|p| self.panicked("read closure", &*p))
+        catch_unwind(AssertUnwindSafe(|| (msg.0)(&doc.data))).map_err(|p| self.panicked("read closure", &*p))
     }
 }
 
@@ -709,10 +614,7 @@ impl<T: Document> Handler<GetMetadata> for KeyActor<T> {
     type Result = Result<Value, Error>;
 
     fn handle(&mut self, _msg: GetMetadata, _ctx: &mut Self::Context) -> Self::Result {
-        self.doc
-            .as_ref()
-            .map(|d| d.metadata.clone())
-            .ok_or_else(|| self.closed_error())
+        self.doc.as_ref().map(|d| d.metadata.clone()).ok_or_else(|| self.closed_error())
     }
 }
 
@@ -752,10 +654,7 @@ impl<T: Document> Handler<GetUserIds> for KeyActor<T> {
     type Result = Result<Vec<String>, Error>;
 
     fn handle(&mut self, _msg: GetUserIds, _ctx: &mut Self::Context) -> Self::Result {
-        self.doc
-            .as_ref()
-            .map(|d| d.user_ids.clone())
-            .ok_or_else(|| self.closed_error())
+        self.doc.as_ref().map(|d| d.user_ids.clone()).ok_or_else(|| self.closed_error())
     }
 }
 
@@ -781,16 +680,12 @@ impl<T: Document> Handler<Save> for KeyActor<T> {
 
     fn handle(&mut self, msg: Save, ctx: &mut Self::Context) {
         match &self.phase {
-            Phase::Open => {
-                self.request_write(WriteKind::Save, msg.priority, vec![msg.receipt], ctx)
-            }
+            Phase::Open => self.request_write(WriteKind::Save, msg.priority, vec![msg.receipt], ctx),
             // Updates are refused while a release runs, so its write covers this save.
             Phase::Closing(CloseReason::Closed) => {
                 let _ = msg.receipt.send(Err(self.closed_error()));
             }
-            Phase::Closing(_) => {
-                self.begin_closing(WriteKind::Save, msg.priority, msg.receipt, ctx)
-            }
+            Phase::Closing(_) => self.begin_closing(WriteKind::Save, msg.priority, msg.receipt, ctx),
             Phase::Opening | Phase::Closed(_) => {
                 let _ = msg.receipt.send(Err(self.closed_error()));
             }
@@ -802,12 +697,7 @@ impl<T: Document> Handler<Release> for KeyActor<T> {
     type Result = ();
 
     fn handle(&mut self, msg: Release, ctx: &mut Self::Context) {
-        self.begin_closing(
-            WriteKind::Release(msg.reason),
-            msg.priority,
-            msg.receipt,
-            ctx,
-        );
+        self.begin_closing(WriteKind::Release(msg.reason), msg.priority, msg.receipt, ctx);
     }
 }
 
@@ -815,12 +705,7 @@ impl<T: Document> Handler<Close> for KeyActor<T> {
     type Result = ();
 
     fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
-        self.begin_closing(
-            WriteKind::Close(CloseReason::Closed),
-            Priority::Normal,
-            msg.receipt,
-            ctx,
-        );
+        self.begin_closing(WriteKind::Close(CloseReason::Closed), Priority::Normal, msg.receipt, ctx);
     }
 }
 
@@ -834,12 +719,7 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
                 if self.phase == Phase::Open {
                     debug!(target: "datastorer::lease", store = %self.store.name, key = %self.key, %requester, "release requested");
                     let (tx, _rx) = tokio::sync::oneshot::channel();
-                    self.begin_closing(
-                        WriteKind::Release(CloseReason::ReleaseRequested),
-                        Priority::Emergency,
-                        tx,
-                        ctx,
-                    );
+                    self.begin_closing(WriteKind::Release(CloseReason::ReleaseRequested), Priority::Emergency, tx, ctx);
                 }
             }
             Control::Notice(NoticeKind::Stolen { by, .. }) => {
@@ -849,11 +729,7 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
                 }
             }
             Control::Notice(_) => {}
-            Control::ReleaseForSupervisor {
-                reason,
-                priority,
-                receipt,
-            } => {
+            Control::ReleaseForSupervisor { reason, priority, receipt } => {
                 self.begin_closing(WriteKind::Release(reason), priority, receipt, ctx);
             }
         }

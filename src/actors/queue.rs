@@ -24,8 +24,7 @@ use tracing::{debug, warn};
 
 use crate::config::{Budget, QueueConfig};
 use crate::messages::queue::{
-    DropQueued, GetDepth, NotifyWhenEmpty, Operation, Priority, QueueDepth, QueueFailure, Reply,
-    Submit,
+    DropQueued, GetDepth, NotifyWhenEmpty, Operation, Priority, QueueDepth, QueueFailure, Reply, Submit,
 };
 use crate::retry::RetryState;
 use crate::storage::{Backend, Precondition, RecordHeader, StorageError, WriteOp, WriteOutcome};
@@ -45,11 +44,7 @@ struct Bucket {
 
 impl Bucket {
     fn new(budget: Budget) -> Self {
-        Self {
-            budget,
-            tokens: budget.burst,
-            refilled: Instant::now(),
-        }
+        Self { budget, tokens: budget.burst, refilled: Instant::now() }
     }
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
@@ -90,6 +85,10 @@ pub(crate) struct QueueActor {
     next_retry_id: u64,
     buckets: HashMap<BudgetClass, Bucket>,
     executing: usize,
+    /// A pump is scheduled for after the mailbox drains.
+    pump_scheduled: bool,
+    /// Batches composed in a row while the normal lane had work and got none.
+    normal_starved: usize,
     wake_at: Option<Instant>,
     empty_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -117,6 +116,8 @@ impl QueueActor {
             next_retry_id: 0,
             buckets,
             executing: 0,
+            pump_scheduled: false,
+            normal_starved: 0,
             wake_at: None,
             empty_waiters: Vec::new(),
         }
@@ -138,10 +139,8 @@ impl QueueActor {
                 // older, so they move to the emergency lane first.
                 if self.normal_keys.contains_key(&pending.req.storage_key) {
                     let key = pending.req.storage_key.clone();
-                    let (moved, kept): (VecDeque<_>, VecDeque<_>) = self
-                        .normal
-                        .drain(..)
-                        .partition(|p| p.req.storage_key == key);
+                    let (moved, kept): (VecDeque<_>, VecDeque<_>) =
+                        self.normal.drain(..).partition(|p| p.req.storage_key == key);
                     self.normal = kept;
                     self.normal_keys.remove(&key);
                     if front {
@@ -160,10 +159,7 @@ impl QueueActor {
                 }
             }
             Priority::Normal => {
-                *self
-                    .normal_keys
-                    .entry(pending.req.storage_key.clone())
-                    .or_default() += 1;
+                *self.normal_keys.entry(pending.req.storage_key.clone()).or_default() += 1;
                 if front {
                     self.normal.push_front(pending)
                 } else {
@@ -183,45 +179,35 @@ impl QueueActor {
     }
 
     /// Picks the next batch: emergency first, with `1/normal_share` of the
-    /// slots reserved for the normal lane when it has work.
+    /// slots reserved for the normal lane when it has work, and the normal
+    /// lane served first after `normal_share` batches without it (budgets
+    /// can leave room for only one request per batch).
     fn compose(&mut self) -> Vec<Pending> {
         let now = Instant::now();
         for b in self.buckets.values_mut() {
             b.refill(now);
         }
         let max = self.config.max_batch;
-        let reserved = if self.normal.is_empty() {
-            0
-        } else {
-            (max / self.config.normal_share).max(1)
-        };
+        let reserved = if self.normal.is_empty() { 0 } else { (max / self.config.normal_share).max(1) };
         let mut blocked: HashSet<Vec<u8>> = self.retrying_keys.keys().cloned().collect();
         // Keys of emergency requests left over by the first pass's cap: a
         // newer normal request for them must not overtake them.
         let mut deferred = HashSet::new();
         let mut batch = Vec::new();
+        let normal_waiting = !self.normal.is_empty();
+        if normal_waiting && self.normal_starved >= self.config.normal_share {
+            self.take_from(Priority::Normal, reserved, &mut blocked, &mut deferred, &mut batch);
+        }
         let first_cap = max.saturating_sub(reserved).max(1);
-        self.take_from(
-            Priority::Emergency,
-            first_cap,
-            &mut blocked,
-            &mut deferred,
-            &mut batch,
-        );
-        self.take_from(
-            Priority::Normal,
-            max,
-            &mut blocked,
-            &mut deferred,
-            &mut batch,
-        );
-        self.take_from(
-            Priority::Emergency,
-            max,
-            &mut blocked,
-            &mut HashSet::new(),
-            &mut batch,
-        );
+        self.take_from(Priority::Emergency, first_cap, &mut blocked, &mut deferred, &mut batch);
+        self.take_from(Priority::Normal, max, &mut blocked, &mut deferred, &mut batch);
+        self.take_from(Priority::Emergency, max, &mut blocked, &mut HashSet::new(), &mut batch);
+        let served_normal = batch.iter().any(|p| p.req.lane == Priority::Normal);
+        if normal_waiting && !batch.is_empty() && !served_normal {
+            self.normal_starved += 1;
+        } else if served_normal {
+            self.normal_starved = 0;
+        }
         batch
     }
 
@@ -361,13 +347,8 @@ impl QueueActor {
                     );
                     let _ = p.req.reply.send(Ok(reply));
                 }
-                Err(error)
-                    if error.is_retryable() && p.attempt < self.config.retry.max_attempts =>
-                {
-                    let delay = p
-                        .retry
-                        .get_or_insert_with(|| RetryState::new(&self.config.retry))
-                        .next_delay();
+                Err(error) if error.is_retryable() && p.attempt < self.config.retry.max_attempts => {
+                    let delay = p.retry.get_or_insert_with(|| RetryState::new(&self.config.retry)).next_delay();
                     warn!(
                         target: "datastorer::queue",
                         store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
@@ -376,10 +357,7 @@ impl QueueActor {
                     );
                     let id = self.next_retry_id;
                     self.next_retry_id += 1;
-                    *self
-                        .retrying_keys
-                        .entry(p.req.storage_key.clone())
-                        .or_default() += 1;
+                    *self.retrying_keys.entry(p.req.storage_key.clone()).or_default() += 1;
                     self.retrying.insert(id, p);
                     ctx.run_later(delay, move |act, ctx| act.retry_due(id, ctx));
                 }
@@ -390,11 +368,7 @@ impl QueueActor {
                         attempt = p.attempt, outcome = "failed", duration_us = waited,
                         error = %error, "request failed"
                     );
-                    let failure = QueueFailure::Storage {
-                        error,
-                        attempts: p.attempt,
-                        operation: op,
-                    };
+                    let failure = QueueFailure::Storage { error, attempts: p.attempt, operation: op };
                     let _ = p.req.reply.send(Err(failure));
                 }
             }
@@ -446,15 +420,9 @@ fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Result<Reply, St
     for (i, p) in batch.iter_mut().enumerate() {
         match &mut p.req.op {
             Operation::Get => results.push(Some(backend.get(&p.req.storage_key).map(Reply::Value))),
-            Operation::Scan {
-                prefix,
-                start_after,
-                limit,
-            } => results.push(Some(
-                backend
-                    .scan_prefix(prefix, start_after.as_deref(), *limit)
-                    .map(Reply::Scanned),
-            )),
+            Operation::Scan { prefix, start_after, limit } => {
+                results.push(Some(backend.scan_prefix(prefix, start_after.as_deref(), *limit).map(Reply::Scanned)))
+            }
             Operation::Write(op) => {
                 write_idx.push(i);
                 writes.push(std::mem::replace(op, placeholder_op()));
@@ -502,11 +470,7 @@ fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Result<Reply, St
 }
 
 fn placeholder_op() -> WriteOp {
-    WriteOp {
-        key: Vec::new(),
-        precondition: Precondition::Any,
-        value: None,
-    }
+    WriteOp { key: Vec::new(), precondition: Precondition::Any, value: None }
 }
 
 impl Actor for QueueActor {
@@ -523,14 +487,17 @@ impl Handler<Submit> for QueueActor {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
-        let pending = Pending {
-            req: msg,
-            attempt: 0,
-            retry: None,
-            enqueued: Instant::now(),
-        };
+        let pending = Pending { req: msg, attempt: 0, retry: None, enqueued: Instant::now() };
         self.enqueue(pending, false);
-        self.pump(ctx);
+        // Let the requests already in the mailbox join before composing a
+        // batch: group commit without waiting on a timer.
+        if !self.pump_scheduled {
+            self.pump_scheduled = true;
+            ctx.spawn(tokio::task::yield_now().into_actor(self).map(|_, act, ctx| {
+                act.pump_scheduled = false;
+                act.pump(ctx);
+            }));
+        }
     }
 }
 

@@ -51,15 +51,7 @@ impl Supervisor {
         autosave_interval: Duration,
         shutdown_deadline: Duration,
     ) -> Self {
-        Self {
-            registry,
-            queue,
-            backend,
-            owner,
-            autosave_interval,
-            shutdown_deadline,
-            shutdown: ShutdownState::Running,
-        }
+        Self { registry, queue, backend, owner, autosave_interval, shutdown_deadline, shutdown: ShutdownState::Running }
     }
 }
 
@@ -73,11 +65,7 @@ async fn release_keys(
     let mut receipts = Vec::with_capacity(keys.len());
     for k in keys {
         let (tx, rx) = oneshot::channel();
-        k.do_send(Control::ReleaseForSupervisor {
-            reason: reason.clone(),
-            priority,
-            receipt: tx,
-        });
+        k.do_send(Control::ReleaseForSupervisor { reason: reason.clone(), priority, receipt: tx });
         receipts.push(rx);
     }
     let mut report = ReleaseReport::default();
@@ -161,12 +149,7 @@ impl Handler<ReleaseAll> for Supervisor {
     fn handle(&mut self, msg: ReleaseAll, _ctx: &mut Self::Context) -> Self::Result {
         let keys = self.registry.all_keys();
         let deadline = Instant::now() + self.shutdown_deadline;
-        Box::pin(release_keys(
-            keys,
-            CloseReason::Released,
-            msg.priority,
-            deadline,
-        ))
+        Box::pin(release_keys(keys, CloseReason::Released, msg.priority, deadline))
     }
 }
 
@@ -191,12 +174,10 @@ impl Handler<Shutdown> for Supervisor {
         let queue = self.queue.clone();
         let backend = self.backend.clone();
         let work = async move {
-            let release =
-                release_keys(keys, CloseReason::Shutdown, Priority::Emergency, deadline).await;
+            let release = release_keys(keys, CloseReason::Shutdown, Priority::Emergency, deadline).await;
             let (done_tx, done_rx) = oneshot::channel();
             queue.do_send(NotifyWhenEmpty { done: done_tx });
-            let queue_drained =
-                matches!(tokio::time::timeout_at(deadline, done_rx).await, Ok(Ok(())));
+            let queue_drained = matches!(tokio::time::timeout_at(deadline, done_rx).await, Ok(Ok(())));
             let flush = if backend.is_blocking() {
                 tokio::task::spawn_blocking(move || backend.flush())
                     .await

@@ -91,9 +91,5 @@ pub(crate) enum Control {
     /// A notice addressed to this key's holder arrived on the backend bus.
     Notice(NoticeKind),
     /// Release on the emergency lane with reason `Shutdown` (or `Released`).
-    ReleaseForSupervisor {
-        reason: CloseReason,
-        priority: Priority,
-        receipt: ReceiptTx,
-    },
+    ReleaseForSupervisor { reason: CloseReason, priority: Priority, receipt: ReceiptTx },
 }

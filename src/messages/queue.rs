@@ -31,11 +31,7 @@ impl Priority {
 pub(crate) enum Operation {
     Get,
     Write(WriteOp),
-    Scan {
-        prefix: Vec<u8>,
-        start_after: Option<Vec<u8>>,
-        limit: usize,
-    },
+    Scan { prefix: Vec<u8>, start_after: Option<Vec<u8>>, limit: usize },
 }
 
 impl Operation {
@@ -60,11 +56,7 @@ pub(crate) enum Reply {
 /// Why a request produced no result.
 #[derive(Debug, Clone)]
 pub(crate) enum QueueFailure {
-    Storage {
-        error: StorageError,
-        attempts: u32,
-        operation: &'static str,
-    },
+    Storage { error: StorageError, attempts: u32, operation: &'static str },
     Cancelled,
     Stopped,
 }

@@ -82,12 +82,7 @@ impl MemoryBackend {
     /// Makes the next `count` calls of `op` (on `key` only, if given) fail
     /// with an error of `kind`.
     pub fn fail_next(&self, op: OpKind, key: Option<&[u8]>, count: u64, kind: ErrorKind) {
-        lock(&self.faults).push(FaultRule {
-            op,
-            key: key.map(<[u8]>::to_vec),
-            remaining: count,
-            kind,
-        });
+        lock(&self.faults).push(FaultRule { op, key: key.map(<[u8]>::to_vec), remaining: count, kind });
     }
 
     /// Removes every fault rule.
@@ -116,11 +111,7 @@ impl MemoryBackend {
 
     /// Only the keys written (applied or not), in the order the writes arrived.
     pub fn written_keys(&self) -> Vec<Vec<u8>> {
-        lock(&self.log)
-            .iter()
-            .filter(|(op, _)| *op == OpKind::Write)
-            .map(|(_, k)| k.clone())
-            .collect()
+        lock(&self.log).iter().filter(|(op, _)| *op == OpKind::Write).map(|(_, k)| k.clone()).collect()
     }
 
     fn record(&self, op: OpKind, key: &[u8]) {
@@ -183,9 +174,7 @@ impl Backend for MemoryBackend {
                 let current = map.get(&op.key).map(Vec::as_slice);
                 if !op.precondition.holds(current) {
                     self.write_conflicts.fetch_add(1, Ordering::Relaxed);
-                    return Ok(WriteOutcome::Conflict {
-                        current: current.and_then(RecordHeader::peek),
-                    });
+                    return Ok(WriteOutcome::Conflict { current: current.and_then(RecordHeader::peek) });
                 }
                 match &op.value {
                     Some(v) => map.insert(op.key.clone(), v.clone()),

@@ -43,24 +43,15 @@ pub struct StorageError {
 impl StorageError {
     /// A retryable failure.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Transient,
-            message: message.into(),
-        }
+        Self { kind: ErrorKind::Transient, message: message.into() }
     }
     /// A throttling failure (retryable).
     pub fn throttled(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Throttled,
-            message: message.into(),
-        }
+        Self { kind: ErrorKind::Throttled, message: message.into() }
     }
     /// A failure that retrying cannot fix.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Permanent,
-            message: message.into(),
-        }
+        Self { kind: ErrorKind::Permanent, message: message.into() }
     }
     /// Whether the queue should retry it.
     pub fn is_retryable(&self) -> bool {
@@ -209,17 +200,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Deletes one key unconditionally (not durable until flushed).
     fn delete(&self, key: &[u8]) -> Result<(), StorageError> {
-        let op = WriteOp {
-            key: key.to_vec(),
-            precondition: Precondition::Any,
-            value: None,
-        };
+        let op = WriteOp { key: key.to_vec(), precondition: Precondition::Any, value: None };
         match self.write_batch(std::slice::from_ref(&op)).pop() {
             Some(Ok(_)) => Ok(()),
             Some(Err(e)) => Err(e),
-            None => Err(StorageError::permanent(
-                "backend returned no result for a delete",
-            )),
+            None => Err(StorageError::permanent("backend returned no result for a delete")),
         }
     }
 

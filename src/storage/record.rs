@@ -129,10 +129,7 @@ pub enum DecodeError {
 }
 
 fn options() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_varint_encoding()
-        .with_limit(MAX_BODY_LEN)
-        .reject_trailing_bytes()
+    bincode::DefaultOptions::new().with_varint_encoding().with_limit(MAX_BODY_LEN).reject_trailing_bytes()
 }
 
 impl Record {
@@ -149,9 +146,8 @@ impl Record {
         };
         // Serializing plain integers, byte vectors and strings into a Vec cannot
         // fail; a failure here would be a bug in bincode itself.
-        let body_bytes = options()
-            .serialize(&body)
-            .unwrap_or_else(|e| unreachable!("bincode failed on an in-memory body: {e}"));
+        let body_bytes =
+            options().serialize(&body).unwrap_or_else(|e| unreachable!("bincode failed on an in-memory body: {e}"));
         let mut out = Vec::with_capacity(HEADER_LEN + body_bytes.len());
         out.extend_from_slice(&MAGIC);
         out.push(FORMAT_VERSION);
@@ -173,19 +169,14 @@ impl Record {
         let declared = u32::from_le_bytes([bytes[19], bytes[20], bytes[21], bytes[22]]) as usize;
         let body = &bytes[HEADER_LEN..];
         if body.len() != declared {
-            return Err(DecodeError::Corrupt(format!(
-                "body is {} bytes, header says {declared}",
-                body.len()
-            )));
+            return Err(DecodeError::Corrupt(format!("body is {} bytes, header says {declared}", body.len())));
         }
         let mut hash = [0u8; 8];
         hash.copy_from_slice(&bytes[23..31]);
         if seahash::hash(body) != u64::from_le_bytes(hash) {
             return Err(DecodeError::Corrupt("body checksum mismatch".into()));
         }
-        let body: BodyV1 = options()
-            .deserialize(body)
-            .map_err(|e| DecodeError::Body(e.to_string()))?;
+        let body: BodyV1 = options().deserialize(body).map_err(|e| DecodeError::Body(e.to_string()))?;
         Ok(Record {
             header,
             data_version: body.data_version,

@@ -32,17 +32,11 @@ impl SledBackend {
     /// with its path and left exactly as found; it is never reset.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::Config::new().path(&path).open().map_err(|e| {
-            map_err(
-                &format!("cannot open sled database at {}", path.display()),
-                e,
-            )
-        })?;
-        Ok(Self {
-            db,
-            path,
-            notices: NoticeBus::default(),
-        })
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|e| map_err(&format!("cannot open sled database at {}", path.display()), e))?;
+        Ok(Self { db, path, notices: NoticeBus::default() })
     }
 
     /// The data directory.
@@ -55,14 +49,9 @@ impl SledBackend {
         // header precondition, then swap against exactly what we read. A
         // concurrent writer in between makes the swap fail and we re-check.
         loop {
-            let current = self
-                .db
-                .get(&op.key)
-                .map_err(|e| map_err("get before write", e))?;
+            let current = self.db.get(&op.key).map_err(|e| map_err("get before write", e))?;
             if !op.precondition.holds(current.as_deref()) {
-                return Ok(WriteOutcome::Conflict {
-                    current: current.as_deref().and_then(RecordHeader::peek),
-                });
+                return Ok(WriteOutcome::Conflict { current: current.as_deref().and_then(RecordHeader::peek) });
             }
             let swapped = self
                 .db
@@ -82,10 +71,7 @@ impl Backend for SledBackend {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db
-            .get(key)
-            .map(|v| v.map(|iv| iv.to_vec()))
-            .map_err(|e| map_err("get", e))
+        self.db.get(key).map(|v| v.map(|iv| iv.to_vec())).map_err(|e| map_err("get", e))
     }
 
     fn write_batch(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, StorageError>> {

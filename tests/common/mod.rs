@@ -19,11 +19,7 @@ pub struct Profile {
 }
 
 pub fn template() -> Profile {
-    Profile {
-        coins: 0,
-        name: "new player".into(),
-        items: Vec::new(),
-    }
+    Profile { coins: 0, name: "new player".into(), items: Vec::new() }
 }
 
 pub const AUTOSAVE: Duration = Duration::from_secs(30);
@@ -40,21 +36,16 @@ pub fn config(backend: &Arc<MemoryBackend>, owner: &str) -> Config {
 }
 
 pub async fn node(backend: &Arc<MemoryBackend>, owner: &str) -> Datastorer {
-    Datastorer::start(config(backend, owner))
-        .await
-        .expect("start")
+    Datastorer::start(config(backend, owner)).await.expect("start")
 }
 
 pub fn profiles(ds: &Datastorer) -> Store<Profile> {
-    ds.store("profiles", StoreSpec::new(template()))
-        .expect("store")
+    ds.store("profiles", StoreSpec::new(template())).expect("store")
 }
 
 /// The decoded record of `key` in `store`, straight from the backend.
 pub fn stored(backend: &MemoryBackend, store: &str, key: &str) -> Option<Record> {
-    backend
-        .raw_get(&storage_key(store, key))
-        .map(|b| Record::decode(&b).expect("decodable record"))
+    backend.raw_get(&storage_key(store, key)).map(|b| Record::decode(&b).expect("decodable record"))
 }
 
 pub fn stored_json(backend: &MemoryBackend, store: &str, key: &str) -> serde_json::Value {

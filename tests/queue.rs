@@ -1,0 +1,231 @@
+//! The queue: group commit, backoff on transient errors, no retry on
+//! permanent ones, emergency lane first without starving the normal lane,
+//! rate budgets, flushing the queue, depth and draining.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use datastorer::storage::memory::{MemoryBackend, OpKind};
+use datastorer::storage::storage_key;
+use datastorer::{Budget, Datastorer, Error, ErrorKind, Priority, Session};
+use tokio::time::Instant;
+
+async fn open_many(ds: &Datastorer, keys: &[&str]) -> Vec<Session<Profile>> {
+    let store = profiles(ds);
+    let mut out = Vec::new();
+    for k in keys {
+        out.push(store.open(*k).await.unwrap());
+    }
+    out
+}
+
+#[actix_rt::test]
+async fn saves_of_many_keys_share_one_batch_and_one_flush() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let sessions = open_many(&ds, &refs).await;
+    for s in &sessions {
+        s.update(|p| p.coins += 1).await.unwrap();
+    }
+    let before = backend.stats();
+    let receipts: Vec<_> = sessions.iter().map(|s| s.save(Priority::Normal)).collect();
+    for r in receipts {
+        r.await.unwrap();
+    }
+    let after = backend.stats();
+    let batches = after.write_batches - before.write_batches;
+    let flushes = after.flushes - before.flushes;
+    println!("group commit: 200 keys saved in {batches} batches, {flushes} flushes");
+    assert_eq!(after.writes_applied - before.writes_applied, 200);
+    assert!(batches <= 4, "{batches} batches for 200 keys");
+    assert_eq!(flushes, batches);
+}
+
+#[actix_rt::test]
+async fn transient_errors_are_retried_with_capped_exponential_backoff() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await; // base delay 10 ms, jitter 0.5
+    let s = profiles(&ds).open("k").await.unwrap();
+    s.update(|p| p.coins = 1).await.unwrap();
+    let skey = storage_key("profiles", "k");
+    backend.fail_next(OpKind::Write, Some(&skey), 3, ErrorKind::Transient);
+    let started = Instant::now();
+    s.save(Priority::Normal).await.unwrap();
+    let waited = started.elapsed();
+    // Three retries: 10, 20, 40 ms before jitter (±50 %).
+    assert!(waited >= Duration::from_millis(35) && waited <= Duration::from_millis(106), "{waited:?}");
+    let attempts = backend.written_keys().iter().filter(|k| **k == skey).count();
+    assert_eq!(attempts, 1 + 4, "lease write + 4 attempts of the save");
+    assert_eq!(stored_json(&backend, "profiles", "k")["coins"], 1);
+
+    // Throttling errors are retried the same way.
+    s.update(|p| p.coins = 2).await.unwrap();
+    backend.fail_next(OpKind::Write, Some(&skey), 2, ErrorKind::Throttled);
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(stored_json(&backend, "profiles", "k")["coins"], 2);
+}
+
+#[actix_rt::test]
+async fn retries_stop_at_max_attempts_and_the_delay_is_capped() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let mut c = config(&backend, "a");
+    c.queue.retry.max_attempts = 6;
+    c.queue.retry.max_exponent = 2; // delays 10, 20, 40, 40, 40 ms before jitter
+    let ds = Datastorer::start(c).await.unwrap();
+    let s = profiles(&ds).open("k").await.unwrap();
+    s.update(|p| p.coins = 1).await.unwrap();
+    backend.fail_next(OpKind::Write, None, 100, ErrorKind::Transient);
+    let started = Instant::now();
+    match s.save(Priority::Normal).await {
+        Err(Error::Storage { attempts, operation, key, .. }) => {
+            assert_eq!(attempts, 6);
+            assert_eq!(operation, "write");
+            assert_eq!(key, "k");
+        }
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(waited <= Duration::from_millis(150 * 3 / 2 + 1), "capped: {waited:?}");
+    assert!(s.close_reason().is_none(), "session stays open, data kept in memory");
+    backend.clear_faults();
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(stored_json(&backend, "profiles", "k")["coins"], 1);
+}
+
+#[actix_rt::test]
+async fn permanent_errors_fail_at_once_without_retry() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let s = profiles(&ds).open("k").await.unwrap();
+    s.update(|p| p.coins = 1).await.unwrap();
+    let writes_before = backend.written_keys().len();
+    backend.fail_next(OpKind::Write, None, 1, ErrorKind::Permanent);
+    let started = Instant::now();
+    let err = s.save(Priority::Normal).await.unwrap_err();
+    assert!(matches!(err, Error::Storage { attempts: 1, .. }), "{err:?}");
+    assert_eq!(started.elapsed(), Duration::ZERO, "no backoff");
+    assert_eq!(backend.written_keys().len(), writes_before + 1);
+}
+
+/// A config whose write budget lets one request through per second.
+async fn throttled_node(backend: &Arc<MemoryBackend>, normal_share: usize) -> Datastorer {
+    let mut c = config(backend, "a");
+    c.queue.budgets.write = Some(Budget { per_second: 1.0, burst: 1.0 });
+    c.queue.normal_share = normal_share;
+    Datastorer::start(c).await.unwrap()
+}
+
+fn order_after(backend: &MemoryBackend, skip: usize) -> Vec<String> {
+    backend
+        .written_keys()
+        .into_iter()
+        .skip(skip)
+        .map(|k| datastorer::storage::split_storage_key(&k).unwrap().1)
+        .collect()
+}
+
+#[actix_rt::test]
+async fn emergency_requests_go_first() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = throttled_node(&backend, 8).await;
+    let s = open_many(&ds, &["n1", "n2", "n3", "e"]).await;
+    for x in &s {
+        x.update(|p| p.coins = 1).await.unwrap();
+    }
+    let skip = backend.written_keys().len();
+    let r: Vec<_> = vec![
+        s[0].save(Priority::Normal),
+        s[1].save(Priority::Normal),
+        s[2].save(Priority::Normal),
+        s[3].save(Priority::Emergency),
+    ];
+    for x in r {
+        x.await.unwrap();
+    }
+    assert_eq!(order_after(&backend, skip), vec!["e", "n1", "n2", "n3"]);
+}
+
+#[actix_rt::test]
+async fn the_normal_lane_is_not_starved_by_emergency_traffic() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = throttled_node(&backend, 2).await;
+    let s = open_many(&ds, &["n0", "e0", "e1", "e2", "e3"]).await;
+    for x in &s {
+        x.update(|p| p.coins = 1).await.unwrap();
+    }
+    let skip = backend.written_keys().len();
+    let mut r = vec![s[0].save(Priority::Normal)];
+    r.extend(s[1..].iter().map(|x| x.save(Priority::Emergency)));
+    for x in r {
+        x.await.unwrap();
+    }
+    // After two batches without it, the normal lane is served first.
+    assert_eq!(order_after(&backend, skip), vec!["e0", "e1", "n0", "e2", "e3"]);
+}
+
+#[actix_rt::test]
+async fn rate_budgets_pace_requests() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = throttled_node(&backend, 8).await;
+    let s = open_many(&ds, &["a", "b", "c", "d", "e", "f"]).await;
+    for x in &s {
+        x.update(|p| p.coins = 1).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await; // bucket refills to its burst of 1
+    let started = Instant::now();
+    let r: Vec<_> = s.iter().map(|x| x.save(Priority::Normal)).collect();
+    for x in r {
+        x.await.unwrap();
+    }
+    let took = started.elapsed();
+    // One at once (burst), five more at one per second.
+    assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(6), "{took:?}");
+}
+
+#[actix_rt::test]
+async fn flush_queue_cancels_normal_requests_and_emergency_flush_cancels_all() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = throttled_node(&backend, 8).await;
+    let s = open_many(&ds, &["a", "b", "c"]).await;
+    for x in &s {
+        x.update(|p| p.coins = 1).await.unwrap();
+    }
+    // The bucket is empty after the opens: these wait in the queue.
+    let normal_a = s[0].save(Priority::Normal);
+    let normal_b = s[1].save(Priority::Normal);
+    let urgent = s[2].save(Priority::Emergency);
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    let depth = ds.queue_depth().await;
+    assert_eq!((depth.normal, depth.emergency), (2, 1), "{depth:?}");
+
+    assert_eq!(ds.flush_queue().await, 2);
+    assert!(matches!(normal_a.await, Err(Error::Cancelled { ref key, .. }) if key == "a"));
+    assert!(matches!(normal_b.await, Err(Error::Cancelled { .. })));
+    urgent.await.unwrap();
+    assert_eq!(stored_json(&backend, "profiles", "c")["coins"], 1);
+    // Cancelled saves leave their keys dirty: a later save writes them.
+    s[0].save(Priority::Normal).await.unwrap();
+    assert_eq!(stored_json(&backend, "profiles", "a")["coins"], 1);
+
+    let b_again = s[1].save(Priority::Emergency);
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    assert_eq!(ds.emergency_flush_queue().await, 1);
+    assert!(matches!(b_again.await, Err(Error::Cancelled { .. })));
+    ds.wait_for_empty_queue().await;
+    assert_eq!(ds.queue_depth().await.total(), 0);
+}

@@ -1,0 +1,93 @@
+//! Stores: identity, conflicting specifications, name and key validation,
+//! listing keys.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use datastorer::storage::memory::MemoryBackend;
+use datastorer::{Config, Datastorer, Error, Migration, Priority, StoreSpec};
+use serde_json::json;
+
+#[actix_rt::test]
+async fn the_same_name_returns_the_same_store() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let first = profiles(&ds);
+    let s = first.open("k").await.unwrap();
+    s.update(|p| p.coins = 3).await.unwrap();
+    let second = profiles(&ds);
+    assert!(second.is_loaded("k"), "second handle sees the first's keys");
+    assert_eq!(second.get("k").unwrap().read(|p| p.coins).await.unwrap(), 3);
+}
+
+#[actix_rt::test]
+async fn a_conflicting_spec_is_an_error() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    profiles(&ds);
+    let other_template = Profile { coins: 1, ..template() };
+    let e = ds.store("profiles", StoreSpec::new(other_template)).unwrap_err();
+    assert!(matches!(e, Error::StoreConflict { ref difference, .. } if difference.contains("template")), "{e:?}");
+    let e = ds.store("profiles", StoreSpec::new(template()).migration(Migration::new("m", Ok))).unwrap_err();
+    assert!(matches!(e, Error::StoreConflict { ref difference, .. } if difference.contains("migrations")), "{e:?}");
+    let e = ds.store("profiles", StoreSpec::new(template()).metadata_template(json!({"x": 1}))).unwrap_err();
+    assert!(matches!(e, Error::StoreConflict { .. }));
+    let e = ds.store("profiles", StoreSpec::new(json!({"coins": 0}))).unwrap_err();
+    assert!(matches!(e, Error::StoreConflict { ref difference, .. } if difference.contains("type")), "{e:?}");
+}
+
+#[actix_rt::test]
+async fn bad_store_names_and_keys_are_refused_with_a_reason() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    for bad in ["", "has space", "slash/name", "nul\0", &"x".repeat(129)] {
+        let e = ds.store(bad, StoreSpec::new(template())).unwrap_err();
+        assert!(matches!(e, Error::InvalidName { what: "store name", .. }), "{bad:?}: {e:?}");
+    }
+    let store = profiles(&ds);
+    for bad in [String::new(), "tab\there".into(), "nul\0".into(), "k".repeat(513)] {
+        let e = store.open(bad.clone()).await.unwrap_err();
+        assert!(matches!(e, Error::InvalidName { what: "key", .. }), "{bad:?}: {e:?}");
+    }
+    assert_eq!(backend.stats().writes_applied, 0, "nothing written for bad input");
+    // Unicode and punctuation are fine in keys.
+    store.open("joueur/é:1").await.unwrap();
+}
+
+#[actix_rt::test]
+async fn list_keys_pages_by_prefix_with_a_cursor() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    for k in ["p:1", "p:2", "p:3", "q:1"] {
+        store.open(k).await.unwrap().release(Priority::Normal).await.unwrap();
+    }
+    let other = ds.store("other", StoreSpec::new(template())).unwrap();
+    other.open("p:9").await.unwrap();
+    assert_eq!(store.list_keys("p:", None, 2).await.unwrap(), vec!["p:1", "p:2"]);
+    assert_eq!(store.list_keys("p:", Some("p:2"), 10).await.unwrap(), vec!["p:3"]);
+    assert_eq!(store.list_keys("", None, 10).await.unwrap(), vec!["p:1", "p:2", "p:3", "q:1"]);
+    assert_eq!(other.list_keys("", None, 10).await.unwrap(), vec!["p:9"]);
+    let rec = store.inspect("p:1").await.unwrap().unwrap();
+    assert!(rec.lease.is_none());
+    assert!(store.inspect("nope").await.unwrap().is_none());
+}
+
+#[actix_rt::test]
+async fn invalid_configuration_names_the_field() {
+    let mut c = Config::memory();
+    c.handle_signals = false;
+    c.lease_ttl = c.autosave_interval;
+    let e = Datastorer::start(c).await.unwrap_err();
+    assert!(matches!(e, Error::Config(ref m) if m.contains("lease_ttl")), "{e:?}");
+    let mut c = Config::memory();
+    c.queue.retry.max_attempts = 0;
+    let e = Datastorer::start(c).await.unwrap_err();
+    assert!(matches!(e, Error::Config(ref m) if m.contains("max_attempts")), "{e:?}");
+    let mut c = Config::memory();
+    c.queue.budgets.write = Some(datastorer::Budget { per_second: 0.0, burst: 1.0 });
+    let e = Datastorer::start(c).await.unwrap_err();
+    assert!(matches!(e, Error::Config(ref m) if m.contains("budgets.write")), "{e:?}");
+}
