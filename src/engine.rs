@@ -29,6 +29,9 @@ pub(crate) trait StoreControl: Send + Sync + 'static {
     fn loaded_count(&self) -> usize;
 }
 
+/// The stores of one instance. Stores point at the engine and the engine at
+/// the registry: the supervisor clears the registry when it is dropped (the
+/// actix System stopped), which frees the engine and closes the backend.
 #[derive(Default)]
 pub(crate) struct Registry {
     stores: Mutex<HashMap<String, Arc<dyn StoreControl>>>,
@@ -55,6 +58,12 @@ impl Registry {
     pub(crate) fn loaded_count(&self) -> usize {
         let stores: Vec<_> = self.stores().values().cloned().collect();
         stores.iter().map(|s| s.loaded_count()).sum()
+    }
+
+    /// Drops every store (breaking the store → engine → registry cycle).
+    pub(crate) fn clear(&self) {
+        let stores = std::mem::take(&mut *self.stores());
+        drop(stores);
     }
 
     pub(crate) fn begin_shutdown(&self) {

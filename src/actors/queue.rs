@@ -473,14 +473,10 @@ fn placeholder_op() -> WriteOp {
     WriteOp { key: Vec::new(), precondition: Precondition::Any, value: None }
 }
 
+// Key actors submit with `do_send`, which ignores the mailbox capacity: the
+// queue is bounded by design instead (at most one outstanding write per key).
 impl Actor for QueueActor {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        // Key actors use do_send; the queue bounds itself by design (at most
-        // one outstanding write per key), so the mailbox must not push back.
-        ctx.set_mailbox_capacity(usize::MAX);
-    }
 }
 
 impl Handler<Submit> for QueueActor {

@@ -90,7 +90,6 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
         ctx.run_interval(self.autosave_interval, |act, _ctx| {
             if !act.registry.is_shutting_down() {
                 for k in act.registry.all_keys() {
@@ -128,6 +127,12 @@ impl Actor for Supervisor {
             }
             .into_actor(self),
         );
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.registry.clear();
     }
 }
 

@@ -1,0 +1,228 @@
+//! Storage: the record envelope (golden bytes, robustness against arbitrary
+//! input), one conformance suite run against every backend, and corrupt
+//! records reported with store and key and left untouched.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use datastorer::storage::memory::MemoryBackend;
+use datastorer::storage::sled_backend::SledBackend;
+use datastorer::storage::{
+    storage_key, store_prefix, Backend, DecodeError, LeaseHolder, Precondition, Record, RecordHeader, WriteOp,
+    WriteOutcome,
+};
+use datastorer::{Config, Datastorer, Error};
+
+fn sample() -> Record {
+    Record {
+        header: RecordHeader { epoch: 3, revision: 17 },
+        data_version: 2,
+        data: br#"{"coins":5}"#.to_vec(),
+        metadata: br#"{"tier":"gold"}"#.to_vec(),
+        user_ids: vec!["42".into()],
+        lease: Some(LeaseHolder { owner: "srv-1".into(), expires_at_ms: 1_700_000_000_000 }),
+        created_at_ms: 1_600_000_000_000,
+        updated_at_ms: 1_650_000_000_000,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Format stability: records written by this build must decode in every
+/// later build. If this test fails, the on-disk format changed: add a new
+/// format version instead of changing version 1.
+#[test]
+fn format_version_1_bytes_are_stable() {
+    let bytes = sample().encode();
+    assert_eq!(
+        hex(&bytes),
+        "445301030000000000000011000000000000004300000\
+         0de0890f15f948f3a020b7b22636f696e73223a357d0f7b2274696572223a22676f6c64227d0102343201057372762d31fd0068\
+         e5cf8b010000fd00806e8774010000fd00f4a92b80010000"
+    );
+    assert_eq!(Record::decode(&bytes).unwrap(), sample());
+    assert_eq!(RecordHeader::peek(&bytes), Some(RecordHeader { epoch: 3, revision: 17 }));
+    // seahash output is part of the format: pin one vector.
+    assert_eq!(seahash::hash(b"datastorer"), 0x74ec_39d8_3d67_020c);
+}
+
+#[test]
+fn damaged_records_are_typed_errors_never_panics() {
+    let good = sample().encode();
+    assert_eq!(Record::decode(b""), Err(DecodeError::NotARecord));
+    assert_eq!(Record::decode(&good[..10]), Err(DecodeError::NotARecord));
+    assert!(matches!(Record::decode(&good[..good.len() - 1]), Err(DecodeError::Corrupt(_))), "torn write");
+    let mut flipped = good.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x40;
+    assert!(matches!(Record::decode(&flipped), Err(DecodeError::Corrupt(_))), "bit flip in the body");
+    let mut future = good.clone();
+    future[2] = 9;
+    assert_eq!(Record::decode(&future), Err(DecodeError::UnknownFormat(9)));
+
+    // Seeded pseudo-random inputs: truncations, mutations and garbage.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..20_000 {
+        let mut bytes = good.clone();
+        match next() % 3 {
+            0 => bytes.truncate((next() as usize) % good.len()),
+            1 => {
+                for _ in 0..(1 + next() % 4) {
+                    let i = (next() as usize) % bytes.len();
+                    bytes[i] = next() as u8;
+                }
+            }
+            _ => bytes = (0..(next() % 200)).map(|_| next() as u8).collect(),
+        }
+        let _ = Record::decode(&bytes); // must return, not panic
+    }
+}
+
+fn op(key: &[u8], precondition: Precondition, value: Option<Vec<u8>>) -> WriteOp {
+    WriteOp { key: key.to_vec(), precondition, value }
+}
+
+/// Every backend must pass this.
+fn conformance(b: &dyn Backend) {
+    let k = storage_key("s", "k");
+    assert_eq!(b.get(&k).unwrap(), None);
+
+    let v1 = sample().encode();
+    let h1 = RecordHeader::peek(&v1).unwrap();
+    assert_eq!(b.write_batch(&[op(&k, Precondition::Absent, Some(v1.clone()))]), vec![Ok(WriteOutcome::Applied)]);
+    assert_eq!(b.get(&k).unwrap(), Some(v1.clone()));
+    // Absent no longer holds; the conflict reports the stored header.
+    assert_eq!(
+        b.write_batch(&[op(&k, Precondition::Absent, Some(vec![1]))]),
+        vec![Ok(WriteOutcome::Conflict { current: Some(h1) })]
+    );
+    // Fencing: a stale header is refused, the current one applies.
+    let mut next = sample();
+    next.header.revision += 1;
+    let v2 = next.encode();
+    let stale = RecordHeader { epoch: h1.epoch, revision: h1.revision - 1 };
+    let results = b.write_batch(&[
+        op(&k, Precondition::Header(stale), Some(vec![9])),
+        op(&k, Precondition::Header(h1), Some(v2.clone())),
+    ]);
+    assert_eq!(results, vec![Ok(WriteOutcome::Conflict { current: Some(h1) }), Ok(WriteOutcome::Applied)]);
+    assert_eq!(b.get(&k).unwrap(), Some(v2.clone()));
+
+    // A corrupt stored value is overwritten by nothing but `Any`.
+    let bad = storage_key("s", "bad");
+    b.write_batch(&[op(&bad, Precondition::Any, Some(b"garbage".to_vec()))]);
+    assert_eq!(
+        b.write_batch(&[op(&bad, Precondition::Absent, Some(v1.clone()))]),
+        vec![Ok(WriteOutcome::Conflict { current: None })]
+    );
+    assert_eq!(
+        b.write_batch(&[op(&bad, Precondition::Header(h1), Some(v1.clone()))]),
+        vec![Ok(WriteOutcome::Conflict { current: None })]
+    );
+    assert_eq!(b.get(&bad).unwrap(), Some(b"garbage".to_vec()));
+
+    // Scans: prefix, order, cursor, limit; other stores invisible.
+    for key in ["a", "b", "c"] {
+        b.write_batch(&[op(&storage_key("scan", key), Precondition::Any, Some(key.as_bytes().to_vec()))]);
+    }
+    b.write_batch(&[op(&storage_key("scanx", "z"), Precondition::Any, Some(vec![0]))]);
+    let p = store_prefix("scan");
+    let all = b.scan_prefix(&p, None, 10).unwrap();
+    assert_eq!(
+        all.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+        vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+    );
+    let page = b.scan_prefix(&p, Some(&storage_key("scan", "a")), 1).unwrap();
+    assert_eq!(page, vec![(storage_key("scan", "b"), b"b".to_vec())]);
+
+    // Delete.
+    b.delete(&storage_key("scan", "b")).unwrap();
+    assert_eq!(b.get(&storage_key("scan", "b")).unwrap(), None);
+    b.flush().unwrap();
+}
+
+#[test]
+fn memory_backend_conforms() {
+    conformance(&MemoryBackend::new());
+}
+
+#[test]
+fn sled_backend_conforms_and_persists_after_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let b = SledBackend::open(dir.path().join("db")).unwrap();
+        conformance(&b);
+    }
+    let b = SledBackend::open(dir.path().join("db")).unwrap();
+    let rec = Record::decode(&b.get(&storage_key("s", "k")).unwrap().unwrap()).unwrap();
+    assert_eq!(rec.header.revision, 18);
+}
+
+#[test]
+fn a_sled_directory_that_cannot_be_opened_is_reported_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = SledBackend::open(&file).err().expect("opening a file as a database fails");
+    assert!(err.message.contains("not-a-dir"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"x", "left as found");
+}
+
+#[actix_rt::test]
+async fn a_corrupt_record_is_reported_with_store_and_key_and_kept() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    let skey = storage_key("profiles", "broken");
+    let mut torn = sample().encode();
+    torn.truncate(torn.len() - 5);
+    backend.raw_put(&skey, &torn);
+
+    match store.open("broken").await {
+        Err(Error::CorruptRecord { store, key, source }) => {
+            assert_eq!((store.as_str(), key.as_str()), ("profiles", "broken"));
+            assert!(matches!(source, DecodeError::Corrupt(_)));
+        }
+        other => panic!("expected CorruptRecord, got {other:?}"),
+    }
+    assert_eq!(backend.raw_get(&skey).unwrap(), torn, "kept byte for byte");
+    assert!(matches!(store.inspect("broken").await, Err(Error::CorruptRecord { .. })));
+    // Steal cannot overwrite it either.
+    let r = store.open("broken").policy(datastorer::AcquirePolicy::Steal).await;
+    assert!(matches!(r, Err(Error::CorruptRecord { .. })));
+    assert_eq!(backend.raw_get(&skey).unwrap(), torn);
+    // Other keys are unaffected.
+    store.open("fine").await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_corrupt_record_on_sled_is_reported_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let skey = storage_key("profiles", "k");
+    {
+        let b = SledBackend::open(&path).unwrap();
+        b.write_batch(&[op(&skey, Precondition::Any, Some(b"\x00\x01not a record".to_vec()))]);
+        b.flush().unwrap();
+    }
+    let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(&path).unwrap());
+    let mut c = Config::backend(backend.clone()).owner_id("a");
+    c.handle_signals = false;
+    let ds = Datastorer::start(c).await.unwrap();
+    let err = profiles(&ds).open("k").await.unwrap_err();
+    assert!(
+        matches!(err, Error::CorruptRecord { ref key, source: DecodeError::NotARecord, .. } if key == "k"),
+        "{err:?}"
+    );
+    assert_eq!(backend.get(&skey).unwrap().unwrap(), b"\x00\x01not a record");
+}
