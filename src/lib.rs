@@ -58,6 +58,11 @@ mod store;
 
 use std::sync::Arc;
 
+/// Compiles the README's examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 use actix::{Actor, Addr, Arbiter, System};
 use tokio::sync::oneshot;
 use tracing::info;

@@ -455,8 +455,13 @@ impl<T: Document> Store<T> {
                     let _ = closed.wait_for(Option::is_some).await;
                     shared.remove(&key_arc, generation);
                 }
-                // The actor is gone without cleaning up after itself.
-                Err(_) => shared.remove(&key_arc, generation),
+                // The actor stopped while opening: report why, do not retry.
+                Err(_) => {
+                    shared.remove(&key_arc, generation);
+                    let reason =
+                        closed.borrow().clone().unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
+                    return Err(Error::SessionClosed { store: shared.name.to_string(), key, reason });
+                }
                 Ok(Err(e)) => return Err(e),
             }
         }

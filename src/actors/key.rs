@@ -356,9 +356,21 @@ impl<T: Document> KeyActor<T> {
             header,
             expires_at_ms: 0,
         });
+        let fut = self.clear_lease(expected, priority);
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
+    }
+
+    /// The read-check-write that clears the lease on the stored record if
+    /// its header is still `expected`.
+    fn clear_lease(
+        &self,
+        expected: RecordHeader,
+        priority: Priority,
+    ) -> impl std::future::Future<Output = Result<WriteOutcome, Error>> + 'static {
+        let header = RecordHeader { epoch: expected.epoch, revision: expected.revision + 1 };
         let engine = self.store.engine.clone();
         let (store, key, skey) = (self.store.name.clone(), self.key.clone(), self.storage_key.clone());
-        let fut = async move {
+        async move {
             let fail = |f| queue_error(&store, &key, f);
             let bytes = match engine.request(&store, &key, skey.clone(), Operation::Get, priority).await {
                 Ok(Reply::Value(Some(b))) => b,
@@ -387,8 +399,7 @@ impl<T: Document> KeyActor<T> {
                 Ok(_) => Err(Error::NotRunning),
                 Err(f) => Err(fail(f)),
             }
-        };
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
+        }
     }
 
     fn write_done(&mut self, result: Result<WriteOutcome, Error>, ctx: &mut Context<Self>) {
@@ -546,35 +557,45 @@ impl<T: Document> Handler<Open> for KeyActor<T> {
             Phase::Opening => {}
         }
         let load = acquire(self.store.clone(), self.key.clone(), self.storage_key.clone(), msg.user_ids, msg.policy);
-        AtomicResponse::new(Box::pin(load.into_actor(self).map(|res, act, ctx| match res {
-            Ok(loaded) => {
-                act.doc = Some(loaded);
-                act.phase = Phase::Open;
-                if let Some(hook) = act.store.hooks.after_load.clone() {
-                    let Some(doc) = act.doc.as_mut() else {
-                        return Err(act.closed_error());
-                    };
-                    if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook(&mut doc.data))) {
-                        let err = act.panicked("after-load hook", &*p);
-                        act.phase = Phase::Closing(CloseReason::Error(err.to_string()));
-                        act.start_write(
-                            WriteKind::Close(CloseReason::Error(err.to_string())),
-                            Priority::Emergency,
-                            Vec::new(),
-                            None,
-                            ctx,
-                        );
-                        return Err(err);
-                    }
-                }
-                act.store.mark_open(&act.key, act.generation);
-                Ok(())
-            }
+        AtomicResponse::new(Box::pin(load.into_actor(self).then(|res, act, ctx| act.loaded(res, ctx))))
+    }
+}
+
+type OpenFuture<T> = std::pin::Pin<Box<dyn ActorFuture<KeyActor<T>, Output = Result<(), Error>>>>;
+
+impl<T: Document> KeyActor<T> {
+    /// Installs a loaded document and runs the after-load hook. A panicking
+    /// hook fails the open only after the lease it took has been cleared.
+    fn loaded(&mut self, res: Result<Loaded<T>, Error>, ctx: &mut Context<Self>) -> OpenFuture<T> {
+        let loaded = match res {
+            Ok(l) => l,
             Err(err) => {
-                act.finish(CloseReason::Error(err.to_string()), ctx);
-                Err(err)
+                self.finish(CloseReason::Error(err.to_string()), ctx);
+                return Box::pin(fut::ready(Err(err)));
             }
-        })))
+        };
+        let header = loaded.header;
+        self.doc = Some(loaded);
+        self.phase = Phase::Open;
+        if let Some(hook) = self.store.hooks.after_load.clone() {
+            let Some(doc) = self.doc.as_mut() else { return Box::pin(fut::ready(Err(Error::NotRunning))) };
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook(&mut doc.data))) {
+                let err = self.panicked("after-load hook", &*p);
+                let reason = CloseReason::Error(err.to_string());
+                self.phase = Phase::Closing(reason.clone());
+                // Awaited inside the open (which holds the mailbox), not spawned.
+                let clear = self.clear_lease(header, Priority::Emergency);
+                return Box::pin(clear.into_actor(self).map(move |cleared, act, ctx| {
+                    if let Ok(WriteOutcome::Applied) = cleared {
+                        act.publish(NoticeKind::Released { revision: header.revision + 1 });
+                    }
+                    act.finish(reason, ctx);
+                    Err(err)
+                }));
+            }
+        }
+        self.store.mark_open(&self.key, self.generation);
+        Box::pin(fut::ready(Ok(())))
     }
 }
 
@@ -597,7 +618,7 @@ impl<T: Document> Handler<Update<T>> for KeyActor<T> {
         if self.phase != Phase::Open {
             return Err(self.closed_error());
         }
-        let doc = self.doc.as_mut().ok_or_else(|| Error::NotRunning)?;
+        let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
         // The copy restores the document if the closure panics half-way.
         let before = doc.data.clone();
         match catch_unwind(AssertUnwindSafe(|| (msg.0)(&mut doc.data))) {

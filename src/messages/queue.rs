@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::Message;
 use tokio::sync::oneshot;
 
-use crate::storage::{StorageError, WriteOp, WriteOutcome};
+use crate::storage::{KeyValues, StorageError, WriteOp, WriteOutcome};
 
 /// Which lane a request waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,7 +50,7 @@ impl Operation {
 pub(crate) enum Reply {
     Value(Option<Vec<u8>>),
     Written(WriteOutcome),
-    Scanned(Vec<(Vec<u8>, Vec<u8>)>),
+    Scanned(KeyValues),
 }
 
 /// Why a request produced no result.

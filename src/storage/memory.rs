@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::{Backend, ErrorKind, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
+use super::{Backend, ErrorKind, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
 
 /// Which backend call a fault rule or counter refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -186,12 +186,7 @@ impl Backend for MemoryBackend {
             .collect()
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        start_after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan_prefix(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeyValues, StorageError> {
         self.scans.fetch_add(1, Ordering::Relaxed);
         self.record(OpKind::Scan, prefix);
         if let Some(e) = self.injected(OpKind::Scan, None) {

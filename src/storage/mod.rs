@@ -30,6 +30,9 @@ pub enum ErrorKind {
     Permanent,
 }
 
+/// Key/value pairs returned by a prefix scan, in key order.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A failure reported by a backend.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("{kind:?} storage error: {message}")]
@@ -210,12 +213,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Key/value pairs whose key starts with `prefix` and sorts after
     /// `start_after` (exclusive), in key order, at most `limit`.
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        start_after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    fn scan_prefix(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeyValues, StorageError>;
 
     /// Makes every applied write durable.
     fn flush(&self) -> Result<(), StorageError>;

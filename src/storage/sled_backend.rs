@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Backend, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
+use super::{Backend, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
 
 /// A [`Backend`] on an embedded sled database.
 pub struct SledBackend {
@@ -78,12 +78,7 @@ impl Backend for SledBackend {
         ops.iter().map(|op| self.write_one(op)).collect()
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        start_after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan_prefix(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeyValues, StorageError> {
         let mut out = Vec::new();
         let iter = match start_after {
             Some(s) => {
