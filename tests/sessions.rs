@@ -202,3 +202,49 @@ async fn a_newer_save_waits_for_the_write_on_the_wire_and_carries_the_newest_sta
     assert_eq!(c.revision, 3);
     assert_eq!(stored_json(&backend, "profiles", "frank")["coins"], 3);
 }
+
+#[actix_rt::test]
+async fn a_document_over_the_size_limit_is_refused_and_nothing_is_written() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let mut c = config(&backend, "a");
+    c.max_document_bytes = 200;
+    let ds = datastorer::Datastorer::start(c).await.unwrap();
+    let s = profiles(&ds).open("big").await.unwrap();
+    let before = backend.raw_get(&datastorer::storage::storage_key("profiles", "big")).unwrap();
+    s.update(|p| p.items = vec!["x".repeat(300)]).await.unwrap();
+    match s.save(Priority::Normal).await {
+        Err(Error::Serialize { message, key, .. }) => {
+            assert_eq!(key, "big");
+            assert!(message.contains("max_document_bytes"), "{message}");
+        }
+        other => panic!("expected Serialize error, got {other:?}"),
+    }
+    assert_eq!(backend.raw_get(&datastorer::storage::storage_key("profiles", "big")).unwrap(), before);
+    // Shrinking it again makes it savable; the session never closed.
+    s.update(|p| p.items.clear()).await.unwrap();
+    s.update(|p| p.coins = 1).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn reopening_while_a_release_is_on_the_wire_waits_for_it() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    let s = store.open("k").await.unwrap();
+    s.update(|p| p.coins = 31).await.unwrap();
+    // Slow the release down with two transient failures.
+    backend.fail_next(datastorer::storage::memory::OpKind::Write, None, 2, datastorer::ErrorKind::Transient);
+    let releasing = {
+        let s = s.clone();
+        actix_rt::spawn(async move { s.release(Priority::Normal).await })
+    };
+    tokio::task::yield_now().await;
+    let again = store.open("k").await.unwrap();
+    releasing.await.unwrap().unwrap();
+    assert_eq!(s.close_reason(), Some(CloseReason::Released));
+    assert_eq!(again.read(|p| p.coins).await.unwrap(), 31, "the new session sees the released state");
+    assert_eq!(again.lease().await.unwrap().epoch, 2);
+}

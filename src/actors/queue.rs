@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, debug_span, warn};
 
 use crate::config::{Budget, QueueConfig};
 use crate::messages::queue::{
@@ -278,7 +278,9 @@ impl QueueActor {
             self.executing = batch.len();
             if self.backend.is_blocking() {
                 let backend = self.backend.clone();
+                let span = debug_span!(target: "datastorer::queue", "batch", size = batch.len());
                 let work = tokio::task::spawn_blocking(move || {
+                    let _entered = span.enter();
                     let started = Instant::now();
                     let results = execute(&*backend, &mut batch);
                     (batch, results, started.elapsed())
@@ -295,6 +297,8 @@ impl QueueActor {
                 }));
                 return;
             }
+            let span = debug_span!(target: "datastorer::queue", "batch", size = batch.len());
+            let _entered = span.enter();
             let started = Instant::now();
             let results = execute(&*self.backend, &mut batch);
             self.executing = 0;
@@ -546,5 +550,73 @@ impl Handler<GetDepth> for QueueActor {
 
     fn handle(&mut self, _msg: GetDepth, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.depth())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Budget;
+    use crate::storage::memory::MemoryBackend;
+    use crate::storage::Record;
+    use tokio::sync::oneshot;
+
+    fn record(revision: u64) -> Vec<u8> {
+        Record {
+            header: RecordHeader { epoch: 1, revision },
+            data_version: 0,
+            data: b"{}".to_vec(),
+            metadata: b"{}".to_vec(),
+            user_ids: vec![],
+            lease: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+        .encode()
+    }
+
+    fn submit(
+        q: &Addr<QueueActor>,
+        key: &[u8],
+        precondition: Precondition,
+        value: Vec<u8>,
+        lane: Priority,
+    ) -> oneshot::Receiver<Result<Reply, QueueFailure>> {
+        let (reply, rx) = oneshot::channel();
+        q.do_send(Submit {
+            store: Arc::from("s"),
+            key: Arc::from(String::from_utf8_lossy(key).as_ref()),
+            storage_key: key.to_vec(),
+            op: Operation::Write(WriteOp { key: key.to_vec(), precondition, value: Some(value) }),
+            lane,
+            reply,
+        });
+        rx
+    }
+
+    /// An emergency request must not overtake an older normal request for the
+    /// same key: the second write here is conditional on the first.
+    #[actix_rt::test]
+    async fn per_key_order_holds_across_lanes() {
+        tokio::time::pause();
+        let backend = Arc::new(MemoryBackend::new());
+        let mut config = QueueConfig::default();
+        config.budgets.write = Some(Budget { per_second: 1.0, burst: 1.0 });
+        let q = QueueActor::new(backend.clone(), config).start();
+        let (v1, v2) = (record(1), record(2));
+        let first = submit(&q, b"k", Precondition::Absent, v1.clone(), Priority::Normal);
+        let other = submit(&q, b"j", Precondition::Any, record(9), Priority::Normal);
+        let second = submit(
+            &q,
+            b"k",
+            Precondition::Header(RecordHeader { epoch: 1, revision: 1 }),
+            v2.clone(),
+            Priority::Emergency,
+        );
+        for rx in [first, second, other] {
+            assert!(matches!(rx.await.unwrap(), Ok(Reply::Written(WriteOutcome::Applied))));
+        }
+        assert_eq!(backend.written_keys(), vec![b"k".to_vec(), b"k".to_vec(), b"j".to_vec()]);
+        assert_eq!(backend.raw_get(b"k").unwrap(), v2);
     }
 }
