@@ -36,6 +36,7 @@
 //! - `lease`: acquire policy and load (migrate, reconcile).
 //! - `storage/`: the [`Backend`] trait, the record envelope, sled and memory backends.
 //! - `retry`: backoff delays (the only user of the `backoff` crate).
+//! - `server/` (feature `server`): the `datastorer` binary's HTTP API and CLI.
 //!
 //! Actors need a running actix `System` (`#[actix::main]`, `actix_rt::System`,
 //! or an actix-web server); no actix type appears in the public API.
@@ -52,6 +53,8 @@ mod messages;
 mod migration;
 mod report;
 mod retry;
+#[cfg(feature = "server")]
+pub mod server;
 mod session;
 pub mod storage;
 mod store;
@@ -70,18 +73,21 @@ use tracing::info;
 use crate::actors::queue::QueueActor;
 use crate::actors::supervisor::Supervisor;
 use crate::engine::{Engine, Registry};
-use crate::messages::queue::{DropQueued, GetDepth, NotifyWhenEmpty};
+use crate::messages::queue::{DropQueued, GetBudgets, GetDepth, NotifyWhenEmpty};
 use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
 pub use crate::error::Error;
-pub use crate::messages::queue::{Priority, QueueDepth};
+pub use crate::messages::queue::{BudgetLevels, Priority, QueueDepth};
 pub use crate::migration::Migration;
 pub use crate::report::{ReleaseReport, ShutdownReport};
 pub use crate::retry::RetryConfig;
 pub use crate::session::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome, SaveReceipt, Session};
 pub use crate::storage::{Backend, ErrorKind, StorageError};
-pub use crate::store::{Document, Hooks, Key, OpenRequest, Store, StoreSpec, MAX_KEY_LEN, MAX_STORE_NAME_LEN};
+pub use crate::store::{
+    validate_key, validate_store_name, Document, Hooks, Key, OpenRequest, Store, StoreSpec, MAX_KEY_LEN,
+    MAX_STORE_NAME_LEN,
+};
 
 /// One running engine: a backend, a queue, a supervisor and the stores.
 /// Cheap to clone; every clone is the same instance.
@@ -194,6 +200,11 @@ impl Datastorer {
         let (done, rx) = oneshot::channel();
         self.engine.queue.do_send(NotifyWhenEmpty { done });
         let _ = rx.await;
+    }
+
+    /// Tokens left in each rate budget.
+    pub async fn budget_levels(&self) -> BudgetLevels {
+        self.engine.queue.send(GetBudgets).await.unwrap_or_default()
     }
 
     /// Current queue depth per lane.

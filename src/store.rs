@@ -26,7 +26,9 @@ use crate::messages::key::{Control, Open};
 use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::Migration;
 use crate::session::{AcquirePolicy, CloseReason, Session};
-use crate::storage::{split_storage_key, storage_key, store_prefix, Record};
+use crate::storage::{
+    split_storage_key, storage_key, store_prefix, Notice, NoticeKind, Precondition, Record, WriteOp, WriteOutcome,
+};
 
 /// What a document type must be: serde both ways, cloneable (the actor
 /// keeps a copy while an `update` closure runs), sendable to the actor.
@@ -192,7 +194,8 @@ fn truncated(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
-pub(crate) fn validate_key(key: &str) -> Result<(), Error> {
+/// Checks a key: non-empty, at most 512 bytes, no control characters.
+pub fn validate_key(key: &str) -> Result<(), Error> {
     let reason = if key.is_empty() {
         Some("must not be empty")
     } else if key.len() > MAX_KEY_LEN {
@@ -208,7 +211,8 @@ pub(crate) fn validate_key(key: &str) -> Result<(), Error> {
     }
 }
 
-pub(crate) fn validate_store_name(name: &str) -> Result<(), Error> {
+/// Checks a store name: 1 to 128 bytes of ASCII letters, digits, `_ - . :`.
+pub fn validate_store_name(name: &str) -> Result<(), Error> {
     let reason = if name.is_empty() {
         Some("must not be empty")
     } else if name.len() > MAX_STORE_NAME_LEN {
@@ -417,6 +421,62 @@ impl<T: Document> Store<T> {
                 key: key.to_string(),
                 source,
             }),
+            Ok(_) => Err(Error::NotRunning),
+            Err(f) => Err(queue_error(&shared.name, &key, f)),
+        }
+    }
+
+    /// Deletes the stored record of `key` (administrative). Refused with
+    /// `LeaseHeld` while this instance has the key loaded or another owner
+    /// holds an unexpired lease, unless `force`. Answers whether a record existed.
+    pub async fn delete(&self, key: impl Into<Key>, force: bool) -> Result<bool, Error> {
+        let key = key.into().0;
+        validate_key(&key)?;
+        let shared = &self.shared;
+        let engine = &shared.engine;
+        if self.is_loaded(key.as_str()) && !force {
+            return Err(Error::LeaseHeld {
+                store: shared.name.to_string(),
+                key,
+                holder: engine.owner.to_string(),
+                expires_at_ms: 0,
+            });
+        }
+        let current = self.inspect(key.as_str()).await;
+        let precondition = match current {
+            Ok(None) => return Ok(false),
+            Ok(Some(rec)) => {
+                if let Some(lease) = rec.lease.as_ref().filter(|l| l.expires_at_ms > engine.clock.now_ms()) {
+                    if !force {
+                        return Err(Error::LeaseHeld {
+                            store: shared.name.to_string(),
+                            key,
+                            holder: lease.owner.clone(),
+                            expires_at_ms: lease.expires_at_ms,
+                        });
+                    }
+                }
+                Precondition::Header(rec.header)
+            }
+            // A corrupt record can be deleted only on purpose.
+            Err(Error::CorruptRecord { .. }) if force => Precondition::Any,
+            Err(e) => return Err(e),
+        };
+        let key_arc: Arc<str> = Arc::from(key.as_str());
+        let skey = storage_key(&shared.name, &key);
+        let op = WriteOp { key: skey.clone(), precondition, value: None };
+        match engine.request(&shared.name, &key_arc, skey, Operation::Write(op), Priority::Normal).await {
+            Ok(Reply::Written(WriteOutcome::Applied)) => {
+                engine.backend.notices().publish(Notice {
+                    store: shared.name.to_string(),
+                    key,
+                    kind: NoticeKind::Deleted,
+                });
+                Ok(true)
+            }
+            Ok(Reply::Written(WriteOutcome::Conflict { .. })) => {
+                Err(Error::LeaseLost { store: shared.name.to_string(), key })
+            }
             Ok(_) => Err(Error::NotRunning),
             Err(f) => Err(queue_error(&shared.name, &key, f)),
         }

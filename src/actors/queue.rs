@@ -24,7 +24,8 @@ use tracing::{debug, debug_span, warn};
 
 use crate::config::{Budget, QueueConfig};
 use crate::messages::queue::{
-    DropQueued, GetDepth, NotifyWhenEmpty, Operation, Priority, QueueDepth, QueueFailure, Reply, Submit,
+    BudgetLevels, DropQueued, GetBudgets, GetDepth, NotifyWhenEmpty, Operation, Priority, QueueDepth, QueueFailure,
+    Reply, Submit,
 };
 use crate::retry::RetryState;
 use crate::storage::{Backend, Precondition, RecordHeader, StorageError, WriteOp, WriteOutcome};
@@ -542,6 +543,25 @@ impl Handler<NotifyWhenEmpty> for QueueActor {
     fn handle(&mut self, msg: NotifyWhenEmpty, _ctx: &mut Self::Context) {
         self.empty_waiters.push(msg.done);
         self.notify_if_empty();
+    }
+}
+
+impl Handler<GetBudgets> for QueueActor {
+    type Result = MessageResult<GetBudgets>;
+
+    fn handle(&mut self, _msg: GetBudgets, _ctx: &mut Self::Context) -> Self::Result {
+        let now = Instant::now();
+        let mut level = |class| {
+            self.buckets.get_mut(&class).map(|b: &mut Bucket| {
+                b.refill(now);
+                b.tokens
+            })
+        };
+        MessageResult(BudgetLevels {
+            get: level(BudgetClass::Get),
+            write: level(BudgetClass::Write),
+            scan: level(BudgetClass::Scan),
+        })
     }
 }
 

@@ -115,3 +115,19 @@ impl QueueDepth {
 #[derive(Message)]
 #[rtype(result = "QueueDepth")]
 pub(crate) struct GetDepth;
+
+/// Tokens left in each budget (`None`: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BudgetLevels {
+    /// Reads.
+    pub get: Option<f64>,
+    /// Writes.
+    pub write: Option<f64>,
+    /// Scans.
+    pub scan: Option<f64>,
+}
+
+/// Read the current [`BudgetLevels`].
+#[derive(Message)]
+#[rtype(result = "BudgetLevels")]
+pub(crate) struct GetBudgets;

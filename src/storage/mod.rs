@@ -159,6 +159,8 @@ pub enum NoticeKind {
         /// Revision written.
         revision: u64,
     },
+    /// The record was deleted (administrative).
+    Deleted,
 }
 
 /// Broadcast bus for [`Notice`]s. Lossy by design: a lagging receiver misses

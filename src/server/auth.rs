@@ -1,0 +1,102 @@
+//! API keys and roles. Keys are compared in constant time, and every
+//! configured key is compared on every request, so timing reveals neither a
+//! key's prefix nor which key matched.
+
+use actix_web::http::StatusCode;
+use actix_web::HttpRequest;
+use serde::Deserialize;
+
+use super::error::ApiError;
+
+/// What a key may do. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read views, list keys, follow the change feed, metrics, the API document.
+    Read,
+    /// Hold sessions: open, change, save, release.
+    Write,
+    /// Delete keys.
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read" => Ok(Role::Read),
+            "write" => Ok(Role::Write),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!("unknown role {other:?} (expected read, write or admin)")),
+        }
+    }
+}
+
+/// One configured API key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// A name for logs and lease holders (never the secret).
+    pub name: String,
+    /// The secret, sent as `Authorization: Bearer <secret>`.
+    pub key: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// Shortest secret accepted.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// The identity a request was authenticated as.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Key name ("anonymous" without authentication).
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is not secret (all keys are at least MIN_KEY_LEN); contents are.
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the bearer key of `req` against `keys` and the `required` role.
+/// With no keys configured, every request is allowed (the server then binds
+/// only loopback addresses).
+pub fn authorize(req: &HttpRequest, keys: &[ApiKey], required: Role) -> Result<Identity, ApiError> {
+    if keys.is_empty() {
+        return Ok(Identity { name: "anonymous".into(), role: Role::Admin });
+    }
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "send Authorization: Bearer <api key>")
+        })?;
+    let mut found: Option<&ApiKey> = None;
+    for k in keys {
+        if constant_time_eq(k.key.as_bytes(), presented.as_bytes()) && found.is_none() {
+            found = Some(k);
+        }
+    }
+    let key = found.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown API key"))?;
+    if key.role < required {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("API key {:?} has role {:?}; this needs {:?}", key.name, key.role, required),
+        ));
+    }
+    Ok(Identity { name: key.name.clone(), role: key.role })
+}
+
+/// Constant-time comparison for lease tokens too.
+pub fn tokens_equal(a: &str, b: &str) -> bool {
+    constant_time_eq(a.as_bytes(), b.as_bytes())
+}

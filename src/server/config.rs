@@ -1,0 +1,266 @@
+//! Server configuration: a TOML file, overridden by environment variables
+//! and flags (clap reads both), validated before anything starts. Every
+//! error names the file (or flag), the field and what is wrong.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::auth::{ApiKey, Role, MIN_KEY_LEN};
+use super::json::MigrationStep;
+use crate::{Budget, Budgets};
+
+/// A store declared in the config file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreDecl {
+    /// The document of a new key.
+    #[serde(default = "empty_object")]
+    pub template: Value,
+    /// The metadata of a new key.
+    #[serde(default = "empty_object")]
+    pub metadata_template: Value,
+    /// Migration steps, in order; step `i` takes data version `i` to `i + 1`.
+    #[serde(default)]
+    pub migrations: Vec<MigrationStep>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetDecl {
+    per_second: f64,
+    burst: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetsDecl {
+    get: Option<BudgetDecl>,
+    write: Option<BudgetDecl>,
+    scan: Option<BudgetDecl>,
+}
+
+/// The file's shape; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    strict_stores: Option<bool>,
+    autosave_interval_secs: Option<u64>,
+    lease_ttl_secs: Option<u64>,
+    client_lease_ttl_secs: Option<u64>,
+    shutdown_deadline_secs: Option<u64>,
+    max_body_bytes: Option<usize>,
+    workers: Option<usize>,
+    api_keys: Option<Vec<ApiKey>>,
+    budgets: Option<BudgetsDecl>,
+    stores: Option<BTreeMap<String, StoreDecl>>,
+}
+
+/// Values given as flags or environment variables (they win over the file).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--config` / `DATASTORER_CONFIG`
+    pub config: Option<PathBuf>,
+    /// `--listen` / `DATASTORER_LISTEN`
+    pub listen: Option<String>,
+    /// `--data-dir` / `DATASTORER_DATA_DIR`
+    pub data_dir: Option<PathBuf>,
+    /// `--strict-stores` / `DATASTORER_STRICT_STORES`
+    pub strict_stores: Option<bool>,
+    /// `--autosave-interval-secs`
+    pub autosave_interval_secs: Option<u64>,
+    /// `--lease-ttl-secs`
+    pub lease_ttl_secs: Option<u64>,
+    /// `--client-lease-ttl-secs`
+    pub client_lease_ttl_secs: Option<u64>,
+    /// `--shutdown-deadline-secs`
+    pub shutdown_deadline_secs: Option<u64>,
+    /// `--max-body-bytes`
+    pub max_body_bytes: Option<usize>,
+    /// `--workers`
+    pub workers: Option<usize>,
+    /// `--api-key NAME:ROLE:SECRET` (repeatable) / `DATASTORER_API_KEYS` (comma-separated)
+    pub api_keys: Vec<String>,
+}
+
+/// The resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// sled data directory.
+    pub data_dir: PathBuf,
+    /// API keys; empty means no authentication (loopback only).
+    pub api_keys: Vec<ApiKey>,
+    /// Undeclared stores are 404 instead of created on first use.
+    pub strict_stores: bool,
+    /// Declared stores.
+    pub stores: BTreeMap<String, StoreDecl>,
+    /// Engine autosave interval.
+    pub autosave_interval: Duration,
+    /// Engine lease TTL (between server processes).
+    pub lease_ttl: Duration,
+    /// How long a client's session lives without a request or renewal.
+    pub client_lease_ttl: Duration,
+    /// Bound on graceful shutdown.
+    pub shutdown_deadline: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Queue rate budgets.
+    pub budgets: Budgets,
+}
+
+/// A configuration problem, already phrased for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn parse_api_key_flag(s: &str) -> Result<ApiKey, String> {
+    let mut parts = s.splitn(3, ':');
+    let (Some(name), Some(role), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("expected NAME:ROLE:SECRET".into());
+    };
+    Ok(ApiKey { name: name.to_owned(), role: role.parse()?, key: key.to_owned() })
+}
+
+fn budget(d: Option<BudgetDecl>) -> Option<Budget> {
+    d.map(|b| Budget { per_second: b.per_second, burst: b.burst })
+}
+
+impl ServerConfig {
+    /// Reads the file (if any), applies overrides, validates.
+    pub fn load(o: &Overrides) -> Result<ServerConfig, ConfigError> {
+        let (file, source) = match &o.config {
+            Some(path) => (read_file(path)?, path.display().to_string()),
+            None => (FileConfig::default(), "defaults".to_owned()),
+        };
+        let err = |field: &str, what: String| ConfigError(format!("{source}: field `{field}`: {what}"));
+        let flag_err = |flag: &str, what: String| ConfigError(format!("flag/env `{flag}`: {what}"));
+
+        let listen_text = o.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:7070".into());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|e| err("listen", format!("{listen_text:?} is not an address like 127.0.0.1:7070 ({e})")))?;
+
+        let mut api_keys = file.api_keys.unwrap_or_default();
+        for flag in &o.api_keys {
+            api_keys.push(parse_api_key_flag(flag).map_err(|e| flag_err("--api-key", e))?);
+        }
+        for (i, k) in api_keys.iter().enumerate() {
+            if k.name.is_empty() {
+                return Err(err(&format!("api_keys[{i}].name"), "must not be empty".into()));
+            }
+            if k.key.len() < MIN_KEY_LEN {
+                return Err(err(
+                    &format!("api_keys[{i}].key"),
+                    format!("key {:?} is shorter than {MIN_KEY_LEN} characters", k.name),
+                ));
+            }
+            if api_keys[..i].iter().any(|other| other.key == k.key) {
+                return Err(err(&format!("api_keys[{i}].key"), "the same secret is configured twice".into()));
+            }
+        }
+        if api_keys.is_empty() && !listen.ip().is_loopback() {
+            return Err(err(
+                "listen",
+                format!("{listen} is not a loopback address; without api_keys the server only binds 127.0.0.1 or ::1"),
+            ));
+        }
+
+        let stores = file.stores.unwrap_or_default();
+        for (name, decl) in &stores {
+            crate::store::validate_store_name(name).map_err(|e| err(&format!("stores.{name}"), e.to_string()))?;
+            for (i, step) in decl.migrations.iter().enumerate() {
+                step.validate().map_err(|e| err(&format!("stores.{name}.migrations[{i}]"), e))?;
+            }
+        }
+
+        let secs =
+            |flag: Option<u64>, file: Option<u64>, default: u64| Duration::from_secs(flag.or(file).unwrap_or(default));
+        let autosave_interval = secs(o.autosave_interval_secs, file.autosave_interval_secs, 30);
+        let lease_ttl = secs(o.lease_ttl_secs, file.lease_ttl_secs, 90);
+        let client_lease_ttl = secs(o.client_lease_ttl_secs, file.client_lease_ttl_secs, 60);
+        let shutdown_deadline = secs(o.shutdown_deadline_secs, file.shutdown_deadline_secs, 25);
+        for (field, d) in [
+            ("autosave_interval_secs", autosave_interval),
+            ("client_lease_ttl_secs", client_lease_ttl),
+            ("shutdown_deadline_secs", shutdown_deadline),
+        ] {
+            if d.is_zero() {
+                return Err(err(field, "must be at least 1".into()));
+            }
+        }
+        if lease_ttl < autosave_interval * 2 {
+            return Err(err(
+                "lease_ttl_secs",
+                format!(
+                    "{}s must be at least twice autosave_interval_secs ({}s)",
+                    lease_ttl.as_secs(),
+                    autosave_interval.as_secs()
+                ),
+            ));
+        }
+        let max_body_bytes = o.max_body_bytes.or(file.max_body_bytes).unwrap_or(4 * 1024 * 1024);
+        if max_body_bytes == 0 {
+            return Err(err("max_body_bytes", "must be greater than zero".into()));
+        }
+        let workers = o
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8));
+        if workers == 0 || workers > 256 {
+            return Err(err("workers", format!("{workers} is outside 1..=256")));
+        }
+        let b = file.budgets.unwrap_or_default();
+        let budgets = Budgets { get: budget(b.get), write: budget(b.write), scan: budget(b.scan) };
+        for (name, bd) in [("get", budgets.get), ("write", budgets.write), ("scan", budgets.scan)] {
+            if let Some(bd) = bd {
+                if !(bd.per_second > 0.0 && bd.burst >= 1.0) {
+                    return Err(err(&format!("budgets.{name}"), "needs per_second > 0 and burst >= 1".into()));
+                }
+            }
+        }
+        Ok(ServerConfig {
+            listen,
+            data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            api_keys,
+            strict_stores: o.strict_stores.or(file.strict_stores).unwrap_or(false),
+            stores,
+            autosave_interval,
+            lease_ttl,
+            client_lease_ttl,
+            shutdown_deadline,
+            max_body_bytes,
+            workers,
+            budgets,
+        })
+    }
+
+    /// Whether requests must carry an API key.
+    pub fn auth_enabled(&self) -> bool {
+        !self.api_keys.is_empty()
+    }
+
+    /// The strongest role of a configured key (for tests and logs).
+    pub fn roles(&self) -> Vec<(String, Role)> {
+        self.api_keys.iter().map(|k| (k.name.clone(), k.role)).collect()
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: cannot read the config file: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.to_string().trim_end())))
+}

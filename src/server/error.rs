@@ -1,0 +1,109 @@
+//! The server's error answer: a status and a JSON body `{code, message}`
+//! (plus details such as the lease holder). Client mistakes are 4xx; only
+//! the server's own failures may be 5xx.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{json, Value};
+
+use crate::Error;
+
+/// The code of an error answer, kept in the response's extensions so the
+/// metrics middleware can count errors by kind.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// An HTTP error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Extra fields merged into the body.
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    /// An error with no details.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), details: None }
+    }
+    /// 400
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    /// 404
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    /// 409
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    fn with(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({ "code": self.code, "message": self.message });
+        if let (Some(Value::Object(extra)), Value::Object(map)) = (&self.details, &mut body) {
+            for (k, v) in extra {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        let mut builder = HttpResponse::build(self.status);
+        if self.status == StatusCode::UNAUTHORIZED {
+            builder.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        let mut response = builder.json(body);
+        // Read by the metrics middleware.
+        response.extensions_mut().insert(ErrorCode(self.code));
+        response
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let message = e.to_string();
+        match e {
+            Error::LeaseHeld { holder, expires_at_ms, .. } => ApiError::conflict("lease_held", message)
+                .with(json!({ "holder": holder, "expires_at_ms": expires_at_ms })),
+            Error::LeaseLost { .. } => ApiError::conflict("lease_lost", message),
+            Error::SessionClosed { reason, .. } => {
+                ApiError::conflict("session_closed", message).with(json!({ "reason": reason.to_string() }))
+            }
+            Error::InvalidName { .. } => ApiError::bad_request("invalid_name", message),
+            Error::Serialize { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "document_rejected", message),
+            Error::CorruptRecord { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "corrupt_record", message),
+            Error::Migration { .. } | Error::Deserialize { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "migration_failed", message)
+            }
+            Error::StoreConflict { .. } => ApiError::conflict("store_conflict", message),
+            Error::Cancelled { .. } | Error::Storage { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message)
+            }
+            Error::ShuttingDown | Error::NotRunning => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+            Error::Config(_) | Error::Open(_) | Error::Panicked { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The change feed: Server-Sent Events, one per durable save, release and
+//! delete, read from the backend's notice bus. Ends when the server shuts down.
+
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use futures_util::Stream;
+use serde_json::json;
+use tokio::sync::{broadcast, watch};
+
+use crate::storage::{Notice, NoticeKind};
+
+struct FeedState {
+    notices: broadcast::Receiver<Notice>,
+    store: Option<String>,
+    shutdown: watch::Receiver<bool>,
+    greeted: bool,
+}
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+fn event(n: &Notice) -> Option<String> {
+    let (kind, revision) = match n.kind {
+        NoticeKind::Saved { revision } => ("save", Some(revision)),
+        NoticeKind::Released { revision } => ("release", Some(revision)),
+        NoticeKind::Deleted => ("delete", None),
+        NoticeKind::ReleaseRequested { .. } | NoticeKind::Stolen { .. } => return None,
+    };
+    let data = json!({ "store": n.store, "key": n.key, "revision": revision, "kind": kind });
+    Some(format!("event: {kind}\ndata: {data}\n\n"))
+}
+
+/// The SSE body for `store` (or every store).
+pub fn stream(
+    notices: broadcast::Receiver<Notice>,
+    store: Option<String>,
+    shutdown: watch::Receiver<bool>,
+) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
+    let state = FeedState { notices, store, shutdown, greeted: false };
+    futures_util::stream::unfold(state, |mut st| async move {
+        if !st.greeted {
+            st.greeted = true;
+            return Some((Ok(Bytes::from_static(b": connected\n\n")), st));
+        }
+        loop {
+            if *st.shutdown.borrow() {
+                return None;
+            }
+            tokio::select! {
+                _ = st.shutdown.changed() => return None,
+                received = st.notices.recv() => match received {
+                    Ok(n) => {
+                        if st.store.as_ref().is_some_and(|s| *s != n.store) {
+                            continue;
+                        }
+                        if let Some(text) = event(&n) {
+                            return Some((Ok(Bytes::from(text)), st));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        let text = format!("event: lagged\ndata: {}\n\n", json!({ "missed": missed }));
+                        return Some((Ok(Bytes::from(text)), st));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = tokio::time::sleep(KEEP_ALIVE) => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), st)),
+            }
+        }
+    })
+}

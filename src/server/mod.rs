@@ -1,0 +1,161 @@
+//! The standalone server (`datastorer serve`): the engine behind a
+//! versioned JSON HTTP API, plus the offline CLI tools.
+//!
+//! Owns: HTTP, authentication, client sessions and their lease tokens,
+//! the change feed, metrics, configuration files. Must not: reach into the
+//! engine's internals — it uses the public library API like any embedder
+//! (the offline tools open the sled backend directly, never while a server
+//! holds it).
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod feed;
+pub mod json;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod sessions;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actix_web::dev::Service;
+use actix_web::{web, App, HttpServer};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use self::config::ServerConfig;
+use self::error::{ApiError, ErrorCode};
+use self::metrics::Metrics;
+use self::routes::AppState;
+use self::sessions::ClientSessions;
+use crate::{Config, Datastorer, ShutdownReport, StoreSpec};
+
+/// Runs the server until SIGINT/SIGTERM, then stops accepting requests,
+/// saves and releases every session, flushes, and answers the report.
+pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
+    let mut engine = Config::sled(&config.data_dir);
+    engine.autosave_interval = config.autosave_interval;
+    engine.lease_ttl = config.lease_ttl;
+    engine.shutdown_deadline = config.shutdown_deadline;
+    engine.handle_signals = false; // ordered below: HTTP first, then the engine
+    engine.queue.budgets = config.budgets.clone();
+    engine.max_document_bytes = config.max_body_bytes;
+    let ds = Datastorer::start(engine).await.map_err(|e| e.to_string())?;
+
+    let mut stores = HashMap::new();
+    for (name, decl) in &config.stores {
+        let mut spec = StoreSpec::new(decl.template.clone()).metadata_template(decl.metadata_template.clone());
+        for step in &decl.migrations {
+            spec = spec.migration(step.to_migration());
+        }
+        stores.insert(name.clone(), ds.store(name, spec).map_err(|e| e.to_string())?);
+    }
+    if !config.auth_enabled() {
+        warn!(target: "datastorer::server", listen = %config.listen,
+            "no API keys configured: authentication is OFF, which is allowed on loopback addresses only");
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = web::Data::new(AppState {
+        ds: ds.clone(),
+        config: config.clone(),
+        stores: Mutex::new(stores),
+        sessions: ClientSessions::new(config.client_lease_ttl),
+        metrics: Metrics::default(),
+        shutdown: shutdown_rx,
+        shutting_down: AtomicBool::new(false),
+    });
+
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        let counted = app_state.clone();
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| ApiError::bad_request("bad_query", e.to_string()).into()),
+            )
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|e, _| ApiError::bad_request("bad_path", e.to_string()).into()),
+            )
+            .wrap_fn(move |req, srv| {
+                let counted = counted.clone();
+                let fut = srv.call(req);
+                async move {
+                    let res = fut.await?;
+                    if let Some(code) = res.response().extensions().get::<ErrorCode>() {
+                        counted.metrics.count_error(code.0);
+                    }
+                    Ok(res)
+                }
+            })
+            .configure(routes::configure)
+            .default_service(web::to(routes::not_found))
+    })
+    .workers(config.workers)
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_deadline.as_secs().max(1))
+    .bind(config.listen)
+    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let bound = server.addrs().first().copied().ok_or("bound to no address")?;
+    println!("datastorer listening on http://{bound}");
+    let _ = std::io::stdout().flush();
+    info!(target: "datastorer::server", %bound, data_dir = %config.data_dir.display(), "serving");
+
+    let server = server.run();
+    let handle = server.handle();
+    let signal_state = state.clone();
+    actix_web::rt::spawn(async move {
+        let name = wait_for_signal().await;
+        info!(target: "datastorer::server", signal = name, "stopping: no new requests, then save and release everything");
+        signal_state.shutting_down.store(true, Ordering::SeqCst);
+        let _ = shutdown_tx.send(true);
+        handle.stop(true).await;
+    });
+    let sweep_state = state.clone();
+    actix_web::rt::spawn(async move {
+        let period =
+            (sweep_state.config.client_lease_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            sweep_state.sessions.sweep().await;
+        }
+    });
+    server.await.map_err(|e| format!("server failed: {e}"))?;
+    let report = ds.shutdown().await;
+    info!(
+        target: "datastorer::server",
+        released = report.release.released, failed = report.release.failed.len(),
+        timed_out = report.release.timed_out, took_ms = report.took.as_millis() as u64, "stopped"
+    );
+    Ok(report)
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "ctrl-c"
+}

@@ -1,0 +1,203 @@
+//! The OpenAPI 3 description of API v1, served at `/v1/openapi.json`.
+//! `routes::configure` and this document list the same routes; the server
+//! tests check that every documented operation is routed.
+
+use serde_json::{json, Value};
+
+fn err(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
+}
+
+fn ok(schema: Value) -> Value {
+    json!({ "description": "OK", "content": { "application/json": { "schema": schema } } })
+}
+
+fn body(schema: Value, types: &[&str], required: bool) -> Value {
+    let mut content = serde_json::Map::new();
+    for t in types {
+        content.insert((*t).to_owned(), json!({ "schema": schema.clone() }));
+    }
+    json!({ "required": required, "content": content })
+}
+
+fn op(
+    id: &str,
+    summary: &str,
+    params: Vec<Value>,
+    request: Option<Value>,
+    success: Value,
+    errors: &[(&str, &str)],
+) -> Value {
+    let mut responses = serde_json::Map::new();
+    responses.insert("200".into(), success);
+    for (code, what) in errors {
+        responses.insert((*code).to_owned(), err(what));
+    }
+    let mut o = json!({ "operationId": id, "summary": summary, "parameters": params, "responses": responses });
+    if let Some(r) = request {
+        o["requestBody"] = r;
+    }
+    o
+}
+
+fn path_param(name: &str, max: usize) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": max } })
+}
+
+fn query(name: &str, schema: Value) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "schema": schema })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let store = || json!({ "name": "store", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" } });
+    let key = || path_param("key", 512);
+    let token = || json!({ "name": "Lease-Token", "in": "header", "required": true, "schema": { "type": "string", "minLength": 1 } });
+    let priority = || query("priority", json!({ "type": "string", "enum": ["normal", "emergency"] }));
+    let common: &[(&str, &str)] =
+        &[("400", "bad input"), ("401", "missing or unknown API key"), ("403", "role too weak")];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+        common.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let session_errs = with(&[
+        ("409", "wrong, stale or foreign lease token, or the session ended"),
+        ("503", "storage unavailable or shutting down"),
+    ]);
+    let body_errs = with(&[
+        ("409", "wrong, stale or foreign lease token, or the session ended"),
+        ("413", "body too large"),
+        ("415", "wrong content type"),
+        ("503", "storage unavailable or shutting down"),
+    ]);
+    let any = json!({});
+    let object = json!({ "type": "object" });
+    let session_ops = |extra: Vec<Value>| -> Vec<Value> {
+        let mut p = vec![store(), key(), token()];
+        p.extend(extra);
+        p
+    };
+
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "datastorer",
+            "version": "1",
+            "description": "Per-key, session-locked JSON documents. Every route but /healthz and /readyz needs `Authorization: Bearer <api key>` when keys are configured."
+        },
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": { "type": "string" },
+                        "message": { "type": "string" },
+                        "holder": { "type": "string" },
+                        "expires_at_ms": { "type": "integer" },
+                        "reason": { "type": "string" }
+                    }
+                },
+                "Session": {
+                    "type": "object",
+                    "required": ["store", "key", "data", "metadata", "user_ids", "revision", "epoch", "expires_at_ms"],
+                    "properties": {
+                        "store": { "type": "string" }, "key": { "type": "string" },
+                        "data": {}, "metadata": { "type": "object" },
+                        "user_ids": { "type": "array", "items": { "type": "string" } },
+                        "revision": { "type": "integer" }, "epoch": { "type": "integer" },
+                        "expires_at_ms": { "type": "integer" }, "lease_token": { "type": "string" }
+                    }
+                },
+                "OpenSession": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "properties": {
+                        "client_id": { "type": "string", "minLength": 1, "maxLength": 128 },
+                        "user_ids": { "type": "array", "items": { "oneOf": [{ "type": "string", "minLength": 1, "maxLength": 128 }, { "type": "integer" }] } },
+                        "policy": { "type": "string", "enum": ["fail", "wait", "request_release", "steal"] },
+                        "timeout_ms": { "type": "integer", "minimum": 0, "maximum": 300000 }
+                    }
+                },
+                "Record": {
+                    "type": "object",
+                    "required": ["store", "key", "data", "revision", "epoch", "data_version"],
+                    "properties": {
+                        "store": { "type": "string" }, "key": { "type": "string" }, "data": {}, "metadata": {},
+                        "user_ids": { "type": "array", "items": { "type": "string" } },
+                        "data_version": { "type": "integer" }, "revision": { "type": "integer" }, "epoch": { "type": "integer" },
+                        "lease": { "nullable": true, "type": "object", "properties": { "owner": { "type": "string" }, "expires_at_ms": { "type": "integer" } } },
+                        "created_at_ms": { "type": "integer" }, "updated_at_ms": { "type": "integer" }
+                    }
+                }
+            }
+        },
+        "security": [{ "bearer": [] }],
+        "paths": {
+            "/healthz": { "get": { "operationId": "healthz", "summary": "liveness", "security": [], "responses": { "200": ok(object.clone()) } } },
+            "/readyz": { "get": { "operationId": "readyz", "summary": "readiness (503 while shutting down)", "security": [],
+                "responses": { "200": ok(object.clone()), "503": err("shutting down") } } },
+            "/metrics": { "get": { "operationId": "metrics", "summary": "Prometheus metrics",
+                "responses": { "200": { "description": "OK", "content": { "text/plain": { "schema": { "type": "string" } } } }, "401": err("unauthenticated"), "403": err("forbidden") } } },
+            "/v1/openapi.json": { "get": op("openapi", "this document", vec![], None, ok(object.clone()), &with(&[])) },
+            "/v1/changes": { "get": { "operationId": "changes", "summary": "change feed (Server-Sent Events: save, release, delete)",
+                "parameters": [query("store", json!({ "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" }))],
+                "responses": { "200": { "description": "event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
+                    "400": err("bad input"), "401": err("unauthenticated"), "403": err("forbidden") } } },
+            "/v1/stores/{store}/keys": { "get": op("list_keys", "list stored keys by prefix, with a cursor",
+                vec![store(), query("prefix", json!({ "type": "string", "maxLength": 512 })), query("cursor", json!({ "type": "string", "maxLength": 512 })), query("limit", json!({ "type": "integer", "minimum": 1, "maximum": 1000 }))],
+                None,
+                ok(json!({ "type": "object", "required": ["keys"], "properties": { "keys": { "type": "array", "items": { "type": "string" } }, "next_cursor": { "type": "string", "nullable": true } } })),
+                &with(&[("404", "unknown store (strict stores)"), ("503", "storage unavailable")])) },
+            "/v1/stores/{store}/keys/{key}": {
+                "get": op("view_key", "read the stored record without a lease", vec![store(), key()], None,
+                    ok(json!({ "$ref": "#/components/schemas/Record" })),
+                    &with(&[("404", "no such key or store"), ("422", "corrupt record"), ("503", "storage unavailable")])),
+                "delete": op("delete_key", "delete a key (admin)", vec![store(), key(), query("force", json!({ "type": "boolean" }))], None,
+                    ok(json!({ "type": "object", "properties": { "deleted": { "type": "boolean" } } })),
+                    &with(&[("404", "no such key or store"), ("409", "the key is leased"), ("422", "corrupt record"), ("503", "storage unavailable")]))
+            },
+            "/v1/stores/{store}/keys/{key}/session": {
+                "post": op("open_session", "open a session (take the lease)", vec![store(), key()],
+                    Some(body(json!({ "$ref": "#/components/schemas/OpenSession" }), &["application/json"], false)),
+                    ok(json!({ "$ref": "#/components/schemas/Session" })),
+                    &with(&[("404", "unknown store (strict stores)"), ("409", "held by another client"), ("413", "body too large"), ("415", "wrong content type"), ("422", "the record cannot be migrated or is corrupt"), ("503", "storage unavailable or shutting down")])),
+                "get": op("get_session", "read the session's live document", session_ops(vec![]), None,
+                    ok(json!({ "$ref": "#/components/schemas/Session" })), &session_errs),
+                "delete": op("close_session", "end the session without saving", session_ops(vec![]), None,
+                    ok(json!({ "type": "object", "properties": { "revision": { "type": "integer" }, "closed": { "type": "boolean" } } })), &session_errs)
+            },
+            "/v1/stores/{store}/keys/{key}/session/data": {
+                "put": op("put_data", "replace the document", session_ops(vec![]), Some(body(any.clone(), &["application/json"], true)),
+                    ok(json!({ "type": "object", "properties": { "data": {} } })), &body_errs),
+                "patch": op("patch_data", "JSON merge patch (RFC 7396)", session_ops(vec![]),
+                    Some(body(any.clone(), &["application/merge-patch+json", "application/json"], true)),
+                    ok(json!({ "type": "object", "properties": { "data": {} } })), &body_errs)
+            },
+            "/v1/stores/{store}/keys/{key}/session/metadata": {
+                "put": op("put_metadata", "replace the metadata", session_ops(vec![]), Some(body(object.clone(), &["application/json"], true)),
+                    ok(json!({ "type": "object", "properties": { "metadata": { "type": "object" } } })), &body_errs)
+            },
+            "/v1/stores/{store}/keys/{key}/session/user_ids": {
+                "post": op("add_user_id", "associate a user id", session_ops(vec![]),
+                    Some(body(json!({ "type": "object", "required": ["user_id"], "additionalProperties": false,
+                        "properties": { "user_id": { "oneOf": [{ "type": "string", "minLength": 1, "maxLength": 128 }, { "type": "integer" }] } } }), &["application/json"], true)),
+                    ok(json!({ "type": "object", "properties": { "user_ids": { "type": "array", "items": { "type": "string" } } } })), &body_errs)
+            },
+            "/v1/stores/{store}/keys/{key}/session/save": {
+                "post": op("save", "save now; answers once durable", session_ops(vec![priority()]), None,
+                    ok(json!({ "type": "object", "properties": { "revision": { "type": "integer" }, "durable": { "type": "boolean" } } })),
+                    &with(&[("409", "wrong or stale lease token, or the session ended"), ("413", "document too large"), ("503", "storage unavailable")]))
+            },
+            "/v1/stores/{store}/keys/{key}/session/renew": {
+                "post": op("renew", "renew the client lease", session_ops(vec![]), None,
+                    ok(json!({ "type": "object", "properties": { "epoch": { "type": "integer" }, "expires_at_ms": { "type": "integer" } } })), &session_errs)
+            },
+            "/v1/stores/{store}/keys/{key}/session/release": {
+                "post": op("release", "save and end the session", session_ops(vec![priority()]), None,
+                    ok(json!({ "type": "object", "properties": { "revision": { "type": "integer" }, "released": { "type": "boolean" } } })),
+                    &with(&[("409", "wrong or stale lease token, or the session ended"), ("413", "document too large"), ("503", "storage unavailable")]))
+            }
+        }
+    })
+}

@@ -1,0 +1,582 @@
+//! HTTP handlers of API v1. Every handler authenticates first, validates
+//! its input, and answers errors as `{code, message}`; nothing is written
+//! for a refused request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::auth::{authorize, Role};
+use super::config::ServerConfig;
+use super::error::ApiError;
+use super::json::merge_patch;
+use super::metrics::{Gauges, Metrics};
+use super::sessions::{ClientSessions, Ending, LeaseGrant};
+use crate::{AcquirePolicy, Datastorer, Priority, Session, Store, StoreSpec};
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The engine.
+    pub ds: Datastorer,
+    /// Resolved configuration.
+    pub config: ServerConfig,
+    /// Stores by name (declared ones registered at start).
+    pub stores: Mutex<HashMap<String, Store<Value>>>,
+    /// Client sessions.
+    pub sessions: ClientSessions,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Flips to true when shutdown starts (ends change feeds).
+    pub shutdown: watch::Receiver<bool>,
+    /// Whether shutdown started (readiness).
+    pub shutting_down: AtomicBool,
+}
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Header carrying the lease token.
+pub const LEASE_TOKEN: &str = "Lease-Token";
+const MAX_TIMEOUT_MS: u64 = 300_000;
+const MAX_LIST_LIMIT: usize = 1000;
+
+impl AppState {
+    /// The store `name`: declared, or created on first use unless strict.
+    pub fn store(&self, name: &str) -> Result<Store<Value>> {
+        crate::store::validate_store_name(name).map_err(ApiError::from)?;
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = stores.get(name) {
+            return Ok(s.clone());
+        }
+        if self.config.strict_stores {
+            return Err(ApiError::not_found(
+                "unknown_store",
+                format!("store {name:?} is not declared (strict stores)"),
+            ));
+        }
+        let store = self.ds.store(name, StoreSpec::new(json!({})))?;
+        stores.insert(name.to_owned(), store.clone());
+        Ok(store)
+    }
+
+    fn auth(&self, req: &HttpRequest, role: Role) -> Result<super::auth::Identity> {
+        authorize(req, &self.config.api_keys, role)
+    }
+}
+
+fn check_key(key: &str) -> Result<()> {
+    crate::store::validate_key(key).map_err(ApiError::from)
+}
+
+fn token(req: &HttpRequest) -> Result<&str> {
+    req.headers()
+        .get(LEASE_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::bad_request("missing_lease_token", format!("send the session's {LEASE_TOKEN} header")))
+}
+
+/// Reads and parses a JSON body, enforcing the content type and the size
+/// limit. `allow_empty` turns an empty body into `None`.
+async fn read_json(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    state: &AppState,
+    content_types: &[&str],
+    allow_empty: bool,
+) -> Result<Option<Value>> {
+    let limit = state.config.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is larger than {limit} bytes"))
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("bad_body", format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.is_empty() && allow_empty {
+        return Ok(None);
+    }
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if !content_types.contains(&content_type.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content type {content_type:?} is not accepted here; send {}", content_types.join(" or ")),
+        ));
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}")))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request("bad_request_body", e.to_string()))
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "snake_case")]
+enum PolicyKind {
+    Fail,
+    #[default]
+    Wait,
+    RequestRelease,
+    Steal,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OpenBody {
+    client_id: Option<String>,
+    #[serde(default)]
+    user_ids: Vec<Value>,
+    #[serde(default)]
+    policy: PolicyKind,
+    timeout_ms: Option<u64>,
+}
+
+fn user_id(v: &Value) -> Result<String> {
+    match v {
+        Value::String(s) if !s.is_empty() && s.len() <= 128 => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(ApiError::bad_request("bad_user_id", "user ids are non-empty strings (≤ 128 bytes) or numbers")),
+    }
+}
+
+async fn session_view(session: &Session<Value>, grant: &LeaseGrant, with_token: bool) -> Result<Value> {
+    let data = session.get().await?;
+    let metadata = session.metadata().await?;
+    let user_ids = session.user_ids().await?;
+    let lease = session.lease().await?;
+    let mut v = json!({
+        "store": session.store(),
+        "key": session.key(),
+        "data": data,
+        "metadata": metadata,
+        "user_ids": user_ids,
+        "revision": lease.revision,
+        "epoch": grant.epoch,
+        "expires_at_ms": grant.expires_at_ms,
+    });
+    if with_token {
+        v["lease_token"] = Value::String(grant.token.clone());
+    }
+    Ok(v)
+}
+
+/// `POST /v1/stores/{store}/keys/{key}/session`
+pub async fn open_session(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let who = state.auth(&req, Role::Write)?;
+    let (store_name, key) = path.into_inner();
+    let store = state.store(&store_name)?;
+    check_key(&key)?;
+    let body: OpenBody = match read_json(&req, payload, &state, &["application/json"], true).await? {
+        Some(v) => parse(v)?,
+        None => OpenBody::default(),
+    };
+    let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(10_000));
+    if body.timeout_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
+        return Err(ApiError::bad_request("bad_timeout", format!("timeout_ms must be at most {MAX_TIMEOUT_MS}")));
+    }
+    let policy = match body.policy {
+        PolicyKind::Fail => AcquirePolicy::Fail,
+        PolicyKind::Wait => AcquirePolicy::Wait { timeout },
+        PolicyKind::RequestRelease => AcquirePolicy::RequestRelease { timeout },
+        PolicyKind::Steal => AcquirePolicy::Steal,
+    };
+    let holder = match body.client_id {
+        Some(c) if c.is_empty() || c.len() > 128 || c.chars().any(char::is_control) => {
+            return Err(ApiError::bad_request("bad_client_id", "client_id is 1 to 128 printable characters"))
+        }
+        Some(c) => c,
+        None => who.name,
+    };
+    let user_ids = body.user_ids.iter().map(user_id).collect::<Result<Vec<_>>>()?;
+    let (grant, session, waited) = state.sessions.acquire(&store, &key, &holder, user_ids, policy).await?;
+    if let Some(w) = waited {
+        state.metrics.observe_lease_wait(w);
+    }
+    Ok(HttpResponse::Ok().json(session_view(&session, &grant, true).await?))
+}
+
+fn checked(req: &HttpRequest, state: &AppState, path: &(String, String)) -> Result<(Session<Value>, LeaseGrant)> {
+    state.auth(req, Role::Write)?;
+    crate::store::validate_store_name(&path.0).map_err(ApiError::from)?;
+    check_key(&path.1)?;
+    state.sessions.check(&path.0, &path.1, token(req)?)
+}
+
+/// `GET …/session`
+pub async fn get_session(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (session, grant) = checked(&req, &state, &path)?;
+    Ok(HttpResponse::Ok().json(session_view(&session, &grant, false).await?))
+}
+
+/// `PUT …/session/data`: replace the document.
+pub async fn put_data(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (session, _) = checked(&req, &state, &path)?;
+    let Some(doc) = read_json(&req, payload, &state, &["application/json"], false).await? else {
+        return Err(ApiError::bad_request("bad_json", "a JSON document is required"));
+    };
+    let data = session
+        .update(move |d| {
+            *d = doc;
+            d.clone()
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "data": data })))
+}
+
+/// `PATCH …/session/data`: RFC 7396 merge patch.
+pub async fn patch_data(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (session, _) = checked(&req, &state, &path)?;
+    let types = ["application/merge-patch+json", "application/json"];
+    let Some(patch) = read_json(&req, payload, &state, &types, false).await? else {
+        return Err(ApiError::bad_request("bad_json", "a JSON merge patch is required"));
+    };
+    let data = session
+        .update(move |d| {
+            merge_patch(d, &patch);
+            d.clone()
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "data": data })))
+}
+
+/// `PUT …/session/metadata`
+pub async fn put_metadata(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (session, _) = checked(&req, &state, &path)?;
+    let Some(metadata) = read_json(&req, payload, &state, &["application/json"], false).await? else {
+        return Err(ApiError::bad_request("bad_json", "a JSON object is required"));
+    };
+    if !metadata.is_object() {
+        return Err(ApiError::bad_request("bad_metadata", "metadata must be a JSON object"));
+    }
+    session.set_metadata(metadata.clone()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "metadata": metadata })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserIdBody {
+    user_id: Value,
+}
+
+/// `POST …/session/user_ids`
+pub async fn add_user_id(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (session, _) = checked(&req, &state, &path)?;
+    let Some(body) = read_json(&req, payload, &state, &["application/json"], false).await? else {
+        return Err(ApiError::bad_request("bad_json", r#"send {"user_id": ...}"#));
+    };
+    let body: UserIdBody = parse(body)?;
+    session.add_user_id(user_id(&body.user_id)?).await?;
+    Ok(HttpResponse::Ok().json(json!({ "user_ids": session.user_ids().await? })))
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum PriorityParam {
+    #[default]
+    Normal,
+    Emergency,
+}
+
+/// `?priority=normal|emergency`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityQuery {
+    #[serde(default)]
+    priority: PriorityParam,
+}
+
+impl PriorityQuery {
+    fn get(&self) -> Priority {
+        match self.priority {
+            PriorityParam::Normal => Priority::Normal,
+            PriorityParam::Emergency => Priority::Emergency,
+        }
+    }
+}
+
+/// `POST …/session/save`: answers once durable.
+pub async fn save(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<PriorityQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (session, _) = checked(&req, &state, &path)?;
+    let started = Instant::now();
+    let outcome = session.save(query.get()).await?;
+    state.metrics.observe_save(started.elapsed());
+    Ok(HttpResponse::Ok().json(json!({ "revision": outcome.revision, "durable": true })))
+}
+
+/// `POST …/session/renew`
+pub async fn renew(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (_, grant) = checked(&req, &state, &path)?;
+    Ok(HttpResponse::Ok().json(json!({ "epoch": grant.epoch, "expires_at_ms": grant.expires_at_ms })))
+}
+
+/// `POST …/session/release`: save and end.
+pub async fn release(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<PriorityQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    checked(&req, &state, &path)?;
+    let started = Instant::now();
+    let revision = state.sessions.end(&path.0, &path.1, token(&req)?, Ending::Release(query.get())).await?;
+    state.metrics.observe_save(started.elapsed());
+    Ok(HttpResponse::Ok().json(json!({ "revision": revision, "released": true })))
+}
+
+/// `DELETE …/session`: end without saving.
+pub async fn close(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    checked(&req, &state, &path)?;
+    let revision = state.sessions.end(&path.0, &path.1, token(&req)?, Ending::Close).await?;
+    Ok(HttpResponse::Ok().json(json!({ "revision": revision, "closed": true })))
+}
+
+fn json_or_raw(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// `GET /v1/stores/{store}/keys/{key}`: the stored record, no lease needed.
+pub async fn view_key(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.auth(&req, Role::Read)?;
+    let (store_name, key) = path.into_inner();
+    let store = state.store(&store_name)?;
+    check_key(&key)?;
+    let Some(rec) = store.inspect(key.as_str()).await? else {
+        return Err(ApiError::not_found("no_such_key", format!("no record for key {key:?} in store {store_name:?}")));
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "store": store_name,
+        "key": key,
+        "data": json_or_raw(&rec.data),
+        "metadata": json_or_raw(&rec.metadata),
+        "user_ids": rec.user_ids,
+        "data_version": rec.data_version,
+        "revision": rec.header.revision,
+        "epoch": rec.header.epoch,
+        "lease": rec.lease.map(|l| json!({ "owner": l.owner, "expires_at_ms": l.expires_at_ms })),
+        "created_at_ms": rec.created_at_ms,
+        "updated_at_ms": rec.updated_at_ms,
+    })))
+}
+
+/// `?prefix=&cursor=&limit=`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/stores/{store}/keys`
+pub async fn list_keys(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.auth(&req, Role::Read)?;
+    let store = state.store(&path)?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::bad_request("bad_limit", format!("limit must be 1 to {MAX_LIST_LIMIT}")));
+    }
+    if query.prefix.len() > crate::MAX_KEY_LEN || query.cursor.as_ref().is_some_and(|c| c.len() > crate::MAX_KEY_LEN) {
+        return Err(ApiError::bad_request("bad_prefix", "prefix and cursor are at most 512 bytes"));
+    }
+    let keys = store.list_keys(&query.prefix, query.cursor.as_deref(), limit).await?;
+    let next = if keys.len() == limit { keys.last().cloned() } else { None };
+    Ok(HttpResponse::Ok().json(json!({ "keys": keys, "next_cursor": next })))
+}
+
+/// `?force=true`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /v1/stores/{store}/keys/{key}` (admin)
+pub async fn delete_key(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<ForceQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.auth(&req, Role::Admin)?;
+    let (store_name, key) = path.into_inner();
+    let store = state.store(&store_name)?;
+    check_key(&key)?;
+    let deleted = store.delete(key.as_str(), query.force).await?;
+    if !deleted {
+        return Err(ApiError::not_found("no_such_key", format!("no record for key {key:?} in store {store_name:?}")));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "deleted": true })))
+}
+
+/// `?store=`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesQuery {
+    store: Option<String>,
+}
+
+/// `GET /v1/changes`: Server-Sent Events.
+pub async fn changes(
+    req: HttpRequest,
+    query: web::Query<ChangesQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.auth(&req, Role::Read)?;
+    if let Some(s) = &query.store {
+        crate::store::validate_store_name(s).map_err(ApiError::from)?;
+    }
+    let rx = state.ds.backend().notices().subscribe();
+    let body = super::feed::stream(rx, query.store.clone(), state.shutdown.clone());
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
+        .streaming(body))
+}
+
+/// `GET /v1/openapi.json`
+pub async fn openapi(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    state.auth(&req, Role::Read)?;
+    Ok(HttpResponse::Ok().json(super::openapi::document()))
+}
+
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: ready unless shutting down.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        HttpResponse::ServiceUnavailable().json(json!({ "code": "shutting_down", "message": "shutting down" }))
+    } else {
+        HttpResponse::Ok().json(json!({ "status": "ready" }))
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    state.auth(&req, Role::Read)?;
+    let gauges = Gauges {
+        depth: state.ds.queue_depth().await,
+        budgets: state.ds.budget_levels().await,
+        loaded_keys: state.ds.loaded_count(),
+        client_sessions: state.sessions.len(),
+    };
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render(&gauges)))
+}
+
+/// 404 for unknown routes.
+pub async fn not_found() -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::not_found("not_found", "no such route (see /v1/openapi.json)"))
+}
+
+/// 405 for a known route with another method.
+pub async fn method_not_allowed() -> HttpResponse {
+    let e = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method");
+    actix_web::ResponseError::error_response(&e)
+}
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let r = |path: &str| web::resource(path.to_owned()).default_service(web::to(method_not_allowed));
+    let session = "/v1/stores/{store}/keys/{key}/session";
+    cfg.service(r("/healthz").route(web::get().to(healthz)))
+        .service(r("/readyz").route(web::get().to(readyz)))
+        .service(r("/metrics").route(web::get().to(metrics)))
+        .service(r("/v1/openapi.json").route(web::get().to(openapi)))
+        .service(r("/v1/changes").route(web::get().to(changes)))
+        .service(r("/v1/stores/{store}/keys").route(web::get().to(list_keys)))
+        .service(r("/v1/stores/{store}/keys/{key}").route(web::get().to(view_key)).route(web::delete().to(delete_key)))
+        .service(
+            r(session)
+                .route(web::post().to(open_session))
+                .route(web::get().to(get_session))
+                .route(web::delete().to(close)),
+        )
+        .service(r(&format!("{session}/data")).route(web::put().to(put_data)).route(web::patch().to(patch_data)))
+        .service(r(&format!("{session}/metadata")).route(web::put().to(put_metadata)))
+        .service(r(&format!("{session}/user_ids")).route(web::post().to(add_user_id)))
+        .service(r(&format!("{session}/save")).route(web::post().to(save)))
+        .service(r(&format!("{session}/renew")).route(web::post().to(renew)))
+        .service(r(&format!("{session}/release")).route(web::post().to(release)));
+}
