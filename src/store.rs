@@ -485,6 +485,7 @@ impl<T: Document> Store<T> {
     async fn open_key(self, key: String, user_ids: Vec<String>, policy: AcquirePolicy) -> Result<Session<T>, Error> {
         validate_key(&key)?;
         let shared = &self.shared;
+        let mut stopped = 0;
         loop {
             if shared.engine.registry.is_shutting_down() {
                 return Err(Error::ShuttingDown);
@@ -515,12 +516,17 @@ impl<T: Document> Store<T> {
                     let _ = closed.wait_for(Option::is_some).await;
                     shared.remove(&key_arc, generation);
                 }
-                // The actor stopped while opening: report why, do not retry.
+                // The actor stopped before reading our message (it was closing):
+                // load afresh, a bounded number of times.
                 Err(_) => {
+                    let _ = closed.wait_for(Option::is_some).await;
                     shared.remove(&key_arc, generation);
-                    let reason =
-                        closed.borrow().clone().unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
-                    return Err(Error::SessionClosed { store: shared.name.to_string(), key, reason });
+                    stopped += 1;
+                    if stopped >= 3 {
+                        let reason =
+                            closed.borrow().clone().unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
+                        return Err(Error::SessionClosed { store: shared.name.to_string(), key, reason });
+                    }
                 }
                 Ok(Err(e)) => return Err(e),
             }

@@ -421,11 +421,15 @@ impl<T: Document> KeyActor<T> {
                     write = inf.kind.name(), revision, outcome = "durable", "write done"
                 );
                 self.publish(if closing { NoticeKind::Released { revision } } else { NoticeKind::Saved { revision } });
+                // A closing write deregisters the key before its receipts
+                // resolve, so a caller that reopens at once gets a new actor.
+                if let WriteKind::Release(reason) | WriteKind::Close(reason) = &inf.kind {
+                    self.finish(reason.clone(), ctx);
+                }
                 for r in inf.receipts {
                     let _ = r.send(Ok(SaveOutcome { revision }));
                 }
-                if let WriteKind::Release(reason) | WriteKind::Close(reason) = inf.kind {
-                    self.finish(reason, ctx);
+                if closing {
                     return;
                 }
             }

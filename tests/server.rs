@@ -1,0 +1,729 @@
+//! The standalone server, driven over HTTP: it is started as the real
+//! `datastorer serve` process on a free loopback port.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_datastorer");
+
+struct Server {
+    child: Option<Child>,
+    base: String,
+    dir: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, args: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
+        let stderr = dir.with_extension("stderr.log");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn datastorer serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let base = line
+            .trim()
+            .strip_prefix("datastorer listening on ")
+            .unwrap_or_else(|| {
+                panic!("no listening line; stderr: {}", std::fs::read_to_string(&stderr).unwrap_or_default())
+            })
+            .to_owned();
+        Server { child: Some(child), base, dir: dir.to_path_buf(), stderr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn key_url(store: &str, key: &str) -> String {
+    format!("/v1/stores/{store}/keys/{key}")
+}
+
+async fn call(
+    c: &Client,
+    s: &Server,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = c.request(method, s.url(path));
+    if let Some(t) = token {
+        req = req.header("Lease-Token", t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn open(c: &Client, s: &Server, store: &str, key: &str, body: Value) -> (StatusCode, Value) {
+    call(c, s, Method::POST, &format!("{}/session", key_url(store, key)), None, Some(body)).await
+}
+
+fn token_of(v: &Value) -> String {
+    v["lease_token"].as_str().expect("lease token").to_owned()
+}
+
+#[tokio::test]
+async fn a_whole_session_lifecycle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "42");
+
+    let (st, v) = open(&c, &s, "profiles", "42", json!({"client_id": "game-1", "user_ids": [42, "steam:7"]})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"], json!({}), "undeclared store: empty-object template");
+    assert_eq!(v["epoch"], 1);
+    assert_eq!(v["user_ids"], json!(["42", "steam:7"]));
+    let t = token_of(&v);
+    assert_eq!(t.len(), 32);
+
+    let (st, v) =
+        call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&t), Some(json!({"coins": 1, "bag": {"a": 1}})))
+            .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let resp = c
+        .patch(s.url(&format!("{k}/session/data")))
+        .header("Lease-Token", &t)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"coins": 5, "bag": {"a": null, "b": 2}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap()["data"], json!({"coins": 5, "bag": {"b": 2}}));
+    let (st, _) =
+        call(&c, &s, Method::PUT, &format!("{k}/session/metadata"), Some(&t), Some(json!({"tier": "gold"}))).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) =
+        call(&c, &s, Method::POST, &format!("{k}/session/user_ids"), Some(&t), Some(json!({"user_id": 99}))).await;
+    assert_eq!((st, v["user_ids"].clone()), (StatusCode::OK, json!(["42", "steam:7", "99"])));
+
+    // Not saved yet: the read-only view shows the stored (template) state.
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(view["data"], json!({}));
+    let (st, v) = call(&c, &s, Method::POST, &format!("{k}/session/save?priority=emergency"), Some(&t), None).await;
+    assert_eq!((st, v["durable"].clone()), (StatusCode::OK, json!(true)), "{v}");
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(view["data"], json!({"coins": 5, "bag": {"b": 2}}));
+    assert_eq!(view["metadata"], json!({"tier": "gold"}));
+    assert_eq!(view["revision"], v["revision"]);
+    assert!(view["lease"].is_object());
+
+    let (st, live) = call(&c, &s, Method::GET, &format!("{k}/session"), Some(&t), None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(live.get("lease_token").is_none(), "the token is only handed out once");
+    let (st, v) = call(&c, &s, Method::POST, &format!("{k}/session/renew"), Some(&t), None).await;
+    assert_eq!((st, v["epoch"].clone()), (StatusCode::OK, json!(1)));
+
+    let (st, _) = call(&c, &s, Method::POST, &format!("{k}/session/release"), Some(&t), None).await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert!(view["lease"].is_null(), "released: {view}");
+    let (st, v) = call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::CONFLICT, json!("invalid_lease_token")));
+
+    let (st, v) = call(&c, &s, Method::GET, "/v1/stores/profiles/keys?prefix=4&limit=10", None, None).await;
+    assert_eq!((st, v["keys"].clone()), (StatusCode::OK, json!(["42"])));
+    assert!(s.stop().success());
+}
+
+#[tokio::test]
+async fn contention_between_two_clients_with_each_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "hot");
+    let (_, a) = open(&c, &s, "profiles", "hot", json!({"client_id": "server-a"})).await;
+    let ta = token_of(&a);
+    call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&ta), Some(json!({"coins": 1}))).await;
+
+    // fail: 409 naming the holder and expiry.
+    let (st, v) = open(&c, &s, "profiles", "hot", json!({"client_id": "server-b", "policy": "fail"})).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    assert_eq!((v["code"].clone(), v["holder"].clone()), (json!("lease_held"), json!("server-a")));
+    assert!(v["expires_at_ms"].as_u64().unwrap() > 0);
+
+    // wait: B gets the key once A releases, with A's saved state and a new epoch.
+    let waiter = {
+        let (c, url) = (c.clone(), s.url(&format!("{k}/session")));
+        tokio::spawn(async move {
+            c.post(url)
+                .json(&json!({"client_id": "server-b", "policy": "wait", "timeout_ms": 20000}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, _) = call(&c, &s, Method::POST, &format!("{k}/session/release"), Some(&ta), None).await;
+    assert_eq!(st, StatusCode::OK);
+    let b = waiter.await.unwrap();
+    assert_eq!(b.status(), StatusCode::OK);
+    let b: Value = b.json().await.unwrap();
+    assert_eq!(b["data"], json!({"coins": 1}));
+    assert_eq!(b["epoch"], 2);
+    let tb = token_of(&b);
+
+    // request_release: B's unsaved change is saved and B's session ends.
+    call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&tb), Some(json!({"coins": 2}))).await;
+    let (st, a2) = open(&c, &s, "profiles", "hot", json!({"client_id": "server-a", "policy": "request_release"})).await;
+    assert_eq!(st, StatusCode::OK, "{a2}");
+    assert_eq!(a2["data"], json!({"coins": 2}));
+    assert_eq!(a2["epoch"], 3);
+    let (st, v) = call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&tb), Some(json!({"coins": 666}))).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::CONFLICT, json!("invalid_lease_token")));
+
+    // steal: A's unsaved change is dropped; A's stale token is refused and
+    // writes nothing.
+    let ta2 = token_of(&a2);
+    call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&ta2), Some(json!({"coins": 3}))).await;
+    let (st, b2) = open(&c, &s, "profiles", "hot", json!({"client_id": "server-b", "policy": "steal"})).await;
+    assert_eq!(st, StatusCode::OK, "{b2}");
+    assert_eq!(b2["data"], json!({"coins": 2}), "the stolen session's unsaved change is not kept");
+    assert_eq!(b2["epoch"], 4);
+    for (method, path) in
+        [(Method::PUT, "/session/data"), (Method::POST, "/session/save"), (Method::POST, "/session/release")]
+    {
+        let (st, v) = call(&c, &s, method, &format!("{k}{path}"), Some(&ta2), Some(json!({"coins": 999}))).await;
+        assert_eq!((st, v["code"].clone()), (StatusCode::CONFLICT, json!("invalid_lease_token")), "{path}");
+    }
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(view["data"], json!({"coins": 2}));
+    assert_eq!(view["epoch"], 4);
+    assert!(s.stop().success());
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &["--max-body-bytes", "1024"]);
+    let c = Client::new();
+    let k = key_url("profiles", "k");
+    let (_, v) = open(&c, &s, "profiles", "k", json!({})).await;
+    let t = token_of(&v);
+    call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&t), Some(json!({"coins": 7}))).await;
+    call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
+    let (_, other) = open(&c, &s, "profiles", "other", json!({})).await;
+    let (_, before) = call(&c, &s, Method::GET, &k, None, None).await;
+
+    let data = format!("{k}/session/data");
+    let raw = |method: Method, path: String, ct: Option<&'static str>, body: String, token: Option<String>| {
+        let mut r = c.request(method, s.url(&path)).body(body);
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        if let Some(t) = token {
+            r = r.header("Lease-Token", t);
+        }
+        r.send()
+    };
+    let cases: Vec<(&str, reqwest::Response, StatusCode, &str)> = vec![
+        (
+            "malformed json",
+            raw(Method::PUT, data.clone(), Some("application/json"), "{\"coins\":".into(), Some(t.clone()))
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (
+            "body over the limit",
+            raw(
+                Method::PUT,
+                data.clone(),
+                Some("application/json"),
+                format!("{{\"x\":\"{}\"}}", "a".repeat(2000)),
+                Some(t.clone()),
+            )
+            .await
+            .unwrap(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (
+            "wrong content type",
+            raw(Method::PUT, data.clone(), Some("text/plain"), "{}".into(), Some(t.clone())).await.unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "no content type",
+            raw(Method::PUT, data.clone(), None, "{}".into(), Some(t.clone())).await.unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "token for another key",
+            raw(Method::PUT, data.clone(), Some("application/json"), "{}".into(), Some(token_of(&other)))
+                .await
+                .unwrap(),
+            StatusCode::CONFLICT,
+            "invalid_lease_token",
+        ),
+        (
+            "missing token",
+            raw(Method::PUT, data.clone(), Some("application/json"), "{}".into(), None).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "missing_lease_token",
+        ),
+        (
+            "key too long",
+            raw(Method::POST, format!("{}/session", key_url("profiles", &"k".repeat(513))), None, String::new(), None)
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            "forbidden store name",
+            raw(Method::POST, "/v1/stores/bad%20name/keys/k/session".into(), None, String::new(), None).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            "control character in key",
+            raw(Method::GET, "/v1/stores/profiles/keys/a%01b".into(), None, String::new(), None).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            "unknown open field",
+            raw(Method::POST, format!("{k}/session"), Some("application/json"), r#"{"polcy":"fail"}"#.into(), None)
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_request_body",
+        ),
+        (
+            "unknown policy",
+            raw(Method::POST, format!("{k}/session"), Some("application/json"), r#"{"policy":"grab"}"#.into(), None)
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_request_body",
+        ),
+        (
+            "bad priority",
+            raw(Method::POST, format!("{k}/session/save?priority=urgent"), None, String::new(), Some(t.clone()))
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+        ),
+        (
+            "bad limit",
+            raw(Method::GET, "/v1/stores/profiles/keys?limit=0".into(), None, String::new(), None).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_limit",
+        ),
+        (
+            "metadata not an object",
+            raw(Method::PUT, format!("{k}/session/metadata"), Some("application/json"), "[1]".into(), Some(t.clone()))
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_metadata",
+        ),
+        (
+            "unknown route",
+            raw(Method::GET, "/v2/nothing".into(), None, String::new(), None).await.unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "wrong method",
+            raw(Method::PUT, format!("{k}/session/save"), None, String::new(), Some(t.clone())).await.unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            "missing key",
+            raw(Method::GET, key_url("profiles", "nobody"), None, String::new(), None).await.unwrap(),
+            StatusCode::NOT_FOUND,
+            "no_such_key",
+        ),
+    ];
+    for (what, resp, status, code) in cases {
+        assert_eq!(resp.status(), status, "{what}");
+        let body: Value = resp.json().await.unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
+        assert_eq!(body["code"], code, "{what}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
+    }
+    // The session survived all of it and the record is unchanged.
+    let (_, after) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(after, before);
+    let (st, live) = call(&c, &s, Method::GET, &format!("{k}/session"), Some(&t), None).await;
+    assert_eq!((st, live["data"].clone()), (StatusCode::OK, json!({"coins": 7})));
+    assert!(s.stop().success());
+}
+
+#[tokio::test]
+async fn strict_stores_answer_404_for_undeclared_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("datastorer.toml");
+    std::fs::write(&config, "strict_stores = true\n[stores.players]\ntemplate = { coins = 0 }\n").unwrap();
+    let mut s = Server::start(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let c = Client::new();
+    let (st, v) = open(&c, &s, "elsewhere", "k", json!({})).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::NOT_FOUND, json!("unknown_store")));
+    let (st, v) = open(&c, &s, "players", "k", json!({})).await;
+    assert_eq!((st, v["data"].clone()), (StatusCode::OK, json!({"coins": 0})));
+    assert!(s.stop().success());
+}
+
+#[tokio::test]
+async fn api_keys_and_roles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(
+        tmp.path(),
+        &[
+            "--api-key",
+            "dash:read:read-secret-0123456789",
+            "--api-key",
+            "game:write:write-secret-0123456789",
+            "--api-key",
+            "ops:admin:admin-secret-0123456789",
+        ],
+    );
+    let c = Client::new();
+    let k = key_url("profiles", "k");
+    let send = |method: Method, path: String, key: Option<&'static str>| {
+        let mut r = c.request(method, s.url(&path));
+        if let Some(key) = key {
+            r = r.bearer_auth(key);
+        }
+        r.send()
+    };
+    assert_eq!(send(Method::GET, "/healthz".into(), None).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(send(Method::GET, "/readyz".into(), None).await.unwrap().status(), StatusCode::OK);
+    let r = send(Method::GET, "/metrics".into(), None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        send(Method::GET, k.clone(), Some("not-a-configured-key-at-all")).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let r = send(Method::POST, format!("{k}/session"), Some("read-secret-0123456789")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "forbidden");
+
+    let r = send(Method::POST, format!("{k}/session"), Some("write-secret-0123456789")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let opened: Value = r.json().await.unwrap();
+    let r = c
+        .post(s.url(&format!("{k}/session/release")))
+        .bearer_auth("write-secret-0123456789")
+        .header("Lease-Token", token_of(&opened))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The holder name is the key's name, never the secret.
+    assert_eq!(send(Method::GET, k.clone(), Some("read-secret-0123456789")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        send(Method::GET, "/metrics".into(), Some("read-secret-0123456789")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(Method::DELETE, k.clone(), Some("write-secret-0123456789")).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(Method::DELETE, k.clone(), Some("admin-secret-0123456789")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(Method::GET, k.clone(), Some("admin-secret-0123456789")).await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert!(!s.log().contains("secret-0123456789"), "secrets never reach the log");
+    assert!(s.stop().success());
+}
+
+#[test]
+fn without_api_keys_the_server_refuses_non_loopback_addresses_and_bad_config_names_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback") && err.contains("listen"), "{err}");
+
+    let config = tmp.path().join("bad.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nautosave_intervall_secs = 5\n").unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.toml") && err.contains("autosave_intervall_secs"), "{err}");
+
+    std::fs::write(&config, "lease_ttl_secs = 10\nautosave_interval_secs = 30\n").unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("lease_ttl_secs"), "{err}");
+
+    std::fs::write(&config, "[stores.p]\nmigrations = [{ op = \"rename\", from = \"a\", to = \"a\" }]\n").unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stores.p.migrations[0]"), "{err}");
+    assert!(!tmp.path().join("data").exists(), "nothing created on a refused start");
+}
+
+#[tokio::test]
+async fn the_change_feed_announces_saves_and_releases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let mut feed = c.get(s.url("/v1/changes?store=profiles")).send().await.unwrap();
+    assert_eq!(feed.status(), StatusCode::OK);
+    assert_eq!(feed.headers()["content-type"], "text/event-stream");
+    let first = feed.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("connected"));
+
+    let k = key_url("profiles", "fed");
+    let (_, v) = open(&c, &s, "profiles", "fed", json!({})).await;
+    let t = token_of(&v);
+    call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&t), Some(json!({"n": 1}))).await;
+    let (_, saved) = call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
+    call(&c, &s, Method::POST, &format!("{k}/session/release"), Some(&t), None).await;
+
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(text.contains("event: save") && text.contains("event: release")) {
+        assert!(Instant::now() < deadline, "feed so far: {text}");
+        let chunk = tokio::time::timeout(Duration::from_secs(20), feed.chunk()).await.unwrap().unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let save_line = text
+        .lines()
+        .skip_while(|l| *l != "event: save")
+        .find_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .unwrap();
+    assert_eq!(save_line, json!({"store": "profiles", "key": "fed", "revision": saved["revision"], "kind": "save"}));
+    drop(feed);
+    assert!(s.stop().success());
+}
+
+#[tokio::test]
+async fn sigterm_saves_unsaved_changes_and_releases_leases() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        let (_, v) = open(&c, &s, "profiles", &format!("p{i}"), json!({})).await;
+        let t = token_of(&v);
+        let (st, _) = call(
+            &c,
+            &s,
+            Method::PUT,
+            &format!("{}/session/data", key_url("profiles", &format!("p{i}"))),
+            Some(&t),
+            Some(json!({"coins": i})),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK);
+        tokens.push(t);
+    }
+    let started = Instant::now();
+    let status = s.stop();
+    assert!(status.success(), "exit status {status:?}; log:\n{}", s.log());
+    assert!(started.elapsed() < Duration::from_secs(25), "within the shutdown deadline");
+    let dir = s.dir.clone();
+    drop(s);
+
+    let mut s = Server::start(&dir, &[]);
+    for i in 0..20 {
+        let (st, view) = call(&c, &s, Method::GET, &key_url("profiles", &format!("p{i}")), None, None).await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(view["data"], json!({"coins": i}), "p{i}");
+        assert!(view["lease"].is_null(), "p{i} still leased");
+    }
+    assert!(s.stop().success());
+}
+
+#[tokio::test]
+async fn a_vanished_client_loses_its_session_and_its_last_state_is_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &["--client-lease-ttl-secs", "1"]);
+    let c = Client::new();
+    let k = key_url("profiles", "ghost");
+    let (_, v) = open(&c, &s, "profiles", "ghost", json!({})).await;
+    let t = token_of(&v);
+    call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&t), Some(json!({"last": "words"}))).await;
+    // The client goes silent; poll the stored record until the sweeper saved it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+        if view["lease"].is_null() {
+            assert_eq!(view["data"], json!({"last": "words"}));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never swept: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, v) = call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    let (st, v) = open(&c, &s, "profiles", "ghost", json!({"policy": "fail"})).await;
+    assert_eq!((st, v["epoch"].clone()), (StatusCode::OK, json!(2)));
+    assert!(s.stop().success());
+}
+
+#[tokio::test]
+async fn declared_migrations_upgrade_old_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    // Version 0 of the application stored {"gold": 5, "legacy": true}.
+    let mut s = Server::start(tmp.path(), &[]);
+    let k = key_url("players", "p1");
+    let (_, v) = open(&c, &s, "players", "p1", json!({})).await;
+    let t = token_of(&v);
+    call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&t), Some(json!({"gold": 5, "legacy": true}))).await;
+    call(&c, &s, Method::POST, &format!("{k}/session/release"), Some(&t), None).await;
+    let dir = s.dir.clone();
+    assert!(s.stop().success());
+    drop(s);
+
+    let config = tmp.path().join("v3.toml");
+    std::fs::write(
+        &config,
+        r#"
+[stores.players]
+template = { coins = 0, level = 1, settings = { music = true } }
+metadata_template = { banned = false }
+migrations = [
+  { op = "rename", from = "gold", to = "coins" },
+  { op = "remove", field = "legacy" },
+  { op = "merge_patch", patch = { season = 2 } },
+]
+"#,
+    )
+    .unwrap();
+    let mut s = Server::start(&dir, &["--config", config.to_str().unwrap()]);
+    let (st, v) = open(&c, &s, "players", "p1", json!({})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"], json!({"coins": 5, "season": 2, "level": 1, "settings": {"music": true}}));
+    assert_eq!(v["metadata"], json!({"banned": false}));
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(view["data_version"], 3);
+    assert!(s.stop().success());
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_each_is_routed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let (st, doc) = call(&c, &s, Method::GET, "/v1/openapi.json", None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/v1/openapi.json", "get"),
+        ("/v1/changes", "get"),
+        ("/v1/stores/{store}/keys", "get"),
+        ("/v1/stores/{store}/keys/{key}", "get"),
+        ("/v1/stores/{store}/keys/{key}", "delete"),
+        ("/v1/stores/{store}/keys/{key}/session", "post"),
+        ("/v1/stores/{store}/keys/{key}/session", "get"),
+        ("/v1/stores/{store}/keys/{key}/session", "delete"),
+        ("/v1/stores/{store}/keys/{key}/session/data", "put"),
+        ("/v1/stores/{store}/keys/{key}/session/data", "patch"),
+        ("/v1/stores/{store}/keys/{key}/session/metadata", "put"),
+        ("/v1/stores/{store}/keys/{key}/session/user_ids", "post"),
+        ("/v1/stores/{store}/keys/{key}/session/save", "post"),
+        ("/v1/stores/{store}/keys/{key}/session/renew", "post"),
+        ("/v1/stores/{store}/keys/{key}/session/release", "post"),
+    ];
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            documented.push((path.clone(), method.clone()));
+            assert!(op["responses"]["200"].is_object(), "{method} {path} documents its success");
+            // Routed: anything but the router's own 404/405.
+            let url = path.replace("{store}", "s").replace("{key}", "k");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let resp = c.request(m, s.url(&url)).send().await.unwrap();
+            let status = resp.status();
+            if status == StatusCode::OK && url == "/v1/changes" {
+                continue; // an endless stream
+            }
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            assert!(
+                !matches!(body["code"].as_str(), Some("not_found" | "method_not_allowed")),
+                "{method} {path} is documented but not routed ({status})"
+            );
+        }
+    }
+    documented.sort();
+    let mut want: Vec<_> = expected.iter().map(|(p, m)| (p.to_string(), m.to_string())).collect();
+    want.sort();
+    assert_eq!(documented, want);
+    assert!(s.stop().success());
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["serve", "inspect", "export", "import", "check"] {
+        let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{sub}");
+    }
+}
