@@ -37,6 +37,7 @@
 //! - `storage/`: the [`Backend`] trait, the record envelope, sled and memory backends.
 //! - `retry`: backoff delays (the only user of the `backoff` crate).
 //! - `server/` (feature `server`): the `datastorer` binary's HTTP API and CLI.
+//! - `testing` (feature `harness`): a cluster of nodes over one fault-injecting backend.
 //!
 //! Actors need a running actix `System` (`#[actix::main]`, `actix_rt::System`,
 //! or an actix-web server); no actix type appears in the public API.
@@ -58,6 +59,8 @@ pub mod server;
 mod session;
 pub mod storage;
 mod store;
+#[cfg(feature = "harness")]
+pub mod testing;
 
 use std::sync::Arc;
 
@@ -74,6 +77,8 @@ use crate::actors::queue::QueueActor;
 use crate::actors::supervisor::Supervisor;
 use crate::engine::{Engine, Registry};
 use crate::messages::queue::{DropQueued, GetBudgets, GetDepth, NotifyWhenEmpty};
+#[cfg(feature = "harness")]
+use crate::messages::supervisor::Abort;
 use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
@@ -200,6 +205,15 @@ impl Datastorer {
         let (done, rx) = oneshot::channel();
         self.engine.queue.do_send(NotifyWhenEmpty { done });
         let _ = rx.await;
+    }
+
+    /// Simulates a crash of this instance: every key actor stops without
+    /// saving or releasing, queued requests are dropped (a batch already on
+    /// the disk finishes, as it would in a real crash). Leases stay in
+    /// storage until they lapse or the same owner id opens the keys again.
+    #[cfg(feature = "harness")]
+    pub async fn crash(&self) {
+        let _ = self.supervisor.send(Abort).await;
     }
 
     /// Tokens left in each rate budget.

@@ -754,6 +754,12 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
                 }
             }
             Control::Notice(_) => {}
+            #[cfg(feature = "harness")]
+            Control::Abort => {
+                if !matches!(self.phase, Phase::Closed(_)) {
+                    self.finish(CloseReason::Error("node crashed".into()), ctx);
+                }
+            }
             Control::ReleaseForSupervisor { reason, priority, receipt } => {
                 self.begin_closing(WriteKind::Release(reason), priority, receipt, ctx);
             }

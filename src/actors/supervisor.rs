@@ -20,7 +20,11 @@ use crate::actors::queue::QueueActor;
 use crate::engine::Registry;
 use crate::error::Error;
 use crate::messages::key::Control;
+#[cfg(feature = "harness")]
+use crate::messages::queue::DropQueued;
 use crate::messages::queue::{NotifyWhenEmpty, Priority};
+#[cfg(feature = "harness")]
+use crate::messages::supervisor::Abort;
 use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
 use crate::report::{ReleaseReport, ShutdownReport};
 use crate::session::CloseReason;
@@ -142,6 +146,22 @@ impl Handler<AutosaveNow> for Supervisor {
             k.do_send(Control::Autosave);
         }
         keys.len()
+    }
+}
+
+#[cfg(feature = "harness")]
+impl Handler<Abort> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Abort, ctx: &mut Self::Context) {
+        warn!(target: "datastorer::supervisor", "aborting: no saves, no releases");
+        self.registry.begin_shutdown();
+        self.shutdown = ShutdownState::Done(ShutdownReport::default());
+        for k in self.registry.all_keys() {
+            k.do_send(Control::Abort);
+        }
+        self.queue.do_send(DropQueued { emergency_too: true });
+        ctx.stop();
     }
 }
 

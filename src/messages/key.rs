@@ -90,6 +90,9 @@ pub(crate) enum Control {
     Autosave,
     /// A notice addressed to this key's holder arrived on the backend bus.
     Notice(NoticeKind),
+    /// Stop at once without writing anything (a simulated crash).
+    #[cfg(feature = "harness")]
+    Abort,
     /// Release on the emergency lane with reason `Shutdown` (or `Released`).
     ReleaseForSupervisor { reason: CloseReason, priority: Priority, receipt: ReceiptTx },
 }

@@ -22,3 +22,10 @@ pub(crate) struct Shutdown;
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub(crate) struct AutosaveNow;
+
+#[cfg(feature = "harness")]
+/// Stop every key actor without writing and drop every queued request, as
+/// a crash would (test harness).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Abort;

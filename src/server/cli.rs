@@ -87,6 +87,9 @@ struct ServeArgs {
     /// sled data directory (default ./data).
     #[arg(long, env = "DATASTORER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Owner id in leases (default: one generated once and kept in the data directory).
+    #[arg(long, env = "DATASTORER_OWNER_ID")]
+    owner_id: Option<String>,
     /// Answer 404 for stores the config does not declare.
     #[arg(long, env = "DATASTORER_STRICT_STORES")]
     strict_stores: Option<bool>,
@@ -145,6 +148,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         config: args.config,
         listen: args.listen,
         data_dir: args.data_dir,
+        owner_id: args.owner_id,
         strict_stores: args.strict_stores,
         autosave_interval_secs: args.autosave_interval_secs,
         lease_ttl_secs: args.lease_ttl_secs,

@@ -54,6 +54,7 @@ struct BudgetsDecl {
 struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    owner_id: Option<String>,
     strict_stores: Option<bool>,
     autosave_interval_secs: Option<u64>,
     lease_ttl_secs: Option<u64>,
@@ -75,6 +76,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--data-dir` / `DATASTORER_DATA_DIR`
     pub data_dir: Option<PathBuf>,
+    /// `--owner-id` / `DATASTORER_OWNER_ID`
+    pub owner_id: Option<String>,
     /// `--strict-stores` / `DATASTORER_STRICT_STORES`
     pub strict_stores: Option<bool>,
     /// `--autosave-interval-secs`
@@ -100,6 +103,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// sled data directory.
     pub data_dir: PathBuf,
+    /// The owner id in leases; `None`: the one stored in the data directory.
+    pub owner_id: Option<String>,
     /// API keys; empty means no authentication (loopback only).
     pub api_keys: Vec<ApiKey>,
     /// Undeclared stores are 404 instead of created on first use.
@@ -179,6 +184,10 @@ impl ServerConfig {
             ));
         }
 
+        let owner_id = o.owner_id.clone().or(file.owner_id);
+        if owner_id.as_ref().is_some_and(|o| o.is_empty() || o.len() > 128) {
+            return Err(err("owner_id", "must be 1 to 128 bytes".into()));
+        }
         let stores = file.stores.unwrap_or_default();
         for (name, decl) in &stores {
             crate::store::validate_store_name(name).map_err(|e| err(&format!("stores.{name}"), e.to_string()))?;
@@ -235,6 +244,7 @@ impl ServerConfig {
         Ok(ServerConfig {
             listen,
             data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            owner_id,
             api_keys,
             strict_stores: o.strict_stores.or(file.strict_stores).unwrap_or(false),
             stores,

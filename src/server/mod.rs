@@ -34,12 +34,15 @@ use self::error::{ApiError, ErrorCode};
 use self::metrics::Metrics;
 use self::routes::AppState;
 use self::sessions::ClientSessions;
+use crate::storage::sled_backend::SledBackend;
+use crate::storage::{Backend, Precondition, WriteOp};
 use crate::{Config, Datastorer, ShutdownReport, StoreSpec};
 
 /// Runs the server until SIGINT/SIGTERM, then stops accepting requests,
 /// saves and releases every session, flushes, and answers the report.
 pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
-    let mut engine = Config::sled(&config.data_dir);
+    let (backend, owner) = open_data_dir(&config).await?;
+    let mut engine = Config::backend(backend).owner_id(owner);
     engine.autosave_interval = config.autosave_interval;
     engine.lease_ttl = config.lease_ttl;
     engine.shutdown_deadline = config.shutdown_deadline;
@@ -137,6 +140,45 @@ pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
         timed_out = report.release.timed_out, took_ms = report.took.as_millis() as u64, "stopped"
     );
     Ok(report)
+}
+
+/// Where the server keeps its owner id inside the database (outside every
+/// store's `d\0` prefix).
+const OWNER_KEY: &[u8] = b"m\0owner_id";
+
+/// Opens the sled directory and reads (or creates) the server's owner id.
+/// sled lets one process at a time open a directory, so a restarted server
+/// on the same directory is the same owner: it reclaims the leases its
+/// crashed predecessor left behind at once instead of waiting for them to
+/// lapse.
+async fn open_data_dir(config: &ServerConfig) -> Result<(std::sync::Arc<dyn Backend>, String), String> {
+    let dir = config.data_dir.clone();
+    let explicit = config.owner_id.clone();
+    tokio::task::spawn_blocking(move || {
+        let backend = SledBackend::open(&dir).map_err(|e| e.to_string())?;
+        let owner = match explicit {
+            Some(o) => o,
+            None => match backend.get(OWNER_KEY).map_err(|e| e.to_string())? {
+                Some(bytes) => String::from_utf8(bytes).map_err(|_| "the stored owner id is not UTF-8".to_string())?,
+                None => {
+                    let mut random = [0u8; 6];
+                    getrandom::fill(&mut random).map_err(|e| e.to_string())?;
+                    let owner = format!("server-{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                    let op = WriteOp {
+                        key: OWNER_KEY.to_vec(),
+                        precondition: Precondition::Absent,
+                        value: Some(owner.clone().into_bytes()),
+                    };
+                    backend.write_batch(std::slice::from_ref(&op));
+                    backend.flush().map_err(|e| e.to_string())?;
+                    owner
+                }
+            },
+        };
+        Ok((std::sync::Arc::new(backend) as std::sync::Arc<dyn Backend>, owner))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 #[cfg(unix)]

@@ -1,12 +1,17 @@
 //! The in-memory backend: a sorted map behind a mutex, with operation
-//! counters and simple fault injection for tests.
+//! counters and fault injection for tests: fail the next N calls or a
+//! fraction of them (seeded), add latency, freeze calls until released,
+//! record every applied write, and lose unflushed writes as a crash would.
 //!
-//! Owns: its map, its counters and its fault rules. Must not: block, sleep or
-//! know about records beyond the header check every backend shares.
+//! Owns: its map, its counters and its fault rules. Must not: know about
+//! records beyond the header check every backend shares. It never blocks
+//! unless latency or a freeze is configured (then it reports itself as
+//! blocking so the queue calls it off the actor thread).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use super::{Backend, ErrorKind, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
 
@@ -29,6 +34,30 @@ struct FaultRule {
     key: Option<Vec<u8>>,
     remaining: u64,
     kind: ErrorKind,
+}
+
+#[derive(Debug, Clone)]
+struct FractionRule {
+    op: OpKind,
+    probability: f64,
+    kind: ErrorKind,
+}
+
+#[derive(Default)]
+struct Freeze {
+    /// (operation, key filter, calls still to hold)
+    rules: Vec<(OpKind, Option<Vec<u8>>, u64)>,
+    held: usize,
+    generation: u64,
+}
+
+/// One write that was applied, in order (see [`MemoryBackend::record_history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedWrite {
+    /// Storage key.
+    pub key: Vec<u8>,
+    /// The value written (`None`: deleted).
+    pub value: Option<Vec<u8>>,
 }
 
 /// Counters of calls a [`MemoryBackend`] received.
@@ -55,7 +84,15 @@ pub struct MemoryStats {
 #[derive(Default)]
 pub struct MemoryBackend {
     map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// For keys written since the last flush: their value at that flush.
+    unflushed: Mutex<HashMap<Vec<u8>, Option<Vec<u8>>>>,
     faults: Mutex<Vec<FaultRule>>,
+    fractions: Mutex<(Vec<FractionRule>, u64)>,
+    latency: Mutex<HashMap<OpKind, Duration>>,
+    freeze: Mutex<Freeze>,
+    thaw: Condvar,
+    blocking: AtomicBool,
+    history: Mutex<Option<Vec<AppliedWrite>>>,
     log: Mutex<Vec<(OpKind, Vec<u8>)>>,
     notices: NoticeBus,
     gets: AtomicU64,
@@ -85,9 +122,110 @@ impl MemoryBackend {
         lock(&self.faults).push(FaultRule { op, key: key.map(<[u8]>::to_vec), remaining: count, kind });
     }
 
-    /// Removes every fault rule.
+    /// Makes a `probability` fraction of `op` calls fail with `kind`,
+    /// drawn from a generator seeded with `seed` (reproducible runs).
+    pub fn fail_fraction(&self, op: OpKind, probability: f64, kind: ErrorKind, seed: u64) {
+        let mut f = lock(&self.fractions);
+        f.0.push(FractionRule { op, probability: probability.clamp(0.0, 1.0), kind });
+        f.1 = seed | 1;
+    }
+
+    /// Removes every fault rule (counted and fractional).
     pub fn clear_faults(&self) {
         lock(&self.faults).clear();
+        lock(&self.fractions).0.clear();
+    }
+
+    /// Adds `delay` to every `op` call (real time: the call sleeps on the
+    /// blocking pool, so use it with a running clock).
+    pub fn set_latency(&self, op: OpKind, delay: Duration) {
+        lock(&self.latency).insert(op, delay);
+        self.blocking.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds the next `count` calls of `op` (on `key` only, if given) until
+    /// [`MemoryBackend::unfreeze`]; later calls pass. Lets a test keep a
+    /// request on the wire and race something against it.
+    pub fn freeze(&self, op: OpKind, key: Option<&[u8]>, count: u64) {
+        lock(&self.freeze).rules.push((op, key.map(<[u8]>::to_vec), count));
+        self.blocking.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets every held call go on and removes the freeze rules.
+    pub fn unfreeze(&self) {
+        let mut f = lock(&self.freeze);
+        f.rules.clear();
+        f.generation += 1;
+        self.thaw.notify_all();
+    }
+
+    /// How many calls are being held by a freeze right now.
+    pub fn frozen(&self) -> usize {
+        lock(&self.freeze).held
+    }
+
+    /// Starts (or stops) recording every applied write, in order.
+    pub fn record_history(&self, on: bool) {
+        *lock(&self.history) = on.then(Vec::new);
+    }
+
+    /// The applied writes recorded so far.
+    pub fn history(&self) -> Vec<AppliedWrite> {
+        lock(&self.history).clone().unwrap_or_default()
+    }
+
+    /// What a crash of the storage process would do: every write applied
+    /// since the last successful flush is undone.
+    pub fn lose_unflushed(&self) -> usize {
+        let lost: Vec<_> = lock(&self.unflushed).drain().collect();
+        let mut map = lock(&self.map);
+        for (k, before) in &lost {
+            match before {
+                Some(v) => map.insert(k.clone(), v.clone()),
+                None => map.remove(k),
+            };
+        }
+        lost.len()
+    }
+
+    fn delay_and_freeze(&self, op: OpKind, key: Option<&[u8]>) {
+        if !self.blocking.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(d) = lock(&self.latency).get(&op).copied() {
+            std::thread::sleep(d);
+        }
+        let mut f = lock(&self.freeze);
+        let rule = f
+            .rules
+            .iter_mut()
+            .find(|(o, k, left)| *o == op && *left > 0 && k.as_deref().is_none_or(|k| Some(k) == key));
+        if let Some(rule) = rule {
+            rule.2 -= 1;
+            let generation = f.generation;
+            f.held += 1;
+            while f.generation == generation {
+                f = self.thaw.wait(f).unwrap_or_else(|p| p.into_inner());
+            }
+            f.held -= 1;
+        }
+    }
+
+    fn fraction_fault(&self, op: OpKind) -> Option<StorageError> {
+        let mut f = lock(&self.fractions);
+        let (rules, state) = &mut *f;
+        let rule = rules.iter().find(|r| r.op == op)?.clone();
+        // xorshift64: reproducible from the seed, good enough to spread faults.
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let draw = (*state >> 11) as f64 / (1u64 << 53) as f64;
+        if draw < rule.probability {
+            self.injected_failures.fetch_add(1, Ordering::Relaxed);
+            Some(StorageError { kind: rule.kind, message: format!("injected {op:?} fault (fraction)") })
+        } else {
+            None
+        }
     }
 
     /// Counters so far.
@@ -129,6 +267,10 @@ impl MemoryBackend {
     }
 
     fn injected(&self, op: OpKind, key: Option<&[u8]>) -> Option<StorageError> {
+        self.delay_and_freeze(op, key);
+        if let Some(e) = self.fraction_fault(op) {
+            return Some(e);
+        }
         let mut faults = lock(&self.faults);
         let rule = faults.iter_mut().find(|r| {
             r.op == op
@@ -176,10 +318,14 @@ impl Backend for MemoryBackend {
                     self.write_conflicts.fetch_add(1, Ordering::Relaxed);
                     return Ok(WriteOutcome::Conflict { current: current.and_then(RecordHeader::peek) });
                 }
-                match &op.value {
+                let before = match &op.value {
                     Some(v) => map.insert(op.key.clone(), v.clone()),
                     None => map.remove(&op.key),
                 };
+                lock(&self.unflushed).entry(op.key.clone()).or_insert(before);
+                if let Some(h) = lock(&self.history).as_mut() {
+                    h.push(AppliedWrite { key: op.key.clone(), value: op.value.clone() });
+                }
                 self.writes_applied.fetch_add(1, Ordering::Relaxed);
                 Ok(WriteOutcome::Applied)
             })
@@ -208,11 +354,12 @@ impl Backend for MemoryBackend {
         if let Some(e) = self.injected(OpKind::Flush, None) {
             return Err(e);
         }
+        lock(&self.unflushed).clear();
         Ok(())
     }
 
     fn is_blocking(&self) -> bool {
-        false
+        self.blocking.load(Ordering::SeqCst)
     }
 
     fn notices(&self) -> &NoticeBus {

@@ -1,0 +1,171 @@
+//! A test harness for applications built on datastorer (feature `harness`):
+//! several nodes with distinct owner ids over one fault-injecting in-memory
+//! backend, crashes and restarts, and helpers to drive autosave, lease
+//! expiry and the queue from a test — under tokio's paused clock, so time
+//! moves only when the test says so.
+//!
+//! ```no_run
+//! # use datastorer::testing::Cluster;
+//! # use datastorer::StoreSpec;
+//! #[actix_rt::test]
+//! async fn the_profile_survives_a_crash() {
+//!     tokio::time::pause();
+//!     let mut cluster = Cluster::start(2).await;
+//!     let store = cluster.node(0).store("p", StoreSpec::new(serde_json::json!({"coins": 0}))).unwrap();
+//!     // ... open, update, save, then:
+//!     cluster.crash(0).await;
+//!     cluster.expire_lease("p", "k");
+//!     // node 1 can take the key now.
+//! }
+//! ```
+//!
+//! Must not: be used by the engine itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::storage::memory::MemoryBackend;
+use crate::storage::{storage_key, Record, RecordHeader};
+use crate::{Config, Datastorer};
+
+pub use crate::storage::memory::{AppliedWrite, MemoryStats, OpKind};
+pub use crate::ErrorKind;
+
+/// Several `Datastorer` nodes sharing one [`MemoryBackend`].
+pub struct Cluster {
+    backend: Arc<MemoryBackend>,
+    nodes: Vec<Datastorer>,
+    configs: Vec<Config>,
+}
+
+/// The config every cluster node starts from: owner id `node-{i}`, signal
+/// handling off, 10 ms base backoff, default intervals (30 s autosave, 90 s lease).
+pub fn node_config(backend: &Arc<MemoryBackend>, i: usize) -> Config {
+    let mut c = Config::backend(backend.clone()).owner_id(format!("node-{i}"));
+    c.handle_signals = false;
+    c.queue.retry.base_delay = Duration::from_millis(10);
+    c
+}
+
+impl Cluster {
+    /// `n` nodes with [`node_config`].
+    pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, |_, _| {}).await
+    }
+
+    /// `n` nodes, each config adjusted by `tune(index, &mut config)`.
+    /// Panics if a node cannot start (a test setup error).
+    pub async fn start_with(n: usize, tune: impl Fn(usize, &mut Config)) -> Cluster {
+        let backend = Arc::new(MemoryBackend::new());
+        let mut nodes = Vec::new();
+        let mut configs = Vec::new();
+        for i in 0..n {
+            let mut c = node_config(&backend, i);
+            tune(i, &mut c);
+            nodes.push(Datastorer::start(c.clone()).await.expect("cluster node starts"));
+            configs.push(c);
+        }
+        Cluster { backend, nodes, configs }
+    }
+
+    /// The shared backend (fault injection, counters, history).
+    pub fn backend(&self) -> &Arc<MemoryBackend> {
+        &self.backend
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &Datastorer {
+        &self.nodes[i]
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Kills node `i` as `kill -9` would: no save, no release; its leases
+    /// stay in storage. Writes the backend accepted but never flushed are
+    /// lost only if you also call [`MemoryBackend::lose_unflushed`].
+    pub async fn crash(&mut self, i: usize) {
+        self.nodes[i].crash().await;
+    }
+
+    /// Starts node `i` again with the same config (and owner id, so it
+    /// reclaims its own stale leases at once).
+    pub async fn restart(&mut self, i: usize) {
+        self.nodes[i] = Datastorer::start(self.configs[i].clone()).await.expect("cluster node restarts");
+    }
+
+    /// Moves the paused clock forward and lets every timer that fell due run.
+    pub async fn advance(&self, by: Duration) {
+        tokio::time::advance(by).await;
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Runs the autosave pass on every node now and waits until every queue
+    /// has drained.
+    pub async fn autosave_now(&self) {
+        for n in &self.nodes {
+            n.autosave_now().await;
+        }
+        self.drain().await;
+    }
+
+    /// Waits until every node's queue is empty.
+    pub async fn drain(&self) {
+        for _ in 0..4 {
+            for n in &self.nodes {
+                n.wait_for_empty_queue().await;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Makes the stored lease of `key` lapse now (as if its holder had been
+    /// silent for a whole lease TTL). The epoch and data are kept.
+    pub fn expire_lease(&self, store: &str, key: &str) -> bool {
+        let k = storage_key(store, key);
+        let Some(bytes) = self.backend.raw_get(&k) else { return false };
+        let Ok(mut rec) = Record::decode(&bytes) else { return false };
+        let Some(lease) = rec.lease.as_mut() else { return false };
+        lease.expires_at_ms = 0;
+        self.backend.raw_put(&k, &rec.encode());
+        true
+    }
+
+    /// The stored record of `key`, decoded (`None` if absent or corrupt).
+    pub fn stored(&self, store: &str, key: &str) -> Option<Record> {
+        self.backend.raw_get(&storage_key(store, key)).and_then(|b| Record::decode(&b).ok())
+    }
+
+    /// The stored document of `key` as `T`.
+    pub fn stored_doc<T: DeserializeOwned>(&self, store: &str, key: &str) -> Option<T> {
+        self.stored(store, key).and_then(|r| serde_json::from_slice(&r.data).ok())
+    }
+
+    /// The stored (epoch, revision) of `key`.
+    pub fn stored_header(&self, store: &str, key: &str) -> Option<RecordHeader> {
+        self.stored(store, key).map(|r| r.header)
+    }
+
+    /// Asserts the stored document of `key` equals `expected`.
+    #[track_caller]
+    pub fn assert_stored<T: DeserializeOwned + PartialEq + std::fmt::Debug>(
+        &self,
+        store: &str,
+        key: &str,
+        expected: &T,
+    ) {
+        let got: Option<T> = self.stored_doc(store, key);
+        assert_eq!(got.as_ref(), Some(expected), "stored document of {store}/{key}");
+    }
+}
