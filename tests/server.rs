@@ -1,85 +1,15 @@
 //! The standalone server, driven over HTTP: it is started as the real
 //! `datastorer serve` process on a free loopback port.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::server::{Server, BIN};
 
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
-
-const BIN: &str = env!("CARGO_BIN_EXE_datastorer");
-
-struct Server {
-    child: Option<Child>,
-    base: String,
-    dir: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path, args: &[&str]) -> Server {
-        std::fs::create_dir_all(dir).unwrap();
-        let stderr = dir.with_extension("stderr.log");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.join("data"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn datastorer serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let base = line
-            .trim()
-            .strip_prefix("datastorer listening on ")
-            .unwrap_or_else(|| {
-                panic!("no listening line; stderr: {}", std::fs::read_to_string(&stderr).unwrap_or_default())
-            })
-            .to_owned();
-        Server { child: Some(child), base, dir: dir.to_path_buf(), stderr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// SIGTERM, then wait (bounded) for the exit status.
-    fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn key_url(store: &str, key: &str) -> String {
     format!("/v1/stores/{store}/keys/{key}")

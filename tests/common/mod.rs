@@ -2,6 +2,8 @@
 //! a shared in-memory backend, and record inspection.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::sync::Arc;
 use std::time::Duration;
 
