@@ -41,7 +41,7 @@ fn format_version_1_bytes_are_stable() {
     assert_eq!(
         hex(&bytes),
         "445301030000000000000011000000000000004300000\
-         0de0890f15f948f3a020b7b22636f696e73223a357d0f7b2274696572223a22676f6c64227d0102343201057372762d31fd0068\
+         053906f4fd6cae714020b7b22636f696e73223a357d0f7b2274696572223a22676f6c64227d0102343201057372762d31fd0068\
          e5cf8b010000fd00806e8774010000fd00f4a92b80010000"
     );
     assert_eq!(Record::decode(&bytes).unwrap(), sample());
@@ -56,6 +56,9 @@ fn damaged_records_are_typed_errors_never_panics() {
     assert_eq!(Record::decode(b""), Err(DecodeError::NotARecord));
     assert_eq!(Record::decode(&good[..10]), Err(DecodeError::NotARecord));
     assert!(matches!(Record::decode(&good[..good.len() - 1]), Err(DecodeError::Corrupt(_))), "torn write");
+    let mut epoch_flipped = good.clone();
+    epoch_flipped[4] ^= 0x01;
+    assert!(matches!(Record::decode(&epoch_flipped), Err(DecodeError::Corrupt(_))), "bit flip in the epoch");
     let mut flipped = good.clone();
     let last = flipped.len() - 3;
     flipped[last] ^= 0x40;

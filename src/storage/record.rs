@@ -10,7 +10,9 @@
 //! 3       8     epoch      (fencing token, +1 on every lease acquisition)
 //! 11      8     revision   (+1 on every write)
 //! 19      4     body length
-//! 23      8     seahash of the body
+//! 23      8     seahash of bytes 2..23 and the body (version, epoch,
+//!               revision, length and body: a flipped bit anywhere but
+//!               the magic is detected)
 //! 31      ..    body: bincode (varint, size-limited) of `BodyV1`
 //! ```
 //!
@@ -128,6 +130,15 @@ pub enum DecodeError {
     Body(String),
 }
 
+/// seahash over the header fields and the body, without copying them together.
+fn checksum(header: &[u8], body: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = seahash::SeaHasher::new();
+    h.write(header);
+    h.write(body);
+    h.finish()
+}
+
 fn options() -> impl Options {
     bincode::DefaultOptions::new().with_varint_encoding().with_limit(MAX_BODY_LEN).reject_trailing_bytes()
 }
@@ -154,7 +165,8 @@ impl Record {
         out.extend_from_slice(&self.header.epoch.to_le_bytes());
         out.extend_from_slice(&self.header.revision.to_le_bytes());
         out.extend_from_slice(&(body_bytes.len() as u32).to_le_bytes());
-        out.extend_from_slice(&seahash::hash(&body_bytes).to_le_bytes());
+        let checksum = checksum(&out[2..23], &body_bytes);
+        out.extend_from_slice(&checksum.to_le_bytes());
         out.extend_from_slice(&body_bytes);
         out
     }
@@ -173,8 +185,8 @@ impl Record {
         }
         let mut hash = [0u8; 8];
         hash.copy_from_slice(&bytes[23..31]);
-        if seahash::hash(body) != u64::from_le_bytes(hash) {
-            return Err(DecodeError::Corrupt("body checksum mismatch".into()));
+        if checksum(&bytes[2..23], body) != u64::from_le_bytes(hash) {
+            return Err(DecodeError::Corrupt("checksum mismatch".into()));
         }
         let body: BodyV1 = options().deserialize(body).map_err(|e| DecodeError::Body(e.to_string()))?;
         Ok(Record {
