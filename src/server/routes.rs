@@ -137,11 +137,13 @@ fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
     serde_json::from_value(v).map_err(|e| ApiError::bad_request("bad_request_body", e.to_string()))
 }
 
+/// Over HTTP a request should not hang unless the client asked it to: the
+/// default policy answers 409 at once.
 #[derive(Deserialize, Clone, Copy, Default)]
 #[serde(rename_all = "snake_case")]
 enum PolicyKind {
-    Fail,
     #[default]
+    Fail,
     Wait,
     RequestRelease,
     Steal,
