@@ -32,7 +32,15 @@ async fn sigterm_with_thousands_of_dirty_keys_saves_and_releases_all() {
                 let mut out = Vec::new();
                 for i in (shard..keys).step_by(CONCURRENCY) {
                     let url = format!("{base}/v1/stores/load/keys/k{i}");
-                    let v: Value = http.post(format!("{url}/session")).json(&json!({})).send().await.unwrap().json().await.unwrap();
+                    let v: Value = http
+                        .post(format!("{url}/session"))
+                        .json(&json!({}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
                     let t = v["lease_token"].as_str().unwrap().to_owned();
                     let r = http
                         .patch(format!("{url}/session/data"))
@@ -68,7 +76,8 @@ async fn sigterm_with_thousands_of_dirty_keys_saves_and_releases_all() {
             while !stop.load(Ordering::SeqCst) {
                 for (i, t) in &tokens {
                     let url = format!("{base}/v1/stores/load/keys/k{i}/session");
-                    let patched = http.patch(format!("{url}/data")).header("Lease-Token", t).json(&json!({"v": 2})).send().await;
+                    let patched =
+                        http.patch(format!("{url}/data")).header("Lease-Token", t).json(&json!({"v": 2})).send().await;
                     let Ok(r) = patched else { return };
                     if r.status() == StatusCode::OK {
                         ok.fetch_add(1, Ordering::SeqCst);
@@ -101,7 +110,8 @@ async fn sigterm_with_thousands_of_dirty_keys_saves_and_releases_all() {
         let (http, base) = (http.clone(), server.base.clone());
         handles.push(tokio::spawn(async move {
             for i in (shard..keys).step_by(CONCURRENCY) {
-                let v: Value = http.get(format!("{base}/v1/stores/load/keys/k{i}")).send().await.unwrap().json().await.unwrap();
+                let v: Value =
+                    http.get(format!("{base}/v1/stores/load/keys/k{i}")).send().await.unwrap().json().await.unwrap();
                 assert_eq!(v["data"]["i"], json!(i), "k{i}: {v}");
                 assert!(v["data"]["v"] == json!(1) || v["data"]["v"] == json!(2), "k{i}: {v}");
                 assert!(v["lease"].is_null(), "k{i} still leased");
