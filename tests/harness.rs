@@ -77,6 +77,9 @@ async fn with_half_the_writes_failing_every_save_still_lands() {
     let cluster = Cluster::start_with(1, |_, c| c.queue.retry.max_attempts = 40).await;
     cluster.backend().fail_fraction(OpKind::Write, 0.5, ErrorKind::Transient, 7);
     cluster.backend().fail_fraction(OpKind::Flush, 0.3, ErrorKind::Throttled, 7);
+    // One key fails far more often than the rest.
+    let hot = datastorer::storage::storage_key("p", "k0");
+    cluster.backend().fail_fraction_of(OpKind::Write, Some(&hot), 0.9, ErrorKind::Transient, 9);
     let store = cluster.node(0).store("p", spec()).unwrap();
     let mut receipts = Vec::new();
     for i in 0..50u64 {

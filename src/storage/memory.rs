@@ -39,6 +39,7 @@ struct FaultRule {
 #[derive(Debug, Clone)]
 struct FractionRule {
     op: OpKind,
+    key: Option<Vec<u8>>,
     probability: f64,
     kind: ErrorKind,
 }
@@ -125,8 +126,13 @@ impl MemoryBackend {
     /// Makes a `probability` fraction of `op` calls fail with `kind`,
     /// drawn from a generator seeded with `seed` (reproducible runs).
     pub fn fail_fraction(&self, op: OpKind, probability: f64, kind: ErrorKind, seed: u64) {
+        self.fail_fraction_of(op, None, probability, kind, seed);
+    }
+
+    /// [`MemoryBackend::fail_fraction`] for the calls on one key only.
+    pub fn fail_fraction_of(&self, op: OpKind, key: Option<&[u8]>, probability: f64, kind: ErrorKind, seed: u64) {
         let mut f = lock(&self.fractions);
-        f.0.push(FractionRule { op, probability: probability.clamp(0.0, 1.0), kind });
+        f.0.push(FractionRule { op, key: key.map(<[u8]>::to_vec), probability: probability.clamp(0.0, 1.0), kind });
         f.1 = seed | 1;
     }
 
@@ -211,10 +217,10 @@ impl MemoryBackend {
         }
     }
 
-    fn fraction_fault(&self, op: OpKind) -> Option<StorageError> {
+    fn fraction_fault(&self, op: OpKind, key: Option<&[u8]>) -> Option<StorageError> {
         let mut f = lock(&self.fractions);
         let (rules, state) = &mut *f;
-        let rule = rules.iter().find(|r| r.op == op)?.clone();
+        let rule = rules.iter().find(|r| r.op == op && r.key.as_deref().is_none_or(|k| Some(k) == key))?.clone();
         // xorshift64: reproducible from the seed, good enough to spread faults.
         *state ^= *state << 13;
         *state ^= *state >> 7;
@@ -268,7 +274,7 @@ impl MemoryBackend {
 
     fn injected(&self, op: OpKind, key: Option<&[u8]>) -> Option<StorageError> {
         self.delay_and_freeze(op, key);
-        if let Some(e) = self.fraction_fault(op) {
+        if let Some(e) = self.fraction_fault(op, key) {
             return Some(e);
         }
         let mut faults = lock(&self.faults);
