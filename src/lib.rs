@@ -76,14 +76,14 @@ use tracing::info;
 use crate::actors::queue::QueueActor;
 use crate::actors::supervisor::Supervisor;
 use crate::engine::{Engine, Registry};
-use crate::messages::queue::{DropQueued, GetBudgets, GetDepth, NotifyWhenEmpty};
+use crate::messages::queue::{DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty};
 #[cfg(feature = "harness")]
 use crate::messages::supervisor::Abort;
 use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
 pub use crate::error::Error;
-pub use crate::messages::queue::{BudgetLevels, Priority, QueueDepth};
+pub use crate::messages::queue::{BudgetLevels, Priority, QueueDepth, QueueStats};
 pub use crate::migration::Migration;
 pub use crate::report::{ReleaseReport, ShutdownReport};
 pub use crate::retry::RetryConfig;
@@ -219,6 +219,11 @@ impl Datastorer {
     /// Tokens left in each rate budget.
     pub async fn budget_levels(&self) -> BudgetLevels {
         self.engine.queue.send(GetBudgets).await.unwrap_or_default()
+    }
+
+    /// Totals since start: batches, flushes, writes, reads.
+    pub async fn queue_stats(&self) -> QueueStats {
+        self.engine.queue.send(GetStats).await.unwrap_or_default()
     }
 
     /// Current queue depth per lane.

@@ -24,8 +24,8 @@ use tracing::{debug, debug_span, warn};
 
 use crate::config::{Budget, QueueConfig};
 use crate::messages::queue::{
-    BudgetLevels, DropQueued, GetBudgets, GetDepth, NotifyWhenEmpty, Operation, Priority, QueueDepth, QueueFailure,
-    Reply, Submit,
+    BudgetLevels, DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty, Operation, Priority, QueueDepth,
+    QueueFailure, QueueStats, Reply, Submit,
 };
 use crate::retry::RetryState;
 use crate::storage::{Backend, Precondition, RecordHeader, StorageError, WriteOp, WriteOutcome};
@@ -91,6 +91,7 @@ pub(crate) struct QueueActor {
     /// Batches composed in a row while the normal lane had work and got none.
     normal_starved: usize,
     wake_at: Option<Instant>,
+    stats: QueueStats,
     empty_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -120,6 +121,7 @@ impl QueueActor {
             pump_scheduled: false,
             normal_starved: 0,
             wake_at: None,
+            stats: QueueStats::default(),
             empty_waiters: Vec::new(),
         }
     }
@@ -338,6 +340,13 @@ impl QueueActor {
         ctx: &mut Context<Self>,
     ) {
         debug!(target: "datastorer::queue", size = batch.len(), duration_us = took.as_micros() as u64, "batch done");
+        self.stats.batches += 1;
+        let writes = batch.iter().filter(|p| matches!(p.req.op, Operation::Write(_))).count() as u64;
+        self.stats.writes += writes;
+        self.stats.gets += batch.iter().filter(|p| matches!(p.req.op, Operation::Get)).count() as u64;
+        if writes > 0 {
+            self.stats.flushes += 1;
+        }
         for (mut p, result) in batch.into_iter().zip(results) {
             p.attempt += 1;
             let op = p.req.op.name();
@@ -562,6 +571,14 @@ impl Handler<GetBudgets> for QueueActor {
             write: level(BudgetClass::Write),
             scan: level(BudgetClass::Scan),
         })
+    }
+}
+
+impl Handler<GetStats> for QueueActor {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _msg: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.stats)
     }
 }
 

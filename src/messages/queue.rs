@@ -131,3 +131,21 @@ pub struct BudgetLevels {
 #[derive(Message)]
 #[rtype(result = "BudgetLevels")]
 pub(crate) struct GetBudgets;
+
+/// Totals since the queue started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Batches executed.
+    pub batches: u64,
+    /// Durable flushes (one per batch that wrote something).
+    pub flushes: u64,
+    /// Write operations sent to the backend (attempts included).
+    pub writes: u64,
+    /// Reads sent to the backend.
+    pub gets: u64,
+}
+
+/// Read the [`QueueStats`].
+#[derive(Message)]
+#[rtype(result = "QueueStats")]
+pub(crate) struct GetStats;

@@ -67,6 +67,21 @@ enum Command {
         #[command(flatten)]
         dir: DataDir,
     },
+    /// Run the end-to-end benchmarks beside their baselines (build with --release).
+    Bench {
+        /// Small sizes, to check the suite runs (figures are not meaningful).
+        #[arg(long)]
+        quick: bool,
+        /// Repetitions of each measurement (default 5, quick 2).
+        #[arg(long)]
+        repeat: Option<usize>,
+        /// Only benchmarks whose tag contains this: update, throughput, latency, shutdown, scale, cold.
+        #[arg(long)]
+        only: Option<String>,
+        /// Where results.json and results.svg go (scratch data too, removed after).
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,6 +140,7 @@ pub fn main() -> ExitCode {
         Command::Export { dir, store, output } => export(&dir.data_dir, store.as_deref(), output.as_deref()),
         Command::Import { dir, input, overwrite } => import(&dir.data_dir, input.as_deref(), overwrite),
         Command::Check { dir } => check(&dir.data_dir),
+        Command::Bench { quick, repeat, only, out } => bench(quick, repeat, only, out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,6 +189,21 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             report.flush_error
         ))
     }
+}
+
+fn bench(quick: bool, repeat: Option<usize>, only: Option<String>, out: PathBuf) -> Result<(), String> {
+    let mut cfg = if quick { super::bench::BenchConfig::quick() } else { super::bench::BenchConfig::full() };
+    if let Some(r) = repeat {
+        if r == 0 {
+            return Err("--repeat must be at least 1".into());
+        }
+        cfg.repeat = r;
+    }
+    if cfg!(debug_assertions) && !quick {
+        eprintln!("warning: this is a debug build; run `cargo run --release -- bench` for meaningful figures");
+    }
+    let system = actix_web::rt::System::new();
+    system.block_on(super::bench::run(cfg, out, only)).map(|_| ())
 }
 
 fn open_existing(dir: &Path) -> Result<SledBackend, String> {

@@ -8,6 +8,7 @@
 //! holds it).
 
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod error;

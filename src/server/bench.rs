@@ -1,0 +1,672 @@
+//! `datastorer bench`: the end-to-end benchmark suite. Every figure is
+//! measured beside its baseline in the same run, repeated, and reported as
+//! median with min and max, plus the ratio to the baseline. Results go to
+//! `results.json` and `results.svg` in the output directory.
+//!
+//! Must not: assert anything about speed (it measures and reports).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::storage::sled_backend::SledBackend;
+use crate::storage::{storage_key, Backend, LeaseHolder, Precondition, Record, RecordHeader, WriteOp};
+use crate::{Config, Datastorer, Priority, Session, StoreSpec};
+
+/// Sizes of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchConfig {
+    /// Repetitions of each measurement.
+    pub repeat: usize,
+    /// Updates per update measurement.
+    pub updates: usize,
+    /// Keys in the "across many keys" and durable-throughput measurements.
+    pub keys: usize,
+    /// Saves sampled for latency.
+    pub latency_samples: usize,
+    /// Dirty keys at shutdown.
+    pub shutdown_keys: usize,
+    /// Keys loaded for the memory measurement.
+    pub scale_keys: usize,
+    /// Document size for durable measurements, bytes.
+    pub doc_bytes: usize,
+}
+
+impl BenchConfig {
+    /// The sizes the issue asks for.
+    pub fn full() -> Self {
+        Self {
+            repeat: 5,
+            updates: 100_000,
+            keys: 10_000,
+            latency_samples: 300,
+            shutdown_keys: 100_000,
+            scale_keys: 1_000_000,
+            doc_bytes: 1024,
+        }
+    }
+
+    /// Small sizes: checks the suite runs, in seconds.
+    pub fn quick() -> Self {
+        Self {
+            repeat: 2,
+            updates: 2_000,
+            keys: 500,
+            latency_samples: 20,
+            shutdown_keys: 1_000,
+            scale_keys: 5_000,
+            doc_bytes: 1024,
+        }
+    }
+}
+
+/// One figure and its baseline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    /// What was measured.
+    pub name: String,
+    /// Unit of `ours` and `baseline`.
+    pub unit: String,
+    /// Whether larger values are better (throughput) or worse (time).
+    pub higher_is_better: bool,
+    /// Our value per repetition.
+    pub ours: Vec<f64>,
+    /// What the baseline is.
+    pub baseline_name: String,
+    /// The baseline per repetition.
+    pub baseline: Vec<f64>,
+    /// The goal, as a ratio ours/baseline (a minimum when higher is better, else a maximum).
+    pub goal_ratio: Option<f64>,
+    /// Extra figures (for example keys per durable commit).
+    pub notes: Vec<String>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let m = s.len() / 2;
+    if s.len() % 2 == 0 {
+        (s[m - 1] + s[m]) / 2.0
+    } else {
+        s[m]
+    }
+}
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
+impl Measurement {
+    fn ratio(&self) -> f64 {
+        median(&self.ours) / median(&self.baseline)
+    }
+
+    fn verdict(&self) -> &'static str {
+        match self.goal_ratio {
+            None => "",
+            Some(g)
+                if (self.higher_is_better && self.ratio() >= g) || (!self.higher_is_better && self.ratio() <= g) =>
+            {
+                "goal met"
+            }
+            Some(_) => "GOAL MISSED",
+        }
+    }
+
+    fn spread(v: &[f64]) -> (f64, f64) {
+        (v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(f64::NEG_INFINITY, f64::max))
+    }
+
+    fn print(&self) {
+        let (omin, omax) = Self::spread(&self.ours);
+        let (bmin, bmax) = Self::spread(&self.baseline);
+        let goal = match self.goal_ratio {
+            Some(g) if self.higher_is_better => format!("  goal ≥ {g:.2}×"),
+            Some(g) => format!("  goal ≤ {g:.2}×"),
+            None => String::new(),
+        };
+        println!("{}", self.name);
+        println!(
+            "  datastorer: {:>14.1} {} (min {:.1}, max {:.1}, n={})",
+            median(&self.ours),
+            self.unit,
+            omin,
+            omax,
+            self.ours.len()
+        );
+        println!(
+            "  {:<10}: {:>14.1} {} (min {:.1}, max {:.1}) [{}]",
+            "baseline",
+            median(&self.baseline),
+            self.unit,
+            bmin,
+            bmax,
+            self.baseline_name
+        );
+        println!("  ratio      : {:>14.3}×{goal}  {}", self.ratio(), self.verdict());
+        for n in &self.notes {
+            println!("  note       : {n}");
+        }
+    }
+}
+
+/// A trivial actor: the baseline for a session round trip.
+struct Echo(u64);
+impl Actor for Echo {
+    type Context = Context<Self>;
+}
+#[derive(Message)]
+#[rtype(result = "u64")]
+struct Bump;
+impl Handler<Bump> for Echo {
+    type Result = u64;
+    fn handle(&mut self, _: Bump, _: &mut Self::Context) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+fn memory_config(owner: &str) -> Config {
+    let mut c = Config::memory().owner_id(owner);
+    c.handle_signals = false;
+    c.autosave_interval = Duration::from_secs(3600);
+    c.lease_ttl = Duration::from_secs(7200);
+    c
+}
+
+fn sled_config(dir: &Path) -> Config {
+    let mut c = Config::sled(dir).owner_id("bench");
+    c.handle_signals = false;
+    c.autosave_interval = Duration::from_secs(3600);
+    c.lease_ttl = Duration::from_secs(7200);
+    c.shutdown_deadline = Duration::from_secs(600);
+    c
+}
+
+fn doc(i: usize, bytes: usize) -> Value {
+    json!({ "i": i, "pad": "x".repeat(bytes.saturating_sub(24)) })
+}
+
+/// Opens `keys` keys with up to `parallel` opens in flight.
+async fn open_many(
+    store: &crate::Store<Value>,
+    keys: impl Iterator<Item = String>,
+    parallel: usize,
+) -> Result<Vec<Session<Value>>, String> {
+    let mut out = Vec::new();
+    let mut pending = Vec::new();
+    for k in keys {
+        pending.push(store.open(k).policy(crate::AcquirePolicy::Fail).into_future());
+        if pending.len() >= parallel {
+            for f in pending.drain(..) {
+                out.push(f.await.map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    for f in pending {
+        out.push(f.await.map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+use std::future::IntoFuture;
+
+async fn bench_update_one_key(cfg: &BenchConfig) -> Result<Measurement, String> {
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for _ in 0..cfg.repeat {
+        let ds = Datastorer::start(memory_config("bench")).await.map_err(|e| e.to_string())?;
+        let store = ds.store("b", StoreSpec::new(json!({"n": 0}))).map_err(|e| e.to_string())?;
+        let s = store.open("k").await.map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        for _ in 0..cfg.updates {
+            s.update(|d| d["n"] = json!(d["n"].as_u64().unwrap_or(0) + 1)).await.map_err(|e| e.to_string())?;
+        }
+        ours.push(cfg.updates as f64 / started.elapsed().as_secs_f64());
+        ds.shutdown().await;
+
+        let echo = Echo(0).start();
+        let started = Instant::now();
+        for _ in 0..cfg.updates {
+            echo.send(Bump).await.map_err(|e| e.to_string())?;
+        }
+        base.push(cfg.updates as f64 / started.elapsed().as_secs_f64());
+    }
+    Ok(Measurement {
+        name: "1a. in-memory update, one key (sequential round trips)".into(),
+        unit: "updates/s".into(),
+        higher_is_better: true,
+        ours,
+        baseline_name: "bare actix send to a trivial actor".into(),
+        baseline: base,
+        goal_ratio: Some(0.6),
+        notes: vec![],
+    })
+}
+
+async fn bench_update_many_keys(cfg: &BenchConfig) -> Result<Measurement, String> {
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for _ in 0..cfg.repeat {
+        let ds = Datastorer::start(memory_config("bench")).await.map_err(|e| e.to_string())?;
+        let store = ds.store("b", StoreSpec::new(json!({"n": 0}))).map_err(|e| e.to_string())?;
+        let sessions = open_many(&store, (0..cfg.keys).map(|i| format!("k{i}")), 256).await?;
+        let started = Instant::now();
+        for i in 0..cfg.updates {
+            sessions[i % sessions.len()]
+                .update(|d| d["n"] = json!(d["n"].as_u64().unwrap_or(0) + 1))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        ours.push(cfg.updates as f64 / started.elapsed().as_secs_f64());
+        ds.shutdown().await;
+
+        let actors: Vec<_> = (0..cfg.keys).map(|_| Echo(0).start()).collect();
+        let started = Instant::now();
+        for i in 0..cfg.updates {
+            actors[i % actors.len()].send(Bump).await.map_err(|e| e.to_string())?;
+        }
+        base.push(cfg.updates as f64 / started.elapsed().as_secs_f64());
+    }
+    Ok(Measurement {
+        name: format!("1b. in-memory update across {} keys (round robin)", cfg.keys),
+        unit: "updates/s".into(),
+        higher_is_better: true,
+        ours,
+        baseline_name: format!("bare actix send to {} trivial actors", cfg.keys),
+        baseline: base,
+        goal_ratio: Some(0.6),
+        notes: vec![],
+    })
+}
+
+fn raw_record(i: usize, bytes: usize) -> Vec<u8> {
+    Record {
+        header: RecordHeader { epoch: 1, revision: 2 },
+        data_version: 0,
+        data: serde_json::to_vec(&doc(i, bytes)).unwrap_or_default(),
+        metadata: b"{}".to_vec(),
+        user_ids: vec![],
+        lease: Some(LeaseHolder { owner: "bench".into(), expires_at_ms: u64::MAX }),
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+    .encode()
+}
+
+/// Raw sled: one batch of `n` records and one flush; answers seconds.
+fn raw_sled_batch(dir: &Path, n: usize, bytes: usize) -> Result<f64, String> {
+    let db = sled::open(dir).map_err(|e| e.to_string())?;
+    let values: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..n).map(|i| (storage_key("b", &format!("k{i}")), raw_record(i, bytes))).collect();
+    let started = Instant::now();
+    let mut batch = sled::Batch::default();
+    for (k, v) in values {
+        batch.insert(k, v);
+    }
+    db.apply_batch(batch).map_err(|e| e.to_string())?;
+    db.flush().map_err(|e| e.to_string())?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn bench_durable_throughput(cfg: &BenchConfig, scratch: &Path) -> Result<Measurement, String> {
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    let mut per_commit = Vec::new();
+    for r in 0..cfg.repeat {
+        let dir = scratch.join(format!("tput-{r}"));
+        let ds = Datastorer::start(sled_config(&dir)).await.map_err(|e| e.to_string())?;
+        let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+        let sessions = open_many(&store, (0..cfg.keys).map(|i| format!("k{i}")), 1024).await?;
+        for (i, s) in sessions.iter().enumerate() {
+            let d = doc(i, cfg.doc_bytes);
+            s.update(move |x| *x = d).await.map_err(|e| e.to_string())?;
+        }
+        let before = ds.queue_stats().await;
+        let started = Instant::now();
+        let receipts: Vec<_> = sessions.iter().map(|s| s.save(Priority::Normal)).collect();
+        for r in receipts {
+            r.await.map_err(|e| e.to_string())?;
+        }
+        let took = started.elapsed().as_secs_f64();
+        let after = ds.queue_stats().await;
+        ours.push(cfg.keys as f64 / took);
+        per_commit.push(cfg.keys as f64 / (after.flushes - before.flushes).max(1) as f64);
+        ds.shutdown().await;
+        drop(sessions);
+        drop(ds);
+
+        let bt = raw_sled_batch(&scratch.join(format!("tput-raw-{r}")), cfg.keys, cfg.doc_bytes)?;
+        base.push(cfg.keys as f64 / bt);
+    }
+    Ok(Measurement {
+        name: format!(
+            "2. durable save throughput, {} dirty keys of {} B, save all, await every receipt",
+            cfg.keys, cfg.doc_bytes
+        ),
+        unit: "keys/s".into(),
+        higher_is_better: true,
+        ours,
+        baseline_name: "raw sled apply_batch + flush of the same records".into(),
+        baseline: base,
+        goal_ratio: Some(0.8),
+        notes: vec![format!("keys per durable commit (median): {:.0}", median(&per_commit))],
+    })
+}
+
+fn fsync_samples(dir: &Path, n: usize) -> Result<Vec<f64>, String> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut f = std::fs::File::create(dir.join("fsync.bin")).map_err(|e| e.to_string())?;
+    let block = vec![7u8; 4096];
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        f.write_all(&block).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        out.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
+async fn bench_save_latency(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measurement>, String> {
+    let (mut p50, mut p99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in 0..cfg.repeat {
+        let ds = Datastorer::start(sled_config(&scratch.join(format!("lat-{r}")))).await.map_err(|e| e.to_string())?;
+        let store = ds.store("b", StoreSpec::new(json!({"n": 0}))).map_err(|e| e.to_string())?;
+        let s = store.open("k").await.map_err(|e| e.to_string())?;
+        let mut samples = Vec::new();
+        for i in 0..cfg.latency_samples {
+            s.update(move |d| d["n"] = json!(i)).await.map_err(|e| e.to_string())?;
+            let started = Instant::now();
+            s.save(Priority::Normal).await.map_err(|e| e.to_string())?;
+            samples.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        p50.push(percentile(&mut samples, 0.5));
+        p99.push(percentile(&mut samples, 0.99));
+        ds.shutdown().await;
+        let mut base = fsync_samples(&scratch.join(format!("lat-fsync-{r}")), cfg.latency_samples)?;
+        b50.push(percentile(&mut base, 0.5));
+        b99.push(percentile(&mut base, 0.99));
+    }
+    let m = |name: &str, ours, baseline, goal| Measurement {
+        name: name.into(),
+        unit: "ms".into(),
+        higher_is_better: false,
+        ours,
+        baseline_name: "write 4 KiB + fdatasync on the same disk".into(),
+        baseline,
+        goal_ratio: goal,
+        notes: vec![],
+    };
+    Ok(vec![
+        m("3a. single-key durable save latency, p50", p50, b50, Some(1.5)),
+        m("3b. single-key durable save latency, p99", p99, b99, None),
+    ])
+}
+
+async fn bench_shutdown(cfg: &BenchConfig, scratch: &Path) -> Result<Measurement, String> {
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    let reps = cfg.repeat.min(3);
+    for r in 0..reps {
+        let ds = Datastorer::start(sled_config(&scratch.join(format!("shut-{r}")))).await.map_err(|e| e.to_string())?;
+        let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+        let sessions = open_many(&store, (0..cfg.shutdown_keys).map(|i| format!("k{i}")), 4096).await?;
+        for (i, s) in sessions.iter().enumerate() {
+            let d = doc(i, 128);
+            s.update(move |x| *x = d).await.map_err(|e| e.to_string())?;
+        }
+        let started = Instant::now();
+        let report = ds.shutdown().await;
+        ours.push(started.elapsed().as_secs_f64());
+        if !report.is_clean() {
+            return Err(format!("shutdown was not clean: {report:?}"));
+        }
+        drop(sessions);
+        drop(ds);
+        base.push(raw_sled_batch(&scratch.join(format!("shut-raw-{r}")), cfg.shutdown_keys, 128)?);
+    }
+    Ok(Measurement {
+        name: format!("4. shutdown: save and release {} dirty keys", cfg.shutdown_keys),
+        unit: "s".into(),
+        higher_is_better: false,
+        ours,
+        baseline_name: "raw sled batch write + flush of the same records".into(),
+        baseline: base,
+        goal_ratio: Some(1.3),
+        notes: vec![],
+    })
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+async fn bench_scale(cfg: &BenchConfig) -> Result<Measurement, String> {
+    let n = cfg.scale_keys;
+    let small = || json!({"coins": 0, "level": 1});
+    // Baseline: the same documents in a HashMap, nothing else.
+    let before = rss_bytes();
+    let map: HashMap<String, Value> = (0..n).map(|i| (format!("k{i}"), small())).collect();
+    let baseline = rss_bytes().saturating_sub(before) as f64;
+    drop(map);
+
+    let before = rss_bytes();
+    let ds = Datastorer::start(memory_config("bench")).await.map_err(|e| e.to_string())?;
+    let store = ds.store("b", StoreSpec::new(small())).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let sessions = open_many(&store, (0..n).map(|i| format!("k{i}")), 4096).await?;
+    let load_time = started.elapsed();
+    drop(sessions); // the key actors stay loaded; the handles are not part of the cost
+    let ours = rss_bytes().saturating_sub(before) as f64;
+    let loaded = ds.loaded_count();
+    let per_key = (ours - baseline) / n as f64;
+    ds.shutdown().await;
+    Ok(Measurement {
+        name: format!(
+            "5. resident memory with {n} loaded keys (small documents, memory backend: the backend's copy is included)"
+        ),
+        unit: "MiB".into(),
+        higher_is_better: false,
+        ours: vec![ours / (1 << 20) as f64],
+        baseline_name: "the same documents in a HashMap<String, serde_json::Value>".into(),
+        baseline: vec![baseline / (1 << 20) as f64],
+        goal_ratio: None,
+        notes: vec![
+            format!("{loaded} keys loaded in {load_time:?}"),
+            format!("overhead per key beyond the document: {per_key:.0} bytes"),
+            format!("goal: 1M keys under 2048 MiB (scaled to this run: {:.0} MiB)", 2048.0 * n as f64 / 1e6),
+        ],
+    })
+}
+
+async fn bench_cold_load(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measurement>, String> {
+    let (mut p50, mut p99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in 0..cfg.repeat {
+        let dir = scratch.join(format!("cold-{r}"));
+        {
+            let b = SledBackend::open(&dir).map_err(|e| e.to_string())?;
+            let ops: Vec<WriteOp> = (0..cfg.latency_samples)
+                .map(|i| WriteOp {
+                    key: storage_key("b", &format!("k{i}")),
+                    precondition: Precondition::Any,
+                    value: Some(raw_record(i, cfg.doc_bytes)),
+                })
+                .collect();
+            for res in b.write_batch(&ops) {
+                res.map_err(|e| e.to_string())?;
+            }
+            b.flush().map_err(|e| e.to_string())?;
+        }
+        let mut cfg_sled = sled_config(&dir);
+        cfg_sled.owner_id = "bench-2".into();
+        let mut samples = Vec::new();
+        let mut base = Vec::new();
+        {
+            let ds = Datastorer::start(cfg_sled).await.map_err(|e| e.to_string())?;
+            let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+            let backend = ds.backend();
+            for i in 0..cfg.latency_samples {
+                let k = format!("k{i}");
+                let started = Instant::now();
+                let s = store.open(k.as_str()).policy(crate::AcquirePolicy::Steal).await.map_err(|e| e.to_string())?;
+                s.read(|d| d["i"].as_u64()).await.map_err(|e| e.to_string())?;
+                samples.push(started.elapsed().as_secs_f64() * 1e3);
+                let skey = storage_key("b", &k);
+                let started = Instant::now();
+                let got = backend.get(&skey).map_err(|e| e.to_string())?;
+                base.push(started.elapsed().as_secs_f64() * 1e3);
+                std::hint::black_box(got);
+            }
+            ds.shutdown().await;
+        }
+        p50.push(percentile(&mut samples, 0.5));
+        p99.push(percentile(&mut samples, 0.99));
+        b50.push(percentile(&mut base, 0.5));
+        b99.push(percentile(&mut base, 0.99));
+    }
+    let m = |name: &str, ours, baseline| Measurement {
+        name: name.into(),
+        unit: "ms".into(),
+        higher_is_better: false,
+        ours,
+        baseline_name: "raw sled get of the same record".into(),
+        baseline,
+        goal_ratio: None,
+        notes: vec!["open = read + migrate + a durable lease write (one flush): the flush dominates".into()],
+    };
+    Ok(vec![m("7a. cold load (open + lease + read), p50", p50, b50), m("7b. cold load, p99", p99, b99)])
+}
+
+/// Writes results.json and results.svg.
+fn write_outputs(out: &Path, cfg: &BenchConfig, results: &[Measurement]) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| e.to_string())?;
+    let rows: Vec<Value> = results
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name, "unit": m.unit, "higher_is_better": m.higher_is_better,
+                "ours": m.ours, "ours_median": median(&m.ours),
+                "baseline_name": m.baseline_name, "baseline": m.baseline, "baseline_median": median(&m.baseline),
+                "ratio": m.ratio(), "goal_ratio": m.goal_ratio, "verdict": m.verdict(), "notes": m.notes,
+            })
+        })
+        .collect();
+    let doc = json!({ "config": cfg, "results": rows });
+    std::fs::write(out.join("results.json"), serde_json::to_vec_pretty(&doc).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    std::fs::write(out.join("results.svg"), svg(results)).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A bar per figure: ours relative to its baseline (1.0 = the baseline),
+/// oriented so that longer is better, with the goal marked.
+fn svg(results: &[Measurement]) -> String {
+    let (w, row, left, scale_max) = (960.0, 46.0, 430.0, 2.0);
+    let h = 60.0 + row * results.len() as f64;
+    let x = |r: f64| left + (r.min(scale_max) / scale_max) * (w - left - 40.0);
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n\
+         <rect width='100%' height='100%' fill='white'/>\n\
+         <text x='10' y='20' font-size='14' font-weight='bold'>datastorer vs baseline (same run): performance relative to the baseline, longer is better</text>\n\
+         <line x1='{b}' y1='30' x2='{b}' y2='{bottom}' stroke='#555' stroke-dasharray='4'/>\n\
+         <text x='{b}' y='{label}' text-anchor='middle'>baseline = 1.0</text>\n",
+        b = x(1.0),
+        bottom = h - 20.0,
+        label = h - 6.0,
+    );
+    for (i, m) in results.iter().enumerate() {
+        let y = 40.0 + row * i as f64;
+        let perf = if m.higher_is_better { m.ratio() } else { 1.0 / m.ratio() };
+        let color = match m.verdict() {
+            "GOAL MISSED" => "#d9534f",
+            "goal met" => "#5cb85c",
+            _ => "#5bc0de",
+        };
+        s.push_str(&format!(
+            "<text x='10' y='{ty}'>{}</text>\n<rect x='{left}' y='{y}' width='{bw:.1}' height='22' fill='{color}'/>\n\
+             <text x='{tx:.1}' y='{ty}'>{perf:.2}</text>\n",
+            escape(&m.name.chars().take(62).collect::<String>()),
+            ty = y + 15.0,
+            bw = (x(perf) - left).max(1.0),
+            tx = x(perf) + 4.0,
+        ));
+        if let Some(g) = m.goal_ratio {
+            let gp = if m.higher_is_better { g } else { 1.0 / g };
+            s.push_str(&format!(
+                "<line x1='{gx:.1}' y1='{y}' x2='{gx:.1}' y2='{y2}' stroke='black' stroke-width='2'/>\n",
+                gx = x(gp),
+                y2 = y + 22.0
+            ));
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Runs the suite (or the benchmarks whose name contains `only`).
+pub async fn run(cfg: BenchConfig, out: PathBuf, only: Option<String>) -> Result<Vec<Measurement>, String> {
+    let scratch = tempdir_in(&out)?;
+    let wanted = |tag: &str| only.as_deref().is_none_or(|o| tag.contains(o));
+    let mut results = Vec::new();
+    let mut add = |m: Measurement| {
+        m.print();
+        results.push(m);
+    };
+    println!("datastorer bench: {} repetitions; figures are medians, with min and max\n", cfg.repeat);
+    if wanted("update") {
+        add(bench_update_one_key(&cfg).await?);
+        add(bench_update_many_keys(&cfg).await?);
+    }
+    if wanted("throughput") {
+        add(bench_durable_throughput(&cfg, &scratch).await?);
+    }
+    if wanted("latency") {
+        for m in bench_save_latency(&cfg, &scratch).await? {
+            add(m);
+        }
+    }
+    if wanted("shutdown") {
+        add(bench_shutdown(&cfg, &scratch).await?);
+    }
+    if wanted("scale") {
+        add(bench_scale(&cfg).await?);
+    }
+    if wanted("cold") {
+        for m in bench_cold_load(&cfg, &scratch).await? {
+            add(m);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    write_outputs(&out, &cfg, &results)?;
+    println!("\nwrote {} and {}", out.join("results.json").display(), out.join("results.svg").display());
+    Ok(results)
+}
+
+fn tempdir_in(out: &Path) -> Result<PathBuf, String> {
+    let dir = out.join(format!("scratch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,30 @@
+//! The benchmark suite runs and writes its JSON and SVG (tiny sizes; the
+//! figures themselves are not checked — speed is measured, not asserted).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn bench_quick_writes_json_and_svg_with_every_figure_beside_a_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_datastorer"))
+        .args(["bench", "--quick", "--repeat", "1", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: Value = serde_json::from_slice(&std::fs::read(tmp.path().join("results.json")).unwrap()).unwrap();
+    let results = json["results"].as_array().unwrap();
+    assert!(results.len() >= 9, "{results:?}");
+    for r in results {
+        assert!(r["ours_median"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+        assert!(r["baseline_median"].as_f64().is_some_and(|v| v >= 0.0), "{r}");
+        assert!(!r["baseline_name"].as_str().unwrap().is_empty());
+    }
+    let svg = std::fs::read_to_string(tmp.path().join("results.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<rect").count() > results.len());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ratio") && text.contains("baseline"));
+    assert!(!tmp.path().read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("scratch")), "scratch removed");
+}
