@@ -126,7 +126,7 @@ impl Datastorer {
                     .map_err(|e| Error::Open(StorageError::permanent(e.to_string())))?;
                 Arc::new(opened.map_err(Error::Open)?)
             }
-            StorageConfig::Memory => Arc::new(storage::memory::MemoryBackend::new()),
+            StorageConfig::Memory => Arc::new(storage::memory::MemoryBackend::unlogged()),
             StorageConfig::Backend(b) => b.clone(),
         };
         let queue = QueueActor::new(backend.clone(), config.queue.clone()).start();

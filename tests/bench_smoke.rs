@@ -26,5 +26,8 @@ fn bench_quick_writes_json_and_svg_with_every_figure_beside_a_baseline() {
     assert!(svg.starts_with("<svg") && svg.matches("<rect").count() > results.len());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ratio") && text.contains("baseline"));
-    assert!(!tmp.path().read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("scratch")), "scratch removed");
+    assert!(
+        !tmp.path().read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("scratch")),
+        "scratch removed"
+    );
 }

@@ -43,18 +43,20 @@ fn record(data: Value, epoch: u64) -> Vec<u8> {
     .encode()
 }
 
-fn seed(dir: &Path, corrupt: bool) {
+/// Writes sample records (and a torn one); answers the torn record's bytes.
+fn seed(dir: &Path, corrupt: bool) -> Vec<u8> {
     let b = SledBackend::open(dir).unwrap();
     for i in 0..5 {
         put(&b, "profiles", &format!("p{i}"), record(json!({"coins": i}), 2));
     }
     put(&b, "other", "x", record(json!({"n": "x"}), 1));
+    let mut torn = record(json!({"coins": 99}), 1);
+    torn.truncate(torn.len() - 4);
     if corrupt {
-        let mut torn = record(json!({"coins": 99}), 1);
-        torn.truncate(torn.len() - 4);
-        put(&b, "profiles", "torn", torn);
+        put(&b, "profiles", "torn", torn.clone());
     }
     b.flush().unwrap();
+    torn
 }
 
 #[test]
@@ -90,14 +92,13 @@ fn check_reports_corrupt_records_and_leaves_them_alone() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("checked 6 records: 0 corrupt"));
 
-    seed(&dir, true);
-    let before = SledBackend::open(&dir).unwrap().get(&storage_key("profiles", "torn")).unwrap();
+    let before = seed(&dir, true);
     let out = run(&["check"], &dir, None);
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("corrupt profiles/torn") && text.contains("checked 7 records: 1 corrupt"), "{text}");
     let after = SledBackend::open(&dir).unwrap().get(&storage_key("profiles", "torn")).unwrap();
-    assert_eq!(before, after);
+    assert_eq!(Some(before), after);
 }
 
 #[test]

@@ -81,6 +81,8 @@ pub(crate) struct QueueActor {
     /// Queued normal requests per key, to find them when an emergency
     /// request for the same key arrives.
     normal_keys: HashMap<Vec<u8>, usize>,
+    /// Queued emergency requests per key.
+    emergency_keys: HashMap<Vec<u8>, usize>,
     retrying: HashMap<u64, Pending>,
     retrying_keys: HashMap<Vec<u8>, usize>,
     next_retry_id: u64,
@@ -113,6 +115,7 @@ impl QueueActor {
             emergency: VecDeque::new(),
             normal: VecDeque::new(),
             normal_keys: HashMap::new(),
+            emergency_keys: HashMap::new(),
             retrying: HashMap::new(),
             retrying_keys: HashMap::new(),
             next_retry_id: 0,
@@ -135,26 +138,34 @@ impl QueueActor {
         }
     }
 
-    fn enqueue(&mut self, pending: Pending, front: bool) {
+    fn enqueue(&mut self, mut pending: Pending, front: bool) {
+        let key = pending.req.storage_key.clone();
+        // Lanes never hold requests for the same key, which keeps per-key
+        // FIFO without scanning: a normal request for a key that has queued
+        // emergency requests joins them; an emergency request pulls the
+        // key's (older) queued normal requests into the emergency lane.
+        if pending.req.lane == Priority::Normal && self.emergency_keys.contains_key(&key) {
+            pending.req.lane = Priority::Emergency;
+        }
         match pending.req.lane {
             Priority::Emergency => {
-                // Keep per-key order: this key's queued normal requests are
-                // older, so they move to the emergency lane first.
-                if self.normal_keys.contains_key(&pending.req.storage_key) {
-                    let key = pending.req.storage_key.clone();
+                if self.normal_keys.remove(&key).is_some() {
+                    // Rare (one outstanding request per key is the rule), so a scan is fine.
                     let (moved, kept): (VecDeque<_>, VecDeque<_>) =
                         self.normal.drain(..).partition(|p| p.req.storage_key == key);
                     self.normal = kept;
-                    self.normal_keys.remove(&key);
+                    *self.emergency_keys.entry(key.clone()).or_default() += moved.len();
                     if front {
                         self.emergency.push_front(pending);
                         for p in moved.into_iter().rev() {
                             self.emergency.push_front(p);
                         }
+                        *self.emergency_keys.entry(key).or_default() += 1;
                         return;
                     }
                     self.emergency.extend(moved);
                 }
+                *self.emergency_keys.entry(key).or_default() += 1;
                 if front {
                     self.emergency.push_front(pending)
                 } else {
@@ -162,7 +173,7 @@ impl QueueActor {
                 }
             }
             Priority::Normal => {
-                *self.normal_keys.entry(pending.req.storage_key.clone()).or_default() += 1;
+                *self.normal_keys.entry(key).or_default() += 1;
                 if front {
                     self.normal.push_front(pending)
                 } else {
@@ -172,11 +183,15 @@ impl QueueActor {
         }
     }
 
-    fn forget_normal_key(&mut self, key: &[u8]) {
-        if let Some(n) = self.normal_keys.get_mut(key) {
+    fn forget_key(&mut self, lane: Priority, key: &[u8]) {
+        let map = match lane {
+            Priority::Emergency => &mut self.emergency_keys,
+            Priority::Normal => &mut self.normal_keys,
+        };
+        if let Some(n) = map.get_mut(key) {
             *n -= 1;
             if *n == 0 {
-                self.normal_keys.remove(key);
+                map.remove(key);
             }
         }
     }
@@ -184,7 +199,8 @@ impl QueueActor {
     /// Picks the next batch: emergency first, with `1/normal_share` of the
     /// slots reserved for the normal lane when it has work, and the normal
     /// lane served first after `normal_share` batches without it (budgets
-    /// can leave room for only one request per batch).
+    /// can leave room for only one request per batch). Costs O(batch), not
+    /// O(queue): a lane is scanned only until the batch is full.
     fn compose(&mut self) -> Vec<Pending> {
         let now = Instant::now();
         for b in self.buckets.values_mut() {
@@ -193,18 +209,14 @@ impl QueueActor {
         let max = self.config.max_batch;
         let reserved = if self.normal.is_empty() { 0 } else { (max / self.config.normal_share).max(1) };
         let mut blocked: HashSet<Vec<u8>> = self.retrying_keys.keys().cloned().collect();
-        // Keys of emergency requests left over by the first pass's cap: a
-        // newer normal request for them must not overtake them.
-        let mut deferred = HashSet::new();
         let mut batch = Vec::new();
         let normal_waiting = !self.normal.is_empty();
         if normal_waiting && self.normal_starved >= self.config.normal_share {
-            self.take_from(Priority::Normal, reserved, &mut blocked, &mut deferred, &mut batch);
+            self.take_from(Priority::Normal, reserved, &mut blocked, &mut batch);
         }
-        let first_cap = max.saturating_sub(reserved).max(1);
-        self.take_from(Priority::Emergency, first_cap, &mut blocked, &mut deferred, &mut batch);
-        self.take_from(Priority::Normal, max, &mut blocked, &mut deferred, &mut batch);
-        self.take_from(Priority::Emergency, max, &mut blocked, &mut HashSet::new(), &mut batch);
+        self.take_from(Priority::Emergency, max.saturating_sub(reserved).max(1), &mut blocked, &mut batch);
+        self.take_from(Priority::Normal, max, &mut blocked, &mut batch);
+        self.take_from(Priority::Emergency, max, &mut blocked, &mut batch);
         let served_normal = batch.iter().any(|p| p.req.lane == Priority::Normal);
         if normal_waiting && !batch.is_empty() && !served_normal {
             self.normal_starved += 1;
@@ -214,33 +226,22 @@ impl QueueActor {
         batch
     }
 
-    fn take_from(
-        &mut self,
-        lane: Priority,
-        cap: usize,
-        blocked: &mut HashSet<Vec<u8>>,
-        deferred: &mut HashSet<Vec<u8>>,
-        batch: &mut Vec<Pending>,
-    ) {
-        if batch.len() >= cap && lane == Priority::Normal {
+    fn take_from(&mut self, lane: Priority, cap: usize, blocked: &mut HashSet<Vec<u8>>, batch: &mut Vec<Pending>) {
+        if batch.len() >= cap {
             return;
         }
-        let queue = match lane {
+        let mut queue = match lane {
             Priority::Emergency => std::mem::take(&mut self.emergency),
             Priority::Normal => std::mem::take(&mut self.normal),
         };
-        let mut kept = VecDeque::with_capacity(queue.len());
+        let mut kept = VecDeque::new();
         let mut taken_keys = Vec::new();
-        for p in queue {
+        while let Some(p) = queue.pop_front() {
             if batch.len() >= cap {
-                if lane == Priority::Emergency {
-                    deferred.insert(p.req.storage_key.clone());
-                }
-                kept.push_back(p);
-                continue;
+                queue.push_front(p);
+                break;
             }
-            if blocked.contains(&p.req.storage_key) || deferred.contains(&p.req.storage_key) {
-                blocked.insert(p.req.storage_key.clone());
+            if blocked.contains(&p.req.storage_key) {
                 kept.push_back(p);
                 continue;
             }
@@ -253,17 +254,17 @@ impl QueueActor {
                 bucket.tokens -= 1.0;
             }
             blocked.insert(p.req.storage_key.clone());
-            if lane == Priority::Normal {
-                taken_keys.push(p.req.storage_key.clone());
-            }
+            taken_keys.push(p.req.storage_key.clone());
             batch.push(p);
         }
+        // Skipped requests go back in front of the untouched rest, in order.
+        kept.append(&mut queue);
         match lane {
             Priority::Emergency => self.emergency = kept,
             Priority::Normal => self.normal = kept,
         }
         for k in taken_keys {
-            self.forget_normal_key(&k);
+            self.forget_key(lane, &k);
         }
     }
 
@@ -519,6 +520,7 @@ impl Handler<DropQueued> for QueueActor {
         self.normal_keys.clear();
         if msg.emergency_too {
             dropped.extend(self.emergency.drain(..));
+            self.emergency_keys.clear();
         }
         let ids: Vec<u64> = self
             .retrying

@@ -199,7 +199,8 @@ fn doc(i: usize, bytes: usize) -> Value {
     json!({ "i": i, "pad": "x".repeat(bytes.saturating_sub(24)) })
 }
 
-/// Opens `keys` keys with up to `parallel` opens in flight.
+/// Opens `keys` keys with up to `parallel` opens in flight (each open is a
+/// task, so their reads and lease writes share batches).
 async fn open_many(
     store: &crate::Store<Value>,
     keys: impl Iterator<Item = String>,
@@ -208,15 +209,15 @@ async fn open_many(
     let mut out = Vec::new();
     let mut pending = Vec::new();
     for k in keys {
-        pending.push(store.open(k).policy(crate::AcquirePolicy::Fail).into_future());
+        pending.push(actix::spawn(store.open(k).policy(crate::AcquirePolicy::Fail).into_future()));
         if pending.len() >= parallel {
             for f in pending.drain(..) {
-                out.push(f.await.map_err(|e| e.to_string())?);
+                out.push(f.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
             }
         }
     }
     for f in pending {
-        out.push(f.await.map_err(|e| e.to_string())?);
+        out.push(f.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
     }
     Ok(out)
 }

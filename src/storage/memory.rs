@@ -52,6 +52,9 @@ struct Freeze {
     generation: u64,
 }
 
+/// One call in the log: the operation and its key.
+pub type LoggedCall = (OpKind, Vec<u8>);
+
 /// One write that was applied, in order (see [`MemoryBackend::record_history`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedWrite {
@@ -82,7 +85,6 @@ pub struct MemoryStats {
 
 /// An in-memory [`Backend`]. Cheap, non-blocking, and shareable between
 /// several `Datastorer` instances (wrap it in an `Arc`).
-#[derive(Default)]
 pub struct MemoryBackend {
     map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     /// For keys written since the last flush: their value at that flush.
@@ -94,7 +96,8 @@ pub struct MemoryBackend {
     thaw: Condvar,
     blocking: AtomicBool,
     history: Mutex<Option<Vec<AppliedWrite>>>,
-    log: Mutex<Vec<(OpKind, Vec<u8>)>>,
+    /// `None` when unlogged (see [`MemoryBackend::unlogged`]).
+    log: Mutex<Option<Vec<LoggedCall>>>,
     notices: NoticeBus,
     gets: AtomicU64,
     write_batches: AtomicU64,
@@ -111,10 +114,46 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl MemoryBackend {
-    /// An empty backend.
+    /// An empty backend that logs every call (see [`MemoryBackend::log`]):
+    /// for tests.
     pub fn new() -> Self {
-        Self::default()
+        Self::build(true)
+    }
+
+    /// An empty backend that keeps no call log, for long-running use
+    /// (`Config::memory()`): the log would grow without bound.
+    pub fn unlogged() -> Self {
+        Self::build(false)
+    }
+
+    fn build(logged: bool) -> Self {
+        Self {
+            map: Mutex::default(),
+            unflushed: Mutex::default(),
+            faults: Mutex::default(),
+            fractions: Mutex::default(),
+            latency: Mutex::default(),
+            freeze: Mutex::default(),
+            thaw: Condvar::new(),
+            blocking: AtomicBool::new(false),
+            history: Mutex::default(),
+            log: Mutex::new(logged.then(Vec::new)),
+            notices: NoticeBus::default(),
+            gets: AtomicU64::new(0),
+            write_batches: AtomicU64::new(0),
+            writes_applied: AtomicU64::new(0),
+            write_conflicts: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            scans: AtomicU64::new(0),
+            injected_failures: AtomicU64::new(0),
+        }
     }
 
     /// Makes the next `count` calls of `op` (on `key` only, if given) fail
@@ -249,17 +288,19 @@ impl MemoryBackend {
 
     /// Every call received so far, in order: the operation and its key
     /// (empty for flush; the prefix for scans).
-    pub fn log(&self) -> Vec<(OpKind, Vec<u8>)> {
-        lock(&self.log).clone()
+    pub fn log(&self) -> Vec<LoggedCall> {
+        lock(&self.log).clone().unwrap_or_default()
     }
 
     /// Only the keys written (applied or not), in the order the writes arrived.
     pub fn written_keys(&self) -> Vec<Vec<u8>> {
-        lock(&self.log).iter().filter(|(op, _)| *op == OpKind::Write).map(|(_, k)| k.clone()).collect()
+        lock(&self.log).iter().flatten().filter(|(op, _)| *op == OpKind::Write).map(|(_, k)| k.clone()).collect()
     }
 
     fn record(&self, op: OpKind, key: &[u8]) {
-        lock(&self.log).push((op, key.to_vec()));
+        if let Some(log) = lock(&self.log).as_mut() {
+            log.push((op, key.to_vec()));
+        }
     }
 
     /// The raw stored bytes of a storage key (for assertions).

@@ -5,7 +5,13 @@
 //! [`ErrorKind`]. Must not: retry (the queue does), or flush implicitly — a
 //! write is durable only after [`Backend::flush`], which the queue calls once
 //! per group commit.
+//!
+//! Conditional writes: sled lets one process open a directory, and every
+//! writer in that process goes through this object, so checking every
+//! precondition and then applying one `sled::Batch` under `write_lock` is as
+//! atomic as a compare-and-swap per key — and much cheaper.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{Backend, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
@@ -13,6 +19,7 @@ use super::{Backend, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, 
 /// A [`Backend`] on an embedded sled database.
 pub struct SledBackend {
     db: sled::Db,
+    write_lock: std::sync::Mutex<()>,
     path: PathBuf,
     notices: NoticeBus,
 }
@@ -32,36 +39,20 @@ impl SledBackend {
     /// with its path and left exactly as found; it is never reset.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
+        // No background flusher: the queue flushes after every batch, and a
+        // flusher thread would hold the directory lock for a while after
+        // the database is dropped (a reopen in the same process then fails).
         let db = sled::Config::new()
             .path(&path)
+            .flush_every_ms(None)
             .open()
             .map_err(|e| map_err(&format!("cannot open sled database at {}", path.display()), e))?;
-        Ok(Self { db, path, notices: NoticeBus::default() })
+        Ok(Self { db, write_lock: std::sync::Mutex::new(()), path, notices: NoticeBus::default() })
     }
 
     /// The data directory.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    fn write_one(&self, op: &WriteOp) -> Result<WriteOutcome, StorageError> {
-        // sled's compare_and_swap compares whole values; we read, check the
-        // header precondition, then swap against exactly what we read. A
-        // concurrent writer in between makes the swap fail and we re-check.
-        loop {
-            let current = self.db.get(&op.key).map_err(|e| map_err("get before write", e))?;
-            if !op.precondition.holds(current.as_deref()) {
-                return Ok(WriteOutcome::Conflict { current: current.as_deref().and_then(RecordHeader::peek) });
-            }
-            let swapped = self
-                .db
-                .compare_and_swap(&op.key, current, op.value.as_deref())
-                .map_err(|e| map_err("compare_and_swap", e))?;
-            match swapped {
-                Ok(()) => return Ok(WriteOutcome::Applied),
-                Err(_raced) => continue,
-            }
-        }
     }
 }
 
@@ -75,7 +66,50 @@ impl Backend for SledBackend {
     }
 
     fn write_batch(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, StorageError>> {
-        ops.iter().map(|op| self.write_one(op)).collect()
+        let _writer = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        // What this batch has already decided for a key, so that two ops on
+        // one key in one batch see each other.
+        let mut staged: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
+        let mut results = Vec::with_capacity(ops.len());
+        let mut any = false;
+        for op in ops {
+            let stored;
+            let current = match staged.get(op.key.as_slice()) {
+                Some(v) => *v,
+                None => match self.db.get(&op.key) {
+                    Ok(v) => {
+                        stored = v;
+                        stored.as_deref()
+                    }
+                    Err(e) => {
+                        results.push(Err(map_err("get before write", e)));
+                        continue;
+                    }
+                },
+            };
+            if !op.precondition.holds(current) {
+                results.push(Ok(WriteOutcome::Conflict { current: current.and_then(RecordHeader::peek) }));
+                continue;
+            }
+            match &op.value {
+                Some(v) => batch.insert(op.key.as_slice(), v.as_slice()),
+                None => batch.remove(op.key.as_slice()),
+            }
+            staged.insert(&op.key, op.value.as_deref());
+            results.push(Ok(WriteOutcome::Applied));
+            any = true;
+        }
+        if any {
+            if let Err(e) = self.db.apply_batch(batch) {
+                // The batch is atomic: nothing of it was applied.
+                let e = map_err("apply_batch", e);
+                for r in results.iter_mut().filter(|r| matches!(r, Ok(WriteOutcome::Applied))) {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        results
     }
 
     fn scan_prefix(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeyValues, StorageError> {
