@@ -139,7 +139,7 @@ impl Measurement {
         };
         println!("{}", self.name);
         println!(
-            "  datastorer: {:>14.1} {} (min {:.1}, max {:.1}, n={})",
+            "  datastorer: {:>14.3} {} (min {:.3}, max {:.3}, n={})",
             median(&self.ours),
             self.unit,
             omin,
@@ -147,7 +147,7 @@ impl Measurement {
             self.ours.len()
         );
         println!(
-            "  {:<10}: {:>14.1} {} (min {:.1}, max {:.1}) [{}]",
+            "  {:<10}: {:>14.3} {} (min {:.3}, max {:.3}) [{}]",
             "baseline",
             median(&self.baseline),
             self.unit,
@@ -461,14 +461,32 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Returns freed heap memory to the OS, so one measurement's garbage does
+/// not hide inside the next one's resident set.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim only releases free memory; it has no
+        // preconditions and no effect on live allocations.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 async fn bench_scale(cfg: &BenchConfig) -> Result<Measurement, String> {
     let n = cfg.scale_keys;
     let small = || json!({"coins": 0, "level": 1});
     // Baseline: the same documents in a HashMap, nothing else.
+    trim_heap();
     let before = rss_bytes();
     let map: HashMap<String, Value> = (0..n).map(|i| (format!("k{i}"), small())).collect();
     let baseline = rss_bytes().saturating_sub(before) as f64;
     drop(map);
+    trim_heap();
 
     let before = rss_bytes();
     let ds = Datastorer::start(memory_config("bench")).await.map_err(|e| e.to_string())?;
@@ -477,10 +495,11 @@ async fn bench_scale(cfg: &BenchConfig) -> Result<Measurement, String> {
     let sessions = open_many(&store, (0..n).map(|i| format!("k{i}")), 4096).await?;
     let load_time = started.elapsed();
     drop(sessions); // the key actors stay loaded; the handles are not part of the cost
+    trim_heap();
     let ours = rss_bytes().saturating_sub(before) as f64;
     let loaded = ds.loaded_count();
-    let per_key = (ours - baseline) / n as f64;
     ds.shutdown().await;
+    let per_key = (ours - baseline) / n as f64;
     Ok(Measurement {
         name: format!(
             "5. resident memory with {n} loaded keys (small documents, memory backend: the backend's copy is included)"
