@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::{env_or, Rng};
+
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,20 +26,6 @@ const CLIENTS: usize = 8;
 fn doc(client: usize, seq: u64) -> Value {
     // Large enough to span several sled pages' worth of writes per round.
     json!({ "client": client, "seq": seq, "pad": "x".repeat(200 + (seq as usize * 37) % 500) })
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// One client: keeps a session on its key and saves ever newer documents

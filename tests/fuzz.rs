@@ -6,28 +6,15 @@
 //! Executions per target: `DATASTORER_FUZZ_ITERS` (default 20 000).
 //! Seed: `DATASTORER_FUZZ_SEED`.
 
+mod common;
+
+use common::{env_or, Rng};
+
 use datastorer::server::json::MigrationStep;
 use datastorer::storage::{storage_key, Record, RecordHeader};
 use datastorer::testing::Cluster;
 use datastorer::{Error, StoreSpec};
 use serde_json::{json, Map, Value};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn value(rng: &mut Rng, depth: u32) -> Value {
     let names = ["a", "b", "coins", "gold", "x", ""];

@@ -13,6 +13,10 @@
 //! Seeds: `DATASTORER_LEASE_SEEDS` (count, default 4), steps per schedule:
 //! `DATASTORER_LEASE_STEPS` (default 300). Seeds are printed.
 
+mod common;
+
+use common::{env_or, Rng};
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -23,19 +27,6 @@ use serde_json::{json, Value};
 
 const NODES: usize = 3;
 const KEYS: [&str; 3] = ["a", "b", "c"];
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 struct Held {
     session: Session<Value>,
@@ -54,10 +45,6 @@ struct Ended {
     key: String,
     epoch: u64,
     history_len: usize,
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 async fn run_schedule(seed: u64, steps: u64) -> (usize, usize) {

@@ -54,3 +54,24 @@ pub fn stored_json(backend: &MemoryBackend, store: &str, key: &str) -> serde_jso
     let r = stored(backend, store, key).expect("record present");
     serde_json::from_slice(&r.data).expect("json data")
 }
+
+/// xorshift64: seeded, reproducible randomness for the randomized suites.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A number from the environment, or `default`.
+pub fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
