@@ -461,44 +461,70 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Returns freed heap memory to the OS, so one measurement's garbage does
-/// not hide inside the next one's resident set.
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
+/// Which side of the memory measurement a child process takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScaleSide {
+    /// The documents loaded as keys of the engine.
+    Engine,
+    /// The same documents in a plain HashMap.
+    Baseline,
+}
+
+/// Child-process half of the memory measurement: loads `n` keys (or the
+/// baseline map) and prints `<rss delta bytes> <load seconds>`. Run in a
+/// fresh process so neither side inherits the other's freed memory.
+pub async fn scale_child(side: ScaleSide, n: usize) -> Result<(), String> {
+    let small = || json!({"coins": 0, "level": 1});
+    let before = rss_bytes();
+    let started = Instant::now();
+    match side {
+        ScaleSide::Baseline => {
+            let map: HashMap<String, Value> = (0..n).map(|i| (format!("k{i}"), small())).collect();
+            println!("{} {}", rss_bytes().saturating_sub(before), started.elapsed().as_secs_f64());
+            std::hint::black_box(&map);
         }
-        // SAFETY: glibc's malloc_trim only releases free memory; it has no
-        // preconditions and no effect on live allocations.
-        unsafe {
-            malloc_trim(0);
+        ScaleSide::Engine => {
+            let ds = Datastorer::start(memory_config("bench")).await.map_err(|e| e.to_string())?;
+            let store = ds.store("b", StoreSpec::new(small())).map_err(|e| e.to_string())?;
+            let sessions = open_many(&store, (0..n).map(|i| format!("k{i}")), 4096).await?;
+            let took = started.elapsed().as_secs_f64();
+            drop(sessions); // the key actors stay loaded; the handles are not part of the cost
+            if ds.loaded_count() != n {
+                return Err(format!("{} keys loaded, expected {n}", ds.loaded_count()));
+            }
+            println!("{} {took}", rss_bytes().saturating_sub(before));
         }
+    }
+    Ok(())
+}
+
+fn run_scale_child(side: ScaleSide, n: usize) -> Result<(f64, f64), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let side = match side {
+        ScaleSide::Engine => "engine",
+        ScaleSide::Baseline => "baseline",
+    };
+    let out = std::process::Command::new(exe)
+        .args(["bench-scale-child", "--side", side, "--keys", &n.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("scale child failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace().map(|p| p.parse::<f64>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(rss)), Some(Ok(secs))) => Ok((rss, secs)),
+        _ => Err(format!("scale child printed {text:?}")),
     }
 }
 
 async fn bench_scale(cfg: &BenchConfig) -> Result<Measurement, String> {
     let n = cfg.scale_keys;
-    let small = || json!({"coins": 0, "level": 1});
-    // Baseline: the same documents in a HashMap, nothing else.
-    trim_heap();
-    let before = rss_bytes();
-    let map: HashMap<String, Value> = (0..n).map(|i| (format!("k{i}"), small())).collect();
-    let baseline = rss_bytes().saturating_sub(before) as f64;
-    drop(map);
-    trim_heap();
-
-    let before = rss_bytes();
-    let ds = Datastorer::start(memory_config("bench")).await.map_err(|e| e.to_string())?;
-    let store = ds.store("b", StoreSpec::new(small())).map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let sessions = open_many(&store, (0..n).map(|i| format!("k{i}")), 4096).await?;
-    let load_time = started.elapsed();
-    drop(sessions); // the key actors stay loaded; the handles are not part of the cost
-    trim_heap();
-    let ours = rss_bytes().saturating_sub(before) as f64;
-    let loaded = ds.loaded_count();
-    ds.shutdown().await;
+    let (baseline, _) = run_scale_child(ScaleSide::Baseline, n)?;
+    let (ours, load_secs) = run_scale_child(ScaleSide::Engine, n)?;
+    let loaded = n;
+    let load_time = Duration::from_secs_f64(load_secs);
     let per_key = (ours - baseline) / n as f64;
     Ok(Measurement {
         name: format!(

@@ -82,6 +82,14 @@ enum Command {
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
+    /// Internal: one side of the memory benchmark, in a fresh process.
+    #[command(hide = true)]
+    BenchScaleChild {
+        #[arg(long, value_enum)]
+        side: super::bench::ScaleSide,
+        #[arg(long)]
+        keys: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,6 +149,9 @@ pub fn main() -> ExitCode {
         Command::Import { dir, input, overwrite } => import(&dir.data_dir, input.as_deref(), overwrite),
         Command::Check { dir } => check(&dir.data_dir),
         Command::Bench { quick, repeat, only, out } => bench(quick, repeat, only, out),
+        Command::BenchScaleChild { side, keys } => {
+            actix_web::rt::System::new().block_on(super::bench::scale_child(side, keys))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
