@@ -246,6 +246,29 @@ pub async fn get_session(
     Ok(HttpResponse::Ok().json(session_view(&session, &grant, false).await?))
 }
 
+/// Reads a JSON body under the session's token and applies `change` to
+/// the document; answers the document after the change.
+async fn change_data(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    content_types: &[&str],
+    change: fn(&mut Value, Value),
+) -> Result<HttpResponse> {
+    let (session, _) = checked(&req, &state, &path)?;
+    let Some(body) = read_json(&req, payload, &state, content_types, false).await? else {
+        return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
+    };
+    let data = session
+        .update(move |d| {
+            change(d, body);
+            d.clone()
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "data": data })))
+}
+
 /// `PUT …/session/data`: replace the document.
 pub async fn put_data(
     req: HttpRequest,
@@ -253,17 +276,7 @@ pub async fn put_data(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let (session, _) = checked(&req, &state, &path)?;
-    let Some(doc) = read_json(&req, payload, &state, &["application/json"], false).await? else {
-        return Err(ApiError::bad_request("bad_json", "a JSON document is required"));
-    };
-    let data = session
-        .update(move |d| {
-            *d = doc;
-            d.clone()
-        })
-        .await?;
-    Ok(HttpResponse::Ok().json(json!({ "data": data })))
+    change_data(req, path, payload, state, &["application/json"], |d, body| *d = body).await
 }
 
 /// `PATCH …/session/data`: RFC 7396 merge patch.
@@ -273,18 +286,8 @@ pub async fn patch_data(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let (session, _) = checked(&req, &state, &path)?;
     let types = ["application/merge-patch+json", "application/json"];
-    let Some(patch) = read_json(&req, payload, &state, &types, false).await? else {
-        return Err(ApiError::bad_request("bad_json", "a JSON merge patch is required"));
-    };
-    let data = session
-        .update(move |d| {
-            merge_patch(d, &patch);
-            d.clone()
-        })
-        .await?;
-    Ok(HttpResponse::Ok().json(json!({ "data": data })))
+    change_data(req, path, payload, state, &types, |d, patch| merge_patch(d, &patch)).await
 }
 
 /// `PUT …/session/metadata`
