@@ -700,6 +700,11 @@ pub async fn run(cfg: BenchConfig, out: PathBuf, only: Option<String>) -> Result
     if wanted("scale") {
         add(bench_scale(&cfg).await?);
     }
+    if wanted("http") {
+        for m in super::bench_http::bench_http(&cfg, &scratch).await? {
+            add(m);
+        }
+    }
     if wanted("cold") {
         for m in bench_cold_load(&cfg, &scratch).await? {
             add(m);

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod bench_http;
 pub mod cli;
 pub mod config;
 pub mod error;
