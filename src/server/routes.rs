@@ -246,6 +246,22 @@ pub async fn get_session(
     Ok(HttpResponse::Ok().json(session_view(&session, &grant, false).await?))
 }
 
+/// The session behind the request's lease token and its required JSON body.
+async fn session_and_body(
+    req: &HttpRequest,
+    path: &(String, String),
+    payload: web::Payload,
+    state: &AppState,
+    content_types: &[&str],
+    expected: &str,
+) -> Result<(Session<Value>, Value)> {
+    let (session, _) = checked(req, state, path)?;
+    match read_json(req, payload, state, content_types, false).await? {
+        Some(body) => Ok((session, body)),
+        None => Err(ApiError::bad_request("bad_json", format!("the body must be {expected}"))),
+    }
+}
+
 /// Reads a JSON body under the session's token and applies `change` to
 /// the document; answers the document after the change.
 async fn change_data(
@@ -256,10 +272,7 @@ async fn change_data(
     content_types: &[&str],
     change: fn(&mut Value, Value),
 ) -> Result<HttpResponse> {
-    let (session, _) = checked(&req, &state, &path)?;
-    let Some(body) = read_json(&req, payload, &state, content_types, false).await? else {
-        return Err(ApiError::bad_request("bad_json", "a JSON body is required"));
-    };
+    let (session, body) = session_and_body(&req, &path, payload, &state, content_types, "a JSON document").await?;
     let data = session
         .update(move |d| {
             change(d, body);
@@ -297,10 +310,8 @@ pub async fn put_metadata(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let (session, _) = checked(&req, &state, &path)?;
-    let Some(metadata) = read_json(&req, payload, &state, &["application/json"], false).await? else {
-        return Err(ApiError::bad_request("bad_json", "a JSON object is required"));
-    };
+    let (session, metadata) =
+        session_and_body(&req, &path, payload, &state, &["application/json"], "a JSON object").await?;
     if !metadata.is_object() {
         return Err(ApiError::bad_request("bad_metadata", "metadata must be a JSON object"));
     }
@@ -321,10 +332,8 @@ pub async fn add_user_id(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let (session, _) = checked(&req, &state, &path)?;
-    let Some(body) = read_json(&req, payload, &state, &["application/json"], false).await? else {
-        return Err(ApiError::bad_request("bad_json", r#"send {"user_id": ...}"#));
-    };
+    let (session, body) =
+        session_and_body(&req, &path, payload, &state, &["application/json"], r#"{"user_id": ...}"#).await?;
     let body: UserIdBody = parse(body)?;
     session.add_user_id(user_id(&body.user_id)?).await?;
     Ok(HttpResponse::Ok().json(json!({ "user_ids": session.user_ids().await? })))
