@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 
 use super::{Backend, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
 
+/// How long `open` waits for a directory lock that this process is releasing.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A [`Backend`] on an embedded sled database.
 pub struct SledBackend {
     db: sled::Db,
@@ -39,14 +42,26 @@ impl SledBackend {
     /// with its path and left exactly as found; it is never reset.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
-        // No background flusher: the queue flushes after every batch, and a
-        // flusher thread would hold the directory lock for a while after
-        // the database is dropped (a reopen in the same process then fails).
-        let db = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| map_err(&format!("cannot open sled database at {}", path.display()), e))?;
+        // sled 0.34 releases the directory lock from its own threads a
+        // moment after the last handle in this process is dropped; a reopen
+        // right after that would fail. Lock errors are retried briefly; a
+        // directory held by another process still fails, after LOCK_WAIT.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            // No background flusher: the queue flushes after every batch.
+            match sled::Config::new().path(&path).flush_every_ms(None).open() {
+                Ok(db) => break db,
+                // sled reports a held lock only as ErrorKind::Other with this text.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(map_err(&format!("cannot open sled database at {}", path.display()), e));
+                }
+            }
+        };
         Ok(Self { db, write_lock: std::sync::Mutex::new(()), path, notices: NoticeBus::default() })
     }
 
