@@ -128,6 +128,9 @@ struct ServeArgs {
     /// Bound on graceful shutdown, seconds (default 25).
     #[arg(long, env = "DATASTORER_SHUTDOWN_DEADLINE_SECS")]
     shutdown_deadline_secs: Option<u64>,
+    /// Longest wait a client may ask for when opening a held key, seconds (default 300).
+    #[arg(long, env = "DATASTORER_MAX_WAIT_SECS")]
+    max_wait_secs: Option<u64>,
     /// Largest request body, bytes (default 4 MiB).
     #[arg(long, env = "DATASTORER_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -181,6 +184,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         lease_ttl_secs: args.lease_ttl_secs,
         client_lease_ttl_secs: args.client_lease_ttl_secs,
         shutdown_deadline_secs: args.shutdown_deadline_secs,
+        max_wait_secs: args.max_wait_secs,
         max_body_bytes: args.max_body_bytes,
         workers: args.workers,
         api_keys: args.api_keys,

@@ -60,6 +60,7 @@ struct FileConfig {
     lease_ttl_secs: Option<u64>,
     client_lease_ttl_secs: Option<u64>,
     shutdown_deadline_secs: Option<u64>,
+    max_wait_secs: Option<u64>,
     max_body_bytes: Option<usize>,
     workers: Option<usize>,
     api_keys: Option<Vec<ApiKey>>,
@@ -88,6 +89,8 @@ pub struct Overrides {
     pub client_lease_ttl_secs: Option<u64>,
     /// `--shutdown-deadline-secs`
     pub shutdown_deadline_secs: Option<u64>,
+    /// `--max-wait-secs`
+    pub max_wait_secs: Option<u64>,
     /// `--max-body-bytes`
     pub max_body_bytes: Option<usize>,
     /// `--workers`
@@ -119,6 +122,8 @@ pub struct ServerConfig {
     pub client_lease_ttl: Duration,
     /// Bound on graceful shutdown.
     pub shutdown_deadline: Duration,
+    /// Longest `timeout_ms` a client may ask an open to wait.
+    pub max_wait: Duration,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     /// HTTP worker threads.
@@ -221,6 +226,7 @@ impl ServerConfig {
                 ),
             ));
         }
+        let max_wait = secs(o.max_wait_secs, file.max_wait_secs, 300);
         let max_body_bytes = o.max_body_bytes.or(file.max_body_bytes).unwrap_or(4 * 1024 * 1024);
         if max_body_bytes == 0 {
             return Err(err("max_body_bytes", "must be greater than zero".into()));
@@ -252,6 +258,7 @@ impl ServerConfig {
             lease_ttl,
             client_lease_ttl,
             shutdown_deadline,
+            max_wait,
             max_body_bytes,
             workers,
             budgets,

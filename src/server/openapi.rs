@@ -48,8 +48,9 @@ fn query(name: &str, schema: Value) -> Value {
     json!({ "name": name, "in": "query", "required": false, "schema": schema })
 }
 
-/// The document.
-pub fn document() -> Value {
+/// The document; `max_wait` is the server's ceiling on `timeout_ms`.
+pub fn document(max_wait: std::time::Duration) -> Value {
+    let max_wait_ms = max_wait.as_millis() as u64;
     let store = || json!({ "name": "store", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" } });
     let key = || path_param("key", 512);
     let token = || json!({ "name": "Lease-Token", "in": "header", "required": true, "schema": { "type": "string", "minLength": 1 } });
@@ -116,7 +117,7 @@ pub fn document() -> Value {
                         "client_id": { "type": "string", "minLength": 1, "maxLength": 128 },
                         "user_ids": { "type": "array", "items": { "oneOf": [{ "type": "string", "minLength": 1, "maxLength": 128 }, { "type": "integer" }] } },
                         "policy": { "type": "string", "enum": ["fail", "wait", "request_release", "steal"] },
-                        "timeout_ms": { "type": "integer", "minimum": 0, "maximum": 300000 }
+                        "timeout_ms": { "type": "integer", "minimum": 0, "maximum": max_wait_ms }
                     }
                 },
                 "Record": {

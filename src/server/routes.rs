@@ -44,7 +44,6 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// Header carrying the lease token.
 pub const LEASE_TOKEN: &str = "Lease-Token";
-const MAX_TIMEOUT_MS: u64 = 300_000;
 const MAX_LIST_LIMIT: usize = 1000;
 
 impl AppState {
@@ -204,9 +203,10 @@ pub async fn open_session(
         Some(v) => parse(v)?,
         None => OpenBody::default(),
     };
-    let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(10_000));
-    if body.timeout_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
-        return Err(ApiError::bad_request("bad_timeout", format!("timeout_ms must be at most {MAX_TIMEOUT_MS}")));
+    let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(10_000)).min(state.config.max_wait);
+    let max_ms = state.config.max_wait.as_millis() as u64;
+    if body.timeout_ms.is_some_and(|t| t > max_ms) {
+        return Err(ApiError::bad_request("bad_timeout", format!("timeout_ms must be at most {max_ms}")));
     }
     let policy = match body.policy {
         PolicyKind::Fail => AcquirePolicy::Fail,
@@ -530,7 +530,7 @@ pub async fn changes(
 /// `GET /v1/openapi.json`
 pub async fn openapi(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     state.auth(&req, Role::Read)?;
-    Ok(HttpResponse::Ok().json(super::openapi::document()))
+    Ok(HttpResponse::Ok().json(super::openapi::document(state.config.max_wait)))
 }
 
 /// `GET /healthz`: the process answers.
