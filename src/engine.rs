@@ -6,7 +6,7 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix::{Addr, ArbiterHandle, Recipient};
@@ -83,7 +83,6 @@ pub(crate) struct Engine {
     pub registry: Arc<Registry>,
     pub clock: Clock,
     pub arbiter: ArbiterHandle,
-    generations: AtomicU64,
 }
 
 impl Engine {
@@ -96,11 +95,7 @@ impl Engine {
         arbiter: ArbiterHandle,
     ) -> Self {
         let owner = Arc::from(config.owner_id.as_str());
-        Self { config, owner, backend, queue, registry, clock, arbiter, generations: AtomicU64::new(1) }
-    }
-
-    pub(crate) fn next_generation(&self) -> u64 {
-        self.generations.fetch_add(1, Ordering::Relaxed)
+        Self { config, owner, backend, queue, registry, clock, arbiter }
     }
 
     /// Sends one request through the queue and waits for its answer.

@@ -22,11 +22,18 @@ use crate::storage::{LeaseHolder, Notice, NoticeKind, Precondition, Record, Reco
 use crate::store::{Document, StoreShared};
 
 /// A key loaded under a fresh lease.
+///
+/// Kept compact (one per loaded key): metadata stays as the JSON bytes that
+/// are written anyway, and user ids as a boxed slice (they rarely change).
 pub(crate) struct Loaded<T> {
     pub data: T,
-    pub metadata: Value,
-    pub user_ids: Vec<String>,
+    pub metadata_json: Box<[u8]>,
+    pub user_ids: Box<[String]>,
     pub data_version: u32,
+    /// Bumped by every metadata or user-id change; compared with the value
+    /// covered by the last durable write (equality only, so wrapping is fine).
+    pub meta_generation: u32,
+    pub saved_meta_generation: u32,
     pub created_at_ms: u64,
     pub header: RecordHeader,
     pub expires_at_ms: u64,
@@ -35,7 +42,6 @@ pub(crate) struct Loaded<T> {
 
 struct Prepared<T> {
     data: T,
-    metadata: Value,
     user_ids: Vec<String>,
     data_version: u32,
     created_at_ms: u64,
@@ -136,6 +142,7 @@ pub(crate) async fn acquire<T: Document>(
             updated_at_ms: now_ms,
         };
         let saved_checksum = seahash::hash(&record.data);
+        let metadata_json = record.metadata.clone().into_boxed_slice();
         let precondition = current.as_ref().map_or(Precondition::Absent, |r| Precondition::Header(r.header));
         let op = WriteOp { key: storage_key.clone(), precondition, value: Some(record.encode()) };
         match engine.request(&store.name, &key, storage_key.clone(), Operation::Write(op), Priority::Normal).await {
@@ -150,9 +157,11 @@ pub(crate) async fn acquire<T: Document>(
                 debug!(target: "datastorer::lease", store = %store.name, key = %key, epoch = header.epoch, "lease acquired");
                 return Ok(Loaded {
                     data: prepared.data,
-                    metadata: prepared.metadata,
-                    user_ids: record.user_ids,
+                    metadata_json,
+                    user_ids: record.user_ids.into_boxed_slice(),
                     data_version: record.data_version,
+                    meta_generation: 0,
+                    saved_meta_generation: 0,
                     created_at_ms: record.created_at_ms,
                     header,
                     expires_at_ms,
@@ -233,5 +242,5 @@ fn prepare<T: Document>(
     };
     let data_bytes = serde_json::to_vec(&data).map_err(serialize_err)?;
     let metadata_bytes = serde_json::to_vec(&metadata).map_err(serialize_err)?;
-    Ok(Prepared { data, metadata, user_ids: ids, data_version: latest, created_at_ms, data_bytes, metadata_bytes })
+    Ok(Prepared { data, user_ids: ids, data_version: latest, created_at_ms, data_bytes, metadata_bytes })
 }

@@ -8,13 +8,14 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix::Addr;
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, Notify};
 
 use crate::actors::key::KeyActor;
 use crate::error::Error;
@@ -143,7 +144,7 @@ pub struct Session<T: Document> {
     addr: Addr<KeyActor<T>>,
     store: Arc<str>,
     key: Arc<str>,
-    closed: watch::Receiver<Option<CloseReason>>,
+    closed: Arc<CloseSignal>,
 }
 
 impl<T: Document> Clone for Session<T> {
@@ -167,12 +168,7 @@ fn unbox<R: 'static>(b: Box<dyn Any + Send>) -> R {
 }
 
 impl<T: Document> Session<T> {
-    pub(crate) fn new(
-        addr: Addr<KeyActor<T>>,
-        store: Arc<str>,
-        key: Arc<str>,
-        closed: watch::Receiver<Option<CloseReason>>,
-    ) -> Self {
+    pub(crate) fn new(addr: Addr<KeyActor<T>>, store: Arc<str>, key: Arc<str>, closed: Arc<CloseSignal>) -> Self {
         Self { addr, store, key, closed }
     }
 
@@ -187,7 +183,7 @@ impl<T: Document> Session<T> {
     }
 
     fn gone(&self) -> Error {
-        let reason = self.closed.borrow().clone().unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
+        let reason = self.closed.reason().unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
         Error::SessionClosed { store: self.store.to_string(), key: self.key.to_string(), reason }
     }
 
@@ -265,18 +261,64 @@ impl<T: Document> Session<T> {
 
     /// Resolves with the reason once the session has closed.
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + 'static {
-        let mut rx = self.closed.clone();
-        async move {
-            let reason = match rx.wait_for(Option::is_some).await {
-                Ok(v) => v.clone(),
-                Err(_) => None,
-            };
-            reason.or_else(|| rx.borrow().clone()).unwrap_or_else(|| CloseReason::Error("key actor stopped".into()))
-        }
+        let signal = self.closed.clone();
+        async move { signal.wait().await }
     }
 
     /// The close reason, if the session has closed.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.closed.borrow().clone()
+        self.closed.reason()
+    }
+}
+
+/// One key actor's lifecycle as others see it: whether its open finished,
+/// and, once, that its session closed and why. The `Arc` doubles as the
+/// actor instance's identity in the store's registry.
+///
+/// One exists per loaded key, so it is kept small: a `watch` channel costs
+/// about 360 bytes (eight inner `Notify`s), this 80.
+pub(crate) struct CloseSignal {
+    reason: OnceLock<CloseReason>,
+    opened: AtomicBool,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self { reason: OnceLock::new(), opened: AtomicBool::new(false), notify: Notify::new() })
+    }
+
+    pub(crate) fn mark_opened(&self) {
+        self.opened.store(true, Ordering::Release);
+    }
+
+    /// The open finished and the session has not closed.
+    pub(crate) fn is_open(&self) -> bool {
+        self.opened.load(Ordering::Acquire) && self.reason.get().is_none()
+    }
+
+    /// Records `reason` and wakes every waiter; later calls change nothing.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        if self.reason.set(reason).is_ok() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn reason(&self) -> Option<CloseReason> {
+        self.reason.get().cloned()
+    }
+
+    /// Resolves once `close` has been called (at once if it has).
+    pub(crate) async fn wait(&self) -> CloseReason {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close between the two still wakes us.
+            notified.as_mut().enable();
+            if let Some(reason) = self.reason.get() {
+                return reason.clone();
+            }
+            notified.await;
+        }
     }
 }

@@ -17,7 +17,6 @@ use actix::{Actor, Addr, Recipient};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::watch;
 
 use crate::actors::key::KeyActor;
 use crate::engine::{queue_error, Engine, StoreControl};
@@ -25,7 +24,7 @@ use crate::error::Error;
 use crate::messages::key::{Control, Open};
 use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::Migration;
-use crate::session::{AcquirePolicy, CloseReason, Session};
+use crate::session::{AcquirePolicy, CloseReason, CloseSignal, Session};
 use crate::storage::{
     split_storage_key, storage_key, store_prefix, Notice, NoticeKind, Precondition, Record, WriteOp, WriteOutcome,
 };
@@ -228,11 +227,11 @@ pub fn validate_store_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// A registry entry: 16 bytes, since a million of them may exist. The
+/// signal's `Arc` identifies the actor instance (a reopened key gets a new one).
 struct KeyEntry<T: Document> {
     addr: Addr<KeyActor<T>>,
-    generation: u64,
-    open: bool,
-    closed: watch::Receiver<Option<CloseReason>>,
+    closed: Arc<CloseSignal>,
 }
 
 /// One store's shared state; `Store<T>` handles point at it.
@@ -254,17 +253,10 @@ impl<T: Document> StoreShared<T> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn mark_open(&self, key: &str, generation: u64) {
-        if let Some(e) = self.keys().get_mut(key) {
-            if e.generation == generation {
-                e.open = true;
-            }
-        }
-    }
-
-    pub(crate) fn remove(&self, key: &str, generation: u64) {
+    /// Removes `key` if its entry is still the actor instance `instance`.
+    pub(crate) fn remove(&self, key: &str, instance: &Arc<CloseSignal>) {
         let mut keys = self.keys();
-        if keys.get(key).is_some_and(|e| e.generation == generation) {
+        if keys.get(key).is_some_and(|e| Arc::ptr_eq(&e.closed, instance)) {
             keys.remove(key);
         }
     }
@@ -288,7 +280,7 @@ impl<T: Document> StoreControl for StoreShared<T> {
     }
 
     fn loaded_count(&self) -> usize {
-        self.keys().values().filter(|e| e.open).count()
+        self.keys().values().filter(|e| e.closed.is_open()).count()
     }
 }
 
@@ -369,19 +361,19 @@ impl<T: Document> Store<T> {
     pub fn get(&self, key: impl Into<Key>) -> Option<Session<T>> {
         let key = key.into().0;
         let keys = self.shared.keys();
-        let (k, e) = keys.get_key_value(key.as_str()).filter(|(_, e)| e.open)?;
+        let (k, e) = keys.get_key_value(key.as_str()).filter(|(_, e)| e.closed.is_open())?;
         Some(Session::new(e.addr.clone(), self.shared.name.clone(), k.clone(), e.closed.clone()))
     }
 
     /// Whether this instance has `key` loaded and open.
     pub fn is_loaded(&self, key: impl Into<Key>) -> bool {
         let key = key.into().0;
-        self.shared.keys().get(key.as_str()).is_some_and(|e| e.open)
+        self.shared.keys().get(key.as_str()).is_some_and(|e| e.closed.is_open())
     }
 
     /// Keys this instance has loaded and open.
     pub fn loaded_keys(&self) -> Vec<String> {
-        self.shared.keys().iter().filter(|(_, e)| e.open).map(|(k, _)| k.to_string()).collect()
+        self.shared.keys().iter().filter(|(_, e)| e.closed.is_open()).map(|(k, _)| k.to_string()).collect()
     }
 
     /// Keys stored in this store (loaded or not) that start with `prefix`,
@@ -490,21 +482,17 @@ impl<T: Document> Store<T> {
             if shared.engine.registry.is_shutting_down() {
                 return Err(Error::ShuttingDown);
             }
-            let (addr, key_arc, generation, mut closed) = {
+            let (addr, key_arc, closed) = {
                 let mut keys = shared.keys();
                 match keys.get_key_value(key.as_str()) {
-                    Some((k, e)) => (e.addr.clone(), k.clone(), e.generation, e.closed.clone()),
+                    Some((k, e)) => (e.addr.clone(), k.clone(), e.closed.clone()),
                     None => {
                         let key_arc: Arc<str> = Arc::from(key.as_str());
-                        let generation = shared.engine.next_generation();
-                        let (tx, rx) = watch::channel(None);
-                        let actor = KeyActor::new(shared.clone(), key_arc.clone(), generation, tx);
+                        let signal = CloseSignal::new();
+                        let actor = KeyActor::new(shared.clone(), key_arc.clone(), signal.clone());
                         let addr = KeyActor::start_in_arbiter(&shared.engine.arbiter, move |_| actor);
-                        keys.insert(
-                            key_arc.clone(),
-                            KeyEntry { addr: addr.clone(), generation, open: false, closed: rx.clone() },
-                        );
-                        (addr, key_arc, generation, rx)
+                        keys.insert(key_arc.clone(), KeyEntry { addr: addr.clone(), closed: signal.clone() });
+                        (addr, key_arc, signal)
                     }
                 }
             };
@@ -513,18 +501,17 @@ impl<T: Document> Store<T> {
                 Ok(Ok(())) => return Ok(Session::new(addr, shared.name.clone(), key_arc, closed)),
                 // An actor that is closing: wait for it to finish, then load afresh.
                 Ok(Err(Error::SessionClosed { .. })) => {
-                    let _ = closed.wait_for(Option::is_some).await;
-                    shared.remove(&key_arc, generation);
+                    closed.wait().await;
+                    shared.remove(&key_arc, &closed);
                 }
                 // The actor stopped before reading our message (it was closing):
                 // load afresh, a bounded number of times.
                 Err(_) => {
-                    let _ = closed.wait_for(Option::is_some).await;
-                    shared.remove(&key_arc, generation);
+                    closed.wait().await;
+                    shared.remove(&key_arc, &closed);
                     stopped += 1;
                     if stopped >= 3 {
-                        let reason =
-                            closed.borrow().clone().unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
+                        let reason = closed.reason().unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
                         return Err(Error::SessionClosed { store: shared.name.to_string(), key, reason });
                     }
                 }

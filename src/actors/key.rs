@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use serde_json::Value;
-use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::engine::queue_error;
@@ -32,7 +31,7 @@ use crate::messages::key::{
 };
 use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::panic_message;
-use crate::session::{CloseReason, LeaseInfo, SaveOutcome};
+use crate::session::{CloseReason, CloseSignal, LeaseInfo, SaveOutcome};
 use crate::storage::{
     storage_key, LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOp, WriteOutcome,
 };
@@ -42,8 +41,10 @@ use crate::store::{Document, StoreShared};
 enum Phase {
     Opening,
     Open,
-    Closing(CloseReason),
-    Closed(CloseReason),
+    /// Boxed to keep the actor small; the reason is rarely looked at.
+    Closing(Box<CloseReason>),
+    /// The reason is in the close signal.
+    Closed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +81,7 @@ struct InFlight {
     kind: WriteKind,
     receipts: Vec<ReceiptTx>,
     checksum: u64,
-    meta_generation: u64,
+    meta_generation: u32,
     header: RecordHeader,
     expires_at_ms: u64,
 }
@@ -92,48 +93,33 @@ struct PendingWrite {
 }
 
 /// One loaded key. Created by `Store::open`, stopped when its session closes.
+///
+/// A million of these may be loaded at once, so the struct stays small: the
+/// write slots are boxed (empty most of the time) and the storage key is
+/// built per write rather than kept.
 pub(crate) struct KeyActor<T: Document> {
     store: Arc<StoreShared<T>>,
     key: Arc<str>,
-    storage_key: Vec<u8>,
-    generation: u64,
     phase: Phase,
     doc: Option<Loaded<T>>,
-    /// Bumped by every metadata or user-id change; compared with the value
-    /// covered by the last durable write.
-    meta_generation: u64,
-    saved_meta_generation: u64,
-    in_flight: Option<InFlight>,
-    pending: Option<PendingWrite>,
-    closed_tx: watch::Sender<Option<CloseReason>>,
+    in_flight: Option<Box<InFlight>>,
+    pending: Option<Box<PendingWrite>>,
+    closed: Arc<CloseSignal>,
 }
 
 impl<T: Document> KeyActor<T> {
-    pub(crate) fn new(
-        store: Arc<StoreShared<T>>,
-        key: Arc<str>,
-        generation: u64,
-        closed_tx: watch::Sender<Option<CloseReason>>,
-    ) -> Self {
-        let storage_key = storage_key(&store.name, &key);
-        Self {
-            store,
-            key,
-            storage_key,
-            generation,
-            phase: Phase::Opening,
-            doc: None,
-            meta_generation: 0,
-            saved_meta_generation: 0,
-            in_flight: None,
-            pending: None,
-            closed_tx,
-        }
+    pub(crate) fn new(store: Arc<StoreShared<T>>, key: Arc<str>, closed: Arc<CloseSignal>) -> Self {
+        Self { store, key, phase: Phase::Opening, doc: None, in_flight: None, pending: None, closed }
+    }
+
+    fn storage_key(&self) -> Vec<u8> {
+        storage_key(&self.store.name, &self.key)
     }
 
     fn closed_error(&self) -> Error {
         let reason = match &self.phase {
-            Phase::Closing(r) | Phase::Closed(r) => r.clone(),
+            Phase::Closing(r) => (**r).clone(),
+            Phase::Closed => self.closed.reason().unwrap_or_else(|| CloseReason::Error("closed".into())),
             Phase::Opening | Phase::Open => CloseReason::Error("not open".into()),
         };
         Error::SessionClosed { store: self.store.name.to_string(), key: self.key.to_string(), reason }
@@ -169,8 +155,7 @@ impl<T: Document> KeyActor<T> {
     }
 
     fn is_dirty(&self, checksum: u64) -> bool {
-        self.doc.as_ref().is_some_and(|d| d.saved_checksum != checksum)
-            || self.meta_generation != self.saved_meta_generation
+        self.doc.as_ref().is_some_and(|d| d.saved_checksum != checksum || d.meta_generation != d.saved_meta_generation)
     }
 
     /// Queues a write of `kind`: starts it now, or folds it into the pending
@@ -187,7 +172,7 @@ impl<T: Document> KeyActor<T> {
             return;
         }
         match &mut self.pending {
-            None => self.pending = Some(PendingWrite { kind, priority, receipts }),
+            None => self.pending = Some(Box::new(PendingWrite { kind, priority, receipts })),
             Some(p) => {
                 if kind.rank() > p.kind.rank() {
                     if matches!(kind, WriteKind::Close(_)) {
@@ -276,18 +261,7 @@ impl<T: Document> KeyActor<T> {
         let Some(doc) = self.doc.as_ref() else {
             return fail(receipts, self.closed_error());
         };
-        let metadata = match serde_json::to_vec(&doc.metadata) {
-            Ok(m) => m,
-            Err(e) => {
-                let err = Error::Serialize {
-                    store: self.store.name.to_string(),
-                    key: self.key.to_string(),
-                    message: format!("metadata: {e}"),
-                };
-                self.write_aborted(releasing);
-                return fail(receipts, err);
-            }
-        };
+        let metadata = doc.metadata_json.to_vec();
         let now_ms = engine.clock.now_ms();
         let expires_at_ms = if releasing { 0 } else { now_ms + engine.config.lease_ttl.as_millis() as u64 };
         let header = RecordHeader { epoch: doc.header.epoch, revision: doc.header.revision + 1 };
@@ -296,24 +270,28 @@ impl<T: Document> KeyActor<T> {
             data_version: doc.data_version,
             data: bytes,
             metadata,
-            user_ids: doc.user_ids.clone(),
+            user_ids: doc.user_ids.to_vec(),
             lease: (!releasing).then(|| LeaseHolder { owner: engine.owner.to_string(), expires_at_ms }),
             created_at_ms: doc.created_at_ms,
             updated_at_ms: now_ms,
         };
-        let op = WriteOp {
-            key: self.storage_key.clone(),
-            precondition: Precondition::Header(doc.header),
-            value: Some(record.encode()),
-        };
+        let skey = self.storage_key();
+        let op =
+            WriteOp { key: skey.clone(), precondition: Precondition::Header(doc.header), value: Some(record.encode()) };
         debug!(
             target: "datastorer::key", store = %self.store.name, key = %self.key,
             write = kind.name(), revision = header.revision, lane = priority.as_str(), "write queued"
         );
-        self.in_flight =
-            Some(InFlight { kind, receipts, checksum, meta_generation: self.meta_generation, header, expires_at_ms });
+        self.in_flight = Some(Box::new(InFlight {
+            kind,
+            receipts,
+            checksum,
+            meta_generation: doc.meta_generation,
+            header,
+            expires_at_ms,
+        }));
         let (store, key) = (self.store.name.clone(), self.key.clone());
-        let request = engine.request(&store, &key, self.storage_key.clone(), Operation::Write(op), priority);
+        let request = engine.request(&store, &key, skey, Operation::Write(op), priority);
         let fut = async move {
             match request.await {
                 Ok(Reply::Written(outcome)) => Ok(outcome),
@@ -348,14 +326,14 @@ impl<T: Document> KeyActor<T> {
         };
         let expected = doc.header;
         let header = RecordHeader { epoch: expected.epoch, revision: expected.revision + 1 };
-        self.in_flight = Some(InFlight {
+        self.in_flight = Some(Box::new(InFlight {
             kind: WriteKind::Close(reason),
             receipts,
             checksum: doc.saved_checksum,
-            meta_generation: self.saved_meta_generation,
+            meta_generation: doc.saved_meta_generation,
             header,
             expires_at_ms: 0,
-        });
+        }));
         let fut = self.clear_lease(expected, priority);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
     }
@@ -369,7 +347,7 @@ impl<T: Document> KeyActor<T> {
     ) -> impl std::future::Future<Output = Result<WriteOutcome, Error>> + 'static {
         let header = RecordHeader { epoch: expected.epoch, revision: expected.revision + 1 };
         let engine = self.store.engine.clone();
-        let (store, key, skey) = (self.store.name.clone(), self.key.clone(), self.storage_key.clone());
+        let (store, key, skey) = (self.store.name.clone(), self.key.clone(), self.storage_key());
         async move {
             let fail = |f| queue_error(&store, &key, f);
             let bytes = match engine.request(&store, &key, skey.clone(), Operation::Get, priority).await {
@@ -413,8 +391,8 @@ impl<T: Document> KeyActor<T> {
                     doc.header = inf.header;
                     doc.expires_at_ms = inf.expires_at_ms;
                     doc.saved_checksum = inf.checksum;
+                    doc.saved_meta_generation = inf.meta_generation;
                 }
-                self.saved_meta_generation = inf.meta_generation;
                 let revision = inf.header.revision;
                 debug!(
                     target: "datastorer::key", store = %self.store.name, key = %self.key,
@@ -481,9 +459,9 @@ impl<T: Document> KeyActor<T> {
         {
             let _ = w.send(Err(err.clone()));
         }
-        self.phase = Phase::Closed(reason.clone());
-        self.store.remove(&self.key, self.generation);
-        self.closed_tx.send_replace(Some(reason));
+        self.phase = Phase::Closed;
+        self.store.remove(&self.key, &self.closed);
+        self.closed.close(reason);
         ctx.stop();
     }
 
@@ -494,7 +472,7 @@ impl<T: Document> KeyActor<T> {
                     WriteKind::Release(r) | WriteKind::Close(r) => r.clone(),
                     _ => CloseReason::Released,
                 };
-                self.phase = Phase::Closing(reason);
+                self.phase = Phase::Closing(Box::new(reason));
                 self.request_write(kind, priority, vec![receipt], ctx);
             }
             // Already closing: resolve together with the close under way.
@@ -508,7 +486,7 @@ impl<T: Document> KeyActor<T> {
                     let _ = receipt.send(Err(self.closed_error()));
                 }
             }
-            Phase::Opening | Phase::Closed(_) => {
+            Phase::Opening | Phase::Closed => {
                 let _ = receipt.send(Err(self.closed_error()));
             }
         }
@@ -542,10 +520,18 @@ impl<T: Document> Actor for KeyActor<T> {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if !matches!(self.phase, Phase::Closed(_)) {
-            self.store.remove(&self.key, self.generation);
-            self.closed_tx.send_replace(Some(CloseReason::Error("key actor stopped".into())));
+        if self.phase != Phase::Closed {
+            self.store.remove(&self.key, &self.closed);
+            self.closed.close(CloseReason::Error("key actor stopped".into()));
         }
+    }
+}
+
+impl<T: Document> Drop for KeyActor<T> {
+    // An actor dropped without stopping (its arbiter went away) must still
+    // wake whoever waits for the close; a reason already given stands.
+    fn drop(&mut self) {
+        self.closed.close(CloseReason::Error("key actor stopped".into()));
     }
 }
 
@@ -555,12 +541,12 @@ impl<T: Document> Handler<Open> for KeyActor<T> {
     fn handle(&mut self, msg: Open, _ctx: &mut Self::Context) -> Self::Result {
         match &self.phase {
             Phase::Open => return AtomicResponse::new(Box::pin(fut::ready(Ok(())))),
-            Phase::Closing(_) | Phase::Closed(_) => {
+            Phase::Closing(_) | Phase::Closed => {
                 return AtomicResponse::new(Box::pin(fut::ready(Err(self.closed_error()))))
             }
             Phase::Opening => {}
         }
-        let load = acquire(self.store.clone(), self.key.clone(), self.storage_key.clone(), msg.user_ids, msg.policy);
+        let load = acquire(self.store.clone(), self.key.clone(), self.storage_key(), msg.user_ids, msg.policy);
         AtomicResponse::new(Box::pin(load.into_actor(self).then(|res, act, ctx| act.loaded(res, ctx))))
     }
 }
@@ -586,7 +572,7 @@ impl<T: Document> KeyActor<T> {
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook(&mut doc.data))) {
                 let err = self.panicked("after-load hook", &*p);
                 let reason = CloseReason::Error(err.to_string());
-                self.phase = Phase::Closing(reason.clone());
+                self.phase = Phase::Closing(Box::new(reason.clone()));
                 // Awaited inside the open (which holds the mailbox), not spawned.
                 let clear = self.clear_lease(header, Priority::Emergency);
                 return Box::pin(clear.into_actor(self).map(move |cleared, act, ctx| {
@@ -598,7 +584,7 @@ impl<T: Document> KeyActor<T> {
                 }));
             }
         }
-        self.store.mark_open(&self.key, self.generation);
+        self.closed.mark_opened();
         Box::pin(fut::ready(Ok(())))
     }
 }
@@ -639,7 +625,12 @@ impl<T: Document> Handler<GetMetadata> for KeyActor<T> {
     type Result = Result<Value, Error>;
 
     fn handle(&mut self, _msg: GetMetadata, _ctx: &mut Self::Context) -> Self::Result {
-        self.doc.as_ref().map(|d| d.metadata.clone()).ok_or_else(|| self.closed_error())
+        let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
+        serde_json::from_slice(&doc.metadata_json).map_err(|e| Error::Serialize {
+            store: self.store.name.to_string(),
+            key: self.key.to_string(),
+            message: format!("metadata: {e}"),
+        })
     }
 }
 
@@ -650,10 +641,15 @@ impl<T: Document> Handler<SetMetadata> for KeyActor<T> {
         if self.phase != Phase::Open {
             return Err(self.closed_error());
         }
+        let json = serde_json::to_vec(&msg.0).map_err(|e| Error::Serialize {
+            store: self.store.name.to_string(),
+            key: self.key.to_string(),
+            message: format!("metadata: {e}"),
+        })?;
         let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
-        if doc.metadata != msg.0 {
-            doc.metadata = msg.0;
-            self.meta_generation += 1;
+        if *doc.metadata_json != *json {
+            doc.metadata_json = json.into_boxed_slice();
+            doc.meta_generation = doc.meta_generation.wrapping_add(1);
         }
         Ok(())
     }
@@ -668,8 +664,10 @@ impl<T: Document> Handler<AddUserId> for KeyActor<T> {
         }
         let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
         if !doc.user_ids.contains(&msg.0) {
-            doc.user_ids.push(msg.0);
-            self.meta_generation += 1;
+            let mut ids = std::mem::take(&mut doc.user_ids).into_vec();
+            ids.push(msg.0);
+            doc.user_ids = ids.into_boxed_slice();
+            doc.meta_generation = doc.meta_generation.wrapping_add(1);
         }
         Ok(())
     }
@@ -679,7 +677,7 @@ impl<T: Document> Handler<GetUserIds> for KeyActor<T> {
     type Result = Result<Vec<String>, Error>;
 
     fn handle(&mut self, _msg: GetUserIds, _ctx: &mut Self::Context) -> Self::Result {
-        self.doc.as_ref().map(|d| d.user_ids.clone()).ok_or_else(|| self.closed_error())
+        self.doc.as_ref().map(|d| d.user_ids.to_vec()).ok_or_else(|| self.closed_error())
     }
 }
 
@@ -707,11 +705,11 @@ impl<T: Document> Handler<Save> for KeyActor<T> {
         match &self.phase {
             Phase::Open => self.request_write(WriteKind::Save, msg.priority, vec![msg.receipt], ctx),
             // Updates are refused while a release runs, so its write covers this save.
-            Phase::Closing(CloseReason::Closed) => {
+            Phase::Closing(r) if **r == CloseReason::Closed => {
                 let _ = msg.receipt.send(Err(self.closed_error()));
             }
             Phase::Closing(_) => self.begin_closing(WriteKind::Save, msg.priority, msg.receipt, ctx),
-            Phase::Opening | Phase::Closed(_) => {
+            Phase::Opening | Phase::Closed => {
                 let _ = msg.receipt.send(Err(self.closed_error()));
             }
         }
@@ -756,7 +754,7 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
             Control::Notice(_) => {}
             #[cfg(feature = "harness")]
             Control::Abort => {
-                if !matches!(self.phase, Phase::Closed(_)) {
+                if self.phase != Phase::Closed {
                     self.finish(CloseReason::Error("node crashed".into()), ctx);
                 }
             }

@@ -87,6 +87,8 @@ enum Command {
     BenchScaleChild {
         #[arg(long, value_enum)]
         side: super::bench::ScaleSide,
+        #[arg(long, value_enum)]
+        doc: super::bench::ScaleDoc,
         #[arg(long)]
         keys: usize,
     },
@@ -152,8 +154,8 @@ pub fn main() -> ExitCode {
         Command::Import { dir, input, overwrite } => import(&dir.data_dir, input.as_deref(), overwrite),
         Command::Check { dir } => check(&dir.data_dir),
         Command::Bench { quick, repeat, only, out } => bench(quick, repeat, only, out),
-        Command::BenchScaleChild { side, keys } => {
-            actix_web::rt::System::new().block_on(super::bench::scale_child(side, keys))
+        Command::BenchScaleChild { side, doc, keys } => {
+            actix_web::rt::System::new().block_on(super::bench::scale_child(side, doc, keys))
         }
     };
     match result {
