@@ -34,6 +34,8 @@ pub(crate) struct Loaded<T> {
     /// covered by the last durable write (equality only, so wrapping is fine).
     pub meta_generation: u32,
     pub saved_meta_generation: u32,
+    /// Length of the last JSON encoding of `data`: the next one's capacity.
+    pub encoded_len_hint: u32,
     pub created_at_ms: u64,
     pub header: RecordHeader,
     pub expires_at_ms: u64,
@@ -162,6 +164,7 @@ pub(crate) async fn acquire<T: Document>(
                     data_version: record.data_version,
                     meta_generation: 0,
                     saved_meta_generation: 0,
+                    encoded_len_hint: u32::try_from(record.data.len()).unwrap_or(u32::MAX),
                     created_at_ms: record.created_at_ms,
                     header,
                     expires_at_ms,

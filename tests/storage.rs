@@ -229,3 +229,25 @@ async fn a_corrupt_record_on_sled_is_reported_and_kept() {
     );
     assert_eq!(backend.get(&skey).unwrap().unwrap(), b"\x00\x01not a record");
 }
+
+#[test]
+fn lease_notices_have_a_channel_that_saves_cannot_flood() {
+    use datastorer::storage::{Notice, NoticeBus, NoticeKind};
+    let bus = NoticeBus::default();
+    assert!(!bus.has_subscribers(), "no subscriber yet");
+    let mut lease = bus.subscribe_lease_notices();
+    assert!(!bus.has_subscribers(), "the lease channel alone does not ask for change notices");
+    let mut all = bus.subscribe();
+    assert!(bus.has_subscribers());
+    let notice = |kind| Notice { store: "s".into(), key: "k".into(), kind };
+    // Far more saves than either channel holds, then one release request.
+    for revision in 0..10_000 {
+        bus.publish(notice(NoticeKind::Saved { revision }));
+    }
+    let request = NoticeKind::ReleaseRequested { holder: "a".into(), requester: "b".into() };
+    bus.publish(notice(request.clone()));
+    assert_eq!(lease.try_recv().map(|n| n.kind), Ok(request), "the request is the only lease notice");
+    assert!(lease.try_recv().is_err());
+    // The all-notices channel lagged behind the burst, as it may.
+    assert!(matches!(all.try_recv(), Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))));
+}

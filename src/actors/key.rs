@@ -135,21 +135,27 @@ impl<T: Document> KeyActor<T> {
     }
 
     fn publish(&self, kind: NoticeKind) {
-        self.store.engine.backend.notices().publish(Notice {
-            store: self.store.name.to_string(),
-            key: self.key.to_string(),
-            kind,
-        });
+        let bus = self.store.engine.backend.notices();
+        if !bus.has_subscribers() {
+            return;
+        }
+        bus.publish(Notice { store: self.store.name.to_string(), key: self.key.to_string(), kind });
     }
 
     /// The document as JSON bytes and their checksum.
-    fn encode_data(&self) -> Result<(Vec<u8>, u64), Error> {
-        let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
-        let bytes = serde_json::to_vec(&doc.data).map_err(|e| Error::Serialize {
-            store: self.store.name.to_string(),
-            key: self.key.to_string(),
-            message: e.to_string(),
-        })?;
+    fn encode_data(&mut self) -> Result<(Vec<u8>, u64), Error> {
+        let Some(doc) = self.doc.as_mut() else { return Err(self.closed_error()) };
+        // Sized by the last encoding, so a 1 KiB document is not grown
+        // through a chain of reallocations on every autosave tick.
+        let mut bytes = Vec::with_capacity(doc.encoded_len_hint as usize + 16);
+        if let Err(e) = serde_json::to_writer(&mut bytes, &doc.data) {
+            return Err(Error::Serialize {
+                store: self.store.name.to_string(),
+                key: self.key.to_string(),
+                message: e.to_string(),
+            });
+        }
+        doc.encoded_len_hint = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let checksum = seahash::hash(&bytes);
         Ok((bytes, checksum))
     }

@@ -99,7 +99,7 @@ impl Actor for Supervisor {
             }
         });
         // Route notices addressed to this owner to the key actor concerned.
-        let mut notices = self.backend.notices().subscribe();
+        let mut notices = self.backend.notices().subscribe_lease_notices();
         let registry = self.registry.clone();
         let owner = self.owner.clone();
         ctx.spawn(

@@ -165,26 +165,47 @@ pub enum NoticeKind {
 
 /// Broadcast bus for [`Notice`]s. Lossy by design: a lagging receiver misses
 /// notices, so every consumer also polls (waiters re-read the record).
+///
+/// Lease notices (`ReleaseRequested`, `Stolen`) also go out on a control
+/// channel of their own, so the supervisor that routes them is not woken by
+/// every save, and a burst of saves cannot make it lag past one of them.
 #[derive(Clone)]
 pub struct NoticeBus {
-    sender: broadcast::Sender<Notice>,
+    all: broadcast::Sender<Notice>,
+    control: broadcast::Sender<Notice>,
 }
 
 impl Default for NoticeBus {
     fn default() -> Self {
-        let (sender, _) = broadcast::channel(4096);
-        Self { sender }
+        let (all, _) = broadcast::channel(4096);
+        let (control, _) = broadcast::channel(1024);
+        Self { all, control }
     }
 }
 
 impl NoticeBus {
     /// Publishes to every current subscriber (no-op without subscribers).
     pub fn publish(&self, notice: Notice) {
-        let _ = self.sender.send(notice);
+        if matches!(notice.kind, NoticeKind::ReleaseRequested { .. } | NoticeKind::Stolen { .. }) {
+            let _ = self.control.send(notice.clone());
+        }
+        let _ = self.all.send(notice);
     }
-    /// Subscribes to notices published from now on.
+
+    /// Subscribes to all notices published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.sender.subscribe()
+        self.all.subscribe()
+    }
+
+    /// Subscribes to lease notices only (`ReleaseRequested`, `Stolen`).
+    pub fn subscribe_lease_notices(&self) -> broadcast::Receiver<Notice> {
+        self.control.subscribe()
+    }
+
+    /// Whether anyone subscribes to all notices: publishers of change notices
+    /// (`Saved`, `Released`) skip building one nobody would receive.
+    pub fn has_subscribers(&self) -> bool {
+        self.all.receiver_count() > 0
     }
 }
 

@@ -200,17 +200,25 @@ impl Record {
         };
         // Serializing plain integers, byte vectors and strings into a Vec cannot
         // fail; a failure here would be a bug in bincode itself.
-        let body_bytes =
-            options().serialize(&body).unwrap_or_else(|e| unreachable!("bincode failed on an in-memory body: {e}"));
-        let mut out = Vec::with_capacity(HEADER_LEN + body_bytes.len());
+        // One exact allocation and the body serialized in place: the document
+        // is copied once (sizing walks the body without copying it).
+        let body_len = options()
+            .serialized_size(&body)
+            .unwrap_or_else(|e| unreachable!("bincode failed on an in-memory body: {e}"))
+            as usize;
+        let mut out = Vec::with_capacity(HEADER_LEN + body_len);
         out.extend_from_slice(&MAGIC);
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&self.header.epoch.to_le_bytes());
         out.extend_from_slice(&self.header.revision.to_le_bytes());
-        out.extend_from_slice(&(body_bytes.len() as u32).to_le_bytes());
-        let checksum = checksum(&out[2..23], &body_bytes);
-        out.extend_from_slice(&checksum.to_le_bytes());
-        out.extend_from_slice(&body_bytes);
+        out.extend_from_slice(&(body_len as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 8]); // checksum, filled in below
+        options()
+            .serialize_into(&mut out, &body)
+            .unwrap_or_else(|e| unreachable!("bincode failed on an in-memory body: {e}"));
+        debug_assert_eq!(out.len(), HEADER_LEN + body_len);
+        let checksum = checksum(&out[2..23], &out[HEADER_LEN..]);
+        out[23..31].copy_from_slice(&checksum.to_le_bytes());
         out
     }
 
