@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use actix::{Addr, ArbiterHandle, Recipient};
+use actix::{Addr, Arbiter, ArbiterHandle, Recipient};
 use tokio::sync::oneshot;
 
 use crate::actors::queue::QueueActor;
@@ -80,9 +80,19 @@ pub(crate) struct Engine {
     pub owner: Arc<str>,
     pub backend: Arc<dyn Backend>,
     pub queue: Addr<QueueActor>,
+    /// The queue's own thread, when it has one; stopped with the engine.
+    queue_thread: Option<Arbiter>,
     pub registry: Arc<Registry>,
     pub clock: Clock,
     pub arbiter: ArbiterHandle,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(thread) = &self.queue_thread {
+            thread.stop();
+        }
+    }
 }
 
 impl Engine {
@@ -90,12 +100,13 @@ impl Engine {
         config: Config,
         backend: Arc<dyn Backend>,
         queue: Addr<QueueActor>,
+        queue_thread: Option<Arbiter>,
         registry: Arc<Registry>,
         clock: Clock,
         arbiter: ArbiterHandle,
     ) -> Self {
         let owner = Arc::from(config.owner_id.as_str());
-        Self { config, owner, backend, queue, registry, clock, arbiter }
+        Self { config, owner, backend, queue, queue_thread, registry, clock, arbiter }
     }
 
     /// Sends one request through the queue and waits for its answer.

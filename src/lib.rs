@@ -129,7 +129,20 @@ impl Datastorer {
             StorageConfig::Memory => Arc::new(storage::memory::MemoryBackend::unlogged()),
             StorageConfig::Backend(b) => b.clone(),
         };
-        let queue = QueueActor::new(backend.clone(), config.queue.clone()).start();
+        let queue_actor = QueueActor::new(backend.clone(), config.queue.clone());
+        // With a blocking backend the queue gets a thread of its own: a burst
+        // of saves (autosave, shutdown) wakes every key actor at once, and a
+        // queue sharing their thread would be polled only after all of them,
+        // so the disk would sit idle while they encode. On its own thread it
+        // sends the first batch at once and encoding overlaps the writes.
+        // The memory backend keeps it here, where a paused test clock reaches it.
+        let (queue, queue_thread) = if matches!(config.storage, StorageConfig::Sled { .. }) {
+            let thread = Arbiter::new();
+            let addr = QueueActor::start_in_arbiter(&thread.handle(), move |_| queue_actor);
+            (addr, Some(thread))
+        } else {
+            (queue_actor.start(), None)
+        };
         let registry = Arc::new(Registry::default());
         let owner: Arc<str> = Arc::from(config.owner_id.as_str());
         let supervisor = Supervisor::new(
@@ -145,7 +158,8 @@ impl Datastorer {
             install_signal_handler(supervisor.clone())?;
         }
         info!(target: "datastorer", owner = %config.owner_id, backend = backend.name(), "datastorer started");
-        let engine = Arc::new(Engine::new(config, backend, queue, registry, clock::Clock::new(), arbiter));
+        let engine =
+            Arc::new(Engine::new(config, backend, queue, queue_thread, registry, clock::Clock::new(), arbiter));
         Ok(Datastorer { engine, supervisor })
     }
 

@@ -78,12 +78,19 @@ impl Precondition {
     /// A stored value whose header is unreadable satisfies only `Any`, so a
     /// corrupt record is never overwritten by a session.
     pub fn holds(&self, current: Option<&[u8]>) -> bool {
+        self.holds_for_header(current.map(RecordHeader::peek))
+    }
+
+    /// [`Precondition::holds`] from the stored record's header alone:
+    /// `None` when nothing is stored, `Some(None)` when a value is stored
+    /// whose header is unreadable.
+    pub fn holds_for_header(&self, current: Option<Option<RecordHeader>>) -> bool {
         match (self, current) {
             (Precondition::Any, _) => true,
             (Precondition::Absent, None) => true,
             (Precondition::Absent, Some(_)) => false,
             (Precondition::Header(_), None) => false,
-            (Precondition::Header(h), Some(bytes)) => RecordHeader::peek(bytes) == Some(*h),
+            (Precondition::Header(h), Some(stored)) => stored == Some(*h),
         }
     }
 }

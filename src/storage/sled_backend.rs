@@ -10,6 +10,10 @@
 //! writer in that process goes through this object, so checking every
 //! precondition and then applying one `sled::Batch` under `write_lock` is as
 //! atomic as a compare-and-swap per key — and much cheaper.
+//!
+//! For the same reason the headers this object last wrote are exact, and a
+//! bounded cache of them (kept under `write_lock`) answers most precondition
+//! checks without a sled read. A key not in the cache is read from sled.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,12 +23,45 @@ use super::{Backend, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, 
 /// How long `open` waits for a directory lock that this process is releasing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Headers cached at most; past this the cache starts over (about 90 bytes
+/// per entry, so at most ~25 MB).
+const HEADER_CACHE_ENTRIES: usize = 256 * 1024;
+
 /// A [`Backend`] on an embedded sled database.
 pub struct SledBackend {
     db: sled::Db,
-    write_lock: std::sync::Mutex<()>,
+    /// Held for the whole of `write_batch`; guards the header cache.
+    write_lock: std::sync::Mutex<HeaderCache>,
     path: PathBuf,
     notices: NoticeBus,
+}
+
+/// The header of the value this process last wrote under a key (`None`: a
+/// value whose header is unreadable). Keys absent from the map are unknown,
+/// not absent from the database.
+#[derive(Default)]
+struct HeaderCache {
+    headers: HashMap<Box<[u8]>, Option<RecordHeader>>,
+}
+
+impl HeaderCache {
+    fn get(&self, key: &[u8]) -> Option<Option<RecordHeader>> {
+        self.headers.get(key).copied()
+    }
+
+    fn set(&mut self, key: &[u8], value: Option<&[u8]>) {
+        match value {
+            Some(v) => {
+                if self.headers.len() >= HEADER_CACHE_ENTRIES && !self.headers.contains_key(key) {
+                    self.headers.clear();
+                }
+                self.headers.insert(key.into(), RecordHeader::peek(v));
+            }
+            None => {
+                self.headers.remove(key);
+            }
+        }
+    }
 }
 
 fn map_err(context: &str, e: sled::Error) -> StorageError {
@@ -62,7 +99,7 @@ impl SledBackend {
                 }
             }
         };
-        Ok(Self { db, write_lock: std::sync::Mutex::new(()), path, notices: NoticeBus::default() })
+        Ok(Self { db, write_lock: std::sync::Mutex::default(), path, notices: NoticeBus::default() })
     }
 
     /// The data directory.
@@ -81,46 +118,57 @@ impl Backend for SledBackend {
     }
 
     fn write_batch(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, StorageError>> {
-        let _writer = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
         // What this batch has already decided for a key, so that two ops on
-        // one key in one batch see each other.
-        let mut staged: HashMap<&[u8], Option<&[u8]>> = HashMap::new();
+        // one key in one batch see each other: the header it will store.
+        let mut staged: HashMap<&[u8], Option<Option<RecordHeader>>> = HashMap::new();
         let mut results = Vec::with_capacity(ops.len());
-        let mut any = false;
+        let mut applied: Vec<&WriteOp> = Vec::with_capacity(ops.len());
         for op in ops {
-            let stored;
             let current = match staged.get(op.key.as_slice()) {
-                Some(v) => *v,
-                None => match self.db.get(&op.key) {
-                    Ok(v) => {
-                        stored = v;
-                        stored.as_deref()
-                    }
-                    Err(e) => {
-                        results.push(Err(map_err("get before write", e)));
-                        continue;
-                    }
+                Some(h) => *h,
+                None => match cache.get(&op.key) {
+                    Some(h) => Some(h),
+                    None => match self.db.get(&op.key) {
+                        Ok(v) => v.as_deref().map(RecordHeader::peek),
+                        Err(e) => {
+                            results.push(Err(map_err("get before write", e)));
+                            continue;
+                        }
+                    },
                 },
             };
-            if !op.precondition.holds(current) {
-                results.push(Ok(WriteOutcome::Conflict { current: current.and_then(RecordHeader::peek) }));
+            if !op.precondition.holds_for_header(current) {
+                results.push(Ok(WriteOutcome::Conflict { current: current.flatten() }));
                 continue;
             }
             match &op.value {
                 Some(v) => batch.insert(op.key.as_slice(), v.as_slice()),
                 None => batch.remove(op.key.as_slice()),
             }
-            staged.insert(&op.key, op.value.as_deref());
+            staged.insert(&op.key, op.value.as_deref().map(RecordHeader::peek));
             results.push(Ok(WriteOutcome::Applied));
-            any = true;
+            applied.push(op);
         }
-        if any {
-            if let Err(e) = self.db.apply_batch(batch) {
-                // The batch is atomic: nothing of it was applied.
-                let e = map_err("apply_batch", e);
-                for r in results.iter_mut().filter(|r| matches!(r, Ok(WriteOutcome::Applied))) {
-                    *r = Err(e.clone());
+        if !applied.is_empty() {
+            match self.db.apply_batch(batch) {
+                Ok(()) => {
+                    for op in applied {
+                        cache.set(&op.key, op.value.as_deref());
+                    }
+                }
+                Err(e) => {
+                    // The batch is atomic: nothing of it was applied. Its keys
+                    // are still forgotten, so that if sled did apply it after
+                    // all, the next check reads what sled holds.
+                    for op in applied {
+                        cache.headers.remove(op.key.as_slice());
+                    }
+                    let e = map_err("apply_batch", e);
+                    for r in results.iter_mut().filter(|r| matches!(r, Ok(WriteOutcome::Applied))) {
+                        *r = Err(e.clone());
+                    }
                 }
             }
         }
