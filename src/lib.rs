@@ -134,11 +134,12 @@ impl Datastorer {
         // of saves (autosave, shutdown) wakes every key actor at once, and a
         // queue sharing their thread would be polled only after all of them,
         // so the disk would sit idle while they encode. On its own thread it
-        // sends the first batch at once and encoding overlaps the writes.
+        // sends the first batch at once, encoding overlaps the writes, and
+        // batches run inline there (no hop through the blocking pool).
         // The memory backend keeps it here, where a paused test clock reaches it.
         let (queue, queue_thread) = if matches!(config.storage, StorageConfig::Sled { .. }) {
             let thread = Arbiter::new();
-            let addr = QueueActor::start_in_arbiter(&thread.handle(), move |_| queue_actor);
+            let addr = QueueActor::start_in_arbiter(&thread.handle(), move |_| queue_actor.on_own_thread());
             (addr, Some(thread))
         } else {
             (queue_actor.start(), None)

@@ -88,6 +88,9 @@ pub(crate) struct QueueActor {
     next_retry_id: u64,
     buckets: HashMap<BudgetClass, Bucket>,
     executing: usize,
+    /// The queue has a thread to itself (sled): batches run inline on it,
+    /// saving the hop to tokio's blocking pool and back on every batch.
+    own_thread: bool,
     /// A pump is scheduled for after the mailbox drains.
     pump_scheduled: bool,
     /// Batches composed in a row while the normal lane had work and got none.
@@ -98,6 +101,14 @@ pub(crate) struct QueueActor {
 }
 
 impl QueueActor {
+    /// Marks the queue as running on a thread of its own, where blocking
+    /// backend calls may run inline (messages wait in the mailbox meanwhile,
+    /// which is group commit).
+    pub(crate) fn on_own_thread(mut self) -> Self {
+        self.own_thread = true;
+        self
+    }
+
     pub(crate) fn new(backend: Arc<dyn Backend>, config: QueueConfig) -> Self {
         let mut buckets = HashMap::new();
         for (class, budget) in [
@@ -121,6 +132,7 @@ impl QueueActor {
             next_retry_id: 0,
             buckets,
             executing: 0,
+            own_thread: false,
             pump_scheduled: false,
             normal_starved: 0,
             wake_at: None,
@@ -280,7 +292,7 @@ impl QueueActor {
                 return;
             }
             self.executing = batch.len();
-            if self.backend.is_blocking() {
+            if self.backend.is_blocking() && !self.own_thread {
                 let backend = self.backend.clone();
                 let span = debug_span!(target: "datastorer::queue", "batch", size = batch.len());
                 let work = tokio::task::spawn_blocking(move || {
