@@ -88,31 +88,84 @@ async fn open_sessions(http: &reqwest::Client, base: &str) -> Result<Vec<String>
     Ok(tokens)
 }
 
+/// A minimal HTTP/1.1 keep-alive client on one connection: prebuilt request
+/// bytes out, status and a `Content-Length` body in. The same shape as the
+/// Redis and PostgreSQL drivers, so that what is compared is the servers,
+/// not client libraries (reqwest took half of the machine's CPU here).
+struct RawHttp {
+    stream: BufReader<TcpStream>,
+    host: String,
+    line: String,
+    body: Vec<u8>,
+}
+
+impl RawHttp {
+    async fn connect(base: &str) -> Option<RawHttp> {
+        let host = base.strip_prefix("http://")?.trim_end_matches('/').to_owned();
+        let stream = TcpStream::connect(&host).await.ok()?;
+        stream.set_nodelay(true).ok()?;
+        Some(RawHttp { stream: BufReader::new(stream), host, line: String::new(), body: Vec::new() })
+    }
+
+    /// Sends one request and reads the whole response; answers its status.
+    async fn request(&mut self, method: &str, path: &str, token: &str, content_type: &str, body: &[u8]) -> Option<u16> {
+        use tokio::io::AsyncReadExt;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nLease-Token: {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        let mut out = Vec::with_capacity(head.len() + body.len());
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(body);
+        self.stream.get_mut().write_all(&out).await.ok()?;
+        self.line.clear();
+        self.stream.read_line(&mut self.line).await.ok()?;
+        let status: u16 = self.line.split_whitespace().nth(1)?.parse().ok()?;
+        let mut length = 0usize;
+        loop {
+            self.line.clear();
+            if self.stream.read_line(&mut self.line).await.ok()? == 0 {
+                return None;
+            }
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().ok()?;
+                }
+            }
+        }
+        self.body.resize(length, 0);
+        self.stream.read_exact(&mut self.body).await.ok()?;
+        Some(status)
+    }
+}
+
 async fn ours(base: &str, tokens: &[String], duration: Duration, with_save: bool) -> f64 {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(CONNECTIONS).build().unwrap_or_default();
     let base = base.to_owned();
     let tokens = Arc::new(tokens.to_vec());
     drive(duration, move |i, stop, count| {
-        let (http, base, tokens) = (http.clone(), base.clone(), tokens.clone());
+        let (base, tokens) = (base.clone(), tokens.clone());
         async move {
-            let url = format!("{base}/v1/stores/http/keys/h{i}/session");
+            let Some(mut http) = RawHttp::connect(&base).await else { return };
+            let path = format!("/v1/stores/http/keys/h{i}/session");
+            let (data, save) = (format!("{path}/data"), format!("{path}/save"));
             let token = tokens[i].clone();
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) {
                 n += 1;
-                let patched = http
-                    .patch(format!("{url}/data"))
-                    .header("Lease-Token", &token)
-                    .header("content-type", "application/merge-patch+json")
-                    .body(payload(n))
-                    .send()
-                    .await;
-                if !matches!(patched, Ok(ref r) if r.status().is_success()) {
+                let patch = payload(n);
+                let patched =
+                    http.request("PATCH", &data, &token, "application/merge-patch+json", patch.as_bytes()).await;
+                if !matches!(patched, Some(200..=299)) {
                     return;
                 }
                 if with_save {
-                    let saved = http.post(format!("{url}/save")).header("Lease-Token", &token).send().await;
-                    if !matches!(saved, Ok(ref r) if r.status().is_success()) {
+                    let saved = http.request("POST", &save, &token, "application/json", b"").await;
+                    if !matches!(saved, Some(200..=299)) {
                         return;
                     }
                 }
