@@ -657,3 +657,28 @@ fn every_subcommand_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{sub}");
     }
 }
+
+/// The binary opts out of transparent huge pages unless told to keep them
+/// (the kernel reports the per-process switch as `THP_enabled` in
+/// /proc/PID/status).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_binary_opts_out_of_transparent_huge_pages_unless_allowed() {
+    let thp_line = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("THP_enabled:"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // Any value but "1" is the default (this also overrides an inherited "1").
+    let default = Server::start_with_env(&tmp.path().join("a"), &[], &[("DATASTORER_ALLOW_THP", "0")]);
+    let Some(off) = thp_line(default.pid()) else {
+        eprintln!("this kernel does not report THP_enabled; nothing to check");
+        return;
+    };
+    assert_eq!(off, "0", "THP stays enabled by default");
+    let allowed = Server::start_with_env(&tmp.path().join("b"), &[], &[("DATASTORER_ALLOW_THP", "1")]);
+    assert_eq!(thp_line(allowed.pid()).as_deref(), Some("1"), "DATASTORER_ALLOW_THP=1 keeps THP");
+}

@@ -16,9 +16,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, args: &[&str]) -> Server {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(dir).unwrap();
         let stderr = dir.with_extension("stderr.log");
         let mut child = Command::new(BIN)
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.join("data"))
             .args(args)
@@ -42,6 +47,10 @@ impl Server {
             })
             .to_owned();
         Server { child: Some(child), base, dir: dir.to_path_buf(), stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn url(&self, path: &str) -> String {
