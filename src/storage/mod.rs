@@ -216,8 +216,9 @@ impl NoticeBus {
     }
 }
 
-/// A storage engine. Calls may block (the queue runs blocking backends on
-/// tokio's blocking pool) and must be safe to call from several threads.
+/// A storage engine. Calls may block (the queue runs sled on a thread of
+/// its own, other blocking backends on tokio's blocking pool) and must be
+/// safe to call from several threads.
 pub trait Backend: Send + Sync + 'static {
     /// A short name for logs ("sled", "memory").
     fn name(&self) -> &'static str;
