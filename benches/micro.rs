@@ -184,15 +184,20 @@ mod session {
         bencher.bench_local(|| system.block_on(addr.send(Bump)).unwrap_or(0));
     }
 
+    fn bump(d: &mut Value) {
+        d["coins"] = json!(d["coins"].as_u64().unwrap_or(0) + 1);
+    }
+
+    /// Update round trips on a session over `doc`.
+    fn bench_update(bencher: Bencher, doc: Value) {
+        let system = System::new();
+        let Some((_ds, session)) = open(&system, doc) else { return };
+        bencher.bench_local(|| system.block_on(session.update(bump)));
+    }
+
     #[divan::bench]
     fn update(bencher: Bencher) {
-        let system = System::new();
-        let Some((_ds, session)) = open(&system, json!({ "coins": 0 })) else { return };
-        bencher.bench_local(|| {
-            system.block_on(session.update(|d| {
-                d["coins"] = json!(d["coins"].as_u64().unwrap_or(0) + 1);
-            }))
-        });
+        bench_update(bencher, json!({ "coins": 0 }));
     }
 
     #[divan::bench]
@@ -205,13 +210,7 @@ mod session {
     /// An update of a 1 KiB document: the panic-restore copy grows with the document.
     #[divan::bench]
     fn update_1k_document(bencher: Bencher) {
-        let system = System::new();
-        let Some((_ds, session)) = open(&system, document(1024)) else { return };
-        bencher.bench_local(|| {
-            system.block_on(session.update(|d| {
-                d["coins"] = json!(d["coins"].as_u64().unwrap_or(0) + 1);
-            }))
-        });
+        bench_update(bencher, document(1024));
     }
 
     /// Save of a dirty key on the memory backend: encode, queue, group commit, receipt.
@@ -223,7 +222,7 @@ mod session {
         bencher.bench_local(|| {
             let s = session.clone();
             system.block_on(async move {
-                let _ = s.update(|d| d["coins"] = json!(d["coins"].as_u64().unwrap_or(0) + 1)).await;
+                let _ = s.update(bump).await;
                 s.save(datastorer::Priority::Normal).await.is_ok()
             })
         });

@@ -144,7 +144,6 @@ pub(crate) async fn acquire<T: Document>(
             updated_at_ms: now_ms,
         };
         let saved_checksum = seahash::hash(&record.data);
-        let metadata_json = record.metadata.clone().into_boxed_slice();
         let precondition = current.as_ref().map_or(Precondition::Absent, |r| Precondition::Header(r.header));
         let op = WriteOp { key: storage_key.clone(), precondition, value: Some(record.encode()) };
         match engine.request(&store.name, &key, storage_key.clone(), Operation::Write(op), Priority::Normal).await {
@@ -159,7 +158,7 @@ pub(crate) async fn acquire<T: Document>(
                 debug!(target: "datastorer::lease", store = %store.name, key = %key, epoch = header.epoch, "lease acquired");
                 return Ok(Loaded {
                     data: prepared.data,
-                    metadata_json,
+                    metadata_json: record.metadata.into_boxed_slice(),
                     user_ids: record.user_ids.into_boxed_slice(),
                     data_version: record.data_version,
                     meta_generation: 0,
