@@ -58,6 +58,10 @@ pub struct Budgets {
 pub struct QueueConfig {
     /// Most requests combined into one backend batch (one durable flush).
     pub max_batch: usize,
+    /// Most bytes of written values in one batch; a single larger write
+    /// still goes, alone. Bounds how long one batch holds the disk (and the
+    /// emergency lane behind it) when documents are large.
+    pub max_batch_bytes: usize,
     /// At least one slot in every `normal_share` of a batch goes to the
     /// normal lane when it has work, so emergency traffic cannot starve it.
     pub normal_share: usize,
@@ -69,7 +73,17 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { max_batch: 1024, normal_share: 8, budgets: Budgets::default(), retry: RetryConfig::default() }
+        Self {
+            // Every flush is an fsync and sled seals its log buffer on each:
+            // a 100k-key shutdown took 1.46 s in batches of 1024 and 1.05 s
+            // in batches of 4096 (bench figure 4).
+            max_batch: 4096,
+            // sled's log buffer is 8 MiB; one batch fills at most half of it.
+            max_batch_bytes: 4 * 1024 * 1024,
+            normal_share: 8,
+            budgets: Budgets::default(),
+            retry: RetryConfig::default(),
+        }
     }
 }
 
@@ -166,6 +180,9 @@ impl Config {
         }
         if self.queue.max_batch == 0 {
             return bad("queue.max_batch must be at least 1".into());
+        }
+        if self.queue.max_batch_bytes == 0 {
+            return bad("queue.max_batch_bytes must be at least 1".into());
         }
         if self.queue.normal_share == 0 {
             return bad("queue.normal_share must be at least 1".into());

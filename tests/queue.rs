@@ -47,6 +47,38 @@ async fn saves_of_many_keys_share_one_batch_and_one_flush() {
     assert_eq!(flushes, batches);
 }
 
+/// Saves 10 dirty keys at once and answers how many write batches they took.
+async fn batches_for_ten_saves(max_batch: usize, max_batch_bytes: usize) -> u64 {
+    let backend = Arc::new(MemoryBackend::new());
+    let mut cfg = config(&backend, "a");
+    cfg.queue.max_batch = max_batch;
+    cfg.queue.max_batch_bytes = max_batch_bytes;
+    let ds = Datastorer::start(cfg).await.unwrap();
+    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let sessions = open_many(&ds, &refs).await;
+    for s in &sessions {
+        s.update(|p| p.coins += 1).await.unwrap();
+    }
+    let before = backend.stats();
+    let receipts: Vec<_> = sessions.iter().map(|s| s.save(Priority::Normal)).collect();
+    for r in receipts {
+        r.await.unwrap();
+    }
+    let after = backend.stats();
+    assert_eq!(after.writes_applied - before.writes_applied, 10);
+    after.write_batches - before.write_batches
+}
+
+#[actix_rt::test]
+async fn batches_are_bounded_by_request_count_and_by_bytes() {
+    tokio::time::pause();
+    assert_eq!(batches_for_ten_saves(1024, 1 << 20).await, 1, "one batch when nothing bounds it");
+    assert_eq!(batches_for_ten_saves(3, 1 << 20).await, 4, "max_batch 3: 3 + 3 + 3 + 1");
+    // Every record is larger than one byte: each goes alone, none is refused.
+    assert_eq!(batches_for_ten_saves(1024, 1).await, 10, "max_batch_bytes 1: one write per batch");
+}
+
 #[actix_rt::test]
 async fn transient_errors_are_retried_with_capped_exponential_backoff() {
     tokio::time::pause();

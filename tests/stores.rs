@@ -90,4 +90,8 @@ async fn invalid_configuration_names_the_field() {
     c.queue.budgets.write = Some(datastorer::Budget { per_second: 0.0, burst: 1.0 });
     let e = Datastorer::start(c).await.unwrap_err();
     assert!(matches!(e, Error::Config(ref m) if m.contains("budgets.write")), "{e:?}");
+    let mut c = Config::memory();
+    c.queue.max_batch_bytes = 0;
+    let e = Datastorer::start(c).await.unwrap_err();
+    assert!(matches!(e, Error::Config(ref m) if m.contains("max_batch_bytes")), "{e:?}");
 }

@@ -72,6 +72,16 @@ fn class_of(op: &Operation) -> BudgetClass {
     }
 }
 
+/// A batch being composed.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<Pending>,
+    /// Bytes of written values taken so far.
+    bytes: usize,
+    /// `max_batch_bytes` reached: no lane may add more.
+    full: bool,
+}
+
 /// The queue actor. Started by the supervisor; see the module docs.
 pub(crate) struct QueueActor {
     backend: Arc<dyn Backend>,
@@ -221,7 +231,7 @@ impl QueueActor {
         let max = self.config.max_batch;
         let reserved = if self.normal.is_empty() { 0 } else { (max / self.config.normal_share).max(1) };
         let mut blocked: HashSet<Vec<u8>> = self.retrying_keys.keys().cloned().collect();
-        let mut batch = Vec::new();
+        let mut batch = Batch::default();
         let normal_waiting = !self.normal.is_empty();
         if normal_waiting && self.normal_starved >= self.config.normal_share {
             self.take_from(Priority::Normal, reserved, &mut blocked, &mut batch);
@@ -229,19 +239,20 @@ impl QueueActor {
         self.take_from(Priority::Emergency, max.saturating_sub(reserved).max(1), &mut blocked, &mut batch);
         self.take_from(Priority::Normal, max, &mut blocked, &mut batch);
         self.take_from(Priority::Emergency, max, &mut blocked, &mut batch);
-        let served_normal = batch.iter().any(|p| p.req.lane == Priority::Normal);
-        if normal_waiting && !batch.is_empty() && !served_normal {
+        let served_normal = batch.requests.iter().any(|p| p.req.lane == Priority::Normal);
+        if normal_waiting && !batch.requests.is_empty() && !served_normal {
             self.normal_starved += 1;
         } else if served_normal {
             self.normal_starved = 0;
         }
-        batch
+        batch.requests
     }
 
-    fn take_from(&mut self, lane: Priority, cap: usize, blocked: &mut HashSet<Vec<u8>>, batch: &mut Vec<Pending>) {
-        if batch.len() >= cap {
+    fn take_from(&mut self, lane: Priority, cap: usize, blocked: &mut HashSet<Vec<u8>>, batch: &mut Batch) {
+        if batch.requests.len() >= cap || batch.full {
             return;
         }
+        let max_bytes = self.config.max_batch_bytes;
         let mut queue = match lane {
             Priority::Emergency => std::mem::take(&mut self.emergency),
             Priority::Normal => std::mem::take(&mut self.normal),
@@ -249,7 +260,14 @@ impl QueueActor {
         let mut kept = VecDeque::new();
         let mut taken_keys = Vec::new();
         while let Some(p) = queue.pop_front() {
-            if batch.len() >= cap {
+            if batch.requests.len() >= cap {
+                queue.push_front(p);
+                break;
+            }
+            let size = p.req.op.value_len();
+            if !batch.requests.is_empty() && batch.bytes.saturating_add(size) > max_bytes {
+                // Full by bytes: nothing later may overtake this request.
+                batch.full = true;
                 queue.push_front(p);
                 break;
             }
@@ -267,7 +285,8 @@ impl QueueActor {
             }
             blocked.insert(p.req.storage_key.clone());
             taken_keys.push(p.req.storage_key.clone());
-            batch.push(p);
+            batch.bytes += size;
+            batch.requests.push(p);
         }
         // Skipped requests go back in front of the untouched rest, in order.
         kept.append(&mut queue);

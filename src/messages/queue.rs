@@ -43,6 +43,14 @@ impl Operation {
             Operation::Scan { .. } => "scan",
         }
     }
+
+    /// Bytes this operation writes (0 for reads).
+    pub(crate) fn value_len(&self) -> usize {
+        match self {
+            Operation::Write(op) => op.value.as_ref().map_or(0, Vec::len),
+            Operation::Get | Operation::Scan { .. } => 0,
+        }
+    }
 }
 
 /// A successful result.
