@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::{migrate, reconcile};
 use crate::session::AcquirePolicy;
-use crate::storage::{LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOp, WriteOutcome};
+use crate::storage::{LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOutcome};
 use crate::store::{Document, StoreShared};
 
 /// A key loaded under a fresh lease.
@@ -145,8 +145,8 @@ pub(crate) async fn acquire<T: Document>(
         };
         let saved_checksum = seahash::hash(&record.data);
         let precondition = current.as_ref().map_or(Precondition::Absent, |r| Precondition::Header(r.header));
-        let op = WriteOp { key: storage_key.clone(), precondition, value: Some(record.encode()) };
-        match engine.request(&store.name, &key, storage_key.clone(), Operation::Write(op), Priority::Normal).await {
+        let op = Operation::Write { precondition, value: Some(record.encode()) };
+        match engine.request(&store.name, &key, storage_key.clone(), op, Priority::Normal).await {
             Ok(Reply::Written(WriteOutcome::Applied)) => {
                 if let Some(holder) = stolen_from {
                     engine.backend.notices().publish(Notice {

@@ -26,7 +26,7 @@ use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::Migration;
 use crate::session::{AcquirePolicy, CloseReason, CloseSignal, Session};
 use crate::storage::{
-    split_storage_key, storage_key, store_prefix, Notice, NoticeKind, Precondition, Record, WriteOp, WriteOutcome,
+    split_storage_key, storage_key, store_prefix, Notice, NoticeKind, Precondition, Record, WriteOutcome,
 };
 
 /// What a document type must be: serde both ways, cloneable (the actor
@@ -272,7 +272,10 @@ impl<T: Document> StoreControl for StoreShared<T> {
     }
 
     fn key_recipients(&self) -> Vec<Recipient<Control>> {
-        self.keys().values().map(|e| e.addr.clone().recipient()).collect()
+        let mut entries: Vec<(Arc<str>, Recipient<Control>)> =
+            self.keys().iter().map(|(k, e)| (k.clone(), e.addr.clone().recipient())).collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries.into_iter().map(|(_, r)| r).collect()
     }
 
     fn find(&self, key: &str) -> Option<Recipient<Control>> {
@@ -456,8 +459,8 @@ impl<T: Document> Store<T> {
         };
         let key_arc: Arc<str> = Arc::from(key.as_str());
         let skey = storage_key(&shared.name, &key);
-        let op = WriteOp { key: skey.clone(), precondition, value: None };
-        match engine.request(&shared.name, &key_arc, skey, Operation::Write(op), Priority::Normal).await {
+        let op = Operation::Write { precondition, value: None };
+        match engine.request(&shared.name, &key_arc, skey, op, Priority::Normal).await {
             Ok(Reply::Written(WriteOutcome::Applied)) => {
                 engine.backend.notices().publish(Notice {
                     store: shared.name.to_string(),

@@ -10,6 +10,31 @@ use common::*;
 use datastorer::storage::memory::{MemoryBackend, OpKind};
 use datastorer::{CloseReason, Datastorer, Error, ErrorKind, Priority};
 
+/// Like a checkpoint writing dirty pages in page order: releases reach the
+/// storage in key order, so each group commit touches neighbouring keys.
+#[actix_rt::test]
+async fn shutdown_writes_keys_in_key_order() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    let mut sessions = Vec::new();
+    // Opened in an order that is neither sorted nor the registry's.
+    for i in [7u64, 3, 11, 0, 9, 42, 5, 1, 30, 18, 2, 25] {
+        let s = store.open(format!("p{i}")).await.unwrap();
+        s.update(move |p| p.coins = i + 1).await.unwrap();
+        sessions.push(s);
+    }
+    let before = backend.written_keys().len();
+    let report = ds.shutdown().await;
+    assert!(report.is_clean(), "{report:?}");
+    let written = backend.written_keys().split_off(before);
+    assert_eq!(written.len(), sessions.len());
+    let mut sorted = written.clone();
+    sorted.sort();
+    assert_eq!(written, sorted, "releases were not written in key order");
+}
+
 #[actix_rt::test]
 async fn shutdown_saves_every_dirty_key_and_releases_every_lease() {
     tokio::time::pause();

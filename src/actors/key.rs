@@ -32,9 +32,8 @@ use crate::messages::key::{
 use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::panic_message;
 use crate::session::{CloseReason, CloseSignal, LeaseInfo, SaveOutcome};
-use crate::storage::{
-    storage_key, LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOp, WriteOutcome,
-};
+use crate::storage::record::{LeaseRef, RecordRef};
+use crate::storage::{storage_key, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOutcome};
 use crate::store::{Document, StoreShared};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -267,23 +266,20 @@ impl<T: Document> KeyActor<T> {
         let Some(doc) = self.doc.as_ref() else {
             return fail(receipts, self.closed_error());
         };
-        let metadata = doc.metadata_json.to_vec();
         let now_ms = engine.clock.now_ms();
         let expires_at_ms = if releasing { 0 } else { now_ms + engine.config.lease_ttl.as_millis() as u64 };
         let header = RecordHeader { epoch: doc.header.epoch, revision: doc.header.revision + 1 };
-        let record = Record {
+        let record = RecordRef {
             header,
             data_version: doc.data_version,
-            data: bytes,
-            metadata,
-            user_ids: doc.user_ids.to_vec(),
-            lease: (!releasing).then(|| LeaseHolder { owner: engine.owner.to_string(), expires_at_ms }),
+            data: &bytes,
+            metadata: &doc.metadata_json,
+            user_ids: &doc.user_ids,
+            lease: (!releasing).then_some(LeaseRef { owner: &engine.owner, expires_at_ms }),
             created_at_ms: doc.created_at_ms,
             updated_at_ms: now_ms,
         };
-        let skey = self.storage_key();
-        let op =
-            WriteOp { key: skey.clone(), precondition: Precondition::Header(doc.header), value: Some(record.encode()) };
+        let op = Operation::Write { precondition: Precondition::Header(doc.header), value: Some(record.encode()) };
         debug!(
             target: "datastorer::key", store = %self.store.name, key = %self.key,
             write = kind.name(), revision = header.revision, lane = priority.as_str(), "write queued"
@@ -297,7 +293,7 @@ impl<T: Document> KeyActor<T> {
             expires_at_ms,
         }));
         let (store, key) = (self.store.name.clone(), self.key.clone());
-        let request = engine.request(&store, &key, skey, Operation::Write(op), priority);
+        let request = engine.request(&store, &key, self.storage_key(), op, priority);
         let fut = async move {
             match request.await {
                 Ok(Reply::Written(outcome)) => Ok(outcome),
@@ -373,12 +369,8 @@ impl<T: Document> KeyActor<T> {
             record.header = header;
             record.lease = None;
             record.updated_at_ms = engine.clock.now_ms();
-            let op = WriteOp {
-                key: skey.clone(),
-                precondition: Precondition::Header(expected),
-                value: Some(record.encode()),
-            };
-            match engine.request(&store, &key, skey, Operation::Write(op), priority).await {
+            let op = Operation::Write { precondition: Precondition::Header(expected), value: Some(record.encode()) };
+            match engine.request(&store, &key, skey, op, priority).await {
                 Ok(Reply::Written(outcome)) => Ok(outcome),
                 Ok(_) => Err(Error::NotRunning),
                 Err(f) => Err(fail(f)),
@@ -453,17 +445,22 @@ impl<T: Document> KeyActor<T> {
     /// deregisters and stops the actor.
     fn finish(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         debug!(target: "datastorer::key", store = %self.store.name, key = %self.key, reason = %reason, "session closed");
-        let err = Error::SessionClosed {
-            store: self.store.name.to_string(),
-            key: self.key.to_string(),
-            reason: reason.clone(),
-        };
-        for w in [self.in_flight.take().map(|i| i.receipts), self.pending.take().map(|p| p.receipts)]
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = w.send(Err(err.clone()));
+        let waiting: Vec<ReceiptTx> =
+            [self.in_flight.take().map(|i| i.receipts), self.pending.take().map(|p| p.receipts)]
+                .into_iter()
+                .flatten()
+                .flatten()
+                .collect();
+        // Built only when someone waits: a shutdown finishes every key here.
+        if !waiting.is_empty() {
+            let err = Error::SessionClosed {
+                store: self.store.name.to_string(),
+                key: self.key.to_string(),
+                reason: reason.clone(),
+            };
+            for w in waiting {
+                let _ = w.send(Err(err.clone()));
+            }
         }
         self.phase = Phase::Closed;
         self.store.remove(&self.key, &self.closed);

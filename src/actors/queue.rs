@@ -32,6 +32,10 @@ use crate::storage::{Backend, Precondition, RecordHeader, StorageError, WriteOp,
 
 struct Pending {
     req: Submit,
+    /// seahash of the storage key: the per-key bookkeeping below is keyed
+    /// by it, which costs no key copies. Two keys with one hash would only
+    /// be ordered as if they were one key.
+    key_hash: u64,
     attempt: u32,
     retry: Option<RetryState>,
     enqueued: Instant,
@@ -67,7 +71,7 @@ enum BudgetClass {
 fn class_of(op: &Operation) -> BudgetClass {
     match op {
         Operation::Get => BudgetClass::Get,
-        Operation::Write(_) => BudgetClass::Write,
+        Operation::Write { .. } => BudgetClass::Write,
         Operation::Scan { .. } => BudgetClass::Scan,
     }
 }
@@ -82,6 +86,29 @@ struct Batch {
     full: bool,
 }
 
+/// Hashes a `u64` key hash to itself: the per-key maps are keyed by
+/// seahash values already.
+#[derive(Default)]
+struct KeyHashHasher(u64);
+
+impl std::hash::Hasher for KeyHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; fold anything else in, to stay correct.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyHashMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHashHasher>>;
+type KeyHashSet = HashSet<u64, std::hash::BuildHasherDefault<KeyHashHasher>>;
+
 /// The queue actor. Started by the supervisor; see the module docs.
 pub(crate) struct QueueActor {
     backend: Arc<dyn Backend>,
@@ -90,11 +117,11 @@ pub(crate) struct QueueActor {
     normal: VecDeque<Pending>,
     /// Queued normal requests per key, to find them when an emergency
     /// request for the same key arrives.
-    normal_keys: HashMap<Vec<u8>, usize>,
+    normal_keys: KeyHashMap<usize>,
     /// Queued emergency requests per key.
-    emergency_keys: HashMap<Vec<u8>, usize>,
+    emergency_keys: KeyHashMap<usize>,
     retrying: HashMap<u64, Pending>,
-    retrying_keys: HashMap<Vec<u8>, usize>,
+    retrying_keys: KeyHashMap<usize>,
     next_retry_id: u64,
     buckets: HashMap<BudgetClass, Bucket>,
     executing: usize,
@@ -135,10 +162,10 @@ impl QueueActor {
             config,
             emergency: VecDeque::new(),
             normal: VecDeque::new(),
-            normal_keys: HashMap::new(),
-            emergency_keys: HashMap::new(),
+            normal_keys: KeyHashMap::default(),
+            emergency_keys: KeyHashMap::default(),
             retrying: HashMap::new(),
-            retrying_keys: HashMap::new(),
+            retrying_keys: KeyHashMap::default(),
             next_retry_id: 0,
             buckets,
             executing: 0,
@@ -161,7 +188,7 @@ impl QueueActor {
     }
 
     fn enqueue(&mut self, mut pending: Pending, front: bool) {
-        let key = pending.req.storage_key.clone();
+        let key = pending.key_hash;
         // Lanes never hold requests for the same key, which keeps per-key
         // FIFO without scanning: a normal request for a key that has queued
         // emergency requests joins them; an emergency request pulls the
@@ -174,9 +201,9 @@ impl QueueActor {
                 if self.normal_keys.remove(&key).is_some() {
                     // Rare (one outstanding request per key is the rule), so a scan is fine.
                     let (moved, kept): (VecDeque<_>, VecDeque<_>) =
-                        self.normal.drain(..).partition(|p| p.req.storage_key == key);
+                        self.normal.drain(..).partition(|p| p.key_hash == key);
                     self.normal = kept;
-                    *self.emergency_keys.entry(key.clone()).or_default() += moved.len();
+                    *self.emergency_keys.entry(key).or_default() += moved.len();
                     if front {
                         self.emergency.push_front(pending);
                         for p in moved.into_iter().rev() {
@@ -205,15 +232,15 @@ impl QueueActor {
         }
     }
 
-    fn forget_key(&mut self, lane: Priority, key: &[u8]) {
+    fn forget_key(&mut self, lane: Priority, key: u64) {
         let map = match lane {
             Priority::Emergency => &mut self.emergency_keys,
             Priority::Normal => &mut self.normal_keys,
         };
-        if let Some(n) = map.get_mut(key) {
+        if let Some(n) = map.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                map.remove(key);
+                map.remove(&key);
             }
         }
     }
@@ -230,7 +257,7 @@ impl QueueActor {
         }
         let max = self.config.max_batch;
         let reserved = if self.normal.is_empty() { 0 } else { (max / self.config.normal_share).max(1) };
-        let mut blocked: HashSet<Vec<u8>> = self.retrying_keys.keys().cloned().collect();
+        let mut blocked: KeyHashSet = self.retrying_keys.keys().copied().collect();
         let mut batch = Batch::default();
         let normal_waiting = !self.normal.is_empty();
         if normal_waiting && self.normal_starved >= self.config.normal_share {
@@ -248,7 +275,7 @@ impl QueueActor {
         batch.requests
     }
 
-    fn take_from(&mut self, lane: Priority, cap: usize, blocked: &mut HashSet<Vec<u8>>, batch: &mut Batch) {
+    fn take_from(&mut self, lane: Priority, cap: usize, blocked: &mut KeyHashSet, batch: &mut Batch) {
         if batch.requests.len() >= cap || batch.full {
             return;
         }
@@ -271,20 +298,20 @@ impl QueueActor {
                 queue.push_front(p);
                 break;
             }
-            if blocked.contains(&p.req.storage_key) {
+            if blocked.contains(&p.key_hash) {
                 kept.push_back(p);
                 continue;
             }
             if let Some(bucket) = self.buckets.get_mut(&class_of(&p.req.op)) {
                 if bucket.tokens < 1.0 {
-                    blocked.insert(p.req.storage_key.clone());
+                    blocked.insert(p.key_hash);
                     kept.push_back(p);
                     continue;
                 }
                 bucket.tokens -= 1.0;
             }
-            blocked.insert(p.req.storage_key.clone());
-            taken_keys.push(p.req.storage_key.clone());
+            blocked.insert(p.key_hash);
+            taken_keys.push(p.key_hash);
             batch.bytes += size;
             batch.requests.push(p);
         }
@@ -295,7 +322,7 @@ impl QueueActor {
             Priority::Normal => self.normal = kept,
         }
         for k in taken_keys {
-            self.forget_key(lane, &k);
+            self.forget_key(lane, k);
         }
     }
 
@@ -373,7 +400,7 @@ impl QueueActor {
     ) {
         debug!(target: "datastorer::queue", size = batch.len(), duration_us = took.as_micros() as u64, "batch done");
         self.stats.batches += 1;
-        let writes = batch.iter().filter(|p| matches!(p.req.op, Operation::Write(_))).count() as u64;
+        let writes = batch.iter().filter(|p| matches!(p.req.op, Operation::Write { .. })).count() as u64;
         self.stats.writes += writes;
         self.stats.gets += batch.iter().filter(|p| matches!(p.req.op, Operation::Get)).count() as u64;
         if writes > 0 {
@@ -403,7 +430,7 @@ impl QueueActor {
                     );
                     let id = self.next_retry_id;
                     self.next_retry_id += 1;
-                    *self.retrying_keys.entry(p.req.storage_key.clone()).or_default() += 1;
+                    *self.retrying_keys.entry(p.key_hash).or_default() += 1;
                     self.retrying.insert(id, p);
                     ctx.run_later(delay, move |act, ctx| act.retry_due(id, ctx));
                 }
@@ -423,17 +450,17 @@ impl QueueActor {
 
     fn retry_due(&mut self, id: u64, ctx: &mut Context<Self>) {
         if let Some(p) = self.retrying.remove(&id) {
-            self.release_retry_key(&p.req.storage_key);
+            self.release_retry_key(p.key_hash);
             self.enqueue(p, true);
         }
         self.pump(ctx);
     }
 
-    fn release_retry_key(&mut self, key: &[u8]) {
-        if let Some(n) = self.retrying_keys.get_mut(key) {
+    fn release_retry_key(&mut self, key: u64) {
+        if let Some(n) = self.retrying_keys.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                self.retrying_keys.remove(key);
+                self.retrying_keys.remove(&key);
             }
         }
     }
@@ -469,9 +496,15 @@ fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Result<Reply, St
             Operation::Scan { prefix, start_after, limit } => {
                 results.push(Some(backend.scan_prefix(prefix, start_after.as_deref(), *limit).map(Reply::Scanned)))
             }
-            Operation::Write(op) => {
+            Operation::Write { precondition, value } => {
+                // Moved out for the backend call and back after it, so a
+                // retry finds its request whole.
                 write_idx.push(i);
-                writes.push(std::mem::replace(op, placeholder_op()));
+                writes.push(WriteOp {
+                    key: std::mem::take(&mut p.req.storage_key),
+                    precondition: *precondition,
+                    value: value.take(),
+                });
                 results.push(None);
             }
         }
@@ -504,8 +537,10 @@ fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Result<Reply, St
             }
         }
         for (&i, op) in write_idx.iter().zip(writes) {
-            if let Operation::Write(slot) = &mut batch[i].req.op {
-                *slot = op;
+            let req = &mut batch[i].req;
+            req.storage_key = op.key;
+            if let Operation::Write { value, .. } = &mut req.op {
+                *value = op.value;
             }
         }
     }
@@ -513,10 +548,6 @@ fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Result<Reply, St
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(StorageError::permanent("request produced no result"))))
         .collect()
-}
-
-fn placeholder_op() -> WriteOp {
-    WriteOp { key: Vec::new(), precondition: Precondition::Any, value: None }
 }
 
 // Key actors submit with `do_send`, which ignores the mailbox capacity: the
@@ -529,7 +560,8 @@ impl Handler<Submit> for QueueActor {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
-        let pending = Pending { req: msg, attempt: 0, retry: None, enqueued: Instant::now() };
+        let key_hash = seahash::hash(&msg.storage_key);
+        let pending = Pending { req: msg, key_hash, attempt: 0, retry: None, enqueued: Instant::now() };
         self.enqueue(pending, false);
         // Let the requests already in the mailbox join before composing a
         // batch: group commit without waiting on a timer.
@@ -561,7 +593,7 @@ impl Handler<DropQueued> for QueueActor {
             .collect();
         for id in ids {
             if let Some(p) = self.retrying.remove(&id) {
-                self.release_retry_key(&p.req.storage_key);
+                self.release_retry_key(p.key_hash);
                 dropped.push(p);
             }
         }
@@ -657,7 +689,7 @@ mod tests {
             store: Arc::from("s"),
             key: Arc::from(String::from_utf8_lossy(key).as_ref()),
             storage_key: key.to_vec(),
-            op: Operation::Write(WriteOp { key: key.to_vec(), precondition, value: Some(value) }),
+            op: Operation::Write { precondition, value: Some(value) },
             lane,
             reply,
         });

@@ -27,7 +27,7 @@ use crate::messages::queue::{NotifyWhenEmpty, Priority};
 use crate::messages::supervisor::Abort;
 use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
 use crate::report::{ReleaseReport, ShutdownReport};
-use crate::session::CloseReason;
+use crate::session::{CloseReason, SaveOutcome};
 use crate::storage::{Backend, NoticeKind};
 
 pub(crate) struct Supervisor {
@@ -73,17 +73,31 @@ async fn release_keys(
         receipts.push(rx);
     }
     let mut report = ReleaseReport::default();
-    // Past the deadline, `timeout_at` still polls each receipt once, so keys
-    // that did finish are counted as released, not as timed out.
-    for rx in receipts {
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(Ok(_))) => report.released += 1,
-            // Closed before our request reached it: nothing left to release.
-            Ok(Ok(Err(Error::SessionClosed { .. }))) | Ok(Err(_)) => {}
-            Ok(Ok(Err(e))) => report.failed.push(e),
-            Err(_) => report.timed_out += 1,
+    let mut tally = |receipt: Result<Result<SaveOutcome, Error>, oneshot::error::RecvError>| match receipt {
+        Ok(Ok(_)) => report.released += 1,
+        // Closed before our request reached it: nothing left to release.
+        Ok(Err(Error::SessionClosed { .. })) | Err(_) => {}
+        Ok(Err(e)) => report.failed.push(e),
+    };
+    // One timer for the whole wait, not one per key.
+    let mut next = 0;
+    let _ = tokio::time::timeout_at(deadline, async {
+        while let Some(rx) = receipts.get_mut(next) {
+            tally(rx.await);
+            next += 1;
+        }
+    })
+    .await;
+    // Past the deadline, keys that did finish still count as released.
+    let mut timed_out = 0;
+    for rx in receipts.iter_mut().skip(next) {
+        match rx.try_recv() {
+            Ok(r) => tally(Ok(r)),
+            Err(oneshot::error::TryRecvError::Empty) => timed_out += 1,
+            Err(oneshot::error::TryRecvError::Closed) => {}
         }
     }
+    report.timed_out += timed_out;
     report
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use actix::Message;
 use tokio::sync::oneshot;
 
-use crate::storage::{KeyValues, StorageError, WriteOp, WriteOutcome};
+use crate::storage::{KeyValues, Precondition, StorageError, WriteOutcome};
 
 /// Which lane a request waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,16 +30,26 @@ impl Priority {
 #[derive(Debug)]
 pub(crate) enum Operation {
     Get,
-    Write(WriteOp),
-    Scan { prefix: Vec<u8>, start_after: Option<Vec<u8>>, limit: usize },
+    /// A conditional write (or delete, `value: None`) of the request's key;
+    /// the queue builds the backend's `WriteOp` around the storage key, so
+    /// the key is not carried twice.
+    Write {
+        precondition: Precondition,
+        value: Option<Vec<u8>>,
+    },
+    Scan {
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    },
 }
 
 impl Operation {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Operation::Get => "get",
-            Operation::Write(op) if op.value.is_none() => "delete",
-            Operation::Write(_) => "write",
+            Operation::Write { value: None, .. } => "delete",
+            Operation::Write { .. } => "write",
             Operation::Scan { .. } => "scan",
         }
     }
@@ -47,7 +57,7 @@ impl Operation {
     /// Bytes this operation writes (0 for reads).
     pub(crate) fn value_len(&self) -> usize {
         match self {
-            Operation::Write(op) => op.value.as_ref().map_or(0, Vec::len),
+            Operation::Write { value, .. } => value.as_ref().map_or(0, Vec::len),
             Operation::Get | Operation::Scan { .. } => 0,
         }
     }

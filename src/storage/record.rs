@@ -108,13 +108,35 @@ struct BodyV1 {
 struct BodyRef<'a> {
     data_version: u32,
     #[serde(serialize_with = "raw_bytes::serialize")]
-    data: &'a Vec<u8>,
+    data: &'a [u8],
     #[serde(serialize_with = "raw_bytes::serialize")]
-    metadata: &'a Vec<u8>,
-    user_ids: &'a Vec<String>,
-    lease: Option<&'a LeaseHolder>,
+    metadata: &'a [u8],
+    user_ids: &'a [String],
+    lease: Option<LeaseRef<'a>>,
     created_at_ms: u64,
     updated_at_ms: u64,
+}
+
+/// Borrowed twin of [`LeaseHolder`] (same serde shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub(crate) struct LeaseRef<'a> {
+    pub owner: &'a str,
+    pub expires_at_ms: u64,
+}
+
+/// A record to encode whose parts are borrowed: a save encodes the
+/// session's document, metadata and user ids where they live, instead of
+/// copying them into a [`Record`] first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordRef<'a> {
+    pub header: RecordHeader,
+    pub data_version: u32,
+    pub data: &'a [u8],
+    pub metadata: &'a [u8],
+    pub user_ids: &'a [String],
+    pub lease: Option<LeaseRef<'a>>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
 }
 
 /// Byte vectors as serde "bytes": bincode writes a length and the raw bytes,
@@ -189,12 +211,29 @@ fn options() -> impl Options {
 impl Record {
     /// Encodes the record, header first.
     pub fn encode(&self) -> Vec<u8> {
-        let body = BodyRef {
+        RecordRef {
+            header: self.header,
             data_version: self.data_version,
             data: &self.data,
             metadata: &self.metadata,
             user_ids: &self.user_ids,
-            lease: self.lease.as_ref(),
+            lease: self.lease.as_ref().map(|l| LeaseRef { owner: &l.owner, expires_at_ms: l.expires_at_ms }),
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+        }
+        .encode()
+    }
+}
+
+impl RecordRef<'_> {
+    /// Encodes the record, header first (the layout in the module docs).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let body = BodyRef {
+            data_version: self.data_version,
+            data: self.data,
+            metadata: self.metadata,
+            user_ids: self.user_ids,
+            lease: self.lease,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
         };
@@ -221,7 +260,9 @@ impl Record {
         out[23..31].copy_from_slice(&checksum.to_le_bytes());
         out
     }
+}
 
+impl Record {
     /// Decodes a record; never panics on arbitrary input.
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         let header = RecordHeader::peek(bytes).ok_or(DecodeError::NotARecord)?;

@@ -52,10 +52,16 @@ impl HeaderCache {
     fn set(&mut self, key: &[u8], value: Option<&[u8]>) {
         match value {
             Some(v) => {
-                if self.headers.len() >= HEADER_CACHE_ENTRIES && !self.headers.contains_key(key) {
+                let header = RecordHeader::peek(v);
+                // A key already cached (the usual save) is updated in place.
+                if let Some(slot) = self.headers.get_mut(key) {
+                    *slot = header;
+                    return;
+                }
+                if self.headers.len() >= HEADER_CACHE_ENTRIES {
                     self.headers.clear();
                 }
-                self.headers.insert(key.into(), RecordHeader::peek(v));
+                self.headers.insert(key.into(), header);
             }
             None => {
                 self.headers.remove(key);
