@@ -65,6 +65,12 @@ pub struct QueueConfig {
     /// At least one slot in every `normal_share` of a batch goes to the
     /// normal lane when it has work, so emergency traffic cannot starve it.
     pub normal_share: usize,
+    /// Run the queue on a thread of its own, with a flusher thread beside
+    /// it that syncs one batch while the next is applied. `None`: only for
+    /// the sled backend (blocking disk I/O); the memory backend and custom
+    /// backends keep the queue on the starting arbiter (where a paused test
+    /// clock reaches it).
+    pub own_thread: Option<bool>,
     /// Rate budgets; the defaults do not throttle.
     pub budgets: Budgets,
     /// Backoff for transient failures.
@@ -81,6 +87,7 @@ impl Default for QueueConfig {
             // sled's log buffer is 8 MiB; one batch fills at most half of it.
             max_batch_bytes: 4 * 1024 * 1024,
             normal_share: 8,
+            own_thread: None,
             budgets: Budgets::default(),
             retry: RetryConfig::default(),
         }

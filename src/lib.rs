@@ -137,7 +137,8 @@ impl Datastorer {
         // sends the first batch at once, encoding overlaps the writes, and
         // batches run inline there (no hop through the blocking pool).
         // The memory backend keeps it here, where a paused test clock reaches it.
-        let (queue, queue_thread) = if matches!(config.storage, StorageConfig::Sled { .. }) {
+        let own_thread = config.queue.own_thread.unwrap_or(matches!(config.storage, StorageConfig::Sled { .. }));
+        let (queue, queue_thread) = if own_thread {
             let thread = Arbiter::new();
             let addr = QueueActor::start_in_arbiter(&thread.handle(), move |_| queue_actor.on_own_thread());
             (addr, Some(thread))

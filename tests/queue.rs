@@ -261,3 +261,117 @@ async fn flush_queue_cancels_normal_requests_and_emergency_flush_cancels_all() {
     ds.wait_for_empty_queue().await;
     assert_eq!(ds.queue_depth().await.total(), 0);
 }
+
+/// A node whose queue runs on its own thread with the pipelined flusher
+/// (what the sled backend gets), over an in-memory backend.
+async fn pipelined_node(backend: &Arc<MemoryBackend>) -> Datastorer {
+    let mut cfg = config(backend, "a");
+    cfg.queue.own_thread = Some(true);
+    Datastorer::start(cfg).await.unwrap()
+}
+
+/// Waits for a condition another thread brings about (real time: the queue
+/// runs on its own thread, out of reach of a paused clock).
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Whether `fut` is still pending after one poll.
+async fn pending<F: std::future::Future + Unpin>(fut: &mut F) -> bool {
+    tokio::select! {
+        biased;
+        _ = fut => false,
+        _ = std::future::ready(()) => true,
+    }
+}
+
+#[actix_rt::test]
+async fn pipelined_the_next_batch_applies_while_a_flush_runs_and_receipts_wait_for_their_flush() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = pipelined_node(&backend).await;
+    let store = profiles(&ds);
+    let a = store.open("a").await.unwrap();
+    let b = store.open("b").await.unwrap();
+    a.update(|p| p.coins = 1).await.unwrap();
+    backend.freeze(OpKind::Flush, None, 1);
+    let mut save_a = a.save(Priority::Normal);
+    wait_until("a's flush to be held", || backend.frozen() == 1).await;
+    assert_eq!(stored_json(&backend, "profiles", "a")["coins"], 1, "a's write is applied");
+    assert!(pending(&mut save_a).await, "a's receipt resolved before its flush");
+
+    b.update(|p| p.coins = 2).await.unwrap();
+    let mut save_b = b.save(Priority::Normal);
+    wait_until("b's write to be applied during a's flush", || stored_json(&backend, "profiles", "b")["coins"] == 2)
+        .await;
+    assert!(pending(&mut save_b).await, "b's receipt resolved before any flush covered it");
+    let flushes_before = backend.stats().flushes;
+
+    backend.unfreeze();
+    assert!(save_a.await.unwrap().revision > 0);
+    assert!(save_b.await.unwrap().revision > 0);
+    assert!(backend.stats().flushes > flushes_before, "b was acknowledged without a flush after its write");
+    let depth = ds.queue_depth().await;
+    assert_eq!(depth.total(), 0, "{depth:?}");
+}
+
+#[actix_rt::test]
+async fn pipelined_scans_wait_until_every_applied_write_is_durable() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = pipelined_node(&backend).await;
+    let store = profiles(&ds);
+    let a = store.open("a").await.unwrap();
+    a.update(|p| p.coins = 5).await.unwrap();
+    backend.freeze(OpKind::Flush, None, 1);
+    let save_a = a.save(Priority::Normal);
+    wait_until("a's flush to be held", || backend.frozen() == 1).await;
+
+    let lister = store.clone();
+    let mut list = Box::pin(async move { lister.list_keys("", None, 10).await });
+    assert!(pending(&mut list).await);
+    // The scan reaches the queue and waits there, behind the unflushed write.
+    let mut queued = false;
+    for _ in 0..20_000 {
+        if ds.queue_depth().await.normal == 1 {
+            queued = true;
+            break;
+        }
+        assert!(pending(&mut list).await, "the scan ran while a write was not durable");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(queued, "the scan never reached the queue");
+    // Several more round trips through the queue's mailbox: had the scan not
+    // been held, the queue would have run it by now.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(ds.queue_depth().await.normal, 1, "the scan left the lane while a write was not durable");
+        assert!(pending(&mut list).await, "the scan ran while a write was not durable");
+    }
+
+    backend.unfreeze();
+    save_a.await.unwrap();
+    assert_eq!(list.await.unwrap(), vec!["a"]);
+}
+
+#[actix_rt::test]
+async fn pipelined_a_failed_flush_fails_no_save_it_can_retry() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = pipelined_node(&backend).await;
+    let store = profiles(&ds);
+    let a = store.open("a").await.unwrap();
+    a.update(|p| p.coins = 9).await.unwrap();
+    backend.fail_next(OpKind::Flush, None, 1, ErrorKind::Transient);
+    let writes_before = backend.written_keys().len();
+    let flushes_before = backend.stats().flushes;
+    a.save(Priority::Normal).await.unwrap();
+    // Written once, flush failed, written again (finding its own header), flushed.
+    assert_eq!(backend.written_keys().len() - writes_before, 2);
+    assert_eq!(backend.stats().flushes - flushes_before, 2);
+    assert_eq!(stored_json(&backend, "profiles", "a")["coins"], 9);
+    let report = ds.shutdown().await;
+    assert!(report.is_clean(), "{report:?}");
+    assert!(stored(&backend, "profiles", "a").unwrap().lease.is_none());
+}

@@ -1,16 +1,22 @@
 //! The queue actor: the single path from the engine to the backend.
 //!
-//! Owns: the emergency and normal lanes, the token buckets, the retry timers
-//! and the one batch executing at a time. Every batch is one
-//! `Backend::write_batch` plus one `Backend::flush` (group commit): while a
-//! batch is on the disk, new requests gather and go together in the next.
+//! Owns: the emergency and normal lanes, the token buckets, the retry timers,
+//! the batch executing and, on its own thread (sled), the flusher thread.
+//! Every batch is one `Backend::write_batch` followed by a `Backend::flush`
+//! (group commit): while a batch is on the disk, new requests gather and go
+//! together in the next. On its own thread the queue pipelines: it hands
+//! the flush of an applied batch to the flusher and applies the next batch
+//! while the disk syncs (up to `MAX_UNFLUSHED` batches; one flush covers
+//! every batch applied before it).
 //!
 //! Invariants:
 //! - per-key FIFO: a key with a request executing, waiting out a backoff, or
 //!   skipped for budget blocks that key's later requests; an emergency
 //!   request pulls the same key's queued normal requests ahead of it;
 //! - a batch holds at most one request per key;
-//! - a write is reported `Applied` only after the flush that covers it.
+//! - a write is reported `Applied` only after the flush that covers it;
+//! - reads see only durable data: a key with an unflushed write is blocked,
+//!   and scans wait until nothing is unflushed.
 //!
 //! Must not: know about records, documents or leases (it moves bytes).
 
@@ -27,6 +33,73 @@ use crate::messages::queue::{
     BudgetLevels, DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty, Operation, Priority, QueueDepth,
     QueueFailure, QueueStats, Reply, Submit,
 };
+
+/// Batches applied and waiting for their flush, at most. Enough to keep
+/// the disk busy while the next batch is applied; bounds what waits.
+const MAX_UNFLUSHED: usize = 4;
+
+type Results = Vec<Result<Reply, StorageError>>;
+
+/// Requests with their final results, to be answered.
+type Answers = Vec<(Pending, Result<Reply, StorageError>)>;
+
+/// A batch applied on the queue's thread, on its way through the flusher.
+struct Unflushed {
+    batch: Vec<Pending>,
+    results: Results,
+    took: Duration,
+    /// Flushes made for this batch (0 when an earlier batch's covered it).
+    flushes: u64,
+}
+
+/// Flushed batches, back from the flusher (in the order they were applied).
+struct Flushed(Vec<SettledBatch>);
+
+impl Message for Flushed {
+    type Result = ();
+}
+
+/// The flusher thread's end of the pipeline: flushes once for everything
+/// that arrived while the last flush ran, then hands the batches back.
+fn run_flusher(
+    backend: Arc<dyn Backend>,
+    jobs: std::sync::mpsc::Receiver<Unflushed>,
+    queue: actix::WeakAddr<QueueActor>,
+    max_attempts: u32,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut done = vec![first];
+        done.extend(jobs.try_iter());
+        let started = Instant::now();
+        // A panicking backend must not take the pipeline down with it: the
+        // batches would never be answered.
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.flush()))
+            .unwrap_or_else(|_| Err(StorageError::permanent("flush panicked")));
+        let took = started.elapsed();
+        if let Some(first) = done.first_mut() {
+            first.flushes = 1;
+        }
+        for job in &mut done {
+            job.took += took;
+            if let Err(e) = &flushed {
+                fail_applied(&mut job.results, e);
+            }
+        }
+        let mut settled = Vec::with_capacity(done.len());
+        let mut answers = Vec::new();
+        for job in done {
+            let (s, a) = settle(job.batch, job.results, job.took, job.flushes, max_attempts);
+            settled.push(s);
+            answers.extend(a);
+        }
+        // The queue hears first, and answers go out from here (not through
+        // the queue's thread, one hop less per save): a requester's next
+        // write then finds its key unblocked.
+        let Some(q) = queue.upgrade() else { return };
+        q.do_send(Flushed(settled));
+        answer(answers);
+    }
+}
 use crate::retry::RetryState;
 use crate::storage::{Backend, Precondition, RecordHeader, StorageError, WriteOp, WriteOutcome};
 
@@ -128,6 +201,13 @@ pub(crate) struct QueueActor {
     /// The queue has a thread to itself (sled): batches run inline on it,
     /// saving the hop to tokio's blocking pool and back on every batch.
     own_thread: bool,
+    /// Where applied batches go to be flushed (own thread only).
+    flusher: Option<std::sync::mpsc::Sender<Unflushed>>,
+    /// Batches handed to the flusher and not back yet, and their requests.
+    unflushed: usize,
+    unflushed_requests: usize,
+    /// Keys with a request in an unflushed batch.
+    unflushed_keys: KeyHashMap<usize>,
     /// A pump is scheduled for after the mailbox drains.
     pump_scheduled: bool,
     /// Batches composed in a row while the normal lane had work and got none.
@@ -170,6 +250,10 @@ impl QueueActor {
             buckets,
             executing: 0,
             own_thread: false,
+            flusher: None,
+            unflushed: 0,
+            unflushed_requests: 0,
+            unflushed_keys: KeyHashMap::default(),
             pump_scheduled: false,
             normal_starved: 0,
             wake_at: None,
@@ -182,7 +266,7 @@ impl QueueActor {
         QueueDepth {
             emergency: self.emergency.len(),
             normal: self.normal.len(),
-            in_flight: self.executing,
+            in_flight: self.executing + self.unflushed_requests,
             retrying: self.retrying.len(),
         }
     }
@@ -257,7 +341,7 @@ impl QueueActor {
         }
         let max = self.config.max_batch;
         let reserved = if self.normal.is_empty() { 0 } else { (max / self.config.normal_share).max(1) };
-        let mut blocked: KeyHashSet = self.retrying_keys.keys().copied().collect();
+        let mut blocked: KeyHashSet = self.retrying_keys.keys().chain(self.unflushed_keys.keys()).copied().collect();
         let mut batch = Batch::default();
         let normal_waiting = !self.normal.is_empty();
         if normal_waiting && self.normal_starved >= self.config.normal_share {
@@ -302,6 +386,13 @@ impl QueueActor {
                 kept.push_back(p);
                 continue;
             }
+            if self.unflushed > 0 && matches!(p.req.op, Operation::Scan { .. }) {
+                // A scan could see another key's unflushed write: it waits
+                // until everything applied is durable.
+                blocked.insert(p.key_hash);
+                kept.push_back(p);
+                continue;
+            }
             if let Some(bucket) = self.buckets.get_mut(&class_of(&p.req.op)) {
                 if bucket.tokens < 1.0 {
                     blocked.insert(p.key_hash);
@@ -329,6 +420,9 @@ impl QueueActor {
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.executing > 0 {
             return;
+        }
+        if self.flusher.is_some() {
+            return self.pump_pipelined(ctx);
         }
         loop {
             let mut batch = self.compose();
@@ -368,6 +462,70 @@ impl QueueActor {
         }
     }
 
+    /// On the queue's own thread: applies batches inline and hands each to
+    /// the flusher, up to `MAX_UNFLUSHED` at a time.
+    fn pump_pipelined(&mut self, ctx: &mut Context<Self>) {
+        while self.unflushed < MAX_UNFLUSHED {
+            let mut batch = self.compose();
+            if batch.is_empty() {
+                self.schedule_budget_wake(ctx);
+                self.notify_if_empty();
+                return;
+            }
+            let span = debug_span!(target: "datastorer::queue", "batch", size = batch.len());
+            let _entered = span.enter();
+            let started = Instant::now();
+            let (results, needs_flush) = apply(&*self.backend, &mut batch);
+            let took = started.elapsed();
+            if !needs_flush {
+                self.finish(batch, results, took, ctx);
+                continue;
+            }
+            for p in &batch {
+                *self.unflushed_keys.entry(p.key_hash).or_default() += 1;
+            }
+            self.unflushed += 1;
+            self.unflushed_requests += batch.len();
+            let job = Unflushed { batch, results, took, flushes: 0 };
+            let sent = match &self.flusher {
+                Some(f) => f.send(job).map_err(|e| e.0),
+                None => Err(job),
+            };
+            if let Err(mut job) = sent {
+                // The flusher ends only with the queue; should it be gone
+                // anyway, flushing continues inline, unpipelined.
+                warn!(target: "datastorer::queue", "flusher thread gone; flushing inline");
+                self.flusher = None;
+                if let Err(e) = self.backend.flush() {
+                    fail_applied(&mut job.results, &e);
+                }
+                let (mut done, answers) = settle(job.batch, job.results, job.took, 1, self.config.retry.max_attempts);
+                // Still counted as unflushed above: `flushed` books it.
+                done.flushes = 1;
+                self.flushed(vec![done], ctx);
+                answer(answers);
+                return self.pump(ctx);
+            }
+        }
+    }
+
+    /// Batches back from the flusher, answered but for their retries.
+    fn flushed(&mut self, settled: Vec<SettledBatch>, ctx: &mut Context<Self>) {
+        for done in settled {
+            self.unflushed -= 1;
+            self.unflushed_requests -= done.requests;
+            for key in &done.keys {
+                if let Some(n) = self.unflushed_keys.get_mut(key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.unflushed_keys.remove(key);
+                    }
+                }
+            }
+            self.done(done, ctx);
+        }
+    }
+
     fn schedule_budget_wake(&mut self, ctx: &mut Context<Self>) {
         if self.emergency.is_empty() && self.normal.is_empty() {
             return;
@@ -391,60 +549,35 @@ impl QueueActor {
         });
     }
 
-    fn finish(
-        &mut self,
-        batch: Vec<Pending>,
-        results: Vec<Result<Reply, StorageError>>,
-        took: Duration,
-        ctx: &mut Context<Self>,
-    ) {
-        debug!(target: "datastorer::queue", size = batch.len(), duration_us = took.as_micros() as u64, "batch done");
+    /// A batch is done (flushed, if it wrote): answers what is final,
+    /// schedules retries for the rest.
+    fn finish(&mut self, batch: Vec<Pending>, results: Results, took: Duration, ctx: &mut Context<Self>) {
+        let wrote = batch.iter().any(|p| matches!(p.req.op, Operation::Write { .. }));
+        let (done, answers) = settle(batch, results, took, u64::from(wrote), self.config.retry.max_attempts);
+        answer(answers);
+        self.done(done, ctx);
+    }
+
+    /// Books a settled batch: stats, and a retry timer for each retry.
+    fn done(&mut self, done: SettledBatch, ctx: &mut Context<Self>) {
+        debug!(target: "datastorer::queue", size = done.requests, duration_us = done.took.as_micros() as u64, "batch done");
         self.stats.batches += 1;
-        let writes = batch.iter().filter(|p| matches!(p.req.op, Operation::Write { .. })).count() as u64;
-        self.stats.writes += writes;
-        self.stats.gets += batch.iter().filter(|p| matches!(p.req.op, Operation::Get)).count() as u64;
-        if writes > 0 {
-            self.stats.flushes += 1;
-        }
-        for (mut p, result) in batch.into_iter().zip(results) {
-            p.attempt += 1;
-            let op = p.req.op.name();
-            let waited = p.enqueued.elapsed().as_micros() as u64;
-            match result {
-                Ok(reply) => {
-                    debug!(
-                        target: "datastorer::queue",
-                        store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
-                        attempt = p.attempt, outcome = reply_outcome(&reply), duration_us = waited,
-                        "request done"
-                    );
-                    let _ = p.req.reply.send(Ok(reply));
-                }
-                Err(error) if error.is_retryable() && p.attempt < self.config.retry.max_attempts => {
-                    let delay = p.retry.get_or_insert_with(|| RetryState::new(&self.config.retry)).next_delay();
-                    warn!(
-                        target: "datastorer::queue",
-                        store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
-                        attempt = p.attempt, outcome = "retry", delay_ms = delay.as_millis() as u64,
-                        error = %error, "request failed, retrying"
-                    );
-                    let id = self.next_retry_id;
-                    self.next_retry_id += 1;
-                    *self.retrying_keys.entry(p.key_hash).or_default() += 1;
-                    self.retrying.insert(id, p);
-                    ctx.run_later(delay, move |act, ctx| act.retry_due(id, ctx));
-                }
-                Err(error) => {
-                    warn!(
-                        target: "datastorer::queue",
-                        store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
-                        attempt = p.attempt, outcome = "failed", duration_us = waited,
-                        error = %error, "request failed"
-                    );
-                    let failure = QueueFailure::Storage { error, attempts: p.attempt, operation: op };
-                    let _ = p.req.reply.send(Err(failure));
-                }
-            }
+        self.stats.writes += done.writes;
+        self.stats.gets += done.gets;
+        self.stats.flushes += done.flushes;
+        for (mut p, error) in done.retry {
+            let delay = p.retry.get_or_insert_with(|| RetryState::new(&self.config.retry)).next_delay();
+            warn!(
+                target: "datastorer::queue",
+                store = %p.req.store, key = %p.req.key, op = p.req.op.name(), lane = p.req.lane.as_str(),
+                attempt = p.attempt, outcome = "retry", delay_ms = delay.as_millis() as u64,
+                error = %error, "request failed, retrying"
+            );
+            let id = self.next_retry_id;
+            self.next_retry_id += 1;
+            *self.retrying_keys.entry(p.key_hash).or_default() += 1;
+            self.retrying.insert(id, p);
+            ctx.run_later(delay, move |act, ctx| act.retry_due(id, ctx));
         }
     }
 
@@ -474,6 +607,76 @@ impl QueueActor {
     }
 }
 
+/// A batch after its flush, as the queue books it: counts, and the requests
+/// to retry (everything else has been answered).
+struct SettledBatch {
+    requests: usize,
+    writes: u64,
+    gets: u64,
+    flushes: u64,
+    took: Duration,
+    /// The key of every request of the batch, to unblock.
+    keys: Vec<u64>,
+    retry: Vec<(Pending, StorageError)>,
+}
+
+/// Splits a finished batch into final answers and retries; counts attempts.
+fn settle(
+    batch: Vec<Pending>,
+    results: Results,
+    took: Duration,
+    flushes: u64,
+    max_attempts: u32,
+) -> (SettledBatch, Answers) {
+    let mut done = SettledBatch {
+        requests: batch.len(),
+        writes: batch.iter().filter(|p| matches!(p.req.op, Operation::Write { .. })).count() as u64,
+        gets: batch.iter().filter(|p| matches!(p.req.op, Operation::Get)).count() as u64,
+        flushes,
+        took,
+        keys: batch.iter().map(|p| p.key_hash).collect(),
+        retry: Vec::new(),
+    };
+    let mut answers = Vec::with_capacity(batch.len());
+    for (mut p, result) in batch.into_iter().zip(results) {
+        p.attempt += 1;
+        match result {
+            Err(error) if error.is_retryable() && p.attempt < max_attempts => done.retry.push((p, error)),
+            other => answers.push((p, other)),
+        }
+    }
+    (done, answers)
+}
+
+/// Sends final answers to their requesters.
+fn answer(answers: Answers) {
+    for (p, result) in answers {
+        let op = p.req.op.name();
+        let waited = p.enqueued.elapsed().as_micros() as u64;
+        match result {
+            Ok(reply) => {
+                debug!(
+                    target: "datastorer::queue",
+                    store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
+                    attempt = p.attempt, outcome = reply_outcome(&reply), duration_us = waited,
+                    "request done"
+                );
+                let _ = p.req.reply.send(Ok(reply));
+            }
+            Err(error) => {
+                warn!(
+                    target: "datastorer::queue",
+                    store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
+                    attempt = p.attempt, outcome = "failed", duration_us = waited,
+                    error = %error, "request failed"
+                );
+                let failure = QueueFailure::Storage { error, attempts: p.attempt, operation: op };
+                let _ = p.req.reply.send(Err(failure));
+            }
+        }
+    }
+}
+
 fn reply_outcome(reply: &Reply) -> &'static str {
     match reply {
         Reply::Value(Some(_)) => "found",
@@ -486,10 +689,34 @@ fn reply_outcome(reply: &Reply) -> &'static str {
 
 /// Runs one batch against the backend: reads, then all writes in one
 /// `write_batch`, then one flush if anything was written.
-fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Result<Reply, StorageError>> {
+fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Results {
+    let (mut results, needs_flush) = apply(backend, batch);
+    if needs_flush {
+        if let Err(e) = backend.flush() {
+            fail_applied(&mut results, &e);
+        }
+    }
+    results
+}
+
+/// A failed flush fails every write it was to make durable (they are
+/// retried; a retry that finds its own header reports success).
+fn fail_applied(results: &mut Results, error: &StorageError) {
+    for r in results.iter_mut() {
+        if matches!(r, Ok(Reply::Written(WriteOutcome::Applied))) {
+            *r = Err(error.clone());
+        }
+    }
+}
+
+/// Reads, then all writes in one `write_batch`, without the flush; answers
+/// the results and whether anything was written (and needs a flush before
+/// any `Applied` may be reported).
+fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
     let mut results: Vec<Option<Result<Reply, StorageError>>> = Vec::with_capacity(batch.len());
     let mut write_idx = Vec::new();
     let mut writes = Vec::new();
+    let mut any_applied = false;
     for (i, p) in batch.iter_mut().enumerate() {
         match &mut p.req.op {
             Operation::Get => results.push(Some(backend.get(&p.req.storage_key).map(Reply::Value))),
@@ -511,7 +738,6 @@ fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Result<Reply, St
     }
     if !writes.is_empty() {
         let outcomes = backend.write_batch(&writes);
-        let mut any_applied = false;
         for ((&i, op), outcome) in write_idx.iter().zip(&writes).zip(outcomes) {
             // A retry of a write whose first attempt applied but whose flush
             // failed finds its own new header: that is success, not a conflict.
@@ -527,15 +753,6 @@ fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Result<Reply, St
             any_applied |= matches!(outcome, Ok(WriteOutcome::Applied));
             results[i] = Some(outcome.map(Reply::Written));
         }
-        if any_applied {
-            if let Err(e) = backend.flush() {
-                for &i in &write_idx {
-                    if matches!(results[i], Some(Ok(Reply::Written(WriteOutcome::Applied)))) {
-                        results[i] = Some(Err(e.clone()));
-                    }
-                }
-            }
-        }
         for (&i, op) in write_idx.iter().zip(writes) {
             let req = &mut batch[i].req;
             req.storage_key = op.key;
@@ -544,16 +761,44 @@ fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Vec<Result<Reply, St
             }
         }
     }
-    results
+    let results = results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(StorageError::permanent("request produced no result"))))
-        .collect()
+        .collect();
+    (results, any_applied)
 }
 
 // Key actors submit with `do_send`, which ignores the mailbox capacity: the
 // queue is bounded by design instead (at most one outstanding write per key).
 impl Actor for QueueActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if !self.own_thread {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let backend = self.backend.clone();
+        let queue = ctx.address().downgrade();
+        let max_attempts = self.config.retry.max_attempts;
+        let spawned = std::thread::Builder::new()
+            .name("datastorer-flush".into())
+            .spawn(move || run_flusher(backend, rx, queue, max_attempts));
+        match spawned {
+            Ok(_) => self.flusher = Some(tx),
+            // Without a thread to spare, batches flush inline as before.
+            Err(e) => warn!(target: "datastorer::queue", error = %e, "no flusher thread; flushing inline"),
+        }
+    }
+}
+
+impl Handler<Flushed> for QueueActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Flushed, ctx: &mut Self::Context) {
+        self.flushed(msg.0, ctx);
+        self.pump(ctx);
+    }
 }
 
 impl Handler<Submit> for QueueActor {

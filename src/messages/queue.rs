@@ -155,7 +155,8 @@ pub(crate) struct GetBudgets;
 pub struct QueueStats {
     /// Batches executed.
     pub batches: u64,
-    /// Durable flushes (one per batch that wrote something).
+    /// Durable flushes (one per batch that wrote something; with the queue on
+    /// its own thread one flush can cover several batches).
     pub flushes: u64,
     /// Write operations sent to the backend (attempts included).
     pub writes: u64,

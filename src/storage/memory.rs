@@ -396,6 +396,7 @@ impl Backend for MemoryBackend {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
+        self.delay_and_freeze(OpKind::Flush, None);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.record(OpKind::Flush, &[]);
         if let Some(e) = self.injected(OpKind::Flush, None) {
