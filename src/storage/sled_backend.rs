@@ -128,7 +128,7 @@ impl Backend for SledBackend {
         let mut batch = sled::Batch::default();
         // What this batch has already decided for a key, so that two ops on
         // one key in one batch see each other: the header it will store.
-        let mut staged: HashMap<&[u8], Option<Option<RecordHeader>>> = HashMap::new();
+        let mut staged: HashMap<&[u8], Option<Option<RecordHeader>>> = HashMap::with_capacity(ops.len());
         let mut results = Vec::with_capacity(ops.len());
         let mut applied: Vec<&WriteOp> = Vec::with_capacity(ops.len());
         for op in ops {
