@@ -117,6 +117,13 @@ pub struct Config {
     pub handle_signals: bool,
     /// Largest encoded document (JSON bytes) a save accepts.
     pub max_document_bytes: usize,
+    /// Start each key actor on the arbiter of the task that opens the key
+    /// (when that task runs on one) instead of the arbiter `start` ran on.
+    /// The server sets this: an HTTP worker then runs its keys' closures
+    /// with no thread hop per request. Every such arbiter must outlive
+    /// `shutdown()`; a key whose arbiter stops first closes with an error
+    /// and loses its unsaved changes.
+    pub keys_on_caller_arbiter: bool,
 }
 
 fn default_owner_id() -> String {
@@ -158,6 +165,7 @@ impl Config {
             shutdown_deadline: Duration::from_secs(25),
             handle_signals: true,
             max_document_bytes: 4 * 1024 * 1024,
+            keys_on_caller_arbiter: false,
         }
     }
 

@@ -13,7 +13,7 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use actix::{Actor, Addr, Recipient};
+use actix::{Actor, Addr, Arbiter, Recipient};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -493,7 +493,11 @@ impl<T: Document> Store<T> {
                         let key_arc: Arc<str> = Arc::from(key.as_str());
                         let signal = CloseSignal::new();
                         let actor = KeyActor::new(shared.clone(), key_arc.clone(), signal.clone());
-                        let addr = KeyActor::start_in_arbiter(&shared.engine.arbiter, move |_| actor);
+                        let home = match shared.engine.config.keys_on_caller_arbiter {
+                            true => Arbiter::try_current().unwrap_or_else(|| shared.engine.arbiter.clone()),
+                            false => shared.engine.arbiter.clone(),
+                        };
+                        let addr = KeyActor::start_in_arbiter(&home, move |_| actor);
                         keys.insert(key_arc.clone(), KeyEntry { addr: addr.clone(), closed: signal.clone() });
                         (addr, key_arc, signal)
                     }

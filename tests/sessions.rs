@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use datastorer::storage::memory::MemoryBackend;
-use datastorer::{CloseReason, Error, Priority};
+use datastorer::{CloseReason, Datastorer, Error, Priority, Session};
 use serde_json::json;
 
 #[actix_rt::test]
@@ -247,4 +247,50 @@ async fn reopening_while_a_release_is_on_the_wire_waits_for_it() {
     assert_eq!(s.close_reason(), Some(CloseReason::Released));
     assert_eq!(again.read(|p| p.coins).await.unwrap(), 31, "the new session sees the released state");
     assert_eq!(again.lease().await.unwrap().epoch, 2);
+}
+
+/// Opens `key` from a task on `arbiter`; answers the session and that thread.
+async fn open_on(
+    arbiter: &actix::Arbiter,
+    store: &datastorer::Store<Profile>,
+    key: &str,
+) -> (Session<Profile>, std::thread::ThreadId) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (store, key) = (store.clone(), key.to_owned());
+    arbiter.spawn(async move {
+        let session = store.open(key).await.unwrap();
+        let _ = tx.send((session, std::thread::current().id()));
+    });
+    rx.await.unwrap()
+}
+
+#[actix_rt::test]
+async fn keys_run_on_the_engine_arbiter_or_with_keys_on_caller_arbiter_where_they_were_opened() {
+    let here = std::thread::current().id();
+    let worker = actix::Arbiter::new();
+    for on_caller in [false, true] {
+        let backend = Arc::new(MemoryBackend::new());
+        let mut cfg = config(&backend, "a");
+        cfg.keys_on_caller_arbiter = on_caller;
+        let ds = Datastorer::start(cfg).await.unwrap();
+        let store = profiles(&ds);
+        let (session, worker_thread) = open_on(&worker, &store, "w").await;
+        assert_ne!(worker_thread, here);
+        let ran_on = session
+            .update(|p| {
+                p.coins = 3;
+                std::thread::current().id()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ran_on, if on_caller { worker_thread } else { here }, "keys_on_caller_arbiter = {on_caller}");
+        // Shutdown reaches the key on the worker's arbiter like any other.
+        let report = ds.shutdown().await;
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(report.release.released, 1);
+        let rec = stored(&backend, "profiles", "w").unwrap();
+        assert!(rec.lease.is_none());
+        assert_eq!(stored_json(&backend, "profiles", "w")["coins"], 3);
+    }
+    worker.stop();
 }

@@ -36,8 +36,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Flips to true when shutdown starts (ends change feeds).
     pub shutdown: watch::Receiver<bool>,
-    /// Whether shutdown started (readiness).
+    /// Whether shutdown started (readiness; session requests get 503).
     pub shutting_down: AtomicBool,
+    /// Requests being handled (the shutdown waits for them).
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -47,6 +49,19 @@ pub const LEASE_TOKEN: &str = "Lease-Token";
 const MAX_LIST_LIMIT: usize = 1000;
 
 impl AppState {
+    /// Refuses session work once shutdown started: the engine is about to
+    /// release every session, and a request admitted later would race it.
+    fn admit(&self) -> Result<()> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ));
+        }
+        Ok(())
+    }
+
     /// The store `name`: declared, or created on first use unless strict.
     pub fn store(&self, name: &str) -> Result<Store<Value>> {
         crate::store::validate_store_name(name).map_err(ApiError::from)?;
@@ -195,6 +210,7 @@ pub async fn open_session(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
+    state.admit()?;
     let who = state.auth(&req, Role::Write)?;
     let (store_name, key) = path.into_inner();
     let store = state.store(&store_name)?;
@@ -230,6 +246,7 @@ pub async fn open_session(
 }
 
 fn checked(req: &HttpRequest, state: &AppState, path: &(String, String)) -> Result<(Session<Value>, LeaseGrant)> {
+    state.admit()?;
     state.auth(req, Role::Write)?;
     crate::store::validate_store_name(&path.0).map_err(ApiError::from)?;
     check_key(&path.1)?;
