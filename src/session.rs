@@ -4,9 +4,9 @@
 //! Owns: turning method calls into key-actor messages. Must not: hold state
 //! of its own; the key actor is the single owner of the document.
 
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -159,14 +159,6 @@ impl<T: Document> fmt::Debug for Session<T> {
     }
 }
 
-fn unbox<R: 'static>(b: Box<dyn Any + Send>) -> R {
-    match b.downcast::<R>() {
-        Ok(r) => *r,
-        // The actor returns exactly what the boxed closure produced.
-        Err(_) => unreachable!("closure result type changed between session and actor"),
-    }
-}
-
 impl<T: Document> Session<T> {
     pub(crate) fn new(addr: Addr<KeyActor<T>>, store: Arc<str>, key: Arc<str>, closed: Arc<CloseSignal>) -> Self {
         Self { addr, store, key, closed }
@@ -189,9 +181,7 @@ impl<T: Document> Session<T> {
 
     /// Runs `f` over the document inside the key actor.
     pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&T) -> R + Send + 'static) -> Result<R, Error> {
-        let msg = Read::<T>(Box::new(move |t: &T| Box::new(f(t)) as Box<dyn Any + Send>));
-        let out = self.addr.send(msg).await.map_err(|_| self.gone())??;
-        Ok(unbox(out))
+        self.addr.send(Read(f, PhantomData)).await.map_err(|_| self.gone())?
     }
 
     /// A copy of the document.
@@ -204,9 +194,7 @@ impl<T: Document> Session<T> {
     /// a copy for the duration of the call), the panic is returned as
     /// `Error::Panicked`, and the session stays open.
     pub async fn update<R: Send + 'static>(&self, f: impl FnOnce(&mut T) -> R + Send + 'static) -> Result<R, Error> {
-        let msg = Update::<T>(Box::new(move |t: &mut T| Box::new(f(t)) as Box<dyn Any + Send>));
-        let out = self.addr.send(msg).await.map_err(|_| self.gone())??;
-        Ok(unbox(out))
+        self.addr.send(Update(f, PhantomData)).await.map_err(|_| self.gone())?
     }
 
     /// The metadata stored beside the document.

@@ -26,8 +26,8 @@ use crate::engine::queue_error;
 use crate::error::Error;
 use crate::lease::{acquire, Loaded};
 use crate::messages::key::{
-    AddUserId, AnyBox, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release, Save,
-    SetMetadata, Update,
+    AddUserId, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release, Save, SetMetadata,
+    Update,
 };
 use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::panic_message;
@@ -592,29 +592,47 @@ impl<T: Document> KeyActor<T> {
     }
 }
 
-impl<T: Document> Handler<Read<T>> for KeyActor<T> {
-    type Result = Result<AnyBox, Error>;
+impl<T: Document, F, R> Handler<Read<T, F, R>> for KeyActor<T>
+where
+    F: FnOnce(&T) -> R + Send + 'static,
+    R: Send + 'static,
+{
+    type Result = MessageResult<Read<T, F, R>>;
 
-    fn handle(&mut self, msg: Read<T>, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Read<T, F, R>, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.read(msg.0))
+    }
+}
+
+impl<T: Document, F, R> Handler<Update<T, F, R>> for KeyActor<T>
+where
+    F: FnOnce(&mut T) -> R + Send + 'static,
+    R: Send + 'static,
+{
+    type Result = MessageResult<Update<T, F, R>>;
+
+    fn handle(&mut self, msg: Update<T, F, R>, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.update(msg.0))
+    }
+}
+
+impl<T: Document> KeyActor<T> {
+    fn read<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, Error> {
         if !matches!(self.phase, Phase::Open | Phase::Closing(_)) {
             return Err(self.closed_error());
         }
         let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
-        catch_unwind(AssertUnwindSafe(|| (msg.0)(&doc.data))).map_err(|p| self.panicked("read closure", &*p))
+        catch_unwind(AssertUnwindSafe(|| f(&doc.data))).map_err(|p| self.panicked("read closure", &*p))
     }
-}
 
-impl<T: Document> Handler<Update<T>> for KeyActor<T> {
-    type Result = Result<AnyBox, Error>;
-
-    fn handle(&mut self, msg: Update<T>, _ctx: &mut Self::Context) -> Self::Result {
+    fn update<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> Result<R, Error> {
         if self.phase != Phase::Open {
             return Err(self.closed_error());
         }
         let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
         // The copy restores the document if the closure panics half-way.
         let before = doc.data.clone();
-        match catch_unwind(AssertUnwindSafe(|| (msg.0)(&mut doc.data))) {
+        match catch_unwind(AssertUnwindSafe(|| f(&mut doc.data))) {
             Ok(out) => Ok(out),
             Err(p) => {
                 doc.data = before;

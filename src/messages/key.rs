@@ -2,7 +2,7 @@
 //! from a `Session<T>`; `Control` is type-erased so the supervisor can drive
 //! key actors of every store through one `Recipient`.
 
-use std::any::Any;
+use std::marker::PhantomData;
 
 use actix::Message;
 use serde_json::Value;
@@ -13,9 +13,6 @@ use crate::messages::queue::Priority;
 use crate::session::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};
 use crate::storage::NoticeKind;
 
-pub(crate) type AnyBox = Box<dyn Any + Send>;
-pub(crate) type ReadFn<T> = Box<dyn FnOnce(&T) -> AnyBox + Send>;
-pub(crate) type UpdateFn<T> = Box<dyn FnOnce(&mut T) -> AnyBox + Send>;
 pub(crate) type ReceiptTx = oneshot::Sender<Result<SaveOutcome, Error>>;
 
 /// Load the record, take the lease, migrate, reconcile, run the after-load hook.
@@ -26,16 +23,24 @@ pub(crate) struct Open {
     pub policy: AcquirePolicy,
 }
 
-/// Run a closure over the document.
-pub(crate) struct Read<T>(pub ReadFn<T>);
-impl<T: 'static> Message for Read<T> {
-    type Result = Result<AnyBox, Error>;
+/// Run a closure over the document. Generic over the closure and its
+/// result, so neither is boxed on its own (the message rides in actix's
+/// envelope) and nothing is downcast on the way back.
+pub(crate) struct Read<T, F, R>(pub F, pub PhantomData<fn(&T) -> R>);
+impl<T: 'static, F, R: Send + 'static> Message for Read<T, F, R>
+where
+    F: FnOnce(&T) -> R + Send + 'static,
+{
+    type Result = Result<R, Error>;
 }
 
-/// Run a mutating closure over the document.
-pub(crate) struct Update<T>(pub UpdateFn<T>);
-impl<T: 'static> Message for Update<T> {
-    type Result = Result<AnyBox, Error>;
+/// Run a mutating closure over the document (generic, as `Read`).
+pub(crate) struct Update<T, F, R>(pub F, pub PhantomData<fn(&mut T) -> R>);
+impl<T: 'static, F, R: Send + 'static> Message for Update<T, F, R>
+where
+    F: FnOnce(&mut T) -> R + Send + 'static,
+{
+    type Result = Result<R, Error>;
 }
 
 #[derive(Message)]
