@@ -290,13 +290,27 @@ async fn change_data(
     change: fn(&mut Value, Value),
 ) -> Result<HttpResponse> {
     let (session, body) = session_and_body(&req, &path, payload, &state, content_types, "a JSON document").await?;
-    let data = session
+    // The response is written inside the key actor, from the document in
+    // place: no copy of the document per request.
+    let response = session
         .update(move |d| {
             change(d, body);
-            d.clone()
+            let mut out = Vec::with_capacity(256);
+            out.extend_from_slice(b"{\"data\":");
+            serde_json::to_writer(&mut out, d).map(|()| {
+                out.push(b'}');
+                out
+            })
         })
-        .await?;
-    Ok(HttpResponse::Ok().json(json!({ "data": data })))
+        .await?
+        .map_err(|e| {
+            ApiError::new(
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the document does not serialize: {e}"),
+            )
+        })?;
+    Ok(HttpResponse::Ok().content_type("application/json").body(response))
 }
 
 /// `PUT …/session/data`: replace the document.
