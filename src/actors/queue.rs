@@ -88,7 +88,7 @@ fn run_flusher(
         let mut settled = Vec::with_capacity(done.len());
         let mut answers = Vec::new();
         for job in done {
-            let (s, a) = settle(job.batch, job.results, job.took, job.flushes, max_attempts);
+            let (s, a) = settle(job.batch, job.results, job.took, job.flushes, max_attempts, true);
             settled.push(s);
             answers.extend(a);
         }
@@ -499,7 +499,8 @@ impl QueueActor {
                 if let Err(e) = self.backend.flush() {
                     fail_applied(&mut job.results, &e);
                 }
-                let (mut done, answers) = settle(job.batch, job.results, job.took, 1, self.config.retry.max_attempts);
+                let (mut done, answers) =
+                    settle(job.batch, job.results, job.took, 1, self.config.retry.max_attempts, true);
                 // Still counted as unflushed above: `flushed` books it.
                 done.flushes = 1;
                 self.flushed(vec![done], ctx);
@@ -553,7 +554,7 @@ impl QueueActor {
     /// schedules retries for the rest.
     fn finish(&mut self, batch: Vec<Pending>, results: Results, took: Duration, ctx: &mut Context<Self>) {
         let wrote = batch.iter().any(|p| matches!(p.req.op, Operation::Write { .. }));
-        let (done, answers) = settle(batch, results, took, u64::from(wrote), self.config.retry.max_attempts);
+        let (done, answers) = settle(batch, results, took, u64::from(wrote), self.config.retry.max_attempts, false);
         answer(answers);
         self.done(done, ctx);
     }
@@ -627,6 +628,8 @@ fn settle(
     took: Duration,
     flushes: u64,
     max_attempts: u32,
+    // Only a pipelined batch has keys to unblock.
+    with_keys: bool,
 ) -> (SettledBatch, Answers) {
     let mut done = SettledBatch {
         requests: batch.len(),
@@ -634,7 +637,7 @@ fn settle(
         gets: batch.iter().filter(|p| matches!(p.req.op, Operation::Get)).count() as u64,
         flushes,
         took,
-        keys: batch.iter().map(|p| p.key_hash).collect(),
+        keys: if with_keys { batch.iter().map(|p| p.key_hash).collect() } else { Vec::new() },
         retry: Vec::new(),
     };
     let mut answers = Vec::with_capacity(batch.len());
