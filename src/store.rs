@@ -2,8 +2,9 @@
 //! metadata template and hooks; the typed registry of its key actors.
 //!
 //! Owns: the map from key to key actor for one store (which actor is
-//! loaded, which is open), name validation, and the open flow up to the
-//! moment the key actor takes over. Must not: touch storage or document
+//! loaded, which is open), name validation, where a key actor starts (the
+//! engine's arbiter, or the caller's with `keys_on_caller_arbiter`), and
+//! the open flow up to the moment the key actor takes over. Must not: touch storage or document
 //! data (the key actor does).
 
 use std::any::{Any, TypeId};
