@@ -22,39 +22,15 @@ async fn open_many(ds: &Datastorer, keys: &[&str]) -> Vec<Session<Profile>> {
     out
 }
 
-#[actix_rt::test]
-async fn saves_of_many_keys_share_one_batch_and_one_flush() {
-    tokio::time::pause();
-    let backend = Arc::new(MemoryBackend::new());
-    let ds = node(&backend, "a").await;
-    let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
-    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let sessions = open_many(&ds, &refs).await;
-    for s in &sessions {
-        s.update(|p| p.coins += 1).await.unwrap();
-    }
-    let before = backend.stats();
-    let receipts: Vec<_> = sessions.iter().map(|s| s.save(Priority::Normal)).collect();
-    for r in receipts {
-        r.await.unwrap();
-    }
-    let after = backend.stats();
-    let batches = after.write_batches - before.write_batches;
-    let flushes = after.flushes - before.flushes;
-    println!("group commit: 200 keys saved in {batches} batches, {flushes} flushes");
-    assert_eq!(after.writes_applied - before.writes_applied, 200);
-    assert!(batches <= 4, "{batches} batches for 200 keys");
-    assert_eq!(flushes, batches);
-}
-
-/// Saves 10 dirty keys at once and answers how many write batches they took.
-async fn batches_for_ten_saves(max_batch: usize, max_batch_bytes: usize) -> u64 {
+/// Saves `n` dirty keys at once under the given batch bounds; answers the
+/// write batches and flushes they took.
+async fn batches_for_saves(n: usize, max_batch: usize, max_batch_bytes: usize) -> (u64, u64) {
     let backend = Arc::new(MemoryBackend::new());
     let mut cfg = config(&backend, "a");
     cfg.queue.max_batch = max_batch;
     cfg.queue.max_batch_bytes = max_batch_bytes;
     let ds = Datastorer::start(cfg).await.unwrap();
-    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let sessions = open_many(&ds, &refs).await;
     for s in &sessions {
@@ -66,8 +42,22 @@ async fn batches_for_ten_saves(max_batch: usize, max_batch_bytes: usize) -> u64 
         r.await.unwrap();
     }
     let after = backend.stats();
-    assert_eq!(after.writes_applied - before.writes_applied, 10);
-    after.write_batches - before.write_batches
+    assert_eq!(after.writes_applied - before.writes_applied, n as u64);
+    (after.write_batches - before.write_batches, after.flushes - before.flushes)
+}
+
+async fn batches_for_ten_saves(max_batch: usize, max_batch_bytes: usize) -> u64 {
+    batches_for_saves(10, max_batch, max_batch_bytes).await.0
+}
+
+#[actix_rt::test]
+async fn saves_of_many_keys_share_one_batch_and_one_flush() {
+    tokio::time::pause();
+    let defaults = datastorer::QueueConfig::default();
+    let (batches, flushes) = batches_for_saves(200, defaults.max_batch, defaults.max_batch_bytes).await;
+    println!("group commit: 200 keys saved in {batches} batches, {flushes} flushes");
+    assert!(batches <= 4, "{batches} batches for 200 keys");
+    assert_eq!(flushes, batches);
 }
 
 #[actix_rt::test]
