@@ -279,17 +279,29 @@ async fn pending<F: std::future::Future + Unpin>(fut: &mut F) -> bool {
     }
 }
 
+/// Sets `key`'s coins and saves it with its flush held: answers the session
+/// and the save's receipt once the flush is being held.
+async fn save_with_held_flush(
+    backend: &MemoryBackend,
+    store: &datastorer::Store<Profile>,
+    key: &str,
+    coins: u64,
+) -> (Session<Profile>, datastorer::SaveReceipt) {
+    let session = store.open(key).await.unwrap();
+    session.update(move |p| p.coins = coins).await.unwrap();
+    backend.freeze(OpKind::Flush, None, 1);
+    let receipt = session.save(Priority::Normal);
+    wait_until("the flush to be held", || backend.frozen() == 1).await;
+    (session, receipt)
+}
+
 #[actix_rt::test]
 async fn pipelined_the_next_batch_applies_while_a_flush_runs_and_receipts_wait_for_their_flush() {
     let backend = Arc::new(MemoryBackend::new());
     let ds = pipelined_node(&backend).await;
     let store = profiles(&ds);
-    let a = store.open("a").await.unwrap();
     let b = store.open("b").await.unwrap();
-    a.update(|p| p.coins = 1).await.unwrap();
-    backend.freeze(OpKind::Flush, None, 1);
-    let mut save_a = a.save(Priority::Normal);
-    wait_until("a's flush to be held", || backend.frozen() == 1).await;
+    let (_a, mut save_a) = save_with_held_flush(&backend, &store, "a", 1).await;
     assert_eq!(stored_json(&backend, "profiles", "a")["coins"], 1, "a's write is applied");
     assert!(pending(&mut save_a).await, "a's receipt resolved before its flush");
 
@@ -313,11 +325,7 @@ async fn pipelined_scans_wait_until_every_applied_write_is_durable() {
     let backend = Arc::new(MemoryBackend::new());
     let ds = pipelined_node(&backend).await;
     let store = profiles(&ds);
-    let a = store.open("a").await.unwrap();
-    a.update(|p| p.coins = 5).await.unwrap();
-    backend.freeze(OpKind::Flush, None, 1);
-    let save_a = a.save(Priority::Normal);
-    wait_until("a's flush to be held", || backend.frozen() == 1).await;
+    let (_a, save_a) = save_with_held_flush(&backend, &store, "a", 5).await;
 
     let lister = store.clone();
     let mut list = Box::pin(async move { lister.list_keys("", None, 10).await });
