@@ -272,7 +272,10 @@ impl<T: Document> StoreControl for StoreShared<T> {
         &self.fingerprint
     }
 
-    fn key_recipients(&self) -> Vec<Recipient<Control>> {
+    fn key_recipients(&self, sorted: bool) -> Vec<Recipient<Control>> {
+        if !sorted {
+            return self.keys().values().map(|e| e.addr.clone().recipient()).collect();
+        }
         let mut entries: Vec<(Arc<str>, Recipient<Control>)> =
             self.keys().iter().map(|(k, e)| (k.clone(), e.addr.clone().recipient())).collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));

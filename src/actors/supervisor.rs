@@ -183,7 +183,7 @@ impl Handler<ReleaseAll> for Supervisor {
     type Result = ResponseFuture<ReleaseReport>;
 
     fn handle(&mut self, msg: ReleaseAll, _ctx: &mut Self::Context) -> Self::Result {
-        let keys = self.registry.all_keys();
+        let keys = self.registry.all_keys_sorted();
         let deadline = Instant::now() + self.shutdown_deadline;
         Box::pin(release_keys(keys, CloseReason::Released, msg.priority, deadline))
     }
@@ -206,7 +206,7 @@ impl Handler<Shutdown> for Supervisor {
         self.registry.begin_shutdown();
         let started = Instant::now();
         let deadline = started + self.shutdown_deadline;
-        let keys = self.registry.all_keys();
+        let keys = self.registry.all_keys_sorted();
         let queue = self.queue.clone();
         let backend = self.backend.clone();
         let work = async move {
