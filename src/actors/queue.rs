@@ -499,10 +499,9 @@ impl QueueActor {
                 if let Err(e) = self.backend.flush() {
                     fail_applied(&mut job.results, &e);
                 }
-                let (mut done, answers) =
-                    settle(job.batch, job.results, job.took, 1, self.config.retry.max_attempts, true);
-                // Still counted as unflushed above: `flushed` books it.
-                done.flushes = 1;
+                // One flush, just made; still counted as unflushed above,
+                // so `flushed` books it.
+                let (done, answers) = settle(job.batch, job.results, job.took, 1, self.config.retry.max_attempts, true);
                 self.flushed(vec![done], ctx);
                 answer(answers);
                 return self.pump(ctx);
