@@ -151,7 +151,61 @@ fn conformance(b: &dyn Backend) {
     // Delete.
     b.delete(&storage_key("scan", "b")).unwrap();
     assert_eq!(b.get(&storage_key("scan", "b")).unwrap(), None);
+
+    large_batches(b);
     b.flush().unwrap();
+}
+
+fn record_at(revision: u64) -> Vec<u8> {
+    let mut r = sample();
+    r.header.revision = revision;
+    r.encode()
+}
+
+/// Batches as large as a burst of saves makes (sled writes these on several
+/// threads): every op still gets its own outcome, in order, and a key
+/// written twice in one batch ends with its second value.
+fn large_batches(b: &dyn Backend) {
+    const N: usize = 3000;
+    let key = |i: usize| storage_key("big", &format!("k{i:05}"));
+    let first: Vec<WriteOp> = (0..N).map(|i| op(&key(i), Precondition::Absent, Some(record_at(1)))).collect();
+    assert!(b.write_batch(&first).iter().all(|r| *r == Ok(WriteOutcome::Applied)));
+
+    // Every third op carries a stale header, every fifth (not third) deletes.
+    let h1 = RecordHeader { epoch: 3, revision: 1 };
+    let stale = RecordHeader { epoch: 2, revision: 1 };
+    let second: Vec<WriteOp> = (0..N)
+        .map(|i| match i {
+            i if i % 3 == 0 => op(&key(i), Precondition::Header(stale), Some(record_at(9))),
+            i if i % 5 == 0 => op(&key(i), Precondition::Header(h1), None),
+            i => op(&key(i), Precondition::Header(h1), Some(record_at(2))),
+        })
+        .collect();
+    let results = b.write_batch(&second);
+    assert_eq!(results.len(), N);
+    for (i, r) in results.iter().enumerate() {
+        let expected = if i % 3 == 0 { WriteOutcome::Conflict { current: Some(h1) } } else { WriteOutcome::Applied };
+        assert_eq!(*r, Ok(expected), "op {i}");
+        let stored = b.get(&key(i)).unwrap();
+        match i {
+            i if i % 3 == 0 => assert_eq!(stored, Some(record_at(1)), "key {i} kept"),
+            i if i % 5 == 0 => assert_eq!(stored, None, "key {i} deleted"),
+            _ => assert_eq!(stored, Some(record_at(2)), "key {i} rewritten"),
+        }
+    }
+
+    // One key twice among many: the second write is conditional on the first.
+    let h2 = RecordHeader { epoch: 3, revision: 2 };
+    let h3 = RecordHeader { epoch: 3, revision: 3 };
+    let mut third: Vec<WriteOp> = (1..N)
+        .filter(|i| i % 3 != 0 && i % 5 != 0)
+        .map(|i| op(&key(i), Precondition::Header(h2), Some(record_at(3))))
+        .collect();
+    third.push(op(&key(1), Precondition::Header(h3), Some(record_at(4))));
+    let results = b.write_batch(&third);
+    assert!(results.iter().all(|r| *r == Ok(WriteOutcome::Applied)), "{:?}", results.iter().find(|r| r.is_err()));
+    assert_eq!(b.get(&key(1)).unwrap(), Some(record_at(4)));
+    assert_eq!(b.get(&key(2)).unwrap(), Some(record_at(3)));
 }
 
 #[test]
@@ -169,6 +223,10 @@ fn sled_backend_conforms_and_persists_after_flush() {
     let b = SledBackend::open(dir.path().join("db")).unwrap();
     let rec = Record::decode(&b.get(&storage_key("s", "k")).unwrap().unwrap()).unwrap();
     assert_eq!(rec.header.revision, 18);
+    // The large batches, written on several threads, are durable too.
+    assert_eq!(b.get(&storage_key("big", "k00001")).unwrap(), Some(record_at(4)));
+    assert_eq!(b.get(&storage_key("big", "k02998")).unwrap(), Some(record_at(3)));
+    assert_eq!(b.get(&storage_key("big", "k02995")).unwrap(), None);
 }
 
 #[test]

@@ -8,8 +8,11 @@
 //!
 //! Conditional writes: sled lets one process open a directory, and every
 //! writer in that process goes through this object, so checking every
-//! precondition and then applying one `sled::Batch` under `write_lock` is as
-//! atomic as a compare-and-swap per key — and much cheaper.
+//! precondition and then writing under `write_lock` is as atomic as a
+//! compare-and-swap per key — and much cheaper. A small batch is written as
+//! one `sled::Batch`; a large one (a burst of saves, a shutdown) as
+//! single-key writes split over up to four threads, because `apply_batch`
+//! holds a process-wide lock and so can use only one core.
 //!
 //! For the same reason the headers this object last wrote are exact, and a
 //! bounded cache of them (kept under `write_lock`) answers most precondition
@@ -23,6 +26,11 @@ use super::{Backend, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, 
 /// How long `open` waits for a directory lock that this process is releasing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Batches with fewer writes than this are applied as one sled batch on the
+/// calling thread; larger ones are split over threads. A thread costs
+/// ~30 µs to start; 256 writes of 1 KiB take ~0.8 ms.
+const PARALLEL_APPLY_MIN_OPS: usize = 256;
+
 /// Headers cached at most; past this the cache starts over (about 90 bytes
 /// per entry, so at most ~25 MB).
 const HEADER_CACHE_ENTRIES: usize = 256 * 1024;
@@ -34,6 +42,8 @@ pub struct SledBackend {
     write_lock: std::sync::Mutex<HeaderCache>,
     path: PathBuf,
     notices: NoticeBus,
+    /// Threads a large batch is written with (this machine's cores, at most 4).
+    apply_threads: usize,
 }
 
 /// The header of the value this process last wrote under a key (`None`: a
@@ -105,12 +115,94 @@ impl SledBackend {
                 }
             }
         };
-        Ok(Self { db, write_lock: std::sync::Mutex::default(), path, notices: NoticeBus::default() })
+        // Capped at 4: only two cores were ever measured, and every extra
+        // thread is started afresh for each large batch.
+        let apply_threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        Ok(Self { db, write_lock: std::sync::Mutex::default(), path, notices: NoticeBus::default(), apply_threads })
     }
 
     /// The data directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Applies `ops[i]` for every `i` in `applied` as one sled batch;
+    /// answers the ops that failed (all of them, or none).
+    fn apply_as_one_batch(&self, ops: &[WriteOp], applied: &[usize]) -> Vec<(usize, StorageError)> {
+        if applied.is_empty() {
+            return Vec::new();
+        }
+        let mut batch = sled::Batch::default();
+        for &i in applied {
+            let op = &ops[i];
+            match &op.value {
+                Some(v) => batch.insert(op.key.as_slice(), v.as_slice()),
+                None => batch.remove(op.key.as_slice()),
+            }
+        }
+        match self.db.apply_batch(batch) {
+            Ok(()) => Vec::new(),
+            Err(e) => {
+                let e = map_err("apply_batch", e);
+                applied.iter().map(|&i| (i, e.clone())).collect()
+            }
+        }
+    }
+
+    /// Applies `ops[i]` for every `i` in `applied` as single-key writes,
+    /// split over `apply_threads` threads; answers the ops that failed.
+    ///
+    /// sled's `apply_batch` holds a process-wide write lock, so one batch
+    /// uses one core however large it is, while single-key writes run in
+    /// parallel. The backend promises no cross-key atomicity, and the
+    /// caller guarantees each key occurs once, so splitting reorders nothing
+    /// that anyone may observe: nothing is read until the flush.
+    fn insert_in_parallel(&self, ops: &[WriteOp], applied: &[usize]) -> Vec<(usize, StorageError)> {
+        let per_thread = applied.len().div_ceil(self.apply_threads);
+        let mut chunks = applied.chunks(per_thread);
+        let Some(own) = chunks.next() else { return Vec::new() };
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = chunks
+                .map(|chunk| {
+                    let spawned = std::thread::Builder::new()
+                        .name("datastorer-apply".into())
+                        .spawn_scoped(scope, || self.insert_each(ops, chunk));
+                    (chunk, spawned)
+                })
+                .collect();
+            let mut failed = self.insert_each(ops, own);
+            for (chunk, spawned) in helpers {
+                match spawned {
+                    Ok(handle) => match handle.join() {
+                        Ok(f) => failed.extend(f),
+                        // A panic inside sled: which of the chunk's writes
+                        // landed is unknown, so all of them are reported as
+                        // failed; a retry that finds its own header succeeds.
+                        Err(_) => {
+                            failed.extend(chunk.iter().map(|&i| (i, StorageError::transient("sled write panicked"))))
+                        }
+                    },
+                    // No thread to spare: this chunk is written here.
+                    Err(_) => failed.extend(self.insert_each(ops, chunk)),
+                }
+            }
+            failed
+        })
+    }
+
+    fn insert_each(&self, ops: &[WriteOp], indices: &[usize]) -> Vec<(usize, StorageError)> {
+        let mut failed = Vec::new();
+        for &i in indices {
+            let op = &ops[i];
+            let written = match &op.value {
+                Some(v) => self.db.insert(op.key.as_slice(), v.as_slice()),
+                None => self.db.remove(op.key.as_slice()),
+            };
+            if let Err(e) = written {
+                failed.push((i, map_err("insert", e)));
+            }
+        }
+        failed
     }
 }
 
@@ -125,15 +217,19 @@ impl Backend for SledBackend {
 
     fn write_batch(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, StorageError>> {
         let mut cache = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = sled::Batch::default();
         // What this batch has already decided for a key, so that two ops on
         // one key in one batch see each other: the header it will store.
         let mut staged: HashMap<&[u8], Option<Option<RecordHeader>>> = HashMap::with_capacity(ops.len());
         let mut results = Vec::with_capacity(ops.len());
-        let mut applied: Vec<&WriteOp> = Vec::with_capacity(ops.len());
-        for op in ops {
+        // Indices of the ops whose precondition holds.
+        let mut applied: Vec<usize> = Vec::with_capacity(ops.len());
+        let mut repeated_key = false;
+        for (i, op) in ops.iter().enumerate() {
             let current = match staged.get(op.key.as_slice()) {
-                Some(h) => *h,
+                Some(h) => {
+                    repeated_key = true;
+                    *h
+                }
                 None => match cache.get(&op.key) {
                     Some(h) => Some(h),
                     None => match self.db.get(&op.key) {
@@ -149,34 +245,23 @@ impl Backend for SledBackend {
                 results.push(Ok(WriteOutcome::Conflict { current: current.flatten() }));
                 continue;
             }
-            match &op.value {
-                Some(v) => batch.insert(op.key.as_slice(), v.as_slice()),
-                None => batch.remove(op.key.as_slice()),
-            }
             staged.insert(&op.key, op.value.as_deref().map(RecordHeader::peek));
             results.push(Ok(WriteOutcome::Applied));
-            applied.push(op);
+            applied.push(i);
         }
-        if !applied.is_empty() {
-            match self.db.apply_batch(batch) {
-                Ok(()) => {
-                    for op in applied {
-                        cache.set(&op.key, op.value.as_deref());
-                    }
-                }
-                Err(e) => {
-                    // The batch is atomic: nothing of it was applied. Its keys
-                    // are still forgotten, so that if sled did apply it after
-                    // all, the next check reads what sled holds.
-                    for op in applied {
-                        cache.headers.remove(op.key.as_slice());
-                    }
-                    let e = map_err("apply_batch", e);
-                    for r in results.iter_mut().filter(|r| matches!(r, Ok(WriteOutcome::Applied))) {
-                        *r = Err(e.clone());
-                    }
-                }
-            }
+        let failed = if applied.len() >= PARALLEL_APPLY_MIN_OPS && self.apply_threads > 1 && !repeated_key {
+            self.insert_in_parallel(ops, &applied)
+        } else {
+            self.apply_as_one_batch(ops, &applied)
+        };
+        for &i in &applied {
+            cache.set(&ops[i].key, ops[i].value.as_deref());
+        }
+        for (i, e) in failed {
+            // Forgotten, so that if sled did apply the write after all, the
+            // next check reads what sled holds.
+            cache.headers.remove(ops[i].key.as_slice());
+            results[i] = Err(e);
         }
         results
     }
