@@ -109,6 +109,51 @@ async fn a_whole_session_lifecycle() {
     assert!(s.stop().success());
 }
 
+/// `?save=` on a data change writes through: the answer comes once the
+/// change is durable and carries its revision.
+#[tokio::test]
+async fn a_data_change_with_save_answers_once_durable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("carts", "7");
+    let (_, v) = open(&c, &s, "carts", "7", json!({})).await;
+    let t = token_of(&v);
+
+    let resp = c
+        .patch(s.url(&format!("{k}/session/data?save=normal")))
+        .header("Lease-Token", &t)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"items": 3}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let patched: Value = resp.json().await.unwrap();
+    assert_eq!(patched["data"], json!({"items": 3}));
+    assert_eq!(patched["durable"], json!(true));
+    let (_, stored) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(stored["data"], json!({"items": 3}), "durable before the answer");
+    assert_eq!(stored["revision"], patched["revision"]);
+
+    let (st, put) =
+        call(&c, &s, Method::PUT, &format!("{k}/session/data?save=emergency"), Some(&t), Some(json!({"items": 4})))
+            .await;
+    assert_eq!(st, StatusCode::OK, "{put}");
+    assert_eq!(put["revision"].as_u64(), patched["revision"].as_u64().map(|r| r + 1));
+    let (_, stored) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(stored["data"], json!({"items": 4}));
+
+    // Without `?save=` the change stays in the session only.
+    let (st, plain) =
+        call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&t), Some(json!({"items": 5}))).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(plain.get("durable").is_none() && plain.get("revision").is_none(), "{plain}");
+    let (_, stored) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(stored["data"], json!({"items": 4}));
+    assert!(s.stop().success());
+}
+
 #[tokio::test]
 async fn contention_between_two_clients_with_each_policy() {
     let tmp = tempfile::tempdir().unwrap();
@@ -289,6 +334,34 @@ async fn bad_input_gets_a_4xx_and_changes_nothing() {
             raw(Method::POST, format!("{k}/session/save?priority=urgent"), None, String::new(), Some(t.clone()))
                 .await
                 .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+        ),
+        (
+            "bad save priority on a patch",
+            raw(
+                Method::PATCH,
+                format!("{k}/session/data?save=urgent"),
+                Some("application/json"),
+                "{}".into(),
+                Some(t.clone()),
+            )
+            .await
+            .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+        ),
+        (
+            "unknown query parameter on a put",
+            raw(
+                Method::PUT,
+                format!("{k}/session/data?sav=normal"),
+                Some("application/json"),
+                "{}".into(),
+                Some(t.clone()),
+            )
+            .await
+            .unwrap(),
             StatusCode::BAD_REQUEST,
             "bad_query",
         ),

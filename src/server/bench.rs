@@ -85,7 +85,7 @@ pub struct Measurement {
     pub notes: Vec<String>,
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     if s.is_empty() {

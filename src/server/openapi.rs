@@ -55,6 +55,10 @@ pub fn document(max_wait: std::time::Duration) -> Value {
     let key = || path_param("key", 512);
     let token = || json!({ "name": "Lease-Token", "in": "header", "required": true, "schema": { "type": "string", "minLength": 1 } });
     let priority = || query("priority", json!({ "type": "string", "enum": ["normal", "emergency"] }));
+    let save = || query("save", json!({ "type": "string", "enum": ["normal", "emergency"] }));
+    // `revision` and `durable` only with `?save=`.
+    let changed = json!({ "type": "object", "required": ["data"], "properties": {
+        "data": {}, "revision": { "type": "integer" }, "durable": { "type": "boolean" } } });
     let common: &[(&str, &str)] =
         &[("400", "bad input"), ("401", "missing or unknown API key"), ("403", "role too weak")];
     let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
@@ -169,11 +173,11 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                     ok(json!({ "type": "object", "properties": { "revision": { "type": "integer" }, "closed": { "type": "boolean" } } })), &session_errs)
             },
             "/v1/stores/{store}/keys/{key}/session/data": {
-                "put": op("put_data", "replace the document", session_ops(vec![]), Some(body(any.clone(), &["application/json"], true)),
-                    ok(json!({ "type": "object", "properties": { "data": {} } })), &body_errs),
-                "patch": op("patch_data", "JSON merge patch (RFC 7396)", session_ops(vec![]),
+                "put": op("put_data", "replace the document; with ?save=, answers once durable", session_ops(vec![save()]), Some(body(any.clone(), &["application/json"], true)),
+                    ok(changed.clone()), &body_errs),
+                "patch": op("patch_data", "JSON merge patch (RFC 7396); with ?save=, answers once durable", session_ops(vec![save()]),
                     Some(body(any.clone(), &["application/merge-patch+json", "application/json"], true)),
-                    ok(json!({ "type": "object", "properties": { "data": {} } })), &body_errs)
+                    ok(changed.clone()), &body_errs)
             },
             "/v1/stores/{store}/keys/{key}/session/metadata": {
                 "put": op("put_metadata", "replace the metadata", session_ops(vec![]), Some(body(object.clone(), &["application/json"], true)),

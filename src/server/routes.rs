@@ -279,11 +279,21 @@ async fn session_and_body(
     }
 }
 
+/// `?save=normal|emergency` on `PUT`/`PATCH …/session/data`: write through,
+/// answering once the change is durable.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeQuery {
+    save: Option<PriorityParam>,
+}
+
 /// Reads a JSON body under the session's token and applies `change` to
-/// the document; answers the document after the change.
+/// the document; answers the document after the change and, with `?save=`,
+/// after saving it (the save covers this change and any made before it).
 async fn change_data(
     req: HttpRequest,
     path: web::Path<(String, String)>,
+    query: ChangeQuery,
     payload: web::Payload,
     state: web::Data<AppState>,
     content_types: &[&str],
@@ -291,16 +301,14 @@ async fn change_data(
 ) -> Result<HttpResponse> {
     let (session, body) = session_and_body(&req, &path, payload, &state, content_types, "a JSON document").await?;
     // The response is written inside the key actor, from the document in
-    // place: no copy of the document per request.
-    let response = session
+    // place: no copy of the document per request. Its closing brace waits
+    // for the save's fields, if any.
+    let mut response = session
         .update(move |d| {
             change(d, body);
             let mut out = Vec::with_capacity(256);
             out.extend_from_slice(b"{\"data\":");
-            serde_json::to_writer(&mut out, d).map(|()| {
-                out.push(b'}');
-                out
-            })
+            serde_json::to_writer(&mut out, d).map(|()| out)
         })
         .await?
         .map_err(|e| {
@@ -310,6 +318,15 @@ async fn change_data(
                 format!("the document does not serialize: {e}"),
             )
         })?;
+    if let Some(priority) = query.save {
+        // A failed save leaves the change in the session, unsaved, exactly
+        // as a failed `POST …/save` would.
+        let started = Instant::now();
+        let outcome = session.save(priority.into()).await?;
+        state.metrics.observe_save(started.elapsed());
+        response.extend_from_slice(format!(",\"revision\":{},\"durable\":true", outcome.revision).as_bytes());
+    }
+    response.push(b'}');
     Ok(HttpResponse::Ok().content_type("application/json").body(response))
 }
 
@@ -317,21 +334,23 @@ async fn change_data(
 pub async fn put_data(
     req: HttpRequest,
     path: web::Path<(String, String)>,
+    query: web::Query<ChangeQuery>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    change_data(req, path, payload, state, &["application/json"], |d, body| *d = body).await
+    change_data(req, path, query.into_inner(), payload, state, &["application/json"], |d, body| *d = body).await
 }
 
 /// `PATCH …/session/data`: RFC 7396 merge patch.
 pub async fn patch_data(
     req: HttpRequest,
     path: web::Path<(String, String)>,
+    query: web::Query<ChangeQuery>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let types = ["application/merge-patch+json", "application/json"];
-    change_data(req, path, payload, state, &types, |d, patch| merge_patch(d, &patch)).await
+    change_data(req, path, query.into_inner(), payload, state, &types, |d, patch| merge_patch(d, &patch)).await
 }
 
 /// `PUT …/session/metadata`
@@ -386,12 +405,18 @@ pub struct PriorityQuery {
     priority: PriorityParam,
 }
 
-impl PriorityQuery {
-    fn get(&self) -> Priority {
-        match self.priority {
+impl From<PriorityParam> for Priority {
+    fn from(p: PriorityParam) -> Self {
+        match p {
             PriorityParam::Normal => Priority::Normal,
             PriorityParam::Emergency => Priority::Emergency,
         }
+    }
+}
+
+impl PriorityQuery {
+    fn get(&self) -> Priority {
+        self.priority.into()
     }
 }
 
