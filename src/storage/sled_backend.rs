@@ -161,6 +161,16 @@ impl SledBackend {
         let per_thread = applied.len().div_ceil(self.apply_threads);
         let mut chunks = applied.chunks(per_thread);
         let Some(own) = chunks.next() else { return Vec::new() };
+        // A panic inside sled leaves unknown which of a chunk's writes
+        // landed: all of them are reported failed (and leave the header
+        // cache); a retry that finds its own header succeeds.
+        let panicked = |chunk: &[usize]| -> Vec<(usize, StorageError)> {
+            chunk.iter().map(|&i| (i, StorageError::transient("sled write panicked"))).collect()
+        };
+        let guarded = |chunk: &[usize]| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.insert_each(ops, chunk)))
+                .unwrap_or_else(|_| panicked(chunk))
+        };
         std::thread::scope(|scope| {
             let helpers: Vec<_> = chunks
                 .map(|chunk| {
@@ -170,20 +180,12 @@ impl SledBackend {
                     (chunk, spawned)
                 })
                 .collect();
-            let mut failed = self.insert_each(ops, own);
+            let mut failed = guarded(own);
             for (chunk, spawned) in helpers {
                 match spawned {
-                    Ok(handle) => match handle.join() {
-                        Ok(f) => failed.extend(f),
-                        // A panic inside sled: which of the chunk's writes
-                        // landed is unknown, so all of them are reported as
-                        // failed; a retry that finds its own header succeeds.
-                        Err(_) => {
-                            failed.extend(chunk.iter().map(|&i| (i, StorageError::transient("sled write panicked"))))
-                        }
-                    },
+                    Ok(handle) => failed.extend(handle.join().unwrap_or_else(|_| panicked(chunk))),
                     // No thread to spare: this chunk is written here.
-                    Err(_) => failed.extend(self.insert_each(ops, chunk)),
+                    Err(_) => failed.extend(guarded(chunk)),
                 }
             }
             failed
