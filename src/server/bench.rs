@@ -335,9 +335,14 @@ fn raw_sled_batch(dir: &Path, n: usize, bytes: usize) -> Result<f64, String> {
     raw_sled_commits(dir, n, bytes, 1)
 }
 
-/// Raw sled: the same records in `commits` batches (in key-creation order,
-/// as the sessions save them), each applied and flushed; answers seconds.
-fn raw_sled_commits(dir: &Path, n: usize, bytes: usize, commits: usize) -> Result<f64, String> {
+/// A seeded raw sled database, its keys and the records to write.
+type SeededSled = (sled::Db, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// A raw sled database in `dir` holding `n` keys with small records, as the
+/// engine's opens leave them, so both sides overwrite the same tree shape;
+/// answers it with the keys and the full-size records to write, after
+/// `sync`.
+fn seeded_raw_sled(dir: &Path, n: usize, bytes: usize) -> Result<SeededSled, String> {
     let db = sled::open(dir).map_err(|e| e.to_string())?;
     let keys: Vec<Vec<u8>> = (0..n).map(|i| storage_key("b", &format!("k{i}"))).collect();
     let mut seed = sled::Batch::default();
@@ -348,6 +353,13 @@ fn raw_sled_commits(dir: &Path, n: usize, bytes: usize, commits: usize) -> Resul
     db.flush().map_err(|e| e.to_string())?;
     let values: Vec<Vec<u8>> = (0..n).map(|i| raw_record(i, bytes)).collect();
     settle_disk();
+    Ok((db, keys, values))
+}
+
+/// Raw sled: the same records in `commits` batches (in key-creation order,
+/// as the sessions save them), each applied and flushed; answers seconds.
+fn raw_sled_commits(dir: &Path, n: usize, bytes: usize, commits: usize) -> Result<f64, String> {
+    let (db, keys, values) = seeded_raw_sled(dir, n, bytes)?;
     let per_commit = n.div_ceil(commits.max(1)).max(1);
     let started = Instant::now();
     let mut pairs = keys.into_iter().zip(values).peekable();
@@ -366,16 +378,7 @@ fn raw_sled_commits(dir: &Path, n: usize, bytes: usize, commits: usize) -> Resul
 /// threads, then one flush; answers seconds. This is how the sled backend
 /// writes a large batch, so it is the ceiling for figure 2 on this machine.
 fn raw_sled_parallel_inserts(dir: &Path, n: usize, bytes: usize, threads: usize) -> Result<f64, String> {
-    let db = sled::open(dir).map_err(|e| e.to_string())?;
-    let keys: Vec<Vec<u8>> = (0..n).map(|i| storage_key("b", &format!("k{i}"))).collect();
-    let mut seed = sled::Batch::default();
-    for k in &keys {
-        seed.insert(k.as_slice(), raw_record_of(json!({}), 0));
-    }
-    db.apply_batch(seed).map_err(|e| e.to_string())?;
-    db.flush().map_err(|e| e.to_string())?;
-    let values: Vec<Vec<u8>> = (0..n).map(|i| raw_record(i, bytes)).collect();
-    settle_disk();
+    let (db, keys, values) = seeded_raw_sled(dir, n, bytes)?;
     let per_thread = n.div_ceil(threads.max(1)).max(1);
     let started = Instant::now();
     std::thread::scope(|scope| {
