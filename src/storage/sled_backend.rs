@@ -52,7 +52,7 @@ pub struct SledBackend {
 /// not absent from the database.
 #[derive(Default)]
 struct HeaderCache {
-    headers: HashMap<Box<[u8]>, Option<RecordHeader>>,
+    headers: HashMap<Box<[u8]>, Option<RecordHeader>, foldhash::fast::RandomState>,
 }
 
 impl HeaderCache {
@@ -222,7 +222,8 @@ impl Backend for SledBackend {
         let mut cache = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         // What this batch has already decided for a key, so that two ops on
         // one key in one batch see each other: the header it will store.
-        let mut staged: HashMap<&[u8], Option<Option<RecordHeader>>> = HashMap::with_capacity(ops.len());
+        let mut staged: HashMap<&[u8], Option<Option<RecordHeader>>, _> =
+            HashMap::with_capacity_and_hasher(ops.len(), foldhash::fast::RandomState::default());
         let mut results = Vec::with_capacity(ops.len());
         // Indices of the ops whose precondition holds.
         let mut applied: Vec<usize> = Vec::with_capacity(ops.len());
