@@ -21,6 +21,10 @@ pub enum StorageConfig {
     Memory,
     /// A backend you built, possibly shared with other `Datastorer` instances.
     Backend(Arc<dyn Backend>),
+    /// A PostgreSQL database shared by every process that uses it
+    /// (feature `postgres`).
+    #[cfg(feature = "postgres")]
+    Postgres(crate::storage::postgres::PostgresConfig),
 }
 
 impl fmt::Debug for StorageConfig {
@@ -29,6 +33,8 @@ impl fmt::Debug for StorageConfig {
             StorageConfig::Sled { path } => f.debug_struct("Sled").field("path", path).finish(),
             StorageConfig::Memory => f.write_str("Memory"),
             StorageConfig::Backend(b) => write!(f, "Backend({})", b.name()),
+            #[cfg(feature = "postgres")]
+            StorageConfig::Postgres(pg) => f.debug_tuple("Postgres").field(pg).finish(),
         }
     }
 }
@@ -144,6 +150,14 @@ impl Config {
         Self::with_storage(StorageConfig::Sled { path: path.into() })
     }
 
+    /// Defaults with PostgreSQL at `url` (a `postgres://` URL or a
+    /// `host=… user=…` string), schema `datastorer`. Set the other fields
+    /// of [`crate::PostgresConfig`] through `StorageConfig::Postgres`.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(url: impl Into<String>) -> Self {
+        Self::with_storage(StorageConfig::Postgres(crate::storage::postgres::PostgresConfig::new(url)))
+    }
+
     /// Defaults with a fresh in-memory backend.
     pub fn memory() -> Self {
         Self::with_storage(StorageConfig::Memory)
@@ -217,6 +231,10 @@ impl Config {
         self.queue.retry.validate().map_err(Error::Config)?;
         if self.max_document_bytes == 0 {
             return bad("max_document_bytes must be greater than zero".into());
+        }
+        #[cfg(feature = "postgres")]
+        if let StorageConfig::Postgres(pg) = &self.storage {
+            pg.validate().map_err(Error::Config)?;
         }
         Ok(())
     }

@@ -65,8 +65,14 @@ pub(crate) async fn acquire<T: Document>(
     let started = Instant::now();
     // Subscribe before the first read so a release between read and wait is not missed.
     let mut notices = engine.backend.notices().subscribe();
-    let mut asked = false;
+    // Whether the last release request is known to have been answered; a
+    // request is sent again after every wait that ended without a release
+    // (notices across processes are lossy).
+    let mut ask = true;
     let mut races = 0;
+    // The header of a record whose lease the backend refused to hand over
+    // because, by its clock, the lease was still live.
+    let mut refused_live: Option<RecordHeader> = None;
     loop {
         let bytes = match engine.request(&store.name, &key, storage_key.clone(), Operation::Get, Priority::Normal).await
         {
@@ -81,8 +87,9 @@ pub(crate) async fn acquire<T: Document>(
         })?;
         let now_ms = engine.clock.now_ms();
         let mut stolen_from = None;
-        if let Some(holder) = current.as_ref().and_then(|r| r.lease.as_ref()) {
-            if holder.owner != *engine.owner && holder.expires_at_ms > now_ms {
+        if let Some((holder, header)) = current.as_ref().and_then(|r| r.lease.as_ref().map(|l| (l, r.header))) {
+            let live = holder.expires_at_ms > now_ms || refused_live == Some(header);
+            if holder.owner != *engine.owner && live {
                 let held = || Error::LeaseHeld {
                     store: store.name.to_string(),
                     key: key.to_string(),
@@ -97,7 +104,7 @@ pub(crate) async fn acquire<T: Document>(
                     }
                     AcquirePolicy::Wait { timeout } => Some(timeout),
                     AcquirePolicy::RequestRelease { timeout } => {
-                        if !asked {
+                        if ask {
                             debug!(target: "datastorer::lease", store = %store.name, key = %key, holder = %holder.owner, "requesting release");
                             engine.backend.notices().publish(Notice {
                                 store: store.name.to_string(),
@@ -107,7 +114,6 @@ pub(crate) async fn acquire<T: Document>(
                                     requester: engine.owner.to_string(),
                                 },
                             });
-                            asked = true;
                         }
                         Some(timeout)
                     }
@@ -118,10 +124,12 @@ pub(crate) async fn acquire<T: Document>(
                     if now >= deadline {
                         return Err(held());
                     }
-                    let wait = (deadline - now)
-                        .min(Duration::from_millis(holder.expires_at_ms - now_ms))
-                        .min(engine.config.lease_poll_interval);
-                    wait_for_release(&mut notices, &store.name, &key, wait).await;
+                    // By our clock the lease may already have lapsed while
+                    // the backend's clock says it has not: look again soon.
+                    let remaining = Duration::from_millis(holder.expires_at_ms.saturating_sub(now_ms))
+                        .max(Duration::from_millis(50));
+                    let wait = (deadline - now).min(remaining).min(engine.config.lease_poll_interval);
+                    ask = wait_for_release(&mut notices, &store.name, &key, wait).await != WaitEnd::Released;
                     continue;
                 }
             }
@@ -144,7 +152,14 @@ pub(crate) async fn acquire<T: Document>(
             updated_at_ms: now_ms,
         };
         let saved_checksum = seahash::hash(&record.data);
-        let precondition = current.as_ref().map_or(Precondition::Absent, |r| Precondition::Header(r.header));
+        // Unless stealing, the backend checks the lease too: one whose
+        // clock decides expiry (PostgreSQL) refuses a lease that is still
+        // live by that clock, whatever ours says.
+        let precondition = match (&current, &stolen_from) {
+            (None, _) => Precondition::Absent,
+            (Some(r), Some(_)) => Precondition::Header(r.header),
+            (Some(r), None) => Precondition::Acquire { expected: r.header, now_ms },
+        };
         let op = Operation::Write { precondition, value: Some(record.encode()) };
         match engine.request(&store.name, &key, storage_key.clone(), op, Priority::Normal).await {
             Ok(Reply::Written(WriteOutcome::Applied)) => {
@@ -170,6 +185,11 @@ pub(crate) async fn acquire<T: Document>(
                     saved_checksum,
                 });
             }
+            Ok(Reply::Written(WriteOutcome::Conflict { current: found })) if matches!(precondition, Precondition::Acquire { expected, .. } if found == Some(expected)) =>
+            {
+                // Not a lost race: the lease is live by the backend's clock.
+                refused_live = found;
+            }
             Ok(Reply::Written(WriteOutcome::Conflict { .. })) => {
                 races += 1;
                 if races >= MAX_RACES {
@@ -182,19 +202,38 @@ pub(crate) async fn acquire<T: Document>(
     }
 }
 
-async fn wait_for_release(notices: &mut broadcast::Receiver<Notice>, store: &str, key: &str, wait: Duration) {
+/// How a wait for a release ended.
+#[derive(Debug, PartialEq, Eq)]
+enum WaitEnd {
+    /// The key was released.
+    Released,
+    /// Notices may have been missed (lagged, or a transport reconnected).
+    Missed,
+    /// Nothing arrived in time.
+    TimedOut,
+}
+
+async fn wait_for_release(
+    notices: &mut broadcast::Receiver<Notice>,
+    store: &str,
+    key: &str,
+    wait: Duration,
+) -> WaitEnd {
     let released = async {
         loop {
             match notices.recv().await {
-                Ok(n) if n.store == store && n.key == key && matches!(n.kind, NoticeKind::Released { .. }) => return,
-                Ok(_) => continue,
+                Ok(n) if n.store == store && n.key == key && matches!(n.kind, NoticeKind::Released { .. }) => {
+                    return WaitEnd::Released
+                }
                 // Missed notices: re-read the record now.
-                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Ok(n) if n.kind == NoticeKind::Resync => return WaitEnd::Missed,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => return WaitEnd::Missed,
                 Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
             }
         }
     };
-    let _ = tokio::time::timeout(wait, released).await;
+    tokio::time::timeout(wait, released).await.unwrap_or(WaitEnd::TimedOut)
 }
 
 fn prepare<T: Document>(

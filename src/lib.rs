@@ -88,6 +88,8 @@ pub use crate::migration::Migration;
 pub use crate::report::{ReleaseReport, ShutdownReport};
 pub use crate::retry::RetryConfig;
 pub use crate::session::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome, SaveReceipt, Session};
+#[cfg(feature = "postgres")]
+pub use crate::storage::postgres::{PostgresConfig, PostgresTls};
 pub use crate::storage::{Backend, ErrorKind, StorageError};
 pub use crate::store::{
     validate_key, validate_store_name, Document, Hooks, Key, OpenRequest, Store, StoreSpec, MAX_KEY_LEN,
@@ -128,7 +130,19 @@ impl Datastorer {
             }
             StorageConfig::Memory => Arc::new(storage::memory::MemoryBackend::unlogged()),
             StorageConfig::Backend(b) => b.clone(),
+            #[cfg(feature = "postgres")]
+            StorageConfig::Postgres(pg) => {
+                let pg = pg.clone();
+                let opened = tokio::task::spawn_blocking(move || storage::postgres::PgBackend::connect(pg))
+                    .await
+                    .map_err(|e| Error::Open(StorageError::permanent(e.to_string())))?;
+                Arc::new(opened.map_err(Error::Open)?)
+            }
         };
+        // Refused when a live instance, here or in another process sharing
+        // the backend, runs under this owner id: two of them would each
+        // take the other's keys as their own.
+        backend.claim_owner(&config.owner_id).map_err(Error::Open)?;
         let queue_actor = QueueActor::new(backend.clone(), config.queue.clone());
         // With a blocking backend the queue gets a thread of its own: a burst
         // of saves (autosave, shutdown) wakes every key actor at once, and a
@@ -137,7 +151,9 @@ impl Datastorer {
         // sends the first batch at once, encoding overlaps the writes, and
         // batches run inline there (no hop through the blocking pool).
         // The memory backend keeps it here, where a paused test clock reaches it.
-        let own_thread = config.queue.own_thread.unwrap_or(matches!(config.storage, StorageConfig::Sled { .. }));
+        let own_thread = config.queue.own_thread.unwrap_or_else(|| {
+            matches!(config.storage, StorageConfig::Sled { .. }) || backend.capabilities().prefers_own_thread
+        });
         let (queue, queue_thread) = if own_thread {
             let thread = Arbiter::new();
             let addr = QueueActor::start_in_arbiter(&thread.handle(), move |_| queue_actor.on_own_thread());
@@ -160,8 +176,8 @@ impl Datastorer {
             install_signal_handler(supervisor.clone())?;
         }
         info!(target: "datastorer", owner = %config.owner_id, backend = backend.name(), "datastorer started");
-        let engine =
-            Arc::new(Engine::new(config, backend, queue, queue_thread, registry, clock::Clock::new(), arbiter));
+        let clock = clock::Clock::new(backend.clock());
+        let engine = Arc::new(Engine::new(config, backend, queue, queue_thread, registry, clock, arbiter));
         Ok(Datastorer { engine, supervisor })
     }
 

@@ -719,9 +719,13 @@ fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
     let mut write_idx = Vec::new();
     let mut writes = Vec::new();
     let mut any_applied = false;
+    let mut get_idx = Vec::new();
     for (i, p) in batch.iter_mut().enumerate() {
         match &mut p.req.op {
-            Operation::Get => results.push(Some(backend.get(&p.req.storage_key).map(Reply::Value))),
+            Operation::Get => {
+                get_idx.push(i);
+                results.push(None);
+            }
             Operation::Scan { prefix, start_after, limit } => {
                 results.push(Some(backend.scan_prefix(prefix, start_after.as_deref(), *limit).map(Reply::Scanned)))
             }
@@ -736,6 +740,15 @@ fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
                 });
                 results.push(None);
             }
+        }
+    }
+    if !get_idx.is_empty() {
+        // One call for every read of the batch: a network backend answers
+        // them in one round trip (a burst of opens would otherwise pay one
+        // each, in series).
+        let keys: Vec<&[u8]> = get_idx.iter().map(|&i| batch[i].req.storage_key.as_slice()).collect();
+        for (&i, value) in get_idx.iter().zip(backend.get_many(&keys)) {
+            results[i] = Some(value.map(Reply::Value));
         }
     }
     if !writes.is_empty() {

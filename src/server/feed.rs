@@ -25,6 +25,9 @@ fn event(n: &Notice) -> Option<String> {
         NoticeKind::Released { revision } => ("release", Some(revision)),
         NoticeKind::Deleted => ("delete", None),
         NoticeKind::ReleaseRequested { .. } | NoticeKind::Stolen { .. } => return None,
+        // Events from other processes may have been lost (PostgreSQL's
+        // listener reconnected): clients re-read what they cache.
+        NoticeKind::Resync => return Some("event: resync\ndata: {}\n\n".to_owned()),
     };
     let data = json!({ "store": n.store, "key": n.key, "revision": revision, "kind": kind });
     Some(format!("event: {kind}\ndata: {data}\n\n"))
@@ -50,7 +53,7 @@ pub fn stream(
                 _ = st.shutdown.changed() => return None,
                 received = st.notices.recv() => match received {
                     Ok(n) => {
-                        if st.store.as_ref().is_some_and(|s| *s != n.store) {
+                        if st.store.as_ref().is_some_and(|s| *s != n.store) && n.kind != NoticeKind::Resync {
                             continue;
                         }
                         if let Some(text) = event(&n) {

@@ -361,7 +361,7 @@ impl Backend for MemoryBackend {
                 }
                 let mut map = lock(&self.map);
                 let current = map.get(&op.key).map(Vec::as_slice);
-                if !op.precondition.holds(current) {
+                if !op.precondition.holds(current, op.value.as_deref()) {
                     self.write_conflicts.fetch_add(1, Ordering::Relaxed);
                     return Ok(WriteOutcome::Conflict { current: current.and_then(RecordHeader::peek) });
                 }

@@ -9,15 +9,18 @@
 //! A backend is called only by the queue actor (and offline tools).
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod record;
 pub mod sled_backend;
 
 use std::fmt;
+use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::sync::broadcast;
 
-pub use record::{DecodeError, LeaseHolder, Record, RecordHeader};
+pub use record::{DecodeError, LeaseHolder, Record, RecordHeader, RecordIndex};
 
 /// How a storage failure should be treated by the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,28 +74,78 @@ pub enum Precondition {
     Absent,
     /// Only if the stored record's header is exactly this (fencing check).
     Header(RecordHeader),
+    /// Taking a lease: the stored header is exactly `expected` **and** the
+    /// stored lease is absent, held by the owner named in the new value, or
+    /// expired. Expiry is decided by the backend's clock where it has one
+    /// (PostgreSQL: database time, so a process with a wrong clock cannot
+    /// take a live lease), else by `now_ms`. A refusal for a live lease is
+    /// a `Conflict` whose `current` is `expected`.
+    Acquire {
+        /// The header the acquirer read.
+        expected: RecordHeader,
+        /// The acquirer's time, for backends without a clock of their own.
+        now_ms: u64,
+    },
 }
 
 impl Precondition {
-    /// Whether `current` (the stored bytes, if any) satisfies the precondition.
-    /// A stored value whose header is unreadable satisfies only `Any`, so a
-    /// corrupt record is never overwritten by a session.
-    pub fn holds(&self, current: Option<&[u8]>) -> bool {
-        self.holds_for_header(current.map(RecordHeader::peek))
+    /// Whether `current` (the stored bytes, if any) lets `new_value` be
+    /// written. A stored value whose header is unreadable satisfies only
+    /// `Any`, so a corrupt record is never overwritten by a session.
+    pub fn holds(&self, current: Option<&[u8]>, new_value: Option<&[u8]>) -> bool {
+        if !self.holds_for_header(current.map(RecordHeader::peek)) {
+            return false;
+        }
+        match self {
+            Precondition::Acquire { now_ms, .. } => {
+                lease_may_be_taken(current.and_then(RecordIndex::peek).as_ref(), new_value, *now_ms)
+            }
+            _ => true,
+        }
     }
 
-    /// [`Precondition::holds`] from the stored record's header alone:
-    /// `None` when nothing is stored, `Some(None)` when a value is stored
-    /// whose header is unreadable.
+    /// The header part of [`Precondition::holds`]: `None` when nothing is
+    /// stored, `Some(None)` when a value is stored whose header is
+    /// unreadable. For `Acquire` the lease part still has to be checked
+    /// (see [`Precondition::needs_stored_value`]).
     pub fn holds_for_header(&self, current: Option<Option<RecordHeader>>) -> bool {
         match (self, current) {
             (Precondition::Any, _) => true,
             (Precondition::Absent, None) => true,
             (Precondition::Absent, Some(_)) => false,
-            (Precondition::Header(_), None) => false,
-            (Precondition::Header(h), Some(stored)) => stored == Some(*h),
+            (Precondition::Header(_) | Precondition::Acquire { .. }, None) => false,
+            (Precondition::Header(h), Some(stored)) | (Precondition::Acquire { expected: h, .. }, Some(stored)) => {
+                stored == Some(*h)
+            }
         }
     }
+
+    /// Whether checking this precondition needs the stored value itself,
+    /// not only its header (a backend answering from a header cache must
+    /// read the value for these).
+    pub fn needs_stored_value(&self) -> bool {
+        matches!(self, Precondition::Acquire { .. })
+    }
+
+    /// The header this precondition expects to find, if any.
+    pub fn expected_header(&self) -> Option<RecordHeader> {
+        match self {
+            Precondition::Header(h) | Precondition::Acquire { expected: h, .. } => Some(*h),
+            Precondition::Any | Precondition::Absent => None,
+        }
+    }
+}
+
+/// The lease rule of [`Precondition::Acquire`] for backends that decide it
+/// with the acquirer's clock: the stored lease is absent (or unreadable),
+/// held by the owner the new value names, or expired at `now_ms`.
+fn lease_may_be_taken(stored: Option<&RecordIndex>, new_value: Option<&[u8]>, now_ms: u64) -> bool {
+    let Some(stored) = stored else { return true };
+    let Some(owner) = stored.lease_owner.as_deref() else { return true };
+    if stored.lease_expires_ms <= now_ms {
+        return true;
+    }
+    new_value.and_then(RecordIndex::peek).and_then(|n| n.lease_owner).as_deref() == Some(owner)
 }
 
 /// One conditional write (or delete, when `value` is `None`).
@@ -119,7 +172,8 @@ impl fmt::Debug for WriteOp {
 /// The result of one conditional write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// The precondition held and the value was written (not yet flushed).
+    /// The precondition held and the value was written (durable once
+    /// [`Backend::flush`] returns; some backends make it durable earlier).
     Applied,
     /// The precondition failed; the header of what is stored, if readable.
     Conflict {
@@ -168,6 +222,19 @@ pub enum NoticeKind {
     },
     /// The record was deleted (administrative).
     Deleted,
+    /// Notices may have been lost (a cross-process transport reconnected):
+    /// whoever waits for one re-reads what it waits on. `store` and `key`
+    /// are empty.
+    Resync,
+}
+
+/// Carries notices to the other processes sharing a backend (PostgreSQL:
+/// NOTIFY). What it receives from them it hands to
+/// [`NoticeBus::deliver_remote`].
+pub trait NoticeTransport: Send + Sync + 'static {
+    /// Sends a notice published in this process to every other process.
+    /// Fire and forget: transports are lossy, consumers also poll.
+    fn send(&self, notice: &Notice);
 }
 
 /// Broadcast bus for [`Notice`]s. Lossy by design: a lagging receiver misses
@@ -176,27 +243,57 @@ pub enum NoticeKind {
 /// Lease notices (`ReleaseRequested`, `Stolen`) also go out on a control
 /// channel of their own, so the supervisor that routes them is not woken by
 /// every save, and a burst of saves cannot make it lag past one of them.
+///
+/// With a [`NoticeTransport`] (a backend shared across processes), every
+/// notice published here is also sent to the other processes, and theirs
+/// arrive through [`NoticeBus::deliver_remote`]. Local subscribers get local
+/// notices at once, never through the network, so instances in one process
+/// see each other even while the transport is down.
 #[derive(Clone)]
 pub struct NoticeBus {
     all: broadcast::Sender<Notice>,
     control: broadcast::Sender<Notice>,
+    transport: Option<Arc<dyn NoticeTransport>>,
 }
 
 impl Default for NoticeBus {
     fn default() -> Self {
         let (all, _) = broadcast::channel(4096);
         let (control, _) = broadcast::channel(1024);
-        Self { all, control }
+        Self { all, control, transport: None }
     }
 }
 
 impl NoticeBus {
-    /// Publishes to every current subscriber (no-op without subscribers).
+    /// A bus whose notices also travel to other processes.
+    pub fn with_transport(transport: Arc<dyn NoticeTransport>) -> Self {
+        Self { transport: Some(transport), ..Self::default() }
+    }
+
+    /// Publishes to every current subscriber (no-op without subscribers),
+    /// and to other processes when the bus has a transport.
     pub fn publish(&self, notice: Notice) {
-        if matches!(notice.kind, NoticeKind::ReleaseRequested { .. } | NoticeKind::Stolen { .. }) {
+        if let Some(t) = &self.transport {
+            t.send(&notice);
+        }
+        self.deliver_local(notice);
+    }
+
+    /// Hands a notice that came from another process to local subscribers.
+    pub fn deliver_remote(&self, notice: Notice) {
+        self.deliver_local(notice);
+    }
+
+    fn deliver_local(&self, notice: Notice) {
+        if matches!(notice.kind, NoticeKind::ReleaseRequested { .. } | NoticeKind::Stolen { .. } | NoticeKind::Resync) {
             let _ = self.control.send(notice.clone());
         }
         let _ = self.all.send(notice);
+    }
+
+    /// Whether notices leave this process.
+    pub fn crosses_processes(&self) -> bool {
+        self.transport.is_some()
     }
 
     /// Subscribes to all notices published from now on.
@@ -209,11 +306,33 @@ impl NoticeBus {
         self.control.subscribe()
     }
 
-    /// Whether anyone subscribes to all notices: publishers of change notices
-    /// (`Saved`, `Released`) skip building one nobody would receive.
+    /// Whether anyone may want change notices (`Saved`, `Released`): a
+    /// local subscriber to all notices, or any process on the other side of
+    /// the transport. Publishers skip building one nobody would receive.
     pub fn has_subscribers(&self) -> bool {
-        self.all.receiver_count() > 0
+        self.transport.is_some() || self.all.receiver_count() > 0
     }
+}
+
+/// What a backend is, for the engine's choices about it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Other processes may read and write the same records at any time
+    /// (PostgreSQL). The engine then never stores process identity in the
+    /// backend, and the backend enforces leases itself.
+    pub shared_across_processes: bool,
+    /// The queue should run on a thread of its own and call the backend
+    /// inline there (blocking disk or network I/O with group commit).
+    pub prefers_own_thread: bool,
+}
+
+/// Time as a backend sees it, in milliseconds since the Unix epoch. Lease
+/// expiries are written and compared in this time when the backend has one
+/// (PostgreSQL: the database server's clock), so processes on hosts whose
+/// clocks disagree still agree on when a lease lapses.
+pub trait BackendClock: Send + Sync + 'static {
+    /// The backend's current time.
+    fn now_ms(&self) -> u64;
 }
 
 /// A storage engine. Calls may block (the queue runs sled on a thread of
@@ -226,10 +345,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Reads one value.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
-    /// Applies each operation atomically on its own key (no cross-key
-    /// atomicity is promised), checking its precondition first. The result
-    /// has one entry per operation, in order. Nothing is durable until
-    /// [`Backend::flush`] returns `Ok`.
+    /// Reads several values, one result per key, in order. Backends with a
+    /// round trip per call answer them together.
+    fn get_many(&self, keys: &[&[u8]]) -> Vec<Result<Option<Vec<u8>>, StorageError>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
+    /// Applies each operation atomically on its own key, checking its
+    /// precondition first. The result has one entry per operation, in
+    /// order. No cross-key atomicity is promised (PostgreSQL applies a
+    /// batch in one transaction, sled splits large ones). An applied write
+    /// is durable once [`Backend::flush`] returns `Ok`, possibly earlier.
     fn write_batch(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, StorageError>>;
 
     /// Deletes one key unconditionally (not durable until flushed).
@@ -258,6 +384,26 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The notice bus shared by every instance using this backend.
     fn notices(&self) -> &NoticeBus;
+
+    /// What kind of backend this is.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// The backend's clock, when it has one that every process sharing it
+    /// agrees on. `None`: the engine uses the local wall clock.
+    fn clock(&self) -> Option<Arc<dyn BackendClock>> {
+        None
+    }
+
+    /// Claims `owner` for an engine instance starting on this backend.
+    /// Backends shared across processes refuse an owner id that a live
+    /// instance (in any process) already runs under; the claim lasts until
+    /// the backend is dropped.
+    fn claim_owner(&self, owner: &str) -> Result<(), StorageError> {
+        let _ = owner;
+        Ok(())
+    }
 }
 
 /// The storage key of `key` in `store`: `d\0{store}\0{key}`. Store names and

@@ -178,6 +178,80 @@ mod raw_bytes {
     }
 }
 
+/// What a backend may index about a record without decoding its document:
+/// the header, the lease and the user ids. Derived from the record bytes,
+/// never stored apart from them as the truth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordIndex {
+    /// Epoch and revision.
+    pub header: RecordHeader,
+    /// Owner id of the lease holder, if the record is leased.
+    pub lease_owner: Option<String>,
+    /// When the lease lapses (0 when there is no lease).
+    pub lease_expires_ms: u64,
+    /// The record's user ids.
+    pub user_ids: Vec<String>,
+}
+
+/// Borrowing twin of `BodyV1` for [`RecordIndex::peek`]: the document and
+/// metadata are borrowed, never copied.
+#[derive(Deserialize)]
+struct BodyIndex<'a> {
+    #[allow(dead_code)]
+    data_version: u32,
+    #[allow(dead_code)]
+    #[serde(borrow)]
+    data: &'a [u8],
+    #[allow(dead_code)]
+    #[serde(borrow)]
+    metadata: &'a [u8],
+    user_ids: Vec<String>,
+    lease: Option<LeaseHolder>,
+}
+
+impl RecordIndex {
+    /// Indexes a record; `None` when the bytes are not a record this build
+    /// can decode (bad header, unknown version, torn, corrupt).
+    pub fn peek(bytes: &[u8]) -> Option<RecordIndex> {
+        let header = RecordHeader::peek(bytes)?;
+        let body = verified_body(bytes).ok()?;
+        // The trailing timestamps are not read: allow them to remain.
+        let body: BodyIndex<'_> = bincode::DefaultOptions::new()
+            .with_varint_encoding()
+            .with_limit(MAX_BODY_LEN)
+            .allow_trailing_bytes()
+            .deserialize(body)
+            .ok()?;
+        let (lease_owner, lease_expires_ms) = match body.lease {
+            Some(l) => (Some(l.owner), l.expires_at_ms),
+            None => (None, 0),
+        };
+        Some(RecordIndex { header, lease_owner, lease_expires_ms, user_ids: body.user_ids })
+    }
+}
+
+/// The body of a record after checking version, length and checksum.
+fn verified_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+    if RecordHeader::peek(bytes).is_none() {
+        return Err(DecodeError::NotARecord);
+    }
+    let version = bytes[2];
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnknownFormat(version));
+    }
+    let declared = u32::from_le_bytes([bytes[19], bytes[20], bytes[21], bytes[22]]) as usize;
+    let body = &bytes[HEADER_LEN..];
+    if body.len() != declared {
+        return Err(DecodeError::Corrupt(format!("body is {} bytes, header says {declared}", body.len())));
+    }
+    let mut hash = [0u8; 8];
+    hash.copy_from_slice(&bytes[23..31]);
+    if checksum(&bytes[2..23], body) != u64::from_le_bytes(hash) {
+        return Err(DecodeError::Corrupt("checksum mismatch".into()));
+    }
+    Ok(body)
+}
+
 /// Why a stored record could not be decoded.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DecodeError {
@@ -266,20 +340,7 @@ impl Record {
     /// Decodes a record; never panics on arbitrary input.
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         let header = RecordHeader::peek(bytes).ok_or(DecodeError::NotARecord)?;
-        let version = bytes[2];
-        if version != FORMAT_VERSION {
-            return Err(DecodeError::UnknownFormat(version));
-        }
-        let declared = u32::from_le_bytes([bytes[19], bytes[20], bytes[21], bytes[22]]) as usize;
-        let body = &bytes[HEADER_LEN..];
-        if body.len() != declared {
-            return Err(DecodeError::Corrupt(format!("body is {} bytes, header says {declared}", body.len())));
-        }
-        let mut hash = [0u8; 8];
-        hash.copy_from_slice(&bytes[23..31]);
-        if checksum(&bytes[2..23], body) != u64::from_le_bytes(hash) {
-            return Err(DecodeError::Corrupt("checksum mismatch".into()));
-        }
+        let body = verified_body(bytes)?;
         let body: BodyV1 = options().deserialize(body).map_err(|e| DecodeError::Body(e.to_string()))?;
         Ok(Record {
             header,

@@ -229,25 +229,38 @@ impl Backend for SledBackend {
         let mut applied: Vec<usize> = Vec::with_capacity(ops.len());
         let mut repeated_key = false;
         for (i, op) in ops.iter().enumerate() {
-            let current = match staged.get(op.key.as_slice()) {
-                Some(h) => {
-                    repeated_key = true;
-                    *h
+            let staged_header = staged.get(op.key.as_slice()).copied();
+            repeated_key |= staged_header.is_some();
+            let holds = if op.precondition.needs_stored_value() && staged_header.is_none() {
+                // An acquisition checks the stored lease, which the header
+                // cache does not know: read the value (acquisitions are rare).
+                match self.db.get(&op.key) {
+                    Ok(v) => {
+                        let current = v.as_deref();
+                        Ok((op.precondition.holds(current, op.value.as_deref()), current.map(RecordHeader::peek)))
+                    }
+                    Err(e) => Err(map_err("get before write", e)),
                 }
-                None => match cache.get(&op.key) {
-                    Some(h) => Some(h),
-                    None => match self.db.get(&op.key) {
-                        Ok(v) => v.as_deref().map(RecordHeader::peek),
-                        Err(e) => {
-                            results.push(Err(map_err("get before write", e)));
-                            continue;
-                        }
+            } else {
+                let current = match staged_header {
+                    Some(h) => Ok(h),
+                    None => match cache.get(&op.key) {
+                        Some(h) => Ok(Some(h)),
+                        None => self.db.get(&op.key).map(|v| v.as_deref().map(RecordHeader::peek)),
                     },
-                },
+                };
+                current.map(|c| (op.precondition.holds_for_header(c), c)).map_err(|e| map_err("get before write", e))
             };
-            if !op.precondition.holds_for_header(current) {
-                results.push(Ok(WriteOutcome::Conflict { current: current.flatten() }));
-                continue;
+            match holds {
+                Ok((true, _)) => {}
+                Ok((false, current)) => {
+                    results.push(Ok(WriteOutcome::Conflict { current: current.flatten() }));
+                    continue;
+                }
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
             }
             staged.insert(&op.key, op.value.as_deref().map(RecordHeader::peek));
             results.push(Ok(WriteOutcome::Applied));

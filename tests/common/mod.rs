@@ -2,6 +2,7 @@
 //! a shared in-memory backend, and record inspection.
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod server;
 
 use std::sync::Arc;

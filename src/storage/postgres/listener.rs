@@ -1,0 +1,440 @@
+//! Notices across processes: LISTEN/NOTIFY, owner locks, the heartbeat.
+//!
+//! Owns: the listener connection (never pooled, never in a transaction:
+//! notifications arrive only between transactions, and a pool's driver
+//! drops them), the wire format of notices, the notifier that sends this
+//! process's notices in as few NOTIFYs as fit, and the session advisory
+//! locks that keep two live processes from running under one owner id.
+//! Must not: interpret notices (the engine does).
+//!
+//! NOTIFY is lossy: what is sent while a listener is disconnected never
+//! reaches it. After every reconnect the listener commits its LISTEN first
+//! and then publishes [`NoticeKind::Resync`] locally, so waiters re-read
+//! the records they wait on and requesters ask again.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tracing::{debug, error, info, warn};
+
+use super::errors::{PgFailure, StartError};
+use super::Inner;
+use crate::storage::{Notice, NoticeBus, NoticeKind, NoticeTransport, StorageError};
+
+/// NOTIFY payloads must stay below 8000 bytes (the server's default limit).
+const MAX_PAYLOAD: usize = 7900;
+/// How often the listener proves its connection and samples the clock.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "t", rename_all = "snake_case")]
+enum Wire {
+    /// ReleaseRequested.
+    Rr { s: String, k: String, h: String, q: String },
+    /// Stolen.
+    St { s: String, k: String, h: String, b: String },
+    /// Released.
+    Rel { s: String, k: String, r: u64 },
+    /// Saved.
+    Sav { s: String, k: String, r: u64 },
+    /// Deleted.
+    Del { s: String, k: String },
+}
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    v: u32,
+    o: String,
+    n: Vec<Wire>,
+}
+
+fn to_wire(n: &Notice) -> Option<Wire> {
+    let (s, k) = (n.store.clone(), n.key.clone());
+    Some(match &n.kind {
+        NoticeKind::ReleaseRequested { holder, requester } => {
+            Wire::Rr { s, k, h: holder.clone(), q: requester.clone() }
+        }
+        NoticeKind::Stolen { holder, by } => Wire::St { s, k, h: holder.clone(), b: by.clone() },
+        NoticeKind::Released { revision } => Wire::Rel { s, k, r: *revision },
+        NoticeKind::Saved { revision } => Wire::Sav { s, k, r: *revision },
+        NoticeKind::Deleted => Wire::Del { s, k },
+        NoticeKind::Resync => return None,
+    })
+}
+
+fn from_wire(w: Wire) -> Notice {
+    let (store, key, kind) = match w {
+        Wire::Rr { s, k, h, q } => (s, k, NoticeKind::ReleaseRequested { holder: h, requester: q }),
+        Wire::St { s, k, h, b } => (s, k, NoticeKind::Stolen { holder: h, by: b }),
+        Wire::Rel { s, k, r } => (s, k, NoticeKind::Released { revision: r }),
+        Wire::Sav { s, k, r } => (s, k, NoticeKind::Saved { revision: r }),
+        Wire::Del { s, k } => (s, k, NoticeKind::Deleted),
+    };
+    Notice { store, key, kind }
+}
+
+/// Packs notices into payloads of at most [`MAX_PAYLOAD`] bytes each.
+fn encode(instance: &str, notices: &[Notice]) -> Vec<String> {
+    let head = format!("{{\"v\":1,\"o\":{},\"n\":[", serde_json::Value::String(instance.to_owned()));
+    let mut payloads = Vec::new();
+    let mut current = head.clone();
+    for n in notices {
+        let Some(w) = to_wire(n) else { continue };
+        let Ok(entry) = serde_json::to_string(&w) else { continue };
+        let fresh = current.len() == head.len();
+        if !fresh && current.len() + 1 + entry.len() + 2 > MAX_PAYLOAD {
+            current.push_str("]}");
+            payloads.push(std::mem::replace(&mut current, head.clone()));
+        }
+        if current.len() > head.len() {
+            current.push(',');
+        }
+        current.push_str(&entry);
+    }
+    if current.len() > head.len() {
+        current.push_str("]}");
+        payloads.push(current);
+    }
+    payloads
+}
+
+fn decode(payload: &str) -> Option<(String, Vec<Notice>)> {
+    let env: Envelope = serde_json::from_str(payload).ok()?;
+    if env.v != 1 {
+        return None;
+    }
+    Some((env.o, env.n.into_iter().map(from_wire).collect()))
+}
+
+/// The bus's way out of this process.
+pub(super) struct Transport {
+    tx: mpsc::UnboundedSender<Notice>,
+}
+
+/// Notices waiting for the notifier.
+pub(super) type Outbox = mpsc::UnboundedReceiver<Notice>;
+
+impl Transport {
+    pub(super) fn new(_instance: String) -> (Transport, Outbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Transport { tx }, rx)
+    }
+}
+
+impl NoticeTransport for Transport {
+    fn send(&self, notice: &Notice) {
+        if !matches!(notice.kind, NoticeKind::Resync) {
+            let _ = self.tx.send(notice.clone());
+        }
+    }
+}
+
+/// What the listener and owner claims share.
+#[derive(Default)]
+pub(crate) struct ListenState {
+    client: Option<Arc<Client>>,
+    owners: Vec<String>,
+}
+
+fn lock_key(inner: &Inner, owner: &str) -> String {
+    format!("datastorer:{}:owner:{owner}", inner.cfg.schema)
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Takes the owner's advisory lock on the listener's session and records
+/// the owner; refused when another live session holds it.
+async fn take_owner(inner: &Inner, client: &Client, owner: &str) -> Result<bool, PgFailure> {
+    let row =
+        client.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&lock_key(inner, owner)]).await?;
+    let taken: bool = row.try_get(0)?;
+    if taken {
+        let pid = std::process::id() as i32;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO \"{}\".owners (owner_id, host, pid, advertise_url) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (owner_id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
+                       advertise_url = EXCLUDED.advertise_url, started_at = now(), heartbeat_at = now()",
+                    inner.cfg.schema
+                ),
+                &[&owner, &hostname(), &pid, &inner.cfg.advertise_url],
+            )
+            .await?;
+    }
+    Ok(taken)
+}
+
+/// [`crate::storage::Backend::claim_owner`] on PostgreSQL.
+pub(super) async fn claim(inner: Arc<Inner>, owner: String) -> Result<(), StorageError> {
+    let mut state = inner.listen.lock().await;
+    let Some(client) = state.client.clone() else {
+        return Err(StorageError::transient("the PostgreSQL listener is reconnecting; try again"));
+    };
+    match take_owner(&inner, &client, &owner).await {
+        Ok(true) => {
+            state.owners.push(owner);
+            Ok(())
+        }
+        Ok(false) => Err(StorageError::permanent(format!(
+            "owner id {owner:?} is in use by a live process on PostgreSQL at {} (schema {}): \
+             give every process its own owner id",
+            inner.target, inner.cfg.schema
+        ))),
+        Err(f) => Err(f.error),
+    }
+}
+
+/// Starts the notifier and the listener; the receiver answers once the
+/// first LISTEN is committed (or why it could not be).
+pub(super) fn start(
+    runtime: &tokio::runtime::Handle,
+    inner: Arc<Inner>,
+    bus: NoticeBus,
+    outbox: Outbox,
+) -> std::sync::mpsc::Receiver<Result<(), StartError>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(notifier(inner.clone(), outbox));
+    runtime.spawn(listen_forever(inner, bus, ready_tx));
+    ready_rx
+}
+
+/// Sends this process's notices: everything queued at once goes out in as
+/// few NOTIFYs as fit, each its own tiny autocommit transaction (a NOTIFY
+/// takes a cluster-wide lock at commit, so fewer is cheaper for everyone).
+async fn notifier(inner: Arc<Inner>, mut outbox: Outbox) {
+    let mut pending = Vec::new();
+    while let Some(first) = outbox.recv().await {
+        pending.push(first);
+        while pending.len() < 4096 {
+            match outbox.try_recv() {
+                Ok(n) => pending.push(n),
+                Err(_) => break,
+            }
+        }
+        let payloads = encode(&inner.instance, &pending);
+        pending.clear();
+        let conn = match inner.reader().await {
+            Ok(c) => c,
+            Err(f) => {
+                debug!(target: "datastorer::postgres", error = %f.error.message, "notices dropped: no connection");
+                continue;
+            }
+        };
+        for p in payloads {
+            if let Err(e) = conn.client.execute(&inner.sql.notify, &[&inner.sql.channel, &p]).await {
+                debug!(target: "datastorer::postgres", error = %e, "a notice was dropped");
+            }
+        }
+    }
+}
+
+async fn listen_forever(inner: Arc<Inner>, bus: NoticeBus, ready: std::sync::mpsc::SyncSender<Result<(), StartError>>) {
+    let mut ready = Some(ready);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match listen_once(&inner, &bus, &mut ready).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                    return;
+                }
+            }
+        }
+        inner.listen.lock().await.client = None;
+        // Whatever was sent meanwhile is lost: everyone who waits re-reads.
+        bus.deliver_remote(Notice { store: String::new(), key: String::new(), kind: NoticeKind::Resync });
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One listener connection, from connect to loss. `Err` only for failures
+/// before the first successful LISTEN of the backend's life.
+async fn listen_once(
+    inner: &Arc<Inner>,
+    bus: &NoticeBus,
+    ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), StartError>>>,
+) -> Result<(), StartError> {
+    let mut pg = inner.pg.clone();
+    pg.application_name(format!("datastorer-listen-{}", inner.instance));
+    let (client, mut connection) = match pg.connect(NoTls).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(target: "datastorer::postgres", error = %e, "listener cannot connect");
+            return if ready.is_some() { Err(StartError::Connect(e.to_string())) } else { Ok(()) };
+        }
+    };
+    let (notes_tx, mut notes) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if notes_tx.send(n).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    debug!(target: "datastorer::postgres", error = %e, "listener connection failed");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    let client = Arc::new(client);
+    // LISTEN is committed (autocommit) before anything is re-read.
+    if let Err(e) = client.batch_execute(&format!("LISTEN \"{}\"", inner.sql.channel)).await {
+        driver.abort();
+        warn!(target: "datastorer::postgres", error = %e, "LISTEN failed");
+        return if ready.is_some() { Err(StartError::Query(e.into())) } else { Ok(()) };
+    }
+    {
+        let mut state = inner.listen.lock().await;
+        for owner in state.owners.clone() {
+            match take_owner(inner, &client, &owner).await {
+                Ok(true) => {}
+                Ok(false) => error!(target: "datastorer::postgres", owner = %owner,
+                    "another process took this owner id while the listener was disconnected: \
+                     two processes now run under one owner id"),
+                Err(f) => warn!(target: "datastorer::postgres", owner = %owner, error = %f.error.message,
+                    "cannot re-take the owner lock"),
+            }
+        }
+        state.client = Some(client.clone());
+    }
+    match ready.take() {
+        Some(r) => {
+            let _ = r.send(Ok(()));
+        }
+        None => {
+            info!(target: "datastorer::postgres", "listener reconnected");
+            bus.deliver_remote(Notice { store: String::new(), key: String::new(), kind: NoticeKind::Resync });
+        }
+    }
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            n = notes.recv() => match n {
+                Some(n) => {
+                    if n.channel() != inner.sql.channel {
+                        continue;
+                    }
+                    match decode(n.payload()) {
+                        Some((origin, _)) if origin == inner.instance => {}
+                        Some((_, notices)) => notices.into_iter().for_each(|n| bus.deliver_remote(n)),
+                        None => debug!(target: "datastorer::postgres", "a notice in an unknown format was ignored"),
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !heartbeat(inner, &client).await {
+                    break;
+                }
+            }
+        }
+    }
+    driver.abort();
+    Ok(())
+}
+
+/// Samples the clock and refreshes the owners' heartbeat; `false` when the
+/// connection is dead.
+async fn heartbeat(inner: &Inner, client: &Client) -> bool {
+    let sent = Instant::now();
+    let beat = async {
+        let row = client.query_one(&inner.sql.now, &[]).await?;
+        let db_ms: i64 = row.try_get(0)?;
+        inner.clock.sample(sent, db_ms, Instant::now());
+        let owners = inner.listen.lock().await.owners.clone();
+        if !owners.is_empty() {
+            client
+                .execute(
+                    &format!(
+                        "UPDATE \"{}\".owners SET heartbeat_at = now() WHERE owner_id = ANY($1)",
+                        inner.cfg.schema
+                    ),
+                    &[&owners],
+                )
+                .await?;
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    };
+    match tokio::time::timeout(HEARTBEAT * 2, beat).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            warn!(target: "datastorer::postgres", error = %e, "listener heartbeat failed; reconnecting");
+            false
+        }
+        Err(_) => {
+            warn!(target: "datastorer::postgres", "listener heartbeat timed out; reconnecting");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(kind: NoticeKind) -> Notice {
+        Notice { store: "s".into(), key: "k".into(), kind }
+    }
+
+    #[test]
+    fn notices_survive_the_wire() {
+        let all = vec![
+            n(NoticeKind::ReleaseRequested { holder: "a".into(), requester: "b".into() }),
+            n(NoticeKind::Stolen { holder: "a".into(), by: "b".into() }),
+            n(NoticeKind::Released { revision: 7 }),
+            n(NoticeKind::Saved { revision: u64::MAX }),
+            n(NoticeKind::Deleted),
+            n(NoticeKind::Resync),
+        ];
+        let payloads = encode("me", &all);
+        assert_eq!(payloads.len(), 1);
+        let (origin, back) = decode(&payloads[0]).unwrap();
+        assert_eq!(origin, "me");
+        assert_eq!(back, all[..5].to_vec(), "Resync never leaves the process");
+    }
+
+    #[test]
+    fn payloads_stay_under_the_notify_limit_with_worst_case_keys() {
+        // 512-byte keys made of characters JSON must escape.
+        let key: String = "\"\\".repeat(256);
+        let many: Vec<Notice> = (0..100)
+            .map(|r| Notice { store: "s".into(), key: key.clone(), kind: NoticeKind::Saved { revision: r } })
+            .collect();
+        let payloads = encode("me", &many);
+        assert!(payloads.len() > 1);
+        let mut back = Vec::new();
+        for p in &payloads {
+            assert!(p.len() <= MAX_PAYLOAD, "{}", p.len());
+            back.extend(decode(p).unwrap().1);
+        }
+        assert_eq!(back, many, "nothing lost or reordered across chunks");
+    }
+
+    #[test]
+    fn unknown_payloads_are_ignored() {
+        assert!(decode("not json").is_none());
+        assert!(decode(r#"{"v":2,"o":"x","n":[]}"#).is_none());
+    }
+}

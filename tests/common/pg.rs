@@ -1,0 +1,124 @@
+//! PostgreSQL for tests: a fresh schema per test, dropped at the end.
+//!
+//! `DATASTORER_PG_URL` names the server (default: the local one,
+//! `host=127.0.0.1 user=postgres dbname=test`). When it cannot be reached
+//! the test prints `SKIPPED` and passes, unless `DATASTORER_REQUIRE_PG=1`
+//! (set by `.ci/run`), which turns the skip into a failure.
+
+use std::time::Duration;
+
+use datastorer::storage::postgres::PgBackend;
+use datastorer::PostgresConfig;
+
+pub fn url() -> String {
+    std::env::var("DATASTORER_PG_URL").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
+}
+
+fn required() -> bool {
+    std::env::var("DATASTORER_REQUIRE_PG").is_ok_and(|v| v == "1")
+}
+
+/// Runs `f` with a fresh client on a runtime of its own thread, so it
+/// works from plain tests, actix tests and drops alike.
+pub fn with_client<T: Send + 'static>(
+    url: &str,
+    f: impl FnOnce(tokio_postgres::Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>
+        + Send
+        + 'static,
+) -> Result<T, String> {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            let mut cfg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| e.to_string())?;
+            cfg.connect_timeout(Duration::from_secs(3));
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            Ok(f(client).await)
+        })
+    })
+    .join()
+    .map_err(|_| "the SQL thread panicked".to_string())?
+}
+
+/// Runs SQL statements (simple protocol) and answers the first column of
+/// every row they return, as text.
+pub fn sql(url: &str, statements: &str) -> Vec<Option<String>> {
+    let statements = statements.to_owned();
+    with_client(url, move |c| {
+        Box::pin(async move {
+            let msgs = c.simple_query(&statements).await.unwrap_or_else(|e| panic!("SQL failed: {e}: {statements}"));
+            msgs.into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_owned)),
+                    _ => None,
+                })
+                .collect()
+        })
+    })
+    .unwrap_or_else(|e| panic!("cannot reach PostgreSQL: {e}"))
+}
+
+/// A schema of its own for one test; dropped (with everything in it) when
+/// this is dropped.
+pub struct PgSchema {
+    pub url: String,
+    pub schema: String,
+}
+
+impl PgSchema {
+    /// A fresh schema, or `None` (after printing why) when PostgreSQL is
+    /// unreachable and not required.
+    pub fn new(test: &str) -> Option<PgSchema> {
+        let url = url();
+        if let Err(e) = with_client(&url, |c| Box::pin(async move { c.simple_query("SELECT 1").await.map(|_| ()) }))
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            assert!(!required(), "PostgreSQL is required here (DATASTORER_REQUIRE_PG=1) but unreachable: {e}");
+            println!("SKIPPED {test}: PostgreSQL unreachable at {url:?} ({e}); set DATASTORER_PG_URL to run it");
+            return None;
+        }
+        let mut random = [0u8; 6];
+        getrandom_fill(&mut random);
+        let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        Some(PgSchema { url, schema: format!("ds_test_{suffix}") })
+    }
+
+    pub fn config(&self) -> PostgresConfig {
+        let mut c = PostgresConfig::new(self.url.clone()).schema(self.schema.clone());
+        c.connect_timeout = Duration::from_secs(5);
+        c
+    }
+
+    pub fn backend(&self) -> PgBackend {
+        PgBackend::connect(self.config()).expect("connect to PostgreSQL")
+    }
+
+    /// Runs SQL with `$S` standing for the quoted schema name.
+    pub fn sql(&self, statements: &str) -> Vec<Option<String>> {
+        sql(&self.url, &statements.replace("$S", &format!("\"{}\"", self.schema)))
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = with_client(&self.url, {
+            let q = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+            move |c| Box::pin(async move { c.simple_query(&q).await.map(|_| ()) })
+        });
+    }
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    // Time and address entropy suffice for unique test schema names.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut x = (nanos as u64) ^ n.rotate_left(40) ^ u64::from(std::process::id()) << 20 | 1;
+    for b in buf.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+}
