@@ -519,6 +519,29 @@ impl<T: Document> KeyActor<T> {
     }
 }
 
+impl<T: Document> KeyActor<T> {
+    /// After a notice gap (a transport reconnected, a receiver lagged): a
+    /// `Stolen` notice may have been lost, so the record is read back. A
+    /// write in flight checks the lease itself and needs no read.
+    fn verify_lease(&mut self, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Open || self.in_flight.is_some() {
+            return;
+        }
+        let Some(ours) = self.doc.as_ref().map(|d| d.header.epoch) else { return };
+        let engine = self.store.engine.clone();
+        let read = engine.request(&self.store.name, &self.key, self.storage_key(), Operation::Get, Priority::Normal);
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
+            let Ok(Reply::Value(stored)) = res else { return };
+            let stored = stored.as_deref().and_then(RecordHeader::peek).map(|h| h.epoch);
+            if act.phase == Phase::Open && stored != Some(ours) {
+                warn!(target: "datastorer::lease", store = %act.store.name, key = %act.key, epoch = ours,
+                    stored = ?stored, "the lease was taken while notices were missed");
+                act.finish(CloseReason::LeaseLost, ctx);
+            }
+        }));
+    }
+}
+
 impl<T: Document> Actor for KeyActor<T> {
     type Context = Context<Self>;
 
@@ -773,6 +796,7 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
                 }
             }
             Control::Notice(_) => {}
+            Control::VerifyLease => self.verify_lease(ctx),
             #[cfg(feature = "harness")]
             Control::Abort => {
                 if self.phase != Phase::Closed {

@@ -120,9 +120,15 @@ impl Actor for Supervisor {
             async move {
                 loop {
                     let n = match notices.recv().await {
+                        Ok(n) if n.kind == NoticeKind::Resync => {
+                            verify_all(&registry);
+                            continue;
+                        }
                         Ok(n) => n,
                         Err(broadcast::error::RecvError::Lagged(missed)) => {
                             warn!(target: "datastorer::supervisor", missed, "notice listener lagged");
+                            // A Stolen notice may be among those missed.
+                            verify_all(&registry);
                             continue;
                         }
                         Err(broadcast::error::RecvError::Closed) => return,
@@ -142,6 +148,17 @@ impl Actor for Supervisor {
             }
             .into_actor(self),
         );
+    }
+}
+
+/// Asks every loaded key to check that its lease is still its own.
+fn verify_all(registry: &Registry) {
+    let keys = registry.all_keys();
+    if !keys.is_empty() {
+        warn!(target: "datastorer::supervisor", keys = keys.len(), "lease notices may have been missed: verifying leases");
+    }
+    for k in keys {
+        k.do_send(Control::VerifyLease);
     }
 }
 

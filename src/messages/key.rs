@@ -95,6 +95,9 @@ pub(crate) enum Control {
     Autosave,
     /// A notice addressed to this key's holder arrived on the backend bus.
     Notice(NoticeKind),
+    /// Notices may have been missed: re-read the record and close with
+    /// `LeaseLost` if its epoch is no longer this session's.
+    VerifyLease,
     /// Stop at once without writing anything (a simulated crash).
     #[cfg(feature = "harness")]
     Abort,

@@ -1,7 +1,8 @@
-//! The `datastorer` command line: `serve`, and offline tools that open a
-//! data directory directly (`inspect`, `export`, `import`, `check`). The
-//! offline tools never create a data directory and never rewrite a record
-//! they cannot decode.
+//! The `datastorer` command line: `serve`, and tools that open the storage
+//! directly (`inspect`, `export`, `import`, `check`, `copy-sled-to-postgres`):
+//! a stopped server's sled directory, or PostgreSQL while servers run. The
+//! tools never create a data directory except to import into it, and never
+//! rewrite a record they cannot decode.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::config::{Overrides, ServerConfig};
+use crate::storage::postgres::PgBackend;
 use crate::storage::sled_backend::SledBackend;
 use crate::storage::{
     split_storage_key, storage_key, store_prefix, Backend, Precondition, Record, RecordHeader, WriteOp, WriteOutcome,
@@ -29,7 +31,7 @@ pub struct Cli {
 enum Command {
     /// Run the HTTP server (defaults: 127.0.0.1:7070, sled in ./data, no authentication).
     Serve(ServeArgs),
-    /// Print one record of an offline data directory, decoded.
+    /// Print one record, decoded (a stopped sled directory, or PostgreSQL online).
     Inspect {
         #[command(flatten)]
         dir: DataDir,
@@ -51,7 +53,7 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
-    /// Read JSON lines (as written by export) into a data directory.
+    /// Read JSON lines (as written by export) into a data directory or database.
     Import {
         #[command(flatten)]
         dir: DataDir,
@@ -61,11 +63,31 @@ enum Command {
         /// Replace records that already exist (their epoch still grows).
         #[arg(long)]
         overwrite: bool,
+        /// Replace records even while a live lease holds them (the holder is
+        /// fenced off and loses its unsaved changes).
+        #[arg(long)]
+        force: bool,
     },
-    /// Scan a data directory and report records that do not decode.
+    /// Scan every record and report those that do not decode.
     Check {
         #[command(flatten)]
         dir: DataDir,
+    },
+    /// Copy every record of a (stopped) sled directory into PostgreSQL byte
+    /// for byte: epochs, revisions, leases and corrupt values as they are.
+    CopySledToPostgres {
+        /// The sled data directory to copy from.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The PostgreSQL to copy into.
+        #[arg(long, env = "DATASTORER_DATABASE_URL")]
+        database_url: String,
+        /// Its schema (default datastorer).
+        #[arg(long, env = "DATASTORER_POSTGRES_SCHEMA")]
+        postgres_schema: Option<String>,
+        /// Replace records that already exist in PostgreSQL with different bytes.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Run the end-to-end benchmarks beside their baselines (build with --release).
     Bench {
@@ -96,9 +118,82 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct DataDir {
-    /// The sled data directory.
-    #[arg(long, env = "DATASTORER_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
+    /// The sled data directory (default ./data; the server must be stopped).
+    #[arg(long, env = "DATASTORER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL instead of sled (servers may keep running).
+    #[arg(long, env = "DATASTORER_DATABASE_URL")]
+    database_url: Option<String>,
+    /// PostgreSQL schema (default datastorer).
+    #[arg(long, env = "DATASTORER_POSTGRES_SCHEMA")]
+    postgres_schema: Option<String>,
+}
+
+/// The backend an offline tool works on.
+enum Opened {
+    Sled(SledBackend),
+    Postgres(Box<PgBackend>),
+}
+
+impl Opened {
+    fn backend(&self) -> &dyn Backend {
+        match self {
+            Opened::Sled(b) => b,
+            Opened::Postgres(b) => &**b,
+        }
+    }
+
+    /// Every (storage key, value) under `prefix`, in key order; on
+    /// PostgreSQL all from one snapshot.
+    fn for_each_record(&self, prefix: &[u8], f: impl FnMut(&[u8], &[u8]) -> Result<(), String>) -> Result<(), String> {
+        match self {
+            Opened::Sled(b) => for_each_record(b, prefix, f),
+            Opened::Postgres(b) => b.scan_snapshot(prefix, f),
+        }
+    }
+
+    /// Now, by the clock leases are written in.
+    fn now_ms(&self) -> u64 {
+        match self.backend().clock() {
+            Some(c) => c.now_ms(),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        }
+    }
+}
+
+fn postgres_config(url: &str, schema: Option<&str>) -> crate::PostgresConfig {
+    let mut pg = crate::PostgresConfig::new(url);
+    if let Some(s) = schema {
+        pg.schema = s.to_owned();
+    }
+    pg
+}
+
+impl DataDir {
+    /// Opens what the flags name; `create` makes a missing sled directory.
+    fn open(&self, create: bool) -> Result<Opened, String> {
+        match (&self.database_url, &self.data_dir) {
+            (Some(_), Some(dir)) => {
+                Err(format!("--data-dir {} and --database-url name two places; give one of them", dir.display()))
+            }
+            (Some(url), None) => PgBackend::connect(postgres_config(url, self.postgres_schema.as_deref()))
+                .map(|b| Opened::Postgres(Box::new(b)))
+                .map_err(|e| e.message),
+            (None, dir) => {
+                if self.postgres_schema.is_some() {
+                    return Err("--postgres-schema applies only with --database-url".into());
+                }
+                let dir = dir.clone().unwrap_or_else(|| PathBuf::from("./data"));
+                if create {
+                    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                }
+                open_existing(&dir).map(Opened::Sled)
+            }
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,10 +204,20 @@ struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:7070; port 0 picks a free one).
     #[arg(long, env = "DATASTORER_LISTEN")]
     listen: Option<String>,
-    /// sled data directory (default ./data).
+    /// sled data directory (default ./data; not with --database-url).
     #[arg(long, env = "DATASTORER_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Owner id in leases (default: one generated once and kept in the data directory).
+    /// PostgreSQL to share with other servers, e.g. postgres://user@127.0.0.1/db (instead of sled).
+    #[arg(long, env = "DATASTORER_DATABASE_URL")]
+    database_url: Option<String>,
+    /// PostgreSQL schema for datastorer's tables (default datastorer).
+    #[arg(long, env = "DATASTORER_POSTGRES_SCHEMA")]
+    postgres_schema: Option<String>,
+    /// This server's URL as clients should reach it (named in 421 wrong_server answers of other servers).
+    #[arg(long, env = "DATASTORER_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// Owner id in leases (default: on sled, one generated once and kept in the data directory;
+    /// on PostgreSQL, a new one per start; set it per deployment slot to reclaim leases after a crash).
     #[arg(long, env = "DATASTORER_OWNER_ID")]
     owner_id: Option<String>,
     /// Answer 404 for stores the config does not declare.
@@ -149,10 +254,15 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Inspect { dir, store, key } => inspect(&dir.data_dir, &store, &key),
-        Command::Export { dir, store, output } => export(&dir.data_dir, store.as_deref(), output.as_deref()),
-        Command::Import { dir, input, overwrite } => import(&dir.data_dir, input.as_deref(), overwrite),
-        Command::Check { dir } => check(&dir.data_dir),
+        Command::Inspect { dir, store, key } => dir.open(false).and_then(|b| inspect(&b, &store, &key)),
+        Command::Export { dir, store, output } => {
+            dir.open(false).and_then(|b| export(&b, store.as_deref(), output.as_deref()))
+        }
+        Command::Import { dir, input, overwrite, force } => import(&dir, input.as_deref(), overwrite, force),
+        Command::Check { dir } => dir.open(false).and_then(|b| check(&b)),
+        Command::CopySledToPostgres { data_dir, database_url, postgres_schema, overwrite } => {
+            copy_sled_to_postgres(&data_dir, &postgres_config(&database_url, postgres_schema.as_deref()), overwrite)
+        }
         Command::Bench { quick, repeat, only, out } => bench(quick, repeat, only, out),
         Command::BenchScaleChild { side, doc, keys } => {
             actix_web::rt::System::new().block_on(super::bench::scale_child(side, doc, keys))
@@ -180,6 +290,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         config: args.config,
         listen: args.listen,
         data_dir: args.data_dir,
+        database_url: args.database_url,
+        postgres_schema: args.postgres_schema,
+        advertise_url: args.advertise_url,
         owner_id: args.owner_id,
         strict_stores: args.strict_stores,
         autosave_interval_secs: args.autosave_interval_secs,
@@ -254,9 +367,9 @@ fn json_or_string(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-fn inspect(dir: &Path, store: &str, key: &str) -> Result<(), String> {
-    let backend = open_existing(dir)?;
-    let bytes = backend
+fn inspect(opened: &Opened, store: &str, key: &str) -> Result<(), String> {
+    let bytes = opened
+        .backend()
         .get(&storage_key(store, key))
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("no record for key {key:?} in store {store:?}"))?;
@@ -341,11 +454,11 @@ impl Progress {
     }
 }
 
-fn export(dir: &Path, store: Option<&str>, output: Option<&Path>) -> Result<(), String> {
-    let backend = open_existing(dir)?;
+fn export(opened: &Opened, store: Option<&str>, output: Option<&Path>) -> Result<(), String> {
     let prefix = store.map(store_prefix).unwrap_or_else(|| b"d\0".to_vec());
+    // Counted for the progress bar only; the export itself is one snapshot.
     let mut total = 0;
-    for_each_record(&backend, &prefix, |_, _| {
+    opened.for_each_record(&prefix, |_, _| {
         total += 1;
         Ok(())
     })?;
@@ -357,7 +470,7 @@ fn export(dir: &Path, store: Option<&str>, output: Option<&Path>) -> Result<(), 
     };
     let mut progress = Progress::new("export", total);
     let (mut exported, mut corrupt) = (0usize, 0usize);
-    for_each_record(&backend, &prefix, |k, v| {
+    opened.for_each_record(&prefix, |k, v| {
         progress.tick();
         let (store, key) = split_storage_key(k).ok_or_else(|| format!("unexpected storage key {k:?}"))?;
         match Record::decode(v) {
@@ -392,7 +505,10 @@ fn export(dir: &Path, store: Option<&str>, output: Option<&Path>) -> Result<(), 
     Ok(())
 }
 
-fn import(dir: &Path, input: Option<&Path>, overwrite: bool) -> Result<(), String> {
+/// Writes per batch of the import and the copy: one commit each.
+const TOOL_BATCH: usize = 1000;
+
+fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> Result<(), String> {
     let reader: Box<dyn BufRead> = match input {
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))?,
@@ -421,27 +537,42 @@ fn import(dir: &Path, input: Option<&Path>, overwrite: bool) -> Result<(), Strin
             Err(e) => problems.push(format!("line {n}: {e}")),
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let backend = SledBackend::open(dir).map_err(|e| e.to_string())?;
+    let opened = dir.open(true)?;
+    let backend = opened.backend();
+    let now = opened.now_ms();
     let mut current = Vec::with_capacity(lines.len());
-    for (n, line) in &lines {
-        let existing = backend.get(&storage_key(&line.store, &line.key)).map_err(|e| e.to_string())?;
-        let header = match &existing {
-            None => None,
-            Some(bytes) => match RecordHeader::peek(bytes) {
-                Some(h) if overwrite => Some(h),
-                Some(_) => {
-                    problems.push(format!("line {n}: {}/{} already exists (use --overwrite)", line.store, line.key));
-                    None
-                }
-                None => {
-                    problems
-                        .push(format!("line {n}: {}/{} exists and is corrupt; not overwritten", line.store, line.key));
-                    None
-                }
-            },
-        };
-        current.push((existing.is_some(), header));
+    for chunk in lines.chunks(TOOL_BATCH) {
+        let keys: Vec<Vec<u8>> = chunk.iter().map(|(_, l)| storage_key(&l.store, &l.key)).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        for ((n, line), existing) in chunk.iter().zip(backend.get_many(&refs)) {
+            let existing = existing.map_err(|e| e.to_string())?;
+            let name = format!("{}/{}", line.store, line.key);
+            let header = match existing.as_deref() {
+                None => None,
+                Some(bytes) => match Record::decode(bytes) {
+                    Ok(_) if !overwrite => {
+                        problems.push(format!("line {n}: {name} already exists (use --overwrite)"));
+                        None
+                    }
+                    Ok(rec) => match rec.lease.filter(|l| l.expires_at_ms > now) {
+                        Some(l) if !force => {
+                            problems.push(format!(
+                                "line {n}: {name} is held by {:?} for {} more ms (use --force to fence it off)",
+                                l.owner,
+                                l.expires_at_ms - now
+                            ));
+                            None
+                        }
+                        _ => Some(rec.header),
+                    },
+                    Err(_) => {
+                        problems.push(format!("line {n}: {name} exists and is corrupt; not overwritten"));
+                        None
+                    }
+                },
+            };
+            current.push(header);
+        }
     }
     if !problems.is_empty() {
         for p in &problems {
@@ -450,7 +581,7 @@ fn import(dir: &Path, input: Option<&Path>, overwrite: bool) -> Result<(), Strin
         return Err(format!("{} problem(s); nothing was imported", problems.len()));
     }
     let mut progress = Progress::new("import", lines.len());
-    for ((_, line), (_, header)) in lines.iter().zip(current) {
+    let ops = lines.iter().zip(current).map(|((_, line), header)| -> Result<WriteOp, String> {
         let data = serde_json::to_vec(&line.data).map_err(|e| e.to_string())?;
         let metadata = serde_json::to_vec(&line.metadata).map_err(|e| e.to_string())?;
         let record = Record {
@@ -467,31 +598,86 @@ fn import(dir: &Path, input: Option<&Path>, overwrite: bool) -> Result<(), Strin
             created_at_ms: line.created_at_ms,
             updated_at_ms: line.updated_at_ms,
         };
-        let op = WriteOp {
+        Ok(WriteOp {
             key: storage_key(&line.store, &line.key),
             precondition: header.map_or(Precondition::Absent, Precondition::Header),
             value: Some(record.encode()),
-        };
-        match backend.write_batch(std::slice::from_ref(&op)).pop() {
-            Some(Ok(WriteOutcome::Applied)) => {}
-            Some(Ok(WriteOutcome::Conflict { .. })) => {
-                return Err(format!("{}/{} changed during the import", line.store, line.key))
+        })
+    });
+    let ops: Vec<WriteOp> = ops.collect::<Result<_, _>>()?;
+    for batch in ops.chunks(TOOL_BATCH) {
+        for (op, outcome) in batch.iter().zip(backend.write_batch(batch)) {
+            let name = split_storage_key(&op.key).map(|(s, k)| format!("{s}/{k}")).unwrap_or_default();
+            match outcome {
+                Ok(WriteOutcome::Applied) => progress.tick(),
+                Ok(WriteOutcome::Conflict { .. }) => return Err(format!("{name} changed during the import")),
+                Err(e) => return Err(format!("{name}: {e}")),
             }
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("the backend returned no result".into()),
         }
-        progress.tick();
+        backend.flush().map_err(|e| e.to_string())?;
     }
-    backend.flush().map_err(|e| e.to_string())?;
     progress.finish();
     eprintln!("imported {} records", lines.len());
     Ok(())
 }
 
-fn check(dir: &Path) -> Result<(), String> {
-    let backend = open_existing(dir)?;
+fn copy_sled_to_postgres(dir: &Path, pg: &crate::PostgresConfig, overwrite: bool) -> Result<(), String> {
+    let source = open_existing(dir)?;
+    let target = PgBackend::connect(pg.clone()).map_err(|e| e.message)?;
+    let mut total = 0;
+    for_each_record(&source, b"d\0", |_, _| {
+        total += 1;
+        Ok(())
+    })?;
+    let mut progress = Progress::new("copy", total);
+    let (mut copied, mut same, mut corrupt) = (0usize, 0usize, 0usize);
+    let mut differing = Vec::new();
+    let mut batch: Vec<WriteOp> = Vec::with_capacity(TOOL_BATCH);
+    let mut flush = |batch: &mut Vec<WriteOp>, progress: &mut Progress| -> Result<(), String> {
+        for (op, outcome) in batch.iter().zip(target.write_batch(batch)) {
+            progress.tick();
+            match outcome.map_err(|e| e.to_string())? {
+                WriteOutcome::Applied => copied += 1,
+                WriteOutcome::Conflict { .. } => {
+                    // Already there: the same bytes (a copy run again) are fine.
+                    let there = target.get(&op.key).map_err(|e| e.to_string())?;
+                    if there.as_deref() == op.value.as_deref() {
+                        same += 1;
+                    } else {
+                        differing.push(split_storage_key(&op.key).map(|(s, k)| format!("{s}/{k}")).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        batch.clear();
+        Ok(())
+    };
+    for_each_record(&source, b"d\0", |k, v| {
+        if Record::decode(v).is_err() {
+            corrupt += 1;
+        }
+        let precondition = if overwrite { Precondition::Any } else { Precondition::Absent };
+        batch.push(WriteOp { key: k.to_vec(), precondition, value: Some(v.to_vec()) });
+        if batch.len() >= TOOL_BATCH {
+            flush(&mut batch, &mut progress)?;
+        }
+        Ok(())
+    })?;
+    flush(&mut batch, &mut progress)?;
+    progress.finish();
+    eprintln!("copied {copied} records ({corrupt} of them corrupt, copied as they are); {same} were already there");
+    if !differing.is_empty() {
+        for d in &differing {
+            eprintln!("not copied: {d} exists in PostgreSQL with other contents (use --overwrite)");
+        }
+        return Err(format!("{} record(s) exist in PostgreSQL with other contents", differing.len()));
+    }
+    Ok(())
+}
+
+fn check(opened: &Opened) -> Result<(), String> {
     let (mut checked, mut bad) = (0usize, 0usize);
-    for_each_record(&backend, b"d\0", |k, v| {
+    opened.for_each_record(b"d\0", |k, v| {
         checked += 1;
         let name = split_storage_key(k).map(|(s, k)| format!("{s}/{k}")).unwrap_or_else(|| format!("{k:?}"));
         let problem = match Record::decode(v) {

@@ -54,6 +54,12 @@ struct BudgetsDecl {
 struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    postgres_schema: Option<String>,
+    postgres_tls: Option<TlsDecl>,
+    postgres_root_cert: Option<PathBuf>,
+    postgres_allow_plaintext: Option<bool>,
+    advertise_url: Option<String>,
     owner_id: Option<String>,
     strict_stores: Option<bool>,
     autosave_interval_secs: Option<u64>,
@@ -68,6 +74,22 @@ struct FileConfig {
     stores: Option<BTreeMap<String, StoreDecl>>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TlsDecl {
+    Disable,
+    Require,
+}
+
+/// Where the server keeps its records.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// An embedded sled directory (one process).
+    Sled(PathBuf),
+    /// A PostgreSQL database shared with other servers and applications.
+    Postgres(crate::PostgresConfig),
+}
+
 /// Values given as flags or environment variables (they win over the file).
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -77,6 +99,12 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--data-dir` / `DATASTORER_DATA_DIR`
     pub data_dir: Option<PathBuf>,
+    /// `--database-url` / `DATASTORER_DATABASE_URL`
+    pub database_url: Option<String>,
+    /// `--postgres-schema` / `DATASTORER_POSTGRES_SCHEMA`
+    pub postgres_schema: Option<String>,
+    /// `--advertise-url` / `DATASTORER_ADVERTISE_URL`
+    pub advertise_url: Option<String>,
     /// `--owner-id` / `DATASTORER_OWNER_ID`
     pub owner_id: Option<String>,
     /// `--strict-stores` / `DATASTORER_STRICT_STORES`
@@ -104,10 +132,15 @@ pub struct Overrides {
 pub struct ServerConfig {
     /// Address to bind.
     pub listen: SocketAddr,
-    /// sled data directory.
-    pub data_dir: PathBuf,
-    /// The owner id in leases; `None`: the one stored in the data directory.
+    /// Where records live.
+    pub storage: Storage,
+    /// The owner id in leases; `None`: on sled, the one stored in the data
+    /// directory; on PostgreSQL, a new one per start (never read from the
+    /// shared database).
     pub owner_id: Option<String>,
+    /// Where clients should send requests for keys this server holds
+    /// (answered with `421 wrong_server` by the other servers).
+    pub advertise_url: Option<String>,
     /// API keys; empty means no authentication (loopback only).
     pub api_keys: Vec<ApiKey>,
     /// Undeclared stores are 404 instead of created on first use.
@@ -247,9 +280,58 @@ impl ServerConfig {
                 }
             }
         }
+        let data_dir = o.data_dir.clone().or(file.data_dir);
+        let database_url = o.database_url.clone().or(file.database_url);
+        let storage = match database_url {
+            None => {
+                for (field, set) in [
+                    ("postgres_schema", o.postgres_schema.is_some() || file.postgres_schema.is_some()),
+                    ("postgres_tls", file.postgres_tls.is_some()),
+                    ("postgres_root_cert", file.postgres_root_cert.is_some()),
+                    ("postgres_allow_plaintext", file.postgres_allow_plaintext.is_some()),
+                ] {
+                    if set {
+                        return Err(err(field, "applies only with database_url".into()));
+                    }
+                }
+                Storage::Sled(data_dir.unwrap_or_else(|| PathBuf::from("./data")))
+            }
+            Some(url) => {
+                if let Some(dir) = data_dir {
+                    return Err(err(
+                        "data_dir",
+                        format!(
+                            "{} is set together with database_url: records live in one place; \
+                             drop one of them (copy a sled directory with `datastorer copy-sled-to-postgres`)",
+                            dir.display()
+                        ),
+                    ));
+                }
+                let mut pg = crate::PostgresConfig::new(url);
+                if let Some(schema) = o.postgres_schema.clone().or(file.postgres_schema) {
+                    pg.schema = schema;
+                }
+                pg.tls = match file.postgres_tls {
+                    Some(TlsDecl::Require) => crate::PostgresTls::Require,
+                    Some(TlsDecl::Disable) | None => crate::PostgresTls::Disable,
+                };
+                pg.root_cert_path = file.postgres_root_cert;
+                pg.allow_plaintext = file.postgres_allow_plaintext.unwrap_or(false);
+                pg.advertise_url = o.advertise_url.clone().or(file.advertise_url.clone());
+                pg.validate().map_err(|e| err("database_url", e))?;
+                Storage::Postgres(pg)
+            }
+        };
+        let advertise_url = o.advertise_url.clone().or(file.advertise_url);
+        if let Some(u) = &advertise_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 512 {
+                return Err(err("advertise_url", format!("{u:?} is not an http(s) URL of at most 512 bytes")));
+            }
+        }
         Ok(ServerConfig {
             listen,
-            data_dir: o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data")),
+            storage,
+            advertise_url,
             owner_id,
             api_keys,
             strict_stores: o.strict_stores.or(file.strict_stores).unwrap_or(false),

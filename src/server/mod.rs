@@ -31,7 +31,7 @@ use actix_web::{web, App, HttpServer};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use self::config::ServerConfig;
+use self::config::{ServerConfig, Storage};
 use self::error::{ApiError, ErrorCode};
 use self::metrics::Metrics;
 use self::routes::AppState;
@@ -43,7 +43,16 @@ use crate::{Config, Datastorer, ShutdownReport, StoreSpec};
 /// Runs the server until SIGINT/SIGTERM, then stops accepting requests,
 /// saves and releases every session, flushes, and answers the report.
 pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
-    let (backend, owner) = open_data_dir(&config).await?;
+    let (backend, owner, postgres) = match &config.storage {
+        Storage::Sled(dir) => {
+            let (b, o) = open_data_dir(dir.clone(), config.owner_id.clone()).await?;
+            (b, o, None)
+        }
+        Storage::Postgres(pg) => {
+            let (b, o) = open_postgres(pg.clone(), config.owner_id.clone()).await?;
+            (b.clone() as std::sync::Arc<dyn Backend>, o, Some(b))
+        }
+    };
     let mut engine = Config::backend(backend).owner_id(owner);
     engine.autosave_interval = config.autosave_interval;
     engine.lease_ttl = config.lease_ttl;
@@ -81,6 +90,7 @@ pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
         shutdown: shutdown_rx,
         shutting_down: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
+        postgres,
     });
 
     let app_state = state.clone();
@@ -121,7 +131,12 @@ pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
     let bound = server.addrs().first().copied().ok_or("bound to no address")?;
     println!("datastorer listening on http://{bound}");
     let _ = std::io::stdout().flush();
-    info!(target: "datastorer::server", %bound, data_dir = %config.data_dir.display(), "serving");
+    match &config.storage {
+        Storage::Sled(dir) => info!(target: "datastorer::server", %bound, data_dir = %dir.display(), "serving"),
+        Storage::Postgres(pg) => {
+            info!(target: "datastorer::server", %bound, database = ?pg, owner = %ds.owner_id(), "serving")
+        }
+    }
 
     let server = server.run();
     let handle = server.handle();
@@ -199,9 +214,10 @@ const OWNER_KEY: &[u8] = b"m\0owner_id";
 /// on the same directory is the same owner: it reclaims the leases its
 /// crashed predecessor left behind at once instead of waiting for them to
 /// lapse.
-async fn open_data_dir(config: &ServerConfig) -> Result<(std::sync::Arc<dyn Backend>, String), String> {
-    let dir = config.data_dir.clone();
-    let explicit = config.owner_id.clone();
+async fn open_data_dir(
+    dir: std::path::PathBuf,
+    explicit: Option<String>,
+) -> Result<(std::sync::Arc<dyn Backend>, String), String> {
     tokio::task::spawn_blocking(move || {
         let backend = SledBackend::open(&dir).map_err(|e| e.to_string())?;
         let owner = match explicit {
@@ -209,9 +225,7 @@ async fn open_data_dir(config: &ServerConfig) -> Result<(std::sync::Arc<dyn Back
             None => match backend.get(OWNER_KEY).map_err(|e| e.to_string())? {
                 Some(bytes) => String::from_utf8(bytes).map_err(|_| "the stored owner id is not UTF-8".to_string())?,
                 None => {
-                    let mut random = [0u8; 6];
-                    getrandom::fill(&mut random).map_err(|e| e.to_string())?;
-                    let owner = format!("server-{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
+                    let owner = random_owner_id()?;
                     let op = WriteOp {
                         key: OWNER_KEY.to_vec(),
                         precondition: Precondition::Absent,
@@ -227,6 +241,32 @@ async fn open_data_dir(config: &ServerConfig) -> Result<(std::sync::Arc<dyn Back
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+fn random_owner_id() -> Result<String, String> {
+    let mut random = [0u8; 6];
+    getrandom::fill(&mut random).map_err(|e| e.to_string())?;
+    Ok(format!("server-{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// Connects to PostgreSQL. The owner id is never read from the shared
+/// database (every server would read the same one): it is the configured
+/// one, stable per deployment slot so a restarted server reclaims its own
+/// leases at once, or a new one per start. The engine refuses to start
+/// when a live process already runs under it.
+async fn open_postgres(
+    pg: crate::PostgresConfig,
+    explicit: Option<String>,
+) -> Result<(std::sync::Arc<crate::storage::postgres::PgBackend>, String), String> {
+    let owner = match explicit {
+        Some(o) => o,
+        None => random_owner_id()?,
+    };
+    let backend = tokio::task::spawn_blocking(move || crate::storage::postgres::PgBackend::connect(pg))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.message)?;
+    Ok((std::sync::Arc::new(backend), owner))
 }
 
 #[cfg(unix)]

@@ -40,6 +40,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// Requests being handled (the shutdown waits for them).
     pub in_flight: std::sync::atomic::AtomicUsize,
+    /// The PostgreSQL backend, when servers share one.
+    pub postgres: Option<std::sync::Arc<crate::storage::postgres::PgBackend>>,
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -245,12 +247,41 @@ pub async fn open_session(
     Ok(HttpResponse::Ok().json(session_view(&session, &grant, true).await?))
 }
 
-fn checked(req: &HttpRequest, state: &AppState, path: &(String, String)) -> Result<(Session<Value>, LeaseGrant)> {
+async fn checked(req: &HttpRequest, state: &AppState, path: &(String, String)) -> Result<(Session<Value>, LeaseGrant)> {
     state.admit()?;
     state.auth(req, Role::Write)?;
     crate::store::validate_store_name(&path.0).map_err(ApiError::from)?;
     check_key(&path.1)?;
-    state.sessions.check(&path.0, &path.1, token(req)?)
+    match state.sessions.check(&path.0, &path.1, token(req)?) {
+        Err(e) if e.code == "invalid_lease_token" => Err(wrong_server(state, path).await.unwrap_or(e)),
+        other => other,
+    }
+}
+
+/// With servers sharing one database, a token this server does not know
+/// may belong to a session on another server: if the key's live lease is
+/// another owner's, the client is told where to go (`421 wrong_server`)
+/// instead of being told its token is wrong.
+async fn wrong_server(state: &AppState, path: &(String, String)) -> Option<ApiError> {
+    let pg = state.postgres.as_ref()?;
+    let store = state.store(&path.0).ok()?;
+    let lease = store.inspect(path.1.as_str()).await.ok()??.lease?;
+    let now = state.ds.backend().clock().map(|c| c.now_ms())?;
+    if lease.owner == state.ds.owner_id() || lease.expires_at_ms <= now {
+        return None;
+    }
+    let url = pg.owner_url(&lease.owner).ok().flatten();
+    let mut e = ApiError::new(
+        actix_web::http::StatusCode::MISDIRECTED_REQUEST,
+        "wrong_server",
+        format!(
+            "the session on this key lives on another server ({:?}{}); send its requests there",
+            lease.owner,
+            url.as_deref().map(|u| format!(" at {u}")).unwrap_or_default()
+        ),
+    );
+    e.details = Some(json!({ "holder": lease.owner, "advertise_url": url, "expires_at_ms": lease.expires_at_ms }));
+    Some(e)
 }
 
 /// `GET …/session`
@@ -259,7 +290,7 @@ pub async fn get_session(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let (session, grant) = checked(&req, &state, &path)?;
+    let (session, grant) = checked(&req, &state, &path).await?;
     Ok(HttpResponse::Ok().json(session_view(&session, &grant, false).await?))
 }
 
@@ -272,7 +303,7 @@ async fn session_and_body(
     content_types: &[&str],
     expected: &str,
 ) -> Result<(Session<Value>, Value)> {
-    let (session, _) = checked(req, state, path)?;
+    let (session, _) = checked(req, state, path).await?;
     match read_json(req, payload, state, content_types, false).await? {
         Some(body) => Ok((session, body)),
         None => Err(ApiError::bad_request("bad_json", format!("the body must be {expected}"))),
@@ -427,7 +458,7 @@ pub async fn save(
     query: web::Query<PriorityQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let (session, _) = checked(&req, &state, &path)?;
+    let (session, _) = checked(&req, &state, &path).await?;
     let started = Instant::now();
     let outcome = session.save(query.get()).await?;
     state.metrics.observe_save(started.elapsed());
@@ -440,7 +471,7 @@ pub async fn renew(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let (_, grant) = checked(&req, &state, &path)?;
+    let (_, grant) = checked(&req, &state, &path).await?;
     Ok(HttpResponse::Ok().json(json!({ "epoch": grant.epoch, "expires_at_ms": grant.expires_at_ms })))
 }
 
@@ -451,7 +482,7 @@ pub async fn release(
     query: web::Query<PriorityQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    checked(&req, &state, &path)?;
+    checked(&req, &state, &path).await?;
     let started = Instant::now();
     let revision = state.sessions.end(&path.0, &path.1, token(&req)?, Ending::Release(query.get())).await?;
     state.metrics.observe_save(started.elapsed());
@@ -464,7 +495,7 @@ pub async fn close(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    checked(&req, &state, &path)?;
+    checked(&req, &state, &path).await?;
     let revision = state.sessions.end(&path.0, &path.1, token(&req)?, Ending::Close).await?;
     Ok(HttpResponse::Ok().json(json!({ "revision": revision, "closed": true })))
 }

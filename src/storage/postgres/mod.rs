@@ -213,6 +213,69 @@ impl PgBackend {
         &self.inner.cfg.schema
     }
 
+    /// The URL the process running under `owner` advertised, if any.
+    pub fn owner_url(&self, owner: &str) -> Result<Option<String>, StorageError> {
+        let inner = self.inner.clone();
+        let owner = owner.to_owned();
+        self.call("owner lookup", async move {
+            let conn = inner.reader().await?;
+            let q = format!("SELECT advertise_url FROM \"{}\".owners WHERE owner_id = $1", inner.cfg.schema);
+            let rows = conn.client.query(&q, &[&owner]).await?;
+            Ok(match rows.first() {
+                Some(r) => r.try_get(0)?,
+                None => None,
+            })
+        })
+    }
+
+    /// Calls `f` for every value under `prefix`, in key order, all read in
+    /// one `REPEATABLE READ READ ONLY` snapshot on a connection of its own:
+    /// an export of a database that servers keep writing is consistent.
+    /// Stops at the first error of `f` or of the database.
+    pub fn scan_snapshot(
+        &self,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let shape = ScanShape::parse(prefix).ok_or_else(|| format!("unsupported scan prefix {prefix:?}"))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<KeyValues, String>>(2);
+        let inner = self.inner.clone();
+        self.runtime.spawn(async move {
+            let client = match inner.open_client("export").await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into_storage(&inner.target).message));
+                    return;
+                }
+            };
+            if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = inner.scan_on(&client, &shape, after.clone(), 1000).await.map_err(|f| f.error.message);
+                let done = match &page {
+                    Ok(p) => {
+                        after = p.last().map(|(k, _)| k.clone());
+                        p.is_empty()
+                    }
+                    Err(_) => true,
+                };
+                // A receiver that hung up ends the export.
+                if tx.send(page).is_err() || done {
+                    return;
+                }
+            }
+        });
+        for page in rx {
+            for (k, v) in page? {
+                f(&k, &v)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `fut` on the backend's runtime and waits for it (from any
     /// thread that is not the runtime's own). `None`: the runtime stopped.
     fn block_on_runtime<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Option<T> {
@@ -383,13 +446,23 @@ impl Inner {
 
     async fn scan(&self, shape: ScanShape, start_after: Option<Vec<u8>>, limit: usize) -> Result<KeyValues, PgFailure> {
         let conn = self.reader().await?;
+        self.scan_on(&conn.client, &shape, start_after, limit).await
+    }
+
+    async fn scan_on(
+        &self,
+        client: &Client,
+        shape: &ScanShape,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<KeyValues, PgFailure> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let after = start_after.as_deref().and_then(super::split_storage_key);
-        let rows = match &shape {
+        let rows = match shape {
             ScanShape::Meta(prefix) => {
                 let after = start_after.clone().unwrap_or_default();
                 let end = sql::byte_successor(prefix);
-                let rows = conn.client.query(&self.sql.meta_scan, &[prefix, &after, &end, &limit]).await?;
+                let rows = client.query(&self.sql.meta_scan, &[prefix, &after, &end, &limit]).await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for r in rows {
                     out.push((r.try_get::<_, Vec<u8>>(0)?, r.try_get::<_, Vec<u8>>(1)?));
@@ -398,7 +471,7 @@ impl Inner {
             }
             ScanShape::AllStores => {
                 let (s, k) = after.unwrap_or_default();
-                conn.client.query(&self.sql.scan_all, &[&s, &k, &limit]).await?
+                client.query(&self.sql.scan_all, &[&s, &k, &limit]).await?
             }
             ScanShape::Store(store) | ScanShape::KeyPrefix { store, .. } => {
                 // The cursor's key within this store: a cursor in an earlier
@@ -409,16 +482,14 @@ impl Inner {
                     Some((s, _)) if s.as_bytes() < store.as_bytes() => String::new(),
                     Some(_) => return Ok(Vec::new()),
                 };
-                match &shape {
+                match shape {
                     ScanShape::KeyPrefix { prefix, .. } => match sql::successor(prefix) {
                         Some(end) => {
-                            conn.client.query(&self.sql.scan_prefix, &[store, prefix, &after_key, &end, &limit]).await?
+                            client.query(&self.sql.scan_prefix, &[store, prefix, &after_key, &end, &limit]).await?
                         }
-                        None => {
-                            conn.client.query(&self.sql.scan_prefix_open, &[store, prefix, &after_key, &limit]).await?
-                        }
+                        None => client.query(&self.sql.scan_prefix_open, &[store, prefix, &after_key, &limit]).await?,
                     },
-                    _ => conn.client.query(&self.sql.scan_store, &[store, &after_key, &limit]).await?,
+                    _ => client.query(&self.sql.scan_store, &[store, &after_key, &limit]).await?,
                 }
             }
         };
