@@ -213,6 +213,13 @@ impl PgBackend {
         &self.inner.cfg.schema
     }
 
+    /// The random id in this backend's connection names: its connections
+    /// show in `pg_stat_activity` as `datastorer-writer-ID`,
+    /// `datastorer-reader-ID` and `datastorer-listen-ID`.
+    pub fn connection_id(&self) -> &str {
+        &self.inner.instance
+    }
+
     /// The URL the process running under `owner` advertised, if any.
     pub fn owner_url(&self, owner: &str) -> Result<Option<String>, StorageError> {
         let inner = self.inner.clone();
@@ -303,9 +310,9 @@ impl PgBackend {
             Some(Ok(v)) => Ok(v),
             Some(Err(f)) => {
                 if f.reconnect {
-                    // Replaced lazily: the next call reconnects.
+                    // The next call reconnects.
                     let inner = self.inner.clone();
-                    self.runtime.spawn(async move { inner.drop_connections().await });
+                    let _ = self.block_on_runtime(async move { *inner.reader.lock().await = None });
                 }
                 Err(f.error)
             }
@@ -386,18 +393,6 @@ impl Inner {
         let conn = Arc::new(self.connect_role("reader").await?);
         *slot = Some(conn.clone());
         Ok(conn)
-    }
-
-    async fn drop_connections(&self) {
-        let mut w = self.writer.lock().await;
-        if w.as_ref().is_some_and(|c| c.client.is_closed()) {
-            *w = None;
-        }
-        drop(w);
-        let mut r = self.reader.lock().await;
-        if r.as_ref().is_some_and(|c| c.client.is_closed()) {
-            *r = None;
-        }
     }
 
     async fn sample_clock(&self, conn: &Conn) -> Result<(), PgFailure> {
