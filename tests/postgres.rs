@@ -200,10 +200,8 @@ fn scans_page_in_the_same_order_as_the_memory_backend() {
             value: Some(key.into_bytes()),
         });
     }
-    for batch in [&ops[..]] {
-        assert!(b.write_batch(batch).iter().all(|r| r.is_ok()));
-        assert!(mem.write_batch(batch).iter().all(|r| r.is_ok()));
-    }
+    assert!(b.write_batch(&ops).iter().all(|r| r.is_ok()));
+    assert!(mem.write_batch(&ops).iter().all(|r| r.is_ok()));
     let mut prefixes = vec![b"d\0".to_vec(), store_prefix("s"), store_prefix("t")];
     for p in ["a", "é", "日", "\u{10FFFF}", "ab"] {
         prefixes.push(storage_key("s", p));
@@ -549,7 +547,7 @@ async fn connections_killed_under_load_lose_no_acknowledged_save() {
     for i in 0..20 {
         sessions.push(store.open(format!("k{i}")).await.unwrap());
     }
-    let mut acknowledged = vec![0u64; 20];
+    let mut acknowledged = [0u64; 20];
     for round in 1..=15u64 {
         if round % 4 == 0 {
             pg.sql(&format!(
