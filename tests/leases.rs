@@ -248,3 +248,38 @@ async fn contention_on_one_key_never_yields_two_holders_at_one_epoch() {
     let last = profiles(&b).get("hot").unwrap();
     assert_eq!(last.read(|p| p.coins).await.unwrap(), 15);
 }
+
+/// Regression: two instances that read the same record and race to take
+/// its lease compute the same new header (epoch + 1, revision + 1). The
+/// queue treats a conflict that shows a write's own new header as that
+/// write having applied (a commit whose answer was lost), so the loser
+/// believed it had won, and both held the key under one epoch: the loser's
+/// next save overwrote the winner's lease. Ownership is now proven by the
+/// stored bytes, which name the owner, not by the header alone.
+#[actix_rt::test]
+async fn two_instances_racing_for_one_key_never_both_win() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let (a, b) = (node(&backend, "server-a").await, node(&backend, "server-b").await);
+    for round in 0..20 {
+        let key = format!("race{round}");
+        let (sa, sb) = (profiles(&a), profiles(&b));
+        let (ra, rb) = tokio::join!(
+            sa.open(key.clone()).policy(AcquirePolicy::Fail),
+            sb.open(key.clone()).policy(AcquirePolicy::Fail)
+        );
+        let winners = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(
+            winners,
+            1,
+            "round {round}: exactly one instance holds the key ({:?} / {:?})",
+            ra.is_ok(),
+            rb.is_ok()
+        );
+        let loser = if ra.is_ok() { &rb } else { &ra };
+        assert!(matches!(loser, Err(Error::LeaseHeld { .. })), "{:?}", loser.as_ref().err());
+        let stored = stored(&backend, "profiles", &key).unwrap();
+        let winner = if ra.is_ok() { "server-a" } else { "server-b" };
+        assert_eq!(stored.lease.map(|l| l.owner), Some(winner.to_owned()));
+    }
+}

@@ -752,19 +752,9 @@ fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
         }
     }
     if !writes.is_empty() {
-        let outcomes = backend.write_batch(&writes);
-        for ((&i, op), outcome) in write_idx.iter().zip(&writes).zip(outcomes) {
-            // A retry of a write whose first attempt applied but whose flush
-            // failed finds its own new header: that is success, not a conflict.
-            let outcome = match outcome {
-                Ok(WriteOutcome::Conflict { current: Some(cur) })
-                    if op.precondition != Precondition::Any
-                        && op.value.as_deref().and_then(RecordHeader::peek) == Some(cur) =>
-                {
-                    Ok(WriteOutcome::Applied)
-                }
-                other => other,
-            };
+        let mut outcomes = backend.write_batch(&writes);
+        confirm_own_writes(backend, &writes, &mut outcomes);
+        for (&i, outcome) in write_idx.iter().zip(outcomes) {
             any_applied |= matches!(outcome, Ok(WriteOutcome::Applied));
             results[i] = Some(outcome.map(Reply::Written));
         }
@@ -781,6 +771,41 @@ fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
         .map(|r| r.unwrap_or_else(|| Err(StorageError::permanent("request produced no result"))))
         .collect();
     (results, any_applied)
+}
+
+/// A retry of a write whose first attempt applied (but whose flush or
+/// COMMIT answer was lost) finds its own new header and conflicts: that is
+/// success. The header alone does not prove it, though: two instances that
+/// read the same record and race to take its lease compute the same new
+/// header (epoch + 1, revision + 1), and the loser would believe it won
+/// and write under the winner's epoch. So a conflict that shows the op's
+/// own header counts as applied only if the stored bytes are the op's
+/// bytes (which name the owner and its expiry).
+fn confirm_own_writes(backend: &dyn Backend, writes: &[WriteOp], outcomes: &mut [Result<WriteOutcome, StorageError>]) {
+    let suspects: Vec<usize> = writes
+        .iter()
+        .zip(outcomes.iter())
+        .enumerate()
+        .filter(|(_, (op, outcome))| match outcome {
+            Ok(WriteOutcome::Conflict { current: Some(cur) }) => {
+                op.precondition != Precondition::Any && op.value.as_deref().and_then(RecordHeader::peek) == Some(*cur)
+            }
+            _ => false,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if suspects.is_empty() {
+        return;
+    }
+    let keys: Vec<&[u8]> = suspects.iter().map(|&i| writes[i].key.as_slice()).collect();
+    for (&i, stored) in suspects.iter().zip(backend.get_many(&keys)) {
+        match stored {
+            Ok(stored) if stored.as_deref() == writes[i].value.as_deref() => outcomes[i] = Ok(WriteOutcome::Applied),
+            Ok(_) => {}
+            // Unknown: retried like any transient failure, which asks again.
+            Err(e) => outcomes[i] = Err(e),
+        }
+    }
 }
 
 // Key actors submit with `do_send`, which ignores the mailbox capacity: the
