@@ -20,12 +20,28 @@ impl Server {
     }
 
     pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let data = dir.join("data");
+        let data = data.to_str().expect("UTF-8 temp path");
+        let mut all = vec!["--data-dir", data];
+        all.extend_from_slice(args);
+        Self::spawn(dir, &all, env)
+    }
+
+    /// A server on PostgreSQL (no data directory); `dir` holds its log.
+    pub fn start_pg(dir: &Path, url: &str, schema: &str, args: &[&str]) -> Server {
+        let mut all = vec!["--database-url", url, "--postgres-schema", schema];
+        all.extend_from_slice(args);
+        Self::spawn(dir, &all, &[])
+    }
+
+    fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(dir).unwrap();
         let stderr = dir.with_extension("stderr.log");
         let mut child = Command::new(BIN)
             .envs(env.iter().copied())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.join("data"))
+            .env_remove("DATASTORER_DATA_DIR")
+            .env_remove("DATASTORER_DATABASE_URL")
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
