@@ -1,4 +1,8 @@
-//! The offline tools: inspect, export, import, check.
+//! The offline tools: inspect, export, import, check — on a stopped sled
+//! directory, and online on PostgreSQL — and the copy from sled into
+//! PostgreSQL.
+
+mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -148,4 +152,118 @@ fn export_then_import_round_trips_and_import_validates_first() {
     assert!(err.contains("line 2") && err.contains("line 3") && err.contains("nothing was imported"), "{err}");
     let out = run(&["check"], &target, None);
     assert!(String::from_utf8_lossy(&out.stdout).contains("checked 0 records"));
+}
+
+// ---- On PostgreSQL ------------------------------------------------------
+
+fn run_pg(args: &[&str], pg: &common::pg::PgSchema, stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).args(["--database-url", &pg.url, "--postgres-schema", &pg.schema]);
+    cmd.env_remove("DATASTORER_DATA_DIR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// The copy keeps every record byte for byte (epochs, revisions, leases,
+/// and a torn record as it is), and running it again changes nothing.
+#[test]
+fn copy_sled_to_postgres_keeps_every_record_byte_for_byte() {
+    let Some(pg) = common::pg::PgSchema::new("copy_sled_to_postgres_keeps_every_record_byte_for_byte") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    seed(&dir, true);
+    let copy = |extra: &[&str]| {
+        let mut args = vec!["copy-sled-to-postgres", "--data-dir", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = run_pg(&args, &pg, None);
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, log) = copy(&[]);
+    assert!(ok, "{log}");
+    assert!(log.contains("copied 7 records (1 of them corrupt"), "{log}");
+    let source = SledBackend::open(&dir).unwrap();
+    let target = pg.backend();
+    let all = source.scan_prefix(b"d\0", None, 100).unwrap();
+    assert_eq!(all.len(), 7);
+    for (k, v) in &all {
+        assert_eq!(target.get(k).unwrap().as_ref(), Some(v), "{:?}", String::from_utf8_lossy(k));
+    }
+    drop(source);
+    let (ok, log) = copy(&[]);
+    assert!(ok && log.contains("7 were already there"), "{log}");
+    // A record that differs is not replaced without --overwrite.
+    pg.sql("UPDATE $S.records SET value = '\\x00' WHERE key = 'p1'");
+    let (ok, log) = copy(&[]);
+    assert!(!ok && log.contains("profiles/p1 exists in PostgreSQL with other contents"), "{log}");
+    let (ok, log) = copy(&["--overwrite"]);
+    assert!(ok, "{log}");
+    assert_eq!(target.get(&storage_key("profiles", "p1")).unwrap(), Some(record(json!({"coins": 1}), 2)));
+}
+
+/// Online on PostgreSQL: export, check and inspect read while a lease is
+/// live; import refuses to replace a record whose lease is live (by the
+/// database's clock) unless forced, and a forced import fences the holder.
+#[test]
+fn tools_run_online_on_postgres_and_import_respects_live_leases() {
+    let Some(pg) = common::pg::PgSchema::new("tools_run_online_on_postgres") else { return };
+    let b = pg.backend();
+    let now = b.clock().unwrap().now_ms();
+    let mut live = Record::decode(&record(json!({"coins": 1}), 4)).unwrap();
+    live.lease = Some(LeaseHolder { owner: "srv-live".into(), expires_at_ms: now + 600_000 });
+    let op = |key: &str, value: Vec<u8>| WriteOp {
+        key: storage_key("profiles", key),
+        precondition: Precondition::Any,
+        value: Some(value),
+    };
+    b.write_batch(&[
+        op("held", live.encode()),
+        op("free", record(json!({"coins": 2}), 1)),
+        op("bad", b"junk".to_vec()),
+    ]);
+
+    let out = run_pg(&["inspect", "--store", "profiles", "--key", "held"], &pg, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["lease"]["owner"], "srv-live");
+
+    let out = run_pg(&["check"], &pg, None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("corrupt profiles/bad"));
+
+    let out = run_pg(&["export", "--store", "profiles"], &pg, None);
+    let exported = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(exported.lines().count(), 2, "{exported}");
+    assert_eq!(b.get(&storage_key("profiles", "bad")).unwrap(), Some(b"junk".to_vec()), "kept untouched");
+
+    let input = "{\"store\":\"profiles\",\"key\":\"held\",\"data\":{\"coins\":50}}\n";
+    let out = run_pg(&["import", "--overwrite"], &pg, Some(input));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("profiles/held is held by \"srv-live\"") && err.contains("--force"), "{err}");
+    assert_eq!(b.get(&storage_key("profiles", "held")).unwrap(), Some(live.encode()), "nothing imported");
+
+    let out = run_pg(&["import", "--overwrite", "--force"], &pg, Some(input));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = Record::decode(&b.get(&storage_key("profiles", "held")).unwrap().unwrap()).unwrap();
+    assert_eq!(after.header.epoch, 5, "a higher epoch fences the old holder off");
+    assert!(after.lease.is_none());
+    assert_eq!(after.data, br#"{"coins":50}"#.to_vec());
+}
+
+#[test]
+fn the_tools_refuse_two_places_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--data-dir", tmp.path().to_str().unwrap(), "--database-url", "host=127.0.0.1 user=postgres"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name two places"));
 }
