@@ -141,7 +141,7 @@ impl Measurement {
         (v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(f64::NEG_INFINITY, f64::max))
     }
 
-    fn print(&self) {
+    pub(super) fn print(&self) {
         let (omin, omax) = Self::spread(&self.ours);
         let (bmin, bmax) = Self::spread(&self.baseline);
         let goal = match self.goal_ratio {
@@ -898,6 +898,10 @@ pub async fn run(cfg: BenchConfig, out: PathBuf, only: Option<String>) -> Result
         for m in bench_cold_load(&cfg, &scratch).await? {
             add(m);
         }
+    }
+    // PostgreSQL only when asked for: it needs a server and takes minutes.
+    if only.as_deref() == Some("pg") {
+        results.extend(super::bench_pg::bench_pg(&cfg).await?);
     }
     let _ = std::fs::remove_dir_all(&scratch);
     write_outputs(&out, &cfg, &results)?;

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod bench;
 pub mod bench_http;
+pub mod bench_pg;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod pg_instance;
+pub mod proxy;
 pub mod server;
 
 use std::sync::Arc;

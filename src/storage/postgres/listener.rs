@@ -115,22 +115,29 @@ fn decode(payload: &str) -> Option<(String, Vec<Notice>)> {
 /// The bus's way out of this process.
 pub(super) struct Transport {
     tx: mpsc::UnboundedSender<Notice>,
+    saves: bool,
 }
 
 /// Notices waiting for the notifier.
 pub(super) type Outbox = mpsc::UnboundedReceiver<Notice>;
 
 impl Transport {
-    pub(super) fn new(_instance: String) -> (Transport, Outbox) {
+    /// `saves`: whether `Saved` notices leave the process (the others
+    /// always do: hand-offs and steals depend on them).
+    pub(super) fn new(saves: bool) -> (Transport, Outbox) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Transport { tx }, rx)
+        (Transport { tx, saves }, rx)
     }
 }
 
 impl NoticeTransport for Transport {
     fn send(&self, notice: &Notice) {
-        if !matches!(notice.kind, NoticeKind::Resync) {
-            let _ = self.tx.send(notice.clone());
+        match notice.kind {
+            NoticeKind::Resync => {}
+            NoticeKind::Saved { .. } if !self.saves => {}
+            _ => {
+                let _ = self.tx.send(notice.clone());
+            }
         }
     }
 }

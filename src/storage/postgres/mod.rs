@@ -174,7 +174,7 @@ impl PgBackend {
             .map_err(|_| StorageError::permanent("the PostgreSQL thread died at start"))?
             .map_err(|e| StorageError::permanent(format!("cannot build the PostgreSQL runtime: {e}")))?;
 
-        let (transport, outbox) = listener::Transport::new(inner.instance.clone());
+        let (transport, outbox) = listener::Transport::new(inner.cfg.notify_saves);
         let bus = NoticeBus::with_transport(Arc::new(transport));
         let backend = PgBackend { inner, bus, runtime, stop: Some(stop), thread: Some(thread) };
 

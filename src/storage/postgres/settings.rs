@@ -48,6 +48,10 @@ pub struct PostgresConfig {
     /// Where clients of keys this process holds should send their requests
     /// (a server's public URL), recorded beside its owner id.
     pub advertise_url: Option<String>,
+    /// Send `Saved` notices to other processes (their change feeds show
+    /// saves made here). Off saves one NOTIFY per batch; releases, deletes
+    /// and lease notices always travel.
+    pub notify_saves: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -94,6 +98,7 @@ impl PostgresConfig {
             lock_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             advertise_url: None,
+            notify_saves: true,
         }
     }
 

@@ -1,0 +1,537 @@
+//! `datastorer bench --only pg`: datastorer on PostgreSQL beside
+//! hand-written SQL on the same database, in the same run.
+//!
+//! Baselines: (a) each save as one conditional single-row `UPDATE` in
+//! autocommit from its own connection (the shape an application without
+//! group commit has: bounded by the WAL flush rate); (b) one connection
+//! running a hand-written batched `UPDATE … FROM unnest(…)` at the batch
+//! size datastorer actually used (the best SQL for the same work: what the
+//! engine costs on top). Beside each figure: WAL flushes per second and
+//! rows per flush from `pg_stat_wal`.
+//!
+//! Must not: assert anything about speed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::bench::{median, BenchConfig, Measurement};
+use crate::storage::postgres::PgBackend;
+use crate::storage::{Record, RecordHeader};
+use crate::{AcquirePolicy, Config, Datastorer, PostgresConfig, Priority, Session, StoreSpec};
+
+fn url() -> String {
+    std::env::var("DATASTORER_PG_URL").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
+}
+
+async fn connect() -> Result<tokio_postgres::Client, String> {
+    let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("PostgreSQL unreachable ({}): {e}", url()))?;
+    actix::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A schema for one run, dropped at the end.
+struct Scratch {
+    schema: String,
+    admin: tokio_postgres::Client,
+}
+
+impl Scratch {
+    async fn new() -> Result<Scratch, String> {
+        let admin = connect().await?;
+        let schema = format!("ds_bench_{}", std::process::id());
+        admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.map_err(|e| e.to_string())?;
+        Ok(Scratch { schema, admin })
+    }
+
+    fn config(&self) -> PostgresConfig {
+        PostgresConfig::new(url()).schema(self.schema.clone())
+    }
+
+    async fn drop_schema(self) {
+        let _ = self.admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema)).await;
+    }
+
+    /// WAL flushes (syncs) and records so far.
+    async fn wal(&self) -> (f64, f64) {
+        match self.admin.query_one("SELECT wal_sync::float8, wal_records::float8 FROM pg_stat_wal", &[]).await {
+            Ok(r) => (r.try_get(0).unwrap_or(f64::NAN), r.try_get(1).unwrap_or(f64::NAN)),
+            Err(_) => (f64::NAN, f64::NAN),
+        }
+    }
+}
+
+fn engine(backend: Arc<PgBackend>, owner: &str) -> Config {
+    let mut c = Config::backend(backend).owner_id(owner);
+    c.handle_signals = false;
+    c.autosave_interval = Duration::from_secs(3600);
+    c.lease_ttl = Duration::from_secs(7200);
+    c.shutdown_deadline = Duration::from_secs(600);
+    c
+}
+
+fn doc(i: usize, n: u64, bytes: usize) -> Value {
+    json!({ "i": i, "n": n, "pad": "x".repeat(bytes.saturating_sub(40)) })
+}
+
+fn seconds(cfg: &BenchConfig) -> Duration {
+    if cfg.updates < 10_000 {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(3)
+    }
+}
+
+/// A record of about `bytes` for the SQL baselines.
+fn raw(i: usize, revision: u64, bytes: usize) -> Vec<u8> {
+    Record {
+        header: RecordHeader { epoch: 1, revision },
+        data_version: 0,
+        data: serde_json::to_vec(&doc(i, revision, bytes)).unwrap_or_default(),
+        metadata: b"{}".to_vec(),
+        user_ids: Vec::new(),
+        lease: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+    .encode()
+}
+
+/// Runs `tasks` loops for `duration`; answers operations per second.
+async fn drive<F, Fut>(tasks: usize, duration: Duration, op: F) -> f64
+where
+    F: Fn(usize, Arc<AtomicBool>, Arc<AtomicU64>) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..tasks).map(|i| actix::spawn(op(i, stop.clone(), count.clone()))).collect();
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    let done = count.load(Ordering::SeqCst);
+    let took = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    for h in handles {
+        let _ = h.await;
+    }
+    done as f64 / took
+}
+
+/// (a): each of `conns` connections updates its own rows, one conditional
+/// single-row UPDATE per save, autocommit.
+async fn single_row_updates(
+    schema: &str,
+    store: &str,
+    conns: usize,
+    rows: usize,
+    duration: Duration,
+    bytes: usize,
+) -> f64 {
+    let schema = schema.to_owned();
+    let store = store.to_owned();
+    drive(conns, duration, move |c, stop, count| {
+        let (schema, store) = (schema.clone(), store.clone());
+        async move {
+            let Ok(client) = connect().await else { return };
+            let sql = format!(
+                "UPDATE \"{schema}\".records SET value = $3, revision = $4, updated_at = now() \
+                 WHERE store = $1 AND key = $2 AND epoch = 1 AND revision = $5"
+            );
+            let Ok(st) = client.prepare(&sql).await else { return };
+            let mine: Vec<usize> = (c..rows).step_by(conns).collect();
+            let mut revs: Vec<i64> = vec![0; mine.len()];
+            // Read current revisions once.
+            for (j, &i) in mine.iter().enumerate() {
+                let q = format!("SELECT revision FROM \"{schema}\".records WHERE store = $1 AND key = $2");
+                if let Ok(r) = client.query_one(&q, &[&store, &format!("k{i}")]).await {
+                    revs[j] = r.try_get(0).unwrap_or(0);
+                }
+            }
+            let mut j = 0;
+            while !stop.load(Ordering::SeqCst) && !mine.is_empty() {
+                let i = mine[j];
+                let next = revs[j] + 1;
+                let value = raw(i, next as u64, bytes);
+                match client.execute(&st, &[&store, &format!("k{i}"), &value, &next, &revs[j]]).await {
+                    Ok(1) => {
+                        revs[j] = next;
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => return,
+                }
+                j = (j + 1) % mine.len();
+            }
+        }
+    })
+    .await
+}
+
+/// (b): one connection, batched `UPDATE … FROM unnest(…)` of `batch` rows
+/// per statement; answers rows per second.
+async fn batched_updates(
+    schema: &str,
+    store: &str,
+    rows: usize,
+    batch: usize,
+    duration: Duration,
+    bytes: usize,
+) -> Result<f64, String> {
+    let client = connect().await?;
+    let sql = format!(
+        "UPDATE \"{schema}\".records r SET value = u.value, revision = u.rev, updated_at = now()
+           FROM unnest($1::text[], $2::int8[], $3::bytea[], $4::int8[]) AS u(key, exp_rev, value, rev)
+          WHERE r.store = $5 AND r.key = u.key AND r.epoch = 1 AND r.revision = u.exp_rev"
+    );
+    let st = client.prepare(&sql).await.map_err(|e| e.to_string())?;
+    let q = format!("SELECT key, revision FROM \"{schema}\".records WHERE store = $1");
+    let mut revs = std::collections::HashMap::new();
+    for r in client.query(&q, &[&store]).await.map_err(|e| e.to_string())? {
+        let k: String = r.try_get(0).map_err(|e| e.to_string())?;
+        let v: i64 = r.try_get(1).map_err(|e| e.to_string())?;
+        revs.insert(k, v);
+    }
+    let batch = batch.clamp(1, rows.max(1));
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut offset = 0usize;
+    while started.elapsed() < duration {
+        let idx: Vec<usize> = (0..batch).map(|j| (offset + j) % rows).collect();
+        offset = (offset + batch) % rows;
+        let mut keys: Vec<String> = idx.iter().map(|i| format!("k{i}")).collect();
+        keys.sort();
+        keys.dedup();
+        let exp: Vec<i64> = keys.iter().map(|k| revs.get(k).copied().unwrap_or(0)).collect();
+        let next: Vec<i64> = exp.iter().map(|r| r + 1).collect();
+        let values: Vec<Vec<u8>> =
+            keys.iter().zip(&next).map(|(k, r)| raw(k[1..].parse().unwrap_or(0), *r as u64, bytes)).collect();
+        let n = client.execute(&st, &[&keys, &exp, &values, &next, &store]).await.map_err(|e| e.to_string())?;
+        for (k, r) in keys.iter().zip(next) {
+            revs.insert(k.clone(), r);
+        }
+        done += n as usize;
+    }
+    Ok(done as f64 / started.elapsed().as_secs_f64())
+}
+
+/// (b) for a fixed amount of work: `rows` rows in batches of `batch`; seconds.
+async fn batched_once(schema: &str, store: &str, rows: usize, batch: usize, bytes: usize) -> Result<f64, String> {
+    let client = connect().await?;
+    let sql = format!(
+        "UPDATE \"{schema}\".records r SET value = u.value, revision = r.revision + 1, updated_at = now()
+           FROM unnest($1::text[], $2::bytea[]) AS u(key, value)
+          WHERE r.store = $3 AND r.key = u.key"
+    );
+    let st = client.prepare(&sql).await.map_err(|e| e.to_string())?;
+    let mut keys: Vec<String> = (0..rows).map(|i| format!("k{i}")).collect();
+    keys.sort();
+    let values: Vec<Vec<u8>> = keys.iter().map(|k| raw(k[1..].parse().unwrap_or(0), 9, bytes)).collect();
+    let started = Instant::now();
+    for (ks, vs) in keys.chunks(batch).zip(values.chunks(batch)) {
+        client.execute(&st, &[&ks, &vs, &store]).await.map_err(|e| e.to_string())?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn open_all(store: &crate::Store<Value>, n: usize) -> Result<Vec<Session<Value>>, String> {
+    let mut out = Vec::with_capacity(n);
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let s = store.clone();
+        pending.push(actix::spawn(async move { s.open(format!("k{i}")).policy(AcquirePolicy::Fail).await }));
+        if pending.len() >= 1024 {
+            for p in pending.drain(..) {
+                out.push(p.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    for p in pending {
+        out.push(p.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+/// P1 and P7: durable saves/s at `c` sessions, beside (a) and (b).
+async fn saves_at(cfg: &BenchConfig, c: usize, notify_saves: bool) -> Result<(Measurement, Measurement), String> {
+    let duration = seconds(cfg);
+    let (mut ours, mut a, mut b, mut notes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut batch_sizes = Vec::new();
+    for r in 0..cfg.repeat {
+        let scratch = Scratch::new().await?;
+        let mut pgc = scratch.config();
+        pgc.notify_saves = notify_saves;
+        let backend = Arc::new(PgBackend::connect(pgc).map_err(|e| e.message)?);
+        let ds = Datastorer::start(engine(backend.clone(), &format!("bench-{r}"))).await.map_err(|e| e.to_string())?;
+        let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+        let sessions = Arc::new(open_all(&store, c).await?);
+        let before = ds.queue_stats().await;
+        let (w0, rows0) = scratch.wal().await;
+        let bytes = cfg.doc_bytes;
+        let started = Instant::now();
+        let rate = drive(c, duration, {
+            let sessions = sessions.clone();
+            move |i, stop, count| {
+                let s = sessions[i].clone();
+                async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        let d = doc(i, n, bytes);
+                        if s.update(move |x| *x = d).await.is_err() || s.save(Priority::Normal).await.is_err() {
+                            return;
+                        }
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+        .await;
+        let took = started.elapsed().as_secs_f64();
+        let (w1, rows1) = scratch.wal().await;
+        let after = ds.queue_stats().await;
+        let batches = (after.batches - before.batches).max(1);
+        let per_batch = ((after.writes - before.writes) as f64 / batches as f64).max(1.0);
+        batch_sizes.push(per_batch);
+        notes.push(format!(
+            "run {r}: {:.0} WAL flushes/s, {:.1} WAL records per flush, {per_batch:.1} saves per batch",
+            (w1 - w0) / took,
+            (rows1 - rows0) / (w1 - w0).max(1.0)
+        ));
+        ours.push(rate);
+        ds.shutdown().await;
+        drop(sessions);
+        drop(ds);
+        // The baselines on the same rows, right after.
+        a.push(single_row_updates(&scratch.schema, "b", c.min(64), c, duration, bytes).await);
+        b.push(batched_updates(&scratch.schema, "b", c, per_batch.round() as usize, duration, bytes).await?);
+        scratch.drop_schema().await;
+    }
+    if c > 64 {
+        notes.push("baseline (a) uses 64 connections (each updating its share of the rows): PostgreSQL's default max_connections is 100".into());
+    }
+    notes.push(format!("baseline (b) batch size = datastorer's median saves per batch: {:.1}", median(&batch_sizes)));
+    let name = |what: &str| {
+        format!(
+            "P1. durable saves/s, {c} sessions, {} B documents{}{what}",
+            cfg.doc_bytes,
+            if notify_saves { "" } else { ", notify_saves off" }
+        )
+    };
+    let vs_a = Measurement {
+        name: name(", vs single-row UPDATEs"),
+        unit: "saves/s".into(),
+        higher_is_better: true,
+        ours: ours.clone(),
+        baseline_name: format!("(a) conditional single-row UPDATE, autocommit, {} connections", c.min(64)),
+        baseline: a,
+        goal_ratio: (c == 64).then_some(5.0),
+        notes: notes.clone(),
+    };
+    let vs_b = Measurement {
+        name: name(", vs hand-written batched UPDATE"),
+        unit: "saves/s".into(),
+        higher_is_better: true,
+        ours,
+        baseline_name: "(b) UPDATE … FROM unnest(…) at datastorer's batch size, 1 connection".into(),
+        baseline: b,
+        goal_ratio: (c == 64).then_some(0.8),
+        notes,
+    };
+    Ok((vs_a, vs_b))
+}
+
+/// P2: a save burst of `n` dirty keys (autosave) or a shutdown of `n`, beside (b) at 1,024 rows per statement.
+async fn burst(cfg: &BenchConfig, n: usize, shutdown: bool) -> Result<Measurement, String> {
+    let (mut ours, mut base, mut notes) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..cfg.repeat {
+        let scratch = Scratch::new().await?;
+        let backend = Arc::new(PgBackend::connect(scratch.config()).map_err(|e| e.message)?);
+        let ds = Datastorer::start(engine(backend.clone(), &format!("bench-{r}"))).await.map_err(|e| e.to_string())?;
+        let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+        let sessions = open_all(&store, n).await?;
+        for (i, s) in sessions.iter().enumerate() {
+            let d = doc(i, 2, cfg.doc_bytes);
+            s.update(move |x| *x = d).await.map_err(|e| e.to_string())?;
+        }
+        let before = ds.queue_stats().await;
+        let started = Instant::now();
+        if shutdown {
+            let report = ds.shutdown().await;
+            if !report.is_clean() {
+                return Err(format!("shutdown was not clean: {report:?}"));
+            }
+        } else {
+            ds.autosave_now().await;
+            ds.wait_for_empty_queue().await;
+        }
+        ours.push(started.elapsed().as_secs_f64());
+        let after = ds.queue_stats().await;
+        notes.push(format!("run {r}: {} batches", after.batches - before.batches));
+        if !shutdown {
+            ds.shutdown().await;
+        }
+        drop(sessions);
+        drop(ds);
+        base.push(batched_once(&scratch.schema, "b", n, 1024, cfg.doc_bytes).await?);
+        scratch.drop_schema().await;
+    }
+    Ok(Measurement {
+        name: if shutdown {
+            format!("P2b. shutdown: save and release {n} dirty keys")
+        } else {
+            format!("P2a. save burst: autosave of {n} dirty keys")
+        },
+        unit: "s".into(),
+        higher_is_better: false,
+        ours,
+        baseline_name: "(b) UPDATE … FROM unnest(…) of the same rows, 1,024 per statement".into(),
+        baseline: base,
+        goal_ratio: Some(1.3),
+        notes,
+    })
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// P4: one session's save latency, beside (a) at one connection.
+async fn latency(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
+    let (mut p50, mut p99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in 0..cfg.repeat {
+        let scratch = Scratch::new().await?;
+        let backend = Arc::new(PgBackend::connect(scratch.config()).map_err(|e| e.message)?);
+        let ds = Datastorer::start(engine(backend.clone(), &format!("bench-{r}"))).await.map_err(|e| e.to_string())?;
+        let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+        let s = store.open("k0").await.map_err(|e| e.to_string())?;
+        let mut samples = Vec::new();
+        for i in 0..cfg.latency_samples {
+            let d = doc(0, i as u64, cfg.doc_bytes);
+            s.update(move |x| *x = d).await.map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            s.save(Priority::Normal).await.map_err(|e| e.to_string())?;
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        p50.push(percentile(&mut samples, 0.5));
+        p99.push(percentile(&mut samples, 0.99));
+        ds.shutdown().await;
+        drop(ds);
+        let client = connect().await?;
+        let sql = format!(
+            "UPDATE \"{}\".records SET value = $2, revision = revision + 1, updated_at = now() WHERE store = 'b' AND key = $1",
+            scratch.schema
+        );
+        let st = client.prepare(&sql).await.map_err(|e| e.to_string())?;
+        let mut base = Vec::new();
+        for i in 0..cfg.latency_samples {
+            let v = raw(0, i as u64, cfg.doc_bytes);
+            let t = Instant::now();
+            client.execute(&st, &[&"k0", &v]).await.map_err(|e| e.to_string())?;
+            base.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        b50.push(percentile(&mut base, 0.5));
+        b99.push(percentile(&mut base, 0.99));
+        scratch.drop_schema().await;
+    }
+    let m = |name: &str, ours, baseline, goal| Measurement {
+        name: name.into(),
+        unit: "ms".into(),
+        higher_is_better: false,
+        ours,
+        baseline_name: "(a) one single-row UPDATE, autocommit, one connection".into(),
+        baseline,
+        goal_ratio: goal,
+        notes: vec![],
+    };
+    Ok(vec![m("P4a. single save latency p50", p50, b50, Some(1.5)), m("P4b. single save latency p99", p99, b99, None)])
+}
+
+/// P6: hand-off between two processes' backends (`RequestRelease`), beside one save round trip.
+async fn handoff(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
+    let (mut p50, mut p99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let rounds = (cfg.latency_samples / 3).max(10);
+    for r in 0..cfg.repeat {
+        let scratch = Scratch::new().await?;
+        let ba = Arc::new(PgBackend::connect(scratch.config()).map_err(|e| e.message)?);
+        let bb = Arc::new(PgBackend::connect(scratch.config()).map_err(|e| e.message)?);
+        let a = Datastorer::start(engine(ba, &format!("a-{r}"))).await.map_err(|e| e.to_string())?;
+        let b = Datastorer::start(engine(bb, &format!("b-{r}"))).await.map_err(|e| e.to_string())?;
+        let (sa, sb) = (
+            a.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?,
+            b.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?,
+        );
+        let mut holder = sa.open("h").await.map_err(|e| e.to_string())?;
+        let mut samples = Vec::new();
+        let mut saves = Vec::new();
+        let policy = AcquirePolicy::RequestRelease { timeout: Duration::from_secs(30) };
+        for i in 0..rounds {
+            let d = doc(0, i as u64, cfg.doc_bytes);
+            holder.update(move |x| *x = d).await.map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            holder.save(Priority::Normal).await.map_err(|e| e.to_string())?;
+            saves.push(t.elapsed().as_secs_f64() * 1e3);
+            let d = doc(0, i as u64 + 1, cfg.doc_bytes);
+            holder.update(move |x| *x = d).await.map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            let to = if i % 2 == 0 { &sb } else { &sa };
+            let next = to.open("h").policy(policy).await.map_err(|e| e.to_string())?;
+            samples.push(t.elapsed().as_secs_f64() * 1e3);
+            holder = next;
+        }
+        p50.push(percentile(&mut samples, 0.5));
+        p99.push(percentile(&mut samples, 0.99));
+        b50.push(percentile(&mut saves, 0.5));
+        b99.push(percentile(&mut saves, 0.99));
+        drop(holder);
+        a.shutdown().await;
+        b.shutdown().await;
+        scratch.drop_schema().await;
+    }
+    let m = |name: &str, ours, baseline, goal| Measurement {
+        name: name.into(),
+        unit: "ms".into(),
+        higher_is_better: false,
+        ours,
+        baseline_name: "one durable save of the same document".into(),
+        baseline,
+        goal_ratio: goal,
+        notes: vec!["goal: hand-off p50 under 10 ms (absolute)".into()],
+    };
+    Ok(vec![
+        m("P6a. hand-off across processes (RequestRelease), p50", p50, b50, None),
+        m("P6b. hand-off across processes (RequestRelease), p99", p99, b99, None),
+    ])
+}
+
+/// Every PostgreSQL figure.
+pub async fn bench_pg(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
+    let mut out = Vec::new();
+    for c in [1usize, 16, 64, 256] {
+        let (a, b) = saves_at(cfg, c, true).await?;
+        a.print();
+        b.print();
+        out.push(a);
+        out.push(b);
+    }
+    let (quiet, _) = saves_at(cfg, 64, false).await?;
+    quiet.print();
+    out.push(quiet);
+    for m in [burst(cfg, cfg.keys, false).await?, burst(cfg, cfg.shutdown_keys, true).await?] {
+        m.print();
+        out.push(m);
+    }
+    for m in latency(cfg).await?.into_iter().chain(handoff(cfg).await?) {
+        m.print();
+        out.push(m);
+    }
+    Ok(out)
+}

@@ -1,0 +1,263 @@
+//! PostgreSQL failing under the engine: restarts (crash and fast) under
+//! save load, an outage longer than the lease TTL, a lost COMMIT reply, a
+//! read-only primary, a row lock held elsewhere, the listener killed just
+//! before a release request. Each: no acknowledged save lost, no panic,
+//! queues drain, sessions continue or close with a reason.
+//!
+//! Tests that stop or reconfigure the server use a private one
+//! (`common::pg_instance`), never the shared one.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::pg::PgSchema;
+use common::pg_instance::PrivatePg;
+use common::proxy::Proxy;
+use common::{template, Profile};
+use datastorer::storage::postgres::PgBackend;
+use datastorer::storage::{storage_key, Backend, Record};
+use datastorer::{AcquirePolicy, CloseReason, Config, Datastorer, Error, PostgresConfig, Priority, StoreSpec};
+
+fn engine(backend: Arc<PgBackend>, owner: &str) -> Config {
+    let mut c = Config::backend(backend).owner_id(owner);
+    c.handle_signals = false;
+    c.autosave_interval = Duration::from_secs(1);
+    c.lease_ttl = Duration::from_secs(3);
+    c.lease_poll_interval = Duration::from_millis(100);
+    c.queue.retry.base_delay = Duration::from_millis(20);
+    c.queue.retry.max_attempts = 30;
+    c
+}
+
+fn profiles(ds: &Datastorer) -> datastorer::Store<Profile> {
+    ds.store("profiles", StoreSpec::new(template())).expect("store")
+}
+
+fn coins(b: &dyn Backend, key: &str) -> u64 {
+    let rec = Record::decode(&b.get(&storage_key("profiles", key)).unwrap().expect("stored")).unwrap();
+    serde_json::from_slice::<Profile>(&rec.data).unwrap().coins
+}
+
+/// Saves `rounds` times on every session; `during(round)` runs between
+/// rounds. Answers the last acknowledged value per key.
+async fn save_rounds(
+    sessions: &[datastorer::Session<Profile>],
+    rounds: u64,
+    mut during: impl FnMut(u64),
+) -> Vec<Option<u64>> {
+    let mut acked = vec![None; sessions.len()];
+    for round in 1..=rounds {
+        during(round);
+        let mut receipts = Vec::new();
+        for (i, s) in sessions.iter().enumerate() {
+            let v = round * 1000 + i as u64;
+            s.update(move |p| p.coins = v).await.expect("update");
+            receipts.push((i, v, s.save(Priority::Normal)));
+        }
+        for (i, v, r) in receipts {
+            match r.await {
+                Ok(_) => acked[i] = Some(v),
+                Err(e) => assert!(matches!(e, Error::Storage { .. }), "only storage failures: {e}"),
+            }
+        }
+    }
+    acked
+}
+
+async fn restart_under_load(mode: &'static str, down_for: Duration) {
+    let test = format!("postgres_restarted_{mode}");
+    let Some(pg) = PrivatePg::start(&test, "") else { return };
+    let backend = Arc::new(PgBackend::connect(pg.config()).expect("connect"));
+    let ds = Datastorer::start(engine(backend.clone(), "a")).await.unwrap();
+    let store = profiles(&ds);
+    let mut sessions = Vec::new();
+    for i in 0..10 {
+        sessions.push(store.open(format!("k{i}")).await.unwrap());
+    }
+    let pg = Arc::new(pg);
+    let mut restarter = None;
+    let acked = save_rounds(&sessions, 8, |round| {
+        if round == 3 {
+            let pg = pg.clone();
+            restarter = Some(std::thread::spawn(move || {
+                pg.stop(mode);
+                std::thread::sleep(down_for);
+                pg.start_again();
+            }));
+        }
+    })
+    .await;
+    restarter.take().unwrap().join().unwrap();
+    // After the outage every session still works: a save goes through.
+    for (i, s) in sessions.iter().enumerate() {
+        assert_eq!(s.close_reason(), None, "k{i} still open: nobody else took it");
+        s.update(|p| p.name = "after".into()).await.unwrap();
+        s.save(Priority::Normal).await.unwrap_or_else(|e| panic!("k{i} saves after the outage: {e}"));
+    }
+    let direct = PgBackend::connect(pg.config()).unwrap();
+    for (i, a) in acked.iter().enumerate() {
+        let a = a.expect("the last round was acknowledged");
+        assert_eq!(coins(&direct, &format!("k{i}")), a, "k{i}");
+    }
+    assert!(ds.shutdown().await.is_clean());
+}
+
+#[actix_rt::test]
+async fn a_crash_restart_of_postgres_under_save_load_loses_no_acknowledged_save() {
+    restart_under_load("immediate", Duration::from_millis(0)).await;
+}
+
+#[actix_rt::test]
+async fn a_fast_restart_of_postgres_under_save_load_loses_no_acknowledged_save() {
+    restart_under_load("fast", Duration::from_millis(0)).await;
+}
+
+/// Down for longer than the lease TTL: no other process can take a key
+/// meanwhile (the database is down), and afterwards the holders' leases are
+/// still theirs by epoch, so their sessions resume.
+#[actix_rt::test]
+async fn postgres_down_longer_than_the_lease_ttl_then_everything_converges() {
+    restart_under_load("fast", Duration::from_secs(4)).await;
+}
+
+/// The reply to a batch is lost with its connection after PostgreSQL
+/// committed it. The retry finds the record already holding exactly its
+/// bytes and reports the save as applied — not as a lost lease.
+#[actix_rt::test]
+async fn a_lost_commit_reply_is_resolved_as_applied() {
+    let Some(pg) = PgSchema::new("a_lost_commit_reply_is_resolved_as_applied") else { return };
+    let port: u16 = common::pg::url()
+        .split_whitespace()
+        .find_map(|p| p.strip_prefix("port=").and_then(|v| v.parse().ok()))
+        .unwrap_or(5432);
+    let proxy = Proxy::start(port);
+    let mut cfg = pg.config();
+    cfg.url = format!("{} host=127.0.0.1 port={}", common::pg::url(), proxy.port);
+    let backend = Arc::new(PgBackend::connect(cfg).expect("connect through the proxy"));
+    let ds = Datastorer::start(engine(backend, "a")).await.unwrap();
+    let s = profiles(&ds).open("k").await.unwrap();
+    s.update(|p| p.coins = 1).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    // Connection 0 is the writer (opened first, at start).
+    proxy.lose_next_reply_on(0);
+    s.update(|p| p.coins = 2).await.unwrap();
+    let outcome = s.save(Priority::Normal).await.expect("resolved as applied");
+    assert_eq!(proxy.lost(), 1, "the reply really was lost");
+    assert_eq!(s.close_reason(), None, "not mistaken for a lost lease");
+    let direct = pg.backend();
+    assert_eq!(coins(&direct, "k"), 2);
+    let rec = Record::decode(&direct.get(&storage_key("profiles", "k")).unwrap().unwrap()).unwrap();
+    assert_eq!(rec.header.revision, outcome.revision);
+    s.update(|p| p.coins = 3).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(coins(&direct, "k"), 3);
+}
+
+/// A primary that turned read-only (`25006`, as a standby after failover
+/// until it is promoted) is retried on new connections until writable.
+#[actix_rt::test]
+async fn a_read_only_primary_is_retried_until_it_is_writable() {
+    let Some(pg) = PrivatePg::start("a_read_only_primary_is_retried", "") else { return };
+    let backend = Arc::new(PgBackend::connect(pg.config()).expect("connect"));
+    let ds = Datastorer::start(engine(backend.clone(), "a")).await.unwrap();
+    let s = profiles(&ds).open("k").await.unwrap();
+    // ALTER SYSTEM cannot share a transaction: one statement per call.
+    pg.sql("ALTER SYSTEM SET default_transaction_read_only = on");
+    pg.sql("SELECT pg_reload_conf()");
+    s.update(|p| p.coins = 9).await.unwrap();
+    let receipt = s.save(Priority::Normal);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ds.queue_depth().await.retrying == 0 {
+        assert!(Instant::now() < deadline, "the save was refused and is being retried");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pg.sql("ALTER SYSTEM RESET default_transaction_read_only");
+    pg.sql("SELECT pg_reload_conf()");
+    receipt.await.expect("saved once the primary is writable");
+    assert_eq!(coins(&*backend, "k"), 9);
+    assert_eq!(s.close_reason(), None);
+}
+
+/// A row lock held elsewhere makes each attempt time out (`55P03`); once
+/// the attempts are spent the receipt fails, the change stays in the
+/// session, and the next save writes it.
+#[actix_rt::test]
+async fn a_row_lock_held_elsewhere_fails_the_receipt_but_keeps_the_change() {
+    let Some(pg) = PgSchema::new("a_row_lock_held_elsewhere_fails_the_receipt") else { return };
+    let mut cfg = pg.config();
+    cfg.lock_timeout = Duration::from_millis(200);
+    let backend = Arc::new(PgBackend::connect(cfg).unwrap());
+    let mut ec = engine(backend.clone(), "a");
+    ec.queue.retry.max_attempts = 3;
+    let ds = Datastorer::start(ec).await.unwrap();
+    let s = profiles(&ds).open("k").await.unwrap();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (url, schema) = (pg.url.clone(), pg.schema.clone());
+    let holder = std::thread::spawn(move || {
+        common::pg::with_client(&url, move |c| {
+            Box::pin(async move {
+                c.batch_execute(&format!("BEGIN; SELECT 1 FROM \"{schema}\".records WHERE key = 'k' FOR UPDATE"))
+                    .await
+                    .unwrap();
+                locked_tx.send(()).unwrap();
+                let _ = tokio::task::spawn_blocking(move || go_rx.recv()).await;
+                c.batch_execute("ROLLBACK").await.unwrap();
+            })
+        })
+        .unwrap()
+    });
+    locked_rx.recv().unwrap();
+    s.update(|p| p.coins = 5).await.unwrap();
+    match s.save(Priority::Normal).await {
+        Err(Error::Storage { attempts, source, .. }) => {
+            assert_eq!(attempts, 3);
+            assert!(source.message.contains("55P03"), "{source}");
+        }
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    assert_eq!(s.close_reason(), None, "the session stays open");
+    assert_eq!(s.read(|p| p.coins).await.unwrap(), 5, "the change is kept in memory");
+    go_tx.send(()).unwrap();
+    holder.join().unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(coins(&*backend, "k"), 5);
+}
+
+/// NOTIFY is lost while a listener is down. The holder's listener is
+/// killed just before another process asks for the key: the requester asks
+/// again on every poll round, the holder's listener reconnects, and the
+/// hand-off completes — well before the lease would have lapsed.
+#[actix_rt::test]
+async fn a_release_request_survives_the_holders_listener_being_killed() {
+    let Some(pg) = PgSchema::new("a_release_request_survives_the_holders_listener_being_killed") else { return };
+    let ba = Arc::new(pg.backend());
+    let id = ba.connection_id().to_owned();
+    let mut ca = engine(ba, "a");
+    ca.lease_ttl = Duration::from_secs(60);
+    ca.autosave_interval = Duration::from_secs(20);
+    let a = Datastorer::start(ca).await.unwrap();
+    let b = Datastorer::start(engine(Arc::new(pg.backend()), "b")).await.unwrap();
+    let held = profiles(&a).open("k").await.unwrap();
+    held.update(|p| p.coins = 77).await.unwrap();
+    pg.sql(&format!(
+        "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity WHERE application_name = 'datastorer-listen-{id}'"
+    ));
+    let started = Instant::now();
+    let taken = profiles(&b)
+        .open("k")
+        .policy(AcquirePolicy::RequestRelease { timeout: Duration::from_secs(30) })
+        .await
+        .expect("handed over");
+    assert_eq!(taken.read(|p| p.coins).await.unwrap(), 77, "with the holder's unsaved change");
+    assert_eq!(held.close_reason(), Some(CloseReason::ReleaseRequested));
+    assert!(started.elapsed() < Duration::from_secs(20), "by notice after the reconnect, not by the 60 s lease");
+}
+
+#[test]
+fn tls_is_required_for_a_remote_host() {
+    let err = PgBackend::connect(PostgresConfig::new("postgres://app@db.example.com/game")).unwrap_err();
+    assert!(err.message.contains("not on this machine and TLS is off"), "{err}");
+}
