@@ -574,3 +574,23 @@ async fn connections_killed_under_load_lose_no_acknowledged_save() {
     }
     assert!(ds.shutdown().await.is_clean());
 }
+
+/// An engine that shut down and was dropped closes its backend: its owner
+/// id is free again for an engine on a new connection (an application that
+/// restarts its engine in-process, a test suite).
+#[actix_rt::test]
+async fn an_engine_that_shut_down_frees_its_owner_id() {
+    let Some(pg) = PgSchema::new("an_engine_that_shut_down_frees_its_owner_id") else { return };
+    let (ds, backend) = pg_node(&pg, "again").await;
+    let s = profiles(&ds).open("k").await.unwrap();
+    assert!(ds.shutdown().await.is_clean());
+    drop((s, ds, backend));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Datastorer::start(engine_config(Arc::new(pg.backend()), "again")).await {
+            Ok(_) => break,
+            Err(e) => assert!(Instant::now() < deadline, "the owner id stays taken after shutdown: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

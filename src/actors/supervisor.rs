@@ -38,6 +38,11 @@ pub(crate) struct Supervisor {
     autosave_interval: Duration,
     shutdown_deadline: Duration,
     shutdown: ShutdownState,
+    /// The autosave tick and the notice listener: cancelled once shutdown
+    /// is done, so the supervisor stops when the last `Datastorer` handle is
+    /// dropped, and with it the engine and the backend (a PostgreSQL
+    /// backend's connections and owner lock with them).
+    tasks: Vec<SpawnHandle>,
 }
 
 enum ShutdownState {
@@ -55,7 +60,16 @@ impl Supervisor {
         autosave_interval: Duration,
         shutdown_deadline: Duration,
     ) -> Self {
-        Self { registry, queue, backend, owner, autosave_interval, shutdown_deadline, shutdown: ShutdownState::Running }
+        Self {
+            registry,
+            queue,
+            backend,
+            owner,
+            autosave_interval,
+            shutdown_deadline,
+            shutdown: ShutdownState::Running,
+            tasks: Vec::new(),
+        }
     }
 }
 
@@ -105,7 +119,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.autosave_interval, |act, _ctx| {
+        let tick = ctx.run_interval(self.autosave_interval, |act, _ctx| {
             if !act.registry.is_shutting_down() {
                 for k in act.registry.all_keys() {
                     k.do_send(Control::Autosave);
@@ -116,7 +130,7 @@ impl Actor for Supervisor {
         let mut notices = self.backend.notices().subscribe_lease_notices();
         let registry = self.registry.clone();
         let owner = self.owner.clone();
-        ctx.spawn(
+        let listener = ctx.spawn(
             async move {
                 loop {
                     let n = match notices.recv().await {
@@ -148,6 +162,7 @@ impl Actor for Supervisor {
             }
             .into_actor(self),
         );
+        self.tasks = vec![tick, listener];
     }
 }
 
@@ -245,7 +260,10 @@ impl Handler<Shutdown> for Supervisor {
                 took: started.elapsed(),
             }
         };
-        Box::pin(work.into_actor(self).map(|report, act, _ctx| {
+        Box::pin(work.into_actor(self).map(|report, act, ctx| {
+            for task in act.tasks.drain(..) {
+                ctx.cancel_future(task);
+            }
             info!(
                 target: "datastorer::supervisor",
                 released = report.release.released, failed = report.release.failed.len(),
