@@ -261,3 +261,106 @@ fn tls_is_required_for_a_remote_host() {
     let err = PgBackend::connect(PostgresConfig::new("postgres://app@db.example.com/game")).unwrap_err();
     assert!(err.message.contains("not on this machine and TLS is off"), "{err}");
 }
+
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A certificate authority `NAME-ca.crt` in `dir`; with `server`, also a
+/// server certificate it signed for localhost and 127.0.0.1
+/// (`server.crt`, `server.key`).
+fn authority(dir: &std::path::Path, name: &str, server: bool) -> std::path::PathBuf {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let (ca_crt, ca_key) = (p(&format!("{name}-ca.crt")), p(&format!("{name}-ca.key")));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} test CA"),
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_crt,
+    ]);
+    if server {
+        let ext = p("server.ext");
+        std::fs::write(&ext, "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("server.csr"),
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &p("server.crt"),
+        ]);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p("server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::path::PathBuf::from(ca_crt)
+}
+
+/// TLS with rustls: every connection (writer, reader, listener) is
+/// encrypted, and a server whose certificate the configured roots do not
+/// vouch for is refused at start.
+#[actix_rt::test]
+async fn tls_connections_verify_the_server_certificate() {
+    let mut cert = None;
+    let mut stranger = None;
+    let Some(pg) = PrivatePg::start_with("tls_connections_verify_the_server_certificate", |dir| {
+        cert = Some(authority(dir, "ours", true));
+        stranger = Some(authority(dir, "stranger", false));
+        format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            dir.join("server.crt").display(),
+            dir.join("server.key").display()
+        )
+    }) else {
+        return;
+    };
+    let tls = |root: &std::path::Path| {
+        let mut c = PostgresConfig::new(format!("host=localhost port={} user=postgres dbname=postgres", pg.port));
+        c.tls = datastorer::PostgresTls::Require;
+        c.root_cert_path = Some(root.to_path_buf());
+        c
+    };
+    let backend = Arc::new(PgBackend::connect(tls(cert.as_ref().unwrap())).expect("TLS connect"));
+    let ds = Datastorer::start(engine(backend.clone(), "tls")).await.unwrap();
+    let s = profiles(&ds).open("k").await.unwrap();
+    s.update(|p| p.coins = 3).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    let encrypted = pg.sql(&format!(
+        "SELECT count(*)::text FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE ssl AND application_name LIKE 'datastorer-%-{}'",
+        backend.connection_id()
+    ));
+    assert_eq!(encrypted, vec![Some("3".to_owned())], "writer, reader and listener all use TLS");
+    let err = PgBackend::connect(tls(stranger.as_ref().unwrap())).unwrap_err();
+    assert!(err.message.contains("cannot connect") && err.message.to_lowercase().contains("certificate"), "{err}");
+}

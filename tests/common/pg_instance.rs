@@ -31,6 +31,12 @@ impl PrivatePg {
     /// A fresh server with `conf` appended to its postgresql.conf, or `None`
     /// (after printing why) when PostgreSQL's binaries are not installed.
     pub fn start(test: &str, conf: &str) -> Option<PrivatePg> {
+        Self::start_with(test, |_| conf.to_owned())
+    }
+
+    /// Like `start`; `prepare` gets the temporary directory (owned by the
+    /// server's user) to put files in, and answers the extra configuration.
+    pub fn start_with(test: &str, prepare: impl FnOnce(&Path) -> String) -> Option<PrivatePg> {
         let required = std::env::var("DATASTORER_REQUIRE_PG").is_ok_and(|v| v == "1");
         let Some(bin) = find_bin() else {
             assert!(!required, "PostgreSQL is required here but initdb is not installed");
@@ -42,6 +48,10 @@ impl PrivatePg {
         let dir = tmp.path().join("data");
         if as_postgres {
             let _ = Command::new("chown").args(["postgres:postgres"]).arg(tmp.path()).status();
+        }
+        let conf = prepare(tmp.path());
+        if as_postgres {
+            let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(tmp.path()).status();
         }
         let me = PrivatePg { dir, port: free_port(), bin, as_postgres, _tmp: tmp };
         let out = me.run(

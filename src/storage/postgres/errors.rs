@@ -69,11 +69,23 @@ pub(super) fn from_pg(e: tokio_postgres::Error) -> PgFailure {
             };
             PgFailure { error: StorageError { kind, message }, reconnect }
         }
+        // A value this build could not encode or decode: a bug, not
+        // something a retry can fix.
+        None if is_codec_error(&e) => {
+            PgFailure { error: StorageError::permanent(format!("PostgreSQL value: {e}")), reconnect: false }
+        }
         // No SQLSTATE: I/O, a closed connection, a protocol error. The
         // outcome of anything in flight is unknown; a new connection and a
         // retry resolve it.
         None => PgFailure { error: StorageError::transient(format!("PostgreSQL connection: {e}")), reconnect: true },
     }
+}
+
+/// The driver's own encode/decode failures (its error kinds are private;
+/// their messages are stable).
+fn is_codec_error(e: &tokio_postgres::Error) -> bool {
+    let m = e.to_string();
+    m.starts_with("error serializing") || m.starts_with("error deserializing") || m.starts_with("invalid column")
 }
 
 impl From<tokio_postgres::Error> for PgFailure {

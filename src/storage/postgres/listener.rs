@@ -12,13 +12,12 @@
 //! and then publishes [`NoticeKind::Resync`] locally, so waiters re-read
 //! the records they wait on and requesters ask again.
 
-use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{debug, error, info, warn};
 
 use super::errors::{PgFailure, StartError};
@@ -277,33 +276,14 @@ async fn listen_once(
     bus: &NoticeBus,
     ready: &mut Option<std::sync::mpsc::SyncSender<Result<(), StartError>>>,
 ) -> Result<(), StartError> {
-    let mut pg = inner.pg.clone();
-    pg.application_name(format!("datastorer-listen-{}", inner.instance));
-    let (client, mut connection) = match pg.connect(NoTls).await {
+    let (notes_tx, mut notes) = mpsc::unbounded_channel();
+    let (client, driver) = match inner.connect_raw("listen", Some(notes_tx)).await {
         Ok(c) => c,
         Err(e) => {
             warn!(target: "datastorer::postgres", error = %e, "listener cannot connect");
             return if ready.is_some() { Err(StartError::Connect(e.to_string())) } else { Ok(()) };
         }
     };
-    let (notes_tx, mut notes) = mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        loop {
-            match poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    if notes_tx.send(n).is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    debug!(target: "datastorer::postgres", error = %e, "listener connection failed");
-                    return;
-                }
-                None => return,
-            }
-        }
-    });
     let client = Arc::new(client);
     // LISTEN is committed (autocommit) before anything is re-read.
     if let Err(e) = client.batch_execute(&format!("LISTEN \"{}\"", inner.sql.channel)).await {

@@ -50,8 +50,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::Mutex as AsyncMutex;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio::sync::{mpsc, Mutex as AsyncMutex};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Statement};
 use tracing::{debug, warn};
 
 pub use self::settings::{PostgresConfig, PostgresTls};
@@ -92,6 +92,10 @@ pub(crate) struct Inner {
     needs_barrier: AtomicBool,
     /// The listener's connection and the owner ids claimed on it.
     listen: AsyncMutex<listener::ListenState>,
+    #[cfg(feature = "postgres-tls")]
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    #[cfg(not(feature = "postgres-tls"))]
+    tls: Option<std::convert::Infallible>,
 }
 
 /// One connection and its prepared statements.
@@ -104,6 +108,7 @@ struct Prepared {
     get: Statement,
     get_many: Statement,
     write_lean: Statement,
+    write_one: Statement,
     write_general: Statement,
     reread: Statement,
     now: Statement,
@@ -137,6 +142,7 @@ impl PgBackend {
         #[cfg(target_os = "linux")]
         pg.tcp_user_timeout(std::time::Duration::from_secs(30));
         let target = describe_target(&pg);
+        let tls = tls_connector(&cfg)?;
         let mut random = [0u8; 8];
         getrandom::fill(&mut random).map_err(|e| StorageError::permanent(format!("no randomness: {e}")))?;
         let instance: String = random.iter().map(|b| format!("{b:02x}")).collect();
@@ -151,6 +157,7 @@ impl PgBackend {
             clock: Arc::new(DbClock::new()),
             needs_barrier: AtomicBool::new(false),
             listen: AsyncMutex::new(listener::ListenState::default()),
+            tls,
         });
 
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
@@ -336,6 +343,75 @@ impl Drop for PgBackend {
     }
 }
 
+/// Drives a connection until it ends, forwarding notifications.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    notes: Option<mpsc::UnboundedSender<Notification>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                if let Some(tx) = &notes {
+                    if tx.send(n).is_err() {
+                        return;
+                    }
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                debug!(target: "datastorer::postgres", error = %e, "connection ended");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// The TLS connector for `PostgresTls::Require`: rustls with the Mozilla
+/// roots and those in `root_cert_path`; certificates and host names are
+/// always verified.
+#[cfg(feature = "postgres-tls")]
+fn tls_connector(cfg: &PostgresConfig) -> Result<Option<tokio_postgres_rustls::MakeRustlsConnect>, StorageError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    if cfg.tls == PostgresTls::Disable {
+        return Ok(None);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &cfg.root_cert_path {
+        let bad = |e: String| StorageError::permanent(format!("postgres root certificate {}: {e}", path.display()));
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+            roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(bad("no certificate in the file".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StorageError::permanent(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some(tokio_postgres_rustls::MakeRustlsConnect::new(config)))
+}
+
+#[cfg(not(feature = "postgres-tls"))]
+fn tls_connector(cfg: &PostgresConfig) -> Result<Option<std::convert::Infallible>, StorageError> {
+    match cfg.tls {
+        PostgresTls::Disable => Ok(None),
+        PostgresTls::Require => {
+            Err(StorageError::permanent("postgres TLS needs a build with the `postgres-tls` feature"))
+        }
+    }
+}
+
 fn describe_target(pg: &tokio_postgres::Config) -> String {
     let host = match pg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -349,18 +425,37 @@ fn describe_target(pg: &tokio_postgres::Config) -> String {
 
 impl Inner {
     /// Opens a connection; the driver task runs on this runtime.
-    async fn open_client(&self, role: &str) -> Result<Client, StartError> {
+    /// Opens a connection whose driver runs on this runtime. The listener
+    /// passes `notes` to receive notifications; other connections never
+    /// get any (they never LISTEN).
+    pub(crate) async fn connect_raw(
+        &self,
+        role: &str,
+        notes: Option<mpsc::UnboundedSender<Notification>>,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
         let mut pg = self.pg.clone();
         pg.application_name(format!("datastorer-{role}-{}", self.instance));
-        let (client, connection) = match self.cfg.tls {
-            PostgresTls::Disable => pg.connect(NoTls).await.map_err(|e| StartError::Connect(connect_error(&e)))?,
-            PostgresTls::Require => return Err(StartError::Connect("TLS needs the `postgres-tls` feature".into())),
-        };
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                debug!(target: "datastorer::postgres", error = %e, "connection ended");
+        match &self.tls {
+            None => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let (client, connection) = pg.connect(NoTls).await?;
+                Ok((client, tokio::spawn(drive(connection, notes))))
             }
-        });
+            #[cfg(feature = "postgres-tls")]
+            Some(tls) => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, connection) = pg.connect(tls.clone()).await?;
+                Ok((client, tokio::spawn(drive(connection, notes))))
+            }
+            #[cfg(not(feature = "postgres-tls"))]
+            Some(never) => match *never {},
+        }
+    }
+
+    /// Opens a connection for `role`.
+    async fn open_client(&self, role: &str) -> Result<Client, StartError> {
+        let (client, _driver) =
+            self.connect_raw(role, None).await.map_err(|e| StartError::Connect(connect_error(&e)))?;
         Ok(client)
     }
 
@@ -369,6 +464,7 @@ impl Inner {
             get: client.prepare(&self.sql.get).await?,
             get_many: client.prepare(&self.sql.get_many).await?,
             write_lean: client.prepare(&self.sql.write_lean).await?,
+            write_one: client.prepare(&self.sql.write_one).await?,
             write_general: client.prepare(&self.sql.write_general).await?,
             reread: client.prepare(&self.sql.reread).await?,
             now: client.prepare(&self.sql.now).await?,
@@ -573,10 +669,49 @@ impl RowOp {
     }
 }
 
+/// One Header/Acquire op with a value as a single-row UPDATE.
+async fn run_one(conn: &Conn, op: &RowOp, clock: &DbClock) -> Result<bool, PgFailure> {
+    let exp = op.exp.ok_or_else(|| PgFailure::permanent("a single-row write needs an expected header"))?;
+    let owner = op.index.as_ref().and_then(|i| i.lease_owner.as_deref());
+    let lease_exp =
+        op.index.as_ref().filter(|i| i.lease_owner.is_some()).map(|i| i.lease_expires_ms.min(i64::MAX as u64) as i64);
+    let uids = sql::text_array_literal(op.index.as_ref().map_or(&[][..], |i| &i.user_ids));
+    let sent = Instant::now();
+    let rows = conn
+        .client
+        .query(
+            &conn.st.write_one,
+            &[
+                &op.store,
+                &op.key,
+                &op.value.as_deref(),
+                &op.new_header.map(|h| h.epoch as i64),
+                &op.new_header.map(|h| h.revision as i64),
+                &owner,
+                &lease_exp,
+                &uids,
+                &(exp.epoch as i64),
+                &(exp.revision as i64),
+                &op.kind,
+            ],
+        )
+        .await?;
+    match rows.first() {
+        Some(row) => {
+            clock.sample(sent, row.try_get(0)?, Instant::now());
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// Runs one round of record ops (no key twice) and answers, per op, whether
 /// it applied. `lean` when every op is Header/Acquire with a value.
-async fn run_round(conn: &Conn, ops: &[RowOp], clock: &DbClock) -> Result<Vec<bool>, PgFailure> {
+async fn run_round(conn: &Conn, ops: &[RowOp], clock: &DbClock, fast_path: bool) -> Result<Vec<bool>, PgFailure> {
     let lean = ops.iter().all(|o| o.kind >= 2 && o.value.is_some());
+    if lean && fast_path && ops.len() == 1 {
+        return Ok(vec![run_one(conn, &ops[0], clock).await?]);
+    }
     let idx: Vec<i32> = ops.iter().map(|o| o.idx).collect();
     let stores: Vec<&str> = ops.iter().map(|o| o.store.as_str()).collect();
     let keys: Vec<&str> = ops.iter().map(|o| o.key.as_str()).collect();
@@ -717,7 +852,7 @@ async fn write_batch(inner: &Inner, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcom
                 decided.push((*i, run_meta(inner, conn, name, &ops[*i]).await?));
             }
             for round in &rounds {
-                let applied = run_round(conn, round, &inner.clock).await?;
+                let applied = run_round(conn, round, &inner.clock, inner.cfg.single_op_fast_path).await?;
                 let lost: Vec<&RowOp> = round.iter().zip(&applied).filter(|(_, a)| !**a).map(|(o, _)| o).collect();
                 let current = if lost.is_empty() { Vec::new() } else { reread(conn, &lost).await? };
                 for (op, current) in lost.iter().zip(current) {

@@ -52,6 +52,10 @@ pub struct PostgresConfig {
     /// saves made here). Off saves one NOTIFY per batch; releases, deletes
     /// and lease notices always travel.
     pub notify_saves: bool,
+    /// Write a batch of one save as a plain single-row `UPDATE` instead of
+    /// the batch statement (fewer planner and executor steps; see the
+    /// README's PostgreSQL figures). Off only to measure it.
+    pub single_op_fast_path: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -99,6 +103,7 @@ impl PostgresConfig {
             request_timeout: Duration::from_secs(60),
             advertise_url: None,
             notify_saves: true,
+            single_op_fast_path: true,
         }
     }
 

@@ -130,6 +130,7 @@ pub(super) struct Statements {
     pub get: String,
     pub get_many: String,
     pub write_lean: String,
+    pub write_one: String,
     pub write_general: String,
     pub reread: String,
     pub scan_all: String,
@@ -187,6 +188,15 @@ impl Statements {
                       AND {guard}
                    RETURNING o.idx)
                  SELECT (SELECT array_agg(idx) FROM upd), {now}"
+            ),
+            // The lean shape for a batch of one: a plain single-row UPDATE
+            // (no arrays to build, unnest or join).
+            write_one: format!(
+                "UPDATE {s}.records r SET value = $3, epoch = $4, revision = $5, lease_owner = $6,
+                        lease_expires_ms = $7, user_ids = $8::text::text[], updated_at = now()
+                  WHERE r.store = $1 AND r.key = $2 AND r.epoch = $9 AND r.revision = $10
+                    AND ($11::int2 = 2 OR r.lease_owner IS NULL OR r.lease_owner = $6 OR r.lease_expires_ms <= {now})
+                 RETURNING {now}"
             ),
             write_general: format!(
                 "WITH {OPS},
