@@ -814,7 +814,10 @@ impl Actor for QueueActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if !self.own_thread {
+        // A backend whose writes are durable when they return (PostgreSQL
+        // commits in `write_batch`) has nothing to overlap: a flusher thread
+        // would only add a thread hop to every save.
+        if !self.own_thread || self.backend.capabilities().durable_on_write {
             return;
         }
         let (tx, rx) = std::sync::mpsc::channel();

@@ -70,24 +70,32 @@ impl Scratch {
     }
 }
 
-/// The WAL counters once the engine's connections have exited (their
-/// statistics are published at exit; waits at most 5 s for that).
-async fn settled_wal(scratch: &Scratch, before: f64) -> (f64, f64) {
+/// The WAL counters once the engine's connections have exited and
+/// published their statistics: no datastorer connection left and the
+/// counters steady for 300 ms (at most 5 s).
+async fn settled_wal(scratch: &Scratch) -> (f64, f64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut last = scratch.wal().await;
+    let mut steady_since = Instant::now();
     while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let busy = scratch
             .admin
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'datastorer-%'", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'datastorer-%' AND datname = current_database()",
+                &[],
+            )
             .await
             .ok()
             .and_then(|r| r.try_get::<_, i64>(0).ok())
             .unwrap_or(0);
-        if busy == 0 && last.0 > before {
+        let now = scratch.wal().await;
+        if now != last || busy > 0 {
+            steady_since = Instant::now();
+            last = now;
+        } else if steady_since.elapsed() >= Duration::from_millis(300) {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        last = scratch.wal().await;
     }
     last
 }
@@ -326,7 +334,7 @@ async fn saves_at(cfg: &BenchConfig, c: usize, notify_saves: bool) -> Result<(Me
         drop(sessions);
         drop(ds);
         drop(backend);
-        let (w1, rows1) = settled_wal(&scratch, w0).await;
+        let (w1, rows1) = settled_wal(&scratch).await;
         notes.push(format!(
             "run {r}: {:.0} WAL flushes/s, {:.1} WAL records per flush, {per_batch:.1} saves per batch",
             (w1 - w0) / took,
@@ -519,12 +527,12 @@ async fn handoff(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
         let mut saves = Vec::new();
         let policy = AcquirePolicy::RequestRelease { timeout: Duration::from_secs(30) };
         for i in 0..rounds {
-            let d = doc(0, i as u64, cfg.doc_bytes);
+            let d = doc(0, 2 * i as u64, cfg.doc_bytes);
             holder.update(move |x| *x = d).await.map_err(|e| e.to_string())?;
             let t = Instant::now();
             holder.save(Priority::Normal).await.map_err(|e| e.to_string())?;
             saves.push(t.elapsed().as_secs_f64() * 1e3);
-            let d = doc(0, i as u64 + 1, cfg.doc_bytes);
+            let d = doc(0, 2 * i as u64 + 1, cfg.doc_bytes);
             holder.update(move |x| *x = d).await.map_err(|e| e.to_string())?;
             let t = Instant::now();
             let to = if i % 2 == 0 { &sb } else { &sa };
@@ -557,6 +565,120 @@ async fn handoff(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
     ])
 }
 
+/// `sessions` closed-loop sessions of update + durable save in `store` for
+/// `duration`; prints `saves_per_sec N` once done (one process of P3).
+pub async fn child(schema: &str, store: &str, sessions: usize, duration: Duration, bytes: usize) -> Result<(), String> {
+    let backend =
+        Arc::new(PgBackend::connect(PostgresConfig::new(url()).schema(schema.to_owned())).map_err(|e| e.message)?);
+    let ds = Datastorer::start(engine(backend, &format!("child-{store}"))).await.map_err(|e| e.to_string())?;
+    let st = ds.store(store, StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+    let all = Arc::new(open_all(&st, sessions).await?);
+    // Start together: wait for the parent's go on standard input.
+    println!("ready");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    let rate = drive(sessions, duration, {
+        let all = all.clone();
+        move |i, stop, count| {
+            let s = all[i].clone();
+            async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let d = doc(i, n, bytes);
+                    if s.update(move |x| *x = d).await.is_err() || s.save(Priority::Normal).await.is_err() {
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    })
+    .await;
+    ds.shutdown().await;
+    println!("saves_per_sec {rate}");
+    Ok(())
+}
+
+/// P3: 1, 2 and 4 processes of 64 sessions on disjoint keys, beside (b)
+/// from as many connections at once.
+async fn processes(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
+    use std::io::{BufRead, Write};
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let duration = seconds(cfg);
+    let mut out = Vec::new();
+    for n in [1usize, 2, 4] {
+        let (mut ours, mut base) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.repeat {
+            let scratch = Scratch::new().await?;
+            // The schema exists before the children race to create it.
+            drop(PgBackend::connect(scratch.config()).map_err(|e| e.message)?);
+            let mut children = Vec::new();
+            for j in 0..n {
+                let mut child = std::process::Command::new(&exe)
+                    .args(["bench-pg-child", "--schema", &scratch.schema, "--store", &format!("p{j}")])
+                    .args(["--sessions", "64", "--millis", &duration.as_millis().to_string()])
+                    .args(["--doc-bytes", &cfg.doc_bytes.to_string()])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| e.to_string())?;
+                let mut reader = std::io::BufReader::new(child.stdout.take().ok_or("no stdout")?);
+                let mut line = String::new();
+                reader.read_line(&mut line).map_err(|e| e.to_string())?;
+                if line.trim() != "ready" {
+                    return Err(format!("bench child did not start: {line:?}"));
+                }
+                children.push((child, reader));
+            }
+            for (c, _) in &mut children {
+                let _ = c.stdin.as_mut().map(|i| i.write_all(b"go\n"));
+            }
+            let mut total = 0.0;
+            for (mut c, mut reader) in children {
+                let mut line = String::new();
+                while reader.read_line(&mut line).map_err(|e| e.to_string())? > 0 {
+                    if let Some(v) = line.trim().strip_prefix("saves_per_sec ") {
+                        total += v.parse::<f64>().map_err(|e| e.to_string())?;
+                    }
+                    line.clear();
+                }
+                let _ = c.wait();
+            }
+            ours.push(total);
+            // (b): as many connections at once, each on its own store's rows.
+            let tasks: Vec<_> = (0..n)
+                .map(|j| {
+                    let schema = scratch.schema.clone();
+                    let bytes = cfg.doc_bytes;
+                    actix::spawn(
+                        async move { batched_updates(&schema, &format!("p{j}"), 64, 22, duration, bytes).await },
+                    )
+                })
+                .collect();
+            let mut sum = 0.0;
+            for t in tasks {
+                sum += t.await.map_err(|e| e.to_string())??;
+            }
+            base.push(sum);
+            scratch.drop_schema().await;
+        }
+        let m = Measurement {
+            name: format!("P3. {n} process(es) × 64 sessions on disjoint keys, aggregate durable saves/s"),
+            unit: "saves/s".into(),
+            higher_is_better: true,
+            ours,
+            baseline_name: format!("(b) batched UPDATE of 22 rows, {n} connection(s) at once"),
+            baseline: base,
+            goal_ratio: Some(0.8),
+            notes: vec![],
+        };
+        m.print();
+        out.push(m);
+    }
+    Ok(out)
+}
+
 /// Every PostgreSQL figure.
 pub async fn bench_pg(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
     let mut out = Vec::new();
@@ -578,5 +700,6 @@ pub async fn bench_pg(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
         m.print();
         out.push(m);
     }
+    out.extend(processes(cfg).await?);
     Ok(out)
 }

@@ -104,6 +104,20 @@ enum Command {
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
+    /// Internal: one process of the PostgreSQL scaling benchmark.
+    #[command(hide = true)]
+    BenchPgChild {
+        #[arg(long)]
+        schema: String,
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        sessions: usize,
+        #[arg(long)]
+        millis: u64,
+        #[arg(long)]
+        doc_bytes: usize,
+    },
     /// Internal: one side of the memory benchmark, in a fresh process.
     #[command(hide = true)]
     BenchScaleChild {
@@ -264,6 +278,9 @@ pub fn main() -> ExitCode {
             copy_sled_to_postgres(&data_dir, &postgres_config(&database_url, postgres_schema.as_deref()), overwrite)
         }
         Command::Bench { quick, repeat, only, out } => bench(quick, repeat, only, out),
+        Command::BenchPgChild { schema, store, sessions, millis, doc_bytes } => actix_web::rt::System::new().block_on(
+            super::bench_pg::child(&schema, &store, sessions, std::time::Duration::from_millis(millis), doc_bytes),
+        ),
         Command::BenchScaleChild { side, doc, keys } => {
             actix_web::rt::System::new().block_on(super::bench::scale_child(side, doc, keys))
         }
@@ -609,7 +626,17 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
         for (op, outcome) in batch.iter().zip(backend.write_batch(batch)) {
             let name = split_storage_key(&op.key).map(|(s, k)| format!("{s}/{k}")).unwrap_or_default();
             match outcome {
-                Ok(WriteOutcome::Applied) => progress.tick(),
+                Ok(WriteOutcome::Applied) => {
+                    progress.tick();
+                    // Servers sharing the database learn of the new contents
+                    // (their change feeds, caches and waiting opens).
+                    if let (Some((store, key)), Some(h)) =
+                        (split_storage_key(&op.key), op.value.as_deref().and_then(RecordHeader::peek))
+                    {
+                        let kind = crate::storage::NoticeKind::Saved { revision: h.revision };
+                        backend.notices().publish(crate::storage::Notice { store, key, kind });
+                    }
+                }
                 Ok(WriteOutcome::Conflict { .. }) => return Err(format!("{name} changed during the import")),
                 Err(e) => return Err(format!("{name}: {e}")),
             }

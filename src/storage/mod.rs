@@ -324,6 +324,10 @@ pub struct Capabilities {
     /// The queue should run on a thread of its own and call the backend
     /// inline there (blocking disk or network I/O with group commit).
     pub prefers_own_thread: bool,
+    /// An applied write is durable when `write_batch` returns; `flush` is at
+    /// most a barrier. The queue then flushes inline instead of on a
+    /// flusher thread that would have nothing to overlap.
+    pub durable_on_write: bool,
 }
 
 /// Time as a backend sees it, in milliseconds since the Unix epoch. Lease

@@ -115,6 +115,8 @@ fn decode(payload: &str) -> Option<(String, Vec<Notice>)> {
 pub(super) struct Transport {
     tx: mpsc::UnboundedSender<Notice>,
     saves: bool,
+    /// Notices handed over and not yet sent (or dropped).
+    unsent: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Notices waiting for the notifier.
@@ -123,9 +125,9 @@ pub(super) type Outbox = mpsc::UnboundedReceiver<Notice>;
 impl Transport {
     /// `saves`: whether `Saved` notices leave the process (the others
     /// always do: hand-offs and steals depend on them).
-    pub(super) fn new(saves: bool) -> (Transport, Outbox) {
+    pub(super) fn new(saves: bool, unsent: Arc<std::sync::atomic::AtomicUsize>) -> (Transport, Outbox) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Transport { tx, saves }, rx)
+        (Transport { tx, saves, unsent }, rx)
     }
 }
 
@@ -135,7 +137,10 @@ impl NoticeTransport for Transport {
             NoticeKind::Resync => {}
             NoticeKind::Saved { .. } if !self.saves => {}
             _ => {
-                let _ = self.tx.send(notice.clone());
+                self.unsent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if self.tx.send(notice.clone()).is_err() {
+                    self.unsent.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }
         }
     }
@@ -232,19 +237,20 @@ async fn notifier(inner: Arc<Inner>, mut outbox: Outbox) {
             }
         }
         let payloads = encode(&inner.instance, &pending);
-        pending.clear();
-        let conn = match inner.reader().await {
-            Ok(c) => c,
-            Err(f) => {
-                debug!(target: "datastorer::postgres", error = %f.error.message, "notices dropped: no connection");
-                continue;
+        match inner.reader().await {
+            Ok(conn) => {
+                for p in payloads {
+                    if let Err(e) = conn.client.execute(&inner.sql.notify, &[&inner.sql.channel, &p]).await {
+                        debug!(target: "datastorer::postgres", error = %e, "a notice was dropped");
+                    }
+                }
             }
-        };
-        for p in payloads {
-            if let Err(e) = conn.client.execute(&inner.sql.notify, &[&inner.sql.channel, &p]).await {
-                debug!(target: "datastorer::postgres", error = %e, "a notice was dropped");
+            Err(f) => {
+                debug!(target: "datastorer::postgres", error = %f.error.message, "notices dropped: no connection")
             }
         }
+        inner.unsent_notices.fetch_sub(pending.len(), std::sync::atomic::Ordering::SeqCst);
+        pending.clear();
     }
 }
 

@@ -92,6 +92,10 @@ pub(crate) struct Inner {
     needs_barrier: AtomicBool,
     /// The listener's connection and the owner ids claimed on it.
     listen: AsyncMutex<listener::ListenState>,
+    /// Notices published here and not yet sent: waited for (briefly) when
+    /// the backend closes, so the `Released` notices of a shutdown reach the
+    /// processes waiting for those keys.
+    unsent_notices: Arc<std::sync::atomic::AtomicUsize>,
     #[cfg(feature = "postgres-tls")]
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     #[cfg(not(feature = "postgres-tls"))]
@@ -157,6 +161,7 @@ impl PgBackend {
             clock: Arc::new(DbClock::new()),
             needs_barrier: AtomicBool::new(false),
             listen: AsyncMutex::new(listener::ListenState::default()),
+            unsent_notices: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             tls,
         });
 
@@ -181,7 +186,7 @@ impl PgBackend {
             .map_err(|_| StorageError::permanent("the PostgreSQL thread died at start"))?
             .map_err(|e| StorageError::permanent(format!("cannot build the PostgreSQL runtime: {e}")))?;
 
-        let (transport, outbox) = listener::Transport::new(inner.cfg.notify_saves);
+        let (transport, outbox) = listener::Transport::new(inner.cfg.notify_saves, inner.unsent_notices.clone());
         let bus = NoticeBus::with_transport(Arc::new(transport));
         let backend = PgBackend { inner, bus, runtime, stop: Some(stop), thread: Some(thread) };
 
@@ -330,6 +335,10 @@ impl PgBackend {
 
 impl Drop for PgBackend {
     fn drop(&mut self) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        while self.inner.unsent_notices.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -995,7 +1004,7 @@ impl Backend for PgBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { shared_across_processes: true, prefers_own_thread: true }
+        Capabilities { shared_across_processes: true, prefers_own_thread: true, durable_on_write: true }
     }
 
     fn clock(&self) -> Option<Arc<dyn BackendClock>> {
