@@ -55,6 +55,20 @@ pub enum Error {
         key: String,
     },
 
+    /// The session's lease lapsed without a renewal reaching storage (it
+    /// was unreachable): another process may hold the key now, so changes
+    /// are refused until a renewal succeeds (the autosave pass retries it)
+    /// or the session learns it lost the key.
+    #[error("lease on key `{key}` in store `{store}` lapsed at {expired_at_ms} ms without a renewal reaching storage; changes are refused until one does")]
+    LeaseExpired {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// When the last lease that reached storage lapsed (lease clock).
+        expired_at_ms: u64,
+    },
+
     /// The stored record does not decode. It is left untouched.
     #[error("record of key `{key}` in store `{store}` is corrupt and was left untouched: {source}")]
     CorruptRecord {

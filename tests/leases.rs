@@ -283,3 +283,32 @@ async fn two_instances_racing_for_one_key_never_both_win() {
         assert_eq!(stored.lease.map(|l| l.owner), Some(winner.to_owned()));
     }
 }
+
+/// A holder whose lease lapsed without a renewal reaching storage refuses
+/// changes (another instance may own the key by now) until a renewal gets
+/// through; then it carries on as before.
+#[actix_rt::test]
+async fn a_lease_that_lapsed_unrenewed_refuses_changes_until_renewed() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let a = node(&backend, "server-a").await;
+    let s = profiles(&a).open("k").await.unwrap();
+    s.update(|p| p.coins = 1).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    // Storage refuses every write for longer than the lease lasts.
+    backend.fail_next(datastorer::storage::memory::OpKind::Write, None, u64::MAX, datastorer::ErrorKind::Permanent);
+    tokio::time::advance(TTL + Duration::from_secs(1)).await;
+    match s.update(|p| p.coins = 2).await {
+        Err(Error::LeaseExpired { key, .. }) => assert_eq!(key, "k"),
+        other => panic!("expected LeaseExpired, got {other:?}"),
+    }
+    assert_eq!(s.read(|p| p.coins).await.unwrap(), 1, "the refused change was not applied");
+    assert_eq!(s.close_reason(), None, "still open: nobody else took the key");
+    // Storage is back: the autosave pass renews, and changes are accepted.
+    backend.clear_faults();
+    a.autosave_now().await;
+    a.wait_for_empty_queue().await;
+    s.update(|p| p.coins = 3).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(stored_json(&backend, "profiles", "k")["coins"], 3);
+}

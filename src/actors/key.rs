@@ -652,7 +652,18 @@ impl<T: Document> KeyActor<T> {
         if self.phase != Phase::Open {
             return Err(self.closed_error());
         }
+        let now_ms = self.store.engine.clock.now_ms();
         let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
+        // A lease that lapsed without a renewal reaching storage may belong
+        // to another process by now: serving changes on this copy would be
+        // two owners at once (and lose them at the next write's fencing).
+        if doc.expires_at_ms <= now_ms {
+            return Err(Error::LeaseExpired {
+                store: self.store.name.to_string(),
+                key: self.key.to_string(),
+                expired_at_ms: doc.expires_at_ms,
+            });
+        }
         // The copy restores the document if the closure panics half-way.
         let before = doc.data.clone();
         match catch_unwind(AssertUnwindSafe(|| f(&mut doc.data))) {

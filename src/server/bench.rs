@@ -900,8 +900,8 @@ pub async fn run(cfg: BenchConfig, out: PathBuf, only: Option<String>) -> Result
         }
     }
     // PostgreSQL only when asked for: it needs a server and takes minutes.
-    if only.as_deref() == Some("pg") {
-        results.extend(super::bench_pg::bench_pg(&cfg).await?);
+    if let Some(part) = only.as_deref().and_then(|o| o.strip_prefix("pg")) {
+        results.extend(super::bench_pg::bench_pg(&cfg, part.trim_start_matches('-')).await?);
     }
     let _ = std::fs::remove_dir_all(&scratch);
     write_outputs(&out, &cfg, &results)?;

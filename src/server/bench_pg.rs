@@ -679,27 +679,39 @@ async fn processes(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
     Ok(out)
 }
 
-/// Every PostgreSQL figure.
-pub async fn bench_pg(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
+/// The PostgreSQL figures; `part` ("" for all, or saves, notify, burst,
+/// latency, handoff, processes) picks some.
+pub async fn bench_pg(cfg: &BenchConfig, part: &str) -> Result<Vec<Measurement>, String> {
+    let wanted = |p: &str| part.is_empty() || part == p;
     let mut out = Vec::new();
-    for c in [1usize, 16, 64, 256] {
-        let (a, b) = saves_at(cfg, c, true).await?;
-        a.print();
-        b.print();
-        out.push(a);
-        out.push(b);
-    }
-    let (quiet, _) = saves_at(cfg, 64, false).await?;
-    quiet.print();
-    out.push(quiet);
-    for m in [burst(cfg, cfg.keys, false).await?, burst(cfg, cfg.shutdown_keys, true).await?] {
+    let mut add = |m: Measurement| {
         m.print();
         out.push(m);
+    };
+    if wanted("saves") {
+        for c in [1usize, 16, 64, 256] {
+            let (a, b) = saves_at(cfg, c, true).await?;
+            add(a);
+            add(b);
+        }
     }
-    for m in latency(cfg).await?.into_iter().chain(handoff(cfg).await?) {
-        m.print();
-        out.push(m);
+    if wanted("notify") {
+        let (quiet, _) = saves_at(cfg, 64, false).await?;
+        add(quiet);
     }
-    out.extend(processes(cfg).await?);
+    if wanted("burst") {
+        add(burst(cfg, cfg.keys, false).await?);
+        add(burst(cfg, cfg.shutdown_keys, true).await?);
+    }
+    if wanted("latency") {
+        latency(cfg).await?.into_iter().for_each(&mut add);
+    }
+    if wanted("handoff") {
+        handoff(cfg).await?.into_iter().for_each(&mut add);
+    }
+    if wanted("processes") {
+        // Printed as each figure completes.
+        out.extend(processes(cfg).await?);
+    }
     Ok(out)
 }

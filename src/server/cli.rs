@@ -97,7 +97,7 @@ enum Command {
         /// Repetitions of each measurement (default 5, quick 2).
         #[arg(long)]
         repeat: Option<usize>,
-        /// Only benchmarks whose tag contains this: update, throughput, latency, shutdown, scale, http, cold; pg (PostgreSQL, only when named).
+        /// Only benchmarks whose tag contains this: update, throughput, latency, shutdown, scale, http, cold; pg (PostgreSQL, only when named; pg-saves, pg-notify, pg-burst, pg-latency, pg-handoff, pg-processes for one part).
         #[arg(long)]
         only: Option<String>,
         /// Where results.json and results.svg go (scratch data too, removed after).

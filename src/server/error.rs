@@ -85,6 +85,7 @@ impl From<Error> for ApiError {
             Error::LeaseHeld { holder, expires_at_ms, .. } => ApiError::conflict("lease_held", message)
                 .with(json!({ "holder": holder, "expires_at_ms": expires_at_ms })),
             Error::LeaseLost { .. } => ApiError::conflict("lease_lost", message),
+            Error::LeaseExpired { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "lease_unconfirmed", message),
             Error::SessionClosed { reason, .. } => {
                 ApiError::conflict("session_closed", message).with(json!({ "reason": reason.to_string() }))
             }
