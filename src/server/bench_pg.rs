@@ -401,7 +401,16 @@ async fn burst(cfg: &BenchConfig, n: usize, shutdown: bool) -> Result<Measuremen
             }
         } else {
             ds.autosave_now().await;
-            ds.wait_for_empty_queue().await;
+            // The tick reaches the key actors by message: wait until every
+            // one of their writes has been through the queue, not merely
+            // until the queue is empty once.
+            loop {
+                ds.wait_for_empty_queue().await;
+                if ds.queue_stats().await.writes - before.writes >= n as u64 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
         }
         ours.push(started.elapsed().as_secs_f64());
         let after = ds.queue_stats().await;
