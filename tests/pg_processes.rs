@@ -10,42 +10,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::pg::PgSchema;
-use common::server::Server;
+use common::server::{call, key_url, open, token_of, Server};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
-
-fn key_url(store: &str, key: &str) -> String {
-    format!("/v1/stores/{store}/keys/{key}")
-}
-
-async fn call(
-    c: &Client,
-    s: &Server,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = c.request(method, s.url(path));
-    if let Some(t) = token {
-        req = req.header("Lease-Token", t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-async fn open(c: &Client, s: &Server, key: &str, body: Value) -> (StatusCode, Value) {
-    call(c, s, Method::POST, &format!("{}/session", key_url("profiles", key)), None, Some(body)).await
-}
-
-fn token_of(v: &Value) -> String {
-    v["lease_token"].as_str().unwrap_or_else(|| panic!("no lease token in {v}")).to_owned()
-}
 
 fn server(pg: &PgSchema, dir: &std::path::Path, name: &str, args: &[&str]) -> Server {
     let mut all = vec!["--owner-id", name, "--lease-ttl-secs", "4", "--autosave-interval-secs", "1"];
@@ -61,7 +28,7 @@ async fn a_request_for_a_session_on_another_server_is_told_where_to_go() {
     let b = server(&pg, tmp.path(), "srv-b", &[]);
     let c = Client::new();
     let k = key_url("profiles", "p1");
-    let (st, v) = open(&c, &a, "p1", json!({"client_id": "game-1"})).await;
+    let (st, v) = open(&c, &a, "profiles", "p1", json!({"client_id": "game-1"})).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let t = token_of(&v);
     let (st, _) = call(&c, &a, Method::PUT, &format!("{k}/session/data"), Some(&t), Some(json!({"coins": 5}))).await;
@@ -77,8 +44,14 @@ async fn a_request_for_a_session_on_another_server_is_told_where_to_go() {
     }
     // A client that moved may take the key over on the other server: the
     // holder saves its unsaved change and lets go.
-    let (st, v) =
-        open(&c, &b, "p1", json!({"client_id": "game-2", "policy": "request_release", "timeout_ms": 10000})).await;
+    let (st, v) = open(
+        &c,
+        &b,
+        "profiles",
+        "p1",
+        json!({"client_id": "game-2", "policy": "request_release", "timeout_ms": 10000}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["data"], json!({"coins": 5}), "the holder's unsaved change travelled with the key");
     assert_eq!(v["epoch"], 2);
@@ -97,7 +70,7 @@ async fn every_server_change_feed_shows_saves_made_through_another() {
     assert!(String::from_utf8_lossy(&feed.chunk().await.unwrap().unwrap()).contains("connected"));
 
     let k = key_url("profiles", "fed");
-    let (_, v) = open(&c, &a, "fed", json!({})).await;
+    let (_, v) = open(&c, &a, "profiles", "fed", json!({})).await;
     let t = token_of(&v);
     let (_, saved) =
         call(&c, &a, Method::PUT, &format!("{k}/session/data?save=normal"), Some(&t), Some(json!({"n": 1}))).await;
@@ -133,7 +106,7 @@ async fn kill_9_loses_no_acknowledged_save_and_the_keys_move_on_within_the_ttl()
     const KEYS: usize = 1000;
     for i in 0..KEYS {
         let key = format!("k{i}");
-        let (st, v) = open(&c, &a, &key, json!({"client_id": "game-a"})).await;
+        let (st, v) = open(&c, &a, "profiles", &key, json!({"client_id": "game-a"})).await;
         assert_eq!(st, StatusCode::OK, "{v}");
         let path = format!("{}/session/data?save=normal", key_url("profiles", &key));
         let (st, v) = call(&c, &a, Method::PUT, &path, Some(&token_of(&v)), Some(json!({"n": i}))).await;
@@ -145,14 +118,21 @@ async fn kill_9_loses_no_acknowledged_save_and_the_keys_move_on_within_the_ttl()
     let b = server(&pg, tmp.path(), "srv-b", &[]);
 
     for i in KEYS / 2..KEYS {
-        let (st, v) = open(&c, &a2, &format!("k{i}"), json!({"client_id": "game-a", "policy": "fail"})).await;
+        let (st, v) =
+            open(&c, &a2, "profiles", &format!("k{i}"), json!({"client_id": "game-a", "policy": "fail"})).await;
         assert_eq!(st, StatusCode::OK, "k{i}: the restarted owner takes its own lease back at once: {v}");
         assert_eq!(v["data"], json!({"n": i}));
     }
     let mut last_taken = Duration::ZERO;
     for i in 0..KEYS / 2 {
-        let (st, v) =
-            open(&c, &b, &format!("k{i}"), json!({"client_id": "game-b", "policy": "wait", "timeout_ms": 20000})).await;
+        let (st, v) = open(
+            &c,
+            &b,
+            "profiles",
+            &format!("k{i}"),
+            json!({"client_id": "game-b", "policy": "wait", "timeout_ms": 20000}),
+        )
+        .await;
         assert_eq!(st, StatusCode::OK, "k{i}: {v}");
         assert_eq!(v["data"], json!({"n": i}), "k{i} holds its last acknowledged save");
         last_taken = killed_at.elapsed();

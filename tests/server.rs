@@ -6,43 +6,10 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::server::{Server, BIN};
+use common::server::{call, key_url, open, token_of, Server, BIN};
 
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
-
-fn key_url(store: &str, key: &str) -> String {
-    format!("/v1/stores/{store}/keys/{key}")
-}
-
-async fn call(
-    c: &Client,
-    s: &Server,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = c.request(method, s.url(path));
-    if let Some(t) = token {
-        req = req.header("Lease-Token", t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-async fn open(c: &Client, s: &Server, store: &str, key: &str, body: Value) -> (StatusCode, Value) {
-    call(c, s, Method::POST, &format!("{}/session", key_url(store, key)), None, Some(body)).await
-}
-
-fn token_of(v: &Value) -> String {
-    v["lease_token"].as_str().expect("lease token").to_owned()
-}
 
 #[tokio::test]
 async fn a_whole_session_lifecycle() {

@@ -156,6 +156,26 @@ where
     done as f64 / took
 }
 
+/// Every session in a closed loop of update + durable save for
+/// `duration`; answers saves per second.
+async fn save_loops(sessions: Arc<Vec<Session<Value>>>, duration: Duration, bytes: usize) -> f64 {
+    drive(sessions.len(), duration, move |i, stop, count| {
+        let s = sessions[i].clone();
+        async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let d = doc(i, n, bytes);
+                if s.update(move |x| *x = d).await.is_err() || s.save(Priority::Normal).await.is_err() {
+                    return;
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await
+}
+
 /// (a): each of `conns` connections updates its own rows, one conditional
 /// single-row UPDATE per save, autocommit.
 async fn single_row_updates(
@@ -306,24 +326,7 @@ async fn saves_at(cfg: &BenchConfig, c: usize, notify_saves: bool) -> Result<(Me
         let before = ds.queue_stats().await;
         let bytes = cfg.doc_bytes;
         let started = Instant::now();
-        let rate = drive(c, duration, {
-            let sessions = sessions.clone();
-            move |i, stop, count| {
-                let s = sessions[i].clone();
-                async move {
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::SeqCst) {
-                        n += 1;
-                        let d = doc(i, n, bytes);
-                        if s.update(move |x| *x = d).await.is_err() || s.save(Priority::Normal).await.is_err() {
-                            return;
-                        }
-                        count.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
-        })
-        .await;
+        let rate = save_loops(sessions.clone(), duration, bytes).await;
         let took = started.elapsed().as_secs_f64();
         let after = ds.queue_stats().await;
         let batches = (after.batches - before.batches).max(1);
@@ -586,24 +589,7 @@ pub async fn child(schema: &str, store: &str, sessions: usize, duration: Duratio
     println!("ready");
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
-    let rate = drive(sessions, duration, {
-        let all = all.clone();
-        move |i, stop, count| {
-            let s = all[i].clone();
-            async move {
-                let mut n = 0u64;
-                while !stop.load(Ordering::SeqCst) {
-                    n += 1;
-                    let d = doc(i, n, bytes);
-                    if s.update(move |x| *x = d).await.is_err() || s.save(Priority::Normal).await.is_err() {
-                        return;
-                    }
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }
-    })
-    .await;
+    let rate = save_loops(all, duration, bytes).await;
     ds.shutdown().await;
     println!("saves_per_sec {rate}");
     Ok(())

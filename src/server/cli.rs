@@ -130,15 +130,16 @@ enum Command {
     },
 }
 
+/// Where records live, for the server and the tools alike.
 #[derive(Debug, clap::Args)]
 struct DataDir {
-    /// The sled data directory (default ./data; the server must be stopped).
+    /// sled data directory (default ./data; not with --database-url; tools need the server stopped).
     #[arg(long, env = "DATASTORER_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// PostgreSQL instead of sled (servers may keep running).
+    /// PostgreSQL shared by several processes, e.g. postgres://user@127.0.0.1/db (instead of sled).
     #[arg(long, env = "DATASTORER_DATABASE_URL")]
     database_url: Option<String>,
-    /// PostgreSQL schema (default datastorer).
+    /// PostgreSQL schema for datastorer's tables (default datastorer).
     #[arg(long, env = "DATASTORER_POSTGRES_SCHEMA")]
     postgres_schema: Option<String>,
 }
@@ -218,15 +219,8 @@ struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:7070; port 0 picks a free one).
     #[arg(long, env = "DATASTORER_LISTEN")]
     listen: Option<String>,
-    /// sled data directory (default ./data; not with --database-url).
-    #[arg(long, env = "DATASTORER_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// PostgreSQL to share with other servers, e.g. postgres://user@127.0.0.1/db (instead of sled).
-    #[arg(long, env = "DATASTORER_DATABASE_URL")]
-    database_url: Option<String>,
-    /// PostgreSQL schema for datastorer's tables (default datastorer).
-    #[arg(long, env = "DATASTORER_POSTGRES_SCHEMA")]
-    postgres_schema: Option<String>,
+    #[command(flatten)]
+    storage: DataDir,
     /// This server's URL as clients should reach it (named in 421 wrong_server answers of other servers).
     #[arg(long, env = "DATASTORER_ADVERTISE_URL")]
     advertise_url: Option<String>,
@@ -306,9 +300,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let overrides = Overrides {
         config: args.config,
         listen: args.listen,
-        data_dir: args.data_dir,
-        database_url: args.database_url,
-        postgres_schema: args.postgres_schema,
+        data_dir: args.storage.data_dir,
+        database_url: args.storage.database_url,
+        postgres_schema: args.storage.postgres_schema,
         advertise_url: args.advertise_url,
         owner_id: args.owner_id,
         strict_stores: args.strict_stores,

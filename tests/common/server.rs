@@ -111,3 +111,46 @@ impl Drop for Server {
         }
     }
 }
+
+/// The path of `key` in `store`.
+pub fn key_url(store: &str, key: &str) -> String {
+    format!("/v1/stores/{store}/keys/{key}")
+}
+
+/// One request; answers the status and the JSON body (or the text).
+pub async fn call(
+    c: &reqwest::Client,
+    s: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let mut req = c.request(method, s.url(path));
+    if let Some(t) = token {
+        req = req.header("Lease-Token", t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// Opens a client session on `store`/`key`.
+pub async fn open(
+    c: &reqwest::Client,
+    s: &Server,
+    store: &str,
+    key: &str,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    call(c, s, reqwest::Method::POST, &format!("{}/session", key_url(store, key)), None, Some(body)).await
+}
+
+/// The lease token of an open session's answer.
+pub fn token_of(v: &serde_json::Value) -> String {
+    v["lease_token"].as_str().unwrap_or_else(|| panic!("no lease token in {v}")).to_owned()
+}
