@@ -34,7 +34,7 @@
 //! - `actors/`: the key actor, the queue actor, the supervisor.
 //! - `messages/`: each actor's protocol.
 //! - `lease`: acquire policy and load (migrate, reconcile).
-//! - `storage/`: the [`Backend`] trait, the record envelope, sled and memory backends.
+//! - `storage/`: the [`Backend`] trait, the record envelope, sled, memory and PostgreSQL backends.
 //! - `retry`: backoff delays (the only user of the `backoff` crate).
 //! - `server/` (feature `server`): the `datastorer` binary's HTTP API and CLI.
 //! - `testing` (feature `harness`): a cluster of nodes over one fault-injecting backend.

@@ -1,9 +1,12 @@
 //! Storage: the `Backend` trait every engine implements, the record envelope,
-//! and the two built-in backends (sled, the default, and in-memory).
+//! and the built-in backends (sled, the default; in-memory; PostgreSQL,
+//! shared by several processes, feature `postgres`).
 //!
-//! Owns: byte-level persistence, compare-and-swap preconditions, durability
-//! (`flush`), and the per-backend notice bus that carries lease hand-off and
-//! change notifications between `Datastorer` instances sharing a backend.
+//! Owns: byte-level persistence, compare-and-swap preconditions (including
+//! the lease-aware `Acquire`), durability (`flush`), the backend's clock and
+//! capabilities, and the per-backend notice bus that carries lease hand-off
+//! and change notifications between `Datastorer` instances sharing a
+//! backend (across processes through a `NoticeTransport`).
 //!
 //! Must not: know about actors, the queue, typed documents or lease policy.
 //! A backend is called only by the queue actor (and offline tools).
