@@ -594,3 +594,55 @@ async fn an_engine_that_shut_down_frees_its_owner_id() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Where the server has no LISTEN/NOTIFY (CockroachDB), notices go through
+/// the polled `notices` table: a release request still reaches the holder
+/// in another process (well before its lease would lapse), a steal still
+/// closes the old session at once, and saves reach the other change feed.
+#[actix_rt::test]
+async fn without_listen_notify_notices_travel_through_the_polled_outbox() {
+    let Some(pg) = PgSchema::new("without_listen_notify_notices_travel_through_the_polled_outbox") else { return };
+    let polled = || {
+        let mut c = pg.config();
+        c.poll_notices = true;
+        Arc::new(PgBackend::connect(c).expect("connect"))
+    };
+    let mut ca = engine_config(polled(), "a");
+    ca.lease_ttl = Duration::from_secs(60);
+    ca.autosave_interval = Duration::from_secs(20);
+    let a = Datastorer::start(ca).await.unwrap();
+    let bb = polled();
+    let mut feed = bb.notices().subscribe();
+    let b = Datastorer::start(engine_config(bb, "b")).await.unwrap();
+
+    let held = profiles(&a).open("k").await.unwrap();
+    held.update(|p| p.coins = 41).await.unwrap();
+    held.save(Priority::Normal).await.unwrap();
+    let started = Instant::now();
+    let taken = profiles(&b)
+        .open("k")
+        .policy(AcquirePolicy::RequestRelease { timeout: Duration::from_secs(30) })
+        .await
+        .expect("handed over");
+    assert!(started.elapsed() < Duration::from_secs(10), "by the outbox, not by the 60 s lease");
+    assert_eq!(taken.read(|p| p.coins).await.unwrap(), 41);
+    assert_eq!(held.close_reason(), Some(CloseReason::ReleaseRequested));
+    // B's feed saw A's save (and then its release) through the outbox.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), feed.recv()).await.expect("a change").unwrap();
+        if n.key == "k" && matches!(n.kind, NoticeKind::Saved { .. }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no save from the other process in B's feed");
+    }
+
+    let again = profiles(&a).open("j").await.unwrap();
+    let _thief = profiles(&b).open("j").policy(AcquirePolicy::Steal).await.unwrap();
+    eventually_async(Duration::from_secs(10), "the holder learns of the steal through the outbox", || {
+        let r = again.close_reason();
+        async move { r == Some(CloseReason::Stolen) }
+    })
+    .await;
+    assert!(pg.sql("SELECT count(*)::text FROM $S.notices")[0].as_deref() != Some("0"), "the outbox was used");
+}

@@ -7,11 +7,17 @@
 //! locks that keep two live processes from running under one owner id.
 //! Must not: interpret notices (the engine does).
 //!
+//! Where the server has no LISTEN/NOTIFY (or `poll_notices` is set), the
+//! same payloads go into the `notices` table and every listener polls it
+//! every 250 ms, reading back over a 2 s overlap and delivering each row
+//! once.
+//!
 //! NOTIFY is lossy: what is sent while a listener is disconnected never
 //! reaches it. After every reconnect the listener commits its LISTEN first
 //! and then publishes [`NoticeKind::Resync`] locally, so waiters re-read
 //! the records they wait on and requesters ask again.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +29,52 @@ use tracing::{debug, error, info, warn};
 use super::errors::{PgFailure, StartError};
 use super::Inner;
 use crate::storage::{Notice, NoticeBus, NoticeKind, NoticeTransport, StorageError};
+
+/// How often the outbox is polled where LISTEN/NOTIFY is unavailable.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+/// How far back each poll looks again: identity order is not commit order,
+/// so a row with a smaller id can commit after a later one was read.
+const POLL_OVERLAP_MS: i64 = 2_000;
+
+/// Reads the `notices` outbox: every row newer than the last poll minus an
+/// overlap window, each id delivered once.
+struct Poller {
+    since_ms: i64,
+    seen: std::collections::HashMap<i64, i64>,
+    polls: u64,
+}
+
+impl Poller {
+    /// Starts at the database's now: notices from before this process are
+    /// not replayed. `None` when the clock cannot be read.
+    async fn new(inner: &Inner, client: &Client) -> Option<Poller> {
+        let row = client.query_one(&inner.sql.now, &[]).await.ok()?;
+        Some(Poller { since_ms: row.try_get(0).ok()?, seen: std::collections::HashMap::new(), polls: 0 })
+    }
+
+    async fn poll(&mut self, inner: &Inner, client: &Client, bus: &NoticeBus) -> Result<(), tokio_postgres::Error> {
+        let rows = client.query(&inner.sql.outbox_read, &[&(self.since_ms - POLL_OVERLAP_MS)]).await?;
+        for row in rows {
+            let (id, at_ms, payload): (i64, i64, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            self.since_ms = self.since_ms.max(at_ms);
+            if self.seen.insert(id, at_ms).is_some() {
+                continue;
+            }
+            match decode(&payload) {
+                Some((origin, _)) if origin == inner.instance => {}
+                Some((_, notices)) => notices.into_iter().for_each(|n| bus.deliver_remote(n)),
+                None => debug!(target: "datastorer::postgres", "a notice in an unknown format was ignored"),
+            }
+        }
+        let horizon = self.since_ms - 2 * POLL_OVERLAP_MS;
+        self.seen.retain(|_, at| *at >= horizon);
+        self.polls += 1;
+        if self.polls % 240 == 0 {
+            client.execute(&inner.sql.outbox_prune, &[]).await?;
+        }
+        Ok(())
+    }
+}
 
 /// NOTIFY payloads must stay below 8000 bytes (the server's default limit).
 const MAX_PAYLOAD: usize = 7900;
@@ -239,8 +291,14 @@ async fn notifier(inner: Arc<Inner>, mut outbox: Outbox) {
         let payloads = encode(&inner.instance, &pending);
         match inner.reader().await {
             Ok(conn) => {
+                let polling = inner.polling.load(Ordering::SeqCst);
                 for p in payloads {
-                    if let Err(e) = conn.client.execute(&inner.sql.notify, &[&inner.sql.channel, &p]).await {
+                    let sent = if polling {
+                        conn.client.execute(&inner.sql.outbox_write, &[&p]).await
+                    } else {
+                        conn.client.execute(&inner.sql.notify, &[&inner.sql.channel, &p]).await
+                    };
+                    if let Err(e) = sent {
                         debug!(target: "datastorer::postgres", error = %e, "a notice was dropped");
                     }
                 }
@@ -291,12 +349,22 @@ async fn listen_once(
         }
     };
     let client = Arc::new(client);
-    // LISTEN is committed (autocommit) before anything is re-read.
-    if let Err(e) = client.batch_execute(&format!("LISTEN \"{}\"", inner.sql.channel)).await {
-        driver.abort();
-        warn!(target: "datastorer::postgres", error = %e, "LISTEN failed");
-        return if ready.is_some() { Err(StartError::Query(e.into())) } else { Ok(()) };
+    // LISTEN is committed (autocommit) before anything is re-read. An
+    // engine without LISTEN/NOTIFY (CockroachDB answers 0A000) gets the
+    // polled outbox instead.
+    if !inner.polling.load(Ordering::SeqCst) {
+        if let Err(e) = client.batch_execute(&format!("LISTEN \"{}\"", inner.sql.channel)).await {
+            if e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) {
+                warn!(target: "datastorer::postgres", "this server has no LISTEN/NOTIFY: polling the notices table instead");
+                inner.polling.store(true, Ordering::SeqCst);
+            } else {
+                driver.abort();
+                warn!(target: "datastorer::postgres", error = %e, "LISTEN failed");
+                return if ready.is_some() { Err(StartError::Query(e.into())) } else { Ok(()) };
+            }
+        }
     }
+    let mut poller = Poller::new(inner, &client).await;
     {
         let mut state = inner.listen.lock().await;
         for owner in state.owners.clone() {
@@ -322,8 +390,21 @@ async fn listen_once(
     }
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.tick().await;
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = poll.tick(), if inner.polling.load(Ordering::SeqCst) => {
+                match poller.as_mut() {
+                    Some(p) => {
+                        if let Err(e) = p.poll(inner, &client, bus).await {
+                            warn!(target: "datastorer::postgres", error = %e, "polling notices failed; reconnecting");
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
             n = notes.recv() => match n {
                 Some(n) => {
                     if n.channel() != inner.sql.channel {

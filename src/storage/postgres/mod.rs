@@ -90,6 +90,8 @@ pub(crate) struct Inner {
     clock: Arc<DbClock>,
     /// A call's outcome was lost with its connection (see the module docs).
     needs_barrier: AtomicBool,
+    /// Notices go through the polled `notices` table (no LISTEN/NOTIFY).
+    polling: AtomicBool,
     /// The listener's connection and the owner ids claimed on it.
     listen: AsyncMutex<listener::ListenState>,
     /// Notices published here and not yet sent: waited for (briefly) when
@@ -150,6 +152,7 @@ impl PgBackend {
         let mut random = [0u8; 8];
         getrandom::fill(&mut random).map_err(|e| StorageError::permanent(format!("no randomness: {e}")))?;
         let instance: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let cfg_poll = cfg.poll_notices;
         let inner = Arc::new(Inner {
             sql: Statements::new(&cfg.schema),
             cfg,
@@ -160,6 +163,7 @@ impl PgBackend {
             reader: AsyncMutex::new(None),
             clock: Arc::new(DbClock::new()),
             needs_barrier: AtomicBool::new(false),
+            polling: AtomicBool::new(cfg_poll),
             listen: AsyncMutex::new(listener::ListenState::default()),
             unsent_notices: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             tls,

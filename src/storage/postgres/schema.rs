@@ -38,7 +38,13 @@ fn ddl_v1(schema: &str) -> String {
            advertise_url text,
            started_at    timestamptz NOT NULL DEFAULT now(),
            heartbeat_at  timestamptz NOT NULL DEFAULT now()
-         );"
+         );
+         CREATE TABLE {s}.notices (
+           id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+           payload    text NOT NULL,
+           created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+         );
+         CREATE INDEX notices_created_at ON {s}.notices (created_at);"
     )
 }
 

@@ -56,6 +56,10 @@ pub struct PostgresConfig {
     /// the batch statement (fewer planner and executor steps; see the
     /// README's PostgreSQL figures). Off only to measure it.
     pub single_op_fast_path: bool,
+    /// Carry notices through the polled `notices` table instead of
+    /// LISTEN/NOTIFY (chosen automatically when the server has no LISTEN,
+    /// as CockroachDB). Polled every 250 ms.
+    pub poll_notices: bool,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -104,6 +108,7 @@ impl PostgresConfig {
             advertise_url: None,
             notify_saves: true,
             single_op_fast_path: true,
+            poll_notices: false,
         }
     }
 

@@ -147,6 +147,9 @@ pub(super) struct Statements {
     pub now: String,
     pub notify: String,
     pub channel: String,
+    pub outbox_write: String,
+    pub outbox_read: String,
+    pub outbox_prune: String,
 }
 
 /// The unnest that turns one batch's parameter arrays into rows. Shared by
@@ -284,6 +287,12 @@ impl Statements {
             now: format!("SELECT {now}"),
             notify: "SELECT pg_notify($1, $2)".to_owned(),
             channel: format!("{schema}_notices"),
+            outbox_write: format!("INSERT INTO {s}.notices (payload) VALUES ($1)"),
+            outbox_read: format!(
+                "SELECT id, (extract(epoch FROM created_at) * 1000)::int8, payload FROM {s}.notices
+                  WHERE created_at >= to_timestamp($1::int8 / 1000.0) ORDER BY id"
+            ),
+            outbox_prune: format!("DELETE FROM {s}.notices WHERE created_at < now() - interval '{}'", "10 minutes"),
         }
     }
 }
