@@ -69,6 +69,9 @@ pub enum CloseReason {
     ReleaseRequested,
     /// The engine shut down; the key was saved and released.
     Shutdown,
+    /// An administrator deleted the record (`Store::delete` with `force`);
+    /// unsaved changes were dropped.
+    Deleted,
     /// Something failed; the message says what.
     Error(String),
 }
@@ -82,6 +85,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Stolen => f.write_str("stolen"),
             CloseReason::ReleaseRequested => f.write_str("released on request"),
             CloseReason::Shutdown => f.write_str("shutdown"),
+            CloseReason::Deleted => f.write_str("deleted"),
             CloseReason::Error(m) => write!(f, "error: {m}"),
         }
     }

@@ -433,13 +433,26 @@ impl<T: Document> Store<T> {
         validate_key(&key)?;
         let shared = &self.shared;
         let engine = &shared.engine;
-        if self.is_loaded(key.as_str()) && !force {
-            return Err(Error::LeaseHeld {
-                store: shared.name.to_string(),
-                key,
-                holder: engine.owner.to_string(),
-                expires_at_ms: 0,
-            });
+        if self.is_loaded(key.as_str()) {
+            if !force {
+                return Err(Error::LeaseHeld {
+                    store: shared.name.to_string(),
+                    key,
+                    holder: engine.owner.to_string(),
+                    expires_at_ms: 0,
+                });
+            }
+            // A forced delete ends the live session here first: otherwise it
+            // would go on changing a copy of a record that no longer exists,
+            // and fail at its next write (at the latest at shutdown).
+            if let Some(k) = engine.registry.find(&shared.name, &key) {
+                let _ = k.send(Control::Notice(NoticeKind::Deleted)).await;
+            }
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while self.is_loaded(key.as_str()) && tokio::time::Instant::now() < deadline {
+                tokio::task::yield_now().await;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
         }
         let current = self.inspect(key.as_str()).await;
         let precondition = match current {

@@ -260,23 +260,10 @@ async fn a_row_lock_held_elsewhere_fails_the_receipt_but_keeps_the_change() {
     ec.queue.retry.max_attempts = 3;
     let ds = Datastorer::start(ec).await.unwrap();
     let s = profiles(&ds).open("k").await.unwrap();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let (url, schema) = (pg.url.clone(), pg.schema.clone());
-    let holder = std::thread::spawn(move || {
-        common::pg::with_client(&url, move |c| {
-            Box::pin(async move {
-                c.batch_execute(&format!("BEGIN; SELECT 1 FROM \"{schema}\".records WHERE key = 'k' FOR UPDATE"))
-                    .await
-                    .unwrap();
-                locked_tx.send(()).unwrap();
-                let _ = tokio::task::spawn_blocking(move || go_rx.recv()).await;
-                c.batch_execute("ROLLBACK").await.unwrap();
-            })
-        })
-        .unwrap()
-    });
-    locked_rx.recv().unwrap();
+    let holder = common::pg::OpenTransaction::begin(
+        &pg.url,
+        &format!("SELECT 1 FROM \"{}\".records WHERE key = 'k' FOR UPDATE", pg.schema),
+    );
     s.update(|p| p.coins = 5).await.unwrap();
     match s.save(Priority::Normal).await {
         Err(Error::Storage { attempts, source, .. }) => {
@@ -287,8 +274,7 @@ async fn a_row_lock_held_elsewhere_fails_the_receipt_but_keeps_the_change() {
     }
     assert_eq!(s.close_reason(), None, "the session stays open");
     assert_eq!(s.read(|p| p.coins).await.unwrap(), 5, "the change is kept in memory");
-    go_tx.send(()).unwrap();
-    holder.join().unwrap();
+    holder.rollback();
     s.save(Priority::Normal).await.unwrap();
     assert_eq!(coins(&*backend, "k"), 5);
 }

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::pg::PgSchema;
-use common::server::{call, key_url, open, token_of, Server};
+use common::server::{call, event_data, key_url, open, read_feed_until, token_of, Server};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -76,19 +76,8 @@ async fn every_server_change_feed_shows_saves_made_through_another() {
         call(&c, &a, Method::PUT, &format!("{k}/session/data?save=normal"), Some(&t), Some(json!({"n": 1}))).await;
     call(&c, &a, Method::POST, &format!("{k}/session/release"), Some(&t), None).await;
 
-    let mut text = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(text.contains("event: save") && text.contains("event: release")) {
-        assert!(Instant::now() < deadline, "feed so far: {text}");
-        let chunk = tokio::time::timeout(Duration::from_secs(20), feed.chunk()).await.unwrap().unwrap().unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let save = text
-        .lines()
-        .skip_while(|l| *l != "event: save")
-        .find_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .unwrap();
+    let text = read_feed_until(&mut feed, &["save", "release"]).await;
+    let save = event_data(&text, "save");
     assert_eq!(save, json!({"store": "profiles", "key": "fed", "revision": saved["revision"], "kind": "save"}));
 }
 

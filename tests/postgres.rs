@@ -87,26 +87,13 @@ fn a_conflict_reports_the_header_that_won_not_the_statement_snapshot() {
     let hex: String = winner.iter().map(|x| format!("{x:02x}")).collect();
 
     // Another session takes the row lock and holds it until told to commit.
-    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
-    let url = pg.url.clone();
-    let schema = pg.schema.clone();
-    let other = std::thread::spawn(move || {
-        common::pg::with_client(&url, move |c| {
-            Box::pin(async move {
-                c.batch_execute(&format!(
-                    "BEGIN; UPDATE \"{schema}\".records SET value = '\\x{hex}', revision = 19 WHERE store = 's' AND key = 'k'"
-                ))
-                .await
-                .unwrap();
-                locked_tx.send(()).unwrap();
-                let _ = tokio::task::spawn_blocking(move || go_rx.recv()).await;
-                c.batch_execute("COMMIT").await.unwrap();
-            })
-        })
-        .unwrap()
-    });
-    locked_rx.recv().unwrap();
+    let other = common::pg::OpenTransaction::begin(
+        &pg.url,
+        &format!(
+            "UPDATE \"{}\".records SET value = '\\x{hex}', revision = 19 WHERE store = 's' AND key = 'k'",
+            pg.schema
+        ),
+    );
     let writer = {
         let b = b.clone();
         let k = k.clone();
@@ -126,8 +113,7 @@ fn a_conflict_reports_the_header_that_won_not_the_statement_snapshot() {
             "SELECT count(*)::text FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = '{writer_name}'"
         )) == vec![Some("1".to_owned())]
     });
-    go_tx.send(()).unwrap();
-    other.join().unwrap();
+    other.commit();
     let outcome = writer.join().unwrap();
     assert_eq!(outcome, vec![Ok(WriteOutcome::Conflict { current: Some(RecordHeader { epoch: 3, revision: 19 }) })]);
     assert_eq!(b.get(&k).unwrap(), Some(winner));

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::server::{call, key_url, open, token_of, Server, BIN};
+use common::server::{call, event_data, key_url, open, read_feed_until, token_of, Server, BIN};
 
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
@@ -511,19 +511,8 @@ async fn the_change_feed_announces_saves_and_releases() {
     let (_, saved) = call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
     call(&c, &s, Method::POST, &format!("{k}/session/release"), Some(&t), None).await;
 
-    let mut text = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(text.contains("event: save") && text.contains("event: release")) {
-        assert!(Instant::now() < deadline, "feed so far: {text}");
-        let chunk = tokio::time::timeout(Duration::from_secs(20), feed.chunk()).await.unwrap().unwrap().unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let save_line = text
-        .lines()
-        .skip_while(|l| *l != "event: save")
-        .find_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .unwrap();
+    let text = read_feed_until(&mut feed, &["save", "release"]).await;
+    let save_line = event_data(&text, "save");
     assert_eq!(save_line, json!({"store": "profiles", "key": "fed", "revision": saved["revision"], "kind": "save"}));
     drop(feed);
     assert!(s.stop().success());

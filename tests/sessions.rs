@@ -294,3 +294,26 @@ async fn keys_run_on_the_engine_arbiter_or_with_keys_on_caller_arbiter_where_the
     }
     worker.stop();
 }
+
+/// Regression: a forced delete of a key this instance holds left its
+/// session open on a copy of a record that no longer existed; its next
+/// write failed, and at shutdown it was reported as a key that could not
+/// be saved (the server then exited 1). The session now ends at once, with
+/// reason `Deleted`, and the shutdown is clean.
+#[actix_rt::test]
+async fn a_forced_delete_ends_the_local_session_at_once() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    let s = store.open("gone").await.unwrap();
+    s.update(|p| p.coins = 5).await.unwrap();
+    assert!(matches!(store.delete("gone", false).await, Err(Error::LeaseHeld { .. })), "refused without force");
+    assert!(store.delete("gone", true).await.unwrap(), "a record existed");
+    assert_eq!(s.close_reason(), Some(CloseReason::Deleted));
+    assert!(!store.is_loaded("gone"));
+    assert!(stored(&backend, "profiles", "gone").is_none(), "nothing wrote it back");
+    assert!(matches!(s.update(|p| p.coins = 6).await, Err(Error::SessionClosed { reason: CloseReason::Deleted, .. })));
+    let report = ds.shutdown().await;
+    assert!(report.is_clean(), "{report:?}");
+}

@@ -806,6 +806,12 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
                     self.finish(CloseReason::Stolen, ctx);
                 }
             }
+            Control::Notice(NoticeKind::Deleted) => {
+                if matches!(self.phase, Phase::Open | Phase::Closing(_)) {
+                    warn!(target: "datastorer::lease", store = %self.store.name, key = %self.key, "record deleted by force: session ends");
+                    self.finish(CloseReason::Deleted, ctx);
+                }
+            }
             Control::Notice(_) => {}
             Control::VerifyLease => self.verify_lease(ctx),
             #[cfg(feature = "harness")]

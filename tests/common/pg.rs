@@ -122,3 +122,54 @@ fn getrandom_fill(buf: &mut [u8]) {
         *b = x as u8;
     }
 }
+
+/// A transaction held open in another session (holding its row locks)
+/// until `commit` or `rollback` ends it.
+pub struct OpenTransaction {
+    go: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OpenTransaction {
+    /// Runs `BEGIN; statements` in a session of its own and returns once
+    /// they ran.
+    pub fn begin(url: &str, statements: &str) -> OpenTransaction {
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let (url, statements) = (url.to_owned(), statements.to_owned());
+        let thread = std::thread::spawn(move || {
+            with_client(&url, move |c| {
+                Box::pin(async move {
+                    c.batch_execute(&format!("BEGIN; {statements}")).await.expect("the held transaction's statements");
+                    let _ = locked_tx.send(());
+                    // A message commits; a dropped sender rolls back.
+                    let commit = tokio::task::spawn_blocking(move || go_rx.recv().is_ok()).await.unwrap_or(false);
+                    c.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+                        .await
+                        .expect("end the held transaction");
+                })
+            })
+            .expect("reach PostgreSQL");
+        });
+        locked_rx.recv().expect("the held transaction started");
+        OpenTransaction { go: Some(go), thread: Some(thread) }
+    }
+
+    pub fn commit(mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
+        }
+        self.join();
+    }
+
+    pub fn rollback(mut self) {
+        self.go = None;
+        self.join();
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the held transaction's thread");
+        }
+    }
+}

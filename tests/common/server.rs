@@ -154,3 +154,26 @@ pub async fn open(
 pub fn token_of(v: &serde_json::Value) -> String {
     v["lease_token"].as_str().unwrap_or_else(|| panic!("no lease token in {v}")).to_owned()
 }
+
+/// Reads an SSE response until its text holds every one of `events`
+/// (`event: NAME` lines), within 20 s; answers the text.
+pub async fn read_feed_until(feed: &mut reqwest::Response, events: &[&str]) -> String {
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !events.iter().all(|e| text.contains(&format!("event: {e}"))) {
+        assert!(Instant::now() < deadline, "feed so far: {text}");
+        let chunk = tokio::time::timeout(Duration::from_secs(20), feed.chunk()).await.unwrap().unwrap().unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+/// The data of the first `event` in an SSE text, as JSON.
+pub fn event_data(text: &str, event: &str) -> serde_json::Value {
+    let head = format!("event: {event}");
+    text.lines()
+        .skip_while(|l| *l != head)
+        .find_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .unwrap_or_else(|| panic!("no {event} event in {text}"))
+}
