@@ -1,6 +1,6 @@
-//! Lease safety under contention: random schedules of opens (every policy),
-//! updates, saves, releases, closes, steals, forced lease expiry, node
-//! crashes and restarts, with transient write faults, over three nodes and
+//! Lease safety under contention: random schedules of opens (every policy,
+//! and two nodes racing for one key at once), updates, saves, releases,
+//! closes, steals, forced lease expiry, node crashes and restarts, with transient write faults, over three nodes and
 //! three keys. A checker then reads the backend's history of applied writes:
 //!
 //! 1. per key, epochs never go down, and one epoch has one owner;
@@ -109,8 +109,29 @@ async fn run_schedule(seed: u64, steps: u64) -> (usize, usize) {
                 cluster.expire_lease("s", key);
             }
             90..=96 => cluster.advance(Duration::from_secs(rng.below(60))).await,
+            97..=98 => {
+                // Two nodes race for the same key at once: both read the
+                // same record and compute the same new header (the race a
+                // sequential schedule never produces).
+                let other = (node + 1) % NODES;
+                let other_store = cluster.node(other).store("s", spec()).unwrap();
+                let policy = |r: u64| match r {
+                    0 => AcquirePolicy::Fail,
+                    1 => AcquirePolicy::Steal,
+                    _ => AcquirePolicy::Wait { timeout: Duration::from_millis(500) },
+                };
+                let (pa, pb) = (policy(rng.below(3)), policy(rng.below(3)));
+                let (ra, rb) = tokio::join!(store.open(key).policy(pa), other_store.open(key).policy(pb));
+                for (n, r) in [(node, ra), (other, rb)] {
+                    if let Ok(s) = r {
+                        if let Ok(lease) = s.lease().await {
+                            held.insert((n, key), Held { session: s, epoch: lease.epoch });
+                        }
+                    }
+                }
+            }
             _ => {
-                if rng.below(4) == 0 {
+                if rng.below(2) == 0 {
                     cluster.crash(node).await;
                     cluster.restart(node).await;
                 }
