@@ -129,14 +129,6 @@ impl Precondition {
     pub fn needs_stored_value(&self) -> bool {
         matches!(self, Precondition::Acquire { .. })
     }
-
-    /// The header this precondition expects to find, if any.
-    pub fn expected_header(&self) -> Option<RecordHeader> {
-        match self {
-            Precondition::Header(h) | Precondition::Acquire { expected: h, .. } => Some(*h),
-            Precondition::Any | Precondition::Absent => None,
-        }
-    }
 }
 
 /// The lease rule of [`Precondition::Acquire`] for backends that decide it
@@ -292,11 +284,6 @@ impl NoticeBus {
             let _ = self.control.send(notice.clone());
         }
         let _ = self.all.send(notice);
-    }
-
-    /// Whether notices leave this process.
-    pub fn crosses_processes(&self) -> bool {
-        self.transport.is_some()
     }
 
     /// Subscribes to all notices published from now on.
