@@ -20,12 +20,11 @@ use datastorer::storage::postgres::PgBackend;
 use datastorer::storage::{storage_key, Backend, Record};
 use datastorer::{AcquirePolicy, CloseReason, Config, Datastorer, Error, PostgresConfig, Priority, StoreSpec};
 
+/// The shared test engine, with retries that outlast a restart of the
+/// server and a slower autosave.
 fn engine(backend: Arc<PgBackend>, owner: &str) -> Config {
-    let mut c = Config::backend(backend).owner_id(owner);
-    c.handle_signals = false;
+    let mut c = common::pg::engine_config(backend, owner);
     c.autosave_interval = Duration::from_secs(1);
-    c.lease_ttl = Duration::from_secs(3);
-    c.lease_poll_interval = Duration::from_millis(100);
     c.queue.retry.base_delay = Duration::from_millis(20);
     c.queue.retry.max_attempts = 30;
     c

@@ -13,14 +13,14 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pg::PgSchema;
+use common::pg::{engine_config, PgSchema};
 use common::{template, Profile};
 use datastorer::storage::postgres::PgBackend;
 use datastorer::storage::{
     storage_key, store_prefix, Backend, ErrorKind, LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader,
     WriteOp, WriteOutcome,
 };
-use datastorer::{AcquirePolicy, CloseReason, Config, Datastorer, Error, Priority, StorageConfig, StoreSpec};
+use datastorer::{AcquirePolicy, CloseReason, Datastorer, Error, Priority, StorageConfig, StoreSpec};
 
 fn record(owner: Option<&str>, expires_at_ms: u64, epoch: u64, revision: u64) -> Vec<u8> {
     Record {
@@ -366,16 +366,6 @@ mod start_refusals {
 }
 
 // ---- The engine on PostgreSQL -------------------------------------------
-
-fn engine_config(backend: Arc<PgBackend>, owner: &str) -> Config {
-    let mut c = Config::backend(backend).owner_id(owner);
-    c.handle_signals = false;
-    c.autosave_interval = Duration::from_millis(300);
-    c.lease_ttl = Duration::from_secs(3);
-    c.lease_poll_interval = Duration::from_millis(100);
-    c.queue.retry.base_delay = Duration::from_millis(10);
-    c
-}
 
 async fn pg_node(pg: &PgSchema, owner: &str) -> (Datastorer, Arc<PgBackend>) {
     let backend = Arc::new(pg.backend());

@@ -4,15 +4,16 @@
 //! comparisons still run.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::bench::{median, BenchConfig, Measurement};
+use super::bench_pg::drive;
 
 /// Connections per side.
 pub const CONNECTIONS: usize = 64;
@@ -45,26 +46,6 @@ fn start_server(dir: &Path) -> Result<Child, String> {
     std::io::BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
     let base = line.trim().strip_prefix("datastorer listening on ").ok_or("the server did not start")?.to_owned();
     Ok(Child { process, base })
-}
-
-/// Runs `CONNECTIONS` loops of `op` for `duration`; answers operations/s.
-async fn drive<F, Fut>(duration: Duration, op: F) -> f64
-where
-    F: Fn(usize, Arc<AtomicBool>, Arc<AtomicU64>) -> Fut,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..CONNECTIONS).map(|i| actix::spawn(op(i, stop.clone(), count.clone()))).collect();
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    let done = count.load(Ordering::SeqCst);
-    let took = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::SeqCst);
-    for t in tasks {
-        let _ = t.await;
-    }
-    done as f64 / took
 }
 
 fn payload(i: usize) -> String {
@@ -158,7 +139,7 @@ enum Mode {
 async fn ours(base: &str, tokens: &[String], duration: Duration, mode: Mode) -> f64 {
     let base = base.to_owned();
     let tokens = Arc::new(tokens.to_vec());
-    drive(duration, move |i, stop, count| {
+    drive(CONNECTIONS, duration, move |i, stop, count| {
         let (base, tokens) = (base.clone(), tokens.clone());
         async move {
             let Some(mut http) = RawHttp::connect(&base).await else { return };
@@ -191,7 +172,7 @@ async fn ours(base: &str, tokens: &[String], duration: Duration, mode: Mode) -> 
 
 async fn redis_set(duration: Duration) -> Result<f64, String> {
     TcpStream::connect("127.0.0.1:6379").await.map_err(|e| format!("Redis unreachable on 127.0.0.1:6379: {e}"))?;
-    Ok(drive(duration, |i, stop, count| async move {
+    Ok(drive(CONNECTIONS, duration, |i, stop, count| async move {
         let Ok(stream) = TcpStream::connect("127.0.0.1:6379").await else { return };
         let mut stream = BufReader::new(stream);
         let mut line = String::new();
@@ -241,7 +222,7 @@ async fn pg_update(duration: Duration) -> Result<f64, String> {
             .await
             .map_err(|e| e.to_string())?;
     }
-    let rate = drive(duration, |i, stop, count| async move {
+    let rate = drive(CONNECTIONS, duration, |i, stop, count| async move {
         let Ok(client) = pg_connect().await else { return };
         if client.batch_execute("SET synchronous_commit = on").await.is_err() {
             return;

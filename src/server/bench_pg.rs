@@ -136,8 +136,9 @@ fn raw(i: usize, revision: u64, bytes: usize) -> Vec<u8> {
     .encode()
 }
 
-/// Runs `tasks` loops for `duration`; answers operations per second.
-async fn drive<F, Fut>(tasks: usize, duration: Duration, op: F) -> f64
+/// Runs `tasks` loops of `op` for `duration`; answers operations per
+/// second (shared with the HTTP benchmark).
+pub(super) async fn drive<F, Fut>(tasks: usize, duration: Duration, op: F) -> f64
 where
     F: Fn(usize, Arc<AtomicBool>, Arc<AtomicU64>) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
