@@ -361,7 +361,28 @@ mod start_refusals {
         for t in threads {
             t.join().unwrap().unwrap();
         }
-        assert_eq!(pg.sql("SELECT count(*)::text FROM $S.schema_version"), vec![Some("1".to_owned())]);
+        assert_eq!(
+            pg.sql("SELECT version::text FROM $S.schema_version ORDER BY version"),
+            vec![Some("1".to_owned()), Some("2".to_owned())],
+            "each step recorded once"
+        );
+    }
+
+    #[test]
+    fn a_version_1_schema_is_migrated_keeping_its_records() {
+        let Some(pg) = PgSchema::new("a_version_1_schema_is_migrated_keeping_its_records") else { return };
+        let b = pg.backend();
+        put(&b, &storage_key("profiles", "k"), record(None, 0, 3, 7));
+        drop(b);
+        // Put the schema back as version 1 left it.
+        pg.sql("DELETE FROM $S.schema_version WHERE version = 2");
+        pg.sql("CREATE INDEX records_lease_owner ON $S.records (lease_owner) WHERE lease_owner IS NOT NULL");
+        let b = pg.backend();
+        let index = "SELECT (to_regclass('$S.records_lease_owner') IS NULL)::text";
+        assert_eq!(pg.sql(index), vec![Some("true".to_owned())], "version 2 drops the unread index");
+        assert_eq!(pg.sql("SELECT max(version)::text FROM $S.schema_version"), vec![Some("2".to_owned())]);
+        let got = b.get(&storage_key("profiles", "k")).unwrap().expect("record kept");
+        assert_eq!(got, record(None, 0, 3, 7));
     }
 }
 
