@@ -99,6 +99,8 @@ pub(crate) struct Engine {
     pub registry: Arc<Registry>,
     pub clock: Clock,
     pub arbiter: ArbiterHandle,
+    /// Failed saves by reason, for metrics.
+    pub save_failures: crate::save_failures::SaveFailures,
 }
 
 impl Drop for Engine {
@@ -120,7 +122,17 @@ impl Engine {
         arbiter: ArbiterHandle,
     ) -> Self {
         let owner = Arc::from(config.owner_id.as_str());
-        Self { config, owner, backend, queue, queue_thread, registry, clock, arbiter }
+        Self {
+            config,
+            owner,
+            backend,
+            queue,
+            queue_thread,
+            registry,
+            clock,
+            arbiter,
+            save_failures: Default::default(),
+        }
     }
 
     /// Sends one request through the queue and waits for its answer.

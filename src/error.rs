@@ -116,6 +116,19 @@ pub enum Error {
         message: String,
     },
 
+    /// A change was refused because the document it produced would encode
+    /// to more than `max_document_bytes`: it could never be saved. The
+    /// document is as it was before the change.
+    #[error("change to key `{key}` in store `{store}` refused: the document would be larger than max_document_bytes ({limit} bytes) and could never be saved; the document is unchanged")]
+    DocumentTooLarge {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// The configured limit.
+        limit: usize,
+    },
+
     /// The backend failed (after retries, for transient failures).
     #[error("storage {operation} for key `{key}` in store `{store}` failed after {attempts} attempt(s): {source}")]
     Storage {

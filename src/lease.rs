@@ -136,10 +136,13 @@ pub(crate) async fn acquire<T: Document>(
         }
 
         let prepared = prepare(&store, &key, current.as_ref(), &user_ids, now_ms)?;
-        let header = RecordHeader {
-            epoch: current.as_ref().map_or(0, |r| r.header.epoch) + 1,
-            revision: current.as_ref().map_or(0, |r| r.header.revision) + 1,
+        // A new record starts above every epoch a deleted record of this
+        // store reached: epochs of a key never go back, across deletes too.
+        let base = match &current {
+            Some(r) => r.header.epoch,
+            None => crate::epoch_floor::read(&engine, &store.name, &key).await?,
         };
+        let header = RecordHeader { epoch: base + 1, revision: current.as_ref().map_or(0, |r| r.header.revision) + 1 };
         let expires_at_ms = now_ms + engine.config.lease_ttl.as_millis() as u64;
         let record = Record {
             header,

@@ -48,12 +48,14 @@ mod actors;
 mod clock;
 mod config;
 mod engine;
+pub(crate) mod epoch_floor;
 mod error;
 mod lease;
 mod messages;
 mod migration;
 mod report;
 mod retry;
+mod save_failures;
 #[cfg(feature = "server")]
 pub mod server;
 mod session;
@@ -87,6 +89,7 @@ pub use crate::messages::queue::{BudgetLevels, Priority, QueueDepth, QueueStats}
 pub use crate::migration::Migration;
 pub use crate::report::{ReleaseReport, ShutdownReport};
 pub use crate::retry::RetryConfig;
+pub use crate::save_failures::SaveFailureReason;
 pub use crate::session::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome, SaveReceipt, Session};
 #[cfg(feature = "postgres")]
 pub use crate::storage::postgres::{PostgresConfig, PostgresTls};
@@ -151,9 +154,9 @@ impl Datastorer {
         // sends the first batch at once, encoding overlaps the writes, and
         // batches run inline there (no hop through the blocking pool).
         // The memory backend keeps it here, where a paused test clock reaches it.
-        let own_thread = config.queue.own_thread.unwrap_or_else(|| {
-            matches!(config.storage, StorageConfig::Sled { .. }) || backend.capabilities().prefers_own_thread
-        });
+        // Chosen from what the backend is, not from how the config named it:
+        // `Config::backend(sled)` (the server's way) gets the same as `Config::sled`.
+        let own_thread = config.queue.own_thread.unwrap_or_else(|| backend.capabilities().prefers_own_thread);
         let (queue, queue_thread) = if own_thread {
             let thread = Arbiter::new();
             let addr = QueueActor::start_in_arbiter(&thread.handle(), move |_| queue_actor.on_own_thread());
@@ -256,6 +259,12 @@ impl Datastorer {
     /// Totals since start: batches, flushes, writes, reads.
     pub async fn queue_stats(&self) -> QueueStats {
         self.engine.queue.send(GetStats).await.unwrap_or_default()
+    }
+
+    /// Saves and releases that failed since start, by reason (every one is
+    /// also logged at warn with its store, key and error).
+    pub fn save_failures(&self) -> Vec<(SaveFailureReason, u64)> {
+        self.engine.save_failures.snapshot()
     }
 
     /// Current queue depth per lane.

@@ -34,6 +34,12 @@ impl Migration {
         Self { name: name.into(), step: Arc::new(step) }
     }
 
+    /// Runs this one step on `doc` (what the engine does on load; handy to
+    /// test a migration by itself).
+    pub fn apply(&self, doc: Value) -> Result<Value, String> {
+        (self.step)(doc)
+    }
+
     /// The step's name (part of the store's identity: two `store()` calls
     /// with different migration names conflict).
     pub fn name(&self) -> &str {

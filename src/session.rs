@@ -72,6 +72,9 @@ pub enum CloseReason {
     /// An administrator deleted the record (`Store::delete` with `force`);
     /// unsaved changes were dropped.
     Deleted,
+    /// The holder stopped renewing (a server's client vanished); the key
+    /// was saved and released.
+    Expired,
     /// Something failed; the message says what.
     Error(String),
 }
@@ -86,6 +89,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ReleaseRequested => f.write_str("released on request"),
             CloseReason::Shutdown => f.write_str("shutdown"),
             CloseReason::Deleted => f.write_str("deleted"),
+            CloseReason::Expired => f.write_str("expired"),
             CloseReason::Error(m) => write!(f, "error: {m}"),
         }
     }
@@ -244,10 +248,27 @@ impl<T: Document> Session<T> {
         receipt.await
     }
 
+    /// Like [`release`](Self::release), reporting `reason` as why the
+    /// session ended (to [`closed`](Self::closed) and in the change
+    /// notice): a server that releases a vanished client's session says
+    /// `Expired`, one that hands a key to another client says
+    /// `ReleaseRequested`.
+    pub async fn release_as(&self, priority: Priority, reason: CloseReason) -> Result<SaveOutcome, Error> {
+        let (tx, receipt) = SaveReceipt::channel(self.store.clone(), self.key.clone());
+        self.addr.do_send(Release { priority, reason, receipt: tx });
+        receipt.await
+    }
+
     /// Drops unsaved changes, clears the lease and closes (reason `Closed`).
     pub async fn close(&self) -> Result<SaveOutcome, Error> {
+        self.close_as(CloseReason::Closed).await
+    }
+
+    /// Like [`close`](Self::close), reporting `reason` (a server that
+    /// hands a key to a stealing client says `Stolen`).
+    pub async fn close_as(&self, reason: CloseReason) -> Result<SaveOutcome, Error> {
         let (tx, receipt) = SaveReceipt::channel(self.store.clone(), self.key.clone());
-        self.addr.do_send(Close { receipt: tx });
+        self.addr.do_send(Close { reason, receipt: tx });
         receipt.await
     }
 

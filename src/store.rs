@@ -433,13 +433,14 @@ impl<T: Document> Store<T> {
         validate_key(&key)?;
         let shared = &self.shared;
         let engine = &shared.engine;
-        if self.is_loaded(key.as_str()) {
+        if let Some(session) = self.get(key.as_str()) {
             if !force {
+                let expires_at_ms = session.lease().await.map_or(0, |l| l.expires_at_ms);
                 return Err(Error::LeaseHeld {
                     store: shared.name.to_string(),
                     key,
                     holder: engine.owner.to_string(),
-                    expires_at_ms: 0,
+                    expires_at_ms,
                 });
             }
             // A forced delete ends the live session here first: otherwise it
@@ -475,6 +476,23 @@ impl<T: Document> Store<T> {
             Err(e) => return Err(e),
         };
         let key_arc: Arc<str> = Arc::from(key.as_str());
+        // The epoch the record reached stays the floor of any record of this
+        // store created later (for a corrupt one, the epoch its header shows).
+        let reached = match precondition {
+            Precondition::Header(h) => Some(h.epoch),
+            _ => {
+                let raw = engine
+                    .request(&shared.name, &key_arc, storage_key(&shared.name, &key), Operation::Get, Priority::Normal)
+                    .await;
+                match raw {
+                    Ok(Reply::Value(v)) => v.as_deref().and_then(crate::storage::RecordHeader::peek).map(|h| h.epoch),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(epoch) = reached {
+            crate::epoch_floor::raise(engine, &shared.name, &key_arc, epoch).await?;
+        }
         let skey = storage_key(&shared.name, &key);
         let op = Operation::Write { precondition, value: None };
         match engine.request(&shared.name, &key_arc, skey, op, Priority::Normal).await {
@@ -502,10 +520,10 @@ impl<T: Document> Store<T> {
             if shared.engine.registry.is_shutting_down() {
                 return Err(Error::ShuttingDown);
             }
-            let (addr, key_arc, closed) = {
+            let (addr, key_arc, closed, created) = {
                 let mut keys = shared.keys();
                 match keys.get_key_value(key.as_str()) {
-                    Some((k, e)) => (e.addr.clone(), k.clone(), e.closed.clone()),
+                    Some((k, e)) => (e.addr.clone(), k.clone(), e.closed.clone(), false),
                     None => {
                         let key_arc: Arc<str> = Arc::from(key.as_str());
                         let signal = CloseSignal::new();
@@ -516,13 +534,24 @@ impl<T: Document> Store<T> {
                         };
                         let addr = KeyActor::start_in_arbiter(&home, move |_| actor);
                         keys.insert(key_arc.clone(), KeyEntry { addr: addr.clone(), closed: signal.clone() });
-                        (addr, key_arc, signal)
+                        (addr, key_arc, signal, true)
                     }
                 }
             };
             let opened = addr.send(Open { user_ids: user_ids.clone(), policy }).await;
             match opened {
-                Ok(Ok(())) => return Ok(Session::new(addr, shared.name.clone(), key_arc, closed)),
+                Ok(Ok(())) => {
+                    let session = Session::new(addr, shared.name.clone(), key_arc, closed);
+                    // An open that waited (for a lease held elsewhere) can
+                    // complete after the shutdown took its snapshot of the
+                    // keys to release: give the key back now and answer
+                    // what a caller arriving during the shutdown gets.
+                    if created && shared.engine.registry.is_shutting_down() {
+                        let _ = session.release_as(Priority::Emergency, CloseReason::Shutdown).await;
+                        return Err(Error::ShuttingDown);
+                    }
+                    return Ok(session);
+                }
                 // An actor that is closing: wait for it to finish, then load afresh.
                 Ok(Err(Error::SessionClosed { .. })) => {
                     closed.wait().await;

@@ -76,9 +76,9 @@ async fn every_server_change_feed_shows_saves_made_through_another() {
         call(&c, &a, Method::PUT, &format!("{k}/session/data?save=normal"), Some(&t), Some(json!({"n": 1}))).await;
     call(&c, &a, Method::POST, &format!("{k}/session/release"), Some(&t), None).await;
 
-    let text = read_feed_until(&mut feed, &["save", "release"]).await;
-    let save = event_data(&text, "save");
-    assert_eq!(save, json!({"store": "profiles", "key": "fed", "revision": saved["revision"], "kind": "save"}));
+    let text = read_feed_until(&mut feed, &["saved", "released"]).await;
+    let save = event_data(&text, "saved");
+    assert_eq!(save, json!({"store": "profiles", "key": "fed", "revision": saved["revision"], "kind": "saved"}));
 }
 
 /// A process holding 1,000 keys, every one with an acknowledged save, is

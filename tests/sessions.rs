@@ -204,26 +204,34 @@ async fn a_newer_save_waits_for_the_write_on_the_wire_and_carries_the_newest_sta
 }
 
 #[actix_rt::test]
-async fn a_document_over_the_size_limit_is_refused_and_nothing_is_written() {
+async fn a_before_save_hook_that_grows_the_document_past_the_limit_fails_the_save_and_writes_nothing() {
     tokio::time::pause();
     let backend = Arc::new(MemoryBackend::new());
     let mut c = config(&backend, "a");
     c.max_document_bytes = 200;
     let ds = datastorer::Datastorer::start(c).await.unwrap();
-    let s = profiles(&ds).open("big").await.unwrap();
-    let before = backend.raw_get(&datastorer::storage::storage_key("profiles", "big")).unwrap();
-    s.update(|p| p.items = vec!["x".repeat(300)]).await.unwrap();
-    match s.save(Priority::Normal).await {
-        Err(Error::Serialize { message, key, .. }) => {
-            assert_eq!(key, "big");
-            assert!(message.contains("max_document_bytes"), "{message}");
+    let spec = datastorer::StoreSpec::new(template()).before_save(|p: &mut Profile| {
+        if p.coins == 7 {
+            p.items = vec!["x".repeat(300)];
         }
-        other => panic!("expected Serialize error, got {other:?}"),
+    });
+    let s = ds.store("profiles", spec).unwrap().open("big").await.unwrap();
+    let before = backend.raw_get(&datastorer::storage::storage_key("profiles", "big")).unwrap();
+    s.update(|p| p.coins = 7).await.unwrap();
+    match s.save(Priority::Normal).await {
+        Err(Error::DocumentTooLarge { key, limit, .. }) => assert_eq!((key.as_str(), limit), ("big", 200)),
+        other => panic!("expected DocumentTooLarge, got {other:?}"),
     }
     assert_eq!(backend.raw_get(&datastorer::storage::storage_key("profiles", "big")).unwrap(), before);
-    // Shrinking it again makes it savable; the session never closed.
-    s.update(|p| p.items.clear()).await.unwrap();
-    s.update(|p| p.coins = 1).await.unwrap();
+    let failures: std::collections::HashMap<_, _> = ds.save_failures().into_iter().collect();
+    assert_eq!(failures[&datastorer::SaveFailureReason::TooLarge], 1, "counted for /metrics");
+    // The session never closed: once the hook leaves the document alone, it saves.
+    s.update(|p| {
+        p.items.clear();
+        p.coins = 1;
+    })
+    .await
+    .unwrap();
     s.save(Priority::Normal).await.unwrap();
 }
 
@@ -316,4 +324,68 @@ async fn a_forced_delete_ends_the_local_session_at_once() {
     assert!(matches!(s.update(|p| p.coins = 6).await, Err(Error::SessionClosed { reason: CloseReason::Deleted, .. })));
     let report = ds.shutdown().await;
     assert!(report.is_clean(), "{report:?}");
+}
+
+#[actix_rt::test]
+async fn a_change_that_could_never_be_saved_is_refused_and_the_document_restored() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let mut c = config(&backend, "a");
+    c.max_document_bytes = 200;
+    let ds = Datastorer::start(c).await.unwrap();
+    let s = profiles(&ds).open("big").await.unwrap();
+    s.update(|p| p.coins = 3).await.unwrap();
+
+    let r = s.update(|p| p.items = vec!["x".repeat(300)]).await;
+    match r {
+        Err(Error::DocumentTooLarge { limit, key, .. }) => assert_eq!((limit, key.as_str()), (200, "big")),
+        other => panic!("expected DocumentTooLarge, got {other:?}"),
+    }
+    // The refused change is gone; the one before it is still there and saves.
+    let doc = s.get().await.unwrap();
+    assert_eq!((doc.coins, doc.items.len()), (3, 0));
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(stored_json(&backend, "profiles", "big")["coins"], 3);
+    assert!(ds.save_failures().iter().all(|(_, n)| *n == 0), "nothing failed to save");
+}
+
+#[actix_rt::test]
+async fn a_save_that_fails_before_reaching_storage_is_counted_by_reason() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let spec = datastorer::StoreSpec::new(template()).before_save(|p: &mut Profile| {
+        if p.coins == 13 {
+            panic!("unlucky");
+        }
+    });
+    let s = ds.store("hooked", spec).unwrap().open("k").await.unwrap();
+    s.update(|p| p.coins = 13).await.unwrap();
+    assert!(matches!(s.save(Priority::Normal).await, Err(Error::Panicked { .. })));
+    let failures: std::collections::HashMap<_, _> = ds.save_failures().into_iter().collect();
+    assert_eq!(failures[&datastorer::SaveFailureReason::BeforeSaveHook], 1);
+    // The change is still in memory, and saves once the hook lets it.
+    s.update(|p| p.coins = 14).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(stored_json(&backend, "hooked", "k")["coins"], 14);
+}
+
+#[actix_rt::test]
+async fn epochs_of_a_key_never_go_back_across_a_delete() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    for _ in 0..3 {
+        store.open("k").await.unwrap().release(Priority::Normal).await.unwrap();
+    }
+    let before = stored(&backend, "profiles", "k").unwrap().header.epoch;
+    assert_eq!(before, 3);
+    assert!(store.delete("k", false).await.unwrap());
+    let again = store.open("k").await.unwrap();
+    let after = again.lease().await.unwrap().epoch;
+    assert!(after > before, "a recreated record starts above the deleted one's epoch: {after} after {before}");
+    // Another key of the store created later starts above the floor too.
+    let other = store.open("fresh").await.unwrap();
+    assert!(other.lease().await.unwrap().epoch > before);
 }

@@ -146,3 +146,25 @@ async fn a_failing_key_does_not_take_the_others_down() {
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(stored_json(&backend, "profiles", "bad")["coins"], 1);
 }
+
+#[actix_rt::test]
+async fn a_waiting_open_that_completes_after_shutdown_began_gets_the_shutdown_answer() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let (a, b) = (node(&backend, "a").await, node(&backend, "b").await);
+    let held = profiles(&a).open("k").await.unwrap();
+    let store_b = profiles(&b);
+    let waiter = actix_rt::spawn(async move {
+        store_b.open("k").policy(datastorer::AcquirePolicy::Wait { timeout: Duration::from_secs(60) }).await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b2 = b.clone();
+    let shutdown = actix_rt::spawn(async move { b2.shutdown().await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    held.release(Priority::Normal).await.unwrap();
+    let opened = waiter.await.unwrap();
+    assert!(matches!(opened, Err(Error::ShuttingDown)), "{opened:?}");
+    shutdown.await.unwrap();
+    // The key was given back: no lease of b's is left behind.
+    assert!(stored(&backend, "profiles", "k").unwrap().lease.is_none());
+}

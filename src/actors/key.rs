@@ -33,7 +33,7 @@ use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::panic_message;
 use crate::session::{CloseReason, CloseSignal, LeaseInfo, SaveOutcome};
 use crate::storage::record::{LeaseRef, RecordRef};
-use crate::storage::{storage_key, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOutcome};
+use crate::storage::{storage_key, EndKind, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOutcome};
 use crate::store::{Document, StoreShared};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -211,7 +211,16 @@ impl<T: Document> KeyActor<T> {
             self.start_close(reason, priority, receipts, ctx);
             return;
         }
-        let fail = |receipts: Vec<ReceiptTx>, err: Error| {
+        // A write that fails before it reaches the queue is as much a failed
+        // save as one the backend refused: logged and counted the same way.
+        let (store_name, key_name, engine) = (self.store.name.clone(), self.key.clone(), self.store.engine.clone());
+        let write = kind.name();
+        let fail = move |receipts: Vec<ReceiptTx>, err: Error| {
+            engine.save_failures.count(crate::SaveFailureReason::of(&err));
+            warn!(
+                target: "datastorer::key", store = %store_name, key = %key_name, write,
+                reason = crate::SaveFailureReason::of(&err).as_str(), error = %err, "write failed before reaching storage; data kept in memory"
+            );
             for r in receipts {
                 let _ = r.send(Err(err.clone()));
             }
@@ -250,15 +259,13 @@ impl<T: Document> KeyActor<T> {
             }
         }
         let engine = self.store.engine.clone();
+        // Changes are checked when made; only a before-save hook can grow
+        // the document past the limit here.
         if bytes.len() > engine.config.max_document_bytes {
-            let err = Error::Serialize {
+            let err = Error::DocumentTooLarge {
                 store: self.store.name.to_string(),
                 key: self.key.to_string(),
-                message: format!(
-                    "document is {} bytes, more than max_document_bytes ({})",
-                    bytes.len(),
-                    engine.config.max_document_bytes
-                ),
+                limit: engine.config.max_document_bytes,
             };
             self.write_aborted(releasing);
             return fail(receipts, err);
@@ -396,7 +403,12 @@ impl<T: Document> KeyActor<T> {
                     target: "datastorer::key", store = %self.store.name, key = %self.key,
                     write = inf.kind.name(), revision, outcome = "durable", "write done"
                 );
-                self.publish(if closing { NoticeKind::Released { revision } } else { NoticeKind::Saved { revision } });
+                self.publish(match &inf.kind {
+                    WriteKind::Release(reason) | WriteKind::Close(reason) => {
+                        NoticeKind::Released { revision, how: EndKind::of(reason) }
+                    }
+                    WriteKind::Save | WriteKind::Renew => NoticeKind::Saved { revision },
+                });
                 // A closing write deregisters the key before its receipts
                 // resolve, so a caller that reopens at once gets a new actor.
                 if let WriteKind::Release(reason) | WriteKind::Close(reason) = &inf.kind {
@@ -415,6 +427,7 @@ impl<T: Document> KeyActor<T> {
                     ours = ?inf.header, stored = ?current, "fencing check failed: lease lost"
                 );
                 let err = Error::LeaseLost { store: self.store.name.to_string(), key: self.key.to_string() };
+                self.store.engine.save_failures.count(crate::SaveFailureReason::LeaseLost);
                 for r in inf.receipts {
                     let _ = r.send(Err(err.clone()));
                 }
@@ -422,9 +435,11 @@ impl<T: Document> KeyActor<T> {
                 return;
             }
             Err(err) => {
+                let reason = crate::SaveFailureReason::of(&err);
+                self.store.engine.save_failures.count(reason);
                 warn!(
                     target: "datastorer::key", store = %self.store.name, key = %self.key,
-                    write = inf.kind.name(), error = %err, "write failed; data kept in memory"
+                    write = inf.kind.name(), reason = reason.as_str(), error = %err, "write failed; data kept in memory"
                 );
                 for r in inf.receipts {
                     let _ = r.send(Err(err.clone()));
@@ -466,6 +481,14 @@ impl<T: Document> KeyActor<T> {
         self.store.remove(&self.key, &self.closed);
         self.closed.close(reason);
         ctx.stop();
+    }
+
+    /// Whether the close under way drops unsaved changes (a close, not a
+    /// release): a save asked for meanwhile cannot succeed.
+    fn dropping_changes(&self) -> bool {
+        let closes = |k: &WriteKind| matches!(k, WriteKind::Close(_));
+        self.in_flight.as_ref().is_some_and(|i| closes(&i.kind))
+            || self.pending.as_ref().is_some_and(|p| closes(&p.kind))
     }
 
     fn begin_closing(&mut self, kind: WriteKind, priority: Priority, receipt: ReceiptTx, ctx: &mut Context<Self>) {
@@ -603,7 +626,7 @@ impl<T: Document> KeyActor<T> {
                 let clear = self.clear_lease(header, Priority::Emergency);
                 return Box::pin(clear.into_actor(self).map(move |cleared, act, ctx| {
                     if let Ok(WriteOutcome::Applied) = cleared {
-                        act.publish(NoticeKind::Released { revision: header.revision + 1 });
+                        act.publish(NoticeKind::Released { revision: header.revision + 1, how: EndKind::Closed });
                     }
                     act.finish(reason, ctx);
                     Err(err)
@@ -664,15 +687,63 @@ impl<T: Document> KeyActor<T> {
                 expired_at_ms: doc.expires_at_ms,
             });
         }
-        // The copy restores the document if the closure panics half-way.
+        // The copy restores the document if the closure panics half-way, or
+        // if its result could never be saved.
         let before = doc.data.clone();
-        match catch_unwind(AssertUnwindSafe(|| f(&mut doc.data))) {
-            Ok(out) => Ok(out),
+        let out = match catch_unwind(AssertUnwindSafe(|| f(&mut doc.data))) {
+            Ok(out) => out,
             Err(p) => {
                 doc.data = before;
-                Err(self.panicked("update closure", &*p))
+                return Err(self.panicked("update closure", &*p));
+            }
+        };
+        // Checked here, at the change, not at the next save: a change that
+        // cannot be saved would otherwise sit in memory failing every
+        // autosave until the process exits and loses it.
+        let limit = self.store.engine.config.max_document_bytes;
+        match encoded_size_within(&doc.data, limit) {
+            Ok(()) => Ok(out),
+            Err(fault) => {
+                doc.data = before;
+                let (store, key) = (self.store.name.to_string(), self.key.to_string());
+                Err(match fault {
+                    SizeFault::TooLarge => Error::DocumentTooLarge { store, key, limit },
+                    SizeFault::Unserializable(message) => Error::Serialize { store, key, message },
+                })
             }
         }
+    }
+}
+
+enum SizeFault {
+    TooLarge,
+    Unserializable(String),
+}
+
+/// Whether `doc` encodes to at most `limit` bytes, without keeping the
+/// encoding (and stopping as soon as it passes the limit).
+fn encoded_size_within<T: serde::Serialize>(doc: &T, limit: usize) -> Result<(), SizeFault> {
+    struct Count {
+        n: usize,
+        limit: usize,
+    }
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.n += buf.len();
+            if self.n > self.limit {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count { n: 0, limit };
+    match serde_json::to_writer(&mut count, doc) {
+        Ok(()) => Ok(()),
+        Err(_) if count.n > limit => Err(SizeFault::TooLarge),
+        Err(e) => Err(SizeFault::Unserializable(e.to_string())),
     }
 }
 
@@ -760,7 +831,7 @@ impl<T: Document> Handler<Save> for KeyActor<T> {
         match &self.phase {
             Phase::Open => self.request_write(WriteKind::Save, msg.priority, vec![msg.receipt], ctx),
             // Updates are refused while a release runs, so its write covers this save.
-            Phase::Closing(r) if **r == CloseReason::Closed => {
+            Phase::Closing(_) if self.dropping_changes() => {
                 let _ = msg.receipt.send(Err(self.closed_error()));
             }
             Phase::Closing(_) => self.begin_closing(WriteKind::Save, msg.priority, msg.receipt, ctx),
@@ -783,7 +854,7 @@ impl<T: Document> Handler<Close> for KeyActor<T> {
     type Result = ();
 
     fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
-        self.begin_closing(WriteKind::Close(CloseReason::Closed), Priority::Normal, msg.receipt, ctx);
+        self.begin_closing(WriteKind::Close(msg.reason), Priority::Normal, msg.receipt, ctx);
     }
 }
 

@@ -264,6 +264,9 @@ impl Handler<Shutdown> for Supervisor {
             for task in act.tasks.drain(..) {
                 ctx.cancel_future(task);
             }
+            for e in &report.release.failed {
+                warn!(target: "datastorer::supervisor", error = %e, "not saved at shutdown: the change is lost with this process");
+            }
             info!(
                 target: "datastorer::supervisor",
                 released = report.release.released, failed = report.release.failed.len(),

@@ -84,6 +84,7 @@ pub(crate) struct Release {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Close {
+    pub reason: CloseReason,
     pub receipt: ReceiptTx,
 }
 

@@ -49,6 +49,40 @@ impl ApiError {
     }
 }
 
+/// A deserializer's message in the API's words: no Rust type names
+/// (`u64`, `struct OpenBody`), no framework prefixes, JSON quotes.
+pub fn humanize(message: &str) -> String {
+    let mut m = message.trim();
+    for prefix in ["Query deserialize error: ", "Path deserialize error: ", "Json deserialize error: "] {
+        m = m.strip_prefix(prefix).unwrap_or(m);
+    }
+    let mut out = m.replace('`', "\"");
+    for (rust, api) in [
+        ("expected u64", "expected a non-negative integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected usize", "expected a non-negative integer"),
+        ("expected i64", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a string", "expected a string"),
+        ("invalid digit found in string", "expected a non-negative integer"),
+        ("cannot parse integer from empty string", "expected a non-negative integer, got nothing"),
+        ("number too large to fit in target type", "the number is too large"),
+        ("provided string was not `true` or `false`", "expected true or false"),
+        ("provided string was not \"true\" or \"false\"", "expected true or false"),
+        ("invalid type: sequence", "invalid type: array"),
+        ("invalid type: map", "invalid type: object"),
+        ("invalid type: unit value", "invalid type: null"),
+    ] {
+        out = out.replace(rust, api);
+    }
+    // "expected struct OpenBody" and the like: the API only has objects.
+    while let Some(at) = out.find("struct ") {
+        let end = out[at + 7..].find(|c: char| !c.is_alphanumeric() && c != '_').map_or(out.len(), |e| at + 7 + e);
+        out.replace_range(at..end, "an object");
+    }
+    out
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
@@ -90,6 +124,10 @@ impl From<Error> for ApiError {
                 ApiError::conflict("session_closed", message).with(json!({ "reason": reason.to_string() }))
             }
             Error::InvalidName { .. } => ApiError::bad_request("invalid_name", message),
+            Error::DocumentTooLarge { limit, .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "document_too_large", message)
+                    .with(json!({ "max_document_bytes": limit }))
+            }
             Error::Serialize { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "document_rejected", message),
             Error::CorruptRecord { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "corrupt_record", message),
             Error::Migration { .. } | Error::Deserialize { .. } => {
@@ -105,6 +143,26 @@ impl From<Error> for ApiError {
             Error::Config(_) | Error::Open(_) | Error::Panicked { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::humanize;
+
+    #[test]
+    fn deserializer_messages_speak_the_api_language() {
+        for (rust, api) in [
+            ("invalid type: string \"x\", expected u64", "invalid type: string \"x\", expected a non-negative integer"),
+            ("invalid type: sequence, expected struct OpenBody", "invalid type: array, expected an object"),
+            (
+                "Query deserialize error: unknown field `sav`, expected `save`",
+                "unknown field \"sav\", expected \"save\"",
+            ),
+            ("Query deserialize error: invalid digit found in string", "expected a non-negative integer"),
+        ] {
+            assert_eq!(humanize(rust), api);
         }
     }
 }

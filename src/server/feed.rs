@@ -8,7 +8,7 @@ use futures_util::Stream;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
-use crate::storage::{Notice, NoticeKind};
+use crate::storage::{EndKind, Notice, NoticeKind};
 
 struct FeedState {
     notices: broadcast::Receiver<Notice>,
@@ -19,17 +19,25 @@ struct FeedState {
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+/// The SSE text of a notice; `None` for notices the feed does not show.
+/// Each end of a session has its own kind, so a client can tell a steal
+/// from a release.
 fn event(n: &Notice) -> Option<String> {
-    let (kind, revision) = match n.kind {
-        NoticeKind::Saved { revision } => ("save", Some(revision)),
-        NoticeKind::Released { revision } => ("release", Some(revision)),
-        NoticeKind::Deleted => ("delete", None),
-        NoticeKind::ReleaseRequested { .. } | NoticeKind::Stolen { .. } => return None,
-        // Events from other processes may have been lost (PostgreSQL's
-        // listener reconnected): clients re-read what they cache.
+    let (kind, revision) = match &n.kind {
+        NoticeKind::Saved { revision } => ("saved", Some(*revision)),
+        // A shutdown's release is a release; its reason rides along.
+        NoticeKind::Released { revision, how: EndKind::Shutdown } => ("released", Some(*revision)),
+        NoticeKind::Released { revision, how } => (how.as_str(), Some(*revision)),
+        // A steal in another process: its old holder writes nothing.
+        NoticeKind::Stolen { .. } => ("stolen", None),
+        NoticeKind::Deleted => ("deleted", None),
+        NoticeKind::ReleaseRequested { .. } => return None,
         NoticeKind::Resync => return Some("event: resync\ndata: {}\n\n".to_owned()),
     };
-    let data = json!({ "store": n.store, "key": n.key, "revision": revision, "kind": kind });
+    let mut data = json!({ "store": n.store, "key": n.key, "revision": revision, "kind": kind });
+    if let NoticeKind::Released { how: EndKind::Shutdown, .. } = n.kind {
+        data["reason"] = json!("shutdown");
+    }
     Some(format!("event: {kind}\ndata: {data}\n\n"))
 }
 

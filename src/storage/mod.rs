@@ -188,6 +188,59 @@ pub struct Notice {
     pub kind: NoticeKind,
 }
 
+/// How a session that cleared its lease ended, as change notices and
+/// feeds report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndKind {
+    /// Saved and released by its holder.
+    Released,
+    /// Closed by its holder without saving.
+    Closed,
+    /// Taken by another holder while live.
+    Stolen,
+    /// Saved and released because another holder asked for it.
+    ReleaseRequested,
+    /// Saved and released because its holder stopped renewing.
+    Expired,
+    /// Saved and released by a shutdown.
+    Shutdown,
+}
+
+impl EndKind {
+    /// The end a session's close reason reports.
+    pub fn of(reason: &crate::CloseReason) -> Self {
+        use crate::CloseReason as R;
+        match reason {
+            R::Released => EndKind::Released,
+            R::Stolen => EndKind::Stolen,
+            R::ReleaseRequested => EndKind::ReleaseRequested,
+            R::Expired => EndKind::Expired,
+            R::Shutdown => EndKind::Shutdown,
+            R::Closed | R::LeaseLost | R::Deleted | R::Error(_) => EndKind::Closed,
+        }
+    }
+
+    /// Its name in feeds and on the wire between processes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndKind::Released => "released",
+            EndKind::Closed => "closed",
+            EndKind::Stolen => "stolen",
+            EndKind::ReleaseRequested => "release_requested",
+            EndKind::Expired => "expired",
+            EndKind::Shutdown => "shutdown",
+        }
+    }
+
+    /// The kind named `name`; unknown names (a newer process) read as a release.
+    pub fn from_name(name: &str) -> Self {
+        [EndKind::Closed, EndKind::Stolen, EndKind::ReleaseRequested, EndKind::Expired, EndKind::Shutdown]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .unwrap_or(EndKind::Released)
+    }
+}
+
 /// What a [`Notice`] announces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoticeKind {
@@ -209,6 +262,8 @@ pub enum NoticeKind {
     Released {
         /// Revision of the record after the release.
         revision: u64,
+        /// Why the session ended.
+        how: EndKind,
     },
     /// A durable save (revision).
     Saved {

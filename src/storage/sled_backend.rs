@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
+use super::{Backend, Capabilities, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
 
 /// How long `open` waits for a directory lock that this process is releasing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -90,6 +90,13 @@ fn map_err(context: &str, e: sled::Error) -> StorageError {
     }
 }
 
+/// sled reports a directory locked by another process as an I/O error:
+/// `could not acquire lock` (ErrorKind::Other) or the raw EAGAIN/EWOULDBLOCK
+/// of `flock` (`Os { code: 11 }` on Linux).
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.to_string().contains("could not acquire lock") || e.kind() == std::io::ErrorKind::WouldBlock
+}
+
 impl SledBackend {
     /// Opens (or creates) the database in `path`. A database that sled cannot
     /// open (for example after a crash it cannot recover from) is reported
@@ -106,10 +113,17 @@ impl SledBackend {
             match sled::Config::new().path(&path).flush_every_ms(None).open() {
                 Ok(db) => break db,
                 // sled reports a held lock only as ErrorKind::Other with this text.
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-                {
+                Err(sled::Error::Io(e)) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                // Held by another process: say so in words, not as an
+                // `Os { code: 11 }` I/O error (which would read as transient).
+                Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                    return Err(StorageError::permanent(format!(
+                        "the data directory {} is in use by another process (a running `datastorer serve` or tool); \
+                         stop it first, or use another --data-dir",
+                        path.display()
+                    )));
                 }
                 Err(e) => {
                     return Err(map_err(&format!("cannot open sled database at {}", path.display()), e));
@@ -210,6 +224,12 @@ impl SledBackend {
 }
 
 impl Backend for SledBackend {
+    /// Blocking disk I/O with an explicit flush: the queue runs on its own
+    /// thread and overlaps the flush of one batch with applying the next.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { shared_across_processes: false, prefers_own_thread: true, durable_on_write: false }
+    }
+
     fn name(&self) -> &'static str {
         "sled"
     }

@@ -28,7 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use super::errors::{PgFailure, StartError};
 use super::Inner;
-use crate::storage::{Notice, NoticeBus, NoticeKind, NoticeTransport, StorageError};
+use crate::storage::{EndKind, Notice, NoticeBus, NoticeKind, NoticeTransport, StorageError};
 
 /// How often the outbox is polled where LISTEN/NOTIFY is unavailable.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -90,8 +90,14 @@ enum Wire {
     Rr { s: String, k: String, h: String, q: String },
     /// Stolen.
     St { s: String, k: String, h: String, b: String },
-    /// Released.
-    Rel { s: String, k: String, r: u64 },
+    /// Released; `w` is how the session ended (absent from older builds).
+    Rel {
+        s: String,
+        k: String,
+        r: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        w: Option<String>,
+    },
     /// Saved.
     Sav { s: String, k: String, r: u64 },
     /// Deleted.
@@ -112,7 +118,9 @@ fn to_wire(n: &Notice) -> Option<Wire> {
             Wire::Rr { s, k, h: holder.clone(), q: requester.clone() }
         }
         NoticeKind::Stolen { holder, by } => Wire::St { s, k, h: holder.clone(), b: by.clone() },
-        NoticeKind::Released { revision } => Wire::Rel { s, k, r: *revision },
+        NoticeKind::Released { revision, how } => {
+            Wire::Rel { s, k, r: *revision, w: (*how != EndKind::Released).then(|| how.as_str().to_owned()) }
+        }
         NoticeKind::Saved { revision } => Wire::Sav { s, k, r: *revision },
         NoticeKind::Deleted => Wire::Del { s, k },
         NoticeKind::Resync => return None,
@@ -123,7 +131,11 @@ fn from_wire(w: Wire) -> Notice {
     let (store, key, kind) = match w {
         Wire::Rr { s, k, h, q } => (s, k, NoticeKind::ReleaseRequested { holder: h, requester: q }),
         Wire::St { s, k, h, b } => (s, k, NoticeKind::Stolen { holder: h, by: b }),
-        Wire::Rel { s, k, r } => (s, k, NoticeKind::Released { revision: r }),
+        Wire::Rel { s, k, r, w } => (
+            s,
+            k,
+            NoticeKind::Released { revision: r, how: w.as_deref().map_or(EndKind::Released, EndKind::from_name) },
+        ),
         Wire::Sav { s, k, r } => (s, k, NoticeKind::Saved { revision: r }),
         Wire::Del { s, k } => (s, k, NoticeKind::Deleted),
     };
@@ -477,7 +489,8 @@ mod tests {
         let all = vec![
             n(NoticeKind::ReleaseRequested { holder: "a".into(), requester: "b".into() }),
             n(NoticeKind::Stolen { holder: "a".into(), by: "b".into() }),
-            n(NoticeKind::Released { revision: 7 }),
+            n(NoticeKind::Released { revision: 7, how: EndKind::Released }),
+            n(NoticeKind::Released { revision: 8, how: EndKind::Stolen }),
             n(NoticeKind::Saved { revision: u64::MAX }),
             n(NoticeKind::Deleted),
             n(NoticeKind::Resync),
@@ -486,7 +499,7 @@ mod tests {
         assert_eq!(payloads.len(), 1);
         let (origin, back) = decode(&payloads[0]).unwrap();
         assert_eq!(origin, "me");
-        assert_eq!(back, all[..5].to_vec(), "Resync never leaves the process");
+        assert_eq!(back, all[..6].to_vec(), "Resync never leaves the process");
     }
 
     #[test]

@@ -9,6 +9,9 @@ use tokio_postgres::Client;
 use super::errors::{from_pg, StartError};
 use super::PostgresConfig;
 
+/// One schema step's DDL, for a schema name.
+type Ddl = fn(&str) -> String;
+
 /// The schema version this build creates and understands.
 pub(super) const SCHEMA_VERSION: i32 = 2;
 
@@ -123,7 +126,7 @@ pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Sta
     };
     // Each step runs once, in order, inside this one transaction: a crash
     // midway leaves the schema at the version it started from.
-    let steps: [(i32, fn(&str) -> String); 2] = [(1, ddl_v1), (2, ddl_v2)];
+    let steps: [(i32, Ddl); 2] = [(1, ddl_v1), (2, ddl_v2)];
     for (version, ddl) in steps {
         if version > at {
             tx.batch_execute(&ddl(schema)).await.map_err(q)?;

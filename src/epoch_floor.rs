@@ -1,0 +1,91 @@
+//! The epoch floor of a store: the highest epoch any deleted record of the
+//! store reached. A record created afresh starts above it, so a key that is
+//! deleted and created again never reuses an epoch — a stale holder of the
+//! old record can never match the new one (on a shared database fencing
+//! compares epoch and revision, nothing else).
+//!
+//! Owns: the floor's storage key and encoding, raising it, reading it.
+//! Must not: delete or create records itself (`Store::delete` and the
+//! lease acquire do, calling in here first).
+//!
+//! The floor is one meta value per store (bounded, unlike a tombstone per
+//! deleted key), stored as a record whose header epoch is the floor, so
+//! every backend's header compare-and-swap guards raising it.
+
+use std::sync::Arc;
+
+use crate::engine::{queue_error, Engine};
+use crate::error::Error;
+use crate::messages::queue::{Operation, Reply};
+use crate::storage::{Precondition, Record, RecordHeader, WriteOutcome};
+use crate::Priority;
+
+/// The meta key of `store`'s floor (outside every store's `d\0` prefix).
+pub fn floor_key(store: &str) -> Vec<u8> {
+    let mut k = b"m\0epoch_floor\0".to_vec();
+    k.extend_from_slice(store.as_bytes());
+    k
+}
+
+fn encode(header: RecordHeader) -> Vec<u8> {
+    Record {
+        header,
+        data_version: 0,
+        data: b"null".to_vec(),
+        metadata: b"{}".to_vec(),
+        user_ids: Vec::new(),
+        lease: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
+    .encode()
+}
+
+/// The floor's header in stored bytes (`None`: unreadable, treated as no floor
+/// only by readers; raising refuses to overwrite it blindly).
+pub fn decode(bytes: &[u8]) -> Option<RecordHeader> {
+    RecordHeader::peek(bytes)
+}
+
+/// The floor of `store` (0 when no record of it was ever deleted).
+pub(crate) async fn read(engine: &Engine, store: &Arc<str>, key: &Arc<str>) -> Result<u64, Error> {
+    match engine.request(store, key, floor_key(store), Operation::Get, Priority::Normal).await {
+        Ok(Reply::Value(v)) => Ok(v.as_deref().and_then(decode).map_or(0, |h| h.epoch)),
+        Ok(_) => Err(Error::NotRunning),
+        Err(f) => Err(queue_error(store, key, f)),
+    }
+}
+
+/// Raises the floor of `store` to at least `epoch`, before the record that
+/// reached it is deleted (so a crash in between leaves the floor high,
+/// which is harmless, never low).
+pub(crate) async fn raise(engine: &Engine, store: &Arc<str>, key: &Arc<str>, epoch: u64) -> Result<(), Error> {
+    let fkey = floor_key(store);
+    // Concurrent deletes in other processes may race us; each round re-reads.
+    for _ in 0..16 {
+        let current = match engine.request(store, key, fkey.clone(), Operation::Get, Priority::Normal).await {
+            Ok(Reply::Value(v)) => v,
+            Ok(_) => return Err(Error::NotRunning),
+            Err(f) => return Err(queue_error(store, key, f)),
+        };
+        let header = current.as_deref().and_then(decode);
+        if header.is_some_and(|h| h.epoch >= epoch) {
+            return Ok(());
+        }
+        let (precondition, revision) = match (&current, header) {
+            (None, _) => (Precondition::Absent, 1),
+            (Some(_), Some(h)) => (Precondition::Header(h), h.revision + 1),
+            // Unreadable floor bytes: replacing them is the only way on,
+            // and a floor can only be raised by this, never lowered.
+            (Some(_), None) => (Precondition::Any, 1),
+        };
+        let op = Operation::Write { precondition, value: Some(encode(RecordHeader { epoch, revision })) };
+        match engine.request(store, key, fkey.clone(), op, Priority::Normal).await {
+            Ok(Reply::Written(WriteOutcome::Applied)) => return Ok(()),
+            Ok(Reply::Written(WriteOutcome::Conflict { .. })) => continue,
+            Ok(_) => return Err(Error::NotRunning),
+            Err(f) => return Err(queue_error(store, key, f)),
+        }
+    }
+    Err(Error::LeaseLost { store: store.to_string(), key: key.to_string() })
+}
