@@ -267,3 +267,39 @@ fn the_tools_refuse_two_places_at_once() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("name two places"));
 }
+
+/// Import checks every line by the server's rules (metadata an object, user
+/// ids non-empty printable strings, each key once) before writing anything.
+#[test]
+fn import_refuses_what_the_server_would_refuse_and_a_key_named_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let cases = [
+        (
+            "a key twice",
+            concat!(
+                r#"{"store":"profiles","key":"a","data":{"n":1}}"#,
+                "\n",
+                r#"{"store":"profiles","key":"a","data":{"n":2}}"#,
+                "\n"
+            ),
+            "also on line 1",
+        ),
+        (
+            "metadata not an object",
+            r#"{"store":"profiles","key":"m","data":{},"metadata":[1]}"#,
+            "metadata must be a JSON object",
+        ),
+        ("an empty user id", r#"{"store":"profiles","key":"u","data":{},"user_ids":[""]}"#, "user id"),
+    ];
+    for (what, input, expected) in cases {
+        let out = run(&["import"], &dir, Some(input));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: accepted");
+        assert!(err.contains(expected) && err.contains("nothing was imported"), "{what}: {err}");
+    }
+    let b = SledBackend::open(&dir).unwrap();
+    for key in ["a", "m", "u"] {
+        assert_eq!(b.get(&storage_key("profiles", key)).unwrap(), None, "nothing written for {key}");
+    }
+}

@@ -24,7 +24,7 @@ async fn a_whole_session_lifecycle() {
     assert_eq!(v["epoch"], 1);
     assert_eq!(v["user_ids"], json!(["42", "steam:7"]));
     let t = token_of(&v);
-    assert_eq!(t.len(), 32);
+    assert_eq!(t.len(), 48, "owner tag, boot and 128 random bits, in hex");
 
     let (st, v) =
         call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&t), Some(json!({"coins": 1, "bag": {"a": 1}})))
@@ -69,7 +69,10 @@ async fn a_whole_session_lifecycle() {
     let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
     assert!(view["lease"].is_null(), "released: {view}");
     let (st, v) = call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
-    assert_eq!((st, v["code"].clone()), (StatusCode::CONFLICT, json!("invalid_lease_token")));
+    assert_eq!(
+        (st, v["code"].clone(), v["reason"].clone()),
+        (StatusCode::GONE, json!("session_ended"), json!("released"))
+    );
 
     let (st, v) = call(&c, &s, Method::GET, "/v1/stores/profiles/keys?prefix=4&limit=10", None, None).await;
     assert_eq!((st, v["keys"].clone()), (StatusCode::OK, json!(["42"])));
@@ -165,7 +168,8 @@ async fn contention_between_two_clients_with_each_policy() {
     assert_eq!(a2["data"], json!({"coins": 2}));
     assert_eq!(a2["epoch"], 3);
     let (st, v) = call(&c, &s, Method::PUT, &format!("{k}/session/data"), Some(&tb), Some(json!({"coins": 666}))).await;
-    assert_eq!((st, v["code"].clone()), (StatusCode::CONFLICT, json!("invalid_lease_token")));
+    assert_eq!((st, v["code"].clone()), (StatusCode::GONE, json!("session_ended")));
+    assert_eq!((v["reason"].clone(), v["taken_over_by"].clone()), (json!("release_requested"), json!("server-a")));
 
     // steal: A's unsaved change is dropped; A's stale token is refused and
     // writes nothing.
@@ -179,7 +183,8 @@ async fn contention_between_two_clients_with_each_policy() {
         [(Method::PUT, "/session/data"), (Method::POST, "/session/save"), (Method::POST, "/session/release")]
     {
         let (st, v) = call(&c, &s, method, &format!("{k}{path}"), Some(&ta2), Some(json!({"coins": 999}))).await;
-        assert_eq!((st, v["code"].clone()), (StatusCode::CONFLICT, json!("invalid_lease_token")), "{path}");
+        assert_eq!((st, v["code"].clone()), (StatusCode::GONE, json!("session_ended")), "{path}");
+        assert_eq!((v["reason"].clone(), v["taken_over_by"].clone()), (json!("stolen"), json!("server-b")), "{path}");
     }
     let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
     assert_eq!(view["data"], json!({"coins": 2}));
@@ -364,12 +369,87 @@ async fn bad_input_gets_a_4xx_and_changes_nothing() {
             StatusCode::NOT_FOUND,
             "no_such_key",
         ),
+        (
+            "a key that is not UTF-8 once decoded (%FF%FE and %FE%FF would share a record)",
+            raw(Method::POST, "/v1/stores/profiles/keys/%FF%FE/session".into(), None, String::new(), None)
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+        ),
+        (
+            "a list prefix that is not UTF-8 once decoded",
+            raw(Method::GET, "/v1/stores/profiles/keys?prefix=%FE".into(), None, String::new(), None).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+        ),
+        (
+            "an array as the open body",
+            raw(Method::POST, format!("{k}/session"), Some("application/json"), r#"[null, [], "steal"]"#.into(), None)
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_request_body",
+        ),
+        (
+            "a wrong type in the open body",
+            raw(
+                Method::POST,
+                format!("{k}/session"),
+                Some("application/json"),
+                r#"{"timeout_ms":"soon"}"#.into(),
+                None,
+            )
+            .await
+            .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_request_body",
+        ),
+        (
+            "an unknown policy in the query",
+            raw(Method::POST, format!("{k}/session?policy=grab"), None, String::new(), None).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+        ),
+        (
+            "a policy in the query and another in the body",
+            raw(
+                Method::POST,
+                format!("{k}/session?policy=steal"),
+                Some("application/json"),
+                r#"{"policy":"fail"}"#.into(),
+                None,
+            )
+            .await
+            .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "conflicting_parameters",
+        ),
+        (
+            "a fractional user id",
+            raw(
+                Method::POST,
+                format!("{k}/session/user_ids"),
+                Some("application/json"),
+                r#"{"user_id":1.5}"#.into(),
+                Some(t.clone()),
+            )
+            .await
+            .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "bad_user_id",
+        ),
     ];
     for (what, resp, status, code) in cases {
         assert_eq!(resp.status(), status, "{what}");
         let body: Value = resp.json().await.unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
         assert_eq!(body["code"], code, "{what}: {body}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{what}");
+        // The API's language, not Rust's.
+        for internal in ["struct ", "u64", "deserialize error", "`", "OpenBody"] {
+            assert!(!message.contains(internal), "{what}: {internal:?} in {message:?}");
+        }
     }
     // The session survived all of it and the record is unchanged.
     let (_, after) = call(&c, &s, Method::GET, &k, None, None).await;
@@ -458,7 +538,27 @@ async fn api_keys_and_roles() {
         send(Method::GET, k.clone(), Some("admin-secret-0123456789")).await.unwrap().status(),
         StatusCode::NOT_FOUND
     );
-    assert!(!s.log().contains("secret-0123456789"), "secrets never reach the log");
+    // The scheme is case-insensitive (RFC 9110).
+    let r =
+        c.get(s.url(&format!("{k}x"))).header("Authorization", "bearer read-secret-0123456789").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "authenticated, then no such key");
+    // One access-log line per request: route template, status, key name, client.
+    let log = s.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("datastorer::access") && l.contains("/session/release"))
+        .unwrap_or_else(|| panic!("no access line for the release in {log}"));
+    for part in [
+        "method=POST",
+        "route=/v1/stores/{store}/keys/{key}/session/release",
+        "status=200",
+        "api_key=\"game\"",
+        "client=\"game\"",
+    ] {
+        assert!(line.contains(part), "{part} missing from {line}");
+    }
+    assert!(!line.contains(&token_of(&opened)), "no lease token in the access log");
+    assert!(!log.contains("secret-0123456789"), "secrets never reach the log");
     assert!(s.stop().success());
 }
 
@@ -493,6 +593,34 @@ fn without_api_keys_the_server_refuses_non_loopback_addresses_and_bad_config_nam
     assert!(!tmp.path().join("data").exists(), "nothing created on a refused start");
 }
 
+#[test]
+fn a_busy_port_or_a_data_directory_in_use_is_named_without_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(&tmp.path().join("first"), &[]);
+    let port = s.base.rsplit(':').next().unwrap().to_owned();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(tmp.path().join("other"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot listen on") && err.contains(&port), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("first").join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("in use by another process"), "{err}");
+    assert!(!err.contains("Os {") && !err.contains("panicked"), "{err}");
+    let out = Command::new(BIN).args(["serve", "--workers", "0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--workers / DATASTORER_WORKERS") && !err.contains("defaults"), "{err}");
+}
+
 #[tokio::test]
 async fn the_change_feed_announces_saves_and_releases() {
     let tmp = tempfile::tempdir().unwrap();
@@ -511,9 +639,9 @@ async fn the_change_feed_announces_saves_and_releases() {
     let (_, saved) = call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
     call(&c, &s, Method::POST, &format!("{k}/session/release"), Some(&t), None).await;
 
-    let text = read_feed_until(&mut feed, &["save", "release"]).await;
-    let save_line = event_data(&text, "save");
-    assert_eq!(save_line, json!({"store": "profiles", "key": "fed", "revision": saved["revision"], "kind": "save"}));
+    let text = read_feed_until(&mut feed, &["saved", "released"]).await;
+    let save_line = event_data(&text, "saved");
+    assert_eq!(save_line, json!({"store": "profiles", "key": "fed", "revision": saved["revision"], "kind": "saved"}));
     drop(feed);
     assert!(s.stop().success());
 }
@@ -577,7 +705,7 @@ async fn a_vanished_client_loses_its_session_and_its_last_state_is_saved() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (st, v) = call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
-    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert_eq!((st, v["reason"].clone()), (StatusCode::GONE, json!("expired")), "{v}");
     let (st, v) = open(&c, &s, "profiles", "ghost", json!({"policy": "fail"})).await;
     assert_eq!((st, v["epoch"].clone()), (StatusCode::OK, json!(2)));
     assert!(s.stop().success());
@@ -710,4 +838,36 @@ async fn the_binary_opts_out_of_transparent_huge_pages_unless_allowed() {
     assert_eq!(off, "0", "THP stays enabled by default");
     let allowed = Server::start_with_env(&tmp.path().join("b"), &[], &[("DATASTORER_ALLOW_THP", "1")]);
     assert_eq!(thp_line(allowed.pid()).as_deref(), Some("1"), "DATASTORER_ALLOW_THP=1 keeps THP");
+}
+
+#[tokio::test]
+async fn every_metric_has_help_and_type_and_requests_are_counted_by_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let (_, v) = open(&c, &s, "profiles", "m", json!({})).await;
+    let k = key_url("profiles", "m");
+    call(&c, &s, Method::PATCH, &format!("{k}/session/data"), Some(&token_of(&v)), Some(json!({"n": 1}))).await;
+    let text = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let families: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .map(|name| ["_bucket", "_sum", "_count"].iter().fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n)))
+        .collect();
+    for family in &families {
+        assert!(text.contains(&format!("# HELP {family} ")), "no HELP for {family}");
+        assert!(text.contains(&format!("# TYPE {family} ")), "no TYPE for {family}");
+    }
+    for needed in
+        ["datastorer_save_failures_total", "datastorer_client_lease_lapses_total", "datastorer_http_requests_total"]
+    {
+        assert!(families.contains(needed), "{needed} missing");
+    }
+    let route = r#"datastorer_http_requests_total{route="/v1/stores/{store}/keys/{key}/session/data",method="PATCH",status="200"} 1"#;
+    assert!(text.contains(route), "{text}");
+    assert!(text
+        .contains(r#"datastorer_http_request_duration_seconds_count{route="/v1/stores/{store}/keys/{key}/session"}"#));
+    assert!(!text.contains("keys/m/"), "raw paths never become labels");
+    assert!(s.stop().success());
 }

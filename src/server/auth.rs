@@ -75,7 +75,7 @@ pub fn authorize(req: &HttpRequest, keys: &[ApiKey], required: Role) -> Result<I
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .ok_or_else(|| {
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "send Authorization: Bearer <api key>")
         })?;
@@ -96,7 +96,35 @@ pub fn authorize(req: &HttpRequest, keys: &[ApiKey], required: Role) -> Result<I
     Ok(Identity { name: key.name.clone(), role: key.role })
 }
 
+/// The token of an `Authorization: Bearer …` value. The scheme is
+/// case-insensitive (RFC 9110 §11.1) and may be followed by any run of spaces.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    let token = rest.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Constant-time comparison for lease tokens too.
 pub fn tokens_equal(a: &str, b: &str) -> bool {
     constant_time_eq(a.as_bytes(), b.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for (value, token) in [
+            ("Bearer abc", Some("abc")),
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc", Some("abc")),
+            ("Basic abc", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerabc", None),
+        ] {
+            assert_eq!(bearer_token(value), token, "{value:?}");
+        }
+    }
 }

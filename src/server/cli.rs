@@ -231,6 +231,10 @@ struct ServeArgs {
     /// Answer 404 for stores the config does not declare.
     #[arg(long, env = "DATASTORER_STRICT_STORES")]
     strict_stores: Option<bool>,
+    /// Log one line per request at info (method, route, status, duration, API key name, client id;
+    /// never a secret or token). Default true.
+    #[arg(long, env = "DATASTORER_ACCESS_LOG")]
+    access_log: Option<bool>,
     /// Engine autosave interval, seconds (default 30).
     #[arg(long, env = "DATASTORER_AUTOSAVE_INTERVAL_SECS")]
     autosave_interval_secs: Option<u64>,
@@ -306,6 +310,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         advertise_url: args.advertise_url,
         owner_id: args.owner_id,
         strict_stores: args.strict_stores,
+        access_log: args.access_log,
         autosave_interval_secs: args.autosave_interval_secs,
         lease_ttl_secs: args.lease_ttl_secs,
         client_lease_ttl_secs: args.client_lease_ttl_secs,
@@ -321,8 +326,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if report.is_clean() {
         Ok(())
     } else {
+        let failed: String = report.release.failed.iter().map(|e| format!("\n  not saved: {e}")).collect();
         Err(format!(
-            "shutdown incomplete: {} keys released, {} failed, {} timed out, queue drained: {}, flush error: {:?}",
+            "shutdown incomplete: {} keys released, {} failed, {} timed out, queue drained: {}, flush error: {:?}{failed}",
             report.release.released,
             report.release.failed.len(),
             report.release.timed_out,
@@ -351,10 +357,7 @@ fn open_existing(dir: &Path) -> Result<SledBackend, String> {
     if !dir.is_dir() {
         return Err(format!("no data directory at {}", dir.display()));
     }
-    SledBackend::open(dir).map_err(|e| {
-        let hint = if e.message.contains("lock") { " (is a server running on it? stop it first)" } else { "" };
-        format!("{}{hint}", e.message)
-    })
+    SledBackend::open(dir).map_err(|e| e.message)
 }
 
 /// Every (storage key, value) under `prefix`, page by page.
@@ -529,6 +532,9 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
     // Validate everything before writing anything.
     let mut lines = Vec::new();
     let mut problems = Vec::new();
+    // A key twice would be written twice (the second write conflicting
+    // with the first halfway through): refused up front like any bad line.
+    let mut seen: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
     for (i, text) in reader.lines().enumerate() {
         let n = i + 1;
         let text = text.map_err(|e| format!("cannot read line {n}: {e}"))?;
@@ -541,6 +547,12 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
                     problems.push(format!("line {n}: {e}"));
                 } else if let Err(e) = crate::store::validate_key(&line.key) {
                     problems.push(format!("line {n}: {e}"));
+                } else if let Err(e) = super::validate::metadata(&line.metadata) {
+                    problems.push(format!("line {n}: {e}"));
+                } else if let Some(e) = line.user_ids.iter().find_map(|u| super::validate::user_id_text(u).err()) {
+                    problems.push(format!("line {n}: {e}"));
+                } else if let Some(first) = seen.insert((line.store.clone(), line.key.clone()), n) {
+                    problems.push(format!("line {n}: {}/{} is also on line {first}", line.store, line.key));
                 } else {
                     lines.push((n, line));
                 }
@@ -591,14 +603,24 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
         }
         return Err(format!("{} problem(s); nothing was imported", problems.len()));
     }
+    // A key created afresh starts above its store's epoch floor (the
+    // highest epoch a deleted record of the store reached).
+    let mut floors: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for (_, line) in &lines {
+        if !floors.contains_key(line.store.as_str()) {
+            let raw = backend.get(&crate::epoch_floor::floor_key(&line.store)).map_err(|e| e.to_string())?;
+            floors.insert(&line.store, raw.as_deref().and_then(crate::epoch_floor::decode).map_or(0, |h| h.epoch));
+        }
+    }
     let mut progress = Progress::new("import", lines.len());
     let ops = lines.iter().zip(current).map(|((_, line), header)| -> Result<WriteOp, String> {
+        let floor = floors.get(line.store.as_str()).copied().unwrap_or(0);
         let data = serde_json::to_vec(&line.data).map_err(|e| e.to_string())?;
         let metadata = serde_json::to_vec(&line.metadata).map_err(|e| e.to_string())?;
         let record = Record {
             // A higher epoch fences off any holder of the old record.
             header: RecordHeader {
-                epoch: header.map_or(0, |h| h.epoch) + 1,
+                epoch: header.map_or(floor, |h| h.epoch) + 1,
                 revision: header.map_or(0, |h| h.revision) + 1,
             },
             data_version: line.data_version,

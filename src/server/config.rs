@@ -62,6 +62,7 @@ struct FileConfig {
     advertise_url: Option<String>,
     owner_id: Option<String>,
     strict_stores: Option<bool>,
+    access_log: Option<bool>,
     autosave_interval_secs: Option<u64>,
     lease_ttl_secs: Option<u64>,
     client_lease_ttl_secs: Option<u64>,
@@ -109,6 +110,8 @@ pub struct Overrides {
     pub owner_id: Option<String>,
     /// `--strict-stores` / `DATASTORER_STRICT_STORES`
     pub strict_stores: Option<bool>,
+    /// `--access-log` / `DATASTORER_ACCESS_LOG`
+    pub access_log: Option<bool>,
     /// `--autosave-interval-secs`
     pub autosave_interval_secs: Option<u64>,
     /// `--lease-ttl-secs`
@@ -145,6 +148,8 @@ pub struct ServerConfig {
     pub api_keys: Vec<ApiKey>,
     /// Undeclared stores are 404 instead of created on first use.
     pub strict_stores: bool,
+    /// One info line per request (target `datastorer::access`).
+    pub access_log: bool,
     /// Declared stores.
     pub stores: BTreeMap<String, StoreDecl>,
     /// Engine autosave interval.
@@ -189,46 +194,85 @@ impl ServerConfig {
             Some(path) => (read_file(path)?, path.display().to_string()),
             None => (FileConfig::default(), "defaults".to_owned()),
         };
-        let err = |field: &str, what: String| ConfigError(format!("{source}: field `{field}`: {what}"));
-        let flag_err = |flag: &str, what: String| ConfigError(format!("flag/env `{flag}`: {what}"));
+        // Names where a bad value came from: the flag and its environment
+        // variable when one was given, else the file's field, else the default.
+        let from = |field: &str, flag_given: bool| -> String {
+            if flag_given {
+                format!("--{} / DATASTORER_{}", field.replace('_', "-"), field.to_ascii_uppercase())
+            } else if o.config.is_some() {
+                format!("{source}: field `{field}`")
+            } else {
+                format!("default `{field}`")
+            }
+        };
+        let err_at =
+            |field: &str, flag_given: bool, what: String| ConfigError(format!("{}: {what}", from(field, flag_given)));
+        let err = |field: &str, what: String| err_at(field, false, what);
+        let flag_err = |flag: &str, what: String| ConfigError(format!("{flag}: {what}"));
 
         let listen_text = o.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:7070".into());
-        let listen: SocketAddr = listen_text
-            .parse()
-            .map_err(|e| err("listen", format!("{listen_text:?} is not an address like 127.0.0.1:7070 ({e})")))?;
+        let listen: SocketAddr = listen_text.parse().map_err(|e| {
+            err_at("listen", o.listen.is_some(), format!("{listen_text:?} is not an address like 127.0.0.1:7070 ({e})"))
+        })?;
 
         let mut api_keys = file.api_keys.unwrap_or_default();
+        let from_file = api_keys.len();
         for flag in &o.api_keys {
-            api_keys.push(parse_api_key_flag(flag).map_err(|e| flag_err("--api-key", e))?);
+            api_keys.push(parse_api_key_flag(flag).map_err(|e| flag_err("--api-key / DATASTORER_API_KEYS", e))?);
         }
         for (i, k) in api_keys.iter().enumerate() {
+            // Keys after the file's come from --api-key / DATASTORER_API_KEYS.
+            let at = |part: &str| {
+                if i >= from_file {
+                    format!("--api-key / DATASTORER_API_KEYS (key {} of the flags)", i - from_file + 1)
+                } else {
+                    from(&format!("api_keys[{i}].{part}"), false)
+                }
+            };
             if k.name.is_empty() {
-                return Err(err(&format!("api_keys[{i}].name"), "must not be empty".into()));
+                return Err(ConfigError(format!("{}: the name must not be empty", at("name"))));
             }
             if k.key.len() < MIN_KEY_LEN {
-                return Err(err(
-                    &format!("api_keys[{i}].key"),
-                    format!("key {:?} is shorter than {MIN_KEY_LEN} characters", k.name),
-                ));
+                return Err(ConfigError(format!(
+                    "{}: the secret of API key {:?} is {} characters; at least {MIN_KEY_LEN} are needed",
+                    at("key"),
+                    k.name,
+                    k.key.len()
+                )));
             }
             if api_keys[..i].iter().any(|other| other.key == k.key) {
-                return Err(err(&format!("api_keys[{i}].key"), "the same secret is configured twice".into()));
+                return Err(ConfigError(format!("{}: the same secret is configured twice", at("key"))));
+            }
+            if api_keys[..i].iter().any(|other| other.name == k.name) {
+                return Err(ConfigError(format!(
+                    "{}: two API keys are named {:?}; names appear in logs and must tell keys apart",
+                    at("name"),
+                    k.name
+                )));
             }
         }
         if api_keys.is_empty() && !listen.ip().is_loopback() {
-            return Err(err(
+            return Err(err_at(
                 "listen",
+                o.listen.is_some(),
                 format!("{listen} is not a loopback address; without api_keys the server only binds 127.0.0.1 or ::1"),
             ));
         }
 
         let owner_id = o.owner_id.clone().or(file.owner_id);
-        if owner_id.as_ref().is_some_and(|o| o.is_empty() || o.len() > 128) {
-            return Err(err("owner_id", "must be 1 to 128 bytes".into()));
+        if owner_id.as_ref().is_some_and(|o| o.is_empty() || o.len() > 128 || o.chars().any(char::is_control)) {
+            return Err(err_at(
+                "owner_id",
+                o.owner_id.is_some(),
+                "must be 1 to 128 bytes of printable characters".into(),
+            ));
         }
         let stores = file.stores.unwrap_or_default();
         for (name, decl) in &stores {
             crate::store::validate_store_name(name).map_err(|e| err(&format!("stores.{name}"), e.to_string()))?;
+            super::validate::template(&decl.template).map_err(|e| err(&format!("stores.{name}.template"), e))?;
+            super::validate::metadata(&decl.metadata_template)
+                .map_err(|e| err(&format!("stores.{name}.metadata_template"), e))?;
             for (i, step) in decl.migrations.iter().enumerate() {
                 step.validate().map_err(|e| err(&format!("stores.{name}.migrations[{i}]"), e))?;
             }
@@ -240,18 +284,19 @@ impl ServerConfig {
         let lease_ttl = secs(o.lease_ttl_secs, file.lease_ttl_secs, 90);
         let client_lease_ttl = secs(o.client_lease_ttl_secs, file.client_lease_ttl_secs, 60);
         let shutdown_deadline = secs(o.shutdown_deadline_secs, file.shutdown_deadline_secs, 25);
-        for (field, d) in [
-            ("autosave_interval_secs", autosave_interval),
-            ("client_lease_ttl_secs", client_lease_ttl),
-            ("shutdown_deadline_secs", shutdown_deadline),
+        for (field, d, given) in [
+            ("autosave_interval_secs", autosave_interval, o.autosave_interval_secs.is_some()),
+            ("client_lease_ttl_secs", client_lease_ttl, o.client_lease_ttl_secs.is_some()),
+            ("shutdown_deadline_secs", shutdown_deadline, o.shutdown_deadline_secs.is_some()),
         ] {
             if d.is_zero() {
-                return Err(err(field, "must be at least 1".into()));
+                return Err(err_at(field, given, "must be at least 1".into()));
             }
         }
         if lease_ttl < autosave_interval * 2 {
-            return Err(err(
+            return Err(err_at(
                 "lease_ttl_secs",
+                o.lease_ttl_secs.is_some() || o.autosave_interval_secs.is_some(),
                 format!(
                     "{}s must be at least twice autosave_interval_secs ({}s)",
                     lease_ttl.as_secs(),
@@ -262,14 +307,14 @@ impl ServerConfig {
         let max_wait = secs(o.max_wait_secs, file.max_wait_secs, 300);
         let max_body_bytes = o.max_body_bytes.or(file.max_body_bytes).unwrap_or(4 * 1024 * 1024);
         if max_body_bytes == 0 {
-            return Err(err("max_body_bytes", "must be greater than zero".into()));
+            return Err(err_at("max_body_bytes", o.max_body_bytes.is_some(), "must be greater than zero".into()));
         }
         let workers = o
             .workers
             .or(file.workers)
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8));
         if workers == 0 || workers > 256 {
-            return Err(err("workers", format!("{workers} is outside 1..=256")));
+            return Err(err_at("workers", o.workers.is_some(), format!("{workers} is outside 1..=256")));
         }
         let b = file.budgets.unwrap_or_default();
         let budgets = Budgets { get: budget(b.get), write: budget(b.write), scan: budget(b.scan) };
@@ -285,7 +330,7 @@ impl ServerConfig {
         let storage = match database_url {
             None => {
                 for (field, set) in [
-                    ("postgres_schema", o.postgres_schema.is_some() || file.postgres_schema.is_some()),
+                    ("postgres_schema", file.postgres_schema.is_some()),
                     ("postgres_tls", file.postgres_tls.is_some()),
                     ("postgres_root_cert", file.postgres_root_cert.is_some()),
                     ("postgres_allow_plaintext", file.postgres_allow_plaintext.is_some()),
@@ -294,12 +339,16 @@ impl ServerConfig {
                         return Err(err(field, "applies only with database_url".into()));
                     }
                 }
+                if o.postgres_schema.is_some() {
+                    return Err(err_at("postgres_schema", true, "applies only with --database-url".into()));
+                }
                 Storage::Sled(data_dir.unwrap_or_else(|| PathBuf::from("./data")))
             }
             Some(url) => {
                 if let Some(dir) = data_dir {
-                    return Err(err(
+                    return Err(err_at(
                         "data_dir",
+                        o.data_dir.is_some(),
                         format!(
                             "{} is set together with database_url: records live in one place; \
                              drop one of them (copy a sled directory with `datastorer copy-sled-to-postgres`)",
@@ -318,14 +367,18 @@ impl ServerConfig {
                 pg.root_cert_path = file.postgres_root_cert;
                 pg.allow_plaintext = file.postgres_allow_plaintext.unwrap_or(false);
                 pg.advertise_url = o.advertise_url.clone().or(file.advertise_url.clone());
-                pg.validate().map_err(|e| err("database_url", e))?;
+                pg.validate().map_err(|e| err_at("database_url", o.database_url.is_some(), e))?;
                 Storage::Postgres(pg)
             }
         };
         let advertise_url = o.advertise_url.clone().or(file.advertise_url);
         if let Some(u) = &advertise_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 512 {
-                return Err(err("advertise_url", format!("{u:?} is not an http(s) URL of at most 512 bytes")));
+                return Err(err_at(
+                    "advertise_url",
+                    o.advertise_url.is_some(),
+                    format!("{u:?} is not an http(s) URL of at most 512 bytes"),
+                ));
             }
         }
         Ok(ServerConfig {
@@ -335,6 +388,7 @@ impl ServerConfig {
             owner_id,
             api_keys,
             strict_stores: o.strict_stores.or(file.strict_stores).unwrap_or(false),
+            access_log: o.access_log.or(file.access_log).unwrap_or(true),
             stores,
             autosave_interval,
             lease_ttl,
@@ -362,4 +416,64 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("{}: cannot read the config file: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.to_string().trim_end())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(o: &Overrides) -> String {
+        ServerConfig::load(o).expect_err("refused").0
+    }
+
+    fn with_file(text: &str) -> (tempfile::TempDir, Overrides) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("datastorer.toml");
+        std::fs::write(&path, text).expect("write config");
+        (dir, Overrides { config: Some(path), ..Overrides::default() })
+    }
+
+    #[test]
+    fn a_bad_flag_is_named_as_the_flag_and_its_variable() {
+        let o = Overrides { workers: Some(0), ..Overrides::default() };
+        let m = refused(&o);
+        assert!(m.starts_with("--workers / DATASTORER_WORKERS: "), "{m}");
+        assert!(!m.contains("defaults"), "{m}");
+        let o = Overrides { listen: Some("nowhere".into()), ..Overrides::default() };
+        assert!(refused(&o).starts_with("--listen / DATASTORER_LISTEN: "));
+        // A flag wins over the file, and is named even when a file is given.
+        let (_dir, mut o) = with_file("workers = 2\n");
+        o.max_body_bytes = Some(0);
+        assert!(refused(&o).starts_with("--max-body-bytes / DATASTORER_MAX_BODY_BYTES: "));
+    }
+
+    #[test]
+    fn a_bad_file_field_is_named_with_the_file() {
+        let (_dir, o) = with_file("workers = 0\n");
+        let m = refused(&o);
+        assert!(m.contains("datastorer.toml: field `workers`"), "{m}");
+    }
+
+    #[test]
+    fn api_key_names_are_unique_and_the_short_key_message_shows_no_secret() {
+        let keys = |list: &[&str]| Overrides {
+            api_keys: list.iter().map(|s| s.to_string()).collect(),
+            ..Overrides::default()
+        };
+        let m = refused(&keys(&["game:write:aaaaaaaaaaaaaaaaaaaa", "game:read:bbbbbbbbbbbbbbbbbbbb"]));
+        assert!(m.contains("two API keys are named \"game\""), "{m}");
+        let m = refused(&keys(&["game:write:short-secret"]));
+        assert!(m.contains("the secret of API key \"game\" is 12 characters"), "{m}");
+        assert!(!m.contains("short-secret"), "the secret never appears in a message: {m}");
+    }
+
+    #[test]
+    fn templates_and_metadata_templates_are_objects() {
+        let (_dir, o) = with_file("[stores.p]\ntemplate = 5\n");
+        assert!(refused(&o).contains("stores.p.template"));
+        let (_dir, o) = with_file("[stores.p]\nmetadata_template = [1]\n");
+        assert!(refused(&o).contains("stores.p.metadata_template"));
+        let (_dir, o) = with_file("[stores.p]\ntemplate = { coins = 0 }\n");
+        assert!(ServerConfig::load(&o).is_ok());
+    }
 }

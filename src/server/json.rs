@@ -39,7 +39,8 @@ pub enum MigrationStep {
         /// Value for records that lack it.
         default: Value,
     },
-    /// Rename a top-level field (no-op if `from` is missing).
+    /// Rename a top-level field (no-op if `from` is missing; a record that
+    /// has both `from` and `to` is refused, never overwritten).
     Rename {
         /// Old name.
         from: String,
@@ -104,6 +105,14 @@ impl MigrationStep {
                             map.entry(field.clone()).or_insert_with(|| default.clone());
                         }
                         MigrationStep::Rename { from, to } => {
+                            // Both present: renaming would silently drop one
+                            // of them. The record is refused and kept as it is.
+                            if map.contains_key(from) && map.contains_key(to) {
+                                return Err(format!(
+                                    "rename {from} -> {to}: the document has both fields; \
+                                     renaming would overwrite {to:?} (the record is left untouched)"
+                                ));
+                            }
                             if let Some(v) = map.remove(from) {
                                 map.insert(to.clone(), v);
                             }
@@ -148,5 +157,15 @@ mod tests {
             merge_patch(&mut target, &patch);
             assert_eq!(target, expected, "patch {patch}");
         }
+    }
+
+    #[test]
+    fn a_rename_onto_an_existing_field_is_refused_not_overwritten() {
+        let step = MigrationStep::Rename { from: "gold".into(), to: "coins".into() }.to_migration();
+        let both = json!({"gold": 1, "coins": 2});
+        let refused = step.apply(both).expect_err("both fields present");
+        assert!(refused.contains("overwrite"), "{refused}");
+        assert_eq!(step.apply(json!({"gold": 1})).unwrap(), json!({"coins": 1}));
+        assert_eq!(step.apply(json!({"coins": 2})).unwrap(), json!({"coins": 2}));
     }
 }

@@ -1,6 +1,7 @@
 //! Prometheus text exposition, rendered by hand from a few atomics: queue
 //! depth per lane, budget left, save latency histogram, lease waits, errors
-//! by kind, loaded keys.
+//! by kind, loaded keys, failed saves by reason, client lease lapses, and
+//! HTTP requests by route template and status with a latency histogram.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -12,9 +13,21 @@ use crate::{BudgetLevels, QueueDepth};
 
 const BUCKETS_MS: [f64; 12] = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
 
+/// One route's request latencies.
+#[derive(Default)]
+struct RouteLatency {
+    buckets: [u64; 13],
+    sum_us: u64,
+    count: u64,
+}
+
 /// Counters kept by the server.
 #[derive(Default)]
 pub struct Metrics {
+    /// Requests by (route template, method, status).
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// Latency by route template.
+    latency: Mutex<BTreeMap<String, RouteLatency>>,
     save_buckets: [AtomicU64; 13],
     save_sum_us: AtomicU64,
     save_count: AtomicU64,
@@ -33,13 +46,53 @@ pub struct Gauges {
     pub loaded_keys: usize,
     /// Client sessions open.
     pub client_sessions: usize,
+    /// Client sessions that ended because their client stopped renewing.
+    pub client_lease_lapses: u64,
+    /// Failed saves by reason, from the engine.
+    pub save_failures: Vec<(crate::SaveFailureReason, u64)>,
+}
+
+fn bucket_of(ms: f64) -> usize {
+    BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(BUCKETS_MS.len())
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, buckets: &[u64; 13], sum_us: u64, count: u64) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (i, b) in BUCKETS_MS.iter().enumerate() {
+        cumulative += buckets[i];
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{}\"}} {cumulative}", b / 1000.0);
+    }
+    cumulative += buckets[BUCKETS_MS.len()];
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
+    let braces = |l: &str| if l.is_empty() { String::new() } else { format!("{{{l}}}") };
+    let _ = writeln!(out, "{name}_sum{} {}", braces(labels), sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count{} {count}", braces(labels));
 }
 
 impl Metrics {
+    /// One answered request: `route` is the matched route template
+    /// (`/v1/stores/{store}/keys/{key}/session/data`), never the raw path,
+    /// so the label set stays bounded.
+    pub fn observe_request(&self, route: String, method: &str, status: u16, took: Duration) {
+        let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let l = latency.entry(route.clone()).or_default();
+        l.buckets[bucket_of(took.as_secs_f64() * 1000.0)] += 1;
+        l.sum_us += took.as_micros() as u64;
+        l.count += 1;
+        drop(latency);
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((route, method.to_owned(), status))
+            .or_default() += 1;
+    }
+
     /// Records one durable save's latency.
     pub fn observe_save(&self, took: Duration) {
         let ms = took.as_secs_f64() * 1000.0;
-        let i = BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(BUCKETS_MS.len());
+        let i = bucket_of(ms);
         self.save_buckets[i].fetch_add(1, Ordering::Relaxed);
         self.save_sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         self.save_count.fetch_add(1, Ordering::Relaxed);
@@ -94,6 +147,10 @@ impl Metrics {
         let _ = writeln!(out, "# HELP datastorer_lease_waits_total Session opens that waited for another holder.");
         let _ = writeln!(out, "# TYPE datastorer_lease_waits_total counter");
         let _ = writeln!(out, "datastorer_lease_waits_total {}", self.lease_waits.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP datastorer_lease_wait_seconds_total Time session opens spent waiting for another holder."
+        );
         let _ = writeln!(out, "# TYPE datastorer_lease_wait_seconds_total counter");
         let _ = writeln!(
             out,
@@ -108,8 +165,43 @@ impl Metrics {
         let _ = writeln!(out, "# HELP datastorer_loaded_keys Keys loaded in the engine.");
         let _ = writeln!(out, "# TYPE datastorer_loaded_keys gauge");
         let _ = writeln!(out, "datastorer_loaded_keys {}", g.loaded_keys);
+        let _ = writeln!(out, "# HELP datastorer_client_sessions Open client sessions (HTTP lease tokens).");
         let _ = writeln!(out, "# TYPE datastorer_client_sessions gauge");
         let _ = writeln!(out, "datastorer_client_sessions {}", g.client_sessions);
+        let _ = writeln!(
+            out,
+            "# HELP datastorer_client_lease_lapses_total Client sessions saved and ended because their client stopped renewing."
+        );
+        let _ = writeln!(out, "# TYPE datastorer_client_lease_lapses_total counter");
+        let _ = writeln!(out, "datastorer_client_lease_lapses_total {}", g.client_lease_lapses);
+        let _ = writeln!(
+            out,
+            "# HELP datastorer_save_failures_total Saves and releases that failed, by reason (each also logged at warn)."
+        );
+        let _ = writeln!(out, "# TYPE datastorer_save_failures_total counter");
+        for (reason, n) in &g.save_failures {
+            let _ = writeln!(out, "datastorer_save_failures_total{{reason=\"{}\"}} {n}", reason.as_str());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP datastorer_http_requests_total HTTP requests answered, by route template, method and status."
+        );
+        let _ = writeln!(out, "# TYPE datastorer_http_requests_total counter");
+        for ((route, method, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "datastorer_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP datastorer_http_request_duration_seconds Time to answer an HTTP request, by route template."
+        );
+        let _ = writeln!(out, "# TYPE datastorer_http_request_duration_seconds histogram");
+        for (route, l) in self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let labels = format!("route=\"{route}\"");
+            histogram(&mut out, "datastorer_http_request_duration_seconds", &labels, &l.buckets, l.sum_us, l.count);
+        }
         out
     }
 }

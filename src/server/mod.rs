@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod sessions;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -28,7 +29,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use actix_web::dev::Service;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpMessage, HttpServer};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -44,6 +45,10 @@ use crate::{Config, Datastorer, ShutdownReport, StoreSpec};
 /// Runs the server until SIGINT/SIGTERM, then stops accepting requests,
 /// saves and releases every session, flushes, and answers the report.
 pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
+    // The address first: a busy port is refused before the engine starts
+    // (and takes leases it would have to give back).
+    let listener =
+        std::net::TcpListener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let (backend, owner, postgres) = match &config.storage {
         Storage::Sled(dir) => {
             let (b, o) = open_data_dir(dir.clone(), config.owner_id.clone()).await?;
@@ -86,7 +91,7 @@ pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
         ds: ds.clone(),
         config: config.clone(),
         stores: Mutex::new(stores),
-        sessions: ClientSessions::new(config.client_lease_ttl),
+        sessions: ClientSessions::new(config.client_lease_ttl, ds.owner_id()),
         metrics: Metrics::default(),
         shutdown: shutdown_rx,
         shutting_down: AtomicBool::new(false),
@@ -101,23 +106,48 @@ pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
             .app_data(app_state.clone())
             .app_data(
                 web::QueryConfig::default()
-                    .error_handler(|e, _| ApiError::bad_request("bad_query", e.to_string()).into()),
+                    .error_handler(|e, _| ApiError::bad_request("bad_query", error::humanize(&e.to_string())).into()),
             )
             .app_data(
                 web::PathConfig::default()
-                    .error_handler(|e, _| ApiError::bad_request("bad_path", e.to_string()).into()),
+                    .error_handler(|e, _| ApiError::bad_request("bad_path", error::humanize(&e.to_string())).into()),
             )
             .wrap_fn(move |req, srv| {
                 let counted = counted.clone();
                 let in_flight = InFlight::enter(counted.clone());
-                let fut = srv.call(req);
+                // Before routing: actix decodes the path lossily, so two raw
+                // keys (`%FF%FE`, `%FE%FF`) would reach the handlers as one.
+                let started = std::time::Instant::now();
+                let method = req.method().clone();
+                let refused = routes::strict_utf8(req.uri()).err();
+                let fut = match refused {
+                    None => Ok(srv.call(req)),
+                    Some(e) => Err(req.into_response(actix_web::ResponseError::error_response(&e))),
+                };
                 async move {
-                    let res = fut.await;
+                    let res = match fut {
+                        Ok(fut) => fut.await.map(|r| r.map_into_left_body()),
+                        Err(refused) => Ok(refused.map_into_right_body()),
+                    };
                     drop(in_flight);
                     let res = res?;
-                    if let Some(code) = res.response().extensions().get::<ErrorCode>() {
-                        counted.metrics.count_error(code.0);
+                    let code = res.response().extensions().get::<ErrorCode>().map(|c| c.0);
+                    if let Some(code) = code {
+                        counted.metrics.count_error(code);
                     }
+                    // The route template, never the raw path: bounded labels,
+                    // and no key names in metrics.
+                    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+                    let status = res.status().as_u16();
+                    let took = started.elapsed();
+                    if counted.config.access_log {
+                        let ext = res.request().extensions();
+                        let key = ext.get::<routes::AccessKey>().map(|k| k.0.as_str()).unwrap_or("-");
+                        let client = ext.get::<routes::AccessClient>().map(|c| c.0.as_str()).unwrap_or("-");
+                        info!(target: "datastorer::access", method = %method, route = %route, status,
+                            duration_ms = took.as_secs_f64() * 1000.0, api_key = key, client, code = code.unwrap_or("-"), "request");
+                    }
+                    counted.metrics.observe_request(route, method.as_str(), status, took);
                     Ok(res)
                 }
             })
@@ -127,7 +157,7 @@ pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
     .workers(config.workers)
     .disable_signals()
     .shutdown_timeout(config.shutdown_deadline.as_secs().max(1))
-    .bind(config.listen)
+    .listen(listener)
     .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let bound = server.addrs().first().copied().ok_or("bound to no address")?;
     println!("datastorer listening on http://{bound}");
@@ -232,8 +262,19 @@ async fn open_data_dir(
                         precondition: Precondition::Absent,
                         value: Some(owner.clone().into_bytes()),
                     };
-                    backend.write_batch(std::slice::from_ref(&op));
-                    backend.flush().map_err(|e| e.to_string())?;
+                    // The id is only ours once it is durably stored: a server
+                    // that ran under an unsaved id would come back as a
+                    // stranger to its own leases after a restart.
+                    let written = backend.write_batch(std::slice::from_ref(&op)).pop();
+                    match written {
+                        Some(Ok(crate::storage::WriteOutcome::Applied)) => {}
+                        Some(Ok(crate::storage::WriteOutcome::Conflict { .. })) => {
+                            return Err("the owner id appeared in the data directory while starting; start again".into())
+                        }
+                        Some(Err(e)) => return Err(format!("cannot store the server's owner id: {e}")),
+                        None => return Err("cannot store the server's owner id: the backend answered nothing".into()),
+                    }
+                    backend.flush().map_err(|e| format!("cannot store the server's owner id: {e}"))?;
                     owner
                 }
             },

@@ -65,12 +65,15 @@ pub fn document(max_wait: std::time::Duration) -> Value {
         common.iter().copied().chain(extra.iter().copied()).collect()
     };
     let session_errs = with(&[
-        ("409", "wrong, stale or foreign lease token, or the session ended"),
+        ("409", "wrong or foreign lease token"),
+        ("410", "the session ended: `reason` says why (released, closed, stolen, release_requested, expired, deleted, shutdown, lease_lost), `taken_over_by` who took over"),
+        ("421", "the session lives on another server sharing the database"),
         ("503", "storage unavailable or shutting down"),
     ]);
     let body_errs = with(&[
-        ("409", "wrong, stale or foreign lease token, or the session ended"),
-        ("413", "body too large"),
+        ("409", "wrong or foreign lease token"),
+        ("410", "the session ended (see `reason`)"),
+        ("413", "body too large, or the change would make the document larger than the server saves (`document_too_large`; the session is unchanged)"),
         ("415", "wrong content type"),
         ("503", "storage unavailable or shutting down"),
     ]);
@@ -100,7 +103,9 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "message": { "type": "string" },
                         "holder": { "type": "string" },
                         "expires_at_ms": { "type": "integer" },
-                        "reason": { "type": "string" }
+                        "reason": { "type": "string" },
+                        "taken_over_by": { "type": "string", "nullable": true },
+                        "ended_at_ms": { "type": "integer" }
                     }
                 },
                 "Session": {
@@ -145,7 +150,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
             "/metrics": { "get": { "operationId": "metrics", "summary": "Prometheus metrics",
                 "responses": { "200": { "description": "OK", "content": { "text/plain": { "schema": { "type": "string" } } } }, "401": err("unauthenticated"), "403": err("forbidden") } } },
             "/v1/openapi.json": { "get": op("openapi", "this document", vec![], None, ok(object.clone()), &with(&[])) },
-            "/v1/changes": { "get": { "operationId": "changes", "summary": "change feed (Server-Sent Events: save, release, delete)",
+            "/v1/changes": { "get": { "operationId": "changes", "summary": "change feed (Server-Sent Events: saved, released, closed, stolen, release_requested, expired, deleted)",
                 "parameters": [query("store", json!({ "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" }))],
                 "responses": { "200": { "description": "event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
                     "400": err("bad input"), "401": err("unauthenticated"), "403": err("forbidden") } } },
@@ -163,10 +168,12 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                     &with(&[("404", "no such key or store"), ("409", "the key is leased"), ("422", "corrupt record"), ("503", "storage unavailable")]))
             },
             "/v1/stores/{store}/keys/{key}/session": {
-                "post": op("open_session", "open a session (take the lease)", vec![store(), key()],
+                "post": op("open_session", "open a session (take the lease); policy and timeout_ms may be given in the query or the body, not both with different values", vec![store(), key(),
+                        query("policy", json!({ "type": "string", "enum": ["fail", "wait", "request_release", "steal"] })),
+                        query("timeout_ms", json!({ "type": "integer", "minimum": 0, "maximum": max_wait_ms }))],
                     Some(body(json!({ "$ref": "#/components/schemas/OpenSession" }), &["application/json"], false)),
                     ok(json!({ "$ref": "#/components/schemas/Session" })),
-                    &with(&[("404", "unknown store (strict stores)"), ("409", "held by another client"), ("413", "body too large"), ("415", "wrong content type"), ("422", "the record cannot be migrated or is corrupt"), ("503", "storage unavailable or shutting down")])),
+                    &with(&[("404", "unknown store (strict stores)"), ("409", "held by another client, or its holder could not save (`holder_could_not_save`)"), ("413", "body too large"), ("415", "wrong content type"), ("422", "the record cannot be migrated or is corrupt"), ("503", "storage unavailable or shutting down")])),
                 "get": op("get_session", "read the session's live document", session_ops(vec![]), None,
                     ok(json!({ "$ref": "#/components/schemas/Session" })), &session_errs),
                 "delete": op("close_session", "end the session without saving", session_ops(vec![]), None,
@@ -192,7 +199,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
             "/v1/stores/{store}/keys/{key}/session/save": {
                 "post": op("save", "save now; answers once durable", session_ops(vec![priority()]), None,
                     ok(json!({ "type": "object", "properties": { "revision": { "type": "integer" }, "durable": { "type": "boolean" } } })),
-                    &with(&[("409", "wrong or stale lease token, or the session ended"), ("413", "document too large"), ("503", "storage unavailable")]))
+                    &with(&[("409", "wrong or foreign lease token"), ("410", "the session ended (see `reason`)"), ("413", "document too large"), ("503", "storage unavailable")]))
             },
             "/v1/stores/{store}/keys/{key}/session/renew": {
                 "post": op("renew", "renew the client lease", session_ops(vec![]), None,
@@ -201,7 +208,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
             "/v1/stores/{store}/keys/{key}/session/release": {
                 "post": op("release", "save and end the session", session_ops(vec![priority()]), None,
                     ok(json!({ "type": "object", "properties": { "revision": { "type": "integer" }, "released": { "type": "boolean" } } })),
-                    &with(&[("409", "wrong or stale lease token, or the session ended"), ("413", "document too large"), ("503", "storage unavailable")]))
+                    &with(&[("409", "wrong or foreign lease token"), ("410", "the session ended (see `reason`)"), ("413", "document too large"), ("503", "storage unavailable")]))
             }
         }
     })

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -45,6 +45,14 @@ pub struct AppState {
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// The API key name of a request, for the access log (never the secret).
+#[derive(Clone)]
+pub struct AccessKey(pub String);
+
+/// The client id a request acted for, for the access log.
+#[derive(Clone)]
+pub struct AccessClient(pub String);
 
 /// Header carrying the lease token.
 pub const LEASE_TOKEN: &str = "Lease-Token";
@@ -83,8 +91,24 @@ impl AppState {
     }
 
     fn auth(&self, req: &HttpRequest, role: Role) -> Result<super::auth::Identity> {
-        authorize(req, &self.config.api_keys, role)
+        let who = authorize(req, &self.config.api_keys, role)?;
+        req.extensions_mut().insert(AccessKey(who.name.clone()));
+        Ok(who)
     }
+}
+
+/// Refuses a request whose path or query is not UTF-8 once
+/// percent-decoded. Keys and store names are UTF-8 text; decoding lossily
+/// (as the router does) would map different raw keys to one record.
+pub fn strict_utf8(uri: &actix_web::http::Uri) -> Result<()> {
+    let decodes = |raw: &str| percent_encoding::percent_decode_str(raw).decode_utf8().is_ok();
+    if !decodes(uri.path()) {
+        return Err(ApiError::bad_request("invalid_name", "the path is not valid UTF-8 once percent-decoded"));
+    }
+    if uri.query().is_some_and(|q| !decodes(q)) {
+        return Err(ApiError::bad_request("bad_query", "the query is not valid UTF-8 once percent-decoded"));
+    }
+    Ok(())
 }
 
 fn check_key(key: &str) -> Result<()> {
@@ -149,13 +173,19 @@ async fn read_json(
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}")))
 }
 
+/// A JSON object body into `T`. Anything but an object is refused (serde
+/// would otherwise accept an array for a struct, field by position).
 fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
-    serde_json::from_value(v).map_err(|e| ApiError::bad_request("bad_request_body", e.to_string()))
+    if !v.is_object() {
+        return Err(ApiError::bad_request("bad_request_body", "the body must be a JSON object"));
+    }
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::bad_request("bad_request_body", super::error::humanize(&e.to_string())))
 }
 
 /// Over HTTP a request should not hang unless the client asked it to: the
 /// default policy answers 409 at once.
-#[derive(Deserialize, Clone, Copy, Default)]
+#[derive(Deserialize, Clone, Copy, Default, PartialEq, Eq, Debug)]
 #[serde(rename_all = "snake_case")]
 enum PolicyKind {
     #[default]
@@ -165,23 +195,39 @@ enum PolicyKind {
     Steal,
 }
 
+/// `?policy=&timeout_ms=` on open: the same two settings as the body, for
+/// clients that cannot send one. Giving one in both places with different
+/// values is refused rather than silently preferring one.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OpenQuery {
+    policy: Option<PolicyKind>,
+    timeout_ms: Option<u64>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct OpenBody {
     client_id: Option<String>,
     #[serde(default)]
     user_ids: Vec<Value>,
-    #[serde(default)]
-    policy: PolicyKind,
+    policy: Option<PolicyKind>,
     timeout_ms: Option<u64>,
 }
 
-fn user_id(v: &Value) -> Result<String> {
-    match v {
-        Value::String(s) if !s.is_empty() && s.len() <= 128 => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        _ => Err(ApiError::bad_request("bad_user_id", "user ids are non-empty strings (≤ 128 bytes) or numbers")),
+/// One setting given in the query, the body, or both (then they must agree).
+fn one_of<T: PartialEq + std::fmt::Debug>(name: &str, query: Option<T>, body: Option<T>) -> Result<Option<T>> {
+    match (query, body) {
+        (Some(q), Some(b)) if q != b => Err(ApiError::bad_request(
+            "conflicting_parameters",
+            format!("{name} is given in the query and in the body with different values"),
+        )),
+        (q, b) => Ok(q.or(b)),
     }
+}
+
+fn user_id(v: &Value) -> Result<String> {
+    super::validate::user_id(v).map_err(|e| ApiError::bad_request("bad_user_id", e))
 }
 
 async fn session_view(session: &Session<Value>, grant: &LeaseGrant, with_token: bool) -> Result<Value> {
@@ -209,6 +255,7 @@ async fn session_view(session: &Session<Value>, grant: &LeaseGrant, with_token: 
 pub async fn open_session(
     req: HttpRequest,
     path: web::Path<(String, String)>,
+    query: web::Query<OpenQuery>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
@@ -221,12 +268,15 @@ pub async fn open_session(
         Some(v) => parse(v)?,
         None => OpenBody::default(),
     };
-    let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(10_000)).min(state.config.max_wait);
+    let query = query.into_inner();
+    let timeout_ms = one_of("timeout_ms", query.timeout_ms, body.timeout_ms)?;
+    let policy = one_of("policy", query.policy, body.policy)?.unwrap_or_default();
+    let timeout = Duration::from_millis(timeout_ms.unwrap_or(10_000)).min(state.config.max_wait);
     let max_ms = state.config.max_wait.as_millis() as u64;
-    if body.timeout_ms.is_some_and(|t| t > max_ms) {
+    if timeout_ms.is_some_and(|t| t > max_ms) {
         return Err(ApiError::bad_request("bad_timeout", format!("timeout_ms must be at most {max_ms}")));
     }
-    let policy = match body.policy {
+    let policy = match policy {
         PolicyKind::Fail => AcquirePolicy::Fail,
         PolicyKind::Wait => AcquirePolicy::Wait { timeout },
         PolicyKind::RequestRelease => AcquirePolicy::RequestRelease { timeout },
@@ -240,6 +290,7 @@ pub async fn open_session(
         None => who.name,
     };
     let user_ids = body.user_ids.iter().map(user_id).collect::<Result<Vec<_>>>()?;
+    req.extensions_mut().insert(AccessClient(holder.clone()));
     let (grant, session, waited) = state.sessions.acquire(&store, &key, &holder, user_ids, policy).await?;
     if let Some(w) = waited {
         state.metrics.observe_lease_wait(w);
@@ -254,7 +305,11 @@ async fn checked(req: &HttpRequest, state: &AppState, path: &(String, String)) -
     check_key(&path.1)?;
     match state.sessions.check(&path.0, &path.1, token(req)?) {
         Err(e) if e.code == "invalid_lease_token" => Err(wrong_server(state, path).await.unwrap_or(e)),
-        other => other,
+        Ok((session, grant)) => {
+            req.extensions_mut().insert(AccessClient(grant.holder.clone()));
+            Ok((session, grant))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -393,9 +448,7 @@ pub async fn put_metadata(
 ) -> Result<HttpResponse> {
     let (session, metadata) =
         session_and_body(&req, &path, payload, &state, &["application/json"], "a JSON object").await?;
-    if !metadata.is_object() {
-        return Err(ApiError::bad_request("bad_metadata", "metadata must be a JSON object"));
-    }
+    super::validate::metadata(&metadata).map_err(|e| ApiError::bad_request("bad_metadata", e))?;
     session.set_metadata(metadata.clone()).await?;
     Ok(HttpResponse::Ok().json(json!({ "metadata": metadata })))
 }
@@ -558,8 +611,15 @@ pub async fn list_keys(
     if query.prefix.len() > crate::MAX_KEY_LEN || query.cursor.as_ref().is_some_and(|c| c.len() > crate::MAX_KEY_LEN) {
         return Err(ApiError::bad_request("bad_prefix", "prefix and cursor are at most 512 bytes"));
     }
-    let keys = store.list_keys(&query.prefix, query.cursor.as_deref(), limit).await?;
-    let next = if keys.len() == limit { keys.last().cloned() } else { None };
+    // One more than asked says whether another page exists, so a full last
+    // page does not hand out a cursor to an empty one.
+    let mut keys = store.list_keys(&query.prefix, query.cursor.as_deref(), limit + 1).await?;
+    let next = if keys.len() > limit {
+        keys.truncate(limit);
+        keys.last().cloned()
+    } else {
+        None
+    };
     Ok(HttpResponse::Ok().json(json!({ "keys": keys, "next_cursor": next })))
 }
 
@@ -582,6 +642,18 @@ pub async fn delete_key(
     let (store_name, key) = path.into_inner();
     let store = state.store(&store_name)?;
     check_key(&key)?;
+    // The holder that matters to the caller is the client, with its own
+    // lease's expiry, not this server's owner id.
+    if !query.force {
+        if let Some((holder, expires_at_ms)) = state.sessions.holder(&store_name, &key) {
+            let mut e = ApiError::conflict(
+                "lease_held",
+                format!("the key is held by client {holder:?}; delete with ?force=true to end its session"),
+            );
+            e.details = Some(json!({ "holder": holder, "expires_at_ms": expires_at_ms }));
+            return Err(e);
+        }
+    }
     let deleted = store.delete(key.as_str(), query.force).await?;
     if !deleted {
         return Err(ApiError::not_found("no_such_key", format!("no record for key {key:?} in store {store_name:?}")));
@@ -642,6 +714,8 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
         budgets: state.ds.budget_levels().await,
         loaded_keys: state.ds.loaded_count(),
         client_sessions: state.sessions.len(),
+        client_lease_lapses: state.sessions.lapses(),
+        save_failures: state.ds.save_failures(),
     };
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render(&gauges)))
 }

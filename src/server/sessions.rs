@@ -1,21 +1,23 @@
 //! Client sessions: which HTTP client holds which key, under which lease
-//! token. One client session is one engine session (so every new client
-//! session gets a new fencing epoch); tokens are 128 random bits, bound to
-//! one store, key and epoch, and compared in constant time.
+//! token, and how recently ended sessions ended. One client session is one
+//! engine session: every new client session is a new engine session with a
+//! new fencing epoch, so a client never inherits another client's unsaved
+//! state. Tokens are this server's tag and boot plus 128 random bits, bound
+//! to one store, key and epoch, and compared in constant time.
 //!
 //! Must not: touch storage except through engine sessions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::auth::tokens_equal;
 use super::error::ApiError;
-use crate::{AcquirePolicy, Error, Priority, Session, Store};
+use crate::{AcquirePolicy, CloseReason, Error, Priority, Session, Store};
 
 type Key = (String, String);
 
@@ -36,6 +38,8 @@ pub struct LeaseGrant {
     pub epoch: u64,
     /// When the client lease lapses without a request (ms since the Unix epoch).
     pub expires_at_ms: u64,
+    /// The client holding the session (its `client_id`, or its API key's name).
+    pub holder: String,
 }
 
 /// How an ending session treats unsaved changes.
@@ -47,12 +51,93 @@ pub enum Ending {
     Close,
 }
 
+/// Why a client session ended, as its holder is told (`410 session_ended`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client released it.
+    Released,
+    /// The client closed it.
+    Closed,
+    /// Another client (or server) took it with `steal`.
+    Stolen,
+    /// Another client asked for it; it was saved and handed over.
+    ReleaseRequested,
+    /// The client stopped renewing; it was saved and released.
+    Expired,
+    /// An administrator deleted the record.
+    Deleted,
+    /// The server shut down (or restarted since the session was opened).
+    Shutdown,
+    /// A write was fenced off: another process holds the key now.
+    LeaseLost,
+    /// The engine ended it after an error.
+    Error,
+}
+
+impl EndReason {
+    /// The name clients see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Released => "released",
+            EndReason::Closed => "closed",
+            EndReason::Stolen => "stolen",
+            EndReason::ReleaseRequested => "release_requested",
+            EndReason::Expired => "expired",
+            EndReason::Deleted => "deleted",
+            EndReason::Shutdown => "shutdown",
+            EndReason::LeaseLost => "lease_lost",
+            EndReason::Error => "error",
+        }
+    }
+
+    fn of(reason: &CloseReason) -> Self {
+        match reason {
+            CloseReason::Released => EndReason::Released,
+            CloseReason::Closed => EndReason::Closed,
+            CloseReason::LeaseLost => EndReason::LeaseLost,
+            CloseReason::Stolen => EndReason::Stolen,
+            CloseReason::ReleaseRequested => EndReason::ReleaseRequested,
+            CloseReason::Shutdown => EndReason::Shutdown,
+            CloseReason::Deleted => EndReason::Deleted,
+            CloseReason::Expired => EndReason::Expired,
+            CloseReason::Error(_) => EndReason::Error,
+        }
+    }
+}
+
+/// A session that ended, kept so its holder learns why.
+#[derive(Debug, Clone)]
+struct Ended {
+    key: Key,
+    reason: EndReason,
+    taken_over_by: Option<String>,
+    ended_at_ms: u64,
+}
+
+/// How many ended sessions are remembered (oldest forgotten first): enough
+/// for every client of a busy server to come back once, bounded in memory.
+const ENDED_KEPT: usize = 10_000;
+
+#[derive(Default)]
+struct EndedLog {
+    by_token: HashMap<String, Ended>,
+    order: VecDeque<String>,
+}
+
 /// Every client session of this server.
 pub struct ClientSessions {
     map: Mutex<HashMap<Key, ClientLease>>,
     locks: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     released: Notify,
     ttl: Duration,
+    ended: Mutex<EndedLog>,
+    /// Sessions ended because their client stopped renewing.
+    lapses: std::sync::atomic::AtomicU64,
+    /// This server's owner tag (stable across restarts when the owner id is).
+    tag: String,
+    /// Random per start: a token of this tag and another boot is from
+    /// before a restart.
+    boot: String,
 }
 
 fn wall_ms_in(d: Duration) -> u64 {
@@ -60,12 +145,43 @@ fn wall_ms_in(d: Duration) -> u64 {
     now + d.as_millis() as u64
 }
 
-fn new_token() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 16];
+fn random_hex(n: usize) -> Result<String, ApiError> {
+    let mut bytes = vec![0u8; n];
     getrandom::fill(&mut bytes).map_err(|e| {
         ApiError::new(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("no randomness: {e}"))
     })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Token layout: 8 hex of the owner tag, 8 of the boot, 32 random.
+const TAG_LEN: usize = 8;
+const TOKEN_LEN: usize = 48;
+
+fn ended_error(e: &Ended) -> ApiError {
+    let by = e.taken_over_by.as_deref().map(|b| format!(", taken over by {b:?}")).unwrap_or_default();
+    let mut err = ApiError::new(
+        actix_web::http::StatusCode::GONE,
+        "session_ended",
+        format!("the session ended: {}{by}; open a new session", e.reason.as_str()),
+    );
+    err.details =
+        Some(json!({ "reason": e.reason.as_str(), "taken_over_by": e.taken_over_by, "ended_at_ms": e.ended_at_ms }));
+    err
+}
+
+fn now_ms() -> u64 {
+    wall_ms_in(Duration::ZERO)
+}
+
+/// The holder could not save, so the key was not handed over: its session
+/// is as it was.
+fn holder_could_not_save(holder: &str, e: &Error) -> ApiError {
+    let mut err = ApiError::conflict(
+        "holder_could_not_save",
+        format!("the key's holder {holder:?} could not save its changes, so the key was not handed over: {e}"),
+    );
+    err.details = Some(json!({ "holder": holder, "error": e.to_string() }));
+    err
 }
 
 fn held(holder: &str, expires_in: Duration) -> ApiError {
@@ -82,9 +198,68 @@ fn bad_token() -> ApiError {
 }
 
 impl ClientSessions {
-    /// An empty set; sessions lapse after `ttl` without a request.
-    pub fn new(ttl: Duration) -> Self {
-        Self { map: Mutex::new(HashMap::new()), locks: Mutex::new(HashMap::new()), released: Notify::new(), ttl }
+    /// An empty set for the server running as `owner`; sessions lapse
+    /// after `ttl` without a request.
+    pub fn new(ttl: Duration, owner: &str) -> Self {
+        let tag = format!("{:08x}", seahash::hash(owner.as_bytes()) as u32);
+        let boot = random_hex(4).unwrap_or_else(|_| format!("{:08x}", now_ms() as u32));
+        Self {
+            map: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            released: Notify::new(),
+            ttl,
+            ended: Mutex::new(EndedLog::default()),
+            lapses: Default::default(),
+            tag,
+            boot,
+        }
+    }
+
+    fn new_token(&self) -> Result<String, ApiError> {
+        Ok(format!("{}{}{}", self.tag, self.boot, random_hex(16)?))
+    }
+
+    /// Client sessions that ended because their client stopped renewing.
+    pub fn lapses(&self) -> u64 {
+        self.lapses.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Remembers that the session behind `token` on `key` ended.
+    fn record_end(&self, token: &str, key: &Key, reason: EndReason, taken_over_by: Option<String>) {
+        if reason == EndReason::Expired {
+            self.lapses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        debug!(target: "datastorer::server", store = %key.0, key = %key.1, reason = reason.as_str(), "client session ended");
+        let mut log = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let ended = Ended { key: key.clone(), reason, taken_over_by, ended_at_ms: now_ms() };
+        if log.by_token.insert(token.to_owned(), ended).is_none() {
+            log.order.push_back(token.to_owned());
+        }
+        while log.order.len() > ENDED_KEPT {
+            if let Some(old) = log.order.pop_front() {
+                log.by_token.remove(&old);
+            }
+        }
+    }
+
+    /// Why the session behind `token` on `key` ended, if this server knows.
+    fn ended(&self, key: &Key, token: &str) -> Option<Ended> {
+        let log = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = log.by_token.get(token).filter(|e| e.key == *key) {
+            return Some(e.clone());
+        }
+        drop(log);
+        // Ours, from before a restart: it ended with that server's shutdown.
+        let from_earlier_boot = token.len() == TOKEN_LEN
+            && token.is_char_boundary(TAG_LEN * 2)
+            && token[..TAG_LEN] == *self.tag
+            && token[TAG_LEN..TAG_LEN * 2] != *self.boot;
+        from_earlier_boot.then(|| Ended {
+            key: key.clone(),
+            reason: EndReason::Shutdown,
+            taken_over_by: None,
+            ended_at_ms: 0,
+        })
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<Key, ClientLease>> {
@@ -110,6 +285,10 @@ impl ClientSessions {
     /// Opens a client session on `key`, applying `policy` against another
     /// client holding it (and, through the engine, against other servers).
     /// Answers the grant, the session, and how long the call waited.
+    ///
+    /// The previous holder's engine session always ends before the new one
+    /// opens; if it cannot end (its changes cannot be saved), the key is
+    /// not handed over and the holder's session stays as it was.
     pub async fn acquire(
         &self,
         store: &Store<Value>,
@@ -130,10 +309,17 @@ impl ClientSessions {
             let guard = lock.lock().await;
             let current = self.map().remove(&k);
             if let Some(cur) = current {
-                let live = cur.expires_at > Instant::now() && cur.session.close_reason().is_none();
-                if !live {
-                    debug!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, "client lease lapsed: saving");
-                    end_engine_session(&cur.session, Ending::Release(Priority::Normal)).await;
+                let engine_end = cur.session.close_reason();
+                let live = cur.expires_at > Instant::now() && engine_end.is_none();
+                if let Some(reason) = engine_end {
+                    // Ended under the client (a steal elsewhere, a forced delete).
+                    self.record_end(&cur.token, &k, EndReason::of(&reason), None);
+                } else if !live {
+                    info!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, "client lease lapsed: saving its session");
+                    if let Err(e) = cur.session.release_as(Priority::Normal, CloseReason::Expired).await {
+                        return Err(self.keep(k, cur, e));
+                    }
+                    self.record_end(&cur.token, &k, EndReason::Expired, Some(holder.to_owned()));
                 } else {
                     match policy {
                         AcquirePolicy::Fail => {
@@ -141,9 +327,21 @@ impl ClientSessions {
                             self.map().insert(k.clone(), cur);
                             return Err(e);
                         }
-                        AcquirePolicy::Steal => end_engine_session(&cur.session, Ending::Close).await,
+                        AcquirePolicy::Steal => {
+                            if let Err(e) = cur.session.close_as(CloseReason::Stolen).await {
+                                let e = ApiError::from(e);
+                                self.map().insert(k.clone(), cur);
+                                return Err(e);
+                            }
+                            self.record_end(&cur.token, &k, EndReason::Stolen, Some(holder.to_owned()));
+                        }
                         AcquirePolicy::RequestRelease { .. } => {
-                            cur.session.release(Priority::Emergency).await.map_err(ApiError::from)?;
+                            if let Err(e) =
+                                cur.session.release_as(Priority::Emergency, CloseReason::ReleaseRequested).await
+                            {
+                                return Err(self.keep(k, cur, e));
+                            }
+                            self.record_end(&cur.token, &k, EndReason::ReleaseRequested, Some(holder.to_owned()));
                         }
                         AcquirePolicy::Wait { .. } => {
                             let wake = cur.expires_at.min(deadline.unwrap_or(cur.expires_at));
@@ -163,10 +361,25 @@ impl ClientSessions {
                 }
                 self.released.notify_waiters();
             }
+            // Every client session is a fresh engine session (a new epoch):
+            // an engine session still loaded here belongs to no client and
+            // may hold changes nobody could save, which a new client must
+            // never inherit.
+            if store.is_loaded(key) {
+                return Err(ApiError::conflict(
+                    "holder_could_not_save",
+                    "an earlier session on this key is still ending (its changes could not be saved yet); try again",
+                ));
+            }
             let session = store.open(key).user_ids(user_ids.clone()).policy(policy).await.map_err(ApiError::from)?;
             let lease = session.lease().await.map_err(ApiError::from)?;
-            let token = new_token()?;
-            let grant = LeaseGrant { token: token.clone(), epoch: lease.epoch, expires_at_ms: wall_ms_in(self.ttl) };
+            let token = self.new_token()?;
+            let grant = LeaseGrant {
+                token: token.clone(),
+                epoch: lease.epoch,
+                expires_at_ms: wall_ms_in(self.ttl),
+                holder: holder.to_owned(),
+            };
             self.map().insert(
                 k,
                 ClientLease {
@@ -182,28 +395,57 @@ impl ClientSessions {
         }
     }
 
+    /// A holder whose session could not end keeps it, untouched: answers
+    /// what the requester is told.
+    fn keep(&self, k: Key, cur: ClientLease, e: Error) -> ApiError {
+        warn!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, error = %e,
+            "the holder's session could not be saved: the key stays with it");
+        let answer = holder_could_not_save(&cur.holder, &e);
+        self.map().insert(k, cur);
+        answer
+    }
+
+    /// The client holding `key`, and when its client lease lapses (ms since
+    /// the Unix epoch), if a client does.
+    pub fn holder(&self, store: &str, key: &str) -> Option<(String, u64)> {
+        let map = self.map();
+        let cur = map.get(&(store.to_owned(), key.to_owned()))?;
+        Some((cur.holder.clone(), wall_ms_in(cur.expires_at.saturating_duration_since(Instant::now()))))
+    }
+
     /// The session behind `token` on (`store`, `key`), renewing its client
-    /// lease. A wrong, stale or foreign token is refused.
+    /// lease. A wrong or foreign token is refused (`invalid_lease_token`);
+    /// the token of a session that ended is answered with why
+    /// (`410 session_ended`).
     pub fn check(&self, store: &str, key: &str, token: &str) -> Result<(Session<Value>, LeaseGrant), ApiError> {
         let k: Key = (store.to_owned(), key.to_owned());
         let mut map = self.map();
-        let Some(cur) = map.get_mut(&k) else { return Err(bad_token()) };
-        if !tokens_equal(&cur.token, token) {
-            return Err(bad_token());
-        }
+        let current = map.get_mut(&k).filter(|cur| tokens_equal(&cur.token, token));
+        let Some(cur) = current else {
+            drop(map);
+            return Err(self.ended(&k, token).map_or_else(bad_token, |e| ended_error(&e)));
+        };
         if let Some(reason) = cur.session.close_reason() {
-            map.remove(&k);
+            let cur = map.remove(&k);
+            drop(map);
             self.released.notify_waiters();
-            let mut e = ApiError::conflict("session_closed", format!("the session ended: {reason}"));
-            e.details = Some(json!({ "reason": reason.to_string() }));
-            return Err(e);
+            if let Some(cur) = cur {
+                self.record_end(&cur.token, &k, EndReason::of(&reason), None);
+            }
+            return Err(self.ended(&k, token).map_or_else(bad_token, |e| ended_error(&e)));
         }
         if cur.expires_at <= Instant::now() {
             // The sweeper saves it; the client lost it.
-            return Err(ApiError::conflict("lease_expired", "the client lease lapsed; open a new session"));
+            let e = Ended { key: k, reason: EndReason::Expired, taken_over_by: None, ended_at_ms: now_ms() };
+            return Err(ended_error(&e));
         }
         cur.expires_at = Instant::now() + self.ttl;
-        let grant = LeaseGrant { token: cur.token.clone(), epoch: cur.epoch, expires_at_ms: wall_ms_in(self.ttl) };
+        let grant = LeaseGrant {
+            token: cur.token.clone(),
+            epoch: cur.epoch,
+            expires_at_ms: wall_ms_in(self.ttl),
+            holder: cur.holder.clone(),
+        };
         Ok((cur.session.clone(), grant))
     }
 
@@ -220,6 +462,11 @@ impl ClientSessions {
         match result {
             Ok(outcome) => {
                 self.map().remove(&k);
+                let reason = match ending {
+                    Ending::Release(_) => EndReason::Released,
+                    Ending::Close => EndReason::Closed,
+                };
+                self.record_end(token, &k, reason, None);
                 self.released.notify_waiters();
                 Ok(outcome.revision)
             }
@@ -229,7 +476,8 @@ impl ClientSessions {
     }
 
     /// Saves and ends every client session whose lease lapsed (clients that
-    /// vanished). Answers how many.
+    /// vanished). Answers how many ended. A session that cannot be saved
+    /// stays (and is tried again next time): it is never dropped unsaved.
     pub async fn sweep(&self) -> usize {
         let now = Instant::now();
         let expired: Vec<(Key, ClientLease)> = {
@@ -241,29 +489,34 @@ impl ClientSessions {
                 .collect();
             keys.into_iter().filter_map(|k| map.remove(&k).map(|l| (k, l))).collect()
         };
-        let n = expired.len();
-        for ((store, key), lease) in expired {
-            debug!(target: "datastorer::server", %store, %key, holder = %lease.holder, "client vanished: saving its session");
-            end_engine_session(&lease.session, Ending::Release(Priority::Normal)).await;
+        let mut n = 0;
+        for (k, lease) in expired {
+            if let Some(reason) = lease.session.close_reason() {
+                self.record_end(&lease.token, &k, EndReason::of(&reason), None);
+                n += 1;
+                continue;
+            }
+            info!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %lease.holder, "client lease lapsed: saving its session");
+            match lease.session.release_as(Priority::Normal, CloseReason::Expired).await {
+                Ok(_) => {
+                    self.record_end(&lease.token, &k, EndReason::Expired, None);
+                    n += 1;
+                }
+                Err(Error::SessionClosed { reason, .. }) => {
+                    self.record_end(&lease.token, &k, EndReason::of(&reason), None);
+                    n += 1;
+                }
+                Err(e) => {
+                    warn!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %lease.holder, error = %e,
+                        "the lapsed session could not be saved; keeping it and trying again");
+                    let mut map = self.map();
+                    map.entry(k).or_insert(lease);
+                }
+            }
         }
         if n > 0 {
             self.released.notify_waiters();
         }
         n
-    }
-}
-
-async fn end_engine_session(session: &Session<Value>, ending: Ending) {
-    if session.close_reason().is_some() {
-        return;
-    }
-    let result = match ending {
-        Ending::Release(p) => session.release(p).await,
-        Ending::Close => session.close().await,
-    };
-    if let Err(e) = result {
-        if !matches!(e, Error::SessionClosed { .. }) {
-            warn!(target: "datastorer::server", store = session.store(), key = session.key(), error = %e, "ending a client session failed");
-        }
     }
 }
