@@ -542,7 +542,9 @@ async fn api_keys_and_roles() {
     let r =
         c.get(s.url(&format!("{k}x"))).header("Authorization", "bearer read-secret-0123456789").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "authenticated, then no such key");
-    // One access-log line per request: route template, status, key name, client.
+    // One access-log line per request: route template, status, key name,
+    // client. (Read after the exit, which writes out every line.)
+    assert!(s.stop().success());
     let log = s.log();
     let line = log
         .lines()
@@ -559,7 +561,6 @@ async fn api_keys_and_roles() {
     }
     assert!(!line.contains(&token_of(&opened)), "no lease token in the access log");
     assert!(!log.contains("secret-0123456789"), "secrets never reach the log");
-    assert!(s.stop().success());
 }
 
 #[test]
@@ -870,4 +871,32 @@ async fn every_metric_has_help_and_type_and_requests_are_counted_by_route() {
         .contains(r#"datastorer_http_request_duration_seconds_count{route="/v1/stores/{store}/keys/{key}/session"}"#));
     assert!(!text.contains("keys/m/"), "raw paths never become labels");
     assert!(s.stop().success());
+}
+
+/// A key that cannot be saved at SIGTERM is named: in the log (warn, with
+/// its store and key) and in the exit message, never just "1 failed".
+#[tokio::test]
+async fn a_shutdown_names_every_key_it_could_not_save() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    let k = key_url("profiles", "too-big");
+    let mut s = Server::start(tmp.path(), &["--max-body-bytes", "100000"]);
+    let (_, v) = open(&c, &s, "profiles", "too-big", json!({})).await;
+    let big = json!({"blob": "x".repeat(20_000)});
+    let (st, _) =
+        call(&c, &s, Method::PUT, &format!("{k}/session/data?save=normal"), Some(&token_of(&v)), Some(big)).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(s.stop().success());
+    // Served under a smaller limit, the stored document can be read but not saved.
+    let mut s = Server::start(tmp.path(), &["--max-body-bytes", "10000"]);
+    let (st, v) = open(&c, &s, "profiles", "too-big", json!({})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let status = s.stop();
+    assert!(!status.success(), "an incomplete shutdown exits non-zero");
+    let log = s.log();
+    assert!(log.contains("not saved: ") && log.contains("`too-big`"), "the exit message names the key: {log}");
+    assert!(
+        log.lines().any(|l| l.contains("WARN") && l.contains("not saved at shutdown") && l.contains("`too-big`")),
+        "{log}"
+    );
 }

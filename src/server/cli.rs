@@ -298,9 +298,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(super::log_writer::LogWriter::start())
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let result = serve_logged(args);
+    super::log_writer::LogWriter::flush_all();
+    result
+}
+
+fn serve_logged(args: ServeArgs) -> Result<(), String> {
     let overrides = Overrides {
         config: args.config,
         listen: args.listen,

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod feed;
 pub mod json;
+pub mod log_writer;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
