@@ -4,90 +4,19 @@
 //! Must not: hold per-key state (key actors own it) or call the backend
 //! directly (everything goes through the queue).
 
-use std::any::Any;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use actix::{Addr, Arbiter, ArbiterHandle, Recipient};
+use actix::{Addr, Arbiter, ArbiterHandle};
 use tokio::sync::oneshot;
 
 use crate::actors::queue::QueueActor;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
-use crate::messages::key::Control;
-use crate::messages::queue::{Operation, Priority, QueueFailure, Reply, Submit};
-use crate::storage::Backend;
-
-/// Type-erased view of a store, for the supervisor and the notice listener.
-pub(crate) trait StoreControl: Send + Sync + 'static {
-    fn as_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
-    fn fingerprint(&self) -> &crate::store::Fingerprint;
-    /// The store's loaded keys, sorted by key if `sorted`.
-    fn key_recipients(&self, sorted: bool) -> Vec<Recipient<Control>>;
-    fn find(&self, key: &str) -> Option<Recipient<Control>>;
-    fn loaded_count(&self) -> usize;
-}
-
-/// The stores of one instance. Stores point at the engine and the engine at
-/// the registry: the supervisor clears the registry when it is dropped (the
-/// actix System stopped), which frees the engine and closes the backend.
-#[derive(Default)]
-pub(crate) struct Registry {
-    stores: Mutex<HashMap<String, Arc<dyn StoreControl>>>,
-    shutting_down: AtomicBool,
-}
-
-impl Registry {
-    pub(crate) fn stores(&self) -> MutexGuard<'_, HashMap<String, Arc<dyn StoreControl>>> {
-        // Critical sections are single map operations; a poisoned lock holds
-        // a consistent map.
-        self.stores.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Every loaded key, in map order.
-    pub(crate) fn all_keys(&self) -> Vec<Recipient<Control>> {
-        let stores: Vec<_> = self.stores().values().cloned().collect();
-        stores.iter().flat_map(|s| s.key_recipients(false)).collect()
-    }
-
-    /// Every loaded key in storage-key order (stores by name, then keys),
-    /// for the one-off passes that release them all (shutdown, release
-    /// all): the queue then gets neighbouring keys and each group commit
-    /// touches few tree nodes (100k keys: 0.95 s in map order, 0.65 s
-    /// sorted). Not for the periodic autosave: sorting a million keys takes
-    /// ~0.3 s on the engine's thread, a stall every tick.
-    pub(crate) fn all_keys_sorted(&self) -> Vec<Recipient<Control>> {
-        let mut stores: Vec<_> = self.stores().iter().map(|(name, s)| (name.clone(), s.clone())).collect();
-        stores.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        stores.iter().flat_map(|(_, s)| s.key_recipients(true)).collect()
-    }
-
-    pub(crate) fn find(&self, store: &str, key: &str) -> Option<Recipient<Control>> {
-        let s = self.stores().get(store).cloned()?;
-        s.find(key)
-    }
-
-    pub(crate) fn loaded_count(&self) -> usize {
-        let stores: Vec<_> = self.stores().values().cloned().collect();
-        stores.iter().map(|s| s.loaded_count()).sum()
-    }
-
-    /// Drops every store (breaking the store → engine → registry cycle).
-    pub(crate) fn clear(&self) {
-        let stores = std::mem::take(&mut *self.stores());
-        drop(stores);
-    }
-
-    pub(crate) fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-    }
-
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-}
+use crate::messages::queue::{Operation, QueueFailure, Reply, Submit};
+use crate::registry::Registry;
+use crate::storage::{Backend, KeyValues, Precondition, StorageError, WriteOutcome};
+use crate::types::Priority;
 
 pub(crate) struct Engine {
     pub config: Config,
@@ -135,8 +64,8 @@ impl Engine {
         }
     }
 
-    /// Sends one request through the queue and waits for its answer.
-    pub(crate) fn request(
+    /// Sends one request through the queue; answers its reply.
+    fn request(
         &self,
         store: &Arc<str>,
         key: &Arc<str>,
@@ -148,10 +77,94 @@ impl Engine {
         self.queue.do_send(Submit { store: store.clone(), key: key.clone(), storage_key, op, lane, reply });
         async move { rx.await.unwrap_or(Err(QueueFailure::Stopped)) }
     }
+
+    // The typed ways to the queue: each operation answers its own result,
+    // with queue failures already turned into the public error of
+    // `store`/`key`. Only the queue can pair an answer with the wrong
+    // operation, and it never does; `mismatch` names that bug plainly
+    // instead of passing it off as "not running".
+
+    /// Reads `storage_key` through the queue.
+    pub(crate) fn get(
+        &self,
+        store: &Arc<str>,
+        key: &Arc<str>,
+        storage_key: Vec<u8>,
+        lane: Priority,
+    ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, Error>> + 'static {
+        let request = self.request(store, key, storage_key, Operation::Get, lane);
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            match request.await {
+                Ok(Reply::Value(v)) => Ok(v),
+                Ok(other) => Err(mismatch(&store, &key, "get", &other)),
+                Err(f) => Err(queue_error(&store, &key, f)),
+            }
+        }
+    }
+
+    /// Writes (or with `value: None` deletes) `storage_key` if `precondition` holds.
+    pub(crate) fn write(
+        &self,
+        store: &Arc<str>,
+        key: &Arc<str>,
+        storage_key: Vec<u8>,
+        precondition: Precondition,
+        value: Option<Vec<u8>>,
+        lane: Priority,
+    ) -> impl std::future::Future<Output = Result<WriteOutcome, Error>> + 'static {
+        let request = self.request(store, key, storage_key, Operation::Write { precondition, value }, lane);
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            match request.await {
+                Ok(Reply::Written(outcome)) => Ok(outcome),
+                Ok(other) => Err(mismatch(&store, &key, "write", &other)),
+                Err(f) => Err(queue_error(&store, &key, f)),
+            }
+        }
+    }
+
+    /// Scans keys under `prefix` after `start_after`, at most `limit`;
+    /// `label` names the scan in errors (as the key does elsewhere).
+    pub(crate) fn scan(
+        &self,
+        store: &Arc<str>,
+        label: &Arc<str>,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<KeyValues, Error>> + 'static {
+        let op = Operation::Scan { prefix: prefix.clone(), start_after, limit };
+        let request = self.request(store, label, prefix, op, Priority::Normal);
+        let (store, label) = (store.clone(), label.clone());
+        async move {
+            match request.await {
+                Ok(Reply::Scanned(rows)) => Ok(rows),
+                Ok(other) => Err(mismatch(&store, &label, "scan", &other)),
+                Err(f) => Err(queue_error(&store, &label, f)),
+            }
+        }
+    }
+}
+
+/// A queue answer of the wrong kind: a bug in the queue, reported as such.
+fn mismatch(store: &str, key: &str, asked: &'static str, got: &Reply) -> Error {
+    let got = match got {
+        Reply::Value(_) => "a value",
+        Reply::Written(_) => "a write outcome",
+        Reply::Scanned(_) => "scanned rows",
+    };
+    Error::Storage {
+        store: store.to_owned(),
+        key: key.to_owned(),
+        operation: asked,
+        attempts: 1,
+        source: StorageError::permanent(format!("internal error: the queue answered a {asked} with {got}")),
+    }
 }
 
 /// Turns a queue failure into the public error for `store`/`key`.
-pub(crate) fn queue_error(store: &str, key: &str, failure: QueueFailure) -> Error {
+fn queue_error(store: &str, key: &str, failure: QueueFailure) -> Error {
     match failure {
         QueueFailure::Storage { error, attempts, operation } => {
             Error::Storage { store: store.to_owned(), key: key.to_owned(), operation, attempts, source: error }

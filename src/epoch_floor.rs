@@ -14,11 +14,10 @@
 
 use std::sync::Arc;
 
-use crate::engine::{queue_error, Engine};
+use crate::engine::Engine;
 use crate::error::Error;
-use crate::messages::queue::{Operation, Reply};
 use crate::storage::{Precondition, Record, RecordHeader, WriteOutcome};
-use crate::Priority;
+use crate::types::Priority;
 
 /// The meta key of `store`'s floor (outside every store's `d\0` prefix).
 pub fn floor_key(store: &str) -> Vec<u8> {
@@ -49,11 +48,8 @@ pub fn decode(bytes: &[u8]) -> Option<RecordHeader> {
 
 /// The floor of `store` (0 when no record of it was ever deleted).
 pub(crate) async fn read(engine: &Engine, store: &Arc<str>, key: &Arc<str>) -> Result<u64, Error> {
-    match engine.request(store, key, floor_key(store), Operation::Get, Priority::Normal).await {
-        Ok(Reply::Value(v)) => Ok(v.as_deref().and_then(decode).map_or(0, |h| h.epoch)),
-        Ok(_) => Err(Error::NotRunning),
-        Err(f) => Err(queue_error(store, key, f)),
-    }
+    let v = engine.get(store, key, floor_key(store), Priority::Normal).await?;
+    Ok(v.as_deref().and_then(decode).map_or(0, |h| h.epoch))
 }
 
 /// Raises the floor of `store` to at least `epoch`, before the record that
@@ -63,11 +59,7 @@ pub(crate) async fn raise(engine: &Engine, store: &Arc<str>, key: &Arc<str>, epo
     let fkey = floor_key(store);
     // Concurrent deletes in other processes may race us; each round re-reads.
     for _ in 0..16 {
-        let current = match engine.request(store, key, fkey.clone(), Operation::Get, Priority::Normal).await {
-            Ok(Reply::Value(v)) => v,
-            Ok(_) => return Err(Error::NotRunning),
-            Err(f) => return Err(queue_error(store, key, f)),
-        };
+        let current = engine.get(store, key, fkey.clone(), Priority::Normal).await?;
         let header = current.as_deref().and_then(decode);
         if header.is_some_and(|h| h.epoch >= epoch) {
             return Ok(());
@@ -79,12 +71,10 @@ pub(crate) async fn raise(engine: &Engine, store: &Arc<str>, key: &Arc<str>, epo
             // and a floor can only be raised by this, never lowered.
             (Some(_), None) => (Precondition::Any, 1),
         };
-        let op = Operation::Write { precondition, value: Some(encode(RecordHeader { epoch, revision })) };
-        match engine.request(store, key, fkey.clone(), op, Priority::Normal).await {
-            Ok(Reply::Written(WriteOutcome::Applied)) => return Ok(()),
-            Ok(Reply::Written(WriteOutcome::Conflict { .. })) => continue,
-            Ok(_) => return Err(Error::NotRunning),
-            Err(f) => return Err(queue_error(store, key, f)),
+        let value = Some(encode(RecordHeader { epoch, revision }));
+        match engine.write(store, key, fkey.clone(), precondition, value, Priority::Normal).await? {
+            WriteOutcome::Applied => return Ok(()),
+            WriteOutcome::Conflict { .. } => continue,
         }
     }
     Err(Error::LeaseLost { store: store.to_string(), key: key.to_string() })

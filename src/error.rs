@@ -3,8 +3,8 @@
 
 use thiserror::Error;
 
-use crate::session::CloseReason;
 use crate::storage::{DecodeError, StorageError};
+use crate::types::CloseReason;
 
 /// Errors returned by datastorer's public API.
 #[derive(Debug, Clone, Error, PartialEq)]

@@ -13,13 +13,12 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::engine::queue_error;
 use crate::error::Error;
-use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::{migrate, reconcile};
-use crate::session::AcquirePolicy;
 use crate::storage::{LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOutcome};
-use crate::store::{Document, StoreShared};
+use crate::store_def::StoreDef;
+use crate::types::Document;
+use crate::types::{AcquirePolicy, Priority};
 
 /// A key loaded under a fresh lease.
 ///
@@ -55,7 +54,7 @@ struct Prepared<T> {
 const MAX_RACES: u32 = 16;
 
 pub(crate) async fn acquire<T: Document>(
-    store: Arc<StoreShared<T>>,
+    store: Arc<StoreDef<T>>,
     key: Arc<str>,
     storage_key: Vec<u8>,
     user_ids: Vec<String>,
@@ -74,12 +73,7 @@ pub(crate) async fn acquire<T: Document>(
     // because, by its clock, the lease was still live.
     let mut refused_live: Option<RecordHeader> = None;
     loop {
-        let bytes = match engine.request(&store.name, &key, storage_key.clone(), Operation::Get, Priority::Normal).await
-        {
-            Ok(Reply::Value(v)) => v,
-            Ok(_) => return Err(Error::NotRunning),
-            Err(f) => return Err(queue_error(&store.name, &key, f)),
-        };
+        let bytes = engine.get(&store.name, &key, storage_key.clone(), Priority::Normal).await?;
         let current = bytes.as_deref().map(Record::decode).transpose().map_err(|source| Error::CorruptRecord {
             store: store.name.to_string(),
             key: key.to_string(),
@@ -163,9 +157,14 @@ pub(crate) async fn acquire<T: Document>(
             (Some(r), Some(_)) => Precondition::Header(r.header),
             (Some(r), None) => Precondition::Acquire { expected: r.header, now_ms },
         };
-        let op = Operation::Write { precondition, value: Some(record.encode()) };
-        match engine.request(&store.name, &key, storage_key.clone(), op, Priority::Normal).await {
-            Ok(Reply::Written(WriteOutcome::Applied)) => {
+        let acquiring = match precondition {
+            Precondition::Acquire { expected, .. } => Some(expected),
+            _ => None,
+        };
+        let value = Some(record.encode());
+        let written = engine.write(&store.name, &key, storage_key.clone(), precondition, value, Priority::Normal);
+        match written.await? {
+            WriteOutcome::Applied => {
                 if let Some(holder) = stolen_from {
                     engine.backend.notices().publish(Notice {
                         store: store.name.to_string(),
@@ -188,19 +187,16 @@ pub(crate) async fn acquire<T: Document>(
                     saved_checksum,
                 });
             }
-            Ok(Reply::Written(WriteOutcome::Conflict { current: found })) if matches!(precondition, Precondition::Acquire { expected, .. } if found == Some(expected)) =>
-            {
+            WriteOutcome::Conflict { current: found } if acquiring.is_some() && found == acquiring => {
                 // Not a lost race: the lease is live by the backend's clock.
                 refused_live = found;
             }
-            Ok(Reply::Written(WriteOutcome::Conflict { .. })) => {
+            WriteOutcome::Conflict { .. } => {
                 races += 1;
                 if races >= MAX_RACES {
                     return Err(Error::LeaseLost { store: store.name.to_string(), key: key.to_string() });
                 }
             }
-            Ok(_) => return Err(Error::NotRunning),
-            Err(f) => return Err(queue_error(&store.name, &key, f)),
         }
     }
 }
@@ -240,7 +236,7 @@ async fn wait_for_release(
 }
 
 fn prepare<T: Document>(
-    store: &StoreShared<T>,
+    store: &StoreDef<T>,
     key: &str,
     current: Option<&Record>,
     user_ids: &[String],

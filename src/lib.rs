@@ -53,6 +53,7 @@ mod error;
 mod lease;
 mod messages;
 mod migration;
+mod registry;
 mod report;
 mod retry;
 mod save_failures;
@@ -61,8 +62,10 @@ pub mod server;
 mod session;
 pub mod storage;
 mod store;
+mod store_def;
 #[cfg(feature = "harness")]
 pub mod testing;
+mod types;
 
 use std::sync::Arc;
 
@@ -77,20 +80,20 @@ use tracing::info;
 
 use crate::actors::queue::QueueActor;
 use crate::actors::supervisor::Supervisor;
-use crate::engine::{Engine, Registry};
+use crate::engine::Engine;
 use crate::messages::queue::{DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty};
 #[cfg(feature = "harness")]
 use crate::messages::supervisor::Abort;
 use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
+use crate::registry::Registry;
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
 pub use crate::error::Error;
-pub use crate::messages::queue::{BudgetLevels, Priority, QueueDepth, QueueStats};
 pub use crate::migration::Migration;
 pub use crate::report::{ReleaseReport, ShutdownReport};
 pub use crate::retry::RetryConfig;
 pub use crate::save_failures::SaveFailureReason;
-pub use crate::session::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome, SaveReceipt, Session};
+pub use crate::session::{SaveReceipt, Session};
 #[cfg(feature = "postgres")]
 pub use crate::storage::postgres::{PostgresConfig, PostgresTls};
 pub use crate::storage::{Backend, ErrorKind, StorageError};
@@ -98,6 +101,8 @@ pub use crate::store::{
     validate_key, validate_store_name, Document, Hooks, Key, OpenRequest, Store, StoreSpec, MAX_KEY_LEN,
     MAX_STORE_NAME_LEN,
 };
+pub use crate::types::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};
+pub use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};
 
 /// One running engine: a backend, a queue, a supervisor and the stores.
 /// Cheap to clone; every clone is the same instance.

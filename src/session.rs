@@ -8,112 +8,21 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use actix::Addr;
 use serde_json::Value;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use crate::actors::key::KeyActor;
 use crate::error::Error;
 use crate::messages::key::{
     AddUserId, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, Save, SetMetadata, Update,
 };
-use crate::messages::queue::Priority;
-use crate::store::Document;
-
-/// What `open` does when another owner holds a live lease on the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcquirePolicy {
-    /// Fail at once with `Error::LeaseHeld` (holder and expiry).
-    Fail,
-    /// Re-check whenever the holder releases (notice) or every
-    /// `lease_poll_interval`, and take the key once it is free or expired;
-    /// fail with `LeaseHeld` after `timeout`.
-    Wait {
-        /// How long to wait at most.
-        timeout: Duration,
-    },
-    /// Ask the holder to save and release (it does so at once when it is
-    /// alive and shares the backend's notice bus), then wait as `Wait` does.
-    RequestRelease {
-        /// How long to wait at most.
-        timeout: Duration,
-    },
-    /// Take the lease now. The old holder's next write fails its fencing
-    /// check and its session closes with `Stolen` (notice) or `LeaseLost`.
-    Steal,
-}
-
-impl Default for AcquirePolicy {
-    fn default() -> Self {
-        AcquirePolicy::RequestRelease { timeout: Duration::from_secs(15) }
-    }
-}
-
-/// Why a session ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloseReason {
-    /// `release()`: saved and lease cleared.
-    Released,
-    /// `close()`: unsaved changes dropped, lease cleared.
-    Closed,
-    /// A write failed its fencing check: another owner holds the lease.
-    LeaseLost,
-    /// Another owner stole the lease (announced by notice).
-    Stolen,
-    /// Another owner asked for the key; it was saved and released.
-    ReleaseRequested,
-    /// The engine shut down; the key was saved and released.
-    Shutdown,
-    /// An administrator deleted the record (`Store::delete` with `force`);
-    /// unsaved changes were dropped.
-    Deleted,
-    /// The holder stopped renewing (a server's client vanished); the key
-    /// was saved and released.
-    Expired,
-    /// Something failed; the message says what.
-    Error(String),
-}
-
-impl fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CloseReason::Released => f.write_str("released"),
-            CloseReason::Closed => f.write_str("closed"),
-            CloseReason::LeaseLost => f.write_str("lease lost"),
-            CloseReason::Stolen => f.write_str("stolen"),
-            CloseReason::ReleaseRequested => f.write_str("released on request"),
-            CloseReason::Shutdown => f.write_str("shutdown"),
-            CloseReason::Deleted => f.write_str("deleted"),
-            CloseReason::Expired => f.write_str("expired"),
-            CloseReason::Error(m) => write!(f, "error: {m}"),
-        }
-    }
-}
-
-/// The lease a session holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseInfo {
-    /// Owner id of this instance.
-    pub owner: String,
-    /// Fencing epoch of this session.
-    pub epoch: u64,
-    /// When the lease lapses unless renewed (ms since the Unix epoch).
-    pub expires_at_ms: u64,
-    /// Revision of the last durable write.
-    pub revision: u64,
-}
-
-/// A durable write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SaveOutcome {
-    /// The record's revision after the write (unchanged if nothing needed writing).
-    pub revision: u64,
-}
+use crate::registry::CloseSignal;
+use crate::types::Document;
+use crate::types::{CloseReason, LeaseInfo, Priority, SaveOutcome};
 
 /// Resolves when a save is durable (`Ok`) or has failed.
 #[must_use = "a receipt does nothing unless awaited; drop it to fire and forget"]
@@ -281,57 +190,5 @@ impl<T: Document> Session<T> {
     /// The close reason, if the session has closed.
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.closed.reason()
-    }
-}
-
-/// One key actor's lifecycle as others see it: whether its open finished,
-/// and, once, that its session closed and why. The `Arc` doubles as the
-/// actor instance's identity in the store's registry.
-///
-/// One exists per loaded key, so it is kept small: a `watch` channel costs
-/// about 360 bytes (eight inner `Notify`s), this 80.
-pub(crate) struct CloseSignal {
-    reason: OnceLock<CloseReason>,
-    opened: AtomicBool,
-    notify: Notify,
-}
-
-impl CloseSignal {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self { reason: OnceLock::new(), opened: AtomicBool::new(false), notify: Notify::new() })
-    }
-
-    pub(crate) fn mark_opened(&self) {
-        self.opened.store(true, Ordering::Release);
-    }
-
-    /// The open finished and the session has not closed.
-    pub(crate) fn is_open(&self) -> bool {
-        self.opened.load(Ordering::Acquire) && self.reason.get().is_none()
-    }
-
-    /// Records `reason` and wakes every waiter; later calls change nothing.
-    pub(crate) fn close(&self, reason: CloseReason) {
-        if self.reason.set(reason).is_ok() {
-            self.notify.notify_waiters();
-        }
-    }
-
-    pub(crate) fn reason(&self) -> Option<CloseReason> {
-        self.reason.get().cloned()
-    }
-
-    /// Resolves once `close` has been called (at once if it has).
-    pub(crate) async fn wait(&self) -> CloseReason {
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a close between the two still wakes us.
-            notified.as_mut().enable();
-            if let Some(reason) = self.reason.get() {
-                return reason.clone();
-            }
-            notified.await;
-        }
     }
 }

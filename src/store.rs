@@ -15,50 +15,22 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix::{Actor, Addr, Arbiter, Recipient};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::actors::key::KeyActor;
-use crate::engine::{queue_error, Engine, StoreControl};
+use crate::engine::Engine;
 use crate::error::Error;
 use crate::messages::key::{Control, Open};
-use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::Migration;
-use crate::session::{AcquirePolicy, CloseReason, CloseSignal, Session};
+use crate::registry::{CloseSignal, Fingerprint, StoreControl};
+use crate::session::Session;
 use crate::storage::{
     split_storage_key, storage_key, store_prefix, Notice, NoticeKind, Precondition, Record, WriteOutcome,
 };
-
-/// What a document type must be: serde both ways, cloneable (the actor
-/// keeps a copy while an `update` closure runs), sendable to the actor.
-pub trait Document: Serialize + DeserializeOwned + Clone + Send + Unpin + 'static {}
-impl<T: Serialize + DeserializeOwned + Clone + Send + Unpin + 'static> Document for T {}
-
-type Hook<T> = Arc<dyn Fn(&mut T) + Send + Sync>;
-
-/// Callbacks run inside the key actor. A panicking hook is caught: a
-/// panicking after-load hook fails the open (the lease is cleared), a
-/// panicking before-save hook fails that save.
-pub struct Hooks<T> {
-    /// After the record is loaded, migrated, reconciled and the lease taken.
-    /// Changes it makes are saved by the next save or autosave.
-    pub after_load: Option<Hook<T>>,
-    /// Before every write of the document (save, autosave, release).
-    pub before_save: Option<Hook<T>>,
-}
-
-impl<T> Default for Hooks<T> {
-    fn default() -> Self {
-        Self { after_load: None, before_save: None }
-    }
-}
-
-impl<T> Clone for Hooks<T> {
-    fn clone(&self) -> Self {
-        Self { after_load: self.after_load.clone(), before_save: self.before_save.clone() }
-    }
-}
+pub use crate::store_def::Hooks;
+use crate::store_def::{Deregister, StoreDef};
+pub use crate::types::Document;
+use crate::types::{AcquirePolicy, CloseReason, Priority};
 
 /// How a store is defined. Two `store()` calls for one name must agree on
 /// the type, template, metadata template, migration names and hooks.
@@ -108,38 +80,6 @@ impl<T> StoreSpec<T> {
     pub fn before_save(mut self, hook: impl Fn(&mut T) + Send + Sync + 'static) -> Self {
         self.hooks.before_save = Some(Arc::new(hook));
         self
-    }
-}
-
-/// What identifies a store's definition, to detect conflicting `store()` calls.
-#[derive(Debug, PartialEq)]
-pub(crate) struct Fingerprint {
-    type_id: TypeId,
-    type_name: &'static str,
-    template: Value,
-    metadata_template: Value,
-    migrations: Vec<String>,
-    hooks: (bool, bool),
-}
-
-impl Fingerprint {
-    fn difference(&self, other: &Fingerprint) -> Option<String> {
-        if self.type_id != other.type_id {
-            return Some(format!("document type {} vs {}", self.type_name, other.type_name));
-        }
-        if self.template != other.template {
-            return Some("template differs".into());
-        }
-        if self.metadata_template != other.metadata_template {
-            return Some("metadata template differs".into());
-        }
-        if self.migrations != other.migrations {
-            return Some(format!("migrations {:?} vs {:?}", self.migrations, other.migrations));
-        }
-        if self.hooks != other.hooks {
-            return Some("hooks differ".into());
-        }
-        None
     }
 }
 
@@ -235,18 +175,19 @@ struct KeyEntry<T: Document> {
     closed: Arc<CloseSignal>,
 }
 
-/// One store's shared state; `Store<T>` handles point at it.
+/// One store's shared state; `Store<T>` handles point at it. Its key
+/// actors see only `def`.
 pub(crate) struct StoreShared<T: Document> {
-    pub name: Arc<str>,
-    pub migrations: Vec<Migration>,
-    pub metadata_template: Value,
-    pub hooks: Hooks<T>,
-    /// The template as JSON; the typed template is not kept, so documents
-    /// need not be `Sync`.
-    pub template_json: Value,
-    pub engine: Arc<Engine>,
+    def: Arc<StoreDef<T>>,
     fingerprint: Fingerprint,
     keys: Mutex<HashMap<Arc<str>, KeyEntry<T>>>,
+}
+
+impl<T: Document> std::ops::Deref for StoreShared<T> {
+    type Target = StoreDef<T>;
+    fn deref(&self) -> &StoreDef<T> {
+        &self.def
+    }
 }
 
 impl<T: Document> StoreShared<T> {
@@ -338,15 +279,27 @@ impl<T: Document> Store<T> {
             return Ok(Store { shared });
         }
         let StoreSpec { template: _, migrations, metadata_template, hooks } = spec;
-        let shared = Arc::new(StoreShared {
-            name: Arc::from(name),
-            migrations,
-            metadata_template,
-            hooks,
-            template_json,
-            engine: engine.clone(),
-            fingerprint,
-            keys: Mutex::new(HashMap::new()),
+        let shared = Arc::new_cyclic(|me: &std::sync::Weak<StoreShared<T>>| {
+            // The key actor leaves the table through this, never by naming the store.
+            let me = me.clone();
+            let deregister: Deregister = Box::new(move |key, instance| {
+                if let Some(store) = me.upgrade() {
+                    store.remove(key, instance);
+                }
+            });
+            StoreShared {
+                def: Arc::new(StoreDef {
+                    name: Arc::from(name),
+                    migrations,
+                    metadata_template,
+                    hooks,
+                    template_json,
+                    engine: engine.clone(),
+                    deregister,
+                }),
+                fingerprint,
+                keys: Mutex::new(HashMap::new()),
+            }
         });
         stores.insert(name.to_owned(), shared.clone());
         Ok(Store { shared })
@@ -390,19 +343,10 @@ impl<T: Document> Store<T> {
         let shared = &self.shared;
         let mut full_prefix = store_prefix(&shared.name);
         full_prefix.extend_from_slice(prefix.as_bytes());
-        let op = Operation::Scan {
-            prefix: full_prefix.clone(),
-            start_after: start_after.map(|k| storage_key(&shared.name, k)),
-            limit,
-        };
-        let key: Arc<str> = Arc::from(format!("{prefix}*"));
-        match shared.engine.request(&shared.name, &key, full_prefix, op, Priority::Normal).await {
-            Ok(Reply::Scanned(rows)) => {
-                Ok(rows.into_iter().filter_map(|(k, _)| split_storage_key(&k).map(|(_, key)| key)).collect())
-            }
-            Ok(_) => Err(Error::NotRunning),
-            Err(f) => Err(queue_error(&shared.name, &key, f)),
-        }
+        let label: Arc<str> = Arc::from(format!("{prefix}*"));
+        let after = start_after.map(|k| storage_key(&shared.name, k));
+        let rows = shared.engine.scan(&shared.name, &label, full_prefix, after, limit).await?;
+        Ok(rows.into_iter().filter_map(|(k, _)| split_storage_key(&k).map(|(_, key)| key)).collect())
     }
 
     /// The stored record of `key` as it is on disk, without taking a lease
@@ -413,15 +357,13 @@ impl<T: Document> Store<T> {
         let shared = &self.shared;
         let key: Arc<str> = Arc::from(key);
         let skey = storage_key(&shared.name, &key);
-        match shared.engine.request(&shared.name, &key, skey, Operation::Get, Priority::Normal).await {
-            Ok(Reply::Value(None)) => Ok(None),
-            Ok(Reply::Value(Some(bytes))) => Record::decode(&bytes).map(Some).map_err(|source| Error::CorruptRecord {
+        match shared.engine.get(&shared.name, &key, skey, Priority::Normal).await? {
+            None => Ok(None),
+            Some(bytes) => Record::decode(&bytes).map(Some).map_err(|source| Error::CorruptRecord {
                 store: shared.name.to_string(),
                 key: key.to_string(),
                 source,
             }),
-            Ok(_) => Err(Error::NotRunning),
-            Err(f) => Err(queue_error(&shared.name, &key, f)),
         }
     }
 
@@ -481,22 +423,16 @@ impl<T: Document> Store<T> {
         let reached = match precondition {
             Precondition::Header(h) => Some(h.epoch),
             _ => {
-                let raw = engine
-                    .request(&shared.name, &key_arc, storage_key(&shared.name, &key), Operation::Get, Priority::Normal)
-                    .await;
-                match raw {
-                    Ok(Reply::Value(v)) => v.as_deref().and_then(crate::storage::RecordHeader::peek).map(|h| h.epoch),
-                    _ => None,
-                }
+                let raw = engine.get(&shared.name, &key_arc, storage_key(&shared.name, &key), Priority::Normal).await?;
+                raw.as_deref().and_then(crate::storage::RecordHeader::peek).map(|h| h.epoch)
             }
         };
         if let Some(epoch) = reached {
             crate::epoch_floor::raise(engine, &shared.name, &key_arc, epoch).await?;
         }
         let skey = storage_key(&shared.name, &key);
-        let op = Operation::Write { precondition, value: None };
-        match engine.request(&shared.name, &key_arc, skey, op, Priority::Normal).await {
-            Ok(Reply::Written(WriteOutcome::Applied)) => {
+        match engine.write(&shared.name, &key_arc, skey, precondition, None, Priority::Normal).await? {
+            WriteOutcome::Applied => {
                 engine.backend.notices().publish(Notice {
                     store: shared.name.to_string(),
                     key,
@@ -504,11 +440,7 @@ impl<T: Document> Store<T> {
                 });
                 Ok(true)
             }
-            Ok(Reply::Written(WriteOutcome::Conflict { .. })) => {
-                Err(Error::LeaseLost { store: shared.name.to_string(), key })
-            }
-            Ok(_) => Err(Error::NotRunning),
-            Err(f) => Err(queue_error(&shared.name, &key, f)),
+            WriteOutcome::Conflict { .. } => Err(Error::LeaseLost { store: shared.name.to_string(), key }),
         }
     }
 
@@ -527,7 +459,7 @@ impl<T: Document> Store<T> {
                     None => {
                         let key_arc: Arc<str> = Arc::from(key.as_str());
                         let signal = CloseSignal::new();
-                        let actor = KeyActor::new(shared.clone(), key_arc.clone(), signal.clone());
+                        let actor = KeyActor::new(shared.def.clone(), key_arc.clone(), signal.clone());
                         let home = match shared.engine.config.keys_on_caller_arbiter {
                             true => Arbiter::try_current().unwrap_or_else(|| shared.engine.arbiter.clone()),
                             false => shared.engine.arbiter.clone(),

@@ -169,3 +169,9 @@ impl Cluster {
         assert_eq!(got.as_ref(), Some(expected), "stored document of {store}/{key}");
     }
 }
+
+/// Publishes `notice` on `bus` as the engine would (the bus's `publish` is
+/// the engine's own), for tests of notice routing and transports.
+pub fn publish(bus: &crate::storage::NoticeBus, notice: crate::storage::Notice) {
+    bus.publish(notice);
+}

@@ -312,3 +312,21 @@ async fn a_lease_that_lapsed_unrenewed_refuses_changes_until_renewed() {
     s.save(Priority::Normal).await.unwrap();
     assert_eq!(stored_json(&backend, "profiles", "k")["coins"], 3);
 }
+
+#[actix_rt::test]
+async fn a_forged_steal_notice_does_not_close_a_live_session() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let a = node(&backend, "server-a").await;
+    let held = profiles(&a).open("k").await.unwrap();
+    let forged = datastorer::storage::Notice {
+        store: "profiles".into(),
+        key: "k".into(),
+        kind: datastorer::storage::NoticeKind::Stolen { holder: "server-a".into(), by: "mallory".into() },
+    };
+    datastorer::testing::publish(datastorer::storage::Backend::notices(&*backend), forged);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(held.close_reason().is_none(), "checked against the record: still ours");
+    held.update(|p| p.coins = 1).await.unwrap();
+    held.save(Priority::Normal).await.unwrap();
+}

@@ -263,8 +263,11 @@ fn notices_cross_processes_and_arrive_once() {
     let mut at_a = a.notices().subscribe();
     let mut at_b = b.notices().subscribe();
     let n = |kind| Notice { store: "s".into(), key: "k".into(), kind };
-    a.notices().publish(n(NoticeKind::ReleaseRequested { holder: "x".into(), requester: "y".into() }));
-    a.notices().publish(n(NoticeKind::Saved { revision: 4 }));
+    datastorer::testing::publish(
+        a.notices(),
+        n(NoticeKind::ReleaseRequested { holder: "x".into(), requester: "y".into() }),
+    );
+    datastorer::testing::publish(a.notices(), n(NoticeKind::Saved { revision: 4 }));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         assert!(matches!(recv(&mut at_b).await.kind, NoticeKind::ReleaseRequested { .. }));
@@ -273,7 +276,7 @@ fn notices_cross_processes_and_arrive_once() {
         // delivered again.
         assert!(matches!(recv(&mut at_a).await.kind, NoticeKind::ReleaseRequested { .. }));
         assert_eq!(recv(&mut at_a).await.kind, NoticeKind::Saved { revision: 4 });
-        b.notices().publish(n(NoticeKind::Deleted));
+        datastorer::testing::publish(b.notices(), n(NoticeKind::Deleted));
         assert_eq!(recv(&mut at_a).await.kind, NoticeKind::Deleted, "no duplicate came before it");
     });
 }

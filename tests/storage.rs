@@ -393,10 +393,10 @@ fn lease_notices_have_a_channel_that_saves_cannot_flood() {
     let notice = |kind| Notice { store: "s".into(), key: "k".into(), kind };
     // Far more saves than either channel holds, then one release request.
     for revision in 0..10_000 {
-        bus.publish(notice(NoticeKind::Saved { revision }));
+        datastorer::testing::publish(&bus, notice(NoticeKind::Saved { revision }));
     }
     let request = NoticeKind::ReleaseRequested { holder: "a".into(), requester: "b".into() };
-    bus.publish(notice(request.clone()));
+    datastorer::testing::publish(&bus, notice(request.clone()));
     assert_eq!(lease.try_recv().map(|n| n.kind), Ok(request), "the request is the only lease notice");
     assert!(lease.try_recv().is_err());
     // The all-notices channel lagged behind the burst, as it may.

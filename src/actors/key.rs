@@ -22,19 +22,19 @@ use actix::prelude::*;
 use serde_json::Value;
 use tracing::{debug, warn};
 
-use crate::engine::queue_error;
 use crate::error::Error;
 use crate::lease::{acquire, Loaded};
 use crate::messages::key::{
     AddUserId, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release, Save, SetMetadata,
     Update,
 };
-use crate::messages::queue::{Operation, Priority, Reply};
 use crate::migration::panic_message;
-use crate::session::{CloseReason, CloseSignal, LeaseInfo, SaveOutcome};
+use crate::registry::CloseSignal;
 use crate::storage::record::{LeaseRef, RecordRef};
 use crate::storage::{storage_key, EndKind, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOutcome};
-use crate::store::{Document, StoreShared};
+use crate::store_def::StoreDef;
+use crate::types::Document;
+use crate::types::{CloseReason, LeaseInfo, Priority, SaveOutcome};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Phase {
@@ -97,7 +97,7 @@ struct PendingWrite {
 /// write slots are boxed (empty most of the time) and the storage key is
 /// built per write rather than kept.
 pub(crate) struct KeyActor<T: Document> {
-    store: Arc<StoreShared<T>>,
+    store: Arc<StoreDef<T>>,
     key: Arc<str>,
     phase: Phase,
     doc: Option<Loaded<T>>,
@@ -107,7 +107,7 @@ pub(crate) struct KeyActor<T: Document> {
 }
 
 impl<T: Document> KeyActor<T> {
-    pub(crate) fn new(store: Arc<StoreShared<T>>, key: Arc<str>, closed: Arc<CloseSignal>) -> Self {
+    pub(crate) fn new(store: Arc<StoreDef<T>>, key: Arc<str>, closed: Arc<CloseSignal>) -> Self {
         Self { store, key, phase: Phase::Opening, doc: None, in_flight: None, pending: None, closed }
     }
 
@@ -286,7 +286,7 @@ impl<T: Document> KeyActor<T> {
             created_at_ms: doc.created_at_ms,
             updated_at_ms: now_ms,
         };
-        let op = Operation::Write { precondition: Precondition::Header(doc.header), value: Some(record.encode()) };
+        let (precondition, value) = (Precondition::Header(doc.header), Some(record.encode()));
         debug!(
             target: "datastorer::key", store = %self.store.name, key = %self.key,
             write = kind.name(), revision = header.revision, lane = priority.as_str(), "write queued"
@@ -299,15 +299,7 @@ impl<T: Document> KeyActor<T> {
             header,
             expires_at_ms,
         }));
-        let (store, key) = (self.store.name.clone(), self.key.clone());
-        let request = engine.request(&store, &key, self.storage_key(), op, priority);
-        let fut = async move {
-            match request.await {
-                Ok(Reply::Written(outcome)) => Ok(outcome),
-                Ok(_) => Err(Error::NotRunning),
-                Err(f) => Err(queue_error(&store, &key, f)),
-            }
-        };
+        let fut = engine.write(&self.store.name, &self.key, self.storage_key(), precondition, value, priority);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
     }
 
@@ -358,12 +350,8 @@ impl<T: Document> KeyActor<T> {
         let engine = self.store.engine.clone();
         let (store, key, skey) = (self.store.name.clone(), self.key.clone(), self.storage_key());
         async move {
-            let fail = |f| queue_error(&store, &key, f);
-            let bytes = match engine.request(&store, &key, skey.clone(), Operation::Get, priority).await {
-                Ok(Reply::Value(Some(b))) => b,
-                Ok(Reply::Value(None)) => return Ok(WriteOutcome::Conflict { current: None }),
-                Ok(_) => return Err(Error::NotRunning),
-                Err(f) => return Err(fail(f)),
+            let Some(bytes) = engine.get(&store, &key, skey.clone(), priority).await? else {
+                return Ok(WriteOutcome::Conflict { current: None });
             };
             let mut record = Record::decode(&bytes).map_err(|source| Error::CorruptRecord {
                 store: store.to_string(),
@@ -376,12 +364,7 @@ impl<T: Document> KeyActor<T> {
             record.header = header;
             record.lease = None;
             record.updated_at_ms = engine.clock.now_ms();
-            let op = Operation::Write { precondition: Precondition::Header(expected), value: Some(record.encode()) };
-            match engine.request(&store, &key, skey, op, priority).await {
-                Ok(Reply::Written(outcome)) => Ok(outcome),
-                Ok(_) => Err(Error::NotRunning),
-                Err(f) => Err(fail(f)),
-            }
+            engine.write(&store, &key, skey, Precondition::Header(expected), Some(record.encode()), priority).await
         }
     }
 
@@ -405,7 +388,7 @@ impl<T: Document> KeyActor<T> {
                 );
                 self.publish(match &inf.kind {
                     WriteKind::Release(reason) | WriteKind::Close(reason) => {
-                        NoticeKind::Released { revision, how: EndKind::of(reason) }
+                        NoticeKind::Released { revision, how: EndKind::from(reason) }
                     }
                     WriteKind::Save | WriteKind::Renew => NoticeKind::Saved { revision },
                 });
@@ -546,20 +529,24 @@ impl<T: Document> KeyActor<T> {
     /// After a notice gap (a transport reconnected, a receiver lagged): a
     /// `Stolen` notice may have been lost, so the record is read back. A
     /// write in flight checks the lease itself and needs no read.
-    fn verify_lease(&mut self, ctx: &mut Context<Self>) {
+    /// Reads the record and ends the session with `lost` if another holder
+    /// took it (a later epoch, or no record). Nothing is closed on a
+    /// notice's word alone: a `Stolen` notice is checked here too, so a
+    /// forged or stale one costs a read, never a live session.
+    fn verify_lease(&mut self, lost: CloseReason, ctx: &mut Context<Self>) {
         if self.phase != Phase::Open || self.in_flight.is_some() {
             return;
         }
         let Some(ours) = self.doc.as_ref().map(|d| d.header.epoch) else { return };
         let engine = self.store.engine.clone();
-        let read = engine.request(&self.store.name, &self.key, self.storage_key(), Operation::Get, Priority::Normal);
+        let read = engine.get(&self.store.name, &self.key, self.storage_key(), Priority::Normal);
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
-            let Ok(Reply::Value(stored)) = res else { return };
+            let Ok(stored) = res else { return };
             let stored = stored.as_deref().and_then(RecordHeader::peek).map(|h| h.epoch);
             if act.phase == Phase::Open && stored != Some(ours) {
                 warn!(target: "datastorer::lease", store = %act.store.name, key = %act.key, epoch = ours,
-                    stored = ?stored, "the lease was taken while notices were missed");
-                act.finish(CloseReason::LeaseLost, ctx);
+                    stored = ?stored, reason = %lost, "the lease was taken");
+                act.finish(lost, ctx);
             }
         }));
     }
@@ -873,8 +860,8 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
             }
             Control::Notice(NoticeKind::Stolen { by, .. }) => {
                 if matches!(self.phase, Phase::Open | Phase::Closing(_)) {
-                    warn!(target: "datastorer::lease", store = %self.store.name, key = %self.key, %by, "lease stolen");
-                    self.finish(CloseReason::Stolen, ctx);
+                    debug!(target: "datastorer::lease", store = %self.store.name, key = %self.key, %by, "steal announced: checking the record");
+                    self.verify_lease(CloseReason::Stolen, ctx);
                 }
             }
             Control::Notice(NoticeKind::Deleted) => {
@@ -884,7 +871,7 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
                 }
             }
             Control::Notice(_) => {}
-            Control::VerifyLease => self.verify_lease(ctx),
+            Control::VerifyLease => self.verify_lease(CloseReason::LeaseLost, ctx),
             #[cfg(feature = "harness")]
             Control::Abort => {
                 if self.phase != Phase::Closed {

@@ -30,9 +30,9 @@ use tracing::{debug, debug_span, warn};
 
 use crate::config::{Budget, QueueConfig};
 use crate::messages::queue::{
-    BudgetLevels, DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty, Operation, Priority, QueueDepth,
-    QueueFailure, QueueStats, Reply, Submit,
+    DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty, Operation, QueueFailure, Reply, Submit,
 };
+use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};
 
 /// Batches applied and waiting for their flush, at most. Enough to keep
 /// the disk busy while the next batch is applied; bounds what waits.

@@ -17,18 +17,18 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::actors::queue::QueueActor;
-use crate::engine::Registry;
 use crate::error::Error;
 use crate::messages::key::Control;
 #[cfg(feature = "harness")]
 use crate::messages::queue::DropQueued;
-use crate::messages::queue::{NotifyWhenEmpty, Priority};
+use crate::messages::queue::NotifyWhenEmpty;
 #[cfg(feature = "harness")]
 use crate::messages::supervisor::Abort;
 use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
+use crate::registry::Registry;
 use crate::report::{ReleaseReport, ShutdownReport};
-use crate::session::{CloseReason, SaveOutcome};
 use crate::storage::{Backend, NoticeKind};
+use crate::types::{CloseReason, Priority, SaveOutcome};
 
 pub(crate) struct Supervisor {
     registry: Arc<Registry>,

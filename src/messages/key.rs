@@ -9,9 +9,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::error::Error;
-use crate::messages::queue::Priority;
-use crate::session::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};
 use crate::storage::NoticeKind;
+use crate::types::{AcquirePolicy, CloseReason, LeaseInfo, Priority, SaveOutcome};
 
 pub(crate) type ReceiptTx = oneshot::Sender<Result<SaveOutcome, Error>>;
 

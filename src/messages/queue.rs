@@ -7,24 +7,7 @@ use actix::Message;
 use tokio::sync::oneshot;
 
 use crate::storage::{KeyValues, Precondition, StorageError, WriteOutcome};
-
-/// Which lane a request waits in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Priority {
-    /// The ordinary lane.
-    Normal,
-    /// Served first (shutdown, release); never starves the normal lane.
-    Emergency,
-}
-
-impl Priority {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Priority::Normal => "normal",
-            Priority::Emergency => "emergency",
-        }
-    }
-}
+use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};
 
 /// The backend operation a request performs.
 #[derive(Debug)]
@@ -109,60 +92,15 @@ pub(crate) struct NotifyWhenEmpty {
     pub done: oneshot::Sender<()>,
 }
 
-/// How much work the queue holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueueDepth {
-    /// Requests waiting in the emergency lane.
-    pub emergency: usize,
-    /// Requests waiting in the normal lane.
-    pub normal: usize,
-    /// Requests in the batch being executed.
-    pub in_flight: usize,
-    /// Requests waiting out a backoff delay.
-    pub retrying: usize,
-}
-
-impl QueueDepth {
-    /// Total requests the queue holds.
-    pub fn total(&self) -> usize {
-        self.emergency + self.normal + self.in_flight + self.retrying
-    }
-}
-
 /// Read the current [`QueueDepth`].
 #[derive(Message)]
 #[rtype(result = "QueueDepth")]
 pub(crate) struct GetDepth;
 
-/// Tokens left in each budget (`None`: unlimited).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct BudgetLevels {
-    /// Reads.
-    pub get: Option<f64>,
-    /// Writes.
-    pub write: Option<f64>,
-    /// Scans.
-    pub scan: Option<f64>,
-}
-
 /// Read the current [`BudgetLevels`].
 #[derive(Message)]
 #[rtype(result = "BudgetLevels")]
 pub(crate) struct GetBudgets;
-
-/// Totals since the queue started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QueueStats {
-    /// Batches executed.
-    pub batches: u64,
-    /// Durable flushes (one per batch that wrote something; with the queue on
-    /// its own thread one flush can cover several batches).
-    pub flushes: u64,
-    /// Write operations sent to the backend (attempts included).
-    pub writes: u64,
-    /// Reads sent to the backend.
-    pub gets: u64,
-}
 
 /// Read the [`QueueStats`].
 #[derive(Message)]

@@ -3,8 +3,8 @@
 
 use actix::Message;
 
-use crate::messages::queue::Priority;
 use crate::report::{ReleaseReport, ShutdownReport};
+use crate::types::Priority;
 
 /// Release every loaded key of every store.
 #[derive(Message)]

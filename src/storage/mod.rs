@@ -207,19 +207,6 @@ pub enum EndKind {
 }
 
 impl EndKind {
-    /// The end a session's close reason reports.
-    pub fn of(reason: &crate::CloseReason) -> Self {
-        use crate::CloseReason as R;
-        match reason {
-            R::Released => EndKind::Released,
-            R::Stolen => EndKind::Stolen,
-            R::ReleaseRequested => EndKind::ReleaseRequested,
-            R::Expired => EndKind::Expired,
-            R::Shutdown => EndKind::Shutdown,
-            R::Closed | R::LeaseLost | R::Deleted | R::Error(_) => EndKind::Closed,
-        }
-    }
-
     /// Its name in feeds and on the wire between processes.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -321,8 +308,10 @@ impl NoticeBus {
     }
 
     /// Publishes to every current subscriber (no-op without subscribers),
-    /// and to other processes when the bus has a transport.
-    pub fn publish(&self, notice: Notice) {
+    /// and to other processes when the bus has a transport. Only the
+    /// engine publishes (tests: `testing::publish`); a holder checks a
+    /// notice against storage before acting on it.
+    pub(crate) fn publish(&self, notice: Notice) {
         if let Some(t) = &self.transport {
             t.send(&notice);
         }

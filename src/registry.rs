@@ -1,0 +1,174 @@
+//! The registry of one `Datastorer` instance: its stores (type-erased, for
+//! the supervisor and the notice listener), the shutting-down flag, each
+//! store's fingerprint, and each key actor's close signal.
+//!
+//! Owns: these tables and signals. Must not: name the key actor, a store's
+//! document type or the engine; the layers above register here, and a key
+//! actor reports its end only through its `CloseSignal` and the deregister
+//! callback its store handed it.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use actix::Recipient;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::messages::key::Control;
+use crate::types::CloseReason;
+
+/// Type-erased view of a store, for the supervisor and the notice listener.
+pub(crate) trait StoreControl: Send + Sync + 'static {
+    fn as_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+    fn fingerprint(&self) -> &Fingerprint;
+    /// The store's loaded keys, sorted by key if `sorted`.
+    fn key_recipients(&self, sorted: bool) -> Vec<Recipient<Control>>;
+    fn find(&self, key: &str) -> Option<Recipient<Control>>;
+    fn loaded_count(&self) -> usize;
+}
+
+/// The stores of one instance. Stores point at the engine and the engine at
+/// the registry: the supervisor clears the registry when it is dropped (the
+/// actix System stopped), which frees the engine and closes the backend.
+#[derive(Default)]
+pub(crate) struct Registry {
+    stores: Mutex<HashMap<String, Arc<dyn StoreControl>>>,
+    shutting_down: AtomicBool,
+}
+
+impl Registry {
+    pub(crate) fn stores(&self) -> MutexGuard<'_, HashMap<String, Arc<dyn StoreControl>>> {
+        // Critical sections are single map operations; a poisoned lock holds
+        // a consistent map.
+        self.stores.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every loaded key, in map order.
+    pub(crate) fn all_keys(&self) -> Vec<Recipient<Control>> {
+        let stores: Vec<_> = self.stores().values().cloned().collect();
+        stores.iter().flat_map(|s| s.key_recipients(false)).collect()
+    }
+
+    /// Every loaded key in storage-key order (stores by name, then keys),
+    /// for the one-off passes that release them all (shutdown, release
+    /// all): the queue then gets neighbouring keys and each group commit
+    /// touches few tree nodes (100k keys: 0.95 s in map order, 0.65 s
+    /// sorted). Not for the periodic autosave: sorting a million keys takes
+    /// ~0.3 s on the engine's thread, a stall every tick.
+    pub(crate) fn all_keys_sorted(&self) -> Vec<Recipient<Control>> {
+        let mut stores: Vec<_> = self.stores().iter().map(|(name, s)| (name.clone(), s.clone())).collect();
+        stores.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        stores.iter().flat_map(|(_, s)| s.key_recipients(true)).collect()
+    }
+
+    pub(crate) fn find(&self, store: &str, key: &str) -> Option<Recipient<Control>> {
+        let s = self.stores().get(store).cloned()?;
+        s.find(key)
+    }
+
+    pub(crate) fn loaded_count(&self) -> usize {
+        let stores: Vec<_> = self.stores().values().cloned().collect();
+        stores.iter().map(|s| s.loaded_count()).sum()
+    }
+
+    /// Drops every store (breaking the store → engine → registry cycle).
+    pub(crate) fn clear(&self) {
+        let stores = std::mem::take(&mut *self.stores());
+        drop(stores);
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}
+
+/// What identifies a store's definition, to detect conflicting `store()` calls.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Fingerprint {
+    pub type_id: TypeId,
+    pub type_name: &'static str,
+    pub template: Value,
+    pub metadata_template: Value,
+    pub migrations: Vec<String>,
+    pub hooks: (bool, bool),
+}
+
+impl Fingerprint {
+    pub(crate) fn difference(&self, other: &Fingerprint) -> Option<String> {
+        if self.type_id != other.type_id {
+            return Some(format!("document type {} vs {}", self.type_name, other.type_name));
+        }
+        if self.template != other.template {
+            return Some("template differs".into());
+        }
+        if self.metadata_template != other.metadata_template {
+            return Some("metadata template differs".into());
+        }
+        if self.migrations != other.migrations {
+            return Some(format!("migrations {:?} vs {:?}", self.migrations, other.migrations));
+        }
+        if self.hooks != other.hooks {
+            return Some("hooks differ".into());
+        }
+        None
+    }
+}
+
+/// One key actor's lifecycle: opened, then closed once with a reason.
+/// One key actor's lifecycle as others see it: whether its open finished,
+/// and, once, that its session closed and why. The `Arc` doubles as the
+/// actor instance's identity in the store's registry.
+///
+/// One exists per loaded key, so it is kept small: a `watch` channel costs
+/// about 360 bytes (eight inner `Notify`s), this 80.
+pub(crate) struct CloseSignal {
+    reason: OnceLock<CloseReason>,
+    opened: AtomicBool,
+    notify: Notify,
+}
+
+impl CloseSignal {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self { reason: OnceLock::new(), opened: AtomicBool::new(false), notify: Notify::new() })
+    }
+
+    pub(crate) fn mark_opened(&self) {
+        self.opened.store(true, Ordering::Release);
+    }
+
+    /// The open finished and the session has not closed.
+    pub(crate) fn is_open(&self) -> bool {
+        self.opened.load(Ordering::Acquire) && self.reason.get().is_none()
+    }
+
+    /// Records `reason` and wakes every waiter; later calls change nothing.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        if self.reason.set(reason).is_ok() {
+            self.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn reason(&self) -> Option<CloseReason> {
+        self.reason.get().cloned()
+    }
+
+    /// Resolves once `close` has been called (at once if it has).
+    pub(crate) async fn wait(&self) -> CloseReason {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close between the two still wakes us.
+            notified.as_mut().enable();
+            if let Some(reason) = self.reason.get() {
+                return reason.clone();
+            }
+            notified.await;
+        }
+    }
+}

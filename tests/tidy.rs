@@ -1,0 +1,185 @@
+//! The written architecture, checked: the engine's modules form no import
+//! cycle (ARCHITECTURE.md, "Dependency order"), `storage` imports nothing
+//! from the rest of the crate, `bincode` lives only in the record format
+//! and `backoff` only in the retry policy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Engine modules by path (`actors::key`), with their source minus tests
+/// and comments. The server is a client of the engine and left out.
+fn engine_modules() -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(&root).expect("under src").with_extension("");
+            let mut parts: Vec<String> = rel.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+            if parts.last().is_some_and(|p| p == "mod") {
+                parts.pop();
+            }
+            let name = parts.join("::");
+            if matches!(name.as_str(), "lib" | "main") || name.starts_with("server") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read module");
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            let code: String =
+                code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+            out.insert(name, code);
+        }
+    }
+    out
+}
+
+/// The module `path` (`a::b::Item`) names, the longest known prefix.
+fn resolve<'a>(path: &str, names: &'a [String]) -> Option<&'a String> {
+    names.iter().filter(|n| path == n.as_str() || path.starts_with(&format!("{n}::"))).max_by_key(|n| n.len())
+}
+
+fn idents_after<'a>(code: &'a str, marker: &str) -> Vec<&'a str> {
+    code.match_indices(marker)
+        .map(|(i, _)| {
+            let rest = &code[i + marker.len()..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(rest.len());
+            rest[..end].trim_end_matches(':')
+        })
+        .collect()
+}
+
+fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let modules = engine_modules();
+    let names: Vec<String> = modules.keys().cloned().collect();
+    let mut graph = BTreeMap::new();
+    for (module, code) in &modules {
+        let mut edges = BTreeSet::new();
+        let mut paths: Vec<String> = idents_after(code, "crate::").into_iter().map(str::to_owned).collect();
+        for group in code.match_indices("use crate::{").map(|(i, _)| &code[i + 12..]) {
+            let group = &group[..group.find('}').unwrap_or(group.len())];
+            paths.extend(group.split(',').map(|p| p.trim().to_owned()));
+        }
+        let parent: Vec<&str> = module.split("::").collect();
+        let parent = parent[..parent.len() - 1].join("::");
+        for sup in idents_after(code, "super::") {
+            paths.push(if parent.is_empty() { sup.to_owned() } else { format!("{parent}::{sup}") });
+        }
+        for p in paths {
+            if let Some(target) = resolve(&p, &names) {
+                if target != module {
+                    edges.insert(target.clone());
+                }
+            }
+        }
+        graph.insert(module.clone(), edges);
+    }
+    graph
+}
+
+/// Strongly connected components of more than one module (Tarjan).
+fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    struct State<'g> {
+        graph: &'g BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<&'g str, usize>,
+        low: BTreeMap<&'g str, usize>,
+        stack: Vec<&'g str>,
+        on: BTreeSet<&'g str>,
+        next: usize,
+        out: Vec<Vec<String>>,
+    }
+    fn visit<'g>(s: &mut State<'g>, v: &'g str) {
+        s.index.insert(v, s.next);
+        s.low.insert(v, s.next);
+        s.next += 1;
+        s.stack.push(v);
+        s.on.insert(v);
+        for w in s.graph.get(v).into_iter().flatten() {
+            let w = w.as_str();
+            if !s.index.contains_key(w) {
+                visit(s, w);
+                let lw = s.low[w];
+                let lv = s.low.get_mut(v).expect("visited");
+                *lv = (*lv).min(lw);
+            } else if s.on.contains(w) {
+                let iw = s.index[w];
+                let lv = s.low.get_mut(v).expect("visited");
+                *lv = (*lv).min(iw);
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut comp = Vec::new();
+            while let Some(w) = s.stack.pop() {
+                s.on.remove(w);
+                comp.push(w.to_owned());
+                if w == v {
+                    break;
+                }
+            }
+            if comp.len() > 1 {
+                comp.sort();
+                s.out.push(comp);
+            }
+        }
+    }
+    let mut s = State {
+        graph,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on: BTreeSet::new(),
+        next: 0,
+        out: Vec::new(),
+    };
+    for v in graph.keys() {
+        if !s.index.contains_key(v.as_str()) {
+            visit(&mut s, v);
+        }
+    }
+    s.out
+}
+
+#[test]
+fn the_engine_modules_form_no_import_cycle() {
+    let graph = import_graph();
+    assert!(graph.contains_key("actors::key") && graph.contains_key("types"), "modules found: {graph:?}");
+    assert_eq!(cycles(&graph), Vec::<Vec<String>>::new(), "import cycles in the engine");
+}
+
+#[test]
+fn storage_imports_nothing_from_the_rest_of_the_crate() {
+    let graph = import_graph();
+    for (module, edges) in graph.iter().filter(|(m, _)| m.starts_with("storage")) {
+        let outside: Vec<_> = edges.iter().filter(|e| !e.starts_with("storage")).collect();
+        assert!(outside.is_empty(), "{module} imports {outside:?}");
+    }
+}
+
+#[test]
+fn bincode_and_backoff_stay_where_they_are_confined() {
+    for (module, code) in engine_modules() {
+        if code.contains("bincode::") {
+            assert_eq!(module, "storage::record", "bincode outside the record format");
+        }
+        if code.contains("backoff::") {
+            assert_eq!(module, "retry", "backoff outside the retry policy");
+        }
+    }
+}
+
+#[test]
+fn the_cycle_check_finds_a_cycle() {
+    let mut graph = BTreeMap::new();
+    for (a, b) in [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")] {
+        graph.entry(a.to_owned()).or_insert_with(BTreeSet::new).insert(b.to_owned());
+        graph.entry(b.to_owned()).or_insert_with(BTreeSet::new);
+    }
+    assert_eq!(cycles(&graph), vec![vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]]);
+}
