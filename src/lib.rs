@@ -200,9 +200,18 @@ impl Datastorer {
         &self.engine.owner
     }
 
-    /// The backend (shared with every instance started on it).
-    pub fn backend(&self) -> Arc<dyn Backend> {
-        self.engine.backend.clone()
+    /// Every change notice from now on (saves, releases and how sessions
+    /// ended, deletes; on a backend shared across processes, theirs too):
+    /// the way to watch the store without going around the queue. A slow
+    /// reader gets `Lagged` rather than slowing anyone down.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<crate::storage::Notice> {
+        self.engine.backend.notices().subscribe()
+    }
+
+    /// Now, by the clock leases are written in (the database's on
+    /// PostgreSQL), in ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.engine.clock.now_ms()
     }
 
     /// Number of keys loaded and open, over all stores.
@@ -247,12 +256,9 @@ impl Datastorer {
         let _ = rx.await;
     }
 
-    /// Simulates a crash of this instance: every key actor stops without
-    /// saving or releasing, queued requests are dropped (a batch already on
-    /// the disk finishes, as it would in a real crash). Leases stay in
-    /// storage until they lapse or the same owner id opens the keys again.
+    /// The harness's crash (`testing::crash`).
     #[cfg(feature = "harness")]
-    pub async fn crash(&self) {
+    pub(crate) async fn abort(&self) {
         let _ = self.supervisor.send(Abort).await;
     }
 

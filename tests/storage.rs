@@ -10,9 +10,9 @@ use common::*;
 use datastorer::storage::memory::MemoryBackend;
 use datastorer::storage::sled_backend::SledBackend;
 use datastorer::storage::{
-    storage_key, store_prefix, Backend, DecodeError, LeaseHolder, Precondition, Record, RecordHeader, WriteOp,
-    WriteOutcome,
+    storage_key, Backend, DecodeError, LeaseHolder, Precondition, Record, RecordHeader, WriteOp,
 };
+use datastorer::testing::conformance;
 use datastorer::{Config, Datastorer, Error};
 
 fn sample() -> Record {
@@ -91,194 +91,17 @@ fn damaged_records_are_typed_errors_never_panics() {
     }
 }
 
+fn record_at(revision: u64) -> Vec<u8> {
+    conformance::record_at(revision)
+}
+
 fn op(key: &[u8], precondition: Precondition, value: Option<Vec<u8>>) -> WriteOp {
     WriteOp { key: key.to_vec(), precondition, value }
 }
 
-/// Every backend must pass this.
-fn conformance(b: &dyn Backend) {
-    let k = storage_key("s", "k");
-    assert_eq!(b.get(&k).unwrap(), None);
-
-    let v1 = sample().encode();
-    let h1 = RecordHeader::peek(&v1).unwrap();
-    assert_eq!(b.write_batch(&[op(&k, Precondition::Absent, Some(v1.clone()))]), vec![Ok(WriteOutcome::Applied)]);
-    assert_eq!(b.get(&k).unwrap(), Some(v1.clone()));
-    // Absent no longer holds; the conflict reports the stored header.
-    assert_eq!(
-        b.write_batch(&[op(&k, Precondition::Absent, Some(vec![1]))]),
-        vec![Ok(WriteOutcome::Conflict { current: Some(h1) })]
-    );
-    // Fencing: a stale header is refused, the current one applies.
-    let mut next = sample();
-    next.header.revision += 1;
-    let v2 = next.encode();
-    let stale = RecordHeader { epoch: h1.epoch, revision: h1.revision - 1 };
-    let results = b.write_batch(&[
-        op(&k, Precondition::Header(stale), Some(vec![9])),
-        op(&k, Precondition::Header(h1), Some(v2.clone())),
-    ]);
-    assert_eq!(results, vec![Ok(WriteOutcome::Conflict { current: Some(h1) }), Ok(WriteOutcome::Applied)]);
-    assert_eq!(b.get(&k).unwrap(), Some(v2.clone()));
-
-    // A corrupt stored value is overwritten by nothing but `Any`.
-    let bad = storage_key("s", "bad");
-    b.write_batch(&[op(&bad, Precondition::Any, Some(b"garbage".to_vec()))]);
-    assert_eq!(
-        b.write_batch(&[op(&bad, Precondition::Absent, Some(v1.clone()))]),
-        vec![Ok(WriteOutcome::Conflict { current: None })]
-    );
-    assert_eq!(
-        b.write_batch(&[op(&bad, Precondition::Header(h1), Some(v1.clone()))]),
-        vec![Ok(WriteOutcome::Conflict { current: None })]
-    );
-    assert_eq!(b.get(&bad).unwrap(), Some(b"garbage".to_vec()));
-
-    // Scans: prefix, order, cursor, limit; other stores invisible.
-    for key in ["a", "b", "c"] {
-        b.write_batch(&[op(&storage_key("scan", key), Precondition::Any, Some(key.as_bytes().to_vec()))]);
-    }
-    b.write_batch(&[op(&storage_key("scanx", "z"), Precondition::Any, Some(vec![0]))]);
-    let p = store_prefix("scan");
-    let all = b.scan_prefix(&p, None, 10).unwrap();
-    assert_eq!(
-        all.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
-        vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
-    );
-    let page = b.scan_prefix(&p, Some(&storage_key("scan", "a")), 1).unwrap();
-    assert_eq!(page, vec![(storage_key("scan", "b"), b"b".to_vec())]);
-
-    // Delete.
-    b.delete(&storage_key("scan", "b")).unwrap();
-    assert_eq!(b.get(&storage_key("scan", "b")).unwrap(), None);
-
-    acquire(b);
-    many_reads(b);
-    large_batches(b);
-    b.flush().unwrap();
-}
-
-fn leased(owner: &str, expires_at_ms: u64, epoch: u64, revision: u64) -> Vec<u8> {
-    let mut r = sample();
-    r.header = RecordHeader { epoch, revision };
-    r.lease = Some(LeaseHolder { owner: owner.into(), expires_at_ms });
-    r.encode()
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-/// `Precondition::Acquire`: the backend itself refuses to hand over a live
-/// lease of another owner (by its own clock where it has one), and grants a
-/// lapsed one, the holder's own, and a key without a lease.
-fn acquire(b: &dyn Backend) {
-    let now = wall_ms();
-    let hour = 3_600_000;
-    let k = storage_key("acq", "live");
-    let live = leased("a", now + hour, 1, 1);
-    let h = RecordHeader::peek(&live).unwrap();
-    b.write_batch(&[op(&k, Precondition::Any, Some(live.clone()))]);
-    let by_b = leased("b", now + hour, 2, 2);
-    let take = |value: &Vec<u8>| op(&k, Precondition::Acquire { expected: h, now_ms: now }, Some(value.clone()));
-    assert_eq!(
-        b.write_batch(&[take(&by_b)]),
-        vec![Ok(WriteOutcome::Conflict { current: Some(h) })],
-        "another owner's live lease is refused"
-    );
-    assert_eq!(b.get(&k).unwrap(), Some(live.clone()));
-    // The holder itself may take its own lease again (a restart under the
-    // same owner id).
-    let by_a = leased("a", now + hour, 2, 2);
-    assert_eq!(b.write_batch(&[take(&by_a)]), vec![Ok(WriteOutcome::Applied)]);
-
-    // A lapsed lease, and a record with no lease, are granted.
-    let lapsed_key = storage_key("acq", "lapsed");
-    let lapsed = leased("a", 1, 1, 1);
-    b.write_batch(&[op(&lapsed_key, Precondition::Any, Some(lapsed.clone()))]);
-    let expected = RecordHeader::peek(&lapsed).unwrap();
-    let results =
-        b.write_batch(&[op(&lapsed_key, Precondition::Acquire { expected, now_ms: now }, Some(by_b.clone()))]);
-    assert_eq!(results, vec![Ok(WriteOutcome::Applied)]);
-    let free_key = storage_key("acq", "free");
-    let free = sample().encode();
-    let mut unleased = sample();
-    unleased.lease = None;
-    b.write_batch(&[op(&free_key, Precondition::Any, Some(unleased.encode()))]);
-    let expected = RecordHeader::peek(&free).unwrap();
-    let results = b.write_batch(&[op(&free_key, Precondition::Acquire { expected, now_ms: now }, Some(by_b.clone()))]);
-    assert_eq!(results, vec![Ok(WriteOutcome::Applied)]);
-    // A stale expected header is a plain conflict, whatever the lease.
-    let stale = RecordHeader { epoch: 1, revision: 1 };
-    let current = RecordHeader::peek(&by_b).unwrap();
-    let results = b.write_batch(&[op(&free_key, Precondition::Acquire { expected: stale, now_ms: now }, Some(live))]);
-    assert_eq!(results, vec![Ok(WriteOutcome::Conflict { current: Some(current) })]);
-}
-
-/// `get_many` answers every key in order, present or not.
-fn many_reads(b: &dyn Backend) {
-    let present = storage_key("many", "x");
-    b.write_batch(&[op(&present, Precondition::Any, Some(vec![7, 7]))]);
-    let absent = storage_key("many", "y");
-    let got = b.get_many(&[&absent, &present, &absent]);
-    assert_eq!(got, vec![Ok(None), Ok(Some(vec![7, 7])), Ok(None)]);
-}
-
-fn record_at(revision: u64) -> Vec<u8> {
-    let mut r = sample();
-    r.header.revision = revision;
-    r.encode()
-}
-
-/// Batches as large as a burst of saves makes (sled writes these on several
-/// threads): every op still gets its own outcome, in order, and a key
-/// written twice in one batch ends with its second value.
-fn large_batches(b: &dyn Backend) {
-    const N: usize = 3000;
-    let key = |i: usize| storage_key("big", &format!("k{i:05}"));
-    let first: Vec<WriteOp> = (0..N).map(|i| op(&key(i), Precondition::Absent, Some(record_at(1)))).collect();
-    assert!(b.write_batch(&first).iter().all(|r| *r == Ok(WriteOutcome::Applied)));
-
-    // Every third op carries a stale header, every fifth (not third) deletes.
-    let h1 = RecordHeader { epoch: 3, revision: 1 };
-    let stale = RecordHeader { epoch: 2, revision: 1 };
-    let second: Vec<WriteOp> = (0..N)
-        .map(|i| match i {
-            i if i % 3 == 0 => op(&key(i), Precondition::Header(stale), Some(record_at(9))),
-            i if i % 5 == 0 => op(&key(i), Precondition::Header(h1), None),
-            i => op(&key(i), Precondition::Header(h1), Some(record_at(2))),
-        })
-        .collect();
-    let results = b.write_batch(&second);
-    assert_eq!(results.len(), N);
-    for (i, r) in results.iter().enumerate() {
-        let expected = if i % 3 == 0 { WriteOutcome::Conflict { current: Some(h1) } } else { WriteOutcome::Applied };
-        assert_eq!(*r, Ok(expected), "op {i}");
-        let stored = b.get(&key(i)).unwrap();
-        match i {
-            i if i % 3 == 0 => assert_eq!(stored, Some(record_at(1)), "key {i} kept"),
-            i if i % 5 == 0 => assert_eq!(stored, None, "key {i} deleted"),
-            _ => assert_eq!(stored, Some(record_at(2)), "key {i} rewritten"),
-        }
-    }
-
-    // One key twice among many: the second write is conditional on the first.
-    let h2 = RecordHeader { epoch: 3, revision: 2 };
-    let h3 = RecordHeader { epoch: 3, revision: 3 };
-    let mut third: Vec<WriteOp> = (1..N)
-        .filter(|i| i % 3 != 0 && i % 5 != 0)
-        .map(|i| op(&key(i), Precondition::Header(h2), Some(record_at(3))))
-        .collect();
-    third.push(op(&key(1), Precondition::Header(h3), Some(record_at(4))));
-    let results = b.write_batch(&third);
-    assert!(results.iter().all(|r| *r == Ok(WriteOutcome::Applied)), "{:?}", results.iter().find(|r| r.is_err()));
-    assert_eq!(b.get(&key(1)).unwrap(), Some(record_at(4)));
-    assert_eq!(b.get(&key(2)).unwrap(), Some(record_at(3)));
-}
-
 #[test]
 fn memory_backend_conforms() {
-    conformance(&MemoryBackend::new());
+    conformance::backend(&MemoryBackend::new());
 }
 
 #[test]
@@ -286,7 +109,7 @@ fn sled_backend_conforms_and_persists_after_flush() {
     let dir = tempfile::tempdir().unwrap();
     {
         let b = SledBackend::open(dir.path().join("db")).unwrap();
-        conformance(&b);
+        conformance::backend(&b);
     }
     let b = SledBackend::open(dir.path().join("db")).unwrap();
     let rec = Record::decode(&b.get(&storage_key("s", "k")).unwrap().unwrap()).unwrap();
@@ -302,7 +125,7 @@ fn postgres_backend_conforms_and_persists() {
     let Some(pg) = common::pg::PgSchema::new("postgres_backend_conforms_and_persists") else { return };
     {
         let b = pg.backend();
-        conformance(&b);
+        conformance::backend(&b);
     }
     // A second connection (as another process would make) sees it all.
     let b = pg.backend();

@@ -754,9 +754,16 @@ async fn bench_cold_load(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measur
         let mut samples = Vec::new();
         let mut base = Vec::new();
         {
-            let ds = Datastorer::start(cfg_sled).await.map_err(|e| e.to_string())?;
+            // The baseline reads the same backend directly: the bench opens
+            // it itself and hands the engine a share.
+            let backend = std::sync::Arc::new(SledBackend::open(&dir).map_err(|e| e.to_string())?);
+            let mut cfg_shared = Config::backend(backend.clone()).owner_id(cfg_sled.owner_id.clone());
+            cfg_shared.handle_signals = cfg_sled.handle_signals;
+            cfg_shared.autosave_interval = cfg_sled.autosave_interval;
+            cfg_shared.lease_ttl = cfg_sled.lease_ttl;
+            cfg_shared.shutdown_deadline = cfg_sled.shutdown_deadline;
+            let ds = Datastorer::start(cfg_shared).await.map_err(|e| e.to_string())?;
             let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
-            let backend = ds.backend();
             for i in 0..cfg.latency_samples {
                 let k = format!("k{i}");
                 let started = Instant::now();

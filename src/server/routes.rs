@@ -321,7 +321,7 @@ async fn wrong_server(state: &AppState, path: &(String, String)) -> Option<ApiEr
     let pg = state.postgres.as_ref()?;
     let store = state.store(&path.0).ok()?;
     let lease = store.inspect(path.1.as_str()).await.ok()??.lease?;
-    let now = state.ds.backend().clock().map(|c| c.now_ms())?;
+    let now = state.ds.now_ms();
     if lease.owner == state.ds.owner_id() || lease.expires_at_ms <= now {
         return None;
     }
@@ -678,7 +678,7 @@ pub async fn changes(
     if let Some(s) = &query.store {
         crate::store::validate_store_name(s).map_err(ApiError::from)?;
     }
-    let rx = state.ds.backend().notices().subscribe();
+    let rx = state.ds.changes();
     let body = super::feed::stream(rx, query.store.clone(), state.shutdown.clone());
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CONTENT_TYPE, "text/event-stream"))

@@ -158,17 +158,20 @@ impl MemoryBackend {
 
     /// Makes the next `count` calls of `op` (on `key` only, if given) fail
     /// with an error of `kind`.
+    #[cfg(any(test, feature = "harness"))]
     pub fn fail_next(&self, op: OpKind, key: Option<&[u8]>, count: u64, kind: ErrorKind) {
         lock(&self.faults).push(FaultRule { op, key: key.map(<[u8]>::to_vec), remaining: count, kind });
     }
 
     /// Makes a `probability` fraction of `op` calls fail with `kind`,
     /// drawn from a generator seeded with `seed` (reproducible runs).
+    #[cfg(any(test, feature = "harness"))]
     pub fn fail_fraction(&self, op: OpKind, probability: f64, kind: ErrorKind, seed: u64) {
         self.fail_fraction_of(op, None, probability, kind, seed);
     }
 
     /// [`MemoryBackend::fail_fraction`] for the calls on one key only.
+    #[cfg(any(test, feature = "harness"))]
     pub fn fail_fraction_of(&self, op: OpKind, key: Option<&[u8]>, probability: f64, kind: ErrorKind, seed: u64) {
         let mut f = lock(&self.fractions);
         f.0.push(FractionRule { op, key: key.map(<[u8]>::to_vec), probability: probability.clamp(0.0, 1.0), kind });
@@ -176,6 +179,7 @@ impl MemoryBackend {
     }
 
     /// Removes every fault rule (counted and fractional).
+    #[cfg(any(test, feature = "harness"))]
     pub fn clear_faults(&self) {
         lock(&self.faults).clear();
         lock(&self.fractions).0.clear();
@@ -183,6 +187,7 @@ impl MemoryBackend {
 
     /// Adds `delay` to every `op` call (real time: the call sleeps on the
     /// blocking pool, so use it with a running clock).
+    #[cfg(any(test, feature = "harness"))]
     pub fn set_latency(&self, op: OpKind, delay: Duration) {
         lock(&self.latency).insert(op, delay);
         self.blocking.store(true, Ordering::SeqCst);
@@ -191,12 +196,14 @@ impl MemoryBackend {
     /// Holds the next `count` calls of `op` (on `key` only, if given) until
     /// [`MemoryBackend::unfreeze`]; later calls pass. Lets a test keep a
     /// request on the wire and race something against it.
+    #[cfg(any(test, feature = "harness"))]
     pub fn freeze(&self, op: OpKind, key: Option<&[u8]>, count: u64) {
         lock(&self.freeze).rules.push((op, key.map(<[u8]>::to_vec), count));
         self.blocking.store(true, Ordering::SeqCst);
     }
 
     /// Lets every held call go on and removes the freeze rules.
+    #[cfg(any(test, feature = "harness"))]
     pub fn unfreeze(&self) {
         let mut f = lock(&self.freeze);
         f.rules.clear();
@@ -205,22 +212,26 @@ impl MemoryBackend {
     }
 
     /// How many calls are being held by a freeze right now.
+    #[cfg(any(test, feature = "harness"))]
     pub fn frozen(&self) -> usize {
         lock(&self.freeze).held
     }
 
     /// Starts (or stops) recording every applied write, in order.
+    #[cfg(any(test, feature = "harness"))]
     pub fn record_history(&self, on: bool) {
         *lock(&self.history) = on.then(Vec::new);
     }
 
     /// The applied writes recorded so far.
+    #[cfg(any(test, feature = "harness"))]
     pub fn history(&self) -> Vec<AppliedWrite> {
         lock(&self.history).clone().unwrap_or_default()
     }
 
     /// What a crash of the storage process would do: every write applied
     /// since the last successful flush is undone.
+    #[cfg(any(test, feature = "harness"))]
     pub fn lose_unflushed(&self) -> usize {
         let lost: Vec<_> = lock(&self.unflushed).drain().collect();
         let mut map = lock(&self.map);
@@ -288,11 +299,13 @@ impl MemoryBackend {
 
     /// Every call received so far, in order: the operation and its key
     /// (empty for flush; the prefix for scans).
+    #[cfg(any(test, feature = "harness"))]
     pub fn log(&self) -> Vec<LoggedCall> {
         lock(&self.log).clone().unwrap_or_default()
     }
 
     /// Only the keys written (applied or not), in the order the writes arrived.
+    #[cfg(any(test, feature = "harness"))]
     pub fn written_keys(&self) -> Vec<Vec<u8>> {
         lock(&self.log).iter().flatten().filter(|(op, _)| *op == OpKind::Write).map(|(_, k)| k.clone()).collect()
     }
@@ -304,11 +317,13 @@ impl MemoryBackend {
     }
 
     /// The raw stored bytes of a storage key (for assertions).
+    #[cfg(any(test, feature = "harness"))]
     pub fn raw_get(&self, key: &[u8]) -> Option<Vec<u8>> {
         lock(&self.map).get(key).cloned()
     }
 
     /// Stores raw bytes, bypassing preconditions (to plant old or corrupt records).
+    #[cfg(any(test, feature = "harness"))]
     pub fn raw_put(&self, key: &[u8], value: &[u8]) {
         lock(&self.map).insert(key.to_vec(), value.to_vec());
     }

@@ -21,6 +21,8 @@
 //!
 //! Must not: be used by the engine itself.
 
+pub mod conformance;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,7 +96,7 @@ impl Cluster {
     /// stay in storage. Writes the backend accepted but never flushed are
     /// lost only if you also call [`MemoryBackend::lose_unflushed`].
     pub async fn crash(&mut self, i: usize) {
-        self.nodes[i].crash().await;
+        crash(&self.nodes[i]).await;
     }
 
     /// Starts node `i` again with the same config (and owner id, so it
@@ -174,4 +176,13 @@ impl Cluster {
 /// the engine's own), for tests of notice routing and transports.
 pub fn publish(bus: &crate::storage::NoticeBus, notice: crate::storage::Notice) {
     bus.publish(notice);
+}
+
+/// Simulates a crash of `ds`: every key actor stops without saving or
+/// releasing, queued requests are dropped (a batch already on the disk
+/// finishes, as it would in a real crash). Leases stay in storage until
+/// they lapse or the same owner id opens the keys again. A test hook, so it
+/// lives here and not on `Datastorer`.
+pub async fn crash(ds: &crate::Datastorer) {
+    ds.abort().await;
 }
