@@ -22,6 +22,7 @@ use actix::prelude::*;
 use serde_json::Value;
 use tracing::{debug, warn};
 
+use super::write_slot::{OnWire, Requested, SlotKind, WriteSlot};
 use crate::error::Error;
 use crate::lease::{acquire, Loaded};
 use crate::messages::key::{
@@ -57,7 +58,9 @@ enum WriteKind {
     Close(CloseReason),
 }
 
-impl WriteKind {
+impl SlotKind for WriteKind {
+    /// A close outranks a release: both end the session, and a close asked
+    /// for after a release means the caller no longer wants the data saved.
     fn rank(&self) -> u8 {
         match self {
             WriteKind::Renew => 0,
@@ -66,6 +69,12 @@ impl WriteKind {
             WriteKind::Close(_) => 3,
         }
     }
+    fn drops_data(&self) -> bool {
+        matches!(self, WriteKind::Close(_))
+    }
+}
+
+impl WriteKind {
     fn name(&self) -> &'static str {
         match self {
             WriteKind::Renew => "renew",
@@ -76,19 +85,13 @@ impl WriteKind {
     }
 }
 
-struct InFlight {
-    kind: WriteKind,
-    receipts: Vec<ReceiptTx>,
+/// What a completed write changes in the loaded state.
+#[derive(Debug)]
+struct Written {
     checksum: u64,
     meta_generation: u32,
     header: RecordHeader,
     expires_at_ms: u64,
-}
-
-struct PendingWrite {
-    kind: WriteKind,
-    priority: Priority,
-    receipts: Vec<ReceiptTx>,
 }
 
 /// One loaded key. Created by `Store::open`, stopped when its session closes.
@@ -101,14 +104,13 @@ pub(crate) struct KeyActor<T: Document> {
     key: Arc<str>,
     phase: Phase,
     doc: Option<Loaded<T>>,
-    in_flight: Option<Box<InFlight>>,
-    pending: Option<Box<PendingWrite>>,
+    writes: WriteSlot<WriteKind, ReceiptTx, Written>,
     closed: Arc<CloseSignal>,
 }
 
 impl<T: Document> KeyActor<T> {
     pub(crate) fn new(store: Arc<StoreDef<T>>, key: Arc<str>, closed: Arc<CloseSignal>) -> Self {
-        Self { store, key, phase: Phase::Opening, doc: None, in_flight: None, pending: None, closed }
+        Self { store, key, phase: Phase::Opening, doc: None, writes: WriteSlot::default(), closed }
     }
 
     fn storage_key(&self) -> Vec<u8> {
@@ -172,29 +174,20 @@ impl<T: Document> KeyActor<T> {
         receipts: Vec<ReceiptTx>,
         ctx: &mut Context<Self>,
     ) {
-        if self.in_flight.is_none() {
-            self.start_write(kind, priority, receipts, None, ctx);
-            return;
-        }
-        match &mut self.pending {
-            None => self.pending = Some(Box::new(PendingWrite { kind, priority, receipts })),
-            Some(p) => {
-                if kind.rank() > p.kind.rank() {
-                    if matches!(kind, WriteKind::Close(_)) {
-                        // A close drops unsaved data: the saves waiting for it cannot succeed.
-                        let err = Error::SessionClosed {
-                            store: self.store.name.to_string(),
-                            key: self.key.to_string(),
-                            reason: CloseReason::Closed,
-                        };
-                        for r in p.receipts.drain(..) {
-                            let _ = r.send(Err(err.clone()));
-                        }
+        match self.writes.request(kind, priority, receipts) {
+            Requested::Start(w) => self.start_write(w.kind, w.priority, w.receipts, None, ctx),
+            Requested::Queued { superseded } => {
+                if !superseded.is_empty() {
+                    // A close drops unsaved data: the saves waiting for it cannot succeed.
+                    let err = Error::SessionClosed {
+                        store: self.store.name.to_string(),
+                        key: self.key.to_string(),
+                        reason: CloseReason::Closed,
+                    };
+                    for r in superseded {
+                        let _ = r.send(Err(err.clone()));
                     }
-                    p.kind = kind;
                 }
-                p.priority = p.priority.max(priority);
-                p.receipts.extend(receipts);
             }
         }
     }
@@ -291,14 +284,8 @@ impl<T: Document> KeyActor<T> {
             target: "datastorer::key", store = %self.store.name, key = %self.key,
             write = kind.name(), revision = header.revision, lane = priority.as_str(), "write queued"
         );
-        self.in_flight = Some(Box::new(InFlight {
-            kind,
-            receipts,
-            checksum,
-            meta_generation: doc.meta_generation,
-            header,
-            expires_at_ms,
-        }));
+        let written = Written { checksum, meta_generation: doc.meta_generation, header, expires_at_ms };
+        self.writes.started(kind, receipts, written);
         let fut = engine.write(&self.store.name, &self.key, self.storage_key(), precondition, value, priority);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
     }
@@ -327,14 +314,13 @@ impl<T: Document> KeyActor<T> {
         };
         let expected = doc.header;
         let header = RecordHeader { epoch: expected.epoch, revision: expected.revision + 1 };
-        self.in_flight = Some(Box::new(InFlight {
-            kind: WriteKind::Close(reason),
-            receipts,
+        let written = Written {
             checksum: doc.saved_checksum,
             meta_generation: doc.saved_meta_generation,
             header,
             expires_at_ms: 0,
-        }));
+        };
+        self.writes.started(WriteKind::Close(reason), receipts, written);
         let fut = self.clear_lease(expected, priority);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
     }
@@ -369,12 +355,13 @@ impl<T: Document> KeyActor<T> {
     }
 
     fn write_done(&mut self, result: Result<WriteOutcome, Error>, ctx: &mut Context<Self>) {
-        let Some(inf) = self.in_flight.take() else {
+        let Some(done) = self.writes.completed() else {
             return;
         };
+        let OnWire { kind, receipts, meta: inf } = *done;
         match result {
             Ok(WriteOutcome::Applied) => {
-                let closing = matches!(inf.kind, WriteKind::Release(_) | WriteKind::Close(_));
+                let closing = matches!(kind, WriteKind::Release(_) | WriteKind::Close(_));
                 if let Some(doc) = self.doc.as_mut() {
                     doc.header = inf.header;
                     doc.expires_at_ms = inf.expires_at_ms;
@@ -384,9 +371,9 @@ impl<T: Document> KeyActor<T> {
                 let revision = inf.header.revision;
                 debug!(
                     target: "datastorer::key", store = %self.store.name, key = %self.key,
-                    write = inf.kind.name(), revision, outcome = "durable", "write done"
+                    write = kind.name(), revision, outcome = "durable", "write done"
                 );
-                self.publish(match &inf.kind {
+                self.publish(match &kind {
                     WriteKind::Release(reason) | WriteKind::Close(reason) => {
                         NoticeKind::Released { revision, how: EndKind::from(reason) }
                     }
@@ -394,10 +381,10 @@ impl<T: Document> KeyActor<T> {
                 });
                 // A closing write deregisters the key before its receipts
                 // resolve, so a caller that reopens at once gets a new actor.
-                if let WriteKind::Release(reason) | WriteKind::Close(reason) = &inf.kind {
+                if let WriteKind::Release(reason) | WriteKind::Close(reason) = &kind {
                     self.finish(reason.clone(), ctx);
                 }
-                for r in inf.receipts {
+                for r in receipts {
                     let _ = r.send(Ok(SaveOutcome { revision }));
                 }
                 if closing {
@@ -411,7 +398,7 @@ impl<T: Document> KeyActor<T> {
                 );
                 let err = Error::LeaseLost { store: self.store.name.to_string(), key: self.key.to_string() };
                 self.store.engine.save_failures.count(crate::SaveFailureReason::LeaseLost);
-                for r in inf.receipts {
+                for r in receipts {
                     let _ = r.send(Err(err.clone()));
                 }
                 self.finish(CloseReason::LeaseLost, ctx);
@@ -422,20 +409,20 @@ impl<T: Document> KeyActor<T> {
                 self.store.engine.save_failures.count(reason);
                 warn!(
                     target: "datastorer::key", store = %self.store.name, key = %self.key,
-                    write = inf.kind.name(), reason = reason.as_str(), error = %err, "write failed; data kept in memory"
+                    write = kind.name(), reason = reason.as_str(), error = %err, "write failed; data kept in memory"
                 );
-                for r in inf.receipts {
+                for r in receipts {
                     let _ = r.send(Err(err.clone()));
                 }
-                let closing_failed = matches!(inf.kind, WriteKind::Release(_) | WriteKind::Close(_));
+                let closing_failed = matches!(kind, WriteKind::Release(_) | WriteKind::Close(_));
                 if closing_failed && matches!(self.phase, Phase::Closing(_)) {
                     // Stay open so the application can retry; nothing is lost.
                     self.phase = Phase::Open;
                 }
             }
         }
-        if let Some(p) = self.pending.take() {
-            self.start_write(p.kind, p.priority, p.receipts, None, ctx);
+        if let Some(next) = self.writes.next() {
+            self.start_write(next.kind, next.priority, next.receipts, None, ctx);
         }
     }
 
@@ -443,12 +430,7 @@ impl<T: Document> KeyActor<T> {
     /// deregisters and stops the actor.
     fn finish(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         debug!(target: "datastorer::key", store = %self.store.name, key = %self.key, reason = %reason, "session closed");
-        let waiting: Vec<ReceiptTx> =
-            [self.in_flight.take().map(|i| i.receipts), self.pending.take().map(|p| p.receipts)]
-                .into_iter()
-                .flatten()
-                .flatten()
-                .collect();
+        let waiting = self.writes.abandon();
         // Built only when someone waits: a shutdown finishes every key here.
         if !waiting.is_empty() {
             let err = Error::SessionClosed {
@@ -469,9 +451,7 @@ impl<T: Document> KeyActor<T> {
     /// Whether the close under way drops unsaved changes (a close, not a
     /// release): a save asked for meanwhile cannot succeed.
     fn dropping_changes(&self) -> bool {
-        let closes = |k: &WriteKind| matches!(k, WriteKind::Close(_));
-        self.in_flight.as_ref().is_some_and(|i| closes(&i.kind))
-            || self.pending.as_ref().is_some_and(|p| closes(&p.kind))
+        self.writes.dropping_data()
     }
 
     fn begin_closing(&mut self, kind: WriteKind, priority: Priority, receipt: ReceiptTx, ctx: &mut Context<Self>) {
@@ -486,12 +466,7 @@ impl<T: Document> KeyActor<T> {
             }
             // Already closing: resolve together with the close under way.
             Phase::Closing(_) => {
-                if let Some(p) = self.pending.as_mut() {
-                    p.priority = p.priority.max(priority);
-                    p.receipts.push(receipt);
-                } else if let Some(i) = self.in_flight.as_mut() {
-                    i.receipts.push(receipt);
-                } else {
+                if let Err(receipt) = self.writes.join(priority, receipt) {
                     let _ = receipt.send(Err(self.closed_error()));
                 }
             }
@@ -502,7 +477,7 @@ impl<T: Document> KeyActor<T> {
     }
 
     fn autosave(&mut self, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Open || self.in_flight.is_some() || self.pending.is_some() {
+        if self.phase != Phase::Open || !self.writes.idle() {
             return;
         }
         let encoded = match self.encode_data() {
@@ -534,7 +509,7 @@ impl<T: Document> KeyActor<T> {
     /// notice's word alone: a `Stolen` notice is checked here too, so a
     /// forged or stale one costs a read, never a live session.
     fn verify_lease(&mut self, lost: CloseReason, ctx: &mut Context<Self>) {
-        if self.phase != Phase::Open || self.in_flight.is_some() {
+        if self.phase != Phase::Open || self.writes.busy() {
             return;
         }
         let Some(ours) = self.doc.as_ref().map(|d| d.header.epoch) else { return };

@@ -6,3 +6,4 @@
 pub(crate) mod key;
 pub(crate) mod queue;
 pub(crate) mod supervisor;
+pub(crate) mod write_slot;
