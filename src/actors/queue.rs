@@ -20,7 +20,7 @@
 //!
 //! Must not: know about records, documents or leases (it moves bytes).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,11 +28,12 @@ use actix::prelude::*;
 use tokio::time::Instant;
 use tracing::{debug, debug_span, warn};
 
-use crate::config::{Budget, QueueConfig};
+use super::lanes::{BatchLimits, BudgetClass, KeyCounts, KeyHashSet, Lanes, Queued};
+use crate::config::QueueConfig;
 use crate::messages::queue::{
     DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty, Operation, QueueFailure, Reply, Submit,
 };
-use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};
+use crate::types::{Priority, QueueDepth, QueueStats};
 
 /// Batches applied and waiting for their flush, at most. Enough to keep
 /// the disk busy while the next batch is applied; bounds what waits.
@@ -103,7 +104,7 @@ fn run_flusher(
 use crate::retry::RetryState;
 use crate::storage::{Backend, Precondition, RecordHeader, StorageError, WriteOp, WriteOutcome};
 
-struct Pending {
+pub(crate) struct Pending {
     req: Submit,
     /// seahash of the storage key: the per-key bookkeeping below is keyed
     /// by it, which costs no key copies. Two keys with one hash would only
@@ -114,89 +115,37 @@ struct Pending {
     enqueued: Instant,
 }
 
-struct Bucket {
-    budget: Budget,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl Bucket {
-    fn new(budget: Budget) -> Self {
-        Self { budget, tokens: budget.burst, refilled: Instant::now() }
+impl Queued for Pending {
+    fn key_hash(&self) -> u64 {
+        self.key_hash
     }
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.budget.per_second).min(self.budget.burst);
-        self.refilled = now;
+    fn lane(&self) -> Priority {
+        self.req.lane
     }
-    fn time_to_token(&self) -> Duration {
-        Duration::from_secs_f64(((1.0 - self.tokens).max(0.0)) / self.budget.per_second)
+    fn set_lane(&mut self, lane: Priority) {
+        self.req.lane = lane;
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum BudgetClass {
-    Get,
-    Write,
-    Scan,
-}
-
-fn class_of(op: &Operation) -> BudgetClass {
-    match op {
-        Operation::Get => BudgetClass::Get,
-        Operation::Write { .. } => BudgetClass::Write,
-        Operation::Scan { .. } => BudgetClass::Scan,
+    fn bytes(&self) -> usize {
+        self.req.op.value_len()
     }
-}
-
-/// A batch being composed.
-#[derive(Default)]
-struct Batch {
-    requests: Vec<Pending>,
-    /// Bytes of written values taken so far.
-    bytes: usize,
-    /// `max_batch_bytes` reached: no lane may add more.
-    full: bool,
-}
-
-/// Hashes a `u64` key hash to itself: the per-key maps are keyed by
-/// seahash values already.
-#[derive(Default)]
-struct KeyHashHasher(u64);
-
-impl std::hash::Hasher for KeyHashHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; fold anything else in, to stay correct.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+    fn class(&self) -> BudgetClass {
+        match self.req.op {
+            Operation::Get => BudgetClass::Get,
+            Operation::Write { .. } => BudgetClass::Write,
+            Operation::Scan { .. } => BudgetClass::Scan,
         }
     }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
-type KeyHashMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHashHasher>>;
-type KeyHashSet = HashSet<u64, std::hash::BuildHasherDefault<KeyHashHasher>>;
-
-/// The queue actor. Started by the supervisor; see the module docs.
+/// The queue actor. Started by `Datastorer::start`; see the module docs.
 pub(crate) struct QueueActor {
     backend: Arc<dyn Backend>,
     config: QueueConfig,
-    emergency: VecDeque<Pending>,
-    normal: VecDeque<Pending>,
-    /// Queued normal requests per key, to find them when an emergency
-    /// request for the same key arrives.
-    normal_keys: KeyHashMap<usize>,
-    /// Queued emergency requests per key.
-    emergency_keys: KeyHashMap<usize>,
+    /// What waits, and how the next batch is picked.
+    lanes: Lanes<Pending>,
     retrying: HashMap<u64, Pending>,
-    retrying_keys: KeyHashMap<usize>,
+    retrying_keys: KeyCounts,
     next_retry_id: u64,
-    buckets: HashMap<BudgetClass, Bucket>,
     executing: usize,
     /// The queue has a thread to itself (sled): batches run inline on it,
     /// saving the hop to tokio's blocking pool and back on every batch.
@@ -207,11 +156,9 @@ pub(crate) struct QueueActor {
     unflushed: usize,
     unflushed_requests: usize,
     /// Keys with a request in an unflushed batch.
-    unflushed_keys: KeyHashMap<usize>,
+    unflushed_keys: KeyCounts,
     /// A pump is scheduled for after the mailbox drains.
     pump_scheduled: bool,
-    /// Batches composed in a row while the normal lane had work and got none.
-    normal_starved: usize,
     wake_at: Option<Instant>,
     stats: QueueStats,
     empty_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -227,35 +174,25 @@ impl QueueActor {
     }
 
     pub(crate) fn new(backend: Arc<dyn Backend>, config: QueueConfig) -> Self {
-        let mut buckets = HashMap::new();
-        for (class, budget) in [
-            (BudgetClass::Get, config.budgets.get),
-            (BudgetClass::Write, config.budgets.write),
-            (BudgetClass::Scan, config.budgets.scan),
-        ] {
-            if let Some(b) = budget {
-                buckets.insert(class, Bucket::new(b));
-            }
-        }
+        let limits = BatchLimits {
+            max_batch: config.max_batch,
+            max_batch_bytes: config.max_batch_bytes,
+            normal_share: config.normal_share,
+        };
         Self {
+            lanes: Lanes::new(limits, &config.budgets),
             backend,
             config,
-            emergency: VecDeque::new(),
-            normal: VecDeque::new(),
-            normal_keys: KeyHashMap::default(),
-            emergency_keys: KeyHashMap::default(),
             retrying: HashMap::new(),
-            retrying_keys: KeyHashMap::default(),
+            retrying_keys: KeyCounts::default(),
             next_retry_id: 0,
-            buckets,
             executing: 0,
             own_thread: false,
             flusher: None,
             unflushed: 0,
             unflushed_requests: 0,
-            unflushed_keys: KeyHashMap::default(),
+            unflushed_keys: KeyCounts::default(),
             pump_scheduled: false,
-            normal_starved: 0,
             wake_at: None,
             stats: QueueStats::default(),
             empty_waiters: Vec::new(),
@@ -263,158 +200,24 @@ impl QueueActor {
     }
 
     fn depth(&self) -> QueueDepth {
+        let (emergency, normal) = self.lanes.len();
         QueueDepth {
-            emergency: self.emergency.len(),
-            normal: self.normal.len(),
+            emergency,
+            normal,
             in_flight: self.executing + self.unflushed_requests,
             retrying: self.retrying.len(),
         }
     }
 
-    fn enqueue(&mut self, mut pending: Pending, front: bool) {
-        let key = pending.key_hash;
-        // Lanes never hold requests for the same key, which keeps per-key
-        // FIFO without scanning: a normal request for a key that has queued
-        // emergency requests joins them; an emergency request pulls the
-        // key's (older) queued normal requests into the emergency lane.
-        if pending.req.lane == Priority::Normal && self.emergency_keys.contains_key(&key) {
-            pending.req.lane = Priority::Emergency;
-        }
-        match pending.req.lane {
-            Priority::Emergency => {
-                if self.normal_keys.remove(&key).is_some() {
-                    // Rare (one outstanding request per key is the rule), so a scan is fine.
-                    let (moved, kept): (VecDeque<_>, VecDeque<_>) =
-                        self.normal.drain(..).partition(|p| p.key_hash == key);
-                    self.normal = kept;
-                    *self.emergency_keys.entry(key).or_default() += moved.len();
-                    if front {
-                        self.emergency.push_front(pending);
-                        for p in moved.into_iter().rev() {
-                            self.emergency.push_front(p);
-                        }
-                        *self.emergency_keys.entry(key).or_default() += 1;
-                        return;
-                    }
-                    self.emergency.extend(moved);
-                }
-                *self.emergency_keys.entry(key).or_default() += 1;
-                if front {
-                    self.emergency.push_front(pending)
-                } else {
-                    self.emergency.push_back(pending)
-                }
-            }
-            Priority::Normal => {
-                *self.normal_keys.entry(key).or_default() += 1;
-                if front {
-                    self.normal.push_front(pending)
-                } else {
-                    self.normal.push_back(pending)
-                }
-            }
-        }
+    fn enqueue(&mut self, pending: Pending, front: bool) {
+        self.lanes.enqueue(pending, front);
     }
 
-    fn forget_key(&mut self, lane: Priority, key: u64) {
-        let map = match lane {
-            Priority::Emergency => &mut self.emergency_keys,
-            Priority::Normal => &mut self.normal_keys,
-        };
-        if let Some(n) = map.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&key);
-            }
-        }
-    }
-
-    /// Picks the next batch: emergency first, with `1/normal_share` of the
-    /// slots reserved for the normal lane when it has work, and the normal
-    /// lane served first after `normal_share` batches without it (budgets
-    /// can leave room for only one request per batch). Costs O(batch), not
-    /// O(queue): a lane is scanned only until the batch is full.
+    /// The next batch: what `Lanes` picks, with retrying and unflushed keys
+    /// blocked, and scans held while anything applied is not yet durable.
     fn compose(&mut self) -> Vec<Pending> {
-        let now = Instant::now();
-        for b in self.buckets.values_mut() {
-            b.refill(now);
-        }
-        let max = self.config.max_batch;
-        let reserved = if self.normal.is_empty() { 0 } else { (max / self.config.normal_share).max(1) };
-        let mut blocked: KeyHashSet = self.retrying_keys.keys().chain(self.unflushed_keys.keys()).copied().collect();
-        let mut batch = Batch::default();
-        let normal_waiting = !self.normal.is_empty();
-        if normal_waiting && self.normal_starved >= self.config.normal_share {
-            self.take_from(Priority::Normal, reserved, &mut blocked, &mut batch);
-        }
-        self.take_from(Priority::Emergency, max.saturating_sub(reserved).max(1), &mut blocked, &mut batch);
-        self.take_from(Priority::Normal, max, &mut blocked, &mut batch);
-        self.take_from(Priority::Emergency, max, &mut blocked, &mut batch);
-        let served_normal = batch.requests.iter().any(|p| p.req.lane == Priority::Normal);
-        if normal_waiting && !batch.requests.is_empty() && !served_normal {
-            self.normal_starved += 1;
-        } else if served_normal {
-            self.normal_starved = 0;
-        }
-        batch.requests
-    }
-
-    fn take_from(&mut self, lane: Priority, cap: usize, blocked: &mut KeyHashSet, batch: &mut Batch) {
-        if batch.requests.len() >= cap || batch.full {
-            return;
-        }
-        let max_bytes = self.config.max_batch_bytes;
-        let mut queue = match lane {
-            Priority::Emergency => std::mem::take(&mut self.emergency),
-            Priority::Normal => std::mem::take(&mut self.normal),
-        };
-        let mut kept = VecDeque::new();
-        let mut taken_keys = Vec::new();
-        while let Some(p) = queue.pop_front() {
-            if batch.requests.len() >= cap {
-                queue.push_front(p);
-                break;
-            }
-            let size = p.req.op.value_len();
-            if !batch.requests.is_empty() && batch.bytes.saturating_add(size) > max_bytes {
-                // Full by bytes: nothing later may overtake this request.
-                batch.full = true;
-                queue.push_front(p);
-                break;
-            }
-            if blocked.contains(&p.key_hash) {
-                kept.push_back(p);
-                continue;
-            }
-            if self.unflushed > 0 && matches!(p.req.op, Operation::Scan { .. }) {
-                // A scan could see another key's unflushed write: it waits
-                // until everything applied is durable.
-                blocked.insert(p.key_hash);
-                kept.push_back(p);
-                continue;
-            }
-            if let Some(bucket) = self.buckets.get_mut(&class_of(&p.req.op)) {
-                if bucket.tokens < 1.0 {
-                    blocked.insert(p.key_hash);
-                    kept.push_back(p);
-                    continue;
-                }
-                bucket.tokens -= 1.0;
-            }
-            blocked.insert(p.key_hash);
-            taken_keys.push(p.key_hash);
-            batch.bytes += size;
-            batch.requests.push(p);
-        }
-        // Skipped requests go back in front of the untouched rest, in order.
-        kept.append(&mut queue);
-        match lane {
-            Priority::Emergency => self.emergency = kept,
-            Priority::Normal => self.normal = kept,
-        }
-        for k in taken_keys {
-            self.forget_key(lane, k);
-        }
+        let blocked: KeyHashSet = self.retrying_keys.keys().chain(self.unflushed_keys.keys()).collect();
+        self.lanes.compose(blocked, self.unflushed > 0, |p| matches!(p.req.op, Operation::Scan { .. }))
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
@@ -482,7 +285,7 @@ impl QueueActor {
                 continue;
             }
             for p in &batch {
-                *self.unflushed_keys.entry(p.key_hash).or_default() += 1;
+                self.unflushed_keys.add(p.key_hash, 1);
             }
             self.unflushed += 1;
             self.unflushed_requests += batch.len();
@@ -515,29 +318,17 @@ impl QueueActor {
             self.unflushed -= 1;
             self.unflushed_requests -= done.requests;
             for key in &done.keys {
-                if let Some(n) = self.unflushed_keys.get_mut(key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.unflushed_keys.remove(key);
-                    }
-                }
+                self.unflushed_keys.remove_one(*key);
             }
             self.done(done, ctx);
         }
     }
 
     fn schedule_budget_wake(&mut self, ctx: &mut Context<Self>) {
-        if self.emergency.is_empty() && self.normal.is_empty() {
+        if self.lanes.is_empty() {
             return;
         }
-        let wait = self
-            .buckets
-            .values()
-            .filter(|b| b.tokens < 1.0)
-            .map(Bucket::time_to_token)
-            .min()
-            .unwrap_or(Duration::from_millis(1))
-            .max(Duration::from_millis(1));
+        let wait = self.lanes.time_to_token().unwrap_or(Duration::from_millis(1)).max(Duration::from_millis(1));
         let at = Instant::now() + wait;
         if self.wake_at.is_some_and(|w| w <= at) {
             return;
@@ -575,7 +366,7 @@ impl QueueActor {
             );
             let id = self.next_retry_id;
             self.next_retry_id += 1;
-            *self.retrying_keys.entry(p.key_hash).or_default() += 1;
+            self.retrying_keys.add(p.key_hash, 1);
             self.retrying.insert(id, p);
             ctx.run_later(delay, move |act, ctx| act.retry_due(id, ctx));
         }
@@ -590,12 +381,7 @@ impl QueueActor {
     }
 
     fn release_retry_key(&mut self, key: u64) {
-        if let Some(n) = self.retrying_keys.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                self.retrying_keys.remove(&key);
-            }
-        }
+        self.retrying_keys.remove_one(key);
     }
 
     fn notify_if_empty(&mut self) {
@@ -867,12 +653,7 @@ impl Handler<DropQueued> for QueueActor {
     type Result = usize;
 
     fn handle(&mut self, msg: DropQueued, _ctx: &mut Self::Context) -> usize {
-        let mut dropped: Vec<Pending> = self.normal.drain(..).collect();
-        self.normal_keys.clear();
-        if msg.emergency_too {
-            dropped.extend(self.emergency.drain(..));
-            self.emergency_keys.clear();
-        }
+        let mut dropped = self.lanes.drain(msg.emergency_too);
         let ids: Vec<u64> = self
             .retrying
             .iter()
@@ -912,18 +693,7 @@ impl Handler<GetBudgets> for QueueActor {
     type Result = MessageResult<GetBudgets>;
 
     fn handle(&mut self, _msg: GetBudgets, _ctx: &mut Self::Context) -> Self::Result {
-        let now = Instant::now();
-        let mut level = |class| {
-            self.buckets.get_mut(&class).map(|b: &mut Bucket| {
-                b.refill(now);
-                b.tokens
-            })
-        };
-        MessageResult(BudgetLevels {
-            get: level(BudgetClass::Get),
-            write: level(BudgetClass::Write),
-            scan: level(BudgetClass::Scan),
-        })
+        MessageResult(self.lanes.budget_levels())
     }
 }
 
