@@ -416,7 +416,9 @@ mod tests {
     /// (requests in arrival order, limits) → the batches that come out.
     #[test]
     fn batches_serve_emergency_first_keep_a_share_for_normal_and_one_request_per_key() {
-        let cases: Vec<(&str, Vec<R>, (usize, usize, usize), Vec<Vec<u32>>)> = vec![
+        // (what, arrivals, (max_batch, max_batch_bytes, normal_share), batches)
+        type Case = (&'static str, Vec<R>, (usize, usize, usize), Vec<Vec<u32>>);
+        let cases: Vec<Case> = vec![
             ("emergency before normal", vec![r(1, 1, N), r(2, 2, E)], (8, 1 << 20, 4), vec![vec![2, 1]]),
             (
                 "a share of the batch kept for normal",
