@@ -19,11 +19,9 @@ use crate::error::Error;
 use crate::storage::{Precondition, Record, RecordHeader, WriteOutcome};
 use crate::types::Priority;
 
-/// The meta key of `store`'s floor (outside every store's `d\0` prefix).
+/// The meta key of `store`'s floor.
 pub fn floor_key(store: &str) -> Vec<u8> {
-    let mut k = b"m\0epoch_floor\0".to_vec();
-    k.extend_from_slice(store.as_bytes());
-    k
+    crate::storage::epoch_floor_key(store)
 }
 
 fn encode(header: RecordHeader) -> Vec<u8> {

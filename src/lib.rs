@@ -36,7 +36,9 @@
 //! - `lease`: acquire policy and load (migrate, reconcile).
 //! - `storage/`: the [`Backend`] trait, the record envelope, sled, memory and PostgreSQL backends.
 //! - `retry`: backoff delays (the only user of the `backoff` crate).
-//! - `server/` (feature `server`): the `datastorer` binary's HTTP API and CLI.
+//! - the server (`crates/datastorer-server`, binary `datastorer`) and the
+//!   benchmarks (`crates/datastorer-bench`) are crates of their own that use
+//!   only this public API.
 //! - `testing` (feature `harness`): a cluster of nodes over one fault-injecting backend.
 //!
 //! Actors need a running actix `System` (`#[actix::main]`, `actix_rt::System`,
@@ -57,8 +59,6 @@ mod registry;
 mod report;
 mod retry;
 mod save_failures;
-#[cfg(feature = "server")]
-pub mod server;
 mod session;
 pub mod storage;
 mod store;

@@ -312,6 +312,18 @@ impl NoticeBus {
     /// engine publishes (tests: `testing::publish`); a holder checks a
     /// notice against storage before acting on it.
     pub(crate) fn publish(&self, notice: Notice) {
+        self.publish_unchecked(notice);
+    }
+
+    /// Announces a durable save of `key` at `revision` made outside the
+    /// engine (an import tool writing records directly), so change feeds,
+    /// caches and waiting opens in every process learn of it. Only `Saved`:
+    /// it can wake readers, never end a session.
+    pub fn publish_saved(&self, store: String, key: String, revision: u64) {
+        self.publish_unchecked(Notice { store, key, kind: NoticeKind::Saved { revision } });
+    }
+
+    fn publish_unchecked(&self, notice: Notice) {
         if let Some(t) = &self.transport {
             t.send(&notice);
         }
@@ -442,6 +454,15 @@ pub trait Backend: Send + Sync + 'static {
         let _ = owner;
         Ok(())
     }
+}
+
+/// The meta key of `store`'s epoch floor: the highest epoch any deleted
+/// record of the store reached (a record created afresh starts above it).
+/// Outside every store's `d\0` prefix.
+pub fn epoch_floor_key(store: &str) -> Vec<u8> {
+    let mut k = b"m\0epoch_floor\0".to_vec();
+    k.extend_from_slice(store.as_bytes());
+    k
 }
 
 /// The storage key of `key` in `store`: `d\0{store}\0{key}`. Store names and

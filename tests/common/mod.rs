@@ -5,7 +5,6 @@
 pub mod pg;
 pub mod pg_instance;
 pub mod proxy;
-pub mod server;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::config::{Overrides, ServerConfig};
-use crate::storage::postgres::PgBackend;
-use crate::storage::sled_backend::SledBackend;
-use crate::storage::{
+use datastorer::storage::postgres::PgBackend;
+use datastorer::storage::sled_backend::SledBackend;
+use datastorer::storage::{
     split_storage_key, storage_key, store_prefix, Backend, Precondition, Record, RecordHeader, WriteOp, WriteOutcome,
 };
 
@@ -89,45 +89,6 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
-    /// Run the end-to-end benchmarks beside their baselines (build with --release).
-    Bench {
-        /// Small sizes, to check the suite runs (figures are not meaningful).
-        #[arg(long)]
-        quick: bool,
-        /// Repetitions of each measurement (default 5, quick 2).
-        #[arg(long)]
-        repeat: Option<usize>,
-        /// Only benchmarks whose tag contains this: update, throughput, latency, shutdown, scale, http, cold; pg (PostgreSQL, only when named; pg-saves, pg-notify, pg-burst, pg-latency, pg-handoff, pg-processes for one part).
-        #[arg(long)]
-        only: Option<String>,
-        /// Where results.json and results.svg go (scratch data too, removed after).
-        #[arg(long, default_value = "bench-results")]
-        out: PathBuf,
-    },
-    /// Internal: one process of the PostgreSQL scaling benchmark.
-    #[command(hide = true)]
-    BenchPgChild {
-        #[arg(long)]
-        schema: String,
-        #[arg(long)]
-        store: String,
-        #[arg(long)]
-        sessions: usize,
-        #[arg(long)]
-        millis: u64,
-        #[arg(long)]
-        doc_bytes: usize,
-    },
-    /// Internal: one side of the memory benchmark, in a fresh process.
-    #[command(hide = true)]
-    BenchScaleChild {
-        #[arg(long, value_enum)]
-        side: super::bench::ScaleSide,
-        #[arg(long, value_enum)]
-        doc: super::bench::ScaleDoc,
-        #[arg(long)]
-        keys: usize,
-    },
 }
 
 /// Where records live, for the server and the tools alike.
@@ -179,8 +140,8 @@ impl Opened {
     }
 }
 
-fn postgres_config(url: &str, schema: Option<&str>) -> crate::PostgresConfig {
-    let mut pg = crate::PostgresConfig::new(url);
+fn postgres_config(url: &str, schema: Option<&str>) -> datastorer::PostgresConfig {
+    let mut pg = datastorer::PostgresConfig::new(url);
     if let Some(s) = schema {
         pg.schema = s.to_owned();
     }
@@ -263,7 +224,13 @@ struct ServeArgs {
 
 /// Entry point of the `datastorer` binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    main_from(std::env::args_os())
+}
+
+/// The same, with the arguments given (the first is the program name): a
+/// benchmark that runs the server in a child process of its own calls this.
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
+    let cli = Cli::parse_from(args);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Inspect { dir, store, key } => dir.open(false).and_then(|b| inspect(&b, &store, &key)),
@@ -274,13 +241,6 @@ pub fn main() -> ExitCode {
         Command::Check { dir } => dir.open(false).and_then(|b| check(&b)),
         Command::CopySledToPostgres { data_dir, database_url, postgres_schema, overwrite } => {
             copy_sled_to_postgres(&data_dir, &postgres_config(&database_url, postgres_schema.as_deref()), overwrite)
-        }
-        Command::Bench { quick, repeat, only, out } => bench(quick, repeat, only, out),
-        Command::BenchPgChild { schema, store, sessions, millis, doc_bytes } => actix_web::rt::System::new().block_on(
-            super::bench_pg::child(&schema, &store, sessions, std::time::Duration::from_millis(millis), doc_bytes),
-        ),
-        Command::BenchScaleChild { side, doc, keys } => {
-            actix_web::rt::System::new().block_on(super::bench::scale_child(side, doc, keys))
         }
     };
     match result {
@@ -342,21 +302,6 @@ fn serve_logged(args: ServeArgs) -> Result<(), String> {
             report.flush_error
         ))
     }
-}
-
-fn bench(quick: bool, repeat: Option<usize>, only: Option<String>, out: PathBuf) -> Result<(), String> {
-    let mut cfg = if quick { super::bench::BenchConfig::quick() } else { super::bench::BenchConfig::full() };
-    if let Some(r) = repeat {
-        if r == 0 {
-            return Err("--repeat must be at least 1".into());
-        }
-        cfg.repeat = r;
-    }
-    if cfg!(debug_assertions) && !quick {
-        eprintln!("warning: this is a debug build; run `cargo run --release -- bench` for meaningful figures");
-    }
-    let system = actix_web::rt::System::new();
-    system.block_on(super::bench::run(cfg, out, only)).map(|_| ())
 }
 
 fn open_existing(dir: &Path) -> Result<SledBackend, String> {
@@ -549,9 +494,9 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
         }
         match serde_json::from_str::<Line>(&text) {
             Ok(line) => {
-                if let Err(e) = crate::store::validate_store_name(&line.store) {
+                if let Err(e) = datastorer::validate_store_name(&line.store) {
                     problems.push(format!("line {n}: {e}"));
-                } else if let Err(e) = crate::store::validate_key(&line.key) {
+                } else if let Err(e) = datastorer::validate_key(&line.key) {
                     problems.push(format!("line {n}: {e}"));
                 } else if let Err(e) = super::validate::metadata(&line.metadata) {
                     problems.push(format!("line {n}: {e}"));
@@ -614,8 +559,8 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
     let mut floors: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
     for (_, line) in &lines {
         if !floors.contains_key(line.store.as_str()) {
-            let raw = backend.get(&crate::epoch_floor::floor_key(&line.store)).map_err(|e| e.to_string())?;
-            floors.insert(&line.store, raw.as_deref().and_then(crate::epoch_floor::decode).map_or(0, |h| h.epoch));
+            let raw = backend.get(&datastorer::storage::epoch_floor_key(&line.store)).map_err(|e| e.to_string())?;
+            floors.insert(&line.store, raw.as_deref().and_then(RecordHeader::peek).map_or(0, |h| h.epoch));
         }
     }
     let mut progress = Progress::new("import", lines.len());
@@ -655,8 +600,7 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
                     if let (Some((store, key)), Some(h)) =
                         (split_storage_key(&op.key), op.value.as_deref().and_then(RecordHeader::peek))
                     {
-                        let kind = crate::storage::NoticeKind::Saved { revision: h.revision };
-                        backend.notices().publish(crate::storage::Notice { store, key, kind });
+                        backend.notices().publish_saved(store, key, h.revision);
                     }
                 }
                 Ok(WriteOutcome::Conflict { .. }) => return Err(format!("{name} changed during the import")),
@@ -670,7 +614,7 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
     Ok(())
 }
 
-fn copy_sled_to_postgres(dir: &Path, pg: &crate::PostgresConfig, overwrite: bool) -> Result<(), String> {
+fn copy_sled_to_postgres(dir: &Path, pg: &datastorer::PostgresConfig, overwrite: bool) -> Result<(), String> {
     let source = open_existing(dir)?;
     let target = PgBackend::connect(pg.clone()).map_err(|e| e.message)?;
     let mut total = 0;

@@ -1,5 +1,7 @@
 //! The standalone server (`datastorer serve`): the engine behind a
-//! versioned JSON HTTP API, plus the offline CLI tools.
+//! versioned JSON HTTP API, plus the offline CLI tools. A crate of its own
+//! that sees only the engine's public API: the crate edge enforces what the
+//! architecture states (the server is one more embedder).
 //!
 //! Owns: HTTP, authentication, client sessions and their lease tokens,
 //! the change feed, metrics, configuration files. Must not: reach into the
@@ -8,9 +10,6 @@
 //! holds it).
 
 pub mod auth;
-pub mod bench;
-pub mod bench_http;
-pub mod bench_pg;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -39,9 +38,9 @@ use self::error::{ApiError, ErrorCode};
 use self::metrics::Metrics;
 use self::routes::AppState;
 use self::sessions::ClientSessions;
-use crate::storage::sled_backend::SledBackend;
-use crate::storage::{Backend, Precondition, WriteOp};
-use crate::{Config, Datastorer, ShutdownReport, StoreSpec};
+use datastorer::storage::sled_backend::SledBackend;
+use datastorer::storage::{Backend, Precondition, WriteOp};
+use datastorer::{Config, Datastorer, ShutdownReport, StoreSpec};
 
 /// Runs the server until SIGINT/SIGTERM, then stops accepting requests,
 /// saves and releases every session, flushes, and answers the report.
@@ -268,8 +267,8 @@ async fn open_data_dir(
                     // stranger to its own leases after a restart.
                     let written = backend.write_batch(std::slice::from_ref(&op)).pop();
                     match written {
-                        Some(Ok(crate::storage::WriteOutcome::Applied)) => {}
-                        Some(Ok(crate::storage::WriteOutcome::Conflict { .. })) => {
+                        Some(Ok(datastorer::storage::WriteOutcome::Applied)) => {}
+                        Some(Ok(datastorer::storage::WriteOutcome::Conflict { .. })) => {
                             return Err("the owner id appeared in the data directory while starting; start again".into())
                         }
                         Some(Err(e)) => return Err(format!("cannot store the server's owner id: {e}")),
@@ -298,14 +297,14 @@ fn random_owner_id() -> Result<String, String> {
 /// leases at once, or a new one per start. The engine refuses to start
 /// when a live process already runs under it.
 async fn open_postgres(
-    pg: crate::PostgresConfig,
+    pg: datastorer::PostgresConfig,
     explicit: Option<String>,
-) -> Result<(std::sync::Arc<crate::storage::postgres::PgBackend>, String), String> {
+) -> Result<(std::sync::Arc<datastorer::storage::postgres::PgBackend>, String), String> {
     let owner = match explicit {
         Some(o) => o,
         None => random_owner_id()?,
     };
-    let backend = tokio::task::spawn_blocking(move || crate::storage::postgres::PgBackend::connect(pg))
+    let backend = tokio::task::spawn_blocking(move || datastorer::storage::postgres::PgBackend::connect(pg))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.message)?;

@@ -10,10 +10,10 @@ mod common;
 
 use common::{env_or, Rng};
 
-use datastorer::server::json::MigrationStep;
 use datastorer::storage::{storage_key, Record, RecordHeader};
 use datastorer::testing::Cluster;
 use datastorer::{Error, StoreSpec};
+use datastorer_server::json::MigrationStep;
 use serde_json::{json, Map, Value};
 
 fn value(rng: &mut Rng, depth: u32) -> Value {

@@ -8,8 +8,8 @@ use serde_json::Value;
 #[test]
 fn bench_quick_writes_json_and_svg_with_every_figure_beside_a_baseline() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_datastorer"))
-        .args(["bench", "--quick", "--repeat", "1", "--out"])
+    let out = Command::new(env!("CARGO_BIN_EXE_datastorer-bench"))
+        .args(["--quick", "--repeat", "1", "--out"])
         .arg(tmp.path())
         .output()
         .unwrap();

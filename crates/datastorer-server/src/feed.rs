@@ -8,7 +8,7 @@ use futures_util::Stream;
 use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
-use crate::storage::{EndKind, Notice, NoticeKind};
+use datastorer::storage::{EndKind, Notice, NoticeKind};
 
 struct FeedState {
     notices: broadcast::Receiver<Notice>,

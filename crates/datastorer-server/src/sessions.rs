@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::auth::tokens_equal;
 use super::error::ApiError;
-use crate::{AcquirePolicy, CloseReason, Error, Priority, Session, Store};
+use datastorer::{AcquirePolicy, CloseReason, Error, Priority, Session, Store};
 
 type Key = (String, String);
 

@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Value};
 
-use crate::Error;
+use datastorer::Error;
 
 /// The code of an error answer, kept in the response's extensions so the
 /// metrics middleware can count errors by kind.

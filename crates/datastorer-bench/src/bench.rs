@@ -13,9 +13,9 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::storage::sled_backend::SledBackend;
-use crate::storage::{storage_key, Backend, LeaseHolder, Precondition, Record, RecordHeader, WriteOp};
-use crate::{Config, Datastorer, Priority, Session, StoreSpec};
+use datastorer::storage::sled_backend::SledBackend;
+use datastorer::storage::{storage_key, Backend, LeaseHolder, Precondition, Record, RecordHeader, WriteOp};
+use datastorer::{Config, Datastorer, Priority, Session, StoreSpec};
 
 /// Sizes of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -219,14 +219,14 @@ fn doc(i: usize, bytes: usize) -> Value {
 /// Opens `keys` keys with up to `parallel` opens in flight (each open is a
 /// task, so their reads and lease writes share batches).
 async fn open_many(
-    store: &crate::Store<Value>,
+    store: &datastorer::Store<Value>,
     keys: impl Iterator<Item = String>,
     parallel: usize,
 ) -> Result<Vec<Session<Value>>, String> {
     let mut out = Vec::new();
     let mut pending = Vec::new();
     for k in keys {
-        pending.push(actix::spawn(store.open(k).policy(crate::AcquirePolicy::Fail).into_future()));
+        pending.push(actix::spawn(store.open(k).policy(datastorer::AcquirePolicy::Fail).into_future()));
         if pending.len() >= parallel {
             for f in pending.drain(..) {
                 out.push(f.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?);
@@ -633,9 +633,9 @@ pub async fn scale_child(side: ScaleSide, doc: ScaleDoc, n: usize) -> Result<(),
     Ok(())
 }
 
-async fn scale_load<T: crate::Document>(
+async fn scale_load<T: datastorer::Document>(
     ds: &Datastorer,
-    store: &crate::Store<T>,
+    store: &datastorer::Store<T>,
     n: usize,
     before: u64,
     started: Instant,
@@ -643,7 +643,7 @@ async fn scale_load<T: crate::Document>(
     let mut pending = Vec::new();
     let mut opened = 0;
     for i in 0..n {
-        pending.push(actix::spawn(store.open(format!("k{i}")).policy(crate::AcquirePolicy::Fail).into_future()));
+        pending.push(actix::spawn(store.open(format!("k{i}")).policy(datastorer::AcquirePolicy::Fail).into_future()));
         if pending.len() >= 4096 || i + 1 == n {
             // The handles are dropped: the key actors stay loaded, and the
             // application's handles are not part of the engine's cost.
@@ -767,7 +767,8 @@ async fn bench_cold_load(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measur
             for i in 0..cfg.latency_samples {
                 let k = format!("k{i}");
                 let started = Instant::now();
-                let s = store.open(k.as_str()).policy(crate::AcquirePolicy::Steal).await.map_err(|e| e.to_string())?;
+                let s =
+                    store.open(k.as_str()).policy(datastorer::AcquirePolicy::Steal).await.map_err(|e| e.to_string())?;
                 s.read(|d| d["i"].as_u64()).await.map_err(|e| e.to_string())?;
                 samples.push(started.elapsed().as_secs_f64() * 1e3);
                 let skey = storage_key("b", &k);

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::bench::{median, BenchConfig, Measurement};
-use crate::storage::postgres::PgBackend;
-use crate::storage::{Record, RecordHeader};
-use crate::{AcquirePolicy, Config, Datastorer, PostgresConfig, Priority, Session, StoreSpec};
+use datastorer::storage::postgres::PgBackend;
+use datastorer::storage::{Record, RecordHeader};
+use datastorer::{AcquirePolicy, Config, Datastorer, PostgresConfig, Priority, Session, StoreSpec};
 
 fn url() -> String {
     std::env::var("DATASTORER_PG_URL").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
@@ -292,7 +292,7 @@ async fn batched_once(schema: &str, store: &str, rows: usize, batch: usize, byte
     Ok(started.elapsed().as_secs_f64())
 }
 
-async fn open_all(store: &crate::Store<Value>, n: usize) -> Result<Vec<Session<Value>>, String> {
+async fn open_all(store: &datastorer::Store<Value>, n: usize) -> Result<Vec<Session<Value>>, String> {
     let mut out = Vec::with_capacity(n);
     let mut pending = Vec::new();
     for i in 0..n {
@@ -387,7 +387,7 @@ async fn saves_at(cfg: &BenchConfig, c: usize, notify_saves: bool) -> Result<(Me
 /// (pre-encoded, as the queue would batch them), to split the engine's cost
 /// from the statement's. Seconds.
 async fn backend_only(backend: &Arc<PgBackend>, n: usize, bytes: usize) -> Result<f64, String> {
-    use crate::storage::{storage_key, Backend, Precondition, WriteOp, WriteOutcome};
+    use datastorer::storage::{storage_key, Backend, Precondition, WriteOp, WriteOutcome};
     let b = backend.clone();
     tokio::task::spawn_blocking(move || {
         let keys: Vec<Vec<u8>> = (0..n).map(|i| storage_key("b", &format!("k{i}"))).collect();

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::auth::{ApiKey, Role, MIN_KEY_LEN};
 use super::json::MigrationStep;
-use crate::{Budget, Budgets};
+use datastorer::{Budget, Budgets};
 
 /// A store declared in the config file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -88,7 +88,7 @@ pub enum Storage {
     /// An embedded sled directory (one process).
     Sled(PathBuf),
     /// A PostgreSQL database shared with other servers and applications.
-    Postgres(crate::PostgresConfig),
+    Postgres(datastorer::PostgresConfig),
 }
 
 /// Values given as flags or environment variables (they win over the file).
@@ -269,7 +269,7 @@ impl ServerConfig {
         }
         let stores = file.stores.unwrap_or_default();
         for (name, decl) in &stores {
-            crate::store::validate_store_name(name).map_err(|e| err(&format!("stores.{name}"), e.to_string()))?;
+            datastorer::validate_store_name(name).map_err(|e| err(&format!("stores.{name}"), e.to_string()))?;
             super::validate::template(&decl.template).map_err(|e| err(&format!("stores.{name}.template"), e))?;
             super::validate::metadata(&decl.metadata_template)
                 .map_err(|e| err(&format!("stores.{name}.metadata_template"), e))?;
@@ -356,13 +356,13 @@ impl ServerConfig {
                         ),
                     ));
                 }
-                let mut pg = crate::PostgresConfig::new(url);
+                let mut pg = datastorer::PostgresConfig::new(url);
                 if let Some(schema) = o.postgres_schema.clone().or(file.postgres_schema) {
                     pg.schema = schema;
                 }
                 pg.tls = match file.postgres_tls {
-                    Some(TlsDecl::Require) => crate::PostgresTls::Require,
-                    Some(TlsDecl::Disable) | None => crate::PostgresTls::Disable,
+                    Some(TlsDecl::Require) => datastorer::PostgresTls::Require,
+                    Some(TlsDecl::Disable) | None => datastorer::PostgresTls::Disable,
                 };
                 pg.root_cert_path = file.postgres_root_cert;
                 pg.allow_plaintext = file.postgres_allow_plaintext.unwrap_or(false);

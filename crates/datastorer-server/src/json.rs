@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::Migration;
+use datastorer::Migration;
 
 /// Applies an RFC 7396 JSON Merge Patch to `target`.
 pub fn merge_patch(target: &mut Value, patch: &Value) {

@@ -1,4 +1,4 @@
-//! The `datastorer` binary: a thin shell over `datastorer::server::cli`.
+//! The `datastorer` binary: a thin shell over `datastorer_server::cli`.
 
 // mimalloc: the engine's save path makes many small, short-lived
 // allocations; glibc's malloc spent ~27 % of a shutdown profile on them.
@@ -7,7 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     disable_transparent_huge_pages();
-    datastorer::server::cli::main()
+    datastorer_server::cli::main()
 }
 
 /// Opts this process out of transparent huge pages (unless

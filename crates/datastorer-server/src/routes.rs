@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::json::merge_patch;
 use super::metrics::{Gauges, Metrics};
 use super::sessions::{ClientSessions, Ending, LeaseGrant};
-use crate::{AcquirePolicy, Datastorer, Priority, Session, Store, StoreSpec};
+use datastorer::{AcquirePolicy, Datastorer, Priority, Session, Store, StoreSpec};
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -41,7 +41,7 @@ pub struct AppState {
     /// Requests being handled (the shutdown waits for them).
     pub in_flight: std::sync::atomic::AtomicUsize,
     /// The PostgreSQL backend, when servers share one.
-    pub postgres: Option<std::sync::Arc<crate::storage::postgres::PgBackend>>,
+    pub postgres: Option<std::sync::Arc<datastorer::storage::postgres::PgBackend>>,
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -74,7 +74,7 @@ impl AppState {
 
     /// The store `name`: declared, or created on first use unless strict.
     pub fn store(&self, name: &str) -> Result<Store<Value>> {
-        crate::store::validate_store_name(name).map_err(ApiError::from)?;
+        datastorer::validate_store_name(name).map_err(ApiError::from)?;
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = stores.get(name) {
             return Ok(s.clone());
@@ -112,7 +112,7 @@ pub fn strict_utf8(uri: &actix_web::http::Uri) -> Result<()> {
 }
 
 fn check_key(key: &str) -> Result<()> {
-    crate::store::validate_key(key).map_err(ApiError::from)
+    datastorer::validate_key(key).map_err(ApiError::from)
 }
 
 fn token(req: &HttpRequest) -> Result<&str> {
@@ -301,7 +301,7 @@ pub async fn open_session(
 async fn checked(req: &HttpRequest, state: &AppState, path: &(String, String)) -> Result<(Session<Value>, LeaseGrant)> {
     state.admit()?;
     state.auth(req, Role::Write)?;
-    crate::store::validate_store_name(&path.0).map_err(ApiError::from)?;
+    datastorer::validate_store_name(&path.0).map_err(ApiError::from)?;
     check_key(&path.1)?;
     match state.sessions.check(&path.0, &path.1, token(req)?) {
         Err(e) if e.code == "invalid_lease_token" => Err(wrong_server(state, path).await.unwrap_or(e)),
@@ -608,7 +608,9 @@ pub async fn list_keys(
     if limit == 0 || limit > MAX_LIST_LIMIT {
         return Err(ApiError::bad_request("bad_limit", format!("limit must be 1 to {MAX_LIST_LIMIT}")));
     }
-    if query.prefix.len() > crate::MAX_KEY_LEN || query.cursor.as_ref().is_some_and(|c| c.len() > crate::MAX_KEY_LEN) {
+    if query.prefix.len() > datastorer::MAX_KEY_LEN
+        || query.cursor.as_ref().is_some_and(|c| c.len() > datastorer::MAX_KEY_LEN)
+    {
         return Err(ApiError::bad_request("bad_prefix", "prefix and cursor are at most 512 bytes"));
     }
     // One more than asked says whether another page exists, so a full last
@@ -676,7 +678,7 @@ pub async fn changes(
 ) -> Result<HttpResponse> {
     state.auth(&req, Role::Read)?;
     if let Some(s) = &query.store {
-        crate::store::validate_store_name(s).map_err(ApiError::from)?;
+        datastorer::validate_store_name(s).map_err(ApiError::from)?;
     }
     let rx = state.ds.changes();
     let body = super::feed::stream(rx, query.store.clone(), state.shutdown.clone());

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::{BudgetLevels, QueueDepth};
+use datastorer::{BudgetLevels, QueueDepth};
 
 const BUCKETS_MS: [f64; 12] = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
 
@@ -49,7 +49,7 @@ pub struct Gauges {
     /// Client sessions that ended because their client stopped renewing.
     pub client_lease_lapses: u64,
     /// Failed saves by reason, from the engine.
-    pub save_failures: Vec<(crate::SaveFailureReason, u64)>,
+    pub save_failures: Vec<(datastorer::SaveFailureReason, u64)>,
 }
 
 fn bucket_of(ms: f64) -> usize {
