@@ -120,7 +120,7 @@ impl SledBackend {
                 // `Os { code: 11 }` I/O error (which would read as transient).
                 Err(sled::Error::Io(e)) if is_lock_error(&e) => {
                     return Err(StorageError::permanent(format!(
-                        "the data directory {} is in use by another process (a running `datastorer serve` or tool); \
+                        "the data directory {} is in use by another process (a running `datastorer serve` or tool) or another handle in this one; \
                          stop it first, or use another --data-dir",
                         path.display()
                     )));

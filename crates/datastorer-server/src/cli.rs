@@ -288,7 +288,8 @@ fn serve_logged(args: ServeArgs) -> Result<(), String> {
     };
     let config = ServerConfig::load(&overrides).map_err(|e| e.to_string())?;
     let system = actix_web::rt::System::new();
-    let report = system.block_on(super::run(config))?;
+    let listener = super::bind(&config)?;
+    let report = system.block_on(super::run(config, listener, super::wait_for_signal()))?;
     if report.is_clean() {
         Ok(())
     } else {

@@ -280,10 +280,14 @@ impl ServerConfig {
 
         let secs =
             |flag: Option<u64>, file: Option<u64>, default: u64| Duration::from_secs(flag.or(file).unwrap_or(default));
-        let autosave_interval = secs(o.autosave_interval_secs, file.autosave_interval_secs, 30);
-        let lease_ttl = secs(o.lease_ttl_secs, file.lease_ttl_secs, 90);
+        // The engine's own defaults, not a second copy of them.
+        let engine = datastorer::Config::memory();
+        let autosave_interval =
+            secs(o.autosave_interval_secs, file.autosave_interval_secs, engine.autosave_interval.as_secs());
+        let lease_ttl = secs(o.lease_ttl_secs, file.lease_ttl_secs, engine.lease_ttl.as_secs());
         let client_lease_ttl = secs(o.client_lease_ttl_secs, file.client_lease_ttl_secs, 60);
-        let shutdown_deadline = secs(o.shutdown_deadline_secs, file.shutdown_deadline_secs, 25);
+        let shutdown_deadline =
+            secs(o.shutdown_deadline_secs, file.shutdown_deadline_secs, engine.shutdown_deadline.as_secs());
         for (field, d, given) in [
             ("autosave_interval_secs", autosave_interval, o.autosave_interval_secs.is_some()),
             ("client_lease_ttl_secs", client_lease_ttl, o.client_lease_ttl_secs.is_some()),
@@ -305,7 +309,7 @@ impl ServerConfig {
             ));
         }
         let max_wait = secs(o.max_wait_secs, file.max_wait_secs, 300);
-        let max_body_bytes = o.max_body_bytes.or(file.max_body_bytes).unwrap_or(4 * 1024 * 1024);
+        let max_body_bytes = o.max_body_bytes.or(file.max_body_bytes).unwrap_or(engine.max_document_bytes);
         if max_body_bytes == 0 {
             return Err(err_at("max_body_bytes", o.max_body_bytes.is_some(), "must be greater than zero".into()));
         }

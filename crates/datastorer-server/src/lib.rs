@@ -42,13 +42,21 @@ use datastorer::storage::sled_backend::SledBackend;
 use datastorer::storage::{Backend, Precondition, WriteOp};
 use datastorer::{Config, Datastorer, ShutdownReport, StoreSpec};
 
-/// Runs the server until SIGINT/SIGTERM, then stops accepting requests,
-/// saves and releases every session, flushes, and answers the report.
-pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
-    // The address first: a busy port is refused before the engine starts
-    // (and takes leases it would have to give back).
-    let listener =
-        std::net::TcpListener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+/// Binds `config.listen`: done before anything else starts, so a busy port
+/// is refused before the engine takes leases it would have to give back.
+pub fn bind(config: &ServerConfig) -> Result<std::net::TcpListener, String> {
+    std::net::TcpListener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))
+}
+
+/// Runs the server on `listener` until `shutdown` resolves (the binary
+/// passes SIGINT/SIGTERM; a test, a channel), then stops accepting
+/// requests, saves and releases every session, flushes, and answers the
+/// report. `shutdown` answers what stopped the server, for the log.
+pub async fn run(
+    config: ServerConfig,
+    listener: std::net::TcpListener,
+    shutdown: impl std::future::Future<Output = &'static str> + 'static,
+) -> Result<ShutdownReport, String> {
     let (backend, owner, postgres) = match &config.storage {
         Storage::Sled(dir) => {
             let (b, o) = open_data_dir(dir.clone(), config.owner_id.clone()).await?;
@@ -174,7 +182,7 @@ pub async fn run(config: ServerConfig) -> Result<ShutdownReport, String> {
     let signal_state = state.clone();
     let signal_ds = ds.clone();
     actix_web::rt::spawn(async move {
-        let name = wait_for_signal().await;
+        let name = shutdown.await;
         info!(target: "datastorer::server", signal = name, "stopping: no new requests, then save and release everything");
         signal_state.shutting_down.store(true, Ordering::SeqCst);
         let _ = shutdown_tx.send(true);
@@ -311,8 +319,9 @@ async fn open_postgres(
     Ok((std::sync::Arc::new(backend), owner))
 }
 
+/// Resolves on SIGTERM or SIGINT (Ctrl-C elsewhere), answering which.
 #[cfg(unix)]
-async fn wait_for_signal() -> &'static str {
+pub async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(mut term), Ok(mut int)) => tokio::select! {
@@ -326,8 +335,9 @@ async fn wait_for_signal() -> &'static str {
     }
 }
 
+/// Resolves on Ctrl-C.
 #[cfg(not(unix))]
-async fn wait_for_signal() -> &'static str {
+pub async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "ctrl-c"
 }

@@ -9,7 +9,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+// tokio's clock, so a test can pause it and let a client lease lapse in no time.
+use tokio::time::Instant;
 
 use serde_json::{json, Value};
 use tokio::sync::Notify;
