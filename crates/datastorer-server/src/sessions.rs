@@ -356,7 +356,7 @@ impl ClientSessions {
                             if Instant::now() >= deadline.unwrap_or(started) {
                                 return Err(held(&holder, remaining));
                             }
-                            let _ = tokio::time::timeout_at(wake.into(), notified).await;
+                            let _ = tokio::time::timeout_at(wake, notified).await;
                             waited = Some(started.elapsed());
                             continue;
                         }
