@@ -194,63 +194,17 @@ impl ServerConfig {
             Some(path) => (read_file(path)?, path.display().to_string()),
             None => (FileConfig::default(), "defaults".to_owned()),
         };
-        // Names where a bad value came from: the flag and its environment
-        // variable when one was given, else the file's field, else the default.
-        let from = |field: &str, flag_given: bool| -> String {
-            if flag_given {
-                format!("--{} / DATASTORER_{}", field.replace('_', "-"), field.to_ascii_uppercase())
-            } else if o.config.is_some() {
-                format!("{source}: field `{field}`")
-            } else {
-                format!("default `{field}`")
-            }
-        };
-        let err_at =
-            |field: &str, flag_given: bool, what: String| ConfigError(format!("{}: {what}", from(field, flag_given)));
-        let err = |field: &str, what: String| err_at(field, false, what);
-        let flag_err = |flag: &str, what: String| ConfigError(format!("{flag}: {what}"));
+        let at = Origin { source: &source, has_file: o.config.is_some() };
+        let err_at = |field: &str, flag_given: bool, what: String| at.err(field, flag_given, what);
+        let err = |field: &str, what: String| at.err(field, false, what);
+        let storage = storage(o, &file, &at)?;
 
         let listen_text = o.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:7070".into());
         let listen: SocketAddr = listen_text.parse().map_err(|e| {
             err_at("listen", o.listen.is_some(), format!("{listen_text:?} is not an address like 127.0.0.1:7070 ({e})"))
         })?;
 
-        let mut api_keys = file.api_keys.unwrap_or_default();
-        let from_file = api_keys.len();
-        for flag in &o.api_keys {
-            api_keys.push(parse_api_key_flag(flag).map_err(|e| flag_err("--api-key / DATASTORER_API_KEYS", e))?);
-        }
-        for (i, k) in api_keys.iter().enumerate() {
-            // Keys after the file's come from --api-key / DATASTORER_API_KEYS.
-            let at = |part: &str| {
-                if i >= from_file {
-                    format!("--api-key / DATASTORER_API_KEYS (key {} of the flags)", i - from_file + 1)
-                } else {
-                    from(&format!("api_keys[{i}].{part}"), false)
-                }
-            };
-            if k.name.is_empty() {
-                return Err(ConfigError(format!("{}: the name must not be empty", at("name"))));
-            }
-            if k.key.len() < MIN_KEY_LEN {
-                return Err(ConfigError(format!(
-                    "{}: the secret of API key {:?} is {} characters; at least {MIN_KEY_LEN} are needed",
-                    at("key"),
-                    k.name,
-                    k.key.len()
-                )));
-            }
-            if api_keys[..i].iter().any(|other| other.key == k.key) {
-                return Err(ConfigError(format!("{}: the same secret is configured twice", at("key"))));
-            }
-            if api_keys[..i].iter().any(|other| other.name == k.name) {
-                return Err(ConfigError(format!(
-                    "{}: two API keys are named {:?}; names appear in logs and must tell keys apart",
-                    at("name"),
-                    k.name
-                )));
-            }
-        }
+        let api_keys = api_keys(file.api_keys.unwrap_or_default(), &o.api_keys, &at)?;
         if api_keys.is_empty() && !listen.ip().is_loopback() {
             return Err(err_at(
                 "listen",
@@ -329,52 +283,6 @@ impl ServerConfig {
                 }
             }
         }
-        let data_dir = o.data_dir.clone().or(file.data_dir);
-        let database_url = o.database_url.clone().or(file.database_url);
-        let storage = match database_url {
-            None => {
-                for (field, set) in [
-                    ("postgres_schema", file.postgres_schema.is_some()),
-                    ("postgres_tls", file.postgres_tls.is_some()),
-                    ("postgres_root_cert", file.postgres_root_cert.is_some()),
-                    ("postgres_allow_plaintext", file.postgres_allow_plaintext.is_some()),
-                ] {
-                    if set {
-                        return Err(err(field, "applies only with database_url".into()));
-                    }
-                }
-                if o.postgres_schema.is_some() {
-                    return Err(err_at("postgres_schema", true, "applies only with --database-url".into()));
-                }
-                Storage::Sled(data_dir.unwrap_or_else(|| PathBuf::from("./data")))
-            }
-            Some(url) => {
-                if let Some(dir) = data_dir {
-                    return Err(err_at(
-                        "data_dir",
-                        o.data_dir.is_some(),
-                        format!(
-                            "{} is set together with database_url: records live in one place; \
-                             drop one of them (copy a sled directory with `datastorer copy-sled-to-postgres`)",
-                            dir.display()
-                        ),
-                    ));
-                }
-                let mut pg = datastorer::PostgresConfig::new(url);
-                if let Some(schema) = o.postgres_schema.clone().or(file.postgres_schema) {
-                    pg.schema = schema;
-                }
-                pg.tls = match file.postgres_tls {
-                    Some(TlsDecl::Require) => datastorer::PostgresTls::Require,
-                    Some(TlsDecl::Disable) | None => datastorer::PostgresTls::Disable,
-                };
-                pg.root_cert_path = file.postgres_root_cert;
-                pg.allow_plaintext = file.postgres_allow_plaintext.unwrap_or(false);
-                pg.advertise_url = o.advertise_url.clone().or(file.advertise_url.clone());
-                pg.validate().map_err(|e| err_at("database_url", o.database_url.is_some(), e))?;
-                Storage::Postgres(pg)
-            }
-        };
         let advertise_url = o.advertise_url.clone().or(file.advertise_url);
         if let Some(u) = &advertise_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 512 {
@@ -414,6 +322,124 @@ impl ServerConfig {
     pub fn roles(&self) -> Vec<(String, Role)> {
         self.api_keys.iter().map(|k| (k.name.clone(), k.role)).collect()
     }
+}
+
+/// Where a bad value came from: the flag and its environment variable when
+/// one was given, else the file's field, else the default.
+struct Origin<'a> {
+    source: &'a str,
+    has_file: bool,
+}
+
+impl Origin<'_> {
+    fn of(&self, field: &str, flag_given: bool) -> String {
+        if flag_given {
+            format!("--{} / DATASTORER_{}", field.replace('_', "-"), field.to_ascii_uppercase())
+        } else if self.has_file {
+            format!("{}: field `{field}`", self.source)
+        } else {
+            format!("default `{field}`")
+        }
+    }
+
+    fn err(&self, field: &str, flag_given: bool, what: String) -> ConfigError {
+        ConfigError(format!("{}: {what}", self.of(field, flag_given)))
+    }
+}
+
+/// The file's API keys, then the flags' (`NAME:ROLE:SECRET`), checked:
+/// names given, secrets long enough, no secret or name twice.
+fn api_keys(mut api_keys: Vec<ApiKey>, flags: &[String], at: &Origin<'_>) -> Result<Vec<ApiKey>, ConfigError> {
+    let from_file = api_keys.len();
+    for flag in flags {
+        api_keys
+            .push(parse_api_key_flag(flag).map_err(|e| ConfigError(format!("--api-key / DATASTORER_API_KEYS: {e}")))?);
+    }
+    for (i, k) in api_keys.iter().enumerate() {
+        // Keys after the file's come from --api-key / DATASTORER_API_KEYS.
+        let origin = |part: &str| {
+            if i >= from_file {
+                format!("--api-key / DATASTORER_API_KEYS (key {} of the flags)", i - from_file + 1)
+            } else {
+                at.of(&format!("api_keys[{i}].{part}"), false)
+            }
+        };
+        if k.name.is_empty() {
+            return Err(ConfigError(format!("{}: the name must not be empty", origin("name"))));
+        }
+        if k.key.len() < MIN_KEY_LEN {
+            return Err(ConfigError(format!(
+                "{}: the secret of API key {:?} is {} characters; at least {MIN_KEY_LEN} are needed",
+                origin("key"),
+                k.name,
+                k.key.len()
+            )));
+        }
+        if api_keys[..i].iter().any(|other| other.key == k.key) {
+            return Err(ConfigError(format!("{}: the same secret is configured twice", origin("key"))));
+        }
+        if api_keys[..i].iter().any(|other| other.name == k.name) {
+            return Err(ConfigError(format!(
+                "{}: two API keys are named {:?}; names appear in logs and must tell keys apart",
+                origin("name"),
+                k.name
+            )));
+        }
+    }
+    Ok(api_keys)
+}
+
+/// Where records live: sled (`data_dir`) or PostgreSQL (`database_url`),
+/// never both, with the PostgreSQL settings only beside a URL.
+fn storage(o: &Overrides, file: &FileConfig, at: &Origin<'_>) -> Result<Storage, ConfigError> {
+    let err_at = |field: &str, flag_given: bool, what: String| at.err(field, flag_given, what);
+    let err = |field: &str, what: String| at.err(field, false, what);
+    let data_dir = o.data_dir.clone().or(file.data_dir.clone());
+    let database_url = o.database_url.clone().or(file.database_url.clone());
+    Ok(match database_url {
+        None => {
+            for (field, set) in [
+                ("postgres_schema", file.postgres_schema.is_some()),
+                ("postgres_tls", file.postgres_tls.is_some()),
+                ("postgres_root_cert", file.postgres_root_cert.is_some()),
+                ("postgres_allow_plaintext", file.postgres_allow_plaintext.is_some()),
+            ] {
+                if set {
+                    return Err(err(field, "applies only with database_url".into()));
+                }
+            }
+            if o.postgres_schema.is_some() {
+                return Err(err_at("postgres_schema", true, "applies only with --database-url".into()));
+            }
+            Storage::Sled(data_dir.unwrap_or_else(|| PathBuf::from("./data")))
+        }
+        Some(url) => {
+            if let Some(dir) = data_dir {
+                return Err(err_at(
+                    "data_dir",
+                    o.data_dir.is_some(),
+                    format!(
+                        "{} is set together with database_url: records live in one place; \
+                         drop one of them (copy a sled directory with `datastorer copy-sled-to-postgres`)",
+                        dir.display()
+                    ),
+                ));
+            }
+            let mut pg = datastorer::PostgresConfig::new(url);
+            if let Some(schema) = o.postgres_schema.clone().or(file.postgres_schema.clone()) {
+                pg.schema = schema;
+            }
+            pg.tls = match file.postgres_tls {
+                Some(TlsDecl::Require) => datastorer::PostgresTls::Require,
+                Some(TlsDecl::Disable) | None => datastorer::PostgresTls::Disable,
+            };
+            pg.root_cert_path = file.postgres_root_cert.clone();
+            pg.allow_plaintext = file.postgres_allow_plaintext.unwrap_or(false);
+            pg.advertise_url = o.advertise_url.clone().or(file.advertise_url.clone());
+            pg.validate().map_err(|e| err_at("database_url", o.database_url.is_some(), e))?;
+            Storage::Postgres(pg)
+        }
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -67,28 +67,8 @@ pub async fn run(
             (b.clone() as std::sync::Arc<dyn Backend>, o, Some(b))
         }
     };
-    let mut engine = Config::backend(backend).owner_id(owner);
-    engine.autosave_interval = config.autosave_interval;
-    engine.lease_ttl = config.lease_ttl;
-    engine.shutdown_deadline = config.shutdown_deadline;
-    engine.handle_signals = false; // ordered below: requests, then the engine, then HTTP
-                                   // Keys live on the HTTP worker that opened them: a request on that
-                                   // worker's connections reaches its key without a thread hop (bench
-                                   // figure 6a: 62.7k -> 70.2k updates/s with one worker). The shutdown
-                                   // below therefore runs the engine's shutdown before the workers stop.
-    engine.keys_on_caller_arbiter = true;
-    engine.queue.budgets = config.budgets.clone();
-    engine.max_document_bytes = config.max_body_bytes;
-    let ds = Datastorer::start(engine).await.map_err(|e| e.to_string())?;
-
-    let mut stores = HashMap::new();
-    for (name, decl) in &config.stores {
-        let mut spec = StoreSpec::new(decl.template.clone()).metadata_template(decl.metadata_template.clone());
-        for step in &decl.migrations {
-            spec = spec.migration(step.to_migration());
-        }
-        stores.insert(name.clone(), ds.store(name, spec).map_err(|e| e.to_string())?);
-    }
+    let ds = Datastorer::start(engine_config(&config, backend, owner)).await.map_err(|e| e.to_string())?;
+    let stores = declare_stores(&ds, &config)?;
     if !config.auth_enabled() {
         warn!(target: "datastorer::server", listen = %config.listen,
             "no API keys configured: authentication is OFF, which is allowed on loopback addresses only");
@@ -179,42 +159,8 @@ pub async fn run(
 
     let server = server.run();
     let handle = server.handle();
-    let signal_state = state.clone();
-    let signal_ds = ds.clone();
-    actix_web::rt::spawn(async move {
-        let name = shutdown.await;
-        info!(target: "datastorer::server", signal = name, "stopping: no new requests, then save and release everything");
-        signal_state.shutting_down.store(true, Ordering::SeqCst);
-        let _ = shutdown_tx.send(true);
-        // Session requests now get 503; those already admitted finish first
-        // (bounded: an open may be waiting for a lease held elsewhere).
-        let drain =
-            (signal_state.config.shutdown_deadline / 5).clamp(Duration::from_millis(100), Duration::from_secs(5));
-        let drained = tokio::time::timeout(drain, async {
-            while signal_state.in_flight.load(Ordering::SeqCst) > 0 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-        .await;
-        if drained.is_err() {
-            warn!(target: "datastorer::server", in_flight = signal_state.in_flight.load(Ordering::SeqCst),
-                "requests still running at shutdown; their sessions are released under them");
-        }
-        // Keys live on the workers' arbiters: save and release them while
-        // the workers still run, then stop HTTP.
-        signal_ds.shutdown().await;
-        handle.stop(true).await;
-    });
-    let sweep_state = state.clone();
-    actix_web::rt::spawn(async move {
-        let period =
-            (sweep_state.config.client_lease_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let mut tick = tokio::time::interval(period);
-        loop {
-            tick.tick().await;
-            sweep_state.sessions.sweep().await;
-        }
-    });
+    actix_web::rt::spawn(stop_on(shutdown, state.clone(), ds.clone(), handle, shutdown_tx));
+    actix_web::rt::spawn(sweep_forever(state.clone()));
     server.await.map_err(|e| format!("server failed: {e}"))?;
     // Done already on a signal (this answers its report); otherwise keys on
     // stopped workers are reported as failed, never silently dropped.
@@ -225,6 +171,83 @@ pub async fn run(
         timed_out = report.release.timed_out, took_ms = report.took.as_millis() as u64, "stopped"
     );
     Ok(report)
+}
+
+/// The engine's configuration for the server.
+fn engine_config(config: &ServerConfig, backend: std::sync::Arc<dyn Backend>, owner: String) -> Config {
+    let mut engine = Config::backend(backend).owner_id(owner);
+    engine.autosave_interval = config.autosave_interval;
+    engine.lease_ttl = config.lease_ttl;
+    engine.shutdown_deadline = config.shutdown_deadline;
+    // Ordered by `stop_on`: requests, then the engine, then HTTP.
+    engine.handle_signals = false;
+    // Keys live on the HTTP worker that opened them: a request on that
+    // worker's connections reaches its key without a thread hop (bench
+    // figure 6a: 62.7k -> 70.2k updates/s with one worker). The shutdown
+    // therefore runs the engine's shutdown before the workers stop.
+    engine.keys_on_caller_arbiter = true;
+    engine.queue.budgets = config.budgets.clone();
+    engine.max_document_bytes = config.max_body_bytes;
+    engine
+}
+
+/// The stores the config declares, with their templates and migrations.
+fn declare_stores(
+    ds: &Datastorer,
+    config: &ServerConfig,
+) -> Result<HashMap<String, datastorer::Store<serde_json::Value>>, String> {
+    let mut stores = HashMap::new();
+    for (name, decl) in &config.stores {
+        let mut spec = StoreSpec::new(decl.template.clone()).metadata_template(decl.metadata_template.clone());
+        for step in &decl.migrations {
+            spec = spec.migration(step.to_migration());
+        }
+        stores.insert(name.clone(), ds.store(name, spec).map_err(|e| e.to_string())?);
+    }
+    Ok(stores)
+}
+
+/// Saves and ends client sessions whose clients went silent, forever.
+async fn sweep_forever(state: web::Data<AppState>) {
+    let period = (state.config.client_lease_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        state.sessions.sweep().await;
+    }
+}
+
+/// When `shutdown` resolves: refuse new session requests, end change
+/// feeds, let admitted requests finish (bounded), save and release every
+/// key while the workers still run them, then stop HTTP.
+async fn stop_on(
+    shutdown: impl std::future::Future<Output = &'static str>,
+    signal_state: web::Data<AppState>,
+    signal_ds: Datastorer,
+    handle: actix_web::dev::ServerHandle,
+    shutdown_tx: watch::Sender<bool>,
+) {
+    let name = shutdown.await;
+    info!(target: "datastorer::server", signal = name, "stopping: no new requests, then save and release everything");
+    signal_state.shutting_down.store(true, Ordering::SeqCst);
+    let _ = shutdown_tx.send(true);
+    // Session requests now get 503; those already admitted finish first
+    // (bounded: an open may be waiting for a lease held elsewhere).
+    let drain = (signal_state.config.shutdown_deadline / 5).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let drained = tokio::time::timeout(drain, async {
+        while signal_state.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!(target: "datastorer::server", in_flight = signal_state.in_flight.load(Ordering::SeqCst),
+                "requests still running at shutdown; their sessions are released under them");
+    }
+    // Keys live on the workers' arbiters: save and release them while
+    // the workers still run, then stop HTTP.
+    signal_ds.shutdown().await;
+    handle.stop(true).await;
 }
 
 /// Counts a request as in flight until dropped (also when the request's

@@ -319,10 +319,12 @@ impl ClientSessions {
                     self.record_end(&cur.token, &k, EndReason::of(&reason), None);
                 } else if !live {
                     info!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, "client lease lapsed: saving its session");
+                    // Recorded before the end, so a request arriving meanwhile
+                    // already learns why (the map no longer has the session).
+                    self.record_end(&cur.token, &k, EndReason::Expired, Some(holder.to_owned()));
                     if let Err(e) = cur.session.release_as(Priority::Normal, CloseReason::Expired).await {
                         return Err(self.keep(k, cur, e));
                     }
-                    self.record_end(&cur.token, &k, EndReason::Expired, Some(holder.to_owned()));
                 } else {
                     match policy {
                         AcquirePolicy::Fail => {
@@ -331,20 +333,20 @@ impl ClientSessions {
                             return Err(e);
                         }
                         AcquirePolicy::Steal => {
+                            self.record_end(&cur.token, &k, EndReason::Stolen, Some(holder.to_owned()));
                             if let Err(e) = cur.session.close_as(CloseReason::Stolen).await {
                                 let e = ApiError::from(e);
                                 self.map().insert(k.clone(), cur);
                                 return Err(e);
                             }
-                            self.record_end(&cur.token, &k, EndReason::Stolen, Some(holder.to_owned()));
                         }
                         AcquirePolicy::RequestRelease { .. } => {
+                            self.record_end(&cur.token, &k, EndReason::ReleaseRequested, Some(holder.to_owned()));
                             if let Err(e) =
                                 cur.session.release_as(Priority::Emergency, CloseReason::ReleaseRequested).await
                             {
                                 return Err(self.keep(k, cur, e));
                             }
-                            self.record_end(&cur.token, &k, EndReason::ReleaseRequested, Some(holder.to_owned()));
                         }
                         AcquirePolicy::Wait { .. } => {
                             let wake = cur.expires_at.min(deadline.unwrap_or(cur.expires_at));
@@ -464,12 +466,14 @@ impl ClientSessions {
         };
         match result {
             Ok(outcome) => {
-                self.map().remove(&k);
                 let reason = match ending {
                     Ending::Release(_) => EndReason::Released,
                     Ending::Close => EndReason::Closed,
                 };
+                // Recorded before the session leaves the map: no request in
+                // between finds neither.
                 self.record_end(token, &k, reason, None);
+                self.map().remove(&k);
                 self.released.notify_waiters();
                 Ok(outcome.revision)
             }
@@ -490,21 +494,26 @@ impl ClientSessions {
                 .filter(|(_, l)| l.expires_at <= now || l.session.close_reason().is_some())
                 .map(|(k, _)| k.clone())
                 .collect();
-            keys.into_iter().filter_map(|k| map.remove(&k).map(|l| (k, l))).collect()
+            let expired: Vec<(Key, ClientLease)> =
+                keys.into_iter().filter_map(|k| map.remove(&k).map(|l| (k, l))).collect();
+            // Recorded while the map is still locked: a request never finds
+            // its session neither in the map nor among the ended (one put
+            // back below is found in the map first).
+            for (k, lease) in &expired {
+                let reason = lease.session.close_reason().map_or(EndReason::Expired, |r| EndReason::of(&r));
+                self.record_end(&lease.token, k, reason, None);
+            }
+            expired
         };
         let mut n = 0;
         for (k, lease) in expired {
-            if let Some(reason) = lease.session.close_reason() {
-                self.record_end(&lease.token, &k, EndReason::of(&reason), None);
+            if lease.session.close_reason().is_some() {
                 n += 1;
                 continue;
             }
             info!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %lease.holder, "client lease lapsed: saving its session");
             match lease.session.release_as(Priority::Normal, CloseReason::Expired).await {
-                Ok(_) => {
-                    self.record_end(&lease.token, &k, EndReason::Expired, None);
-                    n += 1;
-                }
+                Ok(_) => n += 1,
                 Err(Error::SessionClosed { reason, .. }) => {
                     self.record_end(&lease.token, &k, EndReason::of(&reason), None);
                     n += 1;
