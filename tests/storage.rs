@@ -9,23 +9,14 @@ use std::sync::Arc;
 use common::*;
 use datastorer::storage::memory::MemoryBackend;
 use datastorer::storage::sled_backend::SledBackend;
-use datastorer::storage::{
-    storage_key, Backend, DecodeError, LeaseHolder, Precondition, Record, RecordHeader, WriteOp,
-};
+use datastorer::storage::{storage_key, Backend, DecodeError, Precondition, Record, RecordHeader, WriteOp};
 use datastorer::testing::conformance;
 use datastorer::{Config, Datastorer, Error};
 
+/// The conformance suite's sample record (every field set); the golden
+/// bytes below pin its encoding.
 fn sample() -> Record {
-    Record {
-        header: RecordHeader { epoch: 3, revision: 17 },
-        data_version: 2,
-        data: br#"{"coins":5}"#.to_vec(),
-        metadata: br#"{"tier":"gold"}"#.to_vec(),
-        user_ids: vec!["42".into()],
-        lease: Some(LeaseHolder { owner: "srv-1".into(), expires_at_ms: 1_700_000_000_000 }),
-        created_at_ms: 1_600_000_000_000,
-        updated_at_ms: 1_650_000_000_000,
-    }
+    conformance::sample_record()
 }
 
 fn hex(bytes: &[u8]) -> String {

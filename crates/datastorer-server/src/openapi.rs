@@ -170,13 +170,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
             "/v1/stores/{store}/keys/{key}/session": {
                 "post": op("open_session", "open a session (take the lease); policy and timeout_ms may be given in the query or the body, not both with different values", vec![store(), key(),
                         query("policy", json!({ "type": "string", "enum": ["fail", "wait", "request_release", "steal"] })),
-                        // Digits, described as such: schemathesis 4's coverage
-                        // of an integer query parameter on this operation
-                        // crashed inside hypothesis (a KeyError parsing its own
-                        // lambda); the body's schema carries the integer bounds.
-                        json!({ "name": "timeout_ms", "in": "query", "required": false,
-                            "description": format!("how long wait and request_release may wait: 0 to {max_wait_ms} ms"),
-                            "schema": { "type": "string", "pattern": "^[0-9]{1,9}$" } })],
+                        query("timeout_ms", json!({ "type": "integer", "minimum": 0, "maximum": max_wait_ms }))],
                     Some(body(json!({ "$ref": "#/components/schemas/OpenSession" }), &["application/json"], false)),
                     ok(json!({ "$ref": "#/components/schemas/Session" })),
                     &with(&[("404", "unknown store (strict stores)"), ("409", "held by another client, or its holder could not save (`holder_could_not_save`)"), ("413", "body too large"), ("415", "wrong content type"), ("422", "the record cannot be migrated or is corrupt"), ("503", "storage unavailable or shutting down")])),

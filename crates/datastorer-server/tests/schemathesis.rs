@@ -35,7 +35,10 @@ fn the_api_conforms_to_its_openapi_document() {
             "--checks",
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
         ])
-        .args(["--max-examples", &examples, "--workers", "2", "--request-timeout", "30"])
+        // One worker: with two, schemathesis 4.32 crashed now and then inside
+        // hypothesis (a KeyError in its lambda-source cache, shared by the
+        // worker threads), on a different operation each time.
+        .args(["--max-examples", &examples, "--workers", "1", "--request-timeout", "30"])
         .args(["--report", "junit", "--report-junit-path"])
         .arg(&report)
         .env("NO_COLOR", "1")
