@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::config::{Overrides, ServerConfig};
+use super::config::{ServerConfig, Settings};
 use datastorer::storage::postgres::PgBackend;
 use datastorer::storage::sled_backend::SledBackend;
 use datastorer::storage::{
@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP server (defaults: 127.0.0.1:7070, sled in ./data, no authentication).
-    Serve(ServeArgs),
+    Serve(Box<Settings>),
     /// Print one record, decoded (a stopped sled directory, or PostgreSQL online).
     Inspect {
         #[command(flatten)]
@@ -172,56 +172,6 @@ impl DataDir {
     }
 }
 
-#[derive(Debug, clap::Args)]
-struct ServeArgs {
-    /// TOML config file (flags and environment variables override it).
-    #[arg(long, env = "DATASTORER_CONFIG")]
-    config: Option<PathBuf>,
-    /// Address to listen on (default 127.0.0.1:7070; port 0 picks a free one).
-    #[arg(long, env = "DATASTORER_LISTEN")]
-    listen: Option<String>,
-    #[command(flatten)]
-    storage: DataDir,
-    /// This server's URL as clients should reach it (named in 421 wrong_server answers of other servers).
-    #[arg(long, env = "DATASTORER_ADVERTISE_URL")]
-    advertise_url: Option<String>,
-    /// Owner id in leases (default: on sled, one generated once and kept in the data directory;
-    /// on PostgreSQL, a new one per start; set it per deployment slot to reclaim leases after a crash).
-    #[arg(long, env = "DATASTORER_OWNER_ID")]
-    owner_id: Option<String>,
-    /// Answer 404 for stores the config does not declare.
-    #[arg(long, env = "DATASTORER_STRICT_STORES")]
-    strict_stores: Option<bool>,
-    /// Log one line per request at info (method, route, status, duration, API key name, client id;
-    /// never a secret or token). Default true.
-    #[arg(long, env = "DATASTORER_ACCESS_LOG")]
-    access_log: Option<bool>,
-    /// Engine autosave interval, seconds (default 30).
-    #[arg(long, env = "DATASTORER_AUTOSAVE_INTERVAL_SECS")]
-    autosave_interval_secs: Option<u64>,
-    /// Engine lease TTL between server processes, seconds (default 90).
-    #[arg(long, env = "DATASTORER_LEASE_TTL_SECS")]
-    lease_ttl_secs: Option<u64>,
-    /// Client session lifetime without a request, seconds (default 60).
-    #[arg(long, env = "DATASTORER_CLIENT_LEASE_TTL_SECS")]
-    client_lease_ttl_secs: Option<u64>,
-    /// Bound on graceful shutdown, seconds (default 25).
-    #[arg(long, env = "DATASTORER_SHUTDOWN_DEADLINE_SECS")]
-    shutdown_deadline_secs: Option<u64>,
-    /// Longest wait a client may ask for when opening a held key, seconds (default 300).
-    #[arg(long, env = "DATASTORER_MAX_WAIT_SECS")]
-    max_wait_secs: Option<u64>,
-    /// Largest request body, bytes (default 4 MiB).
-    #[arg(long, env = "DATASTORER_MAX_BODY_BYTES")]
-    max_body_bytes: Option<usize>,
-    /// HTTP worker threads (default: cores, at most 8).
-    #[arg(long, env = "DATASTORER_WORKERS")]
-    workers: Option<usize>,
-    /// An API key as NAME:ROLE:SECRET (role: read, write, admin); repeatable.
-    #[arg(long = "api-key", env = "DATASTORER_API_KEYS", value_delimiter = ',')]
-    api_keys: Vec<String>,
-}
-
 /// Entry point of the `datastorer` binary.
 pub fn main() -> ExitCode {
     main_from(std::env::args_os())
@@ -252,7 +202,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
+fn serve(args: Box<Settings>) -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -266,27 +216,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     result
 }
 
-fn serve_logged(args: ServeArgs) -> Result<(), String> {
-    let overrides = Overrides {
-        config: args.config,
-        listen: args.listen,
-        data_dir: args.storage.data_dir,
-        database_url: args.storage.database_url,
-        postgres_schema: args.storage.postgres_schema,
-        advertise_url: args.advertise_url,
-        owner_id: args.owner_id,
-        strict_stores: args.strict_stores,
-        access_log: args.access_log,
-        autosave_interval_secs: args.autosave_interval_secs,
-        lease_ttl_secs: args.lease_ttl_secs,
-        client_lease_ttl_secs: args.client_lease_ttl_secs,
-        shutdown_deadline_secs: args.shutdown_deadline_secs,
-        max_wait_secs: args.max_wait_secs,
-        max_body_bytes: args.max_body_bytes,
-        workers: args.workers,
-        api_keys: args.api_keys,
-    };
-    let config = ServerConfig::load(&overrides).map_err(|e| e.to_string())?;
+fn serve_logged(args: Box<Settings>) -> Result<(), String> {
+    let config = ServerConfig::load(&args).map_err(|e| e.to_string())?;
     let system = actix_web::rt::System::new();
     let listener = super::bind(&config)?;
     let report = system.block_on(super::run(config, listener, super::wait_for_signal()))?;

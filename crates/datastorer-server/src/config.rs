@@ -33,52 +33,118 @@ fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
+/// One rate budget in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BudgetDecl {
-    per_second: f64,
-    burst: f64,
+pub struct BudgetDecl {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Tokens at most.
+    pub burst: f64,
 }
 
+/// `[budgets]` in the file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BudgetsDecl {
-    get: Option<BudgetDecl>,
-    write: Option<BudgetDecl>,
-    scan: Option<BudgetDecl>,
+pub struct BudgetsDecl {
+    /// Reads.
+    pub get: Option<BudgetDecl>,
+    /// Writes.
+    pub write: Option<BudgetDecl>,
+    /// Scans.
+    pub scan: Option<BudgetDecl>,
 }
 
-/// The file's shape; every field optional.
-#[derive(Debug, Default, Deserialize)]
+/// Every server setting, optional, in one shape: read from the TOML file
+/// (serde) and from flags and environment variables (clap), then merged —
+/// a flag or variable wins over the file — into [`ServerConfig`]. A field
+/// only one of the two sources can set says so (`#[arg(skip)]`,
+/// `#[serde(skip)]`).
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    database_url: Option<String>,
-    postgres_schema: Option<String>,
-    postgres_tls: Option<TlsDecl>,
-    postgres_root_cert: Option<PathBuf>,
-    postgres_allow_plaintext: Option<bool>,
-    advertise_url: Option<String>,
-    owner_id: Option<String>,
-    strict_stores: Option<bool>,
-    access_log: Option<bool>,
-    autosave_interval_secs: Option<u64>,
-    lease_ttl_secs: Option<u64>,
-    client_lease_ttl_secs: Option<u64>,
-    shutdown_deadline_secs: Option<u64>,
-    max_wait_secs: Option<u64>,
-    max_body_bytes: Option<usize>,
-    workers: Option<usize>,
-    api_keys: Option<Vec<ApiKey>>,
-    budgets: Option<BudgetsDecl>,
-    stores: Option<BTreeMap<String, StoreDecl>>,
+pub struct Settings {
+    /// TOML config file (flags and environment variables override it).
+    #[arg(long, env = "DATASTORER_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:7070; port 0 picks a free one).
+    #[arg(long, env = "DATASTORER_LISTEN")]
+    pub listen: Option<String>,
+    /// sled data directory (default ./data; not with --database-url).
+    #[arg(long, env = "DATASTORER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PostgreSQL shared by several processes, e.g. postgres://user@127.0.0.1/db (instead of sled).
+    #[arg(long, env = "DATASTORER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// PostgreSQL schema for datastorer's tables (default datastorer).
+    #[arg(long, env = "DATASTORER_POSTGRES_SCHEMA")]
+    pub postgres_schema: Option<String>,
+    /// TLS to PostgreSQL (file only): "disable" or "require".
+    #[arg(skip)]
+    pub postgres_tls: Option<TlsDecl>,
+    /// Extra PEM roots for `postgres_tls = "require"` (file only).
+    #[arg(skip)]
+    pub postgres_root_cert: Option<PathBuf>,
+    /// Allow plaintext to a host that is not this machine (file only).
+    #[arg(skip)]
+    pub postgres_allow_plaintext: Option<bool>,
+    /// This server's URL as clients should reach it (named in 421 wrong_server answers of other servers).
+    #[arg(long, env = "DATASTORER_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Owner id in leases (default: on sled, one generated once and kept in the data directory;
+    /// on PostgreSQL, a new one per start; set it per deployment slot to reclaim leases after a crash).
+    #[arg(long, env = "DATASTORER_OWNER_ID")]
+    pub owner_id: Option<String>,
+    /// Answer 404 for stores the config does not declare.
+    #[arg(long, env = "DATASTORER_STRICT_STORES")]
+    pub strict_stores: Option<bool>,
+    /// Log one line per request at info (method, route, status, duration, API key name, client id;
+    /// never a secret or token). Default true.
+    #[arg(long, env = "DATASTORER_ACCESS_LOG")]
+    pub access_log: Option<bool>,
+    /// Engine autosave interval, seconds (default 30).
+    #[arg(long, env = "DATASTORER_AUTOSAVE_INTERVAL_SECS")]
+    pub autosave_interval_secs: Option<u64>,
+    /// Engine lease TTL between server processes, seconds (default 90).
+    #[arg(long, env = "DATASTORER_LEASE_TTL_SECS")]
+    pub lease_ttl_secs: Option<u64>,
+    /// Client session lifetime without a request, seconds (default 60).
+    #[arg(long, env = "DATASTORER_CLIENT_LEASE_TTL_SECS")]
+    pub client_lease_ttl_secs: Option<u64>,
+    /// Bound on graceful shutdown, seconds (default 25).
+    #[arg(long, env = "DATASTORER_SHUTDOWN_DEADLINE_SECS")]
+    pub shutdown_deadline_secs: Option<u64>,
+    /// Longest wait a client may ask for when opening a held key, seconds (default 300).
+    #[arg(long, env = "DATASTORER_MAX_WAIT_SECS")]
+    pub max_wait_secs: Option<u64>,
+    /// Largest request body and document, bytes (default 4 MiB).
+    #[arg(long, env = "DATASTORER_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// HTTP worker threads (default: cores, at most 8).
+    #[arg(long, env = "DATASTORER_WORKERS")]
+    pub workers: Option<usize>,
+    /// API keys of the file (`[[api_keys]]` tables).
+    #[arg(skip)]
+    pub api_keys: Option<Vec<ApiKey>>,
+    /// An API key as NAME:ROLE:SECRET (role: read, write, admin); repeatable.
+    #[arg(long = "api-key", env = "DATASTORER_API_KEYS", value_delimiter = ',')]
+    #[serde(skip)]
+    pub api_key_flags: Vec<String>,
+    /// Rate budgets (file only).
+    #[arg(skip)]
+    pub budgets: Option<BudgetsDecl>,
+    /// Declared stores (file only).
+    #[arg(skip)]
+    pub stores: Option<BTreeMap<String, StoreDecl>>,
 }
 
+/// `postgres_tls` in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum TlsDecl {
+pub enum TlsDecl {
+    /// Plain TCP (loopback only unless allowed).
     Disable,
+    /// TLS with certificate and host-name checks.
     Require,
 }
 
@@ -89,45 +155,6 @@ pub enum Storage {
     Sled(PathBuf),
     /// A PostgreSQL database shared with other servers and applications.
     Postgres(datastorer::PostgresConfig),
-}
-
-/// Values given as flags or environment variables (they win over the file).
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    /// `--config` / `DATASTORER_CONFIG`
-    pub config: Option<PathBuf>,
-    /// `--listen` / `DATASTORER_LISTEN`
-    pub listen: Option<String>,
-    /// `--data-dir` / `DATASTORER_DATA_DIR`
-    pub data_dir: Option<PathBuf>,
-    /// `--database-url` / `DATASTORER_DATABASE_URL`
-    pub database_url: Option<String>,
-    /// `--postgres-schema` / `DATASTORER_POSTGRES_SCHEMA`
-    pub postgres_schema: Option<String>,
-    /// `--advertise-url` / `DATASTORER_ADVERTISE_URL`
-    pub advertise_url: Option<String>,
-    /// `--owner-id` / `DATASTORER_OWNER_ID`
-    pub owner_id: Option<String>,
-    /// `--strict-stores` / `DATASTORER_STRICT_STORES`
-    pub strict_stores: Option<bool>,
-    /// `--access-log` / `DATASTORER_ACCESS_LOG`
-    pub access_log: Option<bool>,
-    /// `--autosave-interval-secs`
-    pub autosave_interval_secs: Option<u64>,
-    /// `--lease-ttl-secs`
-    pub lease_ttl_secs: Option<u64>,
-    /// `--client-lease-ttl-secs`
-    pub client_lease_ttl_secs: Option<u64>,
-    /// `--shutdown-deadline-secs`
-    pub shutdown_deadline_secs: Option<u64>,
-    /// `--max-wait-secs`
-    pub max_wait_secs: Option<u64>,
-    /// `--max-body-bytes`
-    pub max_body_bytes: Option<usize>,
-    /// `--workers`
-    pub workers: Option<usize>,
-    /// `--api-key NAME:ROLE:SECRET` (repeatable) / `DATASTORER_API_KEYS` (comma-separated)
-    pub api_keys: Vec<String>,
 }
 
 /// The resolved, validated configuration.
@@ -189,10 +216,10 @@ fn budget(d: Option<BudgetDecl>) -> Option<Budget> {
 
 impl ServerConfig {
     /// Reads the file (if any), applies overrides, validates.
-    pub fn load(o: &Overrides) -> Result<ServerConfig, ConfigError> {
+    pub fn load(o: &Settings) -> Result<ServerConfig, ConfigError> {
         let (file, source) = match &o.config {
             Some(path) => (read_file(path)?, path.display().to_string()),
-            None => (FileConfig::default(), "defaults".to_owned()),
+            None => (Settings::default(), "defaults".to_owned()),
         };
         let at = Origin { source: &source, has_file: o.config.is_some() };
         let err_at = |field: &str, flag_given: bool, what: String| at.err(field, flag_given, what);
@@ -204,7 +231,7 @@ impl ServerConfig {
             err_at("listen", o.listen.is_some(), format!("{listen_text:?} is not an address like 127.0.0.1:7070 ({e})"))
         })?;
 
-        let api_keys = api_keys(file.api_keys.unwrap_or_default(), &o.api_keys, &at)?;
+        let api_keys = api_keys(file.api_keys.unwrap_or_default(), &o.api_key_flags, &at)?;
         if api_keys.is_empty() && !listen.ip().is_loopback() {
             return Err(err_at(
                 "listen",
@@ -391,7 +418,7 @@ fn api_keys(mut api_keys: Vec<ApiKey>, flags: &[String], at: &Origin<'_>) -> Res
 
 /// Where records live: sled (`data_dir`) or PostgreSQL (`database_url`),
 /// never both, with the PostgreSQL settings only beside a URL.
-fn storage(o: &Overrides, file: &FileConfig, at: &Origin<'_>) -> Result<Storage, ConfigError> {
+fn storage(o: &Settings, file: &Settings, at: &Origin<'_>) -> Result<Storage, ConfigError> {
     let err_at = |field: &str, flag_given: bool, what: String| at.err(field, flag_given, what);
     let err = |field: &str, what: String| at.err(field, false, what);
     let data_dir = o.data_dir.clone().or(file.data_dir.clone());
@@ -442,7 +469,7 @@ fn storage(o: &Overrides, file: &FileConfig, at: &Origin<'_>) -> Result<Storage,
     })
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<Settings, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("{}: cannot read the config file: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.to_string().trim_end())))
@@ -452,24 +479,24 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 mod tests {
     use super::*;
 
-    fn refused(o: &Overrides) -> String {
+    fn refused(o: &Settings) -> String {
         ServerConfig::load(o).expect_err("refused").0
     }
 
-    fn with_file(text: &str) -> (tempfile::TempDir, Overrides) {
+    fn with_file(text: &str) -> (tempfile::TempDir, Settings) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("datastorer.toml");
         std::fs::write(&path, text).expect("write config");
-        (dir, Overrides { config: Some(path), ..Overrides::default() })
+        (dir, Settings { config: Some(path), ..Settings::default() })
     }
 
     #[test]
     fn a_bad_flag_is_named_as_the_flag_and_its_variable() {
-        let o = Overrides { workers: Some(0), ..Overrides::default() };
+        let o = Settings { workers: Some(0), ..Settings::default() };
         let m = refused(&o);
         assert!(m.starts_with("--workers / DATASTORER_WORKERS: "), "{m}");
         assert!(!m.contains("defaults"), "{m}");
-        let o = Overrides { listen: Some("nowhere".into()), ..Overrides::default() };
+        let o = Settings { listen: Some("nowhere".into()), ..Settings::default() };
         assert!(refused(&o).starts_with("--listen / DATASTORER_LISTEN: "));
         // A flag wins over the file, and is named even when a file is given.
         let (_dir, mut o) = with_file("workers = 2\n");
@@ -486,9 +513,9 @@ mod tests {
 
     #[test]
     fn api_key_names_are_unique_and_the_short_key_message_shows_no_secret() {
-        let keys = |list: &[&str]| Overrides {
-            api_keys: list.iter().map(|s| s.to_string()).collect(),
-            ..Overrides::default()
+        let keys = |list: &[&str]| Settings {
+            api_key_flags: list.iter().map(|s| s.to_string()).collect(),
+            ..Settings::default()
         };
         let m = refused(&keys(&["game:write:aaaaaaaaaaaaaaaaaaaa", "game:read:bbbbbbbbbbbbbbbbbbbb"]));
         assert!(m.contains("two API keys are named \"game\""), "{m}");

@@ -5,14 +5,14 @@
 
 use datastorer::storage::sled_backend::SledBackend;
 use datastorer::storage::{storage_key, Backend, Record};
-use datastorer_server::config::{Overrides, ServerConfig};
+use datastorer_server::config::{ServerConfig, Settings};
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn a_server_in_the_test_process_serves_and_stops_when_its_shutdown_future_resolves() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let overrides = Overrides {
+    let overrides = Settings {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(data.clone()),
         workers: Some(1),
