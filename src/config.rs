@@ -1,4 +1,7 @@
 //! Engine configuration and its validation.
+//!
+//! Owns: `Config`, its defaults and rules. Must not: start anything or touch
+//! storage (`Datastorer::start` does).
 
 use std::fmt;
 use std::path::PathBuf;

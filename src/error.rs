@@ -1,5 +1,8 @@
 //! The library's error type. Every variant that concerns a key names its
 //! store and key, so a log line or an HTTP error is enough to find the record.
+//!
+//! Owns: `Error` and its messages. Must not: depend on actors or handles
+//! (only the vocabulary and storage errors).
 
 use thiserror::Error;
 

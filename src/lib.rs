@@ -7,6 +7,9 @@
 //! going through one queue with an emergency lane, rate budgets, backoff and
 //! group commit.
 //!
+//! Owns: the public surface (re-exports) and `Datastorer`. Must not: hold
+//! engine logic of its own; the modules below do.
+//!
 //! ```no_run
 //! use datastorer::{Config, Datastorer, Priority, StoreSpec};
 //! use serde::{Deserialize, Serialize};

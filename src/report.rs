@@ -1,4 +1,6 @@
 //! What `release_all_keys` and `shutdown` report back.
+//!
+//! Owns: the report types. Must not: hold behaviour beyond summarising.
 
 use std::time::Duration;
 

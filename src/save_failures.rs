@@ -1,8 +1,8 @@
 //! Counts of saves that failed, by reason: what `/metrics` shows so an
 //! operator sees a key that cannot be saved before the shutdown does.
 //!
-//! Owns: the counters and the mapping from an error to its reason. Must
-//! not: decide anything; the key actor reports, readers only read.
+//! Owns: the counters and the mapping from an error to its reason.
+//! Must not: decide anything; the key actor reports, readers only read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

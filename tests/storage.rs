@@ -59,13 +59,8 @@ fn damaged_records_are_typed_errors_never_panics() {
     assert_eq!(Record::decode(&future), Err(DecodeError::UnknownFormat(9)));
 
     // Seeded pseudo-random inputs: truncations, mutations and garbage.
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = datastorer::testing::Rng(0x2545_f491_4f6c_dd1d);
+    let mut next = || rng.next();
     for _ in 0..20_000 {
         let mut bytes = good.clone();
         match next() % 3 {

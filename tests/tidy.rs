@@ -183,3 +183,68 @@ fn the_cycle_check_finds_a_cycle() {
     }
     assert_eq!(cycles(&graph), vec![vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]]);
 }
+
+/// Every module opens with a `//!` doc that says what it owns and what it
+/// must not touch.
+#[test]
+fn every_engine_module_says_what_it_owns_and_must_not_touch() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut missing = Vec::new();
+    for (module, _) in engine_modules() {
+        let mut path = root.join(module.replace("::", "/"));
+        path = if path.is_dir() { path.join("mod.rs") } else { path.with_extension("rs") };
+        let text = std::fs::read_to_string(&path).expect("module source");
+        let doc: String = text.lines().take_while(|l| l.starts_with("//!")).collect::<Vec<_>>().join("\n");
+        if doc.is_empty() || !doc.contains("Must not") {
+            missing.push(module);
+        }
+    }
+    assert!(missing.is_empty(), "modules without a //! doc naming what they must not do: {missing:?}");
+}
+
+/// `use` lines sit at the top of a file, not between its items.
+#[test]
+fn no_use_in_the_middle_of_a_file() {
+    let mut late = Vec::new();
+    for (module, code) in engine_modules() {
+        let mut seen_item = false;
+        for line in code.lines() {
+            let starts_item = [
+                "fn ",
+                "pub fn ",
+                "pub(crate) fn ",
+                "struct ",
+                "pub struct ",
+                "pub(crate) struct ",
+                "enum ",
+                "pub enum ",
+                "impl",
+                "const ",
+                "pub const ",
+                "static ",
+            ]
+            .iter()
+            .any(|p| line.starts_with(p));
+            if starts_item {
+                seen_item = true;
+            } else if seen_item && (line.starts_with("use ") || line.starts_with("pub use ")) {
+                late.push(format!("{module}: {line}"));
+            }
+        }
+    }
+    assert!(late.is_empty(), "use after the first item: {late:?}");
+}
+
+/// Only the queue calls the backend's storage methods (the storage module
+/// itself and the conformance suite aside).
+#[test]
+fn only_the_queue_calls_the_backend() {
+    for (module, code) in engine_modules() {
+        if module == "actors::queue" || module.starts_with("storage") || module.starts_with("testing") {
+            continue;
+        }
+        for call in [".write_batch(", ".scan_prefix(", ".get_many("] {
+            assert!(!code.contains(call), "{module} calls {call}");
+        }
+    }
+}

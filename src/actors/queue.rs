@@ -33,6 +33,8 @@ use crate::config::QueueConfig;
 use crate::messages::queue::{
     DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty, Operation, QueueFailure, Reply, Submit,
 };
+use crate::retry::RetryState;
+use crate::storage::{Backend, Precondition, RecordHeader, StorageError, WriteOp, WriteOutcome};
 use crate::types::{Priority, QueueDepth, QueueStats};
 
 /// Batches applied and waiting for their flush, at most. Enough to keep
@@ -101,8 +103,6 @@ fn run_flusher(
         answer(answers);
     }
 }
-use crate::retry::RetryState;
-use crate::storage::{Backend, Precondition, RecordHeader, StorageError, WriteOp, WriteOutcome};
 
 pub(crate) struct Pending {
     req: Submit,

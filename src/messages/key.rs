@@ -1,6 +1,8 @@
 //! The key actor's protocol. Typed messages (`Read`, `Update`, ...) come
 //! from a `Session<T>`; `Control` is type-erased so the supervisor can drive
 //! key actors of every store through one `Recipient`.
+//!
+//! Owns: the message types. Must not: contain behaviour (the key actor does).
 
 use std::marker::PhantomData;
 

@@ -1,5 +1,8 @@
 //! The queue actor's protocol: submit a storage request, drop queued
 //! requests, wait for an empty queue, read the depth.
+//!
+//! Owns: the message types and the request's operation. Must not: schedule
+//! or execute anything (the queue actor and `lanes` do).
 
 use std::sync::Arc;
 

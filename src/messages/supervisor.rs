@@ -1,5 +1,7 @@
 //! The supervisor's protocol: release every key, shut down, run an
 //! autosave pass now.
+//!
+//! Owns: the message types. Must not: contain behaviour (the supervisor does).
 
 use actix::Message;
 

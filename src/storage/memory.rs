@@ -271,11 +271,8 @@ impl MemoryBackend {
         let mut f = lock(&self.fractions);
         let (rules, state) = &mut *f;
         let rule = rules.iter().find(|r| r.op == op && r.key.as_deref().is_none_or(|k| Some(k) == key))?.clone();
-        // xorshift64: reproducible from the seed, good enough to spread faults.
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        let draw = (*state >> 11) as f64 / (1u64 << 53) as f64;
+        // Reproducible from the seed, good enough to spread faults.
+        let draw = (super::xorshift64(state) >> 11) as f64 / (1u64 << 53) as f64;
         if draw < rule.probability {
             self.injected_failures.fetch_add(1, Ordering::Relaxed);
             Some(StorageError { kind: rule.kind, message: format!("injected {op:?} fault (fraction)") })

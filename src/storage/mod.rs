@@ -456,6 +456,16 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// xorshift64: the one seeded generator (fault fractions here, and
+/// `testing::Rng` for randomized tests). Reproducible from its seed; a seed
+/// of 0 stays 0, so seeds are made odd where they come from.
+pub(crate) fn xorshift64(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// The meta key of `store`'s epoch floor: the highest epoch any deleted
 /// record of the store reached (a record created afresh starts above it).
 /// Outside every store's `d\0` prefix.

@@ -22,6 +22,8 @@
 //! inside the body are JSON bytes: self-describing, so migrations can read
 //! shapes that no longer deserialize into the application's type.
 //!
+//! Format versions and what a backend must guarantee: `docs/design.md`.
+//!
 //! Must not: know about actors, leases policy, or the queue.
 
 use bincode::Options;
@@ -31,8 +33,17 @@ use thiserror::Error;
 const MAGIC: [u8; 2] = *b"DS";
 /// The envelope version this build writes.
 pub const FORMAT_VERSION: u8 = 1;
+
+// Header offsets, each from the one before it (redb's style): the layout
+// table above, as code.
+const VERSION_AT: usize = MAGIC.len();
+const EPOCH_AT: usize = VERSION_AT + 1;
+const REVISION_AT: usize = EPOCH_AT + 8;
+const BODY_LEN_AT: usize = REVISION_AT + 8;
+const CHECKSUM_AT: usize = BODY_LEN_AT + 4;
 /// Size of the fixed header in front of the body.
-pub const HEADER_LEN: usize = 31;
+pub const HEADER_LEN: usize = CHECKSUM_AT + 8;
+const _: () = assert!(HEADER_LEN == 31, "format version 1's header is 31 bytes");
 /// Upper bound for a decoded body; protects the decoder from hostile lengths.
 pub const MAX_BODY_LEN: u64 = 64 * 1024 * 1024;
 
@@ -49,12 +60,12 @@ impl RecordHeader {
     /// Reads the header of an encoded record without decoding the body.
     /// `None` when the bytes do not start with a valid header.
     pub fn peek(bytes: &[u8]) -> Option<RecordHeader> {
-        if bytes.len() < HEADER_LEN || bytes[0..2] != MAGIC {
+        if bytes.len() < HEADER_LEN || bytes[..VERSION_AT] != MAGIC {
             return None;
         }
         Some(RecordHeader {
-            epoch: u64::from_le_bytes(bytes[3..11].try_into().ok()?),
-            revision: u64::from_le_bytes(bytes[11..19].try_into().ok()?),
+            epoch: u64::from_le_bytes(bytes[EPOCH_AT..REVISION_AT].try_into().ok()?),
+            revision: u64::from_le_bytes(bytes[REVISION_AT..BODY_LEN_AT].try_into().ok()?),
         })
     }
 }
@@ -235,18 +246,20 @@ fn verified_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     if RecordHeader::peek(bytes).is_none() {
         return Err(DecodeError::NotARecord);
     }
-    let version = bytes[2];
+    let version = bytes[VERSION_AT];
     if version != FORMAT_VERSION {
         return Err(DecodeError::UnknownFormat(version));
     }
-    let declared = u32::from_le_bytes([bytes[19], bytes[20], bytes[21], bytes[22]]) as usize;
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&bytes[BODY_LEN_AT..CHECKSUM_AT]);
+    let declared = u32::from_le_bytes(len) as usize;
     let body = &bytes[HEADER_LEN..];
     if body.len() != declared {
         return Err(DecodeError::Corrupt(format!("body is {} bytes, header says {declared}", body.len())));
     }
     let mut hash = [0u8; 8];
-    hash.copy_from_slice(&bytes[23..31]);
-    if checksum(&bytes[2..23], body) != u64::from_le_bytes(hash) {
+    hash.copy_from_slice(&bytes[CHECKSUM_AT..HEADER_LEN]);
+    if checksum(&bytes[VERSION_AT..CHECKSUM_AT], body) != u64::from_le_bytes(hash) {
         return Err(DecodeError::Corrupt("checksum mismatch".into()));
     }
     Ok(body)
@@ -330,8 +343,8 @@ impl RecordRef<'_> {
             .serialize_into(&mut out, &body)
             .unwrap_or_else(|e| unreachable!("bincode failed on an in-memory body: {e}"));
         debug_assert_eq!(out.len(), HEADER_LEN + body_len);
-        let checksum = checksum(&out[2..23], &out[HEADER_LEN..]);
-        out[23..31].copy_from_slice(&checksum.to_le_bytes());
+        let checksum = checksum(&out[VERSION_AT..CHECKSUM_AT], &out[HEADER_LEN..]);
+        out[CHECKSUM_AT..HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
         out
     }
 }

@@ -186,3 +186,22 @@ pub fn publish(bus: &crate::storage::NoticeBus, notice: crate::storage::Notice) 
 pub async fn crash(ds: &crate::Datastorer) {
     ds.abort().await;
 }
+
+/// Seeded, reproducible randomness for randomized tests (xorshift64, the
+/// generator the memory backend's fault fractions use too). Give it an odd
+/// seed: a seed of 0 stays 0.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next value.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        crate::storage::xorshift64(&mut self.0)
+    }
+
+    /// A value below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: a document type, configs over
 //! a shared in-memory backend, and record inspection.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod pg;
 pub mod pg_instance;
@@ -57,21 +57,8 @@ pub fn stored_json(backend: &MemoryBackend, store: &str, key: &str) -> serde_jso
     serde_json::from_slice(&r.data).expect("json data")
 }
 
-/// xorshift64: seeded, reproducible randomness for the randomized suites.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+/// The harness's seeded generator, under the name the suites use.
+pub use datastorer::testing::Rng;
 
 /// A number from the environment, or `default`.
 pub fn env_or(name: &str, default: u64) -> u64 {

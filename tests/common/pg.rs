@@ -126,12 +126,10 @@ fn getrandom_fill(buf: &mut [u8]) {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut x = (nanos as u64) ^ n.rotate_left(40) ^ u64::from(std::process::id()) << 20 | 1;
+    let mut rng =
+        datastorer::testing::Rng((nanos as u64) ^ n.rotate_left(40) ^ u64::from(std::process::id()) << 20 | 1);
     for b in buf.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
+        *b = rng.next() as u8;
     }
 }
 
