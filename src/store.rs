@@ -4,8 +4,11 @@
 //! Owns: the map from key to key actor for one store (which actor is
 //! loaded, which is open), name validation, where a key actor starts (the
 //! engine's arbiter, or the caller's with `keys_on_caller_arbiter`), and
-//! the open flow up to the moment the key actor takes over. Must not: touch storage or document
-//! data (the key actor does).
+//! the open flow up to the moment the key actor takes over, and the
+//! administrative reads and writes that need no lease (`list_keys`,
+//! `inspect`, `delete`, through the queue like everything else).
+//! Must not: touch a loaded key's document (its key actor owns it) or call
+//! the backend directly.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;

@@ -18,7 +18,10 @@
 //! - reads see only durable data: a key with an unflushed write is blocked,
 //!   and scans wait until nothing is unflushed.
 //!
-//! Must not: know about records, documents or leases (it moves bytes).
+//! Must not: know about documents or leases (it moves bytes). One
+//! exception, on purpose: it peeks at a written value's `RecordHeader` to
+//! recognise its own retried write already applied (a lost flush or COMMIT
+//! answer), and then compares the stored bytes with its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
