@@ -1,12 +1,10 @@
 //! The supervisor: release_all_keys, shutdown saving every dirty key and
 //! releasing every lease, the deadline, and failure isolation.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use datastorer::storage::memory::{MemoryBackend, OpKind};
 use datastorer::{CloseReason, Datastorer, Error, ErrorKind, Priority};
 

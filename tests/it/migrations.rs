@@ -1,10 +1,8 @@
 //! Migrations over the untyped document and reconcile from the template.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use datastorer::storage::memory::MemoryBackend;
 use datastorer::storage::{storage_key, Record, RecordHeader};
 use datastorer::{Error, Migration, Priority, StoreSpec};

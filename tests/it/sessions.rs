@@ -1,11 +1,9 @@
 //! Sessions: open, read, update, metadata, user ids, save receipts, release,
 //! close, close reasons, panics inside closures.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use datastorer::storage::memory::MemoryBackend;
 use datastorer::{CloseReason, Datastorer, Error, Priority, Session};
 use serde_json::json;

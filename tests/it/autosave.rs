@@ -1,12 +1,10 @@
 //! Change detection by checksum, periodic autosave, and save receipts that
 //! resolve only after the write is durable.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use datastorer::storage::memory::{MemoryBackend, OpKind};
 use datastorer::storage::storage_key;
 use datastorer::{Error, ErrorKind, Priority};

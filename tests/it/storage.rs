@@ -2,11 +2,9 @@
 //! input), one conformance suite run against every backend, and corrupt
 //! records reported with store and key and left untouched.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use datastorer::storage::memory::MemoryBackend;
 use datastorer::storage::sled_backend::SledBackend;
 use datastorer::storage::{storage_key, Backend, DecodeError, Precondition, Record, RecordHeader, WriteOp};
@@ -108,7 +106,7 @@ fn sled_backend_conforms_and_persists_after_flush() {
 
 #[test]
 fn postgres_backend_conforms_and_persists() {
-    let Some(pg) = common::pg::PgSchema::new("postgres_backend_conforms_and_persists") else { return };
+    let Some(pg) = crate::common::pg::PgSchema::new("postgres_backend_conforms_and_persists") else { return };
     {
         let b = pg.backend();
         conformance::backend(&b);

@@ -13,9 +13,7 @@
 //! Seeds: `DATASTORER_LEASE_SEEDS` (count, default 4), steps per schedule:
 //! `DATASTORER_LEASE_STEPS` (default 300). Seeds are printed.
 
-mod common;
-
-use common::{env_or, Rng};
+use crate::common::{env_or, Rng};
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,11 +1,9 @@
 //! Stores: identity, conflicting specifications, name and key validation,
 //! listing keys.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use datastorer::storage::memory::MemoryBackend;
 use datastorer::{Config, Datastorer, Error, Migration, Priority, StoreSpec};
 use serde_json::json;

@@ -2,12 +2,10 @@
 //! permanent ones, emergency lane first without starving the normal lane,
 //! rate budgets, flushing the queue, depth and draining.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use datastorer::storage::memory::{MemoryBackend, OpKind};
 use datastorer::storage::storage_key;
 use datastorer::{Budget, Datastorer, Error, ErrorKind, Priority, Session};

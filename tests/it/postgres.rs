@@ -8,13 +8,11 @@
 //! listener and own advisory-lock session, exactly what a second OS
 //! process has. `tests/pg_processes.rs` runs real processes.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pg::{engine_config, PgSchema};
-use common::{template, Profile};
+use crate::common::pg::{engine_config, PgSchema};
+use crate::common::{template, Profile};
 use datastorer::storage::postgres::PgBackend;
 use datastorer::storage::{
     storage_key, store_prefix, Backend, ErrorKind, LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader,
@@ -87,7 +85,7 @@ fn a_conflict_reports_the_header_that_won_not_the_statement_snapshot() {
     let hex: String = winner.iter().map(|x| format!("{x:02x}")).collect();
 
     // Another session takes the row lock and holds it until told to commit.
-    let other = common::pg::OpenTransaction::begin(
+    let other = crate::common::pg::OpenTransaction::begin(
         &pg.url,
         &format!(
             "UPDATE \"{}\".records SET value = '\\x{hex}', revision = 19 WHERE store = 's' AND key = 'k'",
@@ -174,7 +172,7 @@ fn scans_page_in_the_same_order_as_the_memory_backend() {
     let b = pg.backend();
     let mem = datastorer::storage::memory::MemoryBackend::new();
     let alphabet = ["a", "b", "ab", "é", "日", "\u{10FFFF}", "z", "A", "_", "~"];
-    let mut rng = common::Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = crate::common::Rng(0x9e37_79b9_7f4a_7c15);
     let mut ops = Vec::new();
     for _ in 0..400 {
         let store = ["s", "s2", "t"][rng.below(3) as usize];

@@ -5,17 +5,15 @@
 //! queues drain, sessions continue or close with a reason.
 //!
 //! Tests that stop or reconfigure the server use a private one
-//! (`common::pg_instance`), never the shared one.
-
-mod common;
+//! (`crate::common::pg_instance`), never the shared one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pg::PgSchema;
-use common::pg_instance::PrivatePg;
-use common::proxy::Proxy;
-use common::{template, Profile};
+use crate::common::pg::PgSchema;
+use crate::common::pg_instance::PrivatePg;
+use crate::common::proxy::Proxy;
+use crate::common::{template, Profile};
 use datastorer::storage::postgres::PgBackend;
 use datastorer::storage::{storage_key, Backend, Record};
 use datastorer::{AcquirePolicy, CloseReason, Config, Datastorer, Error, PostgresConfig, Priority, StoreSpec};
@@ -23,7 +21,7 @@ use datastorer::{AcquirePolicy, CloseReason, Config, Datastorer, Error, Postgres
 /// The shared test engine, with retries that outlast a restart of the
 /// server and a slower autosave.
 fn engine(backend: Arc<PgBackend>, owner: &str) -> Config {
-    let mut c = common::pg::engine_config(backend, owner);
+    let mut c = crate::common::pg::engine_config(backend, owner);
     c.autosave_interval = Duration::from_secs(1);
     c.queue.retry.base_delay = Duration::from_millis(20);
     c.queue.retry.max_attempts = 30;
@@ -194,13 +192,13 @@ fn through(url: &str, port: u16) -> String {
 #[actix_rt::test]
 async fn a_lost_commit_reply_is_resolved_as_applied() {
     let Some(pg) = PgSchema::new("a_lost_commit_reply_is_resolved_as_applied") else { return };
-    let port: u16 = common::pg::url()
+    let port: u16 = crate::common::pg::url()
         .split_whitespace()
         .find_map(|p| p.strip_prefix("port=").and_then(|v| v.parse().ok()))
         .unwrap_or(5432);
     let proxy = Proxy::start(port);
     let mut cfg = pg.config();
-    cfg.url = through(&common::pg::url(), proxy.port);
+    cfg.url = through(&crate::common::pg::url(), proxy.port);
     let backend = Arc::new(PgBackend::connect(cfg).expect("connect through the proxy"));
     let ds = Datastorer::start(engine(backend, "a")).await.unwrap();
     let s = profiles(&ds).open("k").await.unwrap();
@@ -259,7 +257,7 @@ async fn a_row_lock_held_elsewhere_fails_the_receipt_but_keeps_the_change() {
     ec.queue.retry.max_attempts = 3;
     let ds = Datastorer::start(ec).await.unwrap();
     let s = profiles(&ds).open("k").await.unwrap();
-    let holder = common::pg::OpenTransaction::begin(
+    let holder = crate::common::pg::OpenTransaction::begin(
         &pg.url,
         &format!("SELECT 1 FROM \"{}\".records WHERE key = 'k' FOR UPDATE", pg.schema),
     );

@@ -2,12 +2,10 @@
 //! share one backend: every acquire policy, hand-off, steal, expiry,
 //! renewal, and a stale holder's write rejected.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use datastorer::storage::memory::MemoryBackend;
 use datastorer::storage::{storage_key, LeaseHolder, Record, RecordHeader};
 use datastorer::{AcquirePolicy, CloseReason, Error, Priority};

@@ -1,0 +1,24 @@
+//! The engine's integration tests in one binary (one link instead of
+//! fourteen): each module is one capability or one guarantee, as the files
+//! were. Two stay binaries of their own: `tests/signals.rs` sends SIGTERM to
+//! its own process, which any other engine in the same process would hear,
+//! and `tests/observability.rs` installs a debug subscriber, which tracing's
+//! process-wide callsite cache would not honour beside other tests.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod autosave;
+mod fault_tolerance;
+mod harness;
+mod lease_safety;
+mod leases;
+mod migrations;
+mod pg_faults;
+mod postgres;
+mod queue;
+mod sessions;
+mod shutdown;
+mod storage;
+mod stores;
+mod tidy;
