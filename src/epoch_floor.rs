@@ -45,9 +45,28 @@ pub fn decode(bytes: &[u8]) -> Option<RecordHeader> {
 }
 
 /// The floor of `store` (0 when no record of it was ever deleted).
+///
+/// On a backend no other process writes (sled, memory) the floor is read
+/// once per store and then kept in memory, raised by `raise`: creating a
+/// key costs no extra read. On a shared backend another process may have
+/// raised it, so it is read every time.
 pub(crate) async fn read(engine: &Engine, store: &Arc<str>, key: &Arc<str>) -> Result<u64, Error> {
+    let cacheable = !engine.backend.capabilities().shared_across_processes;
+    if cacheable {
+        if let Some(floor) = engine.floors().get(store) {
+            return Ok(*floor);
+        }
+    }
     let v = engine.get(store, key, floor_key(store), Priority::Normal).await?;
-    Ok(v.as_deref().and_then(decode).map_or(0, |h| h.epoch))
+    let floor = v.as_deref().and_then(decode).map_or(0, |h| h.epoch);
+    if cacheable {
+        let mut floors = engine.floors();
+        let kept = floors.entry(store.clone()).or_insert(floor);
+        // A raise may have landed meanwhile: the higher one holds.
+        *kept = (*kept).max(floor);
+        return Ok(*kept);
+    }
+    Ok(floor)
 }
 
 /// Raises the floor of `store` to at least `epoch`, before the record that
@@ -71,7 +90,12 @@ pub(crate) async fn raise(engine: &Engine, store: &Arc<str>, key: &Arc<str>, epo
         };
         let value = Some(encode(RecordHeader { epoch, revision }));
         match engine.write(store, key, fkey.clone(), precondition, value, Priority::Normal).await? {
-            WriteOutcome::Applied => return Ok(()),
+            WriteOutcome::Applied => {
+                let mut floors = engine.floors();
+                let kept = floors.entry(store.clone()).or_insert(epoch);
+                *kept = (*kept).max(epoch);
+                return Ok(());
+            }
             WriteOutcome::Conflict { .. } => continue,
         }
     }

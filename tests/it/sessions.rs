@@ -387,3 +387,24 @@ async fn epochs_of_a_key_never_go_back_across_a_delete() {
     let other = store.open("fresh").await.unwrap();
     assert!(other.lease().await.unwrap().epoch > before);
 }
+
+#[actix_rt::test]
+async fn on_a_backend_no_other_process_writes_the_epoch_floor_is_read_once_per_store() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    for key in ["a", "b", "c"] {
+        store.open(key).await.unwrap().release(Priority::Normal).await.unwrap();
+    }
+    let floor_key = datastorer::storage::epoch_floor_key("profiles");
+    let reads = |b: &MemoryBackend| {
+        b.log().iter().filter(|(op, k)| *op == datastorer::storage::memory::OpKind::Get && *k == floor_key).count()
+    };
+    assert_eq!(reads(&backend), 1, "three keys created, the floor read once");
+    // A delete raises the kept floor too: the next key starts above it.
+    assert!(store.delete("c", false).await.unwrap());
+    let d = store.open("d").await.unwrap();
+    assert!(d.lease().await.unwrap().epoch > 1);
+    assert_eq!(reads(&backend), 2, "read again only by the delete's compare-and-swap");
+}
