@@ -204,26 +204,14 @@ impl<T: Document> KeyActor<T> {
             self.start_close(reason, priority, receipts, ctx);
             return;
         }
-        // A write that fails before it reaches the queue is as much a failed
-        // save as one the backend refused: logged and counted the same way.
-        let (store_name, key_name, engine) = (self.store.name.clone(), self.key.clone(), self.store.engine.clone());
         let write = kind.name();
-        let fail = move |receipts: Vec<ReceiptTx>, err: Error| {
-            engine.save_failures.count(crate::SaveFailureReason::of(&err));
-            warn!(
-                target: "datastorer::key", store = %store_name, key = %key_name, write,
-                reason = crate::SaveFailureReason::of(&err).as_str(), error = %err, "write failed before reaching storage; data kept in memory"
-            );
-            for r in receipts {
-                let _ = r.send(Err(err.clone()));
-            }
-        };
+        let fail = |act: &Self, receipts: Vec<ReceiptTx>, err: Error| act.fail_before_storage(write, receipts, err);
         let releasing = matches!(kind, WriteKind::Release(_));
         let (mut bytes, mut checksum) = match encoded.map_or_else(|| self.encode_data(), Ok) {
             Ok(e) => e,
             Err(err) => {
                 self.write_aborted(releasing);
-                return fail(receipts, err);
+                return fail(self, receipts, err);
             }
         };
         let dirty = self.is_dirty(checksum);
@@ -240,13 +228,13 @@ impl<T: Document> KeyActor<T> {
                 if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook(&mut doc.data))) {
                     let err = self.panicked("before-save hook", &*p);
                     self.write_aborted(releasing);
-                    return fail(receipts, err);
+                    return fail(self, receipts, err);
                 }
                 match self.encode_data() {
                     Ok((b, c)) => (bytes, checksum) = (b, c),
                     Err(err) => {
                         self.write_aborted(releasing);
-                        return fail(receipts, err);
+                        return fail(self, receipts, err);
                     }
                 }
             }
@@ -261,10 +249,10 @@ impl<T: Document> KeyActor<T> {
                 limit: engine.config.max_document_bytes,
             };
             self.write_aborted(releasing);
-            return fail(receipts, err);
+            return fail(self, receipts, err);
         }
         let Some(doc) = self.doc.as_ref() else {
-            return fail(receipts, self.closed_error());
+            return fail(self, receipts, self.closed_error());
         };
         let now_ms = engine.clock.now_ms();
         let expires_at_ms = if releasing { 0 } else { now_ms + engine.config.lease_ttl.as_millis() as u64 };
@@ -288,6 +276,20 @@ impl<T: Document> KeyActor<T> {
         self.writes.started(kind, receipts, written);
         let fut = engine.write(&self.store.name, &self.key, self.storage_key(), precondition, value, priority);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
+    }
+
+    /// A write that fails before it reaches the queue is as much a failed
+    /// save as one the backend refused: logged and counted the same way.
+    fn fail_before_storage(&self, write: &'static str, receipts: Vec<ReceiptTx>, err: Error) {
+        let reason = crate::SaveFailureReason::of(&err);
+        self.store.engine.save_failures.count(reason);
+        warn!(
+            target: "datastorer::key", store = %self.store.name, key = %self.key, write,
+            reason = reason.as_str(), error = %err, "write failed before reaching storage; data kept in memory"
+        );
+        for r in receipts {
+            let _ = r.send(Err(err.clone()));
+        }
     }
 
     /// A release that could not even start leaves the session open.
