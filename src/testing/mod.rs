@@ -42,13 +42,42 @@ pub struct Cluster {
     configs: Vec<Config>,
 }
 
-/// The config every cluster node starts from: owner id `node-{i}`, signal
-/// handling off, 10 ms base backoff, default intervals (30 s autosave, 90 s lease).
-pub fn node_config(backend: &Arc<MemoryBackend>, i: usize) -> Config {
-    let mut c = Config::backend(backend.clone()).owner_id(format!("node-{i}"));
+/// The config a test node starts from: owner id `owner`, signal handling
+/// off, 10 ms base backoff, default intervals (30 s autosave, 90 s lease).
+pub fn config(backend: &Arc<MemoryBackend>, owner: impl Into<String>) -> Config {
+    let mut c = Config::backend(backend.clone()).owner_id(owner);
     c.handle_signals = false;
     c.queue.retry.base_delay = Duration::from_millis(10);
     c
+}
+
+/// The config of cluster node `i`: [`config`] with owner id `node-{i}`.
+pub fn node_config(backend: &Arc<MemoryBackend>, i: usize) -> Config {
+    config(backend, format!("node-{i}"))
+}
+
+/// One node over `backend` with [`config`]. Panics if it cannot start (a
+/// test setup error).
+pub async fn node(backend: &Arc<MemoryBackend>, owner: impl Into<String>) -> Datastorer {
+    Datastorer::start(config(backend, owner)).await.expect("test node starts")
+}
+
+/// The stored record of `key` in `store`, straight from the backend (no
+/// queue, no cache): `None` when absent. Panics on a record that does not
+/// decode, so a test that expects absence cannot pass on corruption; read
+/// [`MemoryBackend::raw_get`] to look at corrupt bytes.
+#[track_caller]
+pub fn stored(backend: &MemoryBackend, store: &str, key: &str) -> Option<Record> {
+    backend
+        .raw_get(&storage_key(store, key))
+        .map(|b| Record::decode(&b).unwrap_or_else(|e| panic!("stored record of {store}/{key} does not decode: {e}")))
+}
+
+/// The stored document of `key` as JSON. Panics when absent or not JSON.
+#[track_caller]
+pub fn stored_json(backend: &MemoryBackend, store: &str, key: &str) -> serde_json::Value {
+    let r = stored(backend, store, key).unwrap_or_else(|| panic!("no stored record of {store}/{key}"));
+    serde_json::from_slice(&r.data).unwrap_or_else(|e| panic!("stored data of {store}/{key} is not JSON: {e}"))
 }
 
 impl Cluster {
@@ -144,9 +173,11 @@ impl Cluster {
         true
     }
 
-    /// The stored record of `key`, decoded (`None` if absent or corrupt).
+    /// The stored record of `key` (see [`stored`]: `None` when absent,
+    /// a panic when corrupt).
+    #[track_caller]
     pub fn stored(&self, store: &str, key: &str) -> Option<Record> {
-        self.backend.raw_get(&storage_key(store, key)).and_then(|b| Record::decode(&b).ok())
+        stored(&self.backend, store, key)
     }
 
     /// The stored document of `key` as `T`.

@@ -1,5 +1,7 @@
-//! Shared helpers for the integration tests: a document type, configs over
-//! a shared in-memory backend, and record inspection.
+//! What the integration tests share beyond `datastorer::testing` (which
+//! owns node configs, clusters, crashes, record inspection and the seeded
+//! generator): the test document type, PostgreSQL schemas and a private
+//! PostgreSQL instance, and a fault-injecting TCP proxy.
 #![allow(dead_code, unused_imports)]
 
 pub mod pg;
@@ -9,8 +11,6 @@ pub mod proxy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datastorer::storage::memory::MemoryBackend;
-use datastorer::storage::{storage_key, Record};
 use datastorer::{Config, Datastorer, Store, StoreSpec};
 use serde::{Deserialize, Serialize};
 
@@ -26,35 +26,16 @@ pub fn template() -> Profile {
     Profile { coins: 0, name: "new player".into(), items: Vec::new() }
 }
 
+/// The engine's default intervals, which [`config`] keeps.
 pub const AUTOSAVE: Duration = Duration::from_secs(30);
 pub const TTL: Duration = Duration::from_secs(90);
 
-/// A config over `backend` with signal handling off and fast retries.
-pub fn config(backend: &Arc<MemoryBackend>, owner: &str) -> Config {
-    let mut c = Config::backend(backend.clone()).owner_id(owner);
-    c.handle_signals = false;
-    c.autosave_interval = AUTOSAVE;
-    c.lease_ttl = TTL;
-    c.queue.retry.base_delay = Duration::from_millis(10);
-    c
-}
-
-pub async fn node(backend: &Arc<MemoryBackend>, owner: &str) -> Datastorer {
-    Datastorer::start(config(backend, owner)).await.expect("start")
-}
+/// The harness's node config, node start and record inspection: the
+/// engine's tests use the same fixtures an application's tests do.
+pub use datastorer::testing::{config, node, stored, stored_json};
 
 pub fn profiles(ds: &Datastorer) -> Store<Profile> {
     ds.store("profiles", StoreSpec::new(template())).expect("store")
-}
-
-/// The decoded record of `key` in `store`, straight from the backend.
-pub fn stored(backend: &MemoryBackend, store: &str, key: &str) -> Option<Record> {
-    backend.raw_get(&storage_key(store, key)).map(|b| Record::decode(&b).expect("decodable record"))
-}
-
-pub fn stored_json(backend: &MemoryBackend, store: &str, key: &str) -> serde_json::Value {
-    let r = stored(backend, store, key).expect("record present");
-    serde_json::from_slice(&r.data).expect("json data")
 }
 
 /// The harness's seeded generator, under the name the suites use.
