@@ -121,7 +121,7 @@ async fn acknowledged_saves_survive_sigkill() {
     let http = Client::new();
 
     for round in 0..rounds {
-        let mut server = Server::start(&dir, &[]);
+        let mut server = Server::process(&dir, &[]);
         verified += verify(&http, &server, &next, &acked, round, seed).await;
         let tasks: Vec<_> = (0..CLIENTS)
             .map(|c| {
@@ -143,7 +143,7 @@ async fn acknowledged_saves_survive_sigkill() {
         );
     }
     // And after the last kill.
-    let server = Server::start(&dir, &[]);
+    let server = Server::process(&dir, &[]);
     verified += verify(&http, &server, &next, &acked, rounds, seed).await;
     drop(server);
     let acknowledged = *count.lock().unwrap();

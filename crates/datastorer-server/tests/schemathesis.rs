@@ -25,7 +25,7 @@ fn the_api_conforms_to_its_openapi_document() {
     let tmp = tempfile::tempdir().unwrap();
     // A short wait ceiling: a generated `wait` on a held key may legitimately
     // last as long as the server allows.
-    let mut server = Server::start(tmp.path(), &["--max-wait-secs", "2"]);
+    let mut server = Server::process(tmp.path(), &["--max-wait-secs", "2"]);
     let report = tmp.path().join("report.xml");
     let out = Command::new(&exe)
         .args(["run", &server.url("/v1/openapi.json")])

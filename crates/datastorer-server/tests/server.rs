@@ -476,7 +476,7 @@ async fn strict_stores_answer_404_for_undeclared_stores() {
 #[tokio::test]
 async fn api_keys_and_roles() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut s = Server::start(
+    let mut s = Server::process(
         tmp.path(),
         &[
             "--api-key",
@@ -650,7 +650,7 @@ async fn the_change_feed_announces_saves_and_releases() {
 #[tokio::test]
 async fn sigterm_saves_unsaved_changes_and_releases_leases() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut s = Server::start(tmp.path(), &[]);
+    let mut s = Server::process(tmp.path(), &[]);
     let c = Client::new();
     let mut tokens = Vec::new();
     for i in 0..20 {
@@ -831,13 +831,13 @@ async fn the_binary_opts_out_of_transparent_huge_pages_unless_allowed() {
     };
     let tmp = tempfile::tempdir().unwrap();
     // Any value but "1" is the default (this also overrides an inherited "1").
-    let default = Server::start_with_env(&tmp.path().join("a"), &[], &[("DATASTORER_ALLOW_THP", "0")]);
+    let default = Server::process_with_env(&tmp.path().join("a"), &[], &[("DATASTORER_ALLOW_THP", "0")]);
     let Some(off) = thp_line(default.pid()) else {
         eprintln!("this kernel does not report THP_enabled; nothing to check");
         return;
     };
     assert_eq!(off, "0", "THP stays enabled by default");
-    let allowed = Server::start_with_env(&tmp.path().join("b"), &[], &[("DATASTORER_ALLOW_THP", "1")]);
+    let allowed = Server::process_with_env(&tmp.path().join("b"), &[], &[("DATASTORER_ALLOW_THP", "1")]);
     assert_eq!(thp_line(allowed.pid()).as_deref(), Some("1"), "DATASTORER_ALLOW_THP=1 keeps THP");
 }
 
@@ -880,7 +880,7 @@ async fn a_shutdown_names_every_key_it_could_not_save() {
     let tmp = tempfile::tempdir().unwrap();
     let c = Client::new();
     let k = key_url("profiles", "too-big");
-    let mut s = Server::start(tmp.path(), &["--max-body-bytes", "100000"]);
+    let mut s = Server::process(tmp.path(), &["--max-body-bytes", "100000"]);
     let (_, v) = open(&c, &s, "profiles", "too-big", json!({})).await;
     let big = json!({"blob": "x".repeat(20_000)});
     let (st, _) =
@@ -888,7 +888,7 @@ async fn a_shutdown_names_every_key_it_could_not_save() {
     assert_eq!(st, StatusCode::OK);
     assert!(s.stop().success());
     // Served under a smaller limit, the stored document can be read but not saved.
-    let mut s = Server::start(tmp.path(), &["--max-body-bytes", "10000"]);
+    let mut s = Server::process(tmp.path(), &["--max-body-bytes", "10000"]);
     let (st, v) = open(&c, &s, "profiles", "too-big", json!({})).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let status = s.stop();

@@ -19,7 +19,7 @@ const CONCURRENCY: usize = 32;
 async fn sigterm_with_thousands_of_dirty_keys_saves_and_releases_all() {
     let keys: usize = std::env::var("DATASTORER_LOAD_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let tmp = tempfile::tempdir().unwrap();
-    let mut server = Server::start(tmp.path(), &["--shutdown-deadline-secs", "20"]);
+    let mut server = Server::process(tmp.path(), &["--shutdown-deadline-secs", "20"]);
     let http = Client::builder().pool_max_idle_per_host(CONCURRENCY).build().unwrap();
     let base = server.base.clone();
 
@@ -104,7 +104,7 @@ async fn sigterm_with_thousands_of_dirty_keys_saves_and_releases_all() {
 
     let dir = server.dir.clone();
     drop(server);
-    let mut server = Server::start(&dir, &[]);
+    let mut server = Server::process(&dir, &[]);
     let mut handles = Vec::new();
     for shard in 0..CONCURRENCY {
         let (http, base) = (http.clone(), server.base.clone());

@@ -1,25 +1,100 @@
-//! Starting the real `datastorer serve` process for tests.
+//! The server under test: in the test process by default (`run` on its
+//! own actix System on a thread, port 0, a channel as its shutdown), or as
+//! the real `datastorer serve` process where the test is about processes
+//! (signals, kill -9, THP, what the binary writes to its log).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+use datastorer::ShutdownReport;
+use datastorer_server::config::{ServerConfig, Settings};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_datastorer");
 
 pub struct Server {
-    child: Option<Child>,
+    run: Running,
     pub base: String,
     pub dir: PathBuf,
     stderr: PathBuf,
 }
 
-impl Server {
-    pub fn start(dir: &Path, args: &[&str]) -> Server {
-        Self::start_with_env(dir, args, &[])
+enum Running {
+    Process(Option<Child>),
+    InProcess {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<Result<ShutdownReport, String>>>,
+    },
+}
+
+/// How a server ended: a process's exit status, or what `run` answered.
+#[derive(Debug)]
+pub enum Exit {
+    Process(ExitStatus),
+    InProcess(Result<ShutdownReport, String>),
+}
+
+impl Exit {
+    /// Exit status 0, or a clean shutdown report (what makes the binary exit 0).
+    pub fn success(&self) -> bool {
+        match self {
+            Exit::Process(s) => s.success(),
+            Exit::InProcess(r) => r.as_ref().is_ok_and(ShutdownReport::is_clean),
+        }
     }
 
-    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    /// The shutdown report of an in-process server.
+    pub fn report(&self) -> &ShutdownReport {
+        match self {
+            Exit::InProcess(Ok(r)) => r,
+            other => panic!("no shutdown report in {other:?}"),
+        }
+    }
+}
+
+/// `serve`'s flags, parsed the way the binary parses them.
+#[derive(Parser)]
+struct ServeArgs {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+impl Server {
+    /// A sled-backed server in the test process, with `args` as `serve`'s
+    /// flags (and `--data-dir DIR/data`).
+    pub fn start(dir: &Path, args: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
+        let data = dir.join("data");
+        let mut argv = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().expect("UTF-8 temp path")];
+        argv.extend_from_slice(args);
+        let mut settings = ServeArgs::try_parse_from(argv).unwrap_or_else(|e| panic!("test flags: {e}")).settings;
+        settings.database_url = None;
+        let config = ServerConfig::load(&settings).unwrap_or_else(|e| panic!("test config: {e}"));
+        let listener = datastorer_server::bind(&config).expect("bind port 0");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(datastorer_server::run(config, listener, async move {
+                let _ = stopped.await;
+                "the test"
+            }))
+        });
+        Server {
+            run: Running::InProcess { stop: Some(stop), thread: Some(thread) },
+            base,
+            dir: dir.to_path_buf(),
+            stderr: dir.with_extension("stderr.log"),
+        }
+    }
+
+    /// The real `datastorer serve` process, sled-backed.
+    pub fn process(dir: &Path, args: &[&str]) -> Server {
+        Self::process_with_env(dir, args, &[])
+    }
+
+    pub fn process_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let data = dir.join("data");
         let data = data.to_str().expect("UTF-8 temp path");
         let mut all = vec!["--data-dir", data];
@@ -27,7 +102,7 @@ impl Server {
         Self::spawn(dir, &all, env)
     }
 
-    /// A server on PostgreSQL (no data directory); `dir` holds its log.
+    /// A server process on PostgreSQL (no data directory); `dir` holds its log.
     pub fn start_pg(dir: &Path, url: &str, schema: &str, args: &[&str]) -> Server {
         let mut all = vec!["--database-url", url, "--postgres-schema", schema];
         all.extend_from_slice(args);
@@ -62,52 +137,90 @@ impl Server {
                 panic!("no listening line; stderr: {}", std::fs::read_to_string(&stderr).unwrap_or_default())
             })
             .to_owned();
-        Server { child: Some(child), base, dir: dir.to_path_buf(), stderr }
+        Server { run: Running::Process(Some(child)), base, dir: dir.to_path_buf(), stderr }
+    }
+
+    fn child(&self) -> &Child {
+        match &self.run {
+            Running::Process(Some(c)) => c,
+            Running::Process(None) => panic!("the server process has ended"),
+            Running::InProcess { .. } => panic!("an in-process server has no pid; start it with Server::process"),
+        }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.child().id()
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    /// SIGTERM, then wait (bounded) for the exit status.
-    pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                return s;
+    /// Shuts the server down (SIGTERM to a process, the shutdown channel in
+    /// process) and waits, bounded, for how it ended.
+    pub fn stop(&mut self) -> Exit {
+        match &mut self.run {
+            Running::Process(child) => {
+                let mut child = child.take().expect("running");
+                let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+                assert!(status.success());
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if let Some(s) = child.try_wait().unwrap() {
+                        return Exit::Process(s);
+                    }
+                    assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
-            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
+            Running::InProcess { stop, thread } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                let thread = thread.take().expect("running");
+                Exit::InProcess(thread.join().unwrap_or_else(|_| Err("the server thread panicked".into())))
+            }
         }
     }
 
+    /// What the server process wrote to stderr (its log).
     pub fn log(&self) -> String {
+        assert!(
+            matches!(self.run, Running::Process(_)),
+            "an in-process server writes no log of its own; start it with Server::process"
+        );
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
-}
 
-impl Server {
     /// SIGKILL: no shutdown at all.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        match &mut self.run {
+            Running::Process(child) => {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+            Running::InProcess { .. } => panic!("an in-process server cannot be killed; start it with Server::process"),
         }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        match &mut self.run {
+            Running::Process(child) => {
+                if let Some(mut c) = child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+            // Stopped and joined, so the data directory is free when the
+            // test's temporary directory goes.
+            Running::InProcess { thread: Some(_), .. } => {
+                let _ = self.stop();
+            }
+            Running::InProcess { thread: None, .. } => {}
         }
     }
 }
