@@ -1,6 +1,7 @@
 //! The server's error answer: a status and a JSON body `{code, message}`
 //! (plus details such as the lease holder). Client mistakes are 4xx; only
-//! the server's own failures may be 5xx.
+//! the server's own failures may be 5xx. A 503 or 429 says when to retry
+//! (`Retry-After`).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -43,6 +44,18 @@ impl ApiError {
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
+    /// The `Retry-After` of a 503 or 429 (RFC 9110 §10.2.3): a client that
+    /// pays per request (a game server's 500 a minute) waits this long
+    /// instead of retrying at once. A shutting-down server answers longer,
+    /// since another server (or this one restarted) will take the key over.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match (self.status, self.code) {
+            (StatusCode::SERVICE_UNAVAILABLE, "shutting_down") => Some(5),
+            (StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS, _) => Some(1),
+            _ => None,
+        }
+    }
+
     fn with(mut self, details: Value) -> Self {
         self.details = Some(details);
         self
@@ -105,6 +118,9 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             builder.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        if let Some(seconds) = self.retry_after_secs() {
+            builder.insert_header(("Retry-After", seconds.to_string()));
+        }
         let mut response = builder.json(body);
         // Read by the metrics middleware.
         response.extensions_mut().insert(ErrorCode(self.code));
@@ -149,7 +165,7 @@ impl From<Error> for ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::humanize;
+    use super::*;
 
     #[test]
     fn deserializer_messages_speak_the_api_language() {
@@ -163,6 +179,22 @@ mod tests {
             ("Query deserialize error: invalid digit found in string", "expected a non-negative integer"),
         ] {
             assert_eq!(humanize(rust), api);
+        }
+    }
+
+    #[test]
+    fn unavailable_and_too_many_requests_say_when_to_retry_and_nothing_else_does() {
+        let cases = [
+            (StatusCode::SERVICE_UNAVAILABLE, "shutting_down", Some("5")),
+            (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", Some("1")),
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited", Some("1")),
+            (StatusCode::CONFLICT, "lease_held", None),
+            (StatusCode::BAD_REQUEST, "bad_json", None),
+        ];
+        for (status, code, want) in cases {
+            let response = ApiError::new(status, code, "m").error_response();
+            let got = response.headers().get("retry-after").map(|v| v.to_str().unwrap_or("not text").to_owned());
+            assert_eq!(got.as_deref(), want, "{status} {code}");
         }
     }
 }

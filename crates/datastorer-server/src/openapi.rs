@@ -8,6 +8,16 @@ fn err(description: &str) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
 }
 
+/// The error answer for `status`: a 503 or 429 also carries `Retry-After`.
+fn err_for(status: &str, description: &str) -> Value {
+    let mut e = err(description);
+    if status == "503" || status == "429" {
+        e["headers"] = json!({ "Retry-After": {
+            "description": "seconds to wait before retrying", "schema": { "type": "integer", "minimum": 0 } } });
+    }
+    e
+}
+
 fn ok(schema: Value) -> Value {
     json!({ "description": "OK", "content": { "application/json": { "schema": schema } } })
 }
@@ -31,7 +41,7 @@ fn op(
     let mut responses = serde_json::Map::new();
     responses.insert("200".into(), success);
     for (code, what) in errors {
-        responses.insert((*code).to_owned(), err(what));
+        responses.insert((*code).to_owned(), err_for(code, what));
     }
     let mut o = json!({ "operationId": id, "summary": summary, "parameters": params, "responses": responses });
     if let Some(r) = request {
@@ -146,7 +156,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
         "paths": {
             "/healthz": { "get": { "operationId": "healthz", "summary": "liveness", "security": [], "responses": { "200": ok(object.clone()) } } },
             "/readyz": { "get": { "operationId": "readyz", "summary": "readiness (503 while shutting down)", "security": [],
-                "responses": { "200": ok(object.clone()), "503": err("shutting down") } } },
+                "responses": { "200": ok(object.clone()), "503": err_for("503", "shutting down") } } },
             "/metrics": { "get": { "operationId": "metrics", "summary": "Prometheus metrics",
                 "responses": { "200": { "description": "OK", "content": { "text/plain": { "schema": { "type": "string" } } } }, "401": err("unauthenticated"), "403": err("forbidden") } } },
             "/v1/openapi.json": { "get": op("openapi", "this document", vec![], None, ok(object.clone()), &with(&[])) },
@@ -154,6 +164,13 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                 "parameters": [query("store", json!({ "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" }))],
                 "responses": { "200": { "description": "event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
                     "400": err("bad input"), "401": err("unauthenticated"), "403": err("forbidden") } } },
+            "/v1/stores/{store}": { "get": op("describe_store", "the store's template, metadata template and data version (what a client reconciles against)",
+                vec![store()],
+                None,
+                ok(json!({ "type": "object", "required": ["store", "declared", "template", "metadata_template", "data_version"], "properties": {
+                    "store": { "type": "string" }, "declared": { "type": "boolean" }, "template": { "type": "object" },
+                    "metadata_template": { "type": "object" }, "data_version": { "type": "integer", "minimum": 0 } } })),
+                &with(&[("404", "unknown store (strict stores)")])) },
             "/v1/stores/{store}/keys": { "get": op("list_keys", "list stored keys by prefix, with a cursor",
                 vec![store(), query("prefix", json!({ "type": "string", "maxLength": 512 })), query("cursor", json!({ "type": "string", "maxLength": 512 })), query("limit", json!({ "type": "integer", "minimum": 1, "maximum": 1000 }))],
                 None,

@@ -625,6 +625,37 @@ pub async fn list_keys(
     Ok(HttpResponse::Ok().json(json!({ "keys": keys, "next_cursor": next })))
 }
 
+/// `GET /v1/stores/{store}`: the spec a client reconciles against (the
+/// template, the metadata template and the data version new records get),
+/// so a game server's copy of the template cannot drift from the server's.
+/// Does not create the store: an undeclared one is described as the server
+/// would create it.
+pub async fn describe_store(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.auth(&req, Role::Read)?;
+    let name = path.into_inner();
+    datastorer::validate_store_name(&name).map_err(ApiError::from)?;
+    let answer = match state.config.stores.get(&name) {
+        Some(decl) => json!({
+            "store": name, "declared": true, "template": decl.template,
+            "metadata_template": decl.metadata_template, "data_version": decl.migrations.len(),
+        }),
+        None if state.config.strict_stores => {
+            return Err(ApiError::not_found(
+                "unknown_store",
+                format!("store {name:?} is not declared (strict stores)"),
+            ));
+        }
+        None => json!({
+            "store": name, "declared": false, "template": {}, "metadata_template": {}, "data_version": 0,
+        }),
+    };
+    Ok(HttpResponse::Ok().json(answer))
+}
+
 /// `?force=true`
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -758,6 +789,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(r("/v1/stores/{store}/keys/{key}").route(web::get().to(view_key)).route(web::delete().to(delete_key)))
     .service(r("/v1/stores/{store}/keys").route(web::get().to(list_keys)))
+    .service(r("/v1/stores/{store}").route(web::get().to(describe_store)))
     .service(r("/healthz").route(web::get().to(healthz)))
     .service(r("/readyz").route(web::get().to(readyz)))
     .service(r("/metrics").route(web::get().to(metrics)))

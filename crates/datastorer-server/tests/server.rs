@@ -1,5 +1,6 @@
-//! The standalone server, driven over HTTP: it is started as the real
-//! `datastorer serve` process on a free loopback port.
+//! The standalone server, driven over HTTP: inside the test process on a
+//! free loopback port, or as the real `datastorer serve` process where the
+//! test is about the process (signals, THP, its log).
 
 mod common;
 
@@ -753,6 +754,46 @@ migrations = [
 }
 
 #[tokio::test]
+async fn a_store_describes_the_spec_a_client_reconciles_against() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("datastorer.toml");
+    std::fs::write(
+        &config,
+        r#"
+[stores.players]
+template = { coins = 0, settings = { music = true } }
+metadata_template = { banned = false }
+migrations = [{ op = "rename", from = "gold", to = "coins" }, { op = "remove", field = "legacy" }]
+"#,
+    )
+    .unwrap();
+    let mut s = Server::start(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let c = Client::new();
+    let (st, v) = call(&c, &s, Method::GET, "/v1/stores/players", None, None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        json!({"store": "players", "declared": true, "template": {"coins": 0, "settings": {"music": true}},
+            "metadata_template": {"banned": false}, "data_version": 2})
+    );
+    // An undeclared store is described as it would be created, and the
+    // description does not create it.
+    let (st, v) = call(&c, &s, Method::GET, "/v1/stores/guests", None, None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["declared"], json!(false));
+    assert_eq!((v["template"].clone(), v["data_version"].clone()), (json!({}), json!(0)));
+    let (st, v) = call(&c, &s, Method::GET, "/v1/stores/bad%20name", None, None).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_name")), "{v}");
+    assert!(s.stop().success());
+
+    std::fs::write(&config, "strict_stores = true\n[stores.players]\ntemplate = { coins = 0 }\n").unwrap();
+    let mut s = Server::start(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let (st, v) = call(&c, &s, Method::GET, "/v1/stores/guests", None, None).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::NOT_FOUND, json!("unknown_store")), "{v}");
+    assert!(s.stop().success());
+}
+
+#[tokio::test]
 async fn the_openapi_document_lists_every_route_and_each_is_routed() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = Server::start(tmp.path(), &[]);
@@ -766,6 +807,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/metrics", "get"),
         ("/v1/openapi.json", "get"),
         ("/v1/changes", "get"),
+        ("/v1/stores/{store}", "get"),
         ("/v1/stores/{store}/keys", "get"),
         ("/v1/stores/{store}/keys/{key}", "get"),
         ("/v1/stores/{store}/keys/{key}", "delete"),
@@ -785,6 +827,14 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         for (method, op) in item.as_object().unwrap() {
             documented.push((path.clone(), method.clone()));
             assert!(op["responses"]["200"].is_object(), "{method} {path} documents its success");
+            for busy in ["503", "429"] {
+                if let Some(answer) = op["responses"].get(busy) {
+                    assert!(
+                        answer["headers"]["Retry-After"].is_object(),
+                        "{method} {path} {busy} documents Retry-After"
+                    );
+                }
+            }
             // Routed: anything but the router's own 404/405.
             let url = path.replace("{store}", "s").replace("{key}", "k");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
