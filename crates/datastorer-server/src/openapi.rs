@@ -66,8 +66,13 @@ pub fn document(max_wait: std::time::Duration) -> Value {
     let token = || json!({ "name": "Lease-Token", "in": "header", "required": true, "schema": { "type": "string", "minLength": 1 } });
     let priority = || query("priority", json!({ "type": "string", "enum": ["normal", "emergency"] }));
     let save = || query("save", json!({ "type": "string", "enum": ["normal", "emergency"] }));
-    // `revision` and `durable` only with `?save=`.
-    let changed = json!({ "type": "object", "required": ["data"], "properties": {
+    let prefer = || {
+        json!({ "name": "Prefer", "in": "header", "required": false,
+        "description": "`return=minimal` (RFC 7240): leave the document out of the answer (`Preference-Applied: return=minimal`)",
+        "schema": { "type": "string", "enum": ["return=minimal", "return=representation"] } })
+    };
+    // `data` unless `Prefer: return=minimal`; `revision` and `durable` only with `?save=`.
+    let changed = json!({ "type": "object", "properties": {
         "data": {}, "revision": { "type": "integer" }, "durable": { "type": "boolean" } } });
     let common: &[(&str, &str)] =
         &[("400", "bad input"), ("401", "missing or unknown API key"), ("403", "role too weak")];
@@ -197,14 +202,14 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                     ok(json!({ "type": "object", "properties": { "revision": { "type": "integer" }, "closed": { "type": "boolean" } } })), &session_errs)
             },
             "/v1/stores/{store}/keys/{key}/session/data": {
-                "put": op("put_data", "replace the document; with ?save=, answers once durable", session_ops(vec![save()]), Some(body(any.clone(), &["application/json"], true)),
+                "put": op("put_data", "replace the document; with ?save=, answers once durable", session_ops(vec![save(), prefer()]), Some(body(any.clone(), &["application/json"], true)),
                     ok(changed.clone()), &body_errs),
-                "patch": op("patch_data", "JSON merge patch (RFC 7396); with ?save=, answers once durable", session_ops(vec![save()]),
+                "patch": op("patch_data", "JSON merge patch (RFC 7396); with ?save=, answers once durable", session_ops(vec![save(), prefer()]),
                     Some(body(any.clone(), &["application/merge-patch+json", "application/json"], true)),
                     ok(changed.clone()), &body_errs)
             },
             "/v1/stores/{store}/keys/{key}/session/metadata": {
-                "put": op("put_metadata", "replace the metadata", session_ops(vec![]), Some(body(object.clone(), &["application/json"], true)),
+                "put": op("put_metadata", "replace the metadata", session_ops(vec![prefer()]), Some(body(object.clone(), &["application/json"], true)),
                     ok(json!({ "type": "object", "properties": { "metadata": { "type": "object" } } })), &body_errs)
             },
             "/v1/stores/{store}/keys/{key}/session/user_ids": {

@@ -373,9 +373,34 @@ pub struct ChangeQuery {
     save: Option<PriorityParam>,
 }
 
+/// Whether the request asks `Prefer: return=minimal` (RFC 7240): the
+/// answer then leaves out what the client sent (the document it just
+/// changed), which a client paying per byte and per request has no use
+/// for. Other preferences are ignored, as the RFC asks.
+pub fn prefers_minimal(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all("Prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|pref| pref.split(';').next()?.split_once('='))
+        .any(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("return") && value.trim().trim_matches('"').eq_ignore_ascii_case("minimal")
+        })
+}
+
+/// A 200 with `body`, saying when `Prefer: return=minimal` was applied.
+fn changed(minimal: bool, body: Vec<u8>) -> HttpResponse {
+    let mut answer = HttpResponse::Ok();
+    if minimal {
+        answer.insert_header(("Preference-Applied", "return=minimal"));
+    }
+    answer.content_type("application/json").body(body)
+}
+
 /// Reads a JSON body under the session's token and applies `change` to
-/// the document; answers the document after the change and, with `?save=`,
-/// after saving it (the save covers this change and any made before it).
+/// the document; answers the document after the change (unless the client
+/// prefers a minimal answer) and, with `?save=`, the revision once saved
+/// (the save covers this change and any made before it).
 async fn change_data(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -385,6 +410,7 @@ async fn change_data(
     content_types: &[&str],
     change: fn(&mut Value, Value),
 ) -> Result<HttpResponse> {
+    let minimal = prefers_minimal(&req);
     let (session, body) = session_and_body(&req, &path, payload, &state, content_types, "a JSON document").await?;
     // The response is written inside the key actor, from the document in
     // place: no copy of the document per request. Its closing brace waits
@@ -392,7 +418,11 @@ async fn change_data(
     let mut response = session
         .update(move |d| {
             change(d, body);
-            let mut out = Vec::with_capacity(256);
+            let mut out = Vec::with_capacity(if minimal { 64 } else { 256 });
+            if minimal {
+                out.push(b'{');
+                return Ok(out);
+            }
             out.extend_from_slice(b"{\"data\":");
             serde_json::to_writer(&mut out, d).map(|()| out)
         })
@@ -410,10 +440,11 @@ async fn change_data(
         let started = Instant::now();
         let outcome = session.save(priority.into()).await?;
         state.metrics.observe_save(started.elapsed());
-        response.extend_from_slice(format!(",\"revision\":{},\"durable\":true", outcome.revision).as_bytes());
+        let comma = if minimal { "" } else { "," };
+        response.extend_from_slice(format!("{comma}\"revision\":{},\"durable\":true", outcome.revision).as_bytes());
     }
     response.push(b'}');
-    Ok(HttpResponse::Ok().content_type("application/json").body(response))
+    Ok(changed(minimal, response))
 }
 
 /// `PUT …/session/data`: replace the document.
@@ -449,8 +480,10 @@ pub async fn put_metadata(
     let (session, metadata) =
         session_and_body(&req, &path, payload, &state, &["application/json"], "a JSON object").await?;
     super::validate::metadata(&metadata).map_err(|e| ApiError::bad_request("bad_metadata", e))?;
-    session.set_metadata(metadata.clone()).await?;
-    Ok(HttpResponse::Ok().json(json!({ "metadata": metadata })))
+    let minimal = prefers_minimal(&req);
+    let answer = if minimal { b"{}".to_vec() } else { json!({ "metadata": &metadata }).to_string().into_bytes() };
+    session.set_metadata(metadata).await?;
+    Ok(changed(minimal, answer))
 }
 
 #[derive(Deserialize)]
@@ -795,4 +828,30 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(r("/metrics").route(web::get().to(metrics)))
     .service(r("/v1/openapi.json").route(web::get().to(openapi)))
     .service(r("/v1/changes").route(web::get().to(changes)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefers_minimal;
+
+    #[test]
+    fn return_minimal_is_recognised_among_other_preferences_and_nothing_else_is() {
+        let cases: &[(&[&str], bool)] = &[
+            (&["return=minimal"], true),
+            (&["Return = \"MINIMAL\""], true),
+            (&["respond-async, return=minimal; foo=bar"], true),
+            (&["wait=5", "return=minimal"], true),
+            (&["return=representation"], false),
+            (&["minimal"], false),
+            (&["return-minimal"], false),
+            (&[], false),
+        ];
+        for (headers, want) in cases {
+            let mut req = actix_web::test::TestRequest::default();
+            for h in *headers {
+                req = req.append_header(("Prefer", *h));
+            }
+            assert_eq!(prefers_minimal(&req.to_http_request()), *want, "{headers:?}");
+        }
+    }
 }

@@ -753,6 +753,52 @@ migrations = [
     assert!(s.stop().success());
 }
 
+/// `Prefer: return=minimal` leaves the document out of a change's answer
+/// (a game server pays for every byte it reads back); the change is made
+/// all the same, and `?save=` still answers the revision.
+#[tokio::test]
+async fn a_minimal_answer_leaves_the_document_out_but_not_the_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "m");
+    let (_, v) = open(&c, &s, "profiles", "m", json!({})).await;
+    let t = token_of(&v);
+    let data = s.url(&format!("{k}/session/data"));
+    let big = json!({"coins": 1, "inventory": vec!["sword"; 200]});
+    let r = c.put(&data).header("Lease-Token", &t).header("Prefer", "return=minimal").json(&big).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["preference-applied"], "return=minimal");
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({}));
+    let r = c
+        .patch(format!("{data}?save=normal"))
+        .header("Lease-Token", &t)
+        .header("Prefer", "respond-async, return=minimal")
+        .json(&json!({"coins": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["durable"], json!(true), "{answer}");
+    assert!(answer.get("data").is_none() && answer["revision"].is_u64(), "{answer}");
+    // Without the preference (or with return=representation) the document comes back.
+    let r =
+        c.patch(&data).header("Lease-Token", &t).header("Prefer", "return=representation").json(&json!({"coins": 3}));
+    let r = r.send().await.unwrap();
+    assert!(r.headers().get("preference-applied").is_none());
+    assert_eq!(r.json::<Value>().await.unwrap()["data"]["coins"], json!(3));
+    let meta = s.url(&format!("{k}/session/metadata"));
+    let r = c.put(&meta).header("Lease-Token", &t).header("Prefer", "return=minimal").json(&json!({"vip": true}));
+    assert_eq!(r.send().await.unwrap().json::<Value>().await.unwrap(), json!({}));
+    let (_, stored) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(stored["data"]["coins"], json!(2), "the minimal write-through saved");
+    let (_, live) = call(&c, &s, Method::GET, &format!("{k}/session"), Some(&t), None).await;
+    assert_eq!(live["data"]["coins"], json!(3), "{live}");
+    assert_eq!(live["metadata"], json!({"vip": true}), "{live}");
+    assert!(s.stop().success());
+}
+
 #[tokio::test]
 async fn a_store_describes_the_spec_a_client_reconciles_against() {
     let tmp = tempfile::tempdir().unwrap();
