@@ -3,6 +3,7 @@
 //! for a refused request.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -152,6 +153,7 @@ async fn read_json(
         }
         body.extend_from_slice(&chunk);
     }
+    let body = decode_content(req, body, limit)?;
     if body.is_empty() && allow_empty {
         return Ok(None);
     }
@@ -171,6 +173,38 @@ async fn read_json(
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| ApiError::bad_request("bad_json", format!("the body is not valid JSON: {e}")))
+}
+
+/// The body as sent, or decompressed under `Content-Encoding: gzip`
+/// (HttpService can compress what a game server sends). The decompressed
+/// body obeys the same limit as a plain one, so a small bomb cannot grow
+/// past it; an encoding we do not speak is a 415 (RFC 9110 §15.5.16).
+fn decode_content(req: &HttpRequest, body: web::BytesMut, limit: usize) -> Result<web::Bytes> {
+    let Some(encoding) = req.headers().get(actix_web::http::header::CONTENT_ENCODING) else { return Ok(body.freeze()) };
+    let encoding = encoding.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" | "" => Ok(body.freeze()),
+        "gzip" | "x-gzip" => {
+            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+            flate2::read::GzDecoder::new(&body[..])
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| ApiError::bad_request("bad_body", format!("the gzip body does not decompress: {e}")))?;
+            if out.len() > limit {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the body is larger than {limit} bytes once decompressed"),
+                ));
+            }
+            Ok(web::Bytes::from(out))
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_encoding",
+            format!("content encoding {other:?} is not accepted; send gzip or none"),
+        )),
+    }
 }
 
 /// A JSON object body into `T`. Anything but an object is refused (serde

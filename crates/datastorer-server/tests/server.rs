@@ -799,6 +799,53 @@ async fn a_minimal_answer_leaves_the_document_out_but_not_the_change() {
     assert!(s.stop().success());
 }
 
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// A gzip body is decompressed under the same limit as a plain one; a body
+/// that does not decompress, or an encoding the server does not speak, is
+/// refused and changes nothing.
+#[tokio::test]
+async fn gzip_request_bodies_are_accepted_within_the_body_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &["--max-body-bytes", "4096"]);
+    let c = Client::new();
+    let k = key_url("profiles", "z");
+    let (_, v) = open(&c, &s, "profiles", "z", json!({})).await;
+    let t = token_of(&v);
+    let data = s.url(&format!("{k}/session/data"));
+    let send = |body: Vec<u8>, encoding: &'static str| {
+        c.patch(&data)
+            .header("Lease-Token", &t)
+            .header("Content-Type", "application/merge-patch+json")
+            .header("Content-Encoding", encoding)
+            .body(body)
+            .send()
+    };
+    let r = send(gzip(br#"{"coins": 7, "name": "zed"}"#), "gzip").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["data"], json!({"coins": 7, "name": "zed"}));
+    // 40 KB of zeros compress to well under the 4 KB limit: refused whole.
+    let bomb = gzip(format!(r#"{{"coins": 1, "pad": "{}"}}"#, "0".repeat(40_000)).as_bytes());
+    assert!(bomb.len() < 4096);
+    let r = send(bomb, "gzip").await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], json!("body_too_large"));
+    let r = send(br#"{"coins": 2}"#.to_vec(), "gzip").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], json!("bad_body"));
+    let r = send(br#"{"coins": 3}"#.to_vec(), "br").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], json!("unsupported_content_encoding"));
+    let (_, live) = call(&c, &s, Method::GET, &format!("{k}/session"), Some(&t), None).await;
+    assert_eq!(live["data"], json!({"coins": 7, "name": "zed"}), "the refused bodies changed nothing");
+    assert!(s.stop().success());
+}
+
 #[tokio::test]
 async fn a_store_describes_the_spec_a_client_reconciles_against() {
     let tmp = tempfile::tempdir().unwrap();
