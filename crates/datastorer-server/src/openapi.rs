@@ -131,7 +131,8 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "data": {}, "metadata": { "type": "object" },
                         "user_ids": { "type": "array", "items": { "type": "string" } },
                         "revision": { "type": "integer" }, "epoch": { "type": "integer" },
-                        "expires_at_ms": { "type": "integer" }, "lease_token": { "type": "string" }
+                        "expires_at_ms": { "type": "integer" }, "lease_token": { "type": "string" },
+                        "resumed": { "type": "boolean", "description": "this client_id's own live session, answered again (a retried open)" }
                     }
                 },
                 "OpenSession": {

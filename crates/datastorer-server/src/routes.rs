@@ -282,6 +282,9 @@ async fn session_view(session: &Session<Value>, grant: &LeaseGrant, with_token: 
     if with_token {
         v["lease_token"] = Value::String(grant.token.clone());
     }
+    if grant.resumed {
+        v["resumed"] = Value::Bool(true);
+    }
     Ok(v)
 }
 
@@ -316,6 +319,10 @@ pub async fn open_session(
         PolicyKind::RequestRelease => AcquirePolicy::RequestRelease { timeout },
         PolicyKind::Steal => AcquirePolicy::Steal,
     };
+    // Only a client that names itself can resume: clients without a
+    // client_id share their API key's name and must not get each other's
+    // sessions.
+    let resumable = body.client_id.is_some();
     let holder = match body.client_id {
         Some(c) if c.is_empty() || c.len() > 128 || c.chars().any(char::is_control) => {
             return Err(ApiError::bad_request("bad_client_id", "client_id is 1 to 128 printable characters"))
@@ -325,7 +332,7 @@ pub async fn open_session(
     };
     let user_ids = body.user_ids.iter().map(user_id).collect::<Result<Vec<_>>>()?;
     req.extensions_mut().insert(AccessClient(holder.clone()));
-    let (grant, session, waited) = state.sessions.acquire(&store, &key, &holder, user_ids, policy).await?;
+    let (grant, session, waited) = state.sessions.acquire(&store, &key, &holder, user_ids, policy, resumable).await?;
     if let Some(w) = waited {
         state.metrics.observe_lease_wait(w);
     }

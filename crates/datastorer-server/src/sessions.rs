@@ -43,6 +43,9 @@ pub struct LeaseGrant {
     pub expires_at_ms: u64,
     /// The client holding the session (its `client_id`, or its API key's name).
     pub holder: String,
+    /// The open found this client's own live session and answered it (a
+    /// retried open after a lost answer) instead of a new one.
+    pub resumed: bool,
 }
 
 /// How an ending session treats unsaved changes.
@@ -299,6 +302,7 @@ impl ClientSessions {
         holder: &str,
         user_ids: Vec<String>,
         policy: AcquirePolicy,
+        resumable: bool,
     ) -> Result<(LeaseGrant, Session<Value>, Option<Duration>), ApiError> {
         let k: Key = (store.name().to_owned(), key.to_owned());
         let started = Instant::now();
@@ -325,6 +329,29 @@ impl ClientSessions {
                     if let Err(e) = cur.session.release_as(Priority::Normal, CloseReason::Expired).await {
                         return Err(self.keep(k, cur, e));
                     }
+                } else if resumable && cur.holder == holder {
+                    // The same client asked again (its first answer was
+                    // lost): it gets its session back, not a 409 from a
+                    // lock it holds itself. Its client lease renews.
+                    let mut cur = cur;
+                    for id in user_ids {
+                        if let Err(e) = cur.session.add_user_id(id).await {
+                            self.map().insert(k.clone(), cur);
+                            return Err(ApiError::from(e));
+                        }
+                    }
+                    cur.expires_at = Instant::now() + self.ttl;
+                    let grant = LeaseGrant {
+                        token: cur.token.clone(),
+                        epoch: cur.epoch,
+                        expires_at_ms: wall_ms_in(self.ttl),
+                        holder: cur.holder.clone(),
+                        resumed: true,
+                    };
+                    let session = cur.session.clone();
+                    self.map().insert(k, cur);
+                    drop(guard);
+                    return Ok((grant, session, None));
                 } else {
                     match policy {
                         AcquirePolicy::Fail => {
@@ -384,6 +411,7 @@ impl ClientSessions {
                 epoch: lease.epoch,
                 expires_at_ms: wall_ms_in(self.ttl),
                 holder: holder.to_owned(),
+                resumed: false,
             };
             self.map().insert(
                 k,
@@ -450,6 +478,7 @@ impl ClientSessions {
             epoch: cur.epoch,
             expires_at_ms: wall_ms_in(self.ttl),
             holder: cur.holder.clone(),
+            resumed: false,
         };
         Ok((cur.session.clone(), grant))
     }

@@ -799,6 +799,39 @@ async fn a_minimal_answer_leaves_the_document_out_but_not_the_change() {
     assert!(s.stop().success());
 }
 
+/// An open retried by the same `client_id` after a lost answer gets the
+/// session it already holds (same token, its unsaved change kept), not a
+/// 409 from a lock it holds itself; another client, or a client with no
+/// `client_id`, is still refused.
+#[tokio::test]
+async fn a_retried_open_by_the_same_client_id_gets_its_own_session_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "r");
+    let (st, first) = open(&c, &s, "profiles", "r", json!({"client_id": "job-1", "user_ids": [7]})).await;
+    assert_eq!(st, StatusCode::OK, "{first}");
+    assert!(first.get("resumed").is_none());
+    let t = token_of(&first);
+    let (st, _) = call(&c, &s, Method::PATCH, &format!("{k}/session/data"), Some(&t), Some(json!({"coins": 4}))).await;
+    assert_eq!(st, StatusCode::OK);
+
+    let (st, again) = open(&c, &s, "profiles", "r", json!({"client_id": "job-1", "user_ids": [8]})).await;
+    assert_eq!(st, StatusCode::OK, "{again}");
+    assert_eq!(again["resumed"], json!(true));
+    assert_eq!(token_of(&again), t, "the same session");
+    assert_eq!((again["epoch"].clone(), again["data"]["coins"].clone()), (first["epoch"].clone(), json!(4)));
+    assert_eq!(again["user_ids"], json!(["7", "8"]), "{again}");
+
+    let (st, other) = open(&c, &s, "profiles", "r", json!({"client_id": "job-2"})).await;
+    assert_eq!((st, other["code"].clone()), (StatusCode::CONFLICT, json!("lease_held")), "{other}");
+    let (st, anonymous) = open(&c, &s, "profiles", "r", json!({})).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{anonymous}");
+    let (st, _) = call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
+    assert_eq!(st, StatusCode::OK, "the resumed token still writes");
+    assert!(s.stop().success());
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
