@@ -18,7 +18,8 @@ use tokio::sync::oneshot;
 use crate::actors::key::KeyActor;
 use crate::error::Error;
 use crate::messages::key::{
-    AddUserId, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, Save, SetMetadata, Update,
+    AddUserId, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, RemoveUserId, Save, SetMetadata,
+    Update,
 };
 use crate::registry::CloseSignal;
 use crate::types::Document;
@@ -127,6 +128,12 @@ impl<T: Document> Session<T> {
     /// Associates a user id with the key (saved with the next write).
     pub async fn add_user_id(&self, user_id: impl fmt::Display) -> Result<(), Error> {
         self.addr.send(AddUserId(user_id.to_string())).await.map_err(|_| self.gone())?
+    }
+
+    /// Dissociates `user_id` from the key (saved with the next write, like
+    /// an added one). Answers whether it was associated.
+    pub async fn remove_user_id(&self, user_id: impl fmt::Display) -> Result<bool, Error> {
+        self.addr.send(RemoveUserId(user_id.to_string())).await.map_err(|_| self.gone())?
     }
 
     /// The user ids associated with the key.

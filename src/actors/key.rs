@@ -26,8 +26,8 @@ use super::write_slot::{OnWire, Requested, SlotKind, WriteSlot};
 use crate::error::Error;
 use crate::lease::{acquire, Loaded};
 use crate::messages::key::{
-    AddUserId, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release, Save, SetMetadata,
-    Update,
+    AddUserId, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release, RemoveUserId, Save,
+    SetMetadata, Update,
 };
 use crate::migration::panic_message;
 use crate::registry::CloseSignal;
@@ -742,6 +742,26 @@ impl<T: Document> Handler<SetMetadata> for KeyActor<T> {
             doc.meta_generation = doc.meta_generation.wrapping_add(1);
         }
         Ok(())
+    }
+}
+
+impl<T: Document> Handler<RemoveUserId> for KeyActor<T> {
+    type Result = Result<bool, Error>;
+
+    fn handle(&mut self, msg: RemoveUserId, _ctx: &mut Self::Context) -> Self::Result {
+        if self.phase != Phase::Open {
+            return Err(self.closed_error());
+        }
+        let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
+        let before = doc.user_ids.len();
+        let ids: Vec<String> =
+            std::mem::take(&mut doc.user_ids).into_vec().into_iter().filter(|id| *id != msg.0).collect();
+        let removed = ids.len() != before;
+        doc.user_ids = ids.into_boxed_slice();
+        if removed {
+            doc.meta_generation = doc.meta_generation.wrapping_add(1);
+        }
+        Ok(removed)
     }
 }
 

@@ -56,6 +56,11 @@ pub(crate) struct SetMetadata(pub Value);
 #[rtype(result = "Result<(), Error>")]
 pub(crate) struct AddUserId(pub String);
 
+/// Answers whether the id was associated.
+#[derive(Message)]
+#[rtype(result = "Result<bool, Error>")]
+pub(crate) struct RemoveUserId(pub String);
+
 #[derive(Message)]
 #[rtype(result = "Result<Vec<String>, Error>")]
 pub(crate) struct GetUserIds;

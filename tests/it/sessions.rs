@@ -89,6 +89,14 @@ async fn metadata_and_user_ids_are_saved_beside_the_data() {
     assert_eq!(rec.user_ids, vec!["u1".to_string(), "99".to_string()]);
     // The data itself kept its shape.
     assert_eq!(stored_json(&backend, "meta", "k"), serde_json::to_value(template()).unwrap());
+
+    // A removed user id alone makes the key dirty too; removing one that
+    // is not there changes nothing.
+    assert!(s.remove_user_id("u1").await.unwrap());
+    assert!(!s.remove_user_id("u1").await.unwrap());
+    assert_eq!(s.save(Priority::Normal).await.unwrap().revision, 3);
+    assert_eq!(stored(&backend, "meta", "k").unwrap().user_ids, vec!["99".to_string()]);
+    assert_eq!(s.save(Priority::Normal).await.unwrap().revision, 3, "nothing left to save");
 }
 
 #[actix_rt::test]

@@ -213,6 +213,11 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                 "put": op("put_metadata", "replace the metadata", session_ops(vec![prefer()]), Some(body(object.clone(), &["application/json"], true)),
                     ok(json!({ "type": "object", "properties": { "metadata": { "type": "object" } } })), &body_errs)
             },
+            "/v1/stores/{store}/keys/{key}/session/user_ids/{user_id}": {
+                "delete": op("remove_user_id", "dissociate a user id (idempotent: `removed` says whether it was there)",
+                    session_ops(vec![json!({ "name": "user_id", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 128 } })]), None,
+                    ok(json!({ "type": "object", "required": ["user_ids", "removed"], "properties": { "user_ids": { "type": "array", "items": { "type": "string" } }, "removed": { "type": "boolean" } } })), &session_errs)
+            },
             "/v1/stores/{store}/keys/{key}/session/user_ids": {
                 "post": op("add_user_id", "associate a user id", session_ops(vec![]),
                     Some(body(json!({ "type": "object", "required": ["user_id"], "additionalProperties": false,

@@ -533,6 +533,21 @@ struct UserIdBody {
     user_id: Value,
 }
 
+/// `DELETE …/session/user_ids/{user_id}`: dissociates a user id (saved
+/// with the next write). Idempotent: a retried delete answers
+/// `"removed": false` rather than an error.
+pub async fn remove_user_id(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    let (store, key, id) = path.into_inner();
+    let (session, _) = checked(&req, &state, &(store, key)).await?;
+    let id = user_id(&Value::String(id))?;
+    let removed = session.remove_user_id(id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "user_ids": session.user_ids().await?, "removed": removed })))
+}
+
 /// `POST …/session/user_ids`
 pub async fn add_user_id(
     req: HttpRequest,
@@ -854,6 +869,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(r("/release").route(web::post().to(release)))
             .service(r("/metadata").route(web::put().to(put_metadata)))
             .service(r("/user_ids").route(web::post().to(add_user_id)))
+            .service(r("/user_ids/{user_id}").route(web::delete().to(remove_user_id)))
             .service(
                 r("")
                     .route(web::post().to(open_session))

@@ -829,6 +829,17 @@ async fn a_retried_open_by_the_same_client_id_gets_its_own_session_back() {
     assert_eq!(st, StatusCode::CONFLICT, "{anonymous}");
     let (st, _) = call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
     assert_eq!(st, StatusCode::OK, "the resumed token still writes");
+    // Removing a user id, and removing it again (a retried request).
+    let (st, v) = call(&c, &s, Method::DELETE, &format!("{k}/session/user_ids/7"), Some(&t), None).await;
+    assert_eq!((st, v.clone()), (StatusCode::OK, json!({"user_ids": ["8"], "removed": true})), "{v}");
+    let (st, v) = call(&c, &s, Method::DELETE, &format!("{k}/session/user_ids/7"), Some(&t), None).await;
+    assert_eq!((st, v["removed"].clone()), (StatusCode::OK, json!(false)), "{v}");
+    let (st, v) = call(&c, &s, Method::DELETE, &format!("{k}/session/user_ids/%01"), Some(&t), None).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::BAD_REQUEST, json!("bad_user_id")), "{v}");
+    let (st, _) = call(&c, &s, Method::DELETE, &format!("{k}/session/user_ids/8"), Some("not-a-token"), None).await;
+    assert_eq!(st, StatusCode::CONFLICT, "a wrong token removes nothing");
+    let (_, live) = call(&c, &s, Method::GET, &format!("{k}/session"), Some(&t), None).await;
+    assert_eq!(live["user_ids"], json!(["8"]));
     assert!(s.stop().success());
 }
 
@@ -944,6 +955,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/stores/{store}/keys/{key}/session/data", "patch"),
         ("/v1/stores/{store}/keys/{key}/session/metadata", "put"),
         ("/v1/stores/{store}/keys/{key}/session/user_ids", "post"),
+        ("/v1/stores/{store}/keys/{key}/session/user_ids/{user_id}", "delete"),
         ("/v1/stores/{store}/keys/{key}/session/save", "post"),
         ("/v1/stores/{store}/keys/{key}/session/renew", "post"),
         ("/v1/stores/{store}/keys/{key}/session/release", "post"),
@@ -962,7 +974,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
                 }
             }
             // Routed: anything but the router's own 404/405.
-            let url = path.replace("{store}", "s").replace("{key}", "k");
+            let url = path.replace("{store}", "s").replace("{key}", "k").replace("{user_id}", "u");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let resp = c.request(m, s.url(&url)).send().await.unwrap();
             let status = resp.status();
