@@ -10,6 +10,7 @@
 //! holds it).
 
 pub mod auth;
+pub mod change_log;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -74,6 +75,9 @@ pub async fn run(
             "no API keys configured: authentication is OFF, which is allowed on loopback addresses only");
     }
 
+    // Subscribed before any request can save, so the log misses nothing.
+    let change_log = change_log::ChangeLog::new(change_log::DEFAULT_CAPACITY);
+    actix_web::rt::spawn(change_log.clone().pump(ds.changes()));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = web::Data::new(AppState {
         ds: ds.clone(),
@@ -85,6 +89,7 @@ pub async fn run(
         shutting_down: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         postgres,
+        changes: change_log.clone(),
     });
 
     let app_state = state.clone();

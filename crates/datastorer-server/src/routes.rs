@@ -43,6 +43,8 @@ pub struct AppState {
     pub in_flight: std::sync::atomic::AtomicUsize,
     /// The PostgreSQL backend, when servers share one.
     pub postgres: Option<std::sync::Arc<datastorer::storage::postgres::PgBackend>>,
+    /// Every feed event, numbered (the poll and SSE routes read it).
+    pub changes: std::sync::Arc<super::change_log::ChangeLog>,
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -790,7 +792,8 @@ pub struct ChangesQuery {
     store: Option<String>,
 }
 
-/// `GET /v1/changes`: Server-Sent Events.
+/// `GET /v1/changes`: Server-Sent Events; each carries its sequence as
+/// `id:`, and a reconnect with `Last-Event-ID` resumes after it.
 pub async fn changes(
     req: HttpRequest,
     query: web::Query<ChangesQuery>,
@@ -800,12 +803,79 @@ pub async fn changes(
     if let Some(s) = &query.store {
         datastorer::validate_store_name(s).map_err(ApiError::from)?;
     }
-    let rx = state.ds.changes();
-    let body = super::feed::stream(rx, query.store.clone(), state.shutdown.clone());
+    let resume = match req.headers().get("Last-Event-ID") {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
+            ApiError::bad_request("bad_last_event_id", "Last-Event-ID must be a sequence number from this feed")
+        })?),
+    };
+    let body = super::feed::stream(state.changes.clone(), resume, query.store.clone(), state.shutdown.clone());
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
         .streaming(body))
+}
+
+/// The longest a poll may wait: under HttpService's 30 s request timeout,
+/// with room for the answer.
+pub const MAX_POLL_WAIT_MS: u64 = 20_000;
+const MAX_POLL_LIMIT: usize = 1000;
+
+/// `?after=&wait_ms=&store=&limit=`
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PollQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+    store: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/changes/poll`: the feed for clients that cannot hold a stream
+/// open (Roblox game servers). Answers at once when events after `after`
+/// are waiting, else when one arrives or `wait_ms` passes; `next` is the
+/// cursor for the following poll. Without `after`, starts from now.
+pub async fn poll_changes(
+    req: HttpRequest,
+    query: web::Query<PollQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.auth(&req, Role::Read)?;
+    let q = query.into_inner();
+    if let Some(s) = &q.store {
+        datastorer::validate_store_name(s).map_err(ApiError::from)?;
+    }
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_POLL_WAIT_MS {
+        return Err(ApiError::bad_request("bad_wait", format!("wait_ms must be at most {MAX_POLL_WAIT_MS}")));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_POLL_LIMIT {
+        return Err(ApiError::bad_request("bad_limit", format!("limit must be 1 to {MAX_POLL_LIMIT}")));
+    }
+    let log = &state.changes;
+    let mut after = q.after.unwrap_or_else(|| log.newest());
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    let mut lagged = false;
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let page = log.read(after, q.store.as_deref(), limit);
+        lagged |= page.lagged;
+        after = page.next;
+        let events: Vec<Value> = page.events.iter().map(|e| e.to_json()).collect();
+        let moved_past_all = page.events.is_empty() && log.newest() > after;
+        if !events.is_empty() || lagged || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
+            return Ok(HttpResponse::Ok().json(json!({ "events": events, "next": after, "lagged": lagged })));
+        }
+        if moved_past_all {
+            continue; // a full page of other stores' events: read on
+        }
+        tokio::select! {
+            () = log.wait_after(after) => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 /// `GET /v1/openapi.json`
@@ -884,7 +954,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(r("/readyz").route(web::get().to(readyz)))
     .service(r("/metrics").route(web::get().to(metrics)))
     .service(r("/v1/openapi.json").route(web::get().to(openapi)))
-    .service(r("/v1/changes").route(web::get().to(changes)));
+    .service(r("/v1/changes").route(web::get().to(changes)))
+    .service(r("/v1/changes/poll").route(web::get().to(poll_changes)));
 }
 
 #[cfg(test)]

@@ -643,8 +643,77 @@ async fn the_change_feed_announces_saves_and_releases() {
 
     let text = read_feed_until(&mut feed, &["saved", "released"]).await;
     let save_line = event_data(&text, "saved");
-    assert_eq!(save_line, json!({"store": "profiles", "key": "fed", "revision": saved["revision"], "kind": "saved"}));
+    let seq = save_line["seq"].as_u64().expect("a sequence number");
+    assert_eq!(
+        save_line,
+        json!({"seq": seq, "store": "profiles", "key": "fed", "revision": saved["revision"], "kind": "saved"})
+    );
+    assert!(text.contains(&format!("id: {seq}\nevent: saved\n")), "{text}");
     drop(feed);
+
+    // A reconnect with Last-Event-ID resumes after it: the release is
+    // replayed, the save is not.
+    let mut feed = c.get(s.url("/v1/changes")).header("Last-Event-ID", seq.to_string()).send().await.unwrap();
+    let text = read_feed_until(&mut feed, &["released"]).await;
+    assert!(!text.contains("event: saved"), "{text}");
+    assert_eq!(event_data(&text, "released")["seq"], json!(seq + 1));
+    drop(feed);
+    let r = c.get(s.url("/v1/changes")).header("Last-Event-ID", "yesterday").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(s.stop().success());
+}
+
+/// The pollable feed: answers at once when events wait, else when one
+/// arrives (a long poll), else after `wait_ms`; resumes from `next`.
+#[tokio::test]
+async fn the_change_feed_can_be_long_polled_and_resumed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let poll = |query: &str| c.get(s.url(&format!("/v1/changes/poll?{query}"))).send();
+    // Nothing yet: an empty answer after the wait, with the cursor.
+    let empty: Value = poll("wait_ms=50").await.unwrap().json().await.unwrap();
+    assert_eq!(empty, json!({"events": [], "next": 0, "lagged": false}));
+
+    let k = key_url("profiles", "polled");
+    let (_, v) = open(&c, &s, "profiles", "polled", json!({})).await;
+    let t = token_of(&v);
+    // A long poll that is waiting when the save happens answers with it.
+    let waiting = tokio::spawn(c.get(s.url("/v1/changes/poll?after=0&wait_ms=20000&store=profiles")).send());
+    call(&c, &s, Method::PUT, &format!("{k}/session/data?save=normal"), Some(&t), Some(json!({"n": 1}))).await;
+    let woke: Value = waiting.await.unwrap().unwrap().json().await.unwrap();
+    assert_eq!(woke["events"][0]["kind"], json!("saved"), "{woke}");
+    assert_eq!(woke["events"][0]["key"], json!("polled"));
+    let next = woke["next"].as_u64().unwrap();
+
+    call(&c, &s, Method::POST, &format!("{k}/session/release"), Some(&t), None).await;
+    let (_, other) = open(&c, &s, "elsewhere", "x", json!({})).await;
+    call(
+        &c,
+        &s,
+        Method::POST,
+        &format!("{}/session/release", key_url("elsewhere", "x")),
+        Some(&token_of(&other)),
+        None,
+    )
+    .await;
+    // Events already waiting: answered at once, filtered by store.
+    let page: Value = poll(&format!("after={next}&store=profiles")).await.unwrap().json().await.unwrap();
+    let kinds: Vec<_> = page["events"].as_array().unwrap().iter().map(|e| e["kind"].clone()).collect();
+    assert_eq!(kinds, vec![json!("released")], "{page}");
+    // The cursor moves past the other store's events too.
+    let all: Value = poll(&format!("after={next}")).await.unwrap().json().await.unwrap();
+    assert_eq!(page["next"], all["next"], "{all}");
+    let limited: Value = poll(&format!("after={next}&limit=1")).await.unwrap().json().await.unwrap();
+    assert_eq!(limited["events"].as_array().unwrap().len(), 1);
+    assert_eq!(limited["next"], json!(next + 1));
+
+    for bad in ["wait_ms=20001", "limit=0", "limit=1001", "store=bad%20name", "after=-1", "since=3"] {
+        let r = poll(bad).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["code"].is_string() && body["message"].is_string(), "{bad}: {body}");
+    }
     assert!(s.stop().success());
 }
 
@@ -944,6 +1013,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/metrics", "get"),
         ("/v1/openapi.json", "get"),
         ("/v1/changes", "get"),
+        ("/v1/changes/poll", "get"),
         ("/v1/stores/{store}", "get"),
         ("/v1/stores/{store}/keys", "get"),
         ("/v1/stores/{store}/keys/{key}", "get"),
