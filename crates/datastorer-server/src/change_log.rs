@@ -6,9 +6,11 @@
 //! numbers. Owns the buffer and its numbering; must not touch storage (it
 //! only hears the engine's notices) and must not block a notice sender.
 //!
-//! A reader that asks for events older than the buffer holds, or whose
-//! range crosses a gap (the log itself fell behind the notice bus), is told
-//! `lagged`: it must re-read what it caches.
+//! Sequences belong to one server process and start again at 1 when it
+//! restarts. A reader that asks for events older than the buffer holds,
+//! whose range crosses a gap (the log itself fell behind the notice bus),
+//! or whose cursor this log never handed out (a restart, another server),
+//! is told `lagged`: it must re-read what it caches.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -154,10 +156,13 @@ impl ChangeLog {
     /// At most `limit` events after `after` (for `store`, or all).
     pub fn read(&self, after: u64, store: Option<&str>, limit: usize) -> Page {
         let ring = self.ring();
-        let after = after.min(ring.last);
+        // A cursor this log never handed out (from before a restart, or
+        // from another server): everything it cached may be stale.
+        let foreign = after > ring.last;
+        let after = if foreign { 0 } else { after };
         let oldest = ring.events.front().map_or(ring.last + 1, |e| e.seq);
         // Events after `after` that the buffer no longer holds.
-        let mut lagged = after + 1 < oldest;
+        let mut lagged = foreign || after + 1 < oldest;
         let mut events = Vec::new();
         let mut next = after.max(oldest.saturating_sub(1));
         let start = ring.events.partition_point(|e| e.seq <= after);
@@ -219,8 +224,11 @@ mod tests {
         let page = log.read(1, None, 1);
         assert_eq!((page.events[0].seq, page.next), (2, 2), "limit");
         assert_eq!(log.read(3, None, 10), Page { events: vec![], next: 3, lagged: false });
-        // A cursor from the future (another server's, a restart) is clamped.
-        assert_eq!(log.read(99, None, 10).next, 3);
+        // A cursor this log never handed out (another server's, or from
+        // before a restart) is told it lagged and reads from the start.
+        let page = log.read(99, None, 10);
+        assert!(page.lagged);
+        assert_eq!((page.events.len(), page.next), (3, 3));
     }
 
     #[test]
