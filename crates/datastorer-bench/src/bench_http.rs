@@ -245,6 +245,70 @@ async fn pg_update(duration: Duration) -> Result<f64, String> {
     Ok(rate)
 }
 
+/// One durable save of key `h0` through the session `token`; answers when
+/// the request was sent.
+async fn save_once(http: &reqwest::Client, base: &str, token: &str, n: usize) -> Result<std::time::Instant, String> {
+    let sent = std::time::Instant::now();
+    let r = http
+        .patch(format!("{base}/v1/stores/http/keys/h0/session/data?save=normal"))
+        .header("content-type", "application/merge-patch+json")
+        .header("Lease-Token", token)
+        .header("Prefer", "return=minimal")
+        .body(format!("{{\"feed\": {n}}}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("save answered {}", r.status()));
+    }
+    Ok(sent)
+}
+
+/// Figure 6c, one repetition: the median time from sending a durable save
+/// to a waiting long poll's answer holding its event, and to the SSE
+/// event on an open stream (the baseline, which a Roblox server cannot use).
+async fn feed_latency(base: &str, token: &str, samples: usize) -> Result<(f64, f64), String> {
+    let http = reqwest::Client::new();
+    let newest = |v: &serde_json::Value| v["next"].as_u64().unwrap_or(0);
+    let json = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).map_err(|e| e.to_string());
+    let start = http
+        .get(format!("{base}/v1/changes/poll?wait_ms=0&store=http&limit=1000"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .bytes()
+        .await
+        .map_err(|e| e.to_string())?;
+    let start = json(&start)?;
+    let mut after = newest(&start);
+    let (mut poll, mut sse) = (Vec::new(), Vec::new());
+    for i in 0..samples {
+        let waiting = tokio::spawn(
+            http.get(format!("{base}/v1/changes/poll?after={after}&wait_ms=20000&store=http&limit=1000")).send(),
+        );
+        // Let the poll reach the server and wait there (not a measurement).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let sent = save_once(&http, base, token, i).await?;
+        let answer = waiting.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        let page = json(&answer.bytes().await.map_err(|e| e.to_string())?)?;
+        poll.push(sent.elapsed().as_secs_f64() * 1e3);
+        after = newest(&page);
+    }
+    let mut feed = http.get(format!("{base}/v1/changes?store=http")).send().await.map_err(|e| e.to_string())?;
+    let _connected = feed.chunk().await.map_err(|e| e.to_string())?;
+    for i in 0..samples {
+        let sent = save_once(&http, base, token, samples + i).await?;
+        loop {
+            let chunk = feed.chunk().await.map_err(|e| e.to_string())?.ok_or("the feed ended")?;
+            if String::from_utf8_lossy(&chunk).contains("event: saved") {
+                break;
+            }
+        }
+        sse.push(sent.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok((median(&poll), median(&sse)))
+}
+
 /// Figure 6: update and durable-save request rates beside Redis and PostgreSQL.
 pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measurement>, String> {
     let duration = if cfg.updates < 10_000 { Duration::from_millis(500) } else { Duration::from_secs(4) };
@@ -254,7 +318,12 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
     let (mut up, mut redis, mut saves, mut pg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut two_requests = Vec::new();
     let mut skipped = Vec::new();
+    let (mut poll_ms, mut sse_ms) = (Vec::new(), Vec::new());
+    let samples = if cfg.updates < 10_000 { 5 } else { 50 };
     for _ in 0..cfg.repeat {
+        let (p, e) = feed_latency(&server.base, &tokens[0], samples).await?;
+        poll_ms.push(p);
+        sse_ms.push(e);
         up.push(ours(&server.base, &tokens, duration, Mode::Update).await);
         saves.push(ours(&server.base, &tokens, duration, Mode::UpdateSaved).await);
         two_requests.push(ours(&server.base, &tokens, duration, Mode::UpdateThenSave).await);
@@ -272,7 +341,18 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
     for s in &skipped {
         println!("6. skipped a baseline: {s}");
     }
-    let mut out = Vec::new();
+    let mut out = vec![Measurement {
+        name: "6c. change feed delivery: durable save sent → event at a waiting long poll".into(),
+        unit: "ms".into(),
+        higher_is_better: false,
+        ours: poll_ms,
+        baseline_name: "the same event on an open Server-Sent Events stream".into(),
+        baseline: sse_ms,
+        goal_ratio: None,
+        notes: vec![format!(
+            "median of {samples} saves per repetition, each a durable group commit on sled; one client"
+        )],
+    }];
     let note = format!("{CONNECTIONS} keep-alive connections, client and server on the same 2-core machine");
     if !redis.is_empty() {
         out.push(Measurement {
