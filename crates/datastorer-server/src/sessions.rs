@@ -32,6 +32,21 @@ struct ClientLease {
     session: Session<Value>,
 }
 
+impl ClientLease {
+    /// Extends the client lease by `ttl` from now; answers the grant the
+    /// client is told.
+    fn renew(&mut self, ttl: Duration, resumed: bool) -> LeaseGrant {
+        self.expires_at = Instant::now() + ttl;
+        LeaseGrant {
+            token: self.token.clone(),
+            epoch: self.epoch,
+            expires_at_ms: wall_ms_in(ttl),
+            holder: self.holder.clone(),
+            resumed,
+        }
+    }
+}
+
 /// What a client learns when its session opens or renews.
 #[derive(Debug, Clone)]
 pub struct LeaseGrant {
@@ -340,14 +355,7 @@ impl ClientSessions {
                             return Err(ApiError::from(e));
                         }
                     }
-                    cur.expires_at = Instant::now() + self.ttl;
-                    let grant = LeaseGrant {
-                        token: cur.token.clone(),
-                        epoch: cur.epoch,
-                        expires_at_ms: wall_ms_in(self.ttl),
-                        holder: cur.holder.clone(),
-                        resumed: true,
-                    };
+                    let grant = cur.renew(self.ttl, true);
                     let session = cur.session.clone();
                     self.map().insert(k, cur);
                     drop(guard);
@@ -472,14 +480,7 @@ impl ClientSessions {
             let e = Ended { key: k, reason: EndReason::Expired, taken_over_by: None, ended_at_ms: now_ms() };
             return Err(ended_error(&e));
         }
-        cur.expires_at = Instant::now() + self.ttl;
-        let grant = LeaseGrant {
-            token: cur.token.clone(),
-            epoch: cur.epoch,
-            expires_at_ms: wall_ms_in(self.ttl),
-            holder: cur.holder.clone(),
-            resumed: false,
-        };
+        let grant = cur.renew(self.ttl, false);
         Ok((cur.session.clone(), grant))
     }
 
