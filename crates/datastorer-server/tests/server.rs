@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::server::{call, event_data, key_url, open, read_feed_until, token_of, Server, BIN};
 
+use datastorer::storage::sled_backend::SledBackend;
+use datastorer::storage::{storage_key, Backend, Record};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -1157,4 +1159,31 @@ async fn a_shutdown_names_every_key_it_could_not_save() {
         log.lines().any(|l| l.contains("WARN") && l.contains("not saved at shutdown") && l.contains("`too-big`")),
         "{log}"
     );
+}
+
+/// `run` takes a listener bound to port 0 and a shutdown future
+/// (mini-redis's pattern), so an HTTP test needs no child process and no
+/// signal; what the shutdown did comes back as its report.
+#[tokio::test]
+async fn a_server_in_the_test_process_stops_when_its_shutdown_future_resolves_and_reports_what_it_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &["--workers", "1"]);
+    let c = Client::new();
+    let (_, opened) = open(&c, &s, "profiles", "7", json!({})).await;
+    let r = c
+        .patch(s.url(&format!("{}/session/data", key_url("profiles", "7"))))
+        .header("Lease-Token", token_of(&opened))
+        .json(&json!({"coins": 3}))
+        .send();
+    assert_eq!(r.await.unwrap().status(), StatusCode::OK);
+
+    // Unsaved at shutdown: the shutdown saves and releases it, and once
+    // `run` has returned the engine has let go of the data directory.
+    let exit = s.stop();
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(exit.report().release.released, 1);
+    let sled = SledBackend::open(s.dir.join("data")).unwrap();
+    let record = Record::decode(&sled.get(&storage_key("profiles", "7")).unwrap().unwrap()).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&record.data).unwrap(), json!({"coins": 3}));
+    assert!(record.lease.is_none(), "released");
 }
