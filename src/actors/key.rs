@@ -753,15 +753,12 @@ impl<T: Document> Handler<RemoveUserId> for KeyActor<T> {
             return Err(self.closed_error());
         }
         let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
-        let before = doc.user_ids.len();
-        let ids: Vec<String> =
-            std::mem::take(&mut doc.user_ids).into_vec().into_iter().filter(|id| *id != msg.0).collect();
-        let removed = ids.len() != before;
-        doc.user_ids = ids.into_boxed_slice();
-        if removed {
-            doc.meta_generation = doc.meta_generation.wrapping_add(1);
+        if !doc.user_ids.contains(&msg.0) {
+            return Ok(false);
         }
-        Ok(removed)
+        doc.user_ids = doc.user_ids.iter().filter(|id| **id != msg.0).cloned().collect();
+        doc.meta_generation = doc.meta_generation.wrapping_add(1);
+        Ok(true)
     }
 }
 

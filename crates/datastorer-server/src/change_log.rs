@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 
 use datastorer::storage::{EndKind, Notice, NoticeKind};
@@ -48,11 +47,6 @@ pub struct Event {
 }
 
 impl Event {
-    /// The event's JSON (what the poll answers and an SSE `data:` line holds).
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or_else(|_| json!({ "seq": self.seq, "kind": self.kind }))
-    }
-
     fn matches(&self, store: Option<&str>) -> bool {
         match (store, &self.store) {
             (None, _) | (_, None) => true,
@@ -77,8 +71,8 @@ fn describe(kind: &NoticeKind) -> Option<(&'static str, Option<u64>, Option<&'st
     })
 }
 
-/// What a read of the log answers.
-#[derive(Debug, Clone, PartialEq)]
+/// What a read of the log answers (serialized as the poll's answer).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Page {
     /// Events after the cursor (matching the filter), oldest first.
     pub events: Vec<Event>,
@@ -268,7 +262,10 @@ mod tests {
         log.record(&note(NoticeKind::Deleted));
         let page = log.read(0, None, 10);
         assert_eq!((page.events[0].kind, page.events[0].reason), ("released", Some("shutdown")));
-        assert_eq!(page.events[1].to_json(), json!({"seq": 2, "kind": "deleted", "store": "s", "key": "k"}));
+        assert_eq!(
+            serde_json::to_value(&page.events[1]).unwrap(),
+            serde_json::json!({"seq": 2, "kind": "deleted", "store": "s", "key": "k"})
+        );
     }
 
     #[tokio::test]

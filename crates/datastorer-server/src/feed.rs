@@ -50,7 +50,8 @@ pub fn stream(
                 text.push_str(&format!("event: lagged\ndata: {missed}\n\n"));
             }
             for e in page.events.iter().filter(|e| e.kind != "lagged") {
-                text.push_str(&format!("id: {}\nevent: {}\ndata: {}\n\n", e.seq, e.kind, e.to_json()));
+                let data = serde_json::to_string(e).unwrap_or_default();
+                text.push_str(&format!("id: {}\nevent: {}\ndata: {data}\n\n", e.seq, e.kind));
             }
             let moved = page.next != st.after;
             st.after = page.next;

@@ -83,10 +83,7 @@ impl AppState {
             return Ok(s.clone());
         }
         if self.config.strict_stores {
-            return Err(ApiError::not_found(
-                "unknown_store",
-                format!("store {name:?} is not declared (strict stores)"),
-            ));
+            return Err(undeclared(name));
         }
         let store = self.ds.store(name, StoreSpec::new(json!({})))?;
         stores.insert(name.to_owned(), store.clone());
@@ -98,6 +95,11 @@ impl AppState {
         req.extensions_mut().insert(AccessKey(who.name.clone()));
         Ok(who)
     }
+}
+
+/// The answer for a store that strict stores do not know.
+fn undeclared(name: &str) -> ApiError {
+    ApiError::not_found("unknown_store", format!("store {name:?} is not declared (strict stores)"))
 }
 
 /// Refuses a request whose path or query is not UTF-8 once
@@ -734,12 +736,7 @@ pub async fn describe_store(
             "store": name, "declared": true, "template": decl.template,
             "metadata_template": decl.metadata_template, "data_version": decl.migrations.len(),
         }),
-        None if state.config.strict_stores => {
-            return Err(ApiError::not_found(
-                "unknown_store",
-                format!("store {name:?} is not declared (strict stores)"),
-            ));
-        }
+        None if state.config.strict_stores => return Err(undeclared(&name)),
         None => json!({
             "store": name, "declared": false, "template": {}, "metadata_template": {}, "data_version": 0,
         }),
@@ -792,6 +789,11 @@ pub struct ChangesQuery {
     store: Option<String>,
 }
 
+/// A feed's `?store=` filter, checked by the rules of store names.
+fn store_filter(store: Option<&str>) -> Result<()> {
+    store.map_or(Ok(()), |s| datastorer::validate_store_name(s).map_err(ApiError::from))
+}
+
 /// `GET /v1/changes`: Server-Sent Events; each carries its sequence as
 /// `id:`, and a reconnect with `Last-Event-ID` resumes after it.
 pub async fn changes(
@@ -800,9 +802,7 @@ pub async fn changes(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     state.auth(&req, Role::Read)?;
-    if let Some(s) = &query.store {
-        datastorer::validate_store_name(s).map_err(ApiError::from)?;
-    }
+    store_filter(query.store.as_deref())?;
     let resume = match req.headers().get("Last-Event-ID") {
         None => None,
         Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
@@ -842,9 +842,7 @@ pub async fn poll_changes(
 ) -> Result<HttpResponse> {
     state.auth(&req, Role::Read)?;
     let q = query.into_inner();
-    if let Some(s) = &q.store {
-        datastorer::validate_store_name(s).map_err(ApiError::from)?;
-    }
+    store_filter(q.store.as_deref())?;
     let wait_ms = q.wait_ms.unwrap_or(0);
     if wait_ms > MAX_POLL_WAIT_MS {
         return Err(ApiError::bad_request("bad_wait", format!("wait_ms must be at most {MAX_POLL_WAIT_MS}")));
@@ -856,18 +854,14 @@ pub async fn poll_changes(
     let log = &state.changes;
     let mut after = q.after.unwrap_or_else(|| log.newest());
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-    let mut lagged = false;
     let mut shutdown = state.shutdown.clone();
     loop {
         let page = log.read(after, q.store.as_deref(), limit);
-        lagged |= page.lagged;
         after = page.next;
-        let events: Vec<Value> = page.events.iter().map(|e| e.to_json()).collect();
-        let moved_past_all = page.events.is_empty() && log.newest() > after;
-        if !events.is_empty() || lagged || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
-            return Ok(HttpResponse::Ok().json(json!({ "events": events, "next": after, "lagged": lagged })));
+        if !page.events.is_empty() || page.lagged || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
+            return Ok(HttpResponse::Ok().json(&page));
         }
-        if moved_past_all {
+        if log.newest() > after {
             continue; // a full page of other stores' events: read on
         }
         tokio::select! {

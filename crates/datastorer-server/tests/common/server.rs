@@ -209,12 +209,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         match &mut self.run {
-            Running::Process(child) => {
-                if let Some(mut c) = child.take() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-            }
+            Running::Process(_) => self.kill(),
             // Stopped and joined, so the data directory is free when the
             // test's temporary directory goes.
             Running::InProcess { thread: Some(_), .. } => {
