@@ -10,6 +10,7 @@
 //! holds it).
 
 pub mod auth;
+pub mod batch;
 pub mod change_log;
 pub mod cli;
 pub mod config;

@@ -1,5 +1,5 @@
 //! Prometheus text exposition, rendered by hand from a few atomics: queue
-//! depth per lane, budget left, save latency histogram, lease waits, errors
+//! depth per lane, queue batches and storage flushes, budget left, save latency histogram, lease waits, errors
 //! by kind, loaded keys, failed saves by reason, client lease lapses, and
 //! HTTP requests by route template and status with a latency histogram.
 
@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use datastorer::{BudgetLevels, QueueDepth};
+use datastorer::{BudgetLevels, QueueDepth, QueueStats};
 
 const BUCKETS_MS: [f64; 12] = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
 
@@ -50,6 +50,8 @@ pub struct Gauges {
     pub client_lease_lapses: u64,
     /// Failed saves by reason, from the engine.
     pub save_failures: Vec<(datastorer::SaveFailureReason, u64)>,
+    /// The queue's totals (batches and durable flushes: group commit).
+    pub queue: QueueStats,
 }
 
 fn bucket_of(ms: f64) -> usize {
@@ -121,6 +123,23 @@ impl Metrics {
             ("retrying", g.depth.retrying),
         ] {
             let _ = writeln!(out, "datastorer_queue_depth{{lane=\"{lane}\"}} {v}");
+        }
+        for (name, help, v) in [
+            ("datastorer_queue_batches_total", "Batches of storage requests the queue executed.", g.queue.batches),
+            (
+                "datastorer_storage_flushes_total",
+                "Durable flushes of the storage (one can cover many saves: group commit).",
+                g.queue.flushes,
+            ),
+            (
+                "datastorer_storage_writes_total",
+                "Write operations sent to the storage, retries included.",
+                g.queue.writes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {v}");
         }
         let _ = writeln!(out, "# HELP datastorer_budget_tokens Tokens left per operation budget (absent: unlimited).");
         let _ = writeln!(out, "# TYPE datastorer_budget_tokens gauge");

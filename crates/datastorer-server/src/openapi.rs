@@ -145,6 +145,21 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "timeout_ms": { "type": "integer", "minimum": 0, "maximum": max_wait_ms }
                     }
                 },
+                "BatchOp": {
+                    "type": "object",
+                    "required": ["op", "store", "key", "lease_token"],
+                    "additionalProperties": false,
+                    "description": "patch and replace need `data` and may `save`; release may carry a final merge patch in `data` and a `priority`; save takes a `priority`; renew and close take neither",
+                    "properties": {
+                        "op": { "type": "string", "enum": ["patch", "replace", "save", "renew", "release", "close"] },
+                        "store": { "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" },
+                        "key": { "type": "string", "minLength": 1, "maxLength": 512 },
+                        "lease_token": { "type": "string", "minLength": 1 },
+                        "data": {},
+                        "save": { "type": "string", "enum": ["normal", "emergency"] },
+                        "priority": { "type": "string", "enum": ["normal", "emergency"] }
+                    }
+                },
                 "Record": {
                     "type": "object",
                     "required": ["store", "key", "data", "revision", "epoch", "data_version"],
@@ -182,6 +197,25 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                     "next": { "type": "integer", "minimum": 0 },
                     "lagged": { "type": "boolean", "description": "events after `after` were lost: re-read what you cache" } } })),
                 &with(&[])) },
+            "/v1/batch": { "post": op("batch", "many session operations on many keys in one request, answered per operation in the order sent; operations on one key run in order and a failure skips that key's later ones (424 skipped); saves share group commits",
+                vec![],
+                Some(body(json!({ "type": "object", "required": ["ops"], "additionalProperties": false, "properties": {
+                    "ops": { "type": "array", "maxItems": crate::batch::MAX_BATCH_OPS, "items": { "$ref": "#/components/schemas/BatchOp" } } } }), &["application/json"], true)),
+                ok(json!({ "type": "object", "required": ["results", "succeeded", "failed"], "properties": {
+                    "results": { "type": "array", "items": { "type": "object", "required": ["status"], "properties": {
+                        "status": { "type": "integer" }, "code": { "type": "string" }, "message": { "type": "string" },
+                        "revision": { "type": "integer" }, "durable": { "type": "boolean" }, "released": { "type": "boolean" },
+                        "closed": { "type": "boolean" }, "epoch": { "type": "integer" }, "expires_at_ms": { "type": "integer" } } } },
+                    "succeeded": { "type": "integer" }, "failed": { "type": "integer" } } })),
+                &with(&[("413", "body too large, or more than 1000 operations (`too_many_operations`)"), ("415", "wrong content type"), ("503", "shutting down")])) },
+            "/v1/clients/{client_id}/renew": { "post": op("renew_client", "renew every session this client_id holds under the caller's API key",
+                vec![path_param("client_id", 128)],
+                None,
+                ok(json!({ "type": "object", "required": ["renewed", "sessions"], "properties": {
+                    "renewed": { "type": "integer" }, "expires_at_ms": { "type": "integer", "nullable": true },
+                    "sessions": { "type": "array", "items": { "type": "object", "properties": {
+                        "store": { "type": "string" }, "key": { "type": "string" }, "epoch": { "type": "integer" }, "expires_at_ms": { "type": "integer" } } } } } })),
+                &with(&[("503", "shutting down")])) },
             "/v1/stores/{store}": { "get": op("describe_store", "the store's template, metadata template and data version (what a client reconciles against)",
                 vec![store()],
                 None,

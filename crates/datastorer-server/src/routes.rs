@@ -20,7 +20,7 @@ use super::config::ServerConfig;
 use super::error::ApiError;
 use super::json::merge_patch;
 use super::metrics::{Gauges, Metrics};
-use super::sessions::{ClientSessions, Ending, LeaseGrant};
+use super::sessions::{Claimant, ClientSessions, Ending, LeaseGrant};
 use datastorer::{AcquirePolicy, Datastorer, Priority, Session, Store, StoreSpec};
 
 /// Everything the handlers share.
@@ -64,7 +64,7 @@ const MAX_LIST_LIMIT: usize = 1000;
 impl AppState {
     /// Refuses session work once shutdown started: the engine is about to
     /// release every session, and a request admitted later would race it.
-    fn admit(&self) -> Result<()> {
+    pub(crate) fn admit(&self) -> Result<()> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::new(
                 actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -90,7 +90,7 @@ impl AppState {
         Ok(store)
     }
 
-    fn auth(&self, req: &HttpRequest, role: Role) -> Result<super::auth::Identity> {
+    pub(crate) fn auth(&self, req: &HttpRequest, role: Role) -> Result<super::auth::Identity> {
         let who = authorize(req, &self.config.api_keys, role)?;
         req.extensions_mut().insert(AccessKey(who.name.clone()));
         Ok(who)
@@ -130,7 +130,7 @@ fn token(req: &HttpRequest) -> Result<&str> {
 
 /// Reads and parses a JSON body, enforcing the content type and the size
 /// limit. `allow_empty` turns an empty body into `None`.
-async fn read_json(
+pub(crate) async fn read_json(
     req: &HttpRequest,
     mut payload: web::Payload,
     state: &AppState,
@@ -213,7 +213,7 @@ fn decode_content(req: &HttpRequest, body: web::BytesMut, limit: usize) -> Resul
 
 /// A JSON object body into `T`. Anything but an object is refused (serde
 /// would otherwise accept an array for a struct, field by position).
-fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(v: Value) -> Result<T> {
     if !v.is_object() {
         return Err(ApiError::bad_request("bad_request_body", "the body must be a JSON object"));
     }
@@ -262,6 +262,14 @@ fn one_of<T: PartialEq + std::fmt::Debug>(name: &str, query: Option<T>, body: Op
         )),
         (q, b) => Ok(q.or(b)),
     }
+}
+
+/// A `client_id` is 1 to 128 printable characters.
+pub(crate) fn check_client_id(c: &str) -> Result<()> {
+    if c.is_empty() || c.len() > 128 || c.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("bad_client_id", "client_id is 1 to 128 printable characters"));
+    }
+    Ok(())
 }
 
 fn user_id(v: &Value) -> Result<String> {
@@ -328,15 +336,16 @@ pub async fn open_session(
     // sessions.
     let resumable = body.client_id.is_some();
     let holder = match body.client_id {
-        Some(c) if c.is_empty() || c.len() > 128 || c.chars().any(char::is_control) => {
-            return Err(ApiError::bad_request("bad_client_id", "client_id is 1 to 128 printable characters"))
+        Some(c) => {
+            check_client_id(&c)?;
+            c
         }
-        Some(c) => c,
-        None => who.name,
+        None => who.name.clone(),
     };
     let user_ids = body.user_ids.iter().map(user_id).collect::<Result<Vec<_>>>()?;
     req.extensions_mut().insert(AccessClient(holder.clone()));
-    let (grant, session, waited) = state.sessions.acquire(&store, &key, &holder, user_ids, policy, resumable).await?;
+    let claimant = Claimant { holder, api_key: who.name, resumable };
+    let (grant, session, waited) = state.sessions.acquire(&store, &key, &claimant, user_ids, policy).await?;
     if let Some(w) = waited {
         state.metrics.observe_lease_wait(w);
     }
@@ -346,15 +355,23 @@ pub async fn open_session(
 async fn checked(req: &HttpRequest, state: &AppState, path: &(String, String)) -> Result<(Session<Value>, LeaseGrant)> {
     state.admit()?;
     state.auth(req, Role::Write)?;
+    let (session, grant) = session_of(state, path, token(req)?).await?;
+    req.extensions_mut().insert(AccessClient(grant.holder.clone()));
+    Ok((session, grant))
+}
+
+/// The session behind `token` on `path` (store, key), renewing its client
+/// lease; a token this server does not know may be another server's.
+pub(crate) async fn session_of(
+    state: &AppState,
+    path: &(String, String),
+    token: &str,
+) -> Result<(Session<Value>, LeaseGrant)> {
     datastorer::validate_store_name(&path.0).map_err(ApiError::from)?;
     check_key(&path.1)?;
-    match state.sessions.check(&path.0, &path.1, token(req)?) {
+    match state.sessions.check(&path.0, &path.1, token) {
         Err(e) if e.code == "invalid_lease_token" => Err(wrong_server(state, path).await.unwrap_or(e)),
-        Ok((session, grant)) => {
-            req.extensions_mut().insert(AccessClient(grant.holder.clone()));
-            Ok((session, grant))
-        }
-        Err(e) => Err(e),
+        other => other,
     }
 }
 
@@ -568,7 +585,7 @@ pub async fn add_user_id(
 
 #[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
-enum PriorityParam {
+pub(crate) enum PriorityParam {
     #[default]
     Normal,
     Emergency,
@@ -902,6 +919,7 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
         client_sessions: state.sessions.len(),
         client_lease_lapses: state.sessions.lapses(),
         save_failures: state.ds.save_failures(),
+        queue: state.ds.queue_stats().await,
     };
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render(&gauges)))
 }
@@ -949,7 +967,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(r("/metrics").route(web::get().to(metrics)))
     .service(r("/v1/openapi.json").route(web::get().to(openapi)))
     .service(r("/v1/changes").route(web::get().to(changes)))
-    .service(r("/v1/changes/poll").route(web::get().to(poll_changes)));
+    .service(r("/v1/changes/poll").route(web::get().to(poll_changes)))
+    .service(r("/v1/batch").route(web::post().to(super::batch::batch)))
+    .service(r("/v1/clients/{client_id}/renew").route(web::post().to(super::batch::renew_client)));
 }
 
 #[cfg(test)]

@@ -28,6 +28,9 @@ struct ClientLease {
     token: String,
     epoch: u64,
     holder: String,
+    /// The API key the session was opened with: only requests under the
+    /// same key may resume it or renew it by client id.
+    opened_by: String,
     expires_at: Instant,
     session: Session<Value>,
 }
@@ -61,6 +64,18 @@ pub struct LeaseGrant {
     /// The open found this client's own live session and answered it (a
     /// retried open after a lost answer) instead of a new one.
     pub resumed: bool,
+}
+
+/// Who opens a session.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    /// The holder's name: its `client_id`, or its API key's name.
+    pub holder: String,
+    /// The API key's name.
+    pub api_key: String,
+    /// Whether an open by the same holder under the same key resumes its
+    /// live session (only clients that name themselves can).
+    pub resumable: bool,
 }
 
 /// How an ending session treats unsaved changes.
@@ -314,11 +329,11 @@ impl ClientSessions {
         &self,
         store: &Store<Value>,
         key: &str,
-        holder: &str,
+        who: &Claimant,
         user_ids: Vec<String>,
         policy: AcquirePolicy,
-        resumable: bool,
     ) -> Result<(LeaseGrant, Session<Value>, Option<Duration>), ApiError> {
+        let (holder, opened_by, resumable) = (who.holder.as_str(), who.api_key.as_str(), who.resumable);
         let k: Key = (store.name().to_owned(), key.to_owned());
         let started = Instant::now();
         let deadline = match policy {
@@ -344,7 +359,7 @@ impl ClientSessions {
                     if let Err(e) = cur.session.release_as(Priority::Normal, CloseReason::Expired).await {
                         return Err(self.keep(k, cur, e));
                     }
-                } else if resumable && cur.holder == holder {
+                } else if resumable && cur.holder == holder && cur.opened_by == opened_by {
                     // The same client asked again (its first answer was
                     // lost): it gets its session back, not a 409 from a
                     // lock it holds itself. Its client lease renews.
@@ -427,6 +442,7 @@ impl ClientSessions {
                     token,
                     epoch: lease.epoch,
                     holder: holder.to_owned(),
+                    opened_by: opened_by.to_owned(),
                     expires_at: Instant::now() + self.ttl,
                     session: session.clone(),
                 },
@@ -482,6 +498,20 @@ impl ClientSessions {
         }
         let grant = cur.renew(self.ttl, false);
         Ok((cur.session.clone(), grant))
+    }
+
+    /// Renews every live client lease held by `client` and opened under
+    /// the API key `opened_by` (one request instead of one per key, for a
+    /// game server holding a hundred players). Answers each renewed
+    /// session's store, key and grant, in no particular order.
+    pub fn renew_client(&self, client: &str, opened_by: &str) -> Vec<(Key, LeaseGrant)> {
+        let now = Instant::now();
+        let mut map = self.map();
+        map.iter_mut()
+            .filter(|(_, l)| l.holder == client && l.opened_by == opened_by)
+            .filter(|(_, l)| l.expires_at > now && l.session.close_reason().is_none())
+            .map(|(k, l)| (k.clone(), l.renew(self.ttl, false)))
+            .collect()
     }
 
     /// Ends the session behind `token`.

@@ -1016,6 +1016,8 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/openapi.json", "get"),
         ("/v1/changes", "get"),
         ("/v1/changes/poll", "get"),
+        ("/v1/batch", "post"),
+        ("/v1/clients/{client_id}/renew", "post"),
         ("/v1/stores/{store}", "get"),
         ("/v1/stores/{store}/keys", "get"),
         ("/v1/stores/{store}/keys/{key}", "get"),
@@ -1046,7 +1048,11 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
                 }
             }
             // Routed: anything but the router's own 404/405.
-            let url = path.replace("{store}", "s").replace("{key}", "k").replace("{user_id}", "u");
+            let url = path
+                .replace("{store}", "s")
+                .replace("{key}", "k")
+                .replace("{user_id}", "u")
+                .replace("{client_id}", "c");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let resp = c.request(m, s.url(&url)).send().await.unwrap();
             let status = resp.status();

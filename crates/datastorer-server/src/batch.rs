@@ -1,0 +1,257 @@
+//! `POST /v1/batch`: many session operations on many keys in one request,
+//! answered per operation, and `POST /v1/clients/{client_id}/renew`: every
+//! session of one client renewed at once. For clients that pay per request
+//! (a game server's 500 a minute), autosave, renewal and shutdown of a
+//! hundred players become a handful of requests.
+//!
+//! Operations on one key run in the order sent; keys run concurrently, so
+//! their saves reach the queue together and share its group commits. After
+//! an operation on a key fails, the later ones on that key are skipped
+//! (`424 skipped`): a `release` must never run after the `patch` before it
+//! failed. The whole batch is checked before anything runs; a malformed one
+//! is refused with nothing done.
+//!
+//! Must not: keep state of its own. Every operation goes through the same
+//! client sessions and engine calls as its single-request route.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use futures_util::future::join_all;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::auth::Role;
+use super::error::ApiError;
+use super::json::merge_patch;
+use super::routes::{parse, read_json, session_of, AccessClient, AppState, PriorityParam};
+use super::sessions::Ending;
+
+/// Most operations one batch may carry (the body limit applies as well).
+pub const MAX_BATCH_OPS: usize = 1000;
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Patch,
+    Replace,
+    Save,
+    Renew,
+    Release,
+    Close,
+}
+
+/// One operation as sent. The fields allowed depend on `op`; which ones is
+/// checked by [`Op::check`] so the error names the operation.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpBody {
+    op: Kind,
+    store: String,
+    key: String,
+    lease_token: String,
+    /// `patch`: the merge patch; `replace`: the document; `release`: an
+    /// optional final merge patch, applied before the save.
+    data: Option<Value>,
+    /// `patch`/`replace`: save once applied, on this lane.
+    save: Option<PriorityParam>,
+    /// `save`/`release`: the lane (normal unless emergency).
+    priority: Option<PriorityParam>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    ops: Vec<Value>,
+}
+
+impl OpBody {
+    /// Refuses a combination the operation does not take, naming it.
+    fn check(&self, at: usize) -> Result<()> {
+        let bad = |m: String| Err(ApiError::bad_request("bad_operation", format!("ops[{at}]: {m}")));
+        let name = format!("{:?}", self.op).to_ascii_lowercase();
+        datastorer::validate_store_name(&self.store)
+            .map_err(|e| ApiError::bad_request("invalid_name", format!("ops[{at}]: {e}")))?;
+        datastorer::validate_key(&self.key)
+            .map_err(|e| ApiError::bad_request("invalid_name", format!("ops[{at}]: {e}")))?;
+        if self.lease_token.is_empty() {
+            return bad("lease_token is empty".into());
+        }
+        match self.op {
+            Kind::Patch | Kind::Replace if self.data.is_none() => return bad(format!("{name} needs data")),
+            Kind::Save | Kind::Renew | Kind::Close if self.data.is_some() => {
+                return bad(format!("{name} takes no data"))
+            }
+            _ => {}
+        }
+        if self.save.is_some() && !matches!(self.op, Kind::Patch | Kind::Replace) {
+            return bad(format!("{name} takes no save (only patch and replace do; use priority)"));
+        }
+        if self.priority.is_some() && !matches!(self.op, Kind::Save | Kind::Release) {
+            return bad(format!("{name} takes no priority (only save and release do)"));
+        }
+        Ok(())
+    }
+}
+
+/// One operation's answer: `{"status": 200, …}` or the error body with its
+/// status.
+fn failure(e: &ApiError) -> Value {
+    let mut out = Map::new();
+    out.insert("status".into(), json!(e.status.as_u16()));
+    out.insert("code".into(), json!(e.code));
+    out.insert("message".into(), json!(e.message));
+    if let Some(Value::Object(extra)) = &e.details {
+        out.extend(extra.clone());
+    }
+    Value::Object(out)
+}
+
+fn skipped(first_failure: usize) -> Value {
+    json!({
+        "status": 424,
+        "code": "skipped",
+        "message": format!("not run: ops[{first_failure}] on the same key failed before it"),
+    })
+}
+
+/// Runs one operation; answers its success body.
+async fn run_op(state: &AppState, op: OpBody) -> Result<Value> {
+    let path = (op.store, op.key);
+    let (session, grant) = session_of(state, &path, &op.lease_token).await?;
+    let mut out = json!({ "status": 200 });
+    let final_patch = match op.op {
+        Kind::Patch | Kind::Replace => op.data.map(|d| (op.op, d)),
+        Kind::Release => op.data.map(|d| (Kind::Patch, d)),
+        _ => None,
+    };
+    if let Some((kind, data)) = final_patch {
+        session
+            .update(move |doc| match kind {
+                Kind::Replace => *doc = data,
+                _ => merge_patch(doc, &data),
+            })
+            .await?;
+    }
+    let started = Instant::now();
+    match op.op {
+        Kind::Patch | Kind::Replace => {
+            if let Some(priority) = op.save {
+                let outcome = session.save(priority.into()).await?;
+                state.metrics.observe_save(started.elapsed());
+                out["revision"] = json!(outcome.revision);
+                out["durable"] = json!(true);
+            }
+        }
+        Kind::Save => {
+            let outcome = session.save(op.priority.unwrap_or_default().into()).await?;
+            state.metrics.observe_save(started.elapsed());
+            out["revision"] = json!(outcome.revision);
+            out["durable"] = json!(true);
+        }
+        Kind::Renew => {
+            out["epoch"] = json!(grant.epoch);
+            out["expires_at_ms"] = json!(grant.expires_at_ms);
+        }
+        Kind::Release => {
+            let ending = Ending::Release(op.priority.unwrap_or_default().into());
+            let revision = state.sessions.end(&path.0, &path.1, &op.lease_token, ending).await?;
+            state.metrics.observe_save(started.elapsed());
+            out["revision"] = json!(revision);
+            out["released"] = json!(true);
+        }
+        Kind::Close => {
+            let revision = state.sessions.end(&path.0, &path.1, &op.lease_token, Ending::Close).await?;
+            out["revision"] = json!(revision);
+            out["closed"] = json!(true);
+        }
+    }
+    Ok(out)
+}
+
+/// The operations on one key, in order; answers (index, result) pairs.
+async fn run_key(state: &AppState, ops: Vec<(usize, OpBody)>) -> Vec<(usize, Value)> {
+    let mut results = Vec::with_capacity(ops.len());
+    let mut failed_at = None;
+    for (at, op) in ops {
+        if let Some(first) = failed_at {
+            results.push((at, skipped(first)));
+            continue;
+        }
+        match run_op(state, op).await {
+            Ok(v) => results.push((at, v)),
+            Err(e) => {
+                failed_at = Some(at);
+                results.push((at, failure(&e)));
+            }
+        }
+    }
+    results
+}
+
+/// `POST /v1/batch`: `{"ops": [{"op", "store", "key", "lease_token", …}]}`
+/// answered `200 {"results": [...], "succeeded", "failed"}` with one result
+/// per operation, in the order sent.
+pub async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
+    state.admit()?;
+    state.auth(&req, Role::Write)?;
+    let body = read_json(&req, payload, &state, &["application/json"], false).await?;
+    let body: BatchBody = parse(body.unwrap_or(Value::Null))?;
+    if body.ops.len() > MAX_BATCH_OPS {
+        let mut e = ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_operations",
+            format!("a batch carries at most {MAX_BATCH_OPS} operations; this one has {}", body.ops.len()),
+        );
+        e.details = Some(json!({ "max_operations": MAX_BATCH_OPS }));
+        return Err(e);
+    }
+    let n = body.ops.len();
+    let mut by_key: Vec<Vec<(usize, OpBody)>> = Vec::new();
+    let mut slot: HashMap<(String, String), usize> = HashMap::new();
+    for (at, raw) in body.ops.into_iter().enumerate() {
+        let op: OpBody = parse(raw).map_err(|e| ApiError::bad_request(e.code, format!("ops[{at}]: {}", e.message)))?;
+        op.check(at)?;
+        let i = *slot.entry((op.store.clone(), op.key.clone())).or_insert_with(|| {
+            by_key.push(Vec::new());
+            by_key.len() - 1
+        });
+        by_key[i].push((at, op));
+    }
+    let mut results = vec![Value::Null; n];
+    for (at, result) in join_all(by_key.into_iter().map(|ops| run_key(&state, ops))).await.into_iter().flatten() {
+        results[at] = result;
+    }
+    let succeeded = results.iter().filter(|r| r["status"] == 200).count();
+    Ok(HttpResponse::Ok().json(json!({ "results": results, "succeeded": succeeded, "failed": n - succeeded })))
+}
+
+/// `POST /v1/clients/{client_id}/renew`: renews every session `client_id`
+/// holds that was opened under the caller's API key.
+pub async fn renew_client(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.admit()?;
+    let who = state.auth(&req, Role::Write)?;
+    let client = path.into_inner();
+    super::routes::check_client_id(&client)?;
+    req.extensions_mut().insert(AccessClient(client.clone()));
+    let mut renewed = state.sessions.renew_client(&client, &who.name);
+    renewed.sort_by(|a, b| a.0.cmp(&b.0));
+    let expires_at_ms = renewed.iter().map(|(_, g)| g.expires_at_ms).max();
+    let sessions: Vec<Value> = renewed
+        .into_iter()
+        .map(|((store, key), g)| json!({ "store": store, "key": key, "epoch": g.epoch, "expires_at_ms": g.expires_at_ms }))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "renewed": sessions.len(),
+        "expires_at_ms": expires_at_ms,
+        "sessions": sessions,
+    })))
+}

@@ -1,0 +1,245 @@
+//! What a client that pays per request (a Roblox game server's 500 a
+//! minute) relies on: batches of session operations, renewing all of one
+//! client's sessions at once. The server runs inside the test process.
+
+mod common;
+
+use common::server::{call, key_url, open, token_of, Server};
+
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn batch(c: &Client, s: &Server, ops: Value) -> (StatusCode, Value) {
+    call(c, s, Method::POST, "/v1/batch", None, Some(json!({ "ops": ops }))).await
+}
+
+/// Opens `n` players' sessions as `client`; answers (key, token) pairs.
+async fn players(c: &Client, s: &Server, client: &str, n: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let key = format!("{client}-p{i}");
+        let (st, v) = open(c, s, "profiles", &key, json!({ "client_id": client })).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        out.push((key, token_of(&v)));
+    }
+    out
+}
+
+async fn stored(c: &Client, s: &Server, key: &str) -> Value {
+    let (st, v) = call(c, s, Method::GET, &key_url("profiles", key), None, None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v
+}
+
+/// A counter from the server's `/metrics`.
+async fn counter(c: &Client, s: &Server, name: &str) -> u64 {
+    let text = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn one_batch_autosaves_a_hundred_players_in_shared_flushes_and_another_releases_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let held = players(&c, &s, "game-1", 100).await;
+
+    let flushes_before = counter(&c, &s, "datastorer_storage_flushes_total").await;
+    let ops: Vec<Value> = held
+        .iter()
+        .enumerate()
+        .map(|(i, (key, t))| {
+            json!({"op": "patch", "store": "profiles", "key": key, "lease_token": t, "data": {"coins": i}, "save": "normal"})
+        })
+        .collect();
+    let (st, v) = batch(&c, &s, json!(ops)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!((v["succeeded"].clone(), v["failed"].clone()), (json!(100), json!(0)), "{v}");
+    for r in v["results"].as_array().unwrap() {
+        assert_eq!((r["status"].clone(), r["durable"].clone()), (json!(200), json!(true)), "{r}");
+        assert!(r["revision"].as_u64().is_some_and(|n| n >= 1), "{r}");
+        assert!(r.get("data").is_none(), "a batch never echoes documents: {r}");
+    }
+    let flushes = counter(&c, &s, "datastorer_storage_flushes_total").await - flushes_before;
+    assert!((1..50).contains(&flushes), "100 saves in one batch share group commits, took {flushes} flushes");
+    for (i, (key, _)) in held.iter().enumerate().step_by(17) {
+        assert_eq!(stored(&c, &s, key).await["data"], json!({"coins": i}), "durable before the answer");
+    }
+
+    // Shutdown of the game server: every player released with a final
+    // patch, one request.
+    let ops: Vec<Value> = held
+        .iter()
+        .map(|(key, t)| json!({"op": "release", "store": "profiles", "key": key, "lease_token": t, "data": {"left": true}, "priority": "emergency"}))
+        .collect();
+    let (st, v) = batch(&c, &s, json!(ops)).await;
+    assert_eq!((st, v["succeeded"].clone()), (StatusCode::OK, json!(100)), "{v}");
+    assert!(v["results"].as_array().unwrap().iter().all(|r| r["released"] == json!(true)), "{v}");
+    for (i, (key, _)) in held.iter().enumerate().step_by(13) {
+        let view = stored(&c, &s, key).await;
+        assert_eq!(view["data"], json!({"coins": i, "left": true}), "the final patch is saved with the release");
+        assert!(view["lease"].is_null(), "released: {view}");
+    }
+}
+
+#[tokio::test]
+async fn operations_on_one_key_run_in_order_and_a_failure_skips_only_that_keys_later_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let held = players(&c, &s, "game-1", 2).await;
+    let ((a, ta), (b, tb)) = (&held[0], &held[1]);
+
+    let (st, v) = batch(
+        &c,
+        &s,
+        json!([
+            {"op": "replace", "store": "profiles", "key": a, "lease_token": ta, "data": {"level": 1, "bag": {"x": 1}}},
+            {"op": "patch", "store": "profiles", "key": b, "lease_token": "0".repeat(48), "data": {"level": 9}},
+            {"op": "patch", "store": "profiles", "key": a, "lease_token": ta, "data": {"level": 2, "bag": {"x": null}}},
+            {"op": "release", "store": "profiles", "key": b, "lease_token": tb},
+            {"op": "save", "store": "profiles", "key": a, "lease_token": ta, "priority": "emergency"},
+            {"op": "renew", "store": "profiles", "key": a, "lease_token": ta},
+        ]),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 6);
+    let statuses: Vec<u64> = r.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 409, 200, 424, 200, 200], "{v}");
+    assert_eq!(r[1]["code"], "invalid_lease_token");
+    assert_eq!(r[3]["code"], "skipped");
+    assert!(r[3]["message"].as_str().unwrap().contains("ops[1]"), "{}", r[3]);
+    assert_eq!((v["succeeded"].clone(), v["failed"].clone()), (json!(4), json!(2)));
+    assert_eq!(r[5]["epoch"], 1);
+    assert!(r[5]["expires_at_ms"].as_u64().is_some());
+    assert_eq!(stored(&c, &s, a).await["data"], json!({"level": 2, "bag": {}}), "replace, then patch, then save");
+
+    // The skipped release did not run: b is still held, its session intact.
+    let (st, _) = call(&c, &s, Method::GET, &format!("{}/session", key_url("profiles", b)), Some(tb), None).await;
+    assert_eq!(st, StatusCode::OK, "b's session must survive a skipped release");
+
+    // A closed session answers why on a later batch.
+    let (_, v) = batch(&c, &s, json!([{"op": "close", "store": "profiles", "key": b, "lease_token": tb}])).await;
+    assert_eq!(v["results"][0]["closed"], true, "{v}");
+    let (_, v) = batch(&c, &s, json!([{"op": "save", "store": "profiles", "key": b, "lease_token": tb}])).await;
+    assert_eq!((v["results"][0]["status"].clone(), v["results"][0]["reason"].clone()), (json!(410), json!("closed")));
+}
+
+#[tokio::test]
+async fn a_malformed_batch_is_refused_whole_and_nothing_in_it_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let held = players(&c, &s, "game-1", 1).await;
+    let (key, t) = &held[0];
+    let good = json!({"op": "patch", "store": "profiles", "key": key, "lease_token": t, "data": {"coins": 1}, "save": "normal"});
+
+    let bad_ones = [
+        (json!({"op": "explode", "store": "profiles", "key": key, "lease_token": t}), "bad_request_body"),
+        (json!({"op": "patch", "store": "profiles", "key": key, "lease_token": t}), "bad_operation"),
+        (json!({"op": "renew", "store": "profiles", "key": key, "lease_token": t, "data": {}}), "bad_operation"),
+        (json!({"op": "save", "store": "profiles", "key": key, "lease_token": t, "save": "normal"}), "bad_operation"),
+        (
+            json!({"op": "renew", "store": "profiles", "key": key, "lease_token": t, "priority": "normal"}),
+            "bad_operation",
+        ),
+        (json!({"op": "save", "store": "profiles", "key": key, "lease_token": ""}), "bad_operation"),
+        (json!({"op": "save", "store": "bad store!", "key": key, "lease_token": t}), "invalid_name"),
+        (json!({"op": "save", "store": "profiles", "key": "", "lease_token": t}), "invalid_name"),
+        (json!({"op": "save", "store": "profiles", "key": key, "lease_token": t, "extra": 1}), "bad_request_body"),
+        (
+            json!({"op": "save", "store": "profiles", "key": key, "lease_token": t, "priority": "urgent"}),
+            "bad_request_body",
+        ),
+        (json!(["save"]), "bad_request_body"),
+    ];
+    for (bad, code) in bad_ones {
+        let (st, v) = batch(&c, &s, json!([good, bad])).await;
+        assert_eq!((st, v["code"].clone()), (StatusCode::BAD_REQUEST, json!(code)), "{bad}: {v}");
+        assert!(v["message"].as_str().unwrap().starts_with("ops[1]"), "the error names the operation: {v}");
+    }
+    for body in [json!({}), json!({"ops": {}}), json!([]), json!({"ops": [], "more": 1})] {
+        let (st, v) = call(&c, &s, Method::POST, "/v1/batch", None, Some(body.clone())).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+    let text = c.post(s.url("/v1/batch")).header("content-type", "application/json").body("{").send().await.unwrap();
+    assert_eq!(text.status(), StatusCode::BAD_REQUEST);
+    let plain = c.post(s.url("/v1/batch")).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    assert_eq!(plain.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let too_many: Vec<Value> = (0..1001).map(|_| good.clone()).collect();
+    let (st, v) = batch(&c, &s, json!(too_many)).await;
+    assert_eq!(
+        (st, v["code"].clone(), v["max_operations"].clone()),
+        (StatusCode::PAYLOAD_TOO_LARGE, json!("too_many_operations"), json!(1000))
+    );
+
+    assert_eq!(stored(&c, &s, key).await["data"], json!({}), "no refused batch ran its valid first operation");
+    let (_, v) = batch(&c, &s, json!([good])).await;
+    assert_eq!(v["results"][0]["durable"], true, "{v}");
+    assert_eq!(stored(&c, &s, key).await["data"], json!({"coins": 1}));
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_body_limit_is_413_and_empty_batches_answer_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &["--max-body-bytes", "2048"]);
+    let c = Client::new();
+    let big: Vec<Value> = (0..40)
+        .map(|i| json!({"op": "renew", "store": "profiles", "key": format!("k{i}"), "lease_token": "t".repeat(48)}))
+        .collect();
+    let (st, v) = batch(&c, &s, json!(big)).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::PAYLOAD_TOO_LARGE, json!("body_too_large")), "{v}");
+    let (st, v) = batch(&c, &s, json!([])).await;
+    assert_eq!((st, v), (StatusCode::OK, json!({"results": [], "succeeded": 0, "failed": 0})));
+}
+
+#[tokio::test]
+async fn renewing_by_client_id_renews_that_clients_sessions_under_that_api_key_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        tmp.path(),
+        &["--api-key", "eu:write:eu-secret-0123456789", "--api-key", "us:write:us-secret-0123456789"],
+    );
+    let c = Client::new();
+    let open_as = |secret: &'static str, client: &'static str, key: String| {
+        let c = c.clone();
+        let url = s.url(&format!("{}/session", key_url("profiles", &key)));
+        async move {
+            let r = c.post(url).bearer_auth(secret).json(&json!({"client_id": client})).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    };
+    for i in 0..3 {
+        open_as("eu-secret-0123456789", "game-1", format!("a{i}")).await;
+    }
+    open_as("eu-secret-0123456789", "game-2", "b0".into()).await;
+    // The same client id under another API key is another client.
+    open_as("us-secret-0123456789", "game-1", "c0".into()).await;
+
+    let renew = |secret: &'static str, client: &str| {
+        let c = c.clone();
+        let url = s.url(&format!("/v1/clients/{client}/renew"));
+        async move {
+            let r = c.post(url).bearer_auth(secret).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (st, v) = renew("eu-secret-0123456789", "game-1").await;
+    assert_eq!((st, v["renewed"].clone()), (StatusCode::OK, json!(3)), "{v}");
+    let keys: Vec<&str> = v["sessions"].as_array().unwrap().iter().map(|x| x["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a0", "a1", "a2"]);
+    assert!(v["expires_at_ms"].as_u64().is_some());
+    let (_, v) = renew("us-secret-0123456789", "game-1").await;
+    assert_eq!(v["renewed"], 1, "{v}");
+    let (_, v) = renew("eu-secret-0123456789", "nobody").await;
+    assert_eq!((v["renewed"].clone(), v["expires_at_ms"].clone()), (json!(0), Value::Null));
+    let (st, v) = renew("eu-secret-0123456789", &"x".repeat(129)).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::BAD_REQUEST, json!("bad_client_id")));
+    let r = c.post(s.url("/v1/clients/game-1/renew")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
