@@ -124,6 +124,7 @@ async fn run_op(state: &AppState, op: OpBody) -> Result<Value> {
     let path = (op.store, op.key);
     let (session, grant) = session_of(state, &path, &op.lease_token).await?;
     let mut out = json!({ "status": 200 });
+    super::routes::add_notices(&mut out, &grant);
     let final_patch = match op.op {
         Kind::Patch | Kind::Replace => op.data.map(|d| (op.op, d)),
         Kind::Release => op.data.map(|d| (Kind::Patch, d)),

@@ -29,8 +29,9 @@ pub struct Event {
     /// Position in the log: 1, 2, 3, … (never reused while the server runs).
     pub seq: u64,
     /// `saved`, `released`, `closed`, `stolen`, `expired`, `deleted`,
-    /// `release_requested`, `resync` (drop every cache) or `lagged` (the
-    /// log missed notices here).
+    /// `release_requested`, `resync` (drop every cache), `lagged` (the
+    /// log missed notices here), or a holder notice: `handoff_requested`,
+    /// `session_ended`.
     pub kind: &'static str,
     /// Store of the key (absent for `resync` and `lagged`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,18 +42,73 @@ pub struct Event {
     /// The revision a save or release made durable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
-    /// `shutdown` on a release at shutdown.
+    /// `shutdown` on a release at shutdown; why a `session_ended` ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// The client (`client_id`) a holder notice is for: `handoff_requested`
+    /// and `session_ended` name the session's holder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// Who asked for the key (`handoff_requested`) or took it over
+    /// (`session_ended`), where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// `handoff_requested`: when the server saves and hands the key over
+    /// unless the holder released it first (ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+/// Which events a reader wants. Events that concern every key (`resync`,
+/// `lagged`) always match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter<'a> {
+    /// Only this store's events.
+    pub store: Option<&'a str>,
+    /// Only holder notices for this client.
+    pub holder: Option<&'a str>,
 }
 
 impl Event {
-    fn matches(&self, store: Option<&str>) -> bool {
-        match (store, &self.store) {
-            (None, _) | (_, None) => true,
-            (Some(want), Some(have)) => want == have,
+    fn keyed(kind: &'static str, store: &str, key: &str) -> Event {
+        Event {
+            seq: 0,
+            kind,
+            store: Some(store.to_owned()),
+            key: Some(key.to_owned()),
+            revision: None,
+            reason: None,
+            holder: None,
+            by: None,
+            deadline_ms: None,
         }
     }
+
+    fn matches(&self, f: Filter<'_>) -> bool {
+        let Some(store) = &self.store else { return true };
+        f.store.is_none_or(|want| want == store) && f.holder.is_none_or(|want| self.holder.as_deref() == Some(want))
+    }
+}
+
+/// A notice for the client holding a key, which it can poll for with
+/// `client_id=` instead of polling every key it holds.
+#[derive(Debug, Clone)]
+pub enum HolderNotice {
+    /// Another client asked for the key: release it before `deadline_ms`
+    /// (with a final patch), or the server saves and hands it over then.
+    HandoffRequested {
+        /// Who asked.
+        by: String,
+        /// When the server hands over.
+        deadline_ms: u64,
+    },
+    /// The session ended without its holder ending it.
+    SessionEnded {
+        /// `stolen`, `release_requested`, `expired`, `deleted`, `shutdown`, …
+        reason: &'static str,
+        /// Who took over, where known.
+        by: Option<String>,
+    },
 }
 
 /// The kind, revision and reason a notice shows as, or `None` for notices
@@ -111,23 +167,40 @@ impl ChangeLog {
     /// Appends the event a notice shows as (if any); answers its sequence.
     pub fn record(&self, n: &Notice) -> Option<u64> {
         let (kind, revision, reason) = describe(&n.kind)?;
-        let keyed = n.kind != NoticeKind::Resync;
-        Some(self.push(kind, keyed.then(|| n.store.clone()), keyed.then(|| n.key.clone()), revision, reason))
+        let mut e = Event::keyed(kind, &n.store, &n.key);
+        if n.kind == NoticeKind::Resync {
+            (e.store, e.key) = (None, None);
+        }
+        (e.revision, e.reason) = (revision, reason);
+        Some(self.push(e))
+    }
+
+    /// Appends a notice for `holder`, the client holding `store`/`key`.
+    pub fn notify_holder(&self, store: &str, key: &str, holder: &str, notice: HolderNotice) -> u64 {
+        let mut e = match notice {
+            HolderNotice::HandoffRequested { by, deadline_ms } => {
+                let mut e = Event::keyed("handoff_requested", store, key);
+                (e.by, e.deadline_ms) = (Some(by), Some(deadline_ms));
+                e
+            }
+            HolderNotice::SessionEnded { reason, by } => {
+                let mut e = Event::keyed("session_ended", store, key);
+                (e.reason, e.by) = (Some(reason), by);
+                e
+            }
+        };
+        e.holder = Some(holder.to_owned());
+        self.push(e)
     }
 
     /// Records that the log missed notices here.
     pub fn gap(&self) -> u64 {
-        self.push("lagged", None, None, None, None)
+        let mut e = Event::keyed("lagged", "", "");
+        (e.store, e.key) = (None, None);
+        self.push(e)
     }
 
-    fn push(
-        &self,
-        kind: &'static str,
-        store: Option<String>,
-        key: Option<String>,
-        revision: Option<u64>,
-        reason: Option<&'static str>,
-    ) -> u64 {
+    fn push(&self, mut event: Event) -> u64 {
         let seq = {
             let mut ring = self.ring();
             ring.last += 1;
@@ -135,7 +208,8 @@ impl ChangeLog {
             if ring.events.len() == ring.capacity {
                 ring.events.pop_front();
             }
-            ring.events.push_back(Event { seq, kind, store, key, revision, reason });
+            event.seq = seq;
+            ring.events.push_back(event);
             seq
         };
         self.newest.send_replace(seq);
@@ -147,8 +221,8 @@ impl ChangeLog {
         *self.newest.borrow()
     }
 
-    /// At most `limit` events after `after` (for `store`, or all).
-    pub fn read(&self, after: u64, store: Option<&str>, limit: usize) -> Page {
+    /// At most `limit` events after `after` that match `filter`.
+    pub fn read(&self, after: u64, filter: Filter<'_>, limit: usize) -> Page {
         let ring = self.ring();
         // A cursor this log never handed out (from before a restart, or
         // from another server): everything it cached may be stale.
@@ -168,7 +242,7 @@ impl ChangeLog {
             if e.kind == "lagged" {
                 lagged = true;
             }
-            if e.matches(store) {
+            if e.matches(filter) {
                 events.push(e.clone());
             }
         }
@@ -212,15 +286,15 @@ mod tests {
     fn sequences_grow_and_reads_resume_after_a_cursor() {
         let log = ChangeLog::new(8);
         assert_eq!((saved(&log, "s", "a", 1), saved(&log, "s", "b", 1), saved(&log, "t", "c", 1)), (1, 2, 3));
-        let page = log.read(0, None, 10);
+        let page = log.read(0, Filter::default(), 10);
         assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!((page.next, page.lagged), (3, false));
-        let page = log.read(1, None, 1);
+        let page = log.read(1, Filter::default(), 1);
         assert_eq!((page.events[0].seq, page.next), (2, 2), "limit");
-        assert_eq!(log.read(3, None, 10), Page { events: vec![], next: 3, lagged: false });
+        assert_eq!(log.read(3, Filter::default(), 10), Page { events: vec![], next: 3, lagged: false });
         // A cursor this log never handed out (another server's, or from
         // before a restart) is told it lagged and reads from the start.
-        let page = log.read(99, None, 10);
+        let page = log.read(99, Filter::default(), 10);
         assert!(page.lagged);
         assert_eq!((page.events.len(), page.next), (3, 3));
     }
@@ -231,11 +305,11 @@ mod tests {
         saved(&log, "s", "a", 1);
         saved(&log, "t", "b", 1);
         saved(&log, "t", "c", 1);
-        let page = log.read(0, Some("s"), 10);
+        let page = log.read(0, Filter { store: Some("s"), holder: None }, 10);
         assert_eq!(page.events.len(), 1);
         assert_eq!(page.next, 3, "a filtered poll does not see the same events again");
         log.record(&Notice { store: String::new(), key: String::new(), kind: NoticeKind::Resync });
-        let page = log.read(3, Some("s"), 10);
+        let page = log.read(3, Filter { store: Some("s"), holder: None }, 10);
         assert_eq!(page.events[0].kind, "resync", "a resync concerns every store");
     }
 
@@ -245,13 +319,36 @@ mod tests {
         for r in 1..=5 {
             saved(&log, "s", "a", r);
         }
-        let page = log.read(0, None, 10);
+        let page = log.read(0, Filter::default(), 10);
         assert!(page.lagged, "events 1 and 2 were dropped");
         assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
-        assert!(!log.read(2, None, 10).lagged, "nothing after 2 was dropped");
+        assert!(!log.read(2, Filter::default(), 10).lagged, "nothing after 2 was dropped");
         log.gap();
-        let page = log.read(5, Some("other"), 10);
+        let page = log.read(5, Filter { store: Some("other"), holder: None }, 10);
         assert!(page.lagged && page.next == 6);
+    }
+
+    #[test]
+    fn a_holder_filter_answers_only_that_clients_notices_and_what_concerns_everyone() {
+        let log = ChangeLog::new(8);
+        saved(&log, "s", "a", 1);
+        let ask = |by: &str| HolderNotice::HandoffRequested { by: by.into(), deadline_ms: 7 };
+        log.notify_holder("s", "a", "game-1", ask("game-2"));
+        log.notify_holder("s", "b", "game-3", ask("game-2"));
+        log.notify_holder("s", "c", "game-1", HolderNotice::SessionEnded { reason: "stolen", by: Some("x".into()) });
+        log.gap();
+        let mine = Filter { store: None, holder: Some("game-1") };
+        let page = log.read(0, mine, 10);
+        let kinds: Vec<_> = page.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["handoff_requested", "session_ended", "lagged"]);
+        assert_eq!(
+            serde_json::to_value(&page.events[0]).unwrap(),
+            serde_json::json!({"seq": 2, "kind": "handoff_requested", "store": "s", "key": "a",
+                "holder": "game-1", "by": "game-2", "deadline_ms": 7})
+        );
+        assert_eq!((page.events[1].reason, page.events[1].by.as_deref()), (Some("stolen"), Some("x")));
+        assert_eq!(page.next, 5);
+        assert_eq!(log.read(0, Filter { store: Some("t"), holder: Some("game-1") }, 10).events.len(), 1, "lagged only");
     }
 
     #[test]
@@ -260,7 +357,7 @@ mod tests {
         let note = |kind| Notice { store: "s".into(), key: "k".into(), kind };
         log.record(&note(NoticeKind::Released { revision: 4, how: EndKind::Shutdown }));
         log.record(&note(NoticeKind::Deleted));
-        let page = log.read(0, None, 10);
+        let page = log.read(0, Filter::default(), 10);
         assert_eq!((page.events[0].kind, page.events[0].reason), ("released", Some("shutdown")));
         assert_eq!(
             serde_json::to_value(&page.events[1]).unwrap(),

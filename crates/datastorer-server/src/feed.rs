@@ -11,7 +11,7 @@ use futures_util::Stream;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::change_log::ChangeLog;
+use super::change_log::{ChangeLog, Filter};
 
 struct FeedState {
     log: Arc<ChangeLog>,
@@ -43,7 +43,7 @@ pub fn stream(
             if *st.shutdown.borrow() {
                 return None;
             }
-            let page = st.log.read(st.after, st.store.as_deref(), PAGE);
+            let page = st.log.read(st.after, Filter { store: st.store.as_deref(), holder: None }, PAGE);
             let mut text = String::new();
             if page.lagged {
                 let missed = json!({ "after": st.after });

@@ -84,7 +84,7 @@ pub async fn run(
         ds: ds.clone(),
         config: config.clone(),
         stores: Mutex::new(stores),
-        sessions: ClientSessions::new(config.client_lease_ttl, ds.owner_id()),
+        sessions: ClientSessions::new(config.client_lease_ttl, ds.owner_id(), change_log.clone()),
         metrics: Metrics::default(),
         shutdown: shutdown_rx,
         shutting_down: AtomicBool::new(false),
@@ -124,7 +124,14 @@ pub async fn run(
                         Err(refused) => Ok(refused.map_into_right_body()),
                     };
                     drop(in_flight);
-                    let res = res?;
+                    let mut res = res?;
+                    let handoff = res.request().extensions().get::<routes::HandoffNotice>().copied();
+                    if let Some(routes::HandoffNotice(deadline_ms)) = handoff {
+                        res.headers_mut().insert(
+                            actix_web::http::header::HeaderName::from_static("handoff-requested"),
+                            actix_web::http::header::HeaderValue::from(deadline_ms),
+                        );
+                    }
                     let code = res.response().extensions().get::<ErrorCode>().map(|c| c.0);
                     if let Some(code) = code {
                         counted.metrics.count_error(code);

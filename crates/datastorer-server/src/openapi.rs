@@ -132,7 +132,8 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "user_ids": { "type": "array", "items": { "type": "string" } },
                         "revision": { "type": "integer" }, "epoch": { "type": "integer" },
                         "expires_at_ms": { "type": "integer" }, "lease_token": { "type": "string" },
-                        "resumed": { "type": "boolean", "description": "this client_id's own live session, answered again (a retried open)" }
+                        "resumed": { "type": "boolean", "description": "this client_id's own live session, answered again (a retried open)" },
+                        "handoff": { "$ref": "#/components/schemas/Handoff" }
                     }
                 },
                 "OpenSession": {
@@ -142,8 +143,15 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "client_id": { "type": "string", "minLength": 1, "maxLength": 128 },
                         "user_ids": { "type": "array", "items": { "oneOf": [{ "type": "string", "minLength": 1, "maxLength": 128 }, { "type": "integer" }] } },
                         "policy": { "type": "string", "enum": ["fail", "wait", "request_release", "steal"] },
-                        "timeout_ms": { "type": "integer", "minimum": 0, "maximum": max_wait_ms }
+                        "timeout_ms": { "type": "integer", "minimum": 0, "maximum": max_wait_ms },
+                        "grace_ms": { "type": "integer", "minimum": 0, "maximum": crate::routes::MAX_GRACE_MS,
+                            "description": "with policy=request_release only: how long the holder may take to release with its last change before the server saves and hands over" }
                     }
+                },
+                "Handoff": {
+                    "type": "object",
+                    "description": "another client asked for this key: release it (with a final patch) before deadline_ms, or the server saves and hands it over then. Every single-session answer also carries it as the `Handoff-Requested: <deadline_ms>` header",
+                    "properties": { "by": { "type": "string" }, "deadline_ms": { "type": "integer" } }
                 },
                 "BatchOp": {
                     "type": "object",
@@ -188,12 +196,14 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                     "400": err("bad input"), "401": err("unauthenticated"), "403": err("forbidden") } } },
             "/v1/changes/poll": { "get": op("poll_changes", "the change feed as a long poll: answers at once when events after `after` wait, else when one arrives or after `wait_ms`; pass `next` as the following `after` (omit `after` to start from now)",
                 vec![query("after", json!({ "type": "integer", "minimum": 0 })), query("wait_ms", json!({ "type": "integer", "minimum": 0, "maximum": 20000 })),
-                    query("store", json!({ "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" })), query("limit", json!({ "type": "integer", "minimum": 1, "maximum": 1000 }))],
+                    query("store", json!({ "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" })), query("limit", json!({ "type": "integer", "minimum": 1, "maximum": 1000 })),
+                    query("client_id", json!({ "type": "string", "minLength": 1, "maxLength": 128, "description": "only holder notices for this client (handoff_requested, session_ended), plus resync and lagged" }))],
                 None,
                 ok(json!({ "type": "object", "required": ["events", "next", "lagged"], "properties": {
                     "events": { "type": "array", "items": { "type": "object", "required": ["seq", "kind"], "properties": {
                         "seq": { "type": "integer" }, "kind": { "type": "string" }, "store": { "type": "string" }, "key": { "type": "string" },
-                        "revision": { "type": "integer" }, "reason": { "type": "string" } } } },
+                        "revision": { "type": "integer" }, "reason": { "type": "string" }, "holder": { "type": "string" },
+                        "by": { "type": "string" }, "deadline_ms": { "type": "integer" } } } },
                     "next": { "type": "integer", "minimum": 0 },
                     "lagged": { "type": "boolean", "description": "events after `after` were lost: re-read what you cache" } } })),
                 &with(&[])) },
@@ -205,7 +215,8 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                     "results": { "type": "array", "items": { "type": "object", "required": ["status"], "properties": {
                         "status": { "type": "integer" }, "code": { "type": "string" }, "message": { "type": "string" },
                         "revision": { "type": "integer" }, "durable": { "type": "boolean" }, "released": { "type": "boolean" },
-                        "closed": { "type": "boolean" }, "epoch": { "type": "integer" }, "expires_at_ms": { "type": "integer" } } } },
+                        "closed": { "type": "boolean" }, "epoch": { "type": "integer" }, "expires_at_ms": { "type": "integer" },
+                        "handoff": { "$ref": "#/components/schemas/Handoff" } } } },
                     "succeeded": { "type": "integer" }, "failed": { "type": "integer" } } })),
                 &with(&[("413", "body too large, or more than 1000 operations (`too_many_operations`)"), ("415", "wrong content type"), ("503", "shutting down")])) },
             "/v1/clients/{client_id}/renew": { "post": op("renew_client", "renew every session this client_id holds under the caller's API key",
@@ -239,7 +250,8 @@ pub fn document(max_wait: std::time::Duration) -> Value {
             "/v1/stores/{store}/keys/{key}/session": {
                 "post": op("open_session", "open a session (take the lease); policy and timeout_ms may be given in the query or the body, not both with different values", vec![store(), key(),
                         query("policy", json!({ "type": "string", "enum": ["fail", "wait", "request_release", "steal"] })),
-                        query("timeout_ms", json!({ "type": "integer", "minimum": 0, "maximum": max_wait_ms }))],
+                        query("timeout_ms", json!({ "type": "integer", "minimum": 0, "maximum": max_wait_ms })),
+                        query("grace_ms", json!({ "type": "integer", "minimum": 0, "maximum": crate::routes::MAX_GRACE_MS }))],
                     Some(body(json!({ "$ref": "#/components/schemas/OpenSession" }), &["application/json"], false)),
                     ok(json!({ "$ref": "#/components/schemas/Session" })),
                     &with(&[("404", "unknown store (strict stores)"), ("409", "held by another client, or its holder could not save (`holder_could_not_save`)"), ("413", "body too large"), ("415", "wrong content type"), ("422", "the record cannot be migrated or is corrupt"), ("503", "storage unavailable or shutting down")])),

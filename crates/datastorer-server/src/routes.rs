@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::auth::{authorize, Role};
+use super::change_log::Filter;
 use super::config::ServerConfig;
 use super::error::ApiError;
 use super::json::merge_patch;
@@ -241,6 +242,7 @@ enum PolicyKind {
 pub struct OpenQuery {
     policy: Option<PolicyKind>,
     timeout_ms: Option<u64>,
+    grace_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -251,7 +253,12 @@ struct OpenBody {
     user_ids: Vec<Value>,
     policy: Option<PolicyKind>,
     timeout_ms: Option<u64>,
+    grace_ms: Option<u64>,
 }
+
+/// The longest hand-off grace a requester may grant a holder (ProfileStore
+/// gives its holder one save; ten seconds is several round trips).
+pub const MAX_GRACE_MS: u64 = 10_000;
 
 /// One setting given in the query, the body, or both (then they must agree).
 fn one_of<T: PartialEq + std::fmt::Debug>(name: &str, query: Option<T>, body: Option<T>) -> Result<Option<T>> {
@@ -297,8 +304,22 @@ async fn session_view(session: &Session<Value>, grant: &LeaseGrant, with_token: 
     if grant.resumed {
         v["resumed"] = Value::Bool(true);
     }
+    add_notices(&mut v, grant);
     Ok(v)
 }
+
+/// A hand-off asked of this session's holder, in its answers.
+pub(crate) fn add_notices(answer: &mut Value, grant: &LeaseGrant) {
+    if let Some(h) = &grant.handoff {
+        answer["handoff"] = json!({ "by": h.by, "deadline_ms": h.deadline_ms });
+    }
+}
+
+/// Set on a request whose session's holder was asked to hand the key
+/// over; the middleware turns it into a `Handoff-Requested: <deadline_ms>`
+/// header on the answer, so every session route tells the holder.
+#[derive(Clone, Copy)]
+pub struct HandoffNotice(pub u64);
 
 /// `POST /v1/stores/{store}/keys/{key}/session`
 pub async fn open_session(
@@ -325,6 +346,13 @@ pub async fn open_session(
     if timeout_ms.is_some_and(|t| t > max_ms) {
         return Err(ApiError::bad_request("bad_timeout", format!("timeout_ms must be at most {max_ms}")));
     }
+    let grace_ms = one_of("grace_ms", query.grace_ms, body.grace_ms)?;
+    if grace_ms.is_some_and(|g| g > MAX_GRACE_MS) {
+        return Err(ApiError::bad_request("bad_grace", format!("grace_ms must be at most {MAX_GRACE_MS}")));
+    }
+    if grace_ms.is_some() && policy != PolicyKind::RequestRelease {
+        return Err(ApiError::bad_request("bad_grace", "grace_ms goes with policy=request_release only"));
+    }
     let policy = match policy {
         PolicyKind::Fail => AcquirePolicy::Fail,
         PolicyKind::Wait => AcquirePolicy::Wait { timeout },
@@ -344,7 +372,8 @@ pub async fn open_session(
     };
     let user_ids = body.user_ids.iter().map(user_id).collect::<Result<Vec<_>>>()?;
     req.extensions_mut().insert(AccessClient(holder.clone()));
-    let claimant = Claimant { holder, api_key: who.name, resumable };
+    let grace = Duration::from_millis(grace_ms.unwrap_or(0));
+    let claimant = Claimant { holder, api_key: who.name, resumable, grace };
     let (grant, session, waited) = state.sessions.acquire(&store, &key, &claimant, user_ids, policy).await?;
     if let Some(w) = waited {
         state.metrics.observe_lease_wait(w);
@@ -357,6 +386,9 @@ async fn checked(req: &HttpRequest, state: &AppState, path: &(String, String)) -
     state.auth(req, Role::Write)?;
     let (session, grant) = session_of(state, path, token(req)?).await?;
     req.extensions_mut().insert(AccessClient(grant.holder.clone()));
+    if let Some(h) = &grant.handoff {
+        req.extensions_mut().insert(HandoffNotice(h.deadline_ms));
+    }
     Ok((session, grant))
 }
 
@@ -846,6 +878,7 @@ pub struct PollQuery {
     wait_ms: Option<u64>,
     store: Option<String>,
     limit: Option<usize>,
+    client_id: Option<String>,
 }
 
 /// `GET /v1/changes/poll`: the feed for clients that cannot hold a stream
@@ -860,6 +893,10 @@ pub async fn poll_changes(
     state.auth(&req, Role::Read)?;
     let q = query.into_inner();
     store_filter(q.store.as_deref())?;
+    if let Some(c) = &q.client_id {
+        check_client_id(c)?;
+    }
+    let filter = Filter { store: q.store.as_deref(), holder: q.client_id.as_deref() };
     let wait_ms = q.wait_ms.unwrap_or(0);
     if wait_ms > MAX_POLL_WAIT_MS {
         return Err(ApiError::bad_request("bad_wait", format!("wait_ms must be at most {MAX_POLL_WAIT_MS}")));
@@ -873,7 +910,7 @@ pub async fn poll_changes(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut shutdown = state.shutdown.clone();
     loop {
-        let page = log.read(after, q.store.as_deref(), limit);
+        let page = log.read(after, filter, limit);
         after = page.next;
         if !page.events.is_empty() || page.lagged || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
             return Ok(HttpResponse::Ok().json(&page));

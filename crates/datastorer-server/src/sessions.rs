@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use super::auth::tokens_equal;
+use super::change_log::{ChangeLog, HolderNotice};
 use super::error::ApiError;
 use datastorer::{AcquirePolicy, CloseReason, Error, Priority, Session, Store};
 
@@ -33,6 +34,20 @@ struct ClientLease {
     opened_by: String,
     expires_at: Instant,
     session: Session<Value>,
+    /// Another client asked for the key and granted this holder until then
+    /// to release it itself.
+    handoff: Option<Handoff>,
+}
+
+/// A hand-off another client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    /// Who asked.
+    pub by: String,
+    /// When the server saves and hands over unless the holder released
+    /// first (ms since the Unix epoch).
+    pub deadline_ms: u64,
+    deadline: Instant,
 }
 
 impl ClientLease {
@@ -46,6 +61,7 @@ impl ClientLease {
             expires_at_ms: wall_ms_in(ttl),
             holder: self.holder.clone(),
             resumed,
+            handoff: self.handoff.clone(),
         }
     }
 }
@@ -64,6 +80,8 @@ pub struct LeaseGrant {
     /// The open found this client's own live session and answered it (a
     /// retried open after a lost answer) instead of a new one.
     pub resumed: bool,
+    /// Another client asked for the key: release it before the deadline.
+    pub handoff: Option<Handoff>,
 }
 
 /// Who opens a session.
@@ -76,6 +94,10 @@ pub struct Claimant {
     /// Whether an open by the same holder under the same key resumes its
     /// live session (only clients that name themselves can).
     pub resumable: bool,
+    /// With `request_release`: how long the holder may take to release
+    /// the key itself (with its final changes) before the server saves and
+    /// hands over. Zero: at once.
+    pub grace: Duration,
 }
 
 /// How an ending session treats unsaved changes.
@@ -174,6 +196,8 @@ pub struct ClientSessions {
     /// Random per start: a token of this tag and another boot is from
     /// before a restart.
     boot: String,
+    /// Where holder notices go (the change log, read by polls).
+    feed: Arc<ChangeLog>,
 }
 
 fn wall_ms_in(d: Duration) -> u64 {
@@ -236,7 +260,7 @@ fn bad_token() -> ApiError {
 impl ClientSessions {
     /// An empty set for the server running as `owner`; sessions lapse
     /// after `ttl` without a request.
-    pub fn new(ttl: Duration, owner: &str) -> Self {
+    pub fn new(ttl: Duration, owner: &str, feed: Arc<ChangeLog>) -> Self {
         let tag = format!("{:08x}", seahash::hash(owner.as_bytes()) as u32);
         let boot = random_hex(4).unwrap_or_else(|_| format!("{:08x}", now_ms() as u32));
         Self {
@@ -248,6 +272,7 @@ impl ClientSessions {
             lapses: Default::default(),
             tag,
             boot,
+            feed,
         }
     }
 
@@ -261,20 +286,28 @@ impl ClientSessions {
     }
 
     /// Remembers that the session behind `token` on `key` ended.
-    fn record_end(&self, token: &str, key: &Key, reason: EndReason, taken_over_by: Option<String>) {
+    /// A session its holder did not end itself is announced to the holder
+    /// (`session_ended` in the feed, filtered by its client id).
+    fn record_end(&self, token: &str, holder: &str, key: &Key, reason: EndReason, taken_over_by: Option<String>) {
         if reason == EndReason::Expired {
             self.lapses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         debug!(target: "datastorer::server", store = %key.0, key = %key.1, reason = reason.as_str(), "client session ended");
         let mut log = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        let ended = Ended { key: key.clone(), reason, taken_over_by, ended_at_ms: now_ms() };
-        if log.by_token.insert(token.to_owned(), ended).is_none() {
+        let ended = Ended { key: key.clone(), reason, taken_over_by: taken_over_by.clone(), ended_at_ms: now_ms() };
+        let first = log.by_token.insert(token.to_owned(), ended).is_none();
+        if first {
             log.order.push_back(token.to_owned());
         }
         while log.order.len() > ENDED_KEPT {
             if let Some(old) = log.order.pop_front() {
                 log.by_token.remove(&old);
             }
+        }
+        drop(log);
+        if first && !matches!(reason, EndReason::Released | EndReason::Closed) {
+            let notice = HolderNotice::SessionEnded { reason: reason.as_str(), by: taken_over_by };
+            self.feed.notify_holder(&key.0, &key.1, holder, notice);
         }
     }
 
@@ -345,17 +378,17 @@ impl ClientSessions {
             let lock = self.key_lock(&k);
             let guard = lock.lock().await;
             let current = self.map().remove(&k);
-            if let Some(cur) = current {
+            if let Some(mut cur) = current {
                 let engine_end = cur.session.close_reason();
                 let live = cur.expires_at > Instant::now() && engine_end.is_none();
                 if let Some(reason) = engine_end {
                     // Ended under the client (a steal elsewhere, a forced delete).
-                    self.record_end(&cur.token, &k, EndReason::of(&reason), None);
+                    self.record_end(&cur.token, &cur.holder, &k, EndReason::of(&reason), None);
                 } else if !live {
                     info!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, "client lease lapsed: saving its session");
                     // Recorded before the end, so a request arriving meanwhile
                     // already learns why (the map no longer has the session).
-                    self.record_end(&cur.token, &k, EndReason::Expired, Some(holder.to_owned()));
+                    self.record_end(&cur.token, &cur.holder, &k, EndReason::Expired, Some(holder.to_owned()));
                     if let Err(e) = cur.session.release_as(Priority::Normal, CloseReason::Expired).await {
                         return Err(self.keep(k, cur, e));
                     }
@@ -363,7 +396,6 @@ impl ClientSessions {
                     // The same client asked again (its first answer was
                     // lost): it gets its session back, not a 409 from a
                     // lock it holds itself. Its client lease renews.
-                    let mut cur = cur;
                     for id in user_ids {
                         if let Err(e) = cur.session.add_user_id(id).await {
                             self.map().insert(k.clone(), cur);
@@ -383,15 +415,33 @@ impl ClientSessions {
                             return Err(e);
                         }
                         AcquirePolicy::Steal => {
-                            self.record_end(&cur.token, &k, EndReason::Stolen, Some(holder.to_owned()));
+                            self.record_end(&cur.token, &cur.holder, &k, EndReason::Stolen, Some(holder.to_owned()));
                             if let Err(e) = cur.session.close_as(CloseReason::Stolen).await {
                                 let e = ApiError::from(e);
                                 self.map().insert(k.clone(), cur);
                                 return Err(e);
                             }
                         }
+                        AcquirePolicy::RequestRelease { .. } if self.grants_grace(&mut cur, &k, who, deadline) => {
+                            // The holder has until the hand-off deadline to
+                            // release with its last change; its release (or
+                            // the deadline) wakes this requester.
+                            let grace_ends = cur.handoff.as_ref().map_or(started, |h| h.deadline);
+                            let notified = self.released.notified();
+                            self.map().insert(k.clone(), cur);
+                            drop(guard);
+                            let _ = tokio::time::timeout_at(grace_ends, notified).await;
+                            waited = Some(started.elapsed());
+                            continue;
+                        }
                         AcquirePolicy::RequestRelease { .. } => {
-                            self.record_end(&cur.token, &k, EndReason::ReleaseRequested, Some(holder.to_owned()));
+                            self.record_end(
+                                &cur.token,
+                                &cur.holder,
+                                &k,
+                                EndReason::ReleaseRequested,
+                                Some(holder.to_owned()),
+                            );
                             if let Err(e) =
                                 cur.session.release_as(Priority::Emergency, CloseReason::ReleaseRequested).await
                             {
@@ -435,6 +485,7 @@ impl ClientSessions {
                 expires_at_ms: wall_ms_in(self.ttl),
                 holder: holder.to_owned(),
                 resumed: false,
+                handoff: None,
             };
             self.map().insert(
                 k,
@@ -445,11 +496,34 @@ impl ClientSessions {
                     opened_by: opened_by.to_owned(),
                     expires_at: Instant::now() + self.ttl,
                     session: session.clone(),
+                    handoff: None,
                 },
             );
             drop(guard);
             return Ok((grant, session, waited));
         }
+    }
+
+    /// Whether the holder `cur` is (still) within a hand-off grace period:
+    /// the first request that grants one starts it (bounded by the
+    /// requester's own timeout) and tells the holder; later requesters
+    /// wait for the same deadline rather than extending it.
+    fn grants_grace(&self, cur: &mut ClientLease, k: &Key, who: &Claimant, deadline: Option<Instant>) -> bool {
+        let now = Instant::now();
+        if let Some(h) = &cur.handoff {
+            return h.deadline > now;
+        }
+        let grace = who.grace.min(deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(now)));
+        if grace.is_zero() {
+            return false;
+        }
+        let handoff = Handoff { by: who.holder.clone(), deadline_ms: wall_ms_in(grace), deadline: now + grace };
+        info!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, by = %who.holder,
+            grace_ms = grace.as_millis() as u64, "hand-off requested: the holder may release first");
+        let notice = HolderNotice::HandoffRequested { by: handoff.by.clone(), deadline_ms: handoff.deadline_ms };
+        self.feed.notify_holder(&k.0, &k.1, &cur.holder, notice);
+        cur.handoff = Some(handoff);
+        true
     }
 
     /// A holder whose session could not end keeps it, untouched: answers
@@ -487,7 +561,7 @@ impl ClientSessions {
             drop(map);
             self.released.notify_waiters();
             if let Some(cur) = cur {
-                self.record_end(&cur.token, &k, EndReason::of(&reason), None);
+                self.record_end(&cur.token, &cur.holder, &k, EndReason::of(&reason), None);
             }
             return Err(self.ended(&k, token).map_or_else(bad_token, |e| ended_error(&e)));
         }
@@ -519,7 +593,7 @@ impl ClientSessions {
         let k: Key = (store.to_owned(), key.to_owned());
         let lock = self.key_lock(&k);
         let _guard = lock.lock().await;
-        let (session, _) = self.check(store, key, token)?;
+        let (session, grant) = self.check(store, key, token)?;
         let result = match ending {
             Ending::Release(p) => session.release(p).await,
             Ending::Close => session.close().await,
@@ -532,7 +606,7 @@ impl ClientSessions {
                 };
                 // Recorded before the session leaves the map: no request in
                 // between finds neither.
-                self.record_end(token, &k, reason, None);
+                self.record_end(token, &grant.holder, &k, reason, None);
                 self.map().remove(&k);
                 self.released.notify_waiters();
                 Ok(outcome.revision)
@@ -561,7 +635,7 @@ impl ClientSessions {
             // back below is found in the map first).
             for (k, lease) in &expired {
                 let reason = lease.session.close_reason().map_or(EndReason::Expired, |r| EndReason::of(&r));
-                self.record_end(&lease.token, k, reason, None);
+                self.record_end(&lease.token, &lease.holder, k, reason, None);
             }
             expired
         };
@@ -575,7 +649,7 @@ impl ClientSessions {
             match lease.session.release_as(Priority::Normal, CloseReason::Expired).await {
                 Ok(_) => n += 1,
                 Err(Error::SessionClosed { reason, .. }) => {
-                    self.record_end(&lease.token, &k, EndReason::of(&reason), None);
+                    self.record_end(&lease.token, &lease.holder, &k, EndReason::of(&reason), None);
                     n += 1;
                 }
                 Err(e) => {

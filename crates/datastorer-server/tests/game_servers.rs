@@ -243,3 +243,129 @@ async fn renewing_by_client_id_renews_that_clients_sessions_under_that_api_key_o
     let r = c.post(s.url("/v1/clients/game-1/renew")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// The feed's cursor now, for `client_id`.
+async fn cursor(c: &Client, s: &Server, client: &str) -> u64 {
+    let (_, v) = call(c, s, Method::GET, &format!("/v1/changes/poll?client_id={client}"), None, None).await;
+    v["next"].as_u64().unwrap_or_else(|| panic!("{v}"))
+}
+
+async fn poll(c: &Client, s: &Server, client: &str, after: u64, wait_ms: u64) -> Value {
+    let url = format!("/v1/changes/poll?client_id={client}&after={after}&wait_ms={wait_ms}");
+    let (st, v) = call(c, s, Method::GET, &url, None, None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn a_holder_asked_for_its_key_learns_it_and_hands_over_with_its_last_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "7");
+    let (_, v) = open(&c, &s, "profiles", "7", json!({"client_id": "game-1"})).await;
+    let t = token_of(&v);
+    let (st, _) = call(&c, &s, Method::PATCH, &format!("{k}/session/data"), Some(&t), Some(json!({"coins": 1}))).await;
+    assert_eq!(st, StatusCode::OK);
+    let after = cursor(&c, &s, "game-1").await;
+
+    // game-2 asks, granting ten seconds; its open waits for the hand-off.
+    let teleport = {
+        let (c, url) = (c.clone(), s.url(&format!("{k}/session")));
+        tokio::spawn(async move {
+            let body =
+                json!({"client_id": "game-2", "policy": "request_release", "grace_ms": 10000, "timeout_ms": 15000});
+            let r = c.post(url).json(&body).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        })
+    };
+
+    // game-1 hears it without polling its key: in its own feed...
+    let page = poll(&c, &s, "game-1", after, 10_000).await;
+    let ev = &page["events"][0];
+    assert_eq!(
+        (ev["kind"].clone(), ev["key"].clone(), ev["holder"].clone(), ev["by"].clone()),
+        (json!("handoff_requested"), json!("7"), json!("game-1"), json!("game-2")),
+        "{page}"
+    );
+    let deadline = ev["deadline_ms"].as_u64().unwrap();
+    assert!(poll(&c, &s, "game-2", after, 0).await["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["holder"] != "game-1"));
+    // ...and on the answer to any request on the session.
+    let r = c.post(s.url(&format!("{k}/session/renew"))).header("Lease-Token", &t).send().await.unwrap();
+    let notice = r.headers().get("handoff-requested").map(|h| h.to_str().unwrap().to_owned());
+    assert_eq!(notice, Some(deadline.to_string()), "the renew's answer carries the notice");
+    let (_, v) = batch(&c, &s, json!([{"op": "renew", "store": "profiles", "key": "7", "lease_token": t}])).await;
+    assert_eq!(v["results"][0]["handoff"], json!({"by": "game-2", "deadline_ms": deadline}), "{v}");
+    assert!(!teleport.is_finished(), "the key is not handed over while the holder has its grace");
+
+    // Its last change goes with the release, and game-2 gets it.
+    let (_, v) = batch(
+        &c,
+        &s,
+        json!([{"op": "release", "store": "profiles", "key": "7", "lease_token": t, "data": {"coins": 2, "left": "teleport"}}]),
+    )
+    .await;
+    assert_eq!(v["results"][0]["released"], true, "{v}");
+    let (st, v) = teleport.await.unwrap();
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!((v["data"].clone(), v["epoch"].clone()), (json!({"coins": 2, "left": "teleport"}), json!(2)));
+    assert!(v.get("handoff").is_none(), "the new holder's session has no hand-off pending");
+}
+
+#[tokio::test]
+async fn a_holder_that_lets_the_grace_pass_is_saved_handed_over_and_told_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "8");
+    let (_, v) = open(&c, &s, "profiles", "8", json!({"client_id": "game-1"})).await;
+    let t = token_of(&v);
+    call(&c, &s, Method::PATCH, &format!("{k}/session/data"), Some(&t), Some(json!({"coins": 1}))).await;
+    let after = cursor(&c, &s, "game-1").await;
+
+    let body = json!({"client_id": "game-2", "policy": "request_release", "grace_ms": 200, "timeout_ms": 5000});
+    let (st, v) = open(&c, &s, "profiles", "8", body).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"], json!({"coins": 1}), "the silent holder's change was saved at the deadline");
+
+    let (st, v) = call(&c, &s, Method::POST, &format!("{k}/session/save"), Some(&t), None).await;
+    assert_eq!(
+        (st, v["reason"].clone(), v["taken_over_by"].clone()),
+        (StatusCode::GONE, json!("release_requested"), json!("game-2"))
+    );
+    let page = poll(&c, &s, "game-1", after, 10_000).await;
+    let kinds: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["handoff_requested", "session_ended"], "{page}");
+    assert_eq!(
+        (page["events"][1]["reason"].clone(), page["events"][1]["by"].clone()),
+        (json!("release_requested"), json!("game-2"))
+    );
+}
+
+#[tokio::test]
+async fn hand_off_and_holder_feed_inputs_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    for (body, code) in [
+        (json!({"policy": "request_release", "grace_ms": 10001}), "bad_grace"),
+        (json!({"policy": "fail", "grace_ms": 10}), "bad_grace"),
+        (json!({"grace_ms": 10}), "bad_grace"),
+        (json!({"policy": "request_release", "grace_ms": -1}), "bad_request_body"),
+    ] {
+        let (st, v) = open(&c, &s, "profiles", "9", body.clone()).await;
+        assert_eq!((st, v["code"].clone()), (StatusCode::BAD_REQUEST, json!(code)), "{body}: {v}");
+    }
+    let url = format!("{}/session?policy=request_release&grace_ms=5", key_url("profiles", "9"));
+    let (st, v) = call(&c, &s, Method::POST, &url, None, Some(json!({"grace_ms": 6}))).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::BAD_REQUEST, json!("conflicting_parameters")));
+    let (_, view) = call(&c, &s, Method::GET, &key_url("profiles", "9"), None, None).await;
+    assert_eq!(view["code"], "no_such_key", "no refused open created the key: {view}");
+    let long = "x".repeat(129);
+    let (st, v) = call(&c, &s, Method::GET, &format!("/v1/changes/poll?client_id={long}"), None, None).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::BAD_REQUEST, json!("bad_client_id")));
+}
