@@ -49,6 +49,16 @@ pub enum Error {
         expires_at_ms: u64,
     },
 
+    /// A conditional one-shot update found the stored record changed since
+    /// the version it was conditioned on (`If-Match`), or absent.
+    #[error("key `{key}` in store `{store}` changed since the version the update was conditioned on")]
+    PreconditionFailed {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+    },
+
     /// A write failed its fencing check: another owner took the lease.
     #[error("lease on key `{key}` in store `{store}` was lost to a newer holder")]
     LeaseLost {

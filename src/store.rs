@@ -184,6 +184,9 @@ pub(crate) struct StoreShared<T: Document> {
     def: Arc<StoreDef<T>>,
     fingerprint: Fingerprint,
     keys: Mutex<HashMap<Arc<str>, KeyEntry<T>>>,
+    /// Keys in a one-shot update (`update_unleased`) right now: a second
+    /// one waits for the first instead of failing on its lease.
+    one_shots: Mutex<std::collections::HashSet<String>>,
 }
 
 impl<T: Document> std::ops::Deref for StoreShared<T> {
@@ -302,6 +305,7 @@ impl<T: Document> Store<T> {
                 }),
                 fingerprint,
                 keys: Mutex::new(HashMap::new()),
+                one_shots: Mutex::new(std::collections::HashSet::new()),
             }
         });
         stores.insert(name.to_owned(), shared.clone());
@@ -447,7 +451,93 @@ impl<T: Document> Store<T> {
         }
     }
 
-    async fn open_key(self, key: String, user_ids: Vec<String>, policy: AcquirePolicy) -> Result<Session<T>, Error> {
+    /// Opens `key`. `exclusive`: refuse (`LeaseHeld`, held by this
+    /// instance) rather than answer a session this instance already has
+    /// open, decided under the key table's lock.
+    /// Changes the document of `key` without keeping a session (Roblox's
+    /// `UpdateAsync`, PPDB's `update(key, fn)`): takes the lease, loads,
+    /// migrates and reconciles as an open does, applies `change`, saves and
+    /// releases, answering once durable. A key nobody has stored yet starts
+    /// from the template. Refused with `LeaseHeld` while a session holds
+    /// the key (here or in another process); another one-shot update of the
+    /// same key on this instance is waited for (a bounded number of tries).
+    ///
+    /// `expected` makes it conditional (HTTP's `If-Match`): when the stored
+    /// record is no longer at that epoch and revision (or is absent), nothing
+    /// changes and the answer is `PreconditionFailed`. When the save fails,
+    /// the change is dropped with the lease and the error answered.
+    pub async fn update_unleased<R: Send + 'static>(
+        &self,
+        key: impl Into<Key>,
+        expected: Option<crate::storage::RecordHeader>,
+        change: impl FnOnce(&mut T) -> R + Send + 'static,
+    ) -> Result<Updated<R>, Error> {
+        let key = key.into().0;
+        validate_key(&key)?;
+        let name = self.shared.name.to_string();
+        let failed = || Error::PreconditionFailed { store: name.clone(), key: key.clone() };
+        let before = match expected {
+            Some(want) => {
+                let now = self.inspect(key.as_str()).await?.ok_or_else(failed)?;
+                if now.header != want {
+                    return Err(failed());
+                }
+                Some(want)
+            }
+            None => None,
+        };
+        let _turn = self.one_shot_turn(&key).await?;
+        let session = self.clone().open_key(key.clone(), Vec::new(), AcquirePolicy::Fail, true).await?;
+        let lease = session.lease().await?;
+        // The acquire is the one write since the record read as `expected`
+        // exactly when it made the revision one more.
+        if before.is_some_and(|b| lease.revision != b.revision + 1) {
+            let _ = session.close().await;
+            return Err(failed());
+        }
+        let value = match session.update(change).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = session.close().await;
+                return Err(e);
+            }
+        };
+        match session.release(Priority::Normal).await {
+            Ok(outcome) => Ok(Updated { value, epoch: lease.epoch, revision: outcome.revision }),
+            Err(e) => {
+                // No session is left behind holding the key: the caller is
+                // told the update failed and may try again.
+                let _ = session.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits (bounded) until no other one-shot update of `key` runs here,
+    /// then holds the turn until the answer is dropped.
+    async fn one_shot_turn(&self, key: &str) -> Result<OneShotTurn<T>, Error> {
+        for tries in 1..=200u64 {
+            let free = self.shared.one_shots.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned());
+            if free {
+                return Ok(OneShotTurn { store: self.shared.clone(), key: key.to_owned() });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(tries.min(20))).await;
+        }
+        Err(Error::LeaseHeld {
+            store: self.shared.name.to_string(),
+            key: key.to_owned(),
+            holder: self.shared.engine.owner.to_string(),
+            expires_at_ms: 0,
+        })
+    }
+
+    async fn open_key(
+        self,
+        key: String,
+        user_ids: Vec<String>,
+        policy: AcquirePolicy,
+        exclusive: bool,
+    ) -> Result<Session<T>, Error> {
         validate_key(&key)?;
         let shared = &self.shared;
         let mut stopped = 0;
@@ -458,6 +548,14 @@ impl<T: Document> Store<T> {
             let (addr, key_arc, closed, created) = {
                 let mut keys = shared.keys();
                 match keys.get_key_value(key.as_str()) {
+                    Some((_, e)) if exclusive && e.closed.is_open() => {
+                        return Err(Error::LeaseHeld {
+                            store: shared.name.to_string(),
+                            key,
+                            holder: shared.engine.owner.to_string(),
+                            expires_at_ms: 0,
+                        });
+                    }
                     Some((k, e)) => (e.addr.clone(), k.clone(), e.closed.clone(), false),
                     None => {
                         let key_arc: Arc<str> = Arc::from(key.as_str());
@@ -509,6 +607,30 @@ impl<T: Document> Store<T> {
     }
 }
 
+/// A one-shot update's turn on its key; given back when dropped.
+struct OneShotTurn<T: Document> {
+    store: Arc<StoreShared<T>>,
+    key: String,
+}
+
+impl<T: Document> Drop for OneShotTurn<T> {
+    fn drop(&mut self) {
+        self.store.one_shots.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+/// What [`Store::update_unleased`] answers: the change's own answer and
+/// the record's header once durable (epoch and revision: its `ETag`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Updated<R> {
+    /// What the change returned.
+    pub value: R,
+    /// The epoch the update held the key under.
+    pub epoch: u64,
+    /// The revision it made durable.
+    pub revision: u64,
+}
+
 /// A pending `open`; await it.
 pub struct OpenRequest<T: Document> {
     store: Store<T>,
@@ -540,6 +662,6 @@ impl<T: Document> IntoFuture for OpenRequest<T> {
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.store.open_key(self.key, self.user_ids, self.policy))
+        Box::pin(self.store.open_key(self.key, self.user_ids, self.policy, false))
     }
 }

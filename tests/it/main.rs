@@ -14,6 +14,7 @@ mod harness;
 mod lease_safety;
 mod leases;
 mod migrations;
+mod one_shot;
 mod pg_faults;
 mod postgres;
 mod queue;

@@ -150,6 +150,9 @@ impl From<Error> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "migration_failed", message)
             }
             Error::StoreConflict { .. } => ApiError::conflict("store_conflict", message),
+            Error::PreconditionFailed { .. } => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", message)
+            }
             Error::Cancelled { .. } | Error::Storage { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", message)
             }

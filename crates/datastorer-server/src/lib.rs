@@ -13,6 +13,7 @@ pub mod auth;
 pub mod batch;
 pub mod change_log;
 pub mod cli;
+pub mod conditional;
 pub mod config;
 pub mod error;
 pub mod feed;

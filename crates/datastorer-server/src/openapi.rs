@@ -92,7 +92,28 @@ pub fn document(max_wait: std::time::Duration) -> Value {
         ("415", "wrong content type"),
         ("503", "storage unavailable or shutting down"),
     ]);
+    let if_match = || {
+        json!({ "name": "If-Match", "in": "header", "required": false,
+        "description": "`*` or entity tags (`\"3.17\"`): only if the stored record is still that version (412 otherwise)", "schema": { "type": "string" } })
+    };
+    let unleased = json!({ "type": "object", "required": ["revision", "epoch", "durable"], "properties": {
+        "data": {}, "revision": { "type": "integer" }, "epoch": { "type": "integer" }, "durable": { "type": "boolean" } } });
+    let unleased_errs = with(&[
+        ("404", "unknown store (strict stores)"),
+        ("409", "a session holds the key (`lease_held`, with `holder`)"),
+        ("412", "the record changed since the If-Match version, or does not exist (`precondition_failed`)"),
+        ("413", "body too large, or the document would be"),
+        ("415", "wrong content type"),
+        ("422", "the record cannot be migrated or is corrupt"),
+        ("503", "storage unavailable or shutting down"),
+    ]);
     let any = json!({});
+    let mut view_get = op("view_key", "read the stored record without a lease; `ETag: \"EPOCH.REVISION\"`, and `If-None-Match` with that tag answers 304 without a body",
+                        vec![store(), key(), json!({ "name": "If-None-Match", "in": "header", "required": false, "schema": { "type": "string" } })], None,
+                        ok(json!({ "$ref": "#/components/schemas/Record" })),
+                        &with(&[("404", "no such key or store"), ("422", "corrupt record"), ("503", "storage unavailable")]));
+    view_get["responses"]["304"] = json!({ "description": "not modified: the tag sent is the stored version" });
+
     let object = json!({ "type": "object" });
     let session_ops = |extra: Vec<Value>| -> Vec<Value> {
         let mut p = vec![store(), key(), token()];
@@ -240,9 +261,15 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                 ok(json!({ "type": "object", "required": ["keys"], "properties": { "keys": { "type": "array", "items": { "type": "string" } }, "next_cursor": { "type": "string", "nullable": true } } })),
                 &with(&[("404", "unknown store (strict stores)"), ("503", "storage unavailable")])) },
             "/v1/stores/{store}/keys/{key}": {
-                "get": op("view_key", "read the stored record without a lease", vec![store(), key()], None,
-                    ok(json!({ "$ref": "#/components/schemas/Record" })),
-                    &with(&[("404", "no such key or store"), ("422", "corrupt record"), ("503", "storage unavailable")])),
+                "get": view_get,
+                "patch": op("patch_unleased", "one-shot merge patch of a key no session holds (takes the lease, saves, releases); `If-Match` makes it conditional; answers once durable with the new `ETag`",
+                    vec![store(), key(), if_match(), prefer()],
+                    Some(body(any.clone(), &["application/merge-patch+json", "application/json"], true)),
+                    ok(unleased.clone()), &unleased_errs),
+                "put": op("put_unleased", "one-shot replace of the document of a key no session holds; `If-Match` makes it conditional",
+                    vec![store(), key(), if_match(), prefer()],
+                    Some(body(any.clone(), &["application/json"], true)),
+                    ok(unleased.clone()), &unleased_errs),
                 "delete": op("delete_key", "delete a key (admin)", vec![store(), key(), query("force", json!({ "type": "boolean" }))], None,
                     ok(json!({ "type": "object", "properties": { "deleted": { "type": "boolean" } } })),
                     &with(&[("404", "no such key or store"), ("409", "the key is leased"), ("422", "corrupt record"), ("503", "storage unavailable")]))

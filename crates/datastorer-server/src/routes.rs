@@ -709,10 +709,15 @@ pub async fn view_key(
     let (store_name, key) = path.into_inner();
     let store = state.store(&store_name)?;
     check_key(&key)?;
+    let if_none_match = super::conditional::condition(&req, actix_web::http::header::IF_NONE_MATCH)?;
     let Some(rec) = store.inspect(key.as_str()).await? else {
         return Err(ApiError::not_found("no_such_key", format!("no record for key {key:?} in store {store_name:?}")));
     };
-    Ok(HttpResponse::Ok().json(json!({
+    let tag = super::conditional::etag(rec.header);
+    if if_none_match.is_some_and(|c| c.matches_weak(&tag)) {
+        return Ok(HttpResponse::NotModified().insert_header((actix_web::http::header::ETAG, tag)).finish());
+    }
+    Ok(HttpResponse::Ok().insert_header((actix_web::http::header::ETAG, tag)).json(json!({
         "store": store_name,
         "key": key,
         "data": json_or_raw(&rec.data),
@@ -996,7 +1001,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::delete().to(close)),
             ),
     )
-    .service(r("/v1/stores/{store}/keys/{key}").route(web::get().to(view_key)).route(web::delete().to(delete_key)))
+    .service(
+        r("/v1/stores/{store}/keys/{key}")
+            .route(web::get().to(view_key))
+            .route(web::delete().to(delete_key))
+            .route(web::patch().to(super::conditional::patch_unleased))
+            .route(web::put().to(super::conditional::put_unleased)),
+    )
     .service(r("/v1/stores/{store}/keys").route(web::get().to(list_keys)))
     .service(r("/v1/stores/{store}").route(web::get().to(describe_store)))
     .service(r("/healthz").route(web::get().to(healthz)))

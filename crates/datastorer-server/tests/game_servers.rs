@@ -369,3 +369,83 @@ async fn hand_off_and_holder_feed_inputs_are_checked() {
     let (st, v) = call(&c, &s, Method::GET, &format!("/v1/changes/poll?client_id={long}"), None, None).await;
     assert_eq!((st, v["code"].clone()), (StatusCode::BAD_REQUEST, json!("bad_client_id")));
 }
+
+#[tokio::test]
+async fn reads_carry_an_etag_and_a_cached_read_is_a_304() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let url = s.url(&key_url("profiles", "gift"));
+    let r = c.patch(&url).json(&json!({"coins": 1})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let written = r.headers()["etag"].to_str().unwrap().to_owned();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["durable"].clone(), v["data"].clone()), (json!(true), json!({"coins": 1})));
+    assert_eq!(written, format!("\"{}.{}\"", v["epoch"], v["revision"]));
+
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), written, "the read names the version the write made");
+    let r = c.get(&url).header("If-None-Match", &written).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), written);
+    assert!(r.bytes().await.unwrap().is_empty(), "a cached read costs no body");
+    let r = c.get(&url).header("If-None-Match", format!("\"0.0\", W/{written}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "If-None-Match compares weakly, in a list");
+    let r = c.get(&url).header("If-None-Match", "\"0.0\"").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = c.get(&url).header("If-None-Match", "nonsense").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_sessionless_update_is_conditional_and_refused_while_the_key_is_held() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let url = s.url(&key_url("profiles", "p"));
+    let r = c.put(&url).json(&json!({"coins": 1, "bag": {"a": 1}})).send().await.unwrap();
+    let first = r.headers()["etag"].to_str().unwrap().to_owned();
+    let r = c
+        .patch(&url)
+        .header("If-Match", &first)
+        .header("content-type", "application/merge-patch+json")
+        .header("Prefer", "return=minimal")
+        .body(r#"{"bag": {"a": null, "b": 2}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let second = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(r.json::<Value>().await.unwrap().get("data").is_none(), "return=minimal");
+
+    // A writer that read the first version loses, and changes nothing.
+    let r = c.patch(&url).header("If-Match", &first).json(&json!({"coins": 99})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "precondition_failed");
+    let r =
+        c.patch(s.url(&key_url("profiles", "absent"))).header("If-Match", "*").json(&json!({})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED, "If-Match: * needs a stored record");
+    let (_, v) = call(&c, &s, Method::GET, &key_url("profiles", "absent"), None, None).await;
+    assert_eq!(v["code"], "no_such_key");
+    for (header, body, ctype, want) in [
+        ("If-Match", "1.2", "application/json", StatusCode::BAD_REQUEST),
+        ("X-None", "", "application/json", StatusCode::BAD_REQUEST),
+        ("X-None", "[1", "application/json", StatusCode::BAD_REQUEST),
+        ("X-None", "{}", "text/plain", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    ] {
+        let r = c.patch(&url).header(header, "1.2").header("content-type", ctype).body(body).send().await.unwrap();
+        assert_eq!(r.status(), want, "{header} {body:?} {ctype}");
+    }
+
+    // Held by a client: 409 naming it, the session untouched.
+    let (_, v) = open(&c, &s, "profiles", "p", json!({"client_id": "game-1"})).await;
+    assert_eq!(v["data"], json!({"coins": 1, "bag": {"b": 2}}));
+    let r = c.patch(&url).json(&json!({"coins": 5})).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["code"].clone(), v["holder"].clone()), (json!("lease_held"), json!("game-1")));
+    let r = c.get(&url).header("If-None-Match", &second).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "taking the lease is a write: a new version");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"], json!({"coins": 1, "bag": {"b": 2}}), "no refused write changed the document");
+}

@@ -1022,6 +1022,8 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/stores/{store}/keys", "get"),
         ("/v1/stores/{store}/keys/{key}", "get"),
         ("/v1/stores/{store}/keys/{key}", "delete"),
+        ("/v1/stores/{store}/keys/{key}", "patch"),
+        ("/v1/stores/{store}/keys/{key}", "put"),
         ("/v1/stores/{store}/keys/{key}/session", "post"),
         ("/v1/stores/{store}/keys/{key}/session", "get"),
         ("/v1/stores/{store}/keys/{key}/session", "delete"),
