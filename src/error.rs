@@ -59,6 +59,17 @@ pub enum Error {
         key: String,
     },
 
+    /// A key's inbox holds as many messages as it may.
+    #[error("the inbox of key `{key}` in store `{store}` is full ({limit} messages wait); the holder must acknowledge some first")]
+    InboxFull {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// Most messages an inbox holds.
+        limit: usize,
+    },
+
     /// A write failed its fencing check: another owner took the lease.
     #[error("lease on key `{key}` in store `{store}` was lost to a newer holder")]
     LeaseLost {

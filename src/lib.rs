@@ -55,6 +55,7 @@ mod config;
 mod engine;
 pub(crate) mod epoch_floor;
 mod error;
+mod inbox;
 mod lease;
 mod messages;
 mod migration;
@@ -92,6 +93,7 @@ use crate::registry::Registry;
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
 pub use crate::error::Error;
+pub use crate::inbox::{inbox_store_name, Inbox, Message, INBOX_SUFFIX, MAX_INBOX_MESSAGES};
 pub use crate::migration::Migration;
 pub use crate::report::{ReleaseReport, ShutdownReport};
 pub use crate::retry::RetryConfig;

@@ -312,6 +312,10 @@ impl<T: Document> Store<T> {
         Ok(Store { shared })
     }
 
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.shared.engine
+    }
+
     /// The store's name.
     pub fn name(&self) -> &str {
         &self.shared.name

@@ -13,6 +13,7 @@ mod fault_tolerance;
 mod harness;
 mod lease_safety;
 mod leases;
+mod messages;
 mod migrations;
 mod one_shot;
 mod pg_faults;

@@ -31,7 +31,7 @@ pub struct Event {
     /// `saved`, `released`, `closed`, `stolen`, `expired`, `deleted`,
     /// `release_requested`, `resync` (drop every cache), `lagged` (the
     /// log missed notices here), or a holder notice: `handoff_requested`,
-    /// `session_ended`.
+    /// `messages`, `session_ended`.
     pub kind: &'static str,
     /// Store of the key (absent for `resync` and `lagged`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,6 +102,8 @@ pub enum HolderNotice {
         /// When the server hands over.
         deadline_ms: u64,
     },
+    /// Messages wait in the key's inbox.
+    Messages,
     /// The session ended without its holder ending it.
     SessionEnded {
         /// `stolen`, `release_requested`, `expired`, `deleted`, `shutdown`, …
@@ -183,6 +185,7 @@ impl ChangeLog {
                 (e.by, e.deadline_ms) = (Some(by), Some(deadline_ms));
                 e
             }
+            HolderNotice::Messages => Event::keyed("messages", store, key),
             HolderNotice::SessionEnded { reason, by } => {
                 let mut e = Event::keyed("session_ended", store, key);
                 (e.reason, e.by) = (Some(reason), by);

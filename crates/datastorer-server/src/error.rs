@@ -150,6 +150,9 @@ impl From<Error> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "migration_failed", message)
             }
             Error::StoreConflict { .. } => ApiError::conflict("store_conflict", message),
+            Error::InboxFull { limit, .. } => {
+                ApiError::conflict("inbox_full", message).with(json!({ "max_messages": limit }))
+            }
             Error::PreconditionFailed { .. } => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", message)
             }

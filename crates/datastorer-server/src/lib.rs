@@ -19,6 +19,7 @@ pub mod error;
 pub mod feed;
 pub mod json;
 pub mod log_writer;
+pub mod messages;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -126,12 +127,17 @@ pub async fn run(
                     };
                     drop(in_flight);
                     let mut res = res?;
-                    let handoff = res.request().extensions().get::<routes::HandoffNotice>().copied();
-                    if let Some(routes::HandoffNotice(deadline_ms)) = handoff {
-                        res.headers_mut().insert(
-                            actix_web::http::header::HeaderName::from_static("handoff-requested"),
-                            actix_web::http::header::HeaderValue::from(deadline_ms),
-                        );
+                    let notices = res.request().extensions().get::<routes::SessionNotices>().copied();
+                    if let Some(n) = notices {
+                        use actix_web::http::header::{HeaderName, HeaderValue};
+                        if let Some(deadline_ms) = n.handoff_deadline_ms {
+                            res.headers_mut()
+                                .insert(HeaderName::from_static("handoff-requested"), HeaderValue::from(deadline_ms));
+                        }
+                        if n.messages_waiting {
+                            res.headers_mut()
+                                .insert(HeaderName::from_static("messages-waiting"), HeaderValue::from_static("1"));
+                        }
                     }
                     let code = res.response().extensions().get::<ErrorCode>().map(|c| c.0);
                     if let Some(code) = code {
@@ -175,6 +181,7 @@ pub async fn run(
     let handle = server.handle();
     actix_web::rt::spawn(stop_on(shutdown, state.clone(), ds.clone(), handle, shutdown_tx));
     actix_web::rt::spawn(sweep_forever(state.clone()));
+    actix_web::rt::spawn(messages::watch(state.clone(), ds.changes()));
     server.await.map_err(|e| format!("server failed: {e}"))?;
     // Done already on a signal (this answers its report); otherwise keys on
     // stopped workers are reported as failed, never silently dropped.

@@ -154,7 +154,9 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "revision": { "type": "integer" }, "epoch": { "type": "integer" },
                         "expires_at_ms": { "type": "integer" }, "lease_token": { "type": "string" },
                         "resumed": { "type": "boolean", "description": "this client_id's own live session, answered again (a retried open)" },
-                        "handoff": { "$ref": "#/components/schemas/Handoff" }
+                        "handoff": { "$ref": "#/components/schemas/Handoff" },
+                        "messages": { "type": "array", "items": { "$ref": "#/components/schemas/Message" }, "description": "on open: the messages waiting for the key" },
+                        "messages_waiting": { "type": "boolean", "description": "messages wait: read them with GET …/session/messages (also the Messages-Waiting: 1 header)" }
                     }
                 },
                 "OpenSession": {
@@ -168,6 +170,11 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "grace_ms": { "type": "integer", "minimum": 0, "maximum": crate::routes::MAX_GRACE_MS,
                             "description": "with policy=request_release only: how long the holder may take to release with its last change before the server saves and hands over" }
                     }
+                },
+                "Message": {
+                    "type": "object",
+                    "required": ["id", "sent_at_ms", "message"],
+                    "properties": { "id": { "type": "integer" }, "sent_at_ms": { "type": "integer" }, "message": {} }
                 },
                 "Handoff": {
                     "type": "object",
@@ -237,7 +244,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "status": { "type": "integer" }, "code": { "type": "string" }, "message": { "type": "string" },
                         "revision": { "type": "integer" }, "durable": { "type": "boolean" }, "released": { "type": "boolean" },
                         "closed": { "type": "boolean" }, "epoch": { "type": "integer" }, "expires_at_ms": { "type": "integer" },
-                        "handoff": { "$ref": "#/components/schemas/Handoff" } } } },
+                        "handoff": { "$ref": "#/components/schemas/Handoff" }, "messages_waiting": { "type": "boolean" } } } },
                     "succeeded": { "type": "integer" }, "failed": { "type": "integer" } } })),
                 &with(&[("413", "body too large, or more than 1000 operations (`too_many_operations`)"), ("415", "wrong content type"), ("503", "shutting down")])) },
             "/v1/clients/{client_id}/renew": { "post": op("renew_client", "renew every session this client_id holds under the caller's API key",
@@ -308,6 +315,23 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                     Some(body(json!({ "type": "object", "required": ["user_id"], "additionalProperties": false,
                         "properties": { "user_id": { "oneOf": [{ "type": "string", "minLength": 1, "maxLength": 128 }, { "type": "integer" }] } } }), &["application/json"], true)),
                     ok(json!({ "type": "object", "properties": { "user_ids": { "type": "array", "items": { "type": "string" } } } })), &body_errs)
+            },
+            "/v1/stores/{store}/keys/{key}/messages": {
+                "post": op("post_message", "post a message (the body, any JSON) to a key, held or not, stored or not; answers its id once durable",
+                    vec![store(), key()], Some(body(any.clone(), &["application/json"], true)),
+                    ok(json!({ "type": "object", "required": ["id"], "properties": { "id": { "type": "integer" }, "durable": { "type": "boolean" } } })),
+                    &with(&[("404", "unknown store (strict stores)"), ("409", "the key's inbox is full (`inbox_full`, `max_messages`)"), ("413", "body too large"), ("415", "wrong content type"), ("503", "storage unavailable or shutting down")]))
+            },
+            "/v1/stores/{store}/keys/{key}/session/messages": {
+                "get": op("list_messages", "the messages waiting for the holder, oldest first", session_ops(vec![]), None,
+                    ok(json!({ "type": "object", "required": ["messages"], "properties": { "messages": { "type": "array", "items": { "$ref": "#/components/schemas/Message" } } } })),
+                    &session_errs)
+            },
+            "/v1/stores/{store}/keys/{key}/session/messages/ack": {
+                "post": op("ack_messages", "remove the messages up to and including `up_to`, durably (idempotent)", session_ops(vec![]),
+                    Some(body(json!({ "type": "object", "required": ["up_to"], "additionalProperties": false, "properties": { "up_to": { "type": "integer", "minimum": 0 } } }), &["application/json"], true)),
+                    ok(json!({ "type": "object", "properties": { "removed": { "type": "integer" }, "pending": { "type": "integer" }, "durable": { "type": "boolean" } } })),
+                    &body_errs)
             },
             "/v1/stores/{store}/keys/{key}/session/save": {
                 "post": op("save", "save now; answers once durable", session_ops(vec![priority()]), None,

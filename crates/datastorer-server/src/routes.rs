@@ -313,13 +313,21 @@ pub(crate) fn add_notices(answer: &mut Value, grant: &LeaseGrant) {
     if let Some(h) = &grant.handoff {
         answer["handoff"] = json!({ "by": h.by, "deadline_ms": h.deadline_ms });
     }
+    if grant.messages_waiting {
+        answer["messages_waiting"] = Value::Bool(true);
+    }
 }
 
-/// Set on a request whose session's holder was asked to hand the key
-/// over; the middleware turns it into a `Handoff-Requested: <deadline_ms>`
-/// header on the answer, so every session route tells the holder.
+/// Set on a request whose session has news for its holder; the middleware
+/// turns it into headers on the answer (`Handoff-Requested: <deadline_ms>`,
+/// `Messages-Waiting: 1`), so every session route tells the holder.
 #[derive(Clone, Copy)]
-pub struct HandoffNotice(pub u64);
+pub struct SessionNotices {
+    /// Another client asked for the key; the hand-off deadline.
+    pub handoff_deadline_ms: Option<u64>,
+    /// Messages wait in the key's inbox.
+    pub messages_waiting: bool,
+}
 
 /// `POST /v1/stores/{store}/keys/{key}/session`
 pub async fn open_session(
@@ -378,16 +386,34 @@ pub async fn open_session(
     if let Some(w) = waited {
         state.metrics.observe_lease_wait(w);
     }
-    Ok(HttpResponse::Ok().json(session_view(&session, &grant, true).await?))
+    let mut answer = session_view(&session, &grant, true).await?;
+    // Messages that waited for the key arrive with it; a failed read only
+    // defers them (they stay in the inbox, and the holder is told).
+    match store.messages(&key).await {
+        Ok(m) if m.is_empty() => {}
+        Ok(m) => answer["messages"] = super::messages::view(&m),
+        Err(_) => {
+            state.sessions.set_messages_waiting(&store_name, &key, true);
+            answer["messages_waiting"] = Value::Bool(true);
+        }
+    }
+    Ok(HttpResponse::Ok().json(answer))
 }
 
-async fn checked(req: &HttpRequest, state: &AppState, path: &(String, String)) -> Result<(Session<Value>, LeaseGrant)> {
+pub(crate) async fn checked(
+    req: &HttpRequest,
+    state: &AppState,
+    path: &(String, String),
+) -> Result<(Session<Value>, LeaseGrant)> {
     state.admit()?;
     state.auth(req, Role::Write)?;
     let (session, grant) = session_of(state, path, token(req)?).await?;
     req.extensions_mut().insert(AccessClient(grant.holder.clone()));
-    if let Some(h) = &grant.handoff {
-        req.extensions_mut().insert(HandoffNotice(h.deadline_ms));
+    if grant.handoff.is_some() || grant.messages_waiting {
+        req.extensions_mut().insert(SessionNotices {
+            handoff_deadline_ms: grant.handoff.as_ref().map(|h| h.deadline_ms),
+            messages_waiting: grant.messages_waiting,
+        });
     }
     Ok((session, grant))
 }
@@ -994,6 +1020,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(r("/metadata").route(web::put().to(put_metadata)))
             .service(r("/user_ids").route(web::post().to(add_user_id)))
             .service(r("/user_ids/{user_id}").route(web::delete().to(remove_user_id)))
+            .service(r("/messages").route(web::get().to(super::messages::list)))
+            .service(r("/messages/ack").route(web::post().to(super::messages::ack)))
             .service(
                 r("")
                     .route(web::post().to(open_session))
@@ -1008,6 +1036,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::patch().to(super::conditional::patch_unleased))
             .route(web::put().to(super::conditional::put_unleased)),
     )
+    .service(r("/v1/stores/{store}/keys/{key}/messages").route(web::post().to(super::messages::post)))
     .service(r("/v1/stores/{store}/keys").route(web::get().to(list_keys)))
     .service(r("/v1/stores/{store}").route(web::get().to(describe_store)))
     .service(r("/healthz").route(web::get().to(healthz)))

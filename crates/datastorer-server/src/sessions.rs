@@ -37,6 +37,8 @@ struct ClientLease {
     /// Another client asked for the key and granted this holder until then
     /// to release it itself.
     handoff: Option<Handoff>,
+    /// Messages wait in the key's inbox that the holder has not read.
+    messages_waiting: bool,
 }
 
 /// A hand-off another client asked for.
@@ -62,6 +64,7 @@ impl ClientLease {
             holder: self.holder.clone(),
             resumed,
             handoff: self.handoff.clone(),
+            messages_waiting: self.messages_waiting,
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct LeaseGrant {
     pub resumed: bool,
     /// Another client asked for the key: release it before the deadline.
     pub handoff: Option<Handoff>,
+    /// Messages wait for the holder (read them with `GET …/session/messages`).
+    pub messages_waiting: bool,
 }
 
 /// Who opens a session.
@@ -486,6 +491,7 @@ impl ClientSessions {
                 holder: holder.to_owned(),
                 resumed: false,
                 handoff: None,
+                messages_waiting: false,
             };
             self.map().insert(
                 k,
@@ -497,6 +503,7 @@ impl ClientSessions {
                     expires_at: Instant::now() + self.ttl,
                     session: session.clone(),
                     handoff: None,
+                    messages_waiting: false,
                 },
             );
             drop(guard);
@@ -572,6 +579,17 @@ impl ClientSessions {
         }
         let grant = cur.renew(self.ttl, false);
         Ok((cur.session.clone(), grant))
+    }
+
+    /// Records whether messages wait for the client holding `store`/`key`
+    /// (a client of this server, if any). Answers the holder when it was
+    /// not told yet, so it hears it once in its feed.
+    pub fn set_messages_waiting(&self, store: &str, key: &str, waiting: bool) -> Option<String> {
+        let mut map = self.map();
+        let cur = map.get_mut(&(store.to_owned(), key.to_owned()))?;
+        let news = waiting && !cur.messages_waiting;
+        cur.messages_waiting = waiting;
+        news.then(|| cur.holder.clone())
     }
 
     /// Renews every live client lease held by `client` and opened under

@@ -449,3 +449,96 @@ async fn a_sessionless_update_is_conditional_and_refused_while_the_key_is_held()
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["data"], json!({"coins": 1, "bag": {"b": 2}}), "no refused write changed the document");
 }
+
+#[tokio::test]
+async fn a_message_reaches_its_holder_through_the_feed_and_its_answers_until_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "p");
+    let (_, v) = open(&c, &s, "profiles", "p", json!({"client_id": "game-1"})).await;
+    let t = token_of(&v);
+    assert!(v.get("messages").is_none(), "{v}");
+    let after = cursor(&c, &s, "game-1").await;
+
+    let (st, v) = call(&c, &s, Method::POST, &format!("{k}/messages"), None, Some(json!({"gift": "sword"}))).await;
+    assert_eq!((st, v), (StatusCode::OK, json!({"id": 1, "durable": true})));
+    let page = poll(&c, &s, "game-1", after, 10_000).await;
+    assert_eq!(page["events"][0]["kind"], "messages", "{page}");
+    let r = c.post(s.url(&format!("{k}/session/renew"))).header("Lease-Token", &t).send().await.unwrap();
+    assert_eq!(r.headers().get("messages-waiting").map(|h| h.to_str().unwrap().to_owned()).as_deref(), Some("1"));
+    let (_, v) = batch(&c, &s, json!([{"op": "renew", "store": "profiles", "key": "p", "lease_token": t}])).await;
+    assert_eq!(v["results"][0]["messages_waiting"], true, "{v}");
+
+    let (st, v) = call(&c, &s, Method::GET, &format!("{k}/session/messages"), Some(&t), None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["messages"][0]["message"], json!({"gift": "sword"}));
+    assert_eq!(v["messages"][0]["id"], 1);
+    let (st, v) =
+        call(&c, &s, Method::POST, &format!("{k}/session/messages/ack"), Some(&t), Some(json!({"up_to": 1}))).await;
+    assert_eq!((st, v), (StatusCode::OK, json!({"removed": 1, "pending": 0, "durable": true})));
+    let (_, v) =
+        call(&c, &s, Method::POST, &format!("{k}/session/messages/ack"), Some(&t), Some(json!({"up_to": 1}))).await;
+    assert_eq!(v["removed"], 0, "a retried ack is no error");
+    let r = c.post(s.url(&format!("{k}/session/renew"))).header("Lease-Token", &t).send().await.unwrap();
+    assert!(r.headers().get("messages-waiting").is_none(), "nothing waits after the ack");
+}
+
+#[tokio::test]
+async fn a_gift_to_an_offline_player_arrives_with_their_next_join() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "offline");
+    for gift in ["sword", "shield"] {
+        let (st, _) = call(&c, &s, Method::POST, &format!("{k}/messages"), None, Some(json!({"gift": gift}))).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let (_, v) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(v["code"], "no_such_key", "a message does not create the player's record");
+    let (_, v) = open(&c, &s, "profiles", "offline", json!({"client_id": "game-1"})).await;
+    let gifts: Vec<&Value> = v["messages"].as_array().unwrap().iter().map(|m| &m["message"]["gift"]).collect();
+    assert_eq!(gifts, [&json!("sword"), &json!("shield")], "in the order sent: {v}");
+    let t = token_of(&v);
+    let (_, v) = batch(&c, &s, json!([{"op": "patch", "store": "profiles", "key": "offline", "lease_token": t, "data": {"items": ["sword", "shield"]}, "save": "normal"}])).await;
+    assert_eq!(v["results"][0]["durable"], true);
+    call(&c, &s, Method::POST, &format!("{k}/session/messages/ack"), Some(&t), Some(json!({"up_to": 2}))).await;
+    call(&c, &s, Method::POST, &format!("{k}/session/release"), Some(&t), None).await;
+    let (_, v) = open(&c, &s, "profiles", "offline", json!({"client_id": "game-2"})).await;
+    assert!(v.get("messages").is_none(), "acknowledged messages are gone for good: {v}");
+    assert_eq!(v["data"], json!({"items": ["sword", "shield"]}));
+}
+
+#[tokio::test]
+async fn message_inputs_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "p");
+    let r = c
+        .post(s.url(&format!("{k}/messages")))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r =
+        c.post(s.url(&format!("{k}/messages"))).header("content-type", "text/plain").body("hi").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = c.post(s.url(&format!("{k}/messages"))).header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "an empty body is no message");
+    let (st, _) = call(&c, &s, Method::POST, "/v1/stores/profiles/keys/bad%09key/messages", None, Some(json!(1))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (_, v) = open(&c, &s, "profiles", "p", json!({})).await;
+    let t = token_of(&v);
+    for body in [json!({"up_to": -1}), json!({}), json!({"up_to": 1, "x": 2}), json!([1])] {
+        let (st, v) =
+            call(&c, &s, Method::POST, &format!("{k}/session/messages/ack"), Some(&t), Some(body.clone())).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+    let (st, _) = call(&c, &s, Method::GET, &format!("{k}/session/messages"), None, None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "the holder's own route needs its token");
+    let (st, _) = call(&c, &s, Method::GET, &format!("{k}/session/messages"), Some(&"0".repeat(48)), None).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+}

@@ -1,0 +1,152 @@
+//! Messages to keys (ProfileStore's `MessageAsync`): anyone may post a JSON
+//! message to any key, held or not, loaded or not; the key's holder reads
+//! them, in order, and acknowledges them, which removes them durably.
+//! Delivery is at least once: a message stays until acknowledged.
+//!
+//! The messages of key K in store S are one record, key K of the store
+//! `S:inbox` (a name reserved for this), changed only by one-shot updates
+//! (`update_unleased`), never by a session. So posting never waits for the
+//! key's holder and fencing covers the inbox as it covers any record; each
+//! change publishes a notice, which tells the holder (in this process or,
+//! on PostgreSQL, in another) that messages wait.
+//!
+//! Must not: touch the key's own record or session.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::store::{Store, StoreSpec};
+use crate::types::Document;
+
+/// Most messages waiting in one key's inbox (ProfileStore's
+/// `MAX_MESSAGE_QUEUE`); a post beyond it is refused with `InboxFull`.
+pub const MAX_INBOX_MESSAGES: usize = 1000;
+
+/// The suffix of the store holding a store's messages.
+pub const INBOX_SUFFIX: &str = ":inbox";
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Position in the key's inbox: 1, 2, 3, … (never reused for the key).
+    pub id: u64,
+    /// When it was posted (ms since the Unix epoch, the poster's clock).
+    pub sent_at_ms: u64,
+    /// What was posted.
+    pub body: Value,
+}
+
+/// The stored inbox of one key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Inbox {
+    /// The id the next message gets, minus one.
+    #[serde(default)]
+    pub last_id: u64,
+    /// Waiting messages, oldest first.
+    #[serde(default)]
+    pub messages: Vec<Message>,
+}
+
+/// How often a post or acknowledgement retries an inbox another process is
+/// changing right now (each change holds it for one write).
+const BUSY_TRIES: u32 = 20;
+
+/// The name of `store`'s inbox store.
+pub fn inbox_store_name(store: &str) -> String {
+    format!("{store}{INBOX_SUFFIX}")
+}
+
+impl<T: Document> Store<T> {
+    fn inbox(&self) -> Result<Store<Inbox>, Error> {
+        Store::register(self.engine(), &inbox_store_name(self.name()), StoreSpec::new(Inbox::default()))
+    }
+
+    /// Posts `body` to `key`'s inbox; answers its id once durable.
+    /// Refused with `InboxFull` when `MAX_INBOX_MESSAGES` wait.
+    pub async fn post_message(&self, key: &str, body: Value) -> Result<u64, Error> {
+        crate::store::validate_key(key)?;
+        let inbox = self.inbox()?;
+        let now = self.engine().clock.now_ms();
+        let (store, k) = (self.name().to_owned(), key.to_owned());
+        let outcome = busy_retry(|| {
+            let body = body.clone();
+            let (store, k) = (store.clone(), k.clone());
+            let inbox = inbox.clone();
+            async move {
+                inbox
+                    .update_unleased(k.clone(), None, move |ib| {
+                        if ib.messages.len() >= MAX_INBOX_MESSAGES {
+                            return Err(Error::InboxFull { store, key: k, limit: MAX_INBOX_MESSAGES });
+                        }
+                        ib.last_id += 1;
+                        ib.messages.push(Message { id: ib.last_id, sent_at_ms: now, body });
+                        Ok(ib.last_id)
+                    })
+                    .await
+            }
+        })
+        .await?;
+        outcome.value
+    }
+
+    /// The messages waiting for `key`, oldest first (a read; nothing changes).
+    pub async fn messages(&self, key: &str) -> Result<Vec<Message>, Error> {
+        crate::store::validate_key(key)?;
+        let Some(rec) = self.inbox()?.inspect(key).await? else { return Ok(Vec::new()) };
+        let inbox: Inbox = serde_json::from_slice(&rec.data).map_err(|e| Error::CorruptRecord {
+            store: inbox_store_name(self.name()),
+            key: key.to_owned(),
+            source: crate::storage::DecodeError::Body(e.to_string()),
+        })?;
+        Ok(inbox.messages)
+    }
+
+    /// Removes `key`'s messages up to and including `up_to`, durably;
+    /// answers how many went and how many still wait. Acknowledging again
+    /// (a retry after a lost answer) removes nothing and is no error.
+    pub async fn ack_messages(&self, key: &str, up_to: u64) -> Result<(usize, usize), Error> {
+        crate::store::validate_key(key)?;
+        let inbox = self.inbox()?;
+        if inbox.inspect(key).await?.is_none() {
+            return Ok((0, 0));
+        }
+        let k = key.to_owned();
+        let outcome = busy_retry(|| {
+            let inbox = inbox.clone();
+            let k = k.clone();
+            async move {
+                inbox
+                    .update_unleased(k.as_str(), None, move |ib| {
+                        let before = ib.messages.len();
+                        ib.messages.retain(|m| m.id > up_to);
+                        (before - ib.messages.len(), ib.messages.len())
+                    })
+                    .await
+            }
+        })
+        .await?;
+        Ok(outcome.value)
+    }
+}
+
+/// Runs `attempt` again while another owner's one-shot update holds the
+/// inbox (it lets go after one write), a bounded number of times.
+async fn busy_retry<F, Fut, R>(mut attempt: F) -> Result<R, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<R, Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(Error::LeaseHeld { .. }) if tries < BUSY_TRIES => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Messages to keys: posted whether or not the key is held, read in order,
+//! removed durably only when acknowledged, bounded per key.
+
+use std::sync::Arc;
+
+use crate::common::*;
+use datastorer::storage::memory::MemoryBackend;
+use datastorer::{Error, MAX_INBOX_MESSAGES};
+use serde_json::json;
+
+#[actix_rt::test]
+async fn messages_wait_in_order_until_acknowledged_whoever_holds_the_key() {
+    let backend = Arc::new(MemoryBackend::new());
+    let (a, b) = (node(&backend, "a").await, node(&backend, "b").await);
+    let holder = profiles(&a).open("p").await.unwrap();
+    holder.update(|p| p.coins = 3).await.unwrap();
+    // From another process, while the key is held, and to a key never stored.
+    assert_eq!(profiles(&b).post_message("p", json!({"gift": "sword"})).await.unwrap(), 1);
+    assert_eq!(profiles(&b).post_message("p", json!("hello")).await.unwrap(), 2);
+    assert_eq!(profiles(&b).post_message("offline", json!(1)).await.unwrap(), 1);
+    assert_eq!(holder.read(|p| p.coins).await.unwrap(), 3, "the holder's session is untouched");
+    assert!(!profiles(&b).is_loaded("p"));
+
+    let waiting = profiles(&a).messages("p").await.unwrap();
+    let bodies: Vec<_> = waiting.iter().map(|m| (m.id, m.body.clone())).collect();
+    assert_eq!(bodies, [(1, json!({"gift": "sword"})), (2, json!("hello"))]);
+    assert_eq!(profiles(&a).ack_messages("p", 1).await.unwrap(), (1, 1));
+    assert_eq!(profiles(&a).ack_messages("p", 1).await.unwrap(), (0, 1), "a repeated ack removes nothing");
+    // Durable: a fresh process sees what is left.
+    let c = node(&backend, "c").await;
+    assert_eq!(profiles(&c).messages("p").await.unwrap().iter().map(|m| m.id).collect::<Vec<_>>(), [2]);
+    assert_eq!(profiles(&c).ack_messages("p", 99).await.unwrap(), (1, 0));
+    assert!(profiles(&c).messages("p").await.unwrap().is_empty());
+    assert_eq!(profiles(&c).post_message("p", json!(3)).await.unwrap(), 3, "ids are never reused");
+    assert_eq!(profiles(&c).ack_messages("never", 5).await.unwrap(), (0, 0));
+}
+
+#[actix_rt::test]
+async fn a_full_inbox_refuses_the_next_message_and_keeps_every_waiting_one() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    for i in 0..MAX_INBOX_MESSAGES {
+        store.post_message("p", json!(i)).await.unwrap();
+    }
+    let e = store.post_message("p", json!("one too many")).await.unwrap_err();
+    assert!(matches!(e, Error::InboxFull { limit: MAX_INBOX_MESSAGES, .. }), "{e:?}");
+    let waiting = store.messages("p").await.unwrap();
+    assert_eq!(waiting.len(), MAX_INBOX_MESSAGES);
+    assert_eq!(waiting.last().unwrap().body, json!(MAX_INBOX_MESSAGES - 1));
+    store.ack_messages("p", 1).await.unwrap();
+    store.post_message("p", json!("fits again")).await.unwrap();
+    let e = store.post_message("bad\tkey", json!(1)).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidName { .. }), "{e:?}");
+}
