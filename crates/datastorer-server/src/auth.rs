@@ -42,6 +42,13 @@ pub struct ApiKey {
     pub key: String,
     /// What it may do.
     pub role: Role,
+    /// The stores it may reach (all when absent).
+    #[serde(default)]
+    pub stores: Option<Vec<String>>,
+    /// Its own request budget: at most this many requests a minute, in
+    /// bursts of up to as many (429 with `Retry-After` beyond).
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
 }
 
 /// Shortest secret accepted.
@@ -54,6 +61,27 @@ pub struct Identity {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// The stores it may reach (all when `None`).
+    pub stores: Option<Vec<String>>,
+}
+
+impl Identity {
+    /// Refuses a store outside the key's scope (403 `store_forbidden`).
+    pub fn may_use(&self, store: &str) -> Result<(), ApiError> {
+        match &self.stores {
+            Some(allowed) if !allowed.iter().any(|s| s == store) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "store_forbidden",
+                format!("API key {:?} may not use store {store:?}", self.name),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the key is limited to some stores.
+    pub fn is_scoped(&self) -> bool {
+        self.stores.is_some()
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -69,7 +97,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// only loopback addresses).
 pub fn authorize(req: &HttpRequest, keys: &[ApiKey], required: Role) -> Result<Identity, ApiError> {
     if keys.is_empty() {
-        return Ok(Identity { name: "anonymous".into(), role: Role::Admin });
+        return Ok(Identity { name: "anonymous".into(), role: Role::Admin, stores: None });
     }
     let presented = req
         .headers()
@@ -93,7 +121,7 @@ pub fn authorize(req: &HttpRequest, keys: &[ApiKey], required: Role) -> Result<I
             format!("API key {:?} has role {:?}; this needs {:?}", key.name, key.role, required),
         ));
     }
-    Ok(Identity { name: key.name.clone(), role: key.role })
+    Ok(Identity { name: key.name.clone(), role: key.role, stores: key.stores.clone() })
 }
 
 /// The token of an `Authorization: Bearer …` value. The scheme is

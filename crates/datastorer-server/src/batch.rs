@@ -199,7 +199,7 @@ async fn run_key(state: &AppState, ops: Vec<(usize, OpBody)>) -> Vec<(usize, Val
 /// per operation, in the order sent.
 pub async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
     state.admit()?;
-    state.auth(&req, Role::Write)?;
+    let who = state.auth(&req, Role::Write)?;
     let body = read_json(&req, payload, &state, &["application/json"], false).await?;
     let body: BatchBody = parse(body.unwrap_or(Value::Null))?;
     if body.ops.len() > MAX_BATCH_OPS {
@@ -217,6 +217,7 @@ pub async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<App
     for (at, raw) in body.ops.into_iter().enumerate() {
         let op: OpBody = parse(raw).map_err(|e| ApiError::bad_request(e.code, format!("ops[{at}]: {}", e.message)))?;
         op.check(at)?;
+        who.may_use(&op.store).map_err(|e| ApiError { message: format!("ops[{at}]: {}", e.message), ..e })?;
         let i = *slot.entry((op.store.clone(), op.key.clone())).or_insert_with(|| {
             by_key.push(Vec::new());
             by_key.len() - 1

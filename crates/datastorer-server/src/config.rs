@@ -207,7 +207,13 @@ fn parse_api_key_flag(s: &str) -> Result<ApiKey, String> {
     let (Some(name), Some(role), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
         return Err("expected NAME:ROLE:SECRET".into());
     };
-    Ok(ApiKey { name: name.to_owned(), role: role.parse()?, key: key.to_owned() })
+    Ok(ApiKey {
+        name: name.to_owned(),
+        role: role.parse()?,
+        key: key.to_owned(),
+        stores: None,
+        requests_per_minute: None,
+    })
 }
 
 fn budget(d: Option<BudgetDecl>) -> Option<Budget> {
@@ -401,6 +407,21 @@ fn api_keys(mut api_keys: Vec<ApiKey>, flags: &[String], at: &Origin<'_>) -> Res
                 k.name,
                 k.key.len()
             )));
+        }
+        if let Some(stores) = &k.stores {
+            if stores.is_empty() {
+                return Err(ConfigError(format!(
+                    "{}: an empty list would allow no store; leave it out to allow all",
+                    origin("stores")
+                )));
+            }
+            for store in stores {
+                datastorer::validate_store_name(store)
+                    .map_err(|e| ConfigError(format!("{}: {e}", origin("stores"))))?;
+            }
+        }
+        if k.requests_per_minute == Some(0) {
+            return Err(ConfigError(format!("{}: must be at least 1", origin("requests_per_minute"))));
         }
         if api_keys[..i].iter().any(|other| other.key == k.key) {
             return Err(ConfigError(format!("{}: the same secret is configured twice", origin("key"))));

@@ -25,12 +25,14 @@ pub struct ApiError {
     pub message: String,
     /// Extra fields merged into the body.
     pub details: Option<Value>,
+    /// `Retry-After` seconds, when the error knows better than its status.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// An error with no details.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), details: None }
+        Self { status, code, message: message.into(), details: None, retry_after: None }
     }
     /// 400
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -49,6 +51,9 @@ impl ApiError {
     /// instead of retrying at once. A shutting-down server answers longer,
     /// since another server (or this one restarted) will take the key over.
     pub fn retry_after_secs(&self) -> Option<u64> {
+        if self.retry_after.is_some() {
+            return self.retry_after;
+        }
         match (self.status, self.code) {
             (StatusCode::SERVICE_UNAVAILABLE, "shutting_down") => Some(5),
             (StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS, _) => Some(1),

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod batch;
+pub mod budget;
 pub mod change_log;
 pub mod cli;
 pub mod conditional;
@@ -93,6 +94,7 @@ pub async fn run(
         in_flight: AtomicUsize::new(0),
         postgres,
         changes: change_log.clone(),
+        budgets: budget::Budgets::new(&config.api_keys),
     });
 
     let app_state = state.clone();

@@ -46,6 +46,8 @@ pub struct AppState {
     pub postgres: Option<std::sync::Arc<datastorer::storage::postgres::PgBackend>>,
     /// Every feed event, numbered (the poll and SSE routes read it).
     pub changes: std::sync::Arc<super::change_log::ChangeLog>,
+    /// Request budgets of the API keys that have one.
+    pub budgets: super::budget::Budgets,
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -91,9 +93,24 @@ impl AppState {
         Ok(store)
     }
 
+    /// Authenticates `req`, charges its key's request budget (429 with
+    /// `Retry-After` when spent) and, for a route on a store, checks the
+    /// key's store scope.
     pub(crate) fn auth(&self, req: &HttpRequest, role: Role) -> Result<super::auth::Identity> {
         let who = authorize(req, &self.config.api_keys, role)?;
         req.extensions_mut().insert(AccessKey(who.name.clone()));
+        if let Err(seconds) = self.budgets.charge(&who.name) {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("API key {:?} spent its request budget; retry in {seconds} s", who.name),
+            );
+            e.retry_after = Some(seconds);
+            return Err(e);
+        }
+        if let Some(store) = req.match_info().get("store") {
+            who.may_use(store)?;
+        }
         Ok(who)
     }
 }
@@ -881,8 +898,9 @@ pub async fn changes(
     query: web::Query<ChangesQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    state.auth(&req, Role::Read)?;
+    let who = state.auth(&req, Role::Read)?;
     store_filter(query.store.as_deref())?;
+    scoped_feed(&who, query.store.as_deref())?;
     let resume = match req.headers().get("Last-Event-ID") {
         None => None,
         Some(v) => Some(v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
@@ -894,6 +912,20 @@ pub async fn changes(
         .insert_header((actix_web::http::header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
         .streaming(body))
+}
+
+/// A key limited to some stores reads the feed of one of them only: the
+/// feed of every store would show it the others' keys.
+fn scoped_feed(who: &super::auth::Identity, store: Option<&str>) -> Result<()> {
+    match store {
+        Some(s) => who.may_use(s),
+        None if who.is_scoped() => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "store_forbidden",
+            format!("API key {:?} is limited to some stores: pass store=", who.name),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The longest a poll may wait: under HttpService's 30 s request timeout,
@@ -921,9 +953,10 @@ pub async fn poll_changes(
     query: web::Query<PollQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    state.auth(&req, Role::Read)?;
+    let who = state.auth(&req, Role::Read)?;
     let q = query.into_inner();
     store_filter(q.store.as_deref())?;
+    scoped_feed(&who, q.store.as_deref())?;
     if let Some(c) = &q.client_id {
         check_client_id(c)?;
     }

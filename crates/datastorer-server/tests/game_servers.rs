@@ -542,3 +542,87 @@ async fn message_inputs_are_checked() {
     let (st, _) = call(&c, &s, Method::GET, &format!("{k}/session/messages"), Some(&"0".repeat(48)), None).await;
     assert_eq!(st, StatusCode::CONFLICT);
 }
+
+const KEYS: &str = r#"
+[[api_keys]]
+name = "eu"
+key = "eu-secret-0123456789"
+role = "write"
+stores = ["profiles"]
+requests_per_minute = 6
+
+[[api_keys]]
+name = "ops"
+key = "ops-secret-0123456789"
+role = "admin"
+"#;
+
+#[tokio::test]
+async fn an_api_key_reaches_only_its_stores_and_spends_only_its_own_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("keys.toml");
+    std::fs::write(&config, KEYS).unwrap();
+    let s = Server::start(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let c = Client::new();
+    let send = |secret: &'static str, method: Method, path: &str, body: Option<Value>| {
+        let mut r = c.request(method, s.url(path)).bearer_auth(secret);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            (r.status(), retry, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let eu = "eu-secret-0123456789";
+    let (st, _, _) = send(eu, Method::GET, "/v1/stores/profiles", None).await;
+    assert_eq!(st, StatusCode::OK);
+    for (method, path, body) in [
+        (Method::GET, "/v1/stores/guilds/keys/g", None),
+        (Method::POST, "/v1/stores/guilds/keys/g/messages", Some(json!(1))),
+        (Method::GET, "/v1/changes/poll", None),
+        (Method::GET, "/v1/changes/poll?store=guilds", None),
+        (
+            Method::POST,
+            "/v1/batch",
+            Some(json!({"ops": [{"op": "renew", "store": "guilds", "key": "g", "lease_token": "t"}]})),
+        ),
+    ] {
+        let (st, _, v) = send(eu, method.clone(), path, body).await;
+        assert_eq!((st, v["code"].clone()), (StatusCode::FORBIDDEN, json!("store_forbidden")), "{method} {path}: {v}");
+    }
+    // Six requests a minute: the seventh within the minute is refused...
+    let (st, retry, v) = send(eu, Method::GET, "/v1/stores/profiles", None).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::TOO_MANY_REQUESTS, json!("rate_limited")), "{v}");
+    assert!(retry.is_some_and(|s| (1..=10).contains(&s)), "Retry-After says when a request fits again: {retry:?}");
+    // ...and costs nothing to the other keys.
+    for _ in 0..20 {
+        let (st, _, _) = send("ops-secret-0123456789", Method::GET, "/v1/stores/guilds", None).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+}
+
+#[test]
+fn bad_scopes_and_budgets_are_refused_at_start_naming_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("keys.toml");
+    for (bad, field) in [
+        (KEYS.replace(r#"stores = ["profiles"]"#, "stores = []"), "api_keys[0].stores"),
+        (KEYS.replace(r#"stores = ["profiles"]"#, r#"stores = ["bad name"]"#), "api_keys[0].stores"),
+        (KEYS.replace("requests_per_minute = 6", "requests_per_minute = 0"), "api_keys[0].requests_per_minute"),
+        (KEYS.replace("requests_per_minute = 6", "requests_per_minute = -1"), "requests_per_minute"),
+    ] {
+        std::fs::write(&config, &bad).unwrap();
+        let out = std::process::Command::new(common::server::BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
