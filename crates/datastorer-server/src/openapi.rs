@@ -74,8 +74,12 @@ pub fn document(max_wait: std::time::Duration) -> Value {
     // `data` unless `Prefer: return=minimal`; `revision` and `durable` only with `?save=`.
     let changed = json!({ "type": "object", "properties": {
         "data": {}, "revision": { "type": "integer" }, "durable": { "type": "boolean" } } });
-    let common: &[(&str, &str)] =
-        &[("400", "bad input"), ("401", "missing or unknown API key"), ("403", "role too weak, or a store outside the key's scope (`store_forbidden`)"), ("429", "the API key's request budget is spent (`rate_limited`)")];
+    let common: &[(&str, &str)] = &[
+        ("400", "bad input"),
+        ("401", "missing or unknown API key"),
+        ("403", "role too weak, or a store outside the key's scope (`store_forbidden`)"),
+        ("429", "the API key's request budget is spent (`rate_limited`)"),
+    ];
     let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
         common.iter().copied().chain(extra.iter().copied()).collect()
     };

@@ -626,3 +626,201 @@ fn bad_scopes_and_budgets_are_refused_at_start_naming_the_field() {
         assert!(err.contains(field), "{field}: {err}");
     }
 }
+
+/// A game server's view of the API: every request it sends is counted in
+/// the minute of play it was sent in (the hour is played as fast as the
+/// server answers; the minutes are the game's clock).
+struct GameServer {
+    c: Client,
+    base: String,
+    name: &'static str,
+    minute: usize,
+    per_minute: Vec<usize>,
+}
+
+impl GameServer {
+    fn new(s: &Server, name: &'static str) -> GameServer {
+        GameServer { c: Client::new(), base: s.base.clone(), name, minute: 0, per_minute: vec![0; 61] }
+    }
+
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.per_minute[self.minute] += 1;
+        let mut r = self.c.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.header("Lease-Token", t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        (r.status(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn join(&mut self, key: &str, policy: Value) -> Value {
+        let mut body = json!({"client_id": self.name});
+        body.as_object_mut().unwrap().extend(policy.as_object().unwrap().clone());
+        let (st, v) = self.send(Method::POST, &format!("{}/session", key_url("profiles", key)), None, Some(body)).await;
+        assert_eq!(st, StatusCode::OK, "{} joins {key}: {v}", self.name);
+        v
+    }
+
+    async fn batch(&mut self, ops: Vec<Value>) -> Value {
+        let (st, v) = self.send(Method::POST, "/v1/batch", None, Some(json!({ "ops": ops }))).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["failed"], 0, "{v}");
+        v
+    }
+
+    async fn poll(&mut self, after: &mut u64) -> Vec<Value> {
+        let path = format!("/v1/changes/poll?client_id={}&after={after}", self.name);
+        let (_, v) = self.send(Method::GET, &path, None, None).await;
+        *after = v["next"].as_u64().unwrap();
+        v["events"].as_array().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_game_servers_hour_with_a_hundred_players_fits_the_request_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let mut game = GameServer::new(&s, "game-1");
+    let mut other = GameServer::new(&s, "game-2");
+    let mut admin = GameServer::new(&s, "admin");
+    // Nothing happened yet: the feed starts at 0.
+    let mut after = 0u64;
+
+    // Minute 0: a hundred players join.
+    let mut players: std::collections::BTreeMap<String, (String, u64)> = Default::default();
+    for i in 0..100 {
+        let key = format!("player-{i}");
+        let v = game.join(&key, json!({})).await;
+        players.insert(key, (token_of(&v), 0));
+    }
+    let mut gift_delivered = false;
+    let mut teleported = Vec::new();
+    for minute in 0..60 {
+        for g in [&mut game, &mut other, &mut admin] {
+            g.minute = minute;
+        }
+        for half in 0..2 {
+            // Play: every player earns a coin; autosave every 30 s sends
+            // what changed, saved, in one request (which also renews).
+            let ops: Vec<Value> = players
+                .iter_mut()
+                .map(|(key, (t, coins))| {
+                    *coins += 1;
+                    json!({"op": "patch", "store": "profiles", "key": key, "lease_token": t, "data": {"coins": *coins}, "save": "normal"})
+                })
+                .collect();
+            game.batch(ops).await;
+            // The feed, long-polled (three 20 s polls a minute on Roblox).
+            for _ in 0..(1 + half) {
+                for e in game.poll(&mut after).await {
+                    assert_ne!(e["kind"], "session_ended", "no player is lost: {e}");
+                    if e["kind"] == "messages" {
+                        let key = e["key"].as_str().unwrap().to_owned();
+                        let t = players[&key].0.clone();
+                        let (_, v) = game
+                            .send(
+                                Method::GET,
+                                &format!("{}/session/messages", key_url("profiles", &key)),
+                                Some(&t),
+                                None,
+                            )
+                            .await;
+                        assert!(!v["messages"].as_array().unwrap().is_empty());
+                    }
+                }
+            }
+        }
+        match minute {
+            // Two players teleport to game-2, which asks for them with a
+            // grace; game-1 hears it in its feed and hands them over with
+            // their last change.
+            10 | 25 => {
+                let key = format!("player-{minute}");
+                let url = s.url(&format!("{}/session", key_url("profiles", &key)));
+                other.per_minute[minute] += 1;
+                let asked = tokio::spawn(async move {
+                    let body = json!({"client_id": "game-2", "policy": "request_release", "grace_ms": 10000, "timeout_ms": 15000});
+                    let r = Client::new().post(url).json(&body).send().await.unwrap();
+                    r.json::<Value>().await.unwrap()
+                });
+                let notice = loop {
+                    let events = game.poll(&mut after).await;
+                    if let Some(e) = events.into_iter().find(|e| e["kind"] == "handoff_requested") {
+                        break e;
+                    }
+                };
+                assert_eq!(notice["key"], key.as_str());
+                let (t, coins) = players.remove(&key).unwrap();
+                let last = json!({"coins": coins + 1, "left_for": "game-2"});
+                game.batch(vec![
+                    json!({"op": "release", "store": "profiles", "key": key, "lease_token": t, "data": last}),
+                ])
+                .await;
+                let v = asked.await.unwrap();
+                assert_eq!(
+                    v["data"],
+                    json!({"coins": coins + 1, "left_for": "game-2"}),
+                    "the holder's last change travels"
+                );
+                teleported.push(token_of(&v));
+            }
+            // A player logs off; an admin sends them a gift while they are
+            // away; they come back and get it with their join.
+            20 => {
+                let (t, _) = players.remove("player-50").unwrap();
+                game.batch(vec![json!({"op": "release", "store": "profiles", "key": "player-50", "lease_token": t})])
+                    .await;
+            }
+            30 => {
+                let path = format!("{}/messages", key_url("profiles", "player-50"));
+                let (st, _) = admin.send(Method::POST, &path, None, Some(json!({"gift": "sword"}))).await;
+                assert_eq!(st, StatusCode::OK);
+            }
+            40 => {
+                let v = game.join("player-50", json!({})).await;
+                assert_eq!(v["messages"][0]["message"], json!({"gift": "sword"}), "the gift waits for the join: {v}");
+                let coins = v["data"]["coins"].as_u64().unwrap();
+                let t = token_of(&v);
+                let path = format!("{}/session/messages/ack", key_url("profiles", "player-50"));
+                game.send(Method::POST, &path, Some(&t), Some(json!({"up_to": v["messages"][0]["id"]}))).await;
+                players.insert("player-50".into(), (t, coins));
+                gift_delivered = true;
+            }
+            _ => {}
+        }
+    }
+
+    // Shutdown (BindToClose): every player saved and released, one request.
+    game.minute = 60;
+    let ops: Vec<Value> = players
+        .iter()
+        .map(|(key, (t, _))| json!({"op": "release", "store": "profiles", "key": key, "lease_token": t, "priority": "emergency"}))
+        .collect();
+    let v = game.batch(ops).await;
+    assert_eq!(v["succeeded"], players.len());
+    assert!(gift_delivered && teleported.len() == 2);
+    for (key, (_, coins)) in players.iter().step_by(9) {
+        let (_, view) = call(&game.c, &s, Method::GET, &key_url("profiles", key), None, None).await;
+        assert_eq!(view["data"]["coins"], *coins, "every acknowledged save is there: {view}");
+        assert!(view["lease"].is_null());
+    }
+
+    let most = *game.per_minute.iter().max().unwrap();
+    let total: usize = game.per_minute.iter().sum();
+    println!(
+        "requests per minute of game-1 (minute: count): {:?}",
+        game.per_minute.iter().enumerate().collect::<Vec<_>>()
+    );
+    println!("game-1: {total} requests in the hour, at most {most} in one minute (HttpService allows 500); game-2: {}; admin: {}",
+        other.per_minute.iter().sum::<usize>(), admin.per_minute.iter().sum::<usize>());
+    assert!(most <= 500, "a minute needed {most} requests");
+}
