@@ -170,6 +170,67 @@ async fn ours(base: &str, tokens: &[String], duration: Duration, mode: Mode) -> 
     .await
 }
 
+/// Figure 6d's shape: connections that each hold `BATCH_KEYS` sessions (a
+/// game server's players) and autosave them all in one batch request.
+const BATCH_CONNECTIONS: usize = 4;
+const BATCH_KEYS: usize = 100;
+
+async fn open_batch_sessions(http: &reqwest::Client, base: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut all = Vec::new();
+    for c in 0..BATCH_CONNECTIONS {
+        let mut tokens = Vec::new();
+        for k in 0..BATCH_KEYS {
+            let resp = http
+                .post(format!("{base}/v1/stores/http/keys/b{c}-{k}/session"))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&resp.bytes().await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            tokens.push(v["lease_token"].as_str().ok_or("no lease token")?.to_owned());
+        }
+        all.push(tokens);
+    }
+    Ok(all)
+}
+
+/// Durable saves per second through `POST /v1/batch`, each request a merge
+/// patch with `save` of every one of a connection's keys; answers saves/s
+/// and requests/s.
+async fn batched(base: &str, tokens: &[Vec<String>], duration: Duration) -> (f64, f64) {
+    let base = base.to_owned();
+    let tokens = Arc::new(tokens.to_vec());
+    let saves = drive(BATCH_CONNECTIONS, duration, move |c, stop, count| {
+        let (base, tokens) = (base.clone(), tokens.clone());
+        async move {
+            let Some(mut http) = RawHttp::connect(&base).await else { return };
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let ops: Vec<serde_json::Value> = tokens[c]
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| {
+                        json!({"op": "patch", "store": "http", "key": format!("b{c}-{k}"), "lease_token": t,
+                            "data": { "n": n, "pad": "x".repeat(1000) }, "save": "normal"})
+                    })
+                    .collect();
+                let body = json!({ "ops": ops }).to_string();
+                let status = http.request("POST", "/v1/batch", "", "application/json", body.as_bytes()).await;
+                let all_saved = http.body.windows(10).any(|w| w == b"\"failed\":0");
+                if status != Some(200) || !all_saved {
+                    return;
+                }
+                count.fetch_add(BATCH_KEYS as u64, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    (saves, saves / BATCH_KEYS as f64)
+}
+
 async fn redis_set(duration: Duration) -> Result<f64, String> {
     TcpStream::connect("127.0.0.1:6379").await.map_err(|e| format!("Redis unreachable on 127.0.0.1:6379: {e}"))?;
     Ok(drive(CONNECTIONS, duration, |i, stop, count| async move {
@@ -315,6 +376,8 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
     let server = start_server(&scratch.join("http"))?;
     let http = reqwest::Client::new();
     let tokens = open_sessions(&http, &server.base).await?;
+    let batch_tokens = open_batch_sessions(&http, &server.base).await?;
+    let (mut batch_saves, mut batch_requests) = (Vec::new(), Vec::new());
     let (mut up, mut redis, mut saves, mut pg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut two_requests = Vec::new();
     let mut skipped = Vec::new();
@@ -327,6 +390,9 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
         up.push(ours(&server.base, &tokens, duration, Mode::Update).await);
         saves.push(ours(&server.base, &tokens, duration, Mode::UpdateSaved).await);
         two_requests.push(ours(&server.base, &tokens, duration, Mode::UpdateThenSave).await);
+        let (saves_per_s, requests_per_s) = batched(&server.base, &batch_tokens, duration).await;
+        batch_saves.push(saves_per_s);
+        batch_requests.push(requests_per_s);
         match redis_set(duration).await {
             Ok(r) => redis.push(r),
             Err(e) => skipped.push(e),
@@ -354,6 +420,24 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
         )],
     }];
     let note = format!("{CONNECTIONS} keep-alive connections, client and server on the same 2-core machine");
+    out.push(Measurement {
+        name: "6d. HTTP durable saves through POST /v1/batch (100 patch+save operations per request)".into(),
+        unit: "saves/s".into(),
+        higher_is_better: true,
+        ours: batch_saves,
+        baseline_name: format!("one save per request (6b: PATCH ?save=normal on {CONNECTIONS} connections)"),
+        baseline: saves.clone(),
+        goal_ratio: None,
+        notes: vec![
+            format!(
+                "{BATCH_CONNECTIONS} connections, each a game server autosaving its {BATCH_KEYS} players (1 KiB each) per request"
+            ),
+            format!(
+                "saves per request: {BATCH_KEYS} against 1; batch requests/s (median): {:.1}",
+                median(&batch_requests)
+            ),
+        ],
+    });
     if !redis.is_empty() {
         out.push(Measurement {
             name: "6a. HTTP update requests (JSON merge patch, 1 KiB)".into(),

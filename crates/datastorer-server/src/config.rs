@@ -70,6 +70,12 @@ pub struct Settings {
     /// Address to listen on (default 127.0.0.1:7070; port 0 picks a free one).
     #[arg(long, env = "DATASTORER_LISTEN")]
     pub listen: Option<String>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "DATASTORER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DATASTORER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// sled data directory (default ./data; not with --database-url).
     #[arg(long, env = "DATASTORER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -162,6 +168,8 @@ pub enum Storage {
 pub struct ServerConfig {
     /// Address to bind.
     pub listen: SocketAddr,
+    /// HTTPS: the certificate and key, loaded and checked at start.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Where records live.
     pub storage: Storage,
     /// The owner id in leases; `None`: on sled, the one stored in the data
@@ -238,6 +246,28 @@ impl ServerConfig {
         })?;
 
         let api_keys = api_keys(file.api_keys.unwrap_or_default(), &o.api_key_flags, &at)?;
+        let tls_cert = o.tls_cert.clone().or(file.tls_cert.clone());
+        let tls_key = o.tls_key.clone().or(file.tls_key.clone());
+        let tls = match (tls_cert, tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(std::sync::Arc::new(
+                tls_config(&cert, &key).map_err(|e| err_at("tls_cert", o.tls_cert.is_some(), e))?,
+            )),
+            (Some(_), None) => {
+                return Err(err_at(
+                    "tls_key",
+                    o.tls_key.is_some(),
+                    "--tls-cert needs --tls-key (its private key)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err_at(
+                    "tls_cert",
+                    o.tls_cert.is_some(),
+                    "--tls-key needs --tls-cert (its certificate)".into(),
+                ))
+            }
+        };
         if api_keys.is_empty() && !listen.ip().is_loopback() {
             return Err(err_at(
                 "listen",
@@ -328,6 +358,7 @@ impl ServerConfig {
         }
         Ok(ServerConfig {
             listen,
+            tls,
             storage,
             advertise_url,
             owner_id,
@@ -378,6 +409,30 @@ impl Origin<'_> {
     fn err(&self, field: &str, flag_given: bool, what: String) -> ConfigError {
         ConfigError(format!("{}: {what}", self.of(field, flag_given)))
     }
+}
+
+/// The HTTPS server configuration from a PEM certificate chain and key:
+/// ring as the provider, TLS 1.2 and 1.3, HTTP/1.1 by ALPN.
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", cert.display()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and key do not make a TLS identity: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// The file's API keys, then the flags' (`NAME:ROLE:SECRET`), checked:

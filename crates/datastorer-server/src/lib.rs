@@ -74,6 +74,10 @@ pub async fn run(
     };
     let ds = Datastorer::start(engine_config(&config, backend, owner)).await.map_err(|e| e.to_string())?;
     let stores = declare_stores(&ds, &config)?;
+    if config.auth_enabled() && config.tls.is_none() && !config.listen.ip().is_loopback() {
+        warn!(target: "datastorer::server", listen = %config.listen,
+            "API keys and lease tokens travel in clear text: serve TLS (--tls-cert/--tls-key) or put a TLS proxy in front");
+    }
     if !config.auth_enabled() {
         warn!(target: "datastorer::server", listen = %config.listen,
             "no API keys configured: authentication is OFF, which is allowed on loopback addresses only");
@@ -166,11 +170,15 @@ pub async fn run(
     })
     .workers(config.workers)
     .disable_signals()
-    .shutdown_timeout(config.shutdown_deadline.as_secs().max(1))
-    .listen(listener)
+    .shutdown_timeout(config.shutdown_deadline.as_secs().max(1));
+    let server = match &config.tls {
+        Some(tls) => server.listen_rustls_0_23(listener, (**tls).clone()),
+        None => server.listen(listener),
+    }
     .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
     let bound = server.addrs().first().copied().ok_or("bound to no address")?;
-    println!("datastorer listening on http://{bound}");
+    println!("datastorer listening on {scheme}://{bound}");
     let _ = std::io::stdout().flush();
     match &config.storage {
         Storage::Sled(dir) => info!(target: "datastorer::server", %bound, data_dir = %dir.display(), "serving"),

@@ -824,3 +824,74 @@ async fn a_game_servers_hour_with_a_hundred_players_fits_the_request_budget() {
         other.per_minute.iter().sum::<usize>(), admin.per_minute.iter().sum::<usize>());
     assert!(most <= 500, "a minute needed {most} requests");
 }
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One HTTP/1.1 request over TLS to `addr`, trusting only the test's
+/// certificate; answers the response's text.
+async fn https_get(addr: &str, path: &str) -> Result<String, String> {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject, pki_types::CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(fixture("ca.pem")).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls =
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn with_a_certificate_the_server_speaks_https_and_only_https() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (fixture("cert.pem"), fixture("key.pem"));
+    let s = Server::start(tmp.path(), &["--tls-cert", &cert, "--tls-key", &key]);
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let answer = https_get(&addr, "/v1/stores/profiles").await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"template\""), "{answer}");
+    // Plain HTTP to the TLS port gets no API answer.
+    let plain = Client::new().get(s.url("/healthz")).send().await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != StatusCode::OK), "plain HTTP must not be served");
+}
+
+#[test]
+fn tls_settings_are_checked_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let (cert, key) = (fixture("cert.pem"), fixture("key.pem"));
+    let junk = junk.to_str().unwrap();
+    for (args, says) in [
+        (vec!["--tls-cert", cert.as_str()], "--tls-key"),
+        (vec!["--tls-key", key.as_str()], "--tls-cert"),
+        (vec!["--tls-cert", junk, "--tls-key", key.as_str()], "no PEM certificate"),
+        (vec!["--tls-cert", cert.as_str(), "--tls-key", junk], "private key"),
+        (vec!["--tls-cert", "/nonexistent.pem", "--tls-key", key.as_str()], "cannot read the certificate"),
+        // TLS alone does not open a non-loopback address: that needs API keys.
+        (vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str(), "--listen", "0.0.0.0:0"], "loopback"),
+    ] {
+        let out = std::process::Command::new(common::server::BIN)
+            .args(["serve", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
