@@ -142,6 +142,9 @@ pub struct Settings {
     /// Declared stores (file only).
     #[arg(skip)]
     pub stores: Option<BTreeMap<String, StoreDecl>>,
+    /// Alert endpoints (`[[webhooks]]` tables, file only).
+    #[arg(skip)]
+    pub webhooks: Option<Vec<super::webhooks::WebhookDecl>>,
 }
 
 /// `postgres_tls` in the file.
@@ -203,6 +206,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Queue rate budgets.
     pub budgets: Budgets,
+    /// Alert endpoints.
+    pub webhooks: Vec<super::webhooks::WebhookDecl>,
 }
 
 /// A configuration problem, already phrased for the operator.
@@ -268,6 +273,10 @@ impl ServerConfig {
                 ))
             }
         };
+        let webhooks = file.webhooks.clone().unwrap_or_default();
+        for (i, w) in webhooks.iter().enumerate() {
+            super::webhooks::Endpoint::parse(&w.url).map_err(|e| err(&format!("webhooks[{i}].url"), e))?;
+        }
         if api_keys.is_empty() && !listen.ip().is_loopback() {
             return Err(err_at(
                 "listen",
@@ -359,6 +368,7 @@ impl ServerConfig {
         Ok(ServerConfig {
             listen,
             tls,
+            webhooks,
             storage,
             advertise_url,
             owner_id,

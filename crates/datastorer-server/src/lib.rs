@@ -26,6 +26,7 @@ pub mod openapi;
 pub mod routes;
 pub mod sessions;
 pub mod validate;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -83,6 +84,11 @@ pub async fn run(
             "no API keys configured: authentication is OFF, which is allowed on loopback addresses only");
     }
 
+    let hooks = std::sync::Arc::new(webhooks::Webhooks::start(&config.webhooks, ds.owner_id())?);
+    if !hooks.is_empty() {
+        info!(target: "datastorer::server", endpoints = ?hooks.describe(), "webhooks configured");
+        actix_web::rt::spawn(webhooks::watch_failures(ds.clone(), hooks.clone()));
+    }
     // Subscribed before any request can save, so the log misses nothing.
     let change_log = change_log::ChangeLog::new(change_log::DEFAULT_CAPACITY);
     actix_web::rt::spawn(change_log.clone().pump(ds.changes()));
@@ -99,6 +105,7 @@ pub async fn run(
         postgres,
         changes: change_log.clone(),
         budgets: budget::Budgets::new(&config.api_keys),
+        webhooks: hooks.clone(),
     });
 
     let app_state = state.clone();
@@ -201,6 +208,24 @@ pub async fn run(
         released = report.release.released, failed = report.release.failed.len(),
         timed_out = report.release.timed_out, took_ms = report.took.as_millis() as u64, "stopped"
     );
+    if !report.is_clean() && !hooks.is_empty() {
+        // The last thing this process says; bounded, so a dead webhook
+        // cannot hold the exit.
+        let before = hooks.delivered.load(Ordering::Relaxed);
+        hooks.alert(webhooks::Alert {
+            kind: webhooks::AlertKind::ShutdownUnsaved,
+            count: (report.release.failed.len() + report.release.timed_out) as u64,
+            message: format!(
+                "shut down with {} keys unsaved and {} timed out: their last changes are lost unless another process saved them",
+                report.release.failed.len(),
+                report.release.timed_out
+            ),
+        });
+        let deadline = tokio::time::Instant::now() + webhooks::COALESCE + Duration::from_secs(3);
+        while hooks.delivered.load(Ordering::Relaxed) == before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     Ok(report)
 }
 

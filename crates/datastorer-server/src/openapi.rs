@@ -251,6 +251,8 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "handoff": { "$ref": "#/components/schemas/Handoff" }, "messages_waiting": { "type": "boolean" } } } },
                     "succeeded": { "type": "integer" }, "failed": { "type": "integer" } } })),
                 &with(&[("413", "body too large, or more than 1000 operations (`too_many_operations`)"), ("415", "wrong content type"), ("503", "shutting down")])) },
+            "/v1/webhooks/test": { "post": op("test_webhooks", "send a test alert to every configured webhook (admin)", vec![], None,
+                ok(json!({ "type": "object", "properties": { "webhooks": { "type": "integer" } } })), &with(&[])) },
             "/v1/clients/{client_id}/renew": { "post": op("renew_client", "renew every session this client_id holds under the caller's API key",
                 vec![path_param("client_id", 128)],
                 None,

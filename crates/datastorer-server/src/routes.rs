@@ -48,6 +48,8 @@ pub struct AppState {
     pub changes: std::sync::Arc<super::change_log::ChangeLog>,
     /// Request budgets of the API keys that have one.
     pub budgets: super::budget::Budgets,
+    /// Alert endpoints.
+    pub webhooks: std::sync::Arc<super::webhooks::Webhooks>,
 }
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -990,6 +992,18 @@ pub async fn poll_changes(
     }
 }
 
+/// `POST /v1/webhooks/test` (admin): sends a test alert to every webhook,
+/// to check the configuration end to end.
+pub async fn test_webhooks(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    state.auth(&req, Role::Admin)?;
+    state.webhooks.alert(super::webhooks::Alert {
+        kind: super::webhooks::AlertKind::Test,
+        count: 1,
+        message: "a test alert, sent on request".into(),
+    });
+    Ok(HttpResponse::Ok().json(json!({ "webhooks": state.webhooks.len() })))
+}
+
 /// `GET /v1/openapi.json`
 pub async fn openapi(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     state.auth(&req, Role::Read)?;
@@ -1079,6 +1093,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(r("/v1/changes").route(web::get().to(changes)))
     .service(r("/v1/changes/poll").route(web::get().to(poll_changes)))
     .service(r("/v1/batch").route(web::post().to(super::batch::batch)))
+    .service(r("/v1/webhooks/test").route(web::post().to(test_webhooks)))
     .service(r("/v1/clients/{client_id}/renew").route(web::post().to(super::batch::renew_client)));
 }
 

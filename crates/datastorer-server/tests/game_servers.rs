@@ -895,3 +895,97 @@ fn tls_settings_are_checked_at_start() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// A local webhook receiver: answers the first request to `/flaky` with
+/// 503 and everything else with 204; every request's path and JSON body
+/// arrive on the channel.
+async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, Value)>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut flaky_seen = false;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let mut stream = BufReader::new(stream);
+            let mut line = String::new();
+            stream.read_line(&mut line).await.unwrap();
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let mut length = 0;
+            loop {
+                line.clear();
+                stream.read_line(&mut line).await.unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            stream.read_exact(&mut body).await.unwrap();
+            let fail = path == "/flaky" && !flaky_seen;
+            flaky_seen |= path == "/flaky";
+            let status = if fail { "503 Service Unavailable" } else { "204 No Content" };
+            let _ =
+                stream.get_mut().write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+            let _ = tx.send((path, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+        }
+    });
+    (base, rx)
+}
+
+#[tokio::test]
+async fn webhooks_receive_alerts_in_their_format_and_a_failed_delivery_is_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hook, mut received) = receiver().await;
+    let config = tmp.path().join("hooks.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[webhooks]]\nurl = \"{hook}/flaky\"\n\n[[webhooks]]\nurl = \"{hook}/discord\"\nformat = \"discord\"\n\n\
+             [[webhooks]]\nurl = \"{hook}/slack\"\nformat = \"slack\"\n\n[[webhooks]]\nurl = \"{hook}/critical-only\"\nevents = [\"critical\"]\n"
+        ),
+    )
+    .unwrap();
+    let s = Server::start(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let c = Client::new();
+    let (st, v) = call(&c, &s, Method::POST, "/v1/webhooks/test", None, None).await;
+    assert_eq!((st, v), (StatusCode::OK, json!({"webhooks": 4})));
+
+    let mut got: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    while got.get("/flaky").map_or(0, Vec::len) < 2 || !got.contains_key("/discord") || !got.contains_key("/slack") {
+        let (path, body) =
+            tokio::time::timeout(std::time::Duration::from_secs(20), received.recv()).await.unwrap().unwrap();
+        got.entry(path).or_default().push(body);
+    }
+    let flaky = &got["/flaky"];
+    assert_eq!(flaky[0], flaky[1], "the same alert again after the 503");
+    assert_eq!(flaky[0]["alerts"][0]["kind"], "test");
+    assert_eq!(flaky[0]["source"], "datastorer");
+    assert!(got["/discord"][0]["content"].as_str().unwrap().contains("1× test"), "{:?}", got["/discord"]);
+    assert!(got["/slack"][0]["text"].as_str().unwrap().contains("1× test"));
+    assert!(!got.contains_key("/critical-only"), "an endpoint gets only the alerts it asked for");
+}
+
+#[test]
+fn a_bad_webhook_url_is_refused_at_start_without_repeating_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("hooks.toml");
+    std::fs::write(&config, "[[webhooks]]\nurl = \"ftp://hooks.example/SECRET-TOKEN\"\n").unwrap();
+    let out = std::process::Command::new(common::server::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("webhooks[0].url") && !err.contains("SECRET-TOKEN"), "{err}");
+    std::fs::write(&config, "[[webhooks]]\nurl = \"http://h/\"\nformat = \"teams\"\n").unwrap();
+    let out =
+        std::process::Command::new(common::server::BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("teams"));
+}

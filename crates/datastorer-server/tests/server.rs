@@ -1017,6 +1017,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/changes", "get"),
         ("/v1/changes/poll", "get"),
         ("/v1/batch", "post"),
+        ("/v1/webhooks/test", "post"),
         ("/v1/clients/{client_id}/renew", "post"),
         ("/v1/stores/{store}", "get"),
         ("/v1/stores/{store}/keys", "get"),
