@@ -235,6 +235,21 @@ async fn wait_for_release(
     tokio::time::timeout(wait, released).await.unwrap_or(WaitEnd::TimedOut)
 }
 
+/// The stored document of `r` as the store's current version sees it:
+/// migrated and reconciled with the template (what an open loads).
+pub(crate) fn current_document<T: Document>(store: &StoreDef<T>, key: &str, r: &Record) -> Result<Value, Error> {
+    let fail = |message: String| Error::Migration {
+        store: store.name.to_string(),
+        key: key.to_owned(),
+        from_version: r.data_version,
+        message,
+    };
+    let doc: Value = serde_json::from_slice(&r.data).map_err(|e| fail(format!("stored data is not JSON: {e}")))?;
+    let mut doc = migrate(doc, r.data_version, &store.migrations).map_err(fail)?;
+    reconcile(&mut doc, &store.template_json);
+    Ok(doc)
+}
+
 fn prepare<T: Document>(
     store: &StoreDef<T>,
     key: &str,
@@ -252,10 +267,7 @@ fn prepare<T: Document>(
                 from_version: r.data_version,
                 message,
             };
-            let doc: Value =
-                serde_json::from_slice(&r.data).map_err(|e| fail(format!("stored data is not JSON: {e}")))?;
-            let mut doc = migrate(doc, r.data_version, &store.migrations).map_err(fail)?;
-            reconcile(&mut doc, &store.template_json);
+            let doc = current_document(store, key, r)?;
             let mut metadata: Value = if r.metadata.is_empty() {
                 Value::Object(Default::default())
             } else {

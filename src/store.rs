@@ -316,6 +316,10 @@ impl<T: Document> Store<T> {
         &self.shared.engine
     }
 
+    pub(crate) fn def(&self) -> &StoreDef<T> {
+        &self.shared.def
+    }
+
     /// The store's name.
     pub fn name(&self) -> &str {
         &self.shared.name

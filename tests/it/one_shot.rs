@@ -79,3 +79,46 @@ async fn concurrent_one_shot_updates_of_one_key_all_apply() {
     }
     assert_eq!(stored_json(&backend, "profiles", "counter")["coins"], 10);
 }
+
+#[actix_rt::test]
+async fn a_read_loads_the_stored_document_without_a_lease() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    assert!(store.read("k").await.unwrap().is_none());
+    store.update_unleased("k", None, |p| p.coins = 4).await.unwrap();
+    let writes = backend.stats().writes_applied;
+    assert_eq!(store.read("k").await.unwrap().map(|p| p.coins), Some(4));
+    assert_eq!(backend.stats().writes_applied, writes, "a read writes nothing");
+    assert!(!store.is_loaded("k") && stored(&backend, "profiles", "k").unwrap().lease.is_none());
+}
+
+#[actix_rt::test]
+async fn the_read_cache_answers_from_memory_until_a_change_notice_or_its_ttl() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let (a, b) = (node(&backend, "a").await, node(&backend, "b").await);
+    profiles(&a).update_unleased("k", None, |p| p.coins = 1).await.unwrap();
+    let cache = profiles(&a).read_cache(std::time::Duration::from_secs(60));
+    assert_eq!(cache.get("k").await.unwrap().map(|p| p.coins), Some(1));
+    let gets = backend.stats().gets;
+    assert_eq!(cache.get("k").await.unwrap().map(|p| p.coins), Some(1));
+    assert_eq!(backend.stats().gets, gets, "a fresh entry costs no read");
+
+    // Another process changes the key: its notice drops the entry.
+    profiles(&b).update_unleased("k", None, |p| p.coins = 2).await.unwrap();
+    for _ in 0..1000 {
+        if cache.is_empty() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(cache.is_empty(), "the change notice invalidated the entry");
+    assert_eq!(cache.get("k").await.unwrap().map(|p| p.coins), Some(2));
+
+    // Without a notice, the TTL bounds how old an answer may be.
+    let gets = backend.stats().gets;
+    tokio::time::advance(std::time::Duration::from_secs(61)).await;
+    assert_eq!(cache.get("k").await.unwrap().map(|p| p.coins), Some(2));
+    assert!(backend.stats().gets > gets, "an expired entry is read again");
+}

@@ -321,19 +321,34 @@ async fn deliver(
     }
 }
 
-/// Turns the engine's failure counters into alerts, once a second: new
-/// failures by reason, a lost lease, and entering the critical state.
+/// Turns the engine's failure counters into alerts, once a second.
 pub async fn watch_failures(ds: Datastorer, hooks: Arc<Webhooks>) {
-    let mut seen: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut recent: std::collections::VecDeque<(tokio::time::Instant, u64)> = Default::default();
-    let mut critical = false;
+    let mut watch = FailureWatch::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let now = tokio::time::Instant::now();
+        for alert in watch.observe(tokio::time::Instant::now(), &ds.save_failures()) {
+            hooks.alert(alert);
+        }
+    }
+}
+
+/// What the failure counters mean for alerts: new failures by reason, a
+/// lost lease, and entering the critical state (left again once the
+/// window holds fewer than `CRITICAL_COUNT`, so a later storm alerts again).
+#[derive(Default)]
+struct FailureWatch {
+    seen: BTreeMap<&'static str, u64>,
+    recent: std::collections::VecDeque<(tokio::time::Instant, u64)>,
+    critical: bool,
+}
+
+impl FailureWatch {
+    fn observe(&mut self, now: tokio::time::Instant, totals: &[(SaveFailureReason, u64)]) -> Vec<Alert> {
+        let mut alerts = Vec::new();
         let mut new_failures = 0;
-        for (reason, total) in ds.save_failures() {
-            let before = seen.insert(reason.as_str(), total).unwrap_or(0);
+        for (reason, total) in totals {
+            let before = self.seen.insert(reason.as_str(), *total).unwrap_or(0);
             let fresh = total.saturating_sub(before);
             if fresh == 0 {
                 continue;
@@ -348,19 +363,19 @@ pub async fn watch_failures(ds: Datastorer, hooks: Arc<Webhooks>) {
                     format!("saves failed ({}); the data stays in memory and is retried", r.as_str()),
                 ),
             };
-            hooks.alert(Alert { kind, count: fresh, message });
+            alerts.push(Alert { kind, count: fresh, message });
         }
         if new_failures > 0 {
-            recent.push_back((now, new_failures));
+            self.recent.push_back((now, new_failures));
         }
-        while recent.front().is_some_and(|(t, _)| now.duration_since(*t) > CRITICAL_WINDOW) {
-            recent.pop_front();
+        while self.recent.front().is_some_and(|(t, _)| now.duration_since(*t) > CRITICAL_WINDOW) {
+            self.recent.pop_front();
         }
-        let in_window: u64 = recent.iter().map(|(_, n)| n).sum();
-        if !critical && in_window >= CRITICAL_COUNT {
-            critical = true;
+        let in_window: u64 = self.recent.iter().map(|(_, n)| n).sum();
+        if !self.critical && in_window >= CRITICAL_COUNT {
+            self.critical = true;
             info!(target: "datastorer::webhooks", failures = in_window, "critical state");
-            hooks.alert(Alert {
+            alerts.push(Alert {
                 kind: AlertKind::Critical,
                 count: in_window,
                 message: format!(
@@ -368,9 +383,10 @@ pub async fn watch_failures(ds: Datastorer, hooks: Arc<Webhooks>) {
                     CRITICAL_WINDOW.as_secs()
                 ),
             });
-        } else if critical && in_window < CRITICAL_COUNT {
-            critical = false;
+        } else if self.critical && in_window < CRITICAL_COUNT {
+            self.critical = false;
         }
+        alerts
     }
 }
 
@@ -391,6 +407,28 @@ mod tests {
             let err = Endpoint::parse(bad).unwrap_err();
             assert!(!err.contains("SECRET"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn failures_become_alerts_and_five_within_two_minutes_are_critical_once() {
+        let t0 = tokio::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = FailureWatch::default();
+        let kinds = |alerts: Vec<Alert>| alerts.into_iter().map(|a| (a.kind, a.count)).collect::<Vec<_>>();
+        assert!(w.observe(at(0), &[(SaveFailureReason::Storage, 0)]).is_empty());
+        assert_eq!(kinds(w.observe(at(1), &[(SaveFailureReason::Storage, 3)])), [(AlertKind::SaveFailed, 3)]);
+        assert!(w.observe(at(2), &[(SaveFailureReason::Storage, 3)]).is_empty(), "only new failures alert");
+        let both = [(SaveFailureReason::Storage, 4), (SaveFailureReason::LeaseLost, 1)];
+        assert_eq!(
+            kinds(w.observe(at(60), &both)),
+            [(AlertKind::SaveFailed, 1), (AlertKind::LeaseLost, 1), (AlertKind::Critical, 5)]
+        );
+        let more = [(SaveFailureReason::Storage, 5), (SaveFailureReason::LeaseLost, 1)];
+        assert_eq!(kinds(w.observe(at(61), &more)), [(AlertKind::SaveFailed, 1)], "critical is announced once");
+        // Two minutes after the storm the window empties; a new storm alerts again.
+        assert!(w.observe(at(300), &more).is_empty());
+        let storm = [(SaveFailureReason::Storage, 10), (SaveFailureReason::LeaseLost, 1)];
+        assert_eq!(kinds(w.observe(at(301), &storm)), [(AlertKind::SaveFailed, 5), (AlertKind::Critical, 5)]);
     }
 
     #[test]
