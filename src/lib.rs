@@ -199,6 +199,14 @@ impl Datastorer {
     /// The store `name`, registered on first use. Asking again with the same
     /// specification returns the same store; a different one is an error.
     pub fn store<T: Document>(&self, name: &str, spec: StoreSpec<T>) -> Result<Store<T>, Error> {
+        // `S:inbox` holds store S's messages (see `Store::post_message`).
+        if name.ends_with(INBOX_SUFFIX) {
+            return Err(Error::InvalidName {
+                what: "store name",
+                value: name.chars().take(64).collect(),
+                reason: "names ending in \":inbox\" are reserved for messages to keys",
+            });
+        }
         Store::register(&self.engine, name, spec)
     }
 

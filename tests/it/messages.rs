@@ -53,3 +53,13 @@ async fn a_full_inbox_refuses_the_next_message_and_keeps_every_waiting_one() {
     let e = store.post_message("bad\tkey", json!(1)).await.unwrap_err();
     assert!(matches!(e, Error::InvalidName { .. }), "{e:?}");
 }
+
+#[actix_rt::test]
+async fn inbox_store_names_are_reserved() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let e = ds.store("profiles:inbox", datastorer::StoreSpec::new(template())).unwrap_err();
+    assert!(matches!(e, Error::InvalidName { what: "store name", .. }), "{e:?}");
+    // Posting still works: the engine opens the inbox store itself.
+    profiles(&ds).post_message("p", json!(1)).await.unwrap();
+}

@@ -530,6 +530,10 @@ async fn message_inputs_are_checked() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST, "an empty body is no message");
     let (st, _) = call(&c, &s, Method::POST, "/v1/stores/profiles/keys/bad%09key/messages", None, Some(json!(1))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
+    for path in ["/v1/stores/profiles:inbox/keys/p", "/v1/stores/profiles:inbox/keys"] {
+        let (st, v) = call(&c, &s, Method::GET, path, None, None).await;
+        assert_eq!((st, v["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_name")), "{path}: reserved: {v}");
+    }
     let (_, v) = open(&c, &s, "profiles", "p", json!({})).await;
     let t = token_of(&v);
     for body in [json!({"up_to": -1}), json!({}), json!({"up_to": 1, "x": 2}), json!([1])] {
