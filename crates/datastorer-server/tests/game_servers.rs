@@ -63,6 +63,7 @@ async fn one_batch_autosaves_a_hundred_players_in_shared_flushes_and_another_rel
         assert!(r.get("data").is_none(), "a batch never echoes documents: {r}");
     }
     let flushes = counter(&c, &s, "datastorer_storage_flushes_total").await - flushes_before;
+    println!("100 durable saves in one batch took {flushes} storage flushes");
     assert!((1..50).contains(&flushes), "100 saves in one batch share group commits, took {flushes} flushes");
     for (i, (key, _)) in held.iter().enumerate().step_by(17) {
         assert_eq!(stored(&c, &s, key).await["data"], json!({"coins": i}), "durable before the answer");
