@@ -83,6 +83,28 @@ async fn every_server_change_feed_shows_saves_made_through_another() {
     assert_eq!(save, json!({"store": "profiles", "key": "fed", "revision": saved["revision"], "kind": "saved"}));
 }
 
+#[tokio::test]
+async fn a_message_posted_through_one_server_reaches_the_holder_on_another() {
+    let Some(pg) = PgSchema::new("a_message_posted_through_one_server_reaches_the_holder_on_another") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = server(&pg, tmp.path(), "srv-a", &[]);
+    let b = server(&pg, tmp.path(), "srv-b", &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "gifted");
+    let (_, v) = open(&c, &a, "profiles", "gifted", json!({"client_id": "game-1"})).await;
+    let t = token_of(&v);
+    let (_, page) = call(&c, &a, Method::GET, "/v1/changes/poll?client_id=game-1", None, None).await;
+    let after = page["next"].as_u64().unwrap();
+
+    let (st, v) = call(&c, &b, Method::POST, &format!("{k}/messages"), None, Some(json!({"gift": "sword"}))).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let poll = format!("/v1/changes/poll?client_id=game-1&after={after}&wait_ms=15000");
+    let (_, page) = call(&c, &a, Method::GET, &poll, None, None).await;
+    assert_eq!(page["events"][0]["kind"], "messages", "the holder's server heard the other's post: {page}");
+    let (_, v) = call(&c, &a, Method::GET, &format!("{k}/session/messages"), Some(&t), None).await;
+    assert_eq!(v["messages"][0]["message"], json!({"gift": "sword"}));
+}
+
 /// A process holding 1,000 keys, every one with an acknowledged save, is
 /// killed with SIGKILL. Restarted under its owner id, it takes back the
 /// half it wants at once (the leases are its own); another server takes the
