@@ -12,12 +12,14 @@
 //!
 //! Must not: touch the key's own record or session.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Error;
+use crate::session::Session;
 use crate::store::{Store, StoreSpec};
 use crate::types::Document;
 
@@ -129,6 +131,84 @@ impl<T: Document> Store<T> {
         })
         .await?;
         Ok(outcome.value)
+    }
+}
+
+/// Handles one message to a key open here; answers whether it was
+/// processed (then it is acknowledged; otherwise it stays for later).
+pub type MessageHandler<T> = Arc<dyn Fn(&Session<T>, &Message) -> bool + Send + Sync>;
+
+impl<T: Document> Store<T> {
+    /// Calls `handler` for every message to a key this instance has open
+    /// (ProfileStore's `MessageHandler`): those waiting when the key opens,
+    /// and each one posted while it is open (from any process), in order.
+    /// A message the handler processed (`true`) is acknowledged; the first
+    /// it does not process stops the delivery, and it and the later ones
+    /// are offered again with the next message or the next open. Setting
+    /// a handler again replaces it.
+    pub fn on_message(&self, handler: impl Fn(&Session<T>, &Message) -> bool + Send + Sync + 'static) {
+        let shared = self.shared();
+        *shared.message_handler.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(handler));
+        if !shared.inbox_watched.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let notices = self.engine().backend.notices().subscribe();
+            actix::spawn(self.clone().watch_inbox(notices));
+        }
+    }
+
+    pub(crate) fn has_message_handler(&self) -> bool {
+        self.shared().message_handler.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// Offers `key`'s waiting messages to the handler, if the key is open;
+    /// a delivery asked while one runs makes that one run again instead.
+    pub(crate) async fn deliver_messages(self, key: String) {
+        {
+            let mut running = self.shared().deliveries.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(again) = running.get_mut(&key) {
+                *again = true;
+                return;
+            }
+            running.insert(key.clone(), false);
+        }
+        loop {
+            self.deliver_once(&key).await;
+            let mut running = self.shared().deliveries.lock().unwrap_or_else(|p| p.into_inner());
+            match running.get_mut(&key) {
+                Some(again) if *again => *again = false,
+                _ => {
+                    running.remove(&key);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn deliver_once(&self, key: &str) {
+        let key = key.to_owned();
+        let handler = self.shared().message_handler.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (Some(handler), Some(session)) = (handler, self.get(key.as_str())) else { return };
+        let Ok(waiting) = self.messages(&key).await else { return };
+        let processed = waiting.iter().take_while(|m| handler(&session, m)).last().map(|m| m.id);
+        if let Some(up_to) = processed {
+            if let Err(e) = self.ack_messages(&key, up_to).await {
+                tracing::warn!(target: "datastorer::inbox", store = %self.name(), %key, error = %e,
+                    "processed messages could not be acknowledged; they will be offered again");
+            }
+        }
+    }
+
+    /// Delivers to open keys whenever their inbox changes.
+    async fn watch_inbox(self, mut notices: tokio::sync::broadcast::Receiver<crate::storage::Notice>) {
+        let inbox = inbox_store_name(self.name());
+        loop {
+            match notices.recv().await {
+                Ok(n) if n.store == inbox && self.is_loaded(n.key.as_str()) => {
+                    actix::spawn(self.clone().deliver_messages(n.key));
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 }
 

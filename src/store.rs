@@ -187,6 +187,14 @@ pub(crate) struct StoreShared<T: Document> {
     /// Keys in a one-shot update (`update_unleased`) right now: a second
     /// one waits for the first instead of failing on its lease.
     one_shots: Mutex<std::collections::HashSet<String>>,
+    /// Called for each message to a key open here (`Store::on_message`).
+    pub(crate) message_handler: Mutex<Option<crate::inbox::MessageHandler<T>>>,
+    /// Whether the task delivering messages to open keys runs.
+    pub(crate) inbox_watched: std::sync::atomic::AtomicBool,
+    /// Keys whose messages are being delivered, and whether another
+    /// delivery was asked meanwhile (one delivery per key at a time, so a
+    /// message is not handed over twice by two racing deliveries).
+    pub(crate) deliveries: Mutex<HashMap<String, bool>>,
 }
 
 impl<T: Document> std::ops::Deref for StoreShared<T> {
@@ -306,6 +314,9 @@ impl<T: Document> Store<T> {
                 fingerprint,
                 keys: Mutex::new(HashMap::new()),
                 one_shots: Mutex::new(std::collections::HashSet::new()),
+                message_handler: Mutex::new(None),
+                inbox_watched: std::sync::atomic::AtomicBool::new(false),
+                deliveries: Mutex::new(HashMap::new()),
             }
         });
         stores.insert(name.to_owned(), shared.clone());
@@ -318,6 +329,10 @@ impl<T: Document> Store<T> {
 
     pub(crate) fn def(&self) -> &StoreDef<T> {
         &self.shared.def
+    }
+
+    pub(crate) fn shared(&self) -> &StoreShared<T> {
+        &self.shared
     }
 
     /// The store's name.
@@ -590,6 +605,10 @@ impl<T: Document> Store<T> {
                     if created && shared.engine.registry.is_shutting_down() {
                         let _ = session.release_as(Priority::Emergency, CloseReason::Shutdown).await;
                         return Err(Error::ShuttingDown);
+                    }
+                    // Messages that waited for the key reach its handler now.
+                    if created && self.has_message_handler() {
+                        actix::spawn(self.clone().deliver_messages(key));
                     }
                     return Ok(session);
                 }

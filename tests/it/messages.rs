@@ -63,3 +63,39 @@ async fn inbox_store_names_are_reserved() {
     // Posting still works: the engine opens the inbox store itself.
     profiles(&ds).post_message("p", json!(1)).await.unwrap();
 }
+
+#[actix_rt::test]
+async fn a_message_handler_gets_waiting_messages_on_open_and_new_ones_while_open() {
+    let backend = Arc::new(MemoryBackend::new());
+    let (a, b) = (node(&backend, "a").await, node(&backend, "b").await);
+    let store = profiles(&a);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    store.on_message(move |session, m| {
+        let _ = tx.send((session.key().to_owned(), m.body.clone()));
+        m.body != json!("not now")
+    });
+    let timeout = std::time::Duration::from_secs(10);
+    profiles(&b).post_message("p", json!("waiting")).await.unwrap();
+    let _session = store.open("p").await.unwrap();
+    let got = tokio::time::timeout(timeout, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got, ("p".to_owned(), json!("waiting")), "a message that waited arrives with the open");
+
+    profiles(&b).post_message("p", json!("while open")).await.unwrap();
+    let got = tokio::time::timeout(timeout, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got.1, json!("while open"));
+    profiles(&b).post_message("p", json!("not now")).await.unwrap();
+    let got = tokio::time::timeout(timeout, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(got.1, json!("not now"));
+    // Processed ones are acknowledged; the refused one stays.
+    for _ in 0..200 {
+        if store.messages("p").await.unwrap().len() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let left: Vec<_> = store.messages("p").await.unwrap().into_iter().map(|m| m.body).collect();
+    assert_eq!(left, [json!("not now")]);
+    // A key not open here is not handled: its messages wait.
+    profiles(&b).post_message("offline", json!(1)).await.unwrap();
+    assert_eq!(store.messages("offline").await.unwrap().len(), 1);
+}
