@@ -52,19 +52,24 @@ fn payload(i: usize) -> String {
     json!({ "n": i, "pad": "x".repeat(1000) }).to_string()
 }
 
+/// Opens a session on `key` of store `http`; answers its lease token.
+async fn open_session(http: &reqwest::Client, base: &str, key: &str) -> Result<String, String> {
+    let resp = http
+        .post(format!("{base}/v1/stores/http/keys/{key}/session"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&resp.bytes().await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    Ok(v["lease_token"].as_str().ok_or("no lease token")?.to_owned())
+}
+
 async fn open_sessions(http: &reqwest::Client, base: &str) -> Result<Vec<String>, String> {
     let mut tokens = Vec::new();
     for i in 0..CONNECTIONS {
-        let resp = http
-            .post(format!("{base}/v1/stores/http/keys/h{i}/session"))
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&resp.bytes().await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-        tokens.push(v["lease_token"].as_str().ok_or("no lease token")?.to_owned());
+        tokens.push(open_session(http, base, &format!("h{i}")).await?);
     }
     Ok(tokens)
 }
@@ -180,16 +185,7 @@ async fn open_batch_sessions(http: &reqwest::Client, base: &str) -> Result<Vec<V
     for c in 0..BATCH_CONNECTIONS {
         let mut tokens = Vec::new();
         for k in 0..BATCH_KEYS {
-            let resp = http
-                .post(format!("{base}/v1/stores/http/keys/b{c}-{k}/session"))
-                .header("content-type", "application/json")
-                .body("{}")
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&resp.bytes().await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            tokens.push(v["lease_token"].as_str().ok_or("no lease token")?.to_owned());
+            tokens.push(open_session(http, base, &format!("b{c}-{k}")).await?);
         }
         all.push(tokens);
     }

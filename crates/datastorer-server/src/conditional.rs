@@ -14,7 +14,6 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::auth::Role;
 use super::error::ApiError;
 use super::json::merge_patch;
 use super::routes::{prefers_minimal, read_json, AppState};
@@ -108,11 +107,7 @@ async fn update(
     content_types: &[&str],
     change: fn(&mut Value, &Value),
 ) -> Result<HttpResponse> {
-    state.admit()?;
-    state.auth(&req, Role::Write)?;
-    let (store_name, key) = path.into_inner();
-    let store = state.store(&store_name)?;
-    datastorer::validate_key(&key).map_err(ApiError::from)?;
+    let (store, store_name, key) = state.sessionless_write(&req, path)?;
     let cond = condition(&req, IF_MATCH)?;
     let Some(body) = read_json(&req, payload, &state, content_types, false).await? else {
         return Err(ApiError::bad_request("bad_json", "the body must be a JSON document"));

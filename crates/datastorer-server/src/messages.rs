@@ -12,7 +12,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use super::auth::Role;
 use super::change_log::HolderNotice;
 use super::error::ApiError;
 use super::routes::{checked, parse, read_json, AppState};
@@ -36,11 +35,7 @@ pub async fn post(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    state.admit()?;
-    state.auth(&req, Role::Write)?;
-    let (store_name, key) = path.into_inner();
-    let store = state.store(&store_name)?;
-    datastorer::validate_key(&key).map_err(ApiError::from)?;
+    let (store, _, key) = state.sessionless_write(&req, path)?;
     let Some(body) = read_json(&req, payload, &state, &["application/json"], false).await? else {
         return Err(ApiError::bad_request("bad_json", "the body must be the message, as JSON"));
     };

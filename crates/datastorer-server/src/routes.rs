@@ -80,6 +80,21 @@ impl AppState {
         Ok(())
     }
 
+    /// For a sessionless write to `path` (store, key): admitted (not
+    /// shutting down), authorized to write, the store and a valid key.
+    pub(crate) fn sessionless_write(
+        &self,
+        req: &HttpRequest,
+        path: web::Path<(String, String)>,
+    ) -> Result<(Store<Value>, String, String)> {
+        self.admit()?;
+        self.auth(req, Role::Write)?;
+        let (store_name, key) = path.into_inner();
+        let store = self.store(&store_name)?;
+        check_key(&key)?;
+        Ok((store, store_name, key))
+    }
+
     /// The store `name`: declared, or created on first use unless strict.
     pub fn store(&self, name: &str) -> Result<Store<Value>> {
         datastorer::validate_store_name(name).map_err(ApiError::from)?;
