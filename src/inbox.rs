@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::error::Error;
 use crate::session::Session;
 use crate::store::{Store, StoreSpec};
-use crate::types::Document;
+use crate::types::{Document, Message};
 
 /// Most messages waiting in one key's inbox (ProfileStore's
 /// `MAX_MESSAGE_QUEUE`); a post beyond it is refused with `InboxFull`.
@@ -29,17 +29,6 @@ pub const MAX_INBOX_MESSAGES: usize = 1000;
 
 /// The suffix of the store holding a store's messages.
 pub const INBOX_SUFFIX: &str = ":inbox";
-
-/// One message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    /// Position in the key's inbox: 1, 2, 3, … (never reused for the key).
-    pub id: u64,
-    /// When it was posted (ms since the Unix epoch, the poster's clock).
-    pub sent_at_ms: u64,
-    /// What was posted.
-    pub body: Value,
-}
 
 /// The stored inbox of one key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -133,10 +122,6 @@ impl<T: Document> Store<T> {
         Ok(outcome.value)
     }
 }
-
-/// Handles one message to a key open here; answers whether it was
-/// processed (then it is acknowledged; otherwise it stays for later).
-pub type MessageHandler<T> = Arc<dyn Fn(&Session<T>, &Message) -> bool + Send + Sync>;
 
 impl<T: Document> Store<T> {
     /// Calls `handler` for every message to a key this instance has open

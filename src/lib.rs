@@ -94,7 +94,7 @@ use crate::registry::Registry;
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
 pub use crate::error::Error;
-pub use crate::inbox::{inbox_store_name, Inbox, Message, INBOX_SUFFIX, MAX_INBOX_MESSAGES};
+pub use crate::inbox::{inbox_store_name, Inbox, INBOX_SUFFIX, MAX_INBOX_MESSAGES};
 pub use crate::migration::Migration;
 pub use crate::read_cache::ReadCache;
 pub use crate::report::{ReleaseReport, ShutdownReport};
@@ -108,6 +108,7 @@ pub use crate::store::{
     validate_key, validate_store_name, Document, Hooks, Key, OpenRequest, Store, StoreSpec, Updated, MAX_KEY_LEN,
     MAX_STORE_NAME_LEN,
 };
+pub use crate::types::Message;
 pub use crate::types::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};
 pub use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};
 

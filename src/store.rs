@@ -188,7 +188,7 @@ pub(crate) struct StoreShared<T: Document> {
     /// one waits for the first instead of failing on its lease.
     one_shots: Mutex<std::collections::HashSet<String>>,
     /// Called for each message to a key open here (`Store::on_message`).
-    pub(crate) message_handler: Mutex<Option<crate::inbox::MessageHandler<T>>>,
+    pub(crate) message_handler: Mutex<Option<MessageHandler<T>>>,
     /// Whether the task delivering messages to open keys runs.
     pub(crate) inbox_watched: std::sync::atomic::AtomicBool,
     /// Keys whose messages are being delivered, and whether another
@@ -633,6 +633,10 @@ impl<T: Document> Store<T> {
         }
     }
 }
+
+/// Handles one message to a key open here; answers whether it was
+/// processed (then it is acknowledged; otherwise it stays for later).
+pub type MessageHandler<T> = Arc<dyn Fn(&Session<T>, &crate::types::Message) -> bool + Send + Sync>;
 
 /// A one-shot update's turn on its key; given back when dropped.
 struct OneShotTurn<T: Document> {

@@ -188,3 +188,14 @@ pub struct QueueStats {
     /// Reads sent to the backend.
     pub gets: u64,
 }
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    /// Position in the key's inbox: 1, 2, 3, … (never reused for the key).
+    pub id: u64,
+    /// When it was posted (ms since the Unix epoch, the poster's clock).
+    pub sent_at_ms: u64,
+    /// What was posted.
+    pub body: serde_json::Value,
+}
