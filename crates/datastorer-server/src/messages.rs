@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 use super::change_log::HolderNotice;
 use super::error::ApiError;
-use super::routes::{checked, parse, read_json, AppState};
+use super::routes::{checked, parse, read_json, session_and_body, AppState};
 use datastorer::storage::{Notice, NoticeKind};
 use datastorer::{Message, INBOX_SUFFIX};
 
@@ -70,10 +70,7 @@ pub async fn ack(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    checked(&req, &state, &path).await?;
-    let Some(body) = read_json(&req, payload, &state, &["application/json"], false).await? else {
-        return Err(ApiError::bad_request("bad_json", r#"the body must be {"up_to": ID}"#));
-    };
+    let (_, body) = session_and_body(&req, &path, payload, &state, &["application/json"], r#"{"up_to": ID}"#).await?;
     let body: AckBody = parse(body)?;
     let store = state.store(&path.0)?;
     let (removed, pending) = store.ack_messages(&path.1, body.up_to).await?;

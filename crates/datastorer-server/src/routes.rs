@@ -504,7 +504,7 @@ pub async fn get_session(
 }
 
 /// The session behind the request's lease token and its required JSON body.
-async fn session_and_body(
+pub(crate) async fn session_and_body(
     req: &HttpRequest,
     path: &(String, String),
     payload: web::Payload,
