@@ -194,6 +194,16 @@ fn install_host(lua: &Lua, env: &HashMap<&str, String>) -> mlua::Result<()> {
             Ok(())
         })?,
     )?;
+    // Real time, for a spec that freezes its game server (blocks the whole
+    // Luau state) while the server's own clock runs a lease out.
+    host.set(
+        "sleep",
+        lua.create_function(|_, secs: f64| {
+            std::thread::sleep(Duration::from_secs_f64(secs.clamp(0.0, 1.0)));
+            Ok(())
+        })?,
+    )?;
+    host.set("real_now", lua.create_function(move |_, ()| Ok(start.elapsed().as_secs_f64()))?)?;
     // A request outside the shim (no budget, no faults, no yield): what a
     // spec uses to check the server's side of things.
     let c = client.clone();
