@@ -994,3 +994,29 @@ fn a_bad_webhook_url_is_refused_at_start_without_repeating_it() {
         std::process::Command::new(common::server::BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("teams"));
 }
+
+/// What the Luau client relies on to start a new key at the newest data
+/// version without running migrations: the open that creates a record
+/// answers revision 1, and every later open more.
+#[tokio::test]
+async fn an_open_that_creates_the_record_answers_revision_1_and_only_that_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let (st, first) = open(&c, &s, "profiles", "fresh", json!({ "client_id": "game-1" })).await;
+    assert_eq!(st, StatusCode::OK, "{first}");
+    assert_eq!(first["revision"], json!(1), "{first}");
+    let (st, again) = open(&c, &s, "profiles", "fresh", json!({ "client_id": "game-1" })).await;
+    assert_eq!(st, StatusCode::OK, "{again}");
+    assert_eq!(
+        (again["resumed"].clone(), again["revision"].clone()),
+        (json!(true), json!(1)),
+        "a resumed open is the same session: {again}"
+    );
+    let path = format!("{}/session/release", key_url("profiles", "fresh"));
+    let (st, v) = call(&c, &s, Method::POST, &path, Some(&token_of(&first)), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, later) = open(&c, &s, "profiles", "fresh", json!({ "client_id": "game-2" })).await;
+    assert_eq!(st, StatusCode::OK, "{later}");
+    assert!(later["revision"].as_u64().unwrap() >= 2, "{later}");
+}
