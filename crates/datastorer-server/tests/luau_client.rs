@@ -287,3 +287,69 @@ fn luau_bind_to_close_releases_a_hundred_players_within_30_seconds() {
 fn luau_an_hour_of_a_hundred_players_stays_within_the_request_budget() {
     with_server("specs/HourOfPlay.spec", &[]);
 }
+
+/// In Roblox the package is ModuleScripts, as Rojo maps
+/// `clients/luau/src/Datastorer` (`init.luau` the module, each other file a
+/// child), each with its own `script`, and `require` takes instances, not
+/// paths. This loads it that way, with a `require` that refuses strings, so
+/// every module's Roblox branch is the one that runs.
+#[test]
+fn luau_the_package_loads_as_roblox_module_scripts() {
+    let lua = Lua::new();
+    let dir = client_dir().join("src/Datastorer");
+    let root = lua.create_table().unwrap();
+    root.set("Name", "Datastorer").unwrap();
+    root.set("__path", dir.join("init.luau").to_str().unwrap()).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".luau") && n != "init.luau")
+        .collect();
+    names.sort();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in &names {
+        let child = lua.create_table().unwrap();
+        let stem = name.trim_end_matches(".luau");
+        child.set("Name", stem).unwrap();
+        child.set("Parent", root.clone()).unwrap();
+        child.set("__path", dir.join(name).to_str().unwrap()).unwrap();
+        root.set(stem, child).unwrap();
+    }
+    let cache = lua.create_table().unwrap();
+    let require = lua
+        .create_function(move |lua, module: Value| {
+            let Value::Table(instance) = module else {
+                return Err(mlua::Error::runtime("require takes a ModuleScript here, not a path"));
+            };
+            if let Value::Table(done) = cache.raw_get::<Value>(instance.clone())? {
+                return Ok(Value::Table(done));
+            }
+            let path: String = instance.get("__path")?;
+            let source = std::fs::read_to_string(&path).map_err(mlua::Error::external)?;
+            let env = lua.create_table()?;
+            env.set("script", instance.clone())?;
+            let meta = lua.create_table()?;
+            meta.set("__index", lua.globals())?;
+            env.set_metatable(Some(meta))?;
+            let value: Value = lua.load(source).set_name(format!("={path}")).set_environment(env).call(())?;
+            cache.raw_set(instance, value.clone())?;
+            Ok(value)
+        })
+        .unwrap();
+    lua.globals().set("require", require).unwrap();
+    lua.globals().set("Root", root).unwrap();
+    let checked: String = lua
+        .load(
+            r#"
+            local Datastorer = require(Root)
+            assert(type(Datastorer.new) == "function" and type(Datastorer.Configure) == "function")
+            assert(Datastorer.Json.encode({ Inventory = {} }) == '{"Inventory":{}}')
+            local ok, err = pcall(Datastorer.GetDatastore, Datastorer, "players", {})
+            assert(not ok and string.find(err, "Configure", 1, true), err)
+            return "loaded"
+            "#,
+        )
+        .eval()
+        .unwrap_or_else(|e| panic!("the package does not load as ModuleScripts: {e}"));
+    assert_eq!(checked, "loaded");
+}
