@@ -138,11 +138,25 @@ fn install_host(lua: &Lua, env: &HashMap<&str, String>) -> mlua::Result<()> {
 
     let s = skipped.clone();
     host.set("now", lua.create_function(move |_, ()| Ok(start.elapsed().as_secs_f64() + *s.lock().unwrap()))?)?;
-    let s = skipped.clone();
+    // Idle time is skipped, unless a spec asks for real time (when the
+    // server's own clock matters between requests: a rate limit refilling).
+    let real_time = Arc::new(Mutex::new(false));
+    let (s, real) = (skipped.clone(), real_time.clone());
     host.set(
         "skip",
         lua.create_function(move |_, dt: f64| {
-            *s.lock().unwrap() += dt.max(0.0);
+            if *real.lock().unwrap() {
+                std::thread::sleep(Duration::from_secs_f64(dt.clamp(0.0, 5.0)));
+            } else {
+                *s.lock().unwrap() += dt.max(0.0);
+            }
+            Ok(())
+        })?,
+    )?;
+    host.set(
+        "set_real_time",
+        lua.create_function(move |_, on: bool| {
+            *real_time.lock().unwrap() = on;
             Ok(())
         })?,
     )?;
@@ -255,6 +269,33 @@ fn with_server(spec: &str, args: &[&str]) {
     let s = server(tmp.path(), args);
     let env = HashMap::from([("base_url", s.base.clone())]);
     run_spec(spec, env);
+}
+
+const GAME_KEY: &str = "luau-game-server-secret-0001";
+const LIMITED_KEY: &str = "luau-limited-secret-00000002";
+const ADMIN_KEY: &str = "luau-admin-secret-0000000003";
+
+#[test]
+fn luau_api_keys_from_a_secret_and_a_servers_rate_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("datastorer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[api_keys]]\nname = \"game\"\nkey = \"{GAME_KEY}\"\nrole = \"write\"\n\n\
+             [[api_keys]]\nname = \"limited\"\nkey = \"{LIMITED_KEY}\"\nrole = \"write\"\nrequests_per_minute = 60\n\n\
+             [[api_keys]]\nname = \"admin\"\nkey = \"{ADMIN_KEY}\"\nrole = \"admin\"\n"
+        ),
+    )
+    .unwrap();
+    let s = server(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let env = HashMap::from([
+        ("base_url", s.base.clone()),
+        ("game_key", GAME_KEY.to_owned()),
+        ("limited_key", LIMITED_KEY.to_owned()),
+        ("admin_key", ADMIN_KEY.to_owned()),
+    ]);
+    run_spec("specs/Auth.spec", env);
 }
 
 #[test]
