@@ -304,6 +304,11 @@ fn luau_unit_specs_of_the_queue_budget_json_and_transport() {
 }
 
 #[test]
+fn luau_the_in_memory_mock_serves_the_same_flows_without_a_server() {
+    run_spec("specs/Mock.spec", HashMap::new());
+}
+
+#[test]
 fn luau_join_play_autosave_leave_with_faults() {
     with_server("specs/Sessions.spec", &[]);
 }
