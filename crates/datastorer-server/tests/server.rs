@@ -699,6 +699,13 @@ async fn the_change_feed_can_be_long_polled_and_resumed() {
         None,
     )
     .await;
+    // The log hears the engine's notices through a bus, a moment after the
+    // answer: wait (by long polls, not sleeps) until both releases are in.
+    let mut seen = next;
+    while seen < next + 2 {
+        let p: Value = poll(&format!("after={seen}&wait_ms=20000")).await.unwrap().json().await.unwrap();
+        seen = p["next"].as_u64().unwrap();
+    }
     // Events already waiting: answered at once, filtered by store.
     let page: Value = poll(&format!("after={next}&store=profiles")).await.unwrap().json().await.unwrap();
     let kinds: Vec<_> = page["events"].as_array().unwrap().iter().map(|e| e["kind"].clone()).collect();
