@@ -10,6 +10,9 @@
 //! change publishes a notice, which tells the holder (in this process or,
 //! on PostgreSQL, in another) that messages wait.
 //!
+//! Deleting a key deletes its inbox first (`delete_inbox`, called by
+//! `Store::delete`), so messages never outlive the key they were for.
+//!
 //! Must not: touch the key's own record or session.
 
 use std::sync::Arc;
@@ -51,8 +54,24 @@ pub fn inbox_store_name(store: &str) -> String {
 }
 
 impl<T: Document> Store<T> {
-    fn inbox(&self) -> Result<Store<Inbox>, Error> {
+    pub(crate) fn inbox(&self) -> Result<Store<Inbox>, Error> {
         Store::register(self.engine(), &inbox_store_name(self.name()), StoreSpec::new(Inbox::default()))
+    }
+
+    /// Deletes the inbox record of `key` (messages waiting for it), if
+    /// this store has one. A post racing it either lands before (and is
+    /// deleted) or after (and waits for the key's next holder).
+    pub(crate) async fn delete_inbox(&self, key: &str) -> Result<(), Error> {
+        if self.name().ends_with(INBOX_SUFFIX) {
+            return Ok(());
+        }
+        let inbox = self.inbox()?;
+        if inbox.inspect(key).await?.is_none() {
+            return Ok(());
+        }
+        // Forced: a post holds the inbox only for its one write, and a post
+        // cut off by the delete is answered as failed, never as delivered.
+        Box::pin(inbox.delete_if(key, crate::store::Expect::Anything, true)).await.map(|_| ())
     }
 
     /// Posts `body` to `key`'s inbox; answers its id once durable.
@@ -68,7 +87,7 @@ impl<T: Document> Store<T> {
             let inbox = inbox.clone();
             async move {
                 inbox
-                    .update_unleased(k.clone(), None, move |ib| {
+                    .update_unleased(k.clone(), crate::store::Expect::Anything, move |ib| {
                         if ib.messages.len() >= MAX_INBOX_MESSAGES {
                             return Err(Error::InboxFull { store, key: k, limit: MAX_INBOX_MESSAGES });
                         }
@@ -110,7 +129,7 @@ impl<T: Document> Store<T> {
             let k = k.clone();
             async move {
                 inbox
-                    .update_unleased(k.as_str(), None, move |ib| {
+                    .update_unleased(k.as_str(), crate::store::Expect::Anything, move |ib| {
                         let before = ib.messages.len();
                         ib.messages.retain(|m| m.id > up_to);
                         (before - ib.messages.len(), ib.messages.len())

@@ -39,6 +39,19 @@ pub(crate) struct Loaded<T> {
     pub header: RecordHeader,
     pub expires_at_ms: u64,
     pub saved_checksum: u64,
+    /// A write whose outcome is unknown (the queue gave up, but it may
+    /// have applied): what it would have made the record. Boxed: rare.
+    pub uncertain: Option<Box<Uncertain>>,
+}
+
+/// What a write of unknown outcome would have stored, so the next write
+/// can recognise it as its own (see `KeyActor::write_done`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Uncertain {
+    pub header: RecordHeader,
+    pub checksum: u64,
+    pub meta_generation: u32,
+    pub expires_at_ms: u64,
 }
 
 struct Prepared<T> {
@@ -70,7 +83,10 @@ pub(crate) async fn acquire<T: Document>(
     let mut ask = true;
     let mut races = 0;
     // The header of a record whose lease the backend refused to hand over
-    // because, by its clock, the lease was still live.
+    // because, by its clock, the lease was still live. It counts as live
+    // for one wait only, then the backend is asked again: its clock may
+    // trail the engine's estimate by a few ms at the expiry, and a dead
+    // holder sends no release notice to wake us.
     let mut refused_live: Option<RecordHeader> = None;
     loop {
         let bytes = engine.get(&store.name, &key, storage_key.clone(), Priority::Normal).await?;
@@ -82,7 +98,8 @@ pub(crate) async fn acquire<T: Document>(
         let now_ms = engine.clock.now_ms();
         let mut stolen_from = None;
         if let Some((holder, header)) = current.as_ref().and_then(|r| r.lease.as_ref().map(|l| (l, r.header))) {
-            let live = holder.expires_at_ms > now_ms || refused_live == Some(header);
+            let refused_just_now = refused_live.take() == Some(header);
+            let live = holder.expires_at_ms > now_ms || refused_just_now;
             if holder.owner != *engine.owner && live {
                 let held = || Error::LeaseHeld {
                     store: store.name.to_string(),
@@ -185,6 +202,7 @@ pub(crate) async fn acquire<T: Document>(
                     header,
                     expires_at_ms,
                     saved_checksum,
+                    uncertain: None,
                 });
             }
             WriteOutcome::Conflict { current: found } if acquiring.is_some() && found == acquiring => {

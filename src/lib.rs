@@ -105,8 +105,8 @@ pub use crate::session::{SaveReceipt, Session};
 pub use crate::storage::postgres::{PostgresConfig, PostgresTls};
 pub use crate::storage::{Backend, ErrorKind, StorageError};
 pub use crate::store::{
-    validate_key, validate_store_name, Document, Hooks, Key, OpenRequest, Store, StoreSpec, Updated, MAX_KEY_LEN,
-    MAX_STORE_NAME_LEN,
+    validate_key, validate_store_name, Document, Expect, Hooks, Key, OpenRequest, Store, StoreSpec, Updated,
+    MAX_KEY_LEN, MAX_STORE_NAME_LEN,
 };
 pub use crate::types::Message;
 pub use crate::types::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};

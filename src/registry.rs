@@ -130,16 +130,45 @@ impl Fingerprint {
 pub(crate) struct CloseSignal {
     reason: OnceLock<CloseReason>,
     opened: AtomicBool,
+    /// The actor serves a one-shot update (`Store::update_unleased`), never
+    /// a session: neither may join the other's actor (they would share one
+    /// epoch with no fencing between them).
+    one_shot: bool,
     notify: Notify,
 }
 
 impl CloseSignal {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self { reason: OnceLock::new(), opened: AtomicBool::new(false), notify: Notify::new() })
+    pub(crate) fn new(one_shot: bool) -> Arc<Self> {
+        Arc::new(Self { reason: OnceLock::new(), opened: AtomicBool::new(false), one_shot, notify: Notify::new() })
     }
 
     pub(crate) fn mark_opened(&self) {
         self.opened.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// An open session (not a one-shot update's): what `Store::get` may hand out.
+    pub(crate) fn is_session_open(&self) -> bool {
+        !self.one_shot && self.is_open()
+    }
+
+    /// Whether the actor serves a one-shot update rather than a session.
+    pub(crate) fn is_one_shot(&self) -> bool {
+        self.one_shot
+    }
+
+    /// Resolves once the open finished or the actor closed (at once if
+    /// either happened).
+    pub(crate) async fn wait_settled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.opened.load(Ordering::Acquire) || self.reason.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The open finished and the session has not closed.

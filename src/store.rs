@@ -242,7 +242,7 @@ impl<T: Document> StoreControl for StoreShared<T> {
     }
 
     fn loaded_count(&self) -> usize {
-        self.keys().values().filter(|e| e.closed.is_open()).count()
+        self.keys().values().filter(|e| e.closed.is_session_open()).count()
     }
 }
 
@@ -351,19 +351,19 @@ impl<T: Document> Store<T> {
     pub fn get(&self, key: impl Into<Key>) -> Option<Session<T>> {
         let key = key.into().0;
         let keys = self.shared.keys();
-        let (k, e) = keys.get_key_value(key.as_str()).filter(|(_, e)| e.closed.is_open())?;
+        let (k, e) = keys.get_key_value(key.as_str()).filter(|(_, e)| e.closed.is_session_open())?;
         Some(Session::new(e.addr.clone(), self.shared.name.clone(), k.clone(), e.closed.clone()))
     }
 
     /// Whether this instance has `key` loaded and open.
     pub fn is_loaded(&self, key: impl Into<Key>) -> bool {
         let key = key.into().0;
-        self.shared.keys().get(key.as_str()).is_some_and(|e| e.closed.is_open())
+        self.shared.keys().get(key.as_str()).is_some_and(|e| e.closed.is_session_open())
     }
 
     /// Keys this instance has loaded and open.
     pub fn loaded_keys(&self) -> Vec<String> {
-        self.shared.keys().iter().filter(|(_, e)| e.closed.is_open()).map(|(k, _)| k.to_string()).collect()
+        self.shared.keys().iter().filter(|(_, e)| e.closed.is_session_open()).map(|(k, _)| k.to_string()).collect()
     }
 
     /// Keys stored in this store (loaded or not) that start with `prefix`,
@@ -397,14 +397,34 @@ impl<T: Document> Store<T> {
         }
     }
 
-    /// Deletes the stored record of `key` (administrative). Refused with
+    /// Deletes everything stored for `key` (administrative): its record and
+    /// its inbox (`S:inbox`), the inbox first, so that no crash in between
+    /// can leave messages for a key that no longer exists. Refused with
     /// `LeaseHeld` while this instance has the key loaded or another owner
     /// holds an unexpired lease, unless `force`. Answers whether a record existed.
     pub async fn delete(&self, key: impl Into<Key>, force: bool) -> Result<bool, Error> {
+        self.delete_if(key, Expect::Anything, force).await
+    }
+
+    /// [`Store::delete`] on a condition (HTTP's `If-Match`): with
+    /// `Expect::Version(h)` only while the stored record is at exactly `h`,
+    /// checked by the backend in the same step as the delete; otherwise
+    /// `PreconditionFailed` and nothing is deleted. With `Expect::Absent`
+    /// it deletes nothing: `Ok(false)` when nothing is stored, else
+    /// `PreconditionFailed`.
+    pub async fn delete_if(&self, key: impl Into<Key>, expected: Expect, force: bool) -> Result<bool, Error> {
         let key = key.into().0;
         validate_key(&key)?;
         let shared = &self.shared;
         let engine = &shared.engine;
+        let failed = || Error::PreconditionFailed { store: shared.name.to_string(), key: key.clone() };
+        if expected == Expect::Absent {
+            return match self.inspect(key.as_str()).await {
+                Ok(None) => Ok(false),
+                Ok(Some(_)) | Err(Error::CorruptRecord { .. }) => Err(failed()),
+                Err(e) => Err(e),
+            };
+        }
         if let Some(session) = self.get(key.as_str()) {
             if !force {
                 let expires_at_ms = session.lease().await.map_or(0, |l| l.expires_at_ms);
@@ -429,8 +449,17 @@ impl<T: Document> Store<T> {
         }
         let current = self.inspect(key.as_str()).await;
         let precondition = match current {
-            Ok(None) => return Ok(false),
+            Ok(None) if matches!(expected, Expect::Version(_)) => return Err(failed()),
+            Ok(None) => {
+                self.delete_inbox(&key).await?;
+                return Ok(false);
+            }
             Ok(Some(rec)) => {
+                if let Expect::Version(want) = expected {
+                    if rec.header != want {
+                        return Err(failed());
+                    }
+                }
                 if let Some(lease) = rec.lease.as_ref().filter(|l| l.expires_at_ms > engine.clock.now_ms()) {
                     if !force {
                         return Err(Error::LeaseHeld {
@@ -444,9 +473,10 @@ impl<T: Document> Store<T> {
                 Precondition::Header(rec.header)
             }
             // A corrupt record can be deleted only on purpose.
-            Err(Error::CorruptRecord { .. }) if force => Precondition::Any,
+            Err(Error::CorruptRecord { .. }) if force && expected == Expect::Anything => Precondition::Any,
             Err(e) => return Err(e),
         };
+        self.delete_inbox(&key).await?;
         let key_arc: Arc<str> = Arc::from(key.as_str());
         // The epoch the record reached stays the floor of any record of this
         // store created later (for a corrupt one, the epoch its header shows).
@@ -461,60 +491,78 @@ impl<T: Document> Store<T> {
             crate::epoch_floor::raise(engine, &shared.name, &key_arc, epoch).await?;
         }
         let skey = storage_key(&shared.name, &key);
-        match engine.write(&shared.name, &key_arc, skey, precondition, None, Priority::Normal).await? {
-            WriteOutcome::Applied => {
-                engine.backend.notices().publish(Notice {
-                    store: shared.name.to_string(),
-                    key,
-                    kind: NoticeKind::Deleted,
-                });
-                Ok(true)
+        let outcome = engine.write(&shared.name, &key_arc, skey, precondition, None, Priority::Normal).await?;
+        let applied = match outcome {
+            WriteOutcome::Applied => true,
+            // Gone already: our own attempt whose answer was lost (the
+            // queue retried it), or a delete racing ours. Either way what
+            // was asked for holds; the record existed when we looked.
+            WriteOutcome::Conflict { current: None } if self.inspect(key.as_str()).await?.is_none() => true,
+            WriteOutcome::Conflict { .. } if matches!(expected, Expect::Version(_)) => return Err(failed()),
+            WriteOutcome::Conflict { .. } => {
+                return Err(Error::LeaseLost { store: shared.name.to_string(), key });
             }
-            WriteOutcome::Conflict { .. } => Err(Error::LeaseLost { store: shared.name.to_string(), key }),
+        };
+        if applied {
+            engine.backend.notices().publish(Notice { store: shared.name.to_string(), key, kind: NoticeKind::Deleted });
         }
+        Ok(true)
     }
 
-    /// Opens `key`. `exclusive`: refuse (`LeaseHeld`, held by this
-    /// instance) rather than answer a session this instance already has
-    /// open, decided under the key table's lock.
     /// Changes the document of `key` without keeping a session (Roblox's
     /// `UpdateAsync`, PPDB's `update(key, fn)`): takes the lease, loads,
     /// migrates and reconciles as an open does, applies `change`, saves and
     /// releases, answering once durable. A key nobody has stored yet starts
     /// from the template. Refused with `LeaseHeld` while a session holds
     /// the key (here or in another process); another one-shot update of the
-    /// same key on this instance is waited for (a bounded number of tries).
+    /// same key on this instance is waited for, as is a session of it that
+    /// this instance is still opening (then refused if it opened).
     ///
-    /// `expected` makes it conditional (HTTP's `If-Match`): when the stored
-    /// record is no longer at that epoch and revision (or is absent), nothing
+    /// `expected` makes it conditional: `Expect::Version(h)` (HTTP's
+    /// `If-Match`) applies only while the stored record is at exactly that
+    /// epoch and revision; `Expect::Absent` (HTTP's `If-None-Match: *`)
+    /// only creates, decided by the backend in the same step as the
+    /// create, across processes too. When the condition fails, nothing
     /// changes and the answer is `PreconditionFailed`. When the save fails,
     /// the change is dropped with the lease and the error answered.
     pub async fn update_unleased<R: Send + 'static>(
         &self,
         key: impl Into<Key>,
-        expected: Option<crate::storage::RecordHeader>,
+        expected: Expect,
         change: impl FnOnce(&mut T) -> R + Send + 'static,
     ) -> Result<Updated<R>, Error> {
         let key = key.into().0;
         validate_key(&key)?;
         let name = self.shared.name.to_string();
         let failed = || Error::PreconditionFailed { store: name.clone(), key: key.clone() };
-        let before = match expected {
-            Some(want) => {
+        // A cheap look first, so a condition that fails already costs no
+        // lease (whose take and give-back would change the record's ETag).
+        match expected {
+            Expect::Version(want) => {
                 let now = self.inspect(key.as_str()).await?.ok_or_else(failed)?;
                 if now.header != want {
                     return Err(failed());
                 }
-                Some(want)
             }
-            None => None,
-        };
+            Expect::Absent => {
+                if self.inspect(key.as_str()).await?.is_some() {
+                    return Err(failed());
+                }
+            }
+            Expect::Anything => {}
+        }
         let _turn = self.one_shot_turn(&key).await?;
         let session = self.clone().open_key(key.clone(), Vec::new(), AcquirePolicy::Fail, true).await?;
         let lease = session.lease().await?;
-        // The acquire is the one write since the record read as `expected`
-        // exactly when it made the revision one more.
-        if before.is_some_and(|b| lease.revision != b.revision + 1) {
+        // The acquire is the one write since the record was read as
+        // expected exactly when it moved the header on by one in both parts;
+        // a create is the only acquire that answers revision 1.
+        let held_as_expected = match expected {
+            Expect::Version(b) => lease.epoch == b.epoch + 1 && lease.revision == b.revision + 1,
+            Expect::Absent => lease.revision == 1,
+            Expect::Anything => true,
+        };
+        if !held_as_expected {
             let _ = session.close().await;
             return Err(failed());
         }
@@ -568,10 +616,14 @@ impl<T: Document> Store<T> {
             if shared.engine.registry.is_shutting_down() {
                 return Err(Error::ShuttingDown);
             }
-            let (addr, key_arc, closed, created) = {
+            let found = {
                 let mut keys = shared.keys();
                 match keys.get_key_value(key.as_str()) {
-                    Some((_, e)) if exclusive && e.closed.is_open() => {
+                    // A session joins the session this instance is opening or has open.
+                    Some((k, e)) if !exclusive && !e.closed.is_one_shot() => {
+                        Found::Join(e.addr.clone(), k.clone(), e.closed.clone())
+                    }
+                    Some((_, e)) if exclusive && !e.closed.is_one_shot() && e.closed.is_open() => {
                         return Err(Error::LeaseHeld {
                             store: shared.name.to_string(),
                             key,
@@ -579,10 +631,15 @@ impl<T: Document> Store<T> {
                             expires_at_ms: 0,
                         });
                     }
-                    Some((k, e)) => (e.addr.clone(), k.clone(), e.closed.clone(), false),
+                    // A one-shot never shares a session's actor (nor a
+                    // session a one-shot's): both would write under one
+                    // epoch with nothing fencing one from the other. A
+                    // session still opening is waited for (then refused if
+                    // it opened); a one-shot is waited out.
+                    Some((k, e)) => Found::Busy(k.clone(), e.closed.clone()),
                     None => {
                         let key_arc: Arc<str> = Arc::from(key.as_str());
-                        let signal = CloseSignal::new();
+                        let signal = CloseSignal::new(exclusive);
                         let actor = KeyActor::new(shared.def.clone(), key_arc.clone(), signal.clone());
                         let home = match shared.engine.config.keys_on_caller_arbiter {
                             true => Arbiter::try_current().unwrap_or_else(|| shared.engine.arbiter.clone()),
@@ -590,8 +647,21 @@ impl<T: Document> Store<T> {
                         };
                         let addr = KeyActor::start_in_arbiter(&home, move |_| actor);
                         keys.insert(key_arc.clone(), KeyEntry { addr: addr.clone(), closed: signal.clone() });
-                        (addr, key_arc, signal, true)
+                        Found::Created(addr, key_arc, signal)
                     }
+                }
+            };
+            let (addr, key_arc, closed, created) = match found {
+                Found::Join(addr, k, closed) => (addr, k, closed, false),
+                Found::Created(addr, k, closed) => (addr, k, closed, true),
+                Found::Busy(k, closed) => {
+                    if closed.is_one_shot() || closed.reason().is_some() {
+                        closed.wait().await;
+                        shared.remove(&k, &closed);
+                    } else {
+                        closed.wait_settled().await;
+                    }
+                    continue;
                 }
             };
             let opened = addr.send(Open { user_ids: user_ids.clone(), policy }).await;
@@ -637,6 +707,28 @@ impl<T: Document> Store<T> {
 /// Handles one message to a key open here; answers whether it was
 /// processed (then it is acknowledged; otherwise it stays for later).
 pub type MessageHandler<T> = Arc<dyn Fn(&Session<T>, &crate::types::Message) -> bool + Send + Sync>;
+
+/// What a one-shot write or a delete requires of the stored record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expect {
+    /// Nothing: write whatever is stored.
+    #[default]
+    Anything,
+    /// The record is stored at exactly this epoch and revision (its ETag).
+    Version(crate::storage::RecordHeader),
+    /// No record is stored: create only.
+    Absent,
+}
+
+/// What `open_key` found in the key table.
+enum Found<T: Document> {
+    /// An actor to send the open to (the session this instance has).
+    Join(Addr<KeyActor<T>>, Arc<str>, Arc<CloseSignal>),
+    /// A new actor, just registered.
+    Created(Addr<KeyActor<T>>, Arc<str>, Arc<CloseSignal>),
+    /// An actor of the other kind (or one closing): wait, then look again.
+    Busy(Arc<str>, Arc<CloseSignal>),
+}
 
 /// A one-shot update's turn on its key; given back when dropped.
 struct OneShotTurn<T: Document> {

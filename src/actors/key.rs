@@ -88,6 +88,7 @@ impl WriteKind {
 /// What a completed write changes in the loaded state.
 #[derive(Debug)]
 struct Written {
+    priority: Priority,
     checksum: u64,
     meta_generation: u32,
     header: RecordHeader,
@@ -272,7 +273,7 @@ impl<T: Document> KeyActor<T> {
             target: "datastorer::key", store = %self.store.name, key = %self.key,
             write = kind.name(), revision = header.revision, lane = priority.as_str(), "write queued"
         );
-        let written = Written { checksum, meta_generation: doc.meta_generation, header, expires_at_ms };
+        let written = Written { priority, checksum, meta_generation: doc.meta_generation, header, expires_at_ms };
         self.writes.started(kind, receipts, written);
         let fut = engine.write(&self.store.name, &self.key, self.storage_key(), precondition, value, priority);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
@@ -317,6 +318,7 @@ impl<T: Document> KeyActor<T> {
         let expected = doc.header;
         let header = RecordHeader { epoch: expected.epoch, revision: expected.revision + 1 };
         let written = Written {
+            priority,
             checksum: doc.saved_checksum,
             meta_generation: doc.saved_meta_generation,
             header,
@@ -369,6 +371,7 @@ impl<T: Document> KeyActor<T> {
                     doc.expires_at_ms = inf.expires_at_ms;
                     doc.saved_checksum = inf.checksum;
                     doc.saved_meta_generation = inf.meta_generation;
+                    doc.uncertain = None;
                 }
                 let revision = inf.header.revision;
                 debug!(
@@ -393,6 +396,28 @@ impl<T: Document> KeyActor<T> {
                     return;
                 }
             }
+            // The stored record is what an earlier write of ours whose
+            // outcome was unknown would have made it: that write did apply
+            // (only this session writes under its epoch). Adopt it and send
+            // this write again on top of it, instead of fencing ourselves off.
+            Ok(WriteOutcome::Conflict { current: Some(stored) })
+                if self.doc.as_ref().and_then(|d| d.uncertain.as_deref()).is_some_and(|u| u.header == stored) =>
+            {
+                if let Some(doc) = self.doc.as_mut() {
+                    if let Some(u) = doc.uncertain.take() {
+                        debug!(
+                            target: "datastorer::key", store = %self.store.name, key = %self.key,
+                            revision = u.header.revision, "an earlier write of unknown outcome had applied: adopted"
+                        );
+                        doc.header = u.header;
+                        doc.expires_at_ms = u.expires_at_ms;
+                        doc.saved_checksum = u.checksum;
+                        doc.saved_meta_generation = u.meta_generation;
+                    }
+                }
+                self.start_write(kind, inf.priority, receipts, None, ctx);
+                return;
+            }
             Ok(WriteOutcome::Conflict { current }) => {
                 warn!(
                     target: "datastorer::key", store = %self.store.name, key = %self.key,
@@ -415,6 +440,16 @@ impl<T: Document> KeyActor<T> {
                 );
                 for r in receipts {
                     let _ = r.send(Err(err.clone()));
+                }
+                // It may have applied all the same: remember what it meant
+                // to store, for the next write to recognise.
+                if let Some(doc) = self.doc.as_mut() {
+                    doc.uncertain = Some(Box::new(crate::lease::Uncertain {
+                        header: inf.header,
+                        checksum: inf.checksum,
+                        meta_generation: inf.meta_generation,
+                        expires_at_ms: inf.expires_at_ms,
+                    }));
                 }
                 let closing_failed = matches!(kind, WriteKind::Release(_) | WriteKind::Close(_));
                 if closing_failed && matches!(self.phase, Phase::Closing(_)) {
@@ -827,6 +862,12 @@ impl<T: Document> Handler<Release> for KeyActor<T> {
     type Result = ();
 
     fn handle(&mut self, msg: Release, ctx: &mut Self::Context) {
+        // A release promises the changes are saved: joining a close under
+        // way (which drops them) would answer "saved" for changes never written.
+        if matches!(self.phase, Phase::Closing(_)) && self.dropping_changes() {
+            let _ = msg.receipt.send(Err(self.closed_error()));
+            return;
+        }
         self.begin_closing(WriteKind::Release(msg.reason), msg.priority, msg.receipt, ctx);
     }
 }

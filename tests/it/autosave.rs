@@ -127,3 +127,51 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Regression (issue 22, write-path audit 3): a write that applied but
+/// whose answer was an error (here: its flush kept failing until the
+/// queue gave up) left the key actor with the old header, so the next
+/// save was fenced off as `LeaseLost` and the session ended, dropping
+/// every later change although it still held the lease. The next write
+/// now recognises the stored record as its own and carries on.
+#[actix_rt::test]
+async fn a_write_of_unknown_outcome_that_applied_is_adopted_by_the_next_write() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let s = profiles(&ds).open("k").await.unwrap();
+    s.update(|p| p.coins = 4).await.unwrap();
+    backend.fail_next(OpKind::Flush, None, 1, ErrorKind::Permanent);
+    assert!(matches!(s.save(Priority::Normal).await, Err(Error::Storage { .. })));
+    assert_eq!(stored_json(&backend, "profiles", "k")["coins"], 4, "the failed write did apply");
+    // A later change, different bytes: not confirmable as a retry of the same write.
+    s.update(|p| p.coins = 5).await.unwrap();
+    let saved = s.save(Priority::Normal).await.unwrap_or_else(|e| panic!("the session fenced itself off: {e:?}"));
+    assert_eq!(saved.revision, 3);
+    assert!(s.close_reason().is_none());
+    s.update(|p| p.coins = 6).await.unwrap();
+    s.release(Priority::Normal).await.unwrap();
+    let stored = stored(&backend, "profiles", "k").unwrap();
+    assert_eq!(stored_json(&backend, "profiles", "k")["coins"], 6);
+    assert_eq!((stored.header.epoch, stored.header.revision), (1, 4));
+}
+
+/// The same for a release whose outcome was unknown: it applied (the
+/// lease is cleared), the session stayed open, and the next release
+/// completes instead of reporting a lost lease.
+#[actix_rt::test]
+async fn a_release_of_unknown_outcome_that_applied_is_completed_by_the_next_one() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let s = profiles(&ds).open("k").await.unwrap();
+    s.update(|p| p.coins = 7).await.unwrap();
+    backend.fail_next(OpKind::Flush, None, 1, ErrorKind::Permanent);
+    assert!(matches!(s.release(Priority::Normal).await, Err(Error::Storage { .. })));
+    assert!(s.close_reason().is_none(), "a failed release keeps the session");
+    s.update(|p| p.coins = 8).await.unwrap();
+    s.release(Priority::Normal).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let stored = stored(&backend, "profiles", "k").unwrap();
+    assert!(stored.lease.is_none());
+    assert_eq!(stored_json(&backend, "profiles", "k")["coins"], 8);
+}

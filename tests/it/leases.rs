@@ -328,3 +328,82 @@ async fn a_forged_steal_notice_does_not_close_a_live_session() {
     held.update(|p| p.coins = 1).await.unwrap();
     held.save(Priority::Normal).await.unwrap();
 }
+
+/// A backend whose clock (which decides whether a lease may be taken)
+/// trails the engine's by `lag_ms`, as PostgreSQL's can at the instant of
+/// expiry.
+struct LaggingClock {
+    inner: Arc<MemoryBackend>,
+    lag_ms: u64,
+}
+
+impl datastorer::Backend for LaggingClock {
+    fn name(&self) -> &'static str {
+        "lagging-memory"
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, datastorer::StorageError> {
+        self.inner.get(key)
+    }
+    fn write_batch(
+        &self,
+        ops: &[datastorer::storage::WriteOp],
+    ) -> Vec<Result<datastorer::storage::WriteOutcome, datastorer::StorageError>> {
+        let lagged: Vec<_> = ops
+            .iter()
+            .cloned()
+            .map(|mut op| {
+                if let datastorer::storage::Precondition::Acquire { now_ms, .. } = &mut op.precondition {
+                    *now_ms = now_ms.saturating_sub(self.lag_ms);
+                }
+                op
+            })
+            .collect();
+        self.inner.write_batch(&lagged)
+    }
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<datastorer::storage::KeyValues, datastorer::StorageError> {
+        self.inner.scan_prefix(prefix, start_after, limit)
+    }
+    fn flush(&self) -> Result<(), datastorer::StorageError> {
+        self.inner.flush()
+    }
+    fn notices(&self) -> &datastorer::storage::NoticeBus {
+        self.inner.notices()
+    }
+}
+
+/// Regression (issue 22): when the backend refused an acquire because by
+/// its clock the lease was still live (its clock a few ms behind the
+/// engine's at the expiry), the waiter marked that record live for the
+/// rest of the call and never asked again: a crashed holder's key stayed
+/// locked for the waiter's whole timeout. Now the takeover comes within a
+/// moment of the backend's clock passing the expiry.
+#[actix_rt::test]
+async fn a_waiting_open_takes_a_lapsed_lease_once_the_backend_clock_passes_its_expiry() {
+    tokio::time::pause();
+    let memory = Arc::new(MemoryBackend::new());
+    let backend: Arc<dyn datastorer::Backend> = Arc::new(LaggingClock { inner: memory.clone(), lag_ms: 5 });
+    let mut config = datastorer::Config::backend(backend).owner_id("server-b");
+    config.handle_signals = false;
+    let b = datastorer::Datastorer::start(config).await.unwrap();
+    for (i, policy) in [
+        AcquirePolicy::Wait { timeout: Duration::from_secs(30) },
+        AcquirePolicy::RequestRelease { timeout: Duration::from_secs(30) },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!("ghost-{i}");
+        memory.raw_put(&storage_key("profiles", &key), &dead_holder_record(3, now_ms() + 2_000).encode());
+        let started = tokio::time::Instant::now();
+        let s = profiles(&b).open(key.as_str()).policy(policy).await.unwrap_or_else(|e| panic!("{policy:?}: {e:?}"));
+        let waited = started.elapsed();
+        assert!(waited <= Duration::from_millis(2_000 + 5 + 1_000), "{policy:?} waited {waited:?}");
+        assert_eq!(s.read(|p| p.coins).await.unwrap(), 3);
+        assert_eq!(s.lease().await.unwrap().epoch, 5);
+    }
+}

@@ -99,3 +99,29 @@ async fn a_message_handler_gets_waiting_messages_on_open_and_new_ones_while_open
     profiles(&b).post_message("offline", json!(1)).await.unwrap();
     assert_eq!(store.messages("offline").await.unwrap().len(), 1);
 }
+
+/// Regression (issue 22, F1): deleting a key left its inbox behind, so the
+/// next holder of the key was handed the gifts posted before the delete.
+/// A delete takes everything stored for the key, inbox included, whether
+/// or not the key itself has a record.
+#[actix_rt::test]
+async fn deleting_a_key_deletes_its_waiting_messages_too() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    store.open("p").await.unwrap().release(datastorer::Priority::Normal).await.unwrap();
+    store.post_message("p", json!({"gift": "shield"})).await.unwrap();
+    store.post_message("only-mail", json!("hi")).await.unwrap();
+    assert!(stored(&backend, "profiles:inbox", "p").is_some());
+
+    assert!(store.delete("p", false).await.unwrap());
+    assert!(stored(&backend, "profiles:inbox", "p").is_none(), "the inbox went with the record");
+    assert!(store.messages("p").await.unwrap().is_empty());
+    assert!(!store.delete("only-mail", false).await.unwrap(), "no record existed");
+    assert!(stored(&backend, "profiles:inbox", "only-mail").is_none(), "its inbox is gone all the same");
+
+    // A message posted after the delete is for the key's next holder.
+    store.post_message("p", json!("welcome back")).await.unwrap();
+    let bodies: Vec<_> = store.messages("p").await.unwrap().into_iter().map(|m| m.body).collect();
+    assert_eq!(bodies, [json!("welcome back")]);
+}

@@ -416,3 +416,19 @@ async fn on_a_backend_no_other_process_writes_the_epoch_floor_is_read_once_per_s
     assert!(d.lease().await.unwrap().epoch > 1);
     assert_eq!(reads(&backend), 2, "read again only by the delete's compare-and-swap");
 }
+
+/// Regression (issue 22, write-path audit 1): a release that reached a key
+/// actor while a close (which drops unsaved changes) was under way joined
+/// the close and was answered as saved. It is refused now.
+#[actix_rt::test]
+async fn a_release_arriving_during_a_close_is_not_answered_as_saved() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    let s = store.open("k").await.unwrap();
+    s.update(|p| p.coins = 99).await.unwrap();
+    let (closed, released) = tokio::join!(s.close(), s.release(Priority::Normal));
+    closed.unwrap();
+    assert!(matches!(released, Err(Error::SessionClosed { .. })), "{released:?}");
+    assert_eq!(stored_json(&backend, "profiles", "k")["coins"], 0, "the close dropped the change, as a close does");
+}
