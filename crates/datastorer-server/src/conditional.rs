@@ -3,13 +3,18 @@
 //! makes a new revision, and a record deleted and made again gets a higher
 //! epoch, so the pair names one stored state), `If-None-Match` on reads
 //! (`304`: a cached read costs a few bytes), and the one-shot update of a
-//! key nobody holds (`PATCH`/`PUT /v1/stores/{store}/keys/{key}`) with
-//! `If-Match` (`412` when the record changed, `409` while it is leased).
+//! key nobody holds (`PATCH`/`PUT /v1/stores/{store}/keys/{key}`) and its
+//! delete with `If-Match` (`412` when the record changed, `409` while it is
+//! leased) and `If-None-Match: *` (create only: `412` when a record exists).
+//! Other condition headers on a write are refused (`400
+//! unsupported_condition`), never ignored.
 //!
 //! Must not: write except through the engine's `update_unleased`, which
 //! takes and gives back the lease like any session.
 
-use actix_web::http::header::{HeaderValue, ETAG, IF_MATCH};
+use actix_web::http::header::{
+    HeaderName, HeaderValue, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
+};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
@@ -18,6 +23,7 @@ use super::error::ApiError;
 use super::json::merge_patch;
 use super::routes::{prefers_minimal, read_json, AppState};
 use datastorer::storage::RecordHeader;
+use datastorer::Expect;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -83,20 +89,69 @@ impl Condition {
     }
 }
 
-/// The stored header a conditional update must find, from `If-Match`.
-async fn expected(store: &datastorer::Store<Value>, key: &str, cond: Condition) -> Result<RecordHeader> {
-    let failed = || {
-        ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
-            "the record changed since that version (or does not exist)",
-        )
-    };
-    let rec = store.inspect(key).await?.ok_or_else(failed)?;
-    if !cond.matches_strong(&etag(rec.header)) {
-        return Err(failed());
+fn precondition_failed() -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        "the record is not in the state the request's If-Match / If-None-Match asks for",
+    )
+}
+
+/// Condition headers this API does not evaluate on writes: refused, never
+/// ignored, so a client that relies on one is not told a write was
+/// conditional when it was not.
+const UNSUPPORTED_ON_WRITES: [HeaderName; 3] = [IF_UNMODIFIED_SINCE, IF_MODIFIED_SINCE, IF_RANGE];
+
+/// Refuses every condition header: for writes that take none (message posts).
+pub fn refuse_conditions(req: &HttpRequest) -> Result<()> {
+    for name in [IF_MATCH, IF_NONE_MATCH].iter().chain(UNSUPPORTED_ON_WRITES.iter()) {
+        if req.headers().contains_key(name) {
+            return Err(ApiError::bad_request(
+                "unsupported_condition",
+                format!("{name} is not supported on this request; send it without the header"),
+            ));
+        }
     }
-    Ok(rec.header)
+    Ok(())
+}
+
+/// What a sessionless write (one-shot update or delete) requires of the
+/// stored record, from `If-Match` and `If-None-Match` (RFC 9110 §13.2.2:
+/// If-Match first). The engine then checks the answer in the same step as
+/// the write, so a record that changes between this look and the write
+/// fails the write instead of being overwritten.
+pub async fn write_expectation(req: &HttpRequest, store: &datastorer::Store<Value>, key: &str) -> Result<Expect> {
+    for name in UNSUPPORTED_ON_WRITES {
+        if req.headers().contains_key(&name) {
+            return Err(ApiError::bad_request(
+                "unsupported_condition",
+                format!("{name} is not supported on writes; use If-Match or If-None-Match with an ETag"),
+            ));
+        }
+    }
+    let if_match = condition(req, IF_MATCH)?;
+    let if_none_match = condition(req, IF_NONE_MATCH)?;
+    if if_match.is_none() && if_none_match.is_none() {
+        return Ok(Expect::Anything);
+    }
+    // `If-None-Match: *` alone is create-only: decided by the engine
+    // atomically (across processes on PostgreSQL), not by this look.
+    if if_match.is_none() && if_none_match == Some(Condition::Any) {
+        return Ok(Expect::Absent);
+    }
+    let current = store.inspect(key).await?.map(|r| r.header);
+    let tag = current.map(etag);
+    if let Some(c) = &if_match {
+        if !tag.as_deref().is_some_and(|t| c.matches_strong(t)) {
+            return Err(precondition_failed());
+        }
+    }
+    if let Some(c) = &if_none_match {
+        if tag.as_deref().is_some_and(|t| c.matches_weak(t)) {
+            return Err(precondition_failed());
+        }
+    }
+    Ok(current.map_or(Expect::Absent, Expect::Version))
 }
 
 async fn update(
@@ -108,7 +163,7 @@ async fn update(
     change: fn(&mut Value, &Value),
 ) -> Result<HttpResponse> {
     let (store, store_name, key) = state.sessionless_write(&req, path)?;
-    let cond = condition(&req, IF_MATCH)?;
+    let expected = write_expectation(&req, &store, &key).await?;
     let Some(body) = read_json(&req, payload, &state, content_types, false).await? else {
         return Err(ApiError::bad_request("bad_json", "the body must be a JSON document"));
     };
@@ -118,10 +173,6 @@ async fn update(
         e.details = Some(json!({ "holder": holder, "expires_at_ms": expires_at_ms }));
         return Err(e);
     }
-    let expected = match cond {
-        Some(c) => Some(expected(&store, &key, c).await?),
-        None => None,
-    };
     let minimal = prefers_minimal(&req);
     let updated = store
         .update_unleased(key.as_str(), expected, move |doc| {

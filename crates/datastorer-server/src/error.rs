@@ -141,8 +141,17 @@ impl From<Error> for ApiError {
                 .with(json!({ "holder": holder, "expires_at_ms": expires_at_ms })),
             Error::LeaseLost { .. } => ApiError::conflict("lease_lost", message),
             Error::LeaseExpired { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "lease_unconfirmed", message),
+            // The engine session behind a client's session ended while the
+            // request was on its way (a hand-off or steal deciding at that
+            // moment): the client is told what a later request is told.
             Error::SessionClosed { reason, .. } => {
-                ApiError::conflict("session_closed", message).with(json!({ "reason": reason.to_string() }))
+                let reason = super::sessions::EndReason::of(&reason).as_str();
+                ApiError::new(
+                    StatusCode::GONE,
+                    "session_ended",
+                    format!("the session ended: {reason}; open a new session"),
+                )
+                .with(json!({ "reason": reason, "taken_over_by": null, "ended_at_ms": super::sessions::now_ms() }))
             }
             Error::InvalidName { .. } => ApiError::bad_request("invalid_name", message),
             Error::DocumentTooLarge { limit, .. } => {

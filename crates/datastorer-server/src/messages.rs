@@ -36,6 +36,7 @@ pub async fn post(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let (store, _, key) = state.sessionless_write(&req, path)?;
+    super::conditional::refuse_conditions(&req)?;
     let Some(body) = read_json(&req, payload, &state, &["application/json"], false).await? else {
         return Err(ApiError::bad_request("bad_json", "the body must be the message, as JSON"));
     };

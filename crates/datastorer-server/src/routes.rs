@@ -889,7 +889,15 @@ pub async fn delete_key(
             return Err(e);
         }
     }
-    let deleted = store.delete(key.as_str(), query.force).await?;
+    let expected = super::conditional::write_expectation(&req, &store, &key).await?;
+    let deleted = store.delete_if(key.as_str(), expected, query.force).await?;
+    if !deleted
+        && expected == datastorer::Expect::Absent
+        && req.headers().contains_key(actix_web::http::header::IF_NONE_MATCH)
+    {
+        // `If-None-Match: *` on a key with no record: nothing to delete, as asked.
+        return Ok(HttpResponse::Ok().json(json!({ "deleted": false })));
+    }
     if !deleted {
         return Err(ApiError::not_found("no_such_key", format!("no record for key {key:?} in store {store_name:?}")));
     }

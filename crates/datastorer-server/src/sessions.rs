@@ -41,6 +41,28 @@ struct ClientLease {
     messages_waiting: bool,
 }
 
+/// What an open decides on about the current holder, copied out of the
+/// map so the entry itself stays where the holder's requests find it.
+struct HolderView {
+    token: String,
+    holder: String,
+    opened_by: String,
+    expires_at: Instant,
+    session: Session<Value>,
+}
+
+impl HolderView {
+    fn of(l: &ClientLease) -> Self {
+        Self {
+            token: l.token.clone(),
+            holder: l.holder.clone(),
+            opened_by: l.opened_by.clone(),
+            expires_at: l.expires_at,
+            session: l.session.clone(),
+        }
+    }
+}
+
 /// A hand-off another client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handoff {
@@ -153,7 +175,8 @@ impl EndReason {
         }
     }
 
-    fn of(reason: &CloseReason) -> Self {
+    /// How an engine close reason is told to the client.
+    pub(crate) fn of(reason: &CloseReason) -> Self {
         match reason {
             CloseReason::Released => EndReason::Released,
             CloseReason::Closed => EndReason::Closed,
@@ -234,7 +257,7 @@ fn ended_error(e: &Ended) -> ApiError {
     err
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     wall_ms_in(Duration::ZERO)
 }
 
@@ -382,86 +405,74 @@ impl ClientSessions {
         loop {
             let lock = self.key_lock(&k);
             let guard = lock.lock().await;
-            let current = self.map().remove(&k);
-            if let Some(mut cur) = current {
+            // The holder's entry stays in the map while this open decides:
+            // its own requests (which do not take the key lock) keep being
+            // served until its session has really ended, and only then is
+            // it removed and told why.
+            let current = self.map().get(&k).map(HolderView::of);
+            if let Some(cur) = current {
                 let engine_end = cur.session.close_reason();
                 let live = cur.expires_at > Instant::now() && engine_end.is_none();
                 if let Some(reason) = engine_end {
                     // Ended under the client (a steal elsewhere, a forced delete).
-                    self.record_end(&cur.token, &cur.holder, &k, EndReason::of(&reason), None);
+                    self.forget(&k, &cur, EndReason::of(&reason), None);
                 } else if !live {
                     info!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, "client lease lapsed: saving its session");
-                    // Recorded before the end, so a request arriving meanwhile
-                    // already learns why (the map no longer has the session).
-                    self.record_end(&cur.token, &cur.holder, &k, EndReason::Expired, Some(holder.to_owned()));
                     if let Err(e) = cur.session.release_as(Priority::Normal, CloseReason::Expired).await {
-                        return Err(self.keep(k, cur, e));
+                        return Err(self.kept(&k, &cur.holder, e));
                     }
+                    self.forget(&k, &cur, EndReason::Expired, Some(holder.to_owned()));
                 } else if resumable && cur.holder == holder && cur.opened_by == opened_by {
                     // The same client asked again (its first answer was
                     // lost): it gets its session back, not a 409 from a
                     // lock it holds itself. Its client lease renews.
-                    for id in user_ids {
-                        if let Err(e) = cur.session.add_user_id(id).await {
-                            self.map().insert(k.clone(), cur);
-                            return Err(ApiError::from(e));
-                        }
+                    for id in user_ids.iter().cloned() {
+                        cur.session.add_user_id(id).await.map_err(ApiError::from)?;
                     }
-                    let grant = cur.renew(self.ttl, true);
-                    let session = cur.session.clone();
-                    self.map().insert(k, cur);
+                    let grant =
+                        self.map().get_mut(&k).filter(|l| l.token == cur.token).map(|l| l.renew(self.ttl, true));
                     drop(guard);
-                    return Ok((grant, session, None));
+                    return match grant {
+                        Some(grant) => Ok((grant, cur.session, None)),
+                        // Ended meanwhile under the client (an engine close is
+                        // noticed by the next request): open afresh.
+                        None => continue,
+                    };
                 } else {
                     match policy {
                         AcquirePolicy::Fail => {
-                            let e = held(&cur.holder, cur.expires_at - Instant::now());
-                            self.map().insert(k.clone(), cur);
-                            return Err(e);
+                            return Err(held(&cur.holder, cur.expires_at - Instant::now()));
                         }
                         AcquirePolicy::Steal => {
-                            self.record_end(&cur.token, &cur.holder, &k, EndReason::Stolen, Some(holder.to_owned()));
-                            if let Err(e) = cur.session.close_as(CloseReason::Stolen).await {
-                                let e = ApiError::from(e);
-                                self.map().insert(k.clone(), cur);
-                                return Err(e);
-                            }
+                            cur.session.close_as(CloseReason::Stolen).await.map_err(ApiError::from)?;
+                            self.forget(&k, &cur, EndReason::Stolen, Some(holder.to_owned()));
                         }
-                        AcquirePolicy::RequestRelease { .. } if self.grants_grace(&mut cur, &k, who, deadline) => {
+                        AcquirePolicy::RequestRelease { .. } if self.grants_grace(&k, who, deadline) => {
                             // The holder has until the hand-off deadline to
                             // release with its last change; its release (or
                             // the deadline) wakes this requester.
-                            let grace_ends = cur.handoff.as_ref().map_or(started, |h| h.deadline);
+                            let grace_ends = self.map().get(&k).and_then(|l| l.handoff.as_ref().map(|h| h.deadline));
                             let notified = self.released.notified();
-                            self.map().insert(k.clone(), cur);
                             drop(guard);
-                            let _ = tokio::time::timeout_at(grace_ends, notified).await;
+                            let _ = tokio::time::timeout_at(grace_ends.unwrap_or(started), notified).await;
                             waited = Some(started.elapsed());
                             continue;
                         }
                         AcquirePolicy::RequestRelease { .. } => {
-                            self.record_end(
-                                &cur.token,
-                                &cur.holder,
-                                &k,
-                                EndReason::ReleaseRequested,
-                                Some(holder.to_owned()),
-                            );
                             if let Err(e) =
                                 cur.session.release_as(Priority::Emergency, CloseReason::ReleaseRequested).await
                             {
-                                return Err(self.keep(k, cur, e));
+                                return Err(self.kept(&k, &cur.holder, e));
                             }
+                            self.forget(&k, &cur, EndReason::ReleaseRequested, Some(holder.to_owned()));
                         }
                         AcquirePolicy::Wait { .. } => {
                             let wake = cur.expires_at.min(deadline.unwrap_or(cur.expires_at));
-                            let holder = cur.holder.clone();
                             let remaining = cur.expires_at.saturating_duration_since(Instant::now());
                             let notified = self.released.notified();
-                            self.map().insert(k.clone(), cur);
                             drop(guard);
                             if Instant::now() >= deadline.unwrap_or(started) {
-                                return Err(held(&holder, remaining));
+                                return Err(held(&cur.holder, remaining));
                             }
                             let _ = tokio::time::timeout_at(wake, notified).await;
                             waited = Some(started.elapsed());
@@ -515,8 +526,10 @@ impl ClientSessions {
     /// the first request that grants one starts it (bounded by the
     /// requester's own timeout) and tells the holder; later requesters
     /// wait for the same deadline rather than extending it.
-    fn grants_grace(&self, cur: &mut ClientLease, k: &Key, who: &Claimant, deadline: Option<Instant>) -> bool {
+    fn grants_grace(&self, k: &Key, who: &Claimant, deadline: Option<Instant>) -> bool {
         let now = Instant::now();
+        let mut map = self.map();
+        let Some(cur) = map.get_mut(k) else { return false };
         if let Some(h) = &cur.handoff {
             return h.deadline > now;
         }
@@ -528,19 +541,30 @@ impl ClientSessions {
         info!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, by = %who.holder,
             grace_ms = grace.as_millis() as u64, "hand-off requested: the holder may release first");
         let notice = HolderNotice::HandoffRequested { by: handoff.by.clone(), deadline_ms: handoff.deadline_ms };
-        self.feed.notify_holder(&k.0, &k.1, &cur.holder, notice);
+        let holder = cur.holder.clone();
         cur.handoff = Some(handoff);
+        drop(map);
+        self.feed.notify_holder(&k.0, &k.1, &holder, notice);
         true
     }
 
-    /// A holder whose session could not end keeps it, untouched: answers
-    /// what the requester is told.
-    fn keep(&self, k: Key, cur: ClientLease, e: Error) -> ApiError {
-        warn!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, error = %e,
+    /// A holder whose session could not end keeps it, untouched (it never
+    /// left the map): answers what the requester is told.
+    fn kept(&self, k: &Key, holder: &str, e: Error) -> ApiError {
+        warn!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %holder, error = %e,
             "the holder's session could not be saved: the key stays with it");
-        let answer = holder_could_not_save(&cur.holder, &e);
-        self.map().insert(k, cur);
-        answer
+        holder_could_not_save(holder, &e)
+    }
+
+    /// The holder's session has ended: it leaves the map (if it is still
+    /// the one `cur` saw) and its holder is told why, in that order under
+    /// the map's lock, so a request finds it in one place or the other.
+    fn forget(&self, k: &Key, cur: &HolderView, reason: EndReason, taken_over_by: Option<String>) {
+        let mut map = self.map();
+        if map.get(k).is_some_and(|l| l.token == cur.token) {
+            map.remove(k);
+        }
+        self.record_end(&cur.token, &cur.holder, k, reason, taken_over_by);
     }
 
     /// The client holding `key`, and when its client lease lapses (ms since
