@@ -213,3 +213,26 @@ pub enum Error {
     #[error("datastorer is not running")]
     NotRunning,
 }
+
+impl Error {
+    /// The store and key the error is about, if it is about one.
+    pub fn store_and_key(&self) -> Option<(&str, &str)> {
+        match self {
+            Error::LeaseHeld { store, key, .. }
+            | Error::PreconditionFailed { store, key }
+            | Error::InboxFull { store, key, .. }
+            | Error::LeaseLost { store, key }
+            | Error::LeaseExpired { store, key, .. }
+            | Error::CorruptRecord { store, key, .. }
+            | Error::Migration { store, key, .. }
+            | Error::Deserialize { store, key, .. }
+            | Error::Serialize { store, key, .. }
+            | Error::DocumentTooLarge { store, key, .. }
+            | Error::Storage { store, key, .. }
+            | Error::Panicked { store, key, .. }
+            | Error::SessionClosed { store, key, .. }
+            | Error::Cancelled { store, key, .. } => Some((store, key)),
+            _ => None,
+        }
+    }
+}

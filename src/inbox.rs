@@ -30,8 +30,7 @@ use crate::types::{Document, Message};
 /// `MAX_MESSAGE_QUEUE`); a post beyond it is refused with `InboxFull`.
 pub const MAX_INBOX_MESSAGES: usize = 1000;
 
-/// The suffix of the store holding a store's messages.
-pub const INBOX_SUFFIX: &str = ":inbox";
+pub use crate::store::INBOX_SUFFIX;
 
 /// The stored inbox of one key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

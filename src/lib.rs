@@ -105,8 +105,8 @@ pub use crate::session::{SaveReceipt, Session};
 pub use crate::storage::postgres::{PostgresConfig, PostgresTls};
 pub use crate::storage::{Backend, ErrorKind, StorageError};
 pub use crate::store::{
-    validate_key, validate_store_name, Document, Expect, Hooks, Key, OpenRequest, Store, StoreSpec, Updated,
-    MAX_KEY_LEN, MAX_STORE_NAME_LEN,
+    validate_key, validate_store_name, validate_user_store_name, Document, Expect, Hooks, Key, OpenRequest, Store,
+    StoreSpec, Updated, MAX_KEY_LEN, MAX_STORE_NAME_LEN,
 };
 pub use crate::types::Message;
 pub use crate::types::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};
@@ -201,13 +201,7 @@ impl Datastorer {
     /// specification returns the same store; a different one is an error.
     pub fn store<T: Document>(&self, name: &str, spec: StoreSpec<T>) -> Result<Store<T>, Error> {
         // `S:inbox` holds store S's messages (see `Store::post_message`).
-        if name.ends_with(INBOX_SUFFIX) {
-            return Err(Error::InvalidName {
-                what: "store name",
-                value: name.chars().take(64).collect(),
-                reason: "names ending in \":inbox\" are reserved for messages to keys",
-            });
-        }
+        validate_user_store_name(name)?;
         Store::register(&self.engine, name, spec)
     }
 

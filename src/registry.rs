@@ -25,6 +25,8 @@ pub(crate) trait StoreControl: Send + Sync + 'static {
     fn fingerprint(&self) -> &Fingerprint;
     /// The store's loaded keys, sorted by key if `sorted`.
     fn key_recipients(&self, sorted: bool) -> Vec<Recipient<Control>>;
+    /// Every key actor with its key, in key order.
+    fn named_key_recipients(&self) -> Vec<(Arc<str>, Recipient<Control>)>;
     fn find(&self, key: &str) -> Option<Recipient<Control>>;
     fn loaded_count(&self) -> usize;
 }
@@ -57,10 +59,22 @@ impl Registry {
     /// touches few tree nodes (100k keys: 0.95 s in map order, 0.65 s
     /// sorted). Not for the periodic autosave: sorting a million keys takes
     /// ~0.3 s on the engine's thread, a stall every tick.
-    pub(crate) fn all_keys_sorted(&self) -> Vec<Recipient<Control>> {
+    /// Each with its store and key, so a key that cannot be released in
+    /// time can be named.
+    pub(crate) fn all_keys_sorted(&self) -> Vec<NamedKey> {
         let mut stores: Vec<_> = self.stores().iter().map(|(name, s)| (name.clone(), s.clone())).collect();
         stores.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        stores.iter().flat_map(|(_, s)| s.key_recipients(true)).collect()
+        stores
+            .iter()
+            .flat_map(|(name, s)| {
+                let store: Arc<str> = Arc::from(name.as_str());
+                s.named_key_recipients().into_iter().map(move |(key, r)| NamedKey {
+                    store: store.clone(),
+                    key,
+                    recipient: r,
+                })
+            })
+            .collect()
     }
 
     pub(crate) fn find(&self, store: &str, key: &str) -> Option<Recipient<Control>> {
@@ -118,6 +132,13 @@ impl Fingerprint {
         }
         None
     }
+}
+
+/// A loaded key's actor with the store and key it serves.
+pub(crate) struct NamedKey {
+    pub store: Arc<str>,
+    pub key: Arc<str>,
+    pub recipient: Recipient<Control>,
 }
 
 /// One key actor's lifecycle: opened, then closed once with a reason.

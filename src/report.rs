@@ -16,6 +16,24 @@ pub struct ReleaseReport {
     pub failed: Vec<Error>,
     /// Keys that had not answered when the deadline passed.
     pub timed_out: usize,
+    /// Those keys, as (store, key): their unsaved changes are lost with
+    /// the process unless saved some other way.
+    pub timed_out_keys: Vec<(String, String)>,
+}
+
+impl ReleaseReport {
+    /// Every key not saved and released, as `store/key`, with why: the
+    /// failed ones with their error, the timed-out ones. For logs and the
+    /// exit message of a shutdown that could not save everything.
+    pub fn unsaved(&self) -> Vec<String> {
+        let failed = self.failed.iter().map(|e| match e.store_and_key() {
+            Some((store, key)) => format!("{store}/{key} ({e})"),
+            None => e.to_string(),
+        });
+        let timed_out =
+            self.timed_out_keys.iter().map(|(store, key)| format!("{store}/{key} (not saved before the deadline)"));
+        failed.chain(timed_out).collect()
+    }
 }
 
 /// Outcome of a shutdown.
@@ -29,6 +47,24 @@ pub struct ShutdownReport {
     pub flush_error: Option<String>,
     /// How long the shutdown took.
     pub took: Duration,
+}
+
+impl std::fmt::Display for ShutdownReport {
+    /// One sentence an operator can act on, naming every key not saved.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unsaved = self.release.unsaved();
+        write!(f, "{} keys saved and released, {} not saved", self.release.released, unsaved.len())?;
+        if !self.queue_drained {
+            f.write_str("; the storage queue did not drain")?;
+        }
+        if let Some(e) = &self.flush_error {
+            write!(f, "; the final flush to storage failed: {e}")?;
+        }
+        for key in unsaved {
+            write!(f, "\n  not saved: {key}")?;
+        }
+        Ok(())
+    }
 }
 
 impl ShutdownReport {

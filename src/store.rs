@@ -154,6 +154,26 @@ pub fn validate_key(key: &str) -> Result<(), Error> {
     }
 }
 
+/// The suffix of the store holding a store's messages (`S:inbox`):
+/// reserved, no application store may have a name ending in it.
+pub const INBOX_SUFFIX: &str = ":inbox";
+
+/// Checks the name of a store an application (or a config file, an import
+/// file, an HTTP request) names: [`validate_store_name`], and not a name
+/// reserved for messages (ending in `:inbox`). The one rule every entry
+/// point applies.
+pub fn validate_user_store_name(name: &str) -> Result<(), Error> {
+    validate_store_name(name)?;
+    if name.ends_with(INBOX_SUFFIX) {
+        return Err(Error::InvalidName {
+            what: "store name",
+            value: truncated(name),
+            reason: "names ending in \":inbox\" are reserved for messages to keys",
+        });
+    }
+    Ok(())
+}
+
 /// Checks a store name: 1 to 128 bytes of ASCII letters, digits, `_ - . :`.
 pub fn validate_store_name(name: &str) -> Result<(), Error> {
     let reason = if name.is_empty() {
@@ -235,6 +255,13 @@ impl<T: Document> StoreControl for StoreShared<T> {
             self.keys().iter().map(|(k, e)| (k.clone(), e.addr.clone().recipient())).collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         entries.into_iter().map(|(_, r)| r).collect()
+    }
+
+    fn named_key_recipients(&self) -> Vec<(Arc<str>, Recipient<Control>)> {
+        let mut entries: Vec<(Arc<str>, Recipient<Control>)> =
+            self.keys().iter().map(|(k, e)| (k.clone(), e.addr.clone().recipient())).collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries
     }
 
     fn find(&self, key: &str) -> Option<Recipient<Control>> {

@@ -192,7 +192,8 @@ pub struct QueueStats {
 /// One message.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
-    /// Position in the key's inbox: 1, 2, 3, … (never reused for the key).
+    /// Position in the key's inbox: 1, 2, 3, … (never reused while the key exists; a delete
+    /// takes the inbox with it, and ids start again at 1).
     pub id: u64,
     /// When it was posted (ms since the Unix epoch, the poster's clock).
     pub sent_at_ms: u64,

@@ -25,7 +25,7 @@ use crate::messages::queue::NotifyWhenEmpty;
 #[cfg(feature = "harness")]
 use crate::messages::supervisor::Abort;
 use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
-use crate::registry::Registry;
+use crate::registry::{NamedKey, Registry};
 use crate::report::{ReleaseReport, ShutdownReport};
 use crate::storage::{Backend, NoticeKind};
 use crate::types::{CloseReason, Priority, SaveOutcome};
@@ -75,16 +75,18 @@ impl Supervisor {
 
 /// Sends every key a release and waits for all receipts until `deadline`.
 async fn release_keys(
-    keys: Vec<Recipient<Control>>,
+    keys: Vec<NamedKey>,
     reason: CloseReason,
     priority: Priority,
     deadline: Instant,
 ) -> ReleaseReport {
     let mut receipts = Vec::with_capacity(keys.len());
+    let mut names = Vec::with_capacity(keys.len());
     for k in keys {
         let (tx, rx) = oneshot::channel();
-        k.do_send(Control::ReleaseForSupervisor { reason: reason.clone(), priority, receipt: tx });
+        k.recipient.do_send(Control::ReleaseForSupervisor { reason: reason.clone(), priority, receipt: tx });
         receipts.push(rx);
+        names.push((k.store, k.key));
     }
     let mut report = ReleaseReport::default();
     let mut tally = |receipt: Result<Result<SaveOutcome, Error>, oneshot::error::RecvError>| match receipt {
@@ -103,15 +105,16 @@ async fn release_keys(
     })
     .await;
     // Past the deadline, keys that did finish still count as released.
-    let mut timed_out = 0;
-    for rx in receipts.iter_mut().skip(next) {
+    let mut timed_out = Vec::new();
+    for (rx, name) in receipts.iter_mut().zip(names).skip(next) {
         match rx.try_recv() {
             Ok(r) => tally(Ok(r)),
-            Err(oneshot::error::TryRecvError::Empty) => timed_out += 1,
+            Err(oneshot::error::TryRecvError::Empty) => timed_out.push((name.0.to_string(), name.1.to_string())),
             Err(oneshot::error::TryRecvError::Closed) => {}
         }
     }
-    report.timed_out += timed_out;
+    report.timed_out += timed_out.len();
+    report.timed_out_keys.extend(timed_out);
     report
 }
 
@@ -264,8 +267,8 @@ impl Handler<Shutdown> for Supervisor {
             for task in act.tasks.drain(..) {
                 ctx.cancel_future(task);
             }
-            for e in &report.release.failed {
-                warn!(target: "datastorer::supervisor", error = %e, "not saved at shutdown: the change is lost with this process");
+            for key in report.release.unsaved() {
+                warn!(target: "datastorer::supervisor", key = %key, "not saved at shutdown: the change is lost with this process");
             }
             info!(
                 target: "datastorer::supervisor",

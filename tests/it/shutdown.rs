@@ -117,6 +117,15 @@ async fn shutdown_reports_keys_it_could_not_save_and_respects_the_deadline() {
     assert_eq!(report.release.failed.len(), 1);
     assert!(matches!(&report.release.failed[0], Error::Storage { key, .. } if key == "broken"));
     assert!(!report.is_clean());
+    // Regression (issue 22, F3): the report names every key it could not
+    // save, timed-out ones included, so an operator knows whose progress is lost.
+    assert_eq!(report.release.timed_out_keys, [("profiles".to_owned(), "stuck".to_owned())]);
+    let unsaved = report.release.unsaved();
+    assert_eq!(unsaved.len(), 2, "{unsaved:?}");
+    assert!(unsaved[0].starts_with("profiles/broken (") && unsaved[1].starts_with("profiles/stuck ("), "{unsaved:?}");
+    let said = report.to_string();
+    assert!(said.contains("not saved: profiles/stuck") && said.contains("not saved: profiles/broken"), "{said}");
+    assert!(!said.contains("None") && !said.contains("Storage {"), "no Rust in the sentence: {said}");
     assert_eq!(stored_json(&backend, "profiles", "good")["coins"], 5);
     // The failed key's data is still in memory.
     assert_eq!(broken.read(|p| p.coins).await.unwrap(), 5);

@@ -20,6 +20,17 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The name used in the config file and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 impl std::str::FromStr for Role {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -118,7 +129,12 @@ pub fn authorize(req: &HttpRequest, keys: &[ApiKey], required: Role) -> Result<I
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            format!("API key {:?} has role {:?}; this needs {:?}", key.name, key.role, required),
+            format!(
+                "API key {:?} has the role {}; this request needs the role {}",
+                key.name,
+                key.role.as_str(),
+                required.as_str()
+            ),
         ));
     }
     Ok(Identity { name: key.name.clone(), role: key.role, stores: key.stores.clone() })

@@ -224,15 +224,7 @@ fn serve_logged(args: Box<Settings>) -> Result<(), String> {
     if report.is_clean() {
         Ok(())
     } else {
-        let failed: String = report.release.failed.iter().map(|e| format!("\n  not saved: {e}")).collect();
-        Err(format!(
-            "shutdown incomplete: {} keys released, {} failed, {} timed out, queue drained: {}, flush error: {:?}{failed}",
-            report.release.released,
-            report.release.failed.len(),
-            report.release.timed_out,
-            report.queue_drained,
-            report.flush_error
-        ))
+        Err(format!("shutdown incomplete: {report}"))
     }
 }
 
@@ -301,10 +293,12 @@ struct Line {
     data: Value,
     #[serde(default = "empty_object")]
     metadata: Value,
+    /// Strings or integers, as over HTTP (checked by `validate::user_id`).
     #[serde(default)]
-    user_ids: Vec<String>,
+    user_ids: Vec<Value>,
+    /// Missing: the time of the import (never 0, which reads as 1970).
     #[serde(default)]
-    created_at_ms: u64,
+    created_at_ms: Option<u64>,
     #[serde(default)]
     updated_at_ms: u64,
 }
@@ -378,8 +372,8 @@ fn export(opened: &Opened, store: Option<&str>, output: Option<&Path>) -> Result
                     data_version: rec.data_version,
                     data: json_or_string(&rec.data),
                     metadata: json_or_string(&rec.metadata),
-                    user_ids: rec.user_ids,
-                    created_at_ms: rec.created_at_ms,
+                    user_ids: rec.user_ids.into_iter().map(Value::String).collect(),
+                    created_at_ms: Some(rec.created_at_ms),
                     updated_at_ms: rec.updated_at_ms,
                 };
                 let text = serde_json::to_string(&line).map_err(|e| e.to_string())?;
@@ -400,6 +394,27 @@ fn export(opened: &Opened, store: Option<&str>, output: Option<&Path>) -> Result
         return Err(format!("{corrupt} corrupt records were not exported (see `datastorer check`)"));
     }
     Ok(())
+}
+
+/// The store of an import line, by the rule every entry point applies
+/// (`validate_user_store_name`), with one exception: an inbox record
+/// (`S:inbox`, as `export` writes them, so a backup restores waiting
+/// messages) whose data has exactly the shape of an inbox.
+fn import_store_name(line: &Line) -> Result<(), String> {
+    let Some(base) = line.store.strip_suffix(datastorer::INBOX_SUFFIX) else {
+        return datastorer::validate_user_store_name(&line.store).map_err(|e| e.to_string());
+    };
+    datastorer::validate_user_store_name(base).map_err(|e| e.to_string())?;
+    let shaped = line.data.as_object().is_some_and(|o| o.keys().all(|k| k == "last_id" || k == "messages"))
+        && serde_json::from_value::<datastorer::Inbox>(line.data.clone()).is_ok();
+    if shaped {
+        Ok(())
+    } else {
+        Err(format!(
+            "store {:?} is reserved for messages, and this line's data is not an inbox ({{\"last_id\", \"messages\"}})",
+            line.store
+        ))
+    }
 }
 
 /// Writes per batch of the import and the copy: one commit each.
@@ -426,13 +441,13 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
         }
         match serde_json::from_str::<Line>(&text) {
             Ok(line) => {
-                if let Err(e) = datastorer::validate_store_name(&line.store) {
+                if let Err(e) = import_store_name(&line) {
                     problems.push(format!("line {n}: {e}"));
                 } else if let Err(e) = datastorer::validate_key(&line.key) {
                     problems.push(format!("line {n}: {e}"));
                 } else if let Err(e) = super::validate::metadata(&line.metadata) {
                     problems.push(format!("line {n}: {e}"));
-                } else if let Some(e) = line.user_ids.iter().find_map(|u| super::validate::user_id_text(u).err()) {
+                } else if let Some(e) = line.user_ids.iter().find_map(|u| super::validate::user_id(u).err()) {
                     problems.push(format!("line {n}: {e}"));
                 } else if let Some(first) = seen.insert((line.store.clone(), line.key.clone()), n) {
                     problems.push(format!("line {n}: {}/{} is also on line {first}", line.store, line.key));
@@ -509,9 +524,9 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
             data_version: line.data_version,
             data,
             metadata,
-            user_ids: line.user_ids.clone(),
+            user_ids: line.user_ids.iter().filter_map(|u| super::validate::user_id(u).ok()).collect(),
             lease: None,
-            created_at_ms: line.created_at_ms,
+            created_at_ms: line.created_at_ms.unwrap_or(now),
             updated_at_ms: line.updated_at_ms,
         };
         Ok(WriteOp {

@@ -295,7 +295,7 @@ impl ServerConfig {
         }
         let stores = file.stores.unwrap_or_default();
         for (name, decl) in &stores {
-            datastorer::validate_store_name(name).map_err(|e| err(&format!("stores.{name}"), e.to_string()))?;
+            datastorer::validate_user_store_name(name).map_err(|e| err(&format!("stores.{name}"), e.to_string()))?;
             super::validate::template(&decl.template).map_err(|e| err(&format!("stores.{name}.template"), e))?;
             super::validate::metadata(&decl.metadata_template)
                 .map_err(|e| err(&format!("stores.{name}.metadata_template"), e))?;
@@ -481,7 +481,7 @@ fn api_keys(mut api_keys: Vec<ApiKey>, flags: &[String], at: &Origin<'_>) -> Res
                 )));
             }
             for store in stores {
-                datastorer::validate_store_name(store)
+                datastorer::validate_user_store_name(store)
                     .map_err(|e| ConfigError(format!("{}: {e}", origin("stores"))))?;
             }
         }

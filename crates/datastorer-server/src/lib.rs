@@ -51,7 +51,7 @@ use datastorer::{Config, Datastorer, ShutdownReport, StoreSpec};
 /// Binds `config.listen`: done before anything else starts, so a busy port
 /// is refused before the engine takes leases it would have to give back.
 pub fn bind(config: &ServerConfig) -> Result<std::net::TcpListener, String> {
-    std::net::TcpListener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))
+    std::net::TcpListener::bind(config.listen).map_err(|e| listen_error(config.listen, &e))
 }
 
 /// Runs the server on `listener` until `shutdown` resolves (the binary
@@ -182,7 +182,7 @@ pub async fn run(
         Some(tls) => server.listen_rustls_0_23(listener, (**tls).clone()),
         None => server.listen(listener),
     }
-    .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    .map_err(|e| listen_error(config.listen, &e))?;
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let bound = server.addrs().first().copied().ok_or("bound to no address")?;
     println!("datastorer listening on {scheme}://{bound}");
@@ -419,4 +419,19 @@ pub async fn wait_for_signal() -> &'static str {
 pub async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "ctrl-c"
+}
+
+/// Why the server cannot listen, as a sentence (no OS error code).
+fn listen_error(addr: std::net::SocketAddr, e: &std::io::Error) -> String {
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "another program is already listening there".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
+        std::io::ErrorKind::AddrNotAvailable => "that address is not one of this machine's".to_owned(),
+        _ => {
+            // The OS's own words, without the "(os error N)" tail.
+            let text = e.to_string();
+            text.split(" (os error").next().unwrap_or(&text).to_owned()
+        }
+    };
+    format!("cannot listen on {addr}: {why}")
 }

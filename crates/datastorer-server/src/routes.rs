@@ -1041,7 +1041,12 @@ pub async fn healthz() -> HttpResponse {
 /// `GET /readyz`: ready unless shutting down.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.shutting_down.load(Ordering::SeqCst) {
-        HttpResponse::ServiceUnavailable().json(json!({ "code": "shutting_down", "message": "shutting down" }))
+        // Every 503 says when to come back (README), this one too.
+        actix_web::ResponseError::error_response(&ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "shutting down",
+        ))
     } else {
         HttpResponse::Ok().json(json!({ "status": "ready" }))
     }

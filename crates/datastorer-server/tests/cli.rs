@@ -291,6 +291,9 @@ fn import_refuses_what_the_server_would_refuse_and_a_key_named_twice() {
             "metadata must be a JSON object",
         ),
         ("an empty user id", r#"{"store":"profiles","key":"u","data":{},"user_ids":[""]}"#, "user id"),
+        // Regression (issue 22, F5): import accepted a reserved store that
+        // HTTP refuses.
+        ("a reserved store", r#"{"store":"p:inbox","key":"x","data":{"weird":1}}"#, "reserved for messages"),
     ];
     for (what, input, expected) in cases {
         let out = run(&["import"], &dir, Some(input));
@@ -302,4 +305,42 @@ fn import_refuses_what_the_server_would_refuse_and_a_key_named_twice() {
     for key in ["a", "m", "u"] {
         assert_eq!(b.get(&storage_key("profiles", key)).unwrap(), None, "nothing written for {key}");
     }
+    drop(b);
+    // What HTTP accepts, import accepts: integer user ids (Roblox's), an
+    // inbox as export writes it; a missing creation time is the import's.
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let input = concat!(
+        r#"{"store":"profiles","key":"ok","data":{},"user_ids":[123456, "u-7"]}"#,
+        "\n",
+        r#"{"store":"profiles:inbox","key":"ok","data":{"last_id":1,"messages":[{"id":1,"sent_at_ms":5,"body":"hi"}]}}"#,
+        "\n"
+    );
+    let out = run(&["import"], &dir, Some(input));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let b = SledBackend::open(&dir).unwrap();
+    let rec = Record::decode(&b.get(&storage_key("profiles", "ok")).unwrap().unwrap()).unwrap();
+    assert_eq!(rec.user_ids, ["123456", "u-7"]);
+    assert!(rec.created_at_ms >= before, "created_at_ms {} is not the import's time", rec.created_at_ms);
+    assert!(b.get(&storage_key("profiles:inbox", "ok")).unwrap().is_some());
+}
+
+/// Regression (issue 22, F4): a reserved store name in the config was
+/// checked only after the engine had started, and the teardown panicked.
+/// It is refused like every other config error, before anything starts.
+#[test]
+fn a_reserved_store_name_in_the_config_is_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("c.toml");
+    std::fs::write(&config, "[stores.\"a:inbox\"]\ntemplate = {}\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap()])
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("reserved for messages") && err.contains("a:inbox"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("datastorer started"), "{err}");
+    assert!(!tmp.path().join("data").exists(), "nothing was created");
 }

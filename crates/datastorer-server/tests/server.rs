@@ -510,7 +510,10 @@ async fn api_keys_and_roles() {
     );
     let r = send(Method::POST, format!("{k}/session"), Some("read-secret-0123456789")).await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert_eq!(r.json::<Value>().await.unwrap()["code"], "forbidden");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "forbidden");
+    let said = v["message"].as_str().unwrap();
+    assert!(said.contains("the role read") && said.contains("the role write"), "no Rust in the message: {said}");
 
     let r = send(Method::POST, format!("{k}/session"), Some("write-secret-0123456789")).await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -610,6 +613,7 @@ fn a_busy_port_or_a_data_directory_in_use_is_named_without_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("cannot listen on") && err.contains(&port), "{err}");
+    assert!(err.contains("already listening") && !err.contains("os error"), "a sentence, no OS code: {err}");
     assert!(!err.contains("panicked"), "{err}");
     let out = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
