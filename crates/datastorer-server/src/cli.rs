@@ -605,7 +605,37 @@ fn copy_sled_to_postgres(dir: &Path, pg: &datastorer::PostgresConfig, overwrite:
     })?;
     flush(&mut batch, &mut progress)?;
     progress.finish();
-    eprintln!("copied {copied} records ({corrupt} of them corrupt, copied as they are); {same} were already there");
+    // The epoch floors go too (never the owner id): a key deleted on sled
+    // must not reuse its epochs on PostgreSQL. A floor only ever rises.
+    let mut floors = 0;
+    for_each_record(&source, b"m\0epoch_floor\0", |k, v| {
+        let theirs = RecordHeader::peek(v).map_or(0, |h| h.epoch);
+        let there = target.get(k).map_err(|e| e.to_string())?;
+        let ours = there.as_deref().and_then(RecordHeader::peek);
+        if ours.is_some_and(|h| h.epoch >= theirs) {
+            return Ok(());
+        }
+        let precondition = match (&there, ours) {
+            (None, _) => Precondition::Absent,
+            (Some(_), Some(h)) => Precondition::Header(h),
+            (Some(_), None) => Precondition::Any,
+        };
+        let op = WriteOp { key: k.to_vec(), precondition, value: Some(v.to_vec()) };
+        match target.write_batch(std::slice::from_ref(&op)).pop() {
+            Some(Ok(WriteOutcome::Applied)) => {
+                floors += 1;
+                Ok(())
+            }
+            Some(Ok(WriteOutcome::Conflict { .. })) => {
+                Err("an epoch floor changed during the copy; run it again".into())
+            }
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("the database answered no outcome".into()),
+        }
+    })?;
+    eprintln!(
+        "copied {copied} records ({corrupt} of them corrupt, copied as they are); {same} were already there; {floors} epoch floors raised"
+    );
     if !differing.is_empty() {
         for d in &differing {
             eprintln!("not copied: {d} exists in PostgreSQL with other contents (use --overwrite)");

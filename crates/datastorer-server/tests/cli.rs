@@ -179,6 +179,27 @@ fn copy_sled_to_postgres_keeps_every_record_byte_for_byte() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     seed(&dir, true);
+    // A deleted key left its store an epoch floor: it must travel too.
+    let floor = Record {
+        header: RecordHeader { epoch: 41, revision: 3 },
+        data_version: 0,
+        data: b"null".to_vec(),
+        metadata: b"{}".to_vec(),
+        user_ids: vec![],
+        lease: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    let floor_key = datastorer::storage::epoch_floor_key("profiles");
+    {
+        let b = SledBackend::open(&dir).unwrap();
+        b.write_batch(&[WriteOp {
+            key: floor_key.clone(),
+            precondition: Precondition::Any,
+            value: Some(floor.encode()),
+        }]);
+        b.flush().unwrap();
+    }
     let copy = |extra: &[&str]| {
         let mut args = vec!["copy-sled-to-postgres", "--data-dir", dir.to_str().unwrap()];
         args.extend_from_slice(extra);
@@ -187,9 +208,12 @@ fn copy_sled_to_postgres_keeps_every_record_byte_for_byte() {
     };
     let (ok, log) = copy(&[]);
     assert!(ok, "{log}");
-    assert!(log.contains("copied 7 records (1 of them corrupt"), "{log}");
+    assert!(log.contains("copied 7 records (1 of them corrupt") && log.contains("1 epoch floors raised"), "{log}");
     let source = SledBackend::open(&dir).unwrap();
     let target = pg.backend();
+    // Regression (issue 22): the copy left the epoch floors behind.
+    let copied_floor = target.get(&floor_key).unwrap().expect("the epoch floor was copied");
+    assert_eq!(RecordHeader::peek(&copied_floor).map(|h| h.epoch), Some(41));
     let all = source.scan_prefix(b"d\0", None, 100).unwrap();
     assert_eq!(all.len(), 7);
     for (k, v) in &all {
