@@ -23,14 +23,13 @@ use serde_json::Value;
 
 use crate::error::Error;
 use crate::session::Session;
+pub use crate::store::INBOX_SUFFIX;
 use crate::store::{Store, StoreSpec};
 use crate::types::{Document, Message};
 
 /// Most messages waiting in one key's inbox (ProfileStore's
 /// `MAX_MESSAGE_QUEUE`); a post beyond it is refused with `InboxFull`.
 pub const MAX_INBOX_MESSAGES: usize = 1000;
-
-pub use crate::store::INBOX_SUFFIX;
 
 /// The stored inbox of one key.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
