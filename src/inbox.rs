@@ -53,7 +53,12 @@ pub fn inbox_store_name(store: &str) -> String {
 
 impl<T: Document> Store<T> {
     pub(crate) fn inbox(&self) -> Result<Store<Inbox>, Error> {
-        Store::register(self.engine(), &inbox_store_name(self.name()), StoreSpec::new(Inbox::default()))
+        Store::register(
+            self.engine(),
+            &inbox_store_name(self.name()),
+            StoreSpec::new(Inbox::default()),
+            self.keepalive(),
+        )
     }
 
     /// Deletes the inbox record of `key` (messages waiting for it), if
@@ -153,7 +158,7 @@ impl<T: Document> Store<T> {
         *shared.message_handler.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(handler));
         if !shared.inbox_watched.swap(true, std::sync::atomic::Ordering::SeqCst) {
             let notices = self.engine().backend.notices().subscribe();
-            actix::spawn(self.clone().watch_inbox(notices));
+            actix::spawn(self.for_engine().watch_inbox(notices));
         }
     }
 
@@ -202,8 +207,13 @@ impl<T: Document> Store<T> {
     /// Delivers to open keys whenever their inbox changes.
     async fn watch_inbox(self, mut notices: tokio::sync::broadcast::Receiver<crate::storage::Notice>) {
         let inbox = inbox_store_name(self.name());
+        let registry = self.engine().registry.clone();
         loop {
-            match notices.recv().await {
+            let notice = tokio::select! {
+                n = notices.recv() => n,
+                () = registry.stopped() => return,
+            };
+            match notice {
                 Ok(n) if n.store == inbox && self.is_loaded(n.key.as_str()) => {
                     actix::spawn(self.clone().deliver_messages(n.key));
                 }

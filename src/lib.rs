@@ -56,6 +56,7 @@ mod engine;
 pub(crate) mod epoch_floor;
 mod error;
 mod inbox;
+mod keepalive;
 mod lease;
 mod messages;
 mod migration;
@@ -79,13 +80,14 @@ use std::sync::Arc;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-use actix::{Actor, Addr, Arbiter, System};
+use actix::{Actor, Addr, Arbiter, System, WeakAddr};
 use tokio::sync::oneshot;
 use tracing::info;
 
 use crate::actors::queue::QueueActor;
 use crate::actors::supervisor::Supervisor;
 use crate::engine::Engine;
+use crate::keepalive::Keepalive;
 use crate::messages::queue::{DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty};
 #[cfg(feature = "harness")]
 use crate::messages::supervisor::Abort;
@@ -118,6 +120,9 @@ pub use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};
 pub struct Datastorer {
     engine: Arc<Engine>,
     supervisor: Addr<Supervisor>,
+    /// With every `Store` and `Session` handed out: when the last goes,
+    /// the instance shuts down and stops (`keepalive`).
+    keepalive: Arc<Keepalive>,
 }
 
 impl std::fmt::Debug for Datastorer {
@@ -189,12 +194,13 @@ impl Datastorer {
         )
         .start();
         if config.handle_signals {
-            install_signal_handler(supervisor.clone())?;
+            install_signal_handler(supervisor.downgrade(), registry.clone())?;
         }
         info!(target: "datastorer", owner = %config.owner_id, backend = backend.name(), "datastorer started");
         let clock = clock::Clock::new(backend.clock());
         let engine = Arc::new(Engine::new(config, backend, queue, queue_thread, registry, clock, arbiter));
-        Ok(Datastorer { engine, supervisor })
+        let keepalive = Arc::new(Keepalive::new(supervisor.clone().recipient()));
+        Ok(Datastorer { engine, supervisor, keepalive })
     }
 
     /// The store `name`, registered on first use. Asking again with the same
@@ -202,7 +208,7 @@ impl Datastorer {
     pub fn store<T: Document>(&self, name: &str, spec: StoreSpec<T>) -> Result<Store<T>, Error> {
         // `S:inbox` holds store S's messages (see `Store::post_message`).
         validate_user_store_name(name)?;
-        Store::register(&self.engine, name, spec)
+        Store::register(&self.engine, name, spec, Some(self.keepalive.clone()))
     }
 
     /// This instance's owner id (as written in leases).
@@ -295,7 +301,7 @@ impl Datastorer {
 }
 
 #[cfg(unix)]
-fn install_signal_handler(supervisor: Addr<Supervisor>) -> Result<(), Error> {
+fn install_signal_handler(supervisor: WeakAddr<Supervisor>, registry: Arc<Registry>) -> Result<(), Error> {
     use tokio::signal::unix::{signal, SignalKind};
     let install = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|e| Error::Config(format!("cannot install the {name} handler: {e}")))
@@ -303,10 +309,13 @@ fn install_signal_handler(supervisor: Addr<Supervisor>) -> Result<(), Error> {
     let mut term = install(SignalKind::terminate(), "SIGTERM")?;
     let mut int = install(SignalKind::interrupt(), "SIGINT")?;
     actix::spawn(async move {
+        // Ends with the instance: a stopped engine leaves no listener behind.
         let which = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
+            () = registry.stopped() => return,
         };
+        let Some(supervisor) = supervisor.upgrade() else { return };
         info!(target: "datastorer", signal = which, "signal received: saving and releasing every key");
         let report = supervisor.send(Shutdown).await.unwrap_or_default();
         info!(target: "datastorer", clean = report.is_clean(), "stopping the actix system");
@@ -318,9 +327,13 @@ fn install_signal_handler(supervisor: Addr<Supervisor>) -> Result<(), Error> {
 }
 
 #[cfg(not(unix))]
-fn install_signal_handler(supervisor: Addr<Supervisor>) -> Result<(), Error> {
+fn install_signal_handler(supervisor: WeakAddr<Supervisor>, registry: Arc<Registry>) -> Result<(), Error> {
     actix::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        let signalled = tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok(),
+            () = registry.stopped() => false,
+        };
+        if let (true, Some(supervisor)) = (signalled, supervisor.upgrade()) {
             let _ = supervisor.send(Shutdown).await;
             if let Some(system) = System::try_current() {
                 system.stop();

@@ -38,6 +38,10 @@ pub(crate) trait StoreControl: Send + Sync + 'static {
 pub(crate) struct Registry {
     stores: Mutex<HashMap<String, Arc<dyn StoreControl>>>,
     shutting_down: AtomicBool,
+    /// Set once the supervisor stopped: the instance's background tasks
+    /// (inbox watchers, the signal listener) end on it.
+    stopped: AtomicBool,
+    stopped_notify: Notify,
 }
 
 impl Registry {
@@ -87,10 +91,26 @@ impl Registry {
         stores.iter().map(|s| s.loaded_count()).sum()
     }
 
-    /// Drops every store (breaking the store → engine → registry cycle).
-    pub(crate) fn clear(&self) {
+    /// The instance stopped: drops every store (breaking the store →
+    /// engine → registry cycle) and ends every task waiting in `stopped`.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.stopped_notify.notify_waiters();
         let stores = std::mem::take(&mut *self.stores());
         drop(stores);
+    }
+
+    /// Resolves once the instance stopped (at once if it has).
+    pub(crate) async fn stopped(&self) {
+        loop {
+            let notified = self.stopped_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub(crate) fn begin_shutdown(&self) {

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use crate::actors::key::KeyActor;
 use crate::error::Error;
+use crate::keepalive::Keepalive;
 use crate::messages::key::{
     AddUserId, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, RemoveUserId, Save, SetMetadata,
     Update,
@@ -63,11 +64,20 @@ pub struct Session<T: Document> {
     store: Arc<str>,
     key: Arc<str>,
     closed: Arc<CloseSignal>,
+    /// Keeps the instance running while the application holds the session
+    /// (`None` in a session the engine made for itself).
+    keepalive: Option<Arc<Keepalive>>,
 }
 
 impl<T: Document> Clone for Session<T> {
     fn clone(&self) -> Self {
-        Self { addr: self.addr.clone(), store: self.store.clone(), key: self.key.clone(), closed: self.closed.clone() }
+        Self {
+            addr: self.addr.clone(),
+            store: self.store.clone(),
+            key: self.key.clone(),
+            closed: self.closed.clone(),
+            keepalive: self.keepalive.clone(),
+        }
     }
 }
 
@@ -78,8 +88,14 @@ impl<T: Document> fmt::Debug for Session<T> {
 }
 
 impl<T: Document> Session<T> {
-    pub(crate) fn new(addr: Addr<KeyActor<T>>, store: Arc<str>, key: Arc<str>, closed: Arc<CloseSignal>) -> Self {
-        Self { addr, store, key, closed }
+    pub(crate) fn new(
+        addr: Addr<KeyActor<T>>,
+        store: Arc<str>,
+        key: Arc<str>,
+        closed: Arc<CloseSignal>,
+        keepalive: Option<Arc<Keepalive>>,
+    ) -> Self {
+        Self { addr, store, key, closed, keepalive }
     }
 
     /// The store name.

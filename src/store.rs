@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::actors::key::KeyActor;
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::keepalive::Keepalive;
 use crate::messages::key::{Control, Open};
 use crate::migration::Migration;
 use crate::registry::{CloseSignal, Fingerprint, StoreControl};
@@ -276,11 +277,14 @@ impl<T: Document> StoreControl for StoreShared<T> {
 /// A handle on a store. Cheap to clone.
 pub struct Store<T: Document> {
     shared: Arc<StoreShared<T>>,
+    /// Keeps the instance running while the application holds the store;
+    /// `None` in the handle a background task of the engine holds.
+    keepalive: Option<Arc<Keepalive>>,
 }
 
 impl<T: Document> Clone for Store<T> {
     fn clone(&self) -> Self {
-        Self { shared: self.shared.clone() }
+        Self { shared: self.shared.clone(), keepalive: self.keepalive.clone() }
     }
 }
 
@@ -292,7 +296,12 @@ impl<T: Document> fmt::Debug for Store<T> {
 
 impl<T: Document> Store<T> {
     /// Finds or registers the store `name` in `engine`.
-    pub(crate) fn register(engine: &Arc<Engine>, name: &str, spec: StoreSpec<T>) -> Result<Store<T>, Error> {
+    pub(crate) fn register(
+        engine: &Arc<Engine>,
+        name: &str,
+        spec: StoreSpec<T>,
+        keepalive: Option<Arc<Keepalive>>,
+    ) -> Result<Store<T>, Error> {
         validate_store_name(name)?;
         let template_json = serde_json::to_value(&spec.template).map_err(|e| Error::Serialize {
             store: name.to_owned(),
@@ -317,7 +326,7 @@ impl<T: Document> Store<T> {
                 .as_any_arc()
                 .downcast::<StoreShared<T>>()
                 .map_err(|_| Error::StoreConflict { store: name.to_owned(), difference: "document type".into() })?;
-            return Ok(Store { shared });
+            return Ok(Store { shared, keepalive });
         }
         let StoreSpec { template: _, migrations, metadata_template, hooks } = spec;
         let shared = Arc::new_cyclic(|me: &std::sync::Weak<StoreShared<T>>| {
@@ -347,7 +356,18 @@ impl<T: Document> Store<T> {
             }
         });
         stores.insert(name.to_owned(), shared.clone());
-        Ok(Store { shared })
+        Ok(Store { shared, keepalive })
+    }
+
+    /// A handle for a task the engine runs itself: it does not keep the
+    /// instance running (see `keepalive`).
+    pub(crate) fn for_engine(&self) -> Store<T> {
+        Store { shared: self.shared.clone(), keepalive: None }
+    }
+
+    /// The instance's keepalive this handle carries, for handles made from it.
+    pub(crate) fn keepalive(&self) -> Option<Arc<Keepalive>> {
+        self.keepalive.clone()
     }
 
     pub(crate) fn engine(&self) -> &Arc<Engine> {
@@ -379,7 +399,7 @@ impl<T: Document> Store<T> {
         let key = key.into().0;
         let keys = self.shared.keys();
         let (k, e) = keys.get_key_value(key.as_str()).filter(|(_, e)| e.closed.is_session_open())?;
-        Some(Session::new(e.addr.clone(), self.shared.name.clone(), k.clone(), e.closed.clone()))
+        Some(Session::new(e.addr.clone(), self.shared.name.clone(), k.clone(), e.closed.clone(), self.keepalive()))
     }
 
     /// Whether this instance has `key` loaded and open.
@@ -694,7 +714,7 @@ impl<T: Document> Store<T> {
             let opened = addr.send(Open { user_ids: user_ids.clone(), policy }).await;
             match opened {
                 Ok(Ok(())) => {
-                    let session = Session::new(addr, shared.name.clone(), key_arc, closed);
+                    let session = Session::new(addr, shared.name.clone(), key_arc, closed, self.keepalive());
                     // An open that waited (for a lease held elsewhere) can
                     // complete after the shutdown took its snapshot of the
                     // keys to release: give the key back now and answer
@@ -705,7 +725,7 @@ impl<T: Document> Store<T> {
                     }
                     // Messages that waited for the key reach its handler now.
                     if created && self.has_message_handler() {
-                        actix::spawn(self.clone().deliver_messages(key));
+                        actix::spawn(self.for_engine().deliver_messages(key));
                     }
                     return Ok(session);
                 }

@@ -24,7 +24,7 @@ use crate::messages::queue::DropQueued;
 use crate::messages::queue::NotifyWhenEmpty;
 #[cfg(feature = "harness")]
 use crate::messages::supervisor::Abort;
-use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
+use crate::messages::supervisor::{AutosaveNow, HandlesGone, ReleaseAll, Shutdown};
 use crate::registry::{NamedKey, Registry};
 use crate::report::{ReleaseReport, ShutdownReport};
 use crate::storage::{Backend, NoticeKind};
@@ -38,6 +38,8 @@ pub(crate) struct Supervisor {
     autosave_interval: Duration,
     shutdown_deadline: Duration,
     shutdown: ShutdownState,
+    /// The last public handle is gone: stop once the shutdown is done.
+    stop_when_shut_down: bool,
     /// The autosave tick and the notice listener: cancelled once shutdown
     /// is done, so the supervisor stops when the last `Datastorer` handle is
     /// dropped, and with it the engine and the backend (a PostgreSQL
@@ -68,6 +70,7 @@ impl Supervisor {
             autosave_interval,
             shutdown_deadline,
             shutdown: ShutdownState::Running,
+            stop_when_shut_down: false,
             tasks: Vec::new(),
         }
     }
@@ -182,7 +185,7 @@ fn verify_all(registry: &Registry) {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        self.registry.clear();
+        self.registry.stop();
     }
 }
 
@@ -225,18 +228,47 @@ impl Handler<ReleaseAll> for Supervisor {
 }
 
 impl Handler<Shutdown> for Supervisor {
-    type Result = ResponseActFuture<Self, ShutdownReport>;
+    type Result = ResponseFuture<ShutdownReport>;
 
-    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
-        match &mut self.shutdown {
-            ShutdownState::Done(report) => return Box::pin(fut::ready(report.clone())),
-            ShutdownState::InProgress(waiters) => {
-                let (tx, rx) = oneshot::channel();
-                waiters.push(tx);
-                return Box::pin(async move { rx.await.unwrap_or_default() }.into_actor(self));
-            }
-            ShutdownState::Running => self.shutdown = ShutdownState::InProgress(Vec::new()),
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        if let ShutdownState::Done(report) = &self.shutdown {
+            return Box::pin(std::future::ready(report.clone()));
         }
+        let (tx, rx) = oneshot::channel();
+        if let ShutdownState::InProgress(waiters) = &mut self.shutdown {
+            waiters.push(tx);
+        } else {
+            self.shutdown = ShutdownState::InProgress(vec![tx]);
+            self.start_shutdown(ctx);
+        }
+        Box::pin(async move { rx.await.unwrap_or_default() })
+    }
+}
+
+impl Handler<HandlesGone> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: HandlesGone, ctx: &mut Self::Context) {
+        self.stop_when_shut_down = true;
+        match self.shutdown {
+            ShutdownState::Done(_) => ctx.stop(),
+            ShutdownState::InProgress(_) => {}
+            ShutdownState::Running => {
+                info!(
+                    target: "datastorer::supervisor", keys = self.registry.loaded_count(),
+                    "the last handle was dropped without shutdown(): shutting down"
+                );
+                self.shutdown = ShutdownState::InProgress(Vec::new());
+                self.start_shutdown(ctx);
+            }
+        }
+    }
+}
+
+impl Supervisor {
+    /// Runs the shutdown sequence in the background; its report goes to
+    /// every waiter and answers every later `Shutdown`.
+    fn start_shutdown(&mut self, ctx: &mut Context<Self>) {
         info!(target: "datastorer::supervisor", keys = self.registry.loaded_count(), "shutting down");
         self.registry.begin_shutdown();
         let started = Instant::now();
@@ -263,7 +295,7 @@ impl Handler<Shutdown> for Supervisor {
                 took: started.elapsed(),
             }
         };
-        Box::pin(work.into_actor(self).map(|report, act, ctx| {
+        ctx.spawn(work.into_actor(self).map(|report, act, ctx| {
             for task in act.tasks.drain(..) {
                 ctx.cancel_future(task);
             }
@@ -283,7 +315,9 @@ impl Handler<Shutdown> for Supervisor {
                     let _ = w.send(report.clone());
                 }
             }
-            report
-        }))
+            if act.stop_when_shut_down {
+                ctx.stop();
+            }
+        }));
     }
 }

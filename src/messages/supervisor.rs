@@ -31,3 +31,9 @@ pub(crate) struct AutosaveNow;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Abort;
+
+/// The instance's last public handle was dropped: shut down (unless done)
+/// and stop everything it started.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct HandlesGone;

@@ -9,6 +9,7 @@
 mod common;
 
 mod autosave;
+mod engine_lifetime;
 mod fault_tolerance;
 mod harness;
 mod lease_safety;
