@@ -30,9 +30,6 @@ pub(crate) struct Engine {
     pub arbiter: ArbiterHandle,
     /// Failed saves by reason, for metrics.
     pub save_failures: crate::save_failures::SaveFailures,
-    /// Epoch floors by store, kept only for backends no other process
-    /// writes (`epoch_floor::read`).
-    floors: std::sync::Mutex<std::collections::HashMap<Arc<str>, u64>>,
 }
 
 impl Drop for Engine {
@@ -64,13 +61,7 @@ impl Engine {
             clock,
             arbiter,
             save_failures: Default::default(),
-            floors: Default::default(),
         }
-    }
-
-    /// The kept epoch floors (see `epoch_floor::read`).
-    pub(crate) fn floors(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Arc<str>, u64>> {
-        self.floors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Sends one request through the queue; answers its reply.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::engine::Engine;
 use crate::error::Error;
+use crate::retry::{Contention, CONTENTION_WINDOW};
 use crate::storage::{Precondition, Record, RecordHeader, WriteOutcome};
 use crate::types::Priority;
 
@@ -47,26 +48,19 @@ pub fn decode(bytes: &[u8]) -> Option<RecordHeader> {
 /// The floor of `store` (0 when no record of it was ever deleted).
 ///
 /// On a backend no other process writes (sled, memory) the floor is read
-/// once per store and then kept in memory, raised by `raise`: creating a
-/// key costs no extra read. On a shared backend another process may have
-/// raised it, so it is read every time.
+/// once per store and then kept in the backend's `FloorCache`, raised by
+/// `raise` of any engine on that backend: creating a key costs no extra
+/// read. On a shared backend another process may have raised it, so it is
+/// read every time.
 pub(crate) async fn read(engine: &Engine, store: &Arc<str>, key: &Arc<str>) -> Result<u64, Error> {
-    let cacheable = !engine.backend.capabilities().shared_across_processes;
-    if cacheable {
-        if let Some(floor) = engine.floors().get(store) {
-            return Ok(*floor);
-        }
+    let cache = engine.backend.floor_cache();
+    if let Some(floor) = cache.and_then(|c| c.get(store)) {
+        return Ok(floor);
     }
     let v = engine.get(store, key, floor_key(store), Priority::Normal).await?;
     let floor = v.as_deref().and_then(decode).map_or(0, |h| h.epoch);
-    if cacheable {
-        let mut floors = engine.floors();
-        let kept = floors.entry(store.clone()).or_insert(floor);
-        // A raise may have landed meanwhile: the higher one holds.
-        *kept = (*kept).max(floor);
-        return Ok(*kept);
-    }
-    Ok(floor)
+    // A raise may have landed meanwhile: the higher one holds.
+    Ok(cache.map_or(floor, |c| c.raise(store, floor)))
 }
 
 /// Raises the floor of `store` to at least `epoch`, before the record that
@@ -74,8 +68,10 @@ pub(crate) async fn read(engine: &Engine, store: &Arc<str>, key: &Arc<str>) -> R
 /// which is harmless, never low).
 pub(crate) async fn raise(engine: &Engine, store: &Arc<str>, key: &Arc<str>, epoch: u64) -> Result<(), Error> {
     let fkey = floor_key(store);
-    // Concurrent deletes in other processes may race us; each round re-reads.
-    for _ in 0..16 {
+    // Concurrent deletes in other processes may race us; each round
+    // re-reads, and a lost round waits a little (see `Contention`).
+    let mut contention = Contention::new(CONTENTION_WINDOW);
+    loop {
         let current = engine.get(store, key, fkey.clone(), Priority::Normal).await?;
         let header = current.as_deref().and_then(decode);
         if header.is_some_and(|h| h.epoch >= epoch) {
@@ -91,13 +87,15 @@ pub(crate) async fn raise(engine: &Engine, store: &Arc<str>, key: &Arc<str>, epo
         let value = Some(encode(RecordHeader { epoch, revision }));
         match engine.write(store, key, fkey.clone(), precondition, value, Priority::Normal).await? {
             WriteOutcome::Applied => {
-                let mut floors = engine.floors();
-                let kept = floors.entry(store.clone()).or_insert(epoch);
-                *kept = (*kept).max(epoch);
+                if let Some(cache) = engine.backend.floor_cache() {
+                    cache.raise(store, epoch);
+                }
                 return Ok(());
             }
-            WriteOutcome::Conflict { .. } => continue,
+            WriteOutcome::Conflict { .. } => match contention.next_wait() {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(Error::LeaseLost { store: store.to_string(), key: key.to_string() }),
+            },
         }
     }
-    Err(Error::LeaseLost { store: store.to_string(), key: key.to_string() })
 }

@@ -16,12 +16,12 @@
 //! Must not: touch the key's own record or session.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Error;
+use crate::retry::{Contention, CONTENTION_WINDOW};
 use crate::session::Session;
 pub use crate::store::INBOX_SUFFIX;
 use crate::store::{Store, StoreSpec};
@@ -41,10 +41,6 @@ pub struct Inbox {
     #[serde(default)]
     pub messages: Vec<Message>,
 }
-
-/// How often a post or acknowledgement retries an inbox another process is
-/// changing right now (each change holds it for one write).
-const BUSY_TRIES: u32 = 20;
 
 /// The name of `store`'s inbox store.
 pub fn inbox_store_name(store: &str) -> String {
@@ -69,12 +65,21 @@ impl<T: Document> Store<T> {
             return Ok(());
         }
         let inbox = self.inbox()?;
-        if inbox.inspect(key).await?.is_none() {
-            return Ok(());
-        }
         // Forced: a post holds the inbox only for its one write, and a post
         // cut off by the delete is answered as failed, never as delivered.
-        Box::pin(inbox.delete_if(key, crate::store::Expect::Anything, true)).await.map(|_| ())
+        // A post landing between our look and our delete makes the delete
+        // miss its header: look again and delete what is there now.
+        let mut contention = Contention::new(CONTENTION_WINDOW);
+        loop {
+            if inbox.inspect(key).await?.is_none() {
+                return Ok(());
+            }
+            let outcome = Box::pin(inbox.delete_if(key, crate::store::Expect::Anything, true)).await;
+            match (&outcome, contention.next_wait()) {
+                (Err(Error::LeaseLost { .. } | Error::LeaseHeld { .. }), Some(wait)) => tokio::time::sleep(wait).await,
+                _ => return outcome.map(|_| ()),
+            }
+        }
     }
 
     /// Posts `body` to `key`'s inbox; answers its id once durable.
@@ -225,20 +230,18 @@ impl<T: Document> Store<T> {
 }
 
 /// Runs `attempt` again while another owner's one-shot update holds the
-/// inbox (it lets go after one write), a bounded number of times.
+/// inbox (it lets go after one write), within the contention window.
 async fn busy_retry<F, Fut, R>(mut attempt: F) -> Result<R, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<R, Error>>,
 {
-    let mut tries = 0;
+    let mut contention = Contention::new(CONTENTION_WINDOW);
     loop {
-        match attempt().await {
-            Err(Error::LeaseHeld { .. }) if tries < BUSY_TRIES => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
-            }
-            other => return other,
+        let outcome = attempt().await;
+        match (&outcome, contention.next_wait()) {
+            (Err(Error::LeaseHeld { .. }), Some(wait)) => tokio::time::sleep(wait).await,
+            _ => return outcome,
         }
     }
 }

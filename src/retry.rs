@@ -80,3 +80,54 @@ impl RetryState {
         self.backoff.next_backoff().unwrap_or(self.backoff.max_interval)
     }
 }
+
+/// How long a step waits out other writers on the same thing (a
+/// compare-and-swap that lost to another process, a one-shot turn taken)
+/// before it gives up and says so.
+pub(crate) const CONTENTION_WINDOW: Duration = Duration::from_secs(10);
+
+/// The waits between tries of a step other writers are in the middle of:
+/// short, growing and jittered (2 ms doubling to 100 ms, ±50 %), so
+/// contenders in several processes spread out instead of colliding in
+/// step, until `window` has passed. Computes delays only; the caller
+/// sleeps (on tokio's clock, so a paused test clock applies).
+pub(crate) struct Contention {
+    state: RetryState,
+    deadline: tokio::time::Instant,
+}
+
+impl Contention {
+    pub(crate) fn new(window: Duration) -> Self {
+        let config =
+            RetryConfig { base_delay: Duration::from_millis(2), max_exponent: 6, max_attempts: u32::MAX, jitter: 0.5 };
+        Self { state: RetryState::new(&config), deadline: tokio::time::Instant::now() + window }
+    }
+
+    /// The wait before the next try, or `None` once it would end past the
+    /// deadline.
+    pub(crate) fn next_wait(&mut self) -> Option<Duration> {
+        let delay = self.state.next_delay().min(Duration::from_millis(100));
+        (tokio::time::Instant::now() + delay <= self.deadline).then_some(delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn contention_waits_stay_short_and_end_at_the_deadline() {
+        let mut contention = Contention::new(Duration::from_secs(1));
+        let mut waited = Duration::ZERO;
+        let mut tries = 0;
+        while let Some(wait) = contention.next_wait() {
+            assert!(wait <= Duration::from_millis(100), "a wait of {wait:?}");
+            tokio::time::sleep(wait).await;
+            waited += wait;
+            tries += 1;
+        }
+        assert!(waited <= Duration::from_secs(1), "waited {waited:?} past the window");
+        assert!(waited >= Duration::from_millis(900), "gave up early, after {waited:?}");
+        assert!(tries >= 10, "{tries} tries in a second: the waits do not stay short");
+    }
+}

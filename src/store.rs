@@ -27,9 +27,10 @@ use crate::keepalive::Keepalive;
 use crate::messages::key::{Control, Open};
 use crate::migration::Migration;
 use crate::registry::{CloseSignal, Fingerprint, StoreControl};
+use crate::retry::CONTENTION_WINDOW;
 use crate::session::Session;
 use crate::storage::{
-    split_storage_key, storage_key, store_prefix, Notice, NoticeKind, Precondition, Record, WriteOutcome,
+    split_storage_key, storage_key, store_prefix, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOutcome,
 };
 pub use crate::store_def::Hooks;
 use crate::store_def::{Deregister, StoreDef};
@@ -205,9 +206,9 @@ pub(crate) struct StoreShared<T: Document> {
     def: Arc<StoreDef<T>>,
     fingerprint: Fingerprint,
     keys: Mutex<HashMap<Arc<str>, KeyEntry<T>>>,
-    /// Keys in a one-shot update (`update_unleased`) right now: a second
-    /// one waits for the first instead of failing on its lease.
-    one_shots: Mutex<std::collections::HashSet<String>>,
+    /// Keys in a one-shot update (`update_unleased`) right now, each with
+    /// the fair lock later ones queue on instead of failing on its lease.
+    one_shots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Called for each message to a key open here (`Store::on_message`).
     pub(crate) message_handler: Mutex<Option<MessageHandler<T>>>,
     /// Whether the task delivering messages to open keys runs.
@@ -228,6 +229,10 @@ impl<T: Document> std::ops::Deref for StoreShared<T> {
 impl<T: Document> StoreShared<T> {
     fn keys(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyEntry<T>>> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn one_shots(&self) -> MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.one_shots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Removes `key` if its entry is still the actor instance `instance`.
@@ -349,7 +354,7 @@ impl<T: Document> Store<T> {
                 }),
                 fingerprint,
                 keys: Mutex::new(HashMap::new()),
-                one_shots: Mutex::new(std::collections::HashSet::new()),
+                one_shots: Mutex::new(HashMap::new()),
                 message_handler: Mutex::new(None),
                 inbox_watched: std::sync::atomic::AtomicBool::new(false),
                 deliveries: Mutex::new(HashMap::new()),
@@ -482,6 +487,15 @@ impl<T: Document> Store<T> {
                     expires_at_ms,
                 });
             }
+            // A condition that does not hold ends nothing: checked before
+            // the session is told (the session is the record's one writer
+            // here, so what it last wrote is what is stored).
+            if let Expect::Version(want) = expected {
+                let held = session.lease().await.map(|l| RecordHeader { epoch: l.epoch, revision: l.revision });
+                if held.ok() != Some(want) {
+                    return Err(failed());
+                }
+            }
             // A forced delete ends the live session here first: otherwise it
             // would go on changing a copy of a record that no longer exists,
             // and fail at its next write (at the latest at shutdown).
@@ -523,7 +537,6 @@ impl<T: Document> Store<T> {
             Err(Error::CorruptRecord { .. }) if force && expected == Expect::Anything => Precondition::Any,
             Err(e) => return Err(e),
         };
-        self.delete_inbox(&key).await?;
         let key_arc: Arc<str> = Arc::from(key.as_str());
         // The epoch the record reached stays the floor of any record of this
         // store created later (for a corrupt one, the epoch its header shows).
@@ -550,6 +563,13 @@ impl<T: Document> Store<T> {
                 return Err(Error::LeaseLost { store: shared.name.to_string(), key });
             }
         };
+        // The record first, then its inbox: a delete refused by its
+        // condition (or by a writer that got in first) then takes nothing
+        // with it. A post racing us lands before the inbox goes (and goes
+        // with it) or after (and waits for the key's next life). Should the
+        // inbox delete fail, the error says so and a plain retry finishes
+        // it: the record is absent then, and the inbox is deleted all the same.
+        self.delete_inbox(&key).await?;
         if applied {
             engine.backend.notices().publish(Notice { store: shared.name.to_string(), key, kind: NoticeKind::Deleted });
         }
@@ -583,22 +603,22 @@ impl<T: Document> Store<T> {
         let name = self.shared.name.to_string();
         let failed = || Error::PreconditionFailed { store: name.clone(), key: key.clone() };
         // A cheap look first, so a condition that fails already costs no
-        // lease (whose take and give-back would change the record's ETag).
-        match expected {
-            Expect::Version(want) => {
-                let now = self.inspect(key.as_str()).await?.ok_or_else(failed)?;
-                if now.header != want {
-                    return Err(failed());
-                }
-            }
-            Expect::Absent => {
-                if self.inspect(key.as_str()).await?.is_some() {
-                    return Err(failed());
-                }
-            }
-            Expect::Anything => {}
+        // lease (whose take and give-back would change the record's ETag);
+        // again after waiting for our turn, since the update before us may
+        // have changed the record: an acquire on a stale condition would
+        // move the ETag on for nothing and fail every other writer's too.
+        let holds = |record: Option<Record>| match expected {
+            Expect::Version(want) => record.is_some_and(|r| r.header == want),
+            Expect::Absent => record.is_none(),
+            Expect::Anything => true,
+        };
+        if expected != Expect::Anything && !holds(self.inspect(key.as_str()).await?) {
+            return Err(failed());
         }
-        let _turn = self.one_shot_turn(&key).await?;
+        let turn = self.one_shot_turn(&key).await?;
+        if turn.waited && expected != Expect::Anything && !holds(self.inspect(key.as_str()).await?) {
+            return Err(failed());
+        }
         let session = self.clone().open_key(key.clone(), Vec::new(), AcquirePolicy::Fail, true).await?;
         let lease = session.lease().await?;
         // The acquire is the one write since the record was read as
@@ -631,22 +651,25 @@ impl<T: Document> Store<T> {
         }
     }
 
-    /// Waits (bounded) until no other one-shot update of `key` runs here,
-    /// then holds the turn until the answer is dropped.
+    /// Waits until no other one-shot update of `key` runs here (in the
+    /// order they asked: a fair lock per key), then holds the turn until
+    /// the answer is dropped. Gives up after the contention window.
     async fn one_shot_turn(&self, key: &str) -> Result<OneShotTurn<T>, Error> {
-        for tries in 1..=200u64 {
-            let free = self.shared.one_shots.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned());
-            if free {
-                return Ok(OneShotTurn { store: self.shared.clone(), key: key.to_owned() });
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(tries.min(20))).await;
+        let gate = self.shared.one_shots().entry(key.to_owned()).or_default().clone();
+        let (held, waited) = match gate.clone().try_lock_owned() {
+            Ok(held) => (Some(held), false),
+            Err(_) => (tokio::time::timeout(CONTENTION_WINDOW, gate.lock_owned()).await.ok(), true),
+        };
+        let turn = OneShotTurn { store: self.shared.clone(), key: key.to_owned(), held, waited };
+        if turn.held.is_none() {
+            return Err(Error::LeaseHeld {
+                store: self.shared.name.to_string(),
+                key: key.to_owned(),
+                holder: self.shared.engine.owner.to_string(),
+                expires_at_ms: 0,
+            });
         }
-        Err(Error::LeaseHeld {
-            store: self.shared.name.to_string(),
-            key: key.to_owned(),
-            holder: self.shared.engine.owner.to_string(),
-            expires_at_ms: 0,
-        })
+        Ok(turn)
     }
 
     async fn open_key(
@@ -781,11 +804,20 @@ enum Found<T: Document> {
 struct OneShotTurn<T: Document> {
     store: Arc<StoreShared<T>>,
     key: String,
+    /// `None` for a wait that timed out (which still tidies the table).
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// Another update of the key ran first.
+    waited: bool,
 }
 
 impl<T: Document> Drop for OneShotTurn<T> {
     fn drop(&mut self) {
-        self.store.one_shots.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        self.held = None;
+        let mut gates = self.store.one_shots();
+        // The table keeps a key's lock only while someone holds or awaits it.
+        if gates.get(&self.key).is_some_and(|g| Arc::strong_count(g) == 1) {
+            gates.remove(&self.key);
+        }
     }
 }
 

@@ -99,6 +99,7 @@ pub struct MemoryBackend {
     /// `None` when unlogged (see [`MemoryBackend::unlogged`]).
     log: Mutex<Option<Vec<LoggedCall>>>,
     notices: NoticeBus,
+    floors: super::FloorCache,
     gets: AtomicU64,
     write_batches: AtomicU64,
     writes_applied: AtomicU64,
@@ -146,6 +147,7 @@ impl MemoryBackend {
             history: Mutex::default(),
             log: Mutex::new(logged.then(Vec::new)),
             notices: NoticeBus::default(),
+            floors: Default::default(),
             gets: AtomicU64::new(0),
             write_batches: AtomicU64::new(0),
             writes_applied: AtomicU64::new(0),
@@ -352,6 +354,10 @@ impl MemoryBackend {
 impl Backend for MemoryBackend {
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn floor_cache(&self) -> Option<&super::FloorCache> {
+        Some(&self.floors)
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {

@@ -360,6 +360,32 @@ impl NoticeBus {
     }
 }
 
+/// The epoch floors by store name that the engines of this process read
+/// or raised on one backend (see [`Backend::floor_cache`]). A floor only
+/// ever rises.
+#[derive(Debug, Default)]
+pub struct FloorCache(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl FloorCache {
+    /// The kept floor of `store`, if it was read or raised before.
+    pub fn get(&self, store: &str) -> Option<u64> {
+        self.lock().get(store).copied()
+    }
+
+    /// Keeps `floor` for `store` unless a higher one is kept; answers the kept one.
+    pub fn raise(&self, store: &str, floor: u64) -> u64 {
+        let mut floors = self.lock();
+        let kept = floors.entry(store.to_owned()).or_insert(floor);
+        *kept = (*kept).max(floor);
+        *kept
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
+        // Each critical section is one map operation: a poisoned map is whole.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// What a backend is, for the engine's choices about it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -438,6 +464,16 @@ pub trait Backend: Send + Sync + 'static {
     /// What kind of backend this is.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
+    }
+
+    /// Where every engine of this process using this backend keeps the
+    /// epoch floors it read or raised, for a backend no other process
+    /// writes (sled, memory). `None` (the default, and PostgreSQL's): the
+    /// floor is read from storage every time, since a writer elsewhere may
+    /// have raised it. Kept with the backend, not with one engine, because
+    /// several engines may share one backend (the harness's nodes do).
+    fn floor_cache(&self) -> Option<&FloorCache> {
+        None
     }
 
     /// The backend's clock, when it has one that every process sharing it

@@ -43,6 +43,7 @@ pub struct SledBackend {
     write_lock: std::sync::Mutex<HeaderCache>,
     path: PathBuf,
     notices: NoticeBus,
+    floors: super::FloorCache,
     /// Threads a large batch is written with (this machine's cores, at most 4).
     apply_threads: usize,
 }
@@ -133,7 +134,14 @@ impl SledBackend {
         // Capped at 4: only two cores were ever measured, and every extra
         // thread is started afresh for each large batch.
         let apply_threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        Ok(Self { db, write_lock: std::sync::Mutex::default(), path, notices: NoticeBus::default(), apply_threads })
+        Ok(Self {
+            db,
+            write_lock: std::sync::Mutex::default(),
+            path,
+            notices: NoticeBus::default(),
+            floors: Default::default(),
+            apply_threads,
+        })
     }
 
     /// The data directory.
@@ -228,6 +236,10 @@ impl Backend for SledBackend {
     /// thread and overlaps the flush of one batch with applying the next.
     fn capabilities(&self) -> Capabilities {
         Capabilities { shared_across_processes: false, prefers_own_thread: true, durable_on_write: false }
+    }
+
+    fn floor_cache(&self) -> Option<&super::FloorCache> {
+        Some(&self.floors)
     }
 
     fn name(&self) -> &'static str {
