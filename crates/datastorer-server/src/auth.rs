@@ -106,7 +106,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Checks the bearer key of `req` against `keys` and the `required` role.
 /// With no keys configured, every request is allowed (the server then binds
 /// only loopback addresses).
-pub fn authorize(req: &HttpRequest, keys: &[ApiKey], required: Role) -> Result<Identity, ApiError> {
+///
+/// The key's name is handed to `known` as soon as the key is recognised,
+/// before its role is checked, so the access log names the key of a
+/// request refused for its role.
+pub fn authorize(
+    req: &HttpRequest,
+    keys: &[ApiKey],
+    required: Role,
+    known: impl FnOnce(&str),
+) -> Result<Identity, ApiError> {
     if keys.is_empty() {
         return Ok(Identity { name: "anonymous".into(), role: Role::Admin, stores: None });
     }
@@ -125,6 +134,7 @@ pub fn authorize(req: &HttpRequest, keys: &[ApiKey], required: Role) -> Result<I
         }
     }
     let key = found.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown API key"))?;
+    known(&key.name);
     if key.role < required {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -57,6 +57,10 @@ pub struct Event {
     /// unless the holder released it first (ms since the Unix epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// The API key the holder's session was opened under: a holder notice
+    /// is read only under it (never sent).
+    #[serde(skip)]
+    pub api_key: Option<String>,
 }
 
 /// Which events a reader wants. Events that concern every key (`resync`,
@@ -67,6 +71,9 @@ pub struct Filter<'a> {
     pub store: Option<&'a str>,
     /// Only holder notices for this client.
     pub holder: Option<&'a str>,
+    /// The API key reading: holder notices of sessions opened under
+    /// another key never match.
+    pub api_key: Option<&'a str>,
 }
 
 impl Event {
@@ -81,12 +88,16 @@ impl Event {
             holder: None,
             by: None,
             deadline_ms: None,
+            api_key: None,
         }
     }
 
     fn matches(&self, f: Filter<'_>) -> bool {
         let Some(store) = &self.store else { return true };
-        f.store.is_none_or(|want| want == store) && f.holder.is_none_or(|want| self.holder.as_deref() == Some(want))
+        f.store.is_none_or(|want| want == store)
+            && f.holder.is_none_or(|want| {
+                self.holder.as_deref() == Some(want) && f.api_key.is_none_or(|k| self.api_key.as_deref() == Some(k))
+            })
     }
 }
 
@@ -178,7 +189,7 @@ impl ChangeLog {
     }
 
     /// Appends a notice for `holder`, the client holding `store`/`key`.
-    pub fn notify_holder(&self, store: &str, key: &str, holder: &str, notice: HolderNotice) -> u64 {
+    pub fn notify_holder(&self, store: &str, key: &str, holder: &str, api_key: &str, notice: HolderNotice) -> u64 {
         let mut e = match notice {
             HolderNotice::HandoffRequested { by, deadline_ms } => {
                 let mut e = Event::keyed("handoff_requested", store, key);
@@ -193,6 +204,7 @@ impl ChangeLog {
             }
         };
         e.holder = Some(holder.to_owned());
+        e.api_key = Some(api_key.to_owned());
         self.push(e)
     }
 
@@ -308,11 +320,11 @@ mod tests {
         saved(&log, "s", "a", 1);
         saved(&log, "t", "b", 1);
         saved(&log, "t", "c", 1);
-        let page = log.read(0, Filter { store: Some("s"), holder: None }, 10);
+        let page = log.read(0, Filter { store: Some("s"), holder: None, api_key: None }, 10);
         assert_eq!(page.events.len(), 1);
         assert_eq!(page.next, 3, "a filtered poll does not see the same events again");
         log.record(&Notice { store: String::new(), key: String::new(), kind: NoticeKind::Resync });
-        let page = log.read(3, Filter { store: Some("s"), holder: None }, 10);
+        let page = log.read(3, Filter { store: Some("s"), holder: None, api_key: None }, 10);
         assert_eq!(page.events[0].kind, "resync", "a resync concerns every store");
     }
 
@@ -327,7 +339,7 @@ mod tests {
         assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(!log.read(2, Filter::default(), 10).lagged, "nothing after 2 was dropped");
         log.gap();
-        let page = log.read(5, Filter { store: Some("other"), holder: None }, 10);
+        let page = log.read(5, Filter { store: Some("other"), holder: None, api_key: None }, 10);
         assert!(page.lagged && page.next == 6);
     }
 
@@ -336,11 +348,17 @@ mod tests {
         let log = ChangeLog::new(8);
         saved(&log, "s", "a", 1);
         let ask = |by: &str| HolderNotice::HandoffRequested { by: by.into(), deadline_ms: 7 };
-        log.notify_holder("s", "a", "game-1", ask("game-2"));
-        log.notify_holder("s", "b", "game-3", ask("game-2"));
-        log.notify_holder("s", "c", "game-1", HolderNotice::SessionEnded { reason: "stolen", by: Some("x".into()) });
+        log.notify_holder("s", "a", "game-1", "k", ask("game-2"));
+        log.notify_holder("s", "b", "game-3", "k", ask("game-2"));
+        log.notify_holder(
+            "s",
+            "c",
+            "game-1",
+            "k",
+            HolderNotice::SessionEnded { reason: "stolen", by: Some("x".into()) },
+        );
         log.gap();
-        let mine = Filter { store: None, holder: Some("game-1") };
+        let mine = Filter { store: None, holder: Some("game-1"), api_key: None };
         let page = log.read(0, mine, 10);
         let kinds: Vec<_> = page.events.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["handoff_requested", "session_ended", "lagged"]);
@@ -351,7 +369,11 @@ mod tests {
         );
         assert_eq!((page.events[1].reason, page.events[1].by.as_deref()), (Some("stolen"), Some("x")));
         assert_eq!(page.next, 5);
-        assert_eq!(log.read(0, Filter { store: Some("t"), holder: Some("game-1") }, 10).events.len(), 1, "lagged only");
+        assert_eq!(
+            log.read(0, Filter { store: Some("t"), holder: Some("game-1"), api_key: None }, 10).events.len(),
+            1,
+            "lagged only"
+        );
     }
 
     #[test]

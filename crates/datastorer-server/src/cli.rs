@@ -107,14 +107,14 @@ struct DataDir {
 
 /// The backend an offline tool works on.
 enum Opened {
-    Sled(SledBackend),
+    Sled(Box<SledBackend>),
     Postgres(Box<PgBackend>),
 }
 
 impl Opened {
     fn backend(&self) -> &dyn Backend {
         match self {
-            Opened::Sled(b) => b,
+            Opened::Sled(b) => &**b,
             Opened::Postgres(b) => &**b,
         }
     }
@@ -166,7 +166,7 @@ impl DataDir {
                 if create {
                     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                 }
-                open_existing(&dir).map(Opened::Sled)
+                open_existing(&dir).map(|b| Opened::Sled(Box::new(b)))
             }
         }
     }
@@ -180,7 +180,17 @@ pub fn main() -> ExitCode {
 /// The same, with the arguments given (the first is the program name): a
 /// benchmark that runs the server in a child process of its own calls this.
 pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
-    let cli = Cli::parse_from(args);
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => match from_the_environment(&e, &args) {
+            Some(message) => {
+                eprintln!("datastorer: {message}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Inspect { dir, store, key } => dir.open(false).and_then(|b| inspect(&b, &store, &key)),
@@ -200,6 +210,36 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
             ExitCode::FAILURE
         }
     }
+}
+
+/// A bad value that came from an environment variable rather than a flag,
+/// said with the variable's name (clap names only the flag, which the
+/// user never typed): `DATASTORER_WORKERS=abc: invalid value 'abc' for
+/// '--workers <WORKERS>': invalid digit found in string`.
+fn from_the_environment(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else { return None };
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let flag = format!("--{long}");
+    let typed = args.iter().filter_map(|a| a.to_str()).any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if typed {
+        return None;
+    }
+    fn find_env(cmd: &clap::Command, long: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|v| v.to_string_lossy().into_owned())
+            .or_else(|| cmd.get_subcommands().find_map(|c| find_env(c, long)))
+    }
+    let var = find_env(&<Cli as clap::CommandFactory>::command(), long)?;
+    let value = std::env::var_os(&var)?;
+    let said = e.to_string();
+    let first = said.lines().next().unwrap_or_default().trim_start_matches("error: ");
+    Some(format!("{var}={}: {first}", value.to_string_lossy()))
 }
 
 fn serve(args: Box<Settings>) -> Result<(), String> {

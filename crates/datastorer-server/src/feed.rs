@@ -43,7 +43,7 @@ pub fn stream(
             if *st.shutdown.borrow() {
                 return None;
             }
-            let page = st.log.read(st.after, Filter { store: st.store.as_deref(), holder: None }, PAGE);
+            let page = st.log.read(st.after, Filter { store: st.store.as_deref(), holder: None, api_key: None }, PAGE);
             let mut text = String::new();
             if page.lagged {
                 let missed = json!({ "after": st.after });

@@ -166,7 +166,8 @@ pub async fn run(
                         let key = ext.get::<routes::AccessKey>().map(|k| k.0.as_str()).unwrap_or("-");
                         let client = ext.get::<routes::AccessClient>().map(|c| c.0.as_str()).unwrap_or("-");
                         info!(target: "datastorer::access", method = %method, route = %route, status,
-                            duration_ms = took.as_secs_f64() * 1000.0, api_key = key, client, code = code.unwrap_or("-"), "request");
+                            duration_ms = %format_args!("{:.3}", took.as_secs_f64() * 1000.0), api_key = key, client,
+                            code = code.unwrap_or("-"), "request");
                     }
                     counted.metrics.observe_request(route, method.as_str(), status, took);
                     Ok(res)

@@ -114,8 +114,12 @@ impl AppState {
     /// `Retry-After` when spent) and, for a route on a store, checks the
     /// key's store scope.
     pub(crate) fn auth(&self, req: &HttpRequest, role: Role) -> Result<super::auth::Identity> {
-        let who = authorize(req, &self.config.api_keys, role)?;
-        req.extensions_mut().insert(AccessKey(who.name.clone()));
+        let who = authorize(req, &self.config.api_keys, role, |name| {
+            req.extensions_mut().insert(AccessKey(name.to_owned()));
+        })?;
+        if req.extensions().get::<AccessKey>().is_none() {
+            req.extensions_mut().insert(AccessKey(who.name.clone()));
+        }
         if let Err(seconds) = self.budgets.charge(&who.name) {
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -984,8 +988,18 @@ pub async fn poll_changes(
     scoped_feed(&who, q.store.as_deref())?;
     if let Some(c) = &q.client_id {
         check_client_id(c)?;
+        // A client's notices are its own: readable only under the API key
+        // it holds its sessions with (and filtered by that key in any case).
+        let owners = state.sessions.client_api_keys(c);
+        if !owners.is_empty() && !owners.contains(&who.name) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "client_forbidden",
+                format!("client {c:?} holds its sessions under another API key; its feed is read with that key"),
+            ));
+        }
     }
-    let filter = Filter { store: q.store.as_deref(), holder: q.client_id.as_deref() };
+    let filter = Filter { store: q.store.as_deref(), holder: q.client_id.as_deref(), api_key: Some(&who.name) };
     let wait_ms = q.wait_ms.unwrap_or(0);
     if wait_ms > MAX_POLL_WAIT_MS {
         return Err(ApiError::bad_request("bad_wait", format!("wait_ms must be at most {MAX_POLL_WAIT_MS}")));

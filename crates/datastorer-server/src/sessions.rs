@@ -316,7 +316,7 @@ impl ClientSessions {
     /// Remembers that the session behind `token` on `key` ended.
     /// A session its holder did not end itself is announced to the holder
     /// (`session_ended` in the feed, filtered by its client id).
-    fn record_end(&self, token: &str, holder: &str, key: &Key, reason: EndReason, taken_over_by: Option<String>) {
+    fn record_end(&self, token: &str, holder: Client<'_>, key: &Key, reason: EndReason, taken_over_by: Option<String>) {
         if reason == EndReason::Expired {
             self.lapses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -335,7 +335,7 @@ impl ClientSessions {
         drop(log);
         if first && !matches!(reason, EndReason::Released | EndReason::Closed) {
             let notice = HolderNotice::SessionEnded { reason: reason.as_str(), by: taken_over_by };
-            self.feed.notify_holder(&key.0, &key.1, holder, notice);
+            self.feed.notify_holder(&key.0, &key.1, holder.id, holder.api_key, notice);
         }
     }
 
@@ -541,10 +541,10 @@ impl ClientSessions {
         info!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, by = %who.holder,
             grace_ms = grace.as_millis() as u64, "hand-off requested: the holder may release first");
         let notice = HolderNotice::HandoffRequested { by: handoff.by.clone(), deadline_ms: handoff.deadline_ms };
-        let holder = cur.holder.clone();
+        let (holder, api_key) = (cur.holder.clone(), cur.opened_by.clone());
         cur.handoff = Some(handoff);
         drop(map);
-        self.feed.notify_holder(&k.0, &k.1, &holder, notice);
+        self.feed.notify_holder(&k.0, &k.1, &holder, &api_key, notice);
         true
     }
 
@@ -564,7 +564,7 @@ impl ClientSessions {
         if map.get(k).is_some_and(|l| l.token == cur.token) {
             map.remove(k);
         }
-        self.record_end(&cur.token, &cur.holder, k, reason, taken_over_by);
+        self.record_end(&cur.token, Client { id: &cur.holder, api_key: &cur.opened_by }, k, reason, taken_over_by);
     }
 
     /// The client holding `key`, and when its client lease lapses (ms since
@@ -592,7 +592,7 @@ impl ClientSessions {
             drop(map);
             self.released.notify_waiters();
             if let Some(cur) = cur {
-                self.record_end(&cur.token, &cur.holder, &k, EndReason::of(&reason), None);
+                self.record_end(&cur.token, Client::of(&cur), &k, EndReason::of(&reason), None);
             }
             return Err(self.ended(&k, token).map_or_else(bad_token, |e| ended_error(&e)));
         }
@@ -608,12 +608,22 @@ impl ClientSessions {
     /// Records whether messages wait for the client holding `store`/`key`
     /// (a client of this server, if any). Answers the holder when it was
     /// not told yet, so it hears it once in its feed.
-    pub fn set_messages_waiting(&self, store: &str, key: &str, waiting: bool) -> Option<String> {
+    /// Answers the holder's client id and API key when the news is new.
+    pub fn set_messages_waiting(&self, store: &str, key: &str, waiting: bool) -> Option<(String, String)> {
         let mut map = self.map();
         let cur = map.get_mut(&(store.to_owned(), key.to_owned()))?;
         let news = waiting && !cur.messages_waiting;
         cur.messages_waiting = waiting;
-        news.then(|| cur.holder.clone())
+        news.then(|| (cur.holder.clone(), cur.opened_by.clone()))
+    }
+
+    /// The API keys under which `client` holds live sessions here.
+    pub fn client_api_keys(&self, client: &str) -> Vec<String> {
+        let mut keys: Vec<String> =
+            self.map().values().filter(|l| l.holder == client).map(|l| l.opened_by.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// Renews every live client lease held by `client` and opened under
@@ -648,7 +658,8 @@ impl ClientSessions {
                 };
                 // Recorded before the session leaves the map: no request in
                 // between finds neither.
-                self.record_end(token, &grant.holder, &k, reason, None);
+                let opened_by = self.map().get(&k).map(|l| l.opened_by.clone()).unwrap_or_default();
+                self.record_end(token, Client { id: &grant.holder, api_key: &opened_by }, &k, reason, None);
                 self.map().remove(&k);
                 self.released.notify_waiters();
                 Ok(outcome.revision)
@@ -677,7 +688,7 @@ impl ClientSessions {
             // back below is found in the map first).
             for (k, lease) in &expired {
                 let reason = lease.session.close_reason().map_or(EndReason::Expired, |r| EndReason::of(&r));
-                self.record_end(&lease.token, &lease.holder, k, reason, None);
+                self.record_end(&lease.token, Client::of(lease), k, reason, None);
             }
             expired
         };
@@ -691,7 +702,7 @@ impl ClientSessions {
             match lease.session.release_as(Priority::Normal, CloseReason::Expired).await {
                 Ok(_) => n += 1,
                 Err(Error::SessionClosed { reason, .. }) => {
-                    self.record_end(&lease.token, &lease.holder, &k, EndReason::of(&reason), None);
+                    self.record_end(&lease.token, Client::of(&lease), &k, EndReason::of(&reason), None);
                     n += 1;
                 }
                 Err(e) => {
@@ -706,5 +717,19 @@ impl ClientSessions {
             self.released.notify_waiters();
         }
         n
+    }
+}
+
+/// A client as the feed knows it: its `client_id` and the API key it
+/// opened its sessions under (its feed is readable only under that key).
+#[derive(Clone, Copy)]
+struct Client<'a> {
+    id: &'a str,
+    api_key: &'a str,
+}
+
+impl<'a> Client<'a> {
+    fn of(lease: &'a ClientLease) -> Self {
+        Client { id: &lease.holder, api_key: &lease.opened_by }
     }
 }

@@ -368,3 +368,28 @@ fn a_reserved_store_name_in_the_config_is_refused_before_anything_starts() {
     assert!(!err.contains("panicked") && !err.contains("datastorer started"), "{err}");
     assert!(!tmp.path().join("data").exists(), "nothing was created");
 }
+
+#[test]
+fn a_bad_value_from_the_environment_names_the_variable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let serve = |env: Option<&str>, flag: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]).arg("--data-dir").arg(tmp.path().join("data"));
+        cmd.env_remove("DATASTORER_WORKERS");
+        if let Some(v) = env {
+            cmd.env("DATASTORER_WORKERS", v);
+        }
+        if let Some(v) = flag {
+            cmd.args(["--workers", v]);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "a usage error");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = serve(Some("abc"), None);
+    assert!(err.contains("DATASTORER_WORKERS=abc") && err.contains("invalid digit"), "{err}");
+    // Typed as a flag, the flag is what the message names.
+    let err = serve(None, Some("abc"));
+    assert!(err.contains("'--workers <WORKERS>'") && !err.contains("DATASTORER_WORKERS"), "{err}");
+    assert!(!tmp.path().join("data").exists(), "nothing was created");
+}

@@ -566,6 +566,14 @@ async fn api_keys_and_roles() {
         assert!(line.contains(part), "{part} missing from {line}");
     }
     assert!(!line.contains(&token_of(&opened)), "no lease token in the access log");
+    let duration = line.split("duration_ms=").nth(1).and_then(|d| d.split(' ').next()).unwrap_or_default();
+    assert!(duration.split('.').nth(1).is_some_and(|f| f.len() == 3), "duration in ms to the microsecond: {line}");
+    // A request refused for its role still names the key that made it.
+    let refused = log
+        .lines()
+        .find(|l| l.contains("datastorer::access") && l.contains("status=403") && l.contains("method=DELETE"))
+        .unwrap_or_else(|| panic!("no access line for the refused delete in {log}"));
+    assert!(refused.contains("api_key=\"game\""), "{refused}");
     assert!(!log.contains("secret-0123456789"), "secrets never reach the log");
 }
 
@@ -1209,4 +1217,53 @@ async fn a_server_in_the_test_process_stops_when_its_shutdown_future_resolves_an
     let record = Record::decode(&sled.get(&storage_key("profiles", "7")).unwrap().unwrap()).unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&record.data).unwrap(), json!({"coins": 3}));
     assert!(record.lease.is_none(), "released");
+}
+
+#[tokio::test]
+async fn a_client_feed_is_read_only_under_the_api_key_that_holds_its_sessions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        tmp.path(),
+        &["--api-key", "game:write:game-secret-0123456789", "--api-key", "rival:write:rival-secret-0123456789"],
+    );
+    let c = Client::new();
+    let (game, rival) = ("game-secret-0123456789", "rival-secret-0123456789");
+    let k = key_url("profiles", "k");
+    let r = c
+        .post(s.url(&format!("{k}/session")))
+        .bearer_auth(game)
+        .json(&json!({"client_id": "victim"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let poll = |key: &'static str| {
+        let c = c.clone();
+        let url = s.url("/v1/changes/poll?client_id=victim&after=0");
+        async move {
+            let r = c.get(url).bearer_auth(key).send().await.unwrap();
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    // While the victim holds a session under "game", "rival" may not read its feed.
+    let (status, v) = poll(rival).await;
+    assert_eq!((status, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("client_forbidden")), "{v}");
+    assert!(!v.to_string().contains("handoff") && !v.to_string().contains("session_ended"), "{v}");
+    // "rival" takes the key: the victim's session ends, and only "game" sees why.
+    let r = c
+        .post(s.url(&format!("{k}/session")))
+        .bearer_auth(rival)
+        .json(&json!({"client_id": "thief", "policy": "steal"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (status, v) = poll(game).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["events"].as_array().unwrap().iter().any(|e| e["kind"] == "session_ended"), "{v}");
+    let (status, v) = poll(rival).await;
+    assert_eq!(status, StatusCode::OK, "no live session of the victim now: {v}");
+    let events = v["events"].as_array().unwrap();
+    assert!(events.iter().all(|e| e["holder"].is_null()), "another key's holder notices stay hidden: {v}");
 }
