@@ -85,7 +85,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
     };
     let session_errs = with(&[
         ("409", "wrong or foreign lease token"),
-        ("410", "the session ended: `reason` says why (released, closed, stolen, release_requested, expired, deleted, shutdown, lease_lost), `taken_over_by` who took over"),
+        ("410", "the session ended: `reason` says why (released, closed, stolen, release_requested, expired, deleted, shutdown, server_restarted, lease_lost), `taken_over_by` who took over"),
         ("421", "the session lives on another server sharing the database"),
         ("503", "storage unavailable or shutting down"),
     ]);

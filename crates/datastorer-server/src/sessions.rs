@@ -151,8 +151,12 @@ pub enum EndReason {
     Expired,
     /// An administrator deleted the record.
     Deleted,
-    /// The server shut down (or restarted since the session was opened).
+    /// The server shut down.
     Shutdown,
+    /// The token is from before this server process started: the process
+    /// that opened the session stopped (shut down or crashed), and its
+    /// sessions ended with it; when is not known here.
+    ServerRestarted,
     /// A write was fenced off: another process holds the key now.
     LeaseLost,
     /// The engine ended it after an error.
@@ -170,6 +174,7 @@ impl EndReason {
             EndReason::Expired => "expired",
             EndReason::Deleted => "deleted",
             EndReason::Shutdown => "shutdown",
+            EndReason::ServerRestarted => "server_restarted",
             EndReason::LeaseLost => "lease_lost",
             EndReason::Error => "error",
         }
@@ -197,7 +202,8 @@ struct Ended {
     key: Key,
     reason: EndReason,
     taken_over_by: Option<String>,
-    ended_at_ms: u64,
+    /// `None` when not known (a session of an earlier server process).
+    ended_at_ms: Option<u64>,
 }
 
 /// How many ended sessions are remembered (oldest forgotten first): enough
@@ -250,7 +256,12 @@ fn ended_error(e: &Ended) -> ApiError {
     let mut err = ApiError::new(
         actix_web::http::StatusCode::GONE,
         "session_ended",
-        format!("the session ended: {}{by}; open a new session", e.reason.as_str()),
+        match e.reason {
+            EndReason::ServerRestarted => "the session ended: the server restarted since it was opened (it shut down or \
+                crashed, and its sessions ended with it); open a new session"
+                .to_owned(),
+            reason => format!("the session ended: {}{by}; open a new session", reason.as_str()),
+        },
     );
     err.details =
         Some(json!({ "reason": e.reason.as_str(), "taken_over_by": e.taken_over_by, "ended_at_ms": e.ended_at_ms }));
@@ -322,7 +333,7 @@ impl ClientSessions {
         }
         debug!(target: "datastorer::server", store = %key.0, key = %key.1, reason = reason.as_str(), "client session ended");
         let mut log = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        let ended = Ended { key: key.clone(), reason, taken_over_by: taken_over_by.clone(), ended_at_ms: now_ms() };
+        let ended = Ended { key: key.clone(), reason, taken_over_by: taken_over_by.clone(), ended_at_ms: Some(now_ms()) };
         let first = log.by_token.insert(token.to_owned(), ended).is_none();
         if first {
             log.order.push_back(token.to_owned());
@@ -346,16 +357,17 @@ impl ClientSessions {
             return Some(e.clone());
         }
         drop(log);
-        // Ours, from before a restart: it ended with that server's shutdown.
+        // Ours, from before a restart: it ended with that server process,
+        // whether it shut down or was killed.
         let from_earlier_boot = token.len() == TOKEN_LEN
             && token.is_char_boundary(TAG_LEN * 2)
             && token[..TAG_LEN] == *self.tag
             && token[TAG_LEN..TAG_LEN * 2] != *self.boot;
         from_earlier_boot.then(|| Ended {
             key: key.clone(),
-            reason: EndReason::Shutdown,
+            reason: EndReason::ServerRestarted,
             taken_over_by: None,
-            ended_at_ms: 0,
+            ended_at_ms: None,
         })
     }
 
@@ -598,7 +610,7 @@ impl ClientSessions {
         }
         if cur.expires_at <= Instant::now() {
             // The sweeper saves it; the client lost it.
-            let e = Ended { key: k, reason: EndReason::Expired, taken_over_by: None, ended_at_ms: now_ms() };
+            let e = Ended { key: k, reason: EndReason::Expired, taken_over_by: None, ended_at_ms: Some(now_ms()) };
             return Err(ended_error(&e));
         }
         let grant = cur.renew(self.ttl, false);

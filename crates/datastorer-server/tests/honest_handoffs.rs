@@ -159,7 +159,9 @@ async fn a_client_whose_session_ended_learns_why_and_the_feed_tells_the_ends_apa
     let before_restart = token_of(&v);
     assert!(s.stop().success());
     let s = Server::start(tmp.path(), &[]);
-    assert_ended(&ended(&c, &s, "down", &before_restart).await, "shutdown", None);
+    let answer = ended(&c, &s, "down", &before_restart).await;
+    assert_ended(&answer, "server_restarted", None);
+    assert_eq!(answer.1["ended_at_ms"], Value::Null, "when is not known here: {}", answer.1);
     // A token this server never issued is still just invalid.
     let (st, v) = call(&c, &s, Method::GET, &session("down"), Some("0123456789abcdef"), None).await;
     assert_eq!((st, v["code"].clone()), (StatusCode::CONFLICT, json!("invalid_lease_token")));
@@ -180,4 +182,22 @@ async fn a_full_page_of_keys_hands_out_no_cursor_to_an_empty_page() {
     let (_, page) = call(&c, &s, Method::GET, "/v1/stores/profiles/keys?limit=1", None, None).await;
     assert_eq!((page["keys"].clone(), page["next_cursor"].clone()), (json!(["a"]), json!("a")), "{page}");
     assert!(s.stop().success());
+}
+
+/// A token from before a `kill -9` is answered the same way: the server
+/// restarted, when unknown (no shutdown ran, so none is claimed).
+#[tokio::test]
+async fn a_token_from_before_a_kill_says_the_server_restarted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Client::new();
+    let mut s = Server::process(tmp.path(), &["--owner-id", "srv"]);
+    let (_, v) = open(&c, &s, "profiles", "k", json!({})).await;
+    let before = token_of(&v);
+    s.kill();
+    let s = Server::process(tmp.path(), &["--owner-id", "srv"]);
+    let answer = ended(&c, &s, "k", &before).await;
+    assert_ended(&answer, "server_restarted", None);
+    assert_eq!(answer.1["ended_at_ms"], Value::Null, "{}", answer.1);
+    let message = answer.1["message"].as_str().unwrap();
+    assert!(message.contains("restarted") && !message.contains("shutdown"), "{message}");
 }
