@@ -1,0 +1,688 @@
+//! The write-path checker over HTTP: two real `datastorer serve` processes
+//! on one PostgreSQL schema, four clients (two per server) firing random
+//! requests at three keys at once, and one `kill -9` and restart of a
+//! server halfway through. The requests mix every way to write:
+//!
+//! - sessions: opens with every policy (a second open by the same client
+//!   resumes its session), patches with and without `save`, saves,
+//!   releases, closes, and `POST /v1/batch` (patch-and-save, release);
+//! - one-shot `PATCH`es: unconditional, `If-None-Match: *`, `If-Match` of
+//!   what a `GET` just showed;
+//! - `DELETE`s, plain, forced and conditional;
+//! - message posts, and acknowledgements by the holder.
+//!
+//! A trigger logs every committed row version (and delete) of the records
+//! table in commit order per key, and every answer is kept with a logical
+//! time (a shared counter taken when the request starts and ends). The
+//! checks are those of `tests/it/write_paths.rs`, over the database:
+//!
+//! 1. per key, epochs never go down (not across a delete), one owner per
+//!    epoch, no header written twice;
+//! 2. every acknowledged write (`durable`, a revision) was committed at the
+//!    epoch and revision it named and carries its change; a one-shot's
+//!    condition held against the record its acquire replaced;
+//! 3. no later write of a key loses an acknowledged change until a delete,
+//!    and no change written before a delete comes back after it;
+//! 4. a released session's epoch is never written again;
+//! 5. a request on a held session is refused (`410`, `409`) only when
+//!    something could have ended it meanwhile: another client's `steal` or
+//!    `request_release` open of the key, a forced delete, or the kill;
+//! 6. an acknowledged message waits until acknowledged or deleted, and no
+//!    message appears that nobody posted.
+//!
+//! Size: `DATASTORER_HTTP_CHECK_STEPS` per client (default 150). Needs
+//! PostgreSQL (skips, saying so, without it; `DATASTORER_REQUIRE_PG=1`
+//! makes that a failure).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use common::pg::PgSchema;
+use common::server::Server;
+use common::{env_or, Rng};
+use datastorer::storage::Record;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+const STORE: &str = "profiles";
+const KEYS: [&str; 3] = ["k0", "k1", "k2"];
+const CLIENTS: usize = 4;
+
+/// A logical clock shared by every client: `a.end < b.start` means request
+/// `a` was answered before `b` was sent.
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+fn tick() -> u64 {
+    TICKS.fetch_add(1, Ordering::SeqCst)
+}
+
+/// An acknowledged write: the key, the header it named, the changes it carries.
+#[derive(Debug)]
+struct Ack {
+    key: String,
+    epoch: u64,
+    revision: u64,
+    ops: BTreeSet<String>,
+    what: String,
+    /// A one-shot's condition: `None` (unconditional), `Some(None)`
+    /// (create-only), `Some(Some((epoch, revision)))`.
+    condition: Option<Option<(u64, u64)>>,
+}
+
+/// Something that may end another client's session of `key` during `[start, end]`.
+#[derive(Debug)]
+struct Disruption {
+    key: Option<String>,
+    server: Option<usize>,
+    start: u64,
+    end: u64,
+}
+
+#[derive(Debug)]
+struct Refusal {
+    key: String,
+    server: usize,
+    opened: u64,
+    at: u64,
+    what: String,
+}
+
+#[derive(Debug)]
+struct Post {
+    key: String,
+    n: u64,
+    id: Option<u64>,
+    start: u64,
+}
+
+#[derive(Debug)]
+struct InboxClear {
+    key: String,
+    /// `None`: a delete (everything goes); `Some(id)`: an acknowledgement up to `id`.
+    up_to: Option<u64>,
+    end: u64,
+}
+
+#[derive(Default)]
+struct Log {
+    acks: Vec<Ack>,
+    disruptions: Vec<Disruption>,
+    refusals: Vec<Refusal>,
+    posts: Vec<Post>,
+    clears: Vec<InboxClear>,
+    /// Released sessions: key, epoch, and the history length once answered.
+    released: Vec<(String, u64, u64)>,
+    /// Acknowledged deletes: key and the history length before the request.
+    deletes: Vec<(String, u64)>,
+}
+
+struct Held {
+    token: String,
+    epoch: u64,
+    opened: u64,
+    ops: BTreeSet<String>,
+}
+
+struct Shared {
+    bases: [RwLock<String>; 2],
+    log: Mutex<Log>,
+    pg: PgSchema,
+    next: AtomicU64,
+    /// Steps done by all clients, so the kill lands halfway.
+    done: AtomicU64,
+}
+
+impl Shared {
+    fn base(&self, server: usize) -> String {
+        self.bases[server].read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unique(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn history_len(&self) -> u64 {
+        self.pg.sql("SELECT coalesce(max(seq), 0)::text FROM $S.history")[0].as_deref().unwrap_or("0").parse().unwrap()
+    }
+}
+
+/// One request: status and JSON body; `None` when no answer came (a server
+/// killed under it): the outcome is unknown.
+async fn send(req: reqwest::RequestBuilder) -> Option<(StatusCode, Value)> {
+    let resp = req.timeout(Duration::from_secs(20)).send().await.ok()?;
+    let status = resp.status();
+    let text = resp.text().await.ok()?;
+    Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+}
+
+fn key_path(key: &str) -> String {
+    format!("/v1/stores/{STORE}/keys/{key}")
+}
+
+fn ops_of(doc: &Value) -> BTreeSet<String> {
+    doc["ops"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+/// Whether a refusal says the session is gone (the case check 5 is about).
+fn session_gone(status: StatusCode, body: &Value) -> bool {
+    status == StatusCode::GONE
+        || (status == StatusCode::CONFLICT && body["code"].as_str().is_some_and(|c| c.contains("lease_token")))
+}
+
+async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
+    let server = index % 2;
+    let client_id = format!("client-{index}");
+    let c = Client::new();
+    let mut rng = Rng((0x9e37_79b9_7f4a_7c15 ^ ((index as u64 + 1) * 0x1000_0001)) | 1);
+    let mut held: HashMap<&'static str, Held> = HashMap::new();
+    let policies = ["fail", "wait", "request_release", "steal"];
+    for _ in 0..steps {
+        shared.done.fetch_add(1, Ordering::SeqCst);
+        let key = KEYS[rng.below(KEYS.len() as u64) as usize];
+        let base = shared.base(server);
+        let start = tick();
+        match rng.below(100) {
+            0..=19 => {
+                let policy = policies[rng.below(4) as usize];
+                let body = json!({"client_id": client_id, "policy": policy, "timeout_ms": 1500});
+                let answer = send(c.post(format!("{base}{}/session", key_path(key))).json(&body)).await;
+                let end = tick();
+                if matches!(policy, "steal" | "request_release") {
+                    shared.log().disruptions.push(Disruption { key: Some(key.into()), server: None, start, end });
+                }
+                if let Some((StatusCode::OK, v)) = answer {
+                    let (Some(token), Some(epoch)) = (v["lease_token"].as_str(), v["epoch"].as_u64()) else {
+                        panic!("an open answered without token or epoch: {v}")
+                    };
+                    // A resumed session keeps what it changed so far.
+                    let ops = match held.remove(key) {
+                        Some(h) if h.epoch == epoch => h.ops,
+                        _ => ops_of(&v["data"]),
+                    };
+                    held.insert(key, Held { token: token.to_owned(), epoch, opened: start, ops });
+                }
+            }
+            20..=37 => {
+                let Some(h) = held.get_mut(key) else { continue };
+                let op = format!("{}", shared.unique());
+                let save = rng.below(2) == 0;
+                let url = format!("{base}{}/session/data{}", key_path(key), if save { "?save=normal" } else { "" });
+                let answer = send(
+                    c.patch(url)
+                        .header("Lease-Token", &h.token)
+                        .header("Content-Type", "application/merge-patch+json")
+                        .body(json!({"ops": {op.clone(): true}}).to_string()),
+                )
+                .await;
+                let end = tick();
+                match answer {
+                    Some((StatusCode::OK, v)) => {
+                        h.ops.insert(op);
+                        if save {
+                            let revision = v["revision"].as_u64().expect("a saved patch names its revision");
+                            let ack = Ack {
+                                key: key.into(),
+                                epoch: h.epoch,
+                                revision,
+                                ops: h.ops.clone(),
+                                what: format!("{client_id} patch+save"),
+                                condition: None,
+                            };
+                            shared.log().acks.push(ack);
+                        }
+                    }
+                    Some((status, v)) if session_gone(status, &v) => {
+                        refused(&shared, key, server, h.opened, end, format!("{client_id} patch: {status} {v}"));
+                        held.remove(key);
+                    }
+                    // A save that failed keeps the change in the session.
+                    Some((_, _)) => {
+                        h.ops.insert(op);
+                    }
+                    None => {
+                        held.remove(key);
+                    }
+                }
+            }
+            38..=47 => {
+                let Some(h) = held.get(key) else { continue };
+                let release = rng.below(3) == 0;
+                let via_batch = rng.below(3) == 0;
+                let answer = if via_batch {
+                    let op = if release { "release" } else { "save" };
+                    let body = json!({"ops": [{"op": op, "store": STORE, "key": key, "lease_token": h.token}]});
+                    send(c.post(format!("{base}/v1/batch")).json(&body)).await.map(|(status, v)| {
+                        let r = v["results"][0].clone();
+                        let status =
+                            r["status"].as_u64().and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(status);
+                        (status, r)
+                    })
+                } else {
+                    let end = if release { "release" } else { "save" };
+                    send(c.post(format!("{base}{}/session/{end}", key_path(key))).header("Lease-Token", &h.token)).await
+                };
+                let end = tick();
+                match answer {
+                    Some((StatusCode::OK, v)) => {
+                        let revision = v["revision"].as_u64().expect("a save names its revision");
+                        let what = format!(
+                            "{client_id} {}{}",
+                            if release { "release" } else { "save" },
+                            if via_batch { " (batch)" } else { "" }
+                        );
+                        let ack = Ack {
+                            key: key.into(),
+                            epoch: h.epoch,
+                            revision,
+                            ops: h.ops.clone(),
+                            what,
+                            condition: None,
+                        };
+                        shared.log().acks.push(ack);
+                        if release {
+                            let after = shared.history_len();
+                            shared.log().released.push((key.into(), h.epoch, after));
+                            held.remove(key);
+                        }
+                    }
+                    Some((status, v)) if session_gone(status, &v) => {
+                        refused(&shared, key, server, h.opened, end, format!("{client_id} save/release: {status} {v}"));
+                        held.remove(key);
+                    }
+                    Some(_) => {}
+                    None => {
+                        held.remove(key);
+                    }
+                }
+            }
+            48..=50 => {
+                let Some(h) = held.remove(key) else { continue };
+                let _ =
+                    send(c.delete(format!("{base}{}/session", key_path(key))).header("Lease-Token", &h.token)).await;
+            }
+            51..=64 => {
+                // A one-shot: unconditional, create-only, or on the version just read.
+                let mut req = c.patch(format!("{base}{}", key_path(key)));
+                let condition = match rng.below(3) {
+                    0 => None,
+                    1 => {
+                        req = req.header("If-None-Match", "*");
+                        Some(None)
+                    }
+                    _ => match send(c.get(format!("{base}{}", key_path(key)))).await {
+                        Some((StatusCode::OK, v)) => {
+                            let (e, r) = (v["epoch"].as_u64().unwrap(), v["revision"].as_u64().unwrap());
+                            req = req.header("If-Match", format!("\"{e}.{r}\""));
+                            Some(Some((e, r)))
+                        }
+                        _ => {
+                            req = req.header("If-None-Match", "*");
+                            Some(None)
+                        }
+                    },
+                };
+                let op = format!("{}", shared.unique());
+                let answer = send(
+                    req.header("Content-Type", "application/merge-patch+json")
+                        .body(json!({"ops": {op.clone(): true}}).to_string()),
+                )
+                .await;
+                if let Some((StatusCode::OK, v)) = answer {
+                    let (epoch, revision) = (v["epoch"].as_u64().unwrap(), v["revision"].as_u64().unwrap());
+                    let ack = Ack {
+                        key: key.into(),
+                        epoch,
+                        revision,
+                        ops: ops_of(&v["data"]),
+                        what: format!("{client_id} one-shot {condition:?}"),
+                        condition,
+                    };
+                    assert!(ack.ops.contains(&op), "a one-shot's answer lacks its own change: {v}");
+                    shared.log().acks.push(ack);
+                }
+            }
+            65..=70 => {
+                let force = rng.below(2) == 0;
+                let mut req = c.delete(format!("{base}{}?force={force}", key_path(key)));
+                if rng.below(2) == 0 {
+                    if let Some((StatusCode::OK, v)) = send(c.get(format!("{base}{}", key_path(key)))).await {
+                        let (e, r) = (v["epoch"].as_u64().unwrap(), v["revision"].as_u64().unwrap());
+                        req = req.header("If-Match", format!("\"{e}.{r}\""));
+                    }
+                }
+                let before = shared.history_len();
+                let answer = send(req).await;
+                let end = tick();
+                let mut log = shared.log();
+                if force {
+                    log.disruptions.push(Disruption { key: Some(key.into()), server: None, start, end });
+                }
+                match answer {
+                    Some((StatusCode::OK, v)) => {
+                        if v["deleted"] == json!(true) {
+                            log.deletes.push((key.into(), before));
+                        }
+                        log.clears.push(InboxClear { key: key.into(), up_to: None, end });
+                    }
+                    Some((StatusCode::PRECONDITION_FAILED | StatusCode::CONFLICT, _)) => {}
+                    // Unknown: it may have deleted the inbox.
+                    _ => log.clears.push(InboxClear { key: key.into(), up_to: None, end }),
+                }
+            }
+            71..=80 => {
+                let n = shared.unique();
+                let answer = send(c.post(format!("{base}{}/messages", key_path(key))).json(&json!({"n": n}))).await;
+                let id = match answer {
+                    Some((StatusCode::OK, v)) => v["id"].as_u64(),
+                    _ => None,
+                };
+                shared.log().posts.push(Post { key: key.into(), n, id, start });
+            }
+            81..=87 => {
+                let Some(h) = held.get(key) else { continue };
+                let Some((StatusCode::OK, v)) =
+                    send(c.get(format!("{base}{}/session/messages", key_path(key))).header("Lease-Token", &h.token))
+                        .await
+                else {
+                    continue;
+                };
+                let ids: Vec<u64> = v["messages"]
+                    .as_array()
+                    .map(|m| m.iter().filter_map(|m| m["id"].as_u64()).collect())
+                    .unwrap_or_default();
+                let Some(&up_to) = ids.get(rng.below(ids.len().max(1) as u64) as usize) else { continue };
+                let answer = send(
+                    c.post(format!("{base}{}/session/messages/ack", key_path(key)))
+                        .header("Lease-Token", &h.token)
+                        .json(&json!({"up_to": up_to})),
+                )
+                .await;
+                let end = tick();
+                if !matches!(answer, Some((s, _)) if s.is_client_error()) {
+                    shared.log().clears.push(InboxClear { key: key.into(), up_to: Some(up_to), end });
+                }
+            }
+            _ => {
+                if let Some(h) = held.get(key) {
+                    // Patch and save through a batch.
+                    let op = format!("{}", shared.unique());
+                    let body = json!({"ops": [{"op": "patch", "store": STORE, "key": key, "lease_token": h.token,
+                        "data": {"ops": {op.clone(): true}}, "save": "normal"}]});
+                    let answer = send(c.post(format!("{base}/v1/batch")).json(&body)).await;
+                    let end = tick();
+                    let r = answer.as_ref().map(|(_, v)| v["results"][0].clone()).unwrap_or(Value::Null);
+                    let h = held.get_mut(key).expect("held");
+                    match r["status"].as_u64() {
+                        Some(200) => {
+                            h.ops.insert(op);
+                            let ack = Ack {
+                                key: key.into(),
+                                epoch: h.epoch,
+                                revision: r["revision"].as_u64().expect("a saved batch patch names its revision"),
+                                ops: h.ops.clone(),
+                                what: format!("{client_id} batch patch+save"),
+                                condition: None,
+                            };
+                            shared.log().acks.push(ack);
+                        }
+                        Some(s) if session_gone(StatusCode::from_u16(s as u16).unwrap(), &r) => {
+                            refused(&shared, key, server, h.opened, end, format!("{client_id} batch: {r}"));
+                            held.remove(key);
+                        }
+                        Some(_) => {
+                            h.ops.insert(op);
+                        }
+                        None => {
+                            held.remove(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (key, h) in held {
+        let base = shared.base(server);
+        let _ = send(c.post(format!("{base}{}/session/release", key_path(key))).header("Lease-Token", &h.token)).await;
+    }
+}
+
+fn refused(shared: &Shared, key: &str, server: usize, opened: u64, at: u64, what: String) {
+    shared.log().refusals.push(Refusal { key: key.into(), server, opened, at, what });
+}
+
+/// One committed row version (or delete) of the records table.
+struct Row {
+    seq: u64,
+    store: String,
+    key: String,
+    record: Option<Record>,
+}
+
+fn history(pg: &PgSchema) -> Vec<Row> {
+    pg.sql(
+        "SELECT seq || ' ' || store || ' ' || key || ' ' || coalesce(encode(value, 'hex'), '-') FROM $S.history ORDER BY seq",
+    )
+    .into_iter()
+    .flatten()
+    .map(|line| {
+        let mut parts = line.split(' ');
+        let seq = parts.next().unwrap().parse().unwrap();
+        let store = parts.next().unwrap().to_owned();
+        let key = parts.next().unwrap().to_owned();
+        let hex = parts.next().unwrap();
+        let record = (hex != "-").then(|| {
+            let bytes: Vec<u8> =
+                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+            Record::decode(&bytes).unwrap_or_else(|e| panic!("row {seq} does not decode: {e}"))
+        });
+        Row { seq, store, key, record }
+    })
+    .collect()
+}
+
+fn doc_ops(r: &Record) -> BTreeSet<String> {
+    ops_of(&serde_json::from_slice(&r.data).unwrap_or(Value::Null))
+}
+
+fn check(rows: &[Row], log: &Log) {
+    let records: Vec<&Row> = rows.iter().filter(|r| r.store == STORE).collect();
+    // 1. Epochs, owners, headers.
+    let mut last_epoch: HashMap<&str, u64> = HashMap::new();
+    let mut owner_of: HashMap<(&str, u64), String> = HashMap::new();
+    let mut at_header: HashMap<(&str, u64, u64), &Row> = HashMap::new();
+    for row in &records {
+        let Some(rec) = &row.record else { continue };
+        let (key, epoch) = (row.key.as_str(), rec.header.epoch);
+        let prev = last_epoch.insert(key, epoch).unwrap_or(0);
+        assert!(epoch >= prev, "{key}: epoch went from {prev} down to {epoch} at row {}", row.seq);
+        if let Some(owner) = rec.lease.as_ref().map(|l| l.owner.clone()) {
+            let first = owner_of.entry((key, epoch)).or_insert_with(|| owner.clone());
+            assert_eq!(first, &owner, "{key}: epoch {epoch} written by two owners (row {})", row.seq);
+        }
+        let header = (key, epoch, rec.header.revision);
+        assert!(at_header.insert(header, row).is_none(), "header {header:?} written twice (row {})", row.seq);
+    }
+    // 2. Acknowledged writes committed as acknowledged, conditions held.
+    let mut acked_rows: HashMap<u64, BTreeSet<String>> = HashMap::new();
+    for a in &log.acks {
+        let row = at_header
+            .get(&(a.key.as_str(), a.epoch, a.revision))
+            .unwrap_or_else(|| panic!("acknowledged {} {}@{}/{} never committed", a.what, a.key, a.epoch, a.revision));
+        let ops = doc_ops(row.record.as_ref().unwrap());
+        let missing: Vec<_> = a.ops.difference(&ops).collect();
+        assert!(missing.is_empty(), "{} {}@{}/{}: committed without {missing:?}", a.what, a.key, a.epoch, a.revision);
+        acked_rows.entry(row.seq).or_default().extend(a.ops.iter().cloned());
+        if let Some(condition) = a.condition {
+            let acquire = records
+                .iter()
+                .find(|r| r.key == a.key && r.record.as_ref().is_some_and(|x| x.header.epoch == a.epoch))
+                .unwrap();
+            let before = records.iter().rev().find(|r| r.key == a.key && r.seq < acquire.seq);
+            let found = before.and_then(|r| r.record.as_ref()).map(|r| (r.header.epoch, r.header.revision));
+            assert_eq!(found, condition, "{} {}@{}: its condition did not hold", a.what, a.key, a.epoch);
+        }
+    }
+    for (key, before) in &log.deletes {
+        assert!(
+            records.iter().any(|r| r.seq > *before && r.key == *key && r.record.is_none()),
+            "an acknowledged delete of {key} never committed"
+        );
+    }
+    // 3. Nothing acknowledged lost, nothing deleted back.
+    for key in KEYS {
+        let (mut must, mut since, mut deleted) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        for row in records.iter().filter(|r| r.key == key) {
+            let Some(rec) = &row.record else {
+                deleted.append(&mut since);
+                must.clear();
+                continue;
+            };
+            let ops = doc_ops(rec);
+            let lost: Vec<&String> = must.difference(&ops).collect();
+            assert!(lost.is_empty(), "{key}: row {} lost acknowledged changes {lost:?}", row.seq);
+            let back: Vec<&String> = deleted.intersection(&ops).collect();
+            assert!(back.is_empty(), "{key}: row {} brought back deleted changes {back:?}", row.seq);
+            since.extend(ops.iter().cloned());
+            if let Some(acked) = acked_rows.get(&row.seq) {
+                must.extend(acked.iter().cloned());
+            }
+        }
+    }
+    // 4. A released epoch is never written again.
+    for (key, epoch, after) in &log.released {
+        let late = records
+            .iter()
+            .find(|r| r.seq > *after && r.key == *key && r.record.as_ref().is_some_and(|x| x.header.epoch == *epoch));
+        assert!(late.is_none(), "{key}@{epoch} written (row {:?}) after its release was answered", late.map(|r| r.seq));
+    }
+    // 5. No valid request refused.
+    for r in &log.refusals {
+        let explained = log.disruptions.iter().any(|d| {
+            d.start <= r.at
+                && d.end >= r.opened
+                && d.key.as_deref().is_none_or(|k| k == r.key)
+                && d.server.is_none_or(|s| s == r.server)
+        });
+        if !explained {
+            let trail: Vec<String> = records
+                .iter()
+                .filter(|x| x.key == r.key)
+                .map(|x| match &x.record {
+                    Some(rec) => format!(
+                        "{}:{}.{}:{}",
+                        x.seq,
+                        rec.header.epoch,
+                        rec.header.revision,
+                        rec.lease.as_ref().map_or("-", |l| l.owner.as_str())
+                    ),
+                    None => format!("{}:deleted", x.seq),
+                })
+                .collect();
+            panic!(
+                "a live session was refused with nothing that could end it: {} (opened at tick {}, refused at {}); rows of {}: {}",
+                r.what,
+                r.opened,
+                r.at,
+                r.key,
+                trail.join(" ")
+            );
+        }
+    }
+    // 6. Messages.
+    for key in KEYS {
+        let last = rows.iter().rev().find(|r| r.store == format!("{STORE}:inbox") && r.key == key);
+        let stored: BTreeSet<u64> = last
+            .and_then(|r| r.record.as_ref())
+            .map(|r| {
+                let inbox: Value = serde_json::from_slice(&r.data).unwrap();
+                inbox["messages"]
+                    .as_array()
+                    .map(|m| m.iter().filter_map(|m| m["body"]["n"].as_u64()).collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let posts: Vec<&Post> = log.posts.iter().filter(|p| p.key == key).collect();
+        for p in &posts {
+            let Some(id) = p.id else { continue };
+            // Something that may have taken it: a delete or an
+            // acknowledgement (by id) that ended after the post began.
+            let may_be_gone =
+                log.clears.iter().any(|c| c.key == key && c.end > p.start && c.up_to.is_none_or(|u| u >= id));
+            assert!(may_be_gone || stored.contains(&p.n), "{key}: acknowledged message {} (id {id}) is gone", p.n);
+        }
+        for n in &stored {
+            assert!(posts.iter().any(|p| p.n == *n), "{key}: message {n} was never posted");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_servers() {
+    let Some(pg) = PgSchema::new("every_write_path_over_http") else { return };
+    let steps = env_or("DATASTORER_HTTP_CHECK_STEPS", 150);
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, schema) = (pg.url.clone(), pg.schema.clone());
+    let start = |name: &str| {
+        let args = ["--owner-id", name, "--lease-ttl-secs", "4", "--autosave-interval-secs", "1"];
+        Server::start_pg(&tmp.path().join(name), &url, &schema, &args)
+    };
+    let a = start("srv-a");
+    let mut b = start("srv-b");
+    pg.sql(
+        "CREATE TABLE $S.history (seq bigserial PRIMARY KEY, store text, key text, value bytea);
+         CREATE FUNCTION $S.log_history() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF TG_OP = 'DELETE' THEN INSERT INTO $S.history (store, key, value) VALUES (OLD.store, OLD.key, NULL);
+           ELSE INSERT INTO $S.history (store, key, value) VALUES (NEW.store, NEW.key, NEW.value); END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER log_history AFTER INSERT OR UPDATE OR DELETE ON $S.records
+           FOR EACH ROW EXECUTE FUNCTION $S.log_history();",
+    );
+    let shared = Arc::new(Shared {
+        bases: [RwLock::new(a.base.clone()), RwLock::new(b.base.clone())],
+        log: Mutex::new(Log::default()),
+        pg,
+        next: AtomicU64::new(1),
+        done: AtomicU64::new(0),
+    });
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..CLIENTS).map(|i| tokio::spawn(client(shared.clone(), i, steps))).collect();
+    // Halfway, server b dies without a word and comes back (same owner id,
+    // so it reclaims its leases at once).
+    while shared.done.load(Ordering::SeqCst) < CLIENTS as u64 * steps / 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let kill_start = tick();
+    b.kill();
+    b = start("srv-b");
+    *shared.bases[1].write().unwrap() = b.base.clone();
+    let kill_end = tick();
+    shared.log().disruptions.push(Disruption { key: None, server: Some(1), start: kill_start, end: kill_end });
+    for c in clients {
+        c.await.expect("a client panicked");
+    }
+    let rows = history(&shared.pg);
+    let log = std::mem::take(&mut *shared.log());
+    println!(
+        "write paths over HTTP: {CLIENTS} clients × {steps} steps on 2 servers (one killed and restarted) in {:.1} s: \
+         {} committed rows checked, {} acknowledged writes, {} acknowledged deletes, {} posts, {} refusals explained",
+        started.elapsed().as_secs_f64(),
+        rows.len(),
+        log.acks.len(),
+        log.deletes.len(),
+        log.posts.len(),
+        log.refusals.len()
+    );
+    assert!(!log.acks.is_empty(), "some writes were acknowledged");
+    check(&rows, &log);
+    drop((a, b));
+}
