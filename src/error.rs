@@ -70,6 +70,31 @@ pub enum Error {
         limit: usize,
     },
 
+    /// A message larger than [`crate::MAX_MESSAGE_BYTES`] as JSON.
+    #[error("message to key `{key}` in store `{store}` refused: it is {size} bytes as JSON, and a message may be at most {limit}")]
+    MessageTooLarge {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// The message's size as JSON.
+        size: usize,
+        /// Most bytes a message may have.
+        limit: usize,
+    },
+
+    /// A key's waiting messages would together exceed the largest
+    /// document (`max_document_bytes`) with this one.
+    #[error("the inbox of key `{key}` in store `{store}` is full: with this message its waiting messages would exceed {limit} bytes; the holder must acknowledge some first")]
+    InboxTooLarge {
+        /// Store name.
+        store: String,
+        /// Key.
+        key: String,
+        /// Most bytes an inbox holds (`max_document_bytes`).
+        limit: usize,
+    },
+
     /// A write failed its fencing check: another owner took the lease.
     #[error("lease on key `{key}` in store `{store}` was lost to a newer holder")]
     LeaseLost {
@@ -221,6 +246,8 @@ impl Error {
             Error::LeaseHeld { store, key, .. }
             | Error::PreconditionFailed { store, key }
             | Error::InboxFull { store, key, .. }
+            | Error::MessageTooLarge { store, key, .. }
+            | Error::InboxTooLarge { store, key, .. }
             | Error::LeaseLost { store, key }
             | Error::LeaseExpired { store, key, .. }
             | Error::CorruptRecord { store, key, .. }
@@ -232,6 +259,31 @@ impl Error {
             | Error::Panicked { store, key, .. }
             | Error::SessionClosed { store, key, .. }
             | Error::Cancelled { store, key, .. } => Some((store, key)),
+            _ => None,
+        }
+    }
+
+    /// The store name the error carries, to say it in the caller's terms
+    /// (an inbox's errors name the store whose key it is, never the
+    /// internal `S:inbox`).
+    pub(crate) fn store_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Error::LeaseHeld { store, .. }
+            | Error::PreconditionFailed { store, .. }
+            | Error::InboxFull { store, .. }
+            | Error::MessageTooLarge { store, .. }
+            | Error::InboxTooLarge { store, .. }
+            | Error::LeaseLost { store, .. }
+            | Error::LeaseExpired { store, .. }
+            | Error::CorruptRecord { store, .. }
+            | Error::Migration { store, .. }
+            | Error::Deserialize { store, .. }
+            | Error::Serialize { store, .. }
+            | Error::DocumentTooLarge { store, .. }
+            | Error::Storage { store, .. }
+            | Error::Panicked { store, .. }
+            | Error::SessionClosed { store, .. }
+            | Error::Cancelled { store, .. } => Some(store),
             _ => None,
         }
     }

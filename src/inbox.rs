@@ -27,6 +27,10 @@ pub use crate::store::INBOX_SUFFIX;
 use crate::store::{Store, StoreSpec};
 use crate::types::{Document, Message};
 
+/// Largest message, in bytes as JSON: a message is a notice (a gift, a
+/// friend request), not a document; Roblox's MessagingService allows 1 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// Most messages waiting in one key's inbox (ProfileStore's
 /// `MAX_MESSAGE_QUEUE`); a post beyond it is refused with `InboxFull`.
 pub const MAX_INBOX_MESSAGES: usize = 1000;
@@ -83,21 +87,40 @@ impl<T: Document> Store<T> {
     }
 
     /// Posts `body` to `key`'s inbox; answers its id once durable.
-    /// Refused with `InboxFull` when `MAX_INBOX_MESSAGES` wait.
+    /// Refused with `MessageTooLarge` above [`MAX_MESSAGE_BYTES`], with
+    /// `InboxFull` when `MAX_INBOX_MESSAGES` wait and with `InboxTooLarge`
+    /// when the waiting messages would outgrow `max_document_bytes`.
+    /// Errors name this store, never its inbox's.
     pub async fn post_message(&self, key: &str, body: Value) -> Result<u64, Error> {
         crate::store::validate_key(key)?;
+        let size = serde_json::to_vec(&body).map_or(usize::MAX, |b| b.len());
+        if size > MAX_MESSAGE_BYTES {
+            let (store, key) = (self.name().to_owned(), key.to_owned());
+            return Err(Error::MessageTooLarge { store, key, size, limit: MAX_MESSAGE_BYTES });
+        }
         let inbox = self.inbox()?;
         let now = self.engine().clock.now_ms();
+        let max_bytes = self.engine().config.max_document_bytes;
         let (store, k) = (self.name().to_owned(), key.to_owned());
+        let full = {
+            let (store, key) = (store.clone(), k.clone());
+            move || Error::InboxTooLarge { store, key, limit: max_bytes }
+        };
         let outcome = busy_retry(|| {
             let body = body.clone();
             let (store, k) = (store.clone(), k.clone());
             let inbox = inbox.clone();
+            let full = full.clone();
             async move {
                 inbox
                     .update_unleased(k.clone(), crate::store::Expect::Anything, move |ib| {
                         if ib.messages.len() >= MAX_INBOX_MESSAGES {
                             return Err(Error::InboxFull { store, key: k, limit: MAX_INBOX_MESSAGES });
+                        }
+                        // The message's own bytes, its envelope, and what waits.
+                        let waiting = serde_json::to_vec(&*ib).map_or(usize::MAX, |b| b.len());
+                        if waiting.saturating_add(size).saturating_add(64) > max_bytes {
+                            return Err(full());
                         }
                         ib.last_id += 1;
                         ib.messages.push(Message { id: ib.last_id, sent_at_ms: now, body });
@@ -106,8 +129,23 @@ impl<T: Document> Store<T> {
                     .await
             }
         })
-        .await?;
-        outcome.value
+        .await;
+        match outcome {
+            Ok(outcome) => outcome.value,
+            // The estimate above errs low only by the envelope's own bytes.
+            Err(Error::DocumentTooLarge { .. }) => Err(full()),
+            Err(e) => Err(self.in_own_terms(e)),
+        }
+    }
+
+    /// `e` from the inbox store, said of this store (its key's inbox is an
+    /// internal record; clients never name `S:inbox`).
+    fn in_own_terms(&self, mut e: Error) -> Error {
+        let inbox = inbox_store_name(self.name());
+        if let Some(store) = e.store_mut().filter(|s| **s == inbox) {
+            *store = self.name().to_owned();
+        }
+        e
     }
 
     /// The messages waiting for `key`, oldest first (a read; nothing changes).
@@ -145,7 +183,8 @@ impl<T: Document> Store<T> {
                     .await
             }
         })
-        .await?;
+        .await
+        .map_err(|e| self.in_own_terms(e))?;
         Ok(outcome.value)
     }
 }

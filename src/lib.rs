@@ -96,7 +96,7 @@ use crate::registry::Registry;
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
 pub use crate::error::Error;
-pub use crate::inbox::{inbox_store_name, Inbox, INBOX_SUFFIX, MAX_INBOX_MESSAGES};
+pub use crate::inbox::{inbox_store_name, Inbox, INBOX_SUFFIX, MAX_INBOX_MESSAGES, MAX_MESSAGE_BYTES};
 pub use crate::migration::Migration;
 pub use crate::read_cache::ReadCache;
 pub use crate::report::{ReleaseReport, ShutdownReport};

@@ -125,3 +125,35 @@ async fn deleting_a_key_deletes_its_waiting_messages_too() {
     let bodies: Vec<_> = store.messages("p").await.unwrap().into_iter().map(|m| m.body).collect();
     assert_eq!(bodies, [json!("welcome back")]);
 }
+
+#[actix_rt::test]
+async fn an_oversized_message_or_inbox_is_refused_in_the_stores_own_name_and_keeps_what_waits() {
+    let backend = Arc::new(MemoryBackend::new());
+    let mut config = config(&backend, "a");
+    config.max_document_bytes = 40 * 1024;
+    let ds = datastorer::Datastorer::start(config).await.unwrap();
+    let store = profiles(&ds);
+    let big = "x".repeat(datastorer::MAX_MESSAGE_BYTES);
+    let e = store.post_message("p", json!(big)).await.unwrap_err();
+    assert!(matches!(e, Error::MessageTooLarge { .. }), "{e:?}");
+    let said = e.to_string();
+    assert!(said.contains("store `profiles`") && !said.contains(":inbox"), "{said}");
+    assert!(store.messages("p").await.unwrap().is_empty(), "nothing was posted");
+    // Messages that fit one by one, until the inbox would outgrow the
+    // largest document.
+    let part = json!("y".repeat(12 * 1024));
+    let mut posted = 0;
+    let e = loop {
+        match store.post_message("p", part.clone()).await {
+            Ok(_) => posted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(posted, 3, "three 12 KiB messages fit 40 KiB, a fourth does not");
+    assert!(matches!(e, Error::InboxTooLarge { limit: 40960, .. }), "{e:?}");
+    assert!(!e.to_string().contains(":inbox"), "{e}");
+    assert_eq!(store.messages("p").await.unwrap().len(), 3, "what waits is kept");
+    // Acknowledging makes room again.
+    store.ack_messages("p", 1).await.unwrap();
+    store.post_message("p", part).await.unwrap();
+}

@@ -167,6 +167,13 @@ impl From<Error> for ApiError {
             Error::InboxFull { limit, .. } => {
                 ApiError::conflict("inbox_full", message).with(json!({ "max_messages": limit }))
             }
+            Error::InboxTooLarge { limit, .. } => {
+                ApiError::conflict("inbox_full", message).with(json!({ "max_inbox_bytes": limit }))
+            }
+            Error::MessageTooLarge { limit, .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large", message)
+                    .with(json!({ "max_message_bytes": limit }))
+            }
             Error::PreconditionFailed { .. } => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", message)
             }

@@ -326,7 +326,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                 "post": op("post_message", "post a message (the body, any JSON) to a key, held or not, stored or not; answers its id once durable",
                     vec![store(), key()], Some(body(any.clone(), &["application/json"], true)),
                     ok(json!({ "type": "object", "required": ["id"], "properties": { "id": { "type": "integer" }, "durable": { "type": "boolean" } } })),
-                    &with(&[("404", "unknown store (strict stores)"), ("409", "the key's inbox is full (`inbox_full`, `max_messages`)"), ("413", "body too large"), ("415", "wrong content type"), ("503", "storage unavailable or shutting down")]))
+                    &with(&[("404", "unknown store (strict stores)"), ("409", "the key's inbox is full (`inbox_full`: `max_messages` wait, or `max_inbox_bytes` would be exceeded)"), ("413", "body too large, or a message above 64 KiB (`message_too_large`, `max_message_bytes`)"), ("415", "wrong content type"), ("503", "storage unavailable or shutting down")]))
             },
             "/v1/stores/{store}/keys/{key}/session/messages": {
                 "get": op("list_messages", "the messages waiting for the holder, oldest first", session_ops(vec![]), None,

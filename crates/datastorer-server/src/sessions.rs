@@ -257,9 +257,11 @@ fn ended_error(e: &Ended) -> ApiError {
         actix_web::http::StatusCode::GONE,
         "session_ended",
         match e.reason {
-            EndReason::ServerRestarted => "the session ended: the server restarted since it was opened (it shut down or \
+            EndReason::ServerRestarted => {
+                "the session ended: the server restarted since it was opened (it shut down or \
                 crashed, and its sessions ended with it); open a new session"
-                .to_owned(),
+                    .to_owned()
+            }
             reason => format!("the session ended: {}{by}; open a new session", reason.as_str()),
         },
     );
@@ -333,7 +335,8 @@ impl ClientSessions {
         }
         debug!(target: "datastorer::server", store = %key.0, key = %key.1, reason = reason.as_str(), "client session ended");
         let mut log = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        let ended = Ended { key: key.clone(), reason, taken_over_by: taken_over_by.clone(), ended_at_ms: Some(now_ms()) };
+        let ended =
+            Ended { key: key.clone(), reason, taken_over_by: taken_over_by.clone(), ended_at_ms: Some(now_ms()) };
         let first = log.by_token.insert(token.to_owned(), ended).is_none();
         if first {
             log.order.push_back(token.to_owned());

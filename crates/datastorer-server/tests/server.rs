@@ -1267,3 +1267,18 @@ async fn a_client_feed_is_read_only_under_the_api_key_that_holds_its_sessions() 
     let events = v["events"].as_array().unwrap();
     assert!(events.iter().all(|e| e["holder"].is_null()), "another key's holder notices stay hidden: {v}");
 }
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_without_internal_store_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let path = format!("{}/messages", key_url("profiles", "p"));
+    let big = json!({"note": "x".repeat(datastorer::MAX_MESSAGE_BYTES)});
+    let (st, v) = call(&c, &s, Method::POST, &path, None, Some(big)).await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("message_too_large")), "{v}");
+    assert_eq!(v["max_message_bytes"], json!(datastorer::MAX_MESSAGE_BYTES), "{v}");
+    assert!(!v.to_string().contains(":inbox"), "{v}");
+    let (st, v) = call(&c, &s, Method::POST, &path, None, Some(json!({"gift": 1}))).await;
+    assert_eq!((st, v["id"].clone()), (StatusCode::OK, json!(1)), "the refused one took no id: {v}");
+}
