@@ -67,6 +67,11 @@ enum Command {
         /// fenced off and loses its unsaved changes).
         #[arg(long)]
         force: bool,
+        /// The server's config file: each record's data_version is checked
+        /// against its store's migrations (a record newer than them could
+        /// never be opened).
+        #[arg(long, env = "DATASTORER_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Scan every record and report those that do not decode.
     Check {
@@ -197,7 +202,9 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         Command::Export { dir, store, output } => {
             dir.open(false).and_then(|b| export(&b, store.as_deref(), output.as_deref()))
         }
-        Command::Import { dir, input, overwrite, force } => import(&dir, input.as_deref(), overwrite, force),
+        Command::Import { dir, input, overwrite, force, config } => {
+            import(&dir, input.as_deref(), overwrite, force, config.as_deref())
+        }
         Command::Check { dir } => dir.open(false).and_then(|b| check(&b)),
         Command::CopySledToPostgres { data_dir, database_url, postgres_schema, overwrite } => {
             copy_sled_to_postgres(&data_dir, &postgres_config(&database_url, postgres_schema.as_deref()), overwrite)
@@ -457,10 +464,46 @@ fn import_store_name(line: &Line) -> Result<(), String> {
     }
 }
 
+/// Why `line`'s data_version could never be opened, if so: an inbox has
+/// no migrations; with the server's config, a store's records are at most
+/// at its migration count (an undeclared store has none).
+fn too_new(
+    line: &Line,
+    versions: Option<&std::collections::BTreeMap<String, usize>>,
+    config: Option<&Path>,
+) -> Option<String> {
+    let (known, source) = if line.store.ends_with(datastorer::INBOX_SUFFIX) {
+        (0, "an inbox has no migrations".to_owned())
+    } else {
+        let versions = versions?;
+        let config = config.map_or_else(String::new, |p| p.display().to_string());
+        match versions.get(&line.store) {
+            Some(&n) => (n, format!("its {n} migration(s) in {config}")),
+            None => (0, format!("{config} does not declare it, so it has no migrations")),
+        }
+    };
+    (line.data_version as usize > known).then(|| {
+        format!(
+            "{}/{}: data_version {} is newer than store {:?} knows ({source}); the server could never open it",
+            line.store, line.key, line.data_version, line.store
+        )
+    })
+}
+
 /// Writes per batch of the import and the copy: one commit each.
 const TOOL_BATCH: usize = 1000;
 
-fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> Result<(), String> {
+fn import(
+    dir: &DataDir,
+    input: Option<&Path>,
+    overwrite: bool,
+    force: bool,
+    config: Option<&Path>,
+) -> Result<(), String> {
+    let versions = match config {
+        Some(path) => Some(super::config::store_data_versions(path).map_err(|e| e.0)?),
+        None => None,
+    };
     let reader: Box<dyn BufRead> = match input {
         Some(p) => Box::new(std::io::BufReader::new(
             std::fs::File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))?,
@@ -488,6 +531,8 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
                 } else if let Err(e) = super::validate::metadata(&line.metadata) {
                     problems.push(format!("line {n}: {e}"));
                 } else if let Some(e) = line.user_ids.iter().find_map(|u| super::validate::user_id(u).err()) {
+                    problems.push(format!("line {n}: {e}"));
+                } else if let Some(e) = too_new(&line, versions.as_ref(), config) {
                     problems.push(format!("line {n}: {e}"));
                 } else if let Some(first) = seen.insert((line.store.clone(), line.key.clone()), n) {
                     problems.push(format!("line {n}: {}/{} is also on line {first}", line.store, line.key));
@@ -540,6 +585,12 @@ fn import(dir: &DataDir, input: Option<&Path>, overwrite: bool, force: bool) -> 
             eprintln!("{p}");
         }
         return Err(format!("{} problem(s); nothing was imported", problems.len()));
+    }
+    if config.is_none() && lines.iter().any(|(_, l)| l.data_version > 0) {
+        eprintln!(
+            "note: data versions were not checked against the stores' migrations; pass --config (or set \
+             DATASTORER_CONFIG) to check them"
+        );
     }
     // A key created afresh starts above its store's epoch floor (the
     // highest epoch a deleted record of the store reached).

@@ -555,6 +555,15 @@ fn storage(o: &Settings, file: &Settings, at: &Origin<'_>) -> Result<Storage, Co
     })
 }
 
+/// The data version each declared store of the config file at `path`
+/// gives its records (its migration count), for tools that write records
+/// the server will open: the same file the server reads, the same rules.
+pub fn store_data_versions(path: &Path) -> Result<BTreeMap<String, usize>, ConfigError> {
+    let o = Settings { config: Some(path.to_owned()), ..Settings::default() };
+    let config = ServerConfig::load(&o)?;
+    Ok(config.stores.iter().map(|(name, decl)| (name.clone(), decl.migrations.len())).collect())
+}
+
 fn read_file(path: &Path) -> Result<Settings, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("{}: cannot read the config file: {e}", path.display())))?;

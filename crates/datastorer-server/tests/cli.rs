@@ -393,3 +393,32 @@ fn a_bad_value_from_the_environment_names_the_variable() {
     assert!(err.contains("'--workers <WORKERS>'") && !err.contains("DATASTORER_WORKERS"), "{err}");
     assert!(!tmp.path().join("data").exists(), "nothing was created");
 }
+
+/// Regression (issue 22): a record whose data_version is newer than its
+/// store's migrations was imported and broke the next open.
+#[test]
+fn import_refuses_a_data_version_newer_than_the_stores_migrations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let config = tmp.path().join("c.toml");
+    std::fs::write(&config, "[stores.profiles]\nmigrations = [{ op = \"rename\", from = \"gold\", to = \"coins\" }]\n")
+        .unwrap();
+    let config = config.to_str().unwrap();
+    let line = |store: &str, v: u32| format!(r#"{{"store":"{store}","key":"k","data":{{}},"data_version":{v}}}"#);
+    for (input, expected) in [
+        (line("profiles", 2), "its 1 migration(s)"),
+        (line("other", 1), "does not declare it"),
+        (line("profiles:inbox", 1), "an inbox has no migrations"),
+    ] {
+        let out = run(&["import", "--config", config], &dir, Some(&input));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{input}: accepted");
+        assert!(err.contains(expected) && err.contains("could never open it"), "{input}: {err}");
+    }
+    // At the store's own version it goes in; without the config, with a note.
+    let out = run(&["import", "--config", config], &dir, Some(&line("profiles", 1)));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["import", "--overwrite"], &dir, Some(&line("profiles", 1)));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("pass --config"), "{err}");
+}
