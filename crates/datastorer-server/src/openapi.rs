@@ -207,6 +207,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "store": { "type": "string" }, "key": { "type": "string" }, "data": {}, "metadata": {},
                         "user_ids": { "type": "array", "items": { "type": "string" } },
                         "data_version": { "type": "integer" }, "revision": { "type": "integer" }, "epoch": { "type": "integer" },
+                        "unmigrated": { "type": "boolean" }, "store_data_version": { "type": "integer" },
                         "lease": { "nullable": true, "type": "object", "properties": { "owner": { "type": "string" }, "expires_at_ms": { "type": "integer" } } },
                         "created_at_ms": { "type": "integer" }, "updated_at_ms": { "type": "integer" }
                     }

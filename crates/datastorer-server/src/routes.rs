@@ -781,8 +781,15 @@ pub async fn view_key(
     if if_none_match.is_some_and(|c| c.matches_weak(&tag)) {
         return Ok(HttpResponse::NotModified().insert_header((actix_web::http::header::ETAG, tag)).finish());
     }
+    // A raw read shows the record as stored: at an older data version its
+    // data has not been through the store's migrations yet (the next open
+    // or one-shot write migrates it), and the answer says so.
+    let store_version = state.config.stores.get(&store_name).map_or(0, |d| d.migrations.len() as u64);
+    let unmigrated = u64::from(rec.data_version) < store_version;
     Ok(HttpResponse::Ok().insert_header((actix_web::http::header::ETAG, tag)).json(json!({
         "store": store_name,
+        "unmigrated": unmigrated,
+        "store_data_version": store_version,
         "key": key,
         "data": json_or_raw(&rec.data),
         "metadata": json_or_raw(&rec.metadata),

@@ -834,12 +834,21 @@ migrations = [
     )
     .unwrap();
     let mut s = Server::start(&dir, &["--config", config.to_str().unwrap()]);
+    // A raw read before any open shows the record as stored, and says that
+    // the store's migrations have not been applied to it yet.
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(
+        (view["data_version"].clone(), view["store_data_version"].clone(), view["unmigrated"].clone()),
+        (json!(0), json!(3), json!(true)),
+        "{view}"
+    );
     let (st, v) = open(&c, &s, "players", "p1", json!({})).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["data"], json!({"coins": 5, "season": 2, "level": 1, "settings": {"music": true}}));
     assert_eq!(v["metadata"], json!({"banned": false}));
     let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
     assert_eq!(view["data_version"], 3);
+    assert_eq!(view["unmigrated"], false, "{view}");
     assert!(s.stop().success());
 }
 
