@@ -101,7 +101,7 @@ pub use crate::migration::Migration;
 pub use crate::read_cache::ReadCache;
 pub use crate::report::{ReleaseReport, ShutdownReport};
 pub use crate::retry::RetryConfig;
-pub use crate::save_failures::SaveFailureReason;
+pub use crate::save_failures::{FailedSave, SaveFailureReason};
 pub use crate::session::{SaveReceipt, Session};
 #[cfg(feature = "postgres")]
 pub use crate::storage::postgres::{PostgresConfig, PostgresTls};
@@ -292,6 +292,12 @@ impl Datastorer {
     /// also logged at warn with its store, key and error).
     pub fn save_failures(&self) -> Vec<(SaveFailureReason, u64)> {
         self.engine.save_failures.snapshot()
+    }
+
+    /// The last failed saves (up to 64) after `after` (a [`FailedSave::seq`];
+    /// 0 for all kept), oldest first: which key failed and why, for alerts.
+    pub fn recent_save_failures(&self, after: u64) -> Vec<FailedSave> {
+        self.engine.save_failures.recent(after)
     }
 
     /// Current queue depth per lane.

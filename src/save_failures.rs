@@ -61,18 +61,50 @@ impl SaveFailureReason {
     }
 }
 
-/// Failed saves since start, by reason.
+/// One failed save, as alerts name it: which key and why, never what the
+/// document holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedSave {
+    /// Position among the failures since start: 1, 2, 3, …
+    pub seq: u64,
+    /// Why.
+    pub reason: SaveFailureReason,
+    /// The store.
+    pub store: String,
+    /// The key.
+    pub key: String,
+}
+
+/// How many recent failures are kept by name (the counters count all).
+const RECENT: usize = 64;
+
+/// Failed saves since start, by reason, and the last few by name.
 #[derive(Debug, Default)]
-pub(crate) struct SaveFailures([AtomicU64; 6]);
+pub(crate) struct SaveFailures {
+    counts: [AtomicU64; 6],
+    recent: std::sync::Mutex<std::collections::VecDeque<FailedSave>>,
+    seq: AtomicU64,
+}
 
 impl SaveFailures {
-    pub(crate) fn count(&self, reason: SaveFailureReason) {
+    pub(crate) fn count(&self, reason: SaveFailureReason, store: &str, key: &str) {
         let i = SaveFailureReason::ALL.iter().position(|r| *r == reason).unwrap_or(5);
-        self.0[i].fetch_add(1, Ordering::Relaxed);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(FailedSave { seq, reason, store: store.to_owned(), key: key.to_owned() });
     }
 
     pub(crate) fn snapshot(&self) -> Vec<(SaveFailureReason, u64)> {
-        SaveFailureReason::ALL.iter().zip(&self.0).map(|(r, n)| (*r, n.load(Ordering::Relaxed))).collect()
+        SaveFailureReason::ALL.iter().zip(&self.counts).map(|(r, n)| (*r, n.load(Ordering::Relaxed))).collect()
+    }
+
+    /// The kept failures after `after` (a `seq`), oldest first.
+    pub(crate) fn recent(&self, after: u64) -> Vec<FailedSave> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|f| f.seq > after).cloned().collect()
     }
 }
 
@@ -85,13 +117,27 @@ mod tests {
         let failures = SaveFailures::default();
         let too_large = Error::DocumentTooLarge { store: "s".into(), key: "k".into(), limit: 1 };
         let lost = Error::LeaseLost { store: "s".into(), key: "k".into() };
-        for e in [&too_large, &too_large, &lost, &Error::NotRunning] {
-            failures.count(SaveFailureReason::of(e));
+        for (i, e) in [&too_large, &too_large, &lost, &Error::NotRunning].into_iter().enumerate() {
+            failures.count(SaveFailureReason::of(e), "s", &format!("k{i}"));
         }
         let counts: std::collections::HashMap<_, _> = failures.snapshot().into_iter().collect();
         assert_eq!(counts[&SaveFailureReason::TooLarge], 2);
         assert_eq!(counts[&SaveFailureReason::LeaseLost], 1);
         assert_eq!(counts[&SaveFailureReason::Other], 1);
         assert_eq!(counts[&SaveFailureReason::Storage], 0);
+        let named: Vec<_> = failures.recent(2).into_iter().map(|f| (f.seq, f.reason, f.key)).collect();
+        assert_eq!(named, [(3, SaveFailureReason::LeaseLost, "k2".into()), (4, SaveFailureReason::Other, "k3".into())]);
+    }
+
+    #[test]
+    fn only_the_last_failures_are_kept_by_name() {
+        let failures = SaveFailures::default();
+        for i in 0..200 {
+            failures.count(SaveFailureReason::Storage, "s", &i.to_string());
+        }
+        let kept = failures.recent(0);
+        assert_eq!(kept.len(), RECENT);
+        assert_eq!(kept[0].seq, 200 - RECENT as u64 + 1);
+        assert_eq!(failures.snapshot().iter().find(|(r, _)| *r == SaveFailureReason::Storage).map(|c| c.1), Some(200));
     }
 }

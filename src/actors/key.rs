@@ -283,7 +283,7 @@ impl<T: Document> KeyActor<T> {
     /// save as one the backend refused: logged and counted the same way.
     fn fail_before_storage(&self, write: &'static str, receipts: Vec<ReceiptTx>, err: Error) {
         let reason = crate::SaveFailureReason::of(&err);
-        self.store.engine.save_failures.count(reason);
+        self.store.engine.save_failures.count(reason, &self.store.name, &self.key);
         warn!(
             target: "datastorer::key", store = %self.store.name, key = %self.key, write,
             reason = reason.as_str(), error = %err, "write failed before reaching storage; data kept in memory"
@@ -424,7 +424,7 @@ impl<T: Document> KeyActor<T> {
                     ours = ?inf.header, stored = ?current, "fencing check failed: lease lost"
                 );
                 let err = Error::LeaseLost { store: self.store.name.to_string(), key: self.key.to_string() };
-                self.store.engine.save_failures.count(crate::SaveFailureReason::LeaseLost);
+                self.store.engine.save_failures.count(crate::SaveFailureReason::LeaseLost, &self.store.name, &self.key);
                 for r in receipts {
                     let _ = r.send(Err(err.clone()));
                 }
@@ -433,7 +433,7 @@ impl<T: Document> KeyActor<T> {
             }
             Err(err) => {
                 let reason = crate::SaveFailureReason::of(&err);
-                self.store.engine.save_failures.count(reason);
+                self.store.engine.save_failures.count(reason, &self.store.name, &self.key);
                 warn!(
                     target: "datastorer::key", store = %self.store.name, key = %self.key,
                     write = kind.name(), reason = reason.as_str(), error = %err, "write failed; data kept in memory"

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use datastorer::{Datastorer, SaveFailureReason};
+use datastorer::{Datastorer, FailedSave, SaveFailureReason};
 
 /// Alerts of one kind within this long become one message.
 pub const COALESCE: Duration = Duration::from_secs(2);
@@ -48,6 +48,9 @@ pub enum AlertKind {
     LeaseLost,
     /// The shutdown left keys unsaved.
     ShutdownUnsaved,
+    /// The critical state ended: fewer than `CRITICAL_COUNT` failures
+    /// within `CRITICAL_WINDOW`.
+    Recovered,
     /// Sent on request, to check the configuration.
     Test,
 }
@@ -59,6 +62,7 @@ impl AlertKind {
             AlertKind::Critical => "critical",
             AlertKind::LeaseLost => "lease_lost",
             AlertKind::ShutdownUnsaved => "shutdown_unsaved",
+            AlertKind::Recovered => "recovered",
             AlertKind::Test => "test",
         }
     }
@@ -88,6 +92,26 @@ pub struct WebhookDecl {
     pub format: Format,
     /// The alerts it wants (default: all).
     pub events: Option<Vec<AlertKind>>,
+    /// Signs each delivery (a secret: never logged): `X-Datastorer-Timestamp`
+    /// (Unix seconds) and `X-Datastorer-Signature: sha256=HEX`, the
+    /// HMAC-SHA256 of `TIMESTAMP.BODY` under this secret.
+    pub secret: Option<String>,
+}
+
+/// Shortest signing secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// The signature headers' value for `body` sent at `timestamp` (Unix
+/// seconds): hex HMAC-SHA256 of `TIMESTAMP.BODY` under `secret`, as
+/// receivers in the Stripe and GitHub style check it.
+pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut ctx = ring::hmac::Context::with_key(&key);
+    ctx.update(timestamp.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    let tag = ctx.sign();
+    format!("sha256={}", tag.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// One alert.
@@ -136,13 +160,26 @@ impl Endpoint {
         format!("{}://{}", if self.tls { "https" } else { "http" }, self.host)
     }
 
-    /// POSTs `body` as JSON; answers the status.
-    async fn post(&self, body: &[u8]) -> Result<u16, String> {
+    /// The `Host` header: the port only when it is not the scheme's own.
+    fn host_header(&self) -> String {
+        if self.port == if self.tls { 443 } else { 80 } {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// POSTs `body` as JSON, signed with `secret` if given; answers the status.
+    async fn post(&self, body: &[u8], secret: Option<&str>) -> Result<u16, String> {
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
+        let signed = secret.map_or_else(String::new, |secret| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            format!("X-Datastorer-Timestamp: {now}\r\nX-Datastorer-Signature: {}\r\n", signature(secret, now, body))
+        });
         let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: datastorer\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: datastorer\r\nContent-Type: application/json\r\n{signed}Content-Length: {}\r\nConnection: close\r\n\r\n",
             self.path,
-            self.host,
+            self.host_header(),
             body.len()
         );
         let mut answer = Vec::new();
@@ -235,8 +272,12 @@ impl Webhooks {
         let mut out = Webhooks::default();
         for (i, d) in decls.iter().enumerate() {
             let endpoint = Endpoint::parse(&d.url).map_err(|e| format!("webhooks[{i}].url: {e}"))?;
+            if d.secret.as_ref().is_some_and(|s| s.len() < MIN_SECRET_LEN) {
+                return Err(format!("webhooks[{i}].secret: at least {MIN_SECRET_LEN} characters"));
+            }
             let (tx, rx) = mpsc::channel(QUEUE);
-            let task = deliver(endpoint.clone(), d.format, server.to_owned(), rx, out.delivered.clone());
+            let task =
+                deliver(endpoint.clone(), d.format, d.secret.clone(), server.to_owned(), rx, out.delivered.clone());
             actix_web::rt::spawn(task);
             out.hooks.push(Hook { endpoint, format: d.format, wants: d.events.clone(), tx });
         }
@@ -276,6 +317,7 @@ impl Webhooks {
 async fn deliver(
     endpoint: Endpoint,
     format: Format,
+    secret: Option<String>,
     server: String,
     mut rx: mpsc::Receiver<Alert>,
     delivered: Arc<AtomicU64>,
@@ -298,7 +340,7 @@ async fn deliver(
         let body = payload(format, &server, &alerts).to_string();
         let mut backoff = Duration::from_secs(1);
         for attempt in 1..=MAX_TRIES {
-            match tokio::time::timeout(SEND_TIMEOUT, endpoint.post(body.as_bytes())).await {
+            match tokio::time::timeout(SEND_TIMEOUT, endpoint.post(body.as_bytes(), secret.as_deref())).await {
                 Ok(Ok(status)) if (200..300).contains(&status) => {
                     delivered.fetch_add(1, Ordering::Relaxed);
                     break;
@@ -327,7 +369,8 @@ pub async fn watch_failures(ds: Datastorer, hooks: Arc<Webhooks>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        for alert in watch.observe(tokio::time::Instant::now(), &ds.save_failures()) {
+        let named = ds.recent_save_failures(watch.last_named);
+        for alert in watch.observe(tokio::time::Instant::now(), &ds.save_failures(), &named) {
             hooks.alert(alert);
         }
     }
@@ -341,10 +384,39 @@ struct FailureWatch {
     seen: BTreeMap<&'static str, u64>,
     recent: std::collections::VecDeque<(tokio::time::Instant, u64)>,
     critical: bool,
+    /// The last named failure seen (`FailedSave::seq`).
+    last_named: u64,
+}
+
+/// Most keys one alert names; the rest are counted.
+const NAMED_KEYS: usize = 5;
+
+/// "profiles/42, profiles/7 and 3 more" for the failures of `reason`.
+fn which_keys(named: &[FailedSave], reason: SaveFailureReason) -> String {
+    let mut keys: Vec<String> = Vec::new();
+    for f in named.iter().filter(|f| f.reason == reason) {
+        let k = format!("{}/{}", f.store, f.key);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    match keys.len() {
+        0 => String::new(),
+        n if n <= NAMED_KEYS => keys.join(", "),
+        n => format!("{} and {} more", keys[..NAMED_KEYS].join(", "), n - NAMED_KEYS),
+    }
 }
 
 impl FailureWatch {
-    fn observe(&mut self, now: tokio::time::Instant, totals: &[(SaveFailureReason, u64)]) -> Vec<Alert> {
+    fn observe(
+        &mut self,
+        now: tokio::time::Instant,
+        totals: &[(SaveFailureReason, u64)],
+        named: &[FailedSave],
+    ) -> Vec<Alert> {
+        if let Some(last) = named.last() {
+            self.last_named = last.seq;
+        }
         let mut alerts = Vec::new();
         let mut new_failures = 0;
         for (reason, total) in totals {
@@ -354,13 +426,16 @@ impl FailureWatch {
                 continue;
             }
             new_failures += fresh;
+            // The keys, never the documents.
+            let keys = which_keys(named, *reason);
+            let on = if keys.is_empty() { String::new() } else { format!(" on {keys}") };
             let (kind, message) = match reason {
                 SaveFailureReason::LeaseLost => {
-                    (AlertKind::LeaseLost, "a write was fenced off: another process holds the key now".to_owned())
+                    (AlertKind::LeaseLost, format!("a write{on} was fenced off: another process holds the key now"))
                 }
                 r => (
                     AlertKind::SaveFailed,
-                    format!("saves failed ({}); the data stays in memory and is retried", r.as_str()),
+                    format!("saves failed{on} ({}); the data stays in memory and is retried", r.as_str()),
                 ),
             };
             alerts.push(Alert { kind, count: fresh, message });
@@ -385,6 +460,15 @@ impl FailureWatch {
             });
         } else if self.critical && in_window < CRITICAL_COUNT {
             self.critical = false;
+            info!(target: "datastorer::webhooks", failures = in_window, "critical state over");
+            alerts.push(Alert {
+                kind: AlertKind::Recovered,
+                count: 1,
+                message: format!(
+                    "recovered: {in_window} failed saves within the last {} s (critical at {CRITICAL_COUNT})",
+                    CRITICAL_WINDOW.as_secs()
+                ),
+            });
         }
         alerts
     }
@@ -415,20 +499,57 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut w = FailureWatch::default();
         let kinds = |alerts: Vec<Alert>| alerts.into_iter().map(|a| (a.kind, a.count)).collect::<Vec<_>>();
-        assert!(w.observe(at(0), &[(SaveFailureReason::Storage, 0)]).is_empty());
-        assert_eq!(kinds(w.observe(at(1), &[(SaveFailureReason::Storage, 3)])), [(AlertKind::SaveFailed, 3)]);
-        assert!(w.observe(at(2), &[(SaveFailureReason::Storage, 3)]).is_empty(), "only new failures alert");
+        assert!(w.observe(at(0), &[(SaveFailureReason::Storage, 0)], &[]).is_empty());
+        assert_eq!(kinds(w.observe(at(1), &[(SaveFailureReason::Storage, 3)], &[])), [(AlertKind::SaveFailed, 3)]);
+        assert!(w.observe(at(2), &[(SaveFailureReason::Storage, 3)], &[]).is_empty(), "only new failures alert");
         let both = [(SaveFailureReason::Storage, 4), (SaveFailureReason::LeaseLost, 1)];
         assert_eq!(
-            kinds(w.observe(at(60), &both)),
+            kinds(w.observe(at(60), &both, &[])),
             [(AlertKind::SaveFailed, 1), (AlertKind::LeaseLost, 1), (AlertKind::Critical, 5)]
         );
         let more = [(SaveFailureReason::Storage, 5), (SaveFailureReason::LeaseLost, 1)];
-        assert_eq!(kinds(w.observe(at(61), &more)), [(AlertKind::SaveFailed, 1)], "critical is announced once");
-        // Two minutes after the storm the window empties; a new storm alerts again.
-        assert!(w.observe(at(300), &more).is_empty());
+        assert_eq!(kinds(w.observe(at(61), &more, &[])), [(AlertKind::SaveFailed, 1)], "critical is announced once");
+        // Two minutes after the storm the window empties, which is said
+        // once; a new storm alerts again.
+        assert_eq!(kinds(w.observe(at(300), &more, &[])), [(AlertKind::Recovered, 1)]);
+        assert!(w.observe(at(301), &more, &[]).is_empty(), "recovery is announced once");
         let storm = [(SaveFailureReason::Storage, 10), (SaveFailureReason::LeaseLost, 1)];
-        assert_eq!(kinds(w.observe(at(301), &storm)), [(AlertKind::SaveFailed, 5), (AlertKind::Critical, 5)]);
+        assert_eq!(kinds(w.observe(at(302), &storm, &[])), [(AlertKind::SaveFailed, 5), (AlertKind::Critical, 5)]);
+    }
+
+    #[test]
+    fn alerts_name_the_keys_that_failed_never_their_documents() {
+        let mut w = FailureWatch::default();
+        let failed = |seq, reason, key: &str| FailedSave { seq, reason, store: "profiles".into(), key: key.into() };
+        let named: Vec<FailedSave> = (1..=8)
+            .map(|i| failed(i, SaveFailureReason::Storage, &format!("k{}", i % 7)))
+            .chain([failed(9, SaveFailureReason::LeaseLost, "42")])
+            .collect();
+        let totals = [(SaveFailureReason::Storage, 8), (SaveFailureReason::LeaseLost, 1)];
+        let alerts = w.observe(tokio::time::Instant::now(), &totals, &named);
+        assert_eq!(w.last_named, 9);
+        assert_eq!(
+            alerts[0].message,
+            "saves failed on profiles/k1, profiles/k2, profiles/k3, profiles/k4, profiles/k5 and 2 more (storage); the data stays in memory and is retried"
+        );
+        assert_eq!(alerts[1].message, "a write on profiles/42 was fenced off: another process holds the key now");
+    }
+
+    #[test]
+    fn deliveries_are_signed_over_timestamp_and_body_and_host_keeps_its_port() {
+        let sig = signature("Jefe", 0, b"what do ya want for nothing?");
+        assert_eq!(sig.len(), "sha256=".len() + 64);
+        assert_eq!(sig, signature("Jefe", 0, b"what do ya want for nothing?"), "deterministic");
+        assert_ne!(sig, signature("Jefe", 1, b"what do ya want for nothing?"), "the timestamp is signed");
+        assert_ne!(sig, signature("Jefe", 0, b"what do ya want for nothing!"), "the body is signed");
+        // Known answer (Python's hmac): HMAC-SHA256("key", "1.body").
+        assert_eq!(
+            signature("key", 1, b"body"),
+            "sha256=91b5374b153842ad05b2c4eab9349b8321b14703165bd3fb8b034dfb8be98ae5"
+        );
+        assert_eq!(Endpoint::parse("http://127.0.0.1:9000/x").unwrap().host_header(), "127.0.0.1:9000");
+        assert_eq!(Endpoint::parse("https://discord.com/x").unwrap().host_header(), "discord.com");
+        assert_eq!(Endpoint::parse("http://h:80/x").unwrap().host_header(), "h");
     }
 
     #[test]

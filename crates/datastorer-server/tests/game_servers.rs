@@ -901,10 +901,17 @@ fn tls_settings_are_checked_at_start() {
     }
 }
 
+/// One request a webhook receiver got.
+struct Delivery {
+    path: String,
+    /// Header names lowercased.
+    headers: std::collections::HashMap<String, String>,
+    raw: Vec<u8>,
+}
+
 /// A local webhook receiver: answers the first request to `/flaky` with
-/// 503 and everything else with 204; every request's path and JSON body
-/// arrive on the channel.
-async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, Value)>) {
+/// 503 and everything else with 204; every request arrives on the channel.
+async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Delivery>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -918,11 +925,15 @@ async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, Va
             stream.read_line(&mut line).await.unwrap();
             let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
             let mut length = 0;
+            let mut headers = std::collections::HashMap::new();
             loop {
                 line.clear();
                 stream.read_line(&mut line).await.unwrap();
                 if line.trim().is_empty() {
                     break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
                 }
                 if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                     length = v.trim().parse().unwrap();
@@ -935,7 +946,7 @@ async fn receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<(String, Va
             let status = if fail { "503 Service Unavailable" } else { "204 No Content" };
             let _ =
                 stream.get_mut().write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
-            let _ = tx.send((path, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+            let _ = tx.send(Delivery { path, headers, raw: body });
         }
     });
     (base, rx)
@@ -950,21 +961,40 @@ async fn webhooks_receive_alerts_in_their_format_and_a_failed_delivery_is_retrie
         &config,
         format!(
             "[[webhooks]]\nurl = \"{hook}/flaky\"\n\n[[webhooks]]\nurl = \"{hook}/discord\"\nformat = \"discord\"\n\n\
-             [[webhooks]]\nurl = \"{hook}/slack\"\nformat = \"slack\"\n\n[[webhooks]]\nurl = \"{hook}/critical-only\"\nevents = [\"critical\"]\n"
+             [[webhooks]]\nurl = \"{hook}/slack\"\nformat = \"slack\"\n\n[[webhooks]]\nurl = \"{hook}/critical-only\"\nevents = [\"critical\"]\n\n\
+             [[webhooks]]\nurl = \"{hook}/signed\"\nsecret = \"a-shared-secret-0123\"\n"
         ),
     )
     .unwrap();
     let s = Server::start(tmp.path(), &["--config", config.to_str().unwrap()]);
     let c = Client::new();
     let (st, v) = call(&c, &s, Method::POST, "/v1/webhooks/test", None, None).await;
-    assert_eq!((st, v), (StatusCode::OK, json!({"webhooks": 4})));
+    assert_eq!((st, v), (StatusCode::OK, json!({"webhooks": 5})));
 
     let mut got: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
-    while got.get("/flaky").map_or(0, Vec::len) < 2 || !got.contains_key("/discord") || !got.contains_key("/slack") {
-        let (path, body) =
-            tokio::time::timeout(std::time::Duration::from_secs(20), received.recv()).await.unwrap().unwrap();
-        got.entry(path).or_default().push(body);
+    let mut signed = None;
+    while got.get("/flaky").map_or(0, Vec::len) < 2
+        || !got.contains_key("/discord")
+        || !got.contains_key("/slack")
+        || signed.is_none()
+    {
+        let d = tokio::time::timeout(std::time::Duration::from_secs(20), received.recv()).await.unwrap().unwrap();
+        // Host carries the port the URL named (not the scheme's default).
+        assert_eq!(d.headers["host"], hook.trim_start_matches("http://"), "{:?}", d.headers);
+        got.entry(d.path.clone()).or_default().push(serde_json::from_slice(&d.raw).unwrap_or(Value::Null));
+        if d.path == "/signed" {
+            signed = Some(d);
+        } else {
+            assert!(!d.headers.contains_key("x-datastorer-signature"), "only a hook with a secret is signed");
+        }
     }
+    // The receiver's check: HMAC-SHA256 of TIMESTAMP.BODY under the secret.
+    let signed = signed.unwrap();
+    let timestamp: u64 = signed.headers["x-datastorer-timestamp"].parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(now.abs_diff(timestamp) < 60, "a current timestamp: {timestamp}");
+    let expected = datastorer_server::webhooks::signature("a-shared-secret-0123", timestamp, &signed.raw);
+    assert_eq!(signed.headers["x-datastorer-signature"], expected);
     let flaky = &got["/flaky"];
     assert_eq!(flaky[0], flaky[1], "the same alert again after the 503");
     assert_eq!(flaky[0]["alerts"][0]["kind"], "test");
@@ -993,6 +1023,11 @@ fn a_bad_webhook_url_is_refused_at_start_without_repeating_it() {
     let out =
         std::process::Command::new(common::server::BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("teams"));
+    std::fs::write(&config, "[[webhooks]]\nurl = \"http://h/\"\nsecret = \"SHORT\"\n").unwrap();
+    let out =
+        std::process::Command::new(common::server::BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("webhooks[0].secret") && !err.contains("SHORT"), "{err}");
 }
 
 /// What the Luau client relies on to start a new key at the newest data
