@@ -86,6 +86,7 @@ struct Disruption {
 struct Refusal {
     key: String,
     server: usize,
+    epoch: u64,
     opened: u64,
     at: u64,
     what: String,
@@ -118,6 +119,8 @@ struct Log {
     released: Vec<(String, u64, u64)>,
     /// Acknowledged deletes: key and the history length before the request.
     deletes: Vec<(String, u64)>,
+    /// Every delete sent, for a failure's story: key, who, ticks, answer.
+    delete_calls: Vec<(String, String, u64, u64, String)>,
 }
 
 struct Held {
@@ -202,12 +205,15 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                     let (Some(token), Some(epoch)) = (v["lease_token"].as_str(), v["epoch"].as_u64()) else {
                         panic!("an open answered without token or epoch: {v}")
                     };
-                    // A resumed session keeps what it changed so far.
-                    let ops = match held.remove(key) {
-                        Some(h) if h.epoch == epoch => h.ops,
-                        _ => ops_of(&v["data"]),
+                    // A resumed session keeps what it changed so far, and
+                    // its age: whatever happened to it since it was first
+                    // opened (a forced delete elsewhere that this server
+                    // has not heard of yet) still explains its end.
+                    let (ops, opened) = match held.remove(key) {
+                        Some(h) if h.epoch == epoch => (h.ops, h.opened),
+                        _ => (ops_of(&v["data"]), start),
                     };
-                    held.insert(key, Held { token: token.to_owned(), epoch, opened: start, ops });
+                    held.insert(key, Held { token: token.to_owned(), epoch, opened, ops });
                 }
             }
             20..=37 => {
@@ -240,7 +246,7 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                         }
                     }
                     Some((status, v)) if session_gone(status, &v) => {
-                        refused(&shared, key, server, h.opened, end, format!("{client_id} patch: {status} {v}"));
+                        refused(&shared, key, server, h, end, format!("{client_id} patch: {status} {v}"));
                         held.remove(key);
                     }
                     // A save that failed keeps the change in the session.
@@ -294,7 +300,7 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                         }
                     }
                     Some((status, v)) if session_gone(status, &v) => {
-                        refused(&shared, key, server, h.opened, end, format!("{client_id} save/release: {status} {v}"));
+                        refused(&shared, key, server, h, end, format!("{client_id} save/release: {status} {v}"));
                         held.remove(key);
                     }
                     Some(_) => {}
@@ -362,6 +368,8 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                 let answer = send(req).await;
                 let end = tick();
                 let mut log = shared.log();
+                let said = answer.as_ref().map_or("no answer".to_owned(), |(st, v)| format!("{st} {v}"));
+                log.delete_calls.push((key.into(), format!("{client_id} force={force}"), start, end, said));
                 if force {
                     log.disruptions.push(Disruption { key: Some(key.into()), server: None, start, end });
                 }
@@ -434,7 +442,7 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                             shared.log().acks.push(ack);
                         }
                         Some(s) if session_gone(StatusCode::from_u16(s as u16).unwrap(), &r) => {
-                            refused(&shared, key, server, h.opened, end, format!("{client_id} batch: {r}"));
+                            refused(&shared, key, server, h, end, format!("{client_id} batch: {r}"));
                             held.remove(key);
                         }
                         Some(_) => {
@@ -454,8 +462,9 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
     }
 }
 
-fn refused(shared: &Shared, key: &str, server: usize, opened: u64, at: u64, what: String) {
-    shared.log().refusals.push(Refusal { key: key.into(), server, opened, at, what });
+fn refused(shared: &Shared, key: &str, server: usize, held: &Held, at: u64, what: String) {
+    let refusal = Refusal { key: key.into(), server, epoch: held.epoch, opened: held.opened, at, what };
+    shared.log().refusals.push(refusal);
 }
 
 /// One committed row version (or delete) of the records table.
@@ -492,7 +501,7 @@ fn doc_ops(r: &Record) -> BTreeSet<String> {
     ops_of(&serde_json::from_slice(&r.data).unwrap_or(Value::Null))
 }
 
-fn check(rows: &[Row], log: &Log) {
+fn check(rows: &[Row], log: &Log, server_logs: &str) {
     let records: Vec<&Row> = rows.iter().filter(|r| r.store == STORE).collect();
     // 1. Epochs, owners, headers.
     let mut last_epoch: HashMap<&str, u64> = HashMap::new();
@@ -586,13 +595,28 @@ fn check(rows: &[Row], log: &Log) {
                     None => format!("{}:deleted", x.seq),
                 })
                 .collect();
+            let deletes: Vec<String> = log
+                .delete_calls
+                .iter()
+                .filter(|(k, _, _, end, _)| *k == r.key && *end + 200 >= r.opened)
+                .map(|(_, who, start, end, said)| format!("{who} [{start}, {end}]: {said}"))
+                .collect();
+            let about: Vec<&str> = server_logs
+                .lines()
+                .filter(|l| l.contains(&format!("key={}", r.key)) || l.contains(&format!("key=\"{}\"", r.key)))
+                .filter(|l| !l.contains("datastorer::access"))
+                .collect();
             panic!(
-                "a live session was refused with nothing that could end it: {} (opened at tick {}, refused at {}); rows of {}: {}",
+                "a live session (epoch {}) was refused with nothing that could end it: {} (opened at tick {}, refused at {}); \
+                 rows of {}: {}\ndeletes of it near then: {:?}\nserver log lines about it:\n{}",
+                r.epoch,
                 r.what,
                 r.opened,
                 r.at,
                 r.key,
-                trail.join(" ")
+                trail.join(" "),
+                deletes,
+                about.join("\n")
             );
         }
     }
@@ -683,6 +707,8 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
         log.refusals.len()
     );
     assert!(!log.acks.is_empty(), "some writes were acknowledged");
-    check(&rows, &log);
-    drop((a, b));
+    let (mut a, mut b) = (a, b);
+    let _ = (a.stop(), b.stop());
+    let server_logs = format!("{}\n{}", a.log(), b.log());
+    check(&rows, &log, &server_logs);
 }
