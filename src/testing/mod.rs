@@ -203,6 +203,85 @@ impl Cluster {
     }
 }
 
+/// A [`MemoryBackend`] seen through a hook on every write batch, claiming
+/// the capabilities a test gives it: a backend whose clock trails the
+/// engine's (rewrite `Precondition::Acquire`'s `now_ms`), one that records
+/// which thread writes, or one that claims to be a disk. Everything else is
+/// the inner backend's, shared with whoever else holds it.
+pub struct Intercepted {
+    inner: Arc<MemoryBackend>,
+    on_write: OnWrite,
+    capabilities: Option<crate::storage::Capabilities>,
+}
+
+type OnWrite = Box<dyn Fn(&mut [crate::storage::WriteOp]) + Send + Sync>;
+
+impl Intercepted {
+    /// `inner`, with `on_write` seeing (and free to change) every batch
+    /// before it reaches `inner`.
+    pub fn new(
+        inner: Arc<MemoryBackend>,
+        on_write: impl Fn(&mut [crate::storage::WriteOp]) + Send + Sync + 'static,
+    ) -> Self {
+        Self { inner, on_write: Box::new(on_write), capabilities: None }
+    }
+
+    /// Claims `capabilities` instead of the memory backend's.
+    pub fn claiming(mut self, capabilities: crate::storage::Capabilities) -> Self {
+        self.capabilities = Some(capabilities);
+        self
+    }
+}
+
+impl crate::storage::Backend for Intercepted {
+    fn name(&self) -> &'static str {
+        "intercepted-memory"
+    }
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, crate::StorageError> {
+        self.inner.get(key)
+    }
+    fn get_many(&self, keys: &[&[u8]]) -> Vec<Result<Option<Vec<u8>>, crate::StorageError>> {
+        self.inner.get_many(keys)
+    }
+    fn write_batch(
+        &self,
+        ops: &[crate::storage::WriteOp],
+    ) -> Vec<Result<crate::storage::WriteOutcome, crate::StorageError>> {
+        let mut ops = ops.to_vec();
+        (self.on_write)(&mut ops);
+        self.inner.write_batch(&ops)
+    }
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<crate::storage::KeyValues, crate::StorageError> {
+        self.inner.scan_prefix(prefix, start_after, limit)
+    }
+    fn flush(&self) -> Result<(), crate::StorageError> {
+        self.inner.flush()
+    }
+    fn is_blocking(&self) -> bool {
+        self.inner.is_blocking()
+    }
+    fn notices(&self) -> &crate::storage::NoticeBus {
+        self.inner.notices()
+    }
+    fn capabilities(&self) -> crate::storage::Capabilities {
+        self.capabilities.unwrap_or_else(|| self.inner.capabilities())
+    }
+    fn floor_cache(&self) -> Option<&crate::storage::FloorCache> {
+        self.inner.floor_cache()
+    }
+    fn clock(&self) -> Option<Arc<dyn crate::storage::BackendClock>> {
+        self.inner.clock()
+    }
+    fn claim_owner(&self, owner: &str) -> Result<(), crate::StorageError> {
+        self.inner.claim_owner(owner)
+    }
+}
+
 /// Publishes `notice` on `bus` as the engine would (the bus's `publish` is
 /// the engine's own), for tests of notice routing and transports.
 pub fn publish(bus: &crate::storage::NoticeBus, notice: crate::storage::Notice) {

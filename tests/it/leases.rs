@@ -332,48 +332,14 @@ async fn a_forged_steal_notice_does_not_close_a_live_session() {
 /// A backend whose clock (which decides whether a lease may be taken)
 /// trails the engine's by `lag_ms`, as PostgreSQL's can at the instant of
 /// expiry.
-struct LaggingClock {
-    inner: Arc<MemoryBackend>,
-    lag_ms: u64,
-}
-
-impl datastorer::Backend for LaggingClock {
-    fn name(&self) -> &'static str {
-        "lagging-memory"
-    }
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, datastorer::StorageError> {
-        self.inner.get(key)
-    }
-    fn write_batch(
-        &self,
-        ops: &[datastorer::storage::WriteOp],
-    ) -> Vec<Result<datastorer::storage::WriteOutcome, datastorer::StorageError>> {
-        let lagged: Vec<_> = ops
-            .iter()
-            .cloned()
-            .map(|mut op| {
-                if let datastorer::storage::Precondition::Acquire { now_ms, .. } = &mut op.precondition {
-                    *now_ms = now_ms.saturating_sub(self.lag_ms);
-                }
-                op
-            })
-            .collect();
-        self.inner.write_batch(&lagged)
-    }
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        start_after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<datastorer::storage::KeyValues, datastorer::StorageError> {
-        self.inner.scan_prefix(prefix, start_after, limit)
-    }
-    fn flush(&self) -> Result<(), datastorer::StorageError> {
-        self.inner.flush()
-    }
-    fn notices(&self) -> &datastorer::storage::NoticeBus {
-        self.inner.notices()
-    }
+fn lagging_clock(inner: Arc<MemoryBackend>, lag_ms: u64) -> datastorer::testing::Intercepted {
+    datastorer::testing::Intercepted::new(inner, move |ops| {
+        for op in ops {
+            if let datastorer::storage::Precondition::Acquire { now_ms, .. } = &mut op.precondition {
+                *now_ms = now_ms.saturating_sub(lag_ms);
+            }
+        }
+    })
 }
 
 /// Regression (issue 22): when the backend refused an acquire because by
@@ -386,7 +352,7 @@ impl datastorer::Backend for LaggingClock {
 async fn a_waiting_open_takes_a_lapsed_lease_once_the_backend_clock_passes_its_expiry() {
     tokio::time::pause();
     let memory = Arc::new(MemoryBackend::new());
-    let backend: Arc<dyn datastorer::Backend> = Arc::new(LaggingClock { inner: memory.clone(), lag_ms: 5 });
+    let backend: Arc<dyn datastorer::Backend> = Arc::new(lagging_clock(memory.clone(), 5));
     let mut config = datastorer::Config::backend(backend).owner_id("server-b");
     config.handle_signals = false;
     let b = datastorer::Datastorer::start(config).await.unwrap();

@@ -372,46 +372,6 @@ async fn pipelined_a_failed_flush_fails_no_save_it_can_retry() {
     assert!(stored(&backend, "profiles", "a").unwrap().lease.is_none());
 }
 
-/// Records the thread every write runs on; otherwise the memory backend,
-/// claiming the capabilities of a blocking disk backend.
-struct ThreadRecording {
-    inner: MemoryBackend,
-    threads: std::sync::Mutex<Vec<std::thread::ThreadId>>,
-}
-
-impl datastorer::storage::Backend for ThreadRecording {
-    fn name(&self) -> &'static str {
-        "thread-recording"
-    }
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, datastorer::StorageError> {
-        self.inner.get(key)
-    }
-    fn write_batch(
-        &self,
-        ops: &[datastorer::storage::WriteOp],
-    ) -> Vec<Result<datastorer::storage::WriteOutcome, datastorer::StorageError>> {
-        self.threads.lock().unwrap().push(std::thread::current().id());
-        self.inner.write_batch(ops)
-    }
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        start_after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<datastorer::storage::KeyValues, datastorer::StorageError> {
-        self.inner.scan_prefix(prefix, start_after, limit)
-    }
-    fn flush(&self) -> Result<(), datastorer::StorageError> {
-        self.inner.flush()
-    }
-    fn notices(&self) -> &datastorer::storage::NoticeBus {
-        self.inner.notices()
-    }
-    fn capabilities(&self) -> datastorer::storage::Capabilities {
-        datastorer::storage::Capabilities { prefers_own_thread: true, ..Default::default() }
-    }
-}
-
 /// The queue's thread follows from what the backend is: `Config::backend`
 /// (how `datastorer serve` starts on sled) gets the same own thread as
 /// `Config::sled`, because sled says it prefers one.
@@ -422,15 +382,22 @@ async fn the_queue_gets_its_own_thread_from_the_backend_capability_not_the_confi
     assert!(datastorer::storage::Backend::capabilities(&sled).prefers_own_thread);
     drop(sled);
 
-    let backend = Arc::new(ThreadRecording { inner: MemoryBackend::new(), threads: Default::default() });
-    let mut cfg = datastorer::Config::backend(backend.clone()).owner_id("a");
+    // The memory backend claiming a blocking disk backend's capabilities,
+    // recording the thread every write runs on.
+    let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = threads.clone();
+    let backend = datastorer::testing::Intercepted::new(Arc::new(MemoryBackend::new()), move |_| {
+        recorded.lock().unwrap().push(std::thread::current().id());
+    })
+    .claiming(datastorer::storage::Capabilities { prefers_own_thread: true, ..Default::default() });
+    let mut cfg = datastorer::Config::backend(Arc::new(backend)).owner_id("a");
     cfg.handle_signals = false;
     let ds = Datastorer::start(cfg).await.unwrap();
     let s = profiles(&ds).open("k").await.unwrap();
     s.update(|p| p.coins = 1).await.unwrap();
     s.save(Priority::Normal).await.unwrap();
     let here = std::thread::current().id();
-    let threads = backend.threads.lock().unwrap().clone();
+    let threads = threads.lock().unwrap().clone();
     assert!(!threads.is_empty() && threads.iter().all(|t| *t != here), "writes ran on the caller's thread");
     ds.shutdown().await;
 }
