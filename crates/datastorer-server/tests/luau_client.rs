@@ -383,19 +383,43 @@ fn luau_the_package_loads_as_roblox_module_scripts() {
         })
         .unwrap();
     lua.globals().set("require", require).unwrap();
-    lua.globals().set("Root", root).unwrap();
+    // Where the README tells a Wally user to find it: Wally puts server
+    // dependencies in `ServerPackages`, mapped under ServerStorage.
+    let readme = std::fs::read_to_string(client_dir().join("README.md")).unwrap();
+    let documented = readme
+        .lines()
+        .find(|l| l.trim_start().starts_with("local Datastorer = require(game."))
+        .expect("the README shows how to require the package")
+        .split("--")
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(documented.contains("ServerStorage.ServerPackages.Datastorer"), "{documented}");
+    let folder = |name: &str, child: &str, value: Table| {
+        let t = lua.create_table().unwrap();
+        t.set("Name", name).unwrap();
+        t.set(child, value).unwrap();
+        t
+    };
+    let game = folder(
+        "game",
+        "ServerStorage",
+        folder("ServerStorage", "ServerPackages", folder("ServerPackages", "Datastorer", root)),
+    );
+    lua.globals().set("game", game).unwrap();
     let checked: String = lua
-        .load(
+        .load(format!(
             r#"
-            local Datastorer = require(Root)
+            {documented}
             assert(type(Datastorer.new) == "function" and type(Datastorer.Configure) == "function")
-            assert(Datastorer.Json.encode({ Inventory = {} }) == '{"Inventory":{}}')
-            local ok, err = pcall(Datastorer.GetDatastore, Datastorer, "players", {})
+            assert(Datastorer.Json.encode({{ Inventory = {{}} }}) == '{{"Inventory":{{}}}}')
+            local ok, err = pcall(Datastorer.GetDatastore, Datastorer, "players", {{}})
             assert(not ok and string.find(err, "Configure", 1, true), err)
             return "loaded"
-            "#,
-        )
+            "#
+        ))
         .eval()
-        .unwrap_or_else(|e| panic!("the package does not load as ModuleScripts: {e}"));
+        .unwrap_or_else(|e| panic!("the package does not load as ModuleScripts from where the README says: {e}"));
     assert_eq!(checked, "loaded");
 }
