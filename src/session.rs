@@ -19,8 +19,8 @@ use crate::actors::key::KeyActor;
 use crate::error::Error;
 use crate::keepalive::Keepalive;
 use crate::messages::key::{
-    AddUserId, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, RemoveUserId, Save, SetMetadata,
-    Update,
+    AddUserId, CheckLease, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, RemoveUserId, Save,
+    SetMetadata, Update,
 };
 use crate::registry::CloseSignal;
 use crate::types::Document;
@@ -160,6 +160,16 @@ impl<T: Document> Session<T> {
     /// The lease this session holds.
     pub async fn lease(&self) -> Result<LeaseInfo, Error> {
         self.addr.send(GetLease).await.map_err(|_| self.gone())?
+    }
+
+    /// Reads the stored record back (one read through the queue) and
+    /// answers whether the session still holds the key. A session whose
+    /// key was taken or deleted by another process ends here, with the
+    /// reason (`SessionClosed`), instead of at its next write. For a
+    /// request that would otherwise answer from memory alone (a client
+    /// resuming its session after a lost answer).
+    pub async fn check_lease(&self) -> Result<(), Error> {
+        self.addr.send(CheckLease).await.map_err(|_| self.gone())?
     }
 
     /// Saves the document now. The receipt resolves once the write is

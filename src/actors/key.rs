@@ -26,8 +26,8 @@ use super::write_slot::{OnWire, Requested, SlotKind, WriteSlot};
 use crate::error::Error;
 use crate::lease::{acquire, Loaded};
 use crate::messages::key::{
-    AddUserId, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release, RemoveUserId, Save,
-    SetMetadata, Update,
+    AddUserId, CheckLease, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release,
+    RemoveUserId, Save, SetMetadata, Update,
 };
 use crate::migration::panic_message;
 use crate::registry::CloseSignal;
@@ -820,6 +820,33 @@ impl<T: Document> Handler<GetUserIds> for KeyActor<T> {
 
     fn handle(&mut self, _msg: GetUserIds, _ctx: &mut Self::Context) -> Self::Result {
         self.doc.as_ref().map(|d| d.user_ids.to_vec()).ok_or_else(|| self.closed_error())
+    }
+}
+
+impl<T: Document> Handler<CheckLease> for KeyActor<T> {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, _msg: CheckLease, _ctx: &mut Self::Context) -> Self::Result {
+        let ours = match (&self.phase, self.doc.as_ref()) {
+            (Phase::Open, Some(doc)) => doc.header.epoch,
+            _ => return Box::pin(fut::ready(Err(self.closed_error()))),
+        };
+        let engine = self.store.engine.clone();
+        let read = engine.get(&self.store.name, &self.key, self.storage_key(), Priority::Normal);
+        Box::pin(read.into_actor(self).map(move |res, act, ctx| {
+            let stored = res?.as_deref().and_then(RecordHeader::peek).map(|h| h.epoch);
+            if act.phase != Phase::Open {
+                return Err(act.closed_error());
+            }
+            if stored == Some(ours) {
+                return Ok(());
+            }
+            let reason = if stored.is_none() { CloseReason::Deleted } else { CloseReason::LeaseLost };
+            warn!(target: "datastorer::lease", store = %act.store.name, key = %act.key, epoch = ours,
+                stored = ?stored, reason = %reason, "checked on request: the lease was taken");
+            act.finish(reason, ctx);
+            Err(act.closed_error())
+        }))
     }
 }
 

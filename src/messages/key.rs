@@ -69,6 +69,12 @@ pub(crate) struct GetUserIds;
 #[rtype(result = "Result<LeaseInfo, Error>")]
 pub(crate) struct GetLease;
 
+/// Read the stored record back: still ours answers `Ok`; taken (a later
+/// epoch, or no record) ends the session and answers why.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub(crate) struct CheckLease;
+
 /// Save now; `receipt` resolves when the write is durable or failed.
 #[derive(Message)]
 #[rtype(result = "()")]

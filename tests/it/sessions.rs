@@ -432,3 +432,23 @@ async fn a_release_arriving_during_a_close_is_not_answered_as_saved() {
     assert!(matches!(released, Err(Error::SessionClosed { .. })), "{released:?}");
     assert_eq!(stored_json(&backend, "profiles", "k")["coins"], 0, "the close dropped the change, as a close does");
 }
+
+/// A session that another process deleted by force learns it at its next
+/// write, or at once when asked (`check_lease`: one read), as a client's
+/// resume asks.
+#[actix_rt::test]
+async fn a_lease_check_ends_a_session_whose_record_another_process_deleted() {
+    let backend = Arc::new(MemoryBackend::new());
+    let (a, b) = (node(&backend, "a").await, node(&backend, "b").await);
+    let held = profiles(&a).open("k").await.unwrap();
+    held.update(|p| p.coins = 3).await.unwrap();
+    held.save(Priority::Normal).await.unwrap();
+    held.check_lease().await.expect("still ours: nothing ends");
+    assert!(held.close_reason().is_none());
+    assert!(profiles(&b).delete("k", true).await.unwrap());
+    assert!(held.close_reason().is_none(), "another process's delete is not heard by itself");
+    let e = held.check_lease().await.unwrap_err();
+    assert!(matches!(e, Error::SessionClosed { reason: CloseReason::Deleted, .. }), "{e:?}");
+    assert_eq!(held.close_reason(), Some(CloseReason::Deleted));
+    assert!(stored(&backend, "profiles", "k").is_none(), "the check wrote nothing back");
+}

@@ -440,7 +440,18 @@ impl ClientSessions {
                 } else if resumable && cur.holder == holder && cur.opened_by == opened_by {
                     // The same client asked again (its first answer was
                     // lost): it gets its session back, not a 409 from a
-                    // lock it holds itself. Its client lease renews.
+                    // lock it holds itself. Its client lease renews. What
+                    // this server remembers may be stale (another server
+                    // may have deleted or taken the key, and its notice not
+                    // arrived yet): the record is read back first, and a
+                    // session found gone ends here and is opened afresh.
+                    if let Err(e) = cur.session.check_lease().await {
+                        if cur.session.close_reason().is_some() {
+                            continue;
+                        }
+                        // Storage could not be read: say so; nothing changed.
+                        return Err(ApiError::from(e));
+                    }
                     for id in user_ids.iter().cloned() {
                         cur.session.add_user_id(id).await.map_err(ApiError::from)?;
                     }

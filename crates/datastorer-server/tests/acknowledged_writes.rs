@@ -232,3 +232,34 @@ async fn a_holders_requests_are_served_while_other_opens_of_its_key_are_decided(
         assert!(t.await.unwrap() > 0, "the contending opens ran");
     }
 }
+
+/// A client resuming its session (its open's answer was lost) after
+/// another server deleted the key by force: the server it asks has not
+/// heard yet, so it reads the record back before answering. The client
+/// gets a fresh session on the new record, never a dead one that fails
+/// at its first write.
+#[tokio::test]
+async fn a_resume_after_another_server_deleted_the_key_opens_afresh() {
+    let Some(pg) = PgSchema::new("a_resume_after_another_server_deleted_the_key") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Server::start_pg(&tmp.path().join("a"), &pg.url, &pg.schema, &["--owner-id", "srv-a"]);
+    let b = Server::start_pg(&tmp.path().join("b"), &pg.url, &pg.schema, &["--owner-id", "srv-b"]);
+    let c = Client::new();
+    let body = json!({"client_id": "game-1"});
+    let (st, first) = open(&c, &a, "profiles", "k", body.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{first}");
+    let token = first["lease_token"].as_str().unwrap().to_owned();
+    let data = format!("{}/session/data?save=normal", key_url("profiles", "k"));
+    let (st, v) = call(&c, &a, Method::PUT, &data, Some(&token), Some(json!({"coins": 7}))).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = call(&c, &b, Method::DELETE, &format!("{}?force=true", key_url("profiles", "k")), None, None).await;
+    assert_eq!((st, v["deleted"].clone()), (StatusCode::OK, json!(true)), "{v}");
+    let (st, again) = open(&c, &a, "profiles", "k", body).await;
+    assert_eq!(st, StatusCode::OK, "{again}");
+    assert_ne!(again["resumed"], json!(true), "the deleted session is not handed back: {again}");
+    assert!(again["epoch"].as_u64() > first["epoch"].as_u64(), "a new session: {again}");
+    assert_eq!(again["data"], json!({}), "the record was deleted: {again}");
+    let token = again["lease_token"].as_str().unwrap().to_owned();
+    let (st, v) = call(&c, &a, Method::PUT, &data, Some(&token), Some(json!({"coins": 1}))).await;
+    assert_eq!(st, StatusCode::OK, "the new session writes: {v}");
+}
