@@ -3,7 +3,7 @@
 //! writes fail transiently) that mix
 //!
 //! - sessions: opens with every policy (`Fail`, `Steal`, `Wait`,
-//!   `RequestRelease`), updates, saves, releases, closes;
+//!   `RequestRelease`), updates, saves, releases, closes, lease checks;
 //! - one-shot writes (`update_unleased`) under each condition (`Anything`,
 //!   `Absent`, `Version` of what was just read);
 //! - deletes, plain, conditional and forced;
@@ -306,9 +306,17 @@ async fn run_history(seed: u64, steps: u64) -> (usize, usize) {
                     }
                 }
             }
-            49..=51 => {
+            49..=50 => {
                 if let Some(h) = obs.held.get(&(node, key)) {
                     let _ = h.session.close().await;
+                }
+            }
+            51 => {
+                // A check against storage (as a client's resume asks) may
+                // end a session only when another writer really took or
+                // deleted its key (check 4 holds it to that).
+                if let Some(h) = obs.held.get(&(node, key)) {
+                    let _ = h.session.check_lease().await;
                 }
             }
             52..=61 => {
