@@ -124,6 +124,28 @@ impl Engine {
         }
     }
 
+    /// Writes every op of `ops` in one all-or-nothing step, through the
+    /// queue (the request is the first op's key's). Only for a backend
+    /// whose capabilities say it can.
+    pub(crate) fn write_all(
+        &self,
+        store: &Arc<str>,
+        key: &Arc<str>,
+        ops: Vec<crate::storage::WriteOp>,
+        lane: Priority,
+    ) -> impl std::future::Future<Output = Result<crate::storage::AllOrNothing, Error>> + 'static {
+        let storage_key = ops.first().map(|o| o.key.clone()).unwrap_or_default();
+        let request = self.request(store, key, storage_key, Operation::WriteAll { ops }, lane);
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            match request.await {
+                Ok(Reply::AllOrNothing(outcome)) => Ok(outcome),
+                Ok(other) => Err(mismatch(&store, &key, "write_all", &other)),
+                Err(f) => Err(queue_error(&store, &key, f)),
+            }
+        }
+    }
+
     /// Scans keys under `prefix` after `start_after`, at most `limit`;
     /// `label` names the scan in errors (as the key does elsewhere).
     pub(crate) fn scan(
@@ -153,6 +175,7 @@ fn mismatch(store: &str, key: &str, asked: &'static str, got: &Reply) -> Error {
         Reply::Value(_) => "a value",
         Reply::Written(_) => "a write outcome",
         Reply::Scanned(_) => "scanned rows",
+        Reply::AllOrNothing(_) => "an all-or-nothing outcome",
     };
     Error::Storage {
         store: store.to_owned(),

@@ -85,6 +85,69 @@ impl<T: Document> Store<T> {
         }
     }
 
+    /// Deletes the record of `key` (if `record` holds) and its inbox (as
+    /// it is now) in one all-or-nothing step, for a backend that can. The
+    /// inbox's epoch floor is raised first, as for any deleted record; a
+    /// post landing between our look at the inbox and the step makes the
+    /// step refuse, and we look again. Answers whether the record was
+    /// deleted; `PreconditionFailed` (with a version condition) or
+    /// `LeaseLost` when the record moved, with nothing deleted.
+    pub(crate) async fn delete_record_and_inbox(
+        &self,
+        key: &str,
+        record: crate::storage::Precondition,
+        expected: crate::store::Expect,
+    ) -> Result<bool, Error> {
+        use crate::storage::{storage_key, AllOrNothing, Precondition, WriteOp};
+        let engine = self.engine().clone();
+        let inbox = self.inbox()?;
+        let (name, inbox_name): (Arc<str>, Arc<str>) = (Arc::from(self.name()), Arc::from(inbox.name()));
+        let key_arc: Arc<str> = Arc::from(key);
+        let mut contention = Contention::new(CONTENTION_WINDOW);
+        loop {
+            let inbox_now = match inbox.inspect(key).await? {
+                Some(r) => {
+                    crate::epoch_floor::raise(&engine, &inbox_name, &key_arc, r.header.epoch).await?;
+                    Precondition::Header(r.header)
+                }
+                None => Precondition::Absent,
+            };
+            let ops = vec![
+                WriteOp { key: storage_key(self.name(), key), precondition: record, value: None },
+                WriteOp { key: storage_key(inbox.name(), key), precondition: inbox_now, value: None },
+            ];
+            let refused = match engine.write_all(&name, &key_arc, ops, crate::types::Priority::Normal).await? {
+                AllOrNothing::Applied => return Ok(true),
+                AllOrNothing::Refused(refused) => refused,
+            };
+            match refused.iter().find(|(i, _)| *i == 0) {
+                // Gone already: our own step whose answer was lost (the
+                // queue retried it), or a delete racing ours. What was
+                // asked for holds once the inbox is gone too.
+                Some((_, None)) if self.inspect(key).await?.is_none() => {
+                    self.delete_inbox(key).await?;
+                    return Ok(true);
+                }
+                Some(_) if matches!(expected, crate::store::Expect::Version(_)) => {
+                    return Err(Error::PreconditionFailed { store: self.name().to_owned(), key: key.to_owned() });
+                }
+                Some(_) => return Err(Error::LeaseLost { store: self.name().to_owned(), key: key.to_owned() }),
+                // Only the inbox moved (a post): look at it again.
+                None => match contention.next_wait() {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => {
+                        return Err(Error::LeaseHeld {
+                            store: self.name().to_owned(),
+                            key: key.to_owned(),
+                            holder: "messages being posted".to_owned(),
+                            expires_at_ms: 0,
+                        })
+                    }
+                },
+            }
+        }
+    }
+
     /// Posts `body` to `key`'s inbox; answers its id once durable.
     /// Refused with `MessageTooLarge` above [`MAX_MESSAGE_BYTES`], with
     /// `InboxFull` when `MAX_INBOX_MESSAGES` wait and with `InboxTooLarge`

@@ -550,6 +550,13 @@ impl<T: Document> Store<T> {
         if let Some(epoch) = reached {
             crate::epoch_floor::raise(engine, &shared.name, &key_arc, epoch).await?;
         }
+        // Where the backend can, the record and its inbox go in one
+        // all-or-nothing step: nothing of the key outlives its delete.
+        if engine.backend.capabilities().writes_all_or_nothing && !shared.name.ends_with(INBOX_SUFFIX) {
+            let deleted = self.delete_record_and_inbox(&key, precondition, expected).await?;
+            engine.backend.notices().publish(Notice { store: shared.name.to_string(), key, kind: NoticeKind::Deleted });
+            return Ok(deleted);
+        }
         let skey = storage_key(&shared.name, &key);
         let outcome = engine.write(&shared.name, &key_arc, skey, precondition, None, Priority::Normal).await?;
         let applied = match outcome {

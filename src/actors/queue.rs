@@ -37,7 +37,7 @@ use crate::messages::queue::{
     DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty, Operation, QueueFailure, Reply, Submit,
 };
 use crate::retry::RetryState;
-use crate::storage::{Backend, Precondition, RecordHeader, StorageError, WriteOp, WriteOutcome};
+use crate::storage::{AllOrNothing, Backend, Precondition, RecordHeader, StorageError, WriteOp, WriteOutcome};
 use crate::types::{Priority, QueueDepth, QueueStats};
 
 /// Batches applied and waiting for their flush, at most. Enough to keep
@@ -134,7 +134,7 @@ impl Queued for Pending {
     fn class(&self) -> BudgetClass {
         match self.req.op {
             Operation::Get => BudgetClass::Get,
-            Operation::Write { .. } => BudgetClass::Write,
+            Operation::Write { .. } | Operation::WriteAll { .. } => BudgetClass::Write,
             Operation::Scan { .. } => BudgetClass::Scan,
         }
     }
@@ -346,7 +346,7 @@ impl QueueActor {
     /// A batch is done (flushed, if it wrote): answers what is final,
     /// schedules retries for the rest.
     fn finish(&mut self, batch: Vec<Pending>, results: Results, took: Duration, ctx: &mut Context<Self>) {
-        let wrote = batch.iter().any(|p| matches!(p.req.op, Operation::Write { .. }));
+        let wrote = batch.iter().any(|p| p.req.op.writes());
         let (done, answers) = settle(batch, results, took, u64::from(wrote), self.config.retry.max_attempts, false);
         answer(answers);
         self.done(done, ctx);
@@ -421,7 +421,7 @@ fn settle(
 ) -> (SettledBatch, Answers) {
     let mut done = SettledBatch {
         requests: batch.len(),
-        writes: batch.iter().filter(|p| matches!(p.req.op, Operation::Write { .. })).count() as u64,
+        writes: batch.iter().filter(|p| p.req.op.writes()).count() as u64,
         gets: batch.iter().filter(|p| matches!(p.req.op, Operation::Get)).count() as u64,
         flushes,
         took,
@@ -475,6 +475,8 @@ fn reply_outcome(reply: &Reply) -> &'static str {
         Reply::Written(WriteOutcome::Applied) => "applied",
         Reply::Written(WriteOutcome::Conflict { .. }) => "conflict",
         Reply::Scanned(_) => "scanned",
+        Reply::AllOrNothing(AllOrNothing::Applied) => "applied",
+        Reply::AllOrNothing(AllOrNothing::Refused(_)) => "conflict",
     }
 }
 
@@ -494,7 +496,7 @@ fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Results {
 /// retried; a retry that finds its own header reports success).
 fn fail_applied(results: &mut Results, error: &StorageError) {
     for r in results.iter_mut() {
-        if matches!(r, Ok(Reply::Written(WriteOutcome::Applied))) {
+        if matches!(r, Ok(Reply::Written(WriteOutcome::Applied) | Reply::AllOrNothing(AllOrNothing::Applied))) {
             *r = Err(error.clone());
         }
     }
@@ -509,8 +511,13 @@ fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
     let mut writes = Vec::new();
     let mut any_applied = false;
     let mut get_idx = Vec::new();
+    let mut all_idx = Vec::new();
     for (i, p) in batch.iter_mut().enumerate() {
         match &mut p.req.op {
+            Operation::WriteAll { .. } => {
+                all_idx.push(i);
+                results.push(None);
+            }
             Operation::Get => {
                 get_idx.push(i);
                 results.push(None);
@@ -554,6 +561,19 @@ fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
                 *value = op.value;
             }
         }
+    }
+    // After the batch's own writes, each all-or-nothing step on its own
+    // (the ops stay with the request, whole for a retry).
+    for i in all_idx {
+        let Operation::WriteAll { ops } = &batch[i].req.op else { continue };
+        let outcome = backend.write_all(ops).unwrap_or_else(|| {
+            Err(StorageError::permanent(format!(
+                "the {} backend cannot write several keys in one step",
+                backend.name()
+            )))
+        });
+        any_applied |= matches!(outcome, Ok(AllOrNothing::Applied));
+        results[i] = Some(outcome.map(Reply::AllOrNothing));
     }
     let results = results
         .into_iter()

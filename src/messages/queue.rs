@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix::Message;
 use tokio::sync::oneshot;
 
-use crate::storage::{KeyValues, Precondition, StorageError, WriteOutcome};
+use crate::storage::{AllOrNothing, KeyValues, Precondition, StorageError, WriteOp, WriteOutcome};
 use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};
 
 /// The backend operation a request performs.
@@ -28,6 +28,11 @@ pub(crate) enum Operation {
         start_after: Option<Vec<u8>>,
         limit: usize,
     },
+    /// Several keys written in one all-or-nothing step
+    /// (`Backend::write_all`); the request's key is the first op's.
+    WriteAll {
+        ops: Vec<WriteOp>,
+    },
 }
 
 impl Operation {
@@ -37,13 +42,20 @@ impl Operation {
             Operation::Write { value: None, .. } => "delete",
             Operation::Write { .. } => "write",
             Operation::Scan { .. } => "scan",
+            Operation::WriteAll { .. } => "write_all",
         }
+    }
+
+    /// Whether it writes (and needs a flush before its answer).
+    pub(crate) fn writes(&self) -> bool {
+        matches!(self, Operation::Write { .. } | Operation::WriteAll { .. })
     }
 
     /// Bytes this operation writes (0 for reads).
     pub(crate) fn value_len(&self) -> usize {
         match self {
             Operation::Write { value, .. } => value.as_ref().map_or(0, Vec::len),
+            Operation::WriteAll { ops } => ops.iter().map(|o| o.value.as_ref().map_or(0, Vec::len)).sum(),
             Operation::Get | Operation::Scan { .. } => 0,
         }
     }
@@ -55,6 +67,7 @@ pub(crate) enum Reply {
     Value(Option<Vec<u8>>),
     Written(WriteOutcome),
     Scanned(KeyValues),
+    AllOrNothing(AllOrNothing),
 }
 
 /// Why a request produced no result.

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use super::{Backend, ErrorKind, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
+use super::{
+    AllOrNothing, Backend, ErrorKind, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome,
+};
 
 /// Which backend call a fault rule or counter refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -360,6 +362,10 @@ impl Backend for MemoryBackend {
         Some(&self.floors)
     }
 
+    fn capabilities(&self) -> super::Capabilities {
+        super::Capabilities { writes_all_or_nothing: true, ..Default::default() }
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.gets.fetch_add(1, Ordering::Relaxed);
         self.record(OpKind::Get, key);
@@ -395,6 +401,42 @@ impl Backend for MemoryBackend {
                 Ok(WriteOutcome::Applied)
             })
             .collect()
+    }
+
+    fn write_all(&self, ops: &[WriteOp]) -> Option<Result<AllOrNothing, StorageError>> {
+        self.write_batches.fetch_add(1, Ordering::Relaxed);
+        for op in ops {
+            self.record(OpKind::Write, &op.key);
+            if let Some(e) = self.injected(OpKind::Write, Some(&op.key)) {
+                return Some(Err(e));
+            }
+        }
+        let mut map = lock(&self.map);
+        let refused: Vec<(usize, Option<RecordHeader>)> = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| {
+                let current = map.get(&op.key).map(Vec::as_slice);
+                (!op.precondition.holds(current, op.value.as_deref()))
+                    .then(|| (i, current.and_then(RecordHeader::peek)))
+            })
+            .collect();
+        if !refused.is_empty() {
+            self.write_conflicts.fetch_add(1, Ordering::Relaxed);
+            return Some(Ok(AllOrNothing::Refused(refused)));
+        }
+        for op in ops {
+            let before = match &op.value {
+                Some(v) => map.insert(op.key.clone(), v.clone()),
+                None => map.remove(&op.key),
+            };
+            lock(&self.unflushed).entry(op.key.clone()).or_insert(before);
+            if let Some(h) = lock(&self.history).as_mut() {
+                h.push(AppliedWrite { key: op.key.clone(), value: op.value.clone() });
+            }
+            self.writes_applied.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Ok(AllOrNothing::Applied))
     }
 
     fn scan_prefix(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeyValues, StorageError> {

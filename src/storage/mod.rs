@@ -400,6 +400,21 @@ pub struct Capabilities {
     /// most a barrier. The queue then flushes inline instead of on a
     /// flusher thread that would have nothing to overlap.
     pub durable_on_write: bool,
+    /// [`Backend::write_all`] is implemented: several keys written in one
+    /// atomic, all-or-nothing step.
+    pub writes_all_or_nothing: bool,
+}
+
+/// What [`Backend::write_all`] did: every op, or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllOrNothing {
+    /// Every precondition held and every op was applied, in one atomic
+    /// step (durable once [`Backend::flush`] returns, as for `write_batch`).
+    Applied,
+    /// Nothing was applied: the ops (by index) whose precondition did not
+    /// hold, each with the header of what is stored (`None`: absent or
+    /// unreadable).
+    Refused(Vec<(usize, Option<RecordHeader>)>),
 }
 
 /// Time as a backend sees it, in milliseconds since the Unix epoch. Lease
@@ -433,6 +448,16 @@ pub trait Backend: Send + Sync + 'static {
     /// batch in one transaction, sled splits large ones). An applied write
     /// is durable once [`Backend::flush`] returns `Ok`, possibly earlier.
     fn write_batch(&self, ops: &[WriteOp]) -> Vec<Result<WriteOutcome, StorageError>>;
+
+    /// Applies every op of `ops` (distinct keys) in one atomic step if
+    /// every precondition holds, and none otherwise: a key and what is
+    /// stored beside it (its inbox) deleted together. `None`: this backend
+    /// cannot (the default; [`Capabilities::writes_all_or_nothing`] says
+    /// which answer to expect).
+    fn write_all(&self, ops: &[WriteOp]) -> Option<Result<AllOrNothing, StorageError>> {
+        let _ = ops;
+        None
+    }
 
     /// Deletes one key unconditionally (not durable until flushed).
     fn delete(&self, key: &[u8]) -> Result<(), StorageError> {

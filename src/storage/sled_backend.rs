@@ -21,7 +21,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, Capabilities, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome};
+use super::{
+    AllOrNothing, Backend, Capabilities, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome,
+};
 
 /// How long `open` waits for a directory lock that this process is releasing.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -149,6 +151,38 @@ impl SledBackend {
         &self.path
     }
 
+    /// Whether `op`'s precondition holds, and the header stored (or staged
+    /// by an earlier op of the same batch): from the header cache where it
+    /// can, from sled where it must (an acquisition reads the lease).
+    #[allow(clippy::type_complexity)]
+    fn check(
+        &self,
+        cache: &HeaderCache,
+        op: &WriteOp,
+        staged_header: Option<Option<Option<RecordHeader>>>,
+    ) -> Result<(bool, Option<Option<RecordHeader>>), StorageError> {
+        if op.precondition.needs_stored_value() && staged_header.is_none() {
+            // An acquisition checks the stored lease, which the header
+            // cache does not know: read the value (acquisitions are rare).
+            match self.db.get(&op.key) {
+                Ok(v) => {
+                    let current = v.as_deref();
+                    Ok((op.precondition.holds(current, op.value.as_deref()), current.map(RecordHeader::peek)))
+                }
+                Err(e) => Err(map_err("get before write", e)),
+            }
+        } else {
+            let current = match staged_header {
+                Some(h) => Ok(h),
+                None => match cache.get(&op.key) {
+                    Some(h) => Ok(Some(h)),
+                    None => self.db.get(&op.key).map(|v| v.as_deref().map(RecordHeader::peek)),
+                },
+            };
+            current.map(|c| (op.precondition.holds_for_header(c), c)).map_err(|e| map_err("get before write", e))
+        }
+    }
+
     /// Applies `ops[i]` for every `i` in `applied` as one sled batch;
     /// answers the ops that failed (all of them, or none).
     fn apply_as_one_batch(&self, ops: &[WriteOp], applied: &[usize]) -> Vec<(usize, StorageError)> {
@@ -235,7 +269,12 @@ impl Backend for SledBackend {
     /// Blocking disk I/O with an explicit flush: the queue runs on its own
     /// thread and overlaps the flush of one batch with applying the next.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { shared_across_processes: false, prefers_own_thread: true, durable_on_write: false }
+        Capabilities {
+            shared_across_processes: false,
+            prefers_own_thread: true,
+            durable_on_write: false,
+            writes_all_or_nothing: true,
+        }
     }
 
     fn floor_cache(&self) -> Option<&super::FloorCache> {
@@ -263,26 +302,7 @@ impl Backend for SledBackend {
         for (i, op) in ops.iter().enumerate() {
             let staged_header = staged.get(op.key.as_slice()).copied();
             repeated_key |= staged_header.is_some();
-            let holds = if op.precondition.needs_stored_value() && staged_header.is_none() {
-                // An acquisition checks the stored lease, which the header
-                // cache does not know: read the value (acquisitions are rare).
-                match self.db.get(&op.key) {
-                    Ok(v) => {
-                        let current = v.as_deref();
-                        Ok((op.precondition.holds(current, op.value.as_deref()), current.map(RecordHeader::peek)))
-                    }
-                    Err(e) => Err(map_err("get before write", e)),
-                }
-            } else {
-                let current = match staged_header {
-                    Some(h) => Ok(h),
-                    None => match cache.get(&op.key) {
-                        Some(h) => Ok(Some(h)),
-                        None => self.db.get(&op.key).map(|v| v.as_deref().map(RecordHeader::peek)),
-                    },
-                };
-                current.map(|c| (op.precondition.holds_for_header(c), c)).map_err(|e| map_err("get before write", e))
-            };
+            let holds = self.check(&cache, op, staged_header);
             match holds {
                 Ok((true, _)) => {}
                 Ok((false, current)) => {
@@ -313,6 +333,33 @@ impl Backend for SledBackend {
             results[i] = Err(e);
         }
         results
+    }
+
+    fn write_all(&self, ops: &[WriteOp]) -> Option<Result<AllOrNothing, StorageError>> {
+        let mut cache = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut refused = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            match self.check(&cache, op, None) {
+                Ok((true, _)) => {}
+                Ok((false, current)) => refused.push((i, current.flatten())),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        if !refused.is_empty() {
+            return Some(Ok(AllOrNothing::Refused(refused)));
+        }
+        // One sled batch: all of it lands, or none.
+        let all: Vec<usize> = (0..ops.len()).collect();
+        if let Some((_, e)) = self.apply_as_one_batch(ops, &all).into_iter().next() {
+            for op in ops {
+                cache.headers.remove(op.key.as_slice());
+            }
+            return Some(Err(e));
+        }
+        for op in ops {
+            cache.set(&op.key, op.value.as_deref());
+        }
+        Some(Ok(AllOrNothing::Applied))
     }
 
     fn scan_prefix(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeyValues, StorageError> {

@@ -92,6 +92,7 @@ pub fn backend(b: &dyn Backend) {
 
     acquire(b);
     many_reads(b);
+    all_or_nothing(b);
     large_batches(b);
     b.flush().unwrap();
 }
@@ -151,6 +152,36 @@ fn acquire(b: &dyn Backend) {
     let current = RecordHeader::peek(&by_b).unwrap();
     let results = b.write_batch(&[op(&free_key, Precondition::Acquire { expected: stale, now_ms: now }, Some(live))]);
     assert_eq!(results, vec![Ok(WriteOutcome::Conflict { current: Some(current) })]);
+}
+
+/// `write_all`, where the backend says it has it: a key and its
+/// neighbour deleted in one step only when both preconditions hold; one
+/// that does not hold leaves both as they were.
+fn all_or_nothing(b: &dyn Backend) {
+    if !b.capabilities().writes_all_or_nothing {
+        assert!(b.write_all(&[]).is_none(), "a backend without write_all says so");
+        return;
+    }
+    let (rec, inbox) = (storage_key("pair", "k"), storage_key("pair:inbox", "k"));
+    let (v_rec, v_inbox) = (record_at(4), record_at(9));
+    b.write_batch(&[
+        op(&rec, Precondition::Any, Some(v_rec.clone())),
+        op(&inbox, Precondition::Any, Some(v_inbox.clone())),
+    ]);
+    let (h_rec, h_inbox) = (RecordHeader::peek(&v_rec).unwrap(), RecordHeader::peek(&v_inbox).unwrap());
+    let stale = RecordHeader { epoch: h_inbox.epoch, revision: h_inbox.revision - 1 };
+    let refused =
+        b.write_all(&[op(&rec, Precondition::Header(h_rec), None), op(&inbox, Precondition::Header(stale), None)]);
+    assert_eq!(refused.unwrap().unwrap(), crate::storage::AllOrNothing::Refused(vec![(1, Some(h_inbox))]));
+    assert_eq!(b.get(&rec).unwrap(), Some(v_rec), "a refusal leaves the key that held as it was");
+    assert_eq!(b.get(&inbox).unwrap(), Some(v_inbox));
+    let applied =
+        b.write_all(&[op(&rec, Precondition::Header(h_rec), None), op(&inbox, Precondition::Header(h_inbox), None)]);
+    assert_eq!(applied.unwrap().unwrap(), crate::storage::AllOrNothing::Applied);
+    assert_eq!(b.get_many(&[&rec, &inbox]), vec![Ok(None), Ok(None)]);
+    // Absent holds for what is gone (a retried delete of the pair).
+    let again = b.write_all(&[op(&rec, Precondition::Absent, None), op(&inbox, Precondition::Absent, None)]);
+    assert_eq!(again.unwrap().unwrap(), crate::storage::AllOrNothing::Applied);
 }
 
 /// `get_many` answers every key in order, present or not.

@@ -251,6 +251,14 @@ impl crate::storage::Backend for Intercepted {
         (self.on_write)(&mut ops);
         self.inner.write_batch(&ops)
     }
+    fn write_all(
+        &self,
+        ops: &[crate::storage::WriteOp],
+    ) -> Option<Result<crate::storage::AllOrNothing, crate::StorageError>> {
+        let mut ops = ops.to_vec();
+        (self.on_write)(&mut ops);
+        self.inner.write_all(&ops)
+    }
     fn scan_prefix(
         &self,
         prefix: &[u8],

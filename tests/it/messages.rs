@@ -157,3 +157,23 @@ async fn an_oversized_message_or_inbox_is_refused_in_the_stores_own_name_and_kee
     store.ack_messages("p", 1).await.unwrap();
     store.post_message("p", part).await.unwrap();
 }
+
+/// The record and its messages go in one step: a delete the storage
+/// refuses halfway (here, the inbox's write fails for good) leaves both,
+/// never a deleted record whose gifts wait for its next life.
+#[actix_rt::test]
+async fn a_delete_that_fails_deletes_neither_the_record_nor_its_messages() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    store.update_unleased("p", datastorer::Expect::Anything, |p| p.coins = 5).await.unwrap();
+    store.post_message("p", json!({"gift": "sword"})).await.unwrap();
+    let inbox_key = datastorer::storage::storage_key("profiles:inbox", "p");
+    backend.fail_next(datastorer::testing::OpKind::Write, Some(&inbox_key), 1_000, datastorer::ErrorKind::Permanent);
+    assert!(store.delete("p", false).await.is_err(), "the storage refused");
+    backend.clear_faults();
+    assert_eq!(stored_json(&backend, "profiles", "p")["coins"], 5, "the record is still there");
+    assert_eq!(store.messages("p").await.unwrap().len(), 1, "and so is its message");
+    assert!(store.delete("p", false).await.unwrap());
+    assert!(stored(&backend, "profiles", "p").is_none() && store.messages("p").await.unwrap().is_empty());
+}

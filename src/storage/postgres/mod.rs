@@ -60,8 +60,8 @@ use self::clock::DbClock;
 use self::errors::{PgFailure, StartError};
 use self::sql::{RowKey, ScanShape, Statements};
 use super::{
-    storage_key, Backend, BackendClock, Capabilities, KeyValues, NoticeBus, Precondition, RecordHeader, RecordIndex,
-    StorageError, WriteOp, WriteOutcome,
+    storage_key, AllOrNothing, Backend, BackendClock, Capabilities, KeyValues, NoticeBus, Precondition, RecordHeader,
+    RecordIndex, StorageError, WriteOp, WriteOutcome,
 };
 
 /// A PostgreSQL database as a [`Backend`]. Cheap to share (`Arc`); every
@@ -924,6 +924,60 @@ async fn write_batch(inner: &Inner, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcom
     results.into_iter().map(|r| r.unwrap_or_else(|| Err(StorageError::permanent("op produced no result")))).collect()
 }
 
+/// Every op of `ops` in one transaction, committed only if every one
+/// applied: one statement (`run_round`) decides them all, and a refusal
+/// rolls the whole transaction back.
+async fn write_all(inner: &Inner, ops: Vec<WriteOp>) -> Result<AllOrNothing, StorageError> {
+    let mut rows = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        match RowKey::parse(&op.key) {
+            Some(RowKey::Record { store, key }) => {
+                rows.push(RowOp::from_op(i, store, key, op).map_err(StorageError::permanent)?)
+            }
+            _ => return Err(StorageError::permanent("write_all takes record keys only")),
+        }
+    }
+    // Rows locked in key order, as in `write_batch`.
+    rows.sort_by(|a, b| (a.store.as_bytes(), a.key.as_bytes()).cmp(&(b.store.as_bytes(), b.key.as_bytes())));
+    let mut slot = inner.writer.lock().await;
+    let outcome = async {
+        let conn = writer_conn(inner, &mut slot).await?;
+        conn.client.batch_execute("BEGIN").await?;
+        let decided = async {
+            let applied = run_round(conn, &rows, &inner.clock, false).await?;
+            let lost: Vec<&RowOp> = rows.iter().zip(&applied).filter(|(_, a)| !**a).map(|(o, _)| o).collect();
+            if lost.is_empty() {
+                return Ok::<_, PgFailure>(AllOrNothing::Applied);
+            }
+            let current = reread(conn, &lost).await?;
+            Ok(AllOrNothing::Refused(lost.iter().map(|o| o.idx as usize).zip(current).collect()))
+        }
+        .await;
+        match decided {
+            Ok(AllOrNothing::Applied) => {
+                conn.client.batch_execute("COMMIT").await?;
+                Ok(AllOrNothing::Applied)
+            }
+            other => {
+                if !conn.client.is_closed() {
+                    let _ = conn.client.batch_execute("ROLLBACK").await;
+                }
+                other
+            }
+        }
+    }
+    .await;
+    outcome.map_err(|f| {
+        if f.reconnect {
+            // The COMMIT may or may not have happened.
+            inner.needs_barrier.store(true, Ordering::SeqCst);
+            *slot = None;
+        }
+        warn!(target: "datastorer::postgres", error = %f.error, ops = ops.len(), "all-or-nothing write failed");
+        f.error
+    })
+}
+
 impl Backend for PgBackend {
     fn name(&self) -> &'static str {
         "postgres"
@@ -992,6 +1046,26 @@ impl Backend for PgBackend {
         outcome.unwrap_or_else(|| vec![Err(StorageError::transient("the PostgreSQL backend is shutting down")); n])
     }
 
+    fn write_all(&self, ops: &[WriteOp]) -> Option<Result<AllOrNothing, StorageError>> {
+        let inner = self.inner.clone();
+        let owned = ops.to_vec();
+        let timeout = self.inner.cfg.request_timeout;
+        let outcome = self.block_on_runtime(async move {
+            match tokio::time::timeout(timeout, write_all(&inner, owned)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    // Its fate is unknown: the next flush is a barrier.
+                    inner.needs_barrier.store(true, Ordering::SeqCst);
+                    if let Ok(mut slot) = inner.writer.try_lock() {
+                        *slot = None;
+                    }
+                    Err(StorageError::transient(format!("a write took longer than {timeout:?}")))
+                }
+            }
+        });
+        Some(outcome.unwrap_or_else(|| Err(StorageError::transient("the PostgreSQL backend is shutting down"))))
+    }
+
     fn scan_prefix(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeyValues, StorageError> {
         let shape = ScanShape::parse(prefix).ok_or_else(|| {
             StorageError::permanent(format!(
@@ -1017,7 +1091,12 @@ impl Backend for PgBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { shared_across_processes: true, prefers_own_thread: true, durable_on_write: true }
+        Capabilities {
+            shared_across_processes: true,
+            prefers_own_thread: true,
+            durable_on_write: true,
+            writes_all_or_nothing: true,
+        }
     }
 
     fn clock(&self) -> Option<Arc<dyn BackendClock>> {
