@@ -234,7 +234,10 @@ fn record_delete(obs: &mut Observed, key: &'static str, asked_at: usize, r: &Res
     }
 }
 
-async fn run_history(seed: u64, steps: u64) -> (usize, usize) {
+async fn run_history(
+    seed: u64,
+    steps: u64,
+) -> (usize, usize, std::sync::Weak<datastorer::storage::memory::MemoryBackend>) {
     let mut rng = Rng(seed | 1);
     let mut cluster = Cluster::start(NODES).await;
     cluster.backend().record_history(true);
@@ -387,7 +390,7 @@ async fn run_history(seed: u64, steps: u64) -> (usize, usize) {
         }
     }
     check(&cluster, &obs, seed);
-    (obs.acks.len(), cluster.backend().history().len())
+    (obs.acks.len(), cluster.backend().history().len(), std::sync::Arc::downgrade(cluster.backend()))
 }
 
 /// Two requests on one key fired at once, from two nodes (or one).
@@ -676,9 +679,11 @@ async fn every_write_path_keeps_what_it_acknowledged_and_one_writer_holds_a_key(
     let base = env_or("DATASTORER_CHECK_SEED", 0x5eed_0000);
     let started = std::time::Instant::now();
     let (mut acked, mut writes) = (0, 0);
+    let mut gone = Vec::new();
     for i in 0..histories {
         let seed = base + i;
-        let (a, w) = run_history(seed, steps).await;
+        let (a, w, backend) = run_history(seed, steps).await;
+        gone.push((seed, backend));
         acked += a;
         writes += w;
     }
@@ -689,4 +694,12 @@ async fn every_write_path_keeps_what_it_acknowledged_and_one_writer_holds_a_key(
         started.elapsed().as_secs_f64()
     );
     assert!(acked > 0 && writes > 0);
+    // Every history's cluster, dropped, lets go of everything it started
+    // (a history's leftovers would drive every later one's timers).
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+    }
+    let alive: Vec<u64> = gone.iter().filter(|(_, b)| b.strong_count() > 0).map(|(seed, _)| *seed).collect();
+    assert!(alive.is_empty(), "{} of {histories} histories' engines still run: seeds {alive:?}", alive.len());
 }
