@@ -353,6 +353,22 @@ impl MemoryBackend {
     }
 }
 
+impl MemoryBackend {
+    /// Applies `op`, whose precondition held: the map, the value to restore
+    /// on `lose_unflushed`, the history, the counter.
+    fn apply(&self, map: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: &WriteOp) {
+        let before = match &op.value {
+            Some(v) => map.insert(op.key.clone(), v.clone()),
+            None => map.remove(&op.key),
+        };
+        lock(&self.unflushed).entry(op.key.clone()).or_insert(before);
+        if let Some(h) = lock(&self.history).as_mut() {
+            h.push(AppliedWrite { key: op.key.clone(), value: op.value.clone() });
+        }
+        self.writes_applied.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Backend for MemoryBackend {
     fn name(&self) -> &'static str {
         "memory"
@@ -389,15 +405,7 @@ impl Backend for MemoryBackend {
                     self.write_conflicts.fetch_add(1, Ordering::Relaxed);
                     return Ok(WriteOutcome::Conflict { current: current.and_then(RecordHeader::peek) });
                 }
-                let before = match &op.value {
-                    Some(v) => map.insert(op.key.clone(), v.clone()),
-                    None => map.remove(&op.key),
-                };
-                lock(&self.unflushed).entry(op.key.clone()).or_insert(before);
-                if let Some(h) = lock(&self.history).as_mut() {
-                    h.push(AppliedWrite { key: op.key.clone(), value: op.value.clone() });
-                }
-                self.writes_applied.fetch_add(1, Ordering::Relaxed);
+                self.apply(&mut map, op);
                 Ok(WriteOutcome::Applied)
             })
             .collect()
@@ -426,15 +434,7 @@ impl Backend for MemoryBackend {
             return Some(Ok(AllOrNothing::Refused(refused)));
         }
         for op in ops {
-            let before = match &op.value {
-                Some(v) => map.insert(op.key.clone(), v.clone()),
-                None => map.remove(&op.key),
-            };
-            lock(&self.unflushed).entry(op.key.clone()).or_insert(before);
-            if let Some(h) = lock(&self.history).as_mut() {
-                h.push(AppliedWrite { key: op.key.clone(), value: op.value.clone() });
-            }
-            self.writes_applied.fetch_add(1, Ordering::Relaxed);
+            self.apply(&mut map, op);
         }
         Some(Ok(AllOrNothing::Applied))
     }

@@ -134,6 +134,12 @@ struct Observed {
     next_message: u64,
 }
 
+/// Whether `DATASTORER_CHECK_TRACE` asks for a history's story.
+fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("DATASTORER_CHECK_TRACE").is_some())
+}
+
 fn spec() -> StoreSpec<Value> {
     StoreSpec::new(json!({"ops": []}))
 }
@@ -159,7 +165,7 @@ impl Observed {
 async fn hold(obs: &mut Observed, node: usize, key: &'static str, opened: Result<Session<Value>, Error>) {
     if let Ok(session) = opened {
         if let Ok(lease) = session.lease().await {
-            if std::env::var_os("DATASTORER_CHECK_TRACE").is_some() {
+            if tracing() {
                 eprintln!("node {node} holds {key}@{}", lease.epoch);
             }
             obs.held.insert((node, key), Held { session, epoch: lease.epoch });
@@ -250,7 +256,7 @@ async fn run_history(
         let store = cluster.node(node).store(STORE, spec()).unwrap();
         let history_len = cluster.backend().history().len();
         let step = rng.below(100);
-        if std::env::var_os("DATASTORER_CHECK_TRACE").is_some() {
+        if tracing() {
             eprintln!("at {history_len}: node {node} {key} step {step}");
         }
         match step {
@@ -277,35 +283,20 @@ async fn run_history(
                     }
                 }
             }
-            32..=43 => {
+            32..=48 => {
+                // Saves more often than releases, which end the session.
+                let release = rng.below(17) >= 12;
                 if let Some(h) = obs.held.get(&(node, key)) {
                     let doc = h.session.get().await;
-                    if let (Ok(doc), Ok(outcome)) = (doc, h.session.save(Priority::Normal).await) {
-                        let ack = Ack {
-                            key: key.to_owned(),
-                            epoch: h.epoch,
-                            revision: outcome.revision,
-                            doc,
-                            path: "save",
-                            expected: None,
-                        };
-                        obs.acks.push(ack);
-                    }
-                }
-            }
-            44..=48 => {
-                if let Some(h) = obs.held.get(&(node, key)) {
-                    let doc = h.session.get().await;
-                    if let (Ok(doc), Ok(outcome)) = (doc, h.session.release(Priority::Normal).await) {
-                        let ack = Ack {
-                            key: key.to_owned(),
-                            epoch: h.epoch,
-                            revision: outcome.revision,
-                            doc,
-                            path: "release",
-                            expected: None,
-                        };
-                        obs.acks.push(ack);
+                    let outcome = if release {
+                        h.session.release(Priority::Normal).await
+                    } else {
+                        h.session.save(Priority::Normal).await
+                    };
+                    if let (Ok(doc), Ok(outcome)) = (doc, outcome) {
+                        let path = if release { "release" } else { "save" };
+                        let (epoch, revision) = (h.epoch, outcome.revision);
+                        obs.acks.push(Ack { key: key.to_owned(), epoch, revision, doc, path, expected: None });
                     }
                 }
             }
@@ -330,7 +321,7 @@ async fn run_history(
                 let expected = random_expect(&mut rng, &store, key, false).await;
                 let force = rng.below(3) == 0;
                 let r = store.delete_if(key, expected, force).await;
-                if std::env::var_os("DATASTORER_CHECK_TRACE").is_some() {
+                if tracing() {
                     eprintln!("at {history_len}: node {node} delete {key} {expected:?} force={force}: {r:?}");
                 }
                 record_delete(&mut obs, key, history_len, &r);
@@ -339,7 +330,7 @@ async fn run_history(
                 obs.next_message += 1;
                 let n = obs.next_message;
                 let r = store.post_message(key, json!({ "n": n })).await;
-                if std::env::var_os("DATASTORER_CHECK_TRACE").is_some() {
+                if tracing() {
                     eprintln!("at {history_len}: node {node} post {n} to {key}: {r:?}");
                 }
                 obs.inboxes.entry(key).or_default().posted(n, &r);
@@ -349,7 +340,7 @@ async fn run_history(
                     if !waiting.is_empty() {
                         let up_to = waiting[rng.below(waiting.len() as u64) as usize].id;
                         let ok = store.ack_messages(key, up_to).await.is_ok();
-                        if std::env::var_os("DATASTORER_CHECK_TRACE").is_some() {
+                        if tracing() {
                             eprintln!("at {history_len}: node {node} ack {key} up to {up_to}: {ok}");
                         }
                         obs.inboxes.entry(key).or_default().acknowledged(up_to, ok);
@@ -374,7 +365,7 @@ async fn run_history(
         let ended = &mut obs.ended;
         obs.held.retain(|(n, k), h| match h.session.close_reason() {
             Some(reason) => {
-                if std::env::var_os("DATASTORER_CHECK_TRACE").is_some() {
+                if tracing() {
                     eprintln!("at {history_len}: node {n} {k}@{} ended: {reason:?}", h.epoch);
                 }
                 ended.push(Ended { node: *n, key: (*k).to_owned(), epoch: h.epoch, history_len, reason });
@@ -445,7 +436,7 @@ async fn race(rng: &mut Rng, obs: &mut Observed, cluster: &Cluster, node: usize,
                 d.clone()
             });
             let (deleted, written) = tokio::join!(store.delete_if(key, Expect::Anything, force), write);
-            if std::env::var_os("DATASTORER_CHECK_TRACE").is_some() {
+            if tracing() {
                 eprintln!(
                     "at {at}: node {node} delete {key} force={force} racing a one-shot: {deleted:?} / {:?}",
                     written.as_ref().map(|u| (u.epoch, u.revision))
@@ -461,7 +452,7 @@ async fn race(rng: &mut Rng, obs: &mut Observed, cluster: &Cluster, node: usize,
                 store.delete_if(key, Expect::Anything, true),
                 other_store.post_message(key, json!({ "n": n }))
             );
-            if std::env::var_os("DATASTORER_CHECK_TRACE").is_some() {
+            if tracing() {
                 eprintln!("at {at}: node {node} delete {key} racing a post: {deleted:?} / {posted:?}");
             }
             record_delete(obs, key, at, &deleted);
@@ -502,7 +493,7 @@ fn check(cluster: &Cluster, obs: &Observed, seed: u64) {
         })
         .collect();
 
-    if std::env::var_os("DATASTORER_CHECK_TRACE").is_some() {
+    if tracing() {
         for (i, w) in history.iter().enumerate() {
             if let Some((store, key)) = split_storage_key(&w.key).filter(|(s, _)| s.ends_with(":inbox")) {
                 let doc = w.value.as_ref().and_then(|b| Record::decode(b).ok()).map(|r| {

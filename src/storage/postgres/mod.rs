@@ -309,6 +309,31 @@ impl PgBackend {
         rx.recv().ok()
     }
 
+    /// Runs a write on the runtime within the request timeout. A write
+    /// that times out has an unknown fate: the next flush becomes a
+    /// barrier, the writer connection is replaced, and `timed_out` turns
+    /// the error into the write's answer. `None`: the runtime is gone.
+    fn write_within_timeout<T: Send + 'static>(
+        &self,
+        write: impl Future<Output = T> + Send + 'static,
+        timed_out: impl FnOnce(StorageError) -> T + Send + 'static,
+    ) -> Option<T> {
+        let inner = self.inner.clone();
+        let timeout = self.inner.cfg.request_timeout;
+        self.block_on_runtime(async move {
+            match tokio::time::timeout(timeout, write).await {
+                Ok(r) => r,
+                Err(_) => {
+                    inner.needs_barrier.store(true, Ordering::SeqCst);
+                    if let Ok(mut slot) = inner.writer.try_lock() {
+                        *slot = None;
+                    }
+                    timed_out(StorageError::transient(format!("a write took longer than {timeout:?}")))
+                }
+            }
+        })
+    }
+
     /// Runs one backend call with the request timeout.
     fn call<T: Send + 'static>(
         &self,
@@ -1026,43 +1051,16 @@ impl Backend for PgBackend {
             return Vec::new();
         }
         let inner = self.inner.clone();
-        let owned = ops.to_vec();
-        let n = ops.len();
-        let timeout = self.inner.cfg.request_timeout;
-        let outcome = self.block_on_runtime(async move {
-            match tokio::time::timeout(timeout, write_batch(&inner, owned)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // The batch's fate is unknown: the next flush is a barrier.
-                    inner.needs_barrier.store(true, Ordering::SeqCst);
-                    if let Ok(mut slot) = inner.writer.try_lock() {
-                        *slot = None;
-                    }
-                    let e = StorageError::transient(format!("a batch took longer than {timeout:?}"));
-                    vec![Err(e); n]
-                }
-            }
-        });
+        let (owned, n) = (ops.to_vec(), ops.len());
+        let outcome =
+            self.write_within_timeout(async move { write_batch(&inner, owned).await }, move |e| vec![Err(e); n]);
         outcome.unwrap_or_else(|| vec![Err(StorageError::transient("the PostgreSQL backend is shutting down")); n])
     }
 
     fn write_all(&self, ops: &[WriteOp]) -> Option<Result<AllOrNothing, StorageError>> {
         let inner = self.inner.clone();
         let owned = ops.to_vec();
-        let timeout = self.inner.cfg.request_timeout;
-        let outcome = self.block_on_runtime(async move {
-            match tokio::time::timeout(timeout, write_all(&inner, owned)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    // Its fate is unknown: the next flush is a barrier.
-                    inner.needs_barrier.store(true, Ordering::SeqCst);
-                    if let Ok(mut slot) = inner.writer.try_lock() {
-                        *slot = None;
-                    }
-                    Err(StorageError::transient(format!("a write took longer than {timeout:?}")))
-                }
-            }
-        });
+        let outcome = self.write_within_timeout(async move { write_all(&inner, owned).await }, Err);
         Some(outcome.unwrap_or_else(|| Err(StorageError::transient("the PostgreSQL backend is shutting down"))))
     }
 
