@@ -627,25 +627,38 @@ fn import(
         })
     });
     let ops: Vec<WriteOp> = ops.collect::<Result<_, _>>()?;
+    let mut imported = 0;
     for batch in ops.chunks(TOOL_BATCH) {
+        let mut written = Vec::with_capacity(batch.len());
+        let mut stopped = None;
         for (op, outcome) in batch.iter().zip(backend.write_batch(batch)) {
             let name = split_storage_key(&op.key).map(|(s, k)| format!("{s}/{k}")).unwrap_or_default();
             match outcome {
                 Ok(WriteOutcome::Applied) => {
                     progress.tick();
-                    // Servers sharing the database learn of the new contents
-                    // (their change feeds, caches and waiting opens).
-                    if let (Some((store, key)), Some(h)) =
-                        (split_storage_key(&op.key), op.value.as_deref().and_then(RecordHeader::peek))
-                    {
-                        backend.notices().publish_saved(store, key, h.revision);
-                    }
+                    written.push(op);
                 }
-                Ok(WriteOutcome::Conflict { .. }) => return Err(format!("{name} changed during the import")),
-                Err(e) => return Err(format!("{name}: {e}")),
+                Ok(WriteOutcome::Conflict { .. }) => {
+                    stopped = stopped.or(Some(format!("{name} changed during the import")))
+                }
+                Err(e) => stopped = stopped.or(Some(format!("{name}: {e}"))),
             }
         }
+        // Durable first, then announced: servers sharing the database
+        // learn of the new contents (change feeds, caches, waiting opens)
+        // only once they are there to read.
         backend.flush().map_err(|e| e.to_string())?;
+        for op in &written {
+            if let (Some((store, key)), Some(h)) =
+                (split_storage_key(&op.key), op.value.as_deref().and_then(RecordHeader::peek))
+            {
+                backend.notices().publish_saved(store, key, h.revision);
+            }
+        }
+        imported += written.len();
+        if let Some(why) = stopped {
+            return Err(format!("{why}; {imported} of {} records were imported before it", lines.len()));
+        }
     }
     progress.finish();
     eprintln!("imported {} records", lines.len());
