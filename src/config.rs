@@ -195,8 +195,8 @@ impl Config {
     /// Checks every field; the message names the field and the rule.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.owner_id.is_empty() || self.owner_id.len() > 128 {
-            return bad("owner_id must be 1 to 128 bytes".into());
+        if self.owner_id.is_empty() || self.owner_id.len() > 128 || self.owner_id.chars().any(char::is_control) {
+            return bad("owner_id must be 1 to 128 bytes of printable characters".into());
         }
         if self.autosave_interval.is_zero() {
             return bad("autosave_interval must be greater than zero".into());

@@ -527,11 +527,21 @@ pub(crate) fn xorshift64(state: &mut u64) -> u64 {
     *state
 }
 
+/// The prefix every record's storage key starts with (`d\0{store}\0{key}`).
+pub const RECORDS_PREFIX: &[u8] = b"d\0";
+
+/// The prefix of every epoch floor's meta key.
+pub const EPOCH_FLOORS_PREFIX: &[u8] = b"m\0epoch_floor\0";
+
+/// Where a process keeps the owner id it runs under, beside the records
+/// (sled only: a restarted server on the same directory is the same owner).
+pub const OWNER_ID_KEY: &[u8] = b"m\0owner_id";
+
 /// The meta key of `store`'s epoch floor: the highest epoch any deleted
 /// record of the store reached (a record created afresh starts above it).
 /// Outside every store's `d\0` prefix.
 pub fn epoch_floor_key(store: &str) -> Vec<u8> {
-    let mut k = b"m\0epoch_floor\0".to_vec();
+    let mut k = EPOCH_FLOORS_PREFIX.to_vec();
     k.extend_from_slice(store.as_bytes());
     k
 }
@@ -548,7 +558,7 @@ pub fn storage_key(store: &str, key: &str) -> Vec<u8> {
 /// The common prefix of every storage key of `store`.
 pub fn store_prefix(store: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(store.len() + 3);
-    out.extend_from_slice(b"d\0");
+    out.extend_from_slice(RECORDS_PREFIX);
     out.extend_from_slice(store.as_bytes());
     out.push(0);
     out
@@ -556,7 +566,7 @@ pub fn store_prefix(store: &str) -> Vec<u8> {
 
 /// Splits a storage key back into (store, key).
 pub fn split_storage_key(bytes: &[u8]) -> Option<(String, String)> {
-    let rest = bytes.strip_prefix(b"d\0")?;
+    let rest = bytes.strip_prefix(RECORDS_PREFIX)?;
     let nul = rest.iter().position(|b| *b == 0)?;
     let store = std::str::from_utf8(&rest[..nul]).ok()?;
     let key = std::str::from_utf8(&rest[nul + 1..]).ok()?;

@@ -9,8 +9,18 @@ use std::path::Path;
 /// Engine modules by path (`actors::key`), with their source minus tests
 /// and comments. The server is a client of the engine and left out.
 fn engine_modules() -> BTreeMap<String, String> {
+    modules(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
+}
+
+/// The server crate's modules, the same way.
+fn server_modules() -> BTreeMap<String, String> {
+    modules(&Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/datastorer-server/src"))
+}
+
+/// The modules of the crate whose sources are under `root`.
+fn modules(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let root = root.to_path_buf();
     let mut dirs = vec![root.clone()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).expect("read src") {
@@ -57,10 +67,14 @@ fn idents_after<'a>(code: &'a str, marker: &str) -> Vec<&'a str> {
 }
 
 fn import_graph() -> BTreeMap<String, BTreeSet<String>> {
-    let modules = engine_modules();
+    graph_of(&engine_modules())
+}
+
+/// Which module imports which, by `crate::` and `super::` paths.
+fn graph_of(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
     let names: Vec<String> = modules.keys().cloned().collect();
     let mut graph = BTreeMap::new();
-    for (module, code) in &modules {
+    for (module, code) in modules {
         let mut edges = BTreeSet::new();
         let mut paths: Vec<String> = idents_after(code, "crate::").into_iter().map(str::to_owned).collect();
         for group in code.match_indices("use crate::{").map(|(i, _)| &code[i + 12..]) {
@@ -154,6 +168,13 @@ fn the_engine_modules_form_no_import_cycle() {
 }
 
 #[test]
+fn the_server_modules_form_no_import_cycle() {
+    let graph = graph_of(&server_modules());
+    assert!(graph.contains_key("http::session") && graph.contains_key("state"), "modules found: {graph:?}");
+    assert_eq!(cycles(&graph), Vec::<Vec<String>>::new(), "import cycles in the server crate");
+}
+
+#[test]
 fn storage_imports_nothing_from_the_rest_of_the_crate() {
     let graph = import_graph();
     for (module, edges) in graph.iter().filter(|(m, _)| m.starts_with("storage")) {
@@ -185,18 +206,21 @@ fn the_cycle_check_finds_a_cycle() {
 }
 
 /// Every module opens with a `//!` doc that says what it owns and what it
-/// must not touch.
+/// must not touch, in the engine and in the server.
 #[test]
-fn every_engine_module_says_what_it_owns_and_must_not_touch() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+fn every_module_says_what_it_owns_and_must_not_touch() {
+    let engine = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/datastorer-server/src");
     let mut missing = Vec::new();
-    for (module, _) in engine_modules() {
+    for (root, module) in
+        engine_modules().into_keys().map(|m| (&engine, m)).chain(server_modules().into_keys().map(|m| (&server, m)))
+    {
         let mut path = root.join(module.replace("::", "/"));
         path = if path.is_dir() { path.join("mod.rs") } else { path.with_extension("rs") };
         let text = std::fs::read_to_string(&path).expect("module source");
         let doc: String = text.lines().take_while(|l| l.starts_with("//!")).collect::<Vec<_>>().join("\n");
         if doc.is_empty() || !doc.contains("Must not") {
-            missing.push(module);
+            missing.push(format!("{}: {module}", root.display()));
         }
     }
     assert!(missing.is_empty(), "modules without a //! doc naming what they must not do: {missing:?}");

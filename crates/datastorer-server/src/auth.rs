@@ -1,17 +1,19 @@
 //! API keys and roles. Keys are compared in constant time, and every
 //! configured key is compared on every request, so timing reveals neither a
 //! key's prefix nor which key matched.
+//!
+//! Owns: key lookup, roles, store scopes. Must not: charge budgets or
+//! know routes (the state's `auth` does both around it).
 
-use actix_web::http::StatusCode;
 use actix_web::HttpRequest;
 use serde::Deserialize;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 /// What a key may do. Each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     /// Read views, list keys, follow the change feed, metrics, the API document.
     Read,
     /// Hold sessions: open, change, save, release.
@@ -22,7 +24,7 @@ pub enum Role {
 
 impl Role {
     /// The name used in the config file and in messages.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::Read => "read",
             Role::Write => "write",
@@ -46,43 +48,40 @@ impl std::str::FromStr for Role {
 /// One configured API key.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ApiKey {
+pub(crate) struct ApiKey {
     /// A name for logs and lease holders (never the secret).
-    pub name: String,
+    pub(crate) name: String,
     /// The secret, sent as `Authorization: Bearer <secret>`.
-    pub key: String,
+    pub(crate) key: String,
     /// What it may do.
-    pub role: Role,
+    pub(crate) role: Role,
     /// The stores it may reach (all when absent).
     #[serde(default)]
-    pub stores: Option<Vec<String>>,
+    pub(crate) stores: Option<Vec<String>>,
     /// Its own request budget: at most this many requests a minute, in
     /// bursts of up to as many (429 with `Retry-After` beyond).
     #[serde(default)]
-    pub requests_per_minute: Option<u32>,
+    pub(crate) requests_per_minute: Option<u32>,
 }
 
 /// Shortest secret accepted.
-pub const MIN_KEY_LEN: usize = 16;
+pub(crate) const MIN_KEY_LEN: usize = 16;
 
 /// The identity a request was authenticated as.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// Key name ("anonymous" without authentication).
-    pub name: String,
-    /// Its role.
-    pub role: Role,
+    pub(crate) name: String,
     /// The stores it may reach (all when `None`).
-    pub stores: Option<Vec<String>>,
+    pub(crate) stores: Option<Vec<String>>,
 }
 
 impl Identity {
     /// Refuses a store outside the key's scope (403 `store_forbidden`).
-    pub fn may_use(&self, store: &str) -> Result<(), ApiError> {
+    pub(crate) fn may_use(&self, store: &str) -> Result<(), ApiError> {
         match &self.stores {
             Some(allowed) if !allowed.iter().any(|s| s == store) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "store_forbidden",
+                ErrorCode::StoreForbidden,
                 format!("API key {:?} may not use store {store:?}", self.name),
             )),
             _ => Ok(()),
@@ -90,7 +89,7 @@ impl Identity {
     }
 
     /// Whether the key is limited to some stores.
-    pub fn is_scoped(&self) -> bool {
+    pub(crate) fn is_scoped(&self) -> bool {
         self.stores.is_some()
     }
 }
@@ -110,35 +109,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The key's name is handed to `known` as soon as the key is recognised,
 /// before its role is checked, so the access log names the key of a
 /// request refused for its role.
-pub fn authorize(
+pub(crate) fn authorize(
     req: &HttpRequest,
     keys: &[ApiKey],
     required: Role,
     known: impl FnOnce(&str),
 ) -> Result<Identity, ApiError> {
     if keys.is_empty() {
-        return Ok(Identity { name: "anonymous".into(), role: Role::Admin, stores: None });
+        return Ok(Identity { name: "anonymous".into(), stores: None });
     }
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(bearer_token)
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "send Authorization: Bearer <api key>")
-        })?;
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "send Authorization: Bearer <api key>"))?;
     let mut found: Option<&ApiKey> = None;
     for k in keys {
         if constant_time_eq(k.key.as_bytes(), presented.as_bytes()) && found.is_none() {
             found = Some(k);
         }
     }
-    let key = found.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", "unknown API key"))?;
+    let key = found.ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "unknown API key"))?;
     known(&key.name);
     if key.role < required {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "API key {:?} has the role {}; this request needs the role {}",
                 key.name,
@@ -147,7 +143,7 @@ pub fn authorize(
             ),
         ));
     }
-    Ok(Identity { name: key.name.clone(), role: key.role, stores: key.stores.clone() })
+    Ok(Identity { name: key.name.clone(), stores: key.stores.clone() })
 }
 
 /// The token of an `Authorization: Bearer …` value. The scheme is
@@ -159,7 +155,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// Constant-time comparison for lease tokens too.
-pub fn tokens_equal(a: &str, b: &str) -> bool {
+pub(crate) fn tokens_equal(a: &str, b: &str) -> bool {
     constant_time_eq(a.as_bytes(), b.as_bytes())
 }
 

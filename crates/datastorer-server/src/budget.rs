@@ -1,7 +1,8 @@
 //! Request budgets per API key: a token bucket per key that has
 //! `requests_per_minute`, so one misbehaving client (a game server in a
-//! retry loop) cannot starve the others. Owns the buckets; must not know
-//! anything about routes.
+//! retry loop) cannot starve the others.
+//!
+//! Owns: the buckets. Must not: know anything about routes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -32,13 +33,13 @@ impl Bucket {
 }
 
 /// The buckets of every key with a budget.
-pub struct Budgets {
+pub(crate) struct Budgets {
     buckets: HashMap<String, Mutex<Bucket>>,
 }
 
 impl Budgets {
     /// Full buckets for `keys` that have a budget.
-    pub fn new(keys: &[ApiKey]) -> Self {
+    pub(crate) fn new(keys: &[ApiKey]) -> Self {
         let now = Instant::now();
         let buckets = keys
             .iter()
@@ -54,7 +55,7 @@ impl Budgets {
     }
 
     /// Charges one request to `key`; `Err(seconds)` when its budget is spent.
-    pub fn charge(&self, key: &str) -> Result<(), u64> {
+    pub(crate) fn charge(&self, key: &str) -> Result<(), u64> {
         match self.buckets.get(key) {
             None => Ok(()),
             Some(b) => b.lock().unwrap_or_else(|p| p.into_inner()).take(Instant::now()),

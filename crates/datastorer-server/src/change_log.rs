@@ -3,8 +3,10 @@
 //! (`GET /v1/changes/poll`, for clients that cannot hold a stream open:
 //! Roblox game servers) and the SSE stream (with `id:` and `Last-Event-ID`
 //! resume) both read from it, so both see the same events with the same
-//! numbers. Owns the buffer and its numbering; must not touch storage (it
-//! only hears the engine's notices) and must not block a notice sender.
+//! numbers.
+//!
+//! Owns: the buffer and its numbering. Must not: touch storage (it only
+//! hears the engine's notices) or block a notice sender.
 //!
 //! Sequences belong to one server process and start again at 1 when it
 //! restarts. A reader that asks for events older than the buffer holds,
@@ -21,59 +23,59 @@ use tokio::sync::{broadcast, watch};
 use datastorer::storage::{EndKind, Notice, NoticeKind};
 
 /// How many events the log keeps by default.
-pub const DEFAULT_CAPACITY: usize = 16_384;
+pub(crate) const DEFAULT_CAPACITY: usize = 16_384;
 
 /// One event of the feed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Event {
+pub(crate) struct Event {
     /// Position in the log: 1, 2, 3, … (never reused while the server runs).
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// `saved`, `released`, `closed`, `stolen`, `expired`, `deleted`,
     /// `release_requested`, `resync` (drop every cache), `lagged` (the
     /// log missed notices here), or a holder notice: `handoff_requested`,
     /// `messages`, `session_ended`.
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// Store of the key (absent for `resync` and `lagged`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub store: Option<String>,
+    pub(crate) store: Option<String>,
     /// The key.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     /// The revision a save or release made durable.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub revision: Option<u64>,
+    pub(crate) revision: Option<u64>,
     /// `shutdown` on a release at shutdown; why a `session_ended` ended.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    pub(crate) reason: Option<&'static str>,
     /// The client (`client_id`) a holder notice is for: `handoff_requested`
     /// and `session_ended` name the session's holder.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub holder: Option<String>,
+    pub(crate) holder: Option<String>,
     /// Who asked for the key (`handoff_requested`) or took it over
     /// (`session_ended`), where known.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub by: Option<String>,
+    pub(crate) by: Option<String>,
     /// `handoff_requested`: when the server saves and hands the key over
     /// unless the holder released it first (ms since the Unix epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub deadline_ms: Option<u64>,
+    pub(crate) deadline_ms: Option<u64>,
     /// The API key the holder's session was opened under: a holder notice
     /// is read only under it (never sent).
     #[serde(skip)]
-    pub api_key: Option<String>,
+    pub(crate) api_key: Option<String>,
 }
 
 /// Which events a reader wants. Events that concern every key (`resync`,
 /// `lagged`) always match.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Filter<'a> {
+pub(crate) struct Filter<'a> {
     /// Only this store's events.
-    pub store: Option<&'a str>,
+    pub(crate) store: Option<&'a str>,
     /// Only holder notices for this client.
-    pub holder: Option<&'a str>,
+    pub(crate) holder: Option<&'a str>,
     /// The API key reading: holder notices of sessions opened under
     /// another key never match.
-    pub api_key: Option<&'a str>,
+    pub(crate) api_key: Option<&'a str>,
 }
 
 impl Event {
@@ -104,7 +106,7 @@ impl Event {
 /// A notice for the client holding a key, which it can poll for with
 /// `client_id=` instead of polling every key it holds.
 #[derive(Debug, Clone)]
-pub enum HolderNotice {
+pub(crate) enum HolderNotice {
     /// Another client asked for the key: release it before `deadline_ms`
     /// (with a final patch), or the server saves and hands it over then.
     HandoffRequested {
@@ -142,14 +144,14 @@ fn describe(kind: &NoticeKind) -> Option<(&'static str, Option<u64>, Option<&'st
 
 /// What a read of the log answers (serialized as the poll's answer).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Page {
+pub(crate) struct Page {
     /// Events after the cursor (matching the filter), oldest first.
-    pub events: Vec<Event>,
+    pub(crate) events: Vec<Event>,
     /// The cursor to pass next (`after`): the last sequence looked at.
-    pub next: u64,
+    pub(crate) next: u64,
     /// Events after the cursor were lost (dropped from the buffer, or never
     /// heard): re-read whatever is cached.
-    pub lagged: bool,
+    pub(crate) lagged: bool,
 }
 
 struct Ring {
@@ -160,7 +162,7 @@ struct Ring {
 }
 
 /// The log (shared: the pump appends, readers read).
-pub struct ChangeLog {
+pub(crate) struct ChangeLog {
     ring: Mutex<Ring>,
     /// The newest sequence, for readers waiting for more.
     newest: watch::Sender<u64>,
@@ -168,7 +170,7 @@ pub struct ChangeLog {
 
 impl ChangeLog {
     /// An empty log keeping at most `capacity` events.
-    pub fn new(capacity: usize) -> Arc<ChangeLog> {
+    pub(crate) fn new(capacity: usize) -> Arc<ChangeLog> {
         let ring = Ring { events: VecDeque::with_capacity(capacity.min(1024)), capacity: capacity.max(1), last: 0 };
         Arc::new(ChangeLog { ring: Mutex::new(ring), newest: watch::channel(0).0 })
     }
@@ -178,7 +180,7 @@ impl ChangeLog {
     }
 
     /// Appends the event a notice shows as (if any); answers its sequence.
-    pub fn record(&self, n: &Notice) -> Option<u64> {
+    pub(crate) fn record(&self, n: &Notice) -> Option<u64> {
         let (kind, revision, reason) = describe(&n.kind)?;
         let mut e = Event::keyed(kind, &n.store, &n.key);
         if n.kind == NoticeKind::Resync {
@@ -189,7 +191,14 @@ impl ChangeLog {
     }
 
     /// Appends a notice for `holder`, the client holding `store`/`key`.
-    pub fn notify_holder(&self, store: &str, key: &str, holder: &str, api_key: &str, notice: HolderNotice) -> u64 {
+    pub(crate) fn notify_holder(
+        &self,
+        store: &str,
+        key: &str,
+        holder: &str,
+        api_key: &str,
+        notice: HolderNotice,
+    ) -> u64 {
         let mut e = match notice {
             HolderNotice::HandoffRequested { by, deadline_ms } => {
                 let mut e = Event::keyed("handoff_requested", store, key);
@@ -209,7 +218,7 @@ impl ChangeLog {
     }
 
     /// Records that the log missed notices here.
-    pub fn gap(&self) -> u64 {
+    pub(crate) fn gap(&self) -> u64 {
         let mut e = Event::keyed("lagged", "", "");
         (e.store, e.key) = (None, None);
         self.push(e)
@@ -232,12 +241,12 @@ impl ChangeLog {
     }
 
     /// The newest sequence (0 when nothing happened yet).
-    pub fn newest(&self) -> u64 {
+    pub(crate) fn newest(&self) -> u64 {
         *self.newest.borrow()
     }
 
     /// At most `limit` events after `after` that match `filter`.
-    pub fn read(&self, after: u64, filter: Filter<'_>, limit: usize) -> Page {
+    pub(crate) fn read(&self, after: u64, filter: Filter<'_>, limit: usize) -> Page {
         let ring = self.ring();
         // A cursor this log never handed out (from before a restart, or
         // from another server): everything it cached may be stale.
@@ -265,7 +274,7 @@ impl ChangeLog {
     }
 
     /// Waits until an event after `after` is in the log (or forever).
-    pub async fn wait_after(&self, after: u64) {
+    pub(crate) async fn wait_after(&self, after: u64) {
         let mut rx = self.newest.subscribe();
         let _ = rx.wait_for(|newest| *newest > after).await;
     }
@@ -273,7 +282,7 @@ impl ChangeLog {
     /// Copies the engine's notices into the log until the bus closes; a
     /// lag of the bus becomes a `lagged` event, so no reader misses the
     /// fact that it missed something.
-    pub async fn pump(self: Arc<Self>, mut notices: broadcast::Receiver<Notice>) {
+    pub(crate) async fn pump(self: Arc<Self>, mut notices: broadcast::Receiver<Notice>) {
         loop {
             match notices.recv().await {
                 Ok(n) => {

@@ -9,32 +9,29 @@
 //! Other condition headers on a write are refused (`400
 //! unsupported_condition`), never ignored.
 //!
-//! Must not: write except through the engine's `update_unleased`, which
-//! takes and gives back the lease like any session.
+//! Owns: the parsing and evaluation of condition headers; the routes that
+//! use them are in `http/records`. Must not: write anything.
 
 use actix_web::http::header::{
-    HeaderName, HeaderValue, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
+    HeaderName, HeaderValue, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
 };
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Value};
+use actix_web::HttpRequest;
+use serde_json::Value;
 
-use super::error::ApiError;
-use super::json::merge_patch;
-use super::routes::{prefers_minimal, read_json, AppState};
+use crate::error::{ApiError, ErrorCode};
 use datastorer::storage::RecordHeader;
 use datastorer::Expect;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// The entity tag of a stored record.
-pub fn etag(h: RecordHeader) -> String {
+pub(crate) fn etag(h: RecordHeader) -> String {
     format!("\"{}.{}\"", h.epoch, h.revision)
 }
 
 /// What an `If-Match` or `If-None-Match` header asks.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Condition {
+pub(crate) enum Condition {
     /// `*`: any stored record.
     Any,
     /// One of these records (weak tags are kept but never match strongly).
@@ -43,13 +40,13 @@ pub enum Condition {
 
 /// Parses a condition header (a list of entity tags, or `*`); `None` when
 /// the request has none.
-pub fn condition(req: &HttpRequest, name: actix_web::http::header::HeaderName) -> Result<Option<Condition>> {
+pub(crate) fn condition(req: &HttpRequest, name: actix_web::http::header::HeaderName) -> Result<Option<Condition>> {
     let values: Vec<&HeaderValue> = req.headers().get_all(&name).collect();
     if values.is_empty() {
         return Ok(None);
     }
     let bad =
-        || ApiError::bad_request("bad_condition", format!("{name} must be * or a list of entity tags like \"3.17\""));
+        || ApiError::new(ErrorCode::BadCondition, format!("{name} must be * or a list of entity tags like \"3.17\""));
     let mut tags = Vec::new();
     for v in values {
         for part in v.to_str().map_err(|_| bad())?.split(',') {
@@ -81,7 +78,7 @@ impl Condition {
     }
 
     /// Weak comparison (If-None-Match).
-    pub fn matches_weak(&self, current: &str) -> bool {
+    pub(crate) fn matches_weak(&self, current: &str) -> bool {
         match self {
             Condition::Any => true,
             Condition::Tags(tags) => tags.iter().any(|t| t.strip_prefix("W/").unwrap_or(t) == current),
@@ -91,8 +88,7 @@ impl Condition {
 
 fn precondition_failed() -> ApiError {
     ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
+        ErrorCode::PreconditionFailed,
         "the record is not in the state the request's If-Match / If-None-Match asks for",
     )
 }
@@ -103,11 +99,11 @@ fn precondition_failed() -> ApiError {
 const UNSUPPORTED_ON_WRITES: [HeaderName; 3] = [IF_UNMODIFIED_SINCE, IF_MODIFIED_SINCE, IF_RANGE];
 
 /// Refuses every condition header: for writes that take none (message posts).
-pub fn refuse_conditions(req: &HttpRequest) -> Result<()> {
+pub(crate) fn refuse_conditions(req: &HttpRequest) -> Result<()> {
     for name in [IF_MATCH, IF_NONE_MATCH].iter().chain(UNSUPPORTED_ON_WRITES.iter()) {
         if req.headers().contains_key(name) {
-            return Err(ApiError::bad_request(
-                "unsupported_condition",
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedCondition,
                 format!("{name} is not supported on this request; send it without the header"),
             ));
         }
@@ -120,11 +116,15 @@ pub fn refuse_conditions(req: &HttpRequest) -> Result<()> {
 /// If-Match first). The engine then checks the answer in the same step as
 /// the write, so a record that changes between this look and the write
 /// fails the write instead of being overwritten.
-pub async fn write_expectation(req: &HttpRequest, store: &datastorer::Store<Value>, key: &str) -> Result<Expect> {
+pub(crate) async fn write_expectation(
+    req: &HttpRequest,
+    store: &datastorer::Store<Value>,
+    key: &str,
+) -> Result<Expect> {
     for name in UNSUPPORTED_ON_WRITES {
         if req.headers().contains_key(&name) {
-            return Err(ApiError::bad_request(
-                "unsupported_condition",
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedCondition,
                 format!("{name} is not supported on writes; use If-Match or If-None-Match with an ETag"),
             ));
         }
@@ -152,67 +152,6 @@ pub async fn write_expectation(req: &HttpRequest, store: &datastorer::Store<Valu
         }
     }
     Ok(current.map_or(Expect::Absent, Expect::Version))
-}
-
-async fn update(
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-    content_types: &[&str],
-    change: fn(&mut Value, &Value),
-) -> Result<HttpResponse> {
-    let (store, store_name, key) = state.sessionless_write(&req, path)?;
-    let expected = write_expectation(&req, &store, &key).await?;
-    let Some(body) = read_json(&req, payload, &state, content_types, false).await? else {
-        return Err(ApiError::bad_request("bad_json", "the body must be a JSON document"));
-    };
-    // A client of this server holding the key is named, as an open would.
-    if let Some((holder, expires_at_ms)) = state.sessions.holder(&store_name, &key) {
-        let mut e = ApiError::conflict("lease_held", format!("the key is held by {holder:?}"));
-        e.details = Some(json!({ "holder": holder, "expires_at_ms": expires_at_ms }));
-        return Err(e);
-    }
-    let minimal = prefers_minimal(&req);
-    let updated = store
-        .update_unleased(key.as_str(), expected, move |doc| {
-            change(doc, &body);
-            (!minimal).then(|| doc.clone())
-        })
-        .await?;
-    let header = RecordHeader { epoch: updated.epoch, revision: updated.revision };
-    let mut answer = json!({ "revision": updated.revision, "epoch": updated.epoch, "durable": true });
-    if let Some(doc) = updated.value {
-        answer["data"] = doc;
-    }
-    let mut response = HttpResponse::Ok();
-    response.insert_header((ETAG, etag(header)));
-    if minimal {
-        response.insert_header(("Preference-Applied", "return=minimal"));
-    }
-    Ok(response.json(answer))
-}
-
-/// `PATCH /v1/stores/{store}/keys/{key}`: merge patch of a key nobody holds.
-pub async fn patch_unleased(
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse> {
-    let types = ["application/merge-patch+json", "application/json"];
-    update(req, path, payload, state, &types, merge_patch).await
-}
-
-/// `PUT /v1/stores/{store}/keys/{key}`: replace the document of a key
-/// nobody holds.
-pub async fn put_unleased(
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse> {
-    update(req, path, payload, state, &["application/json"], |doc, body| *doc = body.clone()).await
 }
 
 #[cfg(test)]

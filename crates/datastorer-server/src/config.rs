@@ -1,6 +1,9 @@
 //! Server configuration: a TOML file, overridden by environment variables
 //! and flags (clap reads both), validated before anything starts. Every
 //! error names the file (or flag), the field and what is wrong.
+//!
+//! Owns: the settings and their validation. Must not: open storage or
+//! start anything; `app` does, from the resolved `ServerConfig`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::auth::{ApiKey, Role, MIN_KEY_LEN};
+use super::auth::{ApiKey, MIN_KEY_LEN};
 use super::json::MigrationStep;
 use datastorer::{Budget, Budgets};
 
@@ -20,13 +23,13 @@ use datastorer::{Budget, Budgets};
 pub struct StoreDecl {
     /// The document of a new key.
     #[serde(default = "empty_object")]
-    pub template: Value,
+    pub(crate) template: Value,
     /// The metadata of a new key.
     #[serde(default = "empty_object")]
-    pub metadata_template: Value,
+    pub(crate) metadata_template: Value,
     /// Migration steps, in order; step `i` takes data version `i` to `i + 1`.
     #[serde(default)]
-    pub migrations: Vec<MigrationStep>,
+    pub(crate) migrations: Vec<MigrationStep>,
 }
 
 fn empty_object() -> Value {
@@ -38,9 +41,9 @@ fn empty_object() -> Value {
 #[serde(deny_unknown_fields)]
 pub struct BudgetDecl {
     /// Tokens added per second.
-    pub per_second: f64,
+    pub(crate) per_second: f64,
     /// Tokens at most.
-    pub burst: f64,
+    pub(crate) burst: f64,
 }
 
 /// `[budgets]` in the file.
@@ -48,11 +51,11 @@ pub struct BudgetDecl {
 #[serde(deny_unknown_fields)]
 pub struct BudgetsDecl {
     /// Reads.
-    pub get: Option<BudgetDecl>,
+    pub(crate) get: Option<BudgetDecl>,
     /// Writes.
-    pub write: Option<BudgetDecl>,
+    pub(crate) write: Option<BudgetDecl>,
     /// Scans.
-    pub scan: Option<BudgetDecl>,
+    pub(crate) scan: Option<BudgetDecl>,
 }
 
 /// Every server setting, optional, in one shape: read from the TOML file
@@ -66,85 +69,85 @@ pub struct Settings {
     /// TOML config file (flags and environment variables override it).
     #[arg(long, env = "DATASTORER_CONFIG")]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Address to listen on (default 127.0.0.1:7070; port 0 picks a free one).
     #[arg(long, env = "DATASTORER_LISTEN")]
-    pub listen: Option<String>,
+    pub(crate) listen: Option<String>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, env = "DATASTORER_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(long, env = "DATASTORER_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// sled data directory (default ./data; not with --database-url).
     #[arg(long, env = "DATASTORER_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// PostgreSQL shared by several processes, e.g. postgres://user@127.0.0.1/db (instead of sled).
     #[arg(long, env = "DATASTORER_DATABASE_URL")]
     pub database_url: Option<String>,
     /// PostgreSQL schema for datastorer's tables (default datastorer).
     #[arg(long, env = "DATASTORER_POSTGRES_SCHEMA")]
-    pub postgres_schema: Option<String>,
+    pub(crate) postgres_schema: Option<String>,
     /// TLS to PostgreSQL (file only): "disable" or "require".
     #[arg(skip)]
-    pub postgres_tls: Option<TlsDecl>,
+    pub(crate) postgres_tls: Option<TlsDecl>,
     /// Extra PEM roots for `postgres_tls = "require"` (file only).
     #[arg(skip)]
-    pub postgres_root_cert: Option<PathBuf>,
+    pub(crate) postgres_root_cert: Option<PathBuf>,
     /// Allow plaintext to a host that is not this machine (file only).
     #[arg(skip)]
-    pub postgres_allow_plaintext: Option<bool>,
+    pub(crate) postgres_allow_plaintext: Option<bool>,
     /// This server's URL as clients should reach it (named in 421 wrong_server answers of other servers).
     #[arg(long, env = "DATASTORER_ADVERTISE_URL")]
-    pub advertise_url: Option<String>,
+    pub(crate) advertise_url: Option<String>,
     /// Owner id in leases (default: on sled, one generated once and kept in the data directory;
     /// on PostgreSQL, a new one per start; set it per deployment slot to reclaim leases after a crash).
     #[arg(long, env = "DATASTORER_OWNER_ID")]
-    pub owner_id: Option<String>,
+    pub(crate) owner_id: Option<String>,
     /// Answer 404 for stores the config does not declare.
     #[arg(long, env = "DATASTORER_STRICT_STORES")]
-    pub strict_stores: Option<bool>,
+    pub(crate) strict_stores: Option<bool>,
     /// Log one line per request at info (method, route, status, duration, API key name, client id;
     /// never a secret or token). Default true.
     #[arg(long, env = "DATASTORER_ACCESS_LOG")]
-    pub access_log: Option<bool>,
+    pub(crate) access_log: Option<bool>,
     /// Engine autosave interval, seconds (default 30).
     #[arg(long, env = "DATASTORER_AUTOSAVE_INTERVAL_SECS")]
-    pub autosave_interval_secs: Option<u64>,
+    pub(crate) autosave_interval_secs: Option<u64>,
     /// Engine lease TTL between server processes, seconds (default 90).
     #[arg(long, env = "DATASTORER_LEASE_TTL_SECS")]
-    pub lease_ttl_secs: Option<u64>,
+    pub(crate) lease_ttl_secs: Option<u64>,
     /// Client session lifetime without a request, seconds (default 60).
     #[arg(long, env = "DATASTORER_CLIENT_LEASE_TTL_SECS")]
-    pub client_lease_ttl_secs: Option<u64>,
+    pub(crate) client_lease_ttl_secs: Option<u64>,
     /// Bound on graceful shutdown, seconds (default 25).
     #[arg(long, env = "DATASTORER_SHUTDOWN_DEADLINE_SECS")]
-    pub shutdown_deadline_secs: Option<u64>,
+    pub(crate) shutdown_deadline_secs: Option<u64>,
     /// Longest wait a client may ask for when opening a held key, seconds (default 300).
     #[arg(long, env = "DATASTORER_MAX_WAIT_SECS")]
-    pub max_wait_secs: Option<u64>,
+    pub(crate) max_wait_secs: Option<u64>,
     /// Largest request body and document, bytes (default 4 MiB).
     #[arg(long, env = "DATASTORER_MAX_BODY_BYTES")]
-    pub max_body_bytes: Option<usize>,
+    pub(crate) max_body_bytes: Option<usize>,
     /// HTTP worker threads (default: cores, at most 8).
     #[arg(long, env = "DATASTORER_WORKERS")]
-    pub workers: Option<usize>,
+    pub(crate) workers: Option<usize>,
     /// API keys of the file (`[[api_keys]]` tables).
     #[arg(skip)]
-    pub api_keys: Option<Vec<ApiKey>>,
+    pub(crate) api_keys: Option<Vec<ApiKey>>,
     /// An API key as NAME:ROLE:SECRET (role: read, write, admin); repeatable.
     #[arg(long = "api-key", env = "DATASTORER_API_KEYS", value_delimiter = ',')]
     #[serde(skip)]
-    pub api_key_flags: Vec<String>,
+    pub(crate) api_key_flags: Vec<String>,
     /// Rate budgets (file only).
     #[arg(skip)]
-    pub budgets: Option<BudgetsDecl>,
+    pub(crate) budgets: Option<BudgetsDecl>,
     /// Declared stores (file only).
     #[arg(skip)]
-    pub stores: Option<BTreeMap<String, StoreDecl>>,
+    pub(crate) stores: Option<BTreeMap<String, StoreDecl>>,
     /// Alert endpoints (`[[webhooks]]` tables, file only).
     #[arg(skip)]
-    pub webhooks: Option<Vec<super::webhooks::WebhookDecl>>,
+    pub(crate) webhooks: Option<Vec<super::webhooks::WebhookDecl>>,
 }
 
 /// `postgres_tls` in the file.
@@ -170,44 +173,41 @@ pub enum Storage {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Address to bind.
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// HTTPS: the certificate and key, loaded and checked at start.
-    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub(crate) tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Where records live.
-    pub storage: Storage,
+    pub(crate) storage: Storage,
     /// The owner id in leases; `None`: on sled, the one stored in the data
     /// directory; on PostgreSQL, a new one per start (never read from the
     /// shared database).
-    pub owner_id: Option<String>,
-    /// Where clients should send requests for keys this server holds
-    /// (answered with `421 wrong_server` by the other servers).
-    pub advertise_url: Option<String>,
+    pub(crate) owner_id: Option<String>,
     /// API keys; empty means no authentication (loopback only).
-    pub api_keys: Vec<ApiKey>,
+    pub(crate) api_keys: Vec<ApiKey>,
     /// Undeclared stores are 404 instead of created on first use.
-    pub strict_stores: bool,
+    pub(crate) strict_stores: bool,
     /// One info line per request (target `datastorer::access`).
-    pub access_log: bool,
+    pub(crate) access_log: bool,
     /// Declared stores.
-    pub stores: BTreeMap<String, StoreDecl>,
+    pub(crate) stores: BTreeMap<String, StoreDecl>,
     /// Engine autosave interval.
-    pub autosave_interval: Duration,
+    pub(crate) autosave_interval: Duration,
     /// Engine lease TTL (between server processes).
-    pub lease_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
     /// How long a client's session lives without a request or renewal.
-    pub client_lease_ttl: Duration,
+    pub(crate) client_lease_ttl: Duration,
     /// Bound on graceful shutdown.
-    pub shutdown_deadline: Duration,
+    pub(crate) shutdown_deadline: Duration,
     /// Longest `timeout_ms` a client may ask an open to wait.
-    pub max_wait: Duration,
+    pub(crate) max_wait: Duration,
     /// Largest request body accepted.
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// HTTP worker threads.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// Queue rate budgets.
-    pub budgets: Budgets,
+    pub(crate) budgets: Budgets,
     /// Alert endpoints.
-    pub webhooks: Vec<super::webhooks::WebhookDecl>,
+    pub(crate) webhooks: Vec<super::webhooks::WebhookDecl>,
 }
 
 /// A configuration problem, already phrased for the operator.
@@ -286,12 +286,8 @@ impl ServerConfig {
         }
 
         let owner_id = o.owner_id.clone().or(file.owner_id);
-        if owner_id.as_ref().is_some_and(|o| o.is_empty() || o.len() > 128 || o.chars().any(char::is_control)) {
-            return Err(err_at(
-                "owner_id",
-                o.owner_id.is_some(),
-                "must be 1 to 128 bytes of printable characters".into(),
-            ));
+        if let Some(Err(e)) = owner_id.as_deref().map(super::validate::owner_id) {
+            return Err(err_at("owner_id", o.owner_id.is_some(), e));
         }
         let stores = file.stores.unwrap_or_default();
         for (name, decl) in &stores {
@@ -355,8 +351,9 @@ impl ServerConfig {
                 }
             }
         }
-        let advertise_url = o.advertise_url.clone().or(file.advertise_url);
-        if let Some(u) = &advertise_url {
+        // Checked here, where the flag is named; the PostgreSQL settings
+        // carry it (it means nothing on sled).
+        if let Some(u) = o.advertise_url.as_ref().or(file.advertise_url.as_ref()) {
             if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 512 {
                 return Err(err_at(
                     "advertise_url",
@@ -370,7 +367,6 @@ impl ServerConfig {
             tls,
             webhooks,
             storage,
-            advertise_url,
             owner_id,
             api_keys,
             strict_stores: o.strict_stores.or(file.strict_stores).unwrap_or(false),
@@ -388,13 +384,8 @@ impl ServerConfig {
     }
 
     /// Whether requests must carry an API key.
-    pub fn auth_enabled(&self) -> bool {
+    pub(crate) fn auth_enabled(&self) -> bool {
         !self.api_keys.is_empty()
-    }
-
-    /// The strongest role of a configured key (for tests and logs).
-    pub fn roles(&self) -> Vec<(String, Role)> {
-        self.api_keys.iter().map(|k| (k.name.clone(), k.role)).collect()
     }
 }
 
@@ -558,7 +549,7 @@ fn storage(o: &Settings, file: &Settings, at: &Origin<'_>) -> Result<Storage, Co
 /// The data version each declared store of the config file at `path`
 /// gives its records (its migration count), for tools that write records
 /// the server will open: the same file the server reads, the same rules.
-pub fn store_data_versions(path: &Path) -> Result<BTreeMap<String, usize>, ConfigError> {
+pub(crate) fn store_data_versions(path: &Path) -> Result<BTreeMap<String, usize>, ConfigError> {
     let o = Settings { config: Some(path.to_owned()), ..Settings::default() };
     let config = ServerConfig::load(&o)?;
     Ok(config.stores.iter().map(|(name, decl)| (name.clone(), decl.migrations.len())).collect())

@@ -1,7 +1,9 @@
 //! The change feed as Server-Sent Events, read from the change log (so an
 //! SSE event's `id:` is the same sequence the long poll answers, and a
 //! client reconnecting with `Last-Event-ID` resumes where it stopped).
-//! Ends when the server shuts down. Owns the SSE framing only.
+//! Ends when the server shuts down.
+//!
+//! Owns: the SSE framing only. Must not: number or keep events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,7 @@ const PAGE: usize = 256;
 
 /// The SSE body for `store` (or every store), starting after sequence
 /// `after` (a `Last-Event-ID`; `None`: from now).
-pub fn stream(
+pub(crate) fn stream(
     log: Arc<ChangeLog>,
     after: Option<u64>,
     store: Option<String>,

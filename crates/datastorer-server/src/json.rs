@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use datastorer::Migration;
 
 /// Applies an RFC 7396 JSON Merge Patch to `target`.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;

@@ -3,436 +3,47 @@
 //! that sees only the engine's public API: the crate edge enforces what the
 //! architecture states (the server is one more embedder).
 //!
+//! Layout (ARCHITECTURE.md has the per-file table): `app` starts and stops
+//! the server; `state` is what handlers share; `extract` checks a request
+//! once (`Held`: admitted, authenticated, the session behind the token);
+//! `middleware` observes every request; `http/` holds the routes, one
+//! module per group; `tools/` the offline tools; the rest are the domain
+//! modules the handlers call (sessions, change log, webhooks, metrics).
+//!
 //! Owns: HTTP, authentication, client sessions and their lease tokens,
 //! the change feed, metrics, configuration files. Must not: reach into the
 //! engine's internals — it uses the public library API like any embedder
 //! (the offline tools open the sled backend directly, never while a server
 //! holds it).
 
-pub mod auth;
-pub mod batch;
-pub mod budget;
-pub mod change_log;
+#![deny(unreachable_pub)]
+
+mod access;
+mod app;
+mod auth;
+mod budget;
+mod change_log;
 pub mod cli;
-pub mod conditional;
+mod conditional;
 pub mod config;
-pub mod error;
-pub mod feed;
-pub mod json;
-pub mod log_writer;
-pub mod messages;
-pub mod metrics;
-pub mod openapi;
-pub mod routes;
-pub mod sessions;
-pub mod validate;
-pub mod webhooks;
+mod ending;
+mod error;
+mod extract;
+mod feed;
+mod http;
+mod inbox_watch;
+mod json;
+mod limits;
+mod log_writer;
+mod metrics;
+mod middleware;
+mod openapi;
+mod sessions;
+mod state;
+mod tools;
+mod validate;
+mod webhooks;
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
-
-use actix_web::dev::Service;
-use actix_web::{web, App, HttpMessage, HttpServer};
-use tokio::sync::watch;
-use tracing::{info, warn};
-
-use self::config::{ServerConfig, Storage};
-use self::error::{ApiError, ErrorCode};
-use self::metrics::Metrics;
-use self::routes::AppState;
-use self::sessions::ClientSessions;
-use datastorer::storage::sled_backend::SledBackend;
-use datastorer::storage::{Backend, Precondition, WriteOp};
-use datastorer::{Config, Datastorer, ShutdownReport, StoreSpec};
-
-/// Binds `config.listen`: done before anything else starts, so a busy port
-/// is refused before the engine takes leases it would have to give back.
-pub fn bind(config: &ServerConfig) -> Result<std::net::TcpListener, String> {
-    std::net::TcpListener::bind(config.listen).map_err(|e| listen_error(config.listen, &e))
-}
-
-/// Runs the server on `listener` until `shutdown` resolves (the binary
-/// passes SIGINT/SIGTERM; a test, a channel), then stops accepting
-/// requests, saves and releases every session, flushes, and answers the
-/// report. `shutdown` answers what stopped the server, for the log.
-pub async fn run(
-    config: ServerConfig,
-    listener: std::net::TcpListener,
-    shutdown: impl std::future::Future<Output = &'static str> + 'static,
-) -> Result<ShutdownReport, String> {
-    let (backend, owner, postgres) = match &config.storage {
-        Storage::Sled(dir) => {
-            let (b, o) = open_data_dir(dir.clone(), config.owner_id.clone()).await?;
-            (b, o, None)
-        }
-        Storage::Postgres(pg) => {
-            let (b, o) = open_postgres(pg.clone(), config.owner_id.clone()).await?;
-            (b.clone() as std::sync::Arc<dyn Backend>, o, Some(b))
-        }
-    };
-    let ds = Datastorer::start(engine_config(&config, backend, owner)).await.map_err(|e| e.to_string())?;
-    let stores = declare_stores(&ds, &config)?;
-    if config.auth_enabled() && config.tls.is_none() && !config.listen.ip().is_loopback() {
-        warn!(target: "datastorer::server", listen = %config.listen,
-            "API keys and lease tokens travel in clear text: serve TLS (--tls-cert/--tls-key) or put a TLS proxy in front");
-    }
-    if !config.auth_enabled() {
-        warn!(target: "datastorer::server", listen = %config.listen,
-            "no API keys configured: authentication is OFF, which is allowed on loopback addresses only");
-    }
-
-    let hooks = std::sync::Arc::new(webhooks::Webhooks::start(&config.webhooks, ds.owner_id())?);
-    if !hooks.is_empty() {
-        info!(target: "datastorer::server", endpoints = ?hooks.describe(), "webhooks configured");
-        actix_web::rt::spawn(webhooks::watch_failures(ds.clone(), hooks.clone()));
-    }
-    // Subscribed before any request can save, so the log misses nothing.
-    let change_log = change_log::ChangeLog::new(change_log::DEFAULT_CAPACITY);
-    actix_web::rt::spawn(change_log.clone().pump(ds.changes()));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = web::Data::new(AppState {
-        ds: ds.clone(),
-        config: config.clone(),
-        stores: Mutex::new(stores),
-        sessions: ClientSessions::new(config.client_lease_ttl, ds.owner_id(), change_log.clone()),
-        metrics: Metrics::default(),
-        shutdown: shutdown_rx,
-        shutting_down: AtomicBool::new(false),
-        in_flight: AtomicUsize::new(0),
-        postgres,
-        changes: change_log.clone(),
-        budgets: budget::Budgets::new(&config.api_keys),
-        webhooks: hooks.clone(),
-    });
-
-    let app_state = state.clone();
-    let server = HttpServer::new(move || {
-        let counted = app_state.clone();
-        App::new()
-            .app_data(app_state.clone())
-            .app_data(
-                web::QueryConfig::default()
-                    .error_handler(|e, _| ApiError::bad_request("bad_query", error::humanize(&e.to_string())).into()),
-            )
-            .app_data(
-                web::PathConfig::default()
-                    .error_handler(|e, _| ApiError::bad_request("bad_path", error::humanize(&e.to_string())).into()),
-            )
-            .wrap_fn(move |req, srv| {
-                let counted = counted.clone();
-                let in_flight = InFlight::enter(counted.clone());
-                // Before routing: actix decodes the path lossily, so two raw
-                // keys (`%FF%FE`, `%FE%FF`) would reach the handlers as one.
-                let started = std::time::Instant::now();
-                let method = req.method().clone();
-                let refused = routes::strict_utf8(req.uri()).err();
-                let fut = match refused {
-                    None => Ok(srv.call(req)),
-                    Some(e) => Err(req.into_response(actix_web::ResponseError::error_response(&e))),
-                };
-                async move {
-                    let res = match fut {
-                        Ok(fut) => fut.await.map(|r| r.map_into_left_body()),
-                        Err(refused) => Ok(refused.map_into_right_body()),
-                    };
-                    drop(in_flight);
-                    let mut res = res?;
-                    let notices = res.request().extensions().get::<routes::SessionNotices>().copied();
-                    if let Some(n) = notices {
-                        use actix_web::http::header::{HeaderName, HeaderValue};
-                        if let Some(deadline_ms) = n.handoff_deadline_ms {
-                            res.headers_mut()
-                                .insert(HeaderName::from_static("handoff-requested"), HeaderValue::from(deadline_ms));
-                        }
-                        if n.messages_waiting {
-                            res.headers_mut()
-                                .insert(HeaderName::from_static("messages-waiting"), HeaderValue::from_static("1"));
-                        }
-                    }
-                    let code = res.response().extensions().get::<ErrorCode>().map(|c| c.0);
-                    if let Some(code) = code {
-                        counted.metrics.count_error(code);
-                    }
-                    // The route template, never the raw path: bounded labels,
-                    // and no key names in metrics.
-                    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-                    let status = res.status().as_u16();
-                    let took = started.elapsed();
-                    if counted.config.access_log {
-                        let ext = res.request().extensions();
-                        let key = ext.get::<routes::AccessKey>().map(|k| k.0.as_str()).unwrap_or("-");
-                        let client = ext.get::<routes::AccessClient>().map(|c| c.0.as_str()).unwrap_or("-");
-                        info!(target: "datastorer::access", method = %method, route = %route, status,
-                            duration_ms = %format_args!("{:.3}", took.as_secs_f64() * 1000.0), api_key = key, client,
-                            code = code.unwrap_or("-"), "request");
-                    }
-                    counted.metrics.observe_request(route, method.as_str(), status, took);
-                    Ok(res)
-                }
-            })
-            .configure(routes::configure)
-            .default_service(web::to(routes::not_found))
-    })
-    .workers(config.workers)
-    .disable_signals()
-    .shutdown_timeout(config.shutdown_deadline.as_secs().max(1));
-    let server = match &config.tls {
-        Some(tls) => server.listen_rustls_0_23(listener, (**tls).clone()),
-        None => server.listen(listener),
-    }
-    .map_err(|e| listen_error(config.listen, &e))?;
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
-    let bound = server.addrs().first().copied().ok_or("bound to no address")?;
-    println!("datastorer listening on {scheme}://{bound}");
-    let _ = std::io::stdout().flush();
-    match &config.storage {
-        Storage::Sled(dir) => info!(target: "datastorer::server", %bound, data_dir = %dir.display(), "serving"),
-        Storage::Postgres(pg) => {
-            info!(target: "datastorer::server", %bound, database = ?pg, owner = %ds.owner_id(), "serving")
-        }
-    }
-
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(stop_on(shutdown, state.clone(), ds.clone(), handle, shutdown_tx));
-    actix_web::rt::spawn(sweep_forever(state.clone()));
-    actix_web::rt::spawn(messages::watch(state.clone(), ds.changes()));
-    server.await.map_err(|e| format!("server failed: {e}"))?;
-    // Done already on a signal (this answers its report); otherwise keys on
-    // stopped workers are reported as failed, never silently dropped.
-    let report = ds.shutdown().await;
-    info!(
-        target: "datastorer::server",
-        released = report.release.released, failed = report.release.failed.len(),
-        timed_out = report.release.timed_out, took_ms = report.took.as_millis() as u64, "stopped"
-    );
-    if !report.is_clean() && !hooks.is_empty() {
-        // The last thing this process says; bounded, so a dead webhook
-        // cannot hold the exit.
-        let before = hooks.delivered.load(Ordering::Relaxed);
-        hooks.alert(webhooks::Alert {
-            kind: webhooks::AlertKind::ShutdownUnsaved,
-            count: (report.release.failed.len() + report.release.timed_out) as u64,
-            message: format!(
-                "shut down with {} keys unsaved and {} timed out: their last changes are lost unless another process saved them",
-                report.release.failed.len(),
-                report.release.timed_out
-            ),
-        });
-        let deadline = tokio::time::Instant::now() + webhooks::COALESCE + Duration::from_secs(3);
-        while hooks.delivered.load(Ordering::Relaxed) == before && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    Ok(report)
-}
-
-/// The engine's configuration for the server.
-fn engine_config(config: &ServerConfig, backend: std::sync::Arc<dyn Backend>, owner: String) -> Config {
-    let mut engine = Config::backend(backend).owner_id(owner);
-    engine.autosave_interval = config.autosave_interval;
-    engine.lease_ttl = config.lease_ttl;
-    engine.shutdown_deadline = config.shutdown_deadline;
-    // Ordered by `stop_on`: requests, then the engine, then HTTP.
-    engine.handle_signals = false;
-    // Keys live on the HTTP worker that opened them: a request on that
-    // worker's connections reaches its key without a thread hop (bench
-    // figure 6a: 62.7k -> 70.2k updates/s with one worker). The shutdown
-    // therefore runs the engine's shutdown before the workers stop.
-    engine.keys_on_caller_arbiter = true;
-    engine.queue.budgets = config.budgets.clone();
-    engine.max_document_bytes = config.max_body_bytes;
-    engine
-}
-
-/// The stores the config declares, with their templates and migrations.
-fn declare_stores(
-    ds: &Datastorer,
-    config: &ServerConfig,
-) -> Result<HashMap<String, datastorer::Store<serde_json::Value>>, String> {
-    let mut stores = HashMap::new();
-    for (name, decl) in &config.stores {
-        let mut spec = StoreSpec::new(decl.template.clone()).metadata_template(decl.metadata_template.clone());
-        for step in &decl.migrations {
-            spec = spec.migration(step.to_migration());
-        }
-        stores.insert(name.clone(), ds.store(name, spec).map_err(|e| e.to_string())?);
-    }
-    Ok(stores)
-}
-
-/// Saves and ends client sessions whose clients went silent, forever.
-async fn sweep_forever(state: web::Data<AppState>) {
-    let period = (state.config.client_lease_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let mut tick = tokio::time::interval(period);
-    loop {
-        tick.tick().await;
-        state.sessions.sweep().await;
-    }
-}
-
-/// When `shutdown` resolves: refuse new session requests, end change
-/// feeds, let admitted requests finish (bounded), save and release every
-/// key while the workers still run them, then stop HTTP.
-async fn stop_on(
-    shutdown: impl std::future::Future<Output = &'static str>,
-    signal_state: web::Data<AppState>,
-    signal_ds: Datastorer,
-    handle: actix_web::dev::ServerHandle,
-    shutdown_tx: watch::Sender<bool>,
-) {
-    let name = shutdown.await;
-    info!(target: "datastorer::server", signal = name, "stopping: no new requests, then save and release everything");
-    signal_state.shutting_down.store(true, Ordering::SeqCst);
-    let _ = shutdown_tx.send(true);
-    // Session requests now get 503; those already admitted finish first
-    // (bounded: an open may be waiting for a lease held elsewhere).
-    let drain = (signal_state.config.shutdown_deadline / 5).clamp(Duration::from_millis(100), Duration::from_secs(5));
-    let drained = tokio::time::timeout(drain, async {
-        while signal_state.in_flight.load(Ordering::SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        warn!(target: "datastorer::server", in_flight = signal_state.in_flight.load(Ordering::SeqCst),
-                "requests still running at shutdown; their sessions are released under them");
-    }
-    // Keys live on the workers' arbiters: save and release them while
-    // the workers still run, then stop HTTP.
-    signal_ds.shutdown().await;
-    handle.stop(true).await;
-}
-
-/// Counts a request as in flight until dropped (also when the request's
-/// future is dropped half-way).
-struct InFlight(web::Data<AppState>);
-
-impl InFlight {
-    fn enter(state: web::Data<AppState>) -> Self {
-        state.in_flight.fetch_add(1, Ordering::SeqCst);
-        Self(state)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Where the server keeps its owner id inside the database (outside every
-/// store's `d\0` prefix).
-const OWNER_KEY: &[u8] = b"m\0owner_id";
-
-/// Opens the sled directory and reads (or creates) the server's owner id.
-/// sled lets one process at a time open a directory, so a restarted server
-/// on the same directory is the same owner: it reclaims the leases its
-/// crashed predecessor left behind at once instead of waiting for them to
-/// lapse.
-async fn open_data_dir(
-    dir: std::path::PathBuf,
-    explicit: Option<String>,
-) -> Result<(std::sync::Arc<dyn Backend>, String), String> {
-    tokio::task::spawn_blocking(move || {
-        let backend = SledBackend::open(&dir).map_err(|e| e.to_string())?;
-        let owner = match explicit {
-            Some(o) => o,
-            None => match backend.get(OWNER_KEY).map_err(|e| e.to_string())? {
-                Some(bytes) => String::from_utf8(bytes).map_err(|_| "the stored owner id is not UTF-8".to_string())?,
-                None => {
-                    let owner = random_owner_id()?;
-                    let op = WriteOp {
-                        key: OWNER_KEY.to_vec(),
-                        precondition: Precondition::Absent,
-                        value: Some(owner.clone().into_bytes()),
-                    };
-                    // The id is only ours once it is durably stored: a server
-                    // that ran under an unsaved id would come back as a
-                    // stranger to its own leases after a restart.
-                    let written = backend.write_batch(std::slice::from_ref(&op)).pop();
-                    match written {
-                        Some(Ok(datastorer::storage::WriteOutcome::Applied)) => {}
-                        Some(Ok(datastorer::storage::WriteOutcome::Conflict { .. })) => {
-                            return Err("the owner id appeared in the data directory while starting; start again".into())
-                        }
-                        Some(Err(e)) => return Err(format!("cannot store the server's owner id: {e}")),
-                        None => return Err("cannot store the server's owner id: the backend answered nothing".into()),
-                    }
-                    backend.flush().map_err(|e| format!("cannot store the server's owner id: {e}"))?;
-                    owner
-                }
-            },
-        };
-        Ok((std::sync::Arc::new(backend) as std::sync::Arc<dyn Backend>, owner))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
-fn random_owner_id() -> Result<String, String> {
-    let mut random = [0u8; 6];
-    getrandom::fill(&mut random).map_err(|e| e.to_string())?;
-    Ok(format!("server-{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>()))
-}
-
-/// Connects to PostgreSQL. The owner id is never read from the shared
-/// database (every server would read the same one): it is the configured
-/// one, stable per deployment slot so a restarted server reclaims its own
-/// leases at once, or a new one per start. The engine refuses to start
-/// when a live process already runs under it.
-async fn open_postgres(
-    pg: datastorer::PostgresConfig,
-    explicit: Option<String>,
-) -> Result<(std::sync::Arc<datastorer::storage::postgres::PgBackend>, String), String> {
-    let owner = match explicit {
-        Some(o) => o,
-        None => random_owner_id()?,
-    };
-    let backend = tokio::task::spawn_blocking(move || datastorer::storage::postgres::PgBackend::connect(pg))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.message)?;
-    Ok((std::sync::Arc::new(backend), owner))
-}
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C elsewhere), answering which.
-#[cfg(unix)]
-pub async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-            "ctrl-c"
-        }
-    }
-}
-
-/// Resolves on Ctrl-C.
-#[cfg(not(unix))]
-pub async fn wait_for_signal() -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "ctrl-c"
-}
-
-/// Why the server cannot listen, as a sentence (no OS error code).
-fn listen_error(addr: std::net::SocketAddr, e: &std::io::Error) -> String {
-    let why = match e.kind() {
-        std::io::ErrorKind::AddrInUse => "another program is already listening there".to_owned(),
-        std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".to_owned(),
-        std::io::ErrorKind::AddrNotAvailable => "that address is not one of this machine's".to_owned(),
-        _ => {
-            // The OS's own words, without the "(os error N)" tail.
-            let text = e.to_string();
-            text.split(" (os error").next().unwrap_or(&text).to_owned()
-        }
-    };
-    format!("cannot listen on {addr}: {why}")
-}
+pub use app::{bind, run};
+pub use json::MigrationStep;
+pub use webhooks::signature as webhook_signature;

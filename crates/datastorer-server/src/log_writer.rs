@@ -24,11 +24,11 @@ fn buffer() -> MutexGuard<'static, Option<BufWriter<Stderr>>> {
 
 /// A `MakeWriter` for tracing-subscriber over the shared buffer.
 #[derive(Clone, Copy, Default)]
-pub struct LogWriter;
+pub(crate) struct LogWriter;
 
 impl LogWriter {
     /// Sets up the buffer and starts its flush timer.
-    pub fn start() -> LogWriter {
+    pub(crate) fn start() -> LogWriter {
         *buffer() = Some(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
         TIMER.call_once(|| {
             let _ = std::thread::Builder::new().name("datastorer-log-flush".into()).spawn(|| loop {
@@ -40,7 +40,7 @@ impl LogWriter {
     }
 
     /// Writes out every line logged so far (call before exit).
-    pub fn flush_all() {
+    pub(crate) fn flush_all() {
         if let Some(b) = buffer().as_mut() {
             let _ = b.flush();
         }
@@ -49,7 +49,7 @@ impl LogWriter {
 
 /// One event's writer: appends to the buffer, and flushes on drop when the
 /// event is a warning or an error.
-pub struct Line {
+pub(crate) struct Line {
     urgent: bool,
 }
 

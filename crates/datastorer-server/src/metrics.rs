@@ -2,6 +2,9 @@
 //! depth per lane, queue batches and storage flushes, budget left, save latency histogram, lease waits, errors
 //! by kind, loaded keys, failed saves by reason, client lease lapses, and
 //! HTTP requests by route template and status with a latency histogram.
+//!
+//! Owns: the counters and their text. Must not: label by key or raw path
+//! (unbounded label sets).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -23,7 +26,7 @@ struct RouteLatency {
 
 /// Counters kept by the server.
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Requests by (route template, method, status).
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     /// Latency by route template.
@@ -37,21 +40,21 @@ pub struct Metrics {
 }
 
 /// Values read from the engine at scrape time.
-pub struct Gauges {
+pub(crate) struct Gauges {
     /// Queue depth.
-    pub depth: QueueDepth,
+    pub(crate) depth: QueueDepth,
     /// Budget tokens.
-    pub budgets: BudgetLevels,
+    pub(crate) budgets: BudgetLevels,
     /// Keys loaded in the engine.
-    pub loaded_keys: usize,
+    pub(crate) loaded_keys: usize,
     /// Client sessions open.
-    pub client_sessions: usize,
+    pub(crate) client_sessions: usize,
     /// Client sessions that ended because their client stopped renewing.
-    pub client_lease_lapses: u64,
+    pub(crate) client_lease_lapses: u64,
     /// Failed saves by reason, from the engine.
-    pub save_failures: Vec<(datastorer::SaveFailureReason, u64)>,
+    pub(crate) save_failures: Vec<(datastorer::SaveFailureReason, u64)>,
     /// The queue's totals (batches and durable flushes: group commit).
-    pub queue: QueueStats,
+    pub(crate) queue: QueueStats,
 }
 
 fn bucket_of(ms: f64) -> usize {
@@ -76,7 +79,7 @@ impl Metrics {
     /// One answered request: `route` is the matched route template
     /// (`/v1/stores/{store}/keys/{key}/session/data`), never the raw path,
     /// so the label set stays bounded.
-    pub fn observe_request(&self, route: String, method: &str, status: u16, took: Duration) {
+    pub(crate) fn observe_request(&self, route: String, method: &str, status: u16, took: Duration) {
         let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
         let l = latency.entry(route.clone()).or_default();
         l.buckets[bucket_of(took.as_secs_f64() * 1000.0)] += 1;
@@ -92,7 +95,7 @@ impl Metrics {
     }
 
     /// Records one durable save's latency.
-    pub fn observe_save(&self, took: Duration) {
+    pub(crate) fn observe_save(&self, took: Duration) {
         let ms = took.as_secs_f64() * 1000.0;
         let i = bucket_of(ms);
         self.save_buckets[i].fetch_add(1, Ordering::Relaxed);
@@ -101,18 +104,18 @@ impl Metrics {
     }
 
     /// Records a session open that had to wait for another holder.
-    pub fn observe_lease_wait(&self, waited: Duration) {
+    pub(crate) fn observe_lease_wait(&self, waited: Duration) {
         self.lease_waits.fetch_add(1, Ordering::Relaxed);
         self.lease_wait_us.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Counts an error answer by its code.
-    pub fn count_error(&self, code: &'static str) {
+    pub(crate) fn count_error(&self, code: &'static str) {
         *self.errors.lock().unwrap_or_else(|p| p.into_inner()).entry(code).or_default() += 1;
     }
 
     /// The exposition text.
-    pub fn render(&self, g: &Gauges) -> String {
+    pub(crate) fn render(&self, g: &Gauges) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP datastorer_queue_depth Requests held by the queue, by lane or state.");
         let _ = writeln!(out, "# TYPE datastorer_queue_depth gauge");

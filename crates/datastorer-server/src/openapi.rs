@@ -1,21 +1,39 @@
 //! The OpenAPI 3 description of API v1, served at `/v1/openapi.json`.
-//! `routes::configure` and this document list the same routes; the server
+//! `http::configure` and this document list the same routes; the server
 //! tests check that every documented operation is routed.
+//!
+//! Owns: the document. Must not: restate a limit or an error code; both
+//! come from `limits` and `error`.
 
 use serde_json::{json, Value};
+
+use crate::error::ErrorCode;
 
 fn err(description: &str) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
 }
 
-/// The error answer for `status`: a 503 or 429 also carries `Retry-After`.
+/// The error answer for `status`: where a code answered with that status
+/// says when to retry, the answer carries `Retry-After`.
 fn err_for(status: &str, description: &str) -> Value {
     let mut e = err(description);
-    if status == "503" || status == "429" {
+    let retries = ErrorCode::ALL.iter().any(|c| c.status().as_str() == status && c.retry_after_secs().is_some());
+    if retries {
         e["headers"] = json!({ "Retry-After": {
             "description": "seconds to wait before retrying", "schema": { "type": "integer", "minimum": 0 } } });
     }
     e
+}
+
+/// The `code` property: every code the API answers, each with its status
+/// and meaning (`x-codes`), from the one table in `error`.
+fn error_codes() -> Value {
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    let described: serde_json::Map<String, Value> = ErrorCode::ALL
+        .iter()
+        .map(|c| (c.as_str().to_owned(), json!({ "status": c.status().as_u16(), "description": c.describe() })))
+        .collect();
+    json!({ "type": "string", "enum": codes, "x-codes": described })
 }
 
 fn ok(schema: Value) -> Value {
@@ -59,7 +77,7 @@ fn query(name: &str, schema: Value) -> Value {
 }
 
 /// The document; `max_wait` is the server's ceiling on `timeout_ms`.
-pub fn document(max_wait: std::time::Duration) -> Value {
+pub(crate) fn document(max_wait: std::time::Duration) -> Value {
     let max_wait_ms = max_wait.as_millis() as u64;
     let store = || json!({ "name": "store", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" } });
     let key = || path_param("key", 512);
@@ -139,7 +157,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                     "type": "object",
                     "required": ["code", "message"],
                     "properties": {
-                        "code": { "type": "string" },
+                        "code": error_codes(),
                         "message": { "type": "string" },
                         "holder": { "type": "string" },
                         "expires_at_ms": { "type": "integer" },
@@ -171,7 +189,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                         "user_ids": { "type": "array", "items": { "oneOf": [{ "type": "string", "minLength": 1, "maxLength": 128 }, { "type": "integer" }] } },
                         "policy": { "type": "string", "enum": ["fail", "wait", "request_release", "steal"] },
                         "timeout_ms": { "type": "integer", "minimum": 0, "maximum": max_wait_ms },
-                        "grace_ms": { "type": "integer", "minimum": 0, "maximum": crate::routes::MAX_GRACE_MS,
+                        "grace_ms": { "type": "integer", "minimum": 0, "maximum": crate::limits::MAX_GRACE_MS,
                             "description": "with policy=request_release only: how long the holder may take to release with its last change before the server saves and hands over" }
                     }
                 },
@@ -243,7 +261,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
             "/v1/batch": { "post": op("batch", "many session operations on many keys in one request, answered per operation in the order sent; operations on one key run in order and a failure skips that key's later ones (424 skipped); saves share group commits",
                 vec![],
                 Some(body(json!({ "type": "object", "required": ["ops"], "additionalProperties": false, "properties": {
-                    "ops": { "type": "array", "maxItems": crate::batch::MAX_BATCH_OPS, "items": { "$ref": "#/components/schemas/BatchOp" } } } }), &["application/json"], true)),
+                    "ops": { "type": "array", "maxItems": crate::limits::MAX_BATCH_OPS, "items": { "$ref": "#/components/schemas/BatchOp" } } } }), &["application/json"], true)),
                 ok(json!({ "type": "object", "required": ["results", "succeeded", "failed"], "properties": {
                     "results": { "type": "array", "items": { "type": "object", "required": ["status"], "properties": {
                         "status": { "type": "integer" }, "code": { "type": "string" }, "message": { "type": "string" },
@@ -292,7 +310,7 @@ pub fn document(max_wait: std::time::Duration) -> Value {
                 "post": op("open_session", "open a session (take the lease); policy and timeout_ms may be given in the query or the body, not both with different values", vec![store(), key(),
                         query("policy", json!({ "type": "string", "enum": ["fail", "wait", "request_release", "steal"] })),
                         query("timeout_ms", json!({ "type": "integer", "minimum": 0, "maximum": max_wait_ms })),
-                        query("grace_ms", json!({ "type": "integer", "minimum": 0, "maximum": crate::routes::MAX_GRACE_MS }))],
+                        query("grace_ms", json!({ "type": "integer", "minimum": 0, "maximum": crate::limits::MAX_GRACE_MS }))],
                     Some(body(json!({ "$ref": "#/components/schemas/OpenSession" }), &["application/json"], false)),
                     ok(json!({ "$ref": "#/components/schemas/Session" })),
                     &with(&[("404", "unknown store (strict stores)"), ("409", "held by another client, or its holder could not save (`holder_could_not_save`)"), ("413", "body too large"), ("415", "wrong content type"), ("422", "the record cannot be migrated or is corrupt"), ("503", "storage unavailable or shutting down")])),

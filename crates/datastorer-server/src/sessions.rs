@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 // tokio's clock, so a test can pause it and let a client lease lapse in no time.
 use tokio::time::Instant;
@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 
 use super::auth::tokens_equal;
 use super::change_log::{ChangeLog, HolderNotice};
-use super::error::ApiError;
+use super::ending::{now_ms, EndReason};
+use super::error::{ApiError, ErrorCode};
 use datastorer::{AcquirePolicy, CloseReason, Error, Priority, Session, Store};
 
 type Key = (String, String);
@@ -65,12 +66,12 @@ impl HolderView {
 
 /// A hand-off another client asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Handoff {
+pub(crate) struct Handoff {
     /// Who asked.
-    pub by: String,
+    pub(crate) by: String,
     /// When the server saves and hands over unless the holder released
     /// first (ms since the Unix epoch).
-    pub deadline_ms: u64,
+    pub(crate) deadline_ms: u64,
     deadline: Instant,
 }
 
@@ -93,107 +94,47 @@ impl ClientLease {
 
 /// What a client learns when its session opens or renews.
 #[derive(Debug, Clone)]
-pub struct LeaseGrant {
+pub(crate) struct LeaseGrant {
     /// The token to send as `Lease-Token`.
-    pub token: String,
+    pub(crate) token: String,
     /// Fencing epoch of this session.
-    pub epoch: u64,
+    pub(crate) epoch: u64,
     /// When the client lease lapses without a request (ms since the Unix epoch).
-    pub expires_at_ms: u64,
+    pub(crate) expires_at_ms: u64,
     /// The client holding the session (its `client_id`, or its API key's name).
-    pub holder: String,
+    pub(crate) holder: String,
     /// The open found this client's own live session and answered it (a
     /// retried open after a lost answer) instead of a new one.
-    pub resumed: bool,
+    pub(crate) resumed: bool,
     /// Another client asked for the key: release it before the deadline.
-    pub handoff: Option<Handoff>,
+    pub(crate) handoff: Option<Handoff>,
     /// Messages wait for the holder (read them with `GET …/session/messages`).
-    pub messages_waiting: bool,
+    pub(crate) messages_waiting: bool,
 }
 
 /// Who opens a session.
 #[derive(Debug, Clone)]
-pub struct Claimant {
+pub(crate) struct Claimant {
     /// The holder's name: its `client_id`, or its API key's name.
-    pub holder: String,
+    pub(crate) holder: String,
     /// The API key's name.
-    pub api_key: String,
+    pub(crate) api_key: String,
     /// Whether an open by the same holder under the same key resumes its
     /// live session (only clients that name themselves can).
-    pub resumable: bool,
+    pub(crate) resumable: bool,
     /// With `request_release`: how long the holder may take to release
     /// the key itself (with its final changes) before the server saves and
     /// hands over. Zero: at once.
-    pub grace: Duration,
+    pub(crate) grace: Duration,
 }
 
 /// How an ending session treats unsaved changes.
 #[derive(Debug, Clone, Copy)]
-pub enum Ending {
+pub(crate) enum Ending {
     /// Save, then end.
     Release(Priority),
     /// Drop unsaved changes, then end.
     Close,
-}
-
-/// Why a client session ended, as its holder is told (`410 session_ended`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The client released it.
-    Released,
-    /// The client closed it.
-    Closed,
-    /// Another client (or server) took it with `steal`.
-    Stolen,
-    /// Another client asked for it; it was saved and handed over.
-    ReleaseRequested,
-    /// The client stopped renewing; it was saved and released.
-    Expired,
-    /// An administrator deleted the record.
-    Deleted,
-    /// The server shut down.
-    Shutdown,
-    /// The token is from before this server process started: the process
-    /// that opened the session stopped (shut down or crashed), and its
-    /// sessions ended with it; when is not known here.
-    ServerRestarted,
-    /// A write was fenced off: another process holds the key now.
-    LeaseLost,
-    /// The engine ended it after an error.
-    Error,
-}
-
-impl EndReason {
-    /// The name clients see.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Released => "released",
-            EndReason::Closed => "closed",
-            EndReason::Stolen => "stolen",
-            EndReason::ReleaseRequested => "release_requested",
-            EndReason::Expired => "expired",
-            EndReason::Deleted => "deleted",
-            EndReason::Shutdown => "shutdown",
-            EndReason::ServerRestarted => "server_restarted",
-            EndReason::LeaseLost => "lease_lost",
-            EndReason::Error => "error",
-        }
-    }
-
-    /// How an engine close reason is told to the client.
-    pub(crate) fn of(reason: &CloseReason) -> Self {
-        match reason {
-            CloseReason::Released => EndReason::Released,
-            CloseReason::Closed => EndReason::Closed,
-            CloseReason::LeaseLost => EndReason::LeaseLost,
-            CloseReason::Stolen => EndReason::Stolen,
-            CloseReason::ReleaseRequested => EndReason::ReleaseRequested,
-            CloseReason::Shutdown => EndReason::Shutdown,
-            CloseReason::Deleted => EndReason::Deleted,
-            CloseReason::Expired => EndReason::Expired,
-            CloseReason::Error(_) => EndReason::Error,
-        }
-    }
 }
 
 /// A session that ended, kept so its holder learns why.
@@ -217,7 +158,7 @@ struct EndedLog {
 }
 
 /// Every client session of this server.
-pub struct ClientSessions {
+pub(crate) struct ClientSessions {
     map: Mutex<HashMap<Key, ClientLease>>,
     locks: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     released: Notify,
@@ -235,15 +176,12 @@ pub struct ClientSessions {
 }
 
 fn wall_ms_in(d: Duration) -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    now + d.as_millis() as u64
+    now_ms() + d.as_millis() as u64
 }
 
 fn random_hex(n: usize) -> Result<String, ApiError> {
     let mut bytes = vec![0u8; n];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        ApiError::new(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("no randomness: {e}"))
-    })?;
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::new(ErrorCode::Internal, format!("no randomness: {e}")))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -254,8 +192,7 @@ const TOKEN_LEN: usize = 48;
 fn ended_error(e: &Ended) -> ApiError {
     let by = e.taken_over_by.as_deref().map(|b| format!(", taken over by {b:?}")).unwrap_or_default();
     let mut err = ApiError::new(
-        actix_web::http::StatusCode::GONE,
-        "session_ended",
+        ErrorCode::SessionEnded,
         match e.reason {
             EndReason::ServerRestarted => {
                 "the session ended: the server restarted since it was opened (it shut down or \
@@ -270,15 +207,11 @@ fn ended_error(e: &Ended) -> ApiError {
     err
 }
 
-pub(crate) fn now_ms() -> u64 {
-    wall_ms_in(Duration::ZERO)
-}
-
 /// The holder could not save, so the key was not handed over: its session
 /// is as it was.
 fn holder_could_not_save(holder: &str, e: &Error) -> ApiError {
-    let mut err = ApiError::conflict(
-        "holder_could_not_save",
+    let mut err = ApiError::new(
+        ErrorCode::HolderCouldNotSave,
         format!("the key's holder {holder:?} could not save its changes, so the key was not handed over: {e}"),
     );
     err.details = Some(json!({ "holder": holder, "error": e.to_string() }));
@@ -286,14 +219,13 @@ fn holder_could_not_save(holder: &str, e: &Error) -> ApiError {
 }
 
 fn held(holder: &str, expires_in: Duration) -> ApiError {
-    let mut e = ApiError::conflict("lease_held", format!("the key is held by {holder:?}"));
+    let mut e = ApiError::new(ErrorCode::LeaseHeld, format!("the key is held by {holder:?}"));
     e.details = Some(json!({ "holder": holder, "expires_at_ms": wall_ms_in(expires_in) }));
     e
 }
 
 fn bad_token() -> ApiError {
-    ApiError::conflict(
-        "invalid_lease_token",
+    ApiError::new(ErrorCode::InvalidLeaseToken,
         "no session with this lease token on this key: wrong, stale (the session ended or was taken over) or for another key",
     )
 }
@@ -301,7 +233,7 @@ fn bad_token() -> ApiError {
 impl ClientSessions {
     /// An empty set for the server running as `owner`; sessions lapse
     /// after `ttl` without a request.
-    pub fn new(ttl: Duration, owner: &str, feed: Arc<ChangeLog>) -> Self {
+    pub(crate) fn new(ttl: Duration, owner: &str, feed: Arc<ChangeLog>) -> Self {
         let tag = format!("{:08x}", seahash::hash(owner.as_bytes()) as u32);
         let boot = random_hex(4).unwrap_or_else(|_| format!("{:08x}", now_ms() as u32));
         Self {
@@ -322,7 +254,7 @@ impl ClientSessions {
     }
 
     /// Client sessions that ended because their client stopped renewing.
-    pub fn lapses(&self) -> u64 {
+    pub(crate) fn lapses(&self) -> u64 {
         self.lapses.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -379,13 +311,8 @@ impl ClientSessions {
     }
 
     /// Number of open client sessions.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map().len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn key_lock(&self, key: &Key) -> Arc<tokio::sync::Mutex<()>> {
@@ -401,7 +328,7 @@ impl ClientSessions {
     /// The previous holder's engine session always ends before the new one
     /// opens; if it cannot end (its changes cannot be saved), the key is
     /// not handed over and the holder's session stays as it was.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         store: &Store<Value>,
         key: &str,
@@ -513,8 +440,8 @@ impl ClientSessions {
             // may hold changes nobody could save, which a new client must
             // never inherit.
             if store.is_loaded(key) {
-                return Err(ApiError::conflict(
-                    "holder_could_not_save",
+                return Err(ApiError::new(
+                    ErrorCode::HolderCouldNotSave,
                     "an earlier session on this key is still ending (its changes could not be saved yet); try again",
                 ));
             }
@@ -595,7 +522,7 @@ impl ClientSessions {
 
     /// The client holding `key`, and when its client lease lapses (ms since
     /// the Unix epoch), if a client does.
-    pub fn holder(&self, store: &str, key: &str) -> Option<(String, u64)> {
+    pub(crate) fn holder(&self, store: &str, key: &str) -> Option<(String, u64)> {
         let map = self.map();
         let cur = map.get(&(store.to_owned(), key.to_owned()))?;
         Some((cur.holder.clone(), wall_ms_in(cur.expires_at.saturating_duration_since(Instant::now()))))
@@ -605,7 +532,7 @@ impl ClientSessions {
     /// lease. A wrong or foreign token is refused (`invalid_lease_token`);
     /// the token of a session that ended is answered with why
     /// (`410 session_ended`).
-    pub fn check(&self, store: &str, key: &str, token: &str) -> Result<(Session<Value>, LeaseGrant), ApiError> {
+    pub(crate) fn check(&self, store: &str, key: &str, token: &str) -> Result<(Session<Value>, LeaseGrant), ApiError> {
         let k: Key = (store.to_owned(), key.to_owned());
         let mut map = self.map();
         let current = map.get_mut(&k).filter(|cur| tokens_equal(&cur.token, token));
@@ -635,7 +562,7 @@ impl ClientSessions {
     /// (a client of this server, if any). Answers the holder when it was
     /// not told yet, so it hears it once in its feed.
     /// Answers the holder's client id and API key when the news is new.
-    pub fn set_messages_waiting(&self, store: &str, key: &str, waiting: bool) -> Option<(String, String)> {
+    pub(crate) fn set_messages_waiting(&self, store: &str, key: &str, waiting: bool) -> Option<(String, String)> {
         let mut map = self.map();
         let cur = map.get_mut(&(store.to_owned(), key.to_owned()))?;
         let news = waiting && !cur.messages_waiting;
@@ -644,7 +571,7 @@ impl ClientSessions {
     }
 
     /// The API keys under which `client` holds live sessions here.
-    pub fn client_api_keys(&self, client: &str) -> Vec<String> {
+    pub(crate) fn client_api_keys(&self, client: &str) -> Vec<String> {
         let mut keys: Vec<String> =
             self.map().values().filter(|l| l.holder == client).map(|l| l.opened_by.clone()).collect();
         keys.sort_unstable();
@@ -656,7 +583,7 @@ impl ClientSessions {
     /// the API key `opened_by` (one request instead of one per key, for a
     /// game server holding a hundred players). Answers each renewed
     /// session's store, key and grant, in no particular order.
-    pub fn renew_client(&self, client: &str, opened_by: &str) -> Vec<(Key, LeaseGrant)> {
+    pub(crate) fn renew_client(&self, client: &str, opened_by: &str) -> Vec<(Key, LeaseGrant)> {
         let now = Instant::now();
         let mut map = self.map();
         map.iter_mut()
@@ -667,7 +594,7 @@ impl ClientSessions {
     }
 
     /// Ends the session behind `token`.
-    pub async fn end(&self, store: &str, key: &str, token: &str, ending: Ending) -> Result<u64, ApiError> {
+    pub(crate) async fn end(&self, store: &str, key: &str, token: &str, ending: Ending) -> Result<u64, ApiError> {
         let k: Key = (store.to_owned(), key.to_owned());
         let lock = self.key_lock(&k);
         let _guard = lock.lock().await;
@@ -698,7 +625,7 @@ impl ClientSessions {
     /// Saves and ends every client session whose lease lapsed (clients that
     /// vanished). Answers how many ended. A session that cannot be saved
     /// stays (and is tried again next time): it is never dropped unsaved.
-    pub async fn sweep(&self) -> usize {
+    pub(crate) async fn sweep(&self) -> usize {
         let now = Instant::now();
         let expired: Vec<(Key, ClientLease)> = {
             let mut map = self.map();

@@ -9,12 +9,12 @@
 use serde_json::Value;
 
 /// Longest user id, in bytes.
-pub const MAX_USER_ID_LEN: usize = 128;
+pub(crate) const MAX_USER_ID_LEN: usize = 128;
 
 /// A user id as given: a non-empty string of printable characters (at most
 /// 128 bytes), or an integer (Roblox user ids are numbers); answered as
 /// the string stored.
-pub fn user_id(v: &Value) -> Result<String, String> {
+pub(crate) fn user_id(v: &Value) -> Result<String, String> {
     match v {
         Value::String(s) => user_id_text(s).map(|()| s.clone()),
         // Integers only: `1.5` is no user id, and `1e3` would be stored as "1000.0".
@@ -26,15 +26,37 @@ pub fn user_id(v: &Value) -> Result<String, String> {
 }
 
 /// The rule for a user id that is already text (import files, the CLI).
-pub fn user_id_text(s: &str) -> Result<(), String> {
-    if s.is_empty() || s.len() > MAX_USER_ID_LEN || s.chars().any(char::is_control) {
+pub(crate) fn user_id_text(s: &str) -> Result<(), String> {
+    if !printable_id(s) {
         return Err(format!("user id {s:?} is not 1 to {MAX_USER_ID_LEN} bytes of printable characters"));
     }
     Ok(())
 }
 
+/// A client id (the holder a game server names itself as).
+pub(crate) fn client_id(s: &str) -> Result<(), String> {
+    if !printable_id(s) {
+        return Err(format!("client_id is 1 to {MAX_USER_ID_LEN} printable characters"));
+    }
+    Ok(())
+}
+
+/// A server's owner id (`--owner-id`, `owner_id` in the config).
+pub(crate) fn owner_id(s: &str) -> Result<(), String> {
+    if !printable_id(s) {
+        return Err(format!("must be 1 to {MAX_USER_ID_LEN} bytes of printable characters"));
+    }
+    Ok(())
+}
+
+/// The one rule for the ids a user names things by: 1 to 128 bytes, no
+/// control characters.
+fn printable_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_USER_ID_LEN && !s.chars().any(char::is_control)
+}
+
 /// Metadata is a JSON object, wherever it comes from.
-pub fn metadata(v: &Value) -> Result<(), String> {
+pub(crate) fn metadata(v: &Value) -> Result<(), String> {
     if v.is_object() {
         Ok(())
     } else {
@@ -44,7 +66,7 @@ pub fn metadata(v: &Value) -> Result<(), String> {
 
 /// A store's template (the document of a new key) is a JSON object: new
 /// keys are reconciled against it field by field.
-pub fn template(v: &Value) -> Result<(), String> {
+pub(crate) fn template(v: &Value) -> Result<(), String> {
     if v.is_object() {
         Ok(())
     } else {

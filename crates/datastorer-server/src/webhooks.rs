@@ -26,11 +26,11 @@ use tracing::{info, warn};
 use datastorer::{Datastorer, FailedSave, SaveFailureReason};
 
 /// Alerts of one kind within this long become one message.
-pub const COALESCE: Duration = Duration::from_secs(2);
+pub(crate) const COALESCE: Duration = Duration::from_secs(2);
 /// Failures within `CRITICAL_WINDOW` that make the critical state.
-pub const CRITICAL_COUNT: u64 = 5;
+pub(crate) const CRITICAL_COUNT: u64 = 5;
 /// See `CRITICAL_COUNT`.
-pub const CRITICAL_WINDOW: Duration = Duration::from_secs(120);
+pub(crate) const CRITICAL_WINDOW: Duration = Duration::from_secs(120);
 const QUEUE: usize = 256;
 const MAX_TRIES: u32 = 6;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -39,7 +39,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// What an alert is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AlertKind {
+pub(crate) enum AlertKind {
     /// Saves failed (any reason but a lost lease).
     SaveFailed,
     /// `CRITICAL_COUNT` failures within `CRITICAL_WINDOW`.
@@ -71,7 +71,7 @@ impl AlertKind {
 /// The payload shape an endpoint takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Format {
+pub(crate) enum Format {
     /// `{"source", "server", "alerts": [{kind, count, message}]}`.
     #[default]
     Json,
@@ -84,22 +84,22 @@ pub enum Format {
 /// One `[[webhooks]]` table of the config file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebhookDecl {
+pub(crate) struct WebhookDecl {
     /// `http://` or `https://` URL (a secret: never logged whole).
-    pub url: String,
+    pub(crate) url: String,
     /// Payload shape (default json).
     #[serde(default)]
-    pub format: Format,
+    pub(crate) format: Format,
     /// The alerts it wants (default: all).
-    pub events: Option<Vec<AlertKind>>,
+    pub(crate) events: Option<Vec<AlertKind>>,
     /// Signs each delivery (a secret: never logged): `X-Datastorer-Timestamp`
     /// (Unix seconds) and `X-Datastorer-Signature: sha256=HEX`, the
     /// HMAC-SHA256 of `TIMESTAMP.BODY` under this secret.
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
 }
 
 /// Shortest signing secret accepted.
-pub const MIN_SECRET_LEN: usize = 16;
+pub(crate) const MIN_SECRET_LEN: usize = 16;
 
 /// The signature headers' value for `body` sent at `timestamp` (Unix
 /// seconds): hex HMAC-SHA256 of `TIMESTAMP.BODY` under `secret`, as
@@ -116,18 +116,18 @@ pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
 
 /// One alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Alert {
+pub(crate) struct Alert {
     /// What it is about.
-    pub kind: AlertKind,
+    pub(crate) kind: AlertKind,
     /// How many events it stands for.
-    pub count: u64,
+    pub(crate) count: u64,
     /// What happened, for people.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// A parsed endpoint URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     tls: bool,
     host: String,
     port: u16,
@@ -136,7 +136,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Parses an `http://` or `https://` URL; the error never repeats it.
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
+    pub(crate) fn parse(url: &str) -> Result<Endpoint, String> {
         let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
             (Some(r), _) => (true, r),
             (_, Some(r)) => (false, r),
@@ -156,7 +156,7 @@ impl Endpoint {
     }
 
     /// What logs may say about it.
-    pub fn redacted(&self) -> String {
+    pub(crate) fn redacted(&self) -> String {
         format!("{}://{}", if self.tls { "https" } else { "http" }, self.host)
     }
 
@@ -213,7 +213,7 @@ impl Endpoint {
 }
 
 /// The message for a batch of alerts, in `format`.
-pub fn payload(format: Format, server: &str, alerts: &[Alert]) -> Value {
+pub(crate) fn payload(format: Format, server: &str, alerts: &[Alert]) -> Value {
     let line = |a: &Alert| format!("{}× {}: {}", a.count, a.kind.as_str(), a.message);
     match format {
         Format::Json => json!({
@@ -258,17 +258,17 @@ struct Hook {
 
 /// Every configured webhook (none: alerts go nowhere, at no cost).
 #[derive(Default)]
-pub struct Webhooks {
+pub(crate) struct Webhooks {
     hooks: Vec<Hook>,
     /// Alerts dropped because a webhook's queue was full.
-    pub dropped: AtomicU64,
+    pub(crate) dropped: AtomicU64,
     /// Messages delivered (2xx).
-    pub delivered: Arc<AtomicU64>,
+    pub(crate) delivered: Arc<AtomicU64>,
 }
 
 impl Webhooks {
     /// Starts one sender task per webhook (on the current runtime).
-    pub fn start(decls: &[WebhookDecl], server: &str) -> Result<Webhooks, String> {
+    pub(crate) fn start(decls: &[WebhookDecl], server: &str) -> Result<Webhooks, String> {
         let mut out = Webhooks::default();
         for (i, d) in decls.iter().enumerate() {
             let endpoint = Endpoint::parse(&d.url).map_err(|e| format!("webhooks[{i}].url: {e}"))?;
@@ -285,7 +285,7 @@ impl Webhooks {
     }
 
     /// Queues `alert` for every webhook that wants it; never waits.
-    pub fn alert(&self, alert: Alert) {
+    pub(crate) fn alert(&self, alert: Alert) {
         for h in &self.hooks {
             if h.wants.as_ref().is_some_and(|w| !w.contains(&alert.kind)) {
                 continue;
@@ -297,17 +297,17 @@ impl Webhooks {
     }
 
     /// How many webhooks are configured.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.hooks.len()
     }
 
     /// Whether none is.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.hooks.is_empty()
     }
 
     /// The endpoints, as logs may name them.
-    pub fn describe(&self) -> Vec<String> {
+    pub(crate) fn describe(&self) -> Vec<String> {
         self.hooks.iter().map(|h| format!("{} ({:?})", h.endpoint.redacted(), h.format)).collect()
     }
 }
@@ -364,7 +364,7 @@ async fn deliver(
 }
 
 /// Turns the engine's failure counters into alerts, once a second.
-pub async fn watch_failures(ds: Datastorer, hooks: Arc<Webhooks>) {
+pub(crate) async fn watch_failures(ds: Datastorer, hooks: Arc<Webhooks>) {
     let mut watch = FailureWatch::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -13,7 +13,7 @@ use common::{env_or, Rng};
 use datastorer::storage::{storage_key, Record, RecordHeader};
 use datastorer::testing::Cluster;
 use datastorer::{Error, StoreSpec};
-use datastorer_server::json::MigrationStep;
+use datastorer_server::MigrationStep;
 use serde_json::{json, Map, Value};
 
 fn value(rng: &mut Rng, depth: u32) -> Value {

@@ -993,7 +993,7 @@ async fn webhooks_receive_alerts_in_their_format_and_a_failed_delivery_is_retrie
     let timestamp: u64 = signed.headers["x-datastorer-timestamp"].parse().unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert!(now.abs_diff(timestamp) < 60, "a current timestamp: {timestamp}");
-    let expected = datastorer_server::webhooks::signature("a-shared-secret-0123", timestamp, &signed.raw);
+    let expected = datastorer_server::webhook_signature("a-shared-secret-0123", timestamp, &signed.raw);
     assert_eq!(signed.headers["x-datastorer-signature"], expected);
     let flaky = &got["/flaky"];
     assert_eq!(flaky[0], flaky[1], "the same alert again after the 503");

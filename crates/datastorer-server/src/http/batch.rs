@@ -17,22 +17,29 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::future::join_all;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::auth::Role;
-use super::error::ApiError;
-use super::json::merge_patch;
-use super::routes::{parse, read_json, session_of, AccessClient, AppState, PriorityParam};
-use super::sessions::Ending;
-
-/// Most operations one batch may carry (the body limit applies as well).
-pub const MAX_BATCH_OPS: usize = 1000;
+use super::fallback::resource;
+use super::session::add_notices;
+use crate::access::AccessClient;
+use crate::auth::Role;
+use crate::error::{ApiError, ErrorCode};
+use crate::extract::{check_client_id, parse, required_json, session_of, PriorityParam};
+use crate::json::merge_patch;
+use crate::limits::MAX_BATCH_OPS;
+use crate::sessions::Ending;
+use crate::state::AppState;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Registers the batch routes.
+pub(super) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/batch").route(web::post().to(batch)))
+        .service(resource("/v1/clients/{client_id}/renew").route(web::post().to(renew_client)));
+}
 
 #[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -72,12 +79,12 @@ struct BatchBody {
 impl OpBody {
     /// Refuses a combination the operation does not take, naming it.
     fn check(&self, at: usize) -> Result<()> {
-        let bad = |m: String| Err(ApiError::bad_request("bad_operation", format!("ops[{at}]: {m}")));
+        let bad = |m: String| Err(ApiError::new(ErrorCode::BadOperation, format!("ops[{at}]: {m}")));
         let name = format!("{:?}", self.op).to_ascii_lowercase();
         datastorer::validate_store_name(&self.store)
-            .map_err(|e| ApiError::bad_request("invalid_name", format!("ops[{at}]: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidName, format!("ops[{at}]: {e}")))?;
         datastorer::validate_key(&self.key)
-            .map_err(|e| ApiError::bad_request("invalid_name", format!("ops[{at}]: {e}")))?;
+            .map_err(|e| ApiError::new(ErrorCode::InvalidName, format!("ops[{at}]: {e}")))?;
         if self.lease_token.is_empty() {
             return bad("lease_token is empty".into());
         }
@@ -102,8 +109,8 @@ impl OpBody {
 /// status.
 fn failure(e: &ApiError) -> Value {
     let mut out = Map::new();
-    out.insert("status".into(), json!(e.status.as_u16()));
-    out.insert("code".into(), json!(e.code));
+    out.insert("status".into(), json!(e.status().as_u16()));
+    out.insert("code".into(), json!(e.code.as_str()));
     out.insert("message".into(), json!(e.message));
     if let Some(Value::Object(extra)) = &e.details {
         out.extend(extra.clone());
@@ -112,9 +119,10 @@ fn failure(e: &ApiError) -> Value {
 }
 
 fn skipped(first_failure: usize) -> Value {
+    let code = ErrorCode::Skipped;
     json!({
-        "status": 424,
-        "code": "skipped",
+        "status": code.status().as_u16(),
+        "code": code.as_str(),
         "message": format!("not run: ops[{first_failure}] on the same key failed before it"),
     })
 }
@@ -122,9 +130,9 @@ fn skipped(first_failure: usize) -> Value {
 /// Runs one operation; answers its success body.
 async fn run_op(state: &AppState, op: OpBody) -> Result<Value> {
     let path = (op.store, op.key);
-    let (session, grant) = session_of(state, &path, &op.lease_token).await?;
+    let (session, grant) = session_of(state, &path.0, &path.1, &op.lease_token).await?;
     let mut out = json!({ "status": 200 });
-    super::routes::add_notices(&mut out, &grant);
+    add_notices(&mut out, &grant);
     let final_patch = match op.op {
         Kind::Patch | Kind::Replace => op.data.map(|d| (op.op, d)),
         Kind::Release => op.data.map(|d| (Kind::Patch, d)),
@@ -197,25 +205,23 @@ async fn run_key(state: &AppState, ops: Vec<(usize, OpBody)>) -> Vec<(usize, Val
 /// `POST /v1/batch`: `{"ops": [{"op", "store", "key", "lease_token", …}]}`
 /// answered `200 {"results": [...], "succeeded", "failed"}` with one result
 /// per operation, in the order sent.
-pub async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
+async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse> {
     state.admit()?;
     let who = state.auth(&req, Role::Write)?;
-    let body = read_json(&req, payload, &state, &["application/json"], false).await?;
-    let body: BatchBody = parse(body.unwrap_or(Value::Null))?;
+    let body = required_json(&req, payload, &state, &["application/json"], r#"{"ops": [...]}"#).await?;
+    let body: BatchBody = parse(body)?;
     if body.ops.len() > MAX_BATCH_OPS {
-        let mut e = ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_operations",
+        return Err(ApiError::new(
+            ErrorCode::TooManyOperations,
             format!("a batch carries at most {MAX_BATCH_OPS} operations; this one has {}", body.ops.len()),
-        );
-        e.details = Some(json!({ "max_operations": MAX_BATCH_OPS }));
-        return Err(e);
+        )
+        .with(json!({ "max_operations": MAX_BATCH_OPS })));
     }
     let n = body.ops.len();
     let mut by_key: Vec<Vec<(usize, OpBody)>> = Vec::new();
     let mut slot: HashMap<(String, String), usize> = HashMap::new();
     for (at, raw) in body.ops.into_iter().enumerate() {
-        let op: OpBody = parse(raw).map_err(|e| ApiError::bad_request(e.code, format!("ops[{at}]: {}", e.message)))?;
+        let op: OpBody = parse(raw).map_err(|e| ApiError::new(e.code, format!("ops[{at}]: {}", e.message)))?;
         op.check(at)?;
         who.may_use(&op.store).map_err(|e| ApiError { message: format!("ops[{at}]: {}", e.message), ..e })?;
         let i = *slot.entry((op.store.clone(), op.key.clone())).or_insert_with(|| {
@@ -234,15 +240,11 @@ pub async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<App
 
 /// `POST /v1/clients/{client_id}/renew`: renews every session `client_id`
 /// holds that was opened under the caller's API key.
-pub async fn renew_client(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse> {
+async fn renew_client(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse> {
     state.admit()?;
     let who = state.auth(&req, Role::Write)?;
     let client = path.into_inner();
-    super::routes::check_client_id(&client)?;
+    check_client_id(&client)?;
     req.extensions_mut().insert(AccessClient(client.clone()));
     let mut renewed = state.sessions.renew_client(&client, &who.name);
     renewed.sort_by(|a, b| a.0.cmp(&b.0));

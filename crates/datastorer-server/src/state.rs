@@ -1,0 +1,122 @@
+//! What every handler shares: the engine, the resolved configuration, the
+//! client sessions, the change log, metrics, budgets and webhooks, and the
+//! three checks every request on a store passes (admitted, authenticated,
+//! the store resolved).
+//!
+//! Owns: `AppState` and the shutdown flags. Must not: know any route; the
+//! handlers under `http/` read this state, never the other way round.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{HttpMessage, HttpRequest};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::access::AccessKey;
+use crate::auth::{authorize, Identity, Role};
+use crate::budget::Budgets;
+use crate::change_log::ChangeLog;
+use crate::config::ServerConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::Metrics;
+use crate::sessions::ClientSessions;
+use crate::webhooks::Webhooks;
+use datastorer::storage::postgres::PgBackend;
+use datastorer::{Datastorer, Store, StoreSpec};
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Everything the handlers share.
+pub(crate) struct AppState {
+    /// The engine.
+    pub(crate) ds: Datastorer,
+    /// Resolved configuration.
+    pub(crate) config: ServerConfig,
+    /// Stores by name (declared ones registered at start).
+    pub(crate) stores: Mutex<HashMap<String, Store<Value>>>,
+    /// Client sessions.
+    pub(crate) sessions: ClientSessions,
+    /// Counters.
+    pub(crate) metrics: Metrics,
+    /// Flips to true when shutdown starts (ends change feeds).
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Whether shutdown started (readiness; session requests get 503).
+    pub(crate) shutting_down: AtomicBool,
+    /// Requests being handled (the shutdown waits for them).
+    pub(crate) in_flight: AtomicUsize,
+    /// The PostgreSQL backend, when servers share one.
+    pub(crate) postgres: Option<Arc<PgBackend>>,
+    /// Every feed event, numbered (the poll and SSE routes read it).
+    pub(crate) changes: Arc<ChangeLog>,
+    /// Request budgets of the API keys that have one.
+    pub(crate) budgets: Budgets,
+    /// Alert endpoints.
+    pub(crate) webhooks: Arc<Webhooks>,
+}
+
+impl AppState {
+    /// Refuses session work once shutdown started: the engine is about to
+    /// release every session, and a request admitted later would race it.
+    pub(crate) fn admit(&self) -> Result<()> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down"));
+        }
+        Ok(())
+    }
+
+    /// For a sessionless write to `store`/`key`: admitted (not shutting
+    /// down), authorized to write, the store resolved and the key valid.
+    pub(crate) fn sessionless_write(&self, req: &HttpRequest, store: &str, key: &str) -> Result<Store<Value>> {
+        self.admit()?;
+        self.auth(req, Role::Write)?;
+        let resolved = self.store(store)?;
+        datastorer::validate_key(key).map_err(ApiError::from)?;
+        Ok(resolved)
+    }
+
+    /// The store `name`: declared, or created on first use unless strict.
+    pub(crate) fn store(&self, name: &str) -> Result<Store<Value>> {
+        datastorer::validate_store_name(name).map_err(ApiError::from)?;
+        let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = stores.get(name) {
+            return Ok(s.clone());
+        }
+        if self.config.strict_stores {
+            return Err(undeclared(name));
+        }
+        let store = self.ds.store(name, StoreSpec::new(json!({})))?;
+        stores.insert(name.to_owned(), store.clone());
+        Ok(store)
+    }
+
+    /// Authenticates `req`, charges its key's request budget (429 with
+    /// `Retry-After` when spent) and, for a route on a store, checks the
+    /// key's store scope.
+    pub(crate) fn auth(&self, req: &HttpRequest, role: Role) -> Result<Identity> {
+        let who = authorize(req, &self.config.api_keys, role, |name| {
+            req.extensions_mut().insert(AccessKey(name.to_owned()));
+        })?;
+        if req.extensions().get::<AccessKey>().is_none() {
+            req.extensions_mut().insert(AccessKey(who.name.clone()));
+        }
+        if let Err(seconds) = self.budgets.charge(&who.name) {
+            let mut e = ApiError::new(
+                ErrorCode::RateLimited,
+                format!("API key {:?} spent its request budget; retry in {seconds} s", who.name),
+            );
+            e.retry_after = Some(seconds);
+            return Err(e);
+        }
+        if let Some(store) = req.match_info().get("store") {
+            who.may_use(store)?;
+        }
+        Ok(who)
+    }
+}
+
+/// The answer for a store that strict stores do not know.
+pub(crate) fn undeclared(name: &str) -> ApiError {
+    ApiError::new(ErrorCode::UnknownStore, format!("store {name:?} is not declared (strict stores)"))
+}
