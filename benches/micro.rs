@@ -101,11 +101,7 @@ mod backend {
                 let key = storage_key("bench", &format!("k{i}"));
                 let value = record(1024).encode();
                 backend.raw_put(&key, &value);
-                WriteOp {
-                    key,
-                    precondition: Precondition::Header(RecordHeader { epoch: 3, revision: 41 }),
-                    value: Some(value),
-                }
+                WriteOp::new(key, Precondition::Header(RecordHeader { epoch: 3, revision: 41 }), Some(value))
             })
             .collect()
     }
@@ -120,7 +116,7 @@ mod backend {
             let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
             for op in ops {
                 if let Some(v) = op.value {
-                    m.insert(op.key, v);
+                    m.insert(op.key.to_vec(), v.to_vec());
                 }
             }
         });

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::messages::queue::{Operation, QueueFailure, Reply, Submit};
 use crate::registry::Registry;
-use crate::storage::{Backend, KeyValues, Precondition, StorageError, WriteOutcome};
+use crate::storage::{AllOrNothing, Backend, KeyValues, StorageError, StorageKey, WriteOp, WriteOutcome};
 use crate::types::Priority;
 
 pub(crate) struct Engine {
@@ -67,32 +67,31 @@ impl Engine {
     /// Sends one request through the queue; answers its reply.
     fn request(
         &self,
-        store: &Arc<str>,
-        key: &Arc<str>,
-        storage_key: Vec<u8>,
         op: Operation,
         lane: Priority,
     ) -> impl std::future::Future<Output = Result<Reply, QueueFailure>> + 'static {
         let (reply, rx) = oneshot::channel();
-        self.queue.do_send(Submit { store: store.clone(), key: key.clone(), storage_key, op, lane, reply });
+        self.queue.do_send(Submit { op, lane, reply });
         async move { rx.await.unwrap_or(Err(QueueFailure::Stopped)) }
     }
 
     // The typed ways to the queue: each operation answers its own result,
     // with queue failures already turned into the public error of
-    // `store`/`key`. Only the queue can pair an answer with the wrong
-    // operation, and it never does; `mismatch` names that bug plainly
-    // instead of passing it off as "not running".
+    // `store`/`key` (the record a request is for, which for a meta key such
+    // as an epoch floor is the record that needed it). Only the queue can
+    // pair an answer with the wrong operation, and it never does;
+    // `mismatch` names that bug plainly instead of passing it off as "not
+    // running".
 
     /// Reads `storage_key` through the queue.
     pub(crate) fn get(
         &self,
         store: &Arc<str>,
         key: &Arc<str>,
-        storage_key: Vec<u8>,
+        storage_key: StorageKey,
         lane: Priority,
     ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, Error>> + 'static {
-        let request = self.request(store, key, storage_key, Operation::Get, lane);
+        let request = self.request(Operation::Get(storage_key), lane);
         let (store, key) = (store.clone(), key.clone());
         async move {
             match request.await {
@@ -103,17 +102,15 @@ impl Engine {
         }
     }
 
-    /// Writes (or with `value: None` deletes) `storage_key` if `precondition` holds.
+    /// Applies `op` (a conditional write, or a delete) through the queue.
     pub(crate) fn write(
         &self,
         store: &Arc<str>,
         key: &Arc<str>,
-        storage_key: Vec<u8>,
-        precondition: Precondition,
-        value: Option<Vec<u8>>,
+        op: WriteOp,
         lane: Priority,
     ) -> impl std::future::Future<Output = Result<WriteOutcome, Error>> + 'static {
-        let request = self.request(store, key, storage_key, Operation::Write { precondition, value }, lane);
+        let request = self.request(Operation::Write(op), lane);
         let (store, key) = (store.clone(), key.clone());
         async move {
             match request.await {
@@ -131,11 +128,10 @@ impl Engine {
         &self,
         store: &Arc<str>,
         key: &Arc<str>,
-        ops: Vec<crate::storage::WriteOp>,
+        ops: Vec<WriteOp>,
         lane: Priority,
-    ) -> impl std::future::Future<Output = Result<crate::storage::AllOrNothing, Error>> + 'static {
-        let storage_key = ops.first().map(|o| o.key.clone()).unwrap_or_default();
-        let request = self.request(store, key, storage_key, Operation::WriteAll { ops }, lane);
+    ) -> impl std::future::Future<Output = Result<AllOrNothing, Error>> + 'static {
+        let request = self.request(Operation::WriteAll { ops }, lane);
         let (store, key) = (store.clone(), key.clone());
         async move {
             match request.await {
@@ -156,8 +152,8 @@ impl Engine {
         start_after: Option<Vec<u8>>,
         limit: usize,
     ) -> impl std::future::Future<Output = Result<KeyValues, Error>> + 'static {
-        let op = Operation::Scan { prefix: prefix.clone(), start_after, limit };
-        let request = self.request(store, label, prefix, op, Priority::Normal);
+        let op = Operation::Scan { prefix: prefix.into(), start_after, limit };
+        let request = self.request(op, Priority::Normal);
         let (store, label) = (store.clone(), label.clone());
         async move {
             match request.await {

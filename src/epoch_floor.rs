@@ -17,7 +17,7 @@ use std::sync::Arc;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::retry::{Contention, CONTENTION_WINDOW};
-use crate::storage::{Precondition, Record, RecordHeader, WriteOutcome};
+use crate::storage::{Precondition, Record, RecordHeader, StorageKey, WriteOp, WriteOutcome};
 use crate::types::Priority;
 
 /// The meta key of `store`'s floor.
@@ -57,7 +57,7 @@ pub(crate) async fn read(engine: &Engine, store: &Arc<str>, key: &Arc<str>) -> R
     if let Some(floor) = cache.and_then(|c| c.get(store)) {
         return Ok(floor);
     }
-    let v = engine.get(store, key, floor_key(store), Priority::Normal).await?;
+    let v = engine.get(store, key, floor_key(store).into(), Priority::Normal).await?;
     let floor = v.as_deref().and_then(decode).map_or(0, |h| h.epoch);
     // A raise may have landed meanwhile: the higher one holds.
     Ok(cache.map_or(floor, |c| c.raise(store, floor)))
@@ -67,7 +67,7 @@ pub(crate) async fn read(engine: &Engine, store: &Arc<str>, key: &Arc<str>) -> R
 /// reached it is deleted (so a crash in between leaves the floor high,
 /// which is harmless, never low).
 pub(crate) async fn raise(engine: &Engine, store: &Arc<str>, key: &Arc<str>, epoch: u64) -> Result<(), Error> {
-    let fkey = floor_key(store);
+    let fkey: StorageKey = floor_key(store).into();
     // Concurrent deletes in other processes may race us; each round
     // re-reads, and a lost round waits a little (see `Contention`).
     let mut contention = Contention::new(CONTENTION_WINDOW);
@@ -84,8 +84,8 @@ pub(crate) async fn raise(engine: &Engine, store: &Arc<str>, key: &Arc<str>, epo
             // and a floor can only be raised by this, never lowered.
             (Some(_), None) => (Precondition::Any, 1),
         };
-        let value = Some(encode(RecordHeader { epoch, revision }));
-        match engine.write(store, key, fkey.clone(), precondition, value, Priority::Normal).await? {
+        let op = WriteOp::new(fkey.clone(), precondition, Some(encode(RecordHeader { epoch, revision })));
+        match engine.write(store, key, op, Priority::Normal).await? {
             WriteOutcome::Applied => {
                 if let Some(cache) = engine.backend.floor_cache() {
                     cache.raise(store, epoch);

@@ -113,8 +113,8 @@ impl<T: Document> Store<T> {
                 None => Precondition::Absent,
             };
             let ops = vec![
-                WriteOp { key: storage_key(self.name(), key), precondition: record, value: None },
-                WriteOp { key: storage_key(inbox.name(), key), precondition: inbox_now, value: None },
+                WriteOp::new(storage_key(self.name(), key), record, None::<bytes::Bytes>),
+                WriteOp::new(storage_key(inbox.name(), key), inbox_now, None::<bytes::Bytes>),
             ];
             let refused = match engine.write_all(&name, &key_arc, ops, crate::types::Priority::Normal).await? {
                 AllOrNothing::Applied => return Ok(true),

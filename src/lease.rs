@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -15,7 +16,9 @@ use tracing::debug;
 
 use crate::error::Error;
 use crate::migration::{migrate, reconcile};
-use crate::storage::{LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOutcome};
+use crate::storage::{
+    LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, StorageKey, WriteOp, WriteOutcome,
+};
 use crate::store_def::StoreDef;
 use crate::types::Document;
 use crate::types::{AcquirePolicy, Priority};
@@ -35,6 +38,11 @@ pub(crate) struct Loaded<T> {
     pub saved_meta_generation: u32,
     /// Length of the last JSON encoding of `data`: the next one's capacity.
     pub encoded_len_hint: u32,
+    /// The JSON encoding of `data` made when it last changed (the size
+    /// check's), kept until the save that writes it, so a change is
+    /// serialized once. `None` once saved or after any other change.
+    /// Boxed: a clean key pays one pointer for it.
+    pub encoded: Option<Box<Bytes>>,
     pub created_at_ms: u64,
     pub header: RecordHeader,
     pub expires_at_ms: u64,
@@ -69,7 +77,7 @@ const MAX_RACES: u32 = 16;
 pub(crate) async fn acquire<T: Document>(
     store: Arc<StoreDef<T>>,
     key: Arc<str>,
-    storage_key: Vec<u8>,
+    storage_key: StorageKey,
     user_ids: Vec<String>,
     policy: AcquirePolicy,
 ) -> Result<Loaded<T>, Error> {
@@ -178,8 +186,13 @@ pub(crate) async fn acquire<T: Document>(
             Precondition::Acquire { expected, .. } => Some(expected),
             _ => None,
         };
-        let value = Some(record.encode());
-        let written = engine.write(&store.name, &key, storage_key.clone(), precondition, value, Priority::Normal);
+        let op = WriteOp {
+            key: storage_key.clone(),
+            precondition,
+            value: Some(record.encode().into()),
+            index: Some(record.index()),
+        };
+        let written = engine.write(&store.name, &key, op, Priority::Normal);
         match written.await? {
             WriteOutcome::Applied => {
                 if let Some(holder) = stolen_from {
@@ -198,6 +211,7 @@ pub(crate) async fn acquire<T: Document>(
                     meta_generation: 0,
                     saved_meta_generation: 0,
                     encoded_len_hint: u32::try_from(record.data.len()).unwrap_or(u32::MAX),
+                    encoded: None,
                     created_at_ms: record.created_at_ms,
                     header,
                     expires_at_ms,

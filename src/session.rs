@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::keepalive::Keepalive;
 use crate::messages::key::{
     AddUserId, CheckLease, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, RemoveUserId, Save,
-    SetMetadata, Update,
+    SetMetadata, Update, UpdateEncoded,
 };
 use crate::registry::CloseSignal;
 use crate::types::Document;
@@ -129,6 +129,17 @@ impl<T: Document> Session<T> {
     /// `Error::Panicked`, and the session stays open.
     pub async fn update<R: Send + 'static>(&self, f: impl FnOnce(&mut T) -> R + Send + 'static) -> Result<R, Error> {
         self.addr.send(Update(f, PhantomData)).await.map_err(|_| self.gone())?
+    }
+
+    /// [`Session::update`], answering also the document's JSON encoding
+    /// after the change: the bytes the next save writes (made once, by the
+    /// size check), for a caller that sends the document on, such as an
+    /// HTTP answer, without serializing it again.
+    pub async fn update_encoded<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut T) -> R + Send + 'static,
+    ) -> Result<(R, bytes::Bytes), Error> {
+        self.addr.send(UpdateEncoded(f, PhantomData)).await.map_err(|_| self.gone())?
     }
 
     /// The metadata stored beside the document.

@@ -30,7 +30,8 @@ use crate::registry::{CloseSignal, Fingerprint, StoreControl};
 use crate::retry::CONTENTION_WINDOW;
 use crate::session::Session;
 use crate::storage::{
-    split_storage_key, storage_key, store_prefix, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOutcome,
+    split_storage_key, storage_key, store_prefix, Notice, NoticeKind, Precondition, Record, RecordHeader, StorageKey,
+    WriteOp, WriteOutcome,
 };
 pub use crate::store_def::Hooks;
 use crate::store_def::{Deregister, StoreDef};
@@ -438,7 +439,7 @@ impl<T: Document> Store<T> {
         validate_key(&key)?;
         let shared = &self.shared;
         let key: Arc<str> = Arc::from(key);
-        let skey = storage_key(&shared.name, &key);
+        let skey = StorageKey::record(&shared.name, &key);
         match shared.engine.get(&shared.name, &key, skey, Priority::Normal).await? {
             None => Ok(None),
             Some(bytes) => Record::decode(&bytes).map(Some).map_err(|source| Error::CorruptRecord {
@@ -543,7 +544,8 @@ impl<T: Document> Store<T> {
         let reached = match precondition {
             Precondition::Header(h) => Some(h.epoch),
             _ => {
-                let raw = engine.get(&shared.name, &key_arc, storage_key(&shared.name, &key), Priority::Normal).await?;
+                let skey = StorageKey::record(&shared.name, &key_arc);
+                let raw = engine.get(&shared.name, &key_arc, skey, Priority::Normal).await?;
                 raw.as_deref().and_then(crate::storage::RecordHeader::peek).map(|h| h.epoch)
             }
         };
@@ -557,8 +559,8 @@ impl<T: Document> Store<T> {
             engine.backend.notices().publish(Notice { store: shared.name.to_string(), key, kind: NoticeKind::Deleted });
             return Ok(deleted);
         }
-        let skey = storage_key(&shared.name, &key);
-        let outcome = engine.write(&shared.name, &key_arc, skey, precondition, None, Priority::Normal).await?;
+        let op = WriteOp::new(StorageKey::record(&shared.name, &key_arc), precondition, None::<bytes::Bytes>);
+        let outcome = engine.write(&shared.name, &key_arc, op, Priority::Normal).await?;
         let applied = match outcome {
             WriteOutcome::Applied => true,
             // Gone already: our own attempt whose answer was lost (the

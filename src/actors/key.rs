@@ -19,6 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use bytes::Bytes;
 use serde_json::Value;
 use tracing::{debug, warn};
 
@@ -27,12 +28,14 @@ use crate::error::Error;
 use crate::lease::{acquire, Loaded};
 use crate::messages::key::{
     AddUserId, CheckLease, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release,
-    RemoveUserId, Save, SetMetadata, Update,
+    RemoveUserId, Save, SetMetadata, Update, UpdateEncoded,
 };
 use crate::migration::panic_message;
 use crate::registry::CloseSignal;
 use crate::storage::record::{LeaseRef, RecordRef};
-use crate::storage::{storage_key, EndKind, Notice, NoticeKind, Precondition, Record, RecordHeader, WriteOutcome};
+use crate::storage::{
+    EndKind, Notice, NoticeKind, Precondition, Record, RecordHeader, RecordIndex, StorageKey, WriteOp, WriteOutcome,
+};
 use crate::store_def::StoreDef;
 use crate::types::Document;
 use crate::types::{CloseReason, LeaseInfo, Priority, SaveOutcome};
@@ -114,8 +117,8 @@ impl<T: Document> KeyActor<T> {
         Self { store, key, phase: Phase::Opening, doc: None, writes: WriteSlot::default(), closed }
     }
 
-    fn storage_key(&self) -> Vec<u8> {
-        storage_key(&self.store.name, &self.key)
+    fn storage_key(&self) -> StorageKey {
+        StorageKey::record(&self.store.name, &self.key)
     }
 
     fn closed_error(&self) -> Error {
@@ -144,19 +147,19 @@ impl<T: Document> KeyActor<T> {
         bus.publish(Notice { store: self.store.name.to_string(), key: self.key.to_string(), kind });
     }
 
-    /// The document as JSON bytes and their checksum.
-    fn encode_data(&mut self) -> Result<(Vec<u8>, u64), Error> {
+    /// The document as JSON bytes and their checksum: the encoding its
+    /// last change made (taken: a saved key keeps no second copy), or a
+    /// fresh one.
+    fn encode_data(&mut self) -> Result<(Bytes, u64), Error> {
         let Some(doc) = self.doc.as_mut() else { return Err(self.closed_error()) };
-        // Sized by the last encoding, so a 1 KiB document is not grown
-        // through a chain of reallocations on every autosave tick.
-        let mut bytes = Vec::with_capacity(doc.encoded_len_hint as usize + 16);
-        if let Err(e) = serde_json::to_writer(&mut bytes, &doc.data) {
-            return Err(Error::Serialize {
+        let bytes = match doc.encoded.take() {
+            Some(bytes) => *bytes,
+            None => encode_within(&doc.data, usize::MAX, doc.encoded_len_hint).map_err(|fault| Error::Serialize {
                 store: self.store.name.to_string(),
                 key: self.key.to_string(),
-                message: e.to_string(),
-            });
-        }
+                message: fault.message(),
+            })?,
+        };
         doc.encoded_len_hint = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let checksum = seahash::hash(&bytes);
         Ok((bytes, checksum))
@@ -198,7 +201,7 @@ impl<T: Document> KeyActor<T> {
         kind: WriteKind,
         priority: Priority,
         receipts: Vec<ReceiptTx>,
-        encoded: Option<(Vec<u8>, u64)>,
+        encoded: Option<(Bytes, u64)>,
         ctx: &mut Context<Self>,
     ) {
         if let WriteKind::Close(reason) = kind {
@@ -268,14 +271,28 @@ impl<T: Document> KeyActor<T> {
             created_at_ms: doc.created_at_ms,
             updated_at_ms: now_ms,
         };
-        let (precondition, value) = (Precondition::Header(doc.header), Some(record.encode()));
+        // What the actor already holds goes along, for a backend that
+        // stores it in columns of its own (it would otherwise decode it
+        // back out of the bytes).
+        let index = engine.backend.capabilities().indexes_records.then(|| RecordIndex {
+            header,
+            lease_owner: (!releasing).then(|| engine.owner.to_string()),
+            lease_expires_ms: if releasing { 0 } else { expires_at_ms },
+            user_ids: doc.user_ids.to_vec(),
+        });
+        let op = WriteOp {
+            key: self.storage_key(),
+            precondition: Precondition::Header(doc.header),
+            value: Some(Bytes::from(record.encode())),
+            index,
+        };
         debug!(
             target: "datastorer::key", store = %self.store.name, key = %self.key,
             write = kind.name(), revision = header.revision, lane = priority.as_str(), "write queued"
         );
         let written = Written { priority, checksum, meta_generation: doc.meta_generation, header, expires_at_ms };
         self.writes.started(kind, receipts, written);
-        let fut = engine.write(&self.store.name, &self.key, self.storage_key(), precondition, value, priority);
+        let fut = engine.write(&self.store.name, &self.key, op, priority);
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| act.write_done(res, ctx)));
     }
 
@@ -354,7 +371,13 @@ impl<T: Document> KeyActor<T> {
             record.header = header;
             record.lease = None;
             record.updated_at_ms = engine.clock.now_ms();
-            engine.write(&store, &key, skey, Precondition::Header(expected), Some(record.encode()), priority).await
+            let op = WriteOp {
+                key: skey,
+                precondition: Precondition::Header(expected),
+                value: Some(record.encode().into()),
+                index: Some(record.index()),
+            };
+            engine.write(&store, &key, op, priority).await
         }
     }
 
@@ -661,6 +684,23 @@ where
     }
 }
 
+impl<T: Document, F, R> Handler<UpdateEncoded<T, F, R>> for KeyActor<T>
+where
+    F: FnOnce(&mut T) -> R + Send + 'static,
+    R: Send + 'static,
+{
+    type Result = MessageResult<UpdateEncoded<T, F, R>>;
+
+    fn handle(&mut self, msg: UpdateEncoded<T, F, R>, _ctx: &mut Self::Context) -> Self::Result {
+        let updated = self.update(msg.0).and_then(|out| {
+            // `update` keeps the encoding it checked the size with.
+            let bytes = self.current_encoding().ok_or_else(|| self.closed_error())?;
+            Ok((out, bytes))
+        });
+        MessageResult(updated)
+    }
+}
+
 impl<T: Document> KeyActor<T> {
     fn read<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, Error> {
         if !matches!(self.phase, Phase::Open | Phase::Closing(_)) {
@@ -687,7 +727,9 @@ impl<T: Document> KeyActor<T> {
             });
         }
         // The copy restores the document if the closure panics half-way, or
-        // if its result could never be saved.
+        // if its result could never be saved. The encoding of the document
+        // before the change is stale whatever happens.
+        doc.encoded = None;
         let before = doc.data.clone();
         let out = match catch_unwind(AssertUnwindSafe(|| f(&mut doc.data))) {
             Ok(out) => out,
@@ -698,10 +740,15 @@ impl<T: Document> KeyActor<T> {
         };
         // Checked here, at the change, not at the next save: a change that
         // cannot be saved would otherwise sit in memory failing every
-        // autosave until the process exits and loses it.
+        // autosave until the process exits and loses it. The encoding the
+        // check makes is the one the next save writes.
         let limit = self.store.engine.config.max_document_bytes;
-        match encoded_size_within(&doc.data, limit) {
-            Ok(()) => Ok(out),
+        match encode_within(&doc.data, limit, doc.encoded_len_hint) {
+            Ok(bytes) => {
+                doc.encoded_len_hint = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                doc.encoded = Some(Box::new(bytes));
+                Ok(out)
+            }
             Err(fault) => {
                 doc.data = before;
                 let (store, key) = (self.store.name.to_string(), self.key.to_string());
@@ -712,6 +759,11 @@ impl<T: Document> KeyActor<T> {
             }
         }
     }
+
+    /// The encoding the last change made (see `update`), shared.
+    fn current_encoding(&self) -> Option<Bytes> {
+        self.doc.as_ref().and_then(|d| d.encoded.as_deref().cloned())
+    }
 }
 
 enum SizeFault {
@@ -719,29 +771,41 @@ enum SizeFault {
     Unserializable(String),
 }
 
-/// Whether `doc` encodes to at most `limit` bytes, without keeping the
-/// encoding (and stopping as soon as it passes the limit).
-fn encoded_size_within<T: serde::Serialize>(doc: &T, limit: usize) -> Result<(), SizeFault> {
-    struct Count {
-        n: usize,
+impl SizeFault {
+    fn message(self) -> String {
+        match self {
+            SizeFault::TooLarge => "the document grew past the limit while encoding".to_owned(),
+            SizeFault::Unserializable(m) => m,
+        }
+    }
+}
+
+/// `doc` as JSON, if it encodes to at most `limit` bytes (stopping as soon
+/// as it passes the limit). `hint`, the length of the last encoding, sizes
+/// the buffer so a 1 KiB document is not grown through a chain of
+/// reallocations on every change.
+fn encode_within<T: serde::Serialize>(doc: &T, limit: usize, hint: u32) -> Result<Bytes, SizeFault> {
+    struct Bounded {
+        out: Vec<u8>,
         limit: usize,
     }
-    impl std::io::Write for Count {
+    impl std::io::Write for Bounded {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.n += buf.len();
-            if self.n > self.limit {
+            if self.out.len() + buf.len() > self.limit {
                 return Err(std::io::Error::other("over the limit"));
             }
+            self.out.extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    let mut count = Count { n: 0, limit };
-    match serde_json::to_writer(&mut count, doc) {
-        Ok(()) => Ok(()),
-        Err(_) if count.n > limit => Err(SizeFault::TooLarge),
+    let capacity = (hint as usize).saturating_add(16).min(limit.saturating_add(1));
+    let mut w = Bounded { out: Vec::with_capacity(capacity), limit };
+    match serde_json::to_writer(&mut w, doc) {
+        Ok(()) => Ok(Bytes::from(w.out)),
+        Err(e) if e.is_io() => Err(SizeFault::TooLarge),
         Err(e) => Err(SizeFault::Unserializable(e.to_string())),
     }
 }

@@ -133,8 +133,8 @@ impl Queued for Pending {
     }
     fn class(&self) -> BudgetClass {
         match self.req.op {
-            Operation::Get => BudgetClass::Get,
-            Operation::Write { .. } | Operation::WriteAll { .. } => BudgetClass::Write,
+            Operation::Get(_) => BudgetClass::Get,
+            Operation::Write(_) | Operation::WriteAll { .. } => BudgetClass::Write,
             Operation::Scan { .. } => BudgetClass::Scan,
         }
     }
@@ -363,7 +363,7 @@ impl QueueActor {
             let delay = p.retry.get_or_insert_with(|| RetryState::new(&self.config.retry)).next_delay();
             warn!(
                 target: "datastorer::queue",
-                store = %p.req.store, key = %p.req.key, op = p.req.op.name(), lane = p.req.lane.as_str(),
+                store = %KeyPart::Store(p.req.op.key()), key = %KeyPart::Key(p.req.op.key()), op = p.req.op.name(), lane = p.req.lane.as_str(),
                 attempt = p.attempt, outcome = "retry", delay_ms = delay.as_millis() as u64,
                 error = %error, "request failed, retrying"
             );
@@ -422,7 +422,7 @@ fn settle(
     let mut done = SettledBatch {
         requests: batch.len(),
         writes: batch.iter().filter(|p| p.req.op.writes()).count() as u64,
-        gets: batch.iter().filter(|p| matches!(p.req.op, Operation::Get)).count() as u64,
+        gets: batch.iter().filter(|p| matches!(p.req.op, Operation::Get(_))).count() as u64,
         flushes,
         took,
         keys: if with_keys { batch.iter().map(|p| p.key_hash).collect() } else { Vec::new() },
@@ -439,6 +439,33 @@ fn settle(
     (done, answers)
 }
 
+/// A storage key in a log line, as its `store=` or its `key=` field: a
+/// record's store and key, or `-` and the raw bytes for anything else.
+/// Shown without allocating (and only when the line is logged at all).
+enum KeyPart<'a> {
+    Store(&'a [u8]),
+    Key(&'a [u8]),
+}
+
+impl std::fmt::Display for KeyPart<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (bytes, want_store) = match self {
+            KeyPart::Store(b) => (*b, true),
+            KeyPart::Key(b) => (*b, false),
+        };
+        let record = bytes.strip_prefix(crate::storage::RECORDS_PREFIX).and_then(|rest| {
+            let nul = rest.iter().position(|b| *b == 0)?;
+            Some((&rest[..nul], &rest[nul + 1..]))
+        });
+        match (record, want_store) {
+            (Some((store, _)), true) => write!(f, "{}", String::from_utf8_lossy(store)),
+            (Some((_, key)), false) => write!(f, "{}", String::from_utf8_lossy(key)),
+            (None, true) => write!(f, "-"),
+            (None, false) => write!(f, "{}", String::from_utf8_lossy(bytes)),
+        }
+    }
+}
+
 /// Sends final answers to their requesters.
 fn answer(answers: Answers) {
     for (p, result) in answers {
@@ -448,7 +475,7 @@ fn answer(answers: Answers) {
             Ok(reply) => {
                 debug!(
                     target: "datastorer::queue",
-                    store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
+                    store = %KeyPart::Store(p.req.op.key()), key = %KeyPart::Key(p.req.op.key()), op, lane = p.req.lane.as_str(),
                     attempt = p.attempt, outcome = reply_outcome(&reply), duration_us = waited,
                     "request done"
                 );
@@ -457,7 +484,7 @@ fn answer(answers: Answers) {
             Err(error) => {
                 warn!(
                     target: "datastorer::queue",
-                    store = %p.req.store, key = %p.req.key, op, lane = p.req.lane.as_str(),
+                    store = %KeyPart::Store(p.req.op.key()), key = %KeyPart::Key(p.req.op.key()), op, lane = p.req.lane.as_str(),
                     attempt = p.attempt, outcome = "failed", duration_us = waited,
                     error = %error, "request failed"
                 );
@@ -518,22 +545,18 @@ fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
                 all_idx.push(i);
                 results.push(None);
             }
-            Operation::Get => {
+            Operation::Get(_) => {
                 get_idx.push(i);
                 results.push(None);
             }
             Operation::Scan { prefix, start_after, limit } => {
                 results.push(Some(backend.scan_prefix(prefix, start_after.as_deref(), *limit).map(Reply::Scanned)))
             }
-            Operation::Write { precondition, value } => {
+            Operation::Write(op) => {
                 // Moved out for the backend call and back after it, so a
-                // retry finds its request whole.
+                // retry finds its request whole (and nothing is copied).
                 write_idx.push(i);
-                writes.push(WriteOp {
-                    key: std::mem::take(&mut p.req.storage_key),
-                    precondition: *precondition,
-                    value: value.take(),
-                });
+                writes.push(std::mem::replace(op, WriteOp::placeholder()));
                 results.push(None);
             }
         }
@@ -542,7 +565,7 @@ fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
         // One call for every read of the batch: a network backend answers
         // them in one round trip (a burst of opens would otherwise pay one
         // each, in series).
-        let keys: Vec<&[u8]> = get_idx.iter().map(|&i| batch[i].req.storage_key.as_slice()).collect();
+        let keys: Vec<&[u8]> = get_idx.iter().map(|&i| batch[i].req.op.key()).collect();
         for (&i, value) in get_idx.iter().zip(backend.get_many(&keys)) {
             results[i] = Some(value.map(Reply::Value));
         }
@@ -555,11 +578,7 @@ fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
             results[i] = Some(outcome.map(Reply::Written));
         }
         for (&i, op) in write_idx.iter().zip(writes) {
-            let req = &mut batch[i].req;
-            req.storage_key = op.key;
-            if let Operation::Write { value, .. } = &mut req.op {
-                *value = op.value;
-            }
+            batch[i].req.op = Operation::Write(op);
         }
     }
     // After the batch's own writes, each all-or-nothing step on its own
@@ -606,7 +625,7 @@ fn confirm_own_writes(backend: &dyn Backend, writes: &[WriteOp], outcomes: &mut 
     if suspects.is_empty() {
         return;
     }
-    let keys: Vec<&[u8]> = suspects.iter().map(|&i| writes[i].key.as_slice()).collect();
+    let keys: Vec<&[u8]> = suspects.iter().map(|&i| writes[i].key.as_bytes()).collect();
     for (&i, stored) in suspects.iter().zip(backend.get_many(&keys)) {
         match stored {
             Ok(stored) if stored.as_deref() == writes[i].value.as_deref() => outcomes[i] = Ok(WriteOutcome::Applied),
@@ -657,7 +676,7 @@ impl Handler<Submit> for QueueActor {
     type Result = ();
 
     fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
-        let key_hash = seahash::hash(&msg.storage_key);
+        let key_hash = seahash::hash(msg.op.key());
         let pending = Pending { req: msg, key_hash, attempt: 0, retry: None, enqueued: Instant::now() };
         self.enqueue(pending, false);
         // Let the requests already in the mailbox join before composing a
@@ -693,7 +712,7 @@ impl Handler<DropQueued> for QueueActor {
         for p in dropped {
             debug!(
                 target: "datastorer::queue",
-                store = %p.req.store, key = %p.req.key, op = p.req.op.name(),
+                store = %KeyPart::Store(p.req.op.key()), key = %KeyPart::Key(p.req.op.key()), op = p.req.op.name(),
                 lane = p.req.lane.as_str(), outcome = "cancelled", "request dropped"
             );
             let _ = p.req.reply.send(Err(QueueFailure::Cancelled));
@@ -766,14 +785,7 @@ mod tests {
         lane: Priority,
     ) -> oneshot::Receiver<Result<Reply, QueueFailure>> {
         let (reply, rx) = oneshot::channel();
-        q.do_send(Submit {
-            store: Arc::from("s"),
-            key: Arc::from(String::from_utf8_lossy(key).as_ref()),
-            storage_key: key.to_vec(),
-            op: Operation::Write { precondition, value: Some(value) },
-            lane,
-            reply,
-        });
+        q.do_send(Submit { op: Operation::Write(WriteOp::new(key, precondition, Some(value))), lane, reply });
         rx
     }
 

@@ -44,6 +44,16 @@ where
     type Result = Result<R, Error>;
 }
 
+/// `Update`, answering also the document's JSON encoding after the change
+/// (the bytes the next save writes).
+pub(crate) struct UpdateEncoded<T, F, R>(pub F, pub PhantomData<fn(&mut T) -> R>);
+impl<T: 'static, F, R: Send + 'static> Message for UpdateEncoded<T, F, R>
+where
+    F: FnOnce(&mut T) -> R + Send + 'static,
+{
+    type Result = Result<(R, bytes::Bytes), Error>;
+}
+
 #[derive(Message)]
 #[rtype(result = "Result<Value, Error>")]
 pub(crate) struct GetMetadata;

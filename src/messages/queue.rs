@@ -4,32 +4,26 @@
 //! Owns: the message types and the request's operation. Must not: schedule
 //! or execute anything (the queue actor and `lanes` do).
 
-use std::sync::Arc;
-
 use actix::Message;
 use tokio::sync::oneshot;
 
-use crate::storage::{AllOrNothing, KeyValues, Precondition, StorageError, WriteOp, WriteOutcome};
+use crate::storage::{AllOrNothing, KeyValues, StorageError, StorageKey, WriteOp, WriteOutcome};
 use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};
 
-/// The backend operation a request performs.
+/// The backend operation a request performs. Each carries its key once,
+/// typed: the queue hands it to the backend as it is.
 #[derive(Debug)]
 pub(crate) enum Operation {
-    Get,
-    /// A conditional write (or delete, `value: None`) of the request's key;
-    /// the queue builds the backend's `WriteOp` around the storage key, so
-    /// the key is not carried twice.
-    Write {
-        precondition: Precondition,
-        value: Option<Vec<u8>>,
-    },
+    Get(StorageKey),
+    /// A conditional write (or delete, `value: None`).
+    Write(WriteOp),
     Scan {
-        prefix: Vec<u8>,
+        prefix: StorageKey,
         start_after: Option<Vec<u8>>,
         limit: usize,
     },
     /// Several keys written in one all-or-nothing step
-    /// (`Backend::write_all`); the request's key is the first op's.
+    /// (`Backend::write_all`); the request is about the first op's key.
     WriteAll {
         ops: Vec<WriteOp>,
     },
@@ -38,25 +32,34 @@ pub(crate) enum Operation {
 impl Operation {
     pub(crate) fn name(&self) -> &'static str {
         match self {
-            Operation::Get => "get",
-            Operation::Write { value: None, .. } => "delete",
-            Operation::Write { .. } => "write",
+            Operation::Get(_) => "get",
+            Operation::Write(op) if op.value.is_none() => "delete",
+            Operation::Write(_) => "write",
             Operation::Scan { .. } => "scan",
             Operation::WriteAll { .. } => "write_all",
         }
     }
 
+    /// The key the request is about: what the queue orders requests by.
+    pub(crate) fn key(&self) -> &[u8] {
+        match self {
+            Operation::Get(k) | Operation::Scan { prefix: k, .. } => k,
+            Operation::Write(op) => &op.key,
+            Operation::WriteAll { ops } => ops.first().map_or(&[][..], |o| &o.key),
+        }
+    }
+
     /// Whether it writes (and needs a flush before its answer).
     pub(crate) fn writes(&self) -> bool {
-        matches!(self, Operation::Write { .. } | Operation::WriteAll { .. })
+        matches!(self, Operation::Write(_) | Operation::WriteAll { .. })
     }
 
     /// Bytes this operation writes (0 for reads).
     pub(crate) fn value_len(&self) -> usize {
         match self {
-            Operation::Write { value, .. } => value.as_ref().map_or(0, Vec::len),
-            Operation::WriteAll { ops } => ops.iter().map(|o| o.value.as_ref().map_or(0, Vec::len)).sum(),
-            Operation::Get | Operation::Scan { .. } => 0,
+            Operation::Write(op) => op.value.as_ref().map_or(0, |v| v.len()),
+            Operation::WriteAll { ops } => ops.iter().map(|o| o.value.as_ref().map_or(0, |v| v.len())).sum(),
+            Operation::Get(_) | Operation::Scan { .. } => 0,
         }
     }
 }
@@ -84,9 +87,6 @@ pub(crate) type ReplyTx = oneshot::Sender<Result<Reply, QueueFailure>>;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Submit {
-    pub store: Arc<str>,
-    pub key: Arc<str>,
-    pub storage_key: Vec<u8>,
     pub op: Operation,
     pub lane: Priority,
     pub reply: ReplyTx,

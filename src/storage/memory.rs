@@ -358,12 +358,12 @@ impl MemoryBackend {
     /// on `lose_unflushed`, the history, the counter.
     fn apply(&self, map: &mut BTreeMap<Vec<u8>, Vec<u8>>, op: &WriteOp) {
         let before = match &op.value {
-            Some(v) => map.insert(op.key.clone(), v.clone()),
-            None => map.remove(&op.key),
+            Some(v) => map.insert(op.key.to_vec(), v.to_vec()),
+            None => map.remove(op.key.as_bytes()),
         };
-        lock(&self.unflushed).entry(op.key.clone()).or_insert(before);
+        lock(&self.unflushed).entry(op.key.to_vec()).or_insert(before);
         if let Some(h) = lock(&self.history).as_mut() {
-            h.push(AppliedWrite { key: op.key.clone(), value: op.value.clone() });
+            h.push(AppliedWrite { key: op.key.to_vec(), value: op.value.as_ref().map(|v| v.to_vec()) });
         }
         self.writes_applied.fetch_add(1, Ordering::Relaxed);
     }
@@ -400,7 +400,7 @@ impl Backend for MemoryBackend {
                     return Err(e);
                 }
                 let mut map = lock(&self.map);
-                let current = map.get(&op.key).map(Vec::as_slice);
+                let current = map.get(op.key.as_bytes()).map(Vec::as_slice);
                 if !op.precondition.holds(current, op.value.as_deref()) {
                     self.write_conflicts.fetch_add(1, Ordering::Relaxed);
                     return Ok(WriteOutcome::Conflict { current: current.and_then(RecordHeader::peek) });
@@ -424,7 +424,7 @@ impl Backend for MemoryBackend {
             .iter()
             .enumerate()
             .filter_map(|(i, op)| {
-                let current = map.get(&op.key).map(Vec::as_slice);
+                let current = map.get(op.key.as_bytes()).map(Vec::as_slice);
                 (!op.precondition.holds(current, op.value.as_deref()))
                     .then(|| (i, current.and_then(RecordHeader::peek)))
             })

@@ -20,6 +20,8 @@ pub mod sled_backend;
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use thiserror::Error;
 use tokio::sync::broadcast;
 
@@ -143,23 +145,112 @@ fn lease_may_be_taken(stored: Option<&RecordIndex>, new_value: Option<&[u8]>, no
     new_value.and_then(RecordIndex::peek).and_then(|n| n.lease_owner).as_deref() == Some(owner)
 }
 
+/// A storage key as bytes (`d\0{store}\0{key}` for a record, `m\0…` for
+/// meta), with the record's store and key kept typed beside them, so a
+/// backend that stores them apart (PostgreSQL's columns) never splits the
+/// bytes back into strings.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct StorageKey {
+    bytes: Vec<u8>,
+    record: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl StorageKey {
+    /// The key of record `key` in `store`.
+    pub fn record(store: &Arc<str>, key: &Arc<str>) -> Self {
+        Self { bytes: storage_key(store, key), record: Some((store.clone(), key.clone())) }
+    }
+
+    /// The bytes, as sled and the memory backend index them.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The record's store and key; `None` for a meta or foreign key.
+    pub fn record_parts(&self) -> Option<(&Arc<str>, &Arc<str>)> {
+        self.record.as_ref().map(|(s, k)| (s, k))
+    }
+}
+
+impl From<Vec<u8>> for StorageKey {
+    fn from(bytes: Vec<u8>) -> Self {
+        let record = split_storage_key(&bytes).map(|(s, k)| (Arc::from(s), Arc::from(k)));
+        Self { bytes, record }
+    }
+}
+
+impl From<&[u8]> for StorageKey {
+    fn from(bytes: &[u8]) -> Self {
+        bytes.to_vec().into()
+    }
+}
+
+impl AsRef<[u8]> for StorageKey {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl std::ops::Deref for StorageKey {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for StorageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.bytes))
+    }
+}
+
 /// One conditional write (or delete, when `value` is `None`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct WriteOp {
     /// The storage key.
-    pub key: Vec<u8>,
+    pub key: StorageKey,
     /// What must hold for the write to apply.
     pub precondition: Precondition,
-    /// The new value; `None` deletes.
-    pub value: Option<Vec<u8>>,
+    /// The new value; `None` deletes. Shared: cloning an op (a retry, a
+    /// backend's own copy) does not copy the record.
+    pub value: Option<Bytes>,
+    /// What the writer knows of the record in `value` (header, lease, user
+    /// ids): a backend that indexes them uses this instead of decoding the
+    /// value. `None`: the backend reads them from the value. When given it
+    /// must agree with the value (the conformance suite and debug builds
+    /// check it).
+    pub index: Option<RecordIndex>,
+}
+
+impl WriteOp {
+    /// An op whose index, if the backend needs one, is read from the value.
+    pub fn new(key: impl Into<StorageKey>, precondition: Precondition, value: Option<impl Into<Bytes>>) -> Self {
+        Self { key: key.into(), precondition, value: value.map(Into::into), index: None }
+    }
+
+    /// An empty op, standing in for one moved out of a request (no
+    /// allocation).
+    pub(crate) fn placeholder() -> Self {
+        Self { key: StorageKey::default(), precondition: Precondition::Any, value: None, index: None }
+    }
+
+    /// The record index of the value: the one given, else read from it.
+    pub fn value_index(&self) -> Option<std::borrow::Cow<'_, RecordIndex>> {
+        match (&self.index, &self.value) {
+            (Some(i), _) => Some(std::borrow::Cow::Borrowed(i)),
+            (None, Some(v)) => RecordIndex::peek(v).map(std::borrow::Cow::Owned),
+            (None, None) => None,
+        }
+    }
 }
 
 impl fmt::Debug for WriteOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteOp")
-            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("key", &self.key)
             .field("precondition", &self.precondition)
-            .field("value_len", &self.value.as_ref().map(Vec::len))
+            .field("value_len", &self.value.as_ref().map(Bytes::len))
             .finish()
     }
 }
@@ -403,6 +494,10 @@ pub struct Capabilities {
     /// [`Backend::write_all`] is implemented: several keys written in one
     /// atomic, all-or-nothing step.
     pub writes_all_or_nothing: bool,
+    /// The backend stores a record's header, lease and user ids beside its
+    /// bytes (PostgreSQL's columns): writers that know them send them as
+    /// [`WriteOp::index`], so it need not decode every value it writes.
+    pub indexes_records: bool,
 }
 
 /// What [`Backend::write_all`] did: every op, or none.
@@ -461,7 +556,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Deletes one key unconditionally (not durable until flushed).
     fn delete(&self, key: &[u8]) -> Result<(), StorageError> {
-        let op = WriteOp { key: key.to_vec(), precondition: Precondition::Any, value: None };
+        let op = WriteOp::new(key, Precondition::Any, None::<Bytes>);
         match self.write_batch(std::slice::from_ref(&op)).pop() {
             Some(Ok(_)) => Ok(()),
             Some(Err(e)) => Err(e),

@@ -296,6 +296,16 @@ fn options() -> impl Options {
 }
 
 impl Record {
+    /// What a backend may index about this record (see [`RecordIndex`]).
+    pub fn index(&self) -> RecordIndex {
+        RecordIndex {
+            header: self.header,
+            lease_owner: self.lease.as_ref().map(|l| l.owner.clone()),
+            lease_expires_ms: self.lease.as_ref().map_or(0, |l| l.expires_at_ms),
+            user_ids: self.user_ids.clone(),
+        }
+    }
+
     /// Encodes the record, header first.
     pub fn encode(&self) -> Vec<u8> {
         RecordRef {

@@ -22,7 +22,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    AllOrNothing, Backend, Capabilities, KeyValues, NoticeBus, RecordHeader, StorageError, WriteOp, WriteOutcome,
+    AllOrNothing, Backend, Capabilities, KeyValues, NoticeBus, Precondition, RecordHeader, StorageError, WriteOp,
+    WriteOutcome,
 };
 
 /// How long `open` waits for a directory lock that this process is releasing.
@@ -96,8 +97,25 @@ fn map_err(context: &str, e: sled::Error) -> StorageError {
 /// sled reports a directory locked by another process as an I/O error:
 /// `could not acquire lock` (ErrorKind::Other) or the raw EAGAIN/EWOULDBLOCK
 /// of `flock` (`Os { code: 11 }` on Linux).
-fn is_lock_error(e: &std::io::Error) -> bool {
-    e.to_string().contains("could not acquire lock") || e.kind() == std::io::ErrorKind::WouldBlock
+/// Whether sled failed to open `path` because its directory lock is held:
+/// sled formats the lock's own error into a message (kind `Other`), so the
+/// lock is probed here the way sled takes it, and the answer read by kind.
+fn is_lock_error(path: &Path, e: &std::io::Error) -> bool {
+    use fs2::FileExt;
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        return true;
+    }
+    if e.kind() != std::io::ErrorKind::Other {
+        return false;
+    }
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(path.join("db")) else { return false };
+    match file.try_lock_exclusive() {
+        Ok(()) => {
+            let _ = FileExt::unlock(&file);
+            false
+        }
+        Err(probe) => probe.kind() == fs2::lock_contended_error().kind(),
+    }
 }
 
 impl SledBackend {
@@ -115,16 +133,15 @@ impl SledBackend {
             // No background flusher: the queue flushes after every batch.
             match sled::Config::new().path(&path).flush_every_ms(None).open() {
                 Ok(db) => break db,
-                // sled reports a held lock only as ErrorKind::Other with this text.
-                Err(sled::Error::Io(e)) if is_lock_error(&e) && std::time::Instant::now() < deadline => {
+                Err(sled::Error::Io(e)) if is_lock_error(&path, &e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
                 // Held by another process: say so in words, not as an
                 // `Os { code: 11 }` I/O error (which would read as transient).
-                Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                Err(sled::Error::Io(e)) if is_lock_error(&path, &e) => {
                     return Err(StorageError::permanent(format!(
-                        "the data directory {} is in use by another process (a running `datastorer serve` or tool) or another handle in this one; \
-                         stop it first, or use another --data-dir",
+                        "the data directory {} is in use by another process or another handle in this one; \
+                         stop it first, or use another directory",
                         path.display()
                     )));
                 }
@@ -144,6 +161,32 @@ impl SledBackend {
             floors: Default::default(),
             apply_threads,
         })
+    }
+
+    /// The owner id this directory runs under: the one stored in it, or
+    /// `make()`'s, stored and flushed before it is answered. sled lets one
+    /// process at a time open a directory, so a process restarted on it is
+    /// the same owner and takes back the leases its crashed predecessor
+    /// left at once, instead of waiting for them to lapse. The id is only
+    /// answered once durable: a process that ran under an unsaved id would
+    /// come back a stranger to its own leases.
+    pub fn owner_id_or_insert_with(&self, make: impl FnOnce() -> String) -> Result<String, StorageError> {
+        if let Some(bytes) = self.get(super::OWNER_ID_KEY)? {
+            return String::from_utf8(bytes)
+                .map_err(|_| StorageError::permanent("the owner id stored in the data directory is not UTF-8"));
+        }
+        let owner = make();
+        let op = WriteOp::new(super::OWNER_ID_KEY, Precondition::Absent, Some(owner.clone().into_bytes()));
+        match self.write_batch(std::slice::from_ref(&op)).pop() {
+            Some(Ok(WriteOutcome::Applied)) => {}
+            Some(Ok(WriteOutcome::Conflict { .. })) => {
+                return Err(StorageError::transient("another owner id was stored in the data directory meanwhile"))
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Err(StorageError::permanent("the backend answered nothing for the owner id")),
+        }
+        self.flush()?;
+        Ok(owner)
     }
 
     /// The data directory.
@@ -193,8 +236,8 @@ impl SledBackend {
         for &i in applied {
             let op = &ops[i];
             match &op.value {
-                Some(v) => batch.insert(op.key.as_slice(), v.as_slice()),
-                None => batch.remove(op.key.as_slice()),
+                Some(v) => batch.insert(op.key.as_bytes(), &v[..]),
+                None => batch.remove(op.key.as_bytes()),
             }
         }
         match self.db.apply_batch(batch) {
@@ -254,8 +297,8 @@ impl SledBackend {
         for &i in indices {
             let op = &ops[i];
             let written = match &op.value {
-                Some(v) => self.db.insert(op.key.as_slice(), v.as_slice()),
-                None => self.db.remove(op.key.as_slice()),
+                Some(v) => self.db.insert(op.key.as_bytes(), &v[..]),
+                None => self.db.remove(op.key.as_bytes()),
             };
             if let Err(e) = written {
                 failed.push((i, map_err("insert", e)));
@@ -274,6 +317,7 @@ impl Backend for SledBackend {
             prefers_own_thread: true,
             durable_on_write: false,
             writes_all_or_nothing: true,
+            indexes_records: false,
         }
     }
 
@@ -300,7 +344,7 @@ impl Backend for SledBackend {
         let mut applied: Vec<usize> = Vec::with_capacity(ops.len());
         let mut repeated_key = false;
         for (i, op) in ops.iter().enumerate() {
-            let staged_header = staged.get(op.key.as_slice()).copied();
+            let staged_header = staged.get(op.key.as_bytes()).copied();
             repeated_key |= staged_header.is_some();
             let holds = self.check(&cache, op, staged_header);
             match holds {
@@ -329,7 +373,7 @@ impl Backend for SledBackend {
         for (i, e) in failed {
             // Forgotten, so that if sled did apply the write after all, the
             // next check reads what sled holds.
-            cache.headers.remove(ops[i].key.as_slice());
+            cache.headers.remove(ops[i].key.as_bytes());
             results[i] = Err(e);
         }
         results
@@ -352,7 +396,7 @@ impl Backend for SledBackend {
         let all: Vec<usize> = (0..ops.len()).collect();
         if let Some((_, e)) = self.apply_as_one_batch(ops, &all).into_iter().next() {
             for op in ops {
-                cache.headers.remove(op.key.as_slice());
+                cache.headers.remove(op.key.as_bytes());
             }
             return Some(Err(e));
         }

@@ -35,7 +35,7 @@ fn record(owner: Option<&str>, expires_at_ms: u64, epoch: u64, revision: u64) ->
 }
 
 fn put(b: &dyn Backend, key: &[u8], value: Vec<u8>) {
-    let r = b.write_batch(&[WriteOp { key: key.to_vec(), precondition: Precondition::Any, value: Some(value) }]);
+    let r = b.write_batch(&[WriteOp::new(key.to_vec(), Precondition::Any, Some(value))]);
     assert_eq!(r, vec![Ok(WriteOutcome::Applied)]);
 }
 
@@ -96,11 +96,11 @@ fn a_conflict_reports_the_header_that_won_not_the_statement_snapshot() {
         let b = b.clone();
         let k = k.clone();
         std::thread::spawn(move || {
-            let op = WriteOp {
-                key: k,
-                precondition: Precondition::Header(RecordHeader { epoch: 3, revision: 18 }),
-                value: Some(record(None, 0, 3, 19)),
-            };
+            let op = WriteOp::new(
+                k,
+                Precondition::Header(RecordHeader { epoch: 3, revision: 18 }),
+                Some(record(None, 0, 3, 19)),
+            );
             b.write_batch(&[op])
         })
     };
@@ -125,22 +125,14 @@ fn epochs_beyond_bigint_are_refused_never_wrapped() {
     let max = i64::MAX as u64;
     // The largest epoch that fits is stored and compared exactly.
     put(&b, &edge, record(None, 0, max, max));
-    let same = WriteOp {
-        key: edge.clone(),
-        precondition: Precondition::Header(RecordHeader { epoch: max, revision: max }),
-        value: Some(record(None, 0, max, max)),
-    };
+    let same = WriteOp::new(
+        edge.clone(),
+        Precondition::Header(RecordHeader { epoch: max, revision: max }),
+        Some(record(None, 0, max, max)),
+    );
     assert_eq!(b.write_batch(&[same]), vec![Ok(WriteOutcome::Applied)]);
-    let over = WriteOp {
-        key: storage_key("s", "over"),
-        precondition: Precondition::Absent,
-        value: Some(record(None, 0, max + 1, 1)),
-    };
-    let fine = WriteOp {
-        key: storage_key("s", "fine"),
-        precondition: Precondition::Absent,
-        value: Some(record(None, 0, 1, 1)),
-    };
+    let over = WriteOp::new(storage_key("s", "over"), Precondition::Absent, Some(record(None, 0, max + 1, 1)));
+    let fine = WriteOp::new(storage_key("s", "fine"), Precondition::Absent, Some(record(None, 0, 1, 1)));
     let results = b.write_batch(&[over, fine]);
     match &results[0] {
         Err(e) => assert!(e.kind == ErrorKind::Permanent && e.message.contains("bigint"), "{e}"),
@@ -154,8 +146,8 @@ fn epochs_beyond_bigint_are_refused_never_wrapped() {
 fn only_record_and_meta_keys_are_stored() {
     let Some(pg) = PgSchema::new("only_record_and_meta_keys_are_stored") else { return };
     let b = pg.backend();
-    let odd = WriteOp { key: b"x\0y".to_vec(), precondition: Precondition::Any, value: Some(vec![1]) };
-    let meta = WriteOp { key: b"m\0name".to_vec(), precondition: Precondition::Absent, value: Some(vec![2]) };
+    let odd = WriteOp::new(b"x\0y".to_vec(), Precondition::Any, Some(vec![1]));
+    let meta = WriteOp::new(b"m\0name".to_vec(), Precondition::Absent, Some(vec![2]));
     let results = b.write_batch(&[odd, meta]);
     assert!(matches!(&results[0], Err(e) if e.kind == ErrorKind::Permanent), "{results:?}");
     assert_eq!(results[1], Ok(WriteOutcome::Applied));
@@ -178,11 +170,7 @@ fn scans_page_in_the_same_order_as_the_memory_backend() {
         let store = ["s", "s2", "t"][rng.below(3) as usize];
         let len = 1 + rng.below(4) as usize;
         let key: String = (0..len).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
-        ops.push(WriteOp {
-            key: storage_key(store, &key),
-            precondition: Precondition::Any,
-            value: Some(key.into_bytes()),
-        });
+        ops.push(WriteOp::new(storage_key(store, &key), Precondition::Any, Some(key.into_bytes())));
     }
     assert!(b.write_batch(&ops).iter().all(|r| r.is_ok()));
     assert!(mem.write_batch(&ops).iter().all(|r| r.is_ok()));
@@ -220,11 +208,11 @@ fn a_skewed_clock_cannot_take_a_live_lease() {
     put(&b, &k, held.clone());
     let skewed_now = wall_ms() + 600_000;
     let expected = RecordHeader { epoch: 1, revision: 1 };
-    let take = WriteOp {
-        key: k.clone(),
-        precondition: Precondition::Acquire { expected, now_ms: skewed_now },
-        value: Some(record(Some("b"), skewed_now + 90_000, 2, 2)),
-    };
+    let take = WriteOp::new(
+        k.clone(),
+        Precondition::Acquire { expected, now_ms: skewed_now },
+        Some(record(Some("b"), skewed_now + 90_000, 2, 2)),
+    );
     assert_eq!(
         b.write_batch(std::slice::from_ref(&take)),
         vec![Ok(WriteOutcome::Conflict { current: Some(expected) })]

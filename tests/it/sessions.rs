@@ -452,3 +452,65 @@ async fn a_lease_check_ends_a_session_whose_record_another_process_deleted() {
     assert_eq!(held.close_reason(), Some(CloseReason::Deleted));
     assert!(stored(&backend, "profiles", "k").is_none(), "the check wrote nothing back");
 }
+
+/// Serializations of [`Counted`] documents, process-wide (only the test
+/// below serializes one).
+static SERIALIZED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A document that counts how often it is serialized.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+struct Counted {
+    coins: u64,
+}
+
+impl serde::Serialize for Counted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        SERIALIZED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut st = s.serialize_struct("Counted", 1)?;
+        st.serialize_field("coins", &self.coins)?;
+        st.end()
+    }
+}
+
+#[actix_rt::test]
+async fn a_change_is_serialized_once_for_its_size_check_its_answer_and_its_save() {
+    use std::sync::atomic::Ordering::SeqCst;
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = ds.store("counted", datastorer::StoreSpec::new(Counted { coins: 0 })).unwrap();
+    let s = store.open("k").await.unwrap();
+
+    let before = SERIALIZED.load(SeqCst);
+    let ((), encoded) = s.update_encoded(|d| d.coins = 7).await.unwrap();
+    assert_eq!(&encoded[..], br#"{"coins":7}"#, "the answer is the document after the change");
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(SERIALIZED.load(SeqCst) - before, 1, "check, answer and save share one encoding");
+    assert_eq!(
+        stored(&backend, "counted", "k").unwrap().data,
+        encoded.to_vec(),
+        "the bytes saved are the bytes answered"
+    );
+
+    // Each change is checked when made; the save writes the last one's bytes.
+    let before = SERIALIZED.load(SeqCst);
+    s.update(|d| d.coins = 8).await.unwrap();
+    s.update(|d| d.coins = 9).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(SERIALIZED.load(SeqCst) - before, 2);
+    assert_eq!(stored_json(&backend, "counted", "k")["coins"], 9);
+
+    // A change that panics half-way leaves no stale encoding behind: the
+    // next save encodes the document as it is.
+    let failed = s
+        .update(|d| {
+            d.coins = 1000;
+            panic!("half-way");
+        })
+        .await;
+    assert!(matches!(failed, Err(Error::Panicked { .. })), "{failed:?}");
+    s.update(|d| d.coins += 1).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    assert_eq!(stored_json(&backend, "counted", "k")["coins"], 10);
+}

@@ -80,7 +80,7 @@ fn record_at(revision: u64) -> Vec<u8> {
 }
 
 fn op(key: &[u8], precondition: Precondition, value: Option<Vec<u8>>) -> WriteOp {
-    WriteOp { key: key.to_vec(), precondition, value }
+    WriteOp::new(key, precondition, value)
 }
 
 #[test]

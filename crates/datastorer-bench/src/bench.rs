@@ -738,10 +738,12 @@ async fn bench_cold_load(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measur
         {
             let b = SledBackend::open(&dir).map_err(|e| e.to_string())?;
             let ops: Vec<WriteOp> = (0..cfg.latency_samples)
-                .map(|i| WriteOp {
-                    key: storage_key("b", &format!("k{i}")),
-                    precondition: Precondition::Any,
-                    value: Some(raw_record(i, cfg.doc_bytes)),
+                .map(|i| {
+                    WriteOp::new(
+                        storage_key("b", &format!("k{i}")),
+                        Precondition::Any,
+                        Some(raw_record(i, cfg.doc_bytes)),
+                    )
                 })
                 .collect();
             for res in b.write_batch(&ops) {

@@ -400,7 +400,7 @@ async fn backend_only(backend: &Arc<PgBackend>, n: usize, bytes: usize) -> Resul
             let mut rec = Record::decode(&current).map_err(|e| e.to_string())?;
             rec.header = next;
             rec.data = serde_json::to_vec(&doc(i, 3, bytes)).map_err(|e| e.to_string())?;
-            ops.push(WriteOp { key: k.clone(), precondition: Precondition::Header(header), value: Some(rec.encode()) });
+            ops.push(WriteOp::new(k.clone(), Precondition::Header(header), Some(rec.encode())));
         }
         let started = Instant::now();
         for chunk in ops.chunks(4096) {

@@ -26,7 +26,7 @@ use crate::sessions::ClientSessions;
 use crate::state::AppState;
 use crate::webhooks::{self, Webhooks};
 use datastorer::storage::sled_backend::SledBackend;
-use datastorer::storage::{Backend, Precondition, WriteOp};
+use datastorer::storage::{Backend, StorageError};
 use datastorer::{Config, Datastorer, ShutdownReport, StoreSpec};
 
 /// Binds `config.listen`: done before anything else starts, so a busy port
@@ -236,48 +236,23 @@ async fn stop_on(
     handle.stop(true).await;
 }
 
-/// Where the server keeps its owner id inside the database (outside every
-/// store's `d\0` prefix).
-const OWNER_KEY: &[u8] = b"m\0owner_id";
-
-/// Opens the sled directory and reads (or creates) the server's owner id.
-/// sled lets one process at a time open a directory, so a restarted server
-/// on the same directory is the same owner: it reclaims the leases its
-/// crashed predecessor left behind at once instead of waiting for them to
-/// lapse.
+/// Opens the sled directory and reads (or creates) the server's owner id
+/// there (see `SledBackend::owner_id_or_insert_with`).
 async fn open_data_dir(
     dir: std::path::PathBuf,
     explicit: Option<String>,
 ) -> Result<(Arc<dyn Backend>, String), String> {
     tokio::task::spawn_blocking(move || {
-        let backend = SledBackend::open(&dir).map_err(|e| e.to_string())?;
+        let open_error = |e: StorageError| format!("cannot open --data-dir {}: {}", dir.display(), e.message);
+        let backend = SledBackend::open(&dir).map_err(open_error)?;
         let owner = match explicit {
             Some(o) => o,
-            None => match backend.get(OWNER_KEY).map_err(|e| e.to_string())? {
-                Some(bytes) => String::from_utf8(bytes).map_err(|_| "the stored owner id is not UTF-8".to_string())?,
-                None => {
-                    let owner = random_owner_id()?;
-                    let op = WriteOp {
-                        key: OWNER_KEY.to_vec(),
-                        precondition: Precondition::Absent,
-                        value: Some(owner.clone().into_bytes()),
-                    };
-                    // The id is only ours once it is durably stored: a server
-                    // that ran under an unsaved id would come back as a
-                    // stranger to its own leases after a restart.
-                    let written = backend.write_batch(std::slice::from_ref(&op)).pop();
-                    match written {
-                        Some(Ok(datastorer::storage::WriteOutcome::Applied)) => {}
-                        Some(Ok(datastorer::storage::WriteOutcome::Conflict { .. })) => {
-                            return Err("the owner id appeared in the data directory while starting; start again".into())
-                        }
-                        Some(Err(e)) => return Err(format!("cannot store the server's owner id: {e}")),
-                        None => return Err("cannot store the server's owner id: the backend answered nothing".into()),
-                    }
-                    backend.flush().map_err(|e| format!("cannot store the server's owner id: {e}"))?;
-                    owner
-                }
-            },
+            None => {
+                let id = random_owner_id()?;
+                backend
+                    .owner_id_or_insert_with(|| id)
+                    .map_err(|e| format!("cannot store the server's owner id: {e}"))?
+            }
         };
         Ok((Arc::new(backend) as Arc<dyn Backend>, owner))
     })

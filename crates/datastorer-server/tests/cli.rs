@@ -29,7 +29,7 @@ fn run(args: &[&str], dir: &Path, stdin: Option<&str>) -> Output {
 }
 
 fn put(b: &SledBackend, store: &str, key: &str, raw: Vec<u8>) {
-    let op = WriteOp { key: storage_key(store, key), precondition: Precondition::Any, value: Some(raw) };
+    let op = WriteOp::new(storage_key(store, key), Precondition::Any, Some(raw));
     b.write_batch(&[op]).pop().unwrap().unwrap();
 }
 
@@ -193,11 +193,7 @@ fn copy_sled_to_postgres_keeps_every_record_byte_for_byte() {
     let floor_key = datastorer::storage::epoch_floor_key("profiles");
     {
         let b = SledBackend::open(&dir).unwrap();
-        b.write_batch(&[WriteOp {
-            key: floor_key.clone(),
-            precondition: Precondition::Any,
-            value: Some(floor.encode()),
-        }]);
+        b.write_batch(&[WriteOp::new(floor_key.clone(), Precondition::Any, Some(floor.encode()))]);
         b.flush().unwrap();
     }
     let copy = |extra: &[&str]| {
@@ -241,11 +237,7 @@ fn tools_run_online_on_postgres_and_import_respects_live_leases() {
     let now = b.clock().unwrap().now_ms();
     let mut live = Record::decode(&record(json!({"coins": 1}), 4)).unwrap();
     live.lease = Some(LeaseHolder { owner: "srv-live".into(), expires_at_ms: now + 600_000 });
-    let op = |key: &str, value: Vec<u8>| WriteOp {
-        key: storage_key("profiles", key),
-        precondition: Precondition::Any,
-        value: Some(value),
-    };
+    let op = |key: &str, value: Vec<u8>| WriteOp::new(storage_key("profiles", key), Precondition::Any, Some(value));
     b.write_batch(&[
         op("held", live.encode()),
         op("free", record(json!({"coins": 2}), 1)),

@@ -50,6 +50,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex as AsyncMutex};
 use tokio_postgres::{AsyncMessage, Client, NoTls, Notification, Statement};
 use tracing::{debug, warn};
@@ -61,7 +62,7 @@ use self::errors::{PgFailure, StartError};
 use self::sql::{RowKey, ScanShape, Statements};
 use super::{
     storage_key, AllOrNothing, Backend, BackendClock, Capabilities, KeyValues, NoticeBus, Precondition, RecordHeader,
-    RecordIndex, StorageError, WriteOp, WriteOutcome,
+    RecordIndex, StorageError, StorageKey, WriteOp, WriteOutcome,
 };
 
 /// A PostgreSQL database as a [`Backend`]. Cheap to share (`Arc`); every
@@ -668,14 +669,31 @@ fn connect_error(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// What a write's key names on PostgreSQL: a record (its store and key,
+/// as the writer typed them) or a meta value.
+enum WriteTarget<'a> {
+    Record(&'a Arc<str>, &'a Arc<str>),
+    Meta(&'a [u8]),
+}
+
+impl<'a> WriteTarget<'a> {
+    fn of(key: &'a StorageKey) -> Option<Self> {
+        if key.starts_with(b"m\0") {
+            return Some(WriteTarget::Meta(key.as_bytes()));
+        }
+        let (store, key) = key.record_parts()?;
+        (!store.is_empty() && !key.is_empty()).then_some(WriteTarget::Record(store, key))
+    }
+}
+
 /// One record op of a batch, as the statement's parameter arrays take it.
 struct RowOp {
     idx: i32,
-    store: String,
-    key: String,
+    store: Arc<str>,
+    key: Arc<str>,
     kind: i16,
     exp: Option<RecordHeader>,
-    value: Option<Vec<u8>>,
+    value: Option<Bytes>,
     index: Option<RecordIndex>,
     new_header: Option<RecordHeader>,
 }
@@ -685,7 +703,7 @@ fn to_i64(v: u64, what: &str) -> Result<i64, String> {
 }
 
 impl RowOp {
-    fn from_op(idx: usize, store: String, key: String, op: &WriteOp) -> Result<RowOp, String> {
+    fn from_op(idx: usize, store: &Arc<str>, key: &Arc<str>, op: &WriteOp) -> Result<RowOp, String> {
         let (kind, exp) = match op.precondition {
             Precondition::Any => (0, None),
             Precondition::Absent => (1, None),
@@ -696,14 +714,20 @@ impl RowOp {
             to_i64(h.epoch, "epoch")?;
             to_i64(h.revision, "revision")?;
         }
-        let new_header = op.value.as_deref().and_then(RecordHeader::peek);
+        // The writer's index when it sent one (the key actor does), else
+        // read from the bytes: one decode of the record either way, never two.
+        let index = op.value_index().map(std::borrow::Cow::into_owned);
+        debug_assert!(
+            op.index.is_none() || op.value.as_deref().and_then(RecordIndex::peek) == op.index,
+            "a write's index disagrees with its value"
+        );
+        let new_header = index.as_ref().map(|i| i.header).or_else(|| op.value.as_deref().and_then(RecordHeader::peek));
         if let Some(h) = new_header {
             to_i64(h.epoch, "epoch")?;
             to_i64(h.revision, "revision")?;
         }
-        let index = op.value.as_deref().and_then(RecordIndex::peek);
         let idx = i32::try_from(idx).map_err(|_| "batch too large".to_owned())?;
-        Ok(RowOp { idx, store, key, kind, exp, value: op.value.clone(), index, new_header })
+        Ok(RowOp { idx, store: store.clone(), key: key.clone(), kind, exp, value: op.value.clone(), index, new_header })
     }
 }
 
@@ -720,8 +744,8 @@ async fn run_one(conn: &Conn, op: &RowOp, clock: &DbClock) -> Result<bool, PgFai
         .query(
             &conn.st.write_one,
             &[
-                &op.store,
-                &op.key,
+                &&*op.store,
+                &&*op.key,
                 &op.value.as_deref(),
                 &op.new_header.map(|h| h.epoch as i64),
                 &op.new_header.map(|h| h.revision as i64),
@@ -751,8 +775,8 @@ async fn run_round(conn: &Conn, ops: &[RowOp], clock: &DbClock, fast_path: bool)
         return Ok(vec![run_one(conn, &ops[0], clock).await?]);
     }
     let idx: Vec<i32> = ops.iter().map(|o| o.idx).collect();
-    let stores: Vec<&str> = ops.iter().map(|o| o.store.as_str()).collect();
-    let keys: Vec<&str> = ops.iter().map(|o| o.key.as_str()).collect();
+    let stores: Vec<&str> = ops.iter().map(|o| &*o.store).collect();
+    let keys: Vec<&str> = ops.iter().map(|o| &*o.key).collect();
     let kinds: Vec<i16> = ops.iter().map(|o| o.kind).collect();
     let exp_epoch: Vec<Option<i64>> = ops.iter().map(|o| o.exp.map(|h| h.epoch as i64)).collect();
     let exp_rev: Vec<Option<i64>> = ops.iter().map(|o| o.exp.map(|h| h.revision as i64)).collect();
@@ -790,8 +814,8 @@ async fn run_round(conn: &Conn, ops: &[RowOp], clock: &DbClock, fast_path: bool)
 
 /// The current headers of ops that did not apply, in a fresh snapshot.
 async fn reread(conn: &Conn, ops: &[&RowOp]) -> Result<Vec<Option<RecordHeader>>, PgFailure> {
-    let stores: Vec<&str> = ops.iter().map(|o| o.store.as_str()).collect();
-    let keys: Vec<&str> = ops.iter().map(|o| o.key.as_str()).collect();
+    let stores: Vec<&str> = ops.iter().map(|o| &*o.store).collect();
+    let keys: Vec<&str> = ops.iter().map(|o| &*o.key).collect();
     let rows = conn.client.query(&conn.st.reread, &[&stores, &keys]).await?;
     let mut out = vec![None; ops.len()];
     for row in rows {
@@ -813,17 +837,17 @@ async fn run_meta(inner: &Inner, conn: &Conn, name: &[u8], op: &WriteOp) -> Resu
     let header = op.value.as_deref().and_then(RecordHeader::peek);
     let (e, r) = (header.map(|h| h.epoch as i64), header.map(|h| h.revision as i64));
     let applied = match (&op.precondition, &op.value) {
-        (Precondition::Any, Some(v)) => c.execute(&inner.sql.meta_upsert, &[&name, v, &e, &r]).await? == 1,
+        (Precondition::Any, Some(v)) => c.execute(&inner.sql.meta_upsert, &[&name, &&v[..], &e, &r]).await? == 1,
         (Precondition::Any, None) => {
             c.execute(&inner.sql.meta_delete_any, &[&name]).await?;
             true
         }
-        (Precondition::Absent, Some(v)) => c.execute(&inner.sql.meta_insert, &[&name, v, &e, &r]).await? == 1,
+        (Precondition::Absent, Some(v)) => c.execute(&inner.sql.meta_insert, &[&name, &&v[..], &e, &r]).await? == 1,
         (Precondition::Absent, None) => c.query(&inner.sql.meta_get, &[&name]).await?.is_empty(),
         (Precondition::Header(h) | Precondition::Acquire { expected: h, .. }, value) => {
             let (he, hr) = (h.epoch as i64, h.revision as i64);
             match value {
-                Some(v) => c.execute(&inner.sql.meta_update, &[&name, v, &e, &r, &he, &hr]).await? == 1,
+                Some(v) => c.execute(&inner.sql.meta_update, &[&name, &&v[..], &e, &r, &he, &hr]).await? == 1,
                 None => c.execute(&inner.sql.meta_delete_header, &[&name, &he, &hr]).await? == 1,
             }
         }
@@ -853,19 +877,19 @@ async fn write_batch(inner: &Inner, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcom
     // Rounds: the n-th op on a key goes to round n, so no statement touches
     // a row twice (PostgreSQL leaves that unspecified).
     let mut rounds: Vec<Vec<RowOp>> = Vec::new();
-    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
     let mut metas = Vec::new();
     for (i, op) in ops.iter().enumerate() {
-        match RowKey::parse(&op.key) {
+        match WriteTarget::of(&op.key) {
             None => {
                 results[i] = Some(Err(StorageError::permanent(format!(
                     "storage key {:?} is not a record or meta key; PostgreSQL stores only those",
                     String::from_utf8_lossy(&op.key)
                 ))))
             }
-            Some(RowKey::Meta(name)) => metas.push((i, name)),
-            Some(RowKey::Record { store, key }) => {
-                let round = seen.entry((store.clone(), key.clone())).or_insert(0);
+            Some(WriteTarget::Meta(name)) => metas.push((i, name)),
+            Some(WriteTarget::Record(store, key)) => {
+                let round = seen.entry((store, key)).or_insert(0);
                 match RowOp::from_op(i, store, key, op) {
                     Ok(row) => {
                         if rounds.len() <= *round {
@@ -955,8 +979,8 @@ async fn write_batch(inner: &Inner, ops: Vec<WriteOp>) -> Vec<Result<WriteOutcom
 async fn write_all(inner: &Inner, ops: Vec<WriteOp>) -> Result<AllOrNothing, StorageError> {
     let mut rows = Vec::with_capacity(ops.len());
     for (i, op) in ops.iter().enumerate() {
-        match RowKey::parse(&op.key) {
-            Some(RowKey::Record { store, key }) => {
+        match WriteTarget::of(&op.key) {
+            Some(WriteTarget::Record(store, key)) => {
                 rows.push(RowOp::from_op(i, store, key, op).map_err(StorageError::permanent)?)
             }
             _ => return Err(StorageError::permanent("write_all takes record keys only")),
@@ -1094,6 +1118,7 @@ impl Backend for PgBackend {
             prefers_own_thread: true,
             durable_on_write: true,
             writes_all_or_nothing: true,
+            indexes_records: true,
         }
     }
 

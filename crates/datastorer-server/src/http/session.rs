@@ -233,23 +233,18 @@ async fn change_data(
 ) -> Result<HttpResponse> {
     let minimal = prefers_minimal(&req);
     let body = required_json(&req, payload, &state, content_types, "a JSON document").await?;
-    // The response is written inside the key actor, from the document in
-    // place: no copy of the document per request. Its closing brace waits
-    // for the save's fields, if any.
-    let mut response = held
-        .session
-        .update(move |d| {
-            change(d, body);
-            let mut out = Vec::with_capacity(if minimal { 64 } else { 256 });
-            if minimal {
-                out.push(b'{');
-                return Ok(out);
-            }
-            out.extend_from_slice(b"{\"data\":");
-            serde_json::to_writer(&mut out, d).map(|()| out)
-        })
-        .await?
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("the document does not serialize: {e}")))?;
+    // The answer carries the document as the engine encoded it for its size
+    // check: the same bytes the save writes, so the change is serialized
+    // once (not again here, and not again for the save).
+    let ((), encoded) = held.session.update_encoded(move |d| change(d, body)).await?;
+    let mut response = Vec::with_capacity(if minimal { 64 } else { encoded.len() + 64 });
+    if minimal {
+        response.push(b'{');
+    } else {
+        response.extend_from_slice(b"{\"data\":");
+        response.extend_from_slice(&encoded);
+    }
+    drop(encoded);
     if let Some(priority) = query.save {
         // A failed save leaves the change in the session, unsaved, exactly
         // as a failed `POST …/save` would.

@@ -52,7 +52,7 @@ pub(crate) fn copy_sled_to_postgres(
             corrupt += 1;
         }
         let precondition = if overwrite { Precondition::Any } else { Precondition::Absent };
-        batch.push(WriteOp { key: k.to_vec(), precondition, value: Some(v.to_vec()) });
+        batch.push(WriteOp::new(k, precondition, Some(v.to_vec())));
         if batch.len() >= TOOL_BATCH {
             flush(&mut batch, &mut progress)?;
         }
@@ -75,7 +75,7 @@ pub(crate) fn copy_sled_to_postgres(
             (Some(_), Some(h)) => Precondition::Header(h),
             (Some(_), None) => Precondition::Any,
         };
-        let op = WriteOp { key: k.to_vec(), precondition, value: Some(v.to_vec()) };
+        let op = WriteOp::new(k, precondition, Some(v.to_vec()));
         match target.write_batch(std::slice::from_ref(&op)).pop() {
             Some(Ok(WriteOutcome::Applied)) => {
                 floors += 1;

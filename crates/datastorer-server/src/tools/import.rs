@@ -184,11 +184,11 @@ pub(crate) fn import(
             created_at_ms: line.created_at_ms.unwrap_or(now),
             updated_at_ms: line.updated_at_ms,
         };
-        Ok(WriteOp {
-            key: storage_key(&line.store, &line.key),
-            precondition: header.map_or(Precondition::Absent, Precondition::Header),
-            value: Some(record.encode()),
-        })
+        Ok(WriteOp::new(
+            storage_key(&line.store, &line.key),
+            header.map_or(Precondition::Absent, Precondition::Header),
+            Some(record.encode()),
+        ))
     });
     let ops: Vec<WriteOp> = ops.collect::<Result<_, _>>()?;
     let mut imported = 0;
