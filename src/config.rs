@@ -237,7 +237,7 @@ impl Config {
         }
         #[cfg(feature = "postgres")]
         if let StorageConfig::Postgres(pg) = &self.storage {
-            pg.validate().map_err(Error::Config)?;
+            pg.validate()?;
         }
         Ok(())
     }

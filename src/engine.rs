@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::actors::queue::QueueActor;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, KeyId};
 use crate::messages::queue::{Operation, QueueFailure, Reply, Submit};
 use crate::registry::Registry;
 use crate::storage::{AllOrNothing, Backend, KeyValues, StorageError, StorageKey, WriteOp, WriteOutcome};
@@ -174,8 +174,7 @@ fn mismatch(store: &str, key: &str, asked: &'static str, got: &Reply) -> Error {
         Reply::AllOrNothing(_) => "an all-or-nothing outcome",
     };
     Error::Storage {
-        store: store.to_owned(),
-        key: key.to_owned(),
+        at: KeyId::new(store.to_owned(), key.to_owned()),
         operation: asked,
         attempts: 1,
         source: StorageError::permanent(format!("internal error: the queue answered a {asked} with {got}")),
@@ -186,9 +185,9 @@ fn mismatch(store: &str, key: &str, asked: &'static str, got: &Reply) -> Error {
 fn queue_error(store: &str, key: &str, failure: QueueFailure) -> Error {
     match failure {
         QueueFailure::Storage { error, attempts, operation } => {
-            Error::Storage { store: store.to_owned(), key: key.to_owned(), operation, attempts, source: error }
+            Error::Storage { at: KeyId::new(store.to_owned(), key.to_owned()), operation, attempts, source: error }
         }
-        QueueFailure::Cancelled => Error::Cancelled { store: store.to_owned(), key: key.to_owned() },
+        QueueFailure::Cancelled => Error::Cancelled { at: KeyId::new(store.to_owned(), key.to_owned()) },
         QueueFailure::Stopped => Error::NotRunning,
     }
 }

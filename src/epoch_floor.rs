@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use crate::engine::Engine;
-use crate::error::Error;
+use crate::error::{Error, KeyId};
 use crate::retry::{Contention, CONTENTION_WINDOW};
 use crate::storage::{Precondition, Record, RecordHeader, StorageKey, WriteOp, WriteOutcome};
 use crate::types::Priority;
@@ -94,7 +94,7 @@ pub(crate) async fn raise(engine: &Engine, store: &Arc<str>, key: &Arc<str>, epo
             }
             WriteOutcome::Conflict { .. } => match contention.next_wait() {
                 Some(wait) => tokio::time::sleep(wait).await,
-                None => return Err(Error::LeaseLost { store: store.to_string(), key: key.to_string() }),
+                None => return Err(Error::LeaseLost { at: KeyId::new(store.to_string(), key.to_string()) }),
             },
         }
     }

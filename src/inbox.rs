@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Error;
+use crate::error::{Error, KeyId};
 use crate::retry::{Contention, CONTENTION_WINDOW};
 use crate::session::Session;
 pub use crate::store::INBOX_SUFFIX;
@@ -129,16 +129,15 @@ impl<T: Document> Store<T> {
                     return Ok(true);
                 }
                 Some(_) if matches!(expected, crate::store::Expect::Version(_)) => {
-                    return Err(Error::PreconditionFailed { store: self.name().to_owned(), key: key.to_owned() });
+                    return Err(Error::PreconditionFailed { at: KeyId::new(self.name().to_owned(), key.to_owned()) });
                 }
-                Some(_) => return Err(Error::LeaseLost { store: self.name().to_owned(), key: key.to_owned() }),
+                Some(_) => return Err(Error::LeaseLost { at: KeyId::new(self.name().to_owned(), key.to_owned()) }),
                 // Only the inbox moved (a post): look at it again.
                 None => match contention.next_wait() {
                     Some(wait) => tokio::time::sleep(wait).await,
                     None => {
                         return Err(Error::LeaseHeld {
-                            store: self.name().to_owned(),
-                            key: key.to_owned(),
+                            at: KeyId::new(self.name().to_owned(), key.to_owned()),
                             holder: "messages being posted".to_owned(),
                             expires_at_ms: 0,
                         })
@@ -158,7 +157,7 @@ impl<T: Document> Store<T> {
         let size = serde_json::to_vec(&body).map_or(usize::MAX, |b| b.len());
         if size > MAX_MESSAGE_BYTES {
             let (store, key) = (self.name().to_owned(), key.to_owned());
-            return Err(Error::MessageTooLarge { store, key, size, limit: MAX_MESSAGE_BYTES });
+            return Err(Error::MessageTooLarge { at: KeyId::new(store, key), size, limit: MAX_MESSAGE_BYTES });
         }
         let inbox = self.inbox()?;
         let now = self.engine().clock.now_ms();
@@ -166,7 +165,7 @@ impl<T: Document> Store<T> {
         let (store, k) = (self.name().to_owned(), key.to_owned());
         let full = {
             let (store, key) = (store.clone(), k.clone());
-            move || Error::InboxTooLarge { store, key, limit: max_bytes }
+            move || Error::InboxTooLarge { at: KeyId::new(store, key), limit: max_bytes }
         };
         let outcome = busy_retry(|| {
             let body = body.clone();
@@ -177,7 +176,7 @@ impl<T: Document> Store<T> {
                 inbox
                     .update_unleased(k.clone(), crate::store::Expect::Anything, move |ib| {
                         if ib.messages.len() >= MAX_INBOX_MESSAGES {
-                            return Err(Error::InboxFull { store, key: k, limit: MAX_INBOX_MESSAGES });
+                            return Err(Error::InboxFull { at: KeyId::new(store, k), limit: MAX_INBOX_MESSAGES });
                         }
                         // The message's own bytes, its envelope, and what waits.
                         let waiting = serde_json::to_vec(&*ib).map_or(usize::MAX, |b| b.len());
@@ -215,8 +214,7 @@ impl<T: Document> Store<T> {
         crate::store::validate_key(key)?;
         let Some(rec) = self.inbox()?.inspect(key).await? else { return Ok(Vec::new()) };
         let inbox: Inbox = serde_json::from_slice(&rec.data).map_err(|e| Error::CorruptRecord {
-            store: inbox_store_name(self.name()),
-            key: key.to_owned(),
+            at: KeyId::new(inbox_store_name(self.name()), key.to_owned()),
             source: crate::storage::DecodeError::Body(e.to_string()),
         })?;
         Ok(inbox.messages)

@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::error::Error;
+use crate::error::{Error, KeyId};
 use crate::migration::{migrate, reconcile};
 use crate::storage::{
     LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, StorageKey, WriteOp, WriteOutcome,
@@ -99,8 +99,7 @@ pub(crate) async fn acquire<T: Document>(
     loop {
         let bytes = engine.get(&store.name, &key, storage_key.clone(), Priority::Normal).await?;
         let current = bytes.as_deref().map(Record::decode).transpose().map_err(|source| Error::CorruptRecord {
-            store: store.name.to_string(),
-            key: key.to_string(),
+            at: KeyId::new(store.name.to_string(), key.to_string()),
             source,
         })?;
         let now_ms = engine.clock.now_ms();
@@ -110,8 +109,7 @@ pub(crate) async fn acquire<T: Document>(
             let live = holder.expires_at_ms > now_ms || refused_just_now;
             if holder.owner != *engine.owner && live {
                 let held = || Error::LeaseHeld {
-                    store: store.name.to_string(),
-                    key: key.to_string(),
+                    at: KeyId::new(store.name.to_string(), key.to_string()),
                     holder: holder.owner.clone(),
                     expires_at_ms: holder.expires_at_ms,
                 };
@@ -226,7 +224,7 @@ pub(crate) async fn acquire<T: Document>(
             WriteOutcome::Conflict { .. } => {
                 races += 1;
                 if races >= MAX_RACES {
-                    return Err(Error::LeaseLost { store: store.name.to_string(), key: key.to_string() });
+                    return Err(Error::LeaseLost { at: KeyId::new(store.name.to_string(), key.to_string()) });
                 }
             }
         }
@@ -271,8 +269,7 @@ async fn wait_for_release(
 /// migrated and reconciled with the template (what an open loads).
 pub(crate) fn current_document<T: Document>(store: &StoreDef<T>, key: &str, r: &Record) -> Result<Value, Error> {
     let fail = |message: String| Error::Migration {
-        store: store.name.to_string(),
-        key: key.to_owned(),
+        at: KeyId::new(store.name.to_string(), key.to_owned()),
         from_version: r.data_version,
         message,
     };
@@ -294,8 +291,7 @@ fn prepare<T: Document>(
         None => (store.template_json.clone(), store.metadata_template.clone(), Vec::new(), now_ms),
         Some(r) => {
             let fail = |message: String| Error::Migration {
-                store: store.name.to_string(),
-                key: key.to_owned(),
+                at: KeyId::new(store.name.to_string(), key.to_owned()),
                 from_version: r.data_version,
                 message,
             };
@@ -315,13 +311,11 @@ fn prepare<T: Document>(
         }
     }
     let data: T = serde_json::from_value(doc).map_err(|e| Error::Deserialize {
-        store: store.name.to_string(),
-        key: key.to_owned(),
+        at: KeyId::new(store.name.to_string(), key.to_owned()),
         message: e.to_string(),
     })?;
     let serialize_err = |e: serde_json::Error| Error::Serialize {
-        store: store.name.to_string(),
-        key: key.to_owned(),
+        at: KeyId::new(store.name.to_string(), key.to_owned()),
         message: e.to_string(),
     };
     let data_bytes = serde_json::to_vec(&data).map_err(serialize_err)?;

@@ -33,7 +33,8 @@
 //! ## Layout
 //! - [`Datastorer`] (this file): starts the engine, hands out stores.
 //! - `store`: [`Store`], [`StoreSpec`], the open flow and key registry.
-//! - `session`: [`Session`] and its small types.
+//! - `session`: [`Session`] and its save receipt.
+//! - `types`: the shared vocabulary (policies, close reasons, lease info).
 //! - `actors/`: the key actor, the queue actor, the supervisor.
 //! - `messages/`: each actor's protocol.
 //! - `lease`: acquire policy and load (migrate, reconcile).
@@ -80,6 +81,11 @@ use std::sync::Arc;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// Compiles the embedding guide's examples as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/embedding.md")]
+pub struct EmbeddingGuideDoctests;
+
 use actix::{Actor, Addr, Arbiter, System, WeakAddr};
 use tokio::sync::oneshot;
 use tracing::info;
@@ -95,9 +101,9 @@ use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
 use crate::registry::Registry;
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
-pub use crate::error::Error;
+pub use crate::error::{Error, KeyId};
 pub use crate::inbox::{inbox_store_name, Inbox, INBOX_SUFFIX, MAX_INBOX_MESSAGES, MAX_MESSAGE_BYTES};
-pub use crate::migration::Migration;
+pub use crate::migration::{Migration, StepRefused};
 pub use crate::read_cache::ReadCache;
 pub use crate::report::{ReleaseReport, ShutdownReport};
 pub use crate::retry::RetryConfig;

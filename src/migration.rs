@@ -36,8 +36,8 @@ impl Migration {
 
     /// Runs this one step on `doc` (what the engine does on load; handy to
     /// test a migration by itself).
-    pub fn apply(&self, doc: Value) -> Result<Value, String> {
-        (self.step)(doc)
+    pub fn apply(&self, doc: Value) -> Result<Value, StepRefused> {
+        (self.step)(doc).map_err(|reason| StepRefused { step: self.name.clone(), reason })
     }
 
     /// The step's name (part of the store's identity: two `store()` calls
@@ -45,6 +45,16 @@ impl Migration {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// A migration step refused a document ([`Migration::apply`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("migration step {step:?} refused the document: {reason}")]
+pub struct StepRefused {
+    /// The step's name.
+    pub step: String,
+    /// What the step said.
+    pub reason: String,
 }
 
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use crate::error::Error;
+use crate::error::{Error, KeyId};
 use crate::storage::NoticeKind;
 use crate::store::{validate_key, Store};
 use crate::types::Document;
@@ -38,8 +38,7 @@ impl<T: Document> Store<T> {
         let Some(rec) = self.inspect(key).await? else { return Ok(None) };
         let doc = crate::lease::current_document(self.def(), key, &rec)?;
         serde_json::from_value(doc).map(Some).map_err(|e| Error::Deserialize {
-            store: self.name().to_owned(),
-            key: key.to_owned(),
+            at: KeyId::new(self.name().to_owned(), key.to_owned()),
             message: e.to_string(),
         })
     }

@@ -115,8 +115,8 @@ mod tests {
     #[test]
     fn each_error_counts_under_its_reason() {
         let failures = SaveFailures::default();
-        let too_large = Error::DocumentTooLarge { store: "s".into(), key: "k".into(), limit: 1 };
-        let lost = Error::LeaseLost { store: "s".into(), key: "k".into() };
+        let too_large = Error::DocumentTooLarge { at: crate::error::KeyId::new("s", "k"), limit: 1 };
+        let lost = Error::LeaseLost { at: crate::error::KeyId::new("s", "k") };
         for (i, e) in [&too_large, &too_large, &lost, &Error::NotRunning].into_iter().enumerate() {
             failures.count(SaveFailureReason::of(e), "s", &format!("k{i}"));
         }

@@ -1,5 +1,5 @@
-//! `Session<T>`: the application's handle on one loaded key, and the small
-//! public types around it (policies, close reasons, receipts, lease info).
+//! `Session<T>`: the application's handle on one loaded key, and its save
+//! receipt (the policies, close reasons and lease info are in `types`).
 //!
 //! Owns: turning method calls into key-actor messages. Must not: hold state
 //! of its own; the key actor is the single owner of the document.
@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::actors::key::KeyActor;
-use crate::error::Error;
+use crate::error::{Error, KeyId};
 use crate::keepalive::Keepalive;
 use crate::messages::key::{
     AddUserId, CheckLease, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, RemoveUserId, Save,
@@ -48,9 +48,8 @@ impl Future for SaveReceipt {
         match Pin::new(&mut self.rx).poll(cx) {
             Poll::Ready(Ok(result)) => Poll::Ready(result),
             Poll::Ready(Err(_)) => Poll::Ready(Err(Error::SessionClosed {
-                store: self.store.to_string(),
-                key: self.key.to_string(),
-                reason: CloseReason::Error("key actor stopped".into()),
+                at: KeyId::new(self.store.to_string(), self.key.to_string()),
+                reason: CloseReason::Stopped,
             })),
             Poll::Pending => Poll::Pending,
         }
@@ -109,8 +108,8 @@ impl<T: Document> Session<T> {
     }
 
     fn gone(&self) -> Error {
-        let reason = self.closed.reason().unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
-        Error::SessionClosed { store: self.store.to_string(), key: self.key.to_string(), reason }
+        let reason = self.closed.reason().unwrap_or(CloseReason::Stopped);
+        Error::SessionClosed { at: KeyId::new(self.store.to_string(), self.key.to_string()), reason }
     }
 
     /// Runs `f` over the document inside the key actor.

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::actors::key::KeyActor;
 use crate::engine::Engine;
-use crate::error::Error;
+use crate::error::{Error, KeyId};
 use crate::keepalive::Keepalive;
 use crate::messages::key::{Control, Open};
 use crate::migration::Migration;
@@ -194,7 +194,7 @@ pub fn validate_store_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// A registry entry: 16 bytes, since a million of them may exist. The
+/// A registry entry: 32 bytes, since a million of them may exist. The
 /// signal's `Arc` identifies the actor instance (a reopened key gets a new one).
 struct KeyEntry<T: Document> {
     addr: Addr<KeyActor<T>>,
@@ -310,8 +310,7 @@ impl<T: Document> Store<T> {
     ) -> Result<Store<T>, Error> {
         validate_store_name(name)?;
         let template_json = serde_json::to_value(&spec.template).map_err(|e| Error::Serialize {
-            store: name.to_owned(),
-            key: "<template>".to_owned(),
+            at: KeyId::new(name.to_owned(), "<template>".to_owned()),
             message: e.to_string(),
         })?;
         let fingerprint = Fingerprint {
@@ -443,8 +442,7 @@ impl<T: Document> Store<T> {
         match shared.engine.get(&shared.name, &key, skey, Priority::Normal).await? {
             None => Ok(None),
             Some(bytes) => Record::decode(&bytes).map(Some).map_err(|source| Error::CorruptRecord {
-                store: shared.name.to_string(),
-                key: key.to_string(),
+                at: KeyId::new(shared.name.to_string(), key.to_string()),
                 source,
             }),
         }
@@ -470,7 +468,7 @@ impl<T: Document> Store<T> {
         validate_key(&key)?;
         let shared = &self.shared;
         let engine = &shared.engine;
-        let failed = || Error::PreconditionFailed { store: shared.name.to_string(), key: key.clone() };
+        let failed = || Error::PreconditionFailed { at: KeyId::new(shared.name.to_string(), key.clone()) };
         if expected == Expect::Absent {
             return match self.inspect(key.as_str()).await {
                 Ok(None) => Ok(false),
@@ -482,8 +480,7 @@ impl<T: Document> Store<T> {
             if !force {
                 let expires_at_ms = session.lease().await.map_or(0, |l| l.expires_at_ms);
                 return Err(Error::LeaseHeld {
-                    store: shared.name.to_string(),
-                    key,
+                    at: KeyId::new(shared.name.to_string(), key),
                     holder: engine.owner.to_string(),
                     expires_at_ms,
                 });
@@ -525,8 +522,7 @@ impl<T: Document> Store<T> {
                 if let Some(lease) = rec.lease.as_ref().filter(|l| l.expires_at_ms > engine.clock.now_ms()) {
                     if !force {
                         return Err(Error::LeaseHeld {
-                            store: shared.name.to_string(),
-                            key,
+                            at: KeyId::new(shared.name.to_string(), key),
                             holder: lease.owner.clone(),
                             expires_at_ms: lease.expires_at_ms,
                         });
@@ -569,7 +565,7 @@ impl<T: Document> Store<T> {
             WriteOutcome::Conflict { current: None } if self.inspect(key.as_str()).await?.is_none() => true,
             WriteOutcome::Conflict { .. } if matches!(expected, Expect::Version(_)) => return Err(failed()),
             WriteOutcome::Conflict { .. } => {
-                return Err(Error::LeaseLost { store: shared.name.to_string(), key });
+                return Err(Error::LeaseLost { at: KeyId::new(shared.name.to_string(), key) });
             }
         };
         // The record first, then its inbox: a delete refused by its
@@ -610,7 +606,7 @@ impl<T: Document> Store<T> {
         let key = key.into().0;
         validate_key(&key)?;
         let name = self.shared.name.to_string();
-        let failed = || Error::PreconditionFailed { store: name.clone(), key: key.clone() };
+        let failed = || Error::PreconditionFailed { at: KeyId::new(name.clone(), key.clone()) };
         // A cheap look first, so a condition that fails already costs no
         // lease (whose take and give-back would change the record's ETag);
         // again after waiting for our turn, since the update before us may
@@ -672,8 +668,7 @@ impl<T: Document> Store<T> {
         let turn = OneShotTurn { store: self.shared.clone(), key: key.to_owned(), held, waited };
         if turn.held.is_none() {
             return Err(Error::LeaseHeld {
-                store: self.shared.name.to_string(),
-                key: key.to_owned(),
+                at: KeyId::new(self.shared.name.to_string(), key.to_owned()),
                 holder: self.shared.engine.owner.to_string(),
                 expires_at_ms: 0,
             });
@@ -704,8 +699,7 @@ impl<T: Document> Store<T> {
                     }
                     Some((_, e)) if exclusive && !e.closed.is_one_shot() && e.closed.is_open() => {
                         return Err(Error::LeaseHeld {
-                            store: shared.name.to_string(),
-                            key,
+                            at: KeyId::new(shared.name.to_string(), key),
                             holder: shared.engine.owner.to_string(),
                             expires_at_ms: 0,
                         });
@@ -773,8 +767,8 @@ impl<T: Document> Store<T> {
                     shared.remove(&key_arc, &closed);
                     stopped += 1;
                     if stopped >= 3 {
-                        let reason = closed.reason().unwrap_or_else(|| CloseReason::Error("key actor stopped".into()));
-                        return Err(Error::SessionClosed { store: shared.name.to_string(), key, reason });
+                        let reason = closed.reason().unwrap_or(CloseReason::Stopped);
+                        return Err(Error::SessionClosed { at: KeyId::new(shared.name.to_string(), key), reason });
                     }
                 }
                 Ok(Err(e)) => return Err(e),

@@ -67,8 +67,10 @@ impl Default for AcquirePolicy {
     }
 }
 
-/// Why a session ended.
+/// Why a session ended. New reasons may come in minor releases: match
+/// with a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// `release()`: saved and lease cleared.
     Released,
@@ -88,8 +90,15 @@ pub enum CloseReason {
     /// The holder stopped renewing (a server's client vanished); the key
     /// was saved and released.
     Expired,
-    /// Something failed; the message says what.
-    Error(String),
+    /// Opening failed (a corrupt record, a failed migration, a hook that
+    /// panicked): the opener got the error itself; this is its message.
+    OpenFailed(String),
+    /// The key's actor stopped without closing the session: its engine
+    /// stopped, or the actix System it ran on went down.
+    Stopped,
+    /// A simulated crash (the harness's `crash`): nothing was saved or
+    /// released.
+    Crashed,
 }
 
 impl fmt::Display for CloseReason {
@@ -103,7 +112,9 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => f.write_str("shutdown"),
             CloseReason::Deleted => f.write_str("deleted"),
             CloseReason::Expired => f.write_str("expired"),
-            CloseReason::Error(m) => write!(f, "error: {m}"),
+            CloseReason::OpenFailed(m) => write!(f, "open failed: {m}"),
+            CloseReason::Stopped => f.write_str("stopped"),
+            CloseReason::Crashed => f.write_str("crashed"),
         }
     }
 }
@@ -117,9 +128,12 @@ impl From<&CloseReason> for EndKind {
             CloseReason::ReleaseRequested => EndKind::ReleaseRequested,
             CloseReason::Expired => EndKind::Expired,
             CloseReason::Shutdown => EndKind::Shutdown,
-            CloseReason::Closed | CloseReason::LeaseLost | CloseReason::Deleted | CloseReason::Error(_) => {
-                EndKind::Closed
-            }
+            CloseReason::Closed
+            | CloseReason::LeaseLost
+            | CloseReason::Deleted
+            | CloseReason::OpenFailed(_)
+            | CloseReason::Stopped
+            | CloseReason::Crashed => EndKind::Closed,
         }
     }
 }

@@ -24,7 +24,7 @@ use serde_json::Value;
 use tracing::{debug, warn};
 
 use super::write_slot::{OnWire, Requested, SlotKind, WriteSlot};
-use crate::error::Error;
+use crate::error::{Error, KeyId};
 use crate::lease::{acquire, Loaded};
 use crate::messages::key::{
     AddUserId, CheckLease, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release,
@@ -121,22 +121,23 @@ impl<T: Document> KeyActor<T> {
         StorageKey::record(&self.store.name, &self.key)
     }
 
+    fn key_id(&self) -> KeyId {
+        KeyId::new(&*self.store.name, &*self.key)
+    }
+
     fn closed_error(&self) -> Error {
         let reason = match &self.phase {
             Phase::Closing(r) => (**r).clone(),
-            Phase::Closed => self.closed.reason().unwrap_or_else(|| CloseReason::Error("closed".into())),
-            Phase::Opening | Phase::Open => CloseReason::Error("not open".into()),
+            // No reason recorded, or asked before the open finished (the
+            // open holds the mailbox, so only a stopping actor gets here).
+            Phase::Closed => self.closed.reason().unwrap_or(CloseReason::Stopped),
+            Phase::Opening | Phase::Open => CloseReason::Stopped,
         };
-        Error::SessionClosed { store: self.store.name.to_string(), key: self.key.to_string(), reason }
+        Error::SessionClosed { at: self.key_id(), reason }
     }
 
     fn panicked(&self, what: &'static str, payload: &(dyn std::any::Any + Send)) -> Error {
-        Error::Panicked {
-            store: self.store.name.to_string(),
-            key: self.key.to_string(),
-            what,
-            message: panic_message(payload),
-        }
+        Error::Panicked { at: self.key_id(), what, message: panic_message(payload) }
     }
 
     fn publish(&self, kind: NoticeKind) {
@@ -151,14 +152,12 @@ impl<T: Document> KeyActor<T> {
     /// last change made (taken: a saved key keeps no second copy), or a
     /// fresh one.
     fn encode_data(&mut self) -> Result<(Bytes, u64), Error> {
+        let at = self.key_id();
         let Some(doc) = self.doc.as_mut() else { return Err(self.closed_error()) };
         let bytes = match doc.encoded.take() {
             Some(bytes) => *bytes,
-            None => encode_within(&doc.data, usize::MAX, doc.encoded_len_hint).map_err(|fault| Error::Serialize {
-                store: self.store.name.to_string(),
-                key: self.key.to_string(),
-                message: fault.message(),
-            })?,
+            None => encode_within(&doc.data, usize::MAX, doc.encoded_len_hint)
+                .map_err(|fault| Error::Serialize { at, message: fault.message() })?,
         };
         doc.encoded_len_hint = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let checksum = seahash::hash(&bytes);
@@ -183,11 +182,7 @@ impl<T: Document> KeyActor<T> {
             Requested::Queued { superseded } => {
                 if !superseded.is_empty() {
                     // A close drops unsaved data: the saves waiting for it cannot succeed.
-                    let err = Error::SessionClosed {
-                        store: self.store.name.to_string(),
-                        key: self.key.to_string(),
-                        reason: CloseReason::Closed,
-                    };
+                    let err = Error::SessionClosed { at: self.key_id(), reason: CloseReason::Closed };
                     for r in superseded {
                         let _ = r.send(Err(err.clone()));
                     }
@@ -247,11 +242,7 @@ impl<T: Document> KeyActor<T> {
         // Changes are checked when made; only a before-save hook can grow
         // the document past the limit here.
         if bytes.len() > engine.config.max_document_bytes {
-            let err = Error::DocumentTooLarge {
-                store: self.store.name.to_string(),
-                key: self.key.to_string(),
-                limit: engine.config.max_document_bytes,
-            };
+            let err = Error::DocumentTooLarge { at: self.key_id(), limit: engine.config.max_document_bytes };
             self.write_aborted(releasing);
             return fail(self, receipts, err);
         }
@@ -361,8 +352,7 @@ impl<T: Document> KeyActor<T> {
                 return Ok(WriteOutcome::Conflict { current: None });
             };
             let mut record = Record::decode(&bytes).map_err(|source| Error::CorruptRecord {
-                store: store.to_string(),
-                key: key.to_string(),
+                at: KeyId::new(store.to_string(), key.to_string()),
                 source,
             })?;
             if record.header != expected {
@@ -446,7 +436,7 @@ impl<T: Document> KeyActor<T> {
                     target: "datastorer::key", store = %self.store.name, key = %self.key,
                     ours = ?inf.header, stored = ?current, "fencing check failed: lease lost"
                 );
-                let err = Error::LeaseLost { store: self.store.name.to_string(), key: self.key.to_string() };
+                let err = Error::LeaseLost { at: self.key_id() };
                 self.store.engine.save_failures.count(crate::SaveFailureReason::LeaseLost, &self.store.name, &self.key);
                 for r in receipts {
                     let _ = r.send(Err(err.clone()));
@@ -493,11 +483,7 @@ impl<T: Document> KeyActor<T> {
         let waiting = self.writes.abandon();
         // Built only when someone waits: a shutdown finishes every key here.
         if !waiting.is_empty() {
-            let err = Error::SessionClosed {
-                store: self.store.name.to_string(),
-                key: self.key.to_string(),
-                reason: reason.clone(),
-            };
+            let err = Error::SessionClosed { at: self.key_id(), reason: reason.clone() };
             for w in waiting {
                 let _ = w.send(Err(err.clone()));
             }
@@ -542,10 +528,8 @@ impl<T: Document> KeyActor<T> {
         }
         let encoded = match self.encode_data() {
             Ok(e) => e,
-            Err(err) => {
-                warn!(target: "datastorer::key", store = %self.store.name, key = %self.key, error = %err, "autosave cannot encode");
-                return;
-            }
+            // A failed save like any other: logged and counted.
+            Err(err) => return self.fail_before_storage("autosave", Vec::new(), err),
         };
         if self.is_dirty(encoded.1) {
             self.start_write(WriteKind::Save, Priority::Normal, Vec::new(), Some(encoded), ctx);
@@ -593,7 +577,7 @@ impl<T: Document> Actor for KeyActor<T> {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         if self.phase != Phase::Closed {
             self.store.remove(&self.key, &self.closed);
-            self.closed.close(CloseReason::Error("key actor stopped".into()));
+            self.closed.close(CloseReason::Stopped);
         }
     }
 }
@@ -602,7 +586,7 @@ impl<T: Document> Drop for KeyActor<T> {
     // An actor dropped without stopping (its arbiter went away) must still
     // wake whoever waits for the close; a reason already given stands.
     fn drop(&mut self) {
-        self.closed.close(CloseReason::Error("key actor stopped".into()));
+        self.closed.close(CloseReason::Stopped);
     }
 }
 
@@ -631,7 +615,7 @@ impl<T: Document> KeyActor<T> {
         let loaded = match res {
             Ok(l) => l,
             Err(err) => {
-                self.finish(CloseReason::Error(err.to_string()), ctx);
+                self.finish(CloseReason::OpenFailed(err.to_string()), ctx);
                 return Box::pin(fut::ready(Err(err)));
             }
         };
@@ -642,7 +626,7 @@ impl<T: Document> KeyActor<T> {
             let Some(doc) = self.doc.as_mut() else { return Box::pin(fut::ready(Err(Error::NotRunning))) };
             if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook(&mut doc.data))) {
                 let err = self.panicked("after-load hook", &*p);
-                let reason = CloseReason::Error(err.to_string());
+                let reason = CloseReason::OpenFailed(err.to_string());
                 self.phase = Phase::Closing(Box::new(reason.clone()));
                 // Awaited inside the open (which holds the mailbox), not spawned.
                 let clear = self.clear_lease(header, Priority::Emergency);
@@ -715,16 +699,13 @@ impl<T: Document> KeyActor<T> {
             return Err(self.closed_error());
         }
         let now_ms = self.store.engine.clock.now_ms();
+        let at = self.key_id();
         let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
         // A lease that lapsed without a renewal reaching storage may belong
         // to another process by now: serving changes on this copy would be
         // two owners at once (and lose them at the next write's fencing).
         if doc.expires_at_ms <= now_ms {
-            return Err(Error::LeaseExpired {
-                store: self.store.name.to_string(),
-                key: self.key.to_string(),
-                expired_at_ms: doc.expires_at_ms,
-            });
+            return Err(Error::LeaseExpired { at, expired_at_ms: doc.expires_at_ms });
         }
         // The copy restores the document if the closure panics half-way, or
         // if its result could never be saved. The encoding of the document
@@ -753,8 +734,8 @@ impl<T: Document> KeyActor<T> {
                 doc.data = before;
                 let (store, key) = (self.store.name.to_string(), self.key.to_string());
                 Err(match fault {
-                    SizeFault::TooLarge => Error::DocumentTooLarge { store, key, limit },
-                    SizeFault::Unserializable(message) => Error::Serialize { store, key, message },
+                    SizeFault::TooLarge => Error::DocumentTooLarge { at: KeyId::new(store, key), limit },
+                    SizeFault::Unserializable(message) => Error::Serialize { at: KeyId::new(store, key), message },
                 })
             }
         }
@@ -815,11 +796,8 @@ impl<T: Document> Handler<GetMetadata> for KeyActor<T> {
 
     fn handle(&mut self, _msg: GetMetadata, _ctx: &mut Self::Context) -> Self::Result {
         let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
-        serde_json::from_slice(&doc.metadata_json).map_err(|e| Error::Serialize {
-            store: self.store.name.to_string(),
-            key: self.key.to_string(),
-            message: format!("metadata: {e}"),
-        })
+        serde_json::from_slice(&doc.metadata_json)
+            .map_err(|e| Error::Serialize { at: self.key_id(), message: format!("metadata: {e}") })
     }
 }
 
@@ -830,11 +808,8 @@ impl<T: Document> Handler<SetMetadata> for KeyActor<T> {
         if self.phase != Phase::Open {
             return Err(self.closed_error());
         }
-        let json = serde_json::to_vec(&msg.0).map_err(|e| Error::Serialize {
-            store: self.store.name.to_string(),
-            key: self.key.to_string(),
-            message: format!("metadata: {e}"),
-        })?;
+        let json = serde_json::to_vec(&msg.0)
+            .map_err(|e| Error::Serialize { at: self.key_id(), message: format!("metadata: {e}") })?;
         let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
         if *doc.metadata_json != *json {
             doc.metadata_json = json.into_boxed_slice();
@@ -1001,7 +976,7 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
             #[cfg(feature = "harness")]
             Control::Abort => {
                 if self.phase != Phase::Closed {
-                    self.finish(CloseReason::Error("node crashed".into()), ctx);
+                    self.finish(CloseReason::Crashed, ctx);
                 }
             }
             Control::ReleaseForSupervisor { reason, priority, receipt } => {

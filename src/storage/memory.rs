@@ -279,7 +279,7 @@ impl MemoryBackend {
         let draw = (super::xorshift64(state) >> 11) as f64 / (1u64 << 53) as f64;
         if draw < rule.probability {
             self.injected_failures.fetch_add(1, Ordering::Relaxed);
-            Some(StorageError { kind: rule.kind, message: format!("injected {op:?} fault (fraction)") })
+            Some(StorageError::new(rule.kind, format!("injected {op:?} fault (fraction)")))
         } else {
             None
         }
@@ -349,7 +349,7 @@ impl MemoryBackend {
         faults.retain(|r| r.remaining > 0);
         self.injected_failures.fetch_add(1, Ordering::Relaxed);
         let message = format!("injected {op:?} fault");
-        Some(StorageError { kind, message })
+        Some(StorageError::new(kind, message))
     }
 }
 

@@ -41,28 +41,49 @@ pub enum ErrorKind {
 /// Key/value pairs returned by a prefix scan, in key order.
 pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A failure reported by a backend.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
+/// A failure reported by a backend. Two are equal when their kind and
+/// message are (the underlying error is context, not identity).
+#[derive(Debug, Clone, Error)]
 #[error("{kind:?} storage error: {message}")]
 pub struct StorageError {
     /// How the queue treats it.
     pub kind: ErrorKind,
     /// What went wrong, for humans.
     pub message: String,
+    /// The backend's own error, when there is one (`Error::source`).
+    #[source]
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
+impl PartialEq for StorageError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for StorageError {}
+
 impl StorageError {
+    /// A failure of `kind`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), source: None }
+    }
     /// A retryable failure.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Transient, message: message.into() }
+        Self::new(ErrorKind::Transient, message)
     }
     /// A throttling failure (retryable).
     pub fn throttled(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Throttled, message: message.into() }
+        Self::new(ErrorKind::Throttled, message)
     }
     /// A failure that retrying cannot fix.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { kind: ErrorKind::Permanent, message: message.into() }
+        Self::new(ErrorKind::Permanent, message)
+    }
+    /// The same failure, keeping the backend's own error as its source.
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
     /// Whether the queue should retry it.
     pub fn is_retryable(&self) -> bool {
@@ -666,4 +687,44 @@ pub fn split_storage_key(bytes: &[u8]) -> Option<(String, String)> {
     let store = std::str::from_utf8(&rest[..nul]).ok()?;
     let key = std::str::from_utf8(&rest[nul + 1..]).ok()?;
     Some((store.to_owned(), key.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_error_keeps_the_backends_own_error_as_its_source() {
+        let disk = std::io::Error::other("the disk said no");
+        let e = StorageError::transient("sled flush: the disk said no").caused_by(disk);
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("the disk said no"));
+        // The chain reaches it through the engine's error as well.
+        let engine = crate::Error::Storage {
+            at: crate::KeyId::new("s", "k"),
+            operation: "write",
+            attempts: 3,
+            source: e.clone(),
+        };
+        let mut chain = Vec::new();
+        let mut next: Option<&dyn std::error::Error> = Some(&engine);
+        while let Some(err) = next {
+            chain.push(err.to_string());
+            next = err.source();
+        }
+        assert_eq!(chain.len(), 3, "{chain:?}");
+        assert_eq!(chain[2], "the disk said no");
+        // Equality is by kind and message: the source is context.
+        assert_eq!(e, StorageError::transient("sled flush: the disk said no"));
+    }
+
+    #[test]
+    fn a_storage_key_keeps_a_records_store_and_key_beside_its_bytes() {
+        let (store, key): (Arc<str>, Arc<str>) = (Arc::from("profiles"), Arc::from("42"));
+        let typed = StorageKey::record(&store, &key);
+        assert_eq!(typed.as_bytes(), storage_key("profiles", "42").as_slice());
+        assert_eq!(typed, StorageKey::from(storage_key("profiles", "42")), "built or parsed, one key");
+        assert_eq!(typed.record_parts().map(|(s, k)| (&**s, &**k)), Some(("profiles", "42")));
+        assert_eq!(StorageKey::from(OWNER_ID_KEY).record_parts(), None);
+    }
 }

@@ -89,8 +89,8 @@ fn map_err(context: &str, e: sled::Error) -> StorageError {
     match e {
         // I/O errors are often passing (EINTR, EAGAIN, a busy disk); the
         // queue's bounded retry turns a lasting one into a reported failure.
-        sled::Error::Io(io) => StorageError::transient(format!("{context}: {io}")),
-        other => StorageError::permanent(format!("{context}: {other}")),
+        sled::Error::Io(io) => StorageError::transient(format!("{context}: {io}")).caused_by(io),
+        other => StorageError::permanent(format!("{context}: {other}")).caused_by(other),
     }
 }
 

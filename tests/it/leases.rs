@@ -19,10 +19,10 @@ async fn fail_policy_reports_holder_and_expiry() {
     let expiry = held.lease().await.unwrap().expires_at_ms;
 
     match profiles(&b).open("k").policy(AcquirePolicy::Fail).await {
-        Err(Error::LeaseHeld { holder, expires_at_ms, key, store }) => {
+        Err(Error::LeaseHeld { holder, expires_at_ms, at, .. }) => {
             assert_eq!(holder, "server-a");
             assert_eq!(expires_at_ms, expiry);
-            assert_eq!((store.as_str(), key.as_str()), ("profiles", "k"));
+            assert_eq!(at, datastorer::KeyId::new("profiles", "k"));
         }
         other => panic!("expected LeaseHeld, got {other:?}"),
     }
@@ -132,7 +132,7 @@ async fn a_stale_holder_write_is_rejected_by_the_fencing_check() {
 
     s.update(|p| p.coins = 6).await.unwrap();
     match s.save(Priority::Normal).await {
-        Err(Error::LeaseLost { key, .. }) => assert_eq!(key, "k"),
+        Err(Error::LeaseLost { at, .. }) => assert_eq!(at.key, "k"),
         other => panic!("expected LeaseLost, got {other:?}"),
     }
     assert_eq!(s.closed().await, CloseReason::LeaseLost);
@@ -297,7 +297,7 @@ async fn a_lease_that_lapsed_unrenewed_refuses_changes_until_renewed() {
     backend.fail_next(datastorer::storage::memory::OpKind::Write, None, u64::MAX, datastorer::ErrorKind::Permanent);
     tokio::time::advance(TTL + Duration::from_secs(1)).await;
     match s.update(|p| p.coins = 2).await {
-        Err(Error::LeaseExpired { key, .. }) => assert_eq!(key, "k"),
+        Err(Error::LeaseExpired { at, .. }) => assert_eq!(at.key, "k"),
         other => panic!("expected LeaseExpired, got {other:?}"),
     }
     assert_eq!(s.read(|p| p.coins).await.unwrap(), 1, "the refused change was not applied");

@@ -135,9 +135,9 @@ async fn a_failing_or_panicking_migration_fails_the_open_and_leaves_the_record_u
     let store = ds.store("players", spec()).unwrap();
     let before = plant(&backend, "bad", 2, json!({"gold": "lots", "display_name": "x"}), json!({}));
     match store.open("bad").await {
-        Err(Error::Migration { from_version, message, key, .. }) => {
+        Err(Error::Migration { from_version, message, at, .. }) => {
             assert_eq!(from_version, 2);
-            assert_eq!(key, "bad");
+            assert_eq!(at.key, "bad");
             assert!(message.contains("double gold") && message.contains("not a number"), "{message}");
         }
         other => panic!("expected Migration error, got {other:?}"),
@@ -174,7 +174,7 @@ async fn a_document_that_does_not_fit_the_type_is_a_typed_error_and_kept() {
     let store = ds.store("players", spec()).unwrap();
     let before = plant(&backend, "odd", 3, json!({"gold": -4, "display_name": "x"}), json!({}));
     let err = store.open("odd").await.unwrap_err();
-    assert!(matches!(err, Error::Deserialize { ref key, .. } if key == "odd"), "{err:?}");
+    assert!(matches!(err, Error::Deserialize { ref at, .. } if at.key == "odd"), "{err:?}");
     assert_eq!(backend.raw_get(&storage_key("players", "odd")).unwrap(), before);
 }
 

@@ -105,10 +105,10 @@ async fn retries_stop_at_max_attempts_and_the_delay_is_capped() {
     backend.fail_next(OpKind::Write, None, 100, ErrorKind::Transient);
     let started = Instant::now();
     match s.save(Priority::Normal).await {
-        Err(Error::Storage { attempts, operation, key, .. }) => {
+        Err(Error::Storage { attempts, operation, at, .. }) => {
             assert_eq!(attempts, 6);
             assert_eq!(operation, "write");
-            assert_eq!(key, "k");
+            assert_eq!(at.key, "k");
         }
         other => panic!("expected a storage error, got {other:?}"),
     }
@@ -233,7 +233,7 @@ async fn flush_queue_cancels_normal_requests_and_emergency_flush_cancels_all() {
     assert_eq!((depth.normal, depth.emergency), (2, 1), "{depth:?}");
 
     assert_eq!(ds.flush_queue().await, 2);
-    assert!(matches!(normal_a.await, Err(Error::Cancelled { ref key, .. }) if key == "a"));
+    assert!(matches!(normal_a.await, Err(Error::Cancelled { ref at, .. }) if at.key == "a"));
     assert!(matches!(normal_b.await, Err(Error::Cancelled { .. })));
     urgent.await.unwrap();
     assert_eq!(stored_json(&backend, "profiles", "c")["coins"], 1);

@@ -168,8 +168,8 @@ async fn a_panicking_update_restores_the_document_and_the_actor_survives() {
         .await
         .unwrap_err();
     match err {
-        Error::Panicked { ref key, ref message, .. } => {
-            assert_eq!(key, "dave");
+        Error::Panicked { ref at, ref message, .. } => {
+            assert_eq!(at.key, "dave");
             assert!(message.contains("boom"));
         }
         other => panic!("expected Panicked, got {other:?}"),
@@ -225,7 +225,7 @@ async fn a_before_save_hook_that_grows_the_document_past_the_limit_fails_the_sav
     let before = backend.raw_get(&datastorer::storage::storage_key("profiles", "big")).unwrap();
     s.update(|p| p.coins = 7).await.unwrap();
     match s.save(Priority::Normal).await {
-        Err(Error::DocumentTooLarge { key, limit, .. }) => assert_eq!((key.as_str(), limit), ("big", 200)),
+        Err(Error::DocumentTooLarge { at, limit, .. }) => assert_eq!((at.key.as_str(), limit), ("big", 200)),
         other => panic!("expected DocumentTooLarge, got {other:?}"),
     }
     assert_eq!(backend.raw_get(&datastorer::storage::storage_key("profiles", "big")).unwrap(), before);
@@ -344,7 +344,7 @@ async fn a_change_that_could_never_be_saved_is_refused_and_the_document_restored
 
     let r = s.update(|p| p.items = vec!["x".repeat(300)]).await;
     match r {
-        Err(Error::DocumentTooLarge { limit, key, .. }) => assert_eq!((limit, key.as_str()), (200, "big")),
+        Err(Error::DocumentTooLarge { limit, at, .. }) => assert_eq!((limit, at.key.as_str()), (200, "big")),
         other => panic!("expected DocumentTooLarge, got {other:?}"),
     }
     // The refused change is gone; the one before it is still there and saves.

@@ -115,7 +115,7 @@ async fn shutdown_reports_keys_it_could_not_save_and_respects_the_deadline() {
     assert_eq!(report.release.released, 1);
     assert_eq!(report.release.timed_out, 1);
     assert_eq!(report.release.failed.len(), 1);
-    assert!(matches!(&report.release.failed[0], Error::Storage { key, .. } if key == "broken"));
+    assert!(matches!(&report.release.failed[0], Error::Storage { at, .. } if at.key == "broken"));
     assert!(!report.is_clean());
     // Regression (issue 22, F3): the report names every key it could not
     // save, timed-out ones included, so an operator knows whose progress is lost.

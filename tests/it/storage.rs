@@ -150,8 +150,8 @@ async fn a_corrupt_record_is_reported_with_store_and_key_and_kept() {
     backend.raw_put(&skey, &torn);
 
     match store.open("broken").await {
-        Err(Error::CorruptRecord { store, key, source }) => {
-            assert_eq!((store.as_str(), key.as_str()), ("profiles", "broken"));
+        Err(Error::CorruptRecord { at, source, .. }) => {
+            assert_eq!(at, datastorer::KeyId::new("profiles", "broken"));
             assert!(matches!(source, DecodeError::Corrupt(_)));
         }
         other => panic!("expected CorruptRecord, got {other:?}"),
@@ -182,7 +182,7 @@ async fn a_corrupt_record_on_sled_is_reported_and_kept() {
     let ds = Datastorer::start(c).await.unwrap();
     let err = profiles(&ds).open("k").await.unwrap_err();
     assert!(
-        matches!(err, Error::CorruptRecord { ref key, source: DecodeError::NotARecord, .. } if key == "k"),
+        matches!(err, Error::CorruptRecord { ref at, source: DecodeError::NotARecord, .. } if at.key == "k"),
         "{err:?}"
     );
     assert_eq!(backend.get(&skey).unwrap().unwrap(), b"\x00\x01not a record");

@@ -632,9 +632,11 @@ fn check(cluster: &Cluster, obs: &Observed, seed: u64) {
                     e.reason
                 );
             }
-            CloseReason::Error(m) => {
-                assert_eq!(m, "node crashed", "seed {seed}: {node_owner}'s session of {} ended in error", e.key)
+            CloseReason::Crashed => {}
+            CloseReason::OpenFailed(m) => {
+                panic!("seed {seed}: {node_owner}'s session of {} ended in error: {m}", e.key)
             }
+            CloseReason::Stopped => panic!("seed {seed}: {node_owner}'s session of {} stopped without closing", e.key),
             _ => {}
         }
     }

@@ -540,7 +540,13 @@ fn storage(o: &Settings, file: &Settings, at: &Origin<'_>) -> Result<Storage, Co
             pg.root_cert_path = file.postgres_root_cert.clone();
             pg.allow_plaintext = file.postgres_allow_plaintext.unwrap_or(false);
             pg.advertise_url = o.advertise_url.clone().or(file.advertise_url.clone());
-            pg.validate().map_err(|e| err_at("database_url", o.database_url.is_some(), e))?;
+            pg.validate().map_err(|e| {
+                let message = match e {
+                    datastorer::Error::Config(m) => m,
+                    other => other.to_string(),
+                };
+                err_at("database_url", o.database_url.is_some(), message)
+            })?;
             Storage::Postgres(pg)
         }
     })

@@ -64,7 +64,9 @@ impl EndReason {
             CloseReason::Shutdown => EndReason::Shutdown,
             CloseReason::Deleted => EndReason::Deleted,
             CloseReason::Expired => EndReason::Expired,
-            CloseReason::Error(_) => EndReason::Error,
+            CloseReason::OpenFailed(_) | CloseReason::Stopped | CloseReason::Crashed => EndReason::Error,
+            // A reason this build does not know yet is told as an error.
+            _ => EndReason::Error,
         }
     }
 }

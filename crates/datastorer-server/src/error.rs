@@ -247,6 +247,8 @@ impl From<Error> for ApiError {
             Error::Cancelled { .. } | Error::Storage { .. } => plain(ErrorCode::StorageUnavailable),
             Error::ShuttingDown | Error::NotRunning => plain(ErrorCode::ShuttingDown),
             Error::Config(_) | Error::Open(_) | Error::Panicked { .. } => plain(ErrorCode::Internal),
+            // An engine error this build does not know yet: the server's own failure.
+            _ => plain(ErrorCode::Internal),
         }
     }
 }

@@ -164,7 +164,7 @@ mod tests {
         let step = MigrationStep::Rename { from: "gold".into(), to: "coins".into() }.to_migration();
         let both = json!({"gold": 1, "coins": 2});
         let refused = step.apply(both).expect_err("both fields present");
-        assert!(refused.contains("overwrite"), "{refused}");
+        assert!(refused.reason.contains("overwrite"), "{refused}");
         assert_eq!(step.apply(json!({"gold": 1})).unwrap(), json!({"coins": 1}));
         assert_eq!(step.apply(json!({"coins": 2})).unwrap(), json!({"coins": 2}));
     }

@@ -67,17 +67,21 @@ pub(super) fn from_pg(e: tokio_postgres::Error) -> PgFailure {
                 Some(db) => format!("{} ({})", db.message(), code.code()),
                 None => e.to_string(),
             };
-            PgFailure { error: StorageError { kind, message }, reconnect }
+            PgFailure { error: StorageError::new(kind, message).caused_by(e), reconnect }
         }
         // A value this build could not encode or decode: a bug, not
         // something a retry can fix.
-        None if is_codec_error(&e) => {
-            PgFailure { error: StorageError::permanent(format!("PostgreSQL value: {e}")), reconnect: false }
-        }
+        None if is_codec_error(&e) => PgFailure {
+            error: StorageError::permanent(format!("PostgreSQL value: {e}")).caused_by(e),
+            reconnect: false,
+        },
         // No SQLSTATE: I/O, a closed connection, a protocol error. The
         // outcome of anything in flight is unknown; a new connection and a
         // retry resolve it.
-        None => PgFailure { error: StorageError::transient(format!("PostgreSQL connection: {e}")), reconnect: true },
+        None => PgFailure {
+            error: StorageError::transient(format!("PostgreSQL connection: {e}")).caused_by(e),
+            reconnect: true,
+        },
     }
 }
 

@@ -134,7 +134,7 @@ impl PgBackend {
     /// the server and the problem; nothing waits longer than
     /// `connect_timeout` per connection.
     pub fn connect(cfg: PostgresConfig) -> Result<PgBackend, StorageError> {
-        cfg.validate().map_err(StorageError::permanent)?;
+        cfg.validate().map_err(|e| StorageError::permanent(e.to_string()))?;
         let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| StorageError::permanent(format!("{e}")))?;
         pg.connect_timeout(cfg.connect_timeout)
             .keepalives(true)
@@ -256,29 +256,31 @@ impl PgBackend {
     /// one `REPEATABLE READ READ ONLY` snapshot on a connection of its own:
     /// an export of a database that servers keep writing is consistent.
     /// Stops at the first error of `f` or of the database.
-    pub fn scan_snapshot(
+    pub fn scan_snapshot<E>(
         &self,
         prefix: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
-    ) -> Result<(), String> {
-        let shape = ScanShape::parse(prefix).ok_or_else(|| format!("unsupported scan prefix {prefix:?}"))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<KeyValues, String>>(2);
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), SnapshotError<E>> {
+        let shape = ScanShape::parse(prefix).ok_or_else(|| {
+            SnapshotError::Storage(StorageError::permanent(format!("unsupported scan prefix {prefix:?}")))
+        })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<KeyValues, StorageError>>(2);
         let inner = self.inner.clone();
         self.runtime.spawn(async move {
             let client = match inner.open_client("export").await {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = tx.send(Err(e.into_storage(&inner.target).message));
+                    let _ = tx.send(Err(e.into_storage(&inner.target)));
                     return;
                 }
             };
             if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await {
-                let _ = tx.send(Err(e.to_string()));
+                let _ = tx.send(Err(StorageError::transient(format!("cannot start the snapshot: {e}"))));
                 return;
             }
             let mut after: Option<Vec<u8>> = None;
             loop {
-                let page = inner.scan_on(&client, &shape, after.clone(), 1000).await.map_err(|f| f.error.message);
+                let page = inner.scan_on(&client, &shape, after.clone(), 1000).await.map_err(|f| f.error);
                 let done = match &page {
                     Ok(p) => {
                         after = p.last().map(|(k, _)| k.clone());
@@ -293,8 +295,8 @@ impl PgBackend {
             }
         });
         for page in rx {
-            for (k, v) in page? {
-                f(&k, &v)?;
+            for (k, v) in page.map_err(SnapshotError::Storage)? {
+                f(&k, &v).map_err(SnapshotError::Stopped)?;
             }
         }
         Ok(())
@@ -684,6 +686,17 @@ impl<'a> WriteTarget<'a> {
         let (store, key) = key.record_parts()?;
         (!store.is_empty() && !key.is_empty()).then_some(WriteTarget::Record(store, key))
     }
+}
+
+/// Why [`PgBackend::scan_snapshot`] ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError<E> {
+    /// The database failed (or the prefix is not one PostgreSQL can scan).
+    #[error("{0}")]
+    Storage(StorageError),
+    /// The callback stopped the scan with its own error.
+    #[error("the scan was stopped")]
+    Stopped(E),
 }
 
 /// One record op of a batch, as the statement's parameter arrays take it.

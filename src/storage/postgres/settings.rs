@@ -18,7 +18,7 @@ pub enum PostgresTls {
     Require,
 }
 
-/// Where and how to reach PostgreSQL (see README, "Several processes on
+/// Where and how to reach PostgreSQL (see docs/postgres.md, "Several processes on
 /// PostgreSQL").
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresConfig {
@@ -54,7 +54,7 @@ pub struct PostgresConfig {
     pub notify_saves: bool,
     /// Write a batch of one save as a plain single-row `UPDATE` instead of
     /// the batch statement (fewer planner and executor steps; see the
-    /// README's PostgreSQL figures). Off only to measure it.
+    /// PostgreSQL figures in docs/performance.md). Off only to measure it.
     pub single_op_fast_path: bool,
     /// Carry notices through the polled `notices` table instead of
     /// LISTEN/NOTIFY (chosen automatically when the server has no LISTEN,
@@ -119,7 +119,11 @@ impl PostgresConfig {
     }
 
     /// Checks every field; the message names the field and the rule.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        self.check().map_err(crate::Error::Config)
+    }
+
+    fn check(&self) -> Result<(), String> {
         validate_schema(&self.schema)?;
         let cfg: tokio_postgres::Config = self
             .url
@@ -206,7 +210,7 @@ mod tests {
     fn plaintext_is_for_this_machine_only() {
         assert!(PostgresConfig::new("postgres://u@127.0.0.1/x").validate().is_ok());
         assert!(PostgresConfig::new("host=localhost user=u").validate().is_ok());
-        let remote = PostgresConfig::new("postgres://u@db.example/x").validate().unwrap_err();
+        let remote = PostgresConfig::new("postgres://u@db.example/x").validate().unwrap_err().to_string();
         assert!(remote.contains("not on this machine"), "{remote}");
         let mut allowed = PostgresConfig::new("postgres://u@db.example/x");
         allowed.allow_plaintext = true;

@@ -65,7 +65,10 @@ impl Opened {
     fn for_each_record(&self, prefix: &[u8], f: impl FnMut(&[u8], &[u8]) -> Result<(), String>) -> Result<(), String> {
         match self {
             Opened::Sled(b) => for_each_record(b, prefix, f),
-            Opened::Postgres(b) => b.scan_snapshot(prefix, f),
+            Opened::Postgres(b) => b.scan_snapshot(prefix, f).map_err(|e| match e {
+                datastorer::storage::postgres::SnapshotError::Storage(s) => s.to_string(),
+                datastorer::storage::postgres::SnapshotError::Stopped(m) => m,
+            }),
         }
     }
 
