@@ -113,7 +113,7 @@ async fn wrong_server(state: &AppState, store: &str, key: &str) -> Option<ApiErr
     if lease.owner == state.ds.owner_id() || lease.expires_at_ms <= now {
         return None;
     }
-    let url = pg.owner_url(&lease.owner).ok().flatten();
+    let url = pg.advertised_url(&lease.owner).ok().flatten();
     let message = format!(
         "the session on this key lives on another server ({:?}{}); send its requests there",
         lease.owner,

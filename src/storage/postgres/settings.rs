@@ -45,8 +45,9 @@ pub struct PostgresConfig {
     /// Bound on one backend call (a batch, a read); past it the connection
     /// is dropped and the call fails as transient.
     pub request_timeout: Duration,
-    /// Where clients of keys this process holds should send their requests
-    /// (a server's public URL), recorded beside its owner id.
+    /// The address this process gives others for reaching it (for example
+    /// the URL of the service that embeds it), recorded beside its owner id
+    /// for other processes to read ([`super::PgBackend::advertised_url`]).
     pub advertise_url: Option<String>,
     /// Send `Saved` notices to other processes (their change feeds show
     /// saves made here). Off saves one NOTIFY per batch; releases, deletes

@@ -1,0 +1,177 @@
+//! Reads: one key, many keys in one statement, scans by shape, and the
+//! consistent snapshot scan the offline export uses.
+//!
+//! Must not: write.
+
+use std::time::Instant;
+
+use tokio_postgres::Client;
+
+use super::errors::PgFailure;
+use super::sql::{self, RowKey, ScanShape};
+use super::{Inner, PgBackend};
+use crate::storage::{split_storage_key, storage_key, KeyValues, StorageError};
+
+impl Inner {
+    pub(super) async fn get(&self, key: RowKey) -> Result<Option<Vec<u8>>, PgFailure> {
+        let conn = self.reader().await?;
+        match key {
+            RowKey::Record { store, key } => {
+                let sent = Instant::now();
+                let row = conn.client.query_one(&conn.st.get, &[&store, &key]).await?;
+                let db_ms: i64 = row.try_get(1)?;
+                self.clock.sample(sent, db_ms, Instant::now());
+                Ok(row.try_get(0)?)
+            }
+            RowKey::Meta(name) => {
+                let rows = conn.client.query(&self.sql.meta_get, &[&name]).await?;
+                Ok(match rows.first() {
+                    Some(r) => Some(r.try_get(0)?),
+                    None => None,
+                })
+            }
+        }
+    }
+
+    pub(super) async fn get_many(&self, keys: Vec<(String, String)>) -> Result<Vec<Option<Vec<u8>>>, PgFailure> {
+        let conn = self.reader().await?;
+        let (stores, names): (Vec<&str>, Vec<&str>) = keys.iter().map(|(s, k)| (s.as_str(), k.as_str())).unzip();
+        let rows = conn.client.query(&conn.st.get_many, &[&stores, &names]).await?;
+        let mut out = vec![None; keys.len()];
+        for row in rows {
+            let i: i32 = row.try_get(0)?;
+            let slot = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| out.get_mut(i))
+                .ok_or_else(|| PgFailure::permanent("get_many answered an index out of range"))?;
+            *slot = row.try_get(1)?;
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn scan(
+        &self,
+        shape: ScanShape,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<KeyValues, PgFailure> {
+        let conn = self.reader().await?;
+        self.scan_on(&conn.client, &shape, start_after, limit).await
+    }
+
+    pub(super) async fn scan_on(
+        &self,
+        client: &Client,
+        shape: &ScanShape,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<KeyValues, PgFailure> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = start_after.as_deref().and_then(split_storage_key);
+        let rows = match shape {
+            ScanShape::Meta(prefix) => {
+                let after = start_after.clone().unwrap_or_default();
+                let end = sql::byte_successor(prefix);
+                let rows = client.query(&self.sql.meta_scan, &[prefix, &after, &end, &limit]).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    out.push((r.try_get::<_, Vec<u8>>(0)?, r.try_get::<_, Vec<u8>>(1)?));
+                }
+                return Ok(out);
+            }
+            ScanShape::AllStores => {
+                let (s, k) = after.unwrap_or_default();
+                client.query(&self.sql.scan_all, &[&s, &k, &limit]).await?
+            }
+            ScanShape::Store(store) | ScanShape::KeyPrefix { store, .. } => {
+                // The cursor's key within this store: a cursor in an earlier
+                // store starts at the beginning, one in a later store ends it.
+                let after_key = match after {
+                    None => String::new(),
+                    Some((s, k)) if s == *store => k,
+                    Some((s, _)) if s.as_bytes() < store.as_bytes() => String::new(),
+                    Some(_) => return Ok(Vec::new()),
+                };
+                match shape {
+                    ScanShape::KeyPrefix { prefix, .. } => match sql::successor(prefix) {
+                        Some(end) => {
+                            client.query(&self.sql.scan_prefix, &[store, prefix, &after_key, &end, &limit]).await?
+                        }
+                        None => client.query(&self.sql.scan_prefix_open, &[store, prefix, &after_key, &limit]).await?,
+                    },
+                    _ => client.query(&self.sql.scan_store, &[store, &after_key, &limit]).await?,
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let store: String = r.try_get(0)?;
+            let key: String = r.try_get(1)?;
+            out.push((storage_key(&store, &key), r.try_get::<_, Vec<u8>>(2)?));
+        }
+        Ok(out)
+    }
+}
+
+impl PgBackend {
+    /// Calls `f` for every value under `prefix`, in key order, all read in
+    /// one `REPEATABLE READ READ ONLY` snapshot on a connection of its own:
+    /// an export of a database that servers keep writing is consistent.
+    /// Stops at the first error of `f` or of the database.
+    pub fn scan_snapshot<E>(
+        &self,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), SnapshotError<E>> {
+        let shape = ScanShape::parse(prefix).ok_or_else(|| {
+            SnapshotError::Storage(StorageError::permanent(format!("unsupported scan prefix {prefix:?}")))
+        })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<KeyValues, StorageError>>(2);
+        let inner = self.inner.clone();
+        self.runtime.spawn(async move {
+            let client = match inner.open_client("export").await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into_storage(&inner.target)));
+                    return;
+                }
+            };
+            if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await {
+                let _ = tx.send(Err(StorageError::transient(format!("cannot start the snapshot: {e}"))));
+                return;
+            }
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = inner.scan_on(&client, &shape, after.clone(), 1000).await.map_err(|f| f.error);
+                let done = match &page {
+                    Ok(p) => {
+                        after = p.last().map(|(k, _)| k.clone());
+                        p.is_empty()
+                    }
+                    Err(_) => true,
+                };
+                // A receiver that hung up ends the export.
+                if tx.send(page).is_err() || done {
+                    return;
+                }
+            }
+        });
+        for page in rx {
+            for (k, v) in page.map_err(SnapshotError::Storage)? {
+                f(&k, &v).map_err(SnapshotError::Stopped)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why [`PgBackend::scan_snapshot`] ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError<E> {
+    /// The database failed (or the prefix is not one PostgreSQL can scan).
+    #[error("{0}")]
+    Storage(StorageError),
+    /// The callback stopped the scan with its own error.
+    #[error("the scan was stopped")]
+    Stopped(E),
+}
