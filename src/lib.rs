@@ -56,12 +56,10 @@ mod config;
 mod engine;
 pub(crate) mod epoch_floor;
 mod error;
-mod inbox;
 mod keepalive;
 mod lease;
 mod messages;
 mod migration;
-mod read_cache;
 mod registry;
 mod report;
 mod retry;
@@ -102,9 +100,7 @@ use crate::registry::Registry;
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
 pub use crate::error::{Error, KeyId};
-pub use crate::inbox::{inbox_store_name, Inbox, INBOX_SUFFIX, MAX_INBOX_MESSAGES, MAX_MESSAGE_BYTES};
 pub use crate::migration::{Migration, StepRefused};
-pub use crate::read_cache::ReadCache;
 pub use crate::report::{ReleaseReport, ShutdownReport};
 pub use crate::retry::RetryConfig;
 pub use crate::save_failures::{FailedSave, SaveFailureReason};
@@ -112,6 +108,8 @@ pub use crate::session::{SaveReceipt, Session};
 #[cfg(feature = "postgres")]
 pub use crate::storage::postgres::{PostgresConfig, PostgresTls};
 pub use crate::storage::{Backend, ErrorKind, StorageError};
+pub use crate::store::inbox::{inbox_store_name, Inbox, INBOX_SUFFIX, MAX_INBOX_MESSAGES, MAX_MESSAGE_BYTES};
+pub use crate::store::read_cache::ReadCache;
 pub use crate::store::{
     validate_key, validate_store_name, validate_user_store_name, Document, Expect, Hooks, Key, OpenRequest, Store,
     StoreSpec, Updated, MAX_KEY_LEN, MAX_STORE_NAME_LEN,

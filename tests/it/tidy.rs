@@ -380,3 +380,27 @@ fn the_prefix_check_finds_a_prefix() {
     modules.insert("storage::mod".to_owned(), r#"const RECORDS_PREFIX: &[u8] = b"d\0";"#.to_owned());
     assert_eq!(key_prefixes_outside_storage(&modules), vec!["tools::check".to_owned()]);
 }
+
+/// `impl … Store<…>` blocks outside `store/`: all of `Store` lives in one
+/// folder, split by reason to change (ARCHITECTURE.md, code map).
+fn store_impls_outside_store(modules: &BTreeMap<String, String>) -> Vec<String> {
+    modules
+        .iter()
+        .filter(|(m, _)| m.as_str() != "store" && !m.starts_with("store::"))
+        .filter(|(_, code)| code.lines().any(|l| l.starts_with("impl") && l.contains(" Store<")))
+        .map(|(m, _)| m.clone())
+        .collect()
+}
+
+#[test]
+fn all_of_store_lives_under_store() {
+    assert_eq!(store_impls_outside_store(&engine_modules()), Vec::<String>::new());
+}
+
+#[test]
+fn the_store_check_finds_an_impl_elsewhere() {
+    let mut modules = BTreeMap::new();
+    modules.insert("inbox".to_owned(), "impl<T: Document> Store<T> {\n    pub fn post() {}\n}".to_owned());
+    modules.insert("store::admin".to_owned(), "impl<T: Document> Store<T> {}".to_owned());
+    assert_eq!(store_impls_outside_store(&modules), vec!["inbox".to_owned()]);
+}

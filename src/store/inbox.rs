@@ -15,7 +15,9 @@
 //!
 //! Must not: touch the key's own record or session.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,6 +28,24 @@ use crate::session::Session;
 pub use crate::store::INBOX_SUFFIX;
 use crate::store::{Store, StoreSpec};
 use crate::types::{Document, Message};
+
+/// A store's message delivery to the keys open here.
+pub(crate) struct InboxState<T: Document> {
+    /// Called for each message to a key open here (`Store::on_message`).
+    handler: Mutex<Option<crate::store::MessageHandler<T>>>,
+    /// Whether the task delivering messages to open keys runs.
+    watched: AtomicBool,
+    /// Keys whose messages are being delivered, and whether another
+    /// delivery was asked meanwhile (one delivery per key at a time, so a
+    /// message is not handed over twice by two racing deliveries).
+    deliveries: Mutex<HashMap<String, bool>>,
+}
+
+impl<T: Document> Default for InboxState<T> {
+    fn default() -> Self {
+        Self { handler: Mutex::new(None), watched: AtomicBool::new(false), deliveries: Mutex::new(HashMap::new()) }
+    }
+}
 
 /// Largest message, in bytes as JSON: a message is a notice (a gift, a
 /// friend request), not a document; Roblox's MessagingService allows 1 KiB.
@@ -259,22 +279,22 @@ impl<T: Document> Store<T> {
     /// a handler again replaces it.
     pub fn on_message(&self, handler: impl Fn(&Session<T>, &Message) -> bool + Send + Sync + 'static) {
         let shared = self.shared();
-        *shared.message_handler.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(handler));
-        if !shared.inbox_watched.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        *shared.inbox.handler.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(handler));
+        if !shared.inbox.watched.swap(true, std::sync::atomic::Ordering::SeqCst) {
             let notices = self.engine().backend.notices().subscribe();
             actix::spawn(self.for_engine().watch_inbox(notices));
         }
     }
 
     pub(crate) fn has_message_handler(&self) -> bool {
-        self.shared().message_handler.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.shared().inbox.handler.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// Offers `key`'s waiting messages to the handler, if the key is open;
     /// a delivery asked while one runs makes that one run again instead.
     pub(crate) async fn deliver_messages(self, key: String) {
         {
-            let mut running = self.shared().deliveries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = self.shared().inbox.deliveries.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(again) = running.get_mut(&key) {
                 *again = true;
                 return;
@@ -283,7 +303,7 @@ impl<T: Document> Store<T> {
         }
         loop {
             self.deliver_once(&key).await;
-            let mut running = self.shared().deliveries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = self.shared().inbox.deliveries.lock().unwrap_or_else(|p| p.into_inner());
             match running.get_mut(&key) {
                 Some(again) if *again => *again = false,
                 _ => {
@@ -296,7 +316,7 @@ impl<T: Document> Store<T> {
 
     async fn deliver_once(&self, key: &str) {
         let key = key.to_owned();
-        let handler = self.shared().message_handler.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let handler = self.shared().inbox.handler.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (Some(handler), Some(session)) = (handler, self.get(key.as_str())) else { return };
         let Ok(waiting) = self.messages(&key).await else { return };
         let processed = waiting.iter().take_while(|m| handler(&session, m)).last().map(|m| m.id);

@@ -1,0 +1,120 @@
+//! The open flow up to the moment the key actor takes over: the key table
+//! (join the session this instance has, or register a new actor where the
+//! engine says), waiting for an actor of the other kind to finish.
+//!
+//! Must not: run the acquire itself; the key actor does (`lease::acquire`).
+
+#[allow(unused_imports)]
+use super::*;
+
+impl<T: Document> Store<T> {
+    pub(super) async fn open_key(
+        self,
+        key: String,
+        user_ids: Vec<String>,
+        policy: AcquirePolicy,
+        exclusive: bool,
+    ) -> Result<Session<T>, Error> {
+        validate_key(&key)?;
+        let shared = &self.shared;
+        let mut stopped = 0;
+        loop {
+            if shared.engine.registry.is_shutting_down() {
+                return Err(Error::ShuttingDown);
+            }
+            let found = {
+                let mut keys = shared.keys();
+                match keys.get_key_value(key.as_str()) {
+                    // A session joins the session this instance is opening or has open.
+                    Some((k, e)) if !exclusive && !e.closed.is_one_shot() => {
+                        Found::Join(e.addr.clone(), k.clone(), e.closed.clone())
+                    }
+                    Some((_, e)) if exclusive && !e.closed.is_one_shot() && e.closed.is_open() => {
+                        return Err(Error::LeaseHeld {
+                            at: KeyId::new(shared.name.to_string(), key),
+                            holder: shared.engine.owner.to_string(),
+                            expires_at_ms: 0,
+                        });
+                    }
+                    // A one-shot never shares a session's actor (nor a
+                    // session a one-shot's): both would write under one
+                    // epoch with nothing fencing one from the other. A
+                    // session still opening is waited for (then refused if
+                    // it opened); a one-shot is waited out.
+                    Some((k, e)) => Found::Busy(k.clone(), e.closed.clone()),
+                    None => {
+                        let key_arc: Arc<str> = Arc::from(key.as_str());
+                        let signal = CloseSignal::new(exclusive);
+                        let actor = KeyActor::new(shared.def.clone(), key_arc.clone(), signal.clone());
+                        let home = match shared.engine.config.keys_on_caller_arbiter {
+                            true => Arbiter::try_current().unwrap_or_else(|| shared.engine.arbiter.clone()),
+                            false => shared.engine.arbiter.clone(),
+                        };
+                        let addr = KeyActor::start_in_arbiter(&home, move |_| actor);
+                        keys.insert(key_arc.clone(), KeyEntry { addr: addr.clone(), closed: signal.clone() });
+                        Found::Created(addr, key_arc, signal)
+                    }
+                }
+            };
+            let (addr, key_arc, closed, created) = match found {
+                Found::Join(addr, k, closed) => (addr, k, closed, false),
+                Found::Created(addr, k, closed) => (addr, k, closed, true),
+                Found::Busy(k, closed) => {
+                    if closed.is_one_shot() || closed.reason().is_some() {
+                        closed.wait().await;
+                        shared.remove(&k, &closed);
+                    } else {
+                        closed.wait_settled().await;
+                    }
+                    continue;
+                }
+            };
+            let opened = addr.send(Open { user_ids: user_ids.clone(), policy }).await;
+            match opened {
+                Ok(Ok(())) => {
+                    let session = Session::new(addr, shared.name.clone(), key_arc, closed, self.keepalive());
+                    // An open that waited (for a lease held elsewhere) can
+                    // complete after the shutdown took its snapshot of the
+                    // keys to release: give the key back now and answer
+                    // what a caller arriving during the shutdown gets.
+                    if created && shared.engine.registry.is_shutting_down() {
+                        let _ = session.release_as(Priority::Emergency, CloseReason::Shutdown).await;
+                        return Err(Error::ShuttingDown);
+                    }
+                    // Messages that waited for the key reach its handler now.
+                    if created && self.has_message_handler() {
+                        actix::spawn(self.for_engine().deliver_messages(key));
+                    }
+                    return Ok(session);
+                }
+                // An actor that is closing: wait for it to finish, then load afresh.
+                Ok(Err(Error::SessionClosed { .. })) => {
+                    closed.wait().await;
+                    shared.remove(&key_arc, &closed);
+                }
+                // The actor stopped before reading our message (it was closing):
+                // load afresh, a bounded number of times.
+                Err(_) => {
+                    closed.wait().await;
+                    shared.remove(&key_arc, &closed);
+                    stopped += 1;
+                    if stopped >= 3 {
+                        let reason = closed.reason().unwrap_or(CloseReason::Stopped);
+                        return Err(Error::SessionClosed { at: KeyId::new(shared.name.to_string(), key), reason });
+                    }
+                }
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// What `open_key` found in the key table.
+enum Found<T: Document> {
+    /// An actor to send the open to (the session this instance has).
+    Join(Addr<KeyActor<T>>, Arc<str>, Arc<CloseSignal>),
+    /// A new actor, just registered.
+    Created(Addr<KeyActor<T>>, Arc<str>, Arc<CloseSignal>),
+    /// An actor of the other kind (or one closing): wait, then look again.
+    Busy(Arc<str>, Arc<CloseSignal>),
+}
