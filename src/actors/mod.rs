@@ -7,4 +7,3 @@ pub(crate) mod key;
 pub(crate) mod lanes;
 pub(crate) mod queue;
 pub(crate) mod supervisor;
-pub(crate) mod write_slot;

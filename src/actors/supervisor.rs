@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::actors::queue::QueueActor;
 use crate::error::Error;
-use crate::messages::key::Control;
+use crate::messages::key::{Control, Release};
 #[cfg(feature = "harness")]
 use crate::messages::queue::DropQueued;
 use crate::messages::queue::NotifyWhenEmpty;
@@ -87,7 +87,7 @@ async fn release_keys(
     let mut names = Vec::with_capacity(keys.len());
     for k in keys {
         let (tx, rx) = oneshot::channel();
-        k.recipient.do_send(Control::ReleaseForSupervisor { reason: reason.clone(), priority, receipt: tx });
+        k.recipient.do_send(Control::Release(Release { reason: reason.clone(), priority, receipt: tx }));
         receipts.push(rx);
         names.push((k.store, k.key));
     }

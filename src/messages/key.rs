@@ -124,6 +124,7 @@ pub(crate) enum Control {
     /// Stop at once without writing anything (a simulated crash).
     #[cfg(feature = "harness")]
     Abort,
-    /// Release on the emergency lane with reason `Shutdown` (or `Released`).
-    ReleaseForSupervisor { reason: CloseReason, priority: Priority, receipt: ReceiptTx },
+    /// `Release`, sent by the supervisor through the type-erased key list
+    /// (shutdown, `release_all_keys`).
+    Release(Release),
 }

@@ -1,153 +1,13 @@
-//! The key actor: sole owner of one loaded key's document, metadata, user
-//! ids and lease.
+//! Every write of the key: save, renewal, release, close and the autosave
+//! that starts them, the record encoded from the kept encoding, and the
+//! answer taken (applied, conflict, failure, an uncertain outcome).
 //!
-//! Owns: running application closures (one at a time, panics caught),
-//! change detection (seahash of the document's JSON), the write slot (at
-//! most one write in flight, one pending that newer saves fold into),
-//! lease renewal on autosave, release/close, and the close reason.
-//!
-//! Invariants:
-//! - every write is a compare-and-swap on the (epoch, revision) this actor
-//!   last wrote; a failed check closes the session with `LeaseLost`;
-//! - once closing starts, `update` is refused, so the release writes the
-//!   final state; once closed the actor stops, so no late autosave can
-//!   write or re-lock the key.
-//!
-//! Must not: call the backend directly (only through the queue), or block.
+//! Must not: change the document; only `document.rs` runs closures on it.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
-
-use actix::prelude::*;
-use bytes::Bytes;
-use serde_json::Value;
-use tracing::{debug, warn};
-
-use super::write_slot::{OnWire, Requested, SlotKind, WriteSlot};
-use crate::error::{Error, KeyId};
-use crate::lease::{acquire, Loaded};
-use crate::messages::key::{
-    AddUserId, CheckLease, Close, Control, GetLease, GetMetadata, GetUserIds, Open, Read, ReceiptTx, Release,
-    RemoveUserId, Save, SetMetadata, Update, UpdateEncoded,
-};
-use crate::migration::panic_message;
-use crate::registry::CloseSignal;
-use crate::storage::record::{LeaseRef, RecordRef};
-use crate::storage::{
-    EndKind, Notice, NoticeKind, Precondition, Record, RecordHeader, RecordIndex, StorageKey, WriteOp, WriteOutcome,
-};
-use crate::store_def::StoreDef;
-use crate::types::Document;
-use crate::types::{CloseReason, LeaseInfo, Priority, SaveOutcome};
-
-#[derive(Debug, Clone, PartialEq)]
-enum Phase {
-    Opening,
-    Open,
-    /// Boxed to keep the actor small; the reason is rarely looked at.
-    Closing(Box<CloseReason>),
-    /// The reason is in the close signal.
-    Closed,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum WriteKind {
-    /// Lease renewal with unchanged data.
-    Renew,
-    Save,
-    /// Save and clear the lease.
-    Release(CloseReason),
-    /// Clear the lease, keep the stored data.
-    Close(CloseReason),
-}
-
-impl SlotKind for WriteKind {
-    /// A close outranks a release: both end the session, and a close asked
-    /// for after a release means the caller no longer wants the data saved.
-    fn rank(&self) -> u8 {
-        match self {
-            WriteKind::Renew => 0,
-            WriteKind::Save => 1,
-            WriteKind::Release(_) => 2,
-            WriteKind::Close(_) => 3,
-        }
-    }
-    fn drops_data(&self) -> bool {
-        matches!(self, WriteKind::Close(_))
-    }
-}
-
-impl WriteKind {
-    fn name(&self) -> &'static str {
-        match self {
-            WriteKind::Renew => "renew",
-            WriteKind::Save => "save",
-            WriteKind::Release(_) => "release",
-            WriteKind::Close(_) => "close",
-        }
-    }
-}
-
-/// What a completed write changes in the loaded state.
-#[derive(Debug)]
-struct Written {
-    priority: Priority,
-    checksum: u64,
-    meta_generation: u32,
-    header: RecordHeader,
-    expires_at_ms: u64,
-}
-
-/// One loaded key. Created by `Store::open`, stopped when its session closes.
-///
-/// A million of these may be loaded at once, so the struct stays small: the
-/// write slots are boxed (empty most of the time) and the storage key is
-/// built per write rather than kept.
-pub(crate) struct KeyActor<T: Document> {
-    store: Arc<StoreDef<T>>,
-    key: Arc<str>,
-    phase: Phase,
-    doc: Option<Loaded<T>>,
-    writes: WriteSlot<WriteKind, ReceiptTx, Written>,
-    closed: Arc<CloseSignal>,
-}
+use super::document::encode_within;
+use super::*;
 
 impl<T: Document> KeyActor<T> {
-    pub(crate) fn new(store: Arc<StoreDef<T>>, key: Arc<str>, closed: Arc<CloseSignal>) -> Self {
-        Self { store, key, phase: Phase::Opening, doc: None, writes: WriteSlot::default(), closed }
-    }
-
-    fn storage_key(&self) -> StorageKey {
-        StorageKey::record(&self.store.name, &self.key)
-    }
-
-    fn key_id(&self) -> KeyId {
-        KeyId::new(&*self.store.name, &*self.key)
-    }
-
-    fn closed_error(&self) -> Error {
-        let reason = match &self.phase {
-            Phase::Closing(r) => (**r).clone(),
-            // No reason recorded, or asked before the open finished (the
-            // open holds the mailbox, so only a stopping actor gets here).
-            Phase::Closed => self.closed.reason().unwrap_or(CloseReason::Stopped),
-            Phase::Opening | Phase::Open => CloseReason::Stopped,
-        };
-        Error::SessionClosed { at: self.key_id(), reason }
-    }
-
-    fn panicked(&self, what: &'static str, payload: &(dyn std::any::Any + Send)) -> Error {
-        Error::Panicked { at: self.key_id(), what, message: panic_message(payload) }
-    }
-
-    fn publish(&self, kind: NoticeKind) {
-        let bus = self.store.engine.backend.notices();
-        if !bus.has_subscribers() {
-            return;
-        }
-        bus.publish(Notice { store: self.store.name.to_string(), key: self.key.to_string(), kind });
-    }
-
     /// The document as JSON bytes and their checksum: the encoding its
     /// last change made (taken: a saved key keeps no second copy), or a
     /// fresh one.
@@ -339,7 +199,7 @@ impl<T: Document> KeyActor<T> {
 
     /// The read-check-write that clears the lease on the stored record if
     /// its header is still `expected`.
-    fn clear_lease(
+    pub(super) fn clear_lease(
         &self,
         expected: RecordHeader,
         priority: Priority,
@@ -478,7 +338,7 @@ impl<T: Document> KeyActor<T> {
 
     /// Ends the session: reports `reason`, fails what is still waiting,
     /// deregisters and stops the actor.
-    fn finish(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
+    pub(super) fn finish(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
         debug!(target: "datastorer::key", store = %self.store.name, key = %self.key, reason = %reason, "session closed");
         let waiting = self.writes.abandon();
         // Built only when someone waits: a shutdown finishes every key here.
@@ -571,297 +431,6 @@ impl<T: Document> KeyActor<T> {
     }
 }
 
-impl<T: Document> Actor for KeyActor<T> {
-    type Context = Context<Self>;
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if self.phase != Phase::Closed {
-            self.store.remove(&self.key, &self.closed);
-            self.closed.close(CloseReason::Stopped);
-        }
-    }
-}
-
-impl<T: Document> Drop for KeyActor<T> {
-    // An actor dropped without stopping (its arbiter went away) must still
-    // wake whoever waits for the close; a reason already given stands.
-    fn drop(&mut self) {
-        self.closed.close(CloseReason::Stopped);
-    }
-}
-
-impl<T: Document> Handler<Open> for KeyActor<T> {
-    type Result = AtomicResponse<Self, Result<(), Error>>;
-
-    fn handle(&mut self, msg: Open, _ctx: &mut Self::Context) -> Self::Result {
-        match &self.phase {
-            Phase::Open => return AtomicResponse::new(Box::pin(fut::ready(Ok(())))),
-            Phase::Closing(_) | Phase::Closed => {
-                return AtomicResponse::new(Box::pin(fut::ready(Err(self.closed_error()))))
-            }
-            Phase::Opening => {}
-        }
-        let load = acquire(self.store.clone(), self.key.clone(), self.storage_key(), msg.user_ids, msg.policy);
-        AtomicResponse::new(Box::pin(load.into_actor(self).then(|res, act, ctx| act.loaded(res, ctx))))
-    }
-}
-
-type OpenFuture<T> = std::pin::Pin<Box<dyn ActorFuture<KeyActor<T>, Output = Result<(), Error>>>>;
-
-impl<T: Document> KeyActor<T> {
-    /// Installs a loaded document and runs the after-load hook. A panicking
-    /// hook fails the open only after the lease it took has been cleared.
-    fn loaded(&mut self, res: Result<Loaded<T>, Error>, ctx: &mut Context<Self>) -> OpenFuture<T> {
-        let loaded = match res {
-            Ok(l) => l,
-            Err(err) => {
-                self.finish(CloseReason::OpenFailed(err.to_string()), ctx);
-                return Box::pin(fut::ready(Err(err)));
-            }
-        };
-        let header = loaded.header;
-        self.doc = Some(loaded);
-        self.phase = Phase::Open;
-        if let Some(hook) = self.store.hooks.after_load.clone() {
-            let Some(doc) = self.doc.as_mut() else { return Box::pin(fut::ready(Err(Error::NotRunning))) };
-            if let Err(p) = catch_unwind(AssertUnwindSafe(|| hook(&mut doc.data))) {
-                let err = self.panicked("after-load hook", &*p);
-                let reason = CloseReason::OpenFailed(err.to_string());
-                self.phase = Phase::Closing(Box::new(reason.clone()));
-                // Awaited inside the open (which holds the mailbox), not spawned.
-                let clear = self.clear_lease(header, Priority::Emergency);
-                return Box::pin(clear.into_actor(self).map(move |cleared, act, ctx| {
-                    if let Ok(WriteOutcome::Applied) = cleared {
-                        act.publish(NoticeKind::Released { revision: header.revision + 1, how: EndKind::Closed });
-                    }
-                    act.finish(reason, ctx);
-                    Err(err)
-                }));
-            }
-        }
-        self.closed.mark_opened();
-        Box::pin(fut::ready(Ok(())))
-    }
-}
-
-impl<T: Document, F, R> Handler<Read<T, F, R>> for KeyActor<T>
-where
-    F: FnOnce(&T) -> R + Send + 'static,
-    R: Send + 'static,
-{
-    type Result = MessageResult<Read<T, F, R>>;
-
-    fn handle(&mut self, msg: Read<T, F, R>, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.read(msg.0))
-    }
-}
-
-impl<T: Document, F, R> Handler<Update<T, F, R>> for KeyActor<T>
-where
-    F: FnOnce(&mut T) -> R + Send + 'static,
-    R: Send + 'static,
-{
-    type Result = MessageResult<Update<T, F, R>>;
-
-    fn handle(&mut self, msg: Update<T, F, R>, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.update(msg.0))
-    }
-}
-
-impl<T: Document, F, R> Handler<UpdateEncoded<T, F, R>> for KeyActor<T>
-where
-    F: FnOnce(&mut T) -> R + Send + 'static,
-    R: Send + 'static,
-{
-    type Result = MessageResult<UpdateEncoded<T, F, R>>;
-
-    fn handle(&mut self, msg: UpdateEncoded<T, F, R>, _ctx: &mut Self::Context) -> Self::Result {
-        let updated = self.update(msg.0).and_then(|out| {
-            // `update` keeps the encoding it checked the size with.
-            let bytes = self.current_encoding().ok_or_else(|| self.closed_error())?;
-            Ok((out, bytes))
-        });
-        MessageResult(updated)
-    }
-}
-
-impl<T: Document> KeyActor<T> {
-    fn read<R>(&self, f: impl FnOnce(&T) -> R) -> Result<R, Error> {
-        if !matches!(self.phase, Phase::Open | Phase::Closing(_)) {
-            return Err(self.closed_error());
-        }
-        let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
-        catch_unwind(AssertUnwindSafe(|| f(&doc.data))).map_err(|p| self.panicked("read closure", &*p))
-    }
-
-    fn update<R>(&mut self, f: impl FnOnce(&mut T) -> R) -> Result<R, Error> {
-        if self.phase != Phase::Open {
-            return Err(self.closed_error());
-        }
-        let now_ms = self.store.engine.clock.now_ms();
-        let at = self.key_id();
-        let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
-        // A lease that lapsed without a renewal reaching storage may belong
-        // to another process by now: serving changes on this copy would be
-        // two owners at once (and lose them at the next write's fencing).
-        if doc.expires_at_ms <= now_ms {
-            return Err(Error::LeaseExpired { at, expired_at_ms: doc.expires_at_ms });
-        }
-        // The copy restores the document if the closure panics half-way, or
-        // if its result could never be saved. The encoding of the document
-        // before the change is stale whatever happens.
-        doc.encoded = None;
-        let before = doc.data.clone();
-        let out = match catch_unwind(AssertUnwindSafe(|| f(&mut doc.data))) {
-            Ok(out) => out,
-            Err(p) => {
-                doc.data = before;
-                return Err(self.panicked("update closure", &*p));
-            }
-        };
-        // Checked here, at the change, not at the next save: a change that
-        // cannot be saved would otherwise sit in memory failing every
-        // autosave until the process exits and loses it. The encoding the
-        // check makes is the one the next save writes.
-        let limit = self.store.engine.config.max_document_bytes;
-        match encode_within(&doc.data, limit, doc.encoded_len_hint) {
-            Ok(bytes) => {
-                doc.encoded_len_hint = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-                doc.encoded = Some(Box::new(bytes));
-                Ok(out)
-            }
-            Err(fault) => {
-                doc.data = before;
-                let (store, key) = (self.store.name.to_string(), self.key.to_string());
-                Err(match fault {
-                    SizeFault::TooLarge => Error::DocumentTooLarge { at: KeyId::new(store, key), limit },
-                    SizeFault::Unserializable(message) => Error::Serialize { at: KeyId::new(store, key), message },
-                })
-            }
-        }
-    }
-
-    /// The encoding the last change made (see `update`), shared.
-    fn current_encoding(&self) -> Option<Bytes> {
-        self.doc.as_ref().and_then(|d| d.encoded.as_deref().cloned())
-    }
-}
-
-enum SizeFault {
-    TooLarge,
-    Unserializable(String),
-}
-
-impl SizeFault {
-    fn message(self) -> String {
-        match self {
-            SizeFault::TooLarge => "the document grew past the limit while encoding".to_owned(),
-            SizeFault::Unserializable(m) => m,
-        }
-    }
-}
-
-/// `doc` as JSON, if it encodes to at most `limit` bytes (stopping as soon
-/// as it passes the limit). `hint`, the length of the last encoding, sizes
-/// the buffer so a 1 KiB document is not grown through a chain of
-/// reallocations on every change.
-fn encode_within<T: serde::Serialize>(doc: &T, limit: usize, hint: u32) -> Result<Bytes, SizeFault> {
-    struct Bounded {
-        out: Vec<u8>,
-        limit: usize,
-    }
-    impl std::io::Write for Bounded {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if self.out.len() + buf.len() > self.limit {
-                return Err(std::io::Error::other("over the limit"));
-            }
-            self.out.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let capacity = (hint as usize).saturating_add(16).min(limit.saturating_add(1));
-    let mut w = Bounded { out: Vec::with_capacity(capacity), limit };
-    match serde_json::to_writer(&mut w, doc) {
-        Ok(()) => Ok(Bytes::from(w.out)),
-        Err(e) if e.is_io() => Err(SizeFault::TooLarge),
-        Err(e) => Err(SizeFault::Unserializable(e.to_string())),
-    }
-}
-
-impl<T: Document> Handler<GetMetadata> for KeyActor<T> {
-    type Result = Result<Value, Error>;
-
-    fn handle(&mut self, _msg: GetMetadata, _ctx: &mut Self::Context) -> Self::Result {
-        let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
-        serde_json::from_slice(&doc.metadata_json)
-            .map_err(|e| Error::Serialize { at: self.key_id(), message: format!("metadata: {e}") })
-    }
-}
-
-impl<T: Document> Handler<SetMetadata> for KeyActor<T> {
-    type Result = Result<(), Error>;
-
-    fn handle(&mut self, msg: SetMetadata, _ctx: &mut Self::Context) -> Self::Result {
-        if self.phase != Phase::Open {
-            return Err(self.closed_error());
-        }
-        let json = serde_json::to_vec(&msg.0)
-            .map_err(|e| Error::Serialize { at: self.key_id(), message: format!("metadata: {e}") })?;
-        let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
-        if *doc.metadata_json != *json {
-            doc.metadata_json = json.into_boxed_slice();
-            doc.meta_generation = doc.meta_generation.wrapping_add(1);
-        }
-        Ok(())
-    }
-}
-
-impl<T: Document> Handler<RemoveUserId> for KeyActor<T> {
-    type Result = Result<bool, Error>;
-
-    fn handle(&mut self, msg: RemoveUserId, _ctx: &mut Self::Context) -> Self::Result {
-        if self.phase != Phase::Open {
-            return Err(self.closed_error());
-        }
-        let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
-        if !doc.user_ids.contains(&msg.0) {
-            return Ok(false);
-        }
-        doc.user_ids = doc.user_ids.iter().filter(|id| **id != msg.0).cloned().collect();
-        doc.meta_generation = doc.meta_generation.wrapping_add(1);
-        Ok(true)
-    }
-}
-
-impl<T: Document> Handler<AddUserId> for KeyActor<T> {
-    type Result = Result<(), Error>;
-
-    fn handle(&mut self, msg: AddUserId, _ctx: &mut Self::Context) -> Self::Result {
-        if self.phase != Phase::Open {
-            return Err(self.closed_error());
-        }
-        let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
-        if !doc.user_ids.contains(&msg.0) {
-            let mut ids = std::mem::take(&mut doc.user_ids).into_vec();
-            ids.push(msg.0);
-            doc.user_ids = ids.into_boxed_slice();
-            doc.meta_generation = doc.meta_generation.wrapping_add(1);
-        }
-        Ok(())
-    }
-}
-
-impl<T: Document> Handler<GetUserIds> for KeyActor<T> {
-    type Result = Result<Vec<String>, Error>;
-
-    fn handle(&mut self, _msg: GetUserIds, _ctx: &mut Self::Context) -> Self::Result {
-        self.doc.as_ref().map(|d| d.user_ids.to_vec()).ok_or_else(|| self.closed_error())
-    }
-}
-
 impl<T: Document> Handler<CheckLease> for KeyActor<T> {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
 
@@ -889,23 +458,6 @@ impl<T: Document> Handler<CheckLease> for KeyActor<T> {
     }
 }
 
-impl<T: Document> Handler<GetLease> for KeyActor<T> {
-    type Result = Result<LeaseInfo, Error>;
-
-    fn handle(&mut self, _msg: GetLease, _ctx: &mut Self::Context) -> Self::Result {
-        if !matches!(self.phase, Phase::Open | Phase::Closing(_)) {
-            return Err(self.closed_error());
-        }
-        let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
-        Ok(LeaseInfo {
-            owner: self.store.engine.owner.to_string(),
-            epoch: doc.header.epoch,
-            expires_at_ms: doc.expires_at_ms,
-            revision: doc.header.revision,
-        })
-    }
-}
-
 impl<T: Document> Handler<Save> for KeyActor<T> {
     type Result = ();
 
@@ -928,6 +480,12 @@ impl<T: Document> Handler<Release> for KeyActor<T> {
     type Result = ();
 
     fn handle(&mut self, msg: Release, ctx: &mut Self::Context) {
+        self.release(msg, ctx);
+    }
+}
+
+impl<T: Document> KeyActor<T> {
+    fn release(&mut self, msg: Release, ctx: &mut Context<Self>) {
         // A release promises the changes are saved: joining a close under
         // way (which drops them) would answer "saved" for changes never written.
         if matches!(self.phase, Phase::Closing(_)) && self.dropping_changes() {
@@ -979,9 +537,7 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
                     self.finish(CloseReason::Crashed, ctx);
                 }
             }
-            Control::ReleaseForSupervisor { reason, priority, receipt } => {
-                self.begin_closing(WriteKind::Release(reason), priority, receipt, ctx);
-            }
+            Control::Release(msg) => self.release(msg, ctx),
         }
     }
 }
