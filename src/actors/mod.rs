@@ -4,6 +4,5 @@
 //! Must not: be visible in the public API (no actix type leaks out of the crate).
 
 pub(crate) mod key;
-pub(crate) mod lanes;
 pub(crate) mod queue;
 pub(crate) mod supervisor;

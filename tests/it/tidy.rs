@@ -272,6 +272,7 @@ const BACKEND_IO: [&str; 8] =
 fn backend_calls_outside_the_queue(modules: &BTreeMap<String, String>) -> Vec<String> {
     let allowed = |module: &str, method: &str| {
         module == "actors::queue"
+            || module.starts_with("actors::queue::")
             || module.starts_with("storage")
             || module.starts_with("testing")
             || (module == "actors::supervisor" && method == "flush")

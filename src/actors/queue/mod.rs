@@ -18,10 +18,22 @@
 //! - reads see only durable data: a key with an unflushed write is blocked,
 //!   and scans wait until nothing is unflushed.
 //!
+//! Layout: this file holds the actor (scheduling, retries, its messages);
+//! `lanes.rs` what goes in a batch (plain logic); `exec.rs` running a batch
+//! against the backend (plain functions of `&dyn Backend`); `pipeline.rs`
+//! the flusher thread and how a settled batch is answered.
+//!
 //! Must not: know about documents or leases (it moves bytes). One
 //! exception, on purpose: it peeks at a written value's `RecordHeader` to
 //! recognise its own retried write already applied (a lost flush or COMMIT
 //! answer), and then compares the stored bytes with its own.
+
+mod exec;
+mod lanes;
+mod pipeline;
+
+use self::exec::{apply, execute, fail_applied};
+use self::pipeline::{answer, run_flusher, settle, Flushed, KeyPart, SettledBatch, Unflushed};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +43,7 @@ use actix::prelude::*;
 use tokio::time::Instant;
 use tracing::{debug, debug_span, warn};
 
-use super::lanes::{BatchLimits, BudgetClass, KeyCounts, KeyHashSet, Lanes, Queued};
+use self::lanes::{BatchLimits, BudgetClass, KeyCounts, KeyHashSet, Lanes, Queued};
 use crate::config::QueueConfig;
 use crate::messages::queue::{
     DropQueued, GetBudgets, GetDepth, GetStats, NotifyWhenEmpty, Operation, QueueFailure, Reply, Submit,
@@ -48,64 +60,6 @@ type Results = Vec<Result<Reply, StorageError>>;
 
 /// Requests with their final results, to be answered.
 type Answers = Vec<(Pending, Result<Reply, StorageError>)>;
-
-/// A batch applied on the queue's thread, on its way through the flusher.
-struct Unflushed {
-    batch: Vec<Pending>,
-    results: Results,
-    took: Duration,
-    /// Flushes made for this batch (0 when an earlier batch's covered it).
-    flushes: u64,
-}
-
-/// Flushed batches, back from the flusher (in the order they were applied).
-struct Flushed(Vec<SettledBatch>);
-
-impl Message for Flushed {
-    type Result = ();
-}
-
-/// The flusher thread's end of the pipeline: flushes once for everything
-/// that arrived while the last flush ran, then hands the batches back.
-fn run_flusher(
-    backend: Arc<dyn Backend>,
-    jobs: std::sync::mpsc::Receiver<Unflushed>,
-    queue: actix::WeakAddr<QueueActor>,
-    max_attempts: u32,
-) {
-    while let Ok(first) = jobs.recv() {
-        let mut done = vec![first];
-        done.extend(jobs.try_iter());
-        let started = Instant::now();
-        // A panicking backend must not take the pipeline down with it: the
-        // batches would never be answered.
-        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.flush()))
-            .unwrap_or_else(|_| Err(StorageError::permanent("flush panicked")));
-        let took = started.elapsed();
-        if let Some(first) = done.first_mut() {
-            first.flushes = 1;
-        }
-        for job in &mut done {
-            job.took += took;
-            if let Err(e) = &flushed {
-                fail_applied(&mut job.results, e);
-            }
-        }
-        let mut settled = Vec::with_capacity(done.len());
-        let mut answers = Vec::new();
-        for job in done {
-            let (s, a) = settle(job.batch, job.results, job.took, job.flushes, max_attempts, true);
-            settled.push(s);
-            answers.extend(a);
-        }
-        // The queue hears first, and answers go out from here (not through
-        // the queue's thread, one hop less per save): a requester's next
-        // write then finds its key unblocked.
-        let Some(q) = queue.upgrade() else { return };
-        q.do_send(Flushed(settled));
-        answer(answers);
-    }
-}
 
 pub(crate) struct Pending {
     req: Submit,
@@ -396,248 +350,6 @@ impl QueueActor {
     }
 }
 
-/// A batch after its flush, as the queue books it: counts, and the requests
-/// to retry (everything else has been answered).
-struct SettledBatch {
-    requests: usize,
-    writes: u64,
-    gets: u64,
-    flushes: u64,
-    took: Duration,
-    /// The key of every request of the batch, to unblock.
-    keys: Vec<u64>,
-    retry: Vec<(Pending, StorageError)>,
-}
-
-/// Splits a finished batch into final answers and retries; counts attempts.
-fn settle(
-    batch: Vec<Pending>,
-    results: Results,
-    took: Duration,
-    flushes: u64,
-    max_attempts: u32,
-    // Only a pipelined batch has keys to unblock.
-    with_keys: bool,
-) -> (SettledBatch, Answers) {
-    let mut done = SettledBatch {
-        requests: batch.len(),
-        writes: batch.iter().filter(|p| p.req.op.writes()).count() as u64,
-        gets: batch.iter().filter(|p| matches!(p.req.op, Operation::Get(_))).count() as u64,
-        flushes,
-        took,
-        keys: if with_keys { batch.iter().map(|p| p.key_hash).collect() } else { Vec::new() },
-        retry: Vec::new(),
-    };
-    let mut answers = Vec::with_capacity(batch.len());
-    for (mut p, result) in batch.into_iter().zip(results) {
-        p.attempt += 1;
-        match result {
-            Err(error) if error.is_retryable() && p.attempt < max_attempts => done.retry.push((p, error)),
-            other => answers.push((p, other)),
-        }
-    }
-    (done, answers)
-}
-
-/// A storage key in a log line, as its `store=` or its `key=` field: a
-/// record's store and key, or `-` and the raw bytes for anything else.
-/// Shown without allocating (and only when the line is logged at all).
-enum KeyPart<'a> {
-    Store(&'a [u8]),
-    Key(&'a [u8]),
-}
-
-impl std::fmt::Display for KeyPart<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (bytes, want_store) = match self {
-            KeyPart::Store(b) => (*b, true),
-            KeyPart::Key(b) => (*b, false),
-        };
-        let record = bytes.strip_prefix(crate::storage::RECORDS_PREFIX).and_then(|rest| {
-            let nul = rest.iter().position(|b| *b == 0)?;
-            Some((&rest[..nul], &rest[nul + 1..]))
-        });
-        match (record, want_store) {
-            (Some((store, _)), true) => write!(f, "{}", String::from_utf8_lossy(store)),
-            (Some((_, key)), false) => write!(f, "{}", String::from_utf8_lossy(key)),
-            (None, true) => write!(f, "-"),
-            (None, false) => write!(f, "{}", String::from_utf8_lossy(bytes)),
-        }
-    }
-}
-
-/// Sends final answers to their requesters.
-fn answer(answers: Answers) {
-    for (p, result) in answers {
-        let op = p.req.op.name();
-        let waited = p.enqueued.elapsed().as_micros() as u64;
-        match result {
-            Ok(reply) => {
-                debug!(
-                    target: "datastorer::queue",
-                    store = %KeyPart::Store(p.req.op.key()), key = %KeyPart::Key(p.req.op.key()), op, lane = p.req.lane.as_str(),
-                    attempt = p.attempt, outcome = reply_outcome(&reply), duration_us = waited,
-                    "request done"
-                );
-                let _ = p.req.reply.send(Ok(reply));
-            }
-            Err(error) => {
-                warn!(
-                    target: "datastorer::queue",
-                    store = %KeyPart::Store(p.req.op.key()), key = %KeyPart::Key(p.req.op.key()), op, lane = p.req.lane.as_str(),
-                    attempt = p.attempt, outcome = "failed", duration_us = waited,
-                    error = %error, "request failed"
-                );
-                let failure = QueueFailure::Storage { error, attempts: p.attempt, operation: op };
-                let _ = p.req.reply.send(Err(failure));
-            }
-        }
-    }
-}
-
-fn reply_outcome(reply: &Reply) -> &'static str {
-    match reply {
-        Reply::Value(Some(_)) => "found",
-        Reply::Value(None) => "missing",
-        Reply::Written(WriteOutcome::Applied) => "applied",
-        Reply::Written(WriteOutcome::Conflict { .. }) => "conflict",
-        Reply::Scanned(_) => "scanned",
-        Reply::AllOrNothing(AllOrNothing::Applied) => "applied",
-        Reply::AllOrNothing(AllOrNothing::Refused(_)) => "conflict",
-    }
-}
-
-/// Runs one batch against the backend: reads, then all writes in one
-/// `write_batch`, then one flush if anything was written.
-fn execute(backend: &dyn Backend, batch: &mut [Pending]) -> Results {
-    let (mut results, needs_flush) = apply(backend, batch);
-    if needs_flush {
-        if let Err(e) = backend.flush() {
-            fail_applied(&mut results, &e);
-        }
-    }
-    results
-}
-
-/// A failed flush fails every write it was to make durable (they are
-/// retried; a retry that finds its own header reports success).
-fn fail_applied(results: &mut Results, error: &StorageError) {
-    for r in results.iter_mut() {
-        if matches!(r, Ok(Reply::Written(WriteOutcome::Applied) | Reply::AllOrNothing(AllOrNothing::Applied))) {
-            *r = Err(error.clone());
-        }
-    }
-}
-
-/// Reads, then all writes in one `write_batch`, without the flush; answers
-/// the results and whether anything was written (and needs a flush before
-/// any `Applied` may be reported).
-fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, bool) {
-    let mut results: Vec<Option<Result<Reply, StorageError>>> = Vec::with_capacity(batch.len());
-    let mut write_idx = Vec::new();
-    let mut writes = Vec::new();
-    let mut any_applied = false;
-    let mut get_idx = Vec::new();
-    let mut all_idx = Vec::new();
-    for (i, p) in batch.iter_mut().enumerate() {
-        match &mut p.req.op {
-            Operation::WriteAll { .. } => {
-                all_idx.push(i);
-                results.push(None);
-            }
-            Operation::Get(_) => {
-                get_idx.push(i);
-                results.push(None);
-            }
-            Operation::Scan { prefix, start_after, limit } => {
-                results.push(Some(backend.scan_prefix(prefix, start_after.as_deref(), *limit).map(Reply::Scanned)))
-            }
-            Operation::Write(op) => {
-                // Moved out for the backend call and back after it, so a
-                // retry finds its request whole (and nothing is copied).
-                write_idx.push(i);
-                writes.push(std::mem::replace(op, WriteOp::placeholder()));
-                results.push(None);
-            }
-        }
-    }
-    if !get_idx.is_empty() {
-        // One call for every read of the batch: a network backend answers
-        // them in one round trip (a burst of opens would otherwise pay one
-        // each, in series).
-        let keys: Vec<&[u8]> = get_idx.iter().map(|&i| batch[i].req.op.key()).collect();
-        for (&i, value) in get_idx.iter().zip(backend.get_many(&keys)) {
-            results[i] = Some(value.map(Reply::Value));
-        }
-    }
-    if !writes.is_empty() {
-        let mut outcomes = backend.write_batch(&writes);
-        confirm_own_writes(backend, &writes, &mut outcomes);
-        for (&i, outcome) in write_idx.iter().zip(outcomes) {
-            any_applied |= matches!(outcome, Ok(WriteOutcome::Applied));
-            results[i] = Some(outcome.map(Reply::Written));
-        }
-        for (&i, op) in write_idx.iter().zip(writes) {
-            batch[i].req.op = Operation::Write(op);
-        }
-    }
-    // After the batch's own writes, each all-or-nothing step on its own
-    // (the ops stay with the request, whole for a retry).
-    for i in all_idx {
-        let Operation::WriteAll { ops } = &batch[i].req.op else { continue };
-        let outcome = backend.write_all(ops).unwrap_or_else(|| {
-            Err(StorageError::permanent(format!(
-                "the {} backend cannot write several keys in one step",
-                backend.name()
-            )))
-        });
-        any_applied |= matches!(outcome, Ok(AllOrNothing::Applied));
-        results[i] = Some(outcome.map(Reply::AllOrNothing));
-    }
-    let results = results
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(StorageError::permanent("request produced no result"))))
-        .collect();
-    (results, any_applied)
-}
-
-/// A retry of a write whose first attempt applied (but whose flush or
-/// COMMIT answer was lost) finds its own new header and conflicts: that is
-/// success. The header alone does not prove it, though: two instances that
-/// read the same record and race to take its lease compute the same new
-/// header (epoch + 1, revision + 1), and the loser would believe it won
-/// and write under the winner's epoch. So a conflict that shows the op's
-/// own header counts as applied only if the stored bytes are the op's
-/// bytes (which name the owner and its expiry).
-fn confirm_own_writes(backend: &dyn Backend, writes: &[WriteOp], outcomes: &mut [Result<WriteOutcome, StorageError>]) {
-    let suspects: Vec<usize> = writes
-        .iter()
-        .zip(outcomes.iter())
-        .enumerate()
-        .filter(|(_, (op, outcome))| match outcome {
-            Ok(WriteOutcome::Conflict { current: Some(cur) }) => {
-                op.precondition != Precondition::Any && op.value.as_deref().and_then(RecordHeader::peek) == Some(*cur)
-            }
-            _ => false,
-        })
-        .map(|(i, _)| i)
-        .collect();
-    if suspects.is_empty() {
-        return;
-    }
-    let keys: Vec<&[u8]> = suspects.iter().map(|&i| writes[i].key.as_bytes()).collect();
-    for (&i, stored) in suspects.iter().zip(backend.get_many(&keys)) {
-        match stored {
-            Ok(stored) if stored.as_deref() == writes[i].value.as_deref() => outcomes[i] = Ok(WriteOutcome::Applied),
-            Ok(_) => {}
-            // Unknown: retried like any transient failure, which asks again.
-            Err(e) => outcomes[i] = Err(e),
-        }
-    }
-}
-
-// Key actors submit with `do_send`, which ignores the mailbox capacity: the
-// queue is bounded by design instead (at most one outstanding write per key).
 impl Actor for QueueActor {
     type Context = Context<Self>;
 
