@@ -39,15 +39,18 @@ pub enum Error {
         difference: String,
     },
 
-    /// The key is leased by another owner and the acquire policy gave up.
-    #[error("{at} is leased by `{holder}` until {expires_at_ms} ms since the Unix epoch")]
+    /// The key is leased by another owner and the acquire policy gave up,
+    /// or a session (or another one-shot) of this instance holds it.
+    #[error("{at} is leased by `{holder}`{}", until(expires_at_ms))]
     LeaseHeld {
         /// The key.
         at: KeyId,
-        /// Owner id of the holder.
+        /// Owner id of the holder (this instance's own for a session here).
         holder: String,
-        /// When the holder's lease lapses unless renewed.
-        expires_at_ms: u64,
+        /// When the holder's lease lapses unless renewed, in ms since the
+        /// Unix epoch; `None` when it is held here, by a session or an
+        /// update of this instance, whose lease lasts as long as it does.
+        expires_at_ms: Option<u64>,
     },
 
     /// A conditional one-shot update found the stored record changed since
@@ -208,6 +211,14 @@ pub enum Error {
     /// The engine's actors are gone (the actix System stopped).
     #[error("datastorer is not running")]
     NotRunning,
+}
+
+/// The tail of a `LeaseHeld` message.
+fn until(expires_at_ms: &Option<u64>) -> String {
+    match expires_at_ms {
+        Some(ms) => format!(" until {ms} ms since the Unix epoch"),
+        None => " (a session or update of this instance, as long as it lasts)".to_owned(),
+    }
 }
 
 impl Error {

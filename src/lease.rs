@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::error::{Error, KeyId};
 use crate::migration::{migrate, reconcile};
+use crate::retry::{Contention, CONTENTION_WINDOW};
 use crate::storage::{
     LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, StorageKey, WriteOp, WriteOutcome,
 };
@@ -71,9 +72,6 @@ struct Prepared<T> {
     metadata_bytes: Vec<u8>,
 }
 
-/// How many times a lost compare-and-swap race is retried before giving up.
-const MAX_RACES: u32 = 16;
-
 pub(crate) async fn acquire<T: Document>(
     store: Arc<StoreDef<T>>,
     key: Arc<str>,
@@ -89,7 +87,10 @@ pub(crate) async fn acquire<T: Document>(
     // request is sent again after every wait that ended without a release
     // (notices across processes are lossy).
     let mut ask = true;
-    let mut races = 0;
+    // Lost compare-and-swap races (another writer moved the record between
+    // our read and our write) are retried after a short jittered wait,
+    // within the contention window.
+    let mut races = Contention::new(CONTENTION_WINDOW);
     // The header of a record whose lease the backend refused to hand over
     // because, by its clock, the lease was still live. It counts as live
     // for one wait only, then the backend is asked again: its clock may
@@ -111,7 +112,7 @@ pub(crate) async fn acquire<T: Document>(
                 let held = || Error::LeaseHeld {
                     at: KeyId::new(store.name.to_string(), key.to_string()),
                     holder: holder.owner.clone(),
-                    expires_at_ms: holder.expires_at_ms,
+                    expires_at_ms: Some(holder.expires_at_ms),
                 };
                 let timeout = match policy {
                     AcquirePolicy::Fail => return Err(held()),
@@ -221,12 +222,10 @@ pub(crate) async fn acquire<T: Document>(
                 // Not a lost race: the lease is live by the backend's clock.
                 refused_live = found;
             }
-            WriteOutcome::Conflict { .. } => {
-                races += 1;
-                if races >= MAX_RACES {
-                    return Err(Error::LeaseLost { at: KeyId::new(store.name.to_string(), key.to_string()) });
-                }
-            }
+            WriteOutcome::Conflict { .. } => match races.next_wait() {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(Error::LeaseLost { at: KeyId::new(store.name.to_string(), key.to_string()) }),
+            },
         }
     }
 }

@@ -69,7 +69,7 @@ impl<T: Document> Store<T> {
         }
         if let Some(session) = self.get(key.as_str()) {
             if !force {
-                let expires_at_ms = session.lease().await.map_or(0, |l| l.expires_at_ms);
+                let expires_at_ms = session.lease().await.ok().map(|l| l.expires_at_ms);
                 return Err(Error::LeaseHeld {
                     at: KeyId::new(shared.name.to_string(), key),
                     holder: engine.owner.to_string(),
@@ -88,13 +88,14 @@ impl<T: Document> Store<T> {
             // A forced delete ends the live session here first: otherwise it
             // would go on changing a copy of a record that no longer exists,
             // and fail at its next write (at the latest at shutdown).
+            let ending = shared.keys().get(key.as_str()).map(|e| e.closed.clone());
             if let Some(k) = engine.registry.find(&shared.name, &key) {
                 let _ = k.send(Control::Notice(NoticeKind::Deleted)).await;
             }
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while self.is_loaded(key.as_str()) && tokio::time::Instant::now() < deadline {
-                tokio::task::yield_now().await;
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            // Its end is awaited, not polled (bounded: a stuck actor must
+            // not hold the delete forever).
+            if let Some(ending) = ending {
+                let _ = tokio::time::timeout(CONTENTION_WINDOW, ending.wait()).await;
             }
         }
         let current = self.inspect(key.as_str()).await;
@@ -115,7 +116,7 @@ impl<T: Document> Store<T> {
                         return Err(Error::LeaseHeld {
                             at: KeyId::new(shared.name.to_string(), key),
                             holder: lease.owner.clone(),
-                            expires_at_ms: lease.expires_at_ms,
+                            expires_at_ms: Some(lease.expires_at_ms),
                         });
                     }
                 }

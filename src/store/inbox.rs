@@ -159,7 +159,7 @@ impl<T: Document> Store<T> {
                         return Err(Error::LeaseHeld {
                             at: KeyId::new(self.name().to_owned(), key.to_owned()),
                             holder: "messages being posted".to_owned(),
-                            expires_at_ms: 0,
+                            expires_at_ms: None,
                         })
                     }
                 },

@@ -96,7 +96,7 @@ impl<T: Document> Store<T> {
             return Err(Error::LeaseHeld {
                 at: KeyId::new(self.shared.name.to_string(), key.to_owned()),
                 holder: self.shared.engine.owner.to_string(),
-                expires_at_ms: 0,
+                expires_at_ms: None,
             });
         }
         Ok(turn)

@@ -7,6 +7,10 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// Key actors that may stop under one open (each awaited) before the open
+/// gives up with the last one's close reason.
+const STOPPED_ACTORS_TOLERATED: u32 = 3;
+
 impl<T: Document> Store<T> {
     pub(super) async fn open_key(
         self,
@@ -17,6 +21,10 @@ impl<T: Document> Store<T> {
     ) -> Result<Session<T>, Error> {
         validate_key(&key)?;
         let shared = &self.shared;
+        // Actors that stopped before reading our message: each is awaited
+        // (`CloseSignal::wait`), then the key is loaded afresh. Stopping
+        // again and again means the engine is stopping under us: say so
+        // rather than start actors that stop at once.
         let mut stopped = 0;
         loop {
             if shared.engine.registry.is_shutting_down() {
@@ -33,7 +41,7 @@ impl<T: Document> Store<T> {
                         return Err(Error::LeaseHeld {
                             at: KeyId::new(shared.name.to_string(), key),
                             holder: shared.engine.owner.to_string(),
-                            expires_at_ms: 0,
+                            expires_at_ms: None,
                         });
                     }
                     // A one-shot never shares a session's actor (nor a
@@ -93,12 +101,12 @@ impl<T: Document> Store<T> {
                     shared.remove(&key_arc, &closed);
                 }
                 // The actor stopped before reading our message (it was closing):
-                // load afresh, a bounded number of times.
+                // load afresh.
                 Err(_) => {
                     closed.wait().await;
                     shared.remove(&key_arc, &closed);
                     stopped += 1;
-                    if stopped >= 3 {
+                    if stopped >= STOPPED_ACTORS_TOLERATED {
                         let reason = closed.reason().unwrap_or(CloseReason::Stopped);
                         return Err(Error::SessionClosed { at: KeyId::new(shared.name.to_string(), key), reason });
                     }

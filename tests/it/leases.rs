@@ -21,7 +21,7 @@ async fn fail_policy_reports_holder_and_expiry() {
     match profiles(&b).open("k").policy(AcquirePolicy::Fail).await {
         Err(Error::LeaseHeld { holder, expires_at_ms, at, .. }) => {
             assert_eq!(holder, "server-a");
-            assert_eq!(expires_at_ms, expiry);
+            assert_eq!(expires_at_ms, Some(expiry));
             assert_eq!(at, datastorer::KeyId::new("profiles", "k"));
         }
         other => panic!("expected LeaseHeld, got {other:?}"),

@@ -160,7 +160,7 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
                         "code": error_codes(),
                         "message": { "type": "string" },
                         "holder": { "type": "string" },
-                        "expires_at_ms": { "type": "integer" },
+                        "expires_at_ms": { "type": "integer", "nullable": true },
                         "reason": { "type": "string" },
                         "taken_over_by": { "type": "string", "nullable": true },
                         "ended_at_ms": { "type": "integer" }
@@ -174,7 +174,7 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
                         "data": {}, "metadata": { "type": "object" },
                         "user_ids": { "type": "array", "items": { "type": "string" } },
                         "revision": { "type": "integer" }, "epoch": { "type": "integer" },
-                        "expires_at_ms": { "type": "integer" }, "lease_token": { "type": "string" },
+                        "expires_at_ms": { "type": "integer", "nullable": true }, "lease_token": { "type": "string" },
                         "resumed": { "type": "boolean", "description": "this client_id's own live session, answered again (a retried open)" },
                         "handoff": { "$ref": "#/components/schemas/Handoff" },
                         "messages": { "type": "array", "items": { "$ref": "#/components/schemas/Message" }, "description": "on open: the messages waiting for the key" },
@@ -266,7 +266,7 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
                     "results": { "type": "array", "items": { "type": "object", "required": ["status"], "properties": {
                         "status": { "type": "integer" }, "code": { "type": "string" }, "message": { "type": "string" },
                         "revision": { "type": "integer" }, "durable": { "type": "boolean" }, "released": { "type": "boolean" },
-                        "closed": { "type": "boolean" }, "epoch": { "type": "integer" }, "expires_at_ms": { "type": "integer" },
+                        "closed": { "type": "boolean" }, "epoch": { "type": "integer" }, "expires_at_ms": { "type": "integer", "nullable": true },
                         "handoff": { "$ref": "#/components/schemas/Handoff" }, "messages_waiting": { "type": "boolean" } } } },
                     "succeeded": { "type": "integer" }, "failed": { "type": "integer" } } })),
                 &with(&[("413", "body too large, or more than 1000 operations (`too_many_operations`)"), ("415", "wrong content type"), ("503", "shutting down")])) },
