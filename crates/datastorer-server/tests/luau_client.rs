@@ -308,6 +308,18 @@ fn luau_the_in_memory_mock_serves_the_same_flows_without_a_server() {
     run_spec("specs/Mock.spec", HashMap::new());
 }
 
+/// The same contract against the real server and against the Mock, so the
+/// Mock a game plays against in Studio cannot drift from the server.
+#[test]
+fn luau_one_contract_holds_against_the_server() {
+    with_server("specs/Contract.spec", &[]);
+}
+
+#[test]
+fn luau_one_contract_holds_against_the_mock() {
+    run_spec("specs/Contract.spec", HashMap::new());
+}
+
 #[test]
 fn luau_join_play_autosave_leave_with_faults() {
     with_server("specs/Sessions.spec", &[]);
