@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::sessions::ClientSessions;
 use crate::state::AppState;
 use crate::webhooks::{self, Webhooks};
+use datastorer::storage::postgres::PgBackend;
 use datastorer::storage::sled_backend::SledBackend;
 use datastorer::storage::{Backend, StorageError};
 use datastorer::{Config, Datastorer, ShutdownReport, StoreSpec};
@@ -44,27 +45,9 @@ pub async fn run(
     listener: std::net::TcpListener,
     shutdown: impl std::future::Future<Output = &'static str> + 'static,
 ) -> Result<ShutdownReport, String> {
-    let (backend, owner, postgres) = match &config.storage {
-        Storage::Sled(dir) => {
-            let (b, o) = open_data_dir(dir.clone(), config.owner_id.clone()).await?;
-            (b, o, None)
-        }
-        Storage::Postgres(pg) => {
-            let (b, o) = open_postgres(pg.clone(), config.owner_id.clone()).await?;
-            (b.clone() as Arc<dyn Backend>, o, Some(b))
-        }
-    };
-    let ds = Datastorer::start(engine_config(&config, backend, owner)).await.map_err(|e| e.to_string())?;
+    let (ds, postgres) = start_engine(&config).await?;
     let stores = declare_stores(&ds, &config)?;
-    if config.auth_enabled() && config.tls.is_none() && !config.listen.ip().is_loopback() {
-        warn!(target: "datastorer::server", listen = %config.listen,
-            "API keys and lease tokens travel in clear text: serve TLS (--tls-cert/--tls-key) or put a TLS proxy in front");
-    }
-    if !config.auth_enabled() {
-        warn!(target: "datastorer::server", listen = %config.listen,
-            "no API keys configured: authentication is OFF, which is allowed on loopback addresses only");
-    }
-
+    warn_about_exposure(&config);
     let hooks = Arc::new(Webhooks::start(&config.webhooks, ds.owner_id())?);
     if !hooks.is_empty() {
         info!(target: "datastorer::server", endpoints = ?hooks.describe(), "webhooks configured");
@@ -84,15 +67,69 @@ pub async fn run(
         shutting_down: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
         postgres,
-        changes: change_log.clone(),
+        changes: change_log,
         budgets: Budgets::new(&config.api_keys),
         webhooks: hooks.clone(),
     });
+    let server = serve_http(&config, state.clone(), listener, &ds)?;
+    actix_web::rt::spawn(stop_on(shutdown, state.clone(), ds.clone(), server.handle(), shutdown_tx));
+    actix_web::rt::spawn(sweep_forever(state.clone()));
+    actix_web::rt::spawn(crate::inbox_watch::watch(state, ds.changes()));
+    server.await.map_err(|e| format!("server failed: {e}"))?;
+    // Done already on a signal (this answers its report); otherwise keys on
+    // stopped workers are reported as failed, never silently dropped.
+    let report = ds.shutdown().await;
+    info!(
+        target: "datastorer::server",
+        released = report.release.released, failed = report.release.failed.len(),
+        timed_out = report.release.timed_out, took_ms = report.took.as_millis() as u64, "stopped"
+    );
+    if !report.is_clean() {
+        alert_unsaved(&hooks, &report).await;
+    }
+    Ok(report)
+}
 
-    let app_state = state.clone();
+/// Opens the storage the config names and starts the engine on it.
+async fn start_engine(config: &ServerConfig) -> Result<(Datastorer, Option<Arc<PgBackend>>), String> {
+    let (backend, owner, postgres) = match &config.storage {
+        Storage::Sled(dir) => {
+            let (b, o) = open_data_dir(dir.clone(), config.owner_id.clone()).await?;
+            (b, o, None)
+        }
+        Storage::Postgres(pg) => {
+            let (b, o) = open_postgres(pg.clone(), config.owner_id.clone()).await?;
+            (b.clone() as Arc<dyn Backend>, o, Some(b))
+        }
+    };
+    let ds = Datastorer::start(engine_config(config, backend, owner)).await.map_err(|e| e.to_string())?;
+    Ok((ds, postgres))
+}
+
+/// Says so when secrets would cross a network in clear text, or when
+/// anyone on the loopback may call the API.
+fn warn_about_exposure(config: &ServerConfig) {
+    if config.auth_enabled() && config.tls.is_none() && !config.listen.ip().is_loopback() {
+        warn!(target: "datastorer::server", listen = %config.listen,
+            "API keys and lease tokens travel in clear text: serve TLS (--tls-cert/--tls-key) or put a TLS proxy in front");
+    }
+    if !config.auth_enabled() {
+        warn!(target: "datastorer::server", listen = %config.listen,
+            "no API keys configured: authentication is OFF, which is allowed on loopback addresses only");
+    }
+}
+
+/// The HTTP server on `listener` (the state, the extractor error answers,
+/// the middleware and the routes), announced and running.
+fn serve_http(
+    config: &ServerConfig,
+    state: web::Data<AppState>,
+    listener: std::net::TcpListener,
+    ds: &Datastorer,
+) -> Result<actix_web::dev::Server, String> {
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(app_state.clone())
+            .app_data(state.clone())
             .app_data(
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::new(ErrorCode::BadQuery, humanize(&e.to_string())).into()),
@@ -113,6 +150,7 @@ pub async fn run(
         None => server.listen(listener),
     }
     .map_err(|e| listen_error(config.listen, &e))?;
+    // The line tests and scripts wait for.
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let bound = server.addrs().first().copied().ok_or("bound to no address")?;
     println!("datastorer listening on {scheme}://{bound}");
@@ -123,40 +161,29 @@ pub async fn run(
             info!(target: "datastorer::server", %bound, database = ?pg, owner = %ds.owner_id(), "serving")
         }
     }
+    Ok(server.run())
+}
 
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(stop_on(shutdown, state.clone(), ds.clone(), handle, shutdown_tx));
-    actix_web::rt::spawn(sweep_forever(state.clone()));
-    actix_web::rt::spawn(crate::inbox_watch::watch(state.clone(), ds.changes()));
-    server.await.map_err(|e| format!("server failed: {e}"))?;
-    // Done already on a signal (this answers its report); otherwise keys on
-    // stopped workers are reported as failed, never silently dropped.
-    let report = ds.shutdown().await;
-    info!(
-        target: "datastorer::server",
-        released = report.release.released, failed = report.release.failed.len(),
-        timed_out = report.release.timed_out, took_ms = report.took.as_millis() as u64, "stopped"
-    );
-    if !report.is_clean() && !hooks.is_empty() {
-        // The last thing this process says; bounded, so a dead webhook
-        // cannot hold the exit.
-        let before = hooks.delivered.load(Ordering::Relaxed);
-        hooks.alert(webhooks::Alert {
-            kind: webhooks::AlertKind::ShutdownUnsaved,
-            count: (report.release.failed.len() + report.release.timed_out) as u64,
-            message: format!(
-                "shut down with {} keys unsaved and {} timed out: their last changes are lost unless another process saved them",
-                report.release.failed.len(),
-                report.release.timed_out
-            ),
-        });
-        let deadline = tokio::time::Instant::now() + webhooks::COALESCE + Duration::from_secs(3);
-        while hooks.delivered.load(Ordering::Relaxed) == before && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+/// The last thing this process says after an unclean shutdown; bounded, so
+/// a dead webhook cannot hold the exit.
+async fn alert_unsaved(hooks: &Webhooks, report: &ShutdownReport) {
+    if hooks.is_empty() {
+        return;
     }
-    Ok(report)
+    let before = hooks.delivered.load(Ordering::Relaxed);
+    hooks.alert(webhooks::Alert {
+        kind: webhooks::AlertKind::ShutdownUnsaved,
+        count: (report.release.failed.len() + report.release.timed_out) as u64,
+        message: format!(
+            "shut down with {} keys unsaved and {} timed out: their last changes are lost unless another process saved them",
+            report.release.failed.len(),
+            report.release.timed_out
+        ),
+    });
+    let deadline = tokio::time::Instant::now() + webhooks::COALESCE + Duration::from_secs(3);
+    while hooks.delivered.load(Ordering::Relaxed) == before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The engine's configuration for the server.
