@@ -51,6 +51,19 @@ pub struct Budget {
     pub burst: f64,
 }
 
+impl Budget {
+    /// The one rule of a budget, for every entry point that takes one:
+    /// `per_second > 0` and `burst >= 1`, both finite. The error says what
+    /// was given.
+    pub fn check(&self) -> Result<(), Error> {
+        let ok = self.per_second > 0.0 && self.per_second.is_finite() && self.burst >= 1.0 && self.burst.is_finite();
+        if ok {
+            return Ok(());
+        }
+        Err(Error::Config(format!("needs per_second > 0 and burst >= 1 (got {} and {})", self.per_second, self.burst)))
+    }
+}
+
 /// Per-operation rate budgets. `None` means unlimited.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Budgets {
@@ -222,13 +235,8 @@ impl Config {
         for (name, budget) in
             [("get", &self.queue.budgets.get), ("write", &self.queue.budgets.write), ("scan", &self.queue.budgets.scan)]
         {
-            if let Some(b) = budget {
-                if !(b.per_second > 0.0 && b.per_second.is_finite() && b.burst >= 1.0 && b.burst.is_finite()) {
-                    return bad(format!(
-                        "queue.budgets.{name} needs per_second > 0 and burst >= 1 (got {} and {})",
-                        b.per_second, b.burst
-                    ));
-                }
+            if let Some(Err(Error::Config(m))) = budget.as_ref().map(Budget::check) {
+                return bad(format!("queue.budgets.{name} {m}"));
             }
         }
         self.queue.retry.validate().map_err(Error::Config)?;

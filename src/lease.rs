@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::engine::Engine;
 use crate::error::{Error, KeyId};
 use crate::migration::{migrate, reconcile};
 use crate::retry::{Contention, CONTENTION_WINDOW};
@@ -72,6 +73,45 @@ struct Prepared<T> {
     metadata_bytes: Vec<u8>,
 }
 
+impl<T> Prepared<T> {
+    /// The typed document, and the record that takes the lease for `owner`
+    /// under `header`.
+    fn into_record(self, header: RecordHeader, owner: &str, expires_at_ms: u64, now_ms: u64) -> (T, Record) {
+        let record = Record {
+            header,
+            data_version: self.data_version,
+            data: self.data_bytes,
+            metadata: self.metadata_bytes,
+            user_ids: self.user_ids,
+            lease: Some(LeaseHolder { owner: owner.to_owned(), expires_at_ms }),
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: now_ms,
+        };
+        (self.data, record)
+    }
+}
+
+impl<T> Loaded<T> {
+    /// What a key actor holds after `record` (holding `data`) was written.
+    fn written(data: T, record: Record, expires_at_ms: u64) -> Self {
+        Loaded {
+            data,
+            saved_checksum: seahash::hash(&record.data),
+            encoded_len_hint: u32::try_from(record.data.len()).unwrap_or(u32::MAX),
+            metadata_json: record.metadata.into_boxed_slice(),
+            user_ids: record.user_ids.into_boxed_slice(),
+            data_version: record.data_version,
+            meta_generation: 0,
+            saved_meta_generation: 0,
+            encoded: None,
+            created_at_ms: record.created_at_ms,
+            header: record.header,
+            expires_at_ms,
+            uncertain: None,
+        }
+    }
+}
+
 pub(crate) async fn acquire<T: Document>(
     store: Arc<StoreDef<T>>,
     key: Arc<str>,
@@ -109,46 +149,30 @@ pub(crate) async fn acquire<T: Document>(
             let refused_just_now = refused_live.take() == Some(header);
             let live = holder.expires_at_ms > now_ms || refused_just_now;
             if holder.owner != *engine.owner && live {
-                let held = || Error::LeaseHeld {
-                    at: KeyId::new(store.name.to_string(), key.to_string()),
-                    holder: holder.owner.clone(),
-                    expires_at_ms: Some(holder.expires_at_ms),
-                };
-                let timeout = match policy {
-                    AcquirePolicy::Fail => return Err(held()),
-                    AcquirePolicy::Steal => {
-                        stolen_from = Some(holder.owner.clone());
-                        None
+                match on_held(&policy, started, Instant::now()) {
+                    OnHeld::GiveUp => {
+                        return Err(Error::LeaseHeld {
+                            at: KeyId::new(store.name.to_string(), key.to_string()),
+                            holder: holder.owner.clone(),
+                            expires_at_ms: Some(holder.expires_at_ms),
+                        })
                     }
-                    AcquirePolicy::Wait { timeout } => Some(timeout),
-                    AcquirePolicy::RequestRelease { timeout } => {
-                        if ask {
-                            debug!(target: "datastorer::lease", store = %store.name, key = %key, holder = %holder.owner, "requesting release");
-                            engine.backend.notices().publish(Notice {
-                                store: store.name.to_string(),
-                                key: key.to_string(),
-                                kind: NoticeKind::ReleaseRequested {
-                                    holder: holder.owner.clone(),
-                                    requester: engine.owner.to_string(),
-                                },
-                            });
+                    OnHeld::Steal => stolen_from = Some(holder.owner.clone()),
+                    OnHeld::Wait { ask_holder, deadline } => {
+                        if ask_holder && ask {
+                            request_release(&engine, &store.name, &key, &holder.owner);
                         }
-                        Some(timeout)
+                        // By our clock the lease may already have lapsed while
+                        // the backend's clock says it has not: look again soon.
+                        let remaining = Duration::from_millis(holder.expires_at_ms.saturating_sub(now_ms))
+                            .max(Duration::from_millis(50));
+                        let wait = deadline
+                            .saturating_duration_since(Instant::now())
+                            .min(remaining)
+                            .min(engine.config.lease_poll_interval);
+                        ask = wait_for_release(&mut notices, &store.name, &key, wait).await != WaitEnd::Released;
+                        continue;
                     }
-                };
-                if let Some(timeout) = timeout {
-                    let now = Instant::now();
-                    let deadline = started + timeout;
-                    if now >= deadline {
-                        return Err(held());
-                    }
-                    // By our clock the lease may already have lapsed while
-                    // the backend's clock says it has not: look again soon.
-                    let remaining = Duration::from_millis(holder.expires_at_ms.saturating_sub(now_ms))
-                        .max(Duration::from_millis(50));
-                    let wait = (deadline - now).min(remaining).min(engine.config.lease_poll_interval);
-                    ask = wait_for_release(&mut notices, &store.name, &key, wait).await != WaitEnd::Released;
-                    continue;
                 }
             }
         }
@@ -162,17 +186,7 @@ pub(crate) async fn acquire<T: Document>(
         };
         let header = RecordHeader { epoch: base + 1, revision: current.as_ref().map_or(0, |r| r.header.revision) + 1 };
         let expires_at_ms = now_ms + engine.config.lease_ttl.as_millis() as u64;
-        let record = Record {
-            header,
-            data_version: prepared.data_version,
-            data: prepared.data_bytes,
-            metadata: prepared.metadata_bytes,
-            user_ids: prepared.user_ids,
-            lease: Some(LeaseHolder { owner: engine.owner.to_string(), expires_at_ms }),
-            created_at_ms: prepared.created_at_ms,
-            updated_at_ms: now_ms,
-        };
-        let saved_checksum = seahash::hash(&record.data);
+        let (data, record) = prepared.into_record(header, &engine.owner, expires_at_ms, now_ms);
         // Unless stealing, the backend checks the lease too: one whose
         // clock decides expiry (PostgreSQL) refuses a lease that is still
         // live by that clock, whatever ours says.
@@ -202,21 +216,7 @@ pub(crate) async fn acquire<T: Document>(
                     });
                 }
                 debug!(target: "datastorer::lease", store = %store.name, key = %key, epoch = header.epoch, "lease acquired");
-                return Ok(Loaded {
-                    data: prepared.data,
-                    metadata_json: record.metadata.into_boxed_slice(),
-                    user_ids: record.user_ids.into_boxed_slice(),
-                    data_version: record.data_version,
-                    meta_generation: 0,
-                    saved_meta_generation: 0,
-                    encoded_len_hint: u32::try_from(record.data.len()).unwrap_or(u32::MAX),
-                    encoded: None,
-                    created_at_ms: record.created_at_ms,
-                    header,
-                    expires_at_ms,
-                    saved_checksum,
-                    uncertain: None,
-                });
+                return Ok(Loaded::written(data, record, expires_at_ms));
             }
             WriteOutcome::Conflict { current: found } if acquiring.is_some() && found == acquiring => {
                 // Not a lost race: the lease is live by the backend's clock.
@@ -228,6 +228,45 @@ pub(crate) async fn acquire<T: Document>(
             },
         }
     }
+}
+
+/// What the acquire does about a live lease another owner holds.
+#[derive(Debug, PartialEq, Eq)]
+enum OnHeld {
+    /// Give up: `Fail`, or the wait's deadline passed.
+    GiveUp,
+    /// Take it without asking (`Steal`).
+    Steal,
+    /// Wait for a release until `deadline`, asking the holder to hand over
+    /// first when `ask_holder` (`RequestRelease`).
+    Wait { ask_holder: bool, deadline: Instant },
+}
+
+/// The policy's decision about a live lease, `now`, for an acquire that
+/// started at `started`.
+fn on_held(policy: &AcquirePolicy, started: Instant, now: Instant) -> OnHeld {
+    let (timeout, ask_holder) = match *policy {
+        AcquirePolicy::Fail => return OnHeld::GiveUp,
+        AcquirePolicy::Steal => return OnHeld::Steal,
+        AcquirePolicy::Wait { timeout } => (timeout, false),
+        AcquirePolicy::RequestRelease { timeout } => (timeout, true),
+    };
+    let deadline = started + timeout;
+    if now >= deadline {
+        OnHeld::GiveUp
+    } else {
+        OnHeld::Wait { ask_holder, deadline }
+    }
+}
+
+/// Asks `holder` to save and hand the key over (answered by its release).
+fn request_release(engine: &Engine, store: &str, key: &str, holder: &str) {
+    debug!(target: "datastorer::lease", store = %store, key = %key, holder = %holder, "requesting release");
+    engine.backend.notices().publish(Notice {
+        store: store.to_owned(),
+        key: key.to_owned(),
+        kind: NoticeKind::ReleaseRequested { holder: holder.to_owned(), requester: engine.owner.to_string() },
+    });
 }
 
 /// How a wait for a release ended.
@@ -320,4 +359,30 @@ fn prepare<T: Document>(
     let data_bytes = serde_json::to_vec(&data).map_err(serialize_err)?;
     let metadata_bytes = serde_json::to_vec(&metadata).map_err(serialize_err)?;
     Ok(Prepared { data, user_ids: ids, data_version: latest, created_at_ms, data_bytes, metadata_bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{on_held, OnHeld};
+    use crate::types::AcquirePolicy;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn each_policy_decides_about_a_live_lease_and_every_wait_ends_at_its_deadline() {
+        let started = Instant::now();
+        let t = Duration::from_secs(10);
+        assert_eq!(on_held(&AcquirePolicy::Fail, started, started), OnHeld::GiveUp);
+        assert_eq!(on_held(&AcquirePolicy::Steal, started, started + t * 2), OnHeld::Steal);
+        let deadline = started + t;
+        let waits = [(AcquirePolicy::Wait { timeout: t }, false), (AcquirePolicy::RequestRelease { timeout: t }, true)];
+        for (policy, ask_holder) in waits {
+            assert_eq!(on_held(&policy, started, started), OnHeld::Wait { ask_holder, deadline });
+            assert_eq!(
+                on_held(&policy, started, deadline - Duration::from_millis(1)),
+                OnHeld::Wait { ask_holder, deadline }
+            );
+            assert_eq!(on_held(&policy, started, deadline), OnHeld::GiveUp, "{policy:?} at its deadline");
+        }
+    }
 }

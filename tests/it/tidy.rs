@@ -405,3 +405,33 @@ fn the_store_check_finds_an_impl_elsewhere() {
     modules.insert("store::admin".to_owned(), "impl<T: Document> Store<T> {}".to_owned());
     assert_eq!(store_impls_outside_store(&modules), vec!["inbox".to_owned()]);
 }
+
+/// Blocking calls in the key actor's modules: a key actor never blocks its
+/// arbiter (ARCHITECTURE.md, "Architecture invariants"); it waits only by
+/// awaiting futures.
+fn blocking_calls_in_key_actors(modules: &BTreeMap<String, String>) -> Vec<String> {
+    let blocking =
+        ["std::thread::sleep", "block_on(", ".blocking_recv(", ".blocking_lock(", ".recv_timeout(", "std::sync::mpsc"];
+    let mut out = Vec::new();
+    for (module, code) in modules.iter().filter(|(m, _)| m.starts_with("actors::key")) {
+        for call in blocking {
+            if code.contains(call) {
+                out.push(format!("{module}: {call}"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn key_actors_never_block() {
+    assert_eq!(blocking_calls_in_key_actors(&engine_modules()), Vec::<String>::new());
+}
+
+#[test]
+fn the_blocking_check_finds_a_sleep() {
+    let mut modules = BTreeMap::new();
+    modules.insert("actors::key::writes".to_owned(), "std::thread::sleep(Duration::from_millis(1));".to_owned());
+    modules.insert("storage::sled_backend".to_owned(), "std::thread::sleep(d);".to_owned());
+    assert_eq!(blocking_calls_in_key_actors(&modules), vec!["actors::key::writes: std::thread::sleep".to_owned()]);
+}

@@ -346,8 +346,13 @@ impl ServerConfig {
         let budgets = Budgets { get: budget(b.get), write: budget(b.write), scan: budget(b.scan) };
         for (name, bd) in [("get", budgets.get), ("write", budgets.write), ("scan", budgets.scan)] {
             if let Some(bd) = bd {
-                if !(bd.per_second > 0.0 && bd.burst >= 1.0) {
-                    return Err(err(&format!("budgets.{name}"), "needs per_second > 0 and burst >= 1".into()));
+                // The engine's rule, in the engine's words.
+                if let Err(e) = bd.check() {
+                    let message = match e {
+                        datastorer::Error::Config(m) => m,
+                        other => other.to_string(),
+                    };
+                    return Err(err(&format!("budgets.{name}"), message));
                 }
             }
         }

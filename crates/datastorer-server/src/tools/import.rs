@@ -8,7 +8,9 @@ use std::io::BufRead;
 use std::path::Path;
 
 use super::{DataDir, Line, Progress, TOOL_BATCH};
-use datastorer::storage::{split_storage_key, storage_key, Precondition, Record, RecordHeader, WriteOp, WriteOutcome};
+use datastorer::storage::{
+    split_storage_key, storage_key, Backend, Precondition, Record, RecordHeader, WriteOp, WriteOutcome,
+};
 
 /// The store of an import line, by the rule every entry point applies
 /// (`validate_user_store_name`), with one exception: an inbox record
@@ -75,6 +77,37 @@ pub(crate) fn import(
         None => Box::new(std::io::BufReader::new(std::io::stdin().lock())),
     };
     // Validate everything before writing anything.
+    let (lines, mut problems) = read_lines(reader, versions.as_ref(), config)?;
+    let opened = dir.open(true)?;
+    let backend = opened.backend();
+    let now = opened.now_ms();
+    let current = stored_headers(backend, &lines, overwrite, force, now, &mut problems)?;
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        return Err(format!("{} problem(s); nothing was imported", problems.len()));
+    }
+    if config.is_none() && lines.iter().any(|(_, l)| l.data_version > 0) {
+        eprintln!(
+            "note: data versions were not checked against the stores' migrations; pass --config (or set \
+             DATASTORER_CONFIG) to check them"
+        );
+    }
+    let ops = records(backend, &lines, current, now)?;
+    write_and_announce(backend, &ops)?;
+    eprintln!("imported {} records", lines.len());
+    Ok(())
+}
+
+/// Every line, checked by the rules every entry point applies; the lines
+/// that pass, and what is wrong with the others.
+#[allow(clippy::type_complexity)]
+fn read_lines(
+    reader: Box<dyn BufRead>,
+    versions: Option<&std::collections::BTreeMap<String, usize>>,
+    config: Option<&Path>,
+) -> Result<(Vec<(usize, Line)>, Vec<String>), String> {
     let mut lines = Vec::new();
     let mut problems = Vec::new();
     // A key twice would be written twice (the second write conflicting
@@ -96,7 +129,7 @@ pub(crate) fn import(
                     problems.push(format!("line {n}: {e}"));
                 } else if let Some(e) = line.user_ids.iter().find_map(|u| crate::validate::user_id(u).err()) {
                     problems.push(format!("line {n}: {e}"));
-                } else if let Some(e) = too_new(&line, versions.as_ref(), config) {
+                } else if let Some(e) = too_new(&line, versions, config) {
                     problems.push(format!("line {n}: {e}"));
                 } else if let Some(first) = seen.insert((line.store.clone(), line.key.clone()), n) {
                     problems.push(format!("line {n}: {}/{} is also on line {first}", line.store, line.key));
@@ -107,9 +140,21 @@ pub(crate) fn import(
             Err(e) => problems.push(format!("line {n}: {e}")),
         }
     }
-    let opened = dir.open(true)?;
-    let backend = opened.backend();
-    let now = opened.now_ms();
+    Ok((lines, problems))
+}
+
+/// The header each line's record has now (`None`: absent), adding a
+/// problem for each that may not be replaced: it exists (without
+/// `--overwrite`), a live lease holds it (without `--force`), or it is
+/// corrupt (never overwritten).
+fn stored_headers(
+    backend: &dyn Backend,
+    lines: &[(usize, Line)],
+    overwrite: bool,
+    force: bool,
+    now: u64,
+    problems: &mut Vec<String>,
+) -> Result<Vec<Option<RecordHeader>>, String> {
     let mut current = Vec::with_capacity(lines.len());
     for chunk in lines.chunks(TOOL_BATCH) {
         let keys: Vec<Vec<u8>> = chunk.iter().map(|(_, l)| storage_key(&l.store, &l.key)).collect();
@@ -144,34 +189,30 @@ pub(crate) fn import(
             current.push(header);
         }
     }
-    if !problems.is_empty() {
-        for p in &problems {
-            eprintln!("{p}");
-        }
-        return Err(format!("{} problem(s); nothing was imported", problems.len()));
-    }
-    if config.is_none() && lines.iter().any(|(_, l)| l.data_version > 0) {
-        eprintln!(
-            "note: data versions were not checked against the stores' migrations; pass --config (or set \
-             DATASTORER_CONFIG) to check them"
-        );
-    }
-    // A key created afresh starts above its store's epoch floor (the
-    // highest epoch a deleted record of the store reached).
+    Ok(current)
+}
+
+/// The record each line becomes, conditional on what is stored: a new
+/// epoch above the stored record's (fencing off any holder) or above its
+/// store's epoch floor (the highest epoch a deleted record reached).
+fn records(
+    backend: &dyn Backend,
+    lines: &[(usize, Line)],
+    current: Vec<Option<RecordHeader>>,
+    now: u64,
+) -> Result<Vec<WriteOp>, String> {
     let mut floors: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
-    for (_, line) in &lines {
+    for (_, line) in lines {
         if !floors.contains_key(line.store.as_str()) {
             let raw = backend.get(&datastorer::storage::epoch_floor_key(&line.store)).map_err(|e| e.to_string())?;
             floors.insert(&line.store, raw.as_deref().and_then(RecordHeader::peek).map_or(0, |h| h.epoch));
         }
     }
-    let mut progress = Progress::new("import", lines.len());
     let ops = lines.iter().zip(current).map(|((_, line), header)| -> Result<WriteOp, String> {
         let floor = floors.get(line.store.as_str()).copied().unwrap_or(0);
         let data = serde_json::to_vec(&line.data).map_err(|e| e.to_string())?;
         let metadata = serde_json::to_vec(&line.metadata).map_err(|e| e.to_string())?;
         let record = Record {
-            // A higher epoch fences off any holder of the old record.
             header: RecordHeader {
                 epoch: header.map_or(floor, |h| h.epoch) + 1,
                 revision: header.map_or(0, |h| h.revision) + 1,
@@ -190,7 +231,15 @@ pub(crate) fn import(
             Some(record.encode()),
         ))
     });
-    let ops: Vec<WriteOp> = ops.collect::<Result<_, _>>()?;
+    ops.collect()
+}
+
+/// Writes the records in batches, each flushed before it is announced:
+/// servers sharing the database learn of the new contents (change feeds,
+/// caches, waiting opens) only once they are there to read. A conflict or
+/// failure stops the import and says how many records went in before it.
+fn write_and_announce(backend: &dyn Backend, ops: &[WriteOp]) -> Result<(), String> {
+    let mut progress = Progress::new("import", ops.len());
     let mut imported = 0;
     for batch in ops.chunks(TOOL_BATCH) {
         let mut written = Vec::with_capacity(batch.len());
@@ -208,9 +257,6 @@ pub(crate) fn import(
                 Err(e) => stopped = stopped.or(Some(format!("{name}: {e}"))),
             }
         }
-        // Durable first, then announced: servers sharing the database
-        // learn of the new contents (change feeds, caches, waiting opens)
-        // only once they are there to read.
         backend.flush().map_err(|e| e.to_string())?;
         for op in &written {
             if let (Some((store, key)), Some(h)) =
@@ -221,10 +267,9 @@ pub(crate) fn import(
         }
         imported += written.len();
         if let Some(why) = stopped {
-            return Err(format!("{why}; {imported} of {} records were imported before it", lines.len()));
+            return Err(format!("{why}; {imported} of {} records were imported before it", ops.len()));
         }
     }
     progress.finish();
-    eprintln!("imported {} records", lines.len());
     Ok(())
 }
