@@ -7,7 +7,8 @@
 //! infer without annotations). Their counts are bounded here, a ratchet: a
 //! change may lower a module's count (then lower its bound), never raise
 //! it. Sibling modules are `any` to the checker (it checks one chunk at a
-//! time), so this checks each module's own code.
+//! time, and its "Unknown require" errors are not counted), so this checks
+//! each module's own code.
 
 use std::path::PathBuf;
 
@@ -17,17 +18,17 @@ use luau_analyze::{Checker, Severity};
 /// declared them strict. Lower a bound when a change fixes some.
 const BOUNDS: &[(&str, usize)] = &[
     ("Types.luau", 0),
-    ("Signal.luau", 3),
-    ("Ppdb.luau", 8),
-    ("Transport.luau", 13),
-    ("Inbox.luau", 18),
+    ("Signal.luau", 0),
+    ("Ppdb.luau", 0),
+    ("Transport.luau", 11),
+    ("Inbox.luau", 14),
     ("Budget.luau", 24),
-    ("Store.luau", 28),
+    ("Store.luau", 20),
     ("Json.luau", 30),
-    ("Key.luau", 46),
-    ("Queue.luau", 48),
-    ("Mock.luau", 68),
-    ("init.luau", 151),
+    ("Key.luau", 38),
+    ("Queue.luau", 44),
+    ("Mock.luau", 66),
+    ("init.luau", 133),
 ];
 
 fn package_dir() -> PathBuf {
@@ -50,7 +51,13 @@ fn luau_the_client_modules_are_strict_and_their_type_errors_only_go_down() {
         let source = std::fs::read_to_string(package_dir().join(name)).expect("module source");
         assert!(source.starts_with("--!strict"), "{name} is not --!strict");
         let result = checker.check(&source).expect("the checker runs");
-        let errors: Vec<_> = result.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect();
+        // The checker sees one chunk at a time: a sibling's `require` is
+        // unknown to it (in Roblox it resolves), so those are not counted.
+        let errors: Vec<_> = result
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error && !d.message.starts_with("Unknown require"))
+            .collect();
         let bound = BOUNDS.iter().find(|(n, _)| n == name).map(|(_, b)| *b);
         println!("{name}: {} strict-mode errors (bound {bound:?})", errors.len());
         match bound {
