@@ -20,7 +20,7 @@ const BOUNDS: &[(&str, usize)] = &[
     ("Types.luau", 0),
     ("Signal.luau", 0),
     ("Ppdb.luau", 0),
-    ("Transport.luau", 11),
+    ("Transport.luau", 0),
     ("Inbox.luau", 14),
     ("Budget.luau", 24),
     ("Store.luau", 20),
