@@ -22,7 +22,7 @@ const BOUNDS: &[(&str, usize)] = &[
     ("Ppdb.luau", 0),
     ("Transport.luau", 0),
     ("Inbox.luau", 14),
-    ("Budget.luau", 24),
+    ("Budget.luau", 0),
     ("Store.luau", 20),
     ("Json.luau", 30),
     ("Key.luau", 38),
