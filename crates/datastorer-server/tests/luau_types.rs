@@ -23,7 +23,7 @@ const BOUNDS: &[(&str, usize)] = &[
     ("Transport.luau", 0),
     ("Inbox.luau", 0),
     ("Budget.luau", 0),
-    ("Store.luau", 19),
+    ("Store.luau", 0),
     ("Json.luau", 30),
     ("Key.luau", 36),
     ("Queue.luau", 44),
