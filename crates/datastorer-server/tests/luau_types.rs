@@ -26,9 +26,9 @@ const BOUNDS: &[(&str, usize)] = &[
     ("Store.luau", 0),
     ("Json.luau", 0),
     ("Key.luau", 0),
-    ("Queue.luau", 44),
+    ("Queue.luau", 0),
     ("Mock.luau", 66),
-    ("init.luau", 126),
+    ("init.luau", 125),
 ];
 
 fn package_dir() -> PathBuf {
@@ -39,7 +39,11 @@ fn package_dir() -> PathBuf {
 fn luau_the_client_modules_are_strict_and_their_type_errors_only_go_down() {
     let mut checker = Checker::new().expect("the Luau checker starts");
     // Roblox's globals the modules name (the services come injected).
-    checker.add_definitions("declare script: any\ndeclare game: any\ndeclare task: any\n").expect("definitions load");
+    checker
+        .add_definitions(
+            "declare script: any\ndeclare game: any\ndeclare task: any\ndeclare function warn(...: any): ()\n",
+        )
+        .expect("definitions load");
     let mut modules: Vec<String> = std::fs::read_dir(package_dir())
         .expect("the client package")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
