@@ -17,7 +17,6 @@ use tracing::debug;
 use crate::engine::Engine;
 use crate::error::{Error, KeyId};
 use crate::migration::{migrate, reconcile};
-use crate::retry::{Contention, CONTENTION_WINDOW};
 use crate::storage::{
     LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, StorageKey, WriteOp, WriteOutcome,
 };
@@ -128,9 +127,12 @@ pub(crate) async fn acquire<T: Document>(
     // (notices across processes are lossy).
     let mut ask = true;
     // Lost compare-and-swap races (another writer moved the record between
-    // our read and our write) are retried after a short jittered wait,
-    // within the contention window.
-    let mut races = Contention::new(CONTENTION_WINDOW);
+    // our read and our write) are retried at once: a lost race is another
+    // writer's progress, and the re-read sees its result, so a wait adds
+    // nothing (and a key actor asleep inside its open, holding its key's
+    // one-shot turn, starved writers racing it in a busy loop: a measured
+    // livelock in `one_shot::create_only_and_if_match_writers_racing…`).
+    let mut races = 0;
     // The header of a record whose lease the backend refused to hand over
     // because, by its clock, the lease was still live. It counts as live
     // for one wait only, then the backend is asked again: its clock may
@@ -222,13 +224,19 @@ pub(crate) async fn acquire<T: Document>(
                 // Not a lost race: the lease is live by the backend's clock.
                 refused_live = found;
             }
-            WriteOutcome::Conflict { .. } => match races.next_wait() {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return Err(Error::LeaseLost { at: KeyId::new(store.name.to_string(), key.to_string()) }),
-            },
+            WriteOutcome::Conflict { .. } => {
+                races += 1;
+                if races >= MAX_RACES {
+                    return Err(Error::LeaseLost { at: KeyId::new(store.name.to_string(), key.to_string()) });
+                }
+            }
         }
     }
 }
+
+/// Lost compare-and-swap races an acquire retries before it gives up
+/// (each one another writer's success).
+const MAX_RACES: u32 = 16;
 
 /// What the acquire does about a live lease another owner holds.
 #[derive(Debug, PartialEq, Eq)]
