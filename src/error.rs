@@ -221,10 +221,11 @@ fn until(expires_at_ms: &Option<u64>) -> String {
     }
 }
 
-impl Error {
-    /// The key the error is about, if it is about one.
-    pub fn key_id(&self) -> Option<&KeyId> {
-        match self {
+/// `Some(<the variant's KeyId>)` for every variant about a key, `None`
+/// otherwise: one list of those variants, for `&` and `&mut` alike.
+macro_rules! key_of {
+    ($error:expr) => {
+        match $error {
             Error::LeaseHeld { at, .. }
             | Error::PreconditionFailed { at }
             | Error::InboxFull { at, .. }
@@ -243,6 +244,13 @@ impl Error {
             | Error::Cancelled { at } => Some(at),
             _ => None,
         }
+    };
+}
+
+impl Error {
+    /// The key the error is about, if it is about one.
+    pub fn key_id(&self) -> Option<&KeyId> {
+        key_of!(self)
     }
 
     /// The store and key the error is about, if it is about one.
@@ -254,25 +262,7 @@ impl Error {
     /// (an inbox's errors name the store whose key it is, never the
     /// internal `S:inbox`).
     pub(crate) fn store_mut(&mut self) -> Option<&mut String> {
-        match self {
-            Error::LeaseHeld { at, .. }
-            | Error::PreconditionFailed { at }
-            | Error::InboxFull { at, .. }
-            | Error::MessageTooLarge { at, .. }
-            | Error::InboxTooLarge { at, .. }
-            | Error::LeaseLost { at }
-            | Error::LeaseExpired { at, .. }
-            | Error::CorruptRecord { at, .. }
-            | Error::Migration { at, .. }
-            | Error::Deserialize { at, .. }
-            | Error::Serialize { at, .. }
-            | Error::DocumentTooLarge { at, .. }
-            | Error::Storage { at, .. }
-            | Error::Panicked { at, .. }
-            | Error::SessionClosed { at, .. }
-            | Error::Cancelled { at } => Some(&mut at.store),
-            _ => None,
-        }
+        key_of!(self).map(|at: &mut KeyId| &mut at.store)
     }
 }
 
