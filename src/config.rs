@@ -146,6 +146,11 @@ pub struct Config {
     /// `shutdown()`; a key whose arbiter stops first closes with an error
     /// and loses its unsaved changes.
     pub keys_on_caller_arbiter: bool,
+    /// How often each store that keeps versions prunes those its
+    /// retention no longer keeps (a pass in bounded steps through the
+    /// queue); `None`: never in the background (`Store::prune_versions`
+    /// still does it on demand).
+    pub prune_interval: Option<Duration>,
 }
 
 fn default_owner_id() -> String {
@@ -196,6 +201,7 @@ impl Config {
             handle_signals: true,
             max_document_bytes: 4 * 1024 * 1024,
             keys_on_caller_arbiter: false,
+            prune_interval: Some(Duration::from_secs(3600)),
         }
     }
 

@@ -204,6 +204,28 @@ pub enum Error {
         at: KeyId,
     },
 
+    /// No version of the key matches (an id that was never saved or was
+    /// pruned, a time before the key's oldest kept version, or a store
+    /// that keeps no versions).
+    #[error("{at} has no version {wanted}")]
+    VersionNotFound {
+        /// The key.
+        at: KeyId,
+        /// What was asked for: `EPOCH.REVISION`, or `at T ms`.
+        wanted: String,
+    },
+
+    /// A restore cannot be done as asked (a part to keep that cannot be
+    /// placed in the restored document, a document that is not an object
+    /// where one is needed). Nothing was written.
+    #[error("cannot restore {at}: {message}")]
+    Restore {
+        /// The key.
+        at: KeyId,
+        /// Why.
+        message: String,
+    },
+
     /// The engine is shutting down and accepts no new loads.
     #[error("datastorer is shutting down")]
     ShuttingDown,
@@ -241,7 +263,9 @@ macro_rules! key_of {
             | Error::Storage { at, .. }
             | Error::Panicked { at, .. }
             | Error::SessionClosed { at, .. }
-            | Error::Cancelled { at } => Some(at),
+            | Error::Cancelled { at }
+            | Error::VersionNotFound { at, .. }
+            | Error::Restore { at, .. } => Some(at),
             _ => None,
         }
     };

@@ -18,7 +18,7 @@ use crate::engine::Engine;
 use crate::error::{Error, KeyId};
 use crate::migration::{migrate, reconcile};
 use crate::storage::{
-    LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, StorageKey, WriteOp, WriteOutcome,
+    EndKind, LeaseHolder, Notice, NoticeKind, Precondition, Record, RecordHeader, StorageKey, WriteOp, WriteOutcome,
 };
 use crate::store_def::StoreDef;
 use crate::types::Document;
@@ -201,11 +201,19 @@ pub(crate) async fn acquire<T: Document>(
             Precondition::Acquire { expected, .. } => Some(expected),
             _ => None,
         };
+        // A create, or an open whose migration or reconciliation changed
+        // what is stored, is a save: it leaves a version.
+        let changed = current
+            .as_ref()
+            .is_none_or(|c| c.data != record.data || c.metadata != record.metadata || c.user_ids != record.user_ids);
+        let value: bytes::Bytes = record.encode().into();
+        let version = (store.retention.enabled && changed).then(|| value.clone());
         let op = WriteOp {
             key: storage_key.clone(),
             precondition,
-            value: Some(record.encode().into()),
+            value: Some(value),
             index: Some(record.index()),
+            version,
         };
         let written = engine.write(&store.name, &key, op, Priority::Normal);
         match written.await? {
@@ -273,7 +281,11 @@ fn request_release(engine: &Engine, store: &str, key: &str, holder: &str) {
     engine.backend.notices().publish(Notice {
         store: store.to_owned(),
         key: key.to_owned(),
-        kind: NoticeKind::ReleaseRequested { holder: holder.to_owned(), requester: engine.owner.to_string() },
+        kind: NoticeKind::ReleaseRequested {
+            holder: holder.to_owned(),
+            requester: engine.owner.to_string(),
+            because: EndKind::ReleaseRequested,
+        },
     });
 }
 

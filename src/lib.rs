@@ -62,6 +62,7 @@ mod messages;
 mod migration;
 mod registry;
 mod report;
+mod retention;
 mod retry;
 mod save_failures;
 mod session;
@@ -102,6 +103,7 @@ pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
 pub use crate::error::{Error, KeyId};
 pub use crate::migration::{Migration, StepRefused};
 pub use crate::report::{ReleaseReport, ShutdownReport};
+pub use crate::retention::Retention;
 pub use crate::retry::RetryConfig;
 pub use crate::save_failures::{FailedSave, SaveFailureReason};
 pub use crate::session::{SaveReceipt, Session};
@@ -111,8 +113,9 @@ pub use crate::storage::{Backend, ErrorKind, StorageError};
 pub use crate::store::inbox::{inbox_store_name, Inbox, INBOX_SUFFIX, MAX_INBOX_MESSAGES, MAX_MESSAGE_BYTES};
 pub use crate::store::read_cache::ReadCache;
 pub use crate::store::{
-    validate_key, validate_store_name, validate_user_store_name, Document, Expect, Hooks, Key, OpenRequest, Store,
-    StoreSpec, Updated, MAX_KEY_LEN, MAX_STORE_NAME_LEN,
+    parse_version_id, validate_key, validate_store_name, validate_user_store_name, version_id_text, Document, Expect,
+    Hooks, Key, OpenRequest, RestoreTarget, Restored, Store, StoreSpec, Updated, Version, VersionInfo, VersionOrder,
+    VersionPage, VersionQuery, MAX_KEY_LEN, MAX_STORE_NAME_LEN, MAX_VERSIONS_PAGE,
 };
 pub use crate::types::Message;
 pub use crate::types::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};

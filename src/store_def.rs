@@ -49,6 +49,8 @@ pub(crate) struct StoreDef<T: Document> {
     pub migrations: Vec<Migration>,
     pub metadata_template: Value,
     pub hooks: Hooks<T>,
+    /// Which versions the store keeps; saves carry a version when enabled.
+    pub retention: crate::retention::Retention,
     /// The template as JSON; the typed template is not kept, so documents
     /// need not be `Sync`.
     pub template_json: Value,

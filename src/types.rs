@@ -90,6 +90,10 @@ pub enum CloseReason {
     /// The holder stopped renewing (a server's client vanished); the key
     /// was saved and released.
     Expired,
+    /// An administrator restored the key to an earlier version
+    /// (`Store::restore`): its unsaved changes were saved first where the
+    /// holder could be reached, then the restore landed with a new epoch.
+    Restored,
     /// Opening failed (a corrupt record, a failed migration, a hook that
     /// panicked): the opener got the error itself; this is its message.
     OpenFailed(String),
@@ -112,6 +116,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => f.write_str("shutdown"),
             CloseReason::Deleted => f.write_str("deleted"),
             CloseReason::Expired => f.write_str("expired"),
+            CloseReason::Restored => f.write_str("restored"),
             CloseReason::OpenFailed(m) => write!(f, "open failed: {m}"),
             CloseReason::Stopped => f.write_str("stopped"),
             CloseReason::Crashed => f.write_str("crashed"),
@@ -128,6 +133,7 @@ impl From<&CloseReason> for EndKind {
             CloseReason::ReleaseRequested => EndKind::ReleaseRequested,
             CloseReason::Expired => EndKind::Expired,
             CloseReason::Shutdown => EndKind::Shutdown,
+            CloseReason::Restored => EndKind::Restored,
             CloseReason::Closed
             | CloseReason::LeaseLost
             | CloseReason::Deleted

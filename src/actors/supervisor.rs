@@ -157,6 +157,8 @@ impl Actor for Supervisor {
                         NoticeKind::ReleaseRequested { holder, .. } | NoticeKind::Stolen { holder, .. } => {
                             **holder == *owner
                         }
+                        // Whoever holds the key checks the record itself.
+                        NoticeKind::Restored => true,
                         _ => false,
                     };
                     if for_us {

@@ -361,7 +361,15 @@ impl MemoryBackend {
             Some(v) => map.insert(op.key.to_vec(), v.to_vec()),
             None => map.remove(op.key.as_bytes()),
         };
-        lock(&self.unflushed).entry(op.key.to_vec()).or_insert(before);
+        let mut unflushed = lock(&self.unflushed);
+        unflushed.entry(op.key.to_vec()).or_insert(before);
+        // What the op stores beside its record lands under the same lock,
+        // and is lost with it by `lose_unflushed`.
+        for (key, value) in super::history::companions(op) {
+            let before = map.insert(key.clone(), value.to_vec());
+            unflushed.entry(key).or_insert(before);
+        }
+        drop(unflushed);
         if let Some(h) = lock(&self.history).as_mut() {
             h.push(AppliedWrite { key: op.key.to_vec(), value: op.value.as_ref().map(|v| v.to_vec()) });
         }

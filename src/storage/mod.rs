@@ -11,6 +11,7 @@
 //! Must not: know about actors, the queue, typed documents or lease policy.
 //! A backend is called only by the queue actor (and offline tools).
 
+pub mod history;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -25,7 +26,7 @@ use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::broadcast;
 
-pub use record::{DecodeError, LeaseHolder, Record, RecordHeader, RecordIndex};
+pub use record::{DecodeError, LeaseHolder, Record, RecordHeader, RecordIndex, RecordSummary};
 
 /// How a storage failure should be treated by the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -242,18 +243,29 @@ pub struct WriteOp {
     /// must agree with the value (the conformance suite and debug builds
     /// check it).
     pub index: Option<RecordIndex>,
+    /// Kept in the record's history in the same atomic step as the write
+    /// (see [`history`]): for a save the same bytes as `value`, for a
+    /// delete its tombstone. `None`: the write leaves no version (a lease
+    /// renewal, a store without history).
+    pub version: Option<Bytes>,
 }
 
 impl WriteOp {
     /// An op whose index, if the backend needs one, is read from the value.
     pub fn new(key: impl Into<StorageKey>, precondition: Precondition, value: Option<impl Into<Bytes>>) -> Self {
-        Self { key: key.into(), precondition, value: value.map(Into::into), index: None }
+        Self { key: key.into(), precondition, value: value.map(Into::into), index: None, version: None }
+    }
+
+    /// The same op, keeping its value (a save) in the record's history.
+    pub fn keeping_version(mut self) -> Self {
+        self.version = self.value.clone();
+        self
     }
 
     /// An empty op, standing in for one moved out of a request (no
     /// allocation).
     pub(crate) fn placeholder() -> Self {
-        Self { key: StorageKey::default(), precondition: Precondition::Any, value: None, index: None }
+        Self { key: StorageKey::default(), precondition: Precondition::Any, value: None, index: None, version: None }
     }
 
     /// The record index of the value: the one given, else read from it.
@@ -272,6 +284,7 @@ impl fmt::Debug for WriteOp {
             .field("key", &self.key)
             .field("precondition", &self.precondition)
             .field("value_len", &self.value.as_ref().map(Bytes::len))
+            .field("version_len", &self.version.as_ref().map(Bytes::len))
             .finish()
     }
 }
@@ -316,6 +329,9 @@ pub enum EndKind {
     Expired,
     /// Saved and released by a shutdown.
     Shutdown,
+    /// Saved and released (or fenced) because an administrator restored
+    /// the key to an earlier version.
+    Restored,
 }
 
 impl EndKind {
@@ -328,15 +344,23 @@ impl EndKind {
             EndKind::ReleaseRequested => "release_requested",
             EndKind::Expired => "expired",
             EndKind::Shutdown => "shutdown",
+            EndKind::Restored => "restored",
         }
     }
 
     /// The kind named `name`; unknown names (a newer process) read as a release.
     pub fn from_name(name: &str) -> Self {
-        [EndKind::Closed, EndKind::Stolen, EndKind::ReleaseRequested, EndKind::Expired, EndKind::Shutdown]
-            .into_iter()
-            .find(|k| k.as_str() == name)
-            .unwrap_or(EndKind::Released)
+        [
+            EndKind::Closed,
+            EndKind::Stolen,
+            EndKind::ReleaseRequested,
+            EndKind::Expired,
+            EndKind::Shutdown,
+            EndKind::Restored,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+        .unwrap_or(EndKind::Released)
     }
 }
 
@@ -349,7 +373,15 @@ pub enum NoticeKind {
         holder: String,
         /// Owner id of the instance that wants the key.
         requester: String,
+        /// Why: `ReleaseRequested` (another holder wants the key) or
+        /// `Restored` (a restore of the key waits for it); the holder's
+        /// session ends with the matching close reason.
+        because: EndKind,
     },
+    /// An administrator restored the record to an earlier version with a
+    /// new epoch: a holder checks the record and, fenced, ends with
+    /// `Restored`.
+    Restored,
     /// `by` took the lease from `holder` while it was live.
     Stolen {
         /// Owner id of the previous holder.
@@ -448,7 +480,10 @@ impl NoticeBus {
     }
 
     fn deliver_local(&self, notice: Notice) {
-        if matches!(notice.kind, NoticeKind::ReleaseRequested { .. } | NoticeKind::Stolen { .. } | NoticeKind::Resync) {
+        if matches!(
+            notice.kind,
+            NoticeKind::ReleaseRequested { .. } | NoticeKind::Stolen { .. } | NoticeKind::Restored | NoticeKind::Resync
+        ) {
             let _ = self.control.send(notice.clone());
         }
         let _ = self.all.send(notice);

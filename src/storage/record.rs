@@ -241,6 +241,64 @@ impl RecordIndex {
     }
 }
 
+/// What a listing of versions shows of a record, read without copying its
+/// document: the header, the document's size, the user ids and the times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSummary {
+    /// Epoch and revision.
+    pub header: RecordHeader,
+    /// The version of the application's data schema.
+    pub data_version: u32,
+    /// Bytes of the document's JSON (0 for a tombstone).
+    pub data_len: usize,
+    /// Bytes of the metadata's JSON.
+    pub metadata_len: usize,
+    /// The record's user ids.
+    pub user_ids: Vec<String>,
+    /// When the record was first written (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When this record was written (ms since the Unix epoch).
+    pub updated_at_ms: u64,
+}
+
+/// Borrowing twin of `BodyV1` for [`RecordSummary::peek`].
+#[derive(Deserialize)]
+struct BodySummary<'a> {
+    data_version: u32,
+    #[serde(borrow)]
+    data: &'a [u8],
+    #[serde(borrow)]
+    metadata: &'a [u8],
+    user_ids: Vec<String>,
+    #[allow(dead_code)]
+    lease: Option<LeaseHolder>,
+    created_at_ms: u64,
+    updated_at_ms: u64,
+}
+
+impl RecordSummary {
+    /// Summarizes a record; `None` when the bytes are not a record this
+    /// build can decode.
+    pub fn peek(bytes: &[u8]) -> Option<RecordSummary> {
+        let header = RecordHeader::peek(bytes)?;
+        let body: BodySummary<'_> = options().deserialize(verified_body(bytes).ok()?).ok()?;
+        Some(RecordSummary {
+            header,
+            data_version: body.data_version,
+            data_len: body.data.len(),
+            metadata_len: body.metadata.len(),
+            user_ids: body.user_ids,
+            created_at_ms: body.created_at_ms,
+            updated_at_ms: body.updated_at_ms,
+        })
+    }
+
+    /// Whether the record is a tombstone (see `Record::tombstone`).
+    pub fn is_tombstone(&self) -> bool {
+        self.data_len == 0
+    }
+}
+
 /// The body of a record after checking version, length and checksum.
 fn verified_body(bytes: &[u8]) -> Result<&[u8], DecodeError> {
     if RecordHeader::peek(bytes).is_none() {

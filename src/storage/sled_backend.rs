@@ -234,11 +234,7 @@ impl SledBackend {
         }
         let mut batch = sled::Batch::default();
         for &i in applied {
-            let op = &ops[i];
-            match &op.value {
-                Some(v) => batch.insert(op.key.as_bytes(), &v[..]),
-                None => batch.remove(op.key.as_bytes()),
-            }
+            self.add_to_batch(&mut batch, &ops[i]);
         }
         match self.db.apply_batch(batch) {
             Ok(()) => Vec::new(),
@@ -292,13 +288,37 @@ impl SledBackend {
         })
     }
 
+    /// `op` and what it stores beside its record (its version, user-index
+    /// entries) as writes of one sled batch.
+    fn add_to_batch(&self, batch: &mut sled::Batch, op: &WriteOp) {
+        match &op.value {
+            Some(v) => batch.insert(op.key.as_bytes(), &v[..]),
+            None => batch.remove(op.key.as_bytes()),
+        }
+        for (key, value) in super::history::companions(op) {
+            // An index entry already there is not written again.
+            if value.is_empty() && key.starts_with(super::history::USER_INDEX_PREFIX) {
+                if let Ok(true) = self.db.contains_key(&key) {
+                    continue;
+                }
+            }
+            batch.insert(key, &value[..]);
+        }
+    }
+
     fn insert_each(&self, ops: &[WriteOp], indices: &[usize]) -> Vec<(usize, StorageError)> {
         let mut failed = Vec::new();
         for &i in indices {
             let op = &ops[i];
-            let written = match &op.value {
-                Some(v) => self.db.insert(op.key.as_bytes(), &v[..]),
-                None => self.db.remove(op.key.as_bytes()),
+            let written = match (&op.value, &op.version) {
+                // A write with a version lands with it, all or nothing.
+                (_, Some(_)) => {
+                    let mut batch = sled::Batch::default();
+                    self.add_to_batch(&mut batch, op);
+                    self.db.apply_batch(batch).map(|_| None)
+                }
+                (Some(v), None) => self.db.insert(op.key.as_bytes(), &v[..]),
+                (None, None) => self.db.remove(op.key.as_bytes()),
             };
             if let Err(e) = written {
                 failed.push((i, map_err("insert", e)));

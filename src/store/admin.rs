@@ -99,6 +99,12 @@ impl<T: Document> Store<T> {
             }
         }
         let current = self.inspect(key.as_str()).await;
+        // A delete leaves a tombstone version (when the store keeps
+        // versions), written in the same step as the delete.
+        let tombstone = match (&current, self.def().retention.enabled) {
+            (Ok(Some(rec)), true) => Some(bytes::Bytes::from(Record::tombstone(rec, engine.clock.now_ms()).encode())),
+            _ => None,
+        };
         let precondition = match current {
             Ok(None) if matches!(expected, Expect::Version(_)) => return Err(failed()),
             Ok(None) => {
@@ -143,11 +149,12 @@ impl<T: Document> Store<T> {
         // Where the backend can, the record and its inbox go in one
         // all-or-nothing step: nothing of the key outlives its delete.
         if engine.backend.capabilities().writes_all_or_nothing && !shared.name.ends_with(INBOX_SUFFIX) {
-            let deleted = self.delete_record_and_inbox(&key, precondition, expected).await?;
+            let deleted = self.delete_record_and_inbox(&key, precondition, expected, tombstone).await?;
             engine.backend.notices().publish(Notice { store: shared.name.to_string(), key, kind: NoticeKind::Deleted });
             return Ok(deleted);
         }
-        let op = WriteOp::new(StorageKey::record(&shared.name, &key_arc), precondition, None::<bytes::Bytes>);
+        let mut op = WriteOp::new(StorageKey::record(&shared.name, &key_arc), precondition, None::<bytes::Bytes>);
+        op.version = tombstone;
         let outcome = engine.write(&shared.name, &key_arc, op, Priority::Normal).await?;
         let applied = match outcome {
             WriteOutcome::Applied => true,

@@ -76,7 +76,8 @@ impl<T: Document> Store<T> {
         Store::register(
             self.engine(),
             &inbox_store_name(self.name()),
-            StoreSpec::new(Inbox::default()),
+            // Messages are acknowledged and gone: an inbox keeps no history.
+            StoreSpec::new(Inbox::default()).retention(crate::Retention::off()),
             self.keepalive(),
         )
     }
@@ -117,8 +118,9 @@ impl<T: Document> Store<T> {
         key: &str,
         record: crate::storage::Precondition,
         expected: crate::store::Expect,
+        tombstone: Option<bytes::Bytes>,
     ) -> Result<bool, Error> {
-        use crate::storage::{storage_key, AllOrNothing, Precondition, WriteOp};
+        use crate::storage::{AllOrNothing, Precondition, StorageKey, WriteOp};
         let engine = self.engine().clone();
         let inbox = self.inbox()?;
         let (name, inbox_name): (Arc<str>, Arc<str>) = (Arc::from(self.name()), Arc::from(inbox.name()));
@@ -132,10 +134,10 @@ impl<T: Document> Store<T> {
                 }
                 None => Precondition::Absent,
             };
-            let ops = vec![
-                WriteOp::new(storage_key(self.name(), key), record, None::<bytes::Bytes>),
-                WriteOp::new(storage_key(inbox.name(), key), inbox_now, None::<bytes::Bytes>),
-            ];
+            let mut deleted = WriteOp::new(StorageKey::record(&name, &key_arc), record, None::<bytes::Bytes>);
+            deleted.version = tombstone.clone();
+            let ops =
+                vec![deleted, WriteOp::new(StorageKey::record(&inbox_name, &key_arc), inbox_now, None::<bytes::Bytes>)];
             let refused = match engine.write_all(&name, &key_arc, ops, crate::types::Priority::Normal).await? {
                 AllOrNothing::Applied => return Ok(true),
                 AllOrNothing::Refused(refused) => refused,

@@ -27,6 +27,7 @@ use crate::keepalive::Keepalive;
 use crate::messages::key::{Control, Open};
 use crate::migration::Migration;
 use crate::registry::{CloseSignal, Fingerprint, StoreControl};
+pub use crate::retention::Retention;
 use crate::retry::CONTENTION_WINDOW;
 use crate::session::Session;
 use crate::storage::{
@@ -38,12 +39,17 @@ use crate::store_def::{Deregister, StoreDef};
 pub use crate::types::Document;
 use crate::types::{AcquirePolicy, CloseReason, Priority};
 mod admin;
+pub(crate) mod history;
 pub(crate) mod inbox;
 mod one_shot;
 mod open;
 pub(crate) mod read_cache;
 mod spec;
 
+pub use history::{
+    parse_version_id, version_id_text, RestoreTarget, Restored, Version, VersionInfo, VersionOrder, VersionPage,
+    VersionQuery, MAX_VERSIONS_PAGE,
+};
 pub use one_shot::Updated;
 pub use spec::{
     validate_key, validate_store_name, validate_user_store_name, Key, StoreSpec, INBOX_SUFFIX, MAX_KEY_LEN,
@@ -159,6 +165,7 @@ impl<T: Document> Store<T> {
         keepalive: Option<Arc<Keepalive>>,
     ) -> Result<Store<T>, Error> {
         validate_store_name(name)?;
+        spec.retention.check().map_err(|m| Error::Config(format!("store `{name}`: retention: {m}")))?;
         let template_json = serde_json::to_value(&spec.template).map_err(|e| Error::Serialize {
             at: KeyId::new(name.to_owned(), "<template>".to_owned()),
             message: e.to_string(),
@@ -183,7 +190,7 @@ impl<T: Document> Store<T> {
                 .map_err(|_| Error::StoreConflict { store: name.to_owned(), difference: "document type".into() })?;
             return Ok(Store { shared, keepalive });
         }
-        let StoreSpec { template: _, migrations, metadata_template, hooks } = spec;
+        let StoreSpec { template: _, migrations, metadata_template, hooks, retention } = spec;
         let shared = Arc::new_cyclic(|me: &std::sync::Weak<StoreShared<T>>| {
             // The key actor leaves the table through this, never by naming the store.
             let me = me.clone();
@@ -198,6 +205,7 @@ impl<T: Document> Store<T> {
                     migrations,
                     metadata_template,
                     hooks,
+                    retention,
                     template_json,
                     engine: engine.clone(),
                     deregister,
@@ -209,7 +217,11 @@ impl<T: Document> Store<T> {
             }
         });
         stores.insert(name.to_owned(), shared.clone());
-        Ok(Store { shared, keepalive })
+        let store = Store { shared, keepalive };
+        if let (true, Some(every)) = (store.def().retention.enabled, engine.config.prune_interval) {
+            engine.arbiter.spawn(store.for_engine().prune_every(every));
+        }
+        Ok(store)
     }
 
     /// A handle for a task the engine runs itself: it does not keep the

@@ -19,6 +19,8 @@ pub struct StoreSpec<T> {
     pub metadata_template: Value,
     /// Optional callbacks.
     pub hooks: Hooks<T>,
+    /// Which versions of its keys the store keeps (every save is one).
+    pub retention: Retention,
 }
 
 impl<T> StoreSpec<T> {
@@ -29,7 +31,14 @@ impl<T> StoreSpec<T> {
             migrations: Vec::new(),
             metadata_template: Value::Object(Default::default()),
             hooks: Hooks::default(),
+            retention: Retention::default(),
         }
+    }
+
+    /// Sets how long versions are kept (`Retention::off()`: none).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Adds a migration step.

@@ -108,8 +108,11 @@ async fn unflushed_writes_are_lost_in_a_storage_crash_but_acknowledged_ones_are_
     s.update(|d| d["coins"] = json!(2)).await.unwrap();
     assert!(s.save(Priority::Normal).await.is_err()); // applied, never flushed
     cluster.assert_stored("p", "k", &json!({"coins": 2}));
-    assert_eq!(cluster.backend().lose_unflushed(), 1);
+    // The record and the version written with it are lost together.
+    assert_eq!(cluster.backend().lose_unflushed(), 2);
     cluster.assert_stored("p", "k", &json!({"coins": 1}));
+    let versions = store.versions("k", &datastorer::VersionQuery::default()).await.unwrap().versions;
+    assert_eq!(versions[0].id(), cluster.stored_header("p", "k").unwrap(), "no version of the lost write");
 }
 
 #[actix_rt::test]

@@ -12,6 +12,7 @@ mod autosave;
 mod engine_lifetime;
 mod fault_tolerance;
 mod harness;
+mod history;
 mod leases;
 mod messages;
 mod migrations;

@@ -251,7 +251,11 @@ fn notices_cross_processes_and_arrive_once() {
     let n = |kind| Notice { store: "s".into(), key: "k".into(), kind };
     datastorer::testing::publish(
         a.notices(),
-        n(NoticeKind::ReleaseRequested { holder: "x".into(), requester: "y".into() }),
+        n(NoticeKind::ReleaseRequested {
+            holder: "x".into(),
+            requester: "y".into(),
+            because: datastorer::storage::EndKind::ReleaseRequested,
+        }),
     );
     datastorer::testing::publish(a.notices(), n(NoticeKind::Saved { revision: 4 }));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -202,7 +202,11 @@ fn lease_notices_have_a_channel_that_saves_cannot_flood() {
     for revision in 0..10_000 {
         datastorer::testing::publish(&bus, notice(NoticeKind::Saved { revision }));
     }
-    let request = NoticeKind::ReleaseRequested { holder: "a".into(), requester: "b".into() };
+    let request = NoticeKind::ReleaseRequested {
+        holder: "a".into(),
+        requester: "b".into(),
+        because: datastorer::storage::EndKind::ReleaseRequested,
+    };
     datastorer::testing::publish(&bus, notice(request.clone()));
     assert_eq!(lease.try_recv().map(|n| n.kind), Ok(request), "the request is the only lease notice");
     assert!(lease.try_recv().is_err());

@@ -137,6 +137,7 @@ fn describe(kind: &NoticeKind) -> Option<(&'static str, Option<u64>, Option<&'st
         NoticeKind::Released { revision, how } => (how.as_str(), Some(*revision), None),
         NoticeKind::Stolen { .. } => ("stolen", None, None),
         NoticeKind::Deleted => ("deleted", None, None),
+        NoticeKind::Restored => ("restored", None, None),
         NoticeKind::ReleaseRequested { .. } => return None,
         NoticeKind::Resync => ("resync", None, None),
     })

@@ -24,6 +24,8 @@ pub(crate) enum EndReason {
     Expired,
     /// An administrator deleted the record.
     Deleted,
+    /// An administrator restored the key to an earlier version.
+    Restored,
     /// The server shut down.
     Shutdown,
     /// The token is from before this server process started: the process
@@ -46,6 +48,7 @@ impl EndReason {
             EndReason::ReleaseRequested => "release_requested",
             EndReason::Expired => "expired",
             EndReason::Deleted => "deleted",
+            EndReason::Restored => "restored",
             EndReason::Shutdown => "shutdown",
             EndReason::ServerRestarted => "server_restarted",
             EndReason::LeaseLost => "lease_lost",
@@ -63,6 +66,7 @@ impl EndReason {
             CloseReason::ReleaseRequested => EndReason::ReleaseRequested,
             CloseReason::Shutdown => EndReason::Shutdown,
             CloseReason::Deleted => EndReason::Deleted,
+            CloseReason::Restored => EndReason::Restored,
             CloseReason::Expired => EndReason::Expired,
             CloseReason::OpenFailed(_) | CloseReason::Stopped | CloseReason::Crashed => EndReason::Error,
             // A reason this build does not know yet is told as an error.

@@ -125,17 +125,24 @@ impl<T: Document> KeyActor<T> {
         // What the actor already holds goes along, for a backend that
         // stores it in columns of its own (it would otherwise decode it
         // back out of the bytes).
-        let index = engine.backend.capabilities().indexes_records.then(|| RecordIndex {
+        // A write that changes what is stored is a save, and leaves a
+        // version when the store keeps them (a renewal of a saved
+        // document does not).
+        let keeps_version = self.store.retention.enabled && self.is_dirty(checksum);
+        let index = (keeps_version || engine.backend.capabilities().indexes_records).then(|| RecordIndex {
             header,
             lease_owner: (!releasing).then(|| engine.owner.to_string()),
             lease_expires_ms: if releasing { 0 } else { expires_at_ms },
             user_ids: doc.user_ids.to_vec(),
         });
+        let value = Bytes::from(record.encode());
+        let version = keeps_version.then(|| value.clone());
         let op = WriteOp {
             key: self.storage_key(),
             precondition: Precondition::Header(doc.header),
-            value: Some(Bytes::from(record.encode())),
+            value: Some(value),
             index,
+            version,
         };
         debug!(
             target: "datastorer::key", store = %self.store.name, key = %self.key,
@@ -226,6 +233,7 @@ impl<T: Document> KeyActor<T> {
                 precondition: Precondition::Header(expected),
                 value: Some(record.encode().into()),
                 index: Some(record.index()),
+                version: None,
             };
             engine.write(&store, &key, op, priority).await
         }
@@ -510,11 +518,20 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
     fn handle(&mut self, msg: Control, ctx: &mut Self::Context) {
         match msg {
             Control::Autosave => self.autosave(ctx),
-            Control::Notice(NoticeKind::ReleaseRequested { requester, .. }) => {
+            Control::Notice(NoticeKind::ReleaseRequested { requester, because, .. }) => {
                 if self.phase == Phase::Open {
-                    debug!(target: "datastorer::lease", store = %self.store.name, key = %self.key, %requester, "release requested");
+                    debug!(target: "datastorer::lease", store = %self.store.name, key = %self.key, %requester, because = because.as_str(), "release requested");
+                    let reason = match because {
+                        EndKind::Restored => CloseReason::Restored,
+                        _ => CloseReason::ReleaseRequested,
+                    };
                     let (tx, _rx) = tokio::sync::oneshot::channel();
-                    self.begin_closing(WriteKind::Release(CloseReason::ReleaseRequested), Priority::Emergency, tx, ctx);
+                    self.begin_closing(WriteKind::Release(reason), Priority::Emergency, tx, ctx);
+                }
+            }
+            Control::Notice(NoticeKind::Restored) => {
+                if matches!(self.phase, Phase::Open | Phase::Closing(_)) {
+                    self.verify_lease(CloseReason::Restored, ctx);
                 }
             }
             Control::Notice(NoticeKind::Stolen { by, .. }) => {

@@ -86,8 +86,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Wire {
-    /// ReleaseRequested.
-    Rr { s: String, k: String, h: String, q: String },
+    /// ReleaseRequested; `w` is why, when not a plain request (absent
+    /// from older builds, which read a restore's request as a plain one).
+    Rr {
+        s: String,
+        k: String,
+        h: String,
+        q: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        w: Option<String>,
+    },
+    /// Restored (a build that does not know it drops the payload's
+    /// notices; holders there learn of the restore at their next write).
+    Res { s: String, k: String },
     /// Stolen.
     St { s: String, k: String, h: String, b: String },
     /// Released; `w` is how the session ended (absent from older builds).
@@ -114,9 +125,14 @@ struct Envelope {
 fn to_wire(n: &Notice) -> Option<Wire> {
     let (s, k) = (n.store.clone(), n.key.clone());
     Some(match &n.kind {
-        NoticeKind::ReleaseRequested { holder, requester } => {
-            Wire::Rr { s, k, h: holder.clone(), q: requester.clone() }
-        }
+        NoticeKind::ReleaseRequested { holder, requester, because } => Wire::Rr {
+            s,
+            k,
+            h: holder.clone(),
+            q: requester.clone(),
+            w: (*because != EndKind::ReleaseRequested).then(|| because.as_str().to_owned()),
+        },
+        NoticeKind::Restored => Wire::Res { s, k },
         NoticeKind::Stolen { holder, by } => Wire::St { s, k, h: holder.clone(), b: by.clone() },
         NoticeKind::Released { revision, how } => {
             Wire::Rel { s, k, r: *revision, w: (*how != EndKind::Released).then(|| how.as_str().to_owned()) }
@@ -129,7 +145,16 @@ fn to_wire(n: &Notice) -> Option<Wire> {
 
 fn from_wire(w: Wire) -> Notice {
     let (store, key, kind) = match w {
-        Wire::Rr { s, k, h, q } => (s, k, NoticeKind::ReleaseRequested { holder: h, requester: q }),
+        Wire::Rr { s, k, h, q, w } => (
+            s,
+            k,
+            NoticeKind::ReleaseRequested {
+                holder: h,
+                requester: q,
+                because: w.as_deref().map_or(EndKind::ReleaseRequested, EndKind::from_name),
+            },
+        ),
+        Wire::Res { s, k } => (s, k, NoticeKind::Restored),
         Wire::St { s, k, h, b } => (s, k, NoticeKind::Stolen { holder: h, by: b }),
         Wire::Rel { s, k, r, w } => (
             s,
@@ -487,7 +512,13 @@ mod tests {
     #[test]
     fn notices_survive_the_wire() {
         let all = vec![
-            n(NoticeKind::ReleaseRequested { holder: "a".into(), requester: "b".into() }),
+            n(NoticeKind::ReleaseRequested {
+                holder: "a".into(),
+                requester: "b".into(),
+                because: EndKind::ReleaseRequested,
+            }),
+            n(NoticeKind::ReleaseRequested { holder: "a".into(), requester: "b".into(), because: EndKind::Restored }),
+            n(NoticeKind::Restored),
             n(NoticeKind::Stolen { holder: "a".into(), by: "b".into() }),
             n(NoticeKind::Released { revision: 7, how: EndKind::Released }),
             n(NoticeKind::Released { revision: 8, how: EndKind::Stolen }),
