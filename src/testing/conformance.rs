@@ -103,7 +103,74 @@ pub fn backend(b: &dyn Backend) {
     many_reads(b);
     all_or_nothing(b);
     large_batches(b);
+    history(b);
     b.flush().unwrap();
+}
+
+/// Versions and the user-id index: a write that carries a version stores
+/// it in the same step (a refused one stores none), keyed so a key's
+/// versions scan oldest first; a delete's tombstone; the index entries of
+/// each version's user ids; unconditional deletes of versions (pruning)
+/// and index entries (erasure).
+fn history(b: &dyn Backend) {
+    use crate::storage::history::{user_index_key, user_index_prefix, version_key, versions_of_key, versions_of_store};
+    let k = storage_key("hist", "k");
+    let at = |epoch, revision, users: &[&str]| {
+        let mut r = sample_record();
+        r.header = RecordHeader { epoch, revision };
+        r.updated_at_ms = 1_700_000_000_000 + revision;
+        r.user_ids = users.iter().map(|u| (*u).to_owned()).collect();
+        r
+    };
+    let saved = |r: &Record, pre| op(&k, pre, Some(r.encode())).keeping_version();
+    let (r1, r2) = (at(1, 1, &["7"]), at(1, 2, &["7", "8"]));
+    let (h1, h2) = (r1.header, r2.header);
+    assert_eq!(b.write_batch(&[saved(&r1, Precondition::Absent)]), vec![Ok(WriteOutcome::Applied)]);
+    // A refused write keeps no version.
+    let refused = saved(&at(1, 9, &["9"]), Precondition::Header(RecordHeader { epoch: 1, revision: 5 }));
+    assert!(matches!(b.write_batch(&[refused])[0], Ok(WriteOutcome::Conflict { .. })));
+    // In one batch with a renewal of another key, which keeps none.
+    let other = storage_key("hist", "other");
+    let renewal = op(&other, Precondition::Absent, Some(at(1, 1, &[]).encode()));
+    assert_eq!(
+        b.write_batch(&[saved(&r2, Precondition::Header(h1)), renewal]),
+        vec![Ok(WriteOutcome::Applied), Ok(WriteOutcome::Applied)]
+    );
+    // The delete leaves its tombstone, through write_all where there is one.
+    let tomb = Record::tombstone(&r2, 1_800_000_000_000);
+    let mut delete = op(&k, Precondition::Header(h2), None);
+    delete.version = Some(tomb.encode().into());
+    match b.write_all(std::slice::from_ref(&delete)) {
+        Some(outcome) => assert_eq!(outcome.unwrap(), crate::storage::AllOrNothing::Applied),
+        None => assert_eq!(b.write_batch(&[delete]), vec![Ok(WriteOutcome::Applied)]),
+    }
+    assert_eq!(b.get(&k).unwrap(), None);
+    let listed = b.scan_prefix(&versions_of_key("hist", "k"), None, 100).unwrap();
+    let keys: Vec<Vec<u8>> = listed.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(
+        keys,
+        vec![version_key("hist", "k", h1), version_key("hist", "k", h2), version_key("hist", "k", tomb.header)]
+    );
+    assert_eq!(listed[0].1, r1.encode(), "a version is the record's bytes as saved");
+    assert!(Record::decode(&listed[2].1).unwrap().is_tombstone());
+    assert_eq!(b.get(&version_key("hist", "k", h2)).unwrap(), Some(r2.encode()));
+    assert!(b.scan_prefix(&versions_of_key("hist", "other"), None, 10).unwrap().is_empty());
+    // Paging over a store's versions.
+    let page = b.scan_prefix(&versions_of_store("hist"), Some(&keys[0]), 1).unwrap();
+    assert_eq!(page.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![keys[1].clone()]);
+    // The user-id index: every id any version carried, across keys.
+    let users = |u: &str| -> Vec<Vec<u8>> {
+        b.scan_prefix(&user_index_prefix(u), None, 100).unwrap().into_iter().map(|(k, _)| k).collect()
+    };
+    assert_eq!(users("7"), vec![user_index_key("7", "hist", "k")]);
+    assert_eq!(users("8"), vec![user_index_key("8", "hist", "k")]);
+    assert!(users("9").is_empty(), "a refused write indexes nothing");
+    // Pruning and erasure delete rows unconditionally.
+    let prune = plain_op(&keys[0], Precondition::Any, None);
+    let erase = plain_op(&user_index_key("7", "hist", "k"), Precondition::Any, None);
+    assert_eq!(b.write_batch(&[prune, erase]), vec![Ok(WriteOutcome::Applied), Ok(WriteOutcome::Applied)]);
+    assert_eq!(b.scan_prefix(&versions_of_key("hist", "k"), None, 100).unwrap().len(), 2);
+    assert!(users("7").is_empty());
 }
 
 fn leased(owner: &str, expires_at_ms: u64, epoch: u64, revision: u64) -> Vec<u8> {

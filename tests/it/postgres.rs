@@ -356,7 +356,7 @@ mod start_refusals {
         }
         assert_eq!(
             pg.sql("SELECT version::text FROM $S.schema_version ORDER BY version"),
-            vec![Some("1".to_owned()), Some("2".to_owned())],
+            vec![Some("1".to_owned()), Some("2".to_owned()), Some("3".to_owned())],
             "each step recorded once"
         );
     }
@@ -368,12 +368,17 @@ mod start_refusals {
         put(&b, &storage_key("profiles", "k"), record(None, 0, 3, 7));
         drop(b);
         // Put the schema back as version 1 left it.
-        pg.sql("DELETE FROM $S.schema_version WHERE version = 2");
+        pg.sql("DELETE FROM $S.schema_version WHERE version >= 2");
         pg.sql("CREATE INDEX records_lease_owner ON $S.records (lease_owner) WHERE lease_owner IS NOT NULL");
+        pg.sql("DROP TABLE $S.versions");
+        pg.sql("DROP TABLE $S.user_keys");
         let b = pg.backend();
         let index = "SELECT (to_regclass('$S.records_lease_owner') IS NULL)::text";
         assert_eq!(pg.sql(index), vec![Some("true".to_owned())], "version 2 drops the unread index");
-        assert_eq!(pg.sql("SELECT max(version)::text FROM $S.schema_version"), vec![Some("2".to_owned())]);
+        let history =
+            "SELECT (to_regclass('$S.versions') IS NOT NULL AND to_regclass('$S.user_keys') IS NOT NULL)::text";
+        assert_eq!(pg.sql(history), vec![Some("true".to_owned())], "version 3 adds history");
+        assert_eq!(pg.sql("SELECT max(version)::text FROM $S.schema_version"), vec![Some("3".to_owned())]);
         let got = b.get(&storage_key("profiles", "k")).unwrap().expect("record kept");
         assert_eq!(got, record(None, 0, 3, 7));
     }
@@ -635,4 +640,38 @@ async fn without_listen_notify_notices_travel_through_the_polled_outbox() {
     })
     .await;
     assert!(pg.sql("SELECT count(*)::text FROM $S.notices")[0].as_deref() != Some("0"), "the outbox was used");
+}
+
+#[actix_rt::test]
+async fn versions_and_a_fenced_restore_work_across_processes_on_postgres() {
+    let Some(pg) = PgSchema::new("versions_and_a_fenced_restore_across_processes") else { return };
+    let (admin, _) = pg_node(&pg, "admin").await;
+    let (game, _) = pg_node(&pg, "game").await;
+    let s = profiles(&game).open("p1").user_ids(["42"]).await.unwrap();
+    s.update(|p| p.coins = 10).await.unwrap();
+    let good = s.save(Priority::Normal).await.unwrap().revision;
+    let epoch = s.lease().await.unwrap().epoch;
+    s.update(|p| p.coins = 1_000_000).await.unwrap();
+    s.save(Priority::Normal).await.unwrap();
+    s.update(|p| p.coins = 1_000_001).await.unwrap(); // unsaved: the hand-over saves it
+
+    let store = profiles(&admin);
+    let listed = store.versions("p1", &datastorer::VersionQuery::default()).await.unwrap().versions;
+    assert_eq!(listed.iter().map(|v| v.revision).collect::<Vec<_>>(), vec![good + 1, good, good - 1]);
+    assert!(listed.iter().all(|v| v.user_ids == ["42"]));
+    let target = RecordHeader { epoch, revision: good };
+    let restored =
+        store.restore("p1", datastorer::RestoreTarget::Version(target), &[], Duration::from_secs(10)).await.unwrap();
+    assert_eq!(restored.holder, "released", "the other process handed the key over");
+    assert_eq!(s.closed().await, CloseReason::Restored);
+    let rec = stored(&pg.backend(), "p1").unwrap();
+    assert_eq!(serde_json::from_slice::<Profile>(&rec.data).unwrap().coins, 10);
+    assert_eq!(rec.header.epoch, epoch + 1);
+    let newest = store.versions("p1", &datastorer::VersionQuery::default()).await.unwrap().versions;
+    let handed = store.version("p1", newest[1].id()).await.unwrap();
+    assert_eq!(handed.data.unwrap()["coins"], serde_json::json!(1_000_001), "the holder's change kept as a version");
+    let indexed = pg.sql("SELECT store || '/' || key FROM $S.user_keys WHERE user_id = '42'");
+    assert_eq!(indexed, vec![Some("profiles/p1".to_owned())]);
+    admin.shutdown().await;
+    game.shutdown().await;
 }

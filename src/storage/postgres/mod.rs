@@ -361,7 +361,9 @@ impl Backend for PgBackend {
                     records.push((store, key));
                     positions.push(i);
                 }
-                Some(RowKey::Meta(_)) => results[i] = Some(self.get(k)),
+                Some(RowKey::Meta(_) | RowKey::Version { .. } | RowKey::UserKey { .. }) => {
+                    results[i] = Some(self.get(k))
+                }
                 None => results[i] = Some(Err(unsupported_key(k))),
             }
         }

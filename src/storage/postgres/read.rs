@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use super::errors::PgFailure;
 use super::sql::{self, RowKey, ScanShape};
 use super::{Inner, PgBackend};
+use crate::storage::history::{split_user_index_key, split_version_key, user_index_key, version_key};
 use crate::storage::{split_storage_key, storage_key, KeyValues, StorageError};
 
 impl Inner {
@@ -29,6 +30,18 @@ impl Inner {
                     Some(r) => Some(r.try_get(0)?),
                     None => None,
                 })
+            }
+            RowKey::Version { store, key, id } => {
+                let (e, r) = (id.epoch as i64, id.revision as i64);
+                let rows = conn.client.query(&self.sql.version_get, &[&store, &key, &e, &r]).await?;
+                Ok(match rows.first() {
+                    Some(r) => Some(r.try_get(0)?),
+                    None => None,
+                })
+            }
+            RowKey::UserKey { user, store, key } => {
+                let rows = conn.client.query(&self.sql.user_key_get, &[&user, &store, &key]).await?;
+                Ok((!rows.is_empty()).then(Vec::new))
             }
         }
     }
@@ -69,6 +82,22 @@ impl Inner {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let after = start_after.as_deref().and_then(split_storage_key);
         let rows = match shape {
+            ScanShape::KeyVersions { .. } | ScanShape::StoreVersions(_) => {
+                return self.scan_versions(client, shape, start_after.as_deref(), limit).await;
+            }
+            ScanShape::User(user) => {
+                let (s, k) = match start_after.as_deref().and_then(split_user_index_key) {
+                    Some((_, s, k)) => (s, k),
+                    None => (String::new(), String::new()),
+                };
+                let rows = client.query(&self.sql.user_keys, &[user, &s, &k, &limit]).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let (u, s, k): (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                    out.push((user_index_key(&u, &s, &k), Vec::new()));
+                }
+                return Ok(out);
+            }
             ScanShape::Meta(prefix) => {
                 let after = start_after.clone().unwrap_or_default();
                 let end = sql::byte_successor(prefix);
@@ -108,6 +137,45 @@ impl Inner {
             let store: String = r.try_get(0)?;
             let key: String = r.try_get(1)?;
             out.push((storage_key(&store, &key), r.try_get::<_, Vec<u8>>(2)?));
+        }
+        Ok(out)
+    }
+}
+
+impl Inner {
+    /// Versions in key order (`h\0S\0K\0` + epoch + revision), after the
+    /// cursor's version when it is one of the same store.
+    async fn scan_versions(
+        &self,
+        client: &Client,
+        shape: &ScanShape,
+        start_after: Option<&[u8]>,
+        limit: i64,
+    ) -> Result<KeyValues, PgFailure> {
+        let after = start_after.and_then(split_version_key);
+        let rows = match shape {
+            ScanShape::KeyVersions { store, key } => {
+                let (e, r) = match after {
+                    Some((s, k, id)) if s == *store && k == *key => (id.epoch as i64, id.revision as i64),
+                    _ => (-1, -1),
+                };
+                client.query(&self.sql.versions_of_key, &[store, key, &e, &r, &limit]).await?
+            }
+            ScanShape::StoreVersions(store) => {
+                let (k, e, r) = match after {
+                    Some((s, k, id)) if s == *store => (k, id.epoch as i64, id.revision as i64),
+                    _ => (String::new(), -1, -1),
+                };
+                client.query(&self.sql.versions_of_store, &[store, &k, &e, &r, &limit]).await?
+            }
+            _ => return Ok(Vec::new()),
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (s, k): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            let (e, r): (i64, i64) = (row.try_get(2)?, row.try_get(3)?);
+            let id = crate::storage::RecordHeader { epoch: e as u64, revision: r as u64 };
+            out.push((version_key(&s, &k, id), row.try_get::<_, Vec<u8>>(4)?));
         }
         Ok(out)
     }

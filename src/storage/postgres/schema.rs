@@ -13,7 +13,7 @@ use super::PostgresConfig;
 type Ddl = fn(&str) -> String;
 
 /// The schema version this build creates and understands.
-pub(super) const SCHEMA_VERSION: i32 = 2;
+pub(super) const SCHEMA_VERSION: i32 = 3;
 
 fn ddl_v1(schema: &str) -> String {
     let s = format!("\"{schema}\"");
@@ -57,6 +57,31 @@ fn ddl_v1(schema: &str) -> String {
 /// row (measured: the 100,000-key shutdown and the 10,000-key burst).
 fn ddl_v2(schema: &str) -> String {
     format!("DROP INDEX IF EXISTS \"{schema}\".records_lease_owner")
+}
+
+/// Version 3 adds history: every version of a record (`versions`, written
+/// by the same statement as the record) and the user-id index
+/// (`user_keys`: which keys carried which user id).
+fn ddl_v3(schema: &str) -> String {
+    let s = format!("\"{schema}\"");
+    format!(
+        "CREATE TABLE {s}.versions (
+           store    text   COLLATE \"C\" NOT NULL,
+           key      text   COLLATE \"C\" NOT NULL,
+           epoch    bigint NOT NULL,
+           revision bigint NOT NULL,
+           saved_ms bigint NOT NULL,
+           user_ids text[] NOT NULL DEFAULT '{{}}',
+           value    bytea  NOT NULL,
+           PRIMARY KEY (store, key, epoch, revision)
+         );
+         CREATE TABLE {s}.user_keys (
+           user_id text COLLATE \"C\" NOT NULL,
+           store   text COLLATE \"C\" NOT NULL,
+           key     text COLLATE \"C\" NOT NULL,
+           PRIMARY KEY (user_id, store, key)
+         );"
+    )
 }
 
 /// Refuses servers on which datastorer's guarantees would not hold, each
@@ -126,7 +151,7 @@ pub(super) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Sta
     };
     // Each step runs once, in order, inside this one transaction: a crash
     // midway leaves the schema at the version it started from.
-    let steps: [(i32, Ddl); 2] = [(1, ddl_v1), (2, ddl_v2)];
+    let steps: [(i32, Ddl); 3] = [(1, ddl_v1), (2, ddl_v2), (3, ddl_v3)];
     for (version, ddl) in steps {
         if version > at {
             tx.batch_execute(&ddl(schema)).await.map_err(q)?;

@@ -6,6 +6,7 @@
 //! `meta(name)`), and the successor used for prefix scans. Must not: run
 //! anything.
 
+use crate::storage::history::{split_user_index_key, split_version_key, VersionId, USER_INDEX_PREFIX, VERSIONS_PREFIX};
 use crate::storage::split_storage_key;
 
 /// Database time in milliseconds: every statement that returns it hands
@@ -21,12 +22,24 @@ pub(super) enum RowKey {
     Record { store: String, key: String },
     /// A non-record value (`m\0…`).
     Meta(Vec<u8>),
+    /// A version of a record (`h\0…`): a row of `versions`.
+    Version { store: String, key: String, id: VersionId },
+    /// A user-id index entry (`u\0…`): a row of `user_keys`.
+    UserKey { user: String, store: String, key: String },
 }
 
 impl RowKey {
     pub(super) fn parse(storage_key: &[u8]) -> Option<RowKey> {
         if storage_key.starts_with(b"m\0") {
             return Some(RowKey::Meta(storage_key.to_vec()));
+        }
+        if storage_key.starts_with(VERSIONS_PREFIX) {
+            let (store, key, id) = split_version_key(storage_key)?;
+            return Some(RowKey::Version { store, key, id });
+        }
+        if storage_key.starts_with(USER_INDEX_PREFIX) {
+            let (user, store, key) = split_user_index_key(storage_key)?;
+            return Some(RowKey::UserKey { user, store, key });
         }
         let (store, key) = split_storage_key(storage_key)?;
         if store.is_empty() || key.is_empty() {
@@ -47,12 +60,32 @@ pub(super) enum ScanShape {
     KeyPrefix { store: String, prefix: String },
     /// Non-record values whose name starts with these bytes (`m\0…`).
     Meta(Vec<u8>),
+    /// Every version of one key (`h\0{store}\0{key}\0`), oldest first.
+    KeyVersions { store: String, key: String },
+    /// Every version of every key of a store (`h\0{store}\0`).
+    StoreVersions(String),
+    /// Every index entry of one user id (`u\0{user}\0`).
+    User(String),
 }
 
 impl ScanShape {
     pub(super) fn parse(prefix: &[u8]) -> Option<ScanShape> {
         if prefix.starts_with(b"m\0") {
             return Some(ScanShape::Meta(prefix.to_vec()));
+        }
+        if let Some(rest) = prefix.strip_prefix(VERSIONS_PREFIX) {
+            let rest = std::str::from_utf8(rest).ok()?.strip_suffix('\0')?;
+            return Some(match rest.split_once('\0') {
+                None => ScanShape::StoreVersions(rest.to_owned()),
+                Some((store, key)) if !key.contains('\0') => {
+                    ScanShape::KeyVersions { store: store.to_owned(), key: key.to_owned() }
+                }
+                Some(_) => return None,
+            });
+        }
+        if let Some(rest) = prefix.strip_prefix(USER_INDEX_PREFIX) {
+            let user = std::str::from_utf8(rest).ok()?.strip_suffix('\0')?;
+            return (!user.contains('\0')).then(|| ScanShape::User(user.to_owned()));
         }
         let rest = prefix.strip_prefix(b"d\0")?;
         if rest.is_empty() {
@@ -150,6 +183,15 @@ pub(super) struct Statements {
     pub outbox_write: String,
     pub outbox_read: String,
     pub outbox_prune: String,
+    pub version_get: String,
+    pub version_put: String,
+    pub version_delete: String,
+    pub versions_of_key: String,
+    pub versions_of_store: String,
+    pub user_key_get: String,
+    pub user_key_put: String,
+    pub user_key_delete: String,
+    pub user_keys: String,
 }
 
 /// The unnest that turns one batch's parameter arrays into rows. Shared by
@@ -157,12 +199,33 @@ pub(super) struct Statements {
 /// 1 Absent, 2 Header, 3 Acquire), `$5`/`$6` expected epoch and revision,
 /// `$7` value (NULL deletes), `$8`/`$9` the new value's epoch and revision
 /// (NULL: not a record), `$10`/`$11` its lease owner and expiry, `$12` its
-/// user ids as an array literal.
+/// user ids as an array literal; `$13` the version kept with it (NULL:
+/// none), `$14`/`$15` its epoch and revision, `$16` when it was saved,
+/// `$17` its user ids as an array literal.
 const OPS: &str = "ops AS (
   SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::int8[], $6::int8[], $7::bytea[],
-                       $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::text[])
-         AS o(idx, store, key, kind, exp_epoch, exp_rev, value, new_epoch, new_rev, lease_owner, lease_exp, uids)
+                       $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::text[],
+                       $13::bytea[], $14::int8[], $15::int8[], $16::int8[], $17::text[])
+         AS o(idx, store, key, kind, exp_epoch, exp_rev, value, new_epoch, new_rev, lease_owner, lease_exp, uids,
+              ver, ver_epoch, ver_rev, ver_ms, ver_uids)
 )";
+
+/// The versions of the ops in `applied` (a CTE of their `idx`) and their
+/// user-id index entries, written by the same statement as the records.
+fn keep_versions(s: &str, applied: &str) -> String {
+    format!(
+        "ver AS (
+           INSERT INTO {s}.versions (store, key, epoch, revision, saved_ms, user_ids, value)
+           SELECT o.store, o.key, o.ver_epoch, o.ver_rev, o.ver_ms, o.ver_uids::text[], o.ver
+             FROM ops o JOIN {applied} a ON a.idx = o.idx WHERE o.ver IS NOT NULL
+           ON CONFLICT DO NOTHING
+           RETURNING store, key, user_ids),
+         uk AS (
+           INSERT INTO {s}.user_keys (user_id, store, key)
+           SELECT DISTINCT u, ver.store, ver.key FROM ver, unnest(ver.user_ids) AS u
+           ON CONFLICT DO NOTHING)"
+    )
+}
 
 impl Statements {
     pub(super) fn new(schema: &str) -> Self {
@@ -174,6 +237,8 @@ impl Statements {
         );
         let set = "value = o.value, epoch = o.new_epoch, revision = o.new_rev, lease_owner = o.lease_owner, \
                    lease_expires_ms = o.lease_exp, user_ids = o.uids::text[], updated_at = now()";
+        let lean_versions = keep_versions(&s, "upd");
+        let general_versions = keep_versions(&s, "applied");
         Statements {
             get: format!("SELECT (SELECT value FROM {s}.records WHERE store = $1 AND key = $2), {now}"),
             get_many: format!(
@@ -189,7 +254,8 @@ impl Statements {
                     WHERE r.store = o.store AND r.key = o.key
                       AND r.epoch = o.exp_epoch AND r.revision = o.exp_rev
                       AND {guard}
-                   RETURNING o.idx)
+                   RETURNING o.idx),
+                 {lean_versions}
                  SELECT (SELECT array_agg(idx) FROM upd), {now}"
             ),
             // The lean shape for a batch of one: a plain single-row UPDATE
@@ -241,7 +307,8 @@ impl Statements {
                    UNION ALL SELECT o.idx FROM ops o WHERE o.kind = 0
                    UNION ALL SELECT o.idx FROM ops o
                     WHERE o.kind = 1 AND o.value IS NULL
-                      AND NOT EXISTS (SELECT 1 FROM {s}.records c WHERE c.store = o.store AND c.key = o.key))
+                      AND NOT EXISTS (SELECT 1 FROM {s}.records c WHERE c.store = o.store AND c.key = o.key)),
+                 {general_versions}
                  SELECT (SELECT array_agg(idx) FROM applied), {now}"
             ),
             // A fresh statement, so a fresh snapshot: see the module docs
@@ -293,6 +360,36 @@ impl Statements {
                   WHERE created_at >= to_timestamp($1::int8 / 1000.0) ORDER BY id"
             ),
             outbox_prune: format!("DELETE FROM {s}.notices WHERE created_at < now() - interval '{}'", "10 minutes"),
+            version_get: format!(
+                "SELECT value FROM {s}.versions WHERE store = $1 AND key = $2 AND epoch = $3 AND revision = $4"
+            ),
+            version_put: format!(
+                "INSERT INTO {s}.versions (store, key, epoch, revision, saved_ms, user_ids, value)
+                 VALUES ($1, $2, $3, $4, $5, $6::text::text[], $7)
+                 ON CONFLICT (store, key, epoch, revision) DO UPDATE
+                   SET saved_ms = EXCLUDED.saved_ms, user_ids = EXCLUDED.user_ids, value = EXCLUDED.value"
+            ),
+            version_delete: format!(
+                "DELETE FROM {s}.versions v USING unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS d(store, key, epoch, revision)
+                  WHERE v.store = d.store AND v.key = d.key AND v.epoch = d.epoch AND v.revision = d.revision"
+            ),
+            versions_of_key: format!(
+                "SELECT store, key, epoch, revision, value FROM {s}.versions
+                  WHERE store = $1 AND key = $2 AND (epoch, revision) > ($3, $4)
+                  ORDER BY epoch, revision LIMIT $5"
+            ),
+            versions_of_store: format!(
+                "SELECT store, key, epoch, revision, value FROM {s}.versions
+                  WHERE store = $1 AND (key, epoch, revision) > ($2, $3, $4)
+                  ORDER BY key, epoch, revision LIMIT $5"
+            ),
+            user_key_get: format!("SELECT 1 FROM {s}.user_keys WHERE user_id = $1 AND store = $2 AND key = $3"),
+            user_key_put: format!("INSERT INTO {s}.user_keys (user_id, store, key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"),
+            user_key_delete: format!("DELETE FROM {s}.user_keys WHERE user_id = $1 AND store = $2 AND key = $3"),
+            user_keys: format!(
+                "SELECT user_id, store, key FROM {s}.user_keys WHERE user_id = $1 AND (store, key) > ($2, $3)
+                  ORDER BY store, key LIMIT $4"
+            ),
         }
     }
 }

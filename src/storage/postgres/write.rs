@@ -16,23 +16,30 @@ use tracing::warn;
 use super::clock::DbClock;
 use super::conn::writer_conn;
 use super::errors::PgFailure;
-use super::sql;
+use super::sql::{self, RowKey};
 use super::{Conn, Inner};
+use crate::storage::history::{USER_INDEX_PREFIX, VERSIONS_PREFIX};
 use crate::storage::{
-    AllOrNothing, Precondition, RecordHeader, RecordIndex, StorageError, StorageKey, WriteOp, WriteOutcome,
+    AllOrNothing, Precondition, RecordHeader, RecordIndex, RecordSummary, StorageError, StorageKey, WriteOp,
+    WriteOutcome,
 };
 
 /// What a write's key names on PostgreSQL: a record (its store and key,
-/// as the writer typed them) or a meta value.
+/// as the writer typed them), a meta value, or a row of the history
+/// (a version or a user-index entry, written unconditionally).
 enum WriteTarget<'a> {
     Record(&'a Arc<str>, &'a Arc<str>),
     Meta(&'a [u8]),
+    History(RowKey),
 }
 
 impl<'a> WriteTarget<'a> {
     fn of(key: &'a StorageKey) -> Option<Self> {
         if key.starts_with(b"m\0") {
             return Some(WriteTarget::Meta(key.as_bytes()));
+        }
+        if key.starts_with(VERSIONS_PREFIX) || key.starts_with(USER_INDEX_PREFIX) {
+            return RowKey::parse(key).map(WriteTarget::History);
         }
         let (store, key) = key.record_parts()?;
         (!store.is_empty() && !key.is_empty()).then_some(WriteTarget::Record(store, key))
@@ -49,6 +56,8 @@ struct RowOp {
     value: Option<Bytes>,
     index: Option<RecordIndex>,
     new_header: Option<RecordHeader>,
+    /// The version kept with the write, and what its row says of it.
+    version: Option<(Bytes, RecordSummary)>,
 }
 
 fn to_i64(v: u64, what: &str) -> Result<i64, String> {
@@ -80,7 +89,26 @@ impl RowOp {
             to_i64(h.revision, "revision")?;
         }
         let idx = i32::try_from(idx).map_err(|_| "batch too large".to_owned())?;
-        Ok(RowOp { idx, store: store.clone(), key: key.clone(), kind, exp, value: op.value.clone(), index, new_header })
+        let version = match &op.version {
+            Some(v) => {
+                let summary = RecordSummary::peek(v).ok_or_else(|| "a write's version does not decode".to_owned())?;
+                to_i64(summary.header.epoch, "epoch")?;
+                to_i64(summary.header.revision, "revision")?;
+                Some((v.clone(), summary))
+            }
+            None => None,
+        };
+        Ok(RowOp {
+            idx,
+            store: store.clone(),
+            key: key.clone(),
+            kind,
+            exp,
+            value: op.value.clone(),
+            index,
+            new_header,
+            version,
+        })
     }
 }
 
@@ -124,7 +152,8 @@ async fn run_one(conn: &Conn, op: &RowOp, clock: &DbClock) -> Result<bool, PgFai
 /// it applied. `lean` when every op is Header/Acquire with a value.
 async fn run_round(conn: &Conn, ops: &[RowOp], clock: &DbClock, fast_path: bool) -> Result<Vec<bool>, PgFailure> {
     let lean = ops.iter().all(|o| o.kind >= 2 && o.value.is_some());
-    if lean && fast_path && ops.len() == 1 {
+    // The single-row statement keeps no version.
+    if lean && fast_path && ops.len() == 1 && ops[0].version.is_none() {
         return Ok(vec![run_one(conn, &ops[0], clock).await?]);
     }
     let idx: Vec<i32> = ops.iter().map(|o| o.idx).collect();
@@ -146,6 +175,15 @@ async fn run_round(conn: &Conn, ops: &[RowOp], clock: &DbClock, fast_path: bool)
         .collect();
     let uids: Vec<String> =
         ops.iter().map(|o| sql::text_array_literal(o.index.as_ref().map_or(&[][..], |i| &i.user_ids))).collect();
+    let ver: Vec<Option<&[u8]>> = ops.iter().map(|o| o.version.as_ref().map(|(v, _)| &v[..])).collect();
+    let ver_epoch: Vec<Option<i64>> =
+        ops.iter().map(|o| o.version.as_ref().map(|(_, s)| s.header.epoch as i64)).collect();
+    let ver_rev: Vec<Option<i64>> =
+        ops.iter().map(|o| o.version.as_ref().map(|(_, s)| s.header.revision as i64)).collect();
+    let ver_ms: Vec<Option<i64>> =
+        ops.iter().map(|o| o.version.as_ref().map(|(_, s)| s.updated_at_ms.min(i64::MAX as u64) as i64)).collect();
+    let ver_uids: Vec<String> =
+        ops.iter().map(|o| sql::text_array_literal(o.version.as_ref().map_or(&[][..], |(_, s)| &s.user_ids))).collect();
     let statement = if lean { &conn.st.write_lean } else { &conn.st.write_general };
     let sent = Instant::now();
     let row = conn
@@ -154,7 +192,7 @@ async fn run_round(conn: &Conn, ops: &[RowOp], clock: &DbClock, fast_path: bool)
             statement,
             &[
                 &idx, &stores, &keys, &kinds, &exp_epoch, &exp_rev, &values, &new_epoch, &new_rev, &owners, &lease_exp,
-                &uids,
+                &uids, &ver, &ver_epoch, &ver_rev, &ver_ms, &ver_uids,
             ],
         )
         .await?;
@@ -216,6 +254,45 @@ async fn run_meta(inner: &Inner, conn: &Conn, name: &[u8], op: &WriteOp) -> Resu
     Ok(WriteOutcome::Conflict { current })
 }
 
+/// History rows (`Precondition::Any`), in the batch's transaction: the
+/// deletes of versions (pruning) as one statement, the rest one by one.
+async fn run_history(inner: &Inner, conn: &Conn, rows: &[(usize, RowKey)], ops: &[WriteOp]) -> Result<(), PgFailure> {
+    let c = &conn.client;
+    let (mut stores, mut keys, mut epochs, mut revisions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, row) in rows {
+        let op = &ops[*i];
+        match (row, &op.value) {
+            (RowKey::Version { store, key, id }, None) => {
+                stores.push(store.as_str());
+                keys.push(key.as_str());
+                epochs.push(id.epoch as i64);
+                revisions.push(id.revision as i64);
+            }
+            (RowKey::Version { store, key, id }, Some(v)) => {
+                let s = RecordSummary::peek(v).ok_or_else(|| PgFailure::permanent("a version does not decode"))?;
+                let uids = sql::text_array_literal(&s.user_ids);
+                let ms = s.updated_at_ms.min(i64::MAX as u64) as i64;
+                c.execute(
+                    &inner.sql.version_put,
+                    &[store, key, &(id.epoch as i64), &(id.revision as i64), &ms, &uids, &&v[..]],
+                )
+                .await?;
+            }
+            (RowKey::UserKey { user, store, key }, Some(_)) => {
+                c.execute(&inner.sql.user_key_put, &[user, store, key]).await?;
+            }
+            (RowKey::UserKey { user, store, key }, None) => {
+                c.execute(&inner.sql.user_key_delete, &[user, store, key]).await?;
+            }
+            _ => return Err(PgFailure::permanent("not a history row")),
+        }
+    }
+    if !stores.is_empty() {
+        c.execute(&inner.sql.version_delete, &[&stores, &keys, &epochs, &revisions]).await?;
+    }
+    Ok(())
+}
+
 /// Rows per write statement. A larger queue batch becomes several
 /// statements in one transaction (still one commit, one WAL flush). Two
 /// alternating pairs of `bench --only pg-burst`: 10,000 pre-encoded saves
@@ -232,8 +309,13 @@ pub(super) async fn write_batch(inner: &Inner, ops: Vec<WriteOp>) -> Vec<Result<
     let mut rounds: Vec<Vec<RowOp>> = Vec::new();
     let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
     let mut metas = Vec::new();
+    let mut history = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match WriteTarget::of(&op.key) {
+            Some(WriteTarget::History(row)) if op.precondition == Precondition::Any => history.push((i, row)),
+            Some(WriteTarget::History(_)) => {
+                results[i] = Some(Err(StorageError::permanent("history rows are written unconditionally only")))
+            }
             None => {
                 results[i] = Some(Err(StorageError::permanent(format!(
                     "storage key {:?} is not a record or meta key; PostgreSQL stores only those",
@@ -266,7 +348,7 @@ pub(super) async fn write_batch(inner: &Inner, ops: Vec<WriteOp>) -> Vec<Result<
     let outcome = async {
         let conn = writer_conn(inner, &mut slot).await?;
         let statements: usize = rounds.iter().map(|r| r.len().div_ceil(ROWS_PER_STATEMENT)).sum();
-        let in_transaction = statements + usize::from(!metas.is_empty()) > 1;
+        let in_transaction = statements + usize::from(!metas.is_empty()) + usize::from(!history.is_empty()) > 1;
         if in_transaction {
             conn.client.batch_execute("BEGIN").await?;
         }
@@ -274,6 +356,10 @@ pub(super) async fn write_batch(inner: &Inner, ops: Vec<WriteOp>) -> Vec<Result<
         let run = async {
             for (i, name) in &metas {
                 decided.push((*i, run_meta(inner, conn, name, &ops[*i]).await?));
+            }
+            if !history.is_empty() {
+                run_history(inner, conn, &history, &ops).await?;
+                decided.extend(history.iter().map(|(i, _)| (*i, WriteOutcome::Applied)));
             }
             for round in rounds.iter().flat_map(|r| r.chunks(ROWS_PER_STATEMENT)) {
                 let applied = run_round(conn, round, &inner.clock, inner.cfg.single_op_fast_path).await?;
