@@ -211,7 +211,10 @@ fn declare_stores(
 ) -> Result<HashMap<String, datastorer::Store<serde_json::Value>>, String> {
     let mut stores = HashMap::new();
     for (name, decl) in &config.stores {
-        let mut spec = StoreSpec::new(decl.template.clone()).metadata_template(decl.metadata_template.clone());
+        let retention = decl.retention().map_err(|e| format!("store {name:?}: {e}"))?;
+        let mut spec = StoreSpec::new(decl.template.clone())
+            .metadata_template(decl.metadata_template.clone())
+            .retention(retention);
         for step in &decl.migrations {
             spec = spec.migration(step.to_migration());
         }

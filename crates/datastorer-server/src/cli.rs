@@ -36,6 +36,24 @@ enum Command {
         #[arg(long)]
         key: String,
     },
+    /// A key's kept versions, newest first, as JSON lines; or one version
+    /// (--version) or the one current at a time (--at-ms), with its document.
+    History {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Store name.
+        #[arg(long)]
+        store: String,
+        /// Key.
+        #[arg(long)]
+        key: String,
+        /// Show this version (EPOCH.REVISION, as listed).
+        #[arg(long, conflicts_with = "at_ms")]
+        version: Option<String>,
+        /// Show the version current at this time (ms since the Unix epoch).
+        #[arg(long)]
+        at_ms: Option<u64>,
+    },
     /// Write records as JSON lines (one object per record).
     Export {
         #[command(flatten)]
@@ -112,6 +130,14 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Inspect { dir, store, key } => dir.open(false).and_then(|b| tools::inspect(&b, &store, &key)),
+        Command::History { dir, store, key, version, at_ms } => {
+            let which = match (version, at_ms) {
+                (Some(v), _) => tools::Which::Version(v),
+                (None, Some(t)) => tools::Which::At(t),
+                (None, None) => tools::Which::All,
+            };
+            dir.open(false).and_then(|b| tools::history(&b, &store, &key, which))
+        }
         Command::Export { dir, store, output } => {
             dir.open(false).and_then(|b| tools::export(&b, store.as_deref(), output.as_deref()))
         }

@@ -30,6 +30,36 @@ pub struct StoreDecl {
     /// Migration steps, in order; step `i` takes data version `i` to `i + 1`.
     #[serde(default)]
     pub(crate) migrations: Vec<MigrationStep>,
+    /// Keep a version of every save (default `true`; `false` keeps none).
+    #[serde(default = "yes")]
+    pub(crate) versions: bool,
+    /// Every version younger than this many hours is kept (default 24).
+    pub(crate) keep_all_hours: Option<u64>,
+    /// Past that, the last version of each hour is kept up to this many
+    /// days (default 30).
+    pub(crate) horizon_days: Option<u64>,
+    /// The newest this many versions are kept whatever their age (default 10).
+    pub(crate) keep_newest: Option<usize>,
+}
+
+impl StoreDecl {
+    /// The store's retention, checked (`keep_all_hours` within the horizon).
+    pub(crate) fn retention(&self) -> Result<datastorer::Retention, String> {
+        let defaults = datastorer::Retention::default();
+        let hours = |h: u64| Duration::from_secs(h.saturating_mul(3600));
+        let retention = datastorer::Retention {
+            enabled: self.versions,
+            keep_all_for: self.keep_all_hours.map_or(defaults.keep_all_for, hours),
+            horizon: self.horizon_days.map_or(defaults.horizon, |d| hours(d.saturating_mul(24))),
+            keep_newest: self.keep_newest.unwrap_or(defaults.keep_newest),
+        };
+        retention.check()?;
+        Ok(retention)
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn empty_object() -> Value {
@@ -298,6 +328,7 @@ impl ServerConfig {
             for (i, step) in decl.migrations.iter().enumerate() {
                 step.validate().map_err(|e| err(&format!("stores.{name}.migrations[{i}]"), e))?;
             }
+            decl.retention().map_err(|e| err(&format!("stores.{name}.keep_all_hours"), e))?;
         }
 
         let secs =

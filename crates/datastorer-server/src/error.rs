@@ -78,6 +78,7 @@ error_codes! {
     StoreForbidden = "store_forbidden", FORBIDDEN, None, "the API key is limited to other stores";
     ClientForbidden = "client_forbidden", FORBIDDEN, None, "the client's feed belongs to another API key";
     NoSuchKey = "no_such_key", NOT_FOUND, None, "no record for the key";
+    NoSuchVersion = "no_such_version", NOT_FOUND, None, "no kept version of the key matches (never saved, pruned, or the store keeps none)";
     NotFound = "not_found", NOT_FOUND, None, "no such route";
     UnknownStore = "unknown_store", NOT_FOUND, None, "the store is not declared (strict stores)";
     MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED, None, "the route does not take that method";
@@ -99,6 +100,7 @@ error_codes! {
     WrongServer = "wrong_server", MISDIRECTED_REQUEST, None, "the session lives on another server of the fleet";
     CorruptRecord = "corrupt_record", UNPROCESSABLE_ENTITY, None, "the stored record is corrupt (kept as it is)";
     MigrationFailed = "migration_failed", UNPROCESSABLE_ENTITY, None, "the stored record does not migrate to the store's data version";
+    RestoreRefused = "restore_refused", UNPROCESSABLE_ENTITY, None, "the restore cannot be done as asked (a part to keep that does not fit the restored version)";
     Skipped = "skipped", FAILED_DEPENDENCY, None, "not run: an earlier batch operation on the same key failed";
     RateLimited = "rate_limited", TOO_MANY_REQUESTS, Some(1), "the API key spent its request budget";
     Internal = "internal", INTERNAL_SERVER_ERROR, None, "the server's own failure";
@@ -244,6 +246,8 @@ impl From<Error> for ApiError {
                 plain(ErrorCode::MessageTooLarge).with(json!({ "max_message_bytes": limit }))
             }
             Error::PreconditionFailed { .. } => plain(ErrorCode::PreconditionFailed),
+            Error::VersionNotFound { .. } => plain(ErrorCode::NoSuchVersion),
+            Error::Restore { .. } => plain(ErrorCode::RestoreRefused),
             Error::Cancelled { .. } | Error::Storage { .. } => plain(ErrorCode::StorageUnavailable),
             Error::ShuttingDown | Error::NotRunning => plain(ErrorCode::ShuttingDown),
             Error::Config(_) | Error::Open(_) | Error::Panicked { .. } => plain(ErrorCode::Internal),

@@ -143,7 +143,7 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
         p
     };
 
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "datastorer",
@@ -372,6 +372,68 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
                     ok(json!({ "type": "object", "properties": { "revision": { "type": "integer" }, "released": { "type": "boolean" } } })),
                     &with(&[("409", "wrong or foreign lease token"), ("410", "the session ended (see `reason`)"), ("413", "document too large"), ("503", "storage unavailable")]))
             }
+        }
+    });
+    if let (Some(paths), Value::Object(history)) = (doc["paths"].as_object_mut(), history_paths(&with(&[]))) {
+        paths.extend(history);
+    }
+    doc
+}
+
+/// The history routes (`http::history`): versions, one version, the one
+/// at a time, and the restore.
+fn history_paths(common: &[(&'static str, &'static str)]) -> Value {
+    let store = json!({ "name": "store", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" } });
+    let key = path_param("key", 512);
+    let version_id = json!({ "type": "string", "pattern": "^[0-9]{1,20}\\.[0-9]{1,20}$" });
+    let info = json!({ "type": "object", "required": ["version", "epoch", "revision", "saved_at_ms", "size", "user_ids", "deleted"], "properties": {
+        "version": version_id.clone(), "epoch": { "type": "integer" }, "revision": { "type": "integer" },
+        "saved_at_ms": { "type": "integer" }, "created_at_ms": { "type": "integer" }, "size": { "type": "integer" },
+        "data_version": { "type": "integer" }, "user_ids": { "type": "array", "items": { "type": "string" } },
+        "deleted": { "type": "boolean" } } });
+    let mut full = info.clone();
+    full["properties"]["data"] = json!({ "nullable": true });
+    full["properties"]["metadata"] = json!({ "nullable": true });
+    let errs = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+        common.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    let read_errs = errs(&[
+        ("404", "unknown store (strict stores), or no such version (`no_such_version`)"),
+        ("422", "a stored version is corrupt"),
+        ("503", "storage unavailable"),
+    ]);
+    let millis = json!({ "type": "integer", "minimum": 0 });
+    json!({
+        "/v1/stores/{store}/keys/{key}/versions": {
+            "get": op("list_versions", "the key's kept versions (every acknowledged save, a tombstone per delete), newest first unless order=oldest; filter by saved time; page with next_cursor",
+                vec![store.clone(), key.clone(), query("order", json!({ "type": "string", "enum": ["newest", "oldest"] })),
+                     query("from_ms", millis.clone()), query("to_ms", millis.clone()), query("cursor", version_id.clone()),
+                     query("limit", json!({ "type": "integer", "minimum": 1, "maximum": datastorer::MAX_VERSIONS_PAGE }))],
+                None,
+                ok(json!({ "type": "object", "required": ["versions"], "properties": { "versions": { "type": "array", "items": info }, "next_cursor": { "type": "string", "nullable": true } } })),
+                &read_errs)
+        },
+        "/v1/stores/{store}/keys/{key}/versions/at": {
+            "get": op("version_at", "the version current at time_ms (the last saved at or before it; `deleted` when the key was deleted then)",
+                vec![store.clone(), key.clone(), json!({ "name": "time_ms", "in": "query", "required": true, "schema": millis.clone() })],
+                None, ok(full.clone()), &read_errs)
+        },
+        "/v1/stores/{store}/keys/{key}/versions/{version}": {
+            "get": op("get_version", "one version with its document as saved",
+                vec![store.clone(), key.clone(), json!({ "name": "version", "in": "path", "required": true, "schema": version_id.clone() })],
+                None, ok(full), &read_errs)
+        },
+        "/v1/stores/{store}/keys/{key}/restore": {
+            "post": op("restore_key", "restore the key to a version or a time (admin): the holder saves and hands the key over (its session ends with `restored`) or, silent past handoff_ms, is fenced; the restore is a new revision under a new epoch; `keep` names JSON pointers of the current document to carry over",
+                vec![store, key],
+                Some(body(json!({ "type": "object", "additionalProperties": false, "properties": {
+                    "version": version_id, "at_ms": millis,
+                    "keep": { "type": "array", "items": { "type": "string" } },
+                    "handoff_ms": { "type": "integer", "minimum": 0, "maximum": 60000 } } }), &["application/json"], true)),
+                ok(json!({ "type": "object", "required": ["from", "holder"], "properties": {
+                    "from": { "type": "string" }, "version": { "type": "string", "nullable": true },
+                    "holder": { "type": "string", "enum": ["none", "released", "fenced"] } } })),
+                &errs(&[("404", "unknown store, or no such version (`no_such_version`)"), ("409", "the key kept moving under the restore (`lease_lost`)"), ("413", "the restored document is too large"), ("415", "wrong content type"), ("422", "a part to keep does not fit (`restore_refused`), or the version does not migrate"), ("503", "storage unavailable or shutting down")]))
         }
     })
 }

@@ -1067,6 +1067,10 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/stores/{store}/keys/{key}/session/messages/ack", "post"),
         ("/v1/stores/{store}/keys/{key}/session/renew", "post"),
         ("/v1/stores/{store}/keys/{key}/session/release", "post"),
+        ("/v1/stores/{store}/keys/{key}/versions", "get"),
+        ("/v1/stores/{store}/keys/{key}/versions/at", "get"),
+        ("/v1/stores/{store}/keys/{key}/versions/{version}", "get"),
+        ("/v1/stores/{store}/keys/{key}/restore", "post"),
     ];
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -1086,7 +1090,8 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
                 .replace("{store}", "s")
                 .replace("{key}", "k")
                 .replace("{user_id}", "u")
-                .replace("{client_id}", "c");
+                .replace("{client_id}", "c")
+                .replace("{version}", "1.1");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let resp = c.request(m, s.url(&url)).send().await.unwrap();
             let status = resp.status();

@@ -10,6 +10,7 @@
 mod batch;
 mod changes;
 mod fallback;
+mod history;
 mod messages;
 mod ops;
 mod records;
@@ -26,6 +27,7 @@ const SESSION_SCOPE: &str = "/v1/stores/{store}/keys/{key}/session";
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::scope(SESSION_SCOPE).configure(session::configure).configure(messages::configure_session));
     records::configure(cfg);
+    history::configure(cfg);
     messages::configure(cfg);
     changes::configure(cfg);
     batch::configure(cfg);

@@ -1,4 +1,4 @@
-//! The offline tools: `inspect`, `export`, `import`, `check` and
+//! The offline tools: `inspect`, `history`, `export`, `import`, `check` and
 //! `copy-sled-to-postgres`, on a stopped server's sled directory or on
 //! PostgreSQL while servers run. The tools never create a data directory
 //! except to import into it, and never rewrite a record they cannot decode.
@@ -10,6 +10,7 @@
 mod check;
 mod copy;
 mod export;
+mod history;
 mod import;
 mod inspect;
 
@@ -29,6 +30,7 @@ const TOOL_BATCH: usize = 1000;
 pub(crate) use check::check;
 pub(crate) use copy::copy_sled_to_postgres;
 pub(crate) use export::export;
+pub(crate) use history::{history, Which};
 pub(crate) use import::import;
 pub(crate) use inspect::inspect;
 

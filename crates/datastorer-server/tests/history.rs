@@ -1,0 +1,156 @@
+//! Version history and the fenced restore over HTTP: every acknowledged
+//! save is listed, one version and the one at a time are read back, a
+//! restore (admin only) ends a client's live session with `restored` (its
+//! `410` and its feed say so) after saving its change, and a holder in
+//! another process on PostgreSQL is handed off the same way.
+
+mod common;
+
+use common::pg::PgSchema;
+use common::server::{call, key_url, open, token_of, Server};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn versions_are_listed_read_and_restored_through_the_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "p1");
+    let (st, v) = open(&c, &s, "profiles", "p1", json!({"client_id": "game-1", "user_ids": [42]})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let t = token_of(&v);
+    let mut saved = Vec::new();
+    for coins in [10, 20, 30] {
+        let (st, v) = call(
+            &c,
+            &s,
+            Method::PUT,
+            &format!("{k}/session/data?save=normal"),
+            Some(&t),
+            Some(json!({"coins": coins, "purchases": []})),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        saved.push(v["revision"].as_u64().unwrap());
+    }
+    let (st, page) = call(&c, &s, Method::GET, &format!("{k}/versions?order=oldest"), None, None).await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    let listed: Vec<u64> =
+        page["versions"].as_array().unwrap().iter().map(|v| v["revision"].as_u64().unwrap()).collect();
+    assert_eq!(listed[1..], saved[..], "every acknowledged save, after the create");
+    assert!(page["versions"].as_array().unwrap().iter().all(|v| v["user_ids"] == json!(["42"])));
+    // Paging, newest first.
+    let (_, first) = call(&c, &s, Method::GET, &format!("{k}/versions?limit=2"), None, None).await;
+    assert_eq!(first["versions"][0]["revision"], json!(saved[2]));
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, second) = call(&c, &s, Method::GET, &format!("{k}/versions?limit=2&cursor={cursor}"), None, None).await;
+    assert_eq!(second["versions"][0]["revision"], json!(saved[0]));
+
+    let twenty = page["versions"][2].clone();
+    let (st, one) =
+        call(&c, &s, Method::GET, &format!("{k}/versions/{}", twenty["version"].as_str().unwrap()), None, None).await;
+    assert_eq!((st, one["data"]["coins"].clone()), (StatusCode::OK, json!(20)), "{one}");
+    let at = twenty["saved_at_ms"].as_u64().unwrap();
+    let (st, then) = call(&c, &s, Method::GET, &format!("{k}/versions/at?time_ms={at}"), None, None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(then["revision"].as_u64().unwrap() >= twenty["revision"].as_u64().unwrap());
+    let (st, e) = call(&c, &s, Method::GET, &format!("{k}/versions/9.9"), None, None).await;
+    assert_eq!((st, e["code"].clone()), (StatusCode::NOT_FOUND, json!("no_such_version")));
+    let (st, e) = call(&c, &s, Method::GET, &format!("{k}/versions/nine"), None, None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+
+    // A purchase the client has not saved yet, then the restore to 20 coins
+    // that keeps purchases.
+    let (st, _) = call(
+        &c,
+        &s,
+        Method::PUT,
+        &format!("{k}/session/data"),
+        Some(&t),
+        Some(json!({"coins": 31, "purchases": ["sword"]})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let body = json!({"version": twenty["version"], "keep": ["/purchases"]});
+    let (st, restored) = call(&c, &s, Method::POST, &format!("{k}/restore"), None, Some(body)).await;
+    assert_eq!(st, StatusCode::OK, "{restored}");
+    assert_eq!(restored["holder"], "released");
+    let (st, ended) = call(&c, &s, Method::GET, &format!("{k}/session"), Some(&t), None).await;
+    assert_eq!((st, ended["reason"].clone()), (StatusCode::GONE, json!("restored")), "{ended}");
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(view["data"], json!({"coins": 20, "purchases": ["sword"]}));
+    assert_eq!(view["epoch"], json!(2), "a new epoch");
+    // The client's own feed tells it why.
+    let (st, feed) = call(&c, &s, Method::GET, "/v1/changes/poll?client_id=game-1&after=0", None, None).await;
+    assert_eq!(st, StatusCode::OK, "{feed}");
+    assert!(feed.to_string().contains("restored"), "{feed}");
+    // Bad restores say why and change nothing.
+    for (body, code) in [
+        (json!({}), "bad_request_body"),
+        (json!({"version": "1.1", "at_ms": 5}), "bad_request_body"),
+        (json!({"version": "77.1"}), "no_such_version"),
+        (json!({"version": twenty["version"], "keep": ["purchases"]}), "restore_refused"),
+    ] {
+        let (st, e) = call(&c, &s, Method::POST, &format!("{k}/restore"), None, Some(body.clone())).await;
+        assert_eq!(e["code"], code, "{body}: {st} {e}");
+    }
+}
+
+#[tokio::test]
+async fn reading_history_takes_the_read_role_and_restoring_the_admin_role() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        tmp.path(),
+        &["--api-key", "dash:read:read-secret-0123456789", "--api-key", "ops:admin:admin-secret-0123456789"],
+    );
+    let c = Client::new();
+    let k = key_url("profiles", "p1");
+    let put = c.put(s.url(&k)).bearer_auth("admin-secret-0123456789").json(&json!({"coins": 1})).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    let list = c.get(s.url(&format!("{k}/versions"))).bearer_auth("read-secret-0123456789").send().await.unwrap();
+    assert_eq!(list.status(), StatusCode::OK);
+    let versions: Value = list.json().await.unwrap();
+    let v = versions["versions"][0]["version"].as_str().unwrap().to_owned();
+    let body = json!({ "version": v });
+    let as_reader =
+        c.post(s.url(&format!("{k}/restore"))).bearer_auth("read-secret-0123456789").json(&body).send().await.unwrap();
+    assert_eq!(as_reader.status(), StatusCode::FORBIDDEN);
+    let as_admin =
+        c.post(s.url(&format!("{k}/restore"))).bearer_auth("admin-secret-0123456789").json(&body).send().await.unwrap();
+    assert_eq!(as_admin.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_restore_through_one_server_process_fences_a_holder_in_another_on_postgres() {
+    let Some(pg) = PgSchema::new("a_restore_through_one_server_fences_a_holder_in_another") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let args = |name: &'static str| vec!["--owner-id", name, "--lease-ttl-secs", "4", "--autosave-interval-secs", "1"];
+    let game = Server::start_pg(&tmp.path().join("game"), &pg.url, &pg.schema, &args("srv-game"));
+    let admin = Server::start_pg(&tmp.path().join("admin"), &pg.url, &pg.schema, &args("srv-admin"));
+    let c = Client::new();
+    let k = key_url("profiles", "p1");
+    let (st, v) = open(&c, &game, "profiles", "p1", json!({"client_id": "game-1"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let t = token_of(&v);
+    let (_, first) =
+        call(&c, &game, Method::PUT, &format!("{k}/session/data?save=normal"), Some(&t), Some(json!({"coins": 5})))
+            .await;
+    let (_, _) =
+        call(&c, &game, Method::PUT, &format!("{k}/session/data?save=normal"), Some(&t), Some(json!({"coins": 6})))
+            .await;
+    let (_, _) = call(&c, &game, Method::PUT, &format!("{k}/session/data"), Some(&t), Some(json!({"coins": 7}))).await;
+    let version = format!("{}.{}", first["epoch"].as_u64().unwrap_or(1), first["revision"].as_u64().unwrap());
+    let (st, restored) =
+        call(&c, &admin, Method::POST, &format!("{k}/restore"), None, Some(json!({"version": version}))).await;
+    assert_eq!(st, StatusCode::OK, "{restored}");
+    assert_eq!(restored["holder"], "released", "the other process saved and handed the key over");
+    let (st, ended) = call(&c, &game, Method::GET, &format!("{k}/session"), Some(&t), None).await;
+    assert_eq!((st, ended["reason"].clone()), (StatusCode::GONE, json!("restored")), "{ended}");
+    let (st, w) = call(&c, &game, Method::PUT, &format!("{k}/session/data"), Some(&t), Some(json!({"coins": 8}))).await;
+    assert_eq!(st, StatusCode::GONE, "the old holder never writes again: {w}");
+    let (_, view) = call(&c, &admin, Method::GET, &k, None, None).await;
+    assert_eq!(view["data"], json!({"coins": 5}));
+    let (_, page) = call(&c, &admin, Method::GET, &format!("{k}/versions"), None, None).await;
+    assert_eq!(page["versions"][1]["size"], json!(br#"{"coins":7}"#.len()), "the holder's last change kept: {page}");
+}
