@@ -321,6 +321,11 @@ fn luau_one_contract_holds_against_the_mock() {
 }
 
 #[test]
+fn luau_version_history_and_a_restore_that_ends_the_session() {
+    with_server("specs/History.spec", &[]);
+}
+
+#[test]
 fn luau_join_play_autosave_leave_with_faults() {
     with_server("specs/Sessions.spec", &[]);
 }
