@@ -55,7 +55,9 @@ mod clock;
 mod config;
 mod engine;
 pub(crate) mod epoch_floor;
+mod erasure;
 mod error;
+mod handoff;
 mod keepalive;
 mod lease;
 mod messages;
@@ -100,6 +102,7 @@ use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
 use crate::registry::Registry;
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
+pub use crate::erasure::{EraseMode, ErasedCounts, ErasureReceipt, UserRecord};
 pub use crate::error::{Error, KeyId};
 pub use crate::migration::{Migration, StepRefused};
 pub use crate::report::{ReleaseReport, ShutdownReport};
@@ -216,6 +219,34 @@ impl Datastorer {
         // `S:inbox` holds store S's messages (see `Store::post_message`).
         validate_user_store_name(name)?;
         Store::register(&self.engine, name, spec, Some(self.keepalive.clone()))
+    }
+
+    /// Every record and kept version tagged with `user_id`, across stores
+    /// (a subject-access export), found through the user-id index.
+    pub async fn user_records(&self, user_id: &str) -> Result<Vec<UserRecord>, Error> {
+        crate::erasure::find(&self.engine, user_id).await
+    }
+
+    /// Erases `user_id` in every store (right to erasure): in a store that
+    /// deletes (the default) every record tagged with it goes, with all its
+    /// versions and its inbox, and live sessions end with `Erased`; in a
+    /// store declared `EraseMode::Unlink` the id is removed from the
+    /// record and its versions and the data stays (a holder hands the key
+    /// over first, within `handoff`). Idempotent; answers a receipt that
+    /// names no erased data.
+    pub async fn erase_user(&self, user_id: &str, handoff: std::time::Duration) -> Result<ErasureReceipt, Error> {
+        crate::erasure::erase(&self.engine, user_id, None, handoff).await
+    }
+
+    /// [`Datastorer::erase_user`] in the named stores only (a game's own,
+    /// for a Roblox erasure request naming that game).
+    pub async fn erase_user_in(
+        &self,
+        user_id: &str,
+        stores: &[String],
+        handoff: std::time::Duration,
+    ) -> Result<ErasureReceipt, Error> {
+        crate::erasure::erase(&self.engine, user_id, Some(stores), handoff).await
     }
 
     /// This instance's owner id (as written in leases).

@@ -29,6 +29,10 @@ pub(crate) trait StoreControl: Send + Sync + 'static {
     fn named_key_recipients(&self) -> Vec<(Arc<str>, Recipient<Control>)>;
     fn find(&self, key: &str) -> Option<Recipient<Control>>;
     fn loaded_count(&self) -> usize;
+    /// What an erasure by user id does to this store's records.
+    fn erase_mode(&self) -> crate::erasure::EraseMode;
+    /// Whether the store keeps versions.
+    fn keeps_versions(&self) -> bool;
 }
 
 /// The stores of one instance. Stores point at the engine and the engine at
@@ -84,6 +88,18 @@ impl Registry {
     pub(crate) fn find(&self, store: &str, key: &str) -> Option<Recipient<Control>> {
         let s = self.stores().get(store).cloned()?;
         s.find(key)
+    }
+
+    /// The erase mode of `store` as this instance declared it (`Delete`
+    /// for a store it has not opened).
+    pub(crate) fn erase_mode(&self, store: &str) -> crate::erasure::EraseMode {
+        self.stores().get(store).map_or(crate::erasure::EraseMode::Delete, |s| s.erase_mode())
+    }
+
+    /// Whether `store` keeps versions (`true` for a store this instance has
+    /// not opened: the default).
+    pub(crate) fn keeps_versions(&self, store: &str) -> bool {
+        self.stores().get(store).is_none_or(|s| s.keeps_versions())
     }
 
     pub(crate) fn loaded_count(&self) -> usize {

@@ -51,6 +51,8 @@ pub(crate) struct StoreDef<T: Document> {
     pub hooks: Hooks<T>,
     /// Which versions the store keeps; saves carry a version when enabled.
     pub retention: crate::retention::Retention,
+    /// What an erasure by user id does to this store's records.
+    pub erase: crate::erasure::EraseMode,
     /// The template as JSON; the typed template is not kept, so documents
     /// need not be `Sync`.
     pub template_json: Value,

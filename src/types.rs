@@ -94,6 +94,9 @@ pub enum CloseReason {
     /// (`Store::restore`): its unsaved changes were saved first where the
     /// holder could be reached, then the restore landed with a new epoch.
     Restored,
+    /// The record was erased by user id (`Datastorer::erase_user`):
+    /// unsaved changes were dropped with it.
+    Erased,
     /// Opening failed (a corrupt record, a failed migration, a hook that
     /// panicked): the opener got the error itself; this is its message.
     OpenFailed(String),
@@ -117,6 +120,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Deleted => f.write_str("deleted"),
             CloseReason::Expired => f.write_str("expired"),
             CloseReason::Restored => f.write_str("restored"),
+            CloseReason::Erased => f.write_str("erased"),
             CloseReason::OpenFailed(m) => write!(f, "open failed: {m}"),
             CloseReason::Stopped => f.write_str("stopped"),
             CloseReason::Crashed => f.write_str("crashed"),
@@ -134,6 +138,7 @@ impl From<&CloseReason> for EndKind {
             CloseReason::Expired => EndKind::Expired,
             CloseReason::Shutdown => EndKind::Shutdown,
             CloseReason::Restored => EndKind::Restored,
+            CloseReason::Erased => EndKind::Erased,
             CloseReason::Closed
             | CloseReason::LeaseLost
             | CloseReason::Deleted

@@ -158,7 +158,7 @@ impl Actor for Supervisor {
                             **holder == *owner
                         }
                         // Whoever holds the key checks the record itself.
-                        NoticeKind::Restored => true,
+                        NoticeKind::Restored | NoticeKind::Erased => true,
                         _ => false,
                     };
                     if for_us {

@@ -127,4 +127,7 @@ pub(crate) enum Control {
     /// `Release`, sent by the supervisor through the type-erased key list
     /// (shutdown, `release_all_keys`).
     Release(Release),
+    /// `Close`, sent through the type-erased key list (an erasure ends a
+    /// session without saving what it is about to delete).
+    Close(Close),
 }

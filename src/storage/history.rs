@@ -104,12 +104,19 @@ pub fn peek_version(bytes: &[u8]) -> Option<RecordIndex> {
     RecordIndex::peek(bytes)
 }
 
-/// What an op stores beside its record when it carries a version: the
-/// version itself, then one user-index entry per user id. Empty for an op
-/// without a version, or whose key is not a record's.
+/// What an op stores beside its record: its version, if it carries one,
+/// then one user-index entry per user id of the version (or, without one,
+/// of the record its writer indexed). Empty for an op on a key that is not
+/// a record's.
 pub fn companions(op: &WriteOp) -> Vec<(Vec<u8>, Bytes)> {
-    let (Some(version), Some((store, key))) = (&op.version, op.key.record_parts()) else {
-        return Vec::new();
+    let Some((store, key)) = op.key.record_parts() else { return Vec::new() };
+    let Some(version) = &op.version else {
+        return match (&op.index, &op.value) {
+            (Some(index), Some(_)) => {
+                index.user_ids.iter().map(|uid| (user_index_key(uid, store, key), Bytes::new())).collect()
+            }
+            _ => Vec::new(),
+        };
     };
     // The writer's index describes the value; for a save the version is
     // the value (the same bytes), for a delete it is the tombstone.

@@ -332,6 +332,9 @@ pub enum EndKind {
     /// Saved and released (or fenced) because an administrator restored
     /// the key to an earlier version.
     Restored,
+    /// Released (keeping the data, without the erased user id) or ended
+    /// (the data deleted) by an erasure by user id.
+    Erased,
 }
 
 impl EndKind {
@@ -345,6 +348,7 @@ impl EndKind {
             EndKind::Expired => "expired",
             EndKind::Shutdown => "shutdown",
             EndKind::Restored => "restored",
+            EndKind::Erased => "erased",
         }
     }
 
@@ -357,6 +361,7 @@ impl EndKind {
             EndKind::Expired,
             EndKind::Shutdown,
             EndKind::Restored,
+            EndKind::Erased,
         ]
         .into_iter()
         .find(|k| k.as_str() == name)
@@ -382,6 +387,9 @@ pub enum NoticeKind {
     /// new epoch: a holder checks the record and, fenced, ends with
     /// `Restored`.
     Restored,
+    /// The record was erased by user id: a holder checks the record and,
+    /// finding it gone or fenced, ends with `Erased`.
+    Erased,
     /// `by` took the lease from `holder` while it was live.
     Stolen {
         /// Owner id of the previous holder.
@@ -482,7 +490,11 @@ impl NoticeBus {
     fn deliver_local(&self, notice: Notice) {
         if matches!(
             notice.kind,
-            NoticeKind::ReleaseRequested { .. } | NoticeKind::Stolen { .. } | NoticeKind::Restored | NoticeKind::Resync
+            NoticeKind::ReleaseRequested { .. }
+                | NoticeKind::Stolen { .. }
+                | NoticeKind::Restored
+                | NoticeKind::Erased
+                | NoticeKind::Resync
         ) {
             let _ = self.control.send(notice.clone());
         }

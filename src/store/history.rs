@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::storage::history::{split_version_key, version_key, versions_of_key, VersionId};
-use crate::storage::RecordSummary;
+use crate::storage::{EndKind, RecordSummary};
 
 /// Versions read from storage per scan.
 const SCAN_PAGE: usize = 512;
@@ -164,24 +164,6 @@ pub struct Restored {
     pub holder: &'static str,
 }
 
-/// What a restore did to the key's holder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Handoff {
-    Nobody,
-    Released,
-    Fenced,
-}
-
-impl Handoff {
-    fn as_str(self) -> &'static str {
-        match self {
-            Handoff::Nobody => "none",
-            Handoff::Released => "released",
-            Handoff::Fenced => "fenced",
-        }
-    }
-}
-
 impl<T: Document> Store<T> {
     /// Every kept version of `key`, oldest first, as summaries.
     async fn all_versions(&self, key: &str) -> Result<Vec<VersionInfo>, Error> {
@@ -314,7 +296,8 @@ impl<T: Document> Store<T> {
         let from = version.info.version.clone();
         let Some(old_data) = version.data.clone() else {
             // Back to "deleted": the key is deleted, fenced like any delete.
-            let handed = self.hand_over(&key, handoff).await?;
+            let handed =
+                crate::handoff::hand_over(self.engine(), self.name(), &key, EndKind::Restored, handoff).await?;
             self.delete(key.as_str(), true).await?;
             return Ok(Restored { from, version: None, holder: handed.as_str() });
         };
@@ -328,7 +311,7 @@ impl<T: Document> Store<T> {
             at: at(),
             message: format!("the restored version does not fit the store's type: {e}"),
         })?;
-        let handed = self.hand_over(&key, handoff).await?;
+        let handed = crate::handoff::hand_over(self.engine(), self.name(), &key, EndKind::Restored, handoff).await?;
         let key_arc: Arc<str> = Arc::from(key.as_str());
         let skey = StorageKey::record(&self.shared.name, &key_arc);
         let mut contention = crate::retry::Contention::new(CONTENTION_WINDOW);
@@ -410,78 +393,6 @@ impl<T: Document> Store<T> {
                     Some(wait) => tokio::time::sleep(wait).await,
                     None => return Err(Error::LeaseLost { at: at() }),
                 },
-            }
-        }
-    }
-
-    /// Ends whoever holds `key` so a restore can land: a session here is
-    /// released (saving its changes) with `Restored`; a holder elsewhere is
-    /// asked to do the same and waited for up to `handoff`.
-    async fn hand_over(&self, key: &str, handoff: Duration) -> Result<Handoff, Error> {
-        let shared = &self.shared;
-        let engine = shared.engine.clone();
-        // A session of this instance.
-        let local = shared.keys().get(key).filter(|e| !e.closed.is_one_shot()).map(|e| e.closed.clone());
-        if let Some(closed) = local {
-            if let Some(k) = engine.registry.find(&shared.name, key) {
-                let (tx, _rx) = tokio::sync::oneshot::channel();
-                let release = crate::messages::key::Release {
-                    priority: Priority::Emergency,
-                    reason: CloseReason::Restored,
-                    receipt: tx,
-                };
-                let _ = k.send(Control::Release(release)).await;
-            }
-            return Ok(match tokio::time::timeout(handoff, closed.wait()).await {
-                Ok(_) => Handoff::Released,
-                Err(_) => Handoff::Fenced,
-            });
-        }
-        let holder = match self.inspect(key).await? {
-            Some(r) => r.lease.filter(|l| l.expires_at_ms > engine.clock.now_ms()).map(|l| l.owner),
-            None => None,
-        };
-        let Some(holder) = holder else { return Ok(Handoff::Nobody) };
-        let mut notices = engine.backend.notices().subscribe();
-        engine.backend.notices().publish(Notice {
-            store: shared.name.to_string(),
-            key: key.to_owned(),
-            kind: NoticeKind::ReleaseRequested {
-                holder,
-                requester: engine.owner.to_string(),
-                because: crate::storage::EndKind::Restored,
-            },
-        });
-        let deadline = tokio::time::Instant::now() + handoff;
-        loop {
-            let poll = engine.config.lease_poll_interval.min(handoff);
-            let until = (tokio::time::Instant::now() + poll).min(deadline);
-            let _ = tokio::time::timeout_at(until, async {
-                loop {
-                    match notices.recv().await {
-                        Ok(n)
-                            if n.store == *shared.name
-                                && n.key == key
-                                && matches!(n.kind, NoticeKind::Released { .. }) =>
-                        {
-                            return
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            })
-            .await;
-            let still = match self.inspect(key).await? {
-                Some(r) => r.lease.is_some_and(|l| l.expires_at_ms > engine.clock.now_ms()),
-                None => false,
-            };
-            if !still {
-                return Ok(Handoff::Released);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(Handoff::Fenced);
             }
         }
     }

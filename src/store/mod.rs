@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::actors::key::KeyActor;
 use crate::engine::Engine;
+pub use crate::erasure::EraseMode;
 use crate::error::{Error, KeyId};
 use crate::keepalive::Keepalive;
 use crate::messages::key::{Control, Open};
@@ -134,6 +135,14 @@ impl<T: Document> StoreControl for StoreShared<T> {
     fn loaded_count(&self) -> usize {
         self.keys().values().filter(|e| e.closed.is_session_open()).count()
     }
+
+    fn erase_mode(&self) -> crate::erasure::EraseMode {
+        self.def.erase
+    }
+
+    fn keeps_versions(&self) -> bool {
+        self.def.retention.enabled
+    }
 }
 
 /// A handle on a store. Cheap to clone.
@@ -190,7 +199,7 @@ impl<T: Document> Store<T> {
                 .map_err(|_| Error::StoreConflict { store: name.to_owned(), difference: "document type".into() })?;
             return Ok(Store { shared, keepalive });
         }
-        let StoreSpec { template: _, migrations, metadata_template, hooks, retention } = spec;
+        let StoreSpec { template: _, migrations, metadata_template, hooks, retention, erase } = spec;
         let shared = Arc::new_cyclic(|me: &std::sync::Weak<StoreShared<T>>| {
             // The key actor leaves the table through this, never by naming the store.
             let me = me.clone();
@@ -206,6 +215,7 @@ impl<T: Document> Store<T> {
                     metadata_template,
                     hooks,
                     retention,
+                    erase,
                     template_json,
                     engine: engine.clone(),
                     deregister,

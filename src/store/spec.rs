@@ -21,6 +21,9 @@ pub struct StoreSpec<T> {
     pub hooks: Hooks<T>,
     /// Which versions of its keys the store keeps (every save is one).
     pub retention: Retention,
+    /// What an erasure by user id does to a record of this store tagged
+    /// with the id (default: delete it, with its versions and inbox).
+    pub erase: EraseMode,
 }
 
 impl<T> StoreSpec<T> {
@@ -32,7 +35,14 @@ impl<T> StoreSpec<T> {
             metadata_template: Value::Object(Default::default()),
             hooks: Hooks::default(),
             retention: Retention::default(),
+            erase: EraseMode::Delete,
         }
+    }
+
+    /// Sets what an erasure by user id does to this store's records.
+    pub fn erase(mut self, mode: EraseMode) -> Self {
+        self.erase = mode;
+        self
     }
 
     /// Sets how long versions are kept (`Retention::off()`: none).

@@ -10,6 +10,7 @@ mod common;
 
 mod autosave;
 mod engine_lifetime;
+mod erasure;
 mod fault_tolerance;
 mod harness;
 mod history;

@@ -214,7 +214,8 @@ fn declare_stores(
         let retention = decl.retention().map_err(|e| format!("store {name:?}: {e}"))?;
         let mut spec = StoreSpec::new(decl.template.clone())
             .metadata_template(decl.metadata_template.clone())
-            .retention(retention);
+            .retention(retention)
+            .erase(decl.erase.mode());
         for step in &decl.migrations {
             spec = spec.migration(step.to_migration());
         }

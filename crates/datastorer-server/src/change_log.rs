@@ -138,6 +138,7 @@ fn describe(kind: &NoticeKind) -> Option<(&'static str, Option<u64>, Option<&'st
         NoticeKind::Stolen { .. } => ("stolen", None, None),
         NoticeKind::Deleted => ("deleted", None, None),
         NoticeKind::Restored => ("restored", None, None),
+        NoticeKind::Erased => ("erased", None, None),
         NoticeKind::ReleaseRequested { .. } => return None,
         NoticeKind::Resync => ("resync", None, None),
     })

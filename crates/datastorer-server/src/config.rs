@@ -40,6 +40,54 @@ pub struct StoreDecl {
     pub(crate) horizon_days: Option<u64>,
     /// The newest this many versions are kept whatever their age (default 10).
     pub(crate) keep_newest: Option<usize>,
+    /// What an erasure by user id does to a record of this store:
+    /// `"delete"` (default: the record, its versions and inbox go) or
+    /// `"unlink"` (the id is removed, the data stays).
+    #[serde(default)]
+    pub(crate) erase: EraseDecl,
+}
+
+/// `erase` of a store in the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EraseDecl {
+    /// Delete tagged records with their history and inbox.
+    #[default]
+    Delete,
+    /// Remove the id, keep the data.
+    Unlink,
+}
+
+impl EraseDecl {
+    pub(crate) fn mode(self) -> datastorer::EraseMode {
+        match self {
+            EraseDecl::Delete => datastorer::EraseMode::Delete,
+            EraseDecl::Unlink => datastorer::EraseMode::Unlink,
+        }
+    }
+}
+
+/// `[roblox_erasure]` in the file: Roblox's signed `RightToErasureRequest`
+/// webhook, accepted at `POST /v1/webhooks/roblox`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobloxErasureDecl {
+    /// The secret entered with the webhook in the Creator Dashboard.
+    pub(crate) secret: String,
+    /// Which stores belong to which game (a request names the games the
+    /// user played); none: every store.
+    #[serde(default)]
+    pub(crate) games: Vec<RobloxGameDecl>,
+}
+
+/// One game of `[roblox_erasure]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RobloxGameDecl {
+    /// The game (universe or start place) id Roblox sends in `GameIds`.
+    pub(crate) game_id: u64,
+    /// Its stores.
+    pub(crate) stores: Vec<String>,
 }
 
 impl StoreDecl {
@@ -178,6 +226,9 @@ pub struct Settings {
     /// Alert endpoints (`[[webhooks]]` tables, file only).
     #[arg(skip)]
     pub(crate) webhooks: Option<Vec<super::webhooks::WebhookDecl>>,
+    /// Roblox's erasure webhook (file only).
+    #[arg(skip)]
+    pub(crate) roblox_erasure: Option<RobloxErasureDecl>,
 }
 
 /// `postgres_tls` in the file.
@@ -238,6 +289,8 @@ pub struct ServerConfig {
     pub(crate) budgets: Budgets,
     /// Alert endpoints.
     pub(crate) webhooks: Vec<super::webhooks::WebhookDecl>,
+    /// Roblox's erasure webhook, when configured.
+    pub(crate) roblox_erasure: Option<RobloxErasureDecl>,
 }
 
 /// A configuration problem, already phrased for the operator.
@@ -398,10 +451,23 @@ impl ServerConfig {
                 ));
             }
         }
+        let roblox_erasure = file.roblox_erasure.clone();
+        if let Some(r) = &roblox_erasure {
+            if r.secret.len() < 16 {
+                return Err(err("roblox_erasure.secret", "is shorter than 16 characters".into()));
+            }
+            for (i, g) in r.games.iter().enumerate() {
+                for s in &g.stores {
+                    datastorer::validate_user_store_name(s)
+                        .map_err(|e| err(&format!("roblox_erasure.games[{i}].stores"), e.to_string()))?;
+                }
+            }
+        }
         Ok(ServerConfig {
             listen,
             tls,
             webhooks,
+            roblox_erasure,
             storage,
             owner_id,
             api_keys,

@@ -26,6 +26,8 @@ pub(crate) enum EndReason {
     Deleted,
     /// An administrator restored the key to an earlier version.
     Restored,
+    /// The record was erased by user id.
+    Erased,
     /// The server shut down.
     Shutdown,
     /// The token is from before this server process started: the process
@@ -49,6 +51,7 @@ impl EndReason {
             EndReason::Expired => "expired",
             EndReason::Deleted => "deleted",
             EndReason::Restored => "restored",
+            EndReason::Erased => "erased",
             EndReason::Shutdown => "shutdown",
             EndReason::ServerRestarted => "server_restarted",
             EndReason::LeaseLost => "lease_lost",
@@ -67,6 +70,7 @@ impl EndReason {
             CloseReason::Shutdown => EndReason::Shutdown,
             CloseReason::Deleted => EndReason::Deleted,
             CloseReason::Restored => EndReason::Restored,
+            CloseReason::Erased => EndReason::Erased,
             CloseReason::Expired => EndReason::Expired,
             CloseReason::OpenFailed(_) | CloseReason::Stopped | CloseReason::Crashed => EndReason::Error,
             // A reason this build does not know yet is told as an error.

@@ -74,12 +74,14 @@ error_codes! {
     MissingLeaseToken = "missing_lease_token", BAD_REQUEST, None, "a session route was called without the Lease-Token header";
     UnsupportedCondition = "unsupported_condition", BAD_REQUEST, None, "a condition header this request does not evaluate";
     Unauthenticated = "unauthenticated", UNAUTHORIZED, None, "no API key, or an unknown one";
+    BadSignature = "bad_signature", UNAUTHORIZED, None, "a webhook's signature is missing, stale or does not match";
     Forbidden = "forbidden", FORBIDDEN, None, "the API key's role does not allow this route";
     StoreForbidden = "store_forbidden", FORBIDDEN, None, "the API key is limited to other stores";
     ClientForbidden = "client_forbidden", FORBIDDEN, None, "the client's feed belongs to another API key";
     NoSuchKey = "no_such_key", NOT_FOUND, None, "no record for the key";
     NoSuchVersion = "no_such_version", NOT_FOUND, None, "no kept version of the key matches (never saved, pruned, or the store keeps none)";
     NotFound = "not_found", NOT_FOUND, None, "no such route";
+    NotConfigured = "not_configured", NOT_FOUND, None, "the route needs configuration this server does not have";
     UnknownStore = "unknown_store", NOT_FOUND, None, "the store is not declared (strict stores)";
     MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED, None, "the route does not take that method";
     HolderCouldNotSave = "holder_could_not_save", CONFLICT, None, "the holder could not save, so the key was not handed over";

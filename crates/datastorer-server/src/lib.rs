@@ -38,6 +38,7 @@ mod log_writer;
 mod metrics;
 mod middleware;
 mod openapi;
+mod roblox_signature;
 mod sessions;
 mod state;
 mod tools;

@@ -403,6 +403,13 @@ fn history_paths(common: &[(&'static str, &'static str)]) -> Value {
         ("503", "storage unavailable"),
     ]);
     let millis = json!({ "type": "integer", "minimum": 0 });
+    let user_id = json!({ "name": "user_id", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 128 } });
+    let counts = json!({ "type": "object", "properties": {
+        "records_deleted": { "type": "integer" }, "records_unlinked": { "type": "integer" }, "versions_deleted": { "type": "integer" },
+        "versions_unlinked": { "type": "integer" }, "inboxes_deleted": { "type": "integer" }, "sessions_ended": { "type": "integer" } } });
+    let receipt = json!({ "type": "object", "required": ["id", "at_ms", "stores", "keys"], "properties": {
+        "id": { "type": "string" }, "at_ms": { "type": "integer" }, "keys": { "type": "integer" },
+        "stores": { "type": "object", "additionalProperties": counts } } });
     json!({
         "/v1/stores/{store}/keys/{key}/versions": {
             "get": op("list_versions", "the key's kept versions (every acknowledged save, a tombstone per delete), newest first unless order=oldest; filter by saved time; page with next_cursor",
@@ -422,6 +429,22 @@ fn history_paths(common: &[(&'static str, &'static str)]) -> Value {
             "get": op("get_version", "one version with its document as saved",
                 vec![store.clone(), key.clone(), json!({ "name": "version", "in": "path", "required": true, "schema": version_id.clone() })],
                 None, ok(full), &read_errs)
+        },
+        "/v1/users/{user_id}": {
+            "get": op("user_records", "every record and kept version tagged with the user id, across stores, with their documents (admin; a subject-access export)",
+                vec![user_id.clone()], None,
+                ok(json!({ "type": "object", "required": ["user_id", "records"], "properties": { "user_id": { "type": "string" }, "records": { "type": "array", "items": { "type": "object" } } } })),
+                &errs(&[("422", "a tagged record or version is corrupt"), ("503", "storage unavailable")])),
+            "delete": op("erase_user", "erase the user id in every store (admin): records tagged with it are deleted with their versions and inbox (stores declared erase = \"unlink\" keep the data without the id), live sessions end with `erased`; idempotent; answers a receipt that repeats no erased data",
+                vec![user_id], None, ok(receipt.clone()),
+                &errs(&[("409", "a record kept moving under the erasure (`lease_lost`)"), ("422", "a tagged record is corrupt"), ("503", "storage unavailable or shutting down")]))
+        },
+        "/v1/webhooks/roblox": {
+            "post": op("roblox_erasure_webhook", "Roblox's RightToErasureRequest notification, authenticated by its `roblox-signature` (HMAC-SHA256 of `t.body` with [roblox_erasure].secret, within 10 minutes), not by an API key; erases the user id in the stores configured for the games named; other events are acknowledged and ignored",
+                vec![json!({ "name": "roblox-signature", "in": "header", "required": true, "schema": { "type": "string" } })],
+                Some(body(json!({ "type": "object" }), &["application/json"], true)),
+                ok(json!({ "type": "object" })),
+                &[("400", "not a Roblox notification"), ("401", "missing, stale or wrong signature (`bad_signature`)"), ("404", "no [roblox_erasure] configured"), ("409", "a record kept moving under the erasure"), ("422", "a tagged record is corrupt"), ("503", "storage unavailable or shutting down")])
         },
         "/v1/stores/{store}/keys/{key}/restore": {
             "post": op("restore_key", "restore the key to a version or a time (admin): the holder saves and hands the key over (its session ends with `restored`) or, silent past handoff_ms, is fenced; the restore is a new revision under a new epoch; `keep` names JSON pointers of the current document to carry over",

@@ -1071,6 +1071,9 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/stores/{store}/keys/{key}/versions/at", "get"),
         ("/v1/stores/{store}/keys/{key}/versions/{version}", "get"),
         ("/v1/stores/{store}/keys/{key}/restore", "post"),
+        ("/v1/users/{user_id}", "get"),
+        ("/v1/users/{user_id}", "delete"),
+        ("/v1/webhooks/roblox", "post"),
     ];
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -1091,7 +1094,8 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
                 .replace("{key}", "k")
                 .replace("{user_id}", "u")
                 .replace("{client_id}", "c")
-                .replace("{version}", "1.1");
+                .replace("{version}", "1.1")
+                .replace("{user_id}", "u");
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let resp = c.request(m, s.url(&url)).send().await.unwrap();
             let status = resp.status();

@@ -128,8 +128,10 @@ impl<T: Document> KeyActor<T> {
         // A write that changes what is stored is a save, and leaves a
         // version when the store keeps them (a renewal of a saved
         // document does not).
-        let keeps_version = self.store.retention.enabled && self.is_dirty(checksum);
-        let index = (keeps_version || engine.backend.capabilities().indexes_records).then(|| RecordIndex {
+        let changed = self.is_dirty(checksum);
+        let keeps_version = self.store.retention.enabled && changed;
+        // A change also (re)indexes the record's user ids.
+        let index = (changed || engine.backend.capabilities().indexes_records).then(|| RecordIndex {
             header,
             lease_owner: (!releasing).then(|| engine.owner.to_string()),
             lease_expires_ms: if releasing { 0 } else { expires_at_ms },
@@ -523,6 +525,7 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
                     debug!(target: "datastorer::lease", store = %self.store.name, key = %self.key, %requester, because = because.as_str(), "release requested");
                     let reason = match because {
                         EndKind::Restored => CloseReason::Restored,
+                        EndKind::Erased => CloseReason::Erased,
                         _ => CloseReason::ReleaseRequested,
                     };
                     let (tx, _rx) = tokio::sync::oneshot::channel();
@@ -532,6 +535,11 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
             Control::Notice(NoticeKind::Restored) => {
                 if matches!(self.phase, Phase::Open | Phase::Closing(_)) {
                     self.verify_lease(CloseReason::Restored, ctx);
+                }
+            }
+            Control::Notice(NoticeKind::Erased) => {
+                if matches!(self.phase, Phase::Open | Phase::Closing(_)) {
+                    self.verify_lease(CloseReason::Erased, ctx);
                 }
             }
             Control::Notice(NoticeKind::Stolen { by, .. }) => {
@@ -555,6 +563,9 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
                 }
             }
             Control::Release(msg) => self.release(msg, ctx),
+            Control::Close(msg) => {
+                self.begin_closing(WriteKind::Close(msg.reason), Priority::Emergency, msg.receipt, ctx)
+            }
         }
     }
 }

@@ -99,6 +99,8 @@ enum Wire {
     /// Restored (a build that does not know it drops the payload's
     /// notices; holders there learn of the restore at their next write).
     Res { s: String, k: String },
+    /// Erased (likewise).
+    Era { s: String, k: String },
     /// Stolen.
     St { s: String, k: String, h: String, b: String },
     /// Released; `w` is how the session ended (absent from older builds).
@@ -133,6 +135,7 @@ fn to_wire(n: &Notice) -> Option<Wire> {
             w: (*because != EndKind::ReleaseRequested).then(|| because.as_str().to_owned()),
         },
         NoticeKind::Restored => Wire::Res { s, k },
+        NoticeKind::Erased => Wire::Era { s, k },
         NoticeKind::Stolen { holder, by } => Wire::St { s, k, h: holder.clone(), b: by.clone() },
         NoticeKind::Released { revision, how } => {
             Wire::Rel { s, k, r: *revision, w: (*how != EndKind::Released).then(|| how.as_str().to_owned()) }
@@ -155,6 +158,7 @@ fn from_wire(w: Wire) -> Notice {
             },
         ),
         Wire::Res { s, k } => (s, k, NoticeKind::Restored),
+        Wire::Era { s, k } => (s, k, NoticeKind::Erased),
         Wire::St { s, k, h, b } => (s, k, NoticeKind::Stolen { holder: h, by: b }),
         Wire::Rel { s, k, r, w } => (
             s,
@@ -519,6 +523,7 @@ mod tests {
             }),
             n(NoticeKind::ReleaseRequested { holder: "a".into(), requester: "b".into(), because: EndKind::Restored }),
             n(NoticeKind::Restored),
+            n(NoticeKind::Erased),
             n(NoticeKind::Stolen { holder: "a".into(), by: "b".into() }),
             n(NoticeKind::Released { revision: 7, how: EndKind::Released }),
             n(NoticeKind::Released { revision: 8, how: EndKind::Stolen }),

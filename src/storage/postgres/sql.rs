@@ -386,8 +386,14 @@ impl Statements {
             user_key_get: format!("SELECT 1 FROM {s}.user_keys WHERE user_id = $1 AND store = $2 AND key = $3"),
             user_key_put: format!("INSERT INTO {s}.user_keys (user_id, store, key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"),
             user_key_delete: format!("DELETE FROM {s}.user_keys WHERE user_id = $1 AND store = $2 AND key = $3"),
+            // The index, and the records that carry the id now (a store
+            // without versions writes no index rows on PostgreSQL: its
+            // records' user ids are a column with an index of its own).
             user_keys: format!(
-                "SELECT user_id, store, key FROM {s}.user_keys WHERE user_id = $1 AND (store, key) > ($2, $3)
+                "SELECT $1::text, store, key FROM (
+                   SELECT store, key FROM {s}.user_keys WHERE user_id = $1
+                   UNION SELECT store, key FROM {s}.records WHERE user_ids @> ARRAY[$1::text]) u
+                  WHERE (store, key) > ($2::text COLLATE \"C\", $3::text COLLATE \"C\")
                   ORDER BY store, key LIMIT $4"
             ),
         }

@@ -15,6 +15,7 @@ mod messages;
 mod ops;
 mod records;
 mod session;
+mod users;
 
 use actix_web::web;
 
@@ -28,6 +29,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::scope(SESSION_SCOPE).configure(session::configure).configure(messages::configure_session));
     records::configure(cfg);
     history::configure(cfg);
+    users::configure(cfg);
     messages::configure(cfg);
     changes::configure(cfg);
     batch::configure(cfg);
