@@ -22,18 +22,7 @@ use crate::storage::history::{split_user_index_key, user_index_key, user_index_p
 use crate::storage::{
     EndKind, Notice, NoticeKind, Precondition, Record, RecordHeader, StorageKey, WriteOp, WriteOutcome,
 };
-use crate::types::{CloseReason, Priority};
-
-/// What an erasure does to a record tagged with the erased user id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EraseMode {
-    /// Delete the record, every version of it and its inbox (the default).
-    #[default]
-    Delete,
-    /// Remove the user id from the record and its versions and keep the
-    /// data: for records many users share (a guild, a trade).
-    Unlink,
-}
+use crate::types::{CloseReason, EraseMode, Priority};
 
 /// One record tagged with a user id, as a subject-access export shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -45,7 +34,7 @@ pub struct UserRecord {
     /// The record as stored now, when it carries the id.
     pub current: Option<serde_json::Value>,
     /// Its kept versions that carry the id, oldest first, with their documents.
-    pub versions: Vec<crate::store::Version>,
+    pub versions: Vec<crate::history::Version>,
 }
 
 /// What one store's part of an erasure did.
@@ -147,10 +136,10 @@ fn json(bytes: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-fn version_of(rec: &Record) -> crate::store::Version {
+fn version_of(rec: &Record) -> crate::history::Version {
     let h = rec.header;
-    let info = crate::store::VersionInfo {
-        version: crate::store::version_id_text(h),
+    let info = crate::history::VersionInfo {
+        version: crate::history::version_id_text(h),
         epoch: h.epoch,
         revision: h.revision,
         saved_at_ms: rec.updated_at_ms,
@@ -164,7 +153,7 @@ fn version_of(rec: &Record) -> crate::store::Version {
         true => (None, None),
         false => (Some(json(&rec.data)), Some(json(&rec.metadata))),
     };
-    crate::store::Version { info, data, metadata }
+    crate::history::Version { info, data, metadata }
 }
 
 /// Every record and version tagged with `user_id`, across stores.

@@ -58,6 +58,7 @@ pub(crate) mod epoch_floor;
 mod erasure;
 mod error;
 mod handoff;
+mod history;
 mod keepalive;
 mod lease;
 mod messages;
@@ -102,7 +103,7 @@ use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
 use crate::registry::Registry;
 
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
-pub use crate::erasure::{EraseMode, ErasedCounts, ErasureReceipt, UserRecord};
+pub use crate::erasure::{ErasedCounts, ErasureReceipt, UserRecord};
 pub use crate::error::{Error, KeyId};
 pub use crate::migration::{Migration, StepRefused};
 pub use crate::report::{ReleaseReport, ShutdownReport};
@@ -120,6 +121,7 @@ pub use crate::store::{
     Hooks, Key, OpenRequest, RestoreTarget, Restored, Store, StoreSpec, Updated, Version, VersionInfo, VersionOrder,
     VersionPage, VersionQuery, MAX_KEY_LEN, MAX_STORE_NAME_LEN, MAX_VERSIONS_PAGE,
 };
+pub use crate::types::EraseMode;
 pub use crate::types::Message;
 pub use crate::types::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};
 pub use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};

@@ -30,7 +30,7 @@ pub(crate) trait StoreControl: Send + Sync + 'static {
     fn find(&self, key: &str) -> Option<Recipient<Control>>;
     fn loaded_count(&self) -> usize;
     /// What an erasure by user id does to this store's records.
-    fn erase_mode(&self) -> crate::erasure::EraseMode;
+    fn erase_mode(&self) -> crate::types::EraseMode;
     /// Whether the store keeps versions.
     fn keeps_versions(&self) -> bool;
 }
@@ -92,8 +92,8 @@ impl Registry {
 
     /// The erase mode of `store` as this instance declared it (`Delete`
     /// for a store it has not opened).
-    pub(crate) fn erase_mode(&self, store: &str) -> crate::erasure::EraseMode {
-        self.stores().get(store).map_or(crate::erasure::EraseMode::Delete, |s| s.erase_mode())
+    pub(crate) fn erase_mode(&self, store: &str) -> crate::types::EraseMode {
+        self.stores().get(store).map_or(crate::types::EraseMode::Delete, |s| s.erase_mode())
     }
 
     /// Whether `store` keeps versions (`true` for a store this instance has

@@ -52,7 +52,7 @@ pub(crate) struct StoreDef<T: Document> {
     /// Which versions the store keeps; saves carry a version when enabled.
     pub retention: crate::retention::Retention,
     /// What an erasure by user id does to this store's records.
-    pub erase: crate::erasure::EraseMode,
+    pub erase: crate::types::EraseMode,
     /// The template as JSON; the typed template is not kept, so documents
     /// need not be `Sync`.
     pub template_json: Value,

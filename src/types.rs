@@ -225,3 +225,14 @@ pub struct Message {
     /// What was posted.
     pub body: serde_json::Value,
 }
+
+/// What an erasure does to a record tagged with the erased user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EraseMode {
+    /// Delete the record, every version of it and its inbox (the default).
+    #[default]
+    Delete,
+    /// Remove the user id from the record and its versions and keep the
+    /// data: for records many users share (a guild, a trade).
+    Unlink,
+}

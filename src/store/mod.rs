@@ -22,7 +22,6 @@ use serde_json::Value;
 
 use crate::actors::key::KeyActor;
 use crate::engine::Engine;
-pub use crate::erasure::EraseMode;
 use crate::error::{Error, KeyId};
 use crate::keepalive::Keepalive;
 use crate::messages::key::{Control, Open};
@@ -38,6 +37,7 @@ use crate::storage::{
 pub use crate::store_def::Hooks;
 use crate::store_def::{Deregister, StoreDef};
 pub use crate::types::Document;
+pub use crate::types::EraseMode;
 use crate::types::{AcquirePolicy, CloseReason, Priority};
 mod admin;
 pub(crate) mod history;
@@ -136,7 +136,7 @@ impl<T: Document> StoreControl for StoreShared<T> {
         self.keys().values().filter(|e| e.closed.is_session_open()).count()
     }
 
-    fn erase_mode(&self) -> crate::erasure::EraseMode {
+    fn erase_mode(&self) -> crate::types::EraseMode {
         self.def.erase
     }
 
