@@ -51,6 +51,7 @@
 #![warn(missing_docs)]
 
 mod actors;
+mod audit;
 mod clock;
 mod config;
 mod engine;
@@ -102,6 +103,7 @@ use crate::messages::supervisor::Abort;
 use crate::messages::supervisor::{AutosaveNow, ReleaseAll, Shutdown};
 use crate::registry::Registry;
 
+pub use crate::audit::AuditEntry;
 pub use crate::config::{Budget, Budgets, Config, QueueConfig, StorageConfig};
 pub use crate::erasure::{ErasedCounts, ErasureReceipt, UserRecord};
 pub use crate::error::{Error, KeyId};
@@ -249,6 +251,24 @@ impl Datastorer {
         handoff: std::time::Duration,
     ) -> Result<ErasureReceipt, Error> {
         crate::erasure::erase(&self.engine, user_id, Some(stores), handoff).await
+    }
+
+    /// Records an administrative action in the audit trail, durably
+    /// (beside the records, in the same backend), and logs it at info under
+    /// `datastorer::audit`; answers the entry with its id and time.
+    pub async fn audit(&self, entry: AuditEntry) -> Result<AuditEntry, Error> {
+        crate::audit::record(&self.engine, entry).await
+    }
+
+    /// The audit trail, oldest first: entries after the id `after` that
+    /// `keep` accepts, at most `limit`, and the id to continue from.
+    pub async fn audit_entries(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: impl Fn(&AuditEntry) -> bool,
+    ) -> Result<(Vec<AuditEntry>, Option<String>), Error> {
+        crate::audit::entries(&self.engine, after, limit, keep).await
     }
 
     /// This instance's owner id (as written in leases).

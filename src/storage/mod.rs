@@ -696,6 +696,20 @@ pub const RECORDS_PREFIX: &[u8] = b"d\0";
 /// The prefix of every epoch floor's meta key.
 pub const EPOCH_FLOORS_PREFIX: &[u8] = b"m\0epoch_floor\0";
 
+/// The prefix of every audit entry's meta key (`m\0audit\0`, then the
+/// entry's time and a sequence, big-endian, so entries scan oldest first).
+pub const AUDIT_PREFIX: &[u8] = b"m\0audit\0";
+
+/// The meta key of the audit entry written at `at_ms` with `sequence`
+/// (unique within the writer) and `writer` (its owner id's hash).
+pub fn audit_key(at_ms: u64, writer: u64, sequence: u64) -> Vec<u8> {
+    let mut k = AUDIT_PREFIX.to_vec();
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&writer.to_be_bytes());
+    k.extend_from_slice(&sequence.to_be_bytes());
+    k
+}
+
 /// Where a process keeps the owner id it runs under, beside the records
 /// (sled only: a restarted server on the same directory is the same owner).
 pub const OWNER_ID_KEY: &[u8] = b"m\0owner_id";

@@ -439,6 +439,19 @@ fn history_paths(common: &[(&'static str, &'static str)]) -> Value {
                 vec![user_id], None, ok(receipt.clone()),
                 &errs(&[("409", "a record kept moving under the erasure (`lease_lost`)"), ("422", "a tagged record is corrupt"), ("503", "storage unavailable or shutting down")]))
         },
+        "/v1/audit": {
+            "get": op("audit_trail", "the audit trail (admin), oldest first: every administrative action (delete, restore, erase, import, forced_open) with who, when, what and how it ended; filter by action, actor, store and key; page with next_cursor",
+                vec![query("after", json!({ "type": "string", "pattern": "^[0-9a-f]{48}$" })), query("limit", json!({ "type": "integer", "minimum": 1, "maximum": crate::limits::MAX_LIST_LIMIT })),
+                     query("action", json!({ "type": "string" })), query("actor", json!({ "type": "string" })),
+                     query("store", json!({ "type": "string" })), query("key", json!({ "type": "string" }))],
+                None,
+                ok(json!({ "type": "object", "required": ["entries"], "properties": {
+                    "entries": { "type": "array", "items": { "type": "object", "required": ["id", "at_ms", "actor", "action", "outcome"], "properties": {
+                        "id": { "type": "string" }, "at_ms": { "type": "integer" }, "actor": { "type": "string" }, "action": { "type": "string" },
+                        "store": { "type": "string" }, "key": { "type": "string" }, "outcome": { "type": "string" }, "details": {} } } },
+                    "next_cursor": { "type": "string", "nullable": true } } })),
+                &errs(&[("503", "storage unavailable")]))
+        },
         "/v1/webhooks/roblox": {
             "post": op("roblox_erasure_webhook", "Roblox's RightToErasureRequest notification, authenticated by its `roblox-signature` (HMAC-SHA256 of `t.body` with [roblox_erasure].secret, within 10 minutes), not by an API key; erases the user id in the stores configured for the games named; other events are acknowledged and ignored",
                 vec![json!({ "name": "roblox-signature", "in": "header", "required": true, "schema": { "type": "string" } })],

@@ -56,7 +56,46 @@ pub(crate) struct AppState {
     pub(crate) webhooks: Arc<Webhooks>,
 }
 
+/// What an audited action was done to.
+#[derive(Default)]
+pub(crate) struct Target<'a> {
+    pub(crate) store: Option<&'a str>,
+    pub(crate) key: Option<&'a str>,
+}
+
 impl AppState {
+    /// Records an administrative action and how it ended in the audit
+    /// trail (durably, beside the records) and answers `result` as it is.
+    /// A trail that cannot be written is logged; the action's answer
+    /// stands (it happened).
+    pub(crate) async fn audited<T>(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Target<'_>,
+        details: impl FnOnce(&T) -> Value,
+        result: Result<T>,
+    ) -> Result<T> {
+        let (outcome, details) = match &result {
+            Ok(v) => ("ok".to_owned(), details(v)),
+            Err(e) => (e.message.clone(), json!({ "code": e.code.as_str() })),
+        };
+        let entry = datastorer::AuditEntry {
+            id: String::new(),
+            at_ms: 0,
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            store: target.store.map(str::to_owned),
+            key: target.key.map(str::to_owned),
+            outcome,
+            details,
+        };
+        if let Err(e) = self.ds.audit(entry).await {
+            tracing::error!(target: "datastorer::audit", action, actor, error = %e, "the audit trail could not be written");
+        }
+        result
+    }
+
     /// Refuses session work once shutdown started: the engine is about to
     /// release every session, and a request admitted later would race it.
     pub(crate) fn admit(&self) -> Result<()> {

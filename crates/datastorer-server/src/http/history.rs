@@ -15,7 +15,7 @@ use super::fallback::resource;
 use crate::auth::Role;
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{check_key, parse, required_json};
-use crate::state::AppState;
+use crate::state::{AppState, Target};
 use datastorer::{parse_version_id, RestoreTarget, VersionOrder, VersionQuery, MAX_VERSIONS_PAGE};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -161,10 +161,10 @@ async fn restore(
             format!("handoff_ms is at most {}", MAX_HANDOFF.as_millis()),
         ));
     }
-    let restored = store.restore(key.as_str(), target, &body.keep, handoff).await?;
-    tracing::info!(
-        target: "datastorer::audit", action = "restore", api_key = %who.name, store = %store_name, key = %key,
-        from = %restored.from, holder = restored.holder, "key restored"
-    );
+    let result = store.restore(key.as_str(), target, &body.keep, handoff).await.map_err(ApiError::from);
+    let audit_target = Target { store: Some(&store_name), key: Some(&key) };
+    let keep = body.keep.clone();
+    let restored =
+        state.audited(&who.name, "restore", audit_target, |r| json!({ "restored": r, "keep": keep }), result).await?;
     Ok(HttpResponse::Ok().json(restored))
 }

@@ -19,7 +19,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::extract::{check_key, prefers_minimal, required_json};
 use crate::json::merge_patch;
 use crate::limits::MAX_LIST_LIMIT;
-use crate::state::{undeclared, AppState};
+use crate::state::{undeclared, AppState, Target};
 use datastorer::storage::RecordHeader;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -170,25 +170,42 @@ async fn delete_key(
     query: web::Query<ForceQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    state.auth(&req, Role::Admin)?;
+    let who = state.auth(&req, Role::Admin)?;
     let (store_name, key) = path.into_inner();
     let store = state.store(&store_name)?;
     check_key(&key)?;
-    if !query.force {
-        held_by_client(&state, &store_name, &key, |holder| {
+    let force = query.force;
+    let result = delete(&req, &state, &store, &store_name, &key, force).await;
+    let target = Target { store: Some(&store_name), key: Some(&key) };
+    let answer =
+        state.audited(&who.name, "delete", target, |v: &Value| json!({ "force": force, "answer": v }), result).await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// The delete itself, answered as its JSON.
+async fn delete(
+    req: &HttpRequest,
+    state: &AppState,
+    store: &datastorer::Store<Value>,
+    store_name: &str,
+    key: &str,
+    force: bool,
+) -> Result<Value> {
+    if !force {
+        held_by_client(state, store_name, key, |holder| {
             format!("the key is held by client {holder:?}; delete with ?force=true to end its session")
         })?;
     }
-    let expected = write_expectation(&req, &store, &key).await?;
-    let deleted = store.delete_if(key.as_str(), expected, query.force).await?;
+    let expected = write_expectation(req, store, key).await?;
+    let deleted = store.delete_if(key, expected, force).await?;
     if !deleted && expected == datastorer::Expect::Absent && req.headers().contains_key(IF_NONE_MATCH) {
         // `If-None-Match: *` on a key with no record: nothing to delete, as asked.
-        return Ok(HttpResponse::Ok().json(json!({ "deleted": false })));
+        return Ok(json!({ "deleted": false }));
     }
     if !deleted {
-        return Err(no_such_key(&store_name, &key));
+        return Err(no_such_key(store_name, key));
     }
-    Ok(HttpResponse::Ok().json(json!({ "deleted": true })))
+    Ok(json!({ "deleted": true }))
 }
 
 /// A one-shot update of a key nobody holds, under the request's conditions.

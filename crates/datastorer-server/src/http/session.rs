@@ -23,7 +23,7 @@ use crate::extract::{
 use crate::json::merge_patch;
 use crate::limits::MAX_GRACE_MS;
 use crate::sessions::{Claimant, Ending, LeaseGrant};
-use crate::state::AppState;
+use crate::state::{AppState, Target};
 use datastorer::{AcquirePolicy, Session};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -178,7 +178,21 @@ async fn open_session(
     req.extensions_mut().insert(AccessClient(holder.clone()));
     let grace = Duration::from_millis(grace_ms.unwrap_or(0));
     let claimant = Claimant { holder, api_key: who.name, resumable, grace };
-    let (grant, session, waited) = state.sessions.acquire(&store, &key, &claimant, user_ids, policy).await?;
+    let stealing = matches!(policy, AcquirePolicy::Steal);
+    let api_key = claimant.api_key.clone();
+    let acquired = state.sessions.acquire(&store, &key, &claimant, user_ids, policy).await;
+    // A steal ends another holder's session: it is audited like the
+    // administrative writes.
+    let acquired = match stealing {
+        true => {
+            let target = Target { store: Some(&store_name), key: Some(&key) };
+            let details =
+                |(g, _, _): &(crate::sessions::LeaseGrant, _, _)| json!({ "epoch": g.epoch, "holder": g.holder });
+            state.audited(&api_key, "forced_open", target, details, acquired).await
+        }
+        false => acquired,
+    };
+    let (grant, session, waited) = acquired?;
     if let Some(w) = waited {
         state.metrics.observe_lease_wait(w);
     }

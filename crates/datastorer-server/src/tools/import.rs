@@ -96,6 +96,17 @@ pub(crate) fn import(
     }
     let ops = records(backend, &lines, current, now)?;
     write_and_announce(backend, &ops)?;
+    let entry = datastorer::AuditEntry {
+        id: String::new(),
+        at_ms: 0,
+        actor: "cli".into(),
+        action: "import".into(),
+        store: None,
+        key: None,
+        outcome: "ok".into(),
+        details: serde_json::json!({ "records": lines.len(), "overwrite": overwrite, "force": force }),
+    };
+    entry.write_offline(backend, now).map_err(|e| format!("imported, but the audit trail was not written: {e}"))?;
     eprintln!("imported {} records", lines.len());
     Ok(())
 }
