@@ -84,24 +84,15 @@ pub(crate) async fn record(engine: &Engine, mut entry: AuditEntry) -> Result<Aud
 }
 
 impl AuditEntry {
-    /// Writes this entry straight to `backend` at `at_ms` and flushes it:
-    /// for an offline tool (an import), which runs with no engine.
-    pub fn write_offline(
-        mut self,
-        backend: &dyn crate::storage::Backend,
-        at_ms: u64,
-    ) -> Result<AuditEntry, crate::storage::StorageError> {
+    /// This entry, recorded at `at_ms`, as the write that stores it: for an
+    /// offline tool (an import), which writes with no engine running.
+    pub fn into_write(mut self, at_ms: u64) -> (AuditEntry, WriteOp) {
         let key = audit_key(at_ms, seahash::hash(self.actor.as_bytes()), SEQUENCE.fetch_add(1, Ordering::Relaxed));
         self.id = id_of(&key);
         self.at_ms = at_ms;
-        let value = serde_json::to_vec(&self)
-            .map_err(|e| crate::storage::StorageError::permanent(format!("audit entry: {e}")))?;
-        let op = WriteOp::new(StorageKey::from(key), Precondition::Absent, Some(value));
-        if let Some(Err(e)) = backend.write_batch(std::slice::from_ref(&op)).pop() {
-            return Err(e);
-        }
-        backend.flush()?;
-        Ok(self)
+        // A struct of strings, a number and a JSON value always serializes.
+        let value = serde_json::to_vec(&self).unwrap_or_default();
+        (self, WriteOp::new(StorageKey::from(key), Precondition::Absent, Some(value)))
     }
 }
 

@@ -52,6 +52,7 @@
 
 mod actors;
 mod audit;
+pub mod backup;
 mod clock;
 mod config;
 mod engine;
@@ -269,6 +270,27 @@ impl Datastorer {
         keep: impl Fn(&AuditEntry) -> bool,
     ) -> Result<(Vec<AuditEntry>, Option<String>), Error> {
         crate::audit::entries(&self.engine, after, limit, keep).await
+    }
+
+    /// Writes an online backup to `out`: every record, version, index entry
+    /// and meta value as of one instant (the backend's snapshot; writers
+    /// go on meanwhile), in the self-checking format of
+    /// [`backup`](crate::backup), restored with `backup::restore_backup`.
+    pub async fn backup(&self, out: impl std::io::Write + Send + 'static) -> Result<backup::BackupReport, Error> {
+        let backend = self.engine.backend.clone();
+        let taken_at_ms = self.engine.clock.now_ms();
+        let written = tokio::task::spawn_blocking(move || backup::write_backup(&*backend, taken_at_ms, out)).await;
+        let at = || KeyId::new("(backup)", "");
+        match written {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(source)) => Err(Error::Storage { at: at(), operation: "backup", attempts: 1, source }),
+            Err(e) => Err(Error::Storage {
+                at: at(),
+                operation: "backup",
+                attempts: 1,
+                source: StorageError::permanent(format!("the backup thread failed: {e}")),
+            }),
+        }
     }
 
     /// This instance's owner id (as written in leases).

@@ -463,6 +463,17 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
+    /// The map as of one instant: copied under its lock, handed out after.
+    fn snapshot(&self, sink: &mut crate::storage::SnapshotSink<'_>) -> Option<Result<u64, StorageError>> {
+        let copy: Vec<(Vec<u8>, Vec<u8>)> = lock(&self.map).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (k, v) in &copy {
+            if let Err(e) = sink(k, Some(v)) {
+                return Some(Err(StorageError::permanent(e)));
+            }
+        }
+        Some(Ok(copy.len() as u64))
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.delay_and_freeze(OpKind::Flush, None);
         self.flushes.fetch_add(1, Ordering::Relaxed);

@@ -568,6 +568,10 @@ pub struct Capabilities {
     pub indexes_records: bool,
 }
 
+/// Where [`Backend::snapshot`] hands each entry: `(key, Some(value))` for
+/// what is stored, `(key, None)` for a key absent at the snapshot's instant.
+pub type SnapshotSink<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<(), String> + 'a;
+
 /// What [`Backend::write_all`] did: every op, or none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllOrNothing {
@@ -667,6 +671,17 @@ pub trait Backend: Send + Sync + 'static {
     /// The backend's clock, when it has one that every process sharing it
     /// agrees on. `None`: the engine uses the local wall clock.
     fn clock(&self) -> Option<Arc<dyn BackendClock>> {
+        None
+    }
+
+    /// Hands every key and value to `sink` as of one instant, while writers
+    /// go on (an online backup): `(key, Some(value))` for what is stored;
+    /// a backend may follow up with later entries for the same key (`None`:
+    /// absent) that override earlier ones, as long as applying them in
+    /// order gives the state of one instant. Answers how many it handed
+    /// out. `None` (the default): this backend cannot.
+    fn snapshot(&self, sink: &mut SnapshotSink<'_>) -> Option<Result<u64, StorageError>> {
+        let _ = sink;
         None
     }
 

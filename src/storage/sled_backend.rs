@@ -57,6 +57,20 @@ pub struct SledBackend {
 #[derive(Default)]
 struct HeaderCache {
     headers: HashMap<Box<[u8]>, Option<RecordHeader>, foldhash::fast::RandomState>,
+    /// While a snapshot runs: every key written since it began (see
+    /// `Backend::snapshot`).
+    written_since_snapshot: Option<std::collections::HashSet<Vec<u8>>>,
+}
+
+impl HeaderCache {
+    /// Notes the keys `op` writes (its own and its companions') for a
+    /// snapshot under way.
+    fn note_written(&mut self, op: &WriteOp) {
+        if let Some(written) = self.written_since_snapshot.as_mut() {
+            written.insert(op.key.to_vec());
+            written.extend(super::history::companions(op).into_iter().map(|(k, _)| k));
+        }
+    }
 }
 
 impl HeaderCache {
@@ -389,11 +403,13 @@ impl Backend for SledBackend {
         };
         for &i in &applied {
             cache.set(&ops[i].key, ops[i].value.as_deref());
+            cache.note_written(&ops[i]);
         }
         for (i, e) in failed {
             // Forgotten, so that if sled did apply the write after all, the
             // next check reads what sled holds.
             cache.headers.remove(ops[i].key.as_bytes());
+            cache.note_written(&ops[i]);
             results[i] = Err(e);
         }
         results
@@ -417,11 +433,13 @@ impl Backend for SledBackend {
         if let Some((_, e)) = self.apply_as_one_batch(ops, &all).into_iter().next() {
             for op in ops {
                 cache.headers.remove(op.key.as_bytes());
+                cache.note_written(op);
             }
             return Some(Err(e));
         }
         for op in ops {
             cache.set(&op.key, op.value.as_deref());
+            cache.note_written(op);
         }
         Some(Ok(AllOrNothing::Applied))
     }
@@ -448,6 +466,42 @@ impl Backend for SledBackend {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush().map(|_| ()).map_err(|e| map_err("flush", e))
+    }
+
+    /// Writers are held only at the two ends: every write goes through
+    /// `write_lock`, so the keys written while the database is walked are
+    /// noted, and at the end (under the lock, writes held for the time of
+    /// reading those keys) their values are handed out again. Applied in
+    /// order, the entries give the database as of that end.
+    fn snapshot(&self, sink: &mut crate::storage::SnapshotSink<'_>) -> Option<Result<u64, StorageError>> {
+        let lock = || self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut cache = lock();
+            if cache.written_since_snapshot.is_some() {
+                return Some(Err(StorageError::transient("another snapshot of this database is under way")));
+            }
+            cache.written_since_snapshot = Some(Default::default());
+        }
+        let mut count = 0;
+        let walked = (|| {
+            for item in self.db.iter() {
+                let (k, v) = item.map_err(|e| map_err("snapshot", e))?;
+                sink(&k, Some(&v)).map_err(StorageError::permanent)?;
+                count += 1;
+            }
+            let mut cache = lock();
+            let written = cache.written_since_snapshot.take().unwrap_or_default();
+            for k in written {
+                let now = self.db.get(&k).map_err(|e| map_err("snapshot", e))?;
+                sink(&k, now.as_deref()).map_err(StorageError::permanent)?;
+                count += 1;
+            }
+            Ok(count)
+        })();
+        if walked.is_err() {
+            lock().written_since_snapshot = None;
+        }
+        Some(walked)
     }
 
     fn notices(&self) -> &NoticeBus {

@@ -85,6 +85,16 @@ enum Command {
         #[arg(long, env = "DATASTORER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Restore an online backup (`GET /v1/backup`) into an empty data
+    /// directory or database: checked whole first; every epoch is raised,
+    /// so no holder from before the restore can ever write.
+    RestoreBackup {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The backup file.
+        #[arg(long, short)]
+        input: PathBuf,
+    },
     /// Scan every record and report those that do not decode.
     Check {
         #[command(flatten)]
@@ -145,6 +155,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
             tools::import(&dir, input.as_deref(), overwrite, force, config.as_deref())
         }
         Command::Check { dir } => dir.open(false).and_then(|b| tools::check(&b)),
+        Command::RestoreBackup { dir, input } => dir.open(true).and_then(|b| tools::restore_backup(&b, &input)),
         Command::CopySledToPostgres { data_dir, database_url, postgres_schema, overwrite } => {
             tools::copy_sled_to_postgres(
                 &data_dir,

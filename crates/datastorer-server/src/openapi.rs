@@ -439,6 +439,17 @@ fn history_paths(common: &[(&'static str, &'static str)]) -> Value {
                 vec![user_id], None, ok(receipt.clone()),
                 &errs(&[("409", "a record kept moving under the erasure (`lease_lost`)"), ("422", "a tagged record is corrupt"), ("503", "storage unavailable or shutting down")]))
         },
+        "/v1/backup": {
+            "get": {
+                "operationId": "backup", "summary": "an online backup (admin): every record, version, index entry and meta value as of one instant, streamed while saves go on; restore it with `datastorer restore-backup`",
+                "parameters": [],
+                "responses": {
+                    "200": { "description": "the backup file", "content": { "application/octet-stream": { "schema": { "type": "string", "format": "binary" } } } },
+                    "401": err("missing or unknown API key"), "403": err("role too weak"), "429": err_for("429", "the API key's request budget is spent"),
+                    "503": err_for("503", "shutting down")
+                }
+            }
+        },
         "/v1/audit": {
             "get": op("audit_trail", "the audit trail (admin), oldest first: every administrative action (delete, restore, erase, import, forced_open) with who, when, what and how it ended; filter by action, actor, store and key; page with next_cursor",
                 vec![query("after", json!({ "type": "string", "pattern": "^[0-9a-f]{48}$" })), query("limit", json!({ "type": "integer", "minimum": 1, "maximum": crate::limits::MAX_LIST_LIMIT })),

@@ -1075,6 +1075,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/users/{user_id}", "delete"),
         ("/v1/webhooks/roblox", "post"),
         ("/v1/audit", "get"),
+        ("/v1/backup", "get"),
     ];
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {

@@ -415,6 +415,25 @@ impl Backend for PgBackend {
         self.call("scan", async move { inner.scan(shape, start_after, limit).await })
     }
 
+    /// One `REPEATABLE READ` transaction over records, meta values,
+    /// versions and the user-id index: consistent across every process
+    /// writing meanwhile.
+    fn snapshot(&self, sink: &mut crate::storage::SnapshotSink<'_>) -> Option<Result<u64, StorageError>> {
+        use crate::storage::history::{USER_INDEX_PREFIX, VERSIONS_PREFIX};
+        let mut count = 0u64;
+        let prefixes: [&[u8]; 4] = [crate::storage::RECORDS_PREFIX, b"m\0", VERSIONS_PREFIX, USER_INDEX_PREFIX];
+        let done = self.scan_snapshot_of(&prefixes, |k, v| {
+            count += 1;
+            // The index rows are keys only.
+            sink(k, Some(v))
+        });
+        Some(match done {
+            Ok(()) => Ok(count),
+            Err(read::SnapshotError::Storage(e)) => Err(e),
+            Err(read::SnapshotError::Stopped(m)) => Err(StorageError::permanent(m)),
+        })
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         if !self.inner.needs_barrier.load(Ordering::SeqCst) {
             return Ok(());

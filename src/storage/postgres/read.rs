@@ -82,7 +82,17 @@ impl Inner {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let after = start_after.as_deref().and_then(split_storage_key);
         let rows = match shape {
-            ScanShape::KeyVersions { .. } | ScanShape::StoreVersions(_) => {
+            ScanShape::AllUserKeys => {
+                let (u, s, k) = start_after.as_deref().and_then(split_user_index_key).unwrap_or_default();
+                let rows = client.query(&self.sql.all_user_keys, &[&u, &s, &k, &limit]).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let (u, s, k): (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                    out.push((user_index_key(&u, &s, &k), Vec::new()));
+                }
+                return Ok(out);
+            }
+            ScanShape::KeyVersions { .. } | ScanShape::StoreVersions(_) | ScanShape::AllVersions => {
                 return self.scan_versions(client, shape, start_after.as_deref(), limit).await;
             }
             ScanShape::User(user) => {
@@ -168,6 +178,13 @@ impl Inner {
                 };
                 client.query(&self.sql.versions_of_store, &[store, &k, &e, &r, &limit]).await?
             }
+            ScanShape::AllVersions => {
+                let (s, k, e, r) = match after {
+                    Some((s, k, id)) => (s, k, id.epoch as i64, id.revision as i64),
+                    None => (String::new(), String::new(), -1, -1),
+                };
+                client.query(&self.sql.all_versions, &[&s, &k, &e, &r, &limit]).await?
+            }
             _ => return Ok(Vec::new()),
         };
         let mut out = Vec::with_capacity(rows.len());
@@ -189,11 +206,24 @@ impl PgBackend {
     pub fn scan_snapshot<E>(
         &self,
         prefix: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<(), SnapshotError<E>> {
+        self.scan_snapshot_of(&[prefix], f)
+    }
+
+    /// [`PgBackend::scan_snapshot`] over several prefixes, all in the one
+    /// snapshot (a backup: records, meta values, versions, the index).
+    pub fn scan_snapshot_of<E>(
+        &self,
+        prefixes: &[&[u8]],
         mut f: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
     ) -> Result<(), SnapshotError<E>> {
-        let shape = ScanShape::parse(prefix).ok_or_else(|| {
-            SnapshotError::Storage(StorageError::permanent(format!("unsupported scan prefix {prefix:?}")))
-        })?;
+        let mut shapes = Vec::new();
+        for prefix in prefixes {
+            shapes.push(ScanShape::parse(prefix).ok_or_else(|| {
+                SnapshotError::Storage(StorageError::permanent(format!("unsupported scan prefix {prefix:?}")))
+            })?);
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<KeyValues, StorageError>>(2);
         let inner = self.inner.clone();
         self.runtime.spawn(async move {
@@ -208,21 +238,27 @@ impl PgBackend {
                 let _ = tx.send(Err(StorageError::transient(format!("cannot start the snapshot: {e}"))));
                 return;
             }
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let page = inner.scan_on(&client, &shape, after.clone(), 1000).await.map_err(|f| f.error);
-                let done = match &page {
-                    Ok(p) => {
-                        after = p.last().map(|(k, _)| k.clone());
-                        p.is_empty()
+            for shape in &shapes {
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let page = inner.scan_on(&client, shape, after.clone(), 1000).await.map_err(|f| f.error);
+                    let (done, failed) = match &page {
+                        Ok(p) => {
+                            after = p.last().map(|(k, _)| k.clone());
+                            (p.is_empty(), false)
+                        }
+                        Err(_) => (true, true),
+                    };
+                    // A receiver that hung up ends the export.
+                    if tx.send(page).is_err() || failed {
+                        return;
                     }
-                    Err(_) => true,
-                };
-                // A receiver that hung up ends the export.
-                if tx.send(page).is_err() || done {
-                    return;
+                    if done {
+                        break;
+                    }
                 }
             }
+            let _ = tx.send(Ok(Vec::new()));
         });
         for page in rx {
             for (k, v) in page.map_err(SnapshotError::Storage)? {

@@ -66,12 +66,22 @@ pub(super) enum ScanShape {
     StoreVersions(String),
     /// Every index entry of one user id (`u\0{user}\0`).
     User(String),
+    /// Every version of every store (`h\0`), for a snapshot.
+    AllVersions,
+    /// Every user-index entry (`u\0`), for a snapshot.
+    AllUserKeys,
 }
 
 impl ScanShape {
     pub(super) fn parse(prefix: &[u8]) -> Option<ScanShape> {
         if prefix.starts_with(b"m\0") {
             return Some(ScanShape::Meta(prefix.to_vec()));
+        }
+        if prefix == VERSIONS_PREFIX {
+            return Some(ScanShape::AllVersions);
+        }
+        if prefix == USER_INDEX_PREFIX {
+            return Some(ScanShape::AllUserKeys);
         }
         if let Some(rest) = prefix.strip_prefix(VERSIONS_PREFIX) {
             let rest = std::str::from_utf8(rest).ok()?.strip_suffix('\0')?;
@@ -192,6 +202,8 @@ pub(super) struct Statements {
     pub user_key_put: String,
     pub user_key_delete: String,
     pub user_keys: String,
+    pub all_versions: String,
+    pub all_user_keys: String,
 }
 
 /// The unnest that turns one batch's parameter arrays into rows. Shared by
@@ -382,6 +394,15 @@ impl Statements {
                 "SELECT store, key, epoch, revision, value FROM {s}.versions
                   WHERE store = $1 AND (key, epoch, revision) > ($2, $3, $4)
                   ORDER BY key, epoch, revision LIMIT $5"
+            ),
+            all_versions: format!(
+                "SELECT store, key, epoch, revision, value FROM {s}.versions
+                  WHERE (store, key, epoch, revision) > ($1, $2, $3, $4)
+                  ORDER BY store, key, epoch, revision LIMIT $5"
+            ),
+            all_user_keys: format!(
+                "SELECT user_id, store, key FROM {s}.user_keys WHERE (user_id, store, key) > ($1, $2, $3)
+                  ORDER BY user_id, store, key LIMIT $4"
             ),
             user_key_get: format!("SELECT 1 FROM {s}.user_keys WHERE user_id = $1 AND store = $2 AND key = $3"),
             user_key_put: format!("INSERT INTO {s}.user_keys (user_id, store, key) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"),

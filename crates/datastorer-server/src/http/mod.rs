@@ -7,6 +7,7 @@
 //! Owns: the route table. Must not: hold handler logic; each group's
 //! handlers live in its module, and only `app` imports this one.
 
+mod backup;
 mod batch;
 mod changes;
 mod fallback;
@@ -30,6 +31,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     records::configure(cfg);
     history::configure(cfg);
     users::configure(cfg);
+    backup::configure(cfg);
     messages::configure(cfg);
     changes::configure(cfg);
     batch::configure(cfg);

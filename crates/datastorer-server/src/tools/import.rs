@@ -106,7 +106,13 @@ pub(crate) fn import(
         outcome: "ok".into(),
         details: serde_json::json!({ "records": lines.len(), "overwrite": overwrite, "force": force }),
     };
-    entry.write_offline(backend, now).map_err(|e| format!("imported, but the audit trail was not written: {e}"))?;
+    let (_, op) = entry.into_write(now);
+    let audited = match backend.write_batch(std::slice::from_ref(&op)).pop() {
+        Some(Ok(_)) => backend.flush(),
+        Some(Err(e)) => Err(e),
+        None => Ok(()),
+    };
+    audited.map_err(|e| format!("imported, but the audit trail was not written: {e}"))?;
     eprintln!("imported {} records", lines.len());
     Ok(())
 }

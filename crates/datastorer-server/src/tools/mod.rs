@@ -13,6 +13,7 @@ mod export;
 mod history;
 mod import;
 mod inspect;
+mod restore_backup;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ pub(crate) use export::export;
 pub(crate) use history::{history, Which};
 pub(crate) use import::import;
 pub(crate) use inspect::inspect;
+pub(crate) use restore_backup::restore_backup;
 
 /// Where records live, for the tools (the flags `serve` shares).
 #[derive(Debug, clap::Args)]
