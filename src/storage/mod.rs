@@ -725,6 +725,14 @@ pub fn audit_key(at_ms: u64, writer: u64, sequence: u64) -> Vec<u8> {
     k
 }
 
+/// The meta key of `store`'s point-in-time restore under way (its target
+/// time and how far it got), so that running it again resumes it.
+pub fn store_restore_key(store: &str) -> Vec<u8> {
+    let mut k = b"m\0store_restore\0".to_vec();
+    k.extend_from_slice(store.as_bytes());
+    k
+}
+
 /// Where a process keeps the owner id it runs under, beside the records
 /// (sled only: a restarted server on the same directory is the same owner).
 pub const OWNER_ID_KEY: &[u8] = b"m\0owner_id";

@@ -44,6 +44,7 @@ pub(crate) mod history;
 pub(crate) mod inbox;
 mod one_shot;
 mod open;
+mod point_in_time;
 pub(crate) mod read_cache;
 mod spec;
 
@@ -52,6 +53,7 @@ pub use history::{
     VersionQuery, MAX_VERSIONS_PAGE,
 };
 pub use one_shot::Updated;
+pub use point_in_time::{KeyChange, StoreRestoreReport, MAX_LISTED_CHANGES};
 pub use spec::{
     validate_key, validate_store_name, validate_user_store_name, Key, StoreSpec, INBOX_SUFFIX, MAX_KEY_LEN,
     MAX_STORE_NAME_LEN,

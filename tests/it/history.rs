@@ -223,3 +223,74 @@ async fn pruning_keeps_the_window_the_last_of_each_hour_and_the_newest_n() {
     // The newest version is still the current record.
     assert_eq!(after.last().unwrap().id(), cluster.stored_header("p", "a").unwrap());
 }
+
+fn coins(cluster: &Cluster, key: &str) -> Option<Value> {
+    cluster.stored("p", key).map(|r| serde_json::from_slice::<Value>(&r.data).unwrap()["coins"].clone())
+}
+
+#[actix_rt::test]
+async fn a_store_goes_back_to_a_point_in_time_lists_it_dry_resumes_and_undoes() {
+    use datastorer::storage::storage_key;
+    use datastorer::testing::{ErrorKind, OpKind};
+    tokio::time::pause();
+    let cluster = Cluster::start(1).await;
+    let store = cluster.node(0).store("p", spec()).unwrap();
+    for (key, n) in [("a", 1), ("b", 2), ("c", 3), ("e", 5)] {
+        store.update_unleased(key, Expect::Anything, move |d| d["coins"] = json!(n)).await.unwrap();
+    }
+    cluster.advance(Duration::from_secs(60)).await;
+    let t = cluster.node(0).now_ms();
+    cluster.advance(Duration::from_secs(60)).await;
+    // After T: a changes (and is held, with an unsaved change), b is
+    // deleted, d is created, e changes; c stays.
+    let held = store.open("a").await.unwrap();
+    held.update(|d| d["coins"] = json!(10)).await.unwrap();
+    held.save(Priority::Normal).await.unwrap();
+    held.update(|d| d["coins"] = json!(11)).await.unwrap();
+    store.delete("b", false).await.unwrap();
+    store.update_unleased("d", Expect::Anything, |d| d["coins"] = json!(4)).await.unwrap();
+    store.update_unleased("e", Expect::Anything, |d| d["coins"] = json!(50)).await.unwrap();
+    cluster.advance(Duration::from_secs(60)).await;
+
+    let dry = store.restore_to(t, true, Duration::from_secs(5)).await.unwrap();
+    let listed: Vec<(&str, &str)> = dry.changes.iter().map(|c| (c.key.as_str(), c.action)).collect();
+    assert_eq!(listed, vec![("a", "restore"), ("b", "restore"), ("d", "delete"), ("e", "restore")]);
+    assert_eq!((dry.unchanged, dry.keys), (1, 5));
+    assert_eq!(coins(&cluster, "d"), Some(json!(4)), "a dry run writes nothing");
+    assert!(held.read(|d| d["coins"].clone()).await.is_ok(), "the holder is untouched by a dry run");
+
+    // Interrupted half-way (e's write fails for good), then run again.
+    let e_key = storage_key("p", "e");
+    cluster.backend().fail_next(OpKind::Write, Some(&e_key), 100, ErrorKind::Permanent);
+    assert!(store.restore_to(t, false, Duration::from_secs(5)).await.is_err());
+    cluster.backend().clear_faults();
+    assert_eq!(held.closed().await, CloseReason::Restored);
+    let a_versions = store.versions("a", &VersionQuery::default()).await.unwrap().versions.len();
+    let done = store.restore_to(t, false, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(done.resumed_after.as_deref(), Some("d"), "resumed after the last key done");
+    assert_eq!((done.restored, done.deleted), (1, 0), "only e was left: {done:?}");
+    assert_eq!(
+        store.versions("a", &VersionQuery::default()).await.unwrap().versions.len(),
+        a_versions,
+        "a was not done twice"
+    );
+    for (key, n) in [("a", 1), ("b", 2), ("c", 3), ("e", 5)] {
+        assert_eq!(coins(&cluster, key), Some(json!(n)), "{key} as at T");
+    }
+    assert!(cluster.stored("p", "d").is_none(), "created after T: deleted (a tombstone kept)");
+    // Nothing left to do.
+    let again = store.restore_to(t, false, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((again.restored, again.deleted, again.resumed_after.clone()), (0, 0, None));
+
+    // Undone by restoring to just before it began.
+    cluster.advance(Duration::from_secs(60)).await;
+    assert_eq!(done.undo_at_ms, dry.undo_at_ms, "the resumed run is the same restore");
+    let undo = store.restore_to(done.undo_at_ms, false, Duration::from_secs(5)).await.unwrap();
+    assert!(undo.restored >= 3, "{undo:?}");
+    // The holder's unsaved 11 was saved by its hand-over, after the
+    // restore began: what stood before it is its last save.
+    assert_eq!(coins(&cluster, "a"), Some(json!(10)));
+    assert_eq!(coins(&cluster, "d"), Some(json!(4)));
+    assert_eq!(coins(&cluster, "e"), Some(json!(50)));
+    assert!(cluster.stored("p", "b").is_none());
+}

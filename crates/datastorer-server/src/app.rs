@@ -211,17 +211,23 @@ fn declare_stores(
 ) -> Result<HashMap<String, datastorer::Store<serde_json::Value>>, String> {
     let mut stores = HashMap::new();
     for (name, decl) in &config.stores {
-        let retention = decl.retention().map_err(|e| format!("store {name:?}: {e}"))?;
-        let mut spec = StoreSpec::new(decl.template.clone())
-            .metadata_template(decl.metadata_template.clone())
-            .retention(retention)
-            .erase(decl.erase.mode());
-        for step in &decl.migrations {
-            spec = spec.migration(step.to_migration());
-        }
+        let spec = store_spec(decl).map_err(|e| format!("store {name:?}: {e}"))?;
         stores.insert(name.clone(), ds.store(name, spec).map_err(|e| e.to_string())?);
     }
     Ok(stores)
+}
+
+/// The engine's spec of a declared store (the server and the tools that
+/// run an engine alike).
+pub(crate) fn store_spec(decl: &crate::config::StoreDecl) -> Result<StoreSpec<serde_json::Value>, String> {
+    let mut spec = StoreSpec::new(decl.template.clone())
+        .metadata_template(decl.metadata_template.clone())
+        .retention(decl.retention()?)
+        .erase(decl.erase.mode());
+    for step in &decl.migrations {
+        spec = spec.migration(step.to_migration());
+    }
+    Ok(spec)
 }
 
 /// Saves and ends client sessions whose clients went silent, forever.

@@ -95,6 +95,26 @@ enum Command {
         #[arg(long, short)]
         input: PathBuf,
     },
+    /// Restore a whole store to a point in time (or, with --dry-run, list
+    /// what would change), running the engine here: on a stopped sled
+    /// directory, or on PostgreSQL while servers run (their holders hand
+    /// the keys over). Run again after an interruption, it resumes.
+    RestoreStore {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The store.
+        #[arg(long)]
+        store: String,
+        /// The point in time, in ms since the Unix epoch.
+        #[arg(long)]
+        at_ms: u64,
+        /// Only list what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// The server's config file, for the store's migrations.
+        #[arg(long, env = "DATASTORER_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Scan every record and report those that do not decode.
     Check {
         #[command(flatten)]
@@ -155,6 +175,9 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
             tools::import(&dir, input.as_deref(), overwrite, force, config.as_deref())
         }
         Command::Check { dir } => dir.open(false).and_then(|b| tools::check(&b)),
+        Command::RestoreStore { dir, store, at_ms, dry_run, config } => {
+            dir.open(false).and_then(|b| tools::restore_store(b, &store, at_ms, dry_run, config.as_deref()))
+        }
         Command::RestoreBackup { dir, input } => dir.open(true).and_then(|b| tools::restore_backup(&b, &input)),
         Command::CopySledToPostgres { data_dir, database_url, postgres_schema, overwrite } => {
             tools::copy_sled_to_postgres(

@@ -663,6 +663,13 @@ pub(crate) fn store_data_versions(path: &Path) -> Result<BTreeMap<String, usize>
     Ok(config.stores.iter().map(|(name, decl)| (name.clone(), decl.migrations.len())).collect())
 }
 
+/// The stores the config file at `path` declares, checked as the server
+/// checks them.
+pub(crate) fn store_decls(path: &Path) -> Result<BTreeMap<String, StoreDecl>, ConfigError> {
+    let o = Settings { config: Some(path.to_owned()), ..Settings::default() };
+    Ok(ServerConfig::load(&o)?.stores)
+}
+
 fn read_file(path: &Path) -> Result<Settings, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("{}: cannot read the config file: {e}", path.display())))?;

@@ -470,6 +470,20 @@ fn history_paths(common: &[(&'static str, &'static str)]) -> Value {
                 ok(json!({ "type": "object" })),
                 &[("400", "not a Roblox notification"), ("401", "missing, stale or wrong signature (`bad_signature`)"), ("404", "no [roblox_erasure] configured"), ("409", "a record kept moving under the erasure"), ("422", "a tagged record is corrupt"), ("503", "storage unavailable or shutting down")])
         },
+        "/v1/stores/{store}/restore": {
+            "post": op("restore_store", "restore a whole store to at_ms (admin): keys whose version then differs get it as a new revision (holders hand over or are fenced), keys created after it are deleted, keys with no history are left alone; dry_run lists the changes only; a run interrupted and run again resumes; restoring to the answer's undo_at_ms undoes it",
+                vec![store.clone()],
+                Some(body(json!({ "type": "object", "required": ["at_ms"], "additionalProperties": false, "properties": {
+                    "at_ms": millis.clone(), "dry_run": { "type": "boolean" },
+                    "handoff_ms": { "type": "integer", "minimum": 0, "maximum": 60000 } } }), &["application/json"], true)),
+                ok(json!({ "type": "object", "required": ["at_ms", "dry_run", "changes", "undo_at_ms"], "properties": {
+                    "at_ms": { "type": "integer" }, "dry_run": { "type": "boolean" }, "keys": { "type": "integer" },
+                    "restored": { "type": "integer" }, "deleted": { "type": "integer" }, "unchanged": { "type": "integer" },
+                    "unknown": { "type": "integer" }, "holders_ended": { "type": "integer" },
+                    "changes": { "type": "array", "items": { "type": "object" } },
+                    "resumed_after": { "type": "string", "nullable": true }, "undo_at_ms": { "type": "integer" } } })),
+                &errs(&[("404", "unknown store (strict stores)"), ("409", "a key kept moving under the restore (`lease_lost`); run it again to resume"), ("413", "a restored document is too large"), ("415", "wrong content type"), ("422", "a version does not migrate"), ("503", "storage unavailable or shutting down")]))
+        },
         "/v1/stores/{store}/keys/{key}/restore": {
             "post": op("restore_key", "restore the key to a version or a time (admin): the holder saves and hands the key over (its session ends with `restored`) or, silent past handoff_ms, is fenced; the restore is a new revision under a new epoch; `keep` names JSON pointers of the current document to carry over",
                 vec![store, key],

@@ -154,3 +154,97 @@ async fn a_restore_through_one_server_process_fences_a_holder_in_another_on_post
     let (_, page) = call(&c, &admin, Method::GET, &format!("{k}/versions"), None, None).await;
     assert_eq!(page["versions"][1]["size"], json!(br#"{"coins":7}"#.len()), "the holder's last change kept: {page}");
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A store restore killed with `kill -9` half-way and run again: it resumes
+/// after the last key done, ends with every key as it was at T, and no key
+/// is restored twice (each gets exactly one new version from it).
+#[tokio::test]
+async fn a_store_restore_killed_half_way_resumes_and_does_nothing_twice() {
+    const KEYS: usize = 400;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::process(tmp.path(), &["--access-log", "false"]);
+    let c = Client::new();
+    let put = |s: &Server, key: String, n: usize| {
+        let req = c.put(s.url(&key_url("pit", &key))).json(&json!({ "n": n }));
+        async move { assert_eq!(req.send().await.unwrap().status(), StatusCode::OK) }
+    };
+    for i in 0..KEYS {
+        put(&s, format!("k{i:03}"), 1).await;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let t = now_ms();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    for i in 0..KEYS {
+        put(&s, format!("k{i:03}"), 2).await;
+    }
+    let versions_before = |v: &Value| v["versions"].as_array().map_or(0, Vec::len);
+    let (_, first) = call(&c, &s, Method::GET, &format!("{}/versions", key_url("pit", "k000")), None, None).await;
+    let before = versions_before(&first);
+
+    let url = s.url("/v1/stores/pit/restore");
+    let running = tokio::spawn(c.post(url).json(&json!({ "at_ms": t })).send());
+    // Killed once the restore is under way.
+    loop {
+        let (_, v) = call(&c, &s, Method::GET, &key_url("pit", "k002"), None, None).await;
+        if v["data"]["n"] == json!(1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    s.kill();
+    assert!(running.await.unwrap().is_err(), "the request died with the server");
+
+    let s = Server::process(tmp.path(), &["--access-log", "false"]);
+    let (st, report) = call(&c, &s, Method::POST, "/v1/stores/pit/restore", None, Some(json!({ "at_ms": t }))).await;
+    assert_eq!(st, StatusCode::OK, "{report}");
+    let resumed = report["resumed_after"].as_str().expect("resumed after the last key done").to_owned();
+    assert!(report["restored"].as_u64().unwrap() < KEYS as u64, "{report}");
+    for i in 0..KEYS {
+        let key = format!("k{i:03}");
+        let (_, v) = call(&c, &s, Method::GET, &key_url("pit", &key), None, None).await;
+        assert_eq!(v["data"]["n"], json!(1), "{key} as at T");
+        let (_, page) = call(&c, &s, Method::GET, &format!("{}/versions", key_url("pit", &key)), None, None).await;
+        assert_eq!(versions_before(&page), before + 1, "{key} restored exactly once (resumed after {resumed})");
+    }
+    let (_, again) =
+        call(&c, &s, Method::POST, "/v1/stores/pit/restore", None, Some(json!({ "at_ms": t, "dry_run": true }))).await;
+    assert_eq!(again["changes"], json!([]), "nothing left to do");
+    let (_, trail) = call(&c, &s, Method::GET, "/v1/audit?action=store_restore", None, None).await;
+    assert_eq!(trail["entries"][0]["outcome"], "ok", "{trail}");
+}
+
+#[tokio::test]
+async fn the_cli_restores_a_stopped_servers_store_and_lists_it_dry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::process(tmp.path(), &["--access-log", "false"]);
+    let c = Client::new();
+    let k = key_url("pit", "only");
+    assert_eq!(c.put(s.url(&k)).json(&json!({"n": 1})).send().await.unwrap().status(), StatusCode::OK);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let t = now_ms();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_eq!(c.put(s.url(&k)).json(&json!({"n": 2})).send().await.unwrap().status(), StatusCode::OK);
+    assert!(s.stop().success());
+    let data = tmp.path().join("data");
+    let run = |dry: bool| {
+        let mut cmd = std::process::Command::new(common::server::BIN);
+        cmd.args(["restore-store", "--data-dir", data.to_str().unwrap(), "--store", "pit", "--at-ms", &t.to_string()]);
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        cmd.output().unwrap()
+    };
+    let dry = run(true);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let listed: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(listed["changes"], json!([{"key": "only", "action": "restore", "to": listed["changes"][0]["to"]}]));
+    let done = run(false);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let s = Server::process(tmp.path(), &["--access-log", "false"]);
+    let (_, v) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(v["data"]["n"], json!(1));
+}

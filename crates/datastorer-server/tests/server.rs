@@ -1076,6 +1076,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/webhooks/roblox", "post"),
         ("/v1/audit", "get"),
         ("/v1/backup", "get"),
+        ("/v1/stores/{store}/restore", "post"),
     ];
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {

@@ -29,7 +29,53 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/stores/{store}/keys/{key}/versions").route(web::get().to(list_versions)))
         .service(resource("/v1/stores/{store}/keys/{key}/versions/at").route(web::get().to(version_at)))
         .service(resource("/v1/stores/{store}/keys/{key}/versions/{version}").route(web::get().to(one_version)))
-        .service(resource("/v1/stores/{store}/keys/{key}/restore").route(web::post().to(restore)));
+        .service(resource("/v1/stores/{store}/keys/{key}/restore").route(web::post().to(restore)))
+        .service(resource("/v1/stores/{store}/restore").route(web::post().to(restore_store)));
+}
+
+/// The body of a store restore.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreRestoreBody {
+    at_ms: u64,
+    #[serde(default)]
+    dry_run: bool,
+    handoff_ms: Option<u64>,
+}
+
+/// `POST /v1/stores/{store}/restore` (admin): the whole store back to
+/// `at_ms`, or with `dry_run` the list of what would change. Run again
+/// after an interruption, it resumes; restoring to its `undo_at_ms` undoes it.
+async fn restore_store(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.admit()?;
+    let who = state.auth(&req, Role::Admin)?;
+    let store_name = path.into_inner();
+    let store = state.store(&store_name)?;
+    let body: StoreRestoreBody =
+        parse(required_json(&req, payload, &state, &["application/json"], "a store restore (at_ms)").await?)?;
+    let handoff = Duration::from_millis(body.handoff_ms.unwrap_or(10_000));
+    if handoff > MAX_HANDOFF {
+        return Err(ApiError::new(
+            ErrorCode::BadRequestBody,
+            format!("handoff_ms is at most {}", MAX_HANDOFF.as_millis()),
+        ));
+    }
+    let result = store.restore_to(body.at_ms, body.dry_run, handoff).await.map_err(ApiError::from);
+    if body.dry_run {
+        return Ok(HttpResponse::Ok().json(result?));
+    }
+    let target = Target { store: Some(&store_name), key: None };
+    let details = |r: &datastorer::StoreRestoreReport| {
+        json!({ "at_ms": r.at_ms, "restored": r.restored, "deleted": r.deleted, "unknown": r.unknown,
+                "resumed_after": r.resumed_after, "undo_at_ms": r.undo_at_ms })
+    };
+    let report = state.audited(&who.name, "store_restore", target, details, result).await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 fn bad_version(text: &str) -> ApiError {

@@ -14,6 +14,7 @@ mod history;
 mod import;
 mod inspect;
 mod restore_backup;
+mod restore_store;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ pub(crate) use history::{history, Which};
 pub(crate) use import::import;
 pub(crate) use inspect::inspect;
 pub(crate) use restore_backup::restore_backup;
+pub(crate) use restore_store::restore_store;
 
 /// Where records live, for the tools (the flags `serve` shares).
 #[derive(Debug, clap::Args)]
@@ -57,6 +59,14 @@ pub(crate) enum Opened {
 }
 
 impl Opened {
+    /// The backend, shared, for a tool that runs an engine on it.
+    fn into_backend(self) -> std::sync::Arc<dyn Backend> {
+        match self {
+            Opened::Sled(b) => std::sync::Arc::new(*b),
+            Opened::Postgres(b) => std::sync::Arc::new(*b),
+        }
+    }
+
     fn backend(&self) -> &dyn Backend {
         match self {
             Opened::Sled(b) => &**b,
