@@ -40,6 +40,7 @@ pub use crate::types::Document;
 pub use crate::types::EraseMode;
 use crate::types::{AcquirePolicy, CloseReason, Priority};
 mod admin;
+mod bulk_migration;
 pub(crate) mod history;
 pub(crate) mod inbox;
 mod one_shot;
@@ -48,6 +49,7 @@ mod point_in_time;
 pub(crate) mod read_cache;
 mod spec;
 
+pub use bulk_migration::{MigrationFailure, MigrationReport};
 pub use history::{
     parse_version_id, version_id_text, RestoreTarget, Restored, Version, VersionInfo, VersionOrder, VersionPage,
     VersionQuery, MAX_VERSIONS_PAGE,

@@ -208,3 +208,56 @@ async fn after_load_runs_once_loaded_and_its_changes_are_saved() {
     assert!(rec.lease.is_none(), "lease cleared before the failed open returned");
     assert!(!bad.is_loaded("x"));
 }
+
+/// Bulk migration: every record nobody holds is brought to the newest
+/// data version (conditional on what it read), a held one is left to its
+/// holder, a record whose migration fails is reported and kept, and a
+/// second run does only what is left.
+#[actix_rt::test]
+async fn a_bulk_migration_brings_every_record_to_the_newest_version_and_runs_again_idempotently() {
+    use datastorer::testing::Cluster;
+    let cluster = Cluster::start(2).await;
+    let old = cluster.node(0).store("bulk", StoreSpec::new(json!({"coins": 0}))).unwrap();
+    for (i, coins) in [1, 2, 3, -1].iter().enumerate() {
+        old.update_unleased(format!("k{i}"), datastorer::Expect::Anything, move |d| d["coins"] = json!(coins))
+            .await
+            .unwrap();
+    }
+    let step = Migration::new("coins to gold", |mut d: Value| {
+        let coins = d["coins"].as_i64().ok_or("no coins")?;
+        if coins < 0 {
+            return Err("negative coins cannot become gold".to_owned());
+        }
+        d["gold"] = json!(coins * 10);
+        Ok(d)
+    });
+    let new = cluster.node(1).store("bulk", StoreSpec::new(json!({"coins": 0, "gold": 0})).migration(step)).unwrap();
+    // k1 is held by a server still on the old code: left to it.
+    let held = old.open("k1").await.unwrap();
+    // k0 was opened once on the new code: its open wrote it migrated.
+    new.open("k0").await.unwrap().release(Priority::Normal).await.unwrap();
+
+    let report = new.migrate_all().await.unwrap();
+    assert_eq!(report.to_version, 1);
+    assert_eq!(
+        (report.examined, report.migrated, report.current, report.held, report.failed),
+        (4, 1, 1, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.failures[0].key, "k3");
+    assert!(report.failures[0].error.contains("negative"), "{:?}", report.failures);
+    for (key, gold) in [("k0", 10), ("k2", 30)] {
+        let rec = cluster.stored("bulk", key).unwrap();
+        assert_eq!(rec.data_version, 1, "{key} migrated");
+        assert_eq!(serde_json::from_slice::<Value>(&rec.data).unwrap()["gold"], json!(gold));
+        assert!(rec.lease.is_none(), "{key}: the lease given back");
+    }
+    assert_eq!(cluster.stored("bulk", "k3").unwrap().data_version, 0, "a failed record is kept as it is");
+
+    // Again, after the holder let go: only what is left.
+    held.release(Priority::Normal).await.unwrap();
+    let again = new.migrate_all().await.unwrap();
+    assert_eq!((again.migrated, again.current, again.held, again.failed), (1, 2, 0, 1), "{again:?}");
+    let third = new.migrate_all().await.unwrap();
+    assert_eq!((third.migrated, third.current), (0, 3), "idempotent");
+}

@@ -115,6 +115,19 @@ enum Command {
         #[arg(long, env = "DATASTORER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Bring every record of a store to its newest data version with the
+    /// migrations the config file declares (online on PostgreSQL; keys a
+    /// session holds are left to it). Run again, it does what is left.
+    MigrateStore {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The store.
+        #[arg(long)]
+        store: String,
+        /// The server's config file (the store's migrations).
+        #[arg(long, env = "DATASTORER_CONFIG")]
+        config: PathBuf,
+    },
     /// Scan every record and report those that do not decode.
     Check {
         #[command(flatten)]
@@ -177,6 +190,9 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         Command::Check { dir } => dir.open(false).and_then(|b| tools::check(&b)),
         Command::RestoreStore { dir, store, at_ms, dry_run, config } => {
             dir.open(false).and_then(|b| tools::restore_store(b, &store, at_ms, dry_run, config.as_deref()))
+        }
+        Command::MigrateStore { dir, store, config } => {
+            dir.open(false).and_then(|b| tools::migrate_store(b, &store, &config))
         }
         Command::RestoreBackup { dir, input } => dir.open(true).and_then(|b| tools::restore_backup(&b, &input)),
         Command::CopySledToPostgres { data_dir, database_url, postgres_schema, overwrite } => {

@@ -470,6 +470,15 @@ fn history_paths(common: &[(&'static str, &'static str)]) -> Value {
                 ok(json!({ "type": "object" })),
                 &[("400", "not a Roblox notification"), ("401", "missing, stale or wrong signature (`bad_signature`)"), ("404", "no [roblox_erasure] configured"), ("409", "a record kept moving under the erasure"), ("422", "a tagged record is corrupt"), ("503", "storage unavailable or shutting down")])
         },
+        "/v1/stores/{store}/migrate": {
+            "post": op("migrate_store", "bring every record of the store to its newest data version (admin): each key nobody holds is migrated through a one-shot update conditional on what was read; keys a session holds are left to their holder; failures are listed and kept; run again, it does what is left",
+                vec![store.clone()], None,
+                ok(json!({ "type": "object", "required": ["to_version", "examined", "migrated", "current", "held", "failed", "failures"], "properties": {
+                    "to_version": { "type": "integer" }, "examined": { "type": "integer" }, "migrated": { "type": "integer" },
+                    "current": { "type": "integer" }, "held": { "type": "integer" }, "failed": { "type": "integer" },
+                    "failures": { "type": "array", "items": { "type": "object", "properties": { "key": { "type": "string" }, "error": { "type": "string" } } } } } })),
+                &errs(&[("404", "unknown store (strict stores)"), ("503", "storage unavailable or shutting down")]))
+        },
         "/v1/stores/{store}/restore": {
             "post": op("restore_store", "restore a whole store to at_ms (admin): keys whose version then differs get it as a new revision (holders hand over or are fenced), keys created after it are deleted, keys with no history are left alone; dry_run lists the changes only; a run interrupted and run again resumes; restoring to the answer's undo_at_ms undoes it",
                 vec![store.clone()],

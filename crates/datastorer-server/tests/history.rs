@@ -248,3 +248,45 @@ async fn the_cli_restores_a_stopped_servers_store_and_lists_it_dry() {
     let (_, v) = call(&c, &s, Method::GET, &k, None, None).await;
     assert_eq!(v["data"]["n"], json!(1));
 }
+
+/// A new migration deployed: `POST /v1/stores/{store}/migrate` brings the
+/// records written before it to the new data version (the one a client
+/// holds is left to it), and `datastorer migrate-store` does the rest on
+/// the stopped server's directory.
+#[tokio::test]
+async fn a_bulk_migration_over_http_and_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::process(tmp.path(), &["--access-log", "false"]);
+    let c = Client::new();
+    for key in ["a", "b", "c"] {
+        let r = c.put(s.url(&key_url("mig", key))).json(&json!({"gold": 5})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert!(s.stop().success());
+    let config = tmp.path().join("datastorer.toml");
+    std::fs::write(&config, "[stores.mig]\nmigrations = [{ op = \"rename\", from = \"gold\", to = \"coins\" }]\n")
+        .unwrap();
+    let mut s = Server::process(tmp.path(), &["--access-log", "false", "--config", config.to_str().unwrap()]);
+    let (st, v) = open(&c, &s, "mig", "c", json!({"client_id": "game-1"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, report) = call(&c, &s, Method::POST, "/v1/stores/mig/migrate", None, None).await;
+    assert_eq!(st, StatusCode::OK, "{report}");
+    assert_eq!(
+        (report["to_version"].clone(), report["migrated"].clone(), report["current"].clone()),
+        (json!(1), json!(2), json!(1)),
+        "{report}"
+    );
+    let (_, a) = call(&c, &s, Method::GET, &key_url("mig", "a"), None, None).await;
+    assert_eq!((a["data"].clone(), a["data_version"].clone()), (json!({"coins": 5}), json!(1)));
+    let (_, again) = call(&c, &s, Method::POST, "/v1/stores/mig/migrate", None, None).await;
+    assert_eq!((again["migrated"].clone(), again["current"].clone()), (json!(0), json!(3)), "idempotent: {again}");
+    assert!(s.stop().success());
+    let out = std::process::Command::new(common::server::BIN)
+        .args(["migrate-store", "--data-dir", tmp.path().join("data").to_str().unwrap(), "--store", "mig"])
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((cli["examined"].clone(), cli["current"].clone()), (json!(3), json!(3)), "{cli}");
+}

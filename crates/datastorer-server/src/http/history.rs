@@ -30,7 +30,22 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/stores/{store}/keys/{key}/versions/at").route(web::get().to(version_at)))
         .service(resource("/v1/stores/{store}/keys/{key}/versions/{version}").route(web::get().to(one_version)))
         .service(resource("/v1/stores/{store}/keys/{key}/restore").route(web::post().to(restore)))
-        .service(resource("/v1/stores/{store}/restore").route(web::post().to(restore_store)));
+        .service(resource("/v1/stores/{store}/restore").route(web::post().to(restore_store)))
+        .service(resource("/v1/stores/{store}/migrate").route(web::post().to(migrate_store)));
+}
+
+/// `POST /v1/stores/{store}/migrate` (admin): every record of the store
+/// to its newest data version (keys held by a session are left to it);
+/// run again, it does what is left.
+async fn migrate_store(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    state.admit()?;
+    let who = state.auth(&req, Role::Admin)?;
+    let store_name = path.into_inner();
+    let store = state.store(&store_name)?;
+    let result = store.migrate_all().await.map_err(ApiError::from);
+    let target = Target { store: Some(&store_name), key: None };
+    let report = state.audited(&who.name, "bulk_migration", target, |r| json!(r), result).await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// The body of a store restore.

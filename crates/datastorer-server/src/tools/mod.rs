@@ -14,7 +14,7 @@ mod history;
 mod import;
 mod inspect;
 mod restore_backup;
-mod restore_store;
+mod store_jobs;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -36,7 +36,7 @@ pub(crate) use history::{history, Which};
 pub(crate) use import::import;
 pub(crate) use inspect::inspect;
 pub(crate) use restore_backup::restore_backup;
-pub(crate) use restore_store::restore_store;
+pub(crate) use store_jobs::{migrate_store, restore_store};
 
 /// Where records live, for the tools (the flags `serve` shares).
 #[derive(Debug, clap::Args)]
