@@ -9,6 +9,9 @@
 //! - deletes, plain, conditional and forced;
 //! - messages: posts and their acknowledgements;
 //! - lapsed leases, clock jumps, node crashes and restarts;
+//! - a way back: restores of a key to one of its versions, restores of the
+//!   whole store to an earlier time, erasures of a user id some sessions
+//!   carry, bulk migrations;
 //! - and races: two of the above fired at once on one key (two opens, an
 //!   open and a one-shot, two create-only one-shots, a delete and a
 //!   one-shot, a post and a delete).
@@ -23,9 +26,12 @@
 //!    and a one-shot's condition held: create-only found no record, a
 //!    version condition found that version;
 //! 3. nothing acknowledged is lost: every later write of the key carries
-//!    every change of every acknowledged write before it, until a delete;
-//!    and nothing deleted comes back: no write after an applied delete
-//!    carries a change written before it;
+//!    every change of every acknowledged write before it, until a delete
+//!    or a restore (a restore is the one write that may go back: it lands
+//!    under a new epoch with no lease, and starts the count again from
+//!    what it restored); and nothing deleted comes back but through a
+//!    restore: no other write after an applied delete carries a change
+//!    written before it;
 //! 4. no session wrote after it ended, a session told its lease was lost
 //!    (or stolen, or deleted) was really overtaken in storage, and an
 //!    update is refused only to a session that ended or whose lease lapsed
@@ -255,7 +261,7 @@ async fn run_history(
         let key = KEYS[rng.below(KEYS.len() as u64) as usize];
         let store = cluster.node(node).store(STORE, spec()).unwrap();
         let history_len = cluster.backend().history().len();
-        let step = rng.below(100);
+        let step = rng.below(110);
         if tracing() {
             eprintln!("at {history_len}: node {node} {key} step {step}");
         }
@@ -353,11 +359,47 @@ async fn run_history(
             }
             79..=85 => cluster.advance(Duration::from_secs(rng.below(60))).await,
             86..=95 => race(&mut rng, &mut obs, &cluster, node, key, history_len).await,
-            _ => {
+            96..=99 => {
                 if rng.below(2) == 0 {
                     cluster.crash(node).await;
                     cluster.restart(node).await;
                 }
+            }
+            100..=103 => restore_a_version(&mut rng, &mut obs, &store, key).await,
+            104 => {
+                // The whole store back to a moment of the last few minutes.
+                let at = cluster.node(node).now_ms().saturating_sub(rng.below(300_000));
+                let r = store.restore_to(at, rng.below(3) == 0, Duration::from_millis(500)).await;
+                if tracing() {
+                    eprintln!(
+                        "at {history_len}: node {node} store restore to {at}: {:?}",
+                        r.as_ref().map(|r| (r.restored, r.deleted))
+                    );
+                }
+                // Keys it deleted took their inboxes with them.
+                for k in KEYS {
+                    obs.inboxes.entry(k).or_default().deleted(false);
+                }
+            }
+            105..=106 => {
+                let r = cluster.node(node).erase_user("u1", Duration::from_millis(500)).await;
+                if tracing() {
+                    eprintln!("at {history_len}: node {node} erase u1: {:?}", r.as_ref().map(|r| r.keys));
+                }
+                for k in KEYS {
+                    obs.inboxes.entry(k).or_default().deleted(false);
+                }
+            }
+            107 => {
+                let r = store.migrate_all().await;
+                if let Ok(report) = r {
+                    assert_eq!(report.failed, 0, "seed {seed}: a bulk migration failed: {:?}", report.failures);
+                }
+            }
+            _ => {
+                // Sessions that carry a user id, for the erasures to find.
+                let policy = random_policy(&mut rng, Duration::from_secs(2));
+                hold(&mut obs, node, key, store.open(key).user_ids(["u1"]).policy(policy).await).await;
             }
         }
         // Sessions that ended since the last step: remember where the history stood.
@@ -382,6 +424,34 @@ async fn run_history(
     }
     check(&cluster, &obs, seed);
     (obs.acks.len(), cluster.backend().history().len(), std::sync::Arc::downgrade(cluster.backend()))
+}
+
+/// Restores `key` to one of its versions, chosen at random; an
+/// acknowledged restore is an acknowledged write of what it restored.
+async fn restore_a_version(rng: &mut Rng, obs: &mut Observed, store: &Store<Value>, key: &'static str) {
+    let Ok(page) = store.versions(key, &datastorer::VersionQuery::default()).await else { return };
+    let live: Vec<_> = page.versions.iter().filter(|v| !v.deleted).collect();
+    if live.is_empty() {
+        return;
+    }
+    let target = live[rng.below(live.len() as u64) as usize].id();
+    let Ok(version) = store.version(key, target).await else { return };
+    let r = store.restore(key, datastorer::RestoreTarget::Version(target), &[], Duration::from_millis(500)).await;
+    if tracing() {
+        eprintln!("restore {key} to {target:?}: {r:?}");
+    }
+    if let (Ok(restored), Some(doc)) = (r, version.data) {
+        if let Some(id) = restored.version.as_deref().and_then(datastorer::parse_version_id) {
+            obs.acks.push(Ack {
+                key: key.to_owned(),
+                epoch: id.epoch,
+                revision: id.revision,
+                doc,
+                path: "restore",
+                expected: None,
+            });
+        }
+    }
 }
 
 /// Two requests on one key fired at once, from two nodes (or one).
@@ -587,12 +657,20 @@ fn check(cluster: &Cluster, obs: &Observed, seed: u64) {
         let mut must: BTreeSet<u64> = BTreeSet::new();
         let mut since_delete: BTreeSet<u64> = BTreeSet::new();
         let mut deleted: BTreeSet<u64> = BTreeSet::new();
+        let mut last_epoch: Option<u64> = None;
         for w in applied.iter().filter(|w| w.key == key) {
-            if w.record.is_none() {
+            let Some(rec) = &w.record else {
                 deleted.append(&mut since_delete);
                 must.clear();
+                last_epoch = None;
                 continue;
+            };
+            // A restore (or an erasure's unlink): a new epoch with no lease.
+            if rec.lease.is_none() && last_epoch != Some(rec.header.epoch) {
+                must.clear();
+                deleted.retain(|op| !w.ops.contains(op));
             }
+            last_epoch = Some(rec.header.epoch);
             let lost: Vec<_> = must.difference(&w.ops).collect();
             assert!(lost.is_empty(), "seed {seed}: {key}: write {} lost acknowledged changes {lost:?}", w.index);
             let back: Vec<_> = deleted.intersection(&w.ops).collect();
@@ -622,7 +700,11 @@ fn check(cluster: &Cluster, obs: &Observed, seed: u64) {
             })
         };
         match &e.reason {
-            CloseReason::LeaseLost | CloseReason::Stolen | CloseReason::Deleted => {
+            CloseReason::LeaseLost
+            | CloseReason::Stolen
+            | CloseReason::Deleted
+            | CloseReason::Restored
+            | CloseReason::Erased => {
                 let start = applied.iter().find(mine).map_or(0, |w| w.index);
                 assert!(
                     overtaken(start),
