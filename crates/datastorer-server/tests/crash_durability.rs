@@ -3,7 +3,9 @@
 //! every kill the data directory must decode completely (`datastorer
 //! check`) and, once restarted, hold every save whose response had arrived
 //! — exactly that document, or one of the client's later documents whose
-//! save was in flight.
+//! save was in flight — and a version for every acknowledged save, written
+//! in the same atomic step: the newest version is the stored record's
+//! document, never torn from it.
 //!
 //! Rounds: `DATASTORER_CRASH_ROUNDS` (default 6). Seed:
 //! `DATASTORER_CRASH_SEED` (default: time); it is printed, so a failing run
@@ -36,6 +38,7 @@ async fn client_loop(
     next_seq: Arc<Mutex<u64>>,
     acked: Arc<Mutex<u64>>,
     count: Arc<Mutex<u64>>,
+    revisions: Arc<Mutex<Vec<(u64, u64)>>>,
 ) {
     let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let url = format!("{base}/v1/stores/crash/keys/c{client}");
@@ -64,8 +67,12 @@ async fn client_loop(
         let saved = http.post(format!("{url}/session/save")).header("Lease-Token", &token).send().await;
         match saved {
             Ok(r) if r.status() == StatusCode::OK => {
+                let Ok(answer) = r.json::<Value>().await else { return };
                 *acked.lock().unwrap() = seq;
                 *count.lock().unwrap() += 1;
+                if let Some(revision) = answer["revision"].as_u64() {
+                    revisions.lock().unwrap().push((seq, revision));
+                }
             }
             _ => return,
         }
@@ -79,6 +86,7 @@ async fn verify(
     server: &Server,
     next: &[Arc<Mutex<u64>>],
     acked: &[Arc<Mutex<u64>>],
+    revisions: &[Arc<Mutex<Vec<(u64, u64)>>>],
     round: u64,
     seed: u64,
 ) -> u64 {
@@ -98,6 +106,36 @@ async fn verify(
             "round {round}: c{c} has seq {got}, acknowledged {want}, sent {sent} (seed {seed})"
         );
         assert_eq!(view["data"], doc(c, got), "round {round}: c{c} document differs (seed {seed})");
+        // Every acknowledged save left its version.
+        let mut listed: Vec<Value> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut url = server.url(&format!("/v1/stores/crash/keys/c{c}/versions?order=oldest&limit=1000"));
+            if let Some(cur) = &cursor {
+                url.push_str(&format!("&cursor={cur}"));
+            }
+            let page: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            listed.extend(page["versions"].as_array().cloned().unwrap_or_default());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        let kept: std::collections::HashSet<u64> = listed.iter().filter_map(|v| v["revision"].as_u64()).collect();
+        for (seq, revision) in revisions[c].lock().unwrap().iter() {
+            assert!(
+                kept.contains(revision),
+                "round {round}: c{c} save {seq} (revision {revision}) acknowledged without its version (seed {seed})"
+            );
+        }
+        // The newest version and the record were written together.
+        let newest = listed.last().expect("versions");
+        let url = server.url(&format!("/v1/stores/crash/keys/c{c}/versions/{}", newest["version"].as_str().unwrap()));
+        let version: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(
+            version["data"], view["data"],
+            "round {round}: c{c}: the newest version is not the record (seed {seed})"
+        );
         checked += 1;
     }
     checked
@@ -117,15 +155,23 @@ async fn acknowledged_saves_survive_sigkill() {
     let next: Vec<_> = (0..CLIENTS).map(|_| Arc::new(Mutex::new(0u64))).collect();
     let acked: Vec<_> = (0..CLIENTS).map(|_| Arc::new(Mutex::new(0u64))).collect();
     let count = Arc::new(Mutex::new(0u64));
+    let revisions: Vec<_> = (0..CLIENTS).map(|_| Arc::new(Mutex::new(Vec::new()))).collect();
     let mut verified = 0u64;
     let http = Client::new();
 
     for round in 0..rounds {
         let mut server = Server::process(&dir, &[]);
-        verified += verify(&http, &server, &next, &acked, round, seed).await;
+        verified += verify(&http, &server, &next, &acked, &revisions, round, seed).await;
         let tasks: Vec<_> = (0..CLIENTS)
             .map(|c| {
-                tokio::spawn(client_loop(server.base.clone(), c, next[c].clone(), acked[c].clone(), count.clone()))
+                tokio::spawn(client_loop(
+                    server.base.clone(),
+                    c,
+                    next[c].clone(),
+                    acked[c].clone(),
+                    count.clone(),
+                    revisions[c].clone(),
+                ))
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(150 + rng.next() % 600)).await;
@@ -144,7 +190,7 @@ async fn acknowledged_saves_survive_sigkill() {
     }
     // And after the last kill.
     let server = Server::process(&dir, &[]);
-    verified += verify(&http, &server, &next, &acked, rounds, seed).await;
+    verified += verify(&http, &server, &next, &acked, &revisions, rounds, seed).await;
     drop(server);
     let acknowledged = *count.lock().unwrap();
     println!(
