@@ -25,6 +25,9 @@ use serde_json::{json, Value};
 
 const CLIENTS: usize = 8;
 
+/// A client's acknowledged saves: (sequence number, revision).
+type Revisions = Arc<Mutex<Vec<(u64, u64)>>>;
+
 fn doc(client: usize, seq: u64) -> Value {
     // Large enough to span several sled pages' worth of writes per round.
     json!({ "client": client, "seq": seq, "pad": "x".repeat(200 + (seq as usize * 37) % 500) })
@@ -38,7 +41,7 @@ async fn client_loop(
     next_seq: Arc<Mutex<u64>>,
     acked: Arc<Mutex<u64>>,
     count: Arc<Mutex<u64>>,
-    revisions: Arc<Mutex<Vec<(u64, u64)>>>,
+    revisions: Revisions,
 ) {
     let http = Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     let url = format!("{base}/v1/stores/crash/keys/c{client}");
@@ -86,7 +89,7 @@ async fn verify(
     server: &Server,
     next: &[Arc<Mutex<u64>>],
     acked: &[Arc<Mutex<u64>>],
-    revisions: &[Arc<Mutex<Vec<(u64, u64)>>>],
+    revisions: &[Revisions],
     round: u64,
     seed: u64,
 ) -> u64 {
