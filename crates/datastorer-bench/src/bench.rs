@@ -15,7 +15,27 @@ use serde_json::{json, Value};
 
 use datastorer::storage::sled_backend::SledBackend;
 use datastorer::storage::{storage_key, Backend, LeaseHolder, Precondition, Record, RecordHeader, WriteOp};
-use datastorer::{Config, Datastorer, Priority, Session, StoreSpec};
+use datastorer::{Config, Datastorer, Priority, Session};
+
+
+/// Set (by `--no-versions`) when the stores of a run keep no versions;
+/// child processes inherit it.
+pub const VERSIONS_OFF_VAR: &str = "DATASTORER_BENCH_NO_VERSIONS";
+
+/// Whether the stores of this run keep versions.
+pub fn versions_on() -> bool {
+    std::env::var_os(VERSIONS_OFF_VAR).is_none()
+}
+
+/// A store spec for the benches: with versions, unless the run says not.
+pub fn spec<T>(template: T) -> datastorer::StoreSpec<T> {
+    let s = datastorer::StoreSpec::new(template);
+    if versions_on() {
+        s
+    } else {
+        s.retention(datastorer::Retention::off())
+    }
+}
 
 /// Sizes of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -246,7 +266,7 @@ async fn bench_update_one_key(cfg: &BenchConfig) -> Result<Measurement, String> 
     let mut base = Vec::new();
     for _ in 0..cfg.repeat {
         let ds = Datastorer::start(memory_config("bench")).await.map_err(|e| e.to_string())?;
-        let store = ds.store("b", StoreSpec::new(json!({"n": 0}))).map_err(|e| e.to_string())?;
+        let store = ds.store("b", spec(json!({"n": 0}))).map_err(|e| e.to_string())?;
         let s = store.open("k").await.map_err(|e| e.to_string())?;
         let started = Instant::now();
         for _ in 0..cfg.updates {
@@ -279,7 +299,7 @@ async fn bench_update_many_keys(cfg: &BenchConfig) -> Result<Measurement, String
     let mut base = Vec::new();
     for _ in 0..cfg.repeat {
         let ds = Datastorer::start(memory_config("bench")).await.map_err(|e| e.to_string())?;
-        let store = ds.store("b", StoreSpec::new(json!({"n": 0}))).map_err(|e| e.to_string())?;
+        let store = ds.store("b", spec(json!({"n": 0}))).map_err(|e| e.to_string())?;
         let sessions = open_many(&store, (0..cfg.keys).map(|i| format!("k{i}")), 256).await?;
         let started = Instant::now();
         for i in 0..cfg.updates {
@@ -420,7 +440,7 @@ async fn bench_durable_throughput(cfg: &BenchConfig, scratch: &Path) -> Result<M
     for r in 0..cfg.repeat * 3 {
         let dir = scratch.join(format!("tput-{r}"));
         let ds = Datastorer::start(sled_config(&dir)).await.map_err(|e| e.to_string())?;
-        let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+        let store = ds.store("b", spec(json!({}))).map_err(|e| e.to_string())?;
         let sessions = open_many(&store, (0..cfg.keys).map(|i| format!("k{i}")), 1024).await?;
         for (i, s) in sessions.iter().enumerate() {
             let d = doc(i, cfg.doc_bytes);
@@ -499,7 +519,7 @@ async fn bench_save_latency(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Mea
     let (mut p50, mut p99, mut b50, mut b99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..cfg.repeat {
         let ds = Datastorer::start(sled_config(&scratch.join(format!("lat-{r}")))).await.map_err(|e| e.to_string())?;
-        let store = ds.store("b", StoreSpec::new(json!({"n": 0}))).map_err(|e| e.to_string())?;
+        let store = ds.store("b", spec(json!({"n": 0}))).map_err(|e| e.to_string())?;
         let s = store.open("k").await.map_err(|e| e.to_string())?;
         let mut samples = Vec::new();
         for i in 0..cfg.latency_samples {
@@ -537,7 +557,7 @@ async fn bench_shutdown(cfg: &BenchConfig, scratch: &Path) -> Result<Measurement
     let reps = cfg.repeat;
     for r in 0..reps {
         let ds = Datastorer::start(sled_config(&scratch.join(format!("shut-{r}")))).await.map_err(|e| e.to_string())?;
-        let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+        let store = ds.store("b", spec(json!({}))).map_err(|e| e.to_string())?;
         let sessions = open_many(&store, (0..cfg.shutdown_keys).map(|i| format!("k{i}")), 4096).await?;
         for (i, s) in sessions.iter().enumerate() {
             let d = doc(i, 128);
@@ -621,12 +641,12 @@ pub async fn scale_child(side: ScaleSide, doc: ScaleDoc, n: usize) -> Result<(),
         }
         (ScaleSide::Engine, ScaleDoc::Typed) => {
             let ds = Datastorer::start(memory_config("bench")).await.map_err(|e| e.to_string())?;
-            let store = ds.store("b", StoreSpec::new(small)).map_err(|e| e.to_string())?;
+            let store = ds.store("b", spec(small)).map_err(|e| e.to_string())?;
             scale_load(&ds, &store, n, before, started).await?;
         }
         (ScaleSide::Engine, ScaleDoc::Json) => {
             let ds = Datastorer::start(memory_config("bench")).await.map_err(|e| e.to_string())?;
-            let store = ds.store("b", StoreSpec::new(small_json())).map_err(|e| e.to_string())?;
+            let store = ds.store("b", spec(small_json())).map_err(|e| e.to_string())?;
             scale_load(&ds, &store, n, before, started).await?;
         }
     }
@@ -765,7 +785,7 @@ async fn bench_cold_load(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measur
             cfg_shared.lease_ttl = cfg_sled.lease_ttl;
             cfg_shared.shutdown_deadline = cfg_sled.shutdown_deadline;
             let ds = Datastorer::start(cfg_shared).await.map_err(|e| e.to_string())?;
-            let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+            let store = ds.store("b", spec(json!({}))).map_err(|e| e.to_string())?;
             for i in 0..cfg.latency_samples {
                 let k = format!("k{i}");
                 let started = Instant::now();
@@ -901,6 +921,11 @@ pub async fn run(cfg: BenchConfig, out: PathBuf, only: Option<String>) -> Result
     }
     if wanted("http") {
         for m in super::bench_http::bench_http(&cfg, &scratch).await? {
+            add(m);
+        }
+    }
+    if wanted("history") {
+        for m in super::bench_history::bench_history(&cfg, &scratch).await? {
             add(m);
         }
     }

@@ -34,9 +34,14 @@ impl Drop for Child {
 fn start_server(dir: &Path) -> Result<Child, String> {
     use std::io::BufRead;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut process = std::process::Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--client-lease-ttl-secs", "3600", "--data-dir"])
-        .arg(dir)
+    let mut command = std::process::Command::new(exe);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--client-lease-ttl-secs", "3600", "--data-dir"]).arg(dir);
+    if !super::bench::versions_on() {
+        let config = dir.with_extension("toml");
+        std::fs::write(&config, "[stores.http]\nversions = false\n").map_err(|e| e.to_string())?;
+        command.arg("--config").arg(config);
+    }
+    let mut process = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::bench::{median, BenchConfig, Measurement};
 use datastorer::storage::postgres::PgBackend;
 use datastorer::storage::{Record, RecordHeader};
-use datastorer::{AcquirePolicy, Config, Datastorer, PostgresConfig, Priority, Session, StoreSpec};
+use datastorer::{AcquirePolicy, Config, Datastorer, PostgresConfig, Priority, Session};
 
 fn url() -> String {
     std::env::var("DATASTORER_PG_URL").unwrap_or_else(|_| "host=127.0.0.1 user=postgres dbname=test".into())
@@ -322,7 +322,7 @@ async fn saves_at(cfg: &BenchConfig, c: usize, notify_saves: bool) -> Result<(Me
         let (w0, rows0) = scratch.wal().await;
         let backend = Arc::new(PgBackend::connect(pgc).map_err(|e| e.message)?);
         let ds = Datastorer::start(engine(backend.clone(), &format!("bench-{r}"))).await.map_err(|e| e.to_string())?;
-        let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+        let store = ds.store("b", super::bench::spec(json!({}))).map_err(|e| e.to_string())?;
         let sessions = Arc::new(open_all(&store, c).await?);
         let before = ds.queue_stats().await;
         let bytes = cfg.doc_bytes;
@@ -423,7 +423,7 @@ async fn burst(cfg: &BenchConfig, n: usize, shutdown: bool) -> Result<Measuremen
         let scratch = Scratch::new().await?;
         let backend = Arc::new(PgBackend::connect(scratch.config()).map_err(|e| e.message)?);
         let ds = Datastorer::start(engine(backend.clone(), &format!("bench-{r}"))).await.map_err(|e| e.to_string())?;
-        let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+        let store = ds.store("b", super::bench::spec(json!({}))).map_err(|e| e.to_string())?;
         let sessions = open_all(&store, n).await?;
         for (i, s) in sessions.iter().enumerate() {
             let d = doc(i, 2, cfg.doc_bytes);
@@ -500,7 +500,7 @@ async fn session_latency(
     pgc.single_op_fast_path = fast_path;
     let backend = Arc::new(PgBackend::connect(pgc).map_err(|e| e.message)?);
     let ds = Datastorer::start(engine(backend, owner)).await.map_err(|e| e.to_string())?;
-    let store = ds.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+    let store = ds.store("b", super::bench::spec(json!({}))).map_err(|e| e.to_string())?;
     let s = store.open("k0").await.map_err(|e| e.to_string())?;
     let mut samples = Vec::new();
     for i in 0..cfg.latency_samples {
@@ -570,8 +570,8 @@ async fn handoff(cfg: &BenchConfig) -> Result<Vec<Measurement>, String> {
         let a = Datastorer::start(engine(ba, &format!("a-{r}"))).await.map_err(|e| e.to_string())?;
         let b = Datastorer::start(engine(bb, &format!("b-{r}"))).await.map_err(|e| e.to_string())?;
         let (sa, sb) = (
-            a.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?,
-            b.store("b", StoreSpec::new(json!({}))).map_err(|e| e.to_string())?,
+            a.store("b", super::bench::spec(json!({}))).map_err(|e| e.to_string())?,
+            b.store("b", super::bench::spec(json!({}))).map_err(|e| e.to_string())?,
         );
         let mut holder = sa.open("h").await.map_err(|e| e.to_string())?;
         let mut samples = Vec::new();
@@ -622,7 +622,7 @@ pub async fn child(schema: &str, store: &str, sessions: usize, duration: Duratio
     let backend =
         Arc::new(PgBackend::connect(PostgresConfig::new(url()).schema(schema.to_owned())).map_err(|e| e.message)?);
     let ds = Datastorer::start(engine(backend, &format!("child-{store}"))).await.map_err(|e| e.to_string())?;
-    let st = ds.store(store, StoreSpec::new(json!({}))).map_err(|e| e.to_string())?;
+    let st = ds.store(store, super::bench::spec(json!({}))).map_err(|e| e.to_string())?;
     let all = Arc::new(open_all(&st, sessions).await?);
     // Start together: wait for the parent's go on standard input.
     println!("ready");

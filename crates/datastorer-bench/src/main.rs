@@ -12,6 +12,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod bench_history;
 mod bench_http;
 mod bench_pg;
 
@@ -32,6 +33,10 @@ struct Cli {
     /// Repetitions of each measurement (default 5, quick 2).
     #[arg(long)]
     repeat: Option<usize>,
+    /// Stores keep no versions (to compare a build's cost of history:
+    /// alternate runs with and without this flag).
+    #[arg(long)]
+    no_versions: bool,
     /// Only benchmarks whose tag contains this: update, throughput, latency, shutdown, scale, http, cold; pg (PostgreSQL, only when named; pg-saves, pg-notify, pg-burst, pg-latency, pg-handoff, pg-processes for one part).
     #[arg(long)]
     only: Option<String>,
@@ -75,6 +80,10 @@ fn main() -> ExitCode {
         return datastorer_server::cli::main_from(std::env::args_os());
     }
     let cli = Cli::parse();
+    if cli.no_versions {
+        // Read by this process and by the child processes it starts.
+        std::env::set_var(bench::VERSIONS_OFF_VAR, "1");
+    }
     let result = match cli.child {
         Some(Child::BenchPgChild { schema, store, sessions, millis, doc_bytes }) => actix::System::new()
             .block_on(bench_pg::child(&schema, &store, sessions, std::time::Duration::from_millis(millis), doc_bytes)),
