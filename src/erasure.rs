@@ -65,6 +65,10 @@ pub struct ErasureReceipt {
     pub stores: BTreeMap<String, ErasedCounts>,
     /// Records found through the index, whatever became of them.
     pub keys: u64,
+    /// Whether the storage made the deleted bytes unreadable in its files
+    /// at once (PostgreSQL's `VACUUM`); `false` on sled, which reclaims a
+    /// log segment when it rewrites it (see `docs/history.md`).
+    pub storage_reclaimed: bool,
 }
 
 fn check_user_id(user_id: &str) -> Result<(), Error> {
@@ -295,6 +299,17 @@ pub(crate) async fn erase(
         // Holders elsewhere check the record and end with `erased`.
         engine.backend.notices().publish(Notice { store: store.clone(), key: key.clone(), kind: NoticeKind::Erased });
     }
+    // The deleted bytes out of the storage files, where the backend can
+    // (outside the queue: a long maintenance statement, not a write).
+    let backend = engine.backend.clone();
+    let reclaimed = match tokio::task::spawn_blocking(move || backend.reclaim_deleted()).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            tracing::warn!(target: "datastorer::audit", error = %e, "erased, but the storage could not reclaim the deleted bytes yet");
+            false
+        }
+        Err(_) => false,
+    };
     let at_ms = engine.clock.now_ms();
     // Distinct per erasure, even two in one millisecond (a replayed request).
     static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -303,7 +318,7 @@ pub(crate) async fn erase(
         "erasure-{at_ms}-{:016x}",
         seahash::hash(format!("{}\0{user_id}\0{at_ms}\0{n}", engine.owner).as_bytes())
     );
-    let receipt = ErasureReceipt { id, at_ms, stores, keys: keys.len() as u64 };
+    let receipt = ErasureReceipt { id, at_ms, stores, keys: keys.len() as u64, storage_reclaimed: reclaimed };
     tracing::info!(target: "datastorer::audit", action = "erase", receipt = %receipt.id, keys = receipt.keys, "user id erased");
     Ok(receipt)
 }

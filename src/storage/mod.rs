@@ -685,6 +685,14 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Makes the bytes of deleted values unreadable in the storage files
+    /// where the backend can (after an erasure). Answers whether it could;
+    /// the default cannot (sled reclaims a log segment only when it
+    /// rewrites it: `docs/history.md` has the measured bound).
+    fn reclaim_deleted(&self) -> Result<bool, StorageError> {
+        Ok(false)
+    }
+
     /// Claims `owner` for an engine instance starting on this backend.
     /// Backends shared across processes refuse an owner id that a live
     /// instance (in any process) already runs under; the claim lasts until

@@ -675,3 +675,33 @@ async fn versions_and_a_fenced_restore_work_across_processes_on_postgres() {
     admin.shutdown().await;
     game.shutdown().await;
 }
+
+/// An erased document's bytes are gone from PostgreSQL's table files, not
+/// only from its queries: the erasure's `VACUUM` prunes the dead tuples
+/// out of their pages (read raw with `pageinspect`). The WAL keeps them
+/// until its segments are recycled (`docs/history.md`).
+#[actix_rt::test]
+async fn an_erased_documents_bytes_leave_the_postgres_table_pages() {
+    let Some(pg) = PgSchema::new("an_erased_documents_bytes_leave_the_table_pages") else { return };
+    pg.sql("CREATE EXTENSION IF NOT EXISTS pageinspect");
+    let (ds, _) = pg_node(&pg, "eraser").await;
+    let store = profiles(&ds);
+    let marker = "QX-ERASE-ME-0451";
+    let s = store.open("p9").user_ids(["9"]).await.unwrap();
+    s.update(move |p| p.name = marker.to_owned()).await.unwrap();
+    s.release(Priority::Normal).await.unwrap();
+    let raw = |table: &str| {
+        pg.sql(&format!(
+            "SELECT count(*)::text FROM generate_series(0, pg_relation_size('$S.{table}') / 8192 - 1) AS b,
+                    heap_page_items(get_raw_page('$S.{table}', b::int)) AS t
+              WHERE position(convert_to('{marker}', 'UTF8') IN coalesce(t.t_data, ''::bytea)) > 0"
+        ))
+    };
+    assert_ne!(raw("records"), vec![Some("0".to_owned())], "the control: the bytes are in the page");
+    let receipt = ds.erase_user("9", Duration::from_secs(5)).await.unwrap();
+    assert!(receipt.storage_reclaimed);
+    for table in ["records", "versions"] {
+        assert_eq!(raw(table), vec![Some("0".to_owned())], "{table} still holds the erased bytes");
+    }
+    ds.shutdown().await;
+}

@@ -17,7 +17,6 @@ use datastorer::storage::sled_backend::SledBackend;
 use datastorer::storage::{storage_key, Backend, LeaseHolder, Precondition, Record, RecordHeader, WriteOp};
 use datastorer::{Config, Datastorer, Priority, Session};
 
-
 /// Set (by `--no-versions`) when the stores of a run keep no versions;
 /// child processes inherit it.
 pub const VERSIONS_OFF_VAR: &str = "DATASTORER_BENCH_NO_VERSIONS";

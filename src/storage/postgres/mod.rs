@@ -415,6 +415,20 @@ impl Backend for PgBackend {
         self.call("scan", async move { inner.scan(shape, start_after, limit).await })
     }
 
+    /// `VACUUM` of the tables that hold documents and user ids: PostgreSQL
+    /// then prunes the dead tuples out of their heap pages (measured: a
+    /// deleted document's bytes were gone from the table's file after it).
+    /// The write-ahead log keeps them until its segments are recycled.
+    fn reclaim_deleted(&self) -> Result<bool, StorageError> {
+        let inner = self.inner.clone();
+        self.call("vacuum", async move {
+            let conn = inner.reader().await?;
+            let s = format!("\"{}\"", inner.cfg.schema);
+            conn.client.batch_execute(&format!("VACUUM {s}.records, {s}.versions, {s}.user_keys, {s}.meta")).await?;
+            Ok(true)
+        })
+    }
+
     /// One `REPEATABLE READ` transaction over records, meta values,
     /// versions and the user-id index: consistent across every process
     /// writing meanwhile.
