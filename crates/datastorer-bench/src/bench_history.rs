@@ -19,6 +19,7 @@ fn sled_config(dir: &Path) -> Config {
     c.handle_signals = false;
     c.prune_interval = None;
     c.autosave_interval = Duration::from_secs(3600);
+    c.lease_ttl = Duration::from_secs(7200);
     c
 }
 
@@ -98,7 +99,87 @@ fn write_a_day(dir: &Path, keys: usize, doc_bytes: usize) -> Result<u64, String>
     Ok(written)
 }
 
+/// Raw sled, no engine: `n` records of `bytes` written with (`versions`) or
+/// without a second key holding the same bytes, as a history keeps them;
+/// `atomic`: each record and its version in one `apply_batch` (grouped by
+/// `group`), else single-key inserts on `threads` threads. Seconds, flush
+/// included: the floor of what keeping versions costs on sled.
+fn raw_sled_with_versions(dir: &Path, n: usize, bytes: usize, versions: bool, atomic: bool, threads: usize) -> Result<f64, String> {
+    let db = sled::open(dir).map_err(|e| e.to_string())?;
+    let value = vec![b'x'; bytes];
+    let keys: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let rec = datastorer::storage::storage_key("b", &format!("k{i}"));
+            let ver = version_key("b", &format!("k{i}"), RecordHeader { epoch: 1, revision: 2 });
+            (rec, ver)
+        })
+        .collect();
+    let per_thread = n.div_ceil(threads.max(1)).max(1);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = keys
+            .chunks(per_thread)
+            .map(|chunk| {
+                let (db, value) = (&db, &value);
+                scope.spawn(move || -> Result<(), String> {
+                    if atomic && versions {
+                        for group in chunk.chunks(256) {
+                            let mut batch = sled::Batch::default();
+                            for (rec, ver) in group {
+                                batch.insert(rec.as_slice(), value.as_slice());
+                                batch.insert(ver.as_slice(), value.as_slice());
+                            }
+                            db.apply_batch(batch).map_err(|e| e.to_string())?;
+                        }
+                        return Ok(());
+                    }
+                    for (rec, ver) in chunk {
+                        db.insert(rec.as_slice(), value.as_slice()).map_err(|e| e.to_string())?;
+                        if versions {
+                            db.insert(ver.as_slice(), value.as_slice()).map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| w.join().map_err(|_| "thread panicked".to_string())?)
+    })?;
+    db.flush().map_err(|e| e.to_string())?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
 pub async fn bench_history(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measurement>, String> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let (mut atomic, mut plain, mut torn) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..cfg.repeat {
+        let n = cfg.keys;
+        plain.push(n as f64 / raw_sled_with_versions(&scratch.join(format!("raw-plain-{r}")), n, cfg.doc_bytes, false, false, threads)?);
+        atomic.push(n as f64 / raw_sled_with_versions(&scratch.join(format!("raw-atomic-{r}")), n, cfg.doc_bytes, true, true, threads)?);
+        torn.push(n as f64 / raw_sled_with_versions(&scratch.join(format!("raw-torn-{r}")), n, cfg.doc_bytes, true, false, threads)?);
+    }
+    let floor = Measurement {
+        name: format!(
+            "H0. the floor on sled: {} records of {} B each with its version in one apply_batch, raw sled, no engine",
+            cfg.keys, cfg.doc_bytes
+        ),
+        unit: "records/s".into(),
+        higher_is_better: true,
+        ours: atomic,
+        baseline_name: format!("raw sled single-key inserts of the records alone on {threads} threads (figure 2's ceiling)"),
+        baseline: plain,
+        goal_ratio: Some(0.85),
+        notes: vec![format!(
+            "raw sled single-key inserts of each record and its version, not atomic: {:.0} records/s (median)",
+            median(&torn)
+        )],
+    };
+    let mut out = vec![floor];
+    out.extend(bench_history_costs(cfg, scratch).await?);
+    Ok(out)
+}
+
+async fn bench_history_costs(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measurement>, String> {
     let keys = (cfg.keys / 5).max(100);
     let saves = 10;
     let (mut with, mut without, mut per_version) = (Vec::new(), Vec::new(), Vec::new());
