@@ -402,15 +402,12 @@ impl Backend for SledBackend {
         // of 32 to 2048 ops spread over threads gained nothing on it
         // (measured, bench figure 2): a batch with versions is one sled batch.
         let with_versions = applied.iter().any(|&i| ops[i].version.is_some());
-        let failed = if applied.len() >= PARALLEL_APPLY_MIN_OPS
-            && self.apply_threads > 1
-            && !repeated_key
-            && !with_versions
-        {
-            self.insert_in_parallel(ops, &applied)
-        } else {
-            self.apply_as_one_batch(ops, &applied)
-        };
+        let failed =
+            if applied.len() >= PARALLEL_APPLY_MIN_OPS && self.apply_threads > 1 && !repeated_key && !with_versions {
+                self.insert_in_parallel(ops, &applied)
+            } else {
+                self.apply_as_one_batch(ops, &applied)
+            };
         for &i in &applied {
             cache.set(&ops[i].key, ops[i].value.as_deref());
             cache.note_written(&ops[i]);

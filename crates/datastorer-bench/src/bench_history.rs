@@ -104,7 +104,14 @@ fn write_a_day(dir: &Path, keys: usize, doc_bytes: usize) -> Result<u64, String>
 /// `atomic`: each record and its version in one `apply_batch` (grouped by
 /// `group`), else single-key inserts on `threads` threads. Seconds, flush
 /// included: the floor of what keeping versions costs on sled.
-fn raw_sled_with_versions(dir: &Path, n: usize, bytes: usize, versions: bool, atomic: bool, threads: usize) -> Result<f64, String> {
+fn raw_sled_with_versions(
+    dir: &Path,
+    n: usize,
+    bytes: usize,
+    versions: bool,
+    atomic: bool,
+    threads: usize,
+) -> Result<f64, String> {
     let db = sled::open(dir).map_err(|e| e.to_string())?;
     let value = vec![b'x'; bytes];
     let keys: Vec<(Vec<u8>, Vec<u8>)> = (0..n)
@@ -154,9 +161,39 @@ pub async fn bench_history(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Meas
     let (mut atomic, mut plain, mut torn) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..cfg.repeat {
         let n = cfg.keys;
-        plain.push(n as f64 / raw_sled_with_versions(&scratch.join(format!("raw-plain-{r}")), n, cfg.doc_bytes, false, false, threads)?);
-        atomic.push(n as f64 / raw_sled_with_versions(&scratch.join(format!("raw-atomic-{r}")), n, cfg.doc_bytes, true, true, threads)?);
-        torn.push(n as f64 / raw_sled_with_versions(&scratch.join(format!("raw-torn-{r}")), n, cfg.doc_bytes, true, false, threads)?);
+        plain.push(
+            n as f64
+                / raw_sled_with_versions(
+                    &scratch.join(format!("raw-plain-{r}")),
+                    n,
+                    cfg.doc_bytes,
+                    false,
+                    false,
+                    threads,
+                )?,
+        );
+        atomic.push(
+            n as f64
+                / raw_sled_with_versions(
+                    &scratch.join(format!("raw-atomic-{r}")),
+                    n,
+                    cfg.doc_bytes,
+                    true,
+                    true,
+                    threads,
+                )?,
+        );
+        torn.push(
+            n as f64
+                / raw_sled_with_versions(
+                    &scratch.join(format!("raw-torn-{r}")),
+                    n,
+                    cfg.doc_bytes,
+                    true,
+                    false,
+                    threads,
+                )?,
+        );
     }
     let floor = Measurement {
         name: format!(
@@ -166,7 +203,9 @@ pub async fn bench_history(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Meas
         unit: "records/s".into(),
         higher_is_better: true,
         ours: atomic,
-        baseline_name: format!("raw sled single-key inserts of the records alone on {threads} threads (figure 2's ceiling)"),
+        baseline_name: format!(
+            "raw sled single-key inserts of the records alone on {threads} threads (figure 2's ceiling)"
+        ),
         baseline: plain,
         goal_ratio: Some(0.85),
         notes: vec![format!(
