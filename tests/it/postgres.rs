@@ -705,3 +705,41 @@ async fn an_erased_documents_bytes_leave_the_postgres_table_pages() {
     }
     ds.shutdown().await;
 }
+
+/// Pruning on PostgreSQL: a day of versions written 24 to 48 hours ago
+/// (straight into the table, as a day of 30 s autosaves would have left
+/// them) is pruned to the last of each hour, through the engine's pass.
+#[actix_rt::test]
+async fn pruning_keeps_one_version_per_hour_past_the_window_on_postgres() {
+    use datastorer::storage::history::{version_key, versions_of_key};
+    let Some(pg) = PgSchema::new("pruning_keeps_one_version_per_hour_on_postgres") else { return };
+    let raw = pg.backend();
+    let start = wall_ms() - 48 * 3600 * 1000;
+    let ops: Vec<WriteOp> = (0..2880u64)
+        .map(|i| {
+            let rec = Record {
+                header: RecordHeader { epoch: 1, revision: i + 1 },
+                data_version: 0,
+                data: format!("{{\"coins\":{i},\"name\":\"x\"}}").into_bytes(),
+                metadata: b"{}".to_vec(),
+                user_ids: vec![],
+                lease: None,
+                created_at_ms: start,
+                updated_at_ms: start + i * 30_000,
+            };
+            WriteOp::new(version_key("profiles", "p1", rec.header), Precondition::Any, Some(rec.encode()))
+        })
+        .collect();
+    for r in raw.write_batch(&ops) {
+        r.unwrap();
+    }
+    let (ds, _) = pg_node(&pg, "pruner").await;
+    let report = profiles(&ds).prune_versions().await.unwrap();
+    assert_eq!(report.examined, 2880);
+    let kept = raw.scan_prefix(&versions_of_key("profiles", "p1"), None, 10_000).unwrap();
+    // The last of each of the 24 or 25 hours touched, and the newest ten
+    // (the newest is the last of its hour already): 33 or 34.
+    assert!((33..=34).contains(&kept.len()), "kept {}", kept.len());
+    assert_eq!(report.pruned as usize, 2880 - kept.len());
+    ds.shutdown().await;
+}

@@ -96,6 +96,10 @@ async fn delete_users_erases_everywhere_and_ends_the_session() {
     let (st, e) = call(&c, &s, Method::DELETE, "/v1/users/%01", None, None).await;
     assert_eq!((st, e["code"].clone()), (StatusCode::BAD_REQUEST, json!("bad_user_id")));
 
+    // Nor in a backup taken after it.
+    let backup = c.get(s.url("/v1/backup")).send().await.unwrap().bytes().await.unwrap();
+    assert!(backup.windows(b"shared".len()).any(|w| w == b"shared"), "the backup holds the guild");
+    assert!(!backup.windows(b"Zorblax".len()).any(|w| w == b"Zorblax"), "a backup after the erasure holds none of it");
     // Nothing of it in the offline export of the stopped server either.
     assert!(s.stop().success());
     let out = std::process::Command::new(common::server::BIN)
