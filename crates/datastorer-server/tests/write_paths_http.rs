@@ -9,7 +9,9 @@
 //! - one-shot `PATCH`es: unconditional, `If-None-Match: *`, `If-Match` of
 //!   what a `GET` just showed;
 //! - `DELETE`s, plain, forced and conditional;
-//! - message posts, and acknowledgements by the holder.
+//! - message posts, and acknowledgements by the holder;
+//! - restores of a key to one of its versions (`POST …/restore`), which
+//!   hand the key over from whichever server's client holds it.
 //!
 //! A trigger logs every committed row version (and delete) of the records
 //! table in commit order per key, and every answer is kept with a logical
@@ -21,12 +23,15 @@
 //! 2. every acknowledged write (`durable`, a revision) was committed at the
 //!    epoch and revision it named and carries its change; a one-shot's
 //!    condition held against the record its acquire replaced;
-//! 3. no later write of a key loses an acknowledged change until a delete,
-//!    and no change written before a delete comes back after it;
+//! 3. no later write of a key loses an acknowledged change until a delete
+//!    or a restore (the one write that may go back: a new epoch with no
+//!    lease), and no change written before a delete comes back after it
+//!    but through a restore;
 //! 4. a released session's epoch is never written again;
 //! 5. a request on a held session is refused (`410`, `409`) only when
 //!    something could have ended it meanwhile: another client's `steal` or
-//!    `request_release` open of the key, a forced delete, or the kill;
+//!    `request_release` open of the key, a forced delete, a restore, or the
+//!    kill;
 //! 6. an acknowledged message waits until acknowledged or deleted, and no
 //!    message appears that nobody posted.
 //!
@@ -394,6 +399,51 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                 };
                 shared.log().posts.push(Post { key: key.into(), n, id, start });
             }
+            88..=90 => {
+                // A restore of the key to one of its versions, as an
+                // administrator's console would send it.
+                let Some((StatusCode::OK, page)) =
+                    send(c.get(format!("{base}{}/versions?limit=20", key_path(key)))).await
+                else {
+                    continue;
+                };
+                let live: Vec<String> = page["versions"]
+                    .as_array()
+                    .map(|v| {
+                        v.iter()
+                            .filter(|v| v["deleted"] == json!(false))
+                            .filter_map(|v| v["version"].as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let Some(target) = live.get(rng.below(live.len().max(1) as u64) as usize) else { continue };
+                let Some((StatusCode::OK, then)) =
+                    send(c.get(format!("{base}{}/versions/{target}", key_path(key)))).await
+                else {
+                    continue;
+                };
+                let answer = send(
+                    c.post(format!("{base}{}/restore", key_path(key)))
+                        .json(&json!({"version": target, "handoff_ms": 2000})),
+                )
+                .await;
+                let end = tick();
+                shared.log().disruptions.push(Disruption { key: Some(key.into()), server: None, start, end });
+                if let Some((StatusCode::OK, v)) = answer {
+                    let id = v["version"].as_str().and_then(|s| s.split_once('.')).map(|(e, r)| (e.parse(), r.parse()));
+                    if let Some((Ok(epoch), Ok(revision))) = id {
+                        let ack = Ack {
+                            key: key.into(),
+                            epoch,
+                            revision,
+                            ops: ops_of(&then["data"]),
+                            what: format!("{client_id} restore to {target}"),
+                            condition: None,
+                        };
+                        shared.log().acks.push(ack);
+                    }
+                }
+            }
             81..=87 => {
                 let Some(h) = held.get(key) else { continue };
                 let Some((StatusCode::OK, v)) =
@@ -548,13 +598,21 @@ fn check(rows: &[Row], log: &Log, server_logs: &str) {
     // 3. Nothing acknowledged lost, nothing deleted back.
     for key in KEYS {
         let (mut must, mut since, mut deleted) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        let mut last_epoch = None;
         for row in records.iter().filter(|r| r.key == key) {
             let Some(rec) = &row.record else {
                 deleted.append(&mut since);
                 must.clear();
+                last_epoch = None;
                 continue;
             };
             let ops = doc_ops(rec);
+            // A restore: a new epoch written with no lease.
+            if rec.lease.is_none() && last_epoch != Some(rec.header.epoch) {
+                must.clear();
+                deleted.retain(|op| !ops.contains(op));
+            }
+            last_epoch = Some(rec.header.epoch);
             let lost: Vec<&String> = must.difference(&ops).collect();
             assert!(lost.is_empty(), "{key}: row {} lost acknowledged changes {lost:?}", row.seq);
             let back: Vec<&String> = deleted.intersection(&ops).collect();
@@ -698,10 +756,12 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
     let log = std::mem::take(&mut *shared.log());
     println!(
         "write paths over HTTP: {CLIENTS} clients × {steps} steps on 2 servers (one killed and restarted) in {:.1} s: \
-         {} committed rows checked, {} acknowledged writes, {} acknowledged deletes, {} posts, {} refusals explained",
+         {} committed rows checked, {} acknowledged writes ({} restores), {} acknowledged deletes, {} posts, \
+         {} refusals explained",
         started.elapsed().as_secs_f64(),
         rows.len(),
         log.acks.len(),
+        log.acks.iter().filter(|a| a.what.contains("restore")).count(),
         log.deletes.len(),
         log.posts.len(),
         log.refusals.len()
