@@ -54,7 +54,7 @@ pub use history::{
     parse_version_id, version_id_text, RestoreTarget, Restored, Version, VersionInfo, VersionOrder, VersionPage,
     VersionQuery, MAX_VERSIONS_PAGE,
 };
-pub use one_shot::Updated;
+pub use one_shot::{RecordParts, Updated};
 pub use point_in_time::{KeyChange, StoreRestoreReport, MAX_LISTED_CHANGES};
 pub use spec::{
     validate_key, validate_store_name, validate_user_store_name, Key, StoreSpec, INBOX_SUFFIX, MAX_KEY_LEN,

@@ -29,7 +29,55 @@ impl<T: Document> Store<T> {
         expected: Expect,
         change: impl FnOnce(&mut T) -> R + Send + 'static,
     ) -> Result<Updated<R>, Error> {
-        let key = key.into().0;
+        self.one_shot(key.into(), expected, move |session| Box::pin(async move { session.update(change).await })).await
+    }
+
+    /// [`Store::update_unleased`] that also sets the record's metadata and
+    /// user ids (Roblox's `SetAsync` with user ids and `SetMetadata`, and
+    /// `UpdateAsync`'s transform, which answers all three): `change` gets
+    /// the document and the record's [`RecordParts`] as stored, and what it
+    /// leaves in the parts is saved with the document, in the one write.
+    pub async fn update_unleased_record<R: Send + 'static>(
+        &self,
+        key: impl Into<Key>,
+        expected: Expect,
+        change: impl FnOnce(&mut T, &mut RecordParts) -> R + Send + 'static,
+    ) -> Result<Updated<R>, Error> {
+        self.one_shot(key.into(), expected, move |session| {
+            Box::pin(async move {
+                let mut parts =
+                    RecordParts { metadata: session.metadata().await?, user_ids: session.user_ids().await? };
+                let before = parts.clone();
+                let (value, parts) = session
+                    .update(move |doc| {
+                        let value = change(doc, &mut parts);
+                        (value, parts)
+                    })
+                    .await?;
+                if parts.metadata != before.metadata {
+                    session.set_metadata(parts.metadata).await?;
+                }
+                for gone in before.user_ids.iter().filter(|u| !parts.user_ids.contains(u)) {
+                    session.remove_user_id(gone).await?;
+                }
+                for new in parts.user_ids.iter().filter(|u| !before.user_ids.contains(u)) {
+                    session.add_user_id(new).await?;
+                }
+                Ok(value)
+            })
+        })
+        .await
+    }
+
+    /// The one-shot procedure around `step`, which changes the open
+    /// session before it is saved and released.
+    async fn one_shot<R: Send + 'static>(
+        &self,
+        key: Key,
+        expected: Expect,
+        step: impl FnOnce(Session<T>) -> std::pin::Pin<Box<dyn Future<Output = Result<R, Error>> + Send>>,
+    ) -> Result<Updated<R>, Error> {
+        let key = key.0;
         validate_key(&key)?;
         let name = self.shared.name.to_string();
         let failed = || Error::PreconditionFailed { at: KeyId::new(name.clone(), key.clone()) };
@@ -64,7 +112,7 @@ impl<T: Document> Store<T> {
             let _ = session.close().await;
             return Err(failed());
         }
-        let value = match session.update(change).await {
+        let value = match step(session.clone()).await {
             Ok(v) => v,
             Err(e) => {
                 let _ = session.close().await;
@@ -122,6 +170,16 @@ impl<T: Document> Drop for OneShotTurn<T> {
             gates.remove(&self.key);
         }
     }
+}
+
+/// The parts of a record beside its document, as a one-shot update may set
+/// them (`Store::update_unleased_record`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecordParts {
+    /// The metadata (a JSON object).
+    pub metadata: Value,
+    /// The user ids.
+    pub user_ids: Vec<String>,
 }
 
 /// What [`Store::update_unleased`] answers: the change's own answer and

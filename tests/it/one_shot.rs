@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use crate::common::*;
 use datastorer::storage::memory::MemoryBackend;
-use datastorer::{Error, Expect};
+use datastorer::{Error, Expect, StoreSpec};
+use serde_json::{json, Value};
 
 #[actix_rt::test]
 async fn a_one_shot_update_creates_or_changes_the_record_and_leaves_no_session_or_lease() {
@@ -241,4 +242,47 @@ async fn a_one_shot_and_a_session_opening_at_once_never_share_an_actor_or_an_epo
             Err(e) => panic!("{key}: {e:?}"),
         }
     }
+}
+
+/// A one-shot that also sets the record's metadata and user ids (Roblox's
+/// `SetAsync` with user ids and metadata): all three land in the one write
+/// (and its version), the user-id index finds the key, and ids taken away
+/// leave the record.
+#[actix_rt::test]
+async fn a_one_shot_sets_metadata_and_user_ids_with_the_document_in_one_write() {
+    let cluster = datastorer::testing::Cluster::start(1).await;
+    let store = cluster.node(0).store("rec", StoreSpec::new(json!({"coins": 0}))).unwrap();
+    let first = store
+        .update_unleased_record("k", Expect::Absent, |doc, parts| {
+            doc["coins"] = json!(5);
+            parts.metadata = json!({"tier": "gold"});
+            parts.user_ids = vec!["7".into(), "8".into()];
+        })
+        .await
+        .unwrap();
+    let rec = cluster.stored("rec", "k").unwrap();
+    assert_eq!(rec.header.revision, first.revision);
+    assert_eq!(serde_json::from_slice::<Value>(&rec.metadata).unwrap(), json!({"tier": "gold"}));
+    assert_eq!(rec.user_ids, vec!["7".to_owned(), "8".to_owned()]);
+    let found = cluster.node(0).user_records("8").await.unwrap();
+    assert_eq!(found.len(), 1, "the index knows the key");
+    let newest = store.versions("k", &datastorer::VersionQuery::default()).await.unwrap().versions;
+    assert_eq!(newest[0].user_ids, vec!["7".to_owned(), "8".to_owned()], "the version carries them too");
+    // The transform sees what is stored, and what it drops goes.
+    let seen = store
+        .update_unleased_record("k", Expect::Version(rec.header), |_, parts| {
+            let seen = parts.clone();
+            parts.user_ids.retain(|u| u != "7");
+            seen
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen.value.metadata, json!({"tier": "gold"}));
+    assert_eq!(cluster.stored("rec", "k").unwrap().user_ids, vec!["8".to_owned()]);
+    // Held by a session: refused, nothing written.
+    let s = store.open("k").await.unwrap();
+    let refused = store.update_unleased_record("k", Expect::Anything, |_, p| p.user_ids.clear()).await;
+    assert!(matches!(refused, Err(Error::LeaseHeld { .. })), "{refused:?}");
+    s.release(datastorer::Priority::Normal).await.unwrap();
+    assert_eq!(cluster.stored("rec", "k").unwrap().user_ids, vec!["8".to_owned()]);
 }

@@ -114,6 +114,16 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
         ("415", "wrong content type"),
         ("503", "storage unavailable or shutting down"),
     ]);
+    let record_metadata = || {
+        json!({ "name": "Datastorer-Metadata", "in": "header", "required": false,
+        "description": "a JSON object: replaces the record's metadata in the same write (Roblox's `SetMetadata`)",
+        "schema": { "type": "string" } })
+    };
+    let record_user_ids = || {
+        json!({ "name": "Datastorer-User-Ids", "in": "header", "required": false,
+        "description": "a JSON array of user ids: replaces the record's user ids in the same write (Roblox's `SetAsync` user ids)",
+        "schema": { "type": "string" } })
+    };
     let if_match = || {
         json!({ "name": "If-Match", "in": "header", "required": false,
         "description": "`*` or entity tags (`\"3.17\"`): only if the stored record is still that version (412 otherwise)", "schema": { "type": "string" } })
@@ -295,11 +305,11 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
             "/v1/stores/{store}/keys/{key}": {
                 "get": view_get,
                 "patch": op("patch_unleased", "one-shot merge patch of a key no session holds (takes the lease, saves, releases); `If-Match` makes it conditional; answers once durable with the new `ETag`",
-                    vec![store(), key(), if_match(), prefer()],
+                    vec![store(), key(), if_match(), prefer(), record_metadata(), record_user_ids()],
                     Some(body(any.clone(), &["application/merge-patch+json", "application/json"], true)),
                     ok(unleased.clone()), &unleased_errs),
                 "put": op("put_unleased", "one-shot replace of the document of a key no session holds; `If-Match` makes it conditional",
-                    vec![store(), key(), if_match(), prefer()],
+                    vec![store(), key(), if_match(), prefer(), record_metadata(), record_user_ids()],
                     Some(body(any.clone(), &["application/json"], true)),
                     ok(unleased.clone()), &unleased_errs),
                 "delete": op("delete_key", "delete a key (admin)", vec![store(), key(), query("force", json!({ "type": "boolean" }))], None,

@@ -1304,3 +1304,51 @@ async fn an_oversized_message_is_refused_without_internal_store_names() {
     let (st, v) = call(&c, &s, Method::POST, &path, None, Some(json!({"gift": 1}))).await;
     assert_eq!((st, v["id"].clone()), (StatusCode::OK, json!(1)), "the refused one took no id: {v}");
 }
+
+/// A one-shot `PUT` may set the record's metadata and user ids in the same
+/// write (`Datastorer-Metadata`, `Datastorer-User-Ids`): what a Roblox
+/// `SetAsync` with user ids and metadata needs; bad values are refused
+/// before anything is written.
+#[tokio::test]
+async fn a_one_shot_write_sets_metadata_and_user_ids_with_the_document() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let k = key_url("profiles", "p77");
+    let put = |body: Value, meta: Option<&str>, ids: Option<&str>| {
+        let mut r = c.put(s.url(&k)).json(&body);
+        if let Some(m) = meta {
+            r = r.header("Datastorer-Metadata", m);
+        }
+        if let Some(u) = ids {
+            r = r.header("Datastorer-User-Ids", u);
+        }
+        r.send()
+    };
+    let r = put(json!({"coins": 1}), Some(r#"{"tier":"gold"}"#), Some("[77, \"steam:9\"]")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(view["metadata"], json!({"tier": "gold"}));
+    assert_eq!(view["user_ids"], json!(["77", "steam:9"]));
+    let (_, page) = call(&c, &s, Method::GET, &format!("{k}/versions"), None, None).await;
+    assert_eq!(page["versions"][0]["user_ids"], json!(["77", "steam:9"]), "the version carries them");
+    // Without the headers, a write keeps them.
+    put(json!({"coins": 2}), None, None).await.unwrap();
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(
+        (view["metadata"].clone(), view["user_ids"].clone()),
+        (json!({"tier": "gold"}), json!(["77", "steam:9"]))
+    );
+    for (meta, ids, code) in [
+        (Some("[1]"), None, "bad_metadata"),
+        (Some("not json"), None, "bad_request_body"),
+        (None, Some("{\"a\":1}"), "bad_user_id"),
+        (None, Some("[1.5]"), "bad_user_id"),
+    ] {
+        let r = put(json!({"coins": 3}), meta, ids).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.json::<Value>().await.unwrap()["code"], code, "{meta:?} {ids:?}");
+    }
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!(view["data"], json!({"coins": 2}), "nothing written by a refused request");
+}

@@ -208,6 +208,42 @@ async fn delete(
     Ok(json!({ "deleted": true }))
 }
 
+/// The record parts a one-shot write may set beside the document (Roblox's
+/// `SetAsync` user ids and `SetMetadata`): `Datastorer-Metadata`, a JSON
+/// object, and `Datastorer-User-Ids`, a JSON array of user ids; each,
+/// when given, replaces what is stored.
+fn record_parts_headers(req: &HttpRequest) -> Result<(Option<Value>, Option<Vec<String>>)> {
+    let header = |name: &str| -> Result<Option<Value>> {
+        match req.headers().get(name) {
+            None => Ok(None),
+            Some(v) => {
+                let text =
+                    v.to_str().map_err(|_| ApiError::new(ErrorCode::BadRequestBody, format!("{name} is not text")))?;
+                serde_json::from_str(text)
+                    .map(Some)
+                    .map_err(|e| ApiError::new(ErrorCode::BadRequestBody, format!("{name} is not JSON: {e}")))
+            }
+        }
+    };
+    let metadata = match header("Datastorer-Metadata")? {
+        Some(m) => {
+            crate::validate::metadata(&m).map_err(|e| ApiError::new(ErrorCode::BadMetadata, e))?;
+            Some(m)
+        }
+        None => None,
+    };
+    let user_ids = match header("Datastorer-User-Ids")? {
+        Some(Value::Array(ids)) => Some(
+            ids.iter()
+                .map(|id| crate::validate::user_id(id).map_err(|e| ApiError::new(ErrorCode::BadUserId, e)))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        Some(_) => return Err(ApiError::new(ErrorCode::BadUserId, "Datastorer-User-Ids is a JSON array of user ids")),
+        None => None,
+    };
+    Ok((metadata, user_ids))
+}
+
 /// A one-shot update of a key nobody holds, under the request's conditions.
 async fn update(
     req: HttpRequest,
@@ -220,16 +256,32 @@ async fn update(
     let (store_name, key) = path.into_inner();
     let store = state.sessionless_write(&req, &store_name, &key)?;
     let expected = write_expectation(&req, &store, &key).await?;
+    let (metadata, user_ids) = record_parts_headers(&req)?;
     let body = required_json(&req, payload, &state, content_types, "a JSON document").await?;
     // A client of this server holding the key is named, as an open would.
     held_by_client(&state, &store_name, &key, |holder| format!("the key is held by {holder:?}"))?;
     let minimal = prefers_minimal(&req);
-    let updated = store
-        .update_unleased(key.as_str(), expected, move |doc| {
-            change(doc, &body);
-            (!minimal).then(|| doc.clone())
-        })
-        .await?;
+    let updated = if metadata.is_none() && user_ids.is_none() {
+        store
+            .update_unleased(key.as_str(), expected, move |doc| {
+                change(doc, &body);
+                (!minimal).then(|| doc.clone())
+            })
+            .await?
+    } else {
+        store
+            .update_unleased_record(key.as_str(), expected, move |doc, parts| {
+                change(doc, &body);
+                if let Some(m) = metadata {
+                    parts.metadata = m;
+                }
+                if let Some(ids) = user_ids {
+                    parts.user_ids = ids;
+                }
+                (!minimal).then(|| doc.clone())
+            })
+            .await?
+    };
     let header = RecordHeader { epoch: updated.epoch, revision: updated.revision };
     let mut answer = json!({ "revision": updated.revision, "epoch": updated.epoch, "durable": true });
     if let Some(doc) = updated.value {
