@@ -326,6 +326,11 @@ fn luau_version_history_and_a_restore_that_ends_the_session() {
 }
 
 #[test]
+fn luau_the_data_store_service_facade() {
+    with_server("specs/DataStoreService.spec", &[]);
+}
+
+#[test]
 fn luau_join_play_autosave_leave_with_faults() {
     with_server("specs/Sessions.spec", &[]);
 }

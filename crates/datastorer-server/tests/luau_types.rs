@@ -19,6 +19,7 @@ const BOUNDS: &[(&str, usize)] = &[
     ("Transport.luau", 0),
     ("Inbox.luau", 0),
     ("Budget.luau", 0),
+    ("DataStoreService.luau", 0),
     ("Store.luau", 0),
     ("Json.luau", 0),
     ("Key.luau", 0),
@@ -65,6 +66,9 @@ fn luau_the_client_modules_are_strict_and_their_type_errors_only_go_down() {
             .collect();
         let bound = BOUNDS.iter().find(|(n, _)| n == name).map(|(_, b)| *b);
         println!("{name}: {} strict-mode errors (bound {bound:?})", errors.len());
+        for e in &errors {
+            println!("    {e:?}");
+        }
         match bound {
             Some(b) if errors.len() <= b => {}
             _ => over.push(format!(
