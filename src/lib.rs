@@ -121,9 +121,9 @@ pub use crate::store::inbox::{inbox_store_name, Inbox, INBOX_SUFFIX, MAX_INBOX_M
 pub use crate::store::read_cache::ReadCache;
 pub use crate::store::{
     parse_version_id, validate_key, validate_store_name, validate_user_store_name, version_id_text, Document, Expect,
-    Hooks, Key, KeyChange, MigrationFailure, MigrationReport, OpenRequest, RecordParts, RestoreTarget, Restored, Store,
-    StoreRestoreReport, StoreSpec, Updated, Version, VersionInfo, VersionOrder, VersionPage, VersionQuery, MAX_KEY_LEN,
-    MAX_LISTED_CHANGES, MAX_STORE_NAME_LEN, MAX_VERSIONS_PAGE,
+    Hooks, Key, KeyChange, MigrationFailure, MigrationReport, OpenRequest, RecordParts, RestoreProgress, RestoreTarget,
+    Restored, Store, StoreRestoreReport, StoreSpec, Updated, Version, VersionInfo, VersionOrder, VersionPage,
+    VersionQuery, MAX_KEY_LEN, MAX_LISTED_CHANGES, MAX_STORE_NAME_LEN, MAX_VERSIONS_PAGE,
 };
 pub use crate::types::EraseMode;
 pub use crate::types::Message;

@@ -55,7 +55,7 @@ pub use history::{
     VersionQuery, MAX_VERSIONS_PAGE,
 };
 pub use one_shot::{RecordParts, Updated};
-pub use point_in_time::{KeyChange, StoreRestoreReport, MAX_LISTED_CHANGES};
+pub use point_in_time::{KeyChange, RestoreProgress, StoreRestoreReport, MAX_LISTED_CHANGES};
 pub use spec::{
     validate_key, validate_store_name, validate_user_store_name, Key, StoreSpec, INBOX_SUFFIX, MAX_KEY_LEN,
     MAX_STORE_NAME_LEN,

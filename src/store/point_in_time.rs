@@ -67,13 +67,22 @@ pub struct StoreRestoreReport {
     pub undo_at_ms: u64,
 }
 
-/// The job record of a restore under way.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Job {
-    at_ms: u64,
-    started_at_ms: u64,
-    done_through: Option<String>,
+/// The job record of a restore under way: what `Store::restore_progress`
+/// shows while it runs (from any process), and what a run again resumes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreProgress {
+    /// The point in time it restores to.
+    pub at_ms: u64,
+    /// When it began.
+    pub started_at_ms: u64,
+    /// The last key done (keys go in key order).
+    pub done_through: Option<String>,
+    /// Keys done so far by this run.
+    #[serde(default)]
+    pub keys_done: u64,
 }
+
+type Job = RestoreProgress;
 
 impl<T: Document> Store<T> {
     async fn job(&self) -> Result<Option<Job>, Error> {
@@ -90,6 +99,12 @@ impl<T: Document> Store<T> {
         let value = job.map(|j| serde_json::to_vec(j).unwrap_or_default());
         let op = WriteOp::new(store_restore_key(self.name()), Precondition::Any, value);
         self.engine().write(&self.shared.name, &label, op, Priority::Normal).await.map(|_| ())
+    }
+
+    /// The store restore under way, if one is (or one was interrupted and
+    /// waits to be run again): its target time and how far it got.
+    pub async fn restore_progress(&self) -> Result<Option<RestoreProgress>, Error> {
+        self.job().await
     }
 
     /// Every key's version at `at_ms` (`None`: a tombstone, or nothing at
@@ -128,7 +143,7 @@ impl<T: Document> Store<T> {
         let now_ms = engine.clock.now_ms();
         let job = match self.job().await? {
             Some(j) if j.at_ms == at_ms && !dry_run => j,
-            _ => Job { at_ms, started_at_ms: now_ms, done_through: None },
+            _ => Job { at_ms, started_at_ms: now_ms, done_through: None, keys_done: 0 },
         };
         let mut report = StoreRestoreReport {
             at_ms,
@@ -212,6 +227,7 @@ impl<T: Document> Store<T> {
                 }
             }
             job.done_through = Some(key.clone());
+            job.keys_done = report.keys;
             self.set_job(Some(&job)).await?;
             if report.keys % 1000 == 0 {
                 tracing::info!(

@@ -490,6 +490,12 @@ fn history_paths(common: &[(&'static str, &'static str)]) -> Value {
                 &errs(&[("404", "unknown store (strict stores)"), ("503", "storage unavailable or shutting down")]))
         },
         "/v1/stores/{store}/restore": {
+            "get": op("restore_store_progress", "the store restore under way, from any server, or one interrupted that waits to be run again (admin): its target time, when it began, the last key done, keys done; `null` when none",
+                vec![store.clone()], None,
+                ok(json!({ "type": "object", "required": ["progress"], "properties": { "progress": { "type": "object", "nullable": true, "properties": {
+                    "at_ms": { "type": "integer" }, "started_at_ms": { "type": "integer" },
+                    "done_through": { "type": "string", "nullable": true }, "keys_done": { "type": "integer" } } } } })),
+                &errs(&[("404", "unknown store (strict stores)"), ("503", "storage unavailable")])),
             "post": op("restore_store", "restore a whole store to at_ms (admin): keys whose version then differs get it as a new revision (holders hand over or are fenced), keys created after it are deleted, keys with no history are left alone; dry_run lists the changes only; a run interrupted and run again resumes; restoring to the answer's undo_at_ms undoes it",
                 vec![store.clone()],
                 Some(body(json!({ "type": "object", "required": ["at_ms"], "additionalProperties": false, "properties": {

@@ -199,6 +199,10 @@ async fn a_store_restore_killed_half_way_resumes_and_does_nothing_twice() {
     assert!(running.await.unwrap().is_err(), "the request died with the server");
 
     let s = Server::process(tmp.path(), &["--access-log", "false"]);
+    // The interrupted restore shows how far it got, from the restarted server.
+    let (_, waiting) = call(&c, &s, Method::GET, "/v1/stores/pit/restore", None, None).await;
+    assert_eq!(waiting["progress"]["at_ms"], json!(t), "{waiting}");
+    assert!(waiting["progress"]["done_through"].is_string(), "{waiting}");
     let (st, report) = call(&c, &s, Method::POST, "/v1/stores/pit/restore", None, Some(json!({ "at_ms": t }))).await;
     assert_eq!(st, StatusCode::OK, "{report}");
     let resumed = report["resumed_after"].as_str().expect("resumed after the last key done").to_owned();
@@ -215,6 +219,8 @@ async fn a_store_restore_killed_half_way_resumes_and_does_nothing_twice() {
     assert_eq!(again["changes"], json!([]), "nothing left to do");
     let (_, trail) = call(&c, &s, Method::GET, "/v1/audit?action=store_restore", None, None).await;
     assert_eq!(trail["entries"][0]["outcome"], "ok", "{trail}");
+    let (_, done) = call(&c, &s, Method::GET, "/v1/stores/pit/restore", None, None).await;
+    assert_eq!(done["progress"], Value::Null, "nothing under way once done");
 }
 
 #[tokio::test]

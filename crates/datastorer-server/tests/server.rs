@@ -1077,6 +1077,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/audit", "get"),
         ("/v1/backup", "get"),
         ("/v1/stores/{store}/restore", "post"),
+        ("/v1/stores/{store}/restore", "get"),
         ("/v1/stores/{store}/migrate", "post"),
     ];
     let mut documented = Vec::new();

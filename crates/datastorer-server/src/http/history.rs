@@ -30,8 +30,26 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/stores/{store}/keys/{key}/versions/at").route(web::get().to(version_at)))
         .service(resource("/v1/stores/{store}/keys/{key}/versions/{version}").route(web::get().to(one_version)))
         .service(resource("/v1/stores/{store}/keys/{key}/restore").route(web::post().to(restore)))
-        .service(resource("/v1/stores/{store}/restore").route(web::post().to(restore_store)))
+        .service(
+            resource("/v1/stores/{store}/restore")
+                .route(web::post().to(restore_store))
+                .route(web::get().to(restore_store_progress)),
+        )
         .service(resource("/v1/stores/{store}/migrate").route(web::post().to(migrate_store)));
+}
+
+/// `GET /v1/stores/{store}/restore` (admin): the store restore under way
+/// (from any server), or one interrupted that waits to be run again:
+/// `{"progress": {at_ms, started_at_ms, done_through, keys_done}}`, or
+/// `{"progress": null}`.
+async fn restore_store_progress(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.auth(&req, Role::Admin)?;
+    let store = state.store(&path.into_inner())?;
+    Ok(HttpResponse::Ok().json(json!({ "progress": store.restore_progress().await? })))
 }
 
 /// `POST /v1/stores/{store}/migrate` (admin): every record of the store
