@@ -142,6 +142,40 @@ impl Engine {
         }
     }
 
+    /// Every key and value under `prefix`, read page by page (for a prefix
+    /// known to be small: one key's history, one user's index entries).
+    pub(crate) async fn scan_all(
+        &self,
+        store: &Arc<str>,
+        label: &Arc<str>,
+        prefix: Vec<u8>,
+    ) -> Result<KeyValues, Error> {
+        const PAGE: usize = 512;
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self.scan(store, label, prefix.clone(), after.take(), PAGE).await?;
+            let full = page.len() == PAGE;
+            after = page.last().map(|(k, _)| k.clone());
+            out.extend(page);
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The record of `key` in `store`, decoded (`None`: absent; a corrupt
+    /// one is an error that names it, and is left as it is).
+    pub(crate) async fn read_record(&self, store: &str, key: &str) -> Result<Option<crate::storage::Record>, Error> {
+        let (s, k): (Arc<str>, Arc<str>) = (Arc::from(store), Arc::from(key));
+        match self.get(&s, &k, StorageKey::record(&s, &k), Priority::Normal).await? {
+            None => Ok(None),
+            Some(bytes) => crate::storage::Record::decode(&bytes)
+                .map(Some)
+                .map_err(|source| Error::CorruptRecord { at: crate::error::KeyId::new(store, key), source }),
+        }
+    }
+
     /// Scans keys under `prefix` after `start_after`, at most `limit`;
     /// `label` names the scan in errors (as the key does elsewhere).
     pub(crate) fn scan(

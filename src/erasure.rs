@@ -85,54 +85,23 @@ fn check_user_id(user_id: &str) -> Result<(), Error> {
 /// The keys the index names for `user_id`, as (store, key), in order.
 async fn indexed_keys(engine: &Engine, user_id: &str) -> Result<Vec<(String, String)>, Error> {
     let label: Arc<str> = Arc::from("(users)");
-    let prefix = user_index_prefix(user_id);
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = engine.scan(&label, &label, prefix.clone(), after.take(), 1000).await?;
-        let full = page.len() == 1000;
-        for (k, _) in &page {
-            if let Some((_, store, key)) = split_user_index_key(k) {
-                out.push((store, key));
-            }
-        }
-        match page.last() {
-            Some((k, _)) if full => after = Some(k.clone()),
-            _ => return Ok(out),
-        }
-    }
-}
-
-async fn record_of(engine: &Engine, store: &str, key: &str) -> Result<Option<Record>, Error> {
-    let (s, k): (Arc<str>, Arc<str>) = (Arc::from(store), Arc::from(key));
-    match engine.get(&s, &k, StorageKey::record(&s, &k), Priority::Normal).await? {
-        None => Ok(None),
-        Some(bytes) => Record::decode(&bytes)
-            .map(Some)
-            .map_err(|source| Error::CorruptRecord { at: KeyId::new(store, key), source }),
-    }
+    let entries = engine.scan_all(&label, &label, user_index_prefix(user_id)).await?;
+    Ok(entries.iter().filter_map(|(k, _)| split_user_index_key(k)).map(|(_, store, key)| (store, key)).collect())
 }
 
 /// Every kept version of `store/key`: (storage key, record), oldest first.
+/// A version that does not decode is an error naming the key (kept, never dropped).
 async fn versions_of(engine: &Engine, store: &str, key: &str) -> Result<Vec<(Vec<u8>, Record)>, Error> {
     let (s, k): (Arc<str>, Arc<str>) = (Arc::from(store), Arc::from(key));
-    let prefix = versions_of_key(store, key);
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = engine.scan(&s, &k, prefix.clone(), after.take(), 512).await?;
-        let full = page.len() == 512;
-        for (sk, v) in &page {
-            // A version that does not decode is kept and reported, never dropped.
-            let rec =
-                Record::decode(v).map_err(|source| Error::CorruptRecord { at: KeyId::new(store, key), source })?;
-            out.push((sk.clone(), rec));
-        }
-        match page.last() {
-            Some((sk, _)) if full => after = Some(sk.clone()),
-            _ => return Ok(out),
-        }
-    }
+    let entries = engine.scan_all(&s, &k, versions_of_key(store, key)).await?;
+    entries
+        .into_iter()
+        .map(|(sk, v)| {
+            Record::decode(&v)
+                .map(|rec| (sk, rec))
+                .map_err(|source| Error::CorruptRecord { at: KeyId::new(store, key), source })
+        })
+        .collect()
 }
 
 fn json(bytes: &[u8]) -> serde_json::Value {
@@ -141,23 +110,11 @@ fn json(bytes: &[u8]) -> serde_json::Value {
 }
 
 fn version_of(rec: &Record) -> crate::history::Version {
-    let h = rec.header;
-    let info = crate::history::VersionInfo {
-        version: crate::history::version_id_text(h),
-        epoch: h.epoch,
-        revision: h.revision,
-        saved_at_ms: rec.updated_at_ms,
-        created_at_ms: rec.created_at_ms,
-        size: rec.data.len(),
-        data_version: rec.data_version,
-        user_ids: rec.user_ids.clone(),
-        deleted: rec.is_tombstone(),
-    };
     let (data, metadata) = match rec.is_tombstone() {
         true => (None, None),
         false => (Some(json(&rec.data)), Some(json(&rec.metadata))),
     };
-    crate::history::Version { info, data, metadata }
+    crate::history::Version { info: crate::history::VersionInfo::of_record(rec), data, metadata }
 }
 
 /// Every record and version tagged with `user_id`, across stores.
@@ -166,7 +123,7 @@ pub(crate) async fn find(engine: &Engine, user_id: &str) -> Result<Vec<UserRecor
     let tagged = |r: &Record| r.user_ids.iter().any(|u| u == user_id);
     let mut out = Vec::new();
     for (store, key) in indexed_keys(engine, user_id).await? {
-        let current = record_of(engine, &store, &key).await?.filter(tagged).map(|r| {
+        let current = engine.read_record(&store, &key).await?.filter(tagged).map(|r| {
             serde_json::json!({
                 "data": json(&r.data), "metadata": json(&r.metadata), "user_ids": r.user_ids,
                 "epoch": r.header.epoch, "revision": r.header.revision, "data_version": r.data_version,
@@ -259,7 +216,7 @@ pub(crate) async fn erase(
                 // when it carries the id now; a record that only carried
                 // it once (someone else's now) keeps its own data, and
                 // only the versions that carried the id go.
-                let tagged_now = match record_of(engine, store, key).await {
+                let tagged_now = match engine.read_record(store, key).await {
                     Ok(Some(r)) => r.user_ids.iter().any(|u| u == user_id),
                     Ok(None) => false,
                     Err(Error::CorruptRecord { .. }) => false,
@@ -330,7 +287,7 @@ async fn unlink_record(engine: &Engine, store: &str, key: &str, user_id: &str) -
     let (s, k): (Arc<str>, Arc<str>) = (Arc::from(store), Arc::from(key));
     let mut contention = Contention::new(CONTENTION_WINDOW);
     loop {
-        let Some(mut rec) = record_of(engine, store, key).await? else { return Ok(false) };
+        let Some(mut rec) = engine.read_record(store, key).await? else { return Ok(false) };
         if !rec.user_ids.iter().any(|u| u == user_id) {
             return Ok(false);
         }

@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use crate::engine::Engine;
-use crate::error::{Error, KeyId};
+use crate::error::Error;
 use crate::messages::key::{Control, Release};
-use crate::storage::{EndKind, Notice, NoticeKind, Record, StorageKey};
+use crate::storage::{EndKind, Notice, NoticeKind};
 use crate::types::{CloseReason, Priority};
 
 /// What became of a key's holder.
@@ -45,13 +45,8 @@ fn close_reason(because: EndKind) -> CloseReason {
 }
 
 async fn live_holder(engine: &Engine, store: &str, key: &str) -> Result<Option<String>, Error> {
-    let (s, k) = (std::sync::Arc::from(store), std::sync::Arc::from(key));
-    let Some(bytes) = engine.get(&s, &k, StorageKey::record(&s, &k), Priority::Normal).await? else {
-        return Ok(None);
-    };
-    let record = Record::decode(&bytes)
-        .map_err(|source| Error::CorruptRecord { at: KeyId::new(store.to_owned(), key.to_owned()), source })?;
-    Ok(record.lease.filter(|l| l.expires_at_ms > engine.clock.now_ms()).map(|l| l.owner))
+    let record = engine.read_record(store, key).await?;
+    Ok(record.and_then(|r| r.lease).filter(|l| l.expires_at_ms > engine.clock.now_ms()).map(|l| l.owner))
 }
 
 /// Hands `store/key` over from whoever holds it, within `handoff`.

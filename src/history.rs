@@ -85,6 +85,22 @@ impl VersionInfo {
         }
     }
 
+    /// What a listing shows of a decoded version.
+    pub(crate) fn of_record(rec: &crate::storage::Record) -> Self {
+        let h = rec.header;
+        VersionInfo {
+            version: version_id_text(h),
+            epoch: h.epoch,
+            revision: h.revision,
+            saved_at_ms: rec.updated_at_ms,
+            created_at_ms: rec.created_at_ms,
+            size: rec.data.len(),
+            data_version: rec.data_version,
+            deleted: rec.is_tombstone(),
+            user_ids: rec.user_ids.clone(),
+        }
+    }
+
     /// The version's id.
     pub fn id(&self) -> VersionId {
         RecordHeader { epoch: self.epoch, revision: self.revision }

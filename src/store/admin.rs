@@ -27,16 +27,7 @@ impl<T: Document> Store<T> {
     pub async fn inspect(&self, key: impl Into<Key>) -> Result<Option<Record>, Error> {
         let key = key.into().0;
         validate_key(&key)?;
-        let shared = &self.shared;
-        let key: Arc<str> = Arc::from(key);
-        let skey = StorageKey::record(&shared.name, &key);
-        match shared.engine.get(&shared.name, &key, skey, Priority::Normal).await? {
-            None => Ok(None),
-            Some(bytes) => Record::decode(&bytes).map(Some).map_err(|source| Error::CorruptRecord {
-                at: KeyId::new(shared.name.to_string(), key.to_string()),
-                source,
-            }),
-        }
+        self.shared.engine.read_record(&self.shared.name, &key).await
     }
 
     /// Deletes everything stored for `key` (administrative): its record and

@@ -30,27 +30,19 @@ impl<T: Document> Store<T> {
     async fn all_versions(&self, key: &str) -> Result<Vec<VersionInfo>, Error> {
         let shared = &self.shared;
         let key_arc: Arc<str> = Arc::from(key);
-        let prefix = versions_of_key(&shared.name, key);
-        let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = shared.engine.scan(&shared.name, &key_arc, prefix.clone(), after.take(), SCAN_PAGE).await?;
-            let full = page.len() == SCAN_PAGE;
-            for (k, v) in &page {
-                match RecordSummary::peek(v) {
-                    Some(s) => out.push(VersionInfo::of(s)),
-                    None => tracing::warn!(
-                        target: "datastorer::history", store = %shared.name, key,
-                        entry = ?split_version_key(k).map(|(_, _, id)| version_id_text(id)),
-                        "a stored version does not decode; it is skipped and kept"
-                    ),
-                }
-            }
-            match page.last() {
-                Some((k, _)) if full => after = Some(k.clone()),
-                _ => return Ok(out),
+        let entries = shared.engine.scan_all(&shared.name, &key_arc, versions_of_key(&shared.name, key)).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (k, v) in &entries {
+            match RecordSummary::peek(v) {
+                Some(s) => out.push(VersionInfo::of(s)),
+                None => tracing::warn!(
+                    target: "datastorer::history", store = %shared.name, key,
+                    entry = ?split_version_key(k).map(|(_, _, id)| version_id_text(id)),
+                    "a stored version does not decode; it is skipped and kept"
+                ),
             }
         }
+        Ok(out)
     }
 
     /// A page of `key`'s versions (read role): every acknowledged save
@@ -110,8 +102,6 @@ impl<T: Document> Store<T> {
     fn decode_version(&self, key: &str, bytes: &[u8]) -> Result<Version, Error> {
         let at = || KeyId::new(self.name(), key);
         let record = Record::decode(bytes).map_err(|source| Error::CorruptRecord { at: at(), source })?;
-        let summary = RecordSummary::peek(bytes)
-            .ok_or_else(|| Error::CorruptRecord { at: at(), source: crate::storage::DecodeError::NotARecord })?;
         let json = |b: &[u8], what: &str| {
             serde_json::from_slice::<Value>(b).map_err(|e| Error::Migration {
                 at: at(),
@@ -123,7 +113,7 @@ impl<T: Document> Store<T> {
             true => (None, None),
             false => (Some(json(&record.data, "data")?), Some(json(&record.metadata, "metadata")?)),
         };
-        Ok(Version { info: VersionInfo::of(summary), data, metadata })
+        Ok(Version { info: VersionInfo::of_record(&record), data, metadata })
     }
 
     /// Restores `key` to an earlier version (admin): a new revision with

@@ -16,7 +16,8 @@ use crate::auth::Role;
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::{check_key, parse, required_json};
 use crate::state::{AppState, Target};
-use datastorer::{parse_version_id, RestoreTarget, VersionOrder, VersionQuery, MAX_VERSIONS_PAGE};
+use datastorer::{parse_version_id, RestoreTarget, Store, VersionOrder, VersionQuery, MAX_VERSIONS_PAGE};
+use serde_json::Value;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -91,13 +92,7 @@ async fn restore_store(
     let store = state.store(&store_name)?;
     let body: StoreRestoreBody =
         parse(required_json(&req, payload, &state, &["application/json"], "a store restore (at_ms)").await?)?;
-    let handoff = Duration::from_millis(body.handoff_ms.unwrap_or(10_000));
-    if handoff > MAX_HANDOFF {
-        return Err(ApiError::new(
-            ErrorCode::BadRequestBody,
-            format!("handoff_ms is at most {}", MAX_HANDOFF.as_millis()),
-        ));
-    }
+    let handoff = handoff_of(body.handoff_ms)?;
     let result = store.restore_to(body.at_ms, body.dry_run, handoff).await.map_err(ApiError::from);
     if body.dry_run {
         return Ok(HttpResponse::Ok().json(result?));
@@ -109,6 +104,26 @@ async fn restore_store(
     };
     let report = state.audited(&who.name, "store_restore", target, details, result).await?;
     Ok(HttpResponse::Ok().json(report))
+}
+
+/// The store of a route on one key, after the role check and the key check.
+fn store_of(state: &AppState, req: &HttpRequest, role: Role, store: &str, key: &str) -> Result<Store<Value>> {
+    state.auth(req, role)?;
+    let resolved = state.store(store)?;
+    check_key(key)?;
+    Ok(resolved)
+}
+
+/// A hand-over time asked for (default 10 s), within the ceiling.
+fn handoff_of(ms: Option<u64>) -> Result<Duration> {
+    let handoff = Duration::from_millis(ms.unwrap_or(10_000));
+    if handoff > MAX_HANDOFF {
+        return Err(ApiError::new(
+            ErrorCode::BadRequestBody,
+            format!("handoff_ms is at most {}", MAX_HANDOFF.as_millis()),
+        ));
+    }
+    Ok(handoff)
 }
 
 fn bad_version(text: &str) -> ApiError {
@@ -140,10 +155,8 @@ async fn list_versions(
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    state.auth(&req, Role::Read)?;
     let (store_name, key) = path.into_inner();
-    let store = state.store(&store_name)?;
-    check_key(&key)?;
+    let store = store_of(&state, &req, Role::Read, &store_name, &key)?;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_VERSIONS_PAGE {
         return Err(ApiError::new(ErrorCode::BadLimit, format!("limit must be 1 to {MAX_VERSIONS_PAGE}")));
@@ -169,10 +182,8 @@ async fn one_version(
     path: web::Path<(String, String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    state.auth(&req, Role::Read)?;
     let (store_name, key, version) = path.into_inner();
-    let store = state.store(&store_name)?;
-    check_key(&key)?;
+    let store = store_of(&state, &req, Role::Read, &store_name, &key)?;
     let id = parse_version_id(&version).ok_or_else(|| bad_version(&version))?;
     Ok(HttpResponse::Ok().json(store.version(key.as_str(), id).await?))
 }
@@ -192,10 +203,8 @@ async fn version_at(
     query: web::Query<AtQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    state.auth(&req, Role::Read)?;
     let (store_name, key) = path.into_inner();
-    let store = state.store(&store_name)?;
-    check_key(&key)?;
+    let store = store_of(&state, &req, Role::Read, &store_name, &key)?;
     Ok(HttpResponse::Ok().json(store.version_at(key.as_str(), query.time_ms).await?))
 }
 
@@ -233,13 +242,7 @@ async fn restore(
             return Err(ApiError::new(ErrorCode::BadRequestBody, "give exactly one of \"version\" and \"at_ms\""));
         }
     };
-    let handoff = Duration::from_millis(body.handoff_ms.unwrap_or(10_000));
-    if handoff > MAX_HANDOFF {
-        return Err(ApiError::new(
-            ErrorCode::BadRequestBody,
-            format!("handoff_ms is at most {}", MAX_HANDOFF.as_millis()),
-        ));
-    }
+    let handoff = handoff_of(body.handoff_ms)?;
     let result = store.restore(key.as_str(), target, &body.keep, handoff).await.map_err(ApiError::from);
     let audit_target = Target { store: Some(&store_name), key: Some(&key) };
     let keep = body.keep.clone();
