@@ -1024,6 +1024,9 @@ migrations = [{ op = "rename", from = "gold", to = "coins" }, { op = "remove", f
 
     std::fs::write(&config, "strict_stores = true\n[stores.players]\ntemplate = { coins = 0 }\n").unwrap();
     let mut s = Server::start(tmp.path(), &["--config", config.to_str().unwrap()]);
+    // A new client: the old one's pooled connection was to the stopped
+    // server, and the new one may have been given the same port (a reset).
+    let c = Client::new();
     let (st, v) = call(&c, &s, Method::GET, "/v1/stores/guests", None, None).await;
     assert_eq!((st, v["code"].clone()), (StatusCode::NOT_FOUND, json!("unknown_store")), "{v}");
     assert!(s.stop().success());
