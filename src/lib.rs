@@ -74,6 +74,7 @@ mod session;
 pub mod storage;
 mod store;
 mod store_def;
+mod store_listing;
 #[cfg(feature = "harness")]
 pub mod testing;
 mod types;
@@ -225,6 +226,14 @@ impl Datastorer {
         // `S:inbox` holds store S's messages (see `Store::post_message`).
         validate_user_store_name(name)?;
         Store::register(&self.engine, name, spec, Some(self.keepalive.clone()))
+    }
+
+    /// Names of the stores holding records that start with `prefix`, in
+    /// byte order, after the store `after` (the last name of the previous
+    /// page), at most `limit`; the internal `S:inbox` stores are left out.
+    /// One short scan per store, through the queue.
+    pub async fn store_names(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
+        crate::store_listing::names(&self.engine, prefix, after, limit).await
     }
 
     /// Every record and kept version tagged with `user_id`, across stores

@@ -743,3 +743,10 @@ async fn pruning_keeps_one_version_per_hour_past_the_window_on_postgres() {
     assert_eq!(report.pruned as usize, 2880 - kept.len());
     ds.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn store_names_on_postgres() {
+    let Some(pg) = PgSchema::new("store_names_on_postgres") else { return };
+    let (ds, _) = pg_node(&pg, "app-1").await;
+    crate::stores::store_names_list_stores_with_records(&ds).await;
+}

@@ -93,3 +93,43 @@ async fn invalid_configuration_names_the_field() {
     let e = Datastorer::start(c).await.unwrap_err();
     assert!(matches!(e, Error::Config(ref m) if m.contains("max_batch_bytes")), "{e:?}");
 }
+
+/// What `Datastorer::store_names` must answer on any backend: stores with
+/// records, by prefix, paged by the last name, without `S:inbox` stores and
+/// without stores whose every record was deleted.
+pub(crate) async fn store_names_list_stores_with_records(ds: &Datastorer) {
+    for (store, keys) in [("alpha", 3), ("alpha-2", 1), ("beta", 600), ("gamma", 1), ("empty", 1)] {
+        let s = ds.store(store, StoreSpec::new(template())).unwrap();
+        for i in 0..keys {
+            s.update_unleased(format!("k{i}"), datastorer::Expect::Anything, move |p: &mut Profile| p.coins = i)
+                .await
+                .unwrap();
+        }
+    }
+    let s = ds.store("gamma", StoreSpec::new(template())).unwrap();
+    s.post_message("k0", json!({"gift": 1})).await.unwrap();
+    let empty = ds.store("empty", StoreSpec::new(template())).unwrap();
+    assert!(empty.delete("k0", false).await.unwrap());
+    assert_eq!(ds.store_names("", None, 10).await.unwrap(), ["alpha", "alpha-2", "beta", "gamma"]);
+    assert_eq!(ds.store_names("", None, 2).await.unwrap(), ["alpha", "alpha-2"]);
+    assert_eq!(ds.store_names("", Some("alpha-2"), 10).await.unwrap(), ["beta", "gamma"]);
+    assert_eq!(ds.store_names("alpha", None, 10).await.unwrap(), ["alpha", "alpha-2"]);
+    assert_eq!(ds.store_names("b", None, 10).await.unwrap(), ["beta"]);
+    assert_eq!(ds.store_names("be", Some("beta"), 10).await.unwrap(), Vec::<String>::new());
+    assert_eq!(ds.store_names("zzz", None, 10).await.unwrap(), Vec::<String>::new());
+}
+
+#[actix_rt::test]
+async fn store_names_on_memory() {
+    let backend = Arc::new(MemoryBackend::new());
+    store_names_list_stores_with_records(&node(&backend, "a").await).await;
+}
+
+#[actix_rt::test]
+async fn store_names_on_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(datastorer::storage::sled_backend::SledBackend::open(dir.path()).unwrap());
+    let mut config = Config::backend(backend);
+    config.handle_signals = false;
+    store_names_list_stores_with_records(&Datastorer::start(config).await.unwrap()).await;
+}

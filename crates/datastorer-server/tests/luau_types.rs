@@ -20,6 +20,7 @@ const BOUNDS: &[(&str, usize)] = &[
     ("Inbox.luau", 0),
     ("Budget.luau", 0),
     ("DataStoreService.luau", 0),
+    ("MessagingService.luau", 0),
     ("Store.luau", 0),
     ("Json.luau", 0),
     ("Key.luau", 0),

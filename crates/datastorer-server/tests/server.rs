@@ -79,6 +79,11 @@ async fn a_whole_session_lifecycle() {
 
     let (st, v) = call(&c, &s, Method::GET, "/v1/stores/profiles/keys?prefix=4&limit=10", None, None).await;
     assert_eq!((st, v["keys"].clone()), (StatusCode::OK, json!(["42"])));
+    // The stores holding records, by prefix, paged by name.
+    let (st, v) = call(&c, &s, Method::GET, "/v1/stores?prefix=pro&limit=5", None, None).await;
+    assert_eq!((st, v.clone()), (StatusCode::OK, json!({ "stores": ["profiles"], "next_cursor": null })));
+    let (st, v) = call(&c, &s, Method::GET, "/v1/stores?cursor=bad%20name", None, None).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::BAD_REQUEST, json!("bad_prefix")));
     assert!(s.stop().success());
 }
 
@@ -532,12 +537,18 @@ async fn api_keys_and_roles() {
         send(Method::GET, "/metrics".into(), Some("read-secret-0123456789")).await.unwrap().status(),
         StatusCode::OK
     );
+    // Ending a session is the admin's; a delete of a key nobody holds is a
+    // write (a tombstone version), as a game server's RemoveAsync is.
     assert_eq!(
-        send(Method::DELETE, k.clone(), Some("write-secret-0123456789")).await.unwrap().status(),
+        send(Method::DELETE, format!("{k}?force=true"), Some("write-secret-0123456789")).await.unwrap().status(),
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        send(Method::DELETE, k.clone(), Some("admin-secret-0123456789")).await.unwrap().status(),
+        send(Method::DELETE, k.clone(), Some("read-secret-0123456789")).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(Method::DELETE, k.clone(), Some("write-secret-0123456789")).await.unwrap().status(),
         StatusCode::OK
     );
     assert_eq!(

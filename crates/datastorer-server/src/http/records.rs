@@ -1,7 +1,7 @@
 //! Stored records without a session: read one (`GET`, with `ETag` and
 //! `If-None-Match`), list a store's keys, describe a store, the one-shot
 //! update of a key nobody holds (`PATCH`/`PUT` with `If-Match` /
-//! `If-None-Match: *`) and the admin delete.
+//! `If-None-Match: *`) and the delete (a forced one is admin).
 //!
 //! Owns: those routes. Must not: write except through the engine's
 //! one-shot paths (`update_unleased`, `delete_if`), which take and give
@@ -33,6 +33,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::patch().to(patch_unleased))
             .route(web::put().to(put_unleased)),
     )
+    .service(resource("/v1/stores").route(web::get().to(list_stores)))
     .service(resource("/v1/stores/{store}/keys").route(web::get().to(list_keys)))
     .service(resource("/v1/stores/{store}").route(web::get().to(describe_store)));
 }
@@ -123,6 +124,33 @@ async fn list_keys(
     Ok(HttpResponse::Ok().json(json!({ "keys": keys, "next_cursor": next })))
 }
 
+/// `GET /v1/stores?prefix=&cursor=&limit=`: the stores holding records
+/// (declared or not), by name, paged like keys.
+async fn list_stores(
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.auth(&req, Role::Read)?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::new(ErrorCode::BadLimit, format!("limit must be 1 to {MAX_LIST_LIMIT}")));
+    }
+    if query.prefix.len() > datastorer::MAX_STORE_NAME_LEN
+        || query.cursor.as_ref().is_some_and(|c| datastorer::validate_store_name(c).is_err())
+    {
+        return Err(ApiError::new(ErrorCode::BadPrefix, "prefix is at most 128 bytes; cursor is a store name"));
+    }
+    let mut stores = state.ds.store_names(&query.prefix, query.cursor.as_deref(), limit + 1).await?;
+    let next = if stores.len() > limit {
+        stores.truncate(limit);
+        stores.last().cloned()
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(json!({ "stores": stores, "next_cursor": next })))
+}
+
 /// `GET /v1/stores/{store}`: the spec a client reconciles against (the
 /// template, the metadata template and the data version new records get),
 /// so a game server's copy of the template cannot drift from the server's.
@@ -163,18 +191,20 @@ fn held_by_client(state: &AppState, store: &str, key: &str, message: fn(&str) ->
     }
 }
 
-/// `DELETE /v1/stores/{store}/keys/{key}` (admin)
+/// `DELETE /v1/stores/{store}/keys/{key}`: write role for a key nobody
+/// holds (a game server's `RemoveAsync`: the delete is a tombstone version,
+/// restorable from history); admin with `?force=true`, which ends a session.
 async fn delete_key(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<ForceQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    let who = state.auth(&req, Role::Admin)?;
+    let force = query.force;
+    let who = state.auth(&req, if force { Role::Admin } else { Role::Write })?;
     let (store_name, key) = path.into_inner();
     let store = state.store(&store_name)?;
     check_key(&key)?;
-    let force = query.force;
     let result = delete(&req, &state, &store, &store_name, &key, force).await;
     let target = Target { store: Some(&store_name), key: Some(&key) };
     let answer =
