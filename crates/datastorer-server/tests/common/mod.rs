@@ -8,4 +8,5 @@
 mod engine;
 pub use engine::*;
 
+pub mod luau;
 pub mod server;
