@@ -117,6 +117,7 @@ pub(crate) async fn acquire<T: Document>(
     storage_key: StorageKey,
     user_ids: Vec<String>,
     policy: AcquirePolicy,
+    one_shot: bool,
 ) -> Result<Loaded<T>, Error> {
     let engine = store.engine.clone();
     let started = Instant::now();
@@ -207,7 +208,10 @@ pub(crate) async fn acquire<T: Document>(
             .as_ref()
             .is_none_or(|c| c.data != record.data || c.metadata != record.metadata || c.user_ids != record.user_ids);
         let value: bytes::Bytes = record.encode().into();
-        let version = (store.retention.enabled && changed).then(|| value.clone());
+        // A one-shot's create is versioned by its own write, which follows
+        // at once with the value asked for.
+        let deferred = one_shot && current.is_none();
+        let version = (store.retention.enabled && changed && !deferred).then(|| value.clone());
         let op = WriteOp {
             key: storage_key.clone(),
             precondition,
@@ -226,7 +230,13 @@ pub(crate) async fn acquire<T: Document>(
                     });
                 }
                 debug!(target: "datastorer::lease", store = %store.name, key = %key, epoch = header.epoch, "lease acquired");
-                return Ok(Loaded::written(data, record, expires_at_ms));
+                let mut loaded = Loaded::written(data, record, expires_at_ms);
+                if deferred {
+                    // Dirty from the start: the next write saves (and keeps
+                    // a version) even when it leaves the template as it is.
+                    loaded.saved_checksum = !loaded.saved_checksum;
+                }
+                return Ok(loaded);
             }
             WriteOutcome::Conflict { current: found } if acquiring.is_some() && found == acquiring => {
                 // Not a lost race: the lease is live by the backend's clock.

@@ -22,6 +22,10 @@ pub(crate) type ReceiptTx = oneshot::Sender<Result<SaveOutcome, Error>>;
 pub(crate) struct Open {
     pub user_ids: Vec<String>,
     pub policy: AcquirePolicy,
+    /// For a one-shot write: a record it creates is versioned by the write
+    /// that follows (with the value written), not by the create (the
+    /// template nobody asked to keep).
+    pub one_shot: bool,
 }
 
 /// Run a closure over the document. Generic over the closure and its

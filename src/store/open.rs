@@ -77,7 +77,7 @@ impl<T: Document> Store<T> {
                     continue;
                 }
             };
-            let opened = addr.send(Open { user_ids: user_ids.clone(), policy }).await;
+            let opened = addr.send(Open { user_ids: user_ids.clone(), policy, one_shot: exclusive }).await;
             match opened {
                 Ok(Ok(())) => {
                     let session = Session::new(addr, shared.name.clone(), key_arc, closed, self.keepalive());

@@ -102,7 +102,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks the bearer key of `req` against `keys` and the `required` role.
+/// Checks the bearer key (or `x-api-key`) of `req` against `keys` and the `required` role.
 /// With no keys configured, every request is allowed (the server then binds
 /// only loopback addresses).
 ///
@@ -118,12 +118,16 @@ pub(crate) fn authorize(
     if keys.is_empty() {
         return Ok(Identity { name: "anonymous".into(), stores: None });
     }
+    // Roblox Open Cloud's clients send the key as `x-api-key`.
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(bearer_token)
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "send Authorization: Bearer <api key>"))?;
+        .or_else(|| req.headers().get("x-api-key").and_then(|h| h.to_str().ok()).filter(|k| !k.is_empty()))
+        .ok_or_else(|| {
+            ApiError::new(ErrorCode::Unauthenticated, "send Authorization: Bearer <api key> (or x-api-key: <api key>)")
+        })?;
     let mut found: Option<&ApiKey> = None;
     for k in keys {
         if constant_time_eq(k.key.as_bytes(), presented.as_bytes()) && found.is_none() {

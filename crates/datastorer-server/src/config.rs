@@ -80,6 +80,18 @@ pub struct RobloxErasureDecl {
     pub(crate) games: Vec<RobloxGameDecl>,
 }
 
+/// `[open_cloud]` in the file: how Roblox Open Cloud's data-store API
+/// (`/datastores/v1/…`, `/cloud/v2/…`) maps universes to stores.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OpenCloudDecl {
+    /// Universe id to the prefix of its stores (the Luau facade's
+    /// `StorePrefix`). None listed: every universe id maps to the stores
+    /// without a prefix (one game per server).
+    #[serde(default)]
+    pub(crate) universes: BTreeMap<String, String>,
+}
+
 /// One game of `[roblox_erasure]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,6 +241,9 @@ pub struct Settings {
     /// Roblox's erasure webhook (file only).
     #[arg(skip)]
     pub(crate) roblox_erasure: Option<RobloxErasureDecl>,
+    /// The Open Cloud data-store API's universes (file only).
+    #[arg(skip)]
+    pub(crate) open_cloud: Option<OpenCloudDecl>,
 }
 
 /// `postgres_tls` in the file.
@@ -291,6 +306,8 @@ pub struct ServerConfig {
     pub(crate) webhooks: Vec<super::webhooks::WebhookDecl>,
     /// Roblox's erasure webhook, when configured.
     pub(crate) roblox_erasure: Option<RobloxErasureDecl>,
+    /// The Open Cloud data-store API's universes.
+    pub(crate) open_cloud: OpenCloudDecl,
 }
 
 /// A configuration problem, already phrased for the operator.
@@ -463,11 +480,24 @@ impl ServerConfig {
                 }
             }
         }
+        let open_cloud = file.open_cloud.clone().unwrap_or_default();
+        for (universe, prefix) in &open_cloud.universes {
+            if universe.is_empty() || !universe.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err("open_cloud.universes", format!("{universe:?} is not a universe id (digits)")));
+            }
+            if prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(err(
+                    &format!("open_cloud.universes.{universe}"),
+                    format!("{prefix:?} is not a store prefix (at most 64 of A-Z a-z 0-9 _ -)"),
+                ));
+            }
+        }
         Ok(ServerConfig {
             listen,
             tls,
             webhooks,
             roblox_erasure,
+            open_cloud,
             storage,
             owner_id,
             api_keys,

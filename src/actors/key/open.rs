@@ -16,7 +16,8 @@ impl<T: Document> Handler<Open> for KeyActor<T> {
             }
             Phase::Opening => {}
         }
-        let load = acquire(self.store.clone(), self.key.clone(), self.storage_key(), msg.user_ids, msg.policy);
+        let load =
+            acquire(self.store.clone(), self.key.clone(), self.storage_key(), msg.user_ids, msg.policy, msg.one_shot);
         AtomicResponse::new(Box::pin(load.into_actor(self).then(|res, act, ctx| act.loaded(res, ctx))))
     }
 }

@@ -13,6 +13,7 @@ mod changes;
 mod fallback;
 mod history;
 mod messages;
+mod open_cloud;
 mod ops;
 mod records;
 mod session;
@@ -36,4 +37,5 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     changes::configure(cfg);
     batch::configure(cfg);
     ops::configure(cfg);
+    open_cloud::configure(cfg);
 }
