@@ -128,6 +128,11 @@ enum Command {
         #[arg(long, env = "DATASTORER_CONFIG")]
         config: PathBuf,
     },
+    /// Copy a Roblox data store into a running datastorer server through
+    /// Open Cloud: every key with its latest value, user ids and
+    /// attributes (as metadata). Keys a session holds are left as they are
+    /// and listed. Interrupted, run it again: it resumes from --state.
+    ImportRoblox(Box<ImportRobloxArgs>),
     /// Scan every record and report those that do not decode.
     Check {
         #[command(flatten)]
@@ -149,6 +154,55 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+}
+
+/// `datastorer import-roblox`'s flags.
+#[derive(clap::Args, Debug)]
+struct ImportRobloxArgs {
+    /// The universe (experience) id.
+    #[arg(long)]
+    universe: u64,
+    /// The data store's name.
+    #[arg(long)]
+    datastore: String,
+    /// Its scope (default global).
+    #[arg(long, conflicts_with = "all_scopes")]
+    scope: Option<String>,
+    /// Copy every scope (each into its own store).
+    #[arg(long)]
+    all_scopes: bool,
+    /// Open Cloud's API key (needs universe-datastores.objects:read and :list).
+    #[arg(long, env = "ROBLOX_API_KEY", hide_env_values = true)]
+    roblox_api_key: String,
+    /// Open Cloud's base URL.
+    #[arg(long, default_value = "https://apis.roblox.com")]
+    source: String,
+    /// Source requests a minute (Roblox allows 300 a minute per class; 0: no pacing).
+    #[arg(long, default_value_t = 300)]
+    source_rate: u32,
+    /// The datastorer server to copy into.
+    #[arg(long, env = "DATASTORER_URL", default_value = "http://127.0.0.1:7070")]
+    target: String,
+    /// Its API key (a write key).
+    #[arg(long, env = "DATASTORER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The store to copy into (default: the one the DataStoreService facade
+    /// and the Open Cloud API map the data store and scope to).
+    #[arg(long)]
+    into: Option<String>,
+    /// The facade's StorePrefix, for the default store.
+    #[arg(long, default_value = "")]
+    store_prefix: String,
+    /// The values are ProfileStore profiles: copy their Data as the
+    /// document and keep their MetaData in the metadata (needs --into).
+    #[arg(long)]
+    profilestore: bool,
+    /// The state file, for resuming (default import-roblox-UNIVERSE-DATASTORE.json).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Stop after this many keys (run again to go on): an import in slices.
+    #[arg(long)]
+    limit: Option<u64>,
 }
 
 /// Entry point of the `datastorer` binary.
@@ -186,6 +240,28 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
         }
         Command::Import { dir, input, overwrite, force, config } => {
             tools::import(&dir, input.as_deref(), overwrite, force, config.as_deref())
+        }
+        Command::ImportRoblox(a) => {
+            let state = a.state.clone().unwrap_or_else(|| {
+                let safe: String =
+                    a.datastore.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+                PathBuf::from(format!("import-roblox-{}-{safe}.json", a.universe))
+            });
+            tools::import_roblox(&tools::RobloxImport {
+                source: a.source,
+                source_key: a.roblox_api_key,
+                universe: a.universe,
+                datastore: a.datastore,
+                scope: if a.all_scopes { None } else { Some(a.scope.unwrap_or_else(|| "global".into())) },
+                target: a.target,
+                target_key: a.api_key,
+                into: a.into,
+                store_prefix: a.store_prefix,
+                profilestore: a.profilestore,
+                state,
+                source_rate: a.source_rate,
+                limit: a.limit,
+            })
         }
         Command::Check { dir } => dir.open(false).and_then(|b| tools::check(&b)),
         Command::RestoreStore { dir, store, at_ms, dry_run, config } => {

@@ -1,5 +1,6 @@
 //! The offline tools: `inspect`, `history`, `export`, `import`, `check` and
-//! `copy-sled-to-postgres`, on a stopped server's sled directory or on
+//! `copy-sled-to-postgres`, (and `import-roblox`, which copies from Roblox's
+//! Open Cloud into a running server over HTTP), on a stopped server's sled directory or on
 //! PostgreSQL while servers run. The tools never create a data directory
 //! except to import into it, and never rewrite a record they cannot decode.
 //!
@@ -12,6 +13,7 @@ mod copy;
 mod export;
 mod history;
 mod import;
+mod import_roblox;
 mod inspect;
 mod restore_backup;
 mod store_jobs;
@@ -34,6 +36,7 @@ pub(crate) use copy::copy_sled_to_postgres;
 pub(crate) use export::export;
 pub(crate) use history::{history, Which};
 pub(crate) use import::import;
+pub(crate) use import_roblox::{import_roblox, RobloxImport};
 pub(crate) use inspect::inspect;
 pub(crate) use restore_backup::restore_backup;
 pub(crate) use store_jobs::{migrate_store, restore_store};
