@@ -27,7 +27,9 @@ fn server(dir: &Path, key: &str) -> Server {
 }
 
 /// Open Cloud v1 set on the source.
-fn set(c: &Client, s: &Server, store: &str, scope: &str, key: &str, value: &Value, ids: &str, attrs: &Value) {
+/// `at` is (data store, scope, key).
+fn set(c: &Client, s: &Server, at: (&str, &str, &str), value: &Value, ids: &str, attrs: &Value) {
+    let (store, scope, key) = at;
     let r = c
         .post(s.url("/datastores/v1/universes/99/standard-datastores/datastore/entries/entry"))
         .query(&[("datastoreName", store), ("scope", scope), ("entryKey", key)])
@@ -75,16 +77,14 @@ fn a_data_store_copies_across_a_slice_a_kill_and_a_resume_leaving_held_keys_alon
         set(
             &c,
             &source,
-            "PlayerData",
-            "global",
-            &key,
+            ("PlayerData", "global", &key),
             &json!({ "Coins": i }),
             &format!("[{}]", 1000 + i),
             &json!({ "n": i }),
         );
     }
     for i in 0..3 {
-        set(&c, &source, "PlayerData", "beta", &format!("b-{i}"), &json!(i), "[]", &json!({}));
+        set(&c, &source, ("PlayerData", "beta", &format!("b-{i}")), &json!(i), "[]", &json!({}));
     }
     // A game server on the target holds one key, with data of its own.
     let r = c
@@ -183,8 +183,8 @@ fn profilestore_profiles_unwrap_into_data_and_metadata() {
         "UserIds": [55],
         "RobloxMetaData": {},
     });
-    set(&c, &source, "PlayerStore", "global", "Player_55", &envelope, "[55]", &json!({}));
-    set(&c, &source, "PlayerStore", "global", "Broken", &json!("not a profile"), "[]", &json!({}));
+    set(&c, &source, ("PlayerStore", "global", "Player_55"), &envelope, "[55]", &json!({}));
+    set(&c, &source, ("PlayerStore", "global", "Broken"), &json!("not a profile"), "[]", &json!({}));
     let state = work.path().join("state.json");
     let mut refused =
         import(&source, &target, &work.path().join("s2.json"), &["--datastore", "PlayerStore", "--profilestore"]);
