@@ -11,7 +11,15 @@
 //! - `DELETE`s, plain, forced and conditional;
 //! - message posts, and acknowledgements by the holder;
 //! - restores of a key to one of its versions (`POST …/restore`), which
-//!   hand the key over from whichever server's client holds it.
+//!   hand the key over from whichever server's client holds it;
+//! - Open Cloud v1 sets, read-modify-write with `matchVersion` (or
+//!   `exclusiveCreate` for a new key), as a careful Open Cloud tool does;
+//! - the Luau DataStoreService facade's `UpdateAsync` (and so
+//!   `IncrementAsync`) as it goes on the wire: the version it last saw
+//!   (else a `GET`), the whole document `PUT` with `If-Match` (or
+//!   `If-None-Match: *`) and the record parts, read again on `412`;
+//! - `datastorer import-roblox` runs (real processes) from a third server
+//!   standing in for Roblox, whose values replace the keys nobody holds.
 //!
 //! A trigger logs every committed row version (and delete) of the records
 //! table in commit order per key, and every answer is kept with a logical
@@ -23,10 +31,10 @@
 //! 2. every acknowledged write (`durable`, a revision) was committed at the
 //!    epoch and revision it named and carries its change; a one-shot's
 //!    condition held against the record its acquire replaced;
-//! 3. no later write of a key loses an acknowledged change until a delete
-//!    or a restore (the one write that may go back: a new epoch with no
-//!    lease), and no change written before a delete comes back after it
-//!    but through a restore;
+//! 3. no later write of a key loses an acknowledged change until a delete,
+//!    a restore (a new epoch with no lease) or an import (a document that
+//!    is exactly an imported value: imports replace), and no change written
+//!    before a delete comes back after it but through a restore or import;
 //! 4. a released session's epoch is never written again;
 //! 5. a request on a held session is refused (`410`, `409`) only when
 //!    something could have ended it meanwhile: another client's `steal` or
@@ -126,6 +134,8 @@ struct Log {
     deletes: Vec<(String, u64)>,
     /// Every delete sent, for a failure's story: key, who, ticks, answer.
     delete_calls: Vec<(String, String, u64, u64, String)>,
+    /// Every import run and what it reported.
+    imports: Vec<String>,
 }
 
 struct Held {
@@ -137,6 +147,10 @@ struct Held {
 
 struct Shared {
     bases: [RwLock<String>; 2],
+    /// The server standing in for Roblox, for imports.
+    source: String,
+    /// Where import runs keep their state files.
+    work: std::path::PathBuf,
     log: Mutex<Log>,
     pg: PgSchema,
     next: AtomicU64,
@@ -192,12 +206,17 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
     let mut rng = Rng((0x9e37_79b9_7f4a_7c15 ^ ((index as u64 + 1) * 0x1000_0001)) | 1);
     let mut held: HashMap<&'static str, Held> = HashMap::new();
     let policies = ["fail", "wait", "request_release", "steal"];
+    // The facade's last seen version of each key (its UpdateAsync cache).
+    let mut known: HashMap<&'static str, ((u64, u64), Value)> = HashMap::new();
     for _ in 0..steps {
         shared.done.fetch_add(1, Ordering::SeqCst);
         let key = KEYS[rng.below(KEYS.len() as u64) as usize];
         let base = shared.base(server);
         let start = tick();
-        match rng.below(100) {
+        match rng.below(110) {
+            100..=104 => open_cloud_set(&shared, &c, &base, key, &client_id).await,
+            105..=107 => facade_update(&shared, &c, &base, key, &client_id, &mut known).await,
+            108..=109 => import_run(&shared, &c, &base, key, &client_id).await,
             0..=19 => {
                 let policy = policies[rng.below(4) as usize];
                 let body = json!({"client_id": client_id, "policy": policy, "timeout_ms": 1500});
@@ -512,6 +531,135 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
     }
 }
 
+/// An Open Cloud tool's compare-and-set: read the entry (v1), add a
+/// change, set it with `matchVersion` (`exclusiveCreate` when absent).
+async fn open_cloud_set(shared: &Shared, c: &Client, base: &str, key: &str, client_id: &str) {
+    let url = format!(
+        "{base}/datastores/v1/universes/1/standard-datastores/datastore/entries/entry?datastoreName={STORE}&entryKey={key}"
+    );
+    let Ok(read) = c.get(&url).send().await else { return };
+    let (mut doc, version) = match read.status() {
+        StatusCode::OK => {
+            let v = read.headers().get("roblox-entry-version").and_then(|h| h.to_str().ok()).map(str::to_owned);
+            let Ok(doc) = read.json::<Value>().await else { return };
+            (doc, v)
+        }
+        StatusCode::NOT_FOUND => (json!({}), None),
+        _ => return,
+    };
+    let op = format!("{}", shared.unique());
+    if !doc.is_object() {
+        doc = json!({});
+    }
+    doc["ops"][op.as_str()] = json!(true);
+    let condition = match &version {
+        Some(v) => {
+            let (e, r) = v.split_once('.').unwrap();
+            Some(Some((e.parse().unwrap(), r.parse().unwrap())))
+        }
+        None => Some(None),
+    };
+    let set = match &version {
+        Some(v) => format!("{url}&matchVersion={v}"),
+        None => format!("{url}&exclusiveCreate=true"),
+    };
+    if let Some((StatusCode::OK, v)) = send(c.post(set).body(doc.to_string())).await {
+        let (e, r) = v["version"].as_str().and_then(|v| v.split_once('.')).unwrap();
+        shared.log().acks.push(Ack {
+            key: key.into(),
+            epoch: e.parse().unwrap(),
+            revision: r.parse().unwrap(),
+            ops: ops_of(&doc),
+            what: format!("{client_id} open cloud set {condition:?}"),
+            condition,
+        });
+    }
+}
+
+/// The Luau facade's `UpdateAsync` on the wire.
+async fn facade_update(
+    shared: &Shared,
+    c: &Client,
+    base: &str,
+    key: &'static str,
+    client_id: &str,
+    known: &mut HashMap<&'static str, ((u64, u64), Value)>,
+) {
+    for _ in 0..4 {
+        let (seen, mut doc) = match known.remove(key) {
+            Some((h, doc)) => (Some(h), doc),
+            None => match send(c.get(format!("{base}{}", key_path(key)))).await {
+                Some((StatusCode::OK, v)) => {
+                    (Some((v["epoch"].as_u64().unwrap(), v["revision"].as_u64().unwrap())), v["data"].clone())
+                }
+                Some((StatusCode::NOT_FOUND, _)) => (None, json!({})),
+                _ => return,
+            },
+        };
+        let op = format!("{}", shared.unique());
+        if !doc.is_object() {
+            doc = json!({});
+        }
+        doc["ops"][op.as_str()] = json!(true);
+        let mut req = c
+            .put(format!("{base}{}", key_path(key)))
+            .header("Content-Type", "application/json")
+            .header("Prefer", "return=minimal")
+            .header("Datastorer-User-Ids", "[]")
+            .header("Datastorer-Metadata", "{}")
+            .body(doc.to_string());
+        req = match seen {
+            Some((e, r)) => req.header("If-Match", format!("\"{e}.{r}\"")),
+            None => req.header("If-None-Match", "*"),
+        };
+        match send(req).await {
+            Some((StatusCode::OK, v)) => {
+                let (epoch, revision) = (v["epoch"].as_u64().unwrap(), v["revision"].as_u64().unwrap());
+                shared.log().acks.push(Ack {
+                    key: key.into(),
+                    epoch,
+                    revision,
+                    ops: ops_of(&doc),
+                    what: format!("{client_id} facade UpdateAsync {seen:?}"),
+                    condition: Some(seen),
+                });
+                known.insert(key, ((epoch, revision), doc));
+                return;
+            }
+            Some((StatusCode::PRECONDITION_FAILED, _)) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Sets the stand-in Roblox's value of `key` to a fresh marker and runs
+/// `datastorer import-roblox` into `base` (every source key goes).
+async fn import_run(shared: &Shared, c: &Client, base: &str, key: &str, client_id: &str) {
+    let marker = format!("import-{}", shared.unique());
+    let set = format!(
+        "{}/datastores/v1/universes/1/standard-datastores/datastore/entries/entry?datastoreName={STORE}&entryKey={key}",
+        shared.source
+    );
+    if !matches!(send(c.post(set).body(json!({"ops": {marker: true}}).to_string())).await, Some((StatusCode::OK, _))) {
+        return;
+    }
+    let state = shared.work.join(format!("import-{}.json", shared.unique()));
+    let (source, target) = (shared.source.clone(), base.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::server::BIN)
+            .args(["import-roblox", "--universe", "1", "--datastore", STORE, "--source-rate", "0"])
+            .args(["--source", &source, "--target", &target, "--state"])
+            .arg(&state)
+            .env("ROBLOX_API_KEY", "unused-by-an-open-server")
+            .output()
+            .expect("run import-roblox")
+    })
+    .await
+    .expect("the import thread");
+    let report = String::from_utf8_lossy(&out.stdout);
+    shared.log().imports.push(format!("{client_id}: {} {report}", out.status));
+}
+
 fn refused(shared: &Shared, key: &str, server: usize, held: &Held, at: u64, what: String) {
     let refusal = Refusal { key: key.into(), server, epoch: held.epoch, opened: held.opened, at, what };
     shared.log().refusals.push(refusal);
@@ -607,8 +755,10 @@ fn check(rows: &[Row], log: &Log, server_logs: &str) {
                 continue;
             };
             let ops = doc_ops(rec);
-            // A restore: a new epoch written with no lease.
-            if rec.lease.is_none() && last_epoch != Some(rec.header.epoch) {
+            // A restore: a new epoch written with no lease. An import: a
+            // document that is exactly an imported value.
+            let imported = ops.len() == 1 && ops.iter().all(|op| op.starts_with("import-"));
+            if (rec.lease.is_none() && last_epoch != Some(rec.header.epoch)) || imported {
                 must.clear();
                 deleted.retain(|op| !ops.contains(op));
             }
@@ -718,6 +868,8 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
     };
     let a = start("srv-a");
     let mut b = start("srv-b");
+    // Roblox, as far as an import can tell: a server of its own (sled).
+    let mut source = Server::process(&tmp.path().join("roblox"), &["--access-log", "false"]);
     pg.sql(
         "CREATE TABLE $S.history (seq bigserial PRIMARY KEY, store text, key text, value bytea);
          CREATE FUNCTION $S.log_history() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -731,6 +883,8 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
     );
     let shared = Arc::new(Shared {
         bases: [RwLock::new(a.base.clone()), RwLock::new(b.base.clone())],
+        source: source.base.clone(),
+        work: tmp.path().to_owned(),
         log: Mutex::new(Log::default()),
         pg,
         next: AtomicU64::new(1),
@@ -756,19 +910,32 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
     let log = std::mem::take(&mut *shared.log());
     println!(
         "write paths over HTTP: {CLIENTS} clients × {steps} steps on 2 servers (one killed and restarted) in {:.1} s: \
-         {} committed rows checked, {} acknowledged writes ({} restores), {} acknowledged deletes, {} posts, \
-         {} refusals explained",
+         {} committed rows checked, {} acknowledged writes ({} restores, {} Open Cloud sets, {} facade updates), \
+         {} import runs ({} rows written by them), {} acknowledged deletes, {} posts, {} refusals explained",
         started.elapsed().as_secs_f64(),
         rows.len(),
         log.acks.len(),
         log.acks.iter().filter(|a| a.what.contains("restore")).count(),
+        log.acks.iter().filter(|a| a.what.contains("open cloud")).count(),
+        log.acks.iter().filter(|a| a.what.contains("facade")).count(),
+        log.imports.len(),
+        rows.iter()
+            .filter(|r| r.record.as_ref().is_some_and(|rec| {
+                let ops = doc_ops(rec);
+                ops.len() == 1 && ops.iter().all(|o| o.starts_with("import-")) && rec.lease.is_none()
+            }))
+            .count(),
         log.deletes.len(),
         log.posts.len(),
         log.refusals.len()
     );
     assert!(!log.acks.is_empty(), "some writes were acknowledged");
+    assert!(
+        log.acks.iter().any(|a| a.what.contains("open cloud")) && log.acks.iter().any(|a| a.what.contains("facade")),
+        "Open Cloud sets and facade updates were acknowledged"
+    );
     let (mut a, mut b) = (a, b);
-    let _ = (a.stop(), b.stop());
+    let _ = (a.stop(), b.stop(), source.stop());
     let server_logs = format!("{}\n{}", a.log(), b.log());
     check(&rows, &log, &server_logs);
 }
