@@ -1061,6 +1061,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/batch", "post"),
         ("/v1/webhooks/test", "post"),
         ("/v1/clients/{client_id}/renew", "post"),
+        ("/v1/stores", "get"),
         ("/v1/stores/{store}", "get"),
         ("/v1/stores/{store}/keys", "get"),
         ("/v1/stores/{store}/keys/{key}", "get"),
@@ -1137,7 +1138,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["serve", "inspect", "export", "import", "check"] {
+    for sub in ["serve", "inspect", "export", "import", "import-roblox", "check"] {
         let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
         assert!(out.status.success(), "{sub} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{sub}");
