@@ -62,6 +62,11 @@ pub(crate) struct ApiKey {
     /// bursts of up to as many (429 with `Retry-After` beyond).
     #[serde(default)]
     pub(crate) requests_per_minute: Option<u32>,
+    /// A budget of this many requests a minute for each client under the
+    /// key (`Datastorer-Client-Id`), so one game server in a retry loop
+    /// cannot starve the others sharing the key.
+    #[serde(default)]
+    pub(crate) client_requests_per_minute: Option<u32>,
 }
 
 /// Shortest secret accepted.

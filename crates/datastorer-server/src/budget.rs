@@ -1,6 +1,9 @@
-//! Request budgets per API key: a token bucket per key that has
-//! `requests_per_minute`, so one misbehaving client (a game server in a
-//! retry loop) cannot starve the others.
+//! Request budgets: a token bucket per API key that has
+//! `requests_per_minute` (the whole key's), and one per client under a key
+//! that has `client_requests_per_minute` (each client named by its
+//! `Datastorer-Client-Id`; requests naming none share one bucket), so one
+//! misbehaving game server (in a retry loop) cannot starve the others that
+//! share its key, as every server of a Roblox game does.
 //!
 //! Owns: the buckets. Must not: know anything about routes.
 
@@ -32,33 +35,84 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    fn full(rpm: u32, now: Instant) -> Self {
+        let rpm = f64::from(rpm);
+        Bucket { tokens: rpm, capacity: rpm, per_sec: rpm / 60.0, last: now }
+    }
+}
+
+/// The most clients a key keeps buckets for; past it, the buckets of the
+/// clients idle longest are dropped (they would be full again anyway
+/// after a minute).
+const MAX_CLIENTS_PER_KEY: usize = 10_000;
+
+/// One key's buckets.
+struct KeyBudget {
+    total: Option<Mutex<Bucket>>,
+    per_client: Option<(u32, Mutex<HashMap<String, Bucket>>)>,
+}
+
+/// Which budget a refused request spent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Spent {
+    /// The key's own: retry in so many seconds.
+    Key(u64),
+    /// The client's within the key.
+    Client(u64),
+}
+
 /// The buckets of every key with a budget.
 pub(crate) struct Budgets {
-    buckets: HashMap<String, Mutex<Bucket>>,
+    keys: HashMap<String, KeyBudget>,
 }
 
 impl Budgets {
     /// Full buckets for `keys` that have a budget.
     pub(crate) fn new(keys: &[ApiKey]) -> Self {
         let now = Instant::now();
-        let buckets = keys
+        let keys = keys
             .iter()
-            .filter_map(|k| {
-                let rpm = f64::from(k.requests_per_minute?);
-                Some((
-                    k.name.clone(),
-                    Mutex::new(Bucket { tokens: rpm, capacity: rpm, per_sec: rpm / 60.0, last: now }),
-                ))
+            .filter(|k| k.requests_per_minute.is_some() || k.client_requests_per_minute.is_some())
+            .map(|k| {
+                let budget = KeyBudget {
+                    total: k.requests_per_minute.map(|rpm| Mutex::new(Bucket::full(rpm, now))),
+                    per_client: k.client_requests_per_minute.map(|rpm| (rpm, Mutex::new(HashMap::new()))),
+                };
+                (k.name.clone(), budget)
             })
             .collect();
-        Budgets { buckets }
+        Budgets { keys }
     }
 
-    /// Charges one request to `key`; `Err(seconds)` when its budget is spent.
-    pub(crate) fn charge(&self, key: &str) -> Result<(), u64> {
-        match self.buckets.get(key) {
+    /// Charges one request to `key` and, where the key budgets its clients,
+    /// to `client`; `Err` names the budget spent and the seconds until it
+    /// has a request again. A request refused takes nothing from either.
+    pub(crate) fn charge(&self, key: &str, client: Option<&str>) -> Result<(), Spent> {
+        let Some(budget) = self.keys.get(key) else { return Ok(()) };
+        let now = Instant::now();
+        if let Some((rpm, clients)) = &budget.per_client {
+            let mut clients = clients.lock().unwrap_or_else(|p| p.into_inner());
+            if clients.len() >= MAX_CLIENTS_PER_KEY && !clients.contains_key(client.unwrap_or("")) {
+                let mut idle: Vec<(Instant, String)> = clients.iter().map(|(c, b)| (b.last, c.clone())).collect();
+                idle.sort();
+                for (_, c) in idle.into_iter().take(MAX_CLIENTS_PER_KEY / 10) {
+                    clients.remove(&c);
+                }
+            }
+            let bucket = clients.entry(client.unwrap_or("").to_owned()).or_insert_with(|| Bucket::full(*rpm, now));
+            bucket.take(now).map_err(Spent::Client)?;
+            if let Some(total) = &budget.total {
+                if let Err(wait) = total.lock().unwrap_or_else(|p| p.into_inner()).take(now) {
+                    bucket.tokens += 1.0; // the client's token back: nothing was served
+                    return Err(Spent::Key(wait));
+                }
+            }
+            return Ok(());
+        }
+        match &budget.total {
+            Some(total) => total.lock().unwrap_or_else(|p| p.into_inner()).take(now).map_err(Spent::Key),
             None => Ok(()),
-            Some(b) => b.lock().unwrap_or_else(|p| p.into_inner()).take(Instant::now()),
         }
     }
 }
@@ -78,7 +132,39 @@ mod tests {
         assert!(b.take(t0 + Duration::from_millis(2000)).is_ok());
         assert!(b.take(t0 + Duration::from_secs(3600)).is_ok(), "a long pause refills, up to the burst");
         assert!(b.take(t0 + Duration::from_secs(3600)).is_ok());
-        assert!(b.take(t0 + Duration::from_secs(3600)).is_ok());
-        assert!(b.take(t0 + Duration::from_secs(3600)).is_err());
+    }
+
+    fn key(rpm: Option<u32>, client_rpm: Option<u32>) -> ApiKey {
+        ApiKey {
+            name: "game".into(),
+            key: "game-secret-0000000001".into(),
+            role: crate::auth::Role::Write,
+            stores: None,
+            requests_per_minute: rpm,
+            client_requests_per_minute: client_rpm,
+        }
+    }
+
+    #[test]
+    fn each_client_under_a_key_has_its_own_budget_within_the_keys() {
+        let b = Budgets::new(&[key(Some(5), Some(2))]);
+        // Server a spends its two; server b still has its own.
+        assert!(b.charge("game", Some("a")).is_ok() && b.charge("game", Some("a")).is_ok());
+        assert!(matches!(b.charge("game", Some("a")), Err(Spent::Client(_))));
+        assert!(b.charge("game", Some("b")).is_ok() && b.charge("game", Some("b")).is_ok());
+        // Requests naming no client share one bucket.
+        assert!(b.charge("game", None).is_ok());
+        // The key's total (5) is spent now: c is refused on the key's
+        // budget, and keeps its own token for later.
+        assert!(matches!(b.charge("game", Some("c")), Err(Spent::Key(_))));
+        // A key without budgets, or unknown, is never refused.
+        assert!(b.charge("other", Some("a")).is_ok());
+    }
+
+    #[test]
+    fn a_key_budget_alone_is_shared_by_its_clients() {
+        let b = Budgets::new(&[key(Some(2), None)]);
+        assert!(b.charge("game", Some("a")).is_ok() && b.charge("game", Some("b")).is_ok());
+        assert!(matches!(b.charge("game", Some("c")), Err(Spent::Key(_))));
     }
 }

@@ -326,6 +326,7 @@ fn parse_api_key_flag(s: &str) -> Result<ApiKey, String> {
         key: key.to_owned(),
         stores: None,
         requests_per_minute: None,
+        client_requests_per_minute: None,
     })
 }
 
@@ -610,6 +611,9 @@ fn api_keys(mut api_keys: Vec<ApiKey>, flags: &[String], at: &Origin<'_>) -> Res
         }
         if k.requests_per_minute == Some(0) {
             return Err(ConfigError(format!("{}: must be at least 1", origin("requests_per_minute"))));
+        }
+        if k.client_requests_per_minute == Some(0) {
+            return Err(ConfigError(format!("{}: must be at least 1", origin("client_requests_per_minute"))));
         }
         if api_keys[..i].iter().any(|other| other.key == k.key) {
             return Err(ConfigError(format!("{}: the same secret is configured twice", origin("key"))));

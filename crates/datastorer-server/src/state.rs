@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::access::AccessKey;
 use crate::auth::{authorize, Identity, Role};
-use crate::budget::Budgets;
+use crate::budget::{Budgets, Spent};
 use crate::change_log::ChangeLog;
 use crate::config::ServerConfig;
 use crate::error::{ApiError, ErrorCode};
@@ -140,10 +140,25 @@ impl AppState {
         if req.extensions().get::<AccessKey>().is_none() {
             req.extensions_mut().insert(AccessKey(who.name.clone()));
         }
-        if let Err(seconds) = self.budgets.charge(&who.name) {
+        let client = match req.headers().get(CLIENT_ID_HEADER) {
+            None => None,
+            Some(v) => {
+                let id = v.to_str().ok().filter(|id| crate::validate::client_id(id).is_ok()).ok_or_else(|| {
+                    ApiError::new(ErrorCode::BadClientId, format!("{CLIENT_ID_HEADER} is not a valid client id"))
+                })?;
+                Some(id)
+            }
+        };
+        if let Err(spent) = self.budgets.charge(&who.name, client) {
+            let (seconds, whose) = match spent {
+                Spent::Key(s) => (s, format!("API key {:?}", who.name)),
+                Spent::Client(s) => {
+                    (s, format!("client {:?} of API key {:?}", client.unwrap_or("(unnamed)"), who.name))
+                }
+            };
             let mut e = ApiError::new(
                 ErrorCode::RateLimited,
-                format!("API key {:?} spent its request budget; retry in {seconds} s", who.name),
+                format!("{whose} spent its request budget; retry in {seconds} s"),
             );
             e.retry_after = Some(seconds);
             return Err(e);
@@ -154,6 +169,10 @@ impl AppState {
         Ok(who)
     }
 }
+
+/// The header naming the client (a game server) a request comes from, for
+/// its budget within the API key.
+pub(crate) const CLIENT_ID_HEADER: &str = "Datastorer-Client-Id";
 
 /// The answer for a store that strict stores do not know.
 pub(crate) fn undeclared(name: &str) -> ApiError {

@@ -608,6 +608,58 @@ async fn an_api_key_reaches_only_its_stores_and_spends_only_its_own_budget() {
     }
 }
 
+/// Every server of a Roblox game shares one API key (one Secret): with
+/// `client_requests_per_minute`, each server (`Datastorer-Client-Id`) has
+/// a budget of its own, so one in a retry loop cannot starve the others.
+#[tokio::test]
+async fn each_game_server_under_one_api_key_spends_only_its_own_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("keys.toml");
+    std::fs::write(
+        &config,
+        "[[api_keys]]\nname = \"game\"\nkey = \"game-secret-0123456789\"\nrole = \"write\"\n\
+         client_requests_per_minute = 5\nrequests_per_minute = 100\n",
+    )
+    .unwrap();
+    let s = Server::start(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let c = Client::new();
+    let get = |client: Option<&'static str>| {
+        let mut r = c.get(s.url("/v1/stores/profiles")).bearer_auth("game-secret-0123456789");
+        if let Some(id) = client {
+            r = r.header("Datastorer-Client-Id", id);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            (r.status(), retry, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Server a spins in a loop and spends its five...
+    for _ in 0..5 {
+        assert_eq!(get(Some("roblox-1-job-a")).await.0, StatusCode::OK);
+    }
+    let (st, retry, v) = get(Some("roblox-1-job-a")).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::TOO_MANY_REQUESTS, json!("rate_limited")), "{v}");
+    assert!(retry.is_some(), "with Retry-After");
+    let said = v["message"].as_str().unwrap();
+    assert!(said.contains("roblox-1-job-a") && said.contains("\"game\""), "names the client and the key: {said}");
+    // ...and server b, on the same key, still has all of its own.
+    for _ in 0..5 {
+        assert_eq!(get(Some("roblox-1-job-b")).await.0, StatusCode::OK);
+    }
+    // Requests naming no client share one bucket of their own.
+    assert_eq!(get(None).await.0, StatusCode::OK);
+    // A bad client id is refused, never silently charged elsewhere.
+    let r = c
+        .get(s.url("/v1/stores/profiles"))
+        .bearer_auth("game-secret-0123456789")
+        .header("Datastorer-Client-Id", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+}
+
 #[test]
 fn bad_scopes_and_budgets_are_refused_at_start_naming_the_field() {
     let tmp = tempfile::tempdir().unwrap();
@@ -617,6 +669,10 @@ fn bad_scopes_and_budgets_are_refused_at_start_naming_the_field() {
         (KEYS.replace(r#"stores = ["profiles"]"#, r#"stores = ["bad name"]"#), "api_keys[0].stores"),
         (KEYS.replace("requests_per_minute = 6", "requests_per_minute = 0"), "api_keys[0].requests_per_minute"),
         (KEYS.replace("requests_per_minute = 6", "requests_per_minute = -1"), "requests_per_minute"),
+        (
+            KEYS.replace("requests_per_minute = 6", "requests_per_minute = 6\nclient_requests_per_minute = 0"),
+            "api_keys[0].client_requests_per_minute",
+        ),
     ] {
         std::fs::write(&config, &bad).unwrap();
         let out = std::process::Command::new(common::server::BIN)
