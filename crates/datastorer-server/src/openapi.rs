@@ -215,14 +215,19 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
                 },
                 "BatchOp": {
                     "type": "object",
-                    "required": ["op", "store", "key", "lease_token"],
+                    "required": ["op", "store", "key"],
                     "additionalProperties": false,
-                    "description": "patch and replace need `data` and may `save`; release may carry a final merge patch in `data` and a `priority`; save takes a `priority`; renew and close take neither",
+                    "description": "open takes what the open route's body does (`client_id`, `user_ids`, `policy`, `timeout_ms`, `grace_ms`) and no `lease_token`, and answers as that route does (with `lease_token`); every other operation needs `lease_token`; patch and replace need `data` and may `save`; release may carry a final merge patch in `data` and a `priority`; save takes a `priority`; renew and close take neither",
                     "properties": {
-                        "op": { "type": "string", "enum": ["patch", "replace", "save", "renew", "release", "close"] },
+                        "op": { "type": "string", "enum": ["open", "patch", "replace", "save", "renew", "release", "close"] },
                         "store": { "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" },
                         "key": { "type": "string", "minLength": 1, "maxLength": 512 },
                         "lease_token": { "type": "string", "minLength": 1 },
+                        "client_id": { "type": "string", "minLength": 1, "maxLength": 128 },
+                        "user_ids": { "type": "array", "items": { "oneOf": [{ "type": "string" }, { "type": "integer" }] } },
+                        "policy": { "type": "string", "enum": ["fail", "wait", "request_release", "steal"] },
+                        "timeout_ms": { "type": "integer", "minimum": 0, "maximum": max_wait_ms },
+                        "grace_ms": { "type": "integer", "minimum": 0, "maximum": crate::limits::MAX_GRACE_MS },
                         "data": {},
                         "save": { "type": "string", "enum": ["normal", "emergency"] },
                         "priority": { "type": "string", "enum": ["normal", "emergency"] }

@@ -130,6 +130,44 @@ async fn operations_on_one_key_run_in_order_and_a_failure_skips_only_that_keys_l
     assert_eq!((v["results"][0]["status"].clone(), v["results"][0]["reason"].clone()), (json!(410), json!("closed")));
 }
 
+/// A game server that restarts re-opens its players in one request: each
+/// `open` answers as the open route does (token, epoch, data, waiting
+/// messages), a key held elsewhere fails alone, and the tokens work.
+#[tokio::test]
+async fn one_batch_opens_a_hundred_players_and_a_held_one_fails_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &[]);
+    let c = Client::new();
+    let other = players(&c, &s, "game-2", 1).await;
+    let (st, _) =
+        call(&c, &s, Method::POST, &format!("{}/messages", key_url("profiles", "p-7")), None, Some(json!({"gift": 1})))
+            .await;
+    assert_eq!(st, StatusCode::OK);
+    let mut ops: Vec<Value> = (0..100)
+        .map(|i| json!({"op": "open", "store": "profiles", "key": format!("p-{i}"), "client_id": "game-1", "user_ids": [i]}))
+        .collect();
+    ops.push(json!({"op": "open", "store": "profiles", "key": other[0].0, "client_id": "game-1"}));
+    let (st, v) = batch(&c, &s, json!(ops)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!((v["succeeded"].clone(), v["failed"].clone()), (json!(100), json!(1)), "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results[100]["code"], "lease_held", "the held key fails alone: {}", results[100]);
+    assert_eq!(results[7]["messages"][0]["message"], json!({"gift": 1}), "waiting messages come with the open");
+    // The tokens are live sessions: one batch patches and saves them all.
+    let saves: Vec<Value> = results[..100]
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            assert_eq!(r["status"], 200, "{r}");
+            json!({"op": "patch", "store": "profiles", "key": format!("p-{i}"), "lease_token": token_of(r), "data": {"coins": i}, "save": "normal"})
+        })
+        .collect();
+    let (_, v) = batch(&c, &s, json!(saves)).await;
+    assert_eq!(v["succeeded"], json!(100), "{v}");
+    let rec = stored(&c, &s, "p-42").await;
+    assert_eq!((rec["data"]["coins"].clone(), rec["user_ids"].clone()), (json!(42), json!(["42"])));
+}
+
 #[tokio::test]
 async fn a_malformed_batch_is_refused_whole_and_nothing_in_it_runs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -157,6 +195,10 @@ async fn a_malformed_batch_is_refused_whole_and_nothing_in_it_runs() {
             "bad_request_body",
         ),
         (json!(["save"]), "bad_request_body"),
+        (json!({"op": "save", "store": "profiles", "key": key}), "bad_operation"),
+        (json!({"op": "open", "store": "profiles", "key": key, "lease_token": t}), "bad_operation"),
+        (json!({"op": "open", "store": "profiles", "key": key, "data": {}}), "bad_operation"),
+        (json!({"op": "save", "store": "profiles", "key": key, "lease_token": t, "client_id": "c"}), "bad_operation"),
     ];
     for (bad, code) in bad_ones {
         let (st, v) = batch(&c, &s, json!([good, bad])).await;

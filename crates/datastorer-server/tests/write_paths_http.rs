@@ -3,8 +3,8 @@
 //! requests at three keys at once, and one `kill -9` and restart of a
 //! server halfway through. The requests mix every way to write:
 //!
-//! - sessions: opens with every policy (a second open by the same client
-//!   resumes its session), patches with and without `save`, saves,
+//! - sessions: opens with every policy, by the route or as an `open` in
+//!   `/v1/batch` (a second open by the same client resumes its session), patches with and without `save`, saves,
 //!   releases, closes, and `POST /v1/batch` (patch-and-save, release);
 //! - one-shot `PATCH`es: unconditional, `If-None-Match: *`, `If-Match` of
 //!   what a `GET` just showed;
@@ -220,7 +220,24 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
             0..=19 => {
                 let policy = policies[rng.below(4) as usize];
                 let body = json!({"client_id": client_id, "policy": policy, "timeout_ms": 1500});
-                let answer = send(c.post(format!("{base}{}/session", key_path(key))).json(&body)).await;
+                // The open route, or an `open` in `/v1/batch` (a restarted
+                // game server re-opening its players).
+                let answer = if rng.below(3) == 0 {
+                    let mut op = body.clone();
+                    op["op"] = json!("open");
+                    op["store"] = json!(STORE);
+                    op["key"] = json!(key);
+                    match send(c.post(format!("{base}/v1/batch")).json(&json!({ "ops": [op] }))).await {
+                        Some((StatusCode::OK, v)) => {
+                            let r = v["results"][0].clone();
+                            let status = r["status"].as_u64().and_then(|s| StatusCode::from_u16(s as u16).ok());
+                            status.map(|st| (st, r))
+                        }
+                        other => other,
+                    }
+                } else {
+                    send(c.post(format!("{base}{}/session", key_path(key))).json(&body)).await
+                };
                 let end = tick();
                 if matches!(policy, "steal" | "request_release") {
                     shared.log().disruptions.push(Disruption { key: Some(key.into()), server: None, start, end });

@@ -1,5 +1,6 @@
-//! `POST /v1/batch`: many session operations on many keys in one request,
-//! answered per operation, and `POST /v1/clients/{client_id}/renew`: every
+//! `POST /v1/batch`: many session operations on many keys in one request
+//! (opens too, so a game server that restarts re-opens its players in one
+//! request), answered per operation, and `POST /v1/clients/{client_id}/renew`: every
 //! session of one client renewed at once. For clients that pay per request
 //! (a game server's 500 a minute), autosave, renewal and shutdown of a
 //! hundred players become a handful of requests.
@@ -23,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::fallback::resource;
-use super::session::add_notices;
+use super::session::{add_notices, open, OpenArgs, PolicyKind};
 use crate::access::AccessClient;
 use crate::auth::Role;
 use crate::error::{ApiError, ErrorCode};
@@ -44,6 +45,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 enum Kind {
+    Open,
     Patch,
     Replace,
     Save,
@@ -60,7 +62,14 @@ struct OpBody {
     op: Kind,
     store: String,
     key: String,
-    lease_token: String,
+    /// Every operation's but `open`'s.
+    lease_token: Option<String>,
+    /// `open`: as the open route's body.
+    client_id: Option<String>,
+    user_ids: Option<Vec<Value>>,
+    policy: Option<PolicyKind>,
+    timeout_ms: Option<u64>,
+    grace_ms: Option<u64>,
     /// `patch`: the merge patch; `replace`: the document; `release`: an
     /// optional final merge patch, applied before the save.
     data: Option<Value>,
@@ -85,10 +94,25 @@ impl OpBody {
             .map_err(|e| ApiError::new(ErrorCode::InvalidName, format!("ops[{at}]: {e}")))?;
         datastorer::validate_key(&self.key)
             .map_err(|e| ApiError::new(ErrorCode::InvalidName, format!("ops[{at}]: {e}")))?;
-        if self.lease_token.is_empty() {
-            return bad("lease_token is empty".into());
+        let opening = self.op == Kind::Open;
+        match (&self.lease_token, opening) {
+            (Some(_), true) => return bad("open takes no lease_token".into()),
+            (None, false) => return bad(format!("{name} needs lease_token")),
+            (Some(t), false) if t.is_empty() => return bad("lease_token is empty".into()),
+            _ => {}
+        }
+        let open_fields = self.client_id.is_some()
+            || self.user_ids.is_some()
+            || self.policy.is_some()
+            || self.timeout_ms.is_some()
+            || self.grace_ms.is_some();
+        if open_fields && !opening {
+            return bad(format!(
+                "{name} takes no client_id, user_ids, policy, timeout_ms or grace_ms (only open does)"
+            ));
         }
         match self.op {
+            Kind::Open if self.data.is_some() => return bad("open takes no data".into()),
             Kind::Patch | Kind::Replace if self.data.is_none() => return bad(format!("{name} needs data")),
             Kind::Save | Kind::Renew | Kind::Close if self.data.is_some() => {
                 return bad(format!("{name} takes no data"))
@@ -127,10 +151,24 @@ fn skipped(first_failure: usize) -> Value {
     })
 }
 
-/// Runs one operation; answers its success body.
-async fn run_op(state: &AppState, op: OpBody) -> Result<Value> {
+/// Runs one operation for the API key `api_key`; answers its success body.
+async fn run_op(state: &AppState, api_key: &str, op: OpBody) -> Result<Value> {
+    if op.op == Kind::Open {
+        let store = state.store(&op.store)?;
+        let args = OpenArgs {
+            client_id: op.client_id,
+            user_ids: op.user_ids.unwrap_or_default(),
+            policy: op.policy.unwrap_or_default(),
+            timeout_ms: op.timeout_ms,
+            grace_ms: op.grace_ms,
+        };
+        let mut answer = open(state, None, api_key, &store, &op.store, &op.key, args).await?;
+        answer["status"] = json!(200);
+        return Ok(answer);
+    }
     let path = (op.store, op.key);
-    let (session, grant) = session_of(state, &path.0, &path.1, &op.lease_token).await?;
+    let token = op.lease_token.unwrap_or_default();
+    let (session, grant) = session_of(state, &path.0, &path.1, &token).await?;
     let mut out = json!({ "status": 200 });
     add_notices(&mut out, &grant);
     let final_patch = match op.op {
@@ -168,13 +206,14 @@ async fn run_op(state: &AppState, op: OpBody) -> Result<Value> {
         }
         Kind::Release => {
             let ending = Ending::Release(op.priority.unwrap_or_default().into());
-            let revision = state.sessions.end(&path.0, &path.1, &op.lease_token, ending).await?;
+            let revision = state.sessions.end(&path.0, &path.1, &token, ending).await?;
             state.metrics.observe_save(started.elapsed());
             out["revision"] = json!(revision);
             out["released"] = json!(true);
         }
+        Kind::Open => {} // answered above
         Kind::Close => {
-            let revision = state.sessions.end(&path.0, &path.1, &op.lease_token, Ending::Close).await?;
+            let revision = state.sessions.end(&path.0, &path.1, &token, Ending::Close).await?;
             out["revision"] = json!(revision);
             out["closed"] = json!(true);
         }
@@ -183,7 +222,7 @@ async fn run_op(state: &AppState, op: OpBody) -> Result<Value> {
 }
 
 /// The operations on one key, in order; answers (index, result) pairs.
-async fn run_key(state: &AppState, ops: Vec<(usize, OpBody)>) -> Vec<(usize, Value)> {
+async fn run_key(state: &AppState, api_key: &str, ops: Vec<(usize, OpBody)>) -> Vec<(usize, Value)> {
     let mut results = Vec::with_capacity(ops.len());
     let mut failed_at = None;
     for (at, op) in ops {
@@ -191,7 +230,7 @@ async fn run_key(state: &AppState, ops: Vec<(usize, OpBody)>) -> Vec<(usize, Val
             results.push((at, skipped(first)));
             continue;
         }
-        match run_op(state, op).await {
+        match run_op(state, api_key, op).await {
             Ok(v) => results.push((at, v)),
             Err(e) => {
                 failed_at = Some(at);
@@ -231,7 +270,10 @@ async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppStat
         by_key[i].push((at, op));
     }
     let mut results = vec![Value::Null; n];
-    for (at, result) in join_all(by_key.into_iter().map(|ops| run_key(&state, ops))).await.into_iter().flatten() {
+    let api_key = who.name.clone();
+    for (at, result) in
+        join_all(by_key.into_iter().map(|ops| run_key(&state, &api_key, ops))).await.into_iter().flatten()
+    {
         results[at] = result;
     }
     let succeeded = results.iter().filter(|r| r["status"] == 200).count();

@@ -49,7 +49,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
 /// default policy answers 409 at once.
 #[derive(Deserialize, Clone, Copy, Default, PartialEq, Eq, Debug)]
 #[serde(rename_all = "snake_case")]
-enum PolicyKind {
+pub(super) enum PolicyKind {
     #[default]
     Fail,
     Wait,
@@ -143,14 +143,44 @@ async fn open_session(
         None => OpenBody::default(),
     };
     let query = query.into_inner();
-    let timeout_ms = one_of("timeout_ms", query.timeout_ms, body.timeout_ms)?;
-    let policy = one_of("policy", query.policy, body.policy)?.unwrap_or_default();
+    let args = OpenArgs {
+        client_id: body.client_id,
+        user_ids: body.user_ids,
+        policy: one_of("policy", query.policy, body.policy)?.unwrap_or_default(),
+        timeout_ms: one_of("timeout_ms", query.timeout_ms, body.timeout_ms)?,
+        grace_ms: one_of("grace_ms", query.grace_ms, body.grace_ms)?,
+    };
+    let answer = open(&state, Some(&req), &who.name, &store, &store_name, &key, args).await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// What an open asks (the route's body and query, or a batch's `open`).
+pub(super) struct OpenArgs {
+    pub(super) client_id: Option<String>,
+    pub(super) user_ids: Vec<Value>,
+    pub(super) policy: PolicyKind,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) grace_ms: Option<u64>,
+}
+
+/// Opens a session on `store_name`/`key` for the API key `api_key`:
+/// answers the session view with its lease token (and waiting messages).
+/// `req`, when given, learns the client for the access log.
+pub(super) async fn open(
+    state: &AppState,
+    req: Option<&HttpRequest>,
+    api_key: &str,
+    store: &datastorer::Store<Value>,
+    store_name: &str,
+    key: &str,
+    args: OpenArgs,
+) -> Result<Value> {
+    let OpenArgs { client_id, user_ids, policy, timeout_ms, grace_ms } = args;
     let timeout = Duration::from_millis(timeout_ms.unwrap_or(10_000)).min(state.config.max_wait);
     let max_ms = state.config.max_wait.as_millis() as u64;
     if timeout_ms.is_some_and(|t| t > max_ms) {
         return Err(ApiError::new(ErrorCode::BadTimeout, format!("timeout_ms must be at most {max_ms}")));
     }
-    let grace_ms = one_of("grace_ms", query.grace_ms, body.grace_ms)?;
     if grace_ms.is_some_and(|g| g > MAX_GRACE_MS) {
         return Err(ApiError::new(ErrorCode::BadGrace, format!("grace_ms must be at most {MAX_GRACE_MS}")));
     }
@@ -166,29 +196,30 @@ async fn open_session(
     // Only a client that names itself can resume: clients without a
     // client_id share their API key's name and must not get each other's
     // sessions.
-    let resumable = body.client_id.is_some();
-    let holder = match body.client_id {
+    let resumable = client_id.is_some();
+    let holder = match client_id {
         Some(c) => {
             check_client_id(&c)?;
             c
         }
-        None => who.name.clone(),
+        None => api_key.to_owned(),
     };
-    let user_ids = body.user_ids.iter().map(user_id).collect::<Result<Vec<_>>>()?;
-    req.extensions_mut().insert(AccessClient(holder.clone()));
+    let user_ids = user_ids.iter().map(user_id).collect::<Result<Vec<_>>>()?;
+    if let Some(req) = req {
+        req.extensions_mut().insert(AccessClient(holder.clone()));
+    }
     let grace = Duration::from_millis(grace_ms.unwrap_or(0));
-    let claimant = Claimant { holder, api_key: who.name, resumable, grace };
+    let claimant = Claimant { holder, api_key: api_key.to_owned(), resumable, grace };
     let stealing = matches!(policy, AcquirePolicy::Steal);
-    let api_key = claimant.api_key.clone();
-    let acquired = state.sessions.acquire(&store, &key, &claimant, user_ids, policy).await;
+    let acquired = state.sessions.acquire(store, key, &claimant, user_ids, policy).await;
     // A steal ends another holder's session: it is audited like the
     // administrative writes.
     let acquired = match stealing {
         true => {
-            let target = Target { store: Some(&store_name), key: Some(&key) };
+            let target = Target { store: Some(store_name), key: Some(key) };
             let details =
                 |(g, _, _): &(crate::sessions::LeaseGrant, _, _)| json!({ "epoch": g.epoch, "holder": g.holder });
-            state.audited(&api_key, "forced_open", target, details, acquired).await
+            state.audited(api_key, "forced_open", target, details, acquired).await
         }
         false => acquired,
     };
@@ -199,15 +230,15 @@ async fn open_session(
     let mut answer = session_view(&session, &grant, true).await?;
     // Messages that waited for the key arrive with it; a failed read only
     // defers them (they stay in the inbox, and the holder is told).
-    match store.messages(&key).await {
+    match store.messages(key).await {
         Ok(m) if m.is_empty() => {}
         Ok(m) => answer["messages"] = crate::inbox_watch::view(&m),
         Err(_) => {
-            state.sessions.set_messages_waiting(&store_name, &key, true);
+            state.sessions.set_messages_waiting(store_name, key, true);
             answer["messages_waiting"] = Value::Bool(true);
         }
     }
-    Ok(HttpResponse::Ok().json(answer))
+    Ok(answer)
 }
 
 /// `GET …/session`
