@@ -45,6 +45,7 @@ pub async fn run(
     listener: std::net::TcpListener,
     shutdown: impl std::future::Future<Output = &'static str> + 'static,
 ) -> Result<ShutdownReport, String> {
+    let config = advertise_where_bound(config, &listener);
     let (ds, postgres) = start_engine(&config).await?;
     let stores = declare_stores(&ds, &config)?;
     warn_about_exposure(&config);
@@ -70,6 +71,7 @@ pub async fn run(
         changes: change_log,
         budgets: Budgets::new(&config.api_keys),
         webhooks: hooks.clone(),
+        fleet: fleet_client(&config)?,
     });
     let server = serve_http(&config, state.clone(), listener, &ds)?;
     actix_web::rt::spawn(stop_on(shutdown, state.clone(), ds.clone(), server.handle(), shutdown_tx));
@@ -88,6 +90,35 @@ pub async fn run(
         alert_unsaved(&hooks, &report).await;
     }
     Ok(report)
+}
+
+/// In a fleet (a fleet secret, PostgreSQL) with no advertised URL, the
+/// servers tell each other the address this one is bound to, when that is
+/// a specific one (behind a load balancer, set `advertise_url`).
+fn advertise_where_bound(mut config: ServerConfig, listener: &std::net::TcpListener) -> ServerConfig {
+    if config.fleet_secret.is_none() {
+        return config;
+    }
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    if let (Storage::Postgres(pg), Ok(addr)) = (&mut config.storage, listener.local_addr()) {
+        if pg.advertise_url.is_none() && !addr.ip().is_unspecified() {
+            pg.advertise_url = Some(format!("{scheme}://{addr}"));
+        }
+    }
+    config
+}
+
+/// The client that forwards requests within the fleet, when there is one.
+fn fleet_client(config: &ServerConfig) -> Result<Option<reqwest::Client>, String> {
+    if config.fleet_secret.is_none() {
+        return Ok(None);
+    }
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .pool_max_idle_per_host(32)
+        .build()
+        .map(Some)
+        .map_err(|e| format!("the fleet's HTTP client: {e}"))
 }
 
 /// Opens the storage the config names and starts the engine on it.
@@ -138,6 +169,7 @@ fn serve_http(
                 web::PathConfig::default()
                     .error_handler(|e, _| ApiError::new(ErrorCode::BadPath, humanize(&e.to_string())).into()),
             )
+            .wrap(actix_web::middleware::from_fn(crate::forward::forward))
             .wrap(actix_web::middleware::from_fn(crate::middleware::observe))
             .configure(crate::http::configure)
             .default_service(web::to(crate::http::not_found))

@@ -69,6 +69,49 @@ pub(crate) struct ApiKey {
     pub(crate) client_requests_per_minute: Option<u32>,
 }
 
+/// On a request another server of the fleet forwards: the fleet's secret.
+pub(crate) const FLEET_KEY: &str = "Datastorer-Fleet-Key";
+/// On a forwarded request: the API key it entered with.
+pub(crate) const FORWARDED_KEY: &str = "Datastorer-Forwarded-Key";
+
+/// The identity of a request forwarded by another server of the fleet, if
+/// it is one; a request claiming to be one without the secret is refused.
+pub(crate) fn forwarded_identity(
+    req: &HttpRequest,
+    fleet_secret: Option<&str>,
+    keys: &[ApiKey],
+    role: Role,
+) -> Result<Option<Identity>, ApiError> {
+    let Some(presented) = req.headers().get(FLEET_KEY) else { return Ok(None) };
+    let valid =
+        fleet_secret.zip(presented.to_str().ok()).is_some_and(|(secret, presented)| tokens_equal(secret, presented));
+    if !valid {
+        return Err(ApiError::new(ErrorCode::Unauthenticated, "not a server of this fleet"));
+    }
+    let name = req.headers().get(FORWARDED_KEY).and_then(|v| v.to_str().ok()).unwrap_or("anonymous");
+    if keys.is_empty() {
+        return Ok(Some(Identity { name: "anonymous".into(), stores: None }));
+    }
+    let key = keys.iter().find(|k| k.name == name).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unauthenticated,
+            format!("a forwarded request names API key {name:?}, which this server does not have"),
+        )
+    })?;
+    if key.role < role {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "API key {:?} has the role {}; this request needs the role {}",
+                key.name,
+                key.role.as_str(),
+                role.as_str()
+            ),
+        ));
+    }
+    Ok(Some(Identity { name: key.name.clone(), stores: key.stores.clone() }))
+}
+
 /// Shortest secret accepted.
 pub(crate) const MIN_KEY_LEN: usize = 16;
 

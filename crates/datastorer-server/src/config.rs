@@ -190,6 +190,12 @@ pub struct Settings {
     /// This server's URL as clients should reach it (named in 421 wrong_server answers of other servers).
     #[arg(long, env = "DATASTORER_ADVERTISE_URL")]
     pub(crate) advertise_url: Option<String>,
+    /// The secret the servers of a fleet (one PostgreSQL database) share to
+    /// forward requests to each other: a request that reaches a server not
+    /// holding its session is forwarded to the one that does (at least 32
+    /// characters; without it, such a request is answered 421 wrong_server).
+    #[arg(long, env = "DATASTORER_FLEET_SECRET", hide_env_values = true)]
+    pub(crate) fleet_secret: Option<String>,
     /// Owner id in leases (default: on sled, one generated once and kept in the data directory;
     /// on PostgreSQL, a new one per start; set it per deployment slot to reclaim leases after a crash).
     #[arg(long, env = "DATASTORER_OWNER_ID")]
@@ -308,6 +314,8 @@ pub struct ServerConfig {
     pub(crate) roblox_erasure: Option<RobloxErasureDecl>,
     /// The Open Cloud data-store API's universes.
     pub(crate) open_cloud: OpenCloudDecl,
+    /// The fleet's forwarding secret, when set.
+    pub(crate) fleet_secret: Option<String>,
 }
 
 /// A configuration problem, already phrased for the operator.
@@ -481,6 +489,12 @@ impl ServerConfig {
                 }
             }
         }
+        let fleet_secret = o.fleet_secret.clone().or(file.fleet_secret.clone());
+        if let Some(f) = &fleet_secret {
+            if f.len() < 32 {
+                return Err(err_at("fleet_secret", o.fleet_secret.is_some(), "is shorter than 32 characters".into()));
+            }
+        }
         let open_cloud = file.open_cloud.clone().unwrap_or_default();
         for (universe, prefix) in &open_cloud.universes {
             if universe.is_empty() || !universe.bytes().all(|b| b.is_ascii_digit()) {
@@ -499,6 +513,7 @@ impl ServerConfig {
             webhooks,
             roblox_erasure,
             open_cloud,
+            fleet_secret,
             storage,
             owner_id,
             api_keys,

@@ -100,6 +100,7 @@ error_codes! {
     UnsupportedContentEncoding = "unsupported_content_encoding", UNSUPPORTED_MEDIA_TYPE, None, "a Content-Encoding other than gzip";
     UnsupportedMediaType = "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, None, "a Content-Type this route does not take";
     WrongServer = "wrong_server", MISDIRECTED_REQUEST, None, "the session lives on another server of the fleet";
+    HolderUnreachable = "holder_unreachable", SERVICE_UNAVAILABLE, Some(1), "the session lives on another server of the fleet, which cannot be reached now (its lease lapses if it is gone)";
     CorruptRecord = "corrupt_record", UNPROCESSABLE_ENTITY, None, "the stored record is corrupt (kept as it is)";
     MigrationFailed = "migration_failed", UNPROCESSABLE_ENTITY, None, "the stored record does not migrate to the store's data version";
     RestoreRefused = "restore_refused", UNPROCESSABLE_ENTITY, None, "the restore cannot be done as asked (a part to keep that does not fit the restored version)";

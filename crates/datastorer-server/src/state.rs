@@ -54,6 +54,8 @@ pub(crate) struct AppState {
     pub(crate) budgets: Budgets,
     /// Alert endpoints.
     pub(crate) webhooks: Arc<Webhooks>,
+    /// The HTTP client that forwards requests to the fleet's other servers.
+    pub(crate) fleet: Option<reqwest::Client>,
 }
 
 /// What an audited action was done to.
@@ -134,6 +136,17 @@ impl AppState {
     /// `Retry-After` when spent) and, for a route on a store, checks the
     /// key's store scope.
     pub(crate) fn auth(&self, req: &HttpRequest, role: Role) -> Result<Identity> {
+        // A request another server of the fleet forwards was authenticated
+        // (and charged) where it entered: it carries the fleet's secret and
+        // the name of the key it came in with.
+        let fleet = self.config.fleet_secret.as_deref();
+        if let Some(who) = crate::auth::forwarded_identity(req, fleet, &self.config.api_keys, role)? {
+            req.extensions_mut().insert(AccessKey(who.name.clone()));
+            if let Some(store) = req.match_info().get("store") {
+                who.may_use(store)?;
+            }
+            return Ok(who);
+        }
         let who = authorize(req, &self.config.api_keys, role, |name| {
             req.extensions_mut().insert(AccessKey(name.to_owned()));
         })?;

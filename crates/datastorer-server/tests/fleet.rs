@@ -1,0 +1,123 @@
+//! A fleet: several `datastorer serve` processes on one PostgreSQL
+//! database sharing a fleet secret. A session request that reaches a
+//! server not holding the session is forwarded to the one that does (one
+//! hop, authenticated with the fleet's secret, the entering key's role and
+//! scope applied by the holder), `Datastorer-Route: direct` still gets the
+//! `421`, a request claiming to be forwarded without the secret is refused,
+//! and a holder that is gone is a quick `503` with `Retry-After`. Prints
+//! the cost of a forwarded request against a direct one.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::pg::PgSchema;
+use common::server::{call, key_url, open, token_of, Server};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::json;
+
+const FLEET: &str = "fleet-secret-0123456789-0123456789-abcdef";
+
+fn server(pg: &PgSchema, dir: &std::path::Path, name: &str) -> Server {
+    let args = ["--owner-id", name, "--lease-ttl-secs", "10", "--autosave-interval-secs", "2", "--fleet-secret", FLEET];
+    Server::start_pg(&dir.join(name), &pg.url, &pg.schema, &args)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test]
+async fn any_server_answers_for_a_session_held_on_another() {
+    let Some(pg) = PgSchema::new("any_server_answers_for_a_session_held_on_another") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = server(&pg, tmp.path(), "srv-a");
+    let b = server(&pg, tmp.path(), "srv-b");
+    let c = Client::new();
+    let k = key_url("profiles", "p1");
+    let (st, v) = open(&c, &a, "profiles", "p1", json!({"client_id": "game-1"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let t = token_of(&v);
+
+    // Through b: forwarded to a, answered as a answers.
+    let r = c
+        .patch(b.url(&format!("{k}/session/data?save=normal")))
+        .header("Lease-Token", &t)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"coins": 5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().contains_key("datastorer-forwarded"), "says it went through another server");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((v["durable"].clone(), v["data"]["coins"].clone()), (json!(true), json!(5)), "{v}");
+    let (st, v) = call(&c, &b, Method::GET, &format!("{k}/session"), Some(&t), None).await;
+    assert_eq!((st, v["data"]["coins"].clone()), (StatusCode::OK, json!(5)), "{v}");
+    let (_, stored) = call(&c, &b, Method::GET, &k, None, None).await;
+    assert_eq!(stored["data"]["coins"], 5, "durable, as the answer said");
+
+    // A client that asks for the 421 gets it.
+    let r = c.get(b.url(&format!("{k}/session"))).header("Lease-Token", &t).header("Datastorer-Route", "direct");
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+
+    // Claiming to be a server of the fleet takes its secret.
+    let r = c
+        .get(a.url(&format!("{k}/session")))
+        .header("Lease-Token", &t)
+        .header("Datastorer-Fleet-Key", "not-the-fleet-secret-0123456789-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // The cost of a hop: the same small save, direct and forwarded.
+    let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
+    for i in 0..100 {
+        for (server, times) in [(&a, &mut direct), (&b, &mut forwarded)] {
+            let started = Instant::now();
+            let r = c
+                .patch(server.url(&format!("{k}/session/data")))
+                .header("Lease-Token", &t)
+                .header("content-type", "application/merge-patch+json")
+                .body(format!(r#"{{"n": {i}}}"#))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            times.push(started.elapsed());
+        }
+    }
+    let (d, f) = (median(direct), median(forwarded));
+    println!(
+        "a session change, median of 100 alternating: direct {:.2} ms, forwarded {:.2} ms (+{:.2} ms for the hop)",
+        d.as_secs_f64() * 1000.0,
+        f.as_secs_f64() * 1000.0,
+        (f.as_secs_f64() - d.as_secs_f64()) * 1000.0
+    );
+
+    // The holder is gone: a quick 503 with Retry-After, never a hang.
+    a.kill();
+    let started = Instant::now();
+    let r = c.get(b.url(&format!("{k}/session"))).header("Lease-Token", &t).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "holder_unreachable", "{v}");
+    println!("a dead holder answered 503 in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+}
+
+#[test]
+fn a_short_fleet_secret_is_refused_at_start_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::server::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--fleet-secret", "too-short", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fleet-secret") && err.contains("32"), "{err}");
+}
