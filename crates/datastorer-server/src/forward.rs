@@ -64,6 +64,35 @@ fn payload_of(bytes: Bytes) -> Payload {
     Payload::from(payload)
 }
 
+/// Whether a request (already in a handler) may forward: in a fleet, not
+/// itself forwarded, not asking for the 421.
+pub(crate) fn may_forward(state: &AppState, req: &HttpRequest) -> bool {
+    state.fleet.is_some()
+        && !req.headers().contains_key(FORWARDED)
+        && !req.headers().contains_key(FLEET_KEY)
+        && req.headers().get(ROUTE).is_none_or(|v| v.as_bytes() != b"direct")
+}
+
+/// Sends `ops` as one `/v1/batch` to the holder at `base`; answers its
+/// results, in the order sent.
+pub(crate) async fn batch_hop(
+    state: &AppState,
+    req: &HttpRequest,
+    base: &str,
+    ops: Vec<Value>,
+) -> Result<Vec<Value>, ApiError> {
+    let body = Bytes::from(serde_json::json!({ "ops": ops }).to_string());
+    let answer = hop_to(state, req, base, "/v1/batch", reqwest::Method::POST, body).await?;
+    let parsed: Value = serde_json::from_slice(&answer.1).unwrap_or(Value::Null);
+    match parsed["results"].as_array() {
+        Some(results) if answer.0 == 200 => Ok(results.clone()),
+        _ => Err(ApiError::new(
+            ErrorCode::HolderUnreachable,
+            format!("the holder at {base} answered the batch {}: {}", answer.0, String::from_utf8_lossy(&answer.1)),
+        )),
+    }
+}
+
 /// Whether this request may be forwarded if it turns out misdirected.
 fn forwardable(state: &AppState, req: &ServiceRequest) -> bool {
     state.fleet.is_some()
@@ -124,14 +153,47 @@ pub(crate) async fn forward(
 
 /// Sends the request on to `base` (the holder) and answers its response.
 async fn hop(state: &AppState, req: &HttpRequest, base: &str, body: Bytes) -> Result<HttpResponse, ApiError> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
+        .map_err(|_| ApiError::new(ErrorCode::BadRequestBody, "method"))?;
+    let (status, bytes, headers) = hop_to(state, req, base, &path, method, body).await?;
+    let mut back = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+    for (k, v) in &headers {
+        if matches!(k.as_str(), "connection" | "transfer-encoding" | "content-length" | "keep-alive" | "date") {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(k.as_str().as_bytes()), HeaderValue::from_bytes(v.as_bytes()))
+        {
+            back.insert_header((name, value));
+        }
+    }
+    back.insert_header((
+        HeaderName::from_static("datastorer-forwarded"),
+        HeaderValue::from_str(base).unwrap_or(HeaderValue::from_static("yes")),
+    ));
+    Ok(back.body(bytes))
+}
+
+/// A forwarded answer: status, body and headers.
+type Hopped = (u16, Bytes, reqwest::header::HeaderMap);
+
+/// One hop: `method` `path` at `base`, with the request's carried headers
+/// and the fleet's; `503 holder_unreachable` when it cannot be made.
+async fn hop_to(
+    state: &AppState,
+    req: &HttpRequest,
+    base: &str,
+    path: &str,
+    method: reqwest::Method,
+    body: Bytes,
+) -> Result<Hopped, ApiError> {
     let Some(client) = state.fleet.as_ref() else {
         return Err(ApiError::new(ErrorCode::WrongServer, "forwarding is off"));
     };
     let secret = state.config.fleet_secret.clone().unwrap_or_default();
     let key = req.extensions().get::<AccessKey>().map(|k| k.0.clone()).unwrap_or_else(|| "anonymous".into());
-    let url = format!("{}{}", base.trim_end_matches('/'), req.uri().path_and_query().map_or("/", |p| p.as_str()));
-    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
-        .map_err(|_| ApiError::new(ErrorCode::BadRequestBody, "method"))?;
+    let url = format!("{}{path}", base.trim_end_matches('/'));
     let mut out = client
         .request(method, &url)
         .timeout(HOP_TIMEOUT)
@@ -152,22 +214,8 @@ async fn hop(state: &AppState, req: &HttpRequest, base: &str, body: Bytes) -> Re
         e
     };
     let answer = out.body(body).send().await.map_err(|e| unreachable(e.to_string()))?;
-    let mut back =
-        HttpResponse::build(StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY));
-    for (k, v) in answer.headers() {
-        if matches!(k.as_str(), "connection" | "transfer-encoding" | "content-length" | "keep-alive" | "date") {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) =
-            (HeaderName::from_bytes(k.as_str().as_bytes()), HeaderValue::from_bytes(v.as_bytes()))
-        {
-            back.insert_header((name, value));
-        }
-    }
-    back.insert_header((
-        HeaderName::from_static("datastorer-forwarded"),
-        HeaderValue::from_str(base).unwrap_or(HeaderValue::from_static("yes")),
-    ));
+    let status = answer.status().as_u16();
+    let headers = answer.headers().clone();
     let bytes = answer.bytes().await.map_err(|e| unreachable(e.to_string()))?;
-    Ok(back.body(bytes))
+    Ok((status, bytes, headers))
 }

@@ -109,6 +109,45 @@ async fn any_server_answers_for_a_session_held_on_another() {
     println!("a dead holder answered 503 in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
 }
 
+/// A batch sent to one server with operations on sessions held on two:
+/// each holder's share goes to it in one hop, and the answers come back in
+/// the order sent.
+#[tokio::test]
+async fn a_batch_spanning_two_holders_is_answered_in_the_order_sent() {
+    let Some(pg) = PgSchema::new("a_batch_spanning_two_holders_is_answered_in_the_order_sent") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = server(&pg, tmp.path(), "srv-a");
+    let b = server(&pg, tmp.path(), "srv-b");
+    let c = Client::new();
+    let (_, v) = open(&c, &a, "profiles", "on-a", json!({"client_id": "game-1"})).await;
+    let ta = token_of(&v);
+    let (_, v) = open(&c, &b, "profiles", "on-b", json!({"client_id": "game-1"})).await;
+    let tb = token_of(&v);
+    let ops = json!([
+        {"op": "patch", "store": "profiles", "key": "on-a", "lease_token": ta, "data": {"coins": 1}},
+        {"op": "patch", "store": "profiles", "key": "on-b", "lease_token": tb, "data": {"coins": 2}, "save": "normal"},
+        {"op": "save", "store": "profiles", "key": "on-a", "lease_token": ta},
+        {"op": "release", "store": "profiles", "key": "on-b", "lease_token": tb},
+        {"op": "renew", "store": "profiles", "key": "on-a", "lease_token": "not-a-token-of-anyone-000000000000000000000000"},
+    ]);
+    let (st, v) = call(&c, &b, Method::POST, "/v1/batch", None, Some(json!({ "ops": ops }))).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r[0]["status"], 200, "{v}");
+    assert_eq!((r[1]["status"].clone(), r[1]["durable"].clone()), (json!(200), json!(true)), "{v}");
+    assert_eq!((r[2]["status"].clone(), r[2]["durable"].clone()), (json!(200), json!(true)), "{v}");
+    assert_eq!(r[3]["released"], true, "{v}");
+    assert_eq!(r[4]["status"], 409, "a wrong token is wrong on its holder too: {v}");
+    let (_, rec) = call(&c, &a, Method::GET, &key_url("profiles", "on-a"), None, None).await;
+    assert_eq!(rec["data"]["coins"], 1, "saved by its holder a");
+    let (_, rec) = call(&c, &a, Method::GET, &key_url("profiles", "on-b"), None, None).await;
+    assert_eq!(
+        (rec["data"]["coins"].clone(), rec["lease"].clone()),
+        (json!(2), json!(null)),
+        "saved and released by b"
+    );
+}
+
 #[test]
 fn a_short_fleet_secret_is_refused_at_start_naming_it() {
     let tmp = tempfile::tempdir().unwrap();

@@ -259,6 +259,8 @@ async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppStat
     let n = body.ops.len();
     let mut by_key: Vec<Vec<(usize, OpBody)>> = Vec::new();
     let mut slot: HashMap<(String, String), usize> = HashMap::new();
+    // Kept as sent, for the operations forwarded to another server.
+    let raws = body.ops.clone();
     for (at, raw) in body.ops.into_iter().enumerate() {
         let op: OpBody = parse(raw).map_err(|e| ApiError::new(e.code, format!("ops[{at}]: {}", e.message)))?;
         op.check(at)?;
@@ -271,13 +273,54 @@ async fn batch(req: HttpRequest, payload: web::Payload, state: web::Data<AppStat
     }
     let mut results = vec![Value::Null; n];
     let api_key = who.name.clone();
+    let key_of: Vec<Vec<usize>> = by_key.iter().map(|ops| ops.iter().map(|(at, _)| *at).collect()).collect();
     for (at, result) in
         join_all(by_key.into_iter().map(|ops| run_key(&state, &api_key, ops))).await.into_iter().flatten()
     {
         results[at] = result;
     }
+    forward_misdirected(&req, &state, &raws, &key_of, &mut results).await;
     let succeeded = results.iter().filter(|r| r["status"] == 200).count();
     Ok(HttpResponse::Ok().json(json!({ "results": results, "succeeded": succeeded, "failed": n - succeeded })))
+}
+
+/// In a fleet: the operations on keys whose sessions live on another
+/// server (answered `421 wrong_server` here, the ones after them on the
+/// same key skipped) go to that server, one batch per holder, and their
+/// answers take their places, so the batch is answered in the order sent.
+async fn forward_misdirected(
+    req: &HttpRequest,
+    state: &AppState,
+    raws: &[Value],
+    key_of: &[Vec<usize>],
+    results: &mut [Value],
+) {
+    if !crate::forward::may_forward(state, req) {
+        return;
+    }
+    let mut per_holder: HashMap<String, Vec<usize>> = HashMap::new();
+    for indices in key_of {
+        let Some(first) = indices.iter().position(|&at| results[at]["code"] == "wrong_server") else { continue };
+        let Some(url) = results[indices[first]]["advertise_url"].as_str().map(str::to_owned) else { continue };
+        per_holder.entry(url).or_default().extend(&indices[first..]);
+    }
+    let hops = per_holder.into_iter().map(|(url, mut indices)| async move {
+        indices.sort_unstable();
+        let ops: Vec<Value> = indices.iter().map(|&at| raws[at].clone()).collect();
+        (indices, crate::forward::batch_hop(state, req, &url, ops).await)
+    });
+    for (indices, answered) in join_all(hops).await {
+        for (j, at) in indices.into_iter().enumerate() {
+            results[at] = match &answered {
+                Ok(sub) => sub.get(j).cloned().unwrap_or_else(|| failure(&unreachable_answer("the answer lacks it"))),
+                Err(e) => failure(e),
+            };
+        }
+    }
+}
+
+fn unreachable_answer(why: &str) -> ApiError {
+    ApiError::new(ErrorCode::HolderUnreachable, format!("the holder's answer: {why}"))
 }
 
 /// `POST /v1/clients/{client_id}/renew`: renews every session `client_id`
