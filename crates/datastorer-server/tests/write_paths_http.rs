@@ -1,5 +1,7 @@
 //! The write-path checker over HTTP: two real `datastorer serve` processes
-//! on one PostgreSQL schema, four clients (two per server) firing random
+//! on one PostgreSQL schema, a fleet (a quarter of each client's requests
+//! reach the other server, which forwards session requests and batch
+//! operations to the holder), four clients (two per server) firing random
 //! requests at three keys at once, and one `kill -9` and restart of a
 //! server halfway through. The requests mix every way to write:
 //!
@@ -208,10 +210,17 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
     let policies = ["fail", "wait", "request_release", "steal"];
     // The facade's last seen version of each key (its UpdateAsync cache).
     let mut known: HashMap<&'static str, ((u64, u64), Value)> = HashMap::new();
+    // Each client starts with an Open Cloud set and a facade update (keys
+    // are free then), so every run has both acknowledged.
+    let first = KEYS[index % KEYS.len()];
+    open_cloud_set(&shared, &c, &shared.base(server), first, &client_id).await;
+    facade_update(&shared, &c, &shared.base(server), first, &client_id, &mut known).await;
     for _ in 0..steps {
         shared.done.fetch_add(1, Ordering::SeqCst);
         let key = KEYS[rng.below(KEYS.len() as u64) as usize];
-        let base = shared.base(server);
+        // A fleet behind a round-robin front: a quarter of the requests
+        // reach the other server, which forwards what it does not hold.
+        let base = if rng.below(4) == 0 { shared.base(1 - server) } else { shared.base(server) };
         let start = tick();
         match rng.below(110) {
             100..=104 => open_cloud_set(&shared, &c, &base, key, &client_id).await,
@@ -880,7 +889,16 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
     let tmp = tempfile::tempdir().unwrap();
     let (url, schema) = (pg.url.clone(), pg.schema.clone());
     let start = |name: &str| {
-        let args = ["--owner-id", name, "--lease-ttl-secs", "4", "--autosave-interval-secs", "1"];
+        let args = [
+            "--owner-id",
+            name,
+            "--lease-ttl-secs",
+            "4",
+            "--autosave-interval-secs",
+            "1",
+            "--fleet-secret",
+            "write-path-checker-fleet-secret-0123456789",
+        ];
         Server::start_pg(&tmp.path().join(name), &url, &schema, &args)
     };
     let a = start("srv-a");
