@@ -308,6 +308,7 @@ mod tests {
                     | ErrorCode::ShuttingDown
                     | ErrorCode::StorageUnavailable
                     | ErrorCode::LeaseUnconfirmed
+                    | ErrorCode::HolderUnreachable
             );
             assert_eq!(code.status().is_server_error(), server_side, "{s}");
         }

@@ -93,6 +93,41 @@ pub(crate) async fn batch_hop(
     }
 }
 
+/// The sessions `client` holds on the fleet's other live servers, each
+/// renewed there (`POST /v1/clients/{client}/renew`, one hop each, at
+/// once); a server that cannot be reached renews nothing (its sessions
+/// lapse with it).
+pub(crate) async fn renew_everywhere(state: &AppState, req: &HttpRequest, client: &str) -> Vec<Value> {
+    let (Some(pg), true) = (state.postgres.clone(), may_forward(state, req)) else { return Vec::new() };
+    let me = state.ds.owner_id().to_owned();
+    let peers = pg.live_peers(Duration::from_secs(15)).unwrap_or_default();
+    let path = format!("/v1/clients/{}/renew", urlencoded(client));
+    let hops = peers.into_iter().filter(|(owner, _)| *owner != me).map(|(_, url)| {
+        let path = path.clone();
+        async move { hop_to(state, req, &url, &path, reqwest::Method::POST, Bytes::new()).await }
+    });
+    let mut out = Vec::new();
+    for answer in futures_util::future::join_all(hops).await.into_iter().flatten() {
+        if answer.0 == 200 {
+            let v: Value = serde_json::from_slice(&answer.1).unwrap_or(Value::Null);
+            out.extend(v["sessions"].as_array().cloned().unwrap_or_default());
+        }
+    }
+    out
+}
+
+fn urlencoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Whether this request may be forwarded if it turns out misdirected.
 fn forwardable(state: &AppState, req: &ServiceRequest) -> bool {
     state.fleet.is_some()

@@ -140,6 +140,18 @@ async fn a_batch_spanning_two_holders_is_answered_in_the_order_sent() {
     assert_eq!(r[4]["status"], 409, "a wrong token is wrong on its holder too: {v}");
     let (_, rec) = call(&c, &a, Method::GET, &key_url("profiles", "on-a"), None, None).await;
     assert_eq!(rec["data"]["coins"], 1, "saved by its holder a");
+    // One renew, sent to either server, renews the client's sessions on both.
+    let (_, v) = open(&c, &b, "profiles", "on-b-2", json!({"client_id": "game-1"})).await;
+    assert!(v["lease_token"].is_string(), "{v}");
+    for entry in [&a, &b] {
+        let (st, v) = call(&c, entry, Method::POST, "/v1/clients/game-1/renew", None, None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let mut keys: Vec<&str> =
+            v["sessions"].as_array().unwrap().iter().map(|s| s["key"].as_str().unwrap()).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["on-a", "on-b-2"], "{v}");
+        assert_eq!(v["renewed"], 2);
+    }
     let (_, rec) = call(&c, &a, Method::GET, &key_url("profiles", "on-b"), None, None).await;
     assert_eq!(
         (rec["data"]["coins"].clone(), rec["lease"].clone()),

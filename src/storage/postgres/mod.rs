@@ -258,6 +258,28 @@ impl PgBackend {
         })
     }
 
+    /// The other processes of the fleet that are alive (their heartbeat
+    /// within the last `within`) and advertise a URL: (owner id, URL).
+    pub fn live_peers(&self, within: std::time::Duration) -> Result<Vec<(String, String)>, StorageError> {
+        let inner = self.inner.clone();
+        let secs = within.as_secs_f64();
+        self.call("fleet lookup", async move {
+            let conn = inner.reader().await?;
+            let q = format!(
+                "SELECT owner_id, advertise_url FROM \"{}\".owners
+                 WHERE advertise_url IS NOT NULL AND heartbeat_at > now() - make_interval(secs => $1)
+                 ORDER BY owner_id",
+                inner.cfg.schema
+            );
+            let rows = conn.client.query(&q, &[&secs]).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push((r.try_get(0)?, r.try_get(1)?));
+            }
+            Ok(out)
+        })
+    }
+
     /// Runs `fut` on the backend's runtime and waits for it (from any
     /// thread that is not the runtime's own). `None`: the runtime stopped.
     fn block_on_runtime<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Option<T> {

@@ -333,11 +333,14 @@ async fn renew_client(req: HttpRequest, path: web::Path<String>, state: web::Dat
     req.extensions_mut().insert(AccessClient(client.clone()));
     let mut renewed = state.sessions.renew_client(&client, &who.name);
     renewed.sort_by(|a, b| a.0.cmp(&b.0));
-    let expires_at_ms = renewed.iter().map(|(_, g)| g.expires_at_ms).max();
-    let sessions: Vec<Value> = renewed
+    let mut sessions: Vec<Value> = renewed
         .into_iter()
         .map(|((store, key), g)| json!({ "store": store, "key": key, "epoch": g.epoch, "expires_at_ms": g.expires_at_ms }))
         .collect();
+    // In a fleet the client's sessions may live on every server: each
+    // renews its own, asked in one hop.
+    sessions.extend(crate::forward::renew_everywhere(&state, &req, &client).await);
+    let expires_at_ms = sessions.iter().filter_map(|s| s["expires_at_ms"].as_u64()).max();
     Ok(HttpResponse::Ok().json(json!({
         "renewed": sessions.len(),
         "expires_at_ms": expires_at_ms,
