@@ -72,6 +72,7 @@ pub async fn run(
         budgets: Budgets::new(&config.api_keys),
         webhooks: hooks.clone(),
         fleet: fleet_client(&config)?,
+        advertised: Mutex::new(HashMap::new()),
     });
     let server = serve_http(&config, state.clone(), listener, &ds)?;
     actix_web::rt::spawn(stop_on(shutdown, state.clone(), ds.clone(), server.handle(), shutdown_tx));

@@ -107,13 +107,13 @@ pub(crate) async fn session_of(
 /// another owner's, the client is told where to go (`421 wrong_server`)
 /// instead of being told its token is wrong.
 async fn wrong_server(state: &AppState, store: &str, key: &str) -> Option<ApiError> {
-    let pg = state.postgres.as_ref()?;
+    state.postgres.as_ref()?;
     let lease = state.store(store).ok()?.inspect(key).await.ok()??.lease?;
     let now = state.ds.now_ms();
     if lease.owner == state.ds.owner_id() || lease.expires_at_ms <= now {
         return None;
     }
-    let url = pg.advertised_url(&lease.owner).ok().flatten();
+    let url = state.advertised_url(&lease.owner);
     let message = format!(
         "the session on this key lives on another server ({:?}{}); send its requests there",
         lease.owner,

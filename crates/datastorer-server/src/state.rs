@@ -56,7 +56,13 @@ pub(crate) struct AppState {
     pub(crate) webhooks: Arc<Webhooks>,
     /// The HTTP client that forwards requests to the fleet's other servers.
     pub(crate) fleet: Option<reqwest::Client>,
+    /// Other servers' advertised URLs, as last read (owner id → URL, when).
+    pub(crate) advertised: Mutex<HashMap<String, (Option<String>, std::time::Instant)>>,
 }
+
+/// How long an advertised URL is used before it is read again: a server
+/// restarted under its owner id elsewhere is found within this.
+const ADVERTISED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What an audited action was done to.
 #[derive(Default)]
@@ -130,6 +136,25 @@ impl AppState {
         let store = self.ds.store(name, StoreSpec::new(json!({})))?;
         stores.insert(name.to_owned(), store.clone());
         Ok(store)
+    }
+
+    /// The URL the server running under `owner` advertised, from a cache
+    /// of [`ADVERTISED_FOR`] (a misdirected request needs it every time).
+    pub(crate) fn advertised_url(&self, owner: &str) -> Option<String> {
+        let pg = self.postgres.as_ref()?;
+        let now = std::time::Instant::now();
+        let mut cache = self.advertised.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((url, at)) = cache.get(owner) {
+            if now.duration_since(*at) < ADVERTISED_FOR {
+                return url.clone();
+            }
+        }
+        let url = pg.advertised_url(owner).ok().flatten();
+        if cache.len() > 1024 {
+            cache.clear();
+        }
+        cache.insert(owner.to_owned(), (url.clone(), now));
+        url
     }
 
     /// Authenticates `req`, charges its key's request budget (429 with
