@@ -156,7 +156,21 @@ pub(crate) async fn forward(
     if !forwardable(&state, &req) || !small {
         return next.call(req).await.map(|r| r.map_body(|_, b| EitherBody::left(b.boxed())));
     }
-    let body = req.extract::<Bytes>().await.unwrap_or_default();
+    // Kept whole (up to the server's body limit) to be sent on if need be.
+    let mut payload = req.take_payload();
+    let mut kept = web::BytesMut::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut payload).await {
+        let chunk = chunk?;
+        if kept.len() + chunk.len() > state.config.max_body_bytes {
+            let e = ApiError::new(
+                ErrorCode::BodyTooLarge,
+                format!("the body is larger than {} bytes", state.config.max_body_bytes),
+            );
+            return Ok(req.into_response(e.error_response()).map_into_right_body());
+        }
+        kept.extend_from_slice(&chunk);
+    }
+    let body = kept.freeze();
     req.set_payload(payload_of(body.clone()));
     let res = next.call(req).await?;
     if res.status() != StatusCode::MISDIRECTED_REQUEST {

@@ -98,6 +98,21 @@ async fn any_server_answers_for_a_session_held_on_another() {
         (f.as_secs_f64() - d.as_secs_f64()) * 1000.0
     );
 
+    // A large document (1 MiB, beyond actix's default payload limit) goes
+    // through the hop whole.
+    let big = "x".repeat(1 << 20);
+    let r = c
+        .put(b.url(&format!("{k}/session/data?save=normal")))
+        .header("Lease-Token", &t)
+        .header("content-type", "application/json")
+        .body(json!({ "coins": 5, "blob": big }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    let (_, stored) = call(&c, &a, Method::GET, &k, None, None).await;
+    assert_eq!(stored["data"]["blob"].as_str().map(str::len), Some(1 << 20));
+
     // The holder is gone: a quick 503 with Retry-After, never a hang.
     a.kill();
     let started = Instant::now();
