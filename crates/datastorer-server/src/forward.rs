@@ -262,7 +262,15 @@ async fn hop_to(
         e.retry_after = Some(1);
         e
     };
-    let answer = out.body(body).send().await.map_err(|e| unreachable(e.to_string()))?;
+    let answer = match out.body(body).send().await {
+        Ok(a) => a,
+        Err(e) => {
+            // The holder may have restarted elsewhere: read its URL afresh
+            // next time (the client retries after Retry-After).
+            state.forget_advertised(base);
+            return Err(unreachable(e.to_string()));
+        }
+    };
     let status = answer.status().as_u16();
     let headers = answer.headers().clone();
     let bytes = answer.bytes().await.map_err(|e| unreachable(e.to_string()))?;

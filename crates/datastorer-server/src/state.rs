@@ -157,6 +157,12 @@ impl AppState {
         url
     }
 
+    /// Drops the cached advertised URL `url` (a hop to it failed).
+    pub(crate) fn forget_advertised(&self, url: &str) {
+        let mut cache = self.advertised.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (u, _)| u.as_deref() != Some(url));
+    }
+
     /// Authenticates `req`, charges its key's request budget (429 with
     /// `Retry-After` when spent) and, for a route on a store, checks the
     /// key's store scope.

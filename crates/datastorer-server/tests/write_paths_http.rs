@@ -299,6 +299,13 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                         refused(&shared, key, server, h, end, format!("{client_id} patch: {status} {v}"));
                         held.remove(key);
                     }
+                    // Not applied: the session lives elsewhere and the
+                    // request was not forwarded.
+                    Some((StatusCode::MISDIRECTED_REQUEST, _)) => {}
+                    // The holder could not be reached: unknown outcome.
+                    Some((StatusCode::SERVICE_UNAVAILABLE, v)) if v["code"] == "holder_unreachable" => {
+                        held.remove(key);
+                    }
                     // A save that failed keeps the change in the session.
                     Some((_, _)) => {
                         h.ops.insert(op);
@@ -540,6 +547,10 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                             refused(&shared, key, server, h, end, format!("{client_id} batch: {r}"));
                             held.remove(key);
                         }
+                        Some(421) => {}
+                        Some(503) if r["code"] == "holder_unreachable" => {
+                            held.remove(key);
+                        }
                         Some(_) => {
                             h.ops.insert(op);
                         }
@@ -751,7 +762,38 @@ fn check(rows: &[Row], log: &Log, server_logs: &str) {
             .unwrap_or_else(|| panic!("acknowledged {} {}@{}/{} never committed", a.what, a.key, a.epoch, a.revision));
         let ops = doc_ops(row.record.as_ref().unwrap());
         let missing: Vec<_> = a.ops.difference(&ops).collect();
-        assert!(missing.is_empty(), "{} {}@{}/{}: committed without {missing:?}", a.what, a.key, a.epoch, a.revision);
+        if !missing.is_empty() {
+            let trail: Vec<String> = records
+                .iter()
+                .filter(|x| x.key == a.key)
+                .map(|x| match &x.record {
+                    Some(rec) => format!(
+                        "{}:{}.{}:{}:{:?}",
+                        x.seq,
+                        rec.header.epoch,
+                        rec.header.revision,
+                        rec.lease.as_ref().map_or("-", |l| l.owner.as_str()),
+                        doc_ops(rec)
+                    ),
+                    None => format!("{}:deleted", x.seq),
+                })
+                .collect();
+            let said: Vec<String> = log
+                .acks
+                .iter()
+                .filter(|x| x.key == a.key)
+                .map(|x| format!("{}@{}/{}", x.what, x.epoch, x.revision))
+                .collect();
+            panic!(
+                "{} {}@{}/{}: committed without {missing:?}\nrows: {}\nacks of the key: {said:?}\nserver logs about it:\n{}",
+                a.what,
+                a.key,
+                a.epoch,
+                a.revision,
+                trail.join("\n  "),
+                server_logs.lines().filter(|l| l.contains(&format!("key={}", a.key)) || l.contains(&format!("key=\"{}\"", a.key))).filter(|l| !l.contains("datastorer::access")).collect::<Vec<_>>().join("\n")
+            );
+        }
         acked_rows.entry(row.seq).or_default().extend(a.ops.iter().cloned());
         if let Some(condition) = a.condition {
             let acquire = records
