@@ -74,6 +74,13 @@ pub async fn run(
         fleet: fleet_client(&config)?,
         advertised: Mutex::new(HashMap::new()),
     });
+    // Polled once now, so that a signal handler it installs is in place
+    // before the server says it listens: a SIGTERM right after that line
+    // then shuts down cleanly instead of killing the process.
+    let mut shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = &'static str>>> = Box::pin(shutdown);
+    if let Some(early) = futures_util::future::poll_immediate(&mut shutdown).await {
+        shutdown = Box::pin(std::future::ready(early));
+    }
     let server = serve_http(&config, state.clone(), listener, &ds)?;
     actix_web::rt::spawn(stop_on(shutdown, state.clone(), ds.clone(), server.handle(), shutdown_tx));
     actix_web::rt::spawn(sweep_forever(state.clone()));
