@@ -98,18 +98,24 @@ pub(crate) fn forwarded_identity(
             format!("a forwarded request names API key {name:?}, which this server does not have"),
         )
     })?;
-    if key.role < role {
+    has_role(key, role)?;
+    Ok(Some(Identity { name: key.name.clone(), stores: key.stores.clone() }))
+}
+
+/// Refuses a key whose role is below `required` (403, naming both roles).
+fn has_role(key: &ApiKey, required: Role) -> Result<(), ApiError> {
+    if key.role < required {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             format!(
                 "API key {:?} has the role {}; this request needs the role {}",
                 key.name,
                 key.role.as_str(),
-                role.as_str()
+                required.as_str()
             ),
         ));
     }
-    Ok(Some(Identity { name: key.name.clone(), stores: key.stores.clone() }))
+    Ok(())
 }
 
 /// Shortest secret accepted.
@@ -184,17 +190,7 @@ pub(crate) fn authorize(
     }
     let key = found.ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "unknown API key"))?;
     known(&key.name);
-    if key.role < required {
-        return Err(ApiError::new(
-            ErrorCode::Forbidden,
-            format!(
-                "API key {:?} has the role {}; this request needs the role {}",
-                key.name,
-                key.role.as_str(),
-                required.as_str()
-            ),
-        ));
-    }
+    has_role(key, required)?;
     Ok(Identity { name: key.name.clone(), stores: key.stores.clone() })
 }
 

@@ -101,7 +101,7 @@ pub(crate) async fn renew_everywhere(state: &AppState, req: &HttpRequest, client
     let (Some(pg), true) = (state.postgres.clone(), may_forward(state, req)) else { return Vec::new() };
     let me = state.ds.owner_id().to_owned();
     let peers = pg.live_peers(Duration::from_secs(15)).unwrap_or_default();
-    let path = format!("/v1/clients/{}/renew", urlencoded(client));
+    let path = format!("/v1/clients/{}/renew", crate::roblox_names::percent_encode(client));
     let hops = peers.into_iter().filter(|(owner, _)| *owner != me).map(|(_, url)| {
         let path = path.clone();
         async move { hop_to(state, req, &url, &path, reqwest::Method::POST, Bytes::new()).await }
@@ -114,18 +114,6 @@ pub(crate) async fn renew_everywhere(state: &AppState, req: &HttpRequest, client
         }
     }
     out
-}
-
-fn urlencoded(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// Whether this request may be forwarded if it turns out misdirected.

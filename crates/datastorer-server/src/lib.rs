@@ -39,6 +39,7 @@ mod log_writer;
 mod metrics;
 mod middleware;
 mod openapi;
+mod roblox_names;
 mod roblox_signature;
 mod sessions;
 mod state;

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::roblox_names::{escape, escape_scope, percent_encode, store_name};
+
 /// What to copy, from where, to where.
 pub(crate) struct RobloxImport {
     /// Open Cloud's base URL (`https://apis.roblox.com`).
@@ -277,35 +279,16 @@ fn unwrap_profile(entry: SourceEntry) -> Result<SourceEntry, String> {
     Ok(SourceEntry { value: data, attributes, user_ids: ids })
 }
 
-/// A byte string in store-name characters, as the facade escapes names.
-fn escape(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-                (b as char).to_string()
-            } else {
-                format!(".{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// Where a key of `scope` goes.
 fn target_store(args: &RobloxImport, scope: &str) -> String {
     if let Some(into) = &args.into {
         return if args.scope.is_none() && scope != "global" {
-            format!("{into}:{}", escape(scope))
+            format!("{into}:{}", escape_scope(scope))
         } else {
             into.clone()
         };
     }
-    let mut name = format!("{}{}", escape(&args.store_prefix), escape(&args.datastore));
-    if scope != "global" {
-        let s = escape(scope);
-        name.push(':');
-        name.push_str(if s == "inbox" { ".69nbox" } else { &s });
-    }
-    name
+    store_name(&escape(&args.store_prefix), &args.datastore, scope)
 }
 
 /// How a key's write went.
@@ -321,7 +304,12 @@ fn put(
     key: &str,
     e: &SourceEntry,
 ) -> Result<Outcome, String> {
-    let url = format!("{}/v1/stores/{}/keys/{}", args.target.trim_end_matches('/'), urlencode(store), urlencode(key));
+    let url = format!(
+        "{}/v1/stores/{}/keys/{}",
+        args.target.trim_end_matches('/'),
+        percent_encode(store),
+        percent_encode(key)
+    );
     let mut backoff = Duration::from_millis(200);
     for attempt in 1..=6 {
         let mut req = http
@@ -360,18 +348,6 @@ fn put(
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
     Err(format!("{key}: the target did not take it"))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// Runs (or resumes) the import; prints the report as JSON on stdout.

@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{Identity, Role};
 use crate::error::{ApiError, ErrorCode};
+use crate::roblox_names::{escape, unescape};
 use crate::state::AppState;
 use datastorer::storage::{Record, RecordHeader};
 use datastorer::{Expect, Store};
@@ -131,38 +132,6 @@ fn prefix_of(state: &AppState, universe: &str) -> OcResult<String> {
         .ok_or_else(|| OcError::not_found("UniverseNotFound", format!("Universe {universe} is not served here.")))
 }
 
-/// A name's bytes in store-name characters, reversibly: `[A-Za-z0-9_-]`
-/// kept, any other byte as `.XX` (what the Luau facade does).
-fn escape(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!(".{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The inverse of [`escape`] (`None` for what `escape` never makes).
-fn unescape(name: &str) -> Option<String> {
-    let bytes = name.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'.' {
-            let hex = name.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 const MAX_NAME: usize = 50;
 
 /// The store of data store `name` in `scope` under `prefix`.
@@ -173,13 +142,7 @@ fn store_name(prefix: &str, name: &str, scope: &str) -> OcResult<String> {
     if scope.is_empty() || scope.chars().count() > MAX_NAME {
         return Err(OcError::invalid("InvalidScope", "Invalid scope."));
     }
-    let mut out = format!("{prefix}{}", escape(name));
-    if scope != "global" {
-        let escaped = escape(scope);
-        // `S:inbox` is the server's name for S's messages.
-        out.push(':');
-        out.push_str(if escaped == "inbox" { ".69nbox" } else { &escaped });
-    }
+    let out = crate::roblox_names::store_name(prefix, name, scope);
     if out.len() > datastorer::MAX_STORE_NAME_LEN {
         return Err(OcError::invalid("InvalidDataStoreName", "The datastore name and scope are too long."));
     }
