@@ -46,17 +46,20 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = &'static str> + 'static,
 ) -> Result<ShutdownReport, String> {
     let config = advertise_where_bound(config, &listener);
-    let (ds, postgres) = start_engine(&config).await?;
+    let (ds, backend, postgres) = start_engine(&config).await?;
     let stores = declare_stores(&ds, &config)?;
     warn_about_exposure(&config);
     let hooks = Arc::new(Webhooks::start(&config.webhooks, ds.owner_id())?);
+    // The tasks beside the HTTP server, ended when it has stopped: each
+    // holds the engine, which must be let go before `run` returns.
+    let mut tasks = Vec::new();
     if !hooks.is_empty() {
         info!(target: "datastorer::server", endpoints = ?hooks.describe(), "webhooks configured");
-        actix_web::rt::spawn(webhooks::watch_failures(ds.clone(), hooks.clone()));
+        tasks.push(actix_web::rt::spawn(webhooks::watch_failures(ds.clone(), hooks.clone())));
     }
     // Subscribed before any request can save, so the log misses nothing.
     let change_log = ChangeLog::new(change_log::DEFAULT_CAPACITY);
-    actix_web::rt::spawn(change_log.clone().pump(ds.changes()));
+    tasks.push(actix_web::rt::spawn(change_log.clone().pump(ds.changes())));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = web::Data::new(AppState {
         ds: ds.clone(),
@@ -82,9 +85,9 @@ pub async fn run(
         shutdown = Box::pin(std::future::ready(early));
     }
     let server = serve_http(&config, state.clone(), listener, &ds)?;
-    actix_web::rt::spawn(stop_on(shutdown, state.clone(), ds.clone(), server.handle(), shutdown_tx));
-    actix_web::rt::spawn(sweep_forever(state.clone()));
-    actix_web::rt::spawn(crate::inbox_watch::watch(state, ds.changes()));
+    tasks.push(actix_web::rt::spawn(stop_on(shutdown, state.clone(), ds.clone(), server.handle(), shutdown_tx)));
+    tasks.push(actix_web::rt::spawn(sweep_forever(state.clone())));
+    tasks.push(actix_web::rt::spawn(crate::inbox_watch::watch(state, ds.changes())));
     server.await.map_err(|e| format!("server failed: {e}"))?;
     // Done already on a signal (this answers its report); otherwise keys on
     // stopped workers are reported as failed, never silently dropped.
@@ -97,7 +100,34 @@ pub async fn run(
     if !report.is_clean() {
         alert_unsaved(&hooks, &report).await;
     }
+    for task in &tasks {
+        task.abort();
+    }
+    drop(ds);
+    close_storage(backend, tasks).await;
     Ok(report)
+}
+
+/// Waits, bounded, for every other holder of the storage (the engine's
+/// actors and its queue thread, the HTTP workers' state, the tasks) to let
+/// go, then closes it here: once `run` has returned, the data directory is
+/// unlocked and flushed, so the process (or a test, or an embedding
+/// application) may open it again at once.
+async fn close_storage(backend: Arc<dyn Backend>, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&backend) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            warn!(target: "datastorer::server", holders = Arc::strong_count(&backend) - 1,
+                "the storage is still in use 10 s after the shutdown; it closes when the process exits");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Closing sled flushes: off the async thread.
+    let _ = tokio::task::spawn_blocking(move || drop(backend)).await;
 }
 
 /// In a fleet (a fleet secret, PostgreSQL) with no advertised URL, the
@@ -130,7 +160,9 @@ fn fleet_client(config: &ServerConfig) -> Result<Option<reqwest::Client>, String
 }
 
 /// Opens the storage the config names and starts the engine on it.
-async fn start_engine(config: &ServerConfig) -> Result<(Datastorer, Option<Arc<PgBackend>>), String> {
+type Engine = (Datastorer, Arc<dyn Backend>, Option<Arc<PgBackend>>);
+
+async fn start_engine(config: &ServerConfig) -> Result<Engine, String> {
     let (backend, owner, postgres) = match &config.storage {
         Storage::Sled(dir) => {
             let (b, o) = open_data_dir(dir.clone(), config.owner_id.clone()).await?;
@@ -141,8 +173,8 @@ async fn start_engine(config: &ServerConfig) -> Result<(Datastorer, Option<Arc<P
             (b.clone() as Arc<dyn Backend>, o, Some(b))
         }
     };
-    let ds = Datastorer::start(engine_config(config, backend, owner)).await.map_err(|e| e.to_string())?;
-    Ok((ds, postgres))
+    let ds = Datastorer::start(engine_config(config, backend.clone(), owner)).await.map_err(|e| e.to_string())?;
+    Ok((ds, backend, postgres))
 }
 
 /// Says so when secrets would cross a network in clear text, or when
