@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod pg;
+pub mod pg_ha;
 pub mod pg_instance;
 pub mod proxy;
 

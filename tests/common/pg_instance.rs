@@ -133,7 +133,7 @@ impl Drop for PrivatePg {
 }
 
 /// Whether this process runs as root (initdb must then run as `postgres`).
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))

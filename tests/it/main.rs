@@ -18,6 +18,7 @@ mod leases;
 mod messages;
 mod migrations;
 mod one_shot;
+mod pg_failover;
 mod pg_faults;
 mod postgres;
 mod queue;
