@@ -281,6 +281,35 @@ impl ChangeLog {
         let _ = rx.wait_for(|newest| *newest > after).await;
     }
 
+    /// Reads after `after` (from now without it), waiting up to `wait` for
+    /// a matching event; answers early when the server shuts down.
+    pub(crate) async fn poll(
+        &self,
+        filter: Filter<'_>,
+        after: Option<u64>,
+        wait: std::time::Duration,
+        limit: usize,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Page {
+        let mut after = after.unwrap_or_else(|| self.newest());
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let page = self.read(after, filter, limit);
+            after = page.next;
+            if !page.events.is_empty() || page.lagged || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
+                return page;
+            }
+            if self.newest() > after {
+                continue; // a full page of other stores' events: read on
+            }
+            tokio::select! {
+                () = self.wait_after(after) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
     /// Copies the engine's notices into the log until the bus closes; a
     /// lag of the bus becomes a `lagged` event, so no reader misses the
     /// fact that it missed something.

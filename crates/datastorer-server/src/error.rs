@@ -56,6 +56,7 @@ error_codes! {
     BadBody = "bad_body", BAD_REQUEST, None, "the body could not be read or decompressed";
     BadClientId = "bad_client_id", BAD_REQUEST, None, "client_id is not 1 to 128 printable characters";
     BadCondition = "bad_condition", BAD_REQUEST, None, "If-Match / If-None-Match is not * or a list of entity tags";
+    BadCursor = "bad_cursor", BAD_REQUEST, None, "after is not a cursor this feed answered";
     BadGrace = "bad_grace", BAD_REQUEST, None, "grace_ms is out of range or given without policy=request_release";
     BadJson = "bad_json", BAD_REQUEST, None, "the body is not valid JSON, or missing";
     BadLastEventId = "bad_last_event_id", BAD_REQUEST, None, "Last-Event-ID is not a sequence number of the feed";

@@ -73,6 +73,19 @@ pub(crate) fn may_forward(state: &AppState, req: &HttpRequest) -> bool {
         && req.headers().get(ROUTE).is_none_or(|v| v.as_bytes() != b"direct")
 }
 
+/// `GET path` (with its query) at `base`, in one hop that may take up to
+/// `timeout` (a long poll's wait and then some): its status and body.
+pub(crate) async fn get(
+    state: &AppState,
+    req: &HttpRequest,
+    base: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, Bytes), ApiError> {
+    let (status, body, _) = hop_to(state, req, base, path, reqwest::Method::GET, Bytes::new(), timeout).await?;
+    Ok((status, body))
+}
+
 /// Sends `ops` as one `/v1/batch` to the holder at `base`; answers its
 /// results, in the order sent.
 pub(crate) async fn batch_hop(
@@ -82,7 +95,7 @@ pub(crate) async fn batch_hop(
     ops: Vec<Value>,
 ) -> Result<Vec<Value>, ApiError> {
     let body = Bytes::from(serde_json::json!({ "ops": ops }).to_string());
-    let answer = hop_to(state, req, base, "/v1/batch", reqwest::Method::POST, body).await?;
+    let answer = hop_to(state, req, base, "/v1/batch", reqwest::Method::POST, body, HOP_TIMEOUT).await?;
     let parsed: Value = serde_json::from_slice(&answer.1).unwrap_or(Value::Null);
     match parsed["results"].as_array() {
         Some(results) if answer.0 == 200 => Ok(results.clone()),
@@ -104,7 +117,7 @@ pub(crate) async fn renew_everywhere(state: &AppState, req: &HttpRequest, client
     let path = format!("/v1/clients/{}/renew", crate::roblox_names::percent_encode(client));
     let hops = peers.into_iter().filter(|(owner, _)| *owner != me).map(|(_, url)| {
         let path = path.clone();
-        async move { hop_to(state, req, &url, &path, reqwest::Method::POST, Bytes::new()).await }
+        async move { hop_to(state, req, &url, &path, reqwest::Method::POST, Bytes::new(), HOP_TIMEOUT).await }
     });
     let mut out = Vec::new();
     for answer in futures_util::future::join_all(hops).await.into_iter().flatten() {
@@ -193,7 +206,7 @@ async fn hop(state: &AppState, req: &HttpRequest, base: &str, body: Bytes) -> Re
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| ApiError::new(ErrorCode::BadRequestBody, "method"))?;
-    let (status, bytes, headers) = hop_to(state, req, base, &path, method, body).await?;
+    let (status, bytes, headers) = hop_to(state, req, base, &path, method, body, HOP_TIMEOUT).await?;
     let mut back = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
     for (k, v) in &headers {
         if matches!(k.as_str(), "connection" | "transfer-encoding" | "content-length" | "keep-alive" | "date") {
@@ -224,6 +237,7 @@ async fn hop_to(
     path: &str,
     method: reqwest::Method,
     body: Bytes,
+    timeout: Duration,
 ) -> Result<Hopped, ApiError> {
     let Some(client) = state.fleet.as_ref() else {
         return Err(ApiError::new(ErrorCode::WrongServer, "forwarding is off"));
@@ -233,7 +247,7 @@ async fn hop_to(
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let mut out = client
         .request(method, &url)
-        .timeout(HOP_TIMEOUT)
+        .timeout(timeout)
         .header(FLEET_KEY, secret)
         .header(FORWARDED_KEY, key)
         .header(FORWARDED, state.ds.owner_id());

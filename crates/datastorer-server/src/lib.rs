@@ -30,6 +30,7 @@ mod ending;
 mod error;
 mod extract;
 mod feed;
+mod fleet_feed;
 mod forward;
 mod http;
 mod inbox_watch;

@@ -187,3 +187,105 @@ fn a_short_fleet_secret_is_refused_at_start_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("fleet-secret") && err.contains("32"), "{err}");
 }
+
+/// Polls `/v1/changes/poll` at `s` with `query` and `after`; answers the page.
+async fn poll(c: &Client, s: &Server, query: &str, after: Option<&str>) -> serde_json::Value {
+    let mut url = s.url(&format!("/v1/changes/poll?{query}"));
+    if let Some(after) = after {
+        url.push_str(&format!("&after={}", after.replace('%', "%25").replace(',', "%2C").replace(':', "%3A")));
+    }
+    let r = c.get(url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+/// A client's notices come from the servers holding its sessions, and its
+/// feed may be polled through any server: the cursor names each server, a
+/// first poll starts every one at now (nothing of an earlier session is
+/// replayed), and each notice arrives once. A store's feed polled through
+/// another server is read where its cursor was made; once that server is
+/// gone it starts again with `lagged`.
+#[tokio::test]
+async fn feeds_are_read_through_any_server() {
+    let Some(pg) = PgSchema::new("feeds_are_read_through_any_server") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = server(&pg, tmp.path(), "srv-a");
+    let b = server(&pg, tmp.path(), "srv-b");
+    let c = Client::new();
+    let steal = json!({"client_id": "game-2", "policy": "steal"});
+    // Before the client first polls: a session of it ends (not to be replayed).
+    let (_, v) = open(&c, &a, "profiles", "old", json!({"client_id": "game-1"})).await;
+    open(&c, &b, "profiles", "old", steal.clone()).await;
+    // The steal reaches a by notice: wait until a has ended that session.
+    let old = a.url(&format!("{}/session", key_url("profiles", "old")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.get(&old).header("Lease-Token", token_of(&v)).header("Datastorer-Route", "direct").send();
+        if r.await.unwrap().status() == StatusCode::GONE {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a hears of the steal");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = poll(&c, &a, "client_id=game-1&wait_ms=5000", None).await;
+    assert_eq!(first["events"], json!([]), "a first poll only finds where every server is: {first}");
+    let mut cursor = first["next"].as_str().expect("a fleet cursor").to_owned();
+    assert!(cursor.contains("srv-a:") && cursor.contains("srv-b:"), "{cursor}");
+
+    // Two sessions on two servers, each taken by another client.
+    open(&c, &a, "profiles", "k-a", json!({"client_id": "game-1"})).await;
+    open(&c, &b, "profiles", "k-b", json!({"client_id": "game-1"})).await;
+    open(&c, &b, "profiles", "k-a", steal.clone()).await;
+    open(&c, &a, "profiles", "k-b", steal).await;
+    let mut seen = Vec::new();
+    for entry in [&b, &a].into_iter().cycle() {
+        if seen.len() >= 2 || Instant::now() > deadline {
+            break;
+        }
+        let page = poll(&c, entry, "client_id=game-1&wait_ms=3000", Some(&cursor)).await;
+        for e in page["events"].as_array().unwrap() {
+            assert_eq!(e["kind"], "session_ended", "{e}");
+            seen.push((e["key"].as_str().unwrap().to_owned(), e["server"].as_str().unwrap().to_owned()));
+        }
+        cursor = page["next"].as_str().unwrap().to_owned();
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("k-a".to_owned(), "srv-a".to_owned()), ("k-b".to_owned(), "srv-b".to_owned())],
+        "each notice once, from the server that held the session"
+    );
+    for entry in [&a, &b] {
+        let page = poll(&c, entry, "client_id=game-1&wait_ms=0", Some(&cursor)).await;
+        assert_eq!(page["events"], json!([]), "nothing twice: {page}");
+    }
+
+    // A store's feed: made on a, read through b.
+    let page = poll(&c, &a, "store=profiles&wait_ms=0", None).await;
+    let store_cursor = page["next"].as_str().unwrap().to_owned();
+    assert!(store_cursor.starts_with("srv-a:"), "{store_cursor}");
+    let (_, v) = open(&c, &a, "profiles", "saved-on-a", json!({"client_id": "game-3"})).await;
+    let r = c
+        .patch(a.url(&format!("{}/session/data?save=normal", key_url("profiles", "saved-on-a"))))
+        .header("Lease-Token", token_of(&v))
+        .json(&json!({"coins": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut saved = false;
+    let mut store_cursor = store_cursor;
+    while !saved && Instant::now() < deadline {
+        let page = poll(&c, &b, "store=profiles&wait_ms=3000", Some(&store_cursor)).await;
+        assert_eq!(page["lagged"], false, "{page}");
+        saved = page["events"].as_array().unwrap().iter().any(|e| e["kind"] == "saved" && e["key"] == "saved-on-a");
+        store_cursor = page["next"].as_str().unwrap().to_owned();
+        assert!(store_cursor.starts_with("srv-a:"), "still read on a: {store_cursor}");
+    }
+    assert!(saved, "the save reached the feed read through b");
+    // Its server gone: the feed starts again on b and says events may be missed.
+    a.kill();
+    let page = poll(&c, &b, "store=profiles&wait_ms=0", Some(&store_cursor)).await;
+    assert_eq!(page["lagged"], true, "{page}");
+    assert!(page["next"].as_str().unwrap().starts_with("srv-b:"), "{page}");
+}

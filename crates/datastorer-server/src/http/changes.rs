@@ -16,6 +16,7 @@ use crate::auth::{Identity, Role};
 use crate::change_log::Filter;
 use crate::error::{ApiError, ErrorCode};
 use crate::extract::check_client_id;
+use crate::fleet_feed::Cursor;
 use crate::limits::{MAX_POLL_LIMIT, MAX_POLL_WAIT_MS};
 use crate::state::AppState;
 
@@ -79,7 +80,7 @@ fn scoped_feed(who: &Identity, store: Option<&str>) -> Result<()> {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct PollQuery {
-    after: Option<u64>,
+    after: Option<String>,
     wait_ms: Option<u64>,
     store: Option<String>,
     limit: Option<usize>,
@@ -88,7 +89,8 @@ struct PollQuery {
 
 /// `GET /v1/changes/poll`: answers at once when events after `after` are
 /// waiting, else when one arrives or `wait_ms` passes; `next` is the cursor
-/// for the following poll. Without `after`, starts from now.
+/// for the following poll. Without `after`, starts from now. In a fleet the
+/// cursor names the servers it was read from ([`crate::fleet_feed`]).
 async fn poll_changes(
     req: HttpRequest,
     query: web::Query<PollQuery>,
@@ -110,7 +112,6 @@ async fn poll_changes(
             ));
         }
     }
-    let filter = Filter { store: q.store.as_deref(), holder: q.client_id.as_deref(), api_key: Some(&who.name) };
     let wait_ms = q.wait_ms.unwrap_or(0);
     if wait_ms > MAX_POLL_WAIT_MS {
         return Err(ApiError::new(ErrorCode::BadWait, format!("wait_ms must be at most {MAX_POLL_WAIT_MS}")));
@@ -119,23 +120,28 @@ async fn poll_changes(
     if limit == 0 || limit > MAX_POLL_LIMIT {
         return Err(ApiError::new(ErrorCode::BadLimit, format!("limit must be 1 to {MAX_POLL_LIMIT}")));
     }
-    let log = &state.changes;
-    let mut after = q.after.unwrap_or_else(|| log.newest());
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        let page = log.read(after, filter, limit);
-        after = page.next;
-        if !page.events.is_empty() || page.lagged || tokio::time::Instant::now() >= deadline || *shutdown.borrow() {
-            return Ok(HttpResponse::Ok().json(&page));
-        }
-        if log.newest() > after {
-            continue; // a full page of other stores' events: read on
-        }
-        tokio::select! {
-            () = log.wait_after(after) => {}
-            () = tokio::time::sleep_until(deadline) => {}
-            _ = shutdown.changed() => {}
-        }
+    let cursor = q.after.as_deref().map(Cursor::parse).transpose()?;
+    let wait = Duration::from_millis(wait_ms);
+    if crate::fleet_feed::serves(&state, &req) {
+        let poll = crate::fleet_feed::Poll {
+            store: q.store.as_deref(),
+            client_id: q.client_id.as_deref(),
+            api_key: &who.name,
+            wait,
+            limit,
+        };
+        return Ok(HttpResponse::Ok().json(crate::fleet_feed::poll(&state, &req, poll, cursor).await?));
     }
+    let after = match cursor {
+        None => None,
+        Some(Cursor::Seq(n)) => Some(n),
+        // A fleet cursor reaching a server outside the fleet's forwarding
+        // (or a forwarded poll): its own part, if it has one.
+        Some(Cursor::Fleet(parts)) => match parts.into_iter().find(|(o, _)| o == state.ds.owner_id()) {
+            Some((_, n)) => Some(n),
+            None => return Err(ApiError::new(ErrorCode::BadCursor, "after names none of this server's events")),
+        },
+    };
+    let filter = Filter { store: q.store.as_deref(), holder: q.client_id.as_deref(), api_key: Some(&who.name) };
+    Ok(HttpResponse::Ok().json(&state.changes.poll(filter, after, wait, limit, state.shutdown.clone()).await))
 }
