@@ -146,6 +146,14 @@ pub fn install_host(lua: &Lua, env: &HashMap<&str, String>) -> mlua::Result<()> 
             Ok(())
         })?,
     )?;
+    // SIGKILL to a process the test started (a datastorer server dying).
+    host.set(
+        "kill",
+        lua.create_function(|_, pid: u32| {
+            let ok = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().is_ok_and(|s| s.success());
+            Ok(ok)
+        })?,
+    )?;
     host.set(
         "set_real_time",
         lua.create_function(move |_, on: bool| {
