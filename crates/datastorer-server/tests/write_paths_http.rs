@@ -21,7 +21,11 @@
 //!   (else a `GET`), the whole document `PUT` with `If-Match` (or
 //!   `If-None-Match: *`) and the record parts, read again on `412`;
 //! - `datastorer import-roblox` runs (real processes) from a third server
-//!   standing in for Roblox, whose values replace the keys nobody holds.
+//!   standing in for Roblox, whose values replace the keys nobody holds;
+//! - the Luau client's resume: a session whose server died (or whose
+//!   answer was lost) is opened again and, if the stored document is one
+//!   the client sent since its last durable save, overwritten with the
+//!   client's own (removals included) and saved.
 //!
 //! A trigger logs every committed row version (and delete) of the records
 //! table in commit order per key, and every answer is kept with a logical
@@ -138,6 +142,8 @@ struct Log {
     delete_calls: Vec<(String, String, u64, u64, String)>,
     /// Every import run and what it reported.
     imports: Vec<String>,
+    /// Sessions resumed after their server died or an answer was lost.
+    resumes: u64,
 }
 
 struct Held {
@@ -145,6 +151,32 @@ struct Held {
     epoch: u64,
     opened: u64,
     ops: BTreeSet<String>,
+    /// The documents sent since the last durable save, that one first:
+    /// what the store may hold if the session's server dies (the Luau
+    /// client's `_sentHistory`).
+    sent: Vec<BTreeSet<String>>,
+}
+
+impl Held {
+    fn new(token: String, epoch: u64, opened: u64, ops: BTreeSet<String>) -> Held {
+        let sent = vec![ops.clone()];
+        Held { token, epoch, opened, ops, sent }
+    }
+
+    /// About to send a patch adding `op`.
+    fn sending(&mut self, op: &str) {
+        let mut doc = self.ops.clone();
+        doc.insert(op.to_owned());
+        self.sent.push(doc);
+        if self.sent.len() > 32 {
+            self.sent.remove(0);
+        }
+    }
+
+    /// The session's document is durable as it stands.
+    fn durable(&mut self) {
+        self.sent = vec![self.ops.clone()];
+    }
 }
 
 struct Shared {
@@ -259,11 +291,14 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                     // its age: whatever happened to it since it was first
                     // opened (a forced delete elsewhere that this server
                     // has not heard of yet) still explains its end.
-                    let (ops, opened) = match held.remove(key) {
-                        Some(h) if h.epoch == epoch => (h.ops, h.opened),
-                        _ => (ops_of(&v["data"]), start),
+                    let resumed = match held.remove(key) {
+                        Some(mut h) if h.epoch == epoch => {
+                            h.token = token.to_owned();
+                            h
+                        }
+                        _ => Held::new(token.to_owned(), epoch, start, ops_of(&v["data"])),
                     };
-                    held.insert(key, Held { token: token.to_owned(), epoch, opened, ops });
+                    held.insert(key, resumed);
                 }
             }
             20..=37 => {
@@ -271,6 +306,7 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                 let op = format!("{}", shared.unique());
                 let save = rng.below(2) == 0;
                 let url = format!("{base}{}/session/data{}", key_path(key), if save { "?save=normal" } else { "" });
+                h.sending(&op);
                 let answer = send(
                     c.patch(url)
                         .header("Lease-Token", &h.token)
@@ -283,6 +319,7 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                     Some((StatusCode::OK, v)) => {
                         h.ops.insert(op);
                         if save {
+                            h.durable();
                             let revision = v["revision"].as_u64().expect("a saved patch names its revision");
                             let ack = Ack {
                                 key: key.into(),
@@ -297,21 +334,28 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                     }
                     Some((status, v)) if session_gone(status, &v) => {
                         refused(&shared, key, server, h, end, format!("{client_id} patch: {status} {v}"));
-                        held.remove(key);
+                        let h = held.remove(key).expect("held");
+                        if v["code"] == "invalid_lease_token" {
+                            // Known nowhere: its server may have died.
+                            resume_into(&mut held, &shared, &c, &base, key, &client_id, h, op).await;
+                        }
                     }
                     // Not applied: the session lives elsewhere and the
                     // request was not forwarded.
                     Some((StatusCode::MISDIRECTED_REQUEST, _)) => {}
-                    // The holder could not be reached: unknown outcome.
+                    // The holder could not be reached, or no answer came:
+                    // unknown outcome.
                     Some((StatusCode::SERVICE_UNAVAILABLE, v)) if v["code"] == "holder_unreachable" => {
-                        held.remove(key);
+                        let h = held.remove(key).expect("held");
+                        resume_into(&mut held, &shared, &c, &base, key, &client_id, h, op).await;
                     }
                     // A save that failed keeps the change in the session.
                     Some((_, _)) => {
                         h.ops.insert(op);
                     }
                     None => {
-                        held.remove(key);
+                        let h = held.remove(key).expect("held");
+                        resume_into(&mut held, &shared, &c, &base, key, &client_id, h, op).await;
                     }
                 }
             }
@@ -526,6 +570,7 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                     let op = format!("{}", shared.unique());
                     let body = json!({"ops": [{"op": "patch", "store": STORE, "key": key, "lease_token": h.token,
                         "data": {"ops": {op.clone(): true}}, "save": "normal"}]});
+                    held.get_mut(key).expect("held").sending(&op);
                     let answer = send(c.post(format!("{base}/v1/batch")).json(&body)).await;
                     let end = tick();
                     let r = answer.as_ref().map(|(_, v)| v["results"][0].clone()).unwrap_or(Value::Null);
@@ -533,6 +578,7 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                     match r["status"].as_u64() {
                         Some(200) => {
                             h.ops.insert(op);
+                            h.durable();
                             let ack = Ack {
                                 key: key.into(),
                                 epoch: h.epoch,
@@ -545,17 +591,22 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                         }
                         Some(s) if session_gone(StatusCode::from_u16(s as u16).unwrap(), &r) => {
                             refused(&shared, key, server, h, end, format!("{client_id} batch: {r}"));
-                            held.remove(key);
+                            let h = held.remove(key).expect("held");
+                            if r["code"] == "invalid_lease_token" {
+                                resume_into(&mut held, &shared, &c, &base, key, &client_id, h, op).await;
+                            }
                         }
                         Some(421) => {}
                         Some(503) if r["code"] == "holder_unreachable" => {
-                            held.remove(key);
+                            let h = held.remove(key).expect("held");
+                            resume_into(&mut held, &shared, &c, &base, key, &client_id, h, op).await;
                         }
                         Some(_) => {
                             h.ops.insert(op);
                         }
                         None => {
-                            held.remove(key);
+                            let h = held.remove(key).expect("held");
+                            resume_into(&mut held, &shared, &c, &base, key, &client_id, h, op).await;
                         }
                     }
                 }
@@ -565,6 +616,69 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
     for (key, h) in held {
         let base = shared.base(server);
         let _ = send(c.post(format!("{base}{}/session/release", key_path(key))).header("Lease-Token", &h.token)).await;
+    }
+}
+
+/// The Luau client's resume (`Key._resume`) after its session's server
+/// died or an answer was lost (`op`'s patch: applied or not): open the key
+/// again under the same client id with policy `fail`; if the stored
+/// document is one this client sent since its last durable save (or its
+/// own, `op` included), write its own document over it, as the client's
+/// diff does (adding what is missing, removing what it never had), and
+/// save; otherwise close the new session untouched. A wrong "it is ours"
+/// would remove someone else's acknowledged change, which check 3 finds.
+#[allow(clippy::too_many_arguments)]
+async fn resume_into(
+    held: &mut HashMap<&'static str, Held>,
+    shared: &Shared,
+    c: &Client,
+    base: &str,
+    key: &'static str,
+    client_id: &str,
+    mut h: Held,
+    op: String,
+) {
+    h.ops.insert(op);
+    let start = tick();
+    let body = json!({"client_id": client_id, "policy": "fail"});
+    let Some((StatusCode::OK, v)) = send(c.post(format!("{base}{}/session", key_path(key))).json(&body)).await else {
+        return;
+    };
+    let (Some(token), Some(epoch)) = (v["lease_token"].as_str(), v["epoch"].as_u64()) else {
+        panic!("an open answered without token or epoch: {v}")
+    };
+    let stored = ops_of(&v["data"]);
+    if !(h.sent.contains(&stored) || stored == h.ops) {
+        let _ = send(c.delete(format!("{base}{}/session", key_path(key))).header("Lease-Token", token)).await;
+        return;
+    }
+    let mut patch = serde_json::Map::new();
+    for missing in h.ops.difference(&stored) {
+        patch.insert(missing.clone(), json!(true));
+    }
+    for extra in stored.difference(&h.ops) {
+        patch.insert(extra.clone(), Value::Null);
+    }
+    let answer = send(
+        c.patch(format!("{base}{}/session/data?save=normal", key_path(key)))
+            .header("Lease-Token", token)
+            .header("Content-Type", "application/merge-patch+json")
+            .body(json!({ "ops": patch }).to_string()),
+    )
+    .await;
+    if let Some((StatusCode::OK, r)) = answer {
+        let revision = r["revision"].as_u64().expect("a saved patch names its revision");
+        let ack = Ack {
+            key: key.into(),
+            epoch,
+            revision,
+            ops: h.ops.clone(),
+            what: format!("{client_id} resume"),
+            condition: None,
+        };
+        shared.log().acks.push(ack);
+        shared.log().resumes += 1;
+        held.insert(key, Held::new(token.to_owned(), epoch, start, h.ops));
     }
 }
 
@@ -987,7 +1101,8 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
     let log = std::mem::take(&mut *shared.log());
     println!(
         "write paths over HTTP: {CLIENTS} clients × {steps} steps on 2 servers (one killed and restarted) in {:.1} s: \
-         {} committed rows checked, {} acknowledged writes ({} restores, {} Open Cloud sets, {} facade updates), \
+         {} committed rows checked, {} acknowledged writes ({} restores, {} Open Cloud sets, {} facade updates, \
+         {} client resumes), \
          {} import runs ({} rows written by them), {} acknowledged deletes, {} posts, {} refusals explained",
         started.elapsed().as_secs_f64(),
         rows.len(),
@@ -995,6 +1110,7 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
         log.acks.iter().filter(|a| a.what.contains("restore")).count(),
         log.acks.iter().filter(|a| a.what.contains("open cloud")).count(),
         log.acks.iter().filter(|a| a.what.contains("facade")).count(),
+        log.resumes,
         log.imports.len(),
         rows.iter()
             .filter(|r| r.record.as_ref().is_some_and(|rec| {

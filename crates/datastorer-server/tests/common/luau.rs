@@ -150,7 +150,10 @@ pub fn install_host(lua: &Lua, env: &HashMap<&str, String>) -> mlua::Result<()> 
     host.set(
         "kill",
         lua.create_function(|_, pid: u32| {
-            let ok = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().is_ok_and(|s| s.success());
+            let ok = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
             Ok(ok)
         })?,
     )?;
