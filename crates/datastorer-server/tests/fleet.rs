@@ -313,3 +313,21 @@ fn luau_a_dead_servers_players_stay_in_the_game() {
     ]);
     common::luau::run_spec("specs/Fleet.spec", env);
 }
+
+/// A rolling upgrade: one server of the fleet is stopped (SIGTERM), saves
+/// and releases its sessions, and the Luau client's players on it carry on
+/// through the other server at once, none closed.
+#[test]
+fn luau_a_rolling_upgrade_keeps_every_player() {
+    let Some(pg) = PgSchema::new("luau_a_rolling_upgrade_keeps_every_player") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let a = server(&pg, tmp.path(), "srv-a");
+    let b = server(&pg, tmp.path(), "srv-b");
+    let env = std::collections::HashMap::from([
+        ("base_url", b.base.clone()),
+        ("base_urls", format!("{},{}", a.base, b.base)),
+        ("victim_pid", a.pid().to_string()),
+        ("mode", "stop".to_owned()),
+    ]);
+    common::luau::run_spec("specs/Fleet.spec", env);
+}

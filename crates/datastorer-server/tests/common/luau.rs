@@ -146,12 +146,14 @@ pub fn install_host(lua: &Lua, env: &HashMap<&str, String>) -> mlua::Result<()> 
             Ok(())
         })?,
     )?;
-    // SIGKILL to a process the test started (a datastorer server dying).
+    // A signal (KILL unless named) to a process the test started: a
+    // datastorer server dying, or stopped for an upgrade.
     host.set(
         "kill",
-        lua.create_function(|_, pid: u32| {
+        lua.create_function(|_, (pid, signal): (u32, Option<String>)| {
+            let signal = format!("-{}", signal.as_deref().unwrap_or("KILL"));
             let ok = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
+                .args([&signal, &pid.to_string()])
                 .status()
                 .is_ok_and(|s| s.success());
             Ok(ok)
