@@ -32,15 +32,21 @@ impl Drop for Child {
 }
 
 fn start_server(dir: &Path) -> Result<Child, String> {
-    use std::io::BufRead;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut command = std::process::Command::new(exe);
-    command.args(["serve", "--listen", "127.0.0.1:0", "--client-lease-ttl-secs", "3600", "--data-dir"]).arg(dir);
+    let mut args: Vec<std::ffi::OsString> = vec!["--data-dir".into(), dir.into()];
     if !super::bench::versions_on() {
         let config = dir.with_extension("toml");
         std::fs::write(&config, "[stores.http]\nversions = false\n").map_err(|e| e.to_string())?;
-        command.arg("--config").arg(config);
+        args.extend(["--config".into(), config.into()]);
     }
+    spawn_server(&args)
+}
+
+/// `datastorer serve` on a free loopback port with `args`.
+fn spawn_server(args: &[std::ffi::OsString]) -> Result<Child, String> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut command = std::process::Command::new(exe);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--client-lease-ttl-secs", "3600"]).args(args);
     let mut process = command
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -467,4 +473,82 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
         });
     }
     Ok(out)
+}
+
+/// The fleet figure: two servers on one PostgreSQL schema sharing a fleet
+/// secret, the sessions held by the first; the same session updates sent
+/// to the holder (direct) and to the other server (forwarded: it reads the
+/// key's lease, then makes the hop), alternating, throughput on
+/// [`CONNECTIONS`] connections and one connection's latency.
+pub async fn bench_fleet(cfg: &BenchConfig, pg_url: &str, schema: &str) -> Result<Vec<Measurement>, String> {
+    let duration = if cfg.updates < 10_000 { Duration::from_millis(500) } else { Duration::from_secs(4) };
+    let server = |owner: &str| {
+        let args: Vec<std::ffi::OsString> = [
+            "--database-url",
+            pg_url,
+            "--postgres-schema",
+            schema,
+            "--owner-id",
+            owner,
+            "--fleet-secret",
+            "bench-fleet-secret-0123456789-0123456789",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        spawn_server(&args)
+    };
+    let holder = server("bench-a")?;
+    let other = server("bench-b")?;
+    let http = reqwest::Client::new();
+    let tokens = open_sessions(&http, &holder.base).await?;
+    let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
+    let (mut direct_ms, mut forwarded_ms) = (Vec::new(), Vec::new());
+    let samples = if cfg.updates < 10_000 { 50 } else { 500 };
+    for _ in 0..cfg.repeat {
+        direct.push(ours(&holder.base, &tokens, duration, Mode::Update).await);
+        forwarded.push(ours(&other.base, &tokens, duration, Mode::Update).await);
+        direct_ms.push(one_connection_ms(&holder.base, &tokens[0], samples).await?);
+        forwarded_ms.push(one_connection_ms(&other.base, &tokens[0], samples).await?);
+    }
+    let note = "both servers, PostgreSQL and the client on the same 2-core machine".to_owned();
+    Ok(vec![
+        Measurement {
+            name: "F1. HTTP session updates (1 KiB merge patch) sent to another server of the fleet, forwarded".into(),
+            unit: "requests/s".into(),
+            higher_is_better: true,
+            ours: forwarded,
+            baseline_name: format!("the same sent to the holder ({CONNECTIONS} connections)"),
+            baseline: direct,
+            goal_ratio: None,
+            notes: vec![note.clone()],
+        },
+        Measurement {
+            name: "F2. one forwarded session update, p50 on one connection".into(),
+            unit: "ms".into(),
+            higher_is_better: false,
+            ours: forwarded_ms,
+            baseline_name: "the same sent to the holder".into(),
+            baseline: direct_ms,
+            goal_ratio: None,
+            notes: vec![format!("median of {samples} sequential requests per repetition; {note}")],
+        },
+    ])
+}
+
+/// The median time of `samples` sequential session updates on one connection.
+async fn one_connection_ms(base: &str, token: &str, samples: usize) -> Result<f64, String> {
+    let mut http = RawHttp::connect(base).await.ok_or("cannot connect")?;
+    let path = "/v1/stores/http/keys/h0/session/data";
+    let mut times = Vec::with_capacity(samples);
+    for n in 0..samples {
+        let patch = payload(n);
+        let started = std::time::Instant::now();
+        let status = http.request("PATCH", path, token, "application/merge-patch+json", patch.as_bytes()).await;
+        if !matches!(status, Some(200..=299)) {
+            return Err(format!("a session update answered {status:?}"));
+        }
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(&times))
 }

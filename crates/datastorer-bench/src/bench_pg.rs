@@ -743,6 +743,12 @@ pub async fn bench_pg(cfg: &BenchConfig, part: &str) -> Result<Vec<Measurement>,
     if wanted("handoff") {
         handoff(cfg).await?.into_iter().for_each(&mut add);
     }
+    if wanted("fleet") {
+        let scratch = Scratch::new().await?;
+        let figures = super::bench_http::bench_fleet(cfg, &url(), &scratch.schema).await;
+        scratch.drop_schema().await;
+        figures?.into_iter().for_each(&mut add);
+    }
     if wanted("processes") {
         // Printed as each figure completes.
         out.extend(processes(cfg).await?);

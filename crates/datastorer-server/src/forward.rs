@@ -172,6 +172,27 @@ pub(crate) async fn forward(
         kept.extend_from_slice(&chunk);
     }
     let body = kept.freeze();
+    // A session whose last request was forwarded: straight to its holder
+    // (authenticated and charged here, as the handler would have), without
+    // reading the key's lease again. Its holder's 421 or a failed hop
+    // forgets the shortcut; the 421 then takes the usual way.
+    let token = req.headers().get("lease-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some((token, base)) = token.as_deref().and_then(|t| Some((t, state.holder_of_token(t)?))) {
+        if let Err(e) = state.auth(req.request(), crate::auth::Role::Read) {
+            return Ok(req.into_response(e.error_response()).map_into_right_body());
+        }
+        match hop(&state, req.request(), &base, body.clone()).await {
+            Ok(r) if r.status() != StatusCode::MISDIRECTED_REQUEST => {
+                state.set_holder_of_token(token, Some(&base));
+                return Ok(req.into_response(r).map_into_right_body());
+            }
+            Ok(_) => state.set_holder_of_token(token, None),
+            Err(e) => {
+                state.set_holder_of_token(token, None);
+                return Ok(req.into_response(e.error_response()).map_into_right_body());
+            }
+        }
+    }
     req.set_payload(payload_of(body.clone()));
     let res = next.call(req).await?;
     if res.status() != StatusCode::MISDIRECTED_REQUEST {
@@ -195,7 +216,14 @@ pub(crate) async fn forward(
     };
     let forwarded = hop(&state, &http_req, &base, body).await;
     let response = match forwarded {
-        Ok(r) => r,
+        Ok(r) => {
+            if let Some(token) = http_req.headers().get("lease-token").and_then(|v| v.to_str().ok()) {
+                if r.status() != StatusCode::MISDIRECTED_REQUEST {
+                    state.set_holder_of_token(token, Some(&base));
+                }
+            }
+            r
+        }
         Err(e) => e.error_response(),
     };
     Ok(ServiceResponse::new(http_req, response).map_into_right_body())

@@ -58,6 +58,10 @@ pub(crate) struct AppState {
     pub(crate) fleet: Option<reqwest::Client>,
     /// Other servers' advertised URLs, as last read (owner id → URL, when).
     pub(crate) advertised: Mutex<HashMap<String, (Option<String>, std::time::Instant)>>,
+    /// Lease tokens of sessions on other servers, each with the URL its
+    /// last request was forwarded to: the next one goes there at once,
+    /// without looking the key's lease up again.
+    pub(crate) forwarded_tokens: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 /// How long an advertised URL is used before it is read again: a server
@@ -155,6 +159,31 @@ impl AppState {
         }
         cache.insert(owner.to_owned(), (url.clone(), now));
         url
+    }
+
+    /// Where the session of lease token `token` was forwarded to lately.
+    pub(crate) fn holder_of_token(&self, token: &str) -> Option<String> {
+        let cache = self.forwarded_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(token).filter(|(_, at)| at.elapsed() < ADVERTISED_FOR).map(|(url, _)| url.clone())
+    }
+
+    /// Remembers (`Some`) or forgets (`None`) where `token`'s session lives.
+    pub(crate) fn set_holder_of_token(&self, token: &str, url: Option<&str>) {
+        let mut cache = self.forwarded_tokens.lock().unwrap_or_else(|p| p.into_inner());
+        match url {
+            Some(url) => {
+                if cache.len() >= 10_000 {
+                    cache.retain(|_, (_, at)| at.elapsed() < ADVERTISED_FOR);
+                    if cache.len() >= 10_000 {
+                        cache.clear();
+                    }
+                }
+                cache.insert(token.to_owned(), (url.to_owned(), std::time::Instant::now()));
+            }
+            None => {
+                cache.remove(token);
+            }
+        }
     }
 
     /// Drops the cached advertised URL `url` (a hop to it failed).
