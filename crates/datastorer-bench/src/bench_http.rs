@@ -65,8 +65,12 @@ fn payload(i: usize) -> String {
 
 /// Opens a session on `key` of store `http`; answers its lease token.
 async fn open_session(http: &reqwest::Client, base: &str, key: &str) -> Result<String, String> {
+    open_session_in(http, base, "http", key).await
+}
+
+async fn open_session_in(http: &reqwest::Client, base: &str, store: &str, key: &str) -> Result<String, String> {
     let resp = http
-        .post(format!("{base}/v1/stores/http/keys/{key}/session"))
+        .post(format!("{base}/v1/stores/{store}/keys/{key}/session"))
         .header("content-type", "application/json")
         .body("{}")
         .send()
@@ -153,13 +157,18 @@ enum Mode {
 }
 
 async fn ours(base: &str, tokens: &[String], duration: Duration, mode: Mode) -> f64 {
-    let base = base.to_owned();
+    ours_at(base, "/v1/stores/http/keys/h", tokens, duration, mode).await
+}
+
+/// [`ours`] on the keys `{keys}{i}` (`keys`: the path up to the key's index).
+async fn ours_at(base: &str, keys: &str, tokens: &[String], duration: Duration, mode: Mode) -> f64 {
+    let (base, keys) = (base.to_owned(), keys.to_owned());
     let tokens = Arc::new(tokens.to_vec());
     drive(CONNECTIONS, duration, move |i, stop, count| {
-        let (base, tokens) = (base.clone(), tokens.clone());
+        let (base, tokens, keys) = (base.clone(), tokens.clone(), keys.clone());
         async move {
             let Some(mut http) = RawHttp::connect(&base).await else { return };
-            let path = format!("/v1/stores/http/keys/h{i}/session");
+            let path = format!("{keys}{i}/session");
             let data =
                 if mode == Mode::UpdateSaved { format!("{path}/data?save=normal") } else { format!("{path}/data") };
             let save = format!("{path}/save");
@@ -534,6 +543,84 @@ pub async fn bench_fleet(cfg: &BenchConfig, pg_url: &str, schema: &str) -> Resul
             notes: vec![format!("median of {samples} sequential requests per repetition; {note}")],
         },
     ])
+}
+
+/// F3: durable HTTP saves (`PATCH ?save=normal`) on 1, 2 and 3 servers of
+/// one PostgreSQL database at once, each with [`CONNECTIONS`] sessions on
+/// keys of its own, beside the hand-written batch (b) from as many
+/// connections (`UPDATE … FROM unnest(…)`, 22 rows a statement, as P3) on
+/// as many rows of other stores (`batched(n)` writes stores `b{n}-{j}`).
+pub async fn bench_fleet_scaling(
+    cfg: &BenchConfig,
+    pg_url: &str,
+    schema: &str,
+    batched: impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<f64, String>>>>,
+) -> Result<Vec<Measurement>, String> {
+    let duration = if cfg.updates < 10_000 { Duration::from_millis(500) } else { Duration::from_secs(4) };
+    let mut out = Vec::new();
+    let http = reqwest::Client::new();
+    for n in [1usize, 2, 3] {
+        let mut servers = Vec::new();
+        for j in 0..n {
+            let owner = format!("scale-{n}-{j}");
+            let args: Vec<std::ffi::OsString> =
+                ["--database-url", pg_url, "--postgres-schema", schema, "--owner-id", &owner]
+                    .iter()
+                    .map(Into::into)
+                    .collect();
+            let server = spawn_server(&args)?;
+            let mut tokens = Vec::new();
+            for i in 0..CONNECTIONS {
+                tokens.push(open_session_in(&http, &server.base, &format!("f{n}-{j}"), &format!("k{i}")).await?);
+                // The baseline's rows: the same records, written once and
+                // released, so that (b) never writes behind a session.
+                let (store, key) = (format!("b{n}-{j}"), format!("k{i}"));
+                let token = open_session_in(&http, &server.base, &store, &key).await?;
+                http.post(format!("{}/v1/stores/{store}/keys/{key}/session/release", server.base))
+                    .header("Lease-Token", token)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            servers.push((server, tokens));
+        }
+        let (mut ours_v, mut base_v) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.repeat {
+            let runs: Vec<_> = servers
+                .iter()
+                .enumerate()
+                .map(|(j, (server, tokens))| {
+                    let keys = format!("/v1/stores/f{n}-{j}/keys/k");
+                    let (base, tokens) = (server.base.clone(), tokens.clone());
+                    actix::spawn(async move { ours_at(&base, &keys, &tokens, duration, Mode::UpdateSaved).await })
+                })
+                .collect();
+            let mut total = 0.0;
+            for r in runs {
+                total += r.await.map_err(|e| e.to_string())?;
+            }
+            ours_v.push(total);
+            base_v.push(batched(n).await?);
+        }
+        drop(servers);
+        out.push(Measurement {
+            name: format!(
+                "F3. HTTP durable saves, {n} server{} on one database, {CONNECTIONS} sessions each",
+                if n == 1 { "" } else { "s" }
+            ),
+            unit: "saves/s".into(),
+            higher_is_better: true,
+            ours: ours_v,
+            baseline_name: format!(
+                "(b) UPDATE … FROM unnest(…), 22 rows a statement, from {n} connection{}",
+                if n == 1 { "" } else { "s" }
+            ),
+            baseline: base_v,
+            goal_ratio: None,
+            notes: vec!["servers, their load, PostgreSQL and the baseline on the same 2-core machine".into()],
+        });
+    }
+    Ok(out)
 }
 
 /// The median time of `samples` sequential session updates on one connection.

@@ -748,6 +748,29 @@ pub async fn bench_pg(cfg: &BenchConfig, part: &str) -> Result<Vec<Measurement>,
         let figures = super::bench_http::bench_fleet(cfg, &url(), &scratch.schema).await;
         scratch.drop_schema().await;
         figures?.into_iter().for_each(&mut add);
+        let scratch = Scratch::new().await?;
+        let schema = scratch.schema.clone();
+        let (duration, bytes) = (seconds(cfg), cfg.doc_bytes);
+        let batched = move |n: usize| {
+            let schema = schema.clone();
+            let run: std::pin::Pin<Box<dyn std::future::Future<Output = Result<f64, String>>>> = Box::pin(async move {
+                let tasks: Vec<_> = (0..n)
+                    .map(|j| {
+                        let (schema, store) = (schema.clone(), format!("b{n}-{j}"));
+                        actix::spawn(async move { batched_updates(&schema, &store, 64, 22, duration, bytes).await })
+                    })
+                    .collect();
+                let mut sum = 0.0;
+                for t in tasks {
+                    sum += t.await.map_err(|e| e.to_string())??;
+                }
+                Ok(sum)
+            });
+            run
+        };
+        let figures = super::bench_http::bench_fleet_scaling(cfg, &url(), &scratch.schema, batched).await;
+        scratch.drop_schema().await;
+        figures?.into_iter().for_each(&mut add);
     }
     if wanted("processes") {
         // Printed as each figure completes.

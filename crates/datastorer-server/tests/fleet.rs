@@ -294,40 +294,45 @@ async fn feeds_are_read_through_any_server() {
     assert!(page["next"].as_str().unwrap().starts_with("srv-b:"), "{page}");
 }
 
-/// The Luau client behind a round-robin load balancer in front of two
-/// servers, one of which is killed: its keys are re-opened through the
-/// other once their leases lapse (5 s here), with the changes it never
-/// stored saved on top; a key someone else wrote meanwhile ends with
-/// "lease lost" (clients/luau/tests/specs/Fleet.spec.luau).
-#[test]
-fn luau_a_dead_servers_players_stay_in_the_game() {
-    let Some(pg) = PgSchema::new("luau_a_dead_servers_players_stay_in_the_game") else { return };
+/// Runs clients/luau/tests/specs/Fleet.spec.luau against `servers`
+/// servers (`srv-a` first, the one that goes away) behind the shim's
+/// round-robin front, with `mode` `kill` (SIGKILL, 5 s leases) or `stop`
+/// (SIGTERM, a rolling upgrade).
+fn luau_fleet(test: &str, servers: usize, mode: &str) {
+    let Some(pg) = PgSchema::new(test) else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let a = server_with_ttl(&pg, tmp.path(), "srv-a", "5");
-    let b = server_with_ttl(&pg, tmp.path(), "srv-b", "5");
+    let fleet: Vec<Server> =
+        ["srv-a", "srv-b", "srv-c"][..servers].iter().map(|n| server_with_ttl(&pg, tmp.path(), n, "5")).collect();
     let env = std::collections::HashMap::from([
-        ("base_url", b.base.clone()),
-        ("base_urls", format!("{},{}", a.base, b.base)),
-        ("victim_pid", a.pid().to_string()),
+        ("base_url", fleet[1].base.clone()),
+        ("base_urls", fleet.iter().map(|s| s.base.as_str()).collect::<Vec<_>>().join(",")),
+        ("victim_pid", fleet[0].pid().to_string()),
         ("lease_ttl_secs", "5".to_owned()),
+        ("mode", mode.to_owned()),
     ]);
     common::luau::run_spec("specs/Fleet.spec", env);
 }
 
+/// The Luau client behind a round-robin load balancer in front of two
+/// servers, one of which is killed mid-play: its keys are re-opened
+/// through the other once their leases lapse, with the changes it never
+/// stored saved on top; a key someone else wrote meanwhile ends with
+/// "lease lost".
+#[test]
+fn luau_a_dead_servers_players_stay_in_the_game() {
+    luau_fleet("luau_a_dead_servers_players_stay_in_the_game", 2, "kill");
+}
+
+/// The same over three servers.
+#[test]
+fn luau_a_dead_servers_players_stay_in_the_game_of_three_servers() {
+    luau_fleet("luau_a_dead_servers_players_stay_in_the_game_of_three_servers", 3, "kill");
+}
+
 /// A rolling upgrade: one server of the fleet is stopped (SIGTERM), saves
 /// and releases its sessions, and the Luau client's players on it carry on
-/// through the other server at once, none closed.
+/// through the others at once, none closed.
 #[test]
 fn luau_a_rolling_upgrade_keeps_every_player() {
-    let Some(pg) = PgSchema::new("luau_a_rolling_upgrade_keeps_every_player") else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    let a = server(&pg, tmp.path(), "srv-a");
-    let b = server(&pg, tmp.path(), "srv-b");
-    let env = std::collections::HashMap::from([
-        ("base_url", b.base.clone()),
-        ("base_urls", format!("{},{}", a.base, b.base)),
-        ("victim_pid", a.pid().to_string()),
-        ("mode", "stop".to_owned()),
-    ]);
-    common::luau::run_spec("specs/Fleet.spec", env);
+    luau_fleet("luau_a_rolling_upgrade_keeps_every_player", 3, "stop");
 }
