@@ -223,9 +223,13 @@ impl From<Error> for ApiError {
         let message = e.to_string();
         let plain = |code| ApiError::new(code, message.clone());
         match e {
-            Error::LeaseHeld { holder, expires_at_ms, .. } => {
-                plain(ErrorCode::LeaseHeld).with(json!({ "holder": holder, "expires_at_ms": expires_at_ms }))
-            }
+            // The engine's holder is a process: another server of the
+            // fleet (a client of this one is named by `sessions`).
+            Error::LeaseHeld { holder, expires_at_ms, .. } => ApiError::new(
+                ErrorCode::LeaseHeld,
+                format!("the key is held by a session on another server ({holder:?})"),
+            )
+            .with(json!({ "holder": holder, "holder_server": holder, "expires_at_ms": expires_at_ms })),
             Error::LeaseLost { .. } => plain(ErrorCode::LeaseLost),
             Error::LeaseExpired { .. } => plain(ErrorCode::LeaseUnconfirmed),
             // The engine session behind a client's session ended while the

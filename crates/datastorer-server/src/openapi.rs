@@ -170,6 +170,8 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
                         "code": error_codes(),
                         "message": { "type": "string" },
                         "holder": { "type": "string" },
+                        "holder_server": { "type": "string", "description": "lease_held: the key is held on this other server of the fleet" },
+                        "advertise_url": { "type": "string", "nullable": true, "description": "wrong_server, and lease_held on another server: where that server is" },
                         "expires_at_ms": { "type": "integer", "nullable": true },
                         "reason": { "type": "string" },
                         "taken_over_by": { "type": "string", "nullable": true },

@@ -67,6 +67,17 @@ async fn any_server_answers_for_a_session_held_on_another() {
     let r = r.send().await.unwrap();
     assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
 
+    // Another client's open through b: held on a, said as a 421 says it.
+    let (st, v) = open(&c, &b, "profiles", "p1", json!({"client_id": "game-2", "policy": "fail"})).await;
+    assert_eq!((st, v["code"].clone()), (StatusCode::CONFLICT, json!("lease_held")), "{v}");
+    assert_eq!(
+        (v["holder_server"].as_str(), v["advertise_url"].as_str()),
+        (Some("srv-a"), Some(a.base.as_str())),
+        "{v}"
+    );
+    assert_eq!(v["message"], "the key is held by a session on another server (\"srv-a\")", "{v}");
+    assert!(v["expires_at_ms"].as_u64().is_some_and(|e| e > 0), "{v}");
+
     // Claiming to be a server of the fleet takes its secret.
     let r = c
         .get(a.url(&format!("{k}/session")))

@@ -223,7 +223,7 @@ pub(super) async fn open(
         }
         false => acquired,
     };
-    let (grant, session, waited) = acquired?;
+    let (grant, session, waited) = acquired.map_err(|e| where_it_is(state, e))?;
     if let Some(w) = waited {
         state.metrics.observe_lease_wait(w);
     }
@@ -239,6 +239,20 @@ pub(super) async fn open(
         }
     }
     Ok(answer)
+}
+
+/// A key held on another server of the fleet: where that server is, as a
+/// `421 wrong_server` says it.
+fn where_it_is(state: &AppState, mut e: ApiError) -> ApiError {
+    if e.code != ErrorCode::LeaseHeld {
+        return e;
+    }
+    if let Some(details) = e.details.as_mut().and_then(Value::as_object_mut) {
+        if let Some(server) = details.get("holder_server").and_then(Value::as_str).map(str::to_owned) {
+            details.insert("advertise_url".into(), state.advertised_url(&server).map_or(Value::Null, Value::String));
+        }
+    }
+    e
 }
 
 /// `GET …/session`
