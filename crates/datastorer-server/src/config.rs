@@ -207,6 +207,9 @@ pub struct Settings {
     /// never a secret or token). Default true.
     #[arg(long, env = "DATASTORER_ACCESS_LOG")]
     pub(crate) access_log: Option<bool>,
+    /// Serve the console (a web UI for the API) at /console. Default true.
+    #[arg(long, env = "DATASTORER_CONSOLE")]
+    pub(crate) console: Option<bool>,
     /// Engine autosave interval, seconds (default 30).
     #[arg(long, env = "DATASTORER_AUTOSAVE_INTERVAL_SECS")]
     pub(crate) autosave_interval_secs: Option<u64>,
@@ -290,6 +293,8 @@ pub struct ServerConfig {
     pub(crate) strict_stores: bool,
     /// One info line per request (target `datastorer::access`).
     pub(crate) access_log: bool,
+    /// The console at `/console`.
+    pub(crate) console: bool,
     /// Declared stores.
     pub(crate) stores: BTreeMap<String, StoreDecl>,
     /// Engine autosave interval.
@@ -519,6 +524,7 @@ impl ServerConfig {
             api_keys,
             strict_stores: o.strict_stores.or(file.strict_stores).unwrap_or(false),
             access_log: o.access_log.or(file.access_log).unwrap_or(true),
+            console: o.console.or(file.console).unwrap_or(true),
             stores,
             autosave_interval,
             lease_ttl,

@@ -10,6 +10,7 @@
 mod backup;
 mod batch;
 mod changes;
+mod console;
 mod fallback;
 mod history;
 mod messages;
@@ -38,4 +39,5 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     batch::configure(cfg);
     ops::configure(cfg);
     open_cloud::configure(cfg);
+    console::configure(cfg);
 }

@@ -1,0 +1,109 @@
+// The server's API as the console uses it: every call carries the
+// signed-in API key as a bearer token (kept in this tab's sessionStorage,
+// never in a URL), and every failure is an ApiError with the server's code.
+
+const KEY = "datastorer.apiKey";
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export function signedIn(): boolean {
+  return sessionStorage.getItem(KEY) !== null;
+}
+
+export function signOut(): void {
+  sessionStorage.removeItem(KEY);
+}
+
+/** Checks `apiKey` against the server (an empty one: a server without keys) and keeps it for this tab. */
+export async function signIn(apiKey: string): Promise<void> {
+  sessionStorage.setItem(KEY, apiKey);
+  try {
+    await call("GET", "/v1/stores?limit=1");
+  } catch (e) {
+    signOut();
+    throw e;
+  }
+}
+
+export interface Answer<T> {
+  body: T;
+  headers: Headers;
+}
+
+export async function call<T = unknown>(
+  method: string,
+  path: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+): Promise<Answer<T>> {
+  const key = sessionStorage.getItem(KEY);
+  const all: Record<string, string> = { Accept: "application/json", ...headers };
+  if (key) all["Authorization"] = `Bearer ${key}`;
+  const init: RequestInit = { method, headers: all, credentials: "omit", cache: "no-store" };
+  if (body !== undefined) {
+    all["Content-Type"] ??= "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response: Response;
+  try {
+    response = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, "unreachable", `the server cannot be reached: ${String(e)}`);
+  }
+  const text = await response.text();
+  let parsed: unknown = null;
+  if (text.length > 0) {
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      parsed = text;
+    }
+  }
+  if (!response.ok) {
+    const o = (parsed ?? {}) as { code?: string; message?: string };
+    throw new ApiError(response.status, o.code ?? `http_${response.status}`, o.message ?? String(parsed ?? response.statusText));
+  }
+  return { body: parsed as T, headers: response.headers };
+}
+
+/** A path segment, percent-encoded. */
+export const seg = (s: string): string => encodeURIComponent(s);
+
+export interface StoreList {
+  stores: string[];
+  next_cursor: string | null;
+}
+
+export interface KeyList {
+  keys: string[];
+  next_cursor: string | null;
+}
+
+export interface Lease {
+  owner: string;
+  expires_at_ms: number;
+}
+
+export interface RecordView {
+  store: string;
+  key: string;
+  data: unknown;
+  metadata: Record<string, unknown>;
+  user_ids: string[];
+  epoch: number;
+  revision: number;
+  lease: Lease | null;
+}
+
+export interface UserRecords {
+  user_id: string;
+  records: { store: string; key: string }[];
+}

@@ -1,0 +1,54 @@
+// Building the page: elements from tags, attributes and children, with text
+// always set as text (nothing from the server is ever parsed as HTML).
+
+type Child = Node | string | null | undefined | false;
+type Attrs = Record<string, string | boolean | ((e: Event) => void) | undefined>;
+
+export function h(tag: string, attrs: Attrs = {}, ...children: Child[]): HTMLElement {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === false) continue;
+    if (typeof value === "function") {
+      el.addEventListener(name.replace(/^on/, ""), value);
+    } else if (value === true) {
+      el.setAttribute(name, "");
+    } else {
+      el.setAttribute(name, value);
+    }
+  }
+  for (const c of children) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(typeof c === "string" ? document.createTextNode(c) : c);
+  }
+  return el;
+}
+
+/** Replaces what `main` shows and moves the focus to its heading (for keyboard and screen-reader users). */
+export function show(...children: Child[]): void {
+  const main = document.getElementById("main");
+  if (!main) return;
+  main.replaceChildren();
+  for (const c of children) {
+    if (c) main.append(typeof c === "string" ? document.createTextNode(c) : c);
+  }
+  const heading = main.querySelector("h1");
+  if (heading) {
+    heading.setAttribute("tabindex", "-1");
+    heading.focus();
+  }
+}
+
+/** A message in the page's alert region. */
+export function alertBox(message: string, kind: "error" | "ok" = "error"): HTMLElement {
+  return h("p", { class: `alert ${kind}`, role: kind === "error" ? "alert" : "status" }, message);
+}
+
+export function bytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / (1024 * 1024)).toFixed(2)} MiB`;
+}
+
+export function when(ms: number): string {
+  return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+}

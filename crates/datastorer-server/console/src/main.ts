@@ -1,0 +1,222 @@
+// The console: sign in with an API key, then browse stores and keys, look
+// at a record (its data, metadata, user ids, size, revision, epoch and who
+// holds it) and find a player's records by user id. Routes live in the
+// URL's fragment (#/stores, #/keys/STORE, #/key/STORE/KEY, #/user/ID),
+// never the API key.
+
+import { ApiError, call, seg, signIn, signOut, signedIn } from "./api";
+import type { KeyList, RecordView, StoreList, UserRecords } from "./api";
+import { alertBox, bytes, h, show, when } from "./dom";
+
+/** The server's default document limit (`max_body_bytes`). */
+const DOCUMENT_LIMIT = 4 * 1024 * 1024;
+const PAGE = 50;
+
+function link(href: string, text: string): HTMLElement {
+  return h("a", { href }, text);
+}
+
+function failure(e: unknown): HTMLElement {
+  if (e instanceof ApiError) {
+    if (e.status === 401 && signedIn()) {
+      // The key was removed from the server meanwhile.
+      signOut();
+      location.hash = "#/signin";
+    }
+    return alertBox(`${e.message} (${e.code})`);
+  }
+  return alertBox(String(e));
+}
+
+function signInPage(): void {
+  const input = h("input", { id: "api-key", type: "password", autocomplete: "off", spellcheck: "false" }) as HTMLInputElement;
+  const message = h("div", { "aria-live": "polite" });
+  const form = h(
+    "form",
+    {
+      onsubmit: async (e: Event) => {
+        e.preventDefault();
+        message.replaceChildren();
+        try {
+          await signIn(input.value.trim());
+          location.hash = "#/stores";
+        } catch (err) {
+          message.append(failure(err));
+        }
+      },
+    },
+    h("label", { for: "api-key" }, "API key"),
+    input,
+    h("button", { type: "submit" }, "Sign in"),
+  );
+  show(h("h1", {}, "Sign in"), h("p", {}, "The key stays in this tab and is sent only to this server."), form, message);
+  input.focus();
+}
+
+async function storesPage(): Promise<void> {
+  show(h("h1", {}, "Stores"), h("p", { class: "muted" }, "Loading…"));
+  try {
+    const names: string[] = [];
+    let cursor: string | null = null;
+    do {
+      const q: string = cursor ? `&cursor=${seg(cursor)}` : "";
+      const page: StoreList = (await call<StoreList>("GET", `/v1/stores?limit=1000${q}`)).body;
+      names.push(...page.stores);
+      cursor = page.next_cursor;
+    } while (cursor && names.length < 10_000);
+    const list = names.length
+      ? h("ul", { class: "list", id: "stores" }, ...names.map((n) => h("li", {}, link(`#/keys/${seg(n)}`, n))))
+      : h("p", { class: "muted" }, "No store holds a record yet.");
+    show(h("h1", {}, "Stores"), findUser(), list);
+  } catch (e) {
+    show(h("h1", {}, "Stores"), failure(e));
+  }
+}
+
+function findUser(): HTMLElement {
+  const input = h("input", { id: "user-id", inputmode: "numeric", autocomplete: "off" }) as HTMLInputElement;
+  return h(
+    "form",
+    {
+      class: "inline",
+      role: "search",
+      onsubmit: (e: Event) => {
+        e.preventDefault();
+        if (input.value.trim()) location.hash = `#/user/${seg(input.value.trim())}`;
+      },
+    },
+    h("label", { for: "user-id" }, "Find a player by user id"),
+    input,
+    h("button", { type: "submit" }, "Find"),
+  );
+}
+
+async function keysPage(store: string, params: URLSearchParams): Promise<void> {
+  const prefix = params.get("prefix") ?? "";
+  const cursor = params.get("cursor");
+  const heading = h("h1", {}, `Keys of ${store}`);
+  const input = h("input", { id: "prefix", value: prefix, autocomplete: "off" }) as HTMLInputElement;
+  const search = h(
+    "form",
+    {
+      class: "inline",
+      role: "search",
+      onsubmit: (e: Event) => {
+        e.preventDefault();
+        location.hash = `#/keys/${seg(store)}?prefix=${seg(input.value)}`;
+      },
+    },
+    h("label", { for: "prefix" }, "Key prefix"),
+    input,
+    h("button", { type: "submit" }, "Search"),
+  );
+  show(h("nav", { "aria-label": "Breadcrumb" }, link("#/stores", "Stores")), heading, search, h("p", { class: "muted" }, "Loading…"));
+  try {
+    const q = `prefix=${seg(prefix)}&limit=${PAGE}${cursor ? `&cursor=${seg(cursor)}` : ""}`;
+    const page = (await call<KeyList>("GET", `/v1/stores/${seg(store)}/keys?${q}`)).body;
+    const list = page.keys.length
+      ? h("ul", { class: "list", id: "keys" }, ...page.keys.map((k) => h("li", {}, link(`#/key/${seg(store)}/${seg(k)}`, k))))
+      : h("p", { class: "muted" }, prefix ? `No key starts with “${prefix}”.` : "This store is empty.");
+    const next = page.next_cursor
+      ? link(`#/keys/${seg(store)}?prefix=${seg(prefix)}&cursor=${seg(page.next_cursor)}`, "Next page")
+      : null;
+    show(h("nav", { "aria-label": "Breadcrumb" }, link("#/stores", "Stores")), heading, search, list, next);
+  } catch (e) {
+    show(h("nav", {}, link("#/stores", "Stores")), heading, search, failure(e));
+  }
+}
+
+function field(name: string, value: string | Node): HTMLElement[] {
+  return [h("dt", {}, name), h("dd", {}, value)];
+}
+
+async function keyPage(store: string, key: string): Promise<void> {
+  const crumbs = h("nav", { "aria-label": "Breadcrumb" }, link("#/stores", "Stores"), " / ", link(`#/keys/${seg(store)}`, store));
+  const heading = h("h1", {}, key);
+  show(crumbs, heading, h("p", { class: "muted" }, "Loading…"));
+  try {
+    const { body: r, headers } = await call<RecordView>("GET", `/v1/stores/${seg(store)}/keys/${seg(key)}`);
+    const data = JSON.stringify(r.data, null, 2) ?? "null";
+    const size = new TextEncoder().encode(JSON.stringify(r.data) ?? "").length;
+    const share = (100 * size) / DOCUMENT_LIMIT;
+    const holder = r.lease
+      ? `held by ${r.lease.owner} until ${when(r.lease.expires_at_ms)}`
+      : "free: no session holds it";
+    const facts = h(
+      "dl",
+      { class: "facts" },
+      ...field("Revision", String(r.revision)),
+      ...field("Epoch", String(r.epoch)),
+      ...field("Version tag", headers.get("ETag") ?? "—"),
+      ...field("Lease", holder),
+      ...field(
+        "Size",
+        h("span", {}, `${bytes(size)} of ${bytes(DOCUMENT_LIMIT)} (${share.toFixed(share < 1 ? 2 : 0)} %) `, h("meter", { min: "0", max: "100", value: String(share), "aria-label": "share of the document limit" })),
+      ),
+      ...field("User ids", r.user_ids.length ? r.user_ids.join(", ") : "none"),
+    );
+    show(
+      crumbs,
+      heading,
+      facts,
+      h("h2", {}, "Data"),
+      h("pre", { class: "json", id: "data", tabindex: "0", "aria-label": "the record's data" }, data),
+      h("h2", {}, "Metadata"),
+      h("pre", { class: "json", id: "metadata", tabindex: "0" }, JSON.stringify(r.metadata, null, 2) ?? "{}"),
+    );
+  } catch (e) {
+    show(crumbs, heading, failure(e));
+  }
+}
+
+async function userPage(userId: string): Promise<void> {
+  const heading = h("h1", {}, `Player ${userId}`);
+  show(h("nav", {}, link("#/stores", "Stores")), heading, h("p", { class: "muted" }, "Loading…"));
+  try {
+    const r = (await call<UserRecords>("GET", `/v1/users/${seg(userId)}`)).body;
+    const list = r.records.length
+      ? h(
+          "ul",
+          { class: "list", id: "user-records" },
+          ...r.records.map((x) => h("li", {}, link(`#/key/${seg(x.store)}/${seg(x.key)}`, `${x.store} / ${x.key}`))),
+        )
+      : h("p", { class: "muted" }, "No record is tagged with this user id.");
+    show(h("nav", {}, link("#/stores", "Stores")), heading, list);
+  } catch (e) {
+    show(h("nav", {}, link("#/stores", "Stores")), heading, failure(e));
+  }
+}
+
+function route(): void {
+  const raw = location.hash.replace(/^#\/?/, "");
+  const [path = "", query = ""] = raw.split("?");
+  const parts = path.split("/").map((p) => decodeURIComponent(p));
+  const signOutButton = document.getElementById("sign-out");
+  if (signOutButton) signOutButton.hidden = !signedIn();
+  if (!signedIn() || parts[0] === "signin") {
+    signInPage();
+    return;
+  }
+  const params = new URLSearchParams(query);
+  switch (parts[0]) {
+    case "keys":
+      void keysPage(parts[1] ?? "", params);
+      break;
+    case "key":
+      void keyPage(parts[1] ?? "", parts.slice(2).join("/"));
+      break;
+    case "user":
+      void userPage(parts[1] ?? "");
+      break;
+    default:
+      void storesPage();
+  }
+}
+
+document.getElementById("sign-out")?.addEventListener("click", () => {
+  signOut();
+  location.hash = "#/signin";
+  route();
+});
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,124 @@
+// End-to-end checks of the console in a real headless Chromium, driven by
+// playwright-core, against a running `datastorer serve` that
+// crates/datastorer-server/tests/console.rs started and filled. Every page
+// is saved as a screenshot under SCREENSHOTS. Exits non-zero on the first
+// failed check, saying which.
+//
+// Environment: BASE_URL, ADMIN_KEY, READ_KEY, SCREENSHOTS, CHROMIUM.
+
+import { chromium } from "playwright-core";
+
+const { BASE_URL, ADMIN_KEY, READ_KEY, SCREENSHOTS, CHROMIUM } = process.env;
+const secrets = [ADMIN_KEY, READ_KEY];
+
+function check(ok, what) {
+  if (!ok) throw new Error(`check failed: ${what}`);
+  console.log(`ok - ${what}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync"],
+});
+const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+const page = await context.newPage();
+const urls = [];
+const problems = [];
+page.on("request", (r) => urls.push(r.url()));
+// An API's 4xx answer is logged by the browser as a failed load: expected
+// here (a wrong key, a missing key); anything else (a script error, a CSP
+// refusal) is a problem.
+page.on("console", (m) => {
+  if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) problems.push(m.text());
+});
+page.on("pageerror", (e) => problems.push(String(e)));
+const shot = (name) => page.screenshot({ path: `${SCREENSHOTS}/${name}.png`, fullPage: true });
+
+try {
+  // Sign in, by keyboard: a wrong key first.
+  const firstPaint = Date.now();
+  await page.goto(`${BASE_URL}/console`);
+  await page.getByLabel("API key").waitFor();
+  await shot("01-sign-in");
+  await page.getByLabel("API key").fill("not-a-key-of-this-server-000000");
+  await page.keyboard.press("Enter");
+  await page.getByRole("alert").waitFor();
+  check((await page.getByRole("alert").textContent()).includes("unauthenticated"), "a wrong key is refused, saying why");
+  await page.getByLabel("API key").fill(ADMIN_KEY);
+  await page.keyboard.press("Enter");
+  await page.locator("#stores").waitFor();
+  console.log(`  stores page shown ${Date.now() - firstPaint} ms after the console was opened`);
+  check(await page.getByRole("link", { name: "profiles", exact: true }).isVisible(), "the stores are listed");
+  await shot("02-stores");
+
+  // A player by user id.
+  await page.getByLabel("Find a player by user id").fill("4242");
+  await page.keyboard.press("Enter");
+  await page.locator("#user-records").waitFor();
+  await shot("03-player");
+  await page.getByRole("link", { name: "profiles / player-4242" }).click();
+  await page.locator("#data").waitFor();
+  const data = JSON.parse(await page.locator("#data").textContent());
+  check(data.coins === 42 && data.name === "Ada", "the player's record shows its data");
+  const facts = await page.locator(".facts").textContent();
+  check(facts.includes("4242"), "with its user ids");
+  check(facts.includes("free: no session holds it"), "and says nobody holds it");
+  await shot("04-record");
+
+  // A held key says who holds it, until when.
+  await page.goto(`${BASE_URL}/console#/key/profiles/held-1`);
+  await page.locator("#data").waitFor();
+  check((await page.locator(".facts").textContent()).includes("held by"), "a held key names its holder");
+  await shot("05-held-record");
+
+  // Keys by prefix, paged.
+  await page.goto(`${BASE_URL}/console#/keys/profiles`);
+  await page.getByLabel("Key prefix").fill("bulk-");
+  await page.keyboard.press("Enter");
+  await page.locator("#keys").waitFor();
+  check((await page.locator("#keys li").count()) === 50, "a page of 50 keys");
+  await shot("06-keys");
+  await page.getByRole("link", { name: "Next page" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("#keys li").length === 10);
+  check((await page.locator("#keys li").count()) === 10, "the next page has the other 10");
+
+  // Edge cases render without breaking the page.
+  await page.goto(`${BASE_URL}/console#/keys/empty-store`);
+  await page.getByText("This store is empty.").waitFor();
+  check(true, "an empty store says so");
+  await page.goto(`${BASE_URL}/console#/key/profiles/big`);
+  await page.locator("#data").waitFor({ timeout: 30000 });
+  const size = await page.locator(".facts").textContent();
+  check(/MiB of 4\.00 MiB/.test(size), "a 4 MiB document shows its size against the limit");
+  await shot("07-big-record");
+  await page.goto(`${BASE_URL}/console#/key/profiles/no-such-key`);
+  await page.getByRole("alert").waitFor();
+  check((await page.getByRole("alert").textContent()).includes("no_such_key"), "a missing key is a readable error");
+
+  // A narrow window.
+  await page.setViewportSize({ width: 400, height: 800 });
+  await page.goto(`${BASE_URL}/console#/key/profiles/player-4242`);
+  await page.locator("#data").waitFor();
+  await shot("08-record-narrow");
+  await page.setViewportSize({ width: 1280, height: 800 });
+
+  // A read-only key browses too; signing out forgets the key.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("API key").fill(READ_KEY);
+  await page.keyboard.press("Enter");
+  await page.locator("#stores").waitFor();
+  check(true, "a read-only key signs in and browses");
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("API key").waitFor();
+  check((await page.evaluate(() => sessionStorage.length)) === 0, "signing out forgets the key");
+
+  check(!urls.some((u) => secrets.some((s) => u.includes(s))), "no key ever appears in a URL");
+  check(problems.length === 0, `no script error or CSP violation (${problems.join("; ")})`);
+} catch (e) {
+  await shot("failure").catch(() => {});
+  console.error(String(e));
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,156 @@
+//! The console (`/console`), in a real headless browser: Debian's
+//! `chromium`, driven by playwright-core from the console's own lockfile
+//! (installed by `build.rs`), against a real `datastorer serve` with API
+//! keys: sign in (a wrong key refused), find a player by user id, look at
+//! a record and at a held one, keys by prefix and paged, an empty store, a
+//! 4 MiB document, a missing key, a narrow window, a read-only key, sign
+//! out; no key in any URL or in the server's log, no script error or CSP
+//! violation. The console's TypeScript is type-checked first. Screenshots
+//! of each page go to `target/tmp/console-screenshots`.
+//!
+//! Skips (saying so) without chromium, Node.js or the console's build,
+//! unless `DATASTORER_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs
+//! chromium).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::server::{call, key_url, token_of, Server};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::json;
+
+const ADMIN: &str = "console-admin-secret-0123456789";
+const READER: &str = "console-reader-secret-0123456789";
+
+fn required() -> bool {
+    std::env::var("DATASTORER_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
+}
+
+/// Chromium, Node.js and the console's build directory, or why not.
+fn tools() -> Result<(PathBuf, PathBuf), String> {
+    let chromium = std::env::var_os("DATASTORER_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().map(PathBuf::from).find(|p| p.exists())
+        })
+        .ok_or("no chromium (apt-get install chromium)")?;
+    Command::new("node").arg("--version").output().map_err(|_| "no Node.js".to_string())?;
+    let build = PathBuf::from(env!("DATASTORER_CONSOLE_BUILD_DIR"));
+    if !build.join("node_modules/playwright-core").is_dir() {
+        return Err(format!("the console was not built with its dependencies ({})", build.display()));
+    }
+    Ok((chromium, build))
+}
+
+fn run(command: &mut Command) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{command:?} failed:\n{text}");
+    text
+}
+
+async fn seed(c: &Client, s: &Server) {
+    let admin = |m: Method, path: &str| c.request(m, s.url(path)).bearer_auth(ADMIN);
+    // A player with a user id, saved and released.
+    let r = admin(Method::POST, &format!("{}/session", key_url("profiles", "player-4242")))
+        .json(&json!({"client_id": "game-1", "user_ids": [4242]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let token = token_of(&r.json().await.unwrap());
+    let session = format!("{}/session", key_url("profiles", "player-4242"));
+    let r = admin(Method::PUT, &format!("{session}/data"))
+        .header("Lease-Token", &token)
+        .json(&json!({"coins": 42, "name": "Ada"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = admin(Method::POST, &format!("{session}/release")).header("Lease-Token", &token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A key a game server holds.
+    let r = admin(Method::POST, &format!("{}/session", key_url("profiles", "held-1")))
+        .json(&json!({"client_id": "game-2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // 60 keys to page through, and a document near the 4 MiB limit.
+    for i in 0..60 {
+        let r = admin(Method::PUT, &key_url("profiles", &format!("bulk-{i:02}"))).json(&json!({"n": i})).send();
+        assert_eq!(r.await.unwrap().status(), StatusCode::OK);
+    }
+    let big = json!({"blob": "x".repeat(4 * 1024 * 1024 - 4096)});
+    let r = admin(Method::PUT, &key_url("profiles", "big")).json(&big).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap_or_default());
+}
+
+#[tokio::test]
+async fn the_console_works_in_a_real_browser() {
+    let (chromium, build) = match tools() {
+        Ok(t) => t,
+        Err(why) => {
+            assert!(!required(), "a browser is required here (DATASTORER_REQUIRE_BROWSER=1): {why}");
+            println!("SKIPPED the_console_works_in_a_real_browser: {why}");
+            return;
+        }
+    };
+    // The console's TypeScript, type-checked (esbuild only strips types).
+    run(Command::new("npm").args(["run", "-s", "check"]).current_dir(&build));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let admin_key = format!("admin:admin:{ADMIN}");
+    let read_key = format!("support:read:{READER}");
+    let mut s = Server::process(tmp.path(), &["--api-key", &admin_key, "--api-key", &read_key]);
+    let c = Client::new();
+    seed(&c, &s).await;
+
+    // The page's headers: only this origin's script, no framing, no sniffing.
+    let r = c.get(s.url("/console")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let page = r.text().await.unwrap();
+    assert!(page.contains("/console/app.js") && !page.contains("<script>"), "no inline script: {page}");
+    let (st, _) = call(&c, &s, Method::GET, "/console/not-a-file.js", None, None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = build.join("e2e.mjs");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("console/tests/e2e.mjs"), &script).unwrap();
+    let out = run(Command::new("node")
+        .arg(&script)
+        .current_dir(&build)
+        .env("BASE_URL", &s.base)
+        .env("ADMIN_KEY", ADMIN)
+        .env("READ_KEY", READER)
+        .env("SCREENSHOTS", &shots)
+        .env("CHROMIUM", &chromium));
+    println!("{out}");
+    for name in ["01-sign-in", "02-stores", "03-player", "04-record", "07-big-record", "08-record-narrow"] {
+        assert!(shots.join(format!("{name}.png")).is_file(), "screenshot {name}");
+    }
+    let assets: u64 = ["index.html", "app.js", "app.css"]
+        .iter()
+        .map(|f| std::fs::metadata(build.join("dist").join(f)).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    println!("embedded console: {assets} bytes; screenshots in {}", shots.display());
+    assert!(s.stop().success());
+    let log = s.log();
+    assert!(!log.contains(ADMIN) && !log.contains(READER), "no key in the server's log");
+}
+
+/// `--console false` serves no console.
+#[tokio::test]
+async fn the_console_can_be_turned_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Server::start(tmp.path(), &["--console", "false"]);
+    let (st, v) = call(&Client::new(), &s, Method::GET, "/console", None, None).await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{v}");
+}
