@@ -51,6 +51,42 @@ fn run(command: &mut Command) -> String {
     text
 }
 
+/// A game server holding `key` as `client`: answers its lease token.
+async fn hold(c: &Client, s: &Server, key: &str, client: &str) -> String {
+    let r = c
+        .post(s.url(&format!("{}/session", key_url("profiles", key))))
+        .bearer_auth(ADMIN)
+        .json(&json!({"client_id": client}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    token_of(&r.json().await.unwrap())
+}
+
+/// A game server autosaving `key` (`{"xp": n}`, durable) every 50 ms until
+/// its session ends; answers the last `n` acknowledged and how it ended.
+async fn keep_saving(c: Client, url: String, token: String) -> (u64, serde_json::Value) {
+    let mut acked = 0;
+    for n in 1.. {
+        let r = c
+            .patch(format!("{url}/session/data?save=normal"))
+            .bearer_auth(ADMIN)
+            .header("Lease-Token", &token)
+            .header("Content-Type", "application/merge-patch+json")
+            .body(json!({ "xp": n }).to_string())
+            .send()
+            .await
+            .unwrap();
+        if r.status() != StatusCode::OK {
+            return (acked, r.json().await.unwrap_or_default());
+        }
+        acked = n;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    unreachable!()
+}
+
 async fn seed(c: &Client, s: &Server) {
     let admin = |m: Method, path: &str| c.request(m, s.url(path)).bearer_auth(ADMIN);
     // A player with a user id, saved and released.
@@ -70,13 +106,6 @@ async fn seed(c: &Client, s: &Server) {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = admin(Method::POST, &format!("{session}/release")).header("Lease-Token", &token).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    // A key a game server holds.
-    let r = admin(Method::POST, &format!("{}/session", key_url("profiles", "held-1")))
-        .json(&json!({"client_id": "game-2"}))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // 60 keys to page through, and a document near the 4 MiB limit.
     for i in 0..60 {
@@ -107,6 +136,10 @@ async fn the_console_works_in_a_real_browser() {
     let mut s = Server::process(tmp.path(), &["--api-key", &admin_key, "--api-key", &read_key]);
     let c = Client::new();
     seed(&c, &s).await;
+    // Two keys game servers hold; the first keeps autosaving meanwhile.
+    let held = s.url(&key_url("profiles", "held-1"));
+    let game = tokio::spawn(keep_saving(c.clone(), held.clone(), hold(&c, &s, "held-1", "game-2").await));
+    let messaged = hold(&c, &s, "held-2", "game-3").await;
 
     // The page's headers: only this origin's script, no framing, no sniffing.
     let r = c.get(s.url("/console")).send().await.unwrap();
@@ -124,18 +157,50 @@ async fn the_console_works_in_a_real_browser() {
     std::fs::create_dir_all(&shots).unwrap();
     let script = build.join("e2e.mjs");
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("console/tests/e2e.mjs"), &script).unwrap();
-    let out = run(Command::new("node")
-        .arg(&script)
-        .current_dir(&build)
-        .env("BASE_URL", &s.base)
-        .env("ADMIN_KEY", ADMIN)
-        .env("READ_KEY", READER)
-        .env("SCREENSHOTS", &shots)
-        .env("CHROMIUM", &chromium));
+    // Off the test's thread, which keeps the autosaving game server going.
+    let (base, dir, at) = (s.base.clone(), shots.clone(), build.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        run(Command::new("node")
+            .arg(&script)
+            .current_dir(&at)
+            .env("BASE_URL", base)
+            .env("ADMIN_KEY", ADMIN)
+            .env("READ_KEY", READER)
+            .env("SCREENSHOTS", dir)
+            .env("CHROMIUM", &chromium))
+    })
+    .await
+    .unwrap();
     println!("{out}");
-    for name in ["01-sign-in", "02-stores", "03-player", "04-record", "07-big-record", "08-record-narrow"] {
+    for name in ["01-sign-in", "02-stores", "03-player", "04-record", "08-handed-over", "10-big-record"] {
         assert!(shots.join(format!("{name}.png")).is_file(), "screenshot {name}");
     }
+    // The autosaving holder handed over with every save it was told of,
+    // heard why its session ended, and the console's edit went on top.
+    let (acked, ended) = tokio::time::timeout(std::time::Duration::from_secs(10), game).await.unwrap().unwrap();
+    assert_eq!(
+        (ended["code"].as_str(), ended["reason"].as_str()),
+        (Some("session_ended"), Some("release_requested")),
+        "{ended}"
+    );
+    let (_, record) = call(&c, &s, Method::GET, &key_url("profiles", "held-1"), None, None).await;
+    let record =
+        c.get(&held).bearer_auth(ADMIN).send().await.unwrap().json::<serde_json::Value>().await.unwrap_or(record);
+    assert_eq!(record["data"], json!({"xp": acked, "coins": 500}), "nothing the holder saved is lost: {record}");
+    assert!(acked > 0, "the game server saved while the console worked");
+    // The other holder has the console's change waiting as a message.
+    let r = c
+        .get(s.url(&format!("{}/session/messages", key_url("profiles", "held-2"))))
+        .bearer_auth(ADMIN)
+        .header("Lease-Token", &messaged)
+        .send()
+        .await
+        .unwrap();
+    let inbox: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(inbox["messages"][0]["message"]["console_edit"]["patch"], json!({"coins": 321}), "{inbox}");
+    // The read-only key changed nothing; the stale edit did not land.
+    let record = c.get(s.url(&key_url("profiles", "player-4242"))).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(record.json::<serde_json::Value>().await.unwrap()["data"], json!({"coins": 7, "name": "Ada"}));
     let assets: u64 = ["index.html", "app.js", "app.css"]
         .iter()
         .map(|f| std::fs::metadata(build.join("dist").join(f)).map(|m| m.len()).unwrap_or(0))

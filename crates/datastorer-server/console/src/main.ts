@@ -7,6 +7,8 @@
 import { ApiError, call, seg, signIn, signOut, signedIn } from "./api";
 import type { KeyList, RecordView, StoreList, UserRecords } from "./api";
 import { alertBox, bytes, h, show, when } from "./dom";
+import { applyAfterHandover, saveFree, sendToHolder } from "./edit";
+import type { Json, Outcome } from "./edit";
 
 /** The server's default document limit (`max_body_bytes`). */
 const DOCUMENT_LIMIT = 4 * 1024 * 1024;
@@ -130,7 +132,50 @@ function field(name: string, value: string | Node): HTMLElement[] {
   return [h("dt", {}, name), h("dd", {}, value)];
 }
 
-async function keyPage(store: string, key: string): Promise<void> {
+/** The edit box of a record: what it offers depends on whether a game server holds the key. */
+function editor(r: RecordView, etag: string, held: boolean, done: (o: Outcome) => void): HTMLElement {
+  const box = h("textarea", { id: "edit", rows: "12", spellcheck: "false" }) as HTMLTextAreaElement;
+  box.value = JSON.stringify(r.data, null, 2) ?? "null";
+  const status = h("div", { "aria-live": "polite" });
+  const act = (what: (edited: Json) => Promise<Outcome>) => async () => {
+    status.replaceChildren();
+    let edited: Json;
+    try {
+      edited = JSON.parse(box.value) as Json;
+    } catch (e) {
+      status.append(alertBox(`Nothing sent: the data is not valid JSON (${String(e)}).`));
+      return;
+    }
+    try {
+      const outcome = await what(edited);
+      if (outcome.ok) done(outcome);
+      else status.append(alertBox(outcome.message));
+    } catch (e) {
+      status.append(failure(e));
+    }
+  };
+  const buttons = held
+    ? [
+        h("button", { type: "button", id: "send-to-holder", onclick: act((d) => sendToHolder(r, d)) }, "Send to the holder as a message"),
+        h("button", { type: "button", id: "hand-over", onclick: act((d) => applyAfterHandover(r, d, "console")) }, "Ask the holder to hand over, then apply"),
+      ]
+    : [h("button", { type: "button", id: "save", onclick: act((d) => saveFree(r, etag, d)) }, "Save")];
+  const help = held
+    ? "A game server holds this key: a change written now would be overwritten by its next save. Send it to the holder, or ask it to hand over first."
+    : "Saved only if the record is still the version shown here.";
+  return h(
+    "section",
+    { "aria-labelledby": "edit-heading" },
+    h("h2", { id: "edit-heading" }, "Change the data"),
+    h("p", { class: "muted" }, help),
+    h("label", { for: "edit" }, "Data (JSON)"),
+    box,
+    h("div", { class: "actions" }, ...buttons),
+    status,
+  );
+}
+
+async function keyPage(store: string, key: string, notice?: Outcome): Promise<void> {
   const crumbs = h("nav", { "aria-label": "Breadcrumb" }, link("#/stores", "Stores"), " / ", link(`#/keys/${seg(store)}`, store));
   const heading = h("h1", {}, key);
   show(crumbs, heading, h("p", { class: "muted" }, "Loading…"));
@@ -139,9 +184,9 @@ async function keyPage(store: string, key: string): Promise<void> {
     const data = JSON.stringify(r.data, null, 2) ?? "null";
     const size = new TextEncoder().encode(JSON.stringify(r.data) ?? "").length;
     const share = (100 * size) / DOCUMENT_LIMIT;
-    const holder = r.lease
-      ? `held by ${r.lease.owner} until ${when(r.lease.expires_at_ms)}`
-      : "free: no session holds it";
+    const held = r.lease !== null && r.lease.expires_at_ms > Date.now();
+    const holder = r.lease && held ? `held by ${r.lease.owner} until ${when(r.lease.expires_at_ms)}` : "free: no session holds it";
+    const etag = headers.get("ETag") ?? "";
     const facts = h(
       "dl",
       { class: "facts" },
@@ -158,11 +203,13 @@ async function keyPage(store: string, key: string): Promise<void> {
     show(
       crumbs,
       heading,
+      notice ? alertBox(notice.message, notice.ok ? "ok" : "error") : null,
       facts,
       h("h2", {}, "Data"),
       h("pre", { class: "json", id: "data", tabindex: "0", "aria-label": "the record's data" }, data),
       h("h2", {}, "Metadata"),
       h("pre", { class: "json", id: "metadata", tabindex: "0" }, JSON.stringify(r.metadata, null, 2) ?? "{}"),
+      editor(r, etag, held, (outcome) => void keyPage(store, key, outcome)),
     );
   } catch (e) {
     show(crumbs, heading, failure(e));

@@ -66,11 +66,51 @@ try {
   check(facts.includes("free: no session holds it"), "and says nobody holds it");
   await shot("04-record");
 
-  // A held key says who holds it, until when.
+  // Edit a free key: saved only if it is still the version shown.
+  const edit = async (change) => {
+    const doc = JSON.parse(await page.locator("#edit").inputValue());
+    change(doc);
+    await page.locator("#edit").fill(JSON.stringify(doc, null, 2));
+  };
+  await edit((d) => { d.coins = 100; });
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.locator(".alert.ok").waitFor();
+  check((await page.locator(".alert.ok").textContent()).startsWith("Saved: revision"), "a free key's edit is saved");
+  check(JSON.parse(await page.locator("#data").textContent()).coins === 100, "and shown");
+  await shot("05-edited");
+  // Someone else writes it; the page is now stale.
+  const put = await fetch(`${BASE_URL}/v1/stores/profiles/keys/player-4242`, {
+    method: "PUT",
+    headers: { Authorization: `Bearer ${ADMIN_KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ coins: 7, name: "Ada" }),
+  });
+  check(put.ok, "another writer saves the key");
+  await edit((d) => { d.coins = 999; });
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByRole("alert").waitFor();
+  check((await page.getByRole("alert").textContent()).includes("changed since this page loaded"), "a stale page gets a clear conflict");
+  check(JSON.parse(await page.locator("#edit").inputValue()).coins === 999, "and keeps the edit");
+  await shot("06-stale-edit");
+
+  // A held key says who holds it; an edit is applied after a hand-over,
+  // while its game server keeps saving, and keeps what the game saved.
   await page.goto(`${BASE_URL}/console#/key/profiles/held-1`);
   await page.locator("#data").waitFor();
   check((await page.locator(".facts").textContent()).includes("held by"), "a held key names its holder");
-  await shot("05-held-record");
+  check(!(await page.getByRole("button", { name: "Save", exact: true }).count()), "a held key offers no plain save");
+  await shot("07-held-record");
+  await edit((d) => { d.coins = 500; });
+  await page.getByRole("button", { name: "Ask the holder to hand over, then apply" }).click();
+  await page.locator(".alert.ok").waitFor({ timeout: 30000 });
+  check((await page.locator(".alert.ok").textContent()).includes("Applied after the holder handed over"), "a held key's edit is applied after the hand-over");
+  await shot("08-handed-over");
+  // Another held key: the change goes to its holder as a message.
+  await page.goto(`${BASE_URL}/console#/key/profiles/held-2`);
+  await page.locator("#data").waitFor();
+  await edit((d) => { d.coins = 321; });
+  await page.getByRole("button", { name: "Send to the holder as a message" }).click();
+  await page.locator(".alert.ok").waitFor();
+  check((await page.locator(".alert.ok").textContent()).includes("Delivered to the holder as message"), "or is delivered to its holder as a message");
 
   // Keys by prefix, paged.
   await page.goto(`${BASE_URL}/console#/keys/profiles`);
@@ -78,7 +118,7 @@ try {
   await page.keyboard.press("Enter");
   await page.locator("#keys").waitFor();
   check((await page.locator("#keys li").count()) === 50, "a page of 50 keys");
-  await shot("06-keys");
+  await shot("09-keys");
   await page.getByRole("link", { name: "Next page" }).click();
   await page.waitForFunction(() => document.querySelectorAll("#keys li").length === 10);
   check((await page.locator("#keys li").count()) === 10, "the next page has the other 10");
@@ -91,7 +131,7 @@ try {
   await page.locator("#data").waitFor({ timeout: 30000 });
   const size = await page.locator(".facts").textContent();
   check(/MiB of 4\.00 MiB/.test(size), "a 4 MiB document shows its size against the limit");
-  await shot("07-big-record");
+  await shot("10-big-record");
   await page.goto(`${BASE_URL}/console#/key/profiles/no-such-key`);
   await page.getByRole("alert").waitFor();
   check((await page.getByRole("alert").textContent()).includes("no_such_key"), "a missing key is a readable error");
@@ -100,7 +140,7 @@ try {
   await page.setViewportSize({ width: 400, height: 800 });
   await page.goto(`${BASE_URL}/console#/key/profiles/player-4242`);
   await page.locator("#data").waitFor();
-  await shot("08-record-narrow");
+  await shot("11-record-narrow");
   await page.setViewportSize({ width: 1280, height: 800 });
 
   // A read-only key browses too; signing out forgets the key.
@@ -109,6 +149,13 @@ try {
   await page.keyboard.press("Enter");
   await page.locator("#stores").waitFor();
   check(true, "a read-only key signs in and browses");
+  await page.goto(`${BASE_URL}/console#/key/profiles/player-4242`);
+  await page.locator("#data").waitFor();
+  await edit((d) => { d.coins = 1; });
+  await page.getByRole("button", { name: "Save" }).click();
+  await page.getByRole("alert").waitFor();
+  check((await page.getByRole("alert").textContent()).includes("forbidden"), "a read-only key cannot change anything");
+  await shot("12-read-only");
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByLabel("API key").waitFor();
   check((await page.evaluate(() => sessionStorage.length)) === 0, "signing out forgets the key");
