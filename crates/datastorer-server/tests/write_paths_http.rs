@@ -22,6 +22,10 @@
 //!   `If-None-Match: *`) and the record parts, read again on `412`;
 //! - `datastorer import-roblox` runs (real processes) from a third server
 //!   standing in for Roblox, whose values replace the keys nobody holds;
+//! - the console's edits (`console/src/edit.ts`): a whole document `PUT`
+//!   with `If-Match` on the version read, and an edit applied after a
+//!   hand-over (`request_release` under the console's client id, a merge
+//!   patch with `save`, release);
 //! - the Luau client's resume: a session whose server died (or whose
 //!   answer was lost) is opened again and, if the stored document is one
 //!   the client sent since its last durable save, overwritten with the
@@ -254,7 +258,9 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
         // reach the other server, which forwards what it does not hold.
         let base = if rng.below(4) == 0 { shared.base(1 - server) } else { shared.base(server) };
         let start = tick();
-        match rng.below(110) {
+        match rng.below(115) {
+            110..=112 => console_free_edit(&shared, &c, &base, key, &client_id).await,
+            113..=114 => console_handover_edit(&shared, &c, &base, key, &client_id, start).await,
             100..=104 => open_cloud_set(&shared, &c, &base, key, &client_id).await,
             105..=107 => facade_update(&shared, &c, &base, key, &client_id, &mut known).await,
             108..=109 => import_run(&shared, &c, &base, key, &client_id).await,
@@ -682,6 +688,70 @@ async fn resume_into(
     }
 }
 
+/// The console's edit of a key nobody holds (`console/src/edit.ts`,
+/// `saveFree`): read the record, add a change, `PUT` the whole document
+/// with `If-Match` on the version read.
+async fn console_free_edit(shared: &Shared, c: &Client, base: &str, key: &str, client_id: &str) {
+    let Some((StatusCode::OK, v)) = send(c.get(format!("{base}{}", key_path(key)))).await else { return };
+    let (Some(e), Some(r)) = (v["epoch"].as_u64(), v["revision"].as_u64()) else { return };
+    let op = format!("{}", shared.unique());
+    let mut doc = v["data"].clone();
+    if !doc["ops"].is_object() {
+        doc["ops"] = json!({});
+    }
+    doc["ops"][&op] = json!(true);
+    let answer =
+        send(c.put(format!("{base}{}", key_path(key))).header("If-Match", format!("\"{e}.{r}\"")).json(&doc)).await;
+    if let Some((StatusCode::OK, v)) = answer {
+        let ack = Ack {
+            key: key.into(),
+            epoch: v["epoch"].as_u64().expect("an acknowledged PUT names its epoch"),
+            revision: v["revision"].as_u64().expect("an acknowledged PUT names its revision"),
+            ops: ops_of(&doc),
+            what: format!("{client_id} console edit"),
+            condition: Some(Some((e, r))),
+        };
+        shared.log().acks.push(ack);
+    }
+}
+
+/// The console's edit of a held key after a hand-over (`edit.ts`,
+/// `applyAfterHandover`): read the record, open the key with
+/// `request_release` under the console's client id, apply the change as a
+/// merge patch with `save` (it touches only its own new field, so it never
+/// collides), and release.
+async fn console_handover_edit(shared: &Shared, c: &Client, base: &str, key: &str, client_id: &str, start: u64) {
+    let body = json!({"client_id": format!("console-{client_id}"), "policy": "request_release", "grace_ms": 3000,
+        "timeout_ms": 1500});
+    let answer = send(c.post(format!("{base}{}/session", key_path(key))).json(&body)).await;
+    shared.log().disruptions.push(Disruption { key: Some(key.into()), server: None, start, end: tick() });
+    let Some((StatusCode::OK, v)) = answer else { return };
+    let (Some(token), Some(epoch)) = (v["lease_token"].as_str(), v["epoch"].as_u64()) else {
+        panic!("an open answered without token or epoch: {v}")
+    };
+    let mut ops = ops_of(&v["data"]);
+    let op = format!("{}", shared.unique());
+    let session = format!("{base}{}/session", key_path(key));
+    let answer = send(
+        c.patch(format!("{session}/data?save=normal"))
+            .header("Lease-Token", token)
+            .header("Content-Type", "application/merge-patch+json")
+            .body(json!({"ops": {op.clone(): true}}).to_string()),
+    )
+    .await;
+    if let Some((StatusCode::OK, r)) = answer {
+        ops.insert(op);
+        let revision = r["revision"].as_u64().expect("a saved patch names its revision");
+        let what = format!("{client_id} console hand-over edit");
+        shared.log().acks.push(Ack { key: key.into(), epoch, revision, ops, what, condition: None });
+    }
+    let released = send(c.post(format!("{session}/release")).header("Lease-Token", token)).await;
+    if let Some((StatusCode::OK, _)) = released {
+        let after = shared.history_len();
+        shared.log().released.push((key.into(), epoch, after));
+    }
+}
+
 /// An Open Cloud tool's compare-and-set: read the entry (v1), add a
 /// change, set it with `matchVersion` (`exclusiveCreate` when absent).
 async fn open_cloud_set(shared: &Shared, c: &Client, base: &str, key: &str, client_id: &str) {
@@ -1102,7 +1172,7 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
     println!(
         "write paths over HTTP: {CLIENTS} clients × {steps} steps on 2 servers (one killed and restarted) in {:.1} s: \
          {} committed rows checked, {} acknowledged writes ({} restores, {} Open Cloud sets, {} facade updates, \
-         {} client resumes), \
+         {} client resumes, {} console edits), \
          {} import runs ({} rows written by them), {} acknowledged deletes, {} posts, {} refusals explained",
         started.elapsed().as_secs_f64(),
         rows.len(),
@@ -1111,6 +1181,7 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
         log.acks.iter().filter(|a| a.what.contains("open cloud")).count(),
         log.acks.iter().filter(|a| a.what.contains("facade")).count(),
         log.resumes,
+        log.acks.iter().filter(|a| a.what.contains("console")).count(),
         log.imports.len(),
         rows.iter()
             .filter(|r| r.record.as_ref().is_some_and(|rec| {
