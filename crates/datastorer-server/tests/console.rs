@@ -107,6 +107,16 @@ async fn seed(c: &Client, s: &Server) {
     assert_eq!(r.status(), StatusCode::OK);
     let r = admin(Method::POST, &format!("{session}/release")).header("Lease-Token", &token).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // A player to erase.
+    let r = admin(Method::POST, &format!("{}/session", key_url("profiles", "player-9001")))
+        .json(&json!({"client_id": "game-1", "user_ids": [9001]}))
+        .send()
+        .await
+        .unwrap();
+    let token = token_of(&r.json().await.unwrap());
+    let session = format!("{}/session", key_url("profiles", "player-9001"));
+    let r = admin(Method::POST, &format!("{session}/release")).header("Lease-Token", &token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     // 60 keys to page through, and a document near the 4 MiB limit.
     for i in 0..60 {
         let r = admin(Method::PUT, &key_url("profiles", &format!("bulk-{i:02}"))).json(&json!({"n": i})).send();
@@ -172,7 +182,7 @@ async fn the_console_works_in_a_real_browser() {
     .await
     .unwrap();
     println!("{out}");
-    for name in ["01-sign-in", "02-stores", "03-player", "04-record", "08-handed-over", "10-big-record"] {
+    for name in ["01-sign-in", "03-player", "07-history", "08-erased", "09-audit", "11-handed-over", "13-big-record"] {
         assert!(shots.join(format!("{name}.png")).is_file(), "screenshot {name}");
     }
     // The autosaving holder handed over with every save it was told of,
@@ -198,9 +208,26 @@ async fn the_console_works_in_a_real_browser() {
         .unwrap();
     let inbox: serde_json::Value = r.json().await.unwrap();
     assert_eq!(inbox["messages"][0]["message"]["console_edit"]["patch"], json!({"coins": 321}), "{inbox}");
-    // The read-only key changed nothing; the stale edit did not land.
+    // The stale edit did not land, the restore did, and the read-only key
+    // changed nothing.
     let record = c.get(s.url(&key_url("profiles", "player-4242"))).bearer_auth(ADMIN).send().await.unwrap();
-    assert_eq!(record.json::<serde_json::Value>().await.unwrap()["data"], json!({"coins": 7, "name": "Ada"}));
+    assert_eq!(record.json::<serde_json::Value>().await.unwrap()["data"], json!({"coins": 100, "name": "Ada"}));
+    // The erased player is gone, and the audit trail names who did it.
+    let (st, _) = call(&c, &s, Method::GET, &key_url("profiles", "player-9001"), None, None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "the API needs a key here");
+    let r = c.get(s.url(&key_url("profiles", "player-9001"))).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "erased");
+    let audit: serde_json::Value =
+        c.get(s.url("/v1/audit?limit=100")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let actions: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap_or("").to_owned(), e["action"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    for action in ["restore", "erase"] {
+        assert!(actions.contains(&("admin".to_owned(), action.to_owned())), "{action} by admin in {actions:?}");
+    }
     let assets: u64 = ["index.html", "app.js", "app.css"]
         .iter()
         .map(|f| std::fs::metadata(build.join("dist").join(f)).map(|m| m.len()).unwrap_or(0))

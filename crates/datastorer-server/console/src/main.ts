@@ -8,6 +8,7 @@ import { ApiError, call, seg, signIn, signOut, signedIn } from "./api";
 import type { KeyList, RecordView, StoreList, UserRecords } from "./api";
 import { alertBox, bytes, h, show, when } from "./dom";
 import { applyAfterHandover, saveFree, sendToHolder } from "./edit";
+import { auditPage, eraseSection, historyPage } from "./history";
 import type { Json, Outcome } from "./edit";
 
 /** The server's default document limit (`max_body_bytes`). */
@@ -176,7 +177,15 @@ function editor(r: RecordView, etag: string, held: boolean, done: (o: Outcome) =
 }
 
 async function keyPage(store: string, key: string, notice?: Outcome): Promise<void> {
-  const crumbs = h("nav", { "aria-label": "Breadcrumb" }, link("#/stores", "Stores"), " / ", link(`#/keys/${seg(store)}`, store));
+  const crumbs = h(
+    "nav",
+    { "aria-label": "Breadcrumb" },
+    link("#/stores", "Stores"),
+    " / ",
+    link(`#/keys/${seg(store)}`, store),
+    " · ",
+    link(`#/history/${seg(store)}/${seg(key)}`, "History"),
+  );
   const heading = h("h1", {}, key);
   show(crumbs, heading, h("p", { class: "muted" }, "Loading…"));
   try {
@@ -228,7 +237,7 @@ async function userPage(userId: string): Promise<void> {
           ...r.records.map((x) => h("li", {}, link(`#/key/${seg(x.store)}/${seg(x.key)}`, `${x.store} / ${x.key}`))),
         )
       : h("p", { class: "muted" }, "No record is tagged with this user id.");
-    show(h("nav", {}, link("#/stores", "Stores")), heading, list);
+    show(h("nav", {}, link("#/stores", "Stores")), heading, list, eraseSection(userId, failure));
   } catch (e) {
     show(h("nav", {}, link("#/stores", "Stores")), heading, failure(e));
   }
@@ -254,6 +263,12 @@ function route(): void {
       break;
     case "user":
       void userPage(parts[1] ?? "");
+      break;
+    case "history":
+      void historyPage(parts[1] ?? "", parts.slice(2).join("/"), failure);
+      break;
+    case "audit":
+      void auditPage(params, failure);
       break;
     default:
       void storesPage();

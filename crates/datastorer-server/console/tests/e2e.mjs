@@ -92,18 +92,58 @@ try {
   check(JSON.parse(await page.locator("#edit").inputValue()).coins === 999, "and keeps the edit");
   await shot("06-stale-edit");
 
+  // The key's history: the two last versions compared, the older restored.
+  await page.getByRole("link", { name: "History" }).click();
+  await page.locator("#versions").waitFor();
+  check((await page.locator("#versions tbody tr").count()) >= 3, "the key's versions are listed");
+  await page.getByRole("button", { name: "Show differences" }).click();
+  await page.locator("#diff li").first().waitFor();
+  check((await page.locator("#diff").textContent()).includes("/coins: 100 → 7"), "a diff of two versions names what changed");
+  await shot("07-history");
+  const older = await page.locator("#diff-from").inputValue();
+  await page.getByRole("button", { name: `Restore version ${older}` }).click();
+  await page.locator(".alert.ok").waitFor();
+  check((await page.locator(".alert.ok").textContent()).startsWith(`Restored ${older}, now version`), "a version is restored");
+  await page.goto(`${BASE_URL}/console#/key/profiles/player-4242`);
+  await page.locator("#data").waitFor();
+  check(JSON.parse(await page.locator("#data").textContent()).coins === 100, "and the record is that version again");
+
+  // A player's erasure, confirmed by typing the user id.
+  await page.goto(`${BASE_URL}/console#/user/9001`);
+  await page.locator("#user-records").waitFor();
+  await page.getByLabel("Type 9001 to confirm").fill("900");
+  await page.getByRole("button", { name: "Erase" }).click();
+  await page.getByRole("alert").waitFor();
+  check((await page.getByRole("alert").textContent()).includes("exactly"), "an erasure needs the user id typed exactly");
+  await page.getByLabel("Type 9001 to confirm").fill("9001");
+  await page.getByRole("button", { name: "Erase" }).click();
+  await page.locator("#receipt").waitFor();
+  check((await page.locator("#receipt").textContent()).length > 2, "the erasure's receipt is shown");
+  await shot("08-erased");
+
+  // The audit trail shows both, under the signed-in key's name; filtered.
+  await page.getByRole("link", { name: "Audit" }).click();
+  await page.locator("#audit").waitFor();
+  const trail = await page.locator("#audit").textContent();
+  check(trail.includes("restore") && trail.includes("erase") && trail.includes("admin"), "the audit trail shows the restore and the erasure by the signed-in key");
+  await page.getByLabel("Action").fill("restore");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.waitForFunction(() => [...document.querySelectorAll("#audit tbody tr")].every((r) => r.textContent.includes("restore")));
+  check(true, "and filters by action");
+  await shot("09-audit");
+
   // A held key says who holds it; an edit is applied after a hand-over,
   // while its game server keeps saving, and keeps what the game saved.
   await page.goto(`${BASE_URL}/console#/key/profiles/held-1`);
   await page.locator("#data").waitFor();
   check((await page.locator(".facts").textContent()).includes("held by"), "a held key names its holder");
   check(!(await page.getByRole("button", { name: "Save", exact: true }).count()), "a held key offers no plain save");
-  await shot("07-held-record");
+  await shot("10-held-record");
   await edit((d) => { d.coins = 500; });
   await page.getByRole("button", { name: "Ask the holder to hand over, then apply" }).click();
   await page.locator(".alert.ok").waitFor({ timeout: 30000 });
   check((await page.locator(".alert.ok").textContent()).includes("Applied after the holder handed over"), "a held key's edit is applied after the hand-over");
-  await shot("08-handed-over");
+  await shot("11-handed-over");
   // Another held key: the change goes to its holder as a message.
   await page.goto(`${BASE_URL}/console#/key/profiles/held-2`);
   await page.locator("#data").waitFor();
@@ -118,7 +158,7 @@ try {
   await page.keyboard.press("Enter");
   await page.locator("#keys").waitFor();
   check((await page.locator("#keys li").count()) === 50, "a page of 50 keys");
-  await shot("09-keys");
+  await shot("12-keys");
   await page.getByRole("link", { name: "Next page" }).click();
   await page.waitForFunction(() => document.querySelectorAll("#keys li").length === 10);
   check((await page.locator("#keys li").count()) === 10, "the next page has the other 10");
@@ -131,7 +171,7 @@ try {
   await page.locator("#data").waitFor({ timeout: 30000 });
   const size = await page.locator(".facts").textContent();
   check(/MiB of 4\.00 MiB/.test(size), "a 4 MiB document shows its size against the limit");
-  await shot("10-big-record");
+  await shot("13-big-record");
   await page.goto(`${BASE_URL}/console#/key/profiles/no-such-key`);
   await page.getByRole("alert").waitFor();
   check((await page.getByRole("alert").textContent()).includes("no_such_key"), "a missing key is a readable error");
@@ -140,7 +180,7 @@ try {
   await page.setViewportSize({ width: 400, height: 800 });
   await page.goto(`${BASE_URL}/console#/key/profiles/player-4242`);
   await page.locator("#data").waitFor();
-  await shot("11-record-narrow");
+  await shot("14-record-narrow");
   await page.setViewportSize({ width: 1280, height: 800 });
 
   // A read-only key browses too; signing out forgets the key.
@@ -155,7 +195,7 @@ try {
   await page.getByRole("button", { name: "Save" }).click();
   await page.getByRole("alert").waitFor();
   check((await page.getByRole("alert").textContent()).includes("forbidden"), "a read-only key cannot change anything");
-  await shot("12-read-only");
+  await shot("15-read-only");
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByLabel("API key").waitFor();
   check((await page.evaluate(() => sessionStorage.length)) === 0, "signing out forgets the key");
