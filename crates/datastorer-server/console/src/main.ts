@@ -14,6 +14,8 @@ import type { Json, Outcome } from "./edit";
 /** The server's default document limit (`max_body_bytes`). */
 const DOCUMENT_LIMIT = 4 * 1024 * 1024;
 const PAGE = 50;
+/** Beyond this, a document is shown in part until asked for whole. */
+const LARGE = 256 * 1024;
 
 function link(href: string, text: string): HTMLElement {
   return h("a", { href }, text);
@@ -136,7 +138,15 @@ function field(name: string, value: string | Node): HTMLElement[] {
 /** The edit box of a record: what it offers depends on whether a game server holds the key. */
 function editor(r: RecordView, etag: string, held: boolean, done: (o: Outcome) => void): HTMLElement {
   const box = h("textarea", { id: "edit", rows: "12", spellcheck: "false" }) as HTMLTextAreaElement;
-  box.value = JSON.stringify(r.data, null, 2) ?? "null";
+  const text = JSON.stringify(r.data, null, 2) ?? "null";
+  // A large document goes into the box only when asked for: megabytes of
+  // text in a textarea make every later repaint slow.
+  const load = h("button", { type: "button", id: "load-editor" }, `Load the document (${bytes(text.length)}) into the editor`);
+  if (text.length <= LARGE) box.value = text;
+  load.addEventListener("click", () => {
+    box.value = text;
+    load.remove();
+  });
   const status = h("div", { "aria-live": "polite" });
   const act = (what: (edited: Json) => Promise<Outcome>) => async () => {
     status.replaceChildren();
@@ -170,6 +180,7 @@ function editor(r: RecordView, etag: string, held: boolean, done: (o: Outcome) =
     h("h2", { id: "edit-heading" }, "Change the data"),
     h("p", { class: "muted" }, help),
     h("label", { for: "edit" }, "Data (JSON)"),
+    text.length > LARGE ? load : null,
     box,
     h("div", { class: "actions" }, ...buttons),
     status,
@@ -191,6 +202,17 @@ async function keyPage(store: string, key: string, notice?: Outcome): Promise<vo
   try {
     const { body: r, headers } = await call<RecordView>("GET", `/v1/stores/${seg(store)}/keys/${seg(key)}`);
     const data = JSON.stringify(r.data, null, 2) ?? "null";
+    const view = h("pre", { class: "json", id: "data", tabindex: "0", "aria-label": "the record's data" }, data.length > LARGE ? data.slice(0, LARGE) : data);
+    const whole = data.length > LARGE
+      ? h("button", {
+          type: "button",
+          id: "show-whole",
+          onclick: (e: Event) => {
+            view.textContent = data;
+            (e.currentTarget as HTMLElement).remove();
+          },
+        }, `Showing the first ${bytes(LARGE)} of ${bytes(data.length)}: show the whole document`)
+      : null;
     const size = new TextEncoder().encode(JSON.stringify(r.data) ?? "").length;
     const share = (100 * size) / DOCUMENT_LIMIT;
     const held = r.lease !== null && r.lease.expires_at_ms > Date.now();
@@ -215,7 +237,8 @@ async function keyPage(store: string, key: string, notice?: Outcome): Promise<vo
       notice ? alertBox(notice.message, notice.ok ? "ok" : "error") : null,
       facts,
       h("h2", {}, "Data"),
-      h("pre", { class: "json", id: "data", tabindex: "0", "aria-label": "the record's data" }, data),
+      whole,
+      view,
       h("h2", {}, "Metadata"),
       h("pre", { class: "json", id: "metadata", tabindex: "0" }, JSON.stringify(r.metadata, null, 2) ?? "{}"),
       editor(r, etag, held, (outcome) => void keyPage(store, key, outcome)),

@@ -23,6 +23,8 @@ const browser = await chromium.launch({
 });
 const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
 const page = await context.newPage();
+// CI runs this beside the other tests on two cores: generous, never a hang.
+page.setDefaultTimeout(60000);
 const urls = [];
 const problems = [];
 page.on("request", (r) => urls.push(r.url()));
@@ -171,6 +173,9 @@ try {
   await page.locator("#data").waitFor({ timeout: 30000 });
   const size = await page.locator(".facts").textContent();
   check(/MiB of 4\.00 MiB/.test(size), "a 4 MiB document shows its size against the limit");
+  check((await page.locator("#data").textContent()).length === 256 * 1024, "shown in part");
+  check(await page.getByRole("button", { name: /show the whole document/ }).isVisible(), "with a way to show it whole");
+  check((await page.locator("#edit").inputValue()) === "", "and loaded into the editor only when asked");
   await shot("13-big-record");
   await page.goto(`${BASE_URL}/console#/key/profiles/no-such-key`);
   await page.getByRole("alert").waitFor();
