@@ -244,6 +244,7 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
                         "data_version": { "type": "integer" }, "revision": { "type": "integer" }, "epoch": { "type": "integer" },
                         "unmigrated": { "type": "boolean" }, "store_data_version": { "type": "integer" },
                         "lease": { "nullable": true, "type": "object", "properties": { "owner": { "type": "string" }, "expires_at_ms": { "type": "integer" } } },
+                        "holder_client": { "type": "string", "nullable": true, "description": "the client holding the key through this server, if one does" },
                         "created_at_ms": { "type": "integer" }, "updated_at_ms": { "type": "integer" }
                     }
                 }

@@ -108,6 +108,24 @@ impl AppState {
         result
     }
 
+    /// A write the console made (`Datastorer-Origin: console`) lands in
+    /// the audit trail as `action`, under the API key that sent it; any
+    /// other write is answered as it is.
+    pub(crate) async fn audited_if_console<T>(
+        &self,
+        req: &HttpRequest,
+        action: &str,
+        target: Target<'_>,
+        result: Result<T>,
+    ) -> Result<T> {
+        let from_console = req.headers().get("datastorer-origin").is_some_and(|v| v.as_bytes() == b"console");
+        if !from_console {
+            return result;
+        }
+        let actor = req.extensions().get::<AccessKey>().map(|k| k.0.clone()).unwrap_or_else(|| "anonymous".into());
+        self.audited(&actor, action, target, |_| json!({ "origin": "console" }), result).await
+    }
+
     /// Refuses session work once shutdown started: the engine is about to
     /// release every session, and a request admitted later would race it.
     pub(crate) fn admit(&self) -> Result<()> {

@@ -225,7 +225,7 @@ async fn the_console_works_in_a_real_browser() {
         .iter()
         .map(|e| (e["actor"].as_str().unwrap_or("").to_owned(), e["action"].as_str().unwrap_or("").to_owned()))
         .collect();
-    for action in ["restore", "erase"] {
+    for action in ["restore", "erase", "console_edit", "console_handover", "console_message"] {
         assert!(actions.contains(&("admin".to_owned(), action.to_owned())), "{action} by admin in {actions:?}");
     }
     let assets: u64 = ["index.html", "app.js", "app.css"]

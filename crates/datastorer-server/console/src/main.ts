@@ -216,7 +216,8 @@ async function keyPage(store: string, key: string, notice?: Outcome): Promise<vo
     const size = new TextEncoder().encode(JSON.stringify(r.data) ?? "").length;
     const share = (100 * size) / DOCUMENT_LIMIT;
     const held = r.lease !== null && r.lease.expires_at_ms > Date.now();
-    const holder = r.lease && held ? `held by ${r.lease.owner} until ${when(r.lease.expires_at_ms)}` : "free: no session holds it";
+    const by = r.holder_client ? `${r.holder_client} through server ${r.lease?.owner}` : `server ${r.lease?.owner}`;
+    const holder = r.lease && held ? `held by ${by}, epoch ${r.epoch}, until ${when(r.lease.expires_at_ms)}` : "free: no session holds it";
     const etag = headers.get("ETag") ?? "";
     const facts = h(
       "dl",

@@ -128,6 +128,7 @@ try {
   await page.locator("#audit").waitFor();
   const trail = await page.locator("#audit").textContent();
   check(trail.includes("restore") && trail.includes("erase") && trail.includes("admin"), "the audit trail shows the restore and the erasure by the signed-in key");
+  check(trail.includes("console_edit"), "and the console's own edit");
   await page.getByLabel("Action").fill("restore");
   await page.getByRole("button", { name: "Filter" }).click();
   await page.waitForFunction(() => [...document.querySelectorAll("#audit tbody tr")].every((r) => r.textContent.includes("restore")));
@@ -138,7 +139,7 @@ try {
   // while its game server keeps saving, and keeps what the game saved.
   await page.goto(`${BASE_URL}/console#/key/profiles/held-1`);
   await page.locator("#data").waitFor();
-  check((await page.locator(".facts").textContent()).includes("held by"), "a held key names its holder");
+  check((await page.locator(".facts").textContent()).includes("held by game-2 through server"), "a held key names its holder, client and server");
   check(!(await page.getByRole("button", { name: "Save", exact: true }).count()), "a held key offers no plain save");
   await shot("10-held-record");
   await edit((d) => { d.coins = 500; });

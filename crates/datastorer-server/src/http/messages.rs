@@ -41,7 +41,9 @@ async fn post(
     let store = state.sessionless_write(&req, &store_name, &key)?;
     refuse_conditions(&req)?;
     let body = required_json(&req, payload, &state, &["application/json"], "the message, as JSON").await?;
-    let id = store.post_message(&key, body).await?;
+    let posted = store.post_message(&key, body).await.map_err(ApiError::from);
+    let target = crate::state::Target { store: Some(&store_name), key: Some(&key) };
+    let id = state.audited_if_console(&req, "console_message", target, posted).await?;
     Ok(HttpResponse::Ok().json(json!({ "id": id, "durable": true })))
 }
 

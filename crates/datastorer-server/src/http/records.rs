@@ -79,6 +79,8 @@ async fn view_key(
         "revision": rec.header.revision,
         "epoch": rec.header.epoch,
         "lease": rec.lease.map(|l| json!({ "owner": l.owner, "expires_at_ms": l.expires_at_ms })),
+        // The client holding it through this server, if one does.
+        "holder_client": state.sessions.holder(&store_name, &key).map(|(client, _)| client),
         "created_at_ms": rec.created_at_ms,
         "updated_at_ms": rec.updated_at_ms,
     })))
@@ -333,7 +335,10 @@ async fn patch_unleased(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
     let types = ["application/merge-patch+json", "application/json"];
-    update(req, path, payload, state, &types, merge_patch).await
+    let (at, (store, key)) = (req.clone(), path.clone());
+    let result = update(req, path, payload, state.clone(), &types, merge_patch).await;
+    let target = Target { store: Some(&store), key: Some(&key) };
+    state.audited_if_console(&at, "console_edit", target, result).await
 }
 
 /// `PUT /v1/stores/{store}/keys/{key}`: replace the document of a key
@@ -344,5 +349,9 @@ async fn put_unleased(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    update(req, path, payload, state, &["application/json"], |doc, body| *doc = body.clone()).await
+    let (at, (store, key)) = (req.clone(), path.clone());
+    let result =
+        update(req, path, payload, state.clone(), &["application/json"], |doc, body| *doc = body.clone()).await;
+    let target = Target { store: Some(&store), key: Some(&key) };
+    state.audited_if_console(&at, "console_edit", target, result).await
 }

@@ -150,7 +150,9 @@ async fn open_session(
         timeout_ms: one_of("timeout_ms", query.timeout_ms, body.timeout_ms)?,
         grace_ms: one_of("grace_ms", query.grace_ms, body.grace_ms)?,
     };
-    let answer = open(&state, Some(&req), &who.name, &store, &store_name, &key, args).await?;
+    let opened = open(&state, Some(&req), &who.name, &store, &store_name, &key, args).await;
+    let target = Target { store: Some(&store_name), key: Some(&key) };
+    let answer = state.audited_if_console(&req, "console_handover", target, opened).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 
