@@ -114,6 +114,42 @@ impl Metrics {
         *self.errors.lock().unwrap_or_else(|p| p.into_inner()).entry(code).or_default() += 1;
     }
 
+    /// The same counters as JSON, for the console's live charts (which
+    /// turn two snapshots into rates): requests and error answers by route,
+    /// durable saves and their summed latency, lease waits, the queue, the
+    /// sessions.
+    pub(crate) fn snapshot(&self, g: &Gauges, webhooks_delivered: u64) -> serde_json::Value {
+        let mut routes: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        for ((route, _, status), n) in requests.iter() {
+            let e = routes.entry(route.as_str()).or_default();
+            e.0 += n;
+            if *status >= 400 {
+                e.1 += n;
+            }
+        }
+        let routes: serde_json::Map<String, serde_json::Value> = routes
+            .into_iter()
+            .map(|(r, (total, errors))| (r.to_owned(), serde_json::json!({ "requests": total, "errors": errors })))
+            .collect();
+        drop(requests);
+        serde_json::json!({
+            "routes": routes,
+            "saves": self.save_count.load(Ordering::Relaxed),
+            "save_us": self.save_sum_us.load(Ordering::Relaxed),
+            "lease_waits": self.lease_waits.load(Ordering::Relaxed),
+            "queue": {
+                "emergency": g.depth.emergency, "normal": g.depth.normal,
+                "in_flight": g.depth.in_flight, "retrying": g.depth.retrying,
+                "writes": g.queue.writes, "flushes": g.queue.flushes,
+            },
+            "loaded_keys": g.loaded_keys,
+            "client_sessions": g.client_sessions,
+            "client_lease_lapses": g.client_lease_lapses,
+            "webhooks_delivered": webhooks_delivered,
+        })
+    }
+
     /// The exposition text.
     pub(crate) fn render(&self, g: &Gauges) -> String {
         let mut out = String::new();

@@ -258,6 +258,7 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
             "/metrics": { "get": { "operationId": "metrics", "summary": "Prometheus metrics",
                 "responses": { "200": { "description": "OK", "content": { "text/plain": { "schema": { "type": "string" } } } }, "401": err("unauthenticated"), "403": err("forbidden") } } },
             "/v1/openapi.json": { "get": op("openapi", "this document", vec![], None, ok(object.clone()), &with(&[])) },
+            "/v1/stats": { "get": op("stats", "the metrics' counters as JSON (the console's live charts): requests and error answers by route, durable saves and their summed latency, lease waits, the queue, sessions, webhook deliveries, at_ms", vec![], None, ok(object.clone()), &with(&[])) },
             "/v1/changes": { "get": { "operationId": "changes", "summary": "change feed (Server-Sent Events: saved, released, closed, stolen, release_requested, expired, deleted, resync, lagged); each event's `id:` is its sequence",
                 "parameters": [query("store", json!({ "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$" })),
                     json!({ "name": "Last-Event-ID", "in": "header", "required": false, "description": "resume after this sequence", "schema": { "type": "integer", "minimum": 0 } })],

@@ -4,7 +4,7 @@
 //! keys: sign in (a wrong key refused), find a player by user id, look at
 //! a record and at a held one, keys by prefix and paged, an empty store, a
 //! 4 MiB document, a missing key, a narrow window, a read-only key, sign
-//! out; no key in any URL or in the server's log, no script error or CSP
+//! out, the live health charts moving under load; no key in any URL or in the server's log, no script error or CSP
 //! violation. The console's TypeScript is type-checked first. Screenshots
 //! of each page go to `target/tmp/console-screenshots`.
 //!
@@ -182,7 +182,16 @@ async fn the_console_works_in_a_real_browser() {
     .await
     .unwrap();
     println!("{out}");
-    for name in ["01-sign-in", "03-player", "07-history", "08-erased", "09-audit", "11-handed-over", "13-big-record"] {
+    for name in [
+        "01-sign-in",
+        "03-player",
+        "07-history",
+        "08-erased",
+        "09-audit",
+        "11-handed-over",
+        "13-big-record",
+        "16-health",
+    ] {
         assert!(shots.join(format!("{name}.png")).is_file(), "screenshot {name}");
     }
     // The autosaving holder handed over with every save it was told of,

@@ -8,6 +8,7 @@ import { ApiError, call, seg, signIn, signOut, signedIn } from "./api";
 import type { KeyList, RecordView, StoreList, UserRecords } from "./api";
 import { alertBox, bytes, h, show, when } from "./dom";
 import { applyAfterHandover, saveFree, sendToHolder } from "./edit";
+import { healthPage, leaveHealth } from "./health";
 import { auditPage, eraseSection, historyPage } from "./history";
 import type { Json, Outcome } from "./edit";
 
@@ -268,6 +269,7 @@ async function userPage(userId: string): Promise<void> {
 }
 
 function route(): void {
+  leaveHealth();
   const raw = location.hash.replace(/^#\/?/, "");
   const [path = "", query = ""] = raw.split("?");
   const parts = path.split("/").map((p) => decodeURIComponent(p));
@@ -293,6 +295,9 @@ function route(): void {
       break;
     case "audit":
       void auditPage(params, failure);
+      break;
+    case "health":
+      void healthPage(failure);
       break;
     default:
       void storesPage();

@@ -135,6 +135,24 @@ try {
   check(true, "and filters by action");
   await shot("09-audit");
 
+  // Live health: the request chart moves while a client writes.
+  await page.getByRole("link", { name: "Health" }).click();
+  await page.locator("#chart-0 canvas").waitFor();
+  const load = (async () => {
+    const until = Date.now() + 5000;
+    for (let i = 0; Date.now() < until; i++) {
+      await fetch(`${BASE_URL}/v1/stores/profiles/keys/load-${i % 20}`, {
+        method: "PUT",
+        headers: { Authorization: `Bearer ${ADMIN_KEY}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ n: i }),
+      });
+    }
+  })();
+  await page.waitForFunction(() => Number(document.getElementById("rate-0-0")?.textContent) > 5, null, { timeout: 30000 });
+  check(true, "the requests chart moves under load");
+  await load;
+  await shot("16-health");
+
   // A held key says who holds it; an edit is applied after a hand-over,
   // while its game server keeps saving, and keeps what the game saved.
   await page.goto(`${BASE_URL}/console#/key/profiles/held-1`);

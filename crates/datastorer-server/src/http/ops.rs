@@ -21,6 +21,7 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz").route(web::get().to(healthz)))
         .service(resource("/readyz").route(web::get().to(readyz)))
+        .service(resource("/v1/stats").route(web::get().to(stats)))
         .service(resource("/metrics").route(web::get().to(metrics)))
         .service(resource("/v1/openapi.json").route(web::get().to(openapi)))
         .service(resource("/v1/webhooks/test").route(web::post().to(test_webhooks)));
@@ -55,10 +56,18 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// `GET /metrics`: Prometheus text.
-async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+/// `GET /v1/stats`: the metrics' counters as JSON (the console's charts).
+async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
     state.auth(&req, Role::Read)?;
-    let gauges = Gauges {
+    let gauges = gauges(&state).await;
+    let delivered = state.webhooks.delivered.load(Ordering::Relaxed);
+    let mut snapshot = state.metrics.snapshot(&gauges, delivered);
+    snapshot["at_ms"] = json!(state.ds.now_ms());
+    Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(snapshot))
+}
+
+async fn gauges(state: &AppState) -> Gauges {
+    Gauges {
         depth: state.ds.queue_depth().await,
         budgets: state.ds.budget_levels().await,
         loaded_keys: state.ds.loaded_count(),
@@ -66,6 +75,12 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         client_lease_lapses: state.sessions.lapses(),
         save_failures: state.ds.save_failures(),
         queue: state.ds.queue_stats().await,
-    };
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    state.auth(&req, Role::Read)?;
+    let gauges = gauges(&state).await;
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render(&gauges)))
 }
