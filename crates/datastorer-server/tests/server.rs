@@ -1056,6 +1056,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/readyz", "get"),
         ("/metrics", "get"),
         ("/v1/openapi.json", "get"),
+        ("/v1/stats", "get"),
         ("/v1/changes", "get"),
         ("/v1/changes/poll", "get"),
         ("/v1/batch", "post"),
