@@ -231,16 +231,22 @@ async fn feeds_are_read_through_any_server() {
     // Before the client first polls: a session of it ends (not to be replayed).
     let (_, v) = open(&c, &a, "profiles", "old", json!({"client_id": "game-1"})).await;
     open(&c, &b, "profiles", "old", steal.clone()).await;
-    // The steal reaches a by notice: wait until a has ended that session.
-    let old = a.url(&format!("{}/session", key_url("profiles", "old")));
+    // The steal reaches a by notice: wait until a's own feed (read there
+    // alone, `Datastorer-Route: direct`) has the session's end.
+    assert!(v["lease_token"].is_string(), "{v}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = c.get(&old).header("Lease-Token", token_of(&v)).header("Datastorer-Route", "direct").send();
-        if r.await.unwrap().status() == StatusCode::GONE {
+        let r = c
+            .get(a.url("/v1/changes/poll?client_id=game-1&after=0&wait_ms=1000"))
+            .header("Datastorer-Route", "direct")
+            .send()
+            .await
+            .unwrap();
+        let page: serde_json::Value = r.json().await.unwrap();
+        if page["events"].as_array().is_some_and(|e| e.iter().any(|e| e["key"] == "old")) {
             break;
         }
-        assert!(Instant::now() < deadline, "a hears of the steal");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(Instant::now() < deadline, "a hears of the steal: {page}");
     }
     let first = poll(&c, &a, "client_id=game-1&wait_ms=5000", None).await;
     assert_eq!(first["events"], json!([]), "a first poll only finds where every server is: {first}");
