@@ -146,6 +146,20 @@ async fn the_console_works_in_a_real_browser() {
     let mut s = Server::process(tmp.path(), &["--api-key", &admin_key, "--api-key", &read_key]);
     let c = Client::new();
     seed(&c, &s).await;
+    // A store to restore to a point in time: two keys, then (after that
+    // moment, a whole second so the page can name it) one changed and one added.
+    let put =
+        |key: &str, v: u64| c.put(s.url(&key_url("events", key))).bearer_auth(ADMIN).json(&json!({ "v": v })).send();
+    for key in ["e1", "e2"] {
+        assert_eq!(put(key, 1).await.unwrap().status(), StatusCode::OK);
+    }
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let restore_at = (now() / 1000 + 1) * 1000;
+    while now() <= restore_at + 10 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(put("e1", 2).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(put("e3", 1).await.unwrap().status(), StatusCode::OK);
     // Two keys game servers hold; the first keeps autosaving meanwhile.
     let held = s.url(&key_url("profiles", "held-1"));
     let game = tokio::spawn(keep_saving(c.clone(), held.clone(), hold(&c, &s, "held-1", "game-2").await));
@@ -177,6 +191,7 @@ async fn the_console_works_in_a_real_browser() {
             .env("ADMIN_KEY", ADMIN)
             .env("READ_KEY", READER)
             .env("SCREENSHOTS", dir)
+            .env("RESTORE_AT_MS", restore_at.to_string())
             .env("CHROMIUM", &chromium))
     })
     .await
@@ -221,6 +236,11 @@ async fn the_console_works_in_a_real_browser() {
     // changed nothing.
     let record = c.get(s.url(&key_url("profiles", "player-4242"))).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(record.json::<serde_json::Value>().await.unwrap()["data"], json!({"coins": 100, "name": "Ada"}));
+    // The store is as it was at that moment.
+    let get = |key: &str| c.get(s.url(&key_url("events", key))).bearer_auth(ADMIN).send();
+    let e1: serde_json::Value = get("e1").await.unwrap().json().await.unwrap();
+    assert_eq!(e1["data"], json!({"v": 1}), "restored");
+    assert_eq!(get("e3").await.unwrap().status(), StatusCode::NOT_FOUND, "created after the moment: deleted");
     // The erased player is gone, and the audit trail names who did it.
     let (st, _) = call(&c, &s, Method::GET, &key_url("profiles", "player-9001"), None, None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "the API needs a key here");
@@ -234,7 +254,7 @@ async fn the_console_works_in_a_real_browser() {
         .iter()
         .map(|e| (e["actor"].as_str().unwrap_or("").to_owned(), e["action"].as_str().unwrap_or("").to_owned()))
         .collect();
-    for action in ["restore", "erase", "console_edit", "console_handover", "console_message"] {
+    for action in ["restore", "erase", "store_restore", "console_edit", "console_handover", "console_message"] {
         assert!(actions.contains(&("admin".to_owned(), action.to_owned())), "{action} by admin in {actions:?}");
     }
     let assets: u64 = ["index.html", "app.js", "app.css"]

@@ -189,3 +189,75 @@ export async function auditPage(params: URLSearchParams, failure: Fail): Promise
     show(h("nav", {}, h("a", { href: "#/stores" }, "Stores")), heading, filter, failure(e));
   }
 }
+
+interface StoreRestoreReport {
+  at_ms: number;
+  dry_run: boolean;
+  keys: number;
+  restored: number;
+  deleted: number;
+  unchanged: number;
+  unknown: number;
+  holders_ended: number;
+  changes: { key: string; action: string; to: string | null }[];
+  undo_at_ms: number;
+}
+
+/** A store back to a point in time: first its dry run's list, then, with the store's name typed, the restore. */
+export function storeRestoreSection(store: string, failure: Fail): HTMLElement {
+  const at = h("input", { id: "restore-at", type: "datetime-local", step: "1" }) as HTMLInputElement;
+  const out = h("div", { "aria-live": "polite", id: "store-restore" });
+  const run = async (dry: boolean, at_ms: number): Promise<StoreRestoreReport> =>
+    (await call<StoreRestoreReport>("POST", `/v1/stores/${seg(store)}/restore`, { at_ms, dry_run: dry })).body;
+  const summary = (r: StoreRestoreReport) =>
+    r.dry_run
+      ? `${r.keys} keys looked at: ${r.restored} to restore, ${r.deleted} to delete, ${r.unchanged} unchanged, ${r.unknown} without history (left alone)`
+      : `${r.keys} keys looked at: ${r.restored} restored, ${r.deleted} deleted, ${r.unchanged} unchanged, ${r.unknown} without history (left alone)`;
+  const preview = async (e: Event) => {
+    e.preventDefault();
+    out.replaceChildren();
+    const at_ms = Date.parse(at.value);
+    if (Number.isNaN(at_ms)) {
+      out.append(alertBox("Choose a date and time first."));
+      return;
+    }
+    try {
+      const r = await run(true, at_ms);
+      const confirmBox = h("input", { id: "store-restore-confirm", autocomplete: "off" }) as HTMLInputElement;
+      const result = h("div", { "aria-live": "polite" });
+      out.append(
+        h("p", {}, `Dry run to ${when(at_ms)}: ${summary(r)}.`),
+        r.changes.length
+          ? h("ul", { class: "diff", id: "store-restore-changes" }, ...r.changes.map((c) => h("li", {}, `${c.key}: ${c.action}${c.to ? ` to ${c.to}` : ""}`)))
+          : h("p", { class: "muted" }, "Nothing would change."),
+        h("form", {
+          class: "inline",
+          onsubmit: async (ev: Event) => {
+            ev.preventDefault();
+            result.replaceChildren();
+            if (confirmBox.value !== store) {
+              result.append(alertBox(`Type the store's name ${store} exactly to confirm.`));
+              return;
+            }
+            try {
+              const done = await run(false, at_ms);
+              result.append(alertBox(`Restored: ${summary(done)}; ${done.holders_ended} holders handed over first. To undo, restore the store to ${when(done.undo_at_ms)}.`, "ok"));
+            } catch (err) {
+              result.append(failure(err));
+            }
+          },
+        }, h("label", { for: "store-restore-confirm" }, `Type ${store} to restore the whole store`), confirmBox,
+          h("button", { type: "submit", class: "danger" }, "Restore the store")),
+        result);
+    } catch (err) {
+      out.append(failure(err));
+    }
+  };
+  return h("section", { "aria-labelledby": "store-restore-heading" },
+    h("h2", { id: "store-restore-heading" }, "Restore the store to a point in time"),
+    h("p", { class: "muted" }, "Every key back to its version at that moment (keys created since are deleted), through the fenced restore: holders save and hand over first. A dry run lists what would change."),
+    h("form", { class: "inline", onsubmit: preview },
+      h("label", { for: "restore-at" }, "Point in time (your local time)"), at,
+      h("button", { type: "submit" }, "Preview (dry run)")),
+    out);
+}

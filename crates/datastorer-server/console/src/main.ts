@@ -9,7 +9,7 @@ import type { KeyList, RecordView, StoreList, UserRecords } from "./api";
 import { alertBox, bytes, h, show, when } from "./dom";
 import { applyAfterHandover, saveFree, sendToHolder } from "./edit";
 import { healthPage, leaveHealth } from "./health";
-import { auditPage, eraseSection, historyPage } from "./history";
+import { auditPage, eraseSection, historyPage, storeRestoreSection } from "./history";
 import type { Json, Outcome } from "./edit";
 
 /** The server's default document limit (`max_body_bytes`). */
@@ -126,7 +126,7 @@ async function keysPage(store: string, params: URLSearchParams): Promise<void> {
     const next = page.next_cursor
       ? link(`#/keys/${seg(store)}?prefix=${seg(prefix)}&cursor=${seg(page.next_cursor)}`, "Next page")
       : null;
-    show(h("nav", { "aria-label": "Breadcrumb" }, link("#/stores", "Stores")), heading, search, list, next);
+    show(h("nav", { "aria-label": "Breadcrumb" }, link("#/stores", "Stores")), heading, search, list, next, storeRestoreSection(store, failure));
   } catch (e) {
     show(h("nav", {}, link("#/stores", "Stores")), heading, search, failure(e));
   }

@@ -135,6 +135,22 @@ try {
   check(true, "and filters by action");
   await shot("09-audit");
 
+  // A store back to a point in time: the dry run's list, then the restore.
+  await page.goto(`${BASE_URL}/console#/keys/events`);
+  await page.getByLabel("Point in time (your local time)").waitFor();
+  const at = Number(process.env.RESTORE_AT_MS);
+  const local = new Date(at - new Date(at).getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+  await page.getByLabel("Point in time (your local time)").fill(local);
+  await page.getByRole("button", { name: "Preview (dry run)" }).click();
+  await page.locator("#store-restore-changes").waitFor();
+  const changes = await page.locator("#store-restore-changes").textContent();
+  check(changes.includes("e1: restore") && changes.includes("e3: delete") && !changes.includes("e2"), "a store restore's dry run lists what would change");
+  await page.getByLabel("Type events to restore the whole store").fill("events");
+  await page.getByRole("button", { name: "Restore the store" }).click();
+  await page.locator("#store-restore .alert.ok").waitFor();
+  check((await page.locator("#store-restore .alert.ok").textContent()).startsWith("Restored:"), "and the store is restored");
+  await shot("17-store-restore");
+
   // Live health: the request chart moves while a client writes.
   await page.getByRole("link", { name: "Health" }).click();
   await page.locator("#chart-0 canvas").waitFor();
