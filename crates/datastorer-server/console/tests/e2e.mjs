@@ -35,6 +35,13 @@ page.on("console", (m) => {
   if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) problems.push(m.text());
 });
 page.on("pageerror", (e) => problems.push(String(e)));
+// A key's page, once it shows that key (the previous page stays until the
+// new one has loaded: the console routes by the URL's fragment).
+const openKey = async (key) => {
+  await page.goto(`${BASE_URL}/console#/key/profiles/${key}`);
+  await page.getByRole("heading", { name: key, exact: true }).waitFor();
+  await page.locator("#data").waitFor();
+};
 const shot = (name) => page.screenshot({ path: `${SCREENSHOTS}/${name}.png`, fullPage: true });
 
 try {
@@ -106,8 +113,7 @@ try {
   await page.getByRole("button", { name: `Restore version ${older}` }).click();
   await page.locator(".alert.ok").waitFor();
   check((await page.locator(".alert.ok").textContent()).startsWith(`Restored ${older}, now version`), "a version is restored");
-  await page.goto(`${BASE_URL}/console#/key/profiles/player-4242`);
-  await page.locator("#data").waitFor();
+  await openKey("player-4242");
   check(JSON.parse(await page.locator("#data").textContent()).coins === 100, "and the record is that version again");
 
   // A player's erasure, confirmed by typing the user id.
@@ -171,8 +177,7 @@ try {
 
   // A held key says who holds it; an edit is applied after a hand-over,
   // while its game server keeps saving, and keeps what the game saved.
-  await page.goto(`${BASE_URL}/console#/key/profiles/held-1`);
-  await page.locator("#data").waitFor();
+  await openKey("held-1");
   check((await page.locator(".facts").textContent()).includes("held by game-2 through server"), "a held key names its holder, client and server");
   check(!(await page.getByRole("button", { name: "Save", exact: true }).count()), "a held key offers no plain save");
   await shot("10-held-record");
@@ -182,8 +187,7 @@ try {
   check((await page.locator(".alert.ok").textContent()).includes("Applied after the holder handed over"), "a held key's edit is applied after the hand-over");
   await shot("11-handed-over");
   // Another held key: the change goes to its holder as a message.
-  await page.goto(`${BASE_URL}/console#/key/profiles/held-2`);
-  await page.locator("#data").waitFor();
+  await openKey("held-2");
   await edit((d) => { d.coins = 321; });
   await page.getByRole("button", { name: "Send to the holder as a message" }).click();
   await page.locator(".alert.ok").waitFor();
@@ -193,7 +197,11 @@ try {
   await page.goto(`${BASE_URL}/console#/keys/profiles`);
   await page.getByLabel("Key prefix").fill("bulk-");
   await page.keyboard.press("Enter");
-  await page.locator("#keys").waitFor();
+  // The unfiltered list is on the page until the search answers.
+  await page.waitForFunction(() => {
+    const items = [...document.querySelectorAll("#keys li")];
+    return items.length > 0 && items.every((li) => li.textContent.startsWith("bulk-"));
+  });
   check((await page.locator("#keys li").count()) === 50, "a page of 50 keys");
   await shot("12-keys");
   await page.getByRole("link", { name: "Next page" }).click();
@@ -218,8 +226,7 @@ try {
 
   // A narrow window.
   await page.setViewportSize({ width: 400, height: 800 });
-  await page.goto(`${BASE_URL}/console#/key/profiles/player-4242`);
-  await page.locator("#data").waitFor();
+  await openKey("player-4242");
   await shot("14-record-narrow");
   await page.setViewportSize({ width: 1280, height: 800 });
 
@@ -229,8 +236,7 @@ try {
   await page.keyboard.press("Enter");
   await page.locator("#stores").waitFor();
   check(true, "a read-only key signs in and browses");
-  await page.goto(`${BASE_URL}/console#/key/profiles/player-4242`);
-  await page.locator("#data").waitFor();
+  await openKey("player-4242");
   await edit((d) => { d.coins = 1; });
   await page.getByRole("button", { name: "Save" }).click();
   await page.getByRole("alert").waitFor();
