@@ -367,6 +367,10 @@ pub(crate) fn document(max_wait: std::time::Duration) -> Value {
                     ok(json!({ "type": "object", "properties": { "user_ids": { "type": "array", "items": { "type": "string" } } } })), &body_errs)
             },
             "/v1/stores/{store}/keys/{key}/messages": {
+                "get": op("peek_messages", "the messages waiting for the key, oldest first, without a session and without taking them (what the console shows)",
+                    vec![store(), key()], None,
+                    ok(json!({ "type": "object", "required": ["messages"], "properties": { "messages": { "type": "array", "items": { "$ref": "#/components/schemas/Message" } } } })),
+                    &with(&[("404", "unknown store (strict stores)"), ("503", "storage unavailable")])),
                 "post": op("post_message", "post a message (the body, any JSON) to a key, held or not, stored or not; answers its id once durable",
                     vec![store(), key()], Some(body(any.clone(), &["application/json"], true)),
                     ok(json!({ "type": "object", "required": ["id"], "properties": { "id": { "type": "integer" }, "durable": { "type": "boolean" } } })),

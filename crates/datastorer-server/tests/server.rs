@@ -1079,6 +1079,7 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/stores/{store}/keys/{key}/session/user_ids/{user_id}", "delete"),
         ("/v1/stores/{store}/keys/{key}/session/save", "post"),
         ("/v1/stores/{store}/keys/{key}/messages", "post"),
+        ("/v1/stores/{store}/keys/{key}/messages", "get"),
         ("/v1/stores/{store}/keys/{key}/session/messages", "get"),
         ("/v1/stores/{store}/keys/{key}/session/messages/ack", "post"),
         ("/v1/stores/{store}/keys/{key}/session/renew", "post"),

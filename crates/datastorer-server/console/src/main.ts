@@ -202,6 +202,13 @@ async function keyPage(store: string, key: string, notice?: Outcome): Promise<vo
   show(crumbs, heading, h("p", { class: "muted" }, "Loading…"));
   try {
     const { body: r, headers } = await call<RecordView>("GET", `/v1/stores/${seg(store)}/keys/${seg(key)}`);
+    // What waits for the key's holder (a read: nothing is taken).
+    const waiting = await call<{ messages: { id: number; sent_at_ms: number; message: unknown }[] }>(
+      "GET",
+      `/v1/stores/${seg(store)}/keys/${seg(key)}/messages`,
+    )
+      .then((a) => a.body.messages)
+      .catch(() => null);
     const data = JSON.stringify(r.data, null, 2) ?? "null";
     const view = h("pre", { class: "json", id: "data", tabindex: "0", "aria-label": "the record's data" }, data.length > LARGE ? data.slice(0, LARGE) : data);
     const whole = data.length > LARGE
@@ -243,6 +250,12 @@ async function keyPage(store: string, key: string, notice?: Outcome): Promise<vo
       view,
       h("h2", {}, "Metadata"),
       h("pre", { class: "json", id: "metadata", tabindex: "0" }, JSON.stringify(r.metadata, null, 2) ?? "{}"),
+      h("h2", {}, `Waiting messages${waiting ? ` (${waiting.length})` : ""}`),
+      waiting === null
+        ? h("p", { class: "muted" }, "The waiting messages could not be read.")
+        : waiting.length
+          ? h("ul", { class: "list", id: "messages" }, ...waiting.map((m) => h("li", {}, `#${m.id} · ${when(m.sent_at_ms)} · ${JSON.stringify(m.message)}`)))
+          : h("p", { class: "muted" }, "None."),
       editor(r, etag, held, (outcome) => void keyPage(store, key, outcome)),
     );
   } catch (e) {

@@ -192,6 +192,7 @@ try {
   await page.getByRole("button", { name: "Send to the holder as a message" }).click();
   await page.locator(".alert.ok").waitFor();
   check((await page.locator(".alert.ok").textContent()).includes("Delivered to the holder as message"), "or is delivered to its holder as a message");
+  check((await page.locator("#messages").textContent()).includes('"console_edit"'), "which the key's page shows waiting");
 
   // Keys by prefix, paged.
   await page.goto(`${BASE_URL}/console#/keys/profiles`);

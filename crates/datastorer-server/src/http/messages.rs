@@ -18,9 +18,22 @@ use crate::state::AppState;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// Registers the post route.
+/// Registers the post route, and the look at what waits.
 pub(super) fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v1/stores/{store}/keys/{key}/messages").route(web::post().to(post)));
+    cfg.service(
+        resource("/v1/stores/{store}/keys/{key}/messages").route(web::post().to(post)).route(web::get().to(peek)),
+    );
+}
+
+/// `GET /v1/stores/{store}/keys/{key}/messages` (read): the messages waiting
+/// for the key, oldest first, without a session and without taking them.
+async fn peek(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> Result<HttpResponse> {
+    state.auth(&req, crate::auth::Role::Read)?;
+    let (store_name, key) = path.into_inner();
+    let store = state.store(&store_name)?;
+    crate::extract::check_key(&key)?;
+    let messages = store.messages(&key).await?;
+    Ok(HttpResponse::Ok().json(json!({ "messages": view(&messages) })))
 }
 
 /// Registers the holder's routes (inside the session scope).
