@@ -161,9 +161,11 @@ fn fleet_client(config: &ServerConfig) -> Result<Option<reqwest::Client>, String
 }
 
 /// Opens the storage the config names and starts the engine on it.
-type Engine = (Datastorer, Arc<dyn Backend>, Option<Arc<PgBackend>>);
+/// The started engine, the storage it runs on, and that storage as
+/// PostgreSQL when it is.
+type Started = (Datastorer, Arc<dyn Backend>, Option<Arc<PgBackend>>);
 
-async fn start_engine(config: &ServerConfig) -> Result<Engine, String> {
+async fn start_engine(config: &ServerConfig) -> Result<Started, String> {
     let (backend, owner, postgres) = match &config.storage {
         Storage::Sled(dir) => {
             let (b, o) = open_data_dir(dir.clone(), config.owner_id.clone()).await?;

@@ -161,19 +161,13 @@ async fn store_feed(
         Some((owner, url, n)) => (owner.clone(), read_part(state, req, p, me, owner, url, Some(n), p.wait).await?),
         None => (me.to_owned(), None),
     };
-    let part = match part {
-        Some(part) => part,
+    let (owner, part) = match part {
+        Some(part) => (owner, part),
         // Its server is gone: start here, from now, and say events may be missed.
         None => {
-            let mut here = read_part(state, req, p, me, me, "", None, Duration::ZERO).await?.unwrap_or(Part {
-                events: Vec::new(),
-                next: 0,
-                lagged: true,
-            });
-            here.lagged = true;
-            return Ok(
-                json!({ "events": here.events, "next": Cursor::render(&[(me.to_owned(), here.next)]), "lagged": true }),
-            );
+            let here = read_part(state, req, p, me, me, "", None, Duration::ZERO).await?;
+            let here = here.unwrap_or(Part { events: Vec::new(), next: 0, lagged: true });
+            (me.to_owned(), Part { lagged: true, ..here })
         }
     };
     Ok(json!({ "events": part.events, "next": Cursor::render(&[(owner, part.next)]), "lagged": part.lagged }))
