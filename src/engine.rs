@@ -199,12 +199,37 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Keys under `prefix` after `start_after` with their value lengths,
+    /// at most `limit`, through the queue like a scan.
+    pub(crate) fn scan_sizes(
+        &self,
+        store: &Arc<str>,
+        label: &Arc<str>,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> impl std::future::Future<Output = Result<crate::storage::KeySizes, Error>> + 'static {
+        let op = Operation::ScanSizes { prefix: prefix.into(), start_after, limit };
+        let request = self.request(op, Priority::Normal);
+        let (store, label) = (store.clone(), label.clone());
+        async move {
+            match request.await {
+                Ok(Reply::Sized(rows)) => Ok(rows),
+                Ok(other) => Err(mismatch(&store, &label, "scan_sizes", &other)),
+                Err(f) => Err(queue_error(&store, &label, f)),
+            }
+        }
+    }
+}
+
 /// A queue answer of the wrong kind: a bug in the queue, reported as such.
 fn mismatch(store: &str, key: &str, asked: &'static str, got: &Reply) -> Error {
     let got = match got {
         Reply::Value(_) => "a value",
         Reply::Written(_) => "a write outcome",
         Reply::Scanned(_) => "scanned rows",
+        Reply::Sized(_) => "scanned sizes",
         Reply::AllOrNothing(_) => "an all-or-nothing outcome",
     };
     Error::Storage {

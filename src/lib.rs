@@ -75,6 +75,7 @@ pub mod storage;
 mod store;
 mod store_def;
 mod store_listing;
+mod store_usage;
 #[cfg(feature = "harness")]
 pub mod testing;
 mod types;
@@ -126,6 +127,7 @@ pub use crate::store::{
     Restored, Store, StoreRestoreReport, StoreSpec, Updated, Version, VersionInfo, VersionOrder, VersionPage,
     VersionQuery, MAX_KEY_LEN, MAX_LISTED_CHANGES, MAX_STORE_NAME_LEN, MAX_VERSIONS_PAGE,
 };
+pub use crate::store_usage::StoreUsage;
 pub use crate::types::EraseMode;
 pub use crate::types::Message;
 pub use crate::types::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};
@@ -234,6 +236,13 @@ impl Datastorer {
     /// One short scan per store, through the queue.
     pub async fn store_names(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<String>, Error> {
         crate::store_listing::names(&self.engine, prefix, after, limit).await
+    }
+
+    /// How many records and kept versions `store` holds and their bytes,
+    /// counted now (pages of keys with their value lengths, through the
+    /// queue; no document is read out).
+    pub async fn store_usage(&self, store: &str) -> Result<StoreUsage, Error> {
+        crate::store_usage::measure(&self.engine, store).await
     }
 
     /// Every record and kept version tagged with `user_id`, across stores

@@ -7,7 +7,7 @@
 use actix::Message;
 use tokio::sync::oneshot;
 
-use crate::storage::{AllOrNothing, KeyValues, StorageError, StorageKey, WriteOp, WriteOutcome};
+use crate::storage::{AllOrNothing, KeySizes, KeyValues, StorageError, StorageKey, WriteOp, WriteOutcome};
 use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};
 
 /// The backend operation a request performs. Each carries its key once,
@@ -18,6 +18,12 @@ pub(crate) enum Operation {
     /// A conditional write (or delete, `value: None`).
     Write(WriteOp),
     Scan {
+        prefix: StorageKey,
+        start_after: Option<Vec<u8>>,
+        limit: usize,
+    },
+    /// A scan answering each key's value length instead of its value.
+    ScanSizes {
         prefix: StorageKey,
         start_after: Option<Vec<u8>>,
         limit: usize,
@@ -36,6 +42,7 @@ impl Operation {
             Operation::Write(op) if op.value.is_none() => "delete",
             Operation::Write(_) => "write",
             Operation::Scan { .. } => "scan",
+            Operation::ScanSizes { .. } => "scan_sizes",
             Operation::WriteAll { .. } => "write_all",
         }
     }
@@ -43,7 +50,7 @@ impl Operation {
     /// The key the request is about: what the queue orders requests by.
     pub(crate) fn key(&self) -> &[u8] {
         match self {
-            Operation::Get(k) | Operation::Scan { prefix: k, .. } => k,
+            Operation::Get(k) | Operation::Scan { prefix: k, .. } | Operation::ScanSizes { prefix: k, .. } => k,
             Operation::Write(op) => &op.key,
             Operation::WriteAll { ops } => ops.first().map_or(&[][..], |o| &o.key),
         }
@@ -59,7 +66,7 @@ impl Operation {
         match self {
             Operation::Write(op) => op.value.as_ref().map_or(0, |v| v.len()),
             Operation::WriteAll { ops } => ops.iter().map(|o| o.value.as_ref().map_or(0, |v| v.len())).sum(),
-            Operation::Get(_) | Operation::Scan { .. } => 0,
+            Operation::Get(_) | Operation::Scan { .. } | Operation::ScanSizes { .. } => 0,
         }
     }
 }
@@ -70,6 +77,7 @@ pub(crate) enum Reply {
     Value(Option<Vec<u8>>),
     Written(WriteOutcome),
     Scanned(KeyValues),
+    Sized(KeySizes),
     AllOrNothing(AllOrNothing),
 }
 

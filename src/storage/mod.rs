@@ -42,6 +42,9 @@ pub enum ErrorKind {
 /// Key/value pairs returned by a prefix scan, in key order.
 pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Keys with the byte length of their values, in key order.
+pub type KeySizes = Vec<(Vec<u8>, u64)>;
+
 /// A failure reported by a backend. Two are equal when their kind and
 /// message are (the underlying error is context, not identity).
 #[derive(Debug, Clone, Error)]
@@ -639,6 +642,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Key/value pairs whose key starts with `prefix` and sorts after
     /// `start_after` (exclusive), in key order, at most `limit`.
     fn scan_prefix(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeyValues, StorageError>;
+
+    /// Like [`Backend::scan_prefix`], but each key comes with the length of
+    /// its value instead of the value (a store's size, counted without
+    /// handing its documents out). The default reads the values.
+    fn scan_sizes(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeySizes, StorageError> {
+        Ok(self.scan_prefix(prefix, start_after, limit)?.into_iter().map(|(k, v)| (k, v.len() as u64)).collect())
+    }
 
     /// Makes every applied write durable.
     fn flush(&self) -> Result<(), StorageError>;

@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{
-    AllOrNothing, Backend, Capabilities, KeyValues, NoticeBus, Precondition, RecordHeader, StorageError, WriteOp,
-    WriteOutcome,
+    AllOrNothing, Backend, Capabilities, KeySizes, KeyValues, NoticeBus, Precondition, RecordHeader, StorageError,
+    WriteOp, WriteOutcome,
 };
 
 /// How long `open` waits for a directory lock that this process is releasing.
@@ -467,6 +467,27 @@ impl Backend for SledBackend {
                 break;
             }
             out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Without copying a value out of sled's pages.
+    fn scan_sizes(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeySizes, StorageError> {
+        let mut out = Vec::new();
+        let from = match start_after {
+            Some(s) => {
+                let mut from = s.to_vec();
+                from.push(0);
+                from
+            }
+            None => prefix.to_vec(),
+        };
+        for item in self.db.range(from..) {
+            let (k, v) = item.map_err(|e| map_err("scan", e))?;
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), v.len() as u64));
         }
         Ok(out)
     }

@@ -759,3 +759,10 @@ async fn store_names_on_postgres() {
     let (ds, _) = pg_node(&pg, "app-1").await;
     crate::stores::store_names_list_stores_with_records(&ds).await;
 }
+
+#[actix_rt::test]
+async fn store_usage_on_postgres() {
+    let Some(pg) = PgSchema::new("store_usage_on_postgres") else { return };
+    let (ds, backend) = pg_node(&pg, "app-1").await;
+    crate::stores::store_usage_counts_records_and_versions(&ds, &*backend).await;
+}

@@ -119,6 +119,75 @@ pub(crate) async fn store_names_list_stores_with_records(ds: &Datastorer) {
     assert_eq!(ds.store_names("zzz", None, 10).await.unwrap(), Vec::<String>::new());
 }
 
+/// What `Datastorer::store_usage` must answer on any backend: the store's
+/// records and kept versions, counted over more than one page, their bytes
+/// those of the values as stored (read here through the backend's own
+/// scan, values and all); other stores (one whose name extends this one's),
+/// inboxes and deleted keys not counted.
+pub(crate) async fn store_usage_counts_records_and_versions(ds: &Datastorer, backend: &dyn datastorer::Backend) {
+    use datastorer::storage::history::versions_of_store;
+    use datastorer::storage::store_prefix;
+    let s = ds.store("sized", StoreSpec::new(template())).unwrap();
+    let longer = ds.store("sized-2", StoreSpec::new(template())).unwrap();
+    longer.update_unleased("x", datastorer::Expect::Anything, |p: &mut Profile| p.coins = 1).await.unwrap();
+    // More than one page (4,096 keys), written 256 at a time.
+    const KEYS: u64 = 4200;
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(256) {
+        let writes: Vec<_> = chunk
+            .iter()
+            .map(|&i| {
+                let s = s.clone();
+                actix_rt::spawn(async move {
+                    s.update_unleased(format!("k{i:05}"), datastorer::Expect::Anything, move |p: &mut Profile| {
+                        p.coins = i;
+                        p.name = "x".repeat((i % 300) as usize);
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for w in writes {
+            w.await.unwrap().unwrap();
+        }
+    }
+    s.update_unleased("k00001", datastorer::Expect::Anything, |p: &mut Profile| p.coins += 1).await.unwrap();
+    assert!(s.delete("k00002", false).await.unwrap());
+    s.post_message("k00003", json!({"gift": 1})).await.unwrap();
+
+    let usage = ds.store_usage("sized").await.unwrap();
+    let records = backend.scan_prefix(&store_prefix("sized"), None, usize::MAX).unwrap();
+    let versions = backend.scan_prefix(&versions_of_store("sized"), None, usize::MAX).unwrap();
+    assert_eq!(usage.keys, KEYS - 1, "the deleted key is not counted");
+    assert_eq!(usage.keys, records.len() as u64);
+    assert_eq!(usage.bytes, records.iter().map(|(_, v)| v.len() as u64).sum::<u64>());
+    // Every save kept a version, the delete a tombstone (a slow one-shot
+    // create may keep one more: the template, autosaved before the update).
+    assert!(usage.versions >= KEYS + 2, "{usage:?}");
+    assert_eq!(usage.versions, versions.len() as u64);
+    assert_eq!(usage.version_bytes, versions.iter().map(|(_, v)| v.len() as u64).sum::<u64>());
+    assert!(usage.bytes > KEYS * 150, "the documents' bytes are in it: {usage:?}");
+
+    let other = ds.store_usage("sized-2").await.unwrap();
+    assert_eq!((other.keys, other.versions), (1, 1));
+    assert_eq!(ds.store_usage("never-written").await.unwrap(), datastorer::StoreUsage::default());
+    assert!(matches!(ds.store_usage("").await, Err(Error::InvalidName { .. })));
+}
+
+#[actix_rt::test]
+async fn store_usage_on_memory() {
+    let backend = Arc::new(MemoryBackend::new());
+    store_usage_counts_records_and_versions(&node(&backend, "a").await, &*backend).await;
+}
+
+#[actix_rt::test]
+async fn store_usage_on_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(datastorer::storage::sled_backend::SledBackend::open(dir.path()).unwrap());
+    let mut config = Config::backend(backend.clone());
+    config.handle_signals = false;
+    store_usage_counts_records_and_versions(&Datastorer::start(config).await.unwrap(), &*backend).await;
+}
+
 #[actix_rt::test]
 async fn store_names_on_memory() {
     let backend = Arc::new(MemoryBackend::new());

@@ -52,6 +52,9 @@ pub(super) fn apply(backend: &dyn Backend, batch: &mut [Pending]) -> (Results, b
             Operation::Scan { prefix, start_after, limit } => {
                 results.push(Some(backend.scan_prefix(prefix, start_after.as_deref(), *limit).map(Reply::Scanned)))
             }
+            Operation::ScanSizes { prefix, start_after, limit } => {
+                results.push(Some(backend.scan_sizes(prefix, start_after.as_deref(), *limit).map(Reply::Sized)))
+            }
             Operation::Write(op) => {
                 // Moved out for the backend call and back after it, so a
                 // retry finds its request whole (and nothing is copied).

@@ -89,7 +89,7 @@ impl Queued for Pending {
         match self.req.op {
             Operation::Get(_) => BudgetClass::Get,
             Operation::Write(_) | Operation::WriteAll { .. } => BudgetClass::Write,
-            Operation::Scan { .. } => BudgetClass::Scan,
+            Operation::Scan { .. } | Operation::ScanSizes { .. } => BudgetClass::Scan,
         }
     }
 }
@@ -174,7 +174,9 @@ impl QueueActor {
     /// blocked, and scans held while anything applied is not yet durable.
     fn compose(&mut self) -> Vec<Pending> {
         let blocked: KeyHashSet = self.retrying_keys.keys().chain(self.unflushed_keys.keys()).collect();
-        self.lanes.compose(blocked, self.unflushed > 0, |p| matches!(p.req.op, Operation::Scan { .. }))
+        self.lanes.compose(blocked, self.unflushed > 0, |p| {
+            matches!(p.req.op, Operation::Scan { .. } | Operation::ScanSizes { .. })
+        })
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {

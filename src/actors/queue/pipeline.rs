@@ -169,7 +169,7 @@ pub(super) fn reply_outcome(reply: &Reply) -> &'static str {
         Reply::Value(None) => "missing",
         Reply::Written(WriteOutcome::Applied) => "applied",
         Reply::Written(WriteOutcome::Conflict { .. }) => "conflict",
-        Reply::Scanned(_) => "scanned",
+        Reply::Scanned(_) | Reply::Sized(_) => "scanned",
         Reply::AllOrNothing(AllOrNothing::Applied) => "applied",
         Reply::AllOrNothing(AllOrNothing::Refused(_)) => "conflict",
     }

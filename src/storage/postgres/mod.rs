@@ -67,7 +67,8 @@ use self::sql::{RowKey, ScanShape, Statements};
 use self::tls::tls_connector;
 use self::write::{write_all, write_batch};
 use super::{
-    AllOrNothing, Backend, BackendClock, Capabilities, KeyValues, NoticeBus, StorageError, WriteOp, WriteOutcome,
+    AllOrNothing, Backend, BackendClock, Capabilities, KeySizes, KeyValues, NoticeBus, StorageError, WriteOp,
+    WriteOutcome,
 };
 
 /// A PostgreSQL database as a [`Backend`]. Cheap to share (`Arc`); every
@@ -435,6 +436,23 @@ impl Backend for PgBackend {
         let inner = self.inner.clone();
         let start_after = start_after.map(<[u8]>::to_vec);
         self.call("scan", async move { inner.scan(shape, start_after, limit).await })
+    }
+
+    fn scan_sizes(&self, prefix: &[u8], start_after: Option<&[u8]>, limit: usize) -> Result<KeySizes, StorageError> {
+        if let Some(shape) =
+            ScanShape::parse(prefix).filter(|s| matches!(s, ScanShape::Store(_) | ScanShape::StoreVersions(_)))
+        {
+            let inner = self.inner.clone();
+            let start_after = start_after.map(<[u8]>::to_vec);
+            let sized = self.call("scan", async move {
+                match inner.scan_sizes(&shape, start_after.as_deref(), limit).await {
+                    Some(r) => r,
+                    None => Ok(Vec::new()),
+                }
+            })?;
+            return Ok(sized);
+        }
+        Ok(self.scan_prefix(prefix, start_after, limit)?.into_iter().map(|(k, v)| (k, v.len() as u64)).collect())
     }
 
     /// `VACUUM` of the tables that hold documents and user ids: PostgreSQL

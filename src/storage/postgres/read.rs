@@ -11,7 +11,7 @@ use super::errors::PgFailure;
 use super::sql::{self, RowKey, ScanShape};
 use super::{Inner, PgBackend};
 use crate::storage::history::{split_user_index_key, split_version_key, user_index_key, version_key};
-use crate::storage::{split_storage_key, storage_key, KeyValues, StorageError};
+use crate::storage::{split_storage_key, storage_key, KeySizes, KeyValues, StorageError};
 
 impl Inner {
     pub(super) async fn get(&self, key: RowKey) -> Result<Option<Vec<u8>>, PgFailure> {
@@ -195,6 +195,63 @@ impl Inner {
             out.push((version_key(&s, &k, id), row.try_get::<_, Vec<u8>>(4)?));
         }
         Ok(out)
+    }
+}
+
+impl Inner {
+    /// Keys of one store's records, or of its versions, with the length of
+    /// each value; the values stay in the database (`octet_length` reads a
+    /// TOASTed value's size from its header). `None`: not a shape this
+    /// counts, so the caller reads the values instead.
+    pub(super) async fn scan_sizes(
+        &self,
+        shape: &ScanShape,
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Option<Result<KeySizes, PgFailure>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = match self.reader().await {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
+        let client = &conn.client;
+        Some(match shape {
+            ScanShape::Store(store) => {
+                let after = match start_after.and_then(split_storage_key) {
+                    Some((s, k)) if s == *store => k,
+                    _ => String::new(),
+                };
+                async {
+                    let rows = client.query(&self.sql.sizes_of_store, &[store, &after, &limit]).await?;
+                    let mut out = Vec::with_capacity(rows.len());
+                    for r in rows {
+                        let key: String = r.try_get(0)?;
+                        out.push((storage_key(store, &key), r.try_get::<_, i64>(1)?.max(0) as u64));
+                    }
+                    Ok::<_, PgFailure>(out)
+                }
+                .await
+            }
+            ScanShape::StoreVersions(store) => {
+                let (k, e, r) = match start_after.and_then(split_version_key) {
+                    Some((s, k, id)) if s == *store => (k, id.epoch as i64, id.revision as i64),
+                    _ => (String::new(), -1, -1),
+                };
+                async {
+                    let rows = client.query(&self.sql.version_sizes_of_store, &[store, &k, &e, &r, &limit]).await?;
+                    let mut out = Vec::with_capacity(rows.len());
+                    for row in rows {
+                        let key: String = row.try_get(0)?;
+                        let (e, r): (i64, i64) = (row.try_get(1)?, row.try_get(2)?);
+                        let id = crate::storage::RecordHeader { epoch: e as u64, revision: r as u64 };
+                        out.push((version_key(store, &key, id), row.try_get::<_, i64>(3)?.max(0) as u64));
+                    }
+                    Ok::<_, PgFailure>(out)
+                }
+                .await
+            }
+            _ => return None,
+        })
     }
 }
 

@@ -198,6 +198,8 @@ pub(super) struct Statements {
     pub version_delete: String,
     pub versions_of_key: String,
     pub versions_of_store: String,
+    pub sizes_of_store: String,
+    pub version_sizes_of_store: String,
     pub user_key_get: String,
     pub user_key_put: String,
     pub user_key_delete: String,
@@ -389,6 +391,14 @@ impl Statements {
                 "SELECT store, key, epoch, revision, value FROM {s}.versions
                   WHERE store = $1 AND key = $2 AND (epoch, revision) > ($3, $4)
                   ORDER BY epoch, revision LIMIT $5"
+            ),
+            sizes_of_store: format!(
+                "SELECT key, octet_length(value)::int8 FROM {s}.records WHERE store = $1 AND key > $2 ORDER BY key LIMIT $3"
+            ),
+            version_sizes_of_store: format!(
+                "SELECT key, epoch, revision, octet_length(value)::int8 FROM {s}.versions
+                  WHERE store = $1 AND (key, epoch, revision) > ($2, $3, $4)
+                  ORDER BY key, epoch, revision LIMIT $5"
             ),
             versions_of_store: format!(
                 "SELECT store, key, epoch, revision, value FROM {s}.versions
