@@ -77,6 +77,7 @@ pub async fn run(
         fleet: fleet_client(&config)?,
         advertised: Mutex::new(HashMap::new()),
         forwarded_tokens: Mutex::new(HashMap::new()),
+        usage: Mutex::new(HashMap::new()),
     });
     // Polled once now, so that a signal handler it installs is in place
     // before the server says it listens: a SIGTERM right after that line

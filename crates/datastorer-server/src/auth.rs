@@ -90,7 +90,7 @@ pub(crate) fn forwarded_identity(
     }
     let name = req.headers().get(FORWARDED_KEY).and_then(|v| v.to_str().ok()).unwrap_or("anonymous");
     if keys.is_empty() {
-        return Ok(Some(Identity { name: "anonymous".into(), stores: None }));
+        return Ok(Some(Identity { name: "anonymous".into(), role: Role::Admin, stores: None }));
     }
     let key = keys.iter().find(|k| k.name == name).ok_or_else(|| {
         ApiError::new(
@@ -99,7 +99,7 @@ pub(crate) fn forwarded_identity(
         )
     })?;
     has_role(key, role)?;
-    Ok(Some(Identity { name: key.name.clone(), stores: key.stores.clone() }))
+    Ok(Some(Identity { name: key.name.clone(), role: key.role, stores: key.stores.clone() }))
 }
 
 /// Refuses a key whose role is below `required` (403, naming both roles).
@@ -126,6 +126,8 @@ pub(crate) const MIN_KEY_LEN: usize = 16;
 pub(crate) struct Identity {
     /// Key name ("anonymous" without authentication).
     pub(crate) name: String,
+    /// What it may do (a server without keys lets anyone do everything).
+    pub(crate) role: Role,
     /// The stores it may reach (all when `None`).
     pub(crate) stores: Option<Vec<String>>,
 }
@@ -170,7 +172,7 @@ pub(crate) fn authorize(
     known: impl FnOnce(&str),
 ) -> Result<Identity, ApiError> {
     if keys.is_empty() {
-        return Ok(Identity { name: "anonymous".into(), stores: None });
+        return Ok(Identity { name: "anonymous".into(), role: Role::Admin, stores: None });
     }
     // Roblox Open Cloud's clients send the key as `x-api-key`.
     let presented = req
@@ -191,7 +193,7 @@ pub(crate) fn authorize(
     let key = found.ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "unknown API key"))?;
     known(&key.name);
     has_role(key, required)?;
-    Ok(Identity { name: key.name.clone(), stores: key.stores.clone() })
+    Ok(Identity { name: key.name.clone(), role: key.role, stores: key.stores.clone() })
 }
 
 /// The token of an `Authorization: Bearer …` value. The scheme is

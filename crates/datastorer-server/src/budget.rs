@@ -18,27 +18,54 @@ struct Bucket {
     capacity: f64,
     per_sec: f64,
     last: Instant,
+    /// Requests this bucket let through, and refused (for the console's
+    /// charts, which turn two readings into rates).
+    served: u64,
+    refused: u64,
 }
 
 impl Bucket {
     /// Takes one token at `now`; when none is left, answers the whole
     /// seconds until one will be.
     fn take(&mut self, now: Instant) -> Result<(), u64> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.served += 1;
+            return Ok(());
+        }
+        self.refused += 1;
+        Err(((1.0 - self.tokens) / self.per_sec).ceil().max(1.0) as u64)
+    }
+
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Ok(());
+    }
+
+    /// A token handed back: the request it was taken for was not served.
+    fn give_back(&mut self) {
+        self.tokens += 1.0;
+        self.served -= 1;
+        self.refused += 1;
+    }
+
+    /// How full the bucket is being drawn now, with its counters.
+    fn reading(&mut self, now: Instant) -> BucketReading {
+        self.refill(now);
+        BucketReading {
+            used: if self.capacity > 0.0 { (1.0 - self.tokens / self.capacity).clamp(0.0, 1.0) } else { 0.0 },
+            served: self.served,
+            refused: self.refused,
         }
-        Err(((1.0 - self.tokens) / self.per_sec).ceil().max(1.0) as u64)
     }
 }
 
 impl Bucket {
     fn full(rpm: u32, now: Instant) -> Self {
         let rpm = f64::from(rpm);
-        Bucket { tokens: rpm, capacity: rpm, per_sec: rpm / 60.0, last: now }
+        Bucket { tokens: rpm, capacity: rpm, per_sec: rpm / 60.0, last: now, served: 0, refused: 0 }
     }
 }
 
@@ -52,6 +79,40 @@ struct KeyBudget {
     total: Option<Mutex<Bucket>>,
     per_client: Option<(u32, Mutex<HashMap<String, Bucket>>)>,
 }
+
+/// One bucket as read for the charts.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub(crate) struct BucketReading {
+    /// The share of the burst spent now (0: full, 1: empty).
+    pub(crate) used: f64,
+    /// Requests it let through and refused, since the server started.
+    pub(crate) served: u64,
+    pub(crate) refused: u64,
+}
+
+/// A key's budgets as read for the charts: its own bucket, and its
+/// clients' (the most drawn first, at most [`CLIENTS_SHOWN`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct KeyReading {
+    pub(crate) key: String,
+    pub(crate) requests_per_minute: Option<u32>,
+    pub(crate) client_requests_per_minute: Option<u32>,
+    pub(crate) total: Option<BucketReading>,
+    pub(crate) clients: Vec<ClientReading>,
+    /// Clients with a bucket, shown or not.
+    pub(crate) client_count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct ClientReading {
+    /// `""`: the requests that named no client.
+    pub(crate) client: String,
+    #[serde(flatten)]
+    pub(crate) reading: BucketReading,
+}
+
+/// The clients of a key shown on the charts: the ones nearest their limit.
+const CLIENTS_SHOWN: usize = 8;
 
 /// Which budget a refused request spent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,7 +165,7 @@ impl Budgets {
             bucket.take(now).map_err(Spent::Client)?;
             if let Some(total) = &budget.total {
                 if let Err(wait) = total.lock().unwrap_or_else(|p| p.into_inner()).take(now) {
-                    bucket.tokens += 1.0; // the client's token back: nothing was served
+                    bucket.give_back(); // nothing was served
                     return Err(Spent::Key(wait));
                 }
             }
@@ -117,6 +178,50 @@ impl Budgets {
     }
 }
 
+impl Budgets {
+    /// Every budgeted key's buckets as they stand now, by key name.
+    pub(crate) fn readings(&self) -> Vec<KeyReading> {
+        let now = Instant::now();
+        let mut out: Vec<KeyReading> = self
+            .keys
+            .iter()
+            .map(|(name, budget)| {
+                let total = budget.total.as_ref().map(|b| b.lock().unwrap_or_else(|p| p.into_inner()).reading(now));
+                let (client_rpm, clients, client_count) = match &budget.per_client {
+                    None => (None, Vec::new(), 0),
+                    Some((rpm, clients)) => {
+                        let mut clients = clients.lock().unwrap_or_else(|p| p.into_inner());
+                        let count = clients.len();
+                        let mut read: Vec<ClientReading> = clients
+                            .iter_mut()
+                            .map(|(c, b)| ClientReading { client: c.clone(), reading: b.reading(now) })
+                            .collect();
+                        drop(clients);
+                        read.sort_by(|a, b| {
+                            b.reading.used.total_cmp(&a.reading.used).then_with(|| a.client.cmp(&b.client))
+                        });
+                        read.truncate(CLIENTS_SHOWN);
+                        (Some(*rpm), read, count)
+                    }
+                };
+                KeyReading {
+                    key: name.clone(),
+                    requests_per_minute: budget
+                        .total
+                        .as_ref()
+                        .map(|b| b.lock().unwrap_or_else(|p| p.into_inner()).capacity as u32),
+                    client_requests_per_minute: client_rpm,
+                    total,
+                    clients,
+                    client_count,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,7 +230,7 @@ mod tests {
     #[test]
     fn a_bucket_allows_a_burst_then_one_request_per_refill() {
         let t0 = Instant::now();
-        let mut b = Bucket { tokens: 3.0, capacity: 3.0, per_sec: 0.5, last: t0 };
+        let mut b = Bucket { tokens: 3.0, capacity: 3.0, per_sec: 0.5, last: t0, served: 0, refused: 0 };
         assert!((0..3).all(|_| b.take(t0).is_ok()));
         assert_eq!(b.take(t0), Err(2), "one token every 2 s");
         assert_eq!(b.take(t0 + Duration::from_millis(1000)), Err(1));
@@ -166,5 +271,38 @@ mod tests {
         let b = Budgets::new(&[key(Some(2), None)]);
         assert!(b.charge("game", Some("a")).is_ok() && b.charge("game", Some("b")).is_ok());
         assert!(matches!(b.charge("game", Some("c")), Err(Spent::Key(_))));
+    }
+
+    #[test]
+    fn readings_show_each_key_and_its_most_drawn_clients() {
+        let b = Budgets::new(&[key(Some(10), Some(4))]);
+        for _ in 0..3 {
+            b.charge("game", Some("busy")).unwrap();
+        }
+        b.charge("game", Some("quiet")).unwrap();
+        for _ in 0..2 {
+            b.charge("game", Some("busy")).ok();
+        }
+        let r = b.readings();
+        assert_eq!(r.len(), 1);
+        let game = &r[0];
+        assert_eq!((game.requests_per_minute, game.client_requests_per_minute), (Some(10), Some(4)));
+        let total = game.total.unwrap();
+        assert_eq!((total.served, total.refused), (5, 0), "the refused requests never reached the key's bucket");
+        assert!((total.used - 0.5).abs() < 0.01, "{total:?}");
+        assert_eq!(game.client_count, 2);
+        let names: Vec<&str> = game.clients.iter().map(|c| c.client.as_str()).collect();
+        assert_eq!(names, ["busy", "quiet"], "the most drawn first");
+        assert_eq!((game.clients[0].reading.served, game.clients[0].reading.refused), (4, 1));
+        assert!((game.clients[0].reading.used - 1.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_request_the_key_refuses_counts_as_refused_for_its_client_too() {
+        let b = Budgets::new(&[key(Some(1), Some(5))]);
+        b.charge("game", Some("a")).unwrap();
+        assert!(matches!(b.charge("game", Some("a")), Err(Spent::Key(_))));
+        let a = &b.readings()[0].clients[0];
+        assert_eq!((a.reading.served, a.reading.refused), (1, 1));
     }
 }

@@ -51,3 +51,9 @@ mod webhooks;
 pub use app::{bind, run};
 pub use json::MigrationStep;
 pub use webhooks::signature as webhook_signature;
+
+/// Where this build of the console was made, with its npm dependencies
+/// (playwright-core among them): the benchmarks drive it from there.
+pub const CONSOLE_BUILD_DIR: &str = env!("DATASTORER_CONSOLE_BUILD_DIR");
+/// The console's sources (its scripts under `tests/`).
+pub const CONSOLE_SOURCE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/console");

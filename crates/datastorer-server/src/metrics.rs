@@ -143,6 +143,7 @@ impl Metrics {
                 "in_flight": g.depth.in_flight, "retrying": g.depth.retrying,
                 "writes": g.queue.writes, "flushes": g.queue.flushes,
             },
+            "storage_budgets": { "get": g.budgets.get, "write": g.budgets.write, "scan": g.budgets.scan },
             "loaded_keys": g.loaded_keys,
             "client_sessions": g.client_sessions,
             "client_lease_lapses": g.client_lease_lapses,

@@ -62,6 +62,9 @@ pub(crate) struct AppState {
     /// last request was forwarded to: the next one goes there at once,
     /// without looking the key's lease up again.
     pub(crate) forwarded_tokens: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// Stores' sizes as last counted (store → figures, when, in Unix ms and
+    /// by the monotonic clock).
+    pub(crate) usage: Mutex<HashMap<String, (datastorer::StoreUsage, u64, std::time::Instant)>>,
 }
 
 /// How long an advertised URL is used before it is read again: a server

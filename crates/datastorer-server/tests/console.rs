@@ -23,6 +23,7 @@ use serde_json::json;
 
 const ADMIN: &str = "console-admin-secret-0123456789";
 const READER: &str = "console-reader-secret-0123456789";
+const GAME: &str = "console-game-secret-0123456789";
 
 fn required() -> bool {
     std::env::var("DATASTORER_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
@@ -141,9 +142,20 @@ async fn the_console_works_in_a_real_browser() {
     run(Command::new("npm").args(["run", "-s", "check"]).current_dir(&build));
 
     let tmp = tempfile::tempdir().unwrap();
-    let admin_key = format!("admin:admin:{ADMIN}");
-    let read_key = format!("support:read:{READER}");
-    let mut s = Server::process(tmp.path(), &["--api-key", &admin_key, "--api-key", &read_key]);
+    // An admin, a support desk's read-only key, and a game whose servers
+    // share one key with a budget each (the health page's budget table).
+    let keys = tmp.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "[[api_keys]]\nname = \"admin\"\nkey = \"{ADMIN}\"\nrole = \"admin\"\n\n\
+             [[api_keys]]\nname = \"support\"\nkey = \"{READER}\"\nrole = \"read\"\n\n\
+             [[api_keys]]\nname = \"game\"\nkey = \"{GAME}\"\nrole = \"write\"\n\
+             requests_per_minute = 6000\nclient_requests_per_minute = 60\n"
+        ),
+    )
+    .unwrap();
+    let mut s = Server::process(tmp.path(), &["--config", keys.to_str().unwrap()]);
     let c = Client::new();
     seed(&c, &s).await;
     // A store to restore to a point in time: two keys, then (after that
@@ -164,6 +176,10 @@ async fn the_console_works_in_a_real_browser() {
     let held = s.url(&key_url("profiles", "held-1"));
     let game = tokio::spawn(keep_saving(c.clone(), held.clone(), hold(&c, &s, "held-1", "game-2").await));
     let messaged = hold(&c, &s, "held-2", "game-3").await;
+    // One more held key and a free one, to delete.
+    hold(&c, &s, "held-3", "game-4").await;
+    let r = c.put(s.url(&key_url("profiles", "to-delete"))).bearer_auth(ADMIN).json(&json!({"n": 1})).send();
+    assert_eq!(r.await.unwrap().status(), StatusCode::OK);
 
     // The page's headers: only this origin's script, no framing, no sniffing.
     let r = c.get(s.url("/console")).send().await.unwrap();
@@ -190,6 +206,7 @@ async fn the_console_works_in_a_real_browser() {
             .env("BASE_URL", base)
             .env("ADMIN_KEY", ADMIN)
             .env("READ_KEY", READER)
+            .env("GAME_KEY", GAME)
             .env("SCREENSHOTS", dir)
             .env("RESTORE_AT_MS", restore_at.to_string())
             .env("CHROMIUM", &chromium))
@@ -206,6 +223,7 @@ async fn the_console_works_in_a_real_browser() {
         "11-handed-over",
         "13-big-record",
         "16-health",
+        "18-deleted",
     ] {
         assert!(shots.join(format!("{name}.png")).is_file(), "screenshot {name}");
     }
@@ -254,7 +272,13 @@ async fn the_console_works_in_a_real_browser() {
         .iter()
         .map(|e| (e["actor"].as_str().unwrap_or("").to_owned(), e["action"].as_str().unwrap_or("").to_owned()))
         .collect();
-    for action in ["restore", "erase", "store_restore", "console_edit", "console_handover", "console_message"] {
+    // Both deletes happened, each audited.
+    for key in ["to-delete", "held-3"] {
+        let r = c.get(s.url(&key_url("profiles", key))).bearer_auth(ADMIN).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{key} deleted");
+    }
+    for action in ["restore", "erase", "store_restore", "console_edit", "console_handover", "console_message", "delete"]
+    {
         assert!(actions.contains(&("admin".to_owned(), action.to_owned())), "{action} by admin in {actions:?}");
     }
     let assets: u64 = ["index.html", "app.js", "app.css"]
@@ -264,7 +288,7 @@ async fn the_console_works_in_a_real_browser() {
     println!("embedded console: {assets} bytes; screenshots in {}", shots.display());
     assert!(s.stop().success());
     let log = s.log();
-    assert!(!log.contains(ADMIN) && !log.contains(READER), "no key in the server's log");
+    assert!(!log.contains(ADMIN) && !log.contains(READER) && !log.contains(GAME), "no key in the server's log");
 }
 
 /// `--console false` serves no console.

@@ -702,6 +702,112 @@ async fn each_game_server_under_one_api_key_spends_only_its_own_budget() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 }
 
+/// `GET /v1/stores/{store}/usage` counts a store's records and versions
+/// (reusing a count younger than 30 s unless `fresh=true`) within the key's
+/// stores; `GET /v1/whoami` says what the key is.
+#[tokio::test]
+async fn a_store_is_counted_and_a_key_says_what_it_may_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("keys.toml");
+    std::fs::write(&config, KEYS.replace("requests_per_minute = 6", "requests_per_minute = 600")).unwrap();
+    let s = Server::start(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let c = Client::new();
+    let get = |secret: &'static str, path: &str| {
+        let r = c.get(s.url(path)).bearer_auth(secret).send();
+        async move {
+            let r = r.await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (eu, ops) = ("eu-secret-0123456789", "ops-secret-0123456789");
+    for (i, key) in ["a", "b", "c"].iter().enumerate() {
+        let r = c.put(s.url(&format!("/v1/stores/profiles/keys/{key}"))).bearer_auth(eu).json(&json!({ "n": i }));
+        assert_eq!(r.send().await.unwrap().status(), StatusCode::OK);
+    }
+    let (st, first) = get(eu, "/v1/stores/profiles/usage").await;
+    assert_eq!(st, StatusCode::OK, "{first}");
+    assert_eq!(
+        (first["store"].as_str(), first["keys"].as_u64(), first["versions"].as_u64()),
+        (Some("profiles"), Some(3), Some(3))
+    );
+    assert!(first["bytes"].as_u64().unwrap() > 3 * 7 && first["version_bytes"].as_u64().unwrap() > 0, "{first}");
+    // A fourth key: the count of a moment ago is answered again, until asked fresh.
+    let r = c.put(s.url("/v1/stores/profiles/keys/d")).bearer_auth(eu).json(&json!({ "n": 4 }));
+    assert_eq!(r.send().await.unwrap().status(), StatusCode::OK);
+    let (_, again) = get(eu, "/v1/stores/profiles/usage").await;
+    assert_eq!(again, first, "reused within 30 s");
+    let (_, fresh) = get(eu, "/v1/stores/profiles/usage?fresh=true").await;
+    assert_eq!(fresh["keys"], 4, "{fresh}");
+    assert!(fresh["measured_at_ms"].as_u64() >= first["measured_at_ms"].as_u64());
+    // Outside the key's stores, or not a store name.
+    let (st, v) = get(eu, "/v1/stores/guilds/usage").await;
+    assert_eq!((st, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("store_forbidden")), "{v}");
+    let (st, v) = get(ops, &format!("/v1/stores/{}/usage", "x".repeat(200))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = get(ops, "/v1/stores/guilds/usage").await;
+    assert_eq!((st, v["keys"].as_u64()), (StatusCode::OK, Some(0)), "a store without records counts nothing: {v}");
+    // Who each key is.
+    let (_, v) = get(eu, "/v1/whoami").await;
+    assert_eq!(v, json!({"name": "eu", "role": "write", "stores": ["profiles"]}));
+    let (_, v) = get(ops, "/v1/whoami").await;
+    assert_eq!(v, json!({"name": "ops", "role": "admin", "stores": null}));
+    let (st, _) = get("not-a-key-0123456789", "/v1/whoami").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
+
+/// `GET /v1/stats` reads the budgets out (the console's health page): each
+/// budgeted key's bucket and its most drawn clients, served and refused;
+/// an admin sees every key, any other key its own only.
+#[tokio::test]
+async fn stats_show_the_budgets_of_each_key_and_client_to_whom_may_see_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("keys.toml");
+    std::fs::write(
+        &config,
+        "[[api_keys]]\nname = \"game\"\nkey = \"game-secret-0123456789\"\nrole = \"write\"\n\
+         client_requests_per_minute = 3\nrequests_per_minute = 100\n\n\
+         [[api_keys]]\nname = \"tools\"\nkey = \"tools-secret-0123456789\"\nrole = \"write\"\nrequests_per_minute = 50\n\n\
+         [[api_keys]]\nname = \"ops\"\nkey = \"ops-secret-0123456789\"\nrole = \"admin\"\n",
+    )
+    .unwrap();
+    let s = Server::start(tmp.path(), &["--config", config.to_str().unwrap()]);
+    let c = Client::new();
+    let get = |secret: &'static str, client: &'static str| {
+        c.get(s.url("/v1/stores/profiles")).bearer_auth(secret).header("Datastorer-Client-Id", client).send()
+    };
+    for _ in 0..5 {
+        get("game-secret-0123456789", "job-a").await.unwrap();
+    }
+    get("game-secret-0123456789", "job-b").await.unwrap();
+    let stats = |secret: &'static str| {
+        let r = c.get(s.url("/v1/stats")).bearer_auth(secret).send();
+        async move { r.await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let seen = stats("ops-secret-0123456789").await;
+    let keys: Vec<&str> = seen["api_budgets"].as_array().unwrap().iter().map(|b| b["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["game", "tools"], "an admin sees every budgeted key: {seen}");
+    let game = &seen["api_budgets"][0];
+    assert_eq!(
+        (game["requests_per_minute"].as_u64(), game["client_requests_per_minute"].as_u64()),
+        (Some(100), Some(3))
+    );
+    assert_eq!(game["client_count"], 2);
+    let a = &game["clients"][0];
+    assert_eq!(
+        (a["client"].as_str(), a["served"].as_u64(), a["refused"].as_u64()),
+        (Some("job-a"), Some(3), Some(2)),
+        "{game}"
+    );
+    assert!(a["used"].as_f64().unwrap() > 0.9, "job-a spent its burst: {a}");
+    assert_eq!(game["total"]["served"], 4, "the refused never reached the key's bucket: {game}");
+    assert_eq!(game["clients"][1]["client"], "job-b");
+    // The game's own key sees its own budget, not the tools key's.
+    let own = stats("game-secret-0123456789").await;
+    let keys: Vec<&str> = own["api_budgets"].as_array().unwrap().iter().map(|b| b["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["game"], "{own}");
+    assert_eq!(own["storage_budgets"]["write"], Value::Null, "no storage budget configured: unlimited");
+}
+
 #[test]
 fn bad_scopes_and_budgets_are_refused_at_start_naming_the_field() {
     let tmp = tempfile::tempdir().unwrap();

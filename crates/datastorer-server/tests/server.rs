@@ -1096,6 +1096,8 @@ async fn the_openapi_document_lists_every_route_and_each_is_routed() {
         ("/v1/stores/{store}/restore", "post"),
         ("/v1/stores/{store}/restore", "get"),
         ("/v1/stores/{store}/migrate", "post"),
+        ("/v1/stores/{store}/usage", "get"),
+        ("/v1/whoami", "get"),
     ];
     let mut documented = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {

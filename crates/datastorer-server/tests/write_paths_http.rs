@@ -23,9 +23,10 @@
 //! - `datastorer import-roblox` runs (real processes) from a third server
 //!   standing in for Roblox, whose values replace the keys nobody holds;
 //! - the console's edits (`console/src/edit.ts`): a whole document `PUT`
-//!   with `If-Match` on the version read, and an edit applied after a
+//!   with `If-Match` on the version read, an edit applied after a
 //!   hand-over (`request_release` under the console's client id, a merge
-//!   patch with `save`, release);
+//!   patch with `save`, release), and a delete after a hand-over (release,
+//!   then `DELETE` with `If-Match` on the released version);
 //! - the Luau client's resume: a session whose server died (or whose
 //!   answer was lost) is opened again and, if the stored document is one
 //!   the client sent since its last durable save, overwritten with the
@@ -258,7 +259,8 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
         // reach the other server, which forwards what it does not hold.
         let base = if rng.below(4) == 0 { shared.base(1 - server) } else { shared.base(server) };
         let start = tick();
-        match rng.below(115) {
+        match rng.below(117) {
+            115..=116 => console_handover_delete(&shared, &c, &base, key, &client_id, start).await,
             110..=112 => console_free_edit(&shared, &c, &base, key, &client_id).await,
             113..=114 => console_handover_edit(&shared, &c, &base, key, &client_id, start).await,
             100..=104 => open_cloud_set(&shared, &c, &base, key, &client_id).await,
@@ -752,6 +754,52 @@ async fn console_handover_edit(shared: &Shared, c: &Client, base: &str, key: &st
     }
 }
 
+/// The console's delete of a held key (`edit.ts`, `deleteAfterHandover`):
+/// read the record, open it with `request_release` under the console's
+/// client id, give up (closing) if the document changed since the read,
+/// release, then `DELETE` with `If-Match` on the released version.
+async fn console_handover_delete(shared: &Shared, c: &Client, base: &str, key: &str, client_id: &str, start: u64) {
+    let Some((StatusCode::OK, seen)) = send(c.get(format!("{base}{}", key_path(key)))).await else { return };
+    let body = json!({"client_id": format!("console-{client_id}"), "policy": "request_release", "grace_ms": 3000,
+        "timeout_ms": 1500});
+    let answer = send(c.post(format!("{base}{}/session", key_path(key))).json(&body)).await;
+    shared.log().disruptions.push(Disruption { key: Some(key.into()), server: None, start, end: tick() });
+    let Some((StatusCode::OK, v)) = answer else { return };
+    let (Some(token), Some(epoch)) = (v["lease_token"].as_str(), v["epoch"].as_u64()) else {
+        panic!("an open answered without token or epoch: {v}")
+    };
+    let session = format!("{base}{}/session", key_path(key));
+    if v["data"] != seen["data"] {
+        let _ = send(c.delete(&session).header("Lease-Token", token)).await;
+        return;
+    }
+    let Some((StatusCode::OK, released)) =
+        send(c.post(format!("{session}/release")).header("Lease-Token", token)).await
+    else {
+        return;
+    };
+    shared.log().released.push((key.into(), epoch, shared.history_len()));
+    let revision = released["revision"].as_u64().expect("a release names its revision");
+    let before = shared.history_len();
+    let call_start = tick();
+    let answer =
+        send(c.delete(format!("{base}{}", key_path(key))).header("If-Match", format!("\"{epoch}.{revision}\""))).await;
+    let end = tick();
+    let mut log = shared.log();
+    let said = answer.as_ref().map_or("no answer".to_owned(), |(st, v)| format!("{st} {v}"));
+    log.delete_calls.push((key.into(), format!("{client_id} console delete"), call_start, end, said));
+    match answer {
+        Some((StatusCode::OK, v)) => {
+            if v["deleted"] == json!(true) {
+                log.deletes.push((key.into(), before));
+            }
+            log.clears.push(InboxClear { key: key.into(), up_to: None, end });
+        }
+        Some((StatusCode::PRECONDITION_FAILED | StatusCode::CONFLICT, _)) => {}
+        _ => log.clears.push(InboxClear { key: key.into(), up_to: None, end }),
+    }
+}
+
 /// An Open Cloud tool's compare-and-set: read the entry (v1), add a
 /// change, set it with `matchVersion` (`exclusiveCreate` when absent).
 async fn open_cloud_set(shared: &Shared, c: &Client, base: &str, key: &str, client_id: &str) {
@@ -1172,7 +1220,7 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
     println!(
         "write paths over HTTP: {CLIENTS} clients × {steps} steps on 2 servers (one killed and restarted) in {:.1} s: \
          {} committed rows checked, {} acknowledged writes ({} restores, {} Open Cloud sets, {} facade updates, \
-         {} client resumes, {} console edits), \
+         {} client resumes, {} console edits), {} console deletes, \
          {} import runs ({} rows written by them), {} acknowledged deletes, {} posts, {} refusals explained",
         started.elapsed().as_secs_f64(),
         rows.len(),
@@ -1182,6 +1230,7 @@ async fn every_write_path_over_http_keeps_what_it_acknowledged_across_two_server
         log.acks.iter().filter(|a| a.what.contains("facade")).count(),
         log.resumes,
         log.acks.iter().filter(|a| a.what.contains("console")).count(),
+        log.delete_calls.iter().filter(|d| d.1.contains("console") && d.4.starts_with("200")).count(),
         log.imports.len(),
         rows.iter()
             .filter(|r| r.record.as_ref().is_some_and(|rec| {

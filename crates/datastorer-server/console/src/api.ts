@@ -3,6 +3,16 @@
 // never in a URL), and every failure is an ApiError with the server's code.
 
 const KEY = "datastorer.apiKey";
+/** Who the key is ({name, role, stores}): not a secret, kept beside it. */
+const WHO = "datastorer.who";
+
+export type Role = "read" | "write" | "admin";
+
+export interface Who {
+  name: string;
+  role: Role;
+  stores: string[] | null;
+}
 
 export class ApiError extends Error {
   constructor(
@@ -20,13 +30,36 @@ export function signedIn(): boolean {
 
 export function signOut(): void {
   sessionStorage.removeItem(KEY);
+  sessionStorage.removeItem(WHO);
+}
+
+/** The signed-in key's name, role and stores (as the server said at sign-in). */
+export function who(): Who | null {
+  try {
+    return JSON.parse(sessionStorage.getItem(WHO) ?? "null") as Who | null;
+  } catch {
+    return null;
+  }
+}
+
+const RANK: Record<Role, number> = { read: 0, write: 1, admin: 2 };
+
+/**
+ * Whether the signed-in key has `role` (the console offers only what it
+ * may do; the server checks every request all the same). Unknown: offered,
+ * and the server's answer says.
+ */
+export function may(role: Role): boolean {
+  const w = who();
+  return w === null || RANK[w.role] >= RANK[role];
 }
 
 /** Checks `apiKey` against the server (an empty one: a server without keys) and keeps it for this tab. */
 export async function signIn(apiKey: string): Promise<void> {
   sessionStorage.setItem(KEY, apiKey);
   try {
-    await call("GET", "/v1/stores?limit=1");
+    const { body } = await call<Who>("GET", "/v1/whoami");
+    sessionStorage.setItem(WHO, JSON.stringify(body));
   } catch (e) {
     signOut();
     throw e;

@@ -23,19 +23,41 @@ export function h(tag: string, attrs: Attrs = {}, ...children: Child[]): HTMLEle
   return el;
 }
 
-/** Replaces what `main` shows and moves the focus to its heading (for keyboard and screen-reader users). */
-export function show(...children: Child[]): void {
-  const main = document.getElementById("main");
-  if (!main) return;
-  main.replaceChildren();
-  for (const c of children) {
-    if (c) main.append(typeof c === "string" ? document.createTextNode(c) : c);
-  }
-  const heading = main.querySelector("h1");
-  if (heading) {
-    heading.setAttribute("tabindex", "-1");
-    heading.focus();
-  }
+/** Counts navigations: a page's answer that arrives after the user moved on must not paint over the newer page. */
+let navigation = 0;
+
+/** Called by the router on every navigation. */
+export function navigated(): void {
+  navigation += 1;
+}
+
+/**
+ * What a page draws with: replaces what `main` shows and moves the focus to
+ * its heading (for keyboard and screen-reader users), but only while the
+ * navigation that opened the page is still the current one.
+ */
+export type Screen = ((...children: Child[]) => void) & {
+  /** Whether the user is still on the page this screen belongs to. */
+  current: () => boolean;
+};
+
+export function screen(): Screen {
+  const mine = navigation;
+  const draw = (...children: Child[]) => {
+    if (mine !== navigation) return;
+    const main = document.getElementById("main");
+    if (!main) return;
+    main.replaceChildren();
+    for (const c of children) {
+      if (c) main.append(typeof c === "string" ? document.createTextNode(c) : c);
+    }
+    const heading = main.querySelector("h1");
+    if (heading) {
+      heading.setAttribute("tabindex", "-1");
+      heading.focus();
+    }
+  };
+  return Object.assign(draw, { current: () => mine === navigation });
 }
 
 /** A message in the page's alert region. */

@@ -103,3 +103,45 @@ export async function applyAfterHandover(r: RecordView, edited: Json, editor: st
   const { body: released } = await call<{ revision: number }>("POST", `${session}/release`, undefined, token);
   return { ok: true, message: `Applied after the holder handed over (its last change kept): revision ${released.revision}.` };
 }
+
+/** A key nobody holds: deleted only if it is still the version shown. */
+export async function deleteFree(r: RecordView, etag: string): Promise<Outcome> {
+  try {
+    await call("DELETE", recordPath(r), undefined, { "If-Match": etag });
+    return { ok: true, message: `Deleted ${r.key} (kept as a version: the history can bring it back).` };
+  } catch (e) {
+    if (e instanceof ApiError && e.code === "precondition_failed") {
+      return { ok: false, message: "Not deleted: the record changed since this page loaded. Reload to see it." };
+    }
+    if (e instanceof ApiError && e.code === "lease_held") {
+      return { ok: false, message: "Not deleted: a game server took the key meanwhile. Reload, then ask it to hand over." };
+    }
+    throw e;
+  }
+}
+
+/** A held key: ask for a hand-over, then delete if nothing changed since the page loaded. */
+export async function deleteAfterHandover(r: RecordView, editor: string): Promise<Outcome> {
+  const session = `${recordPath(r)}/session`;
+  const { body: opened } = await call<RecordView & { lease_token: string; epoch: number }>("POST", session, {
+    client_id: `console:${editor}`,
+    policy: "request_release",
+    grace_ms: 3000,
+    timeout_ms: 15000,
+  });
+  const token = { "Lease-Token": opened.lease_token };
+  if (JSON.stringify(opened.data) !== JSON.stringify(r.data)) {
+    await call("DELETE", session, undefined, token);
+    return { ok: false, message: "Not deleted: the holder saved changes since this page loaded (they are kept). Reload to see them." };
+  }
+  const { body: released } = await call<{ revision: number }>("POST", `${session}/release`, undefined, token);
+  try {
+    await call("DELETE", recordPath(r), undefined, { "If-Match": `"${opened.epoch}.${released.revision}"` });
+  } catch (e) {
+    if (e instanceof ApiError && (e.code === "precondition_failed" || e.code === "lease_held")) {
+      return { ok: false, message: "Not deleted: the key was written or taken again right after the hand-over. Reload to see it." };
+    }
+    throw e;
+  }
+  return { ok: true, message: `The holder handed over, then ${r.key} was deleted (kept as a version: the history can bring it back).` };
+}

@@ -3,8 +3,8 @@
 // typed confirmation, and the audit trail: each through the server's
 // fenced routes, which save and hand over a holder's session first.
 
-import { call, seg } from "./api";
-import { alertBox, bytes, h, show, when } from "./dom";
+import { call, may, seg } from "./api";
+import { alertBox, bytes, h, screen, when } from "./dom";
 import type { Json } from "./edit";
 
 interface VersionInfo {
@@ -46,6 +46,7 @@ export function differences(a: Json | undefined, b: Json | undefined, path = "")
 const keyPath = (store: string, key: string) => `/v1/stores/${seg(store)}/keys/${seg(key)}`;
 
 export async function historyPage(store: string, key: string, failure: Fail): Promise<void> {
+  const show = screen();
   const crumbs = h("nav", { "aria-label": "Breadcrumb" }, h("a", { href: "#/stores" }, "Stores"), " / ",
     h("a", { href: `#/keys/${seg(store)}` }, store), " / ", h("a", { href: `#/key/${seg(store)}/${seg(key)}` }, key));
   const heading = h("h1", {}, `History of ${key}`);
@@ -109,7 +110,7 @@ export async function historyPage(store: string, key: string, failure: Fail): Pr
       h("td", {}, v.version),
       h("td", {}, when(v.saved_at_ms)),
       h("td", {}, v.deleted ? "deleted" : bytes(v.size)),
-      h("td", {}, h("button", { type: "button", class: "small", onclick: restore(v.version), "aria-label": `Restore version ${v.version}` }, "Restore"))));
+      h("td", {}, may("admin") ? h("button", { type: "button", class: "small", onclick: restore(v.version), "aria-label": `Restore version ${v.version}` }, "Restore") : "")));
   show(
     crumbs,
     heading,
@@ -117,8 +118,8 @@ export async function historyPage(store: string, key: string, failure: Fail): Pr
     diff,
     diffOut,
     h("h2", {}, "Versions"),
-    h("label", { for: "keep" }, "When restoring, keep these parts of the current document (JSON pointers, comma-separated)"),
-    keep,
+    may("admin") ? h("label", { for: "keep" }, "When restoring, keep these parts of the current document (JSON pointers, comma-separated)") : null,
+    may("admin") ? keep : null,
     restoreOut,
     h("table", { id: "versions" },
       h("thead", {}, h("tr", {}, h("th", {}, "Version"), h("th", {}, "Saved"), h("th", {}, "Size"), h("th", {}, h("span", { class: "sr" }, "Restore")))),
@@ -154,6 +155,7 @@ export function eraseSection(userId: string, failure: Fail): HTMLElement {
 }
 
 export async function auditPage(params: URLSearchParams, failure: Fail): Promise<void> {
+  const show = screen();
   const heading = h("h1", {}, "Audit trail");
   const action = h("input", { id: "audit-action", value: params.get("action") ?? "", autocomplete: "off" }) as HTMLInputElement;
   const actor = h("input", { id: "audit-actor", value: params.get("actor") ?? "", autocomplete: "off" }) as HTMLInputElement;

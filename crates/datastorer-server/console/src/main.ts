@@ -4,10 +4,10 @@
 // URL's fragment (#/stores, #/keys/STORE, #/key/STORE/KEY, #/user/ID),
 // never the API key.
 
-import { ApiError, call, seg, signIn, signOut, signedIn } from "./api";
+import { ApiError, call, may, seg, signIn, signOut, signedIn, who } from "./api";
 import type { KeyList, RecordView, StoreList, UserRecords } from "./api";
-import { alertBox, bytes, h, show, when } from "./dom";
-import { applyAfterHandover, saveFree, sendToHolder } from "./edit";
+import { alertBox, bytes, h, navigated, screen, when } from "./dom";
+import { applyAfterHandover, deleteAfterHandover, deleteFree, saveFree, sendToHolder } from "./edit";
 import { healthPage, leaveHealth } from "./health";
 import { auditPage, eraseSection, historyPage, storeRestoreSection } from "./history";
 import type { Json, Outcome } from "./edit";
@@ -35,6 +35,7 @@ function failure(e: unknown): HTMLElement {
 }
 
 function signInPage(): void {
+  const show = screen();
   const input = h("input", { id: "api-key", type: "password", autocomplete: "off", spellcheck: "false" }) as HTMLInputElement;
   const message = h("div", { "aria-live": "polite" });
   const form = h(
@@ -59,21 +60,66 @@ function signInPage(): void {
   input.focus();
 }
 
-async function storesPage(): Promise<void> {
+interface StoreUsage {
+  keys: number;
+  bytes: number;
+  versions: number;
+  version_bytes: number;
+  measured_at_ms: number;
+}
+
+/** Counts each listed store (a few at a time) and fills in its row as the answers come. */
+async function fillUsage(names: string[], cells: Map<string, HTMLElement[]>, fresh: boolean, alive: () => boolean): Promise<void> {
+  const queue = [...names];
+  const worker = async () => {
+    for (let name = queue.shift(); name !== undefined && alive(); name = queue.shift()) {
+      const row = cells.get(name) ?? [];
+      try {
+        const u = (await call<StoreUsage>("GET", `/v1/stores/${seg(name)}/usage${fresh ? "?fresh=true" : ""}`)).body;
+        const values = [u.keys.toLocaleString("en"), bytes(u.bytes), u.versions.toLocaleString("en"), bytes(u.version_bytes)];
+        row.forEach((cell, i) => {
+          cell.textContent = values[i] ?? "";
+        });
+        row[0]?.setAttribute("title", `counted ${when(u.measured_at_ms)}`);
+      } catch (e) {
+        row.forEach((cell) => {
+          cell.textContent = "—";
+        });
+        row[0]?.setAttribute("title", e instanceof ApiError ? `${e.message} (${e.code})` : String(e));
+      }
+    }
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
+}
+
+async function storesPage(params: URLSearchParams): Promise<void> {
+  const show = screen();
+  const cursor = params.get("cursor");
   show(h("h1", {}, "Stores"), h("p", { class: "muted" }, "Loading…"));
   try {
-    const names: string[] = [];
-    let cursor: string | null = null;
-    do {
-      const q: string = cursor ? `&cursor=${seg(cursor)}` : "";
-      const page: StoreList = (await call<StoreList>("GET", `/v1/stores?limit=1000${q}`)).body;
-      names.push(...page.stores);
-      cursor = page.next_cursor;
-    } while (cursor && names.length < 10_000);
+    const q = cursor ? `&cursor=${seg(cursor)}` : "";
+    const page = (await call<StoreList>("GET", `/v1/stores?limit=${PAGE}${q}`)).body;
+    const names = page.stores;
+    const cells = new Map<string, HTMLElement[]>();
+    const rows = names.map((n) => {
+      const row = [0, 1, 2, 3].map(() => h("td", { class: "num" }, "…"));
+      cells.set(n, row);
+      return h("tr", {}, h("td", {}, link(`#/keys/${seg(n)}`, n)), ...row);
+    });
+    const recount = h("button", { type: "button", id: "recount" }, "Count again");
+    recount.addEventListener("click", () => void fillUsage(names, cells, true, show.current));
     const list = names.length
-      ? h("ul", { class: "list", id: "stores" }, ...names.map((n) => h("li", {}, link(`#/keys/${seg(n)}`, n))))
+      ? h(
+          "table",
+          { id: "stores" },
+          h("caption", { class: "muted" }, "Counted on the server, without reading a document; a count is reused for 30 s."),
+          h("thead", {}, h("tr", {}, ...["Store", "Keys", "Size", "Versions kept", "History size"].map((t) => h("th", { scope: "col" }, t)))),
+          h("tbody", {}, ...rows),
+        )
       : h("p", { class: "muted" }, "No store holds a record yet.");
-    show(h("h1", {}, "Stores"), findUser(), list);
+    const next = page.next_cursor ? link(`#/stores?cursor=${seg(page.next_cursor)}`, "Next page") : null;
+    show(h("h1", {}, "Stores"), may("admin") ? findUser() : null, list, h("div", { class: "actions" }, next, names.length ? recount : null));
+    await fillUsage(names, cells, false, show.current);
   } catch (e) {
     show(h("h1", {}, "Stores"), failure(e));
   }
@@ -98,6 +144,7 @@ function findUser(): HTMLElement {
 }
 
 async function keysPage(store: string, params: URLSearchParams): Promise<void> {
+  const show = screen();
   const prefix = params.get("prefix") ?? "";
   const cursor = params.get("cursor");
   const heading = h("h1", {}, `Keys of ${store}`);
@@ -126,7 +173,7 @@ async function keysPage(store: string, params: URLSearchParams): Promise<void> {
     const next = page.next_cursor
       ? link(`#/keys/${seg(store)}?prefix=${seg(prefix)}&cursor=${seg(page.next_cursor)}`, "Next page")
       : null;
-    show(h("nav", { "aria-label": "Breadcrumb" }, link("#/stores", "Stores")), heading, search, list, next, storeRestoreSection(store, failure));
+    show(h("nav", { "aria-label": "Breadcrumb" }, link("#/stores", "Stores")), heading, search, list, next, may("admin") ? storeRestoreSection(store, failure) : null);
   } catch (e) {
     show(h("nav", {}, link("#/stores", "Stores")), heading, search, failure(e));
   }
@@ -188,7 +235,45 @@ function editor(r: RecordView, etag: string, held: boolean, done: (o: Outcome) =
   );
 }
 
-async function keyPage(store: string, key: string, notice?: Outcome): Promise<void> {
+/** `show` is the page's own when an edit's outcome redraws it: dropped if the user has moved on. */
+/** Deleting the key, by the same rules as an edit; the key's name typed to confirm. */
+function deleteSection(r: RecordView, etag: string, held: boolean, done: (o: Outcome) => void): HTMLElement {
+  const confirm = h("input", { id: "delete-confirm", autocomplete: "off", spellcheck: "false" }) as HTMLInputElement;
+  const status = h("div", { "aria-live": "polite" });
+  const button = h(
+    "button",
+    { type: "button", id: "delete", class: "danger" },
+    held ? "Ask the holder to hand over, then delete" : "Delete this key",
+  );
+  button.addEventListener("click", async () => {
+    status.replaceChildren();
+    if (confirm.value !== r.key) {
+      status.append(alertBox(`Nothing deleted: type the key's name (${r.key}) exactly to confirm.`));
+      return;
+    }
+    try {
+      const outcome = held ? await deleteAfterHandover(r, "console") : await deleteFree(r, etag);
+      if (outcome.ok) done(outcome);
+      else status.append(alertBox(outcome.message));
+    } catch (e) {
+      status.append(failure(e));
+    }
+  });
+  return h(
+    "section",
+    { "aria-labelledby": "delete-heading" },
+    h("h2", { id: "delete-heading" }, "Delete the key"),
+    h("p", { class: "muted" }, held
+      ? "A game server holds this key: it saves and hands over first; the key is deleted only if nothing changed since this page loaded. The delete is kept as a version, so the history can bring the key back."
+      : "Deleted only if the record is still the version shown here. The delete is kept as a version, so the history can bring the key back."),
+    h("label", { for: "delete-confirm" }, `Type ${r.key} to confirm`),
+    confirm,
+    h("div", { class: "actions" }, button),
+    status,
+  );
+}
+
+async function keyPage(store: string, key: string, notice?: Outcome, show = screen()): Promise<void> {
   const crumbs = h(
     "nav",
     { "aria-label": "Breadcrumb" },
@@ -256,14 +341,25 @@ async function keyPage(store: string, key: string, notice?: Outcome): Promise<vo
         : waiting.length
           ? h("ul", { class: "list", id: "messages" }, ...waiting.map((m) => h("li", {}, `#${m.id} · ${when(m.sent_at_ms)} · ${JSON.stringify(m.message)}`)))
           : h("p", { class: "muted" }, "None."),
-      editor(r, etag, held, (outcome) => void keyPage(store, key, outcome)),
+      ...(may("write")
+        ? [
+            editor(r, etag, held, (outcome) => void keyPage(store, key, outcome, show)),
+            deleteSection(r, etag, held, (outcome) => void keyPage(store, key, outcome, show)),
+          ]
+        : [h("p", { class: "muted", id: "read-only" }, `Signed in as ${who()?.name ?? "a read-only key"} (read-only): this key can look, not change.`)]),
     );
   } catch (e) {
-    show(crumbs, heading, failure(e));
+    if (notice?.ok && e instanceof ApiError && e.code === "no_such_key") {
+      // What the notice reports (a delete) is why the record is gone.
+      show(crumbs, heading, alertBox(notice.message, "ok"), h("p", { class: "muted" }, "No record is stored for this key now."));
+    } else {
+      show(crumbs, heading, notice ? alertBox(notice.message, notice.ok ? "ok" : "error") : null, failure(e));
+    }
   }
 }
 
 async function userPage(userId: string): Promise<void> {
+  const show = screen();
   const heading = h("h1", {}, `Player ${userId}`);
   show(h("nav", {}, link("#/stores", "Stores")), heading, h("p", { class: "muted" }, "Loading…"));
   try {
@@ -282,12 +378,16 @@ async function userPage(userId: string): Promise<void> {
 }
 
 function route(): void {
+  navigated();
   leaveHealth();
   const raw = location.hash.replace(/^#\/?/, "");
   const [path = "", query = ""] = raw.split("?");
   const parts = path.split("/").map((p) => decodeURIComponent(p));
   const signOutButton = document.getElementById("sign-out");
   if (signOutButton) signOutButton.hidden = !signedIn();
+  // The audit trail is an admin's to read.
+  const auditLink = document.getElementById("audit-link");
+  if (auditLink) auditLink.hidden = !signedIn() || !may("admin");
   if (!signedIn() || parts[0] === "signin") {
     signInPage();
     return;
@@ -313,7 +413,7 @@ function route(): void {
       void healthPage(failure);
       break;
     default:
-      void storesPage();
+      void storesPage(params);
   }
 }
 

@@ -4,12 +4,13 @@
 // is saved as a screenshot under SCREENSHOTS. Exits non-zero on the first
 // failed check, saying which.
 //
-// Environment: BASE_URL, ADMIN_KEY, READ_KEY, SCREENSHOTS, CHROMIUM.
+// Environment: BASE_URL, ADMIN_KEY, READ_KEY, GAME_KEY (a write key with a
+// budget per client), SCREENSHOTS, CHROMIUM.
 
 import { chromium } from "playwright-core";
 
-const { BASE_URL, ADMIN_KEY, READ_KEY, SCREENSHOTS, CHROMIUM } = process.env;
-const secrets = [ADMIN_KEY, READ_KEY];
+const { BASE_URL, ADMIN_KEY, READ_KEY, GAME_KEY, SCREENSHOTS, CHROMIUM } = process.env;
+const secrets = [ADMIN_KEY, READ_KEY, GAME_KEY];
 
 function check(ok, what) {
   if (!ok) throw new Error(`check failed: ${what}`);
@@ -59,6 +60,13 @@ try {
   await page.locator("#stores").waitFor();
   console.log(`  stores page shown ${Date.now() - firstPaint} ms after the console was opened`);
   check(await page.getByRole("link", { name: "profiles", exact: true }).isVisible(), "the stores are listed");
+  // Each with its key count and size, counted on the server.
+  const listed = await (await fetch(`${BASE_URL}/v1/stores/profiles/keys?limit=1000`, { headers: { Authorization: `Bearer ${ADMIN_KEY}` } })).json();
+  const profilesRow = page.locator("#stores tr", { has: page.getByRole("link", { name: "profiles", exact: true }) });
+  await page.waitForFunction(() => !document.querySelector("#stores tbody")?.textContent.includes("…"));
+  const cells = await profilesRow.locator("td").allTextContents();
+  check(cells[1] === String(listed.keys.length), `a store shows its key count (${cells[1]} of ${listed.keys.length})`);
+  check(/MiB$/.test(cells[2]) && Number(cells[3]) >= listed.keys.length, `and its size and kept versions (${cells.join(" | ")})`);
   await shot("02-stores");
 
   // A player by user id.
@@ -173,6 +181,22 @@ try {
   await page.waitForFunction(() => Number(document.getElementById("rate-0-0")?.textContent) > 5, null, { timeout: 30000 });
   check(true, "the requests chart moves under load");
   await load;
+  check((await page.locator("#routes").textContent()).includes("/v1/stores/{store}/keys/{key}"), "the busiest routes are named");
+  // Two game servers under one key: one spends more than its budget (60 a
+  // minute), the other a little.
+  const game = (client, n) => Promise.all(Array.from({ length: n }, () =>
+    fetch(`${BASE_URL}/v1/stores/profiles`, { headers: { Authorization: `Bearer ${GAME_KEY}`, "Datastorer-Client-Id": client } })
+      .then((r) => r.status)));
+  const spent = [...(await game("game-a", 75)), ...(await game("game-b", 5))];
+  check(spent.filter((st) => st === 429).length >= 10, "a game server over its budget is refused");
+  await page.waitForFunction(() => document.querySelector("#budgets")?.textContent.includes("game · game-a"));
+  const budgetRows = await page.locator("#budgets tbody tr").allTextContents();
+  const rowA = budgetRows.find((r) => r.startsWith("game · game-a")) ?? "";
+  const usedA = Number(await page.locator("#budgets tbody tr", { hasText: "game · game-a" }).locator("meter").getAttribute("value"));
+  check(usedA > 80 && budgetRows.some((r) => r.startsWith("game · game-b")), `the budgets of a key and of each of its clients are shown (${rowA})`);
+  await page.waitForFunction(() => Number(document.getElementById("rate-4-1")?.textContent) > 50);
+  check((await page.locator("#chart-4").count()) === 1 && (await page.getByText("game, busiest client (%):").count()) === 1,
+    "with a chart of each budgeted key and its busiest client");
   await shot("16-health");
 
   // A held key says who holds it; an edit is applied after a hand-over,
@@ -193,6 +217,24 @@ try {
   await page.locator(".alert.ok").waitFor();
   check((await page.locator(".alert.ok").textContent()).includes("Delivered to the holder as message"), "or is delivered to its holder as a message");
   check((await page.locator("#messages").textContent()).includes('"console_edit"'), "which the key's page shows waiting");
+
+  // Delete, by the same rules as an edit: a free key only if it is still
+  // the version shown, a held one after its holder handed over.
+  await openKey("to-delete");
+  await page.getByLabel("Type to-delete to confirm").fill("to-delet");
+  await page.getByRole("button", { name: "Delete this key" }).click();
+  await page.getByRole("alert").waitFor();
+  check((await page.getByRole("alert").textContent()).includes("type the key's name"), "a delete needs the key's name typed exactly");
+  await page.getByLabel("Type to-delete to confirm").fill("to-delete");
+  await page.getByRole("button", { name: "Delete this key" }).click();
+  await page.locator(".alert.ok").waitFor();
+  check((await page.locator(".alert.ok").textContent()).startsWith("Deleted to-delete"), "a free key is deleted");
+  await openKey("held-3");
+  await page.getByLabel("Type held-3 to confirm").fill("held-3");
+  await page.getByRole("button", { name: "Ask the holder to hand over, then delete" }).click();
+  await page.locator(".alert.ok").waitFor({ timeout: 30000 });
+  check((await page.locator(".alert.ok").textContent()).includes("The holder handed over, then held-3 was deleted"), "a held key is deleted after its holder handed over");
+  await shot("18-deleted");
 
   // Keys by prefix, paged.
   await page.goto(`${BASE_URL}/console#/keys/profiles`);
@@ -238,11 +280,20 @@ try {
   await page.locator("#stores").waitFor();
   check(true, "a read-only key signs in and browses");
   await openKey("player-4242");
-  await edit((d) => { d.coins = 1; });
-  await page.getByRole("button", { name: "Save" }).click();
-  await page.getByRole("alert").waitFor();
-  check((await page.getByRole("alert").textContent()).includes("forbidden"), "a read-only key cannot change anything");
+  check(await page.locator("#read-only").isVisible(), "a read-only key is told it can look, not change");
+  check(!(await page.locator("#edit, #delete, #save").count()), "and is offered no edit and no delete");
+  check(await page.locator("#audit-link").isHidden(), "nor the audit trail");
   await shot("15-read-only");
+  await page.getByRole("link", { name: "History" }).click();
+  await page.locator("#versions").waitFor();
+  check(!(await page.getByRole("button", { name: /^Restore version/ }).count()), "nor a restore");
+  // The server refuses it all the same.
+  const refused = await page.evaluate(async (url) => (await fetch(url, {
+    method: "PUT",
+    headers: { Authorization: `Bearer ${sessionStorage.getItem("datastorer.apiKey")}`, "Content-Type": "application/json" },
+    body: "{}",
+  })).status, `${BASE_URL}/v1/stores/profiles/keys/player-4242`);
+  check(refused === 403, "a read-only key cannot change anything");
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByLabel("API key").waitFor();
   check((await page.evaluate(() => sessionStorage.length)) === 0, "signing out forgets the key");

@@ -22,6 +22,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz").route(web::get().to(healthz)))
         .service(resource("/readyz").route(web::get().to(readyz)))
         .service(resource("/v1/stats").route(web::get().to(stats)))
+        .service(resource("/v1/whoami").route(web::get().to(whoami)))
         .service(resource("/metrics").route(web::get().to(metrics)))
         .service(resource("/v1/openapi.json").route(web::get().to(openapi)))
         .service(resource("/v1/webhooks/test").route(web::post().to(test_webhooks)));
@@ -58,11 +59,18 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /v1/stats`: the metrics' counters as JSON (the console's charts).
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
-    state.auth(&req, Role::Read)?;
+    let who = state.auth(&req, Role::Read)?;
     let gauges = gauges(&state).await;
     let delivered = state.webhooks.delivered.load(Ordering::Relaxed);
     let mut snapshot = state.metrics.snapshot(&gauges, delivered);
     snapshot["at_ms"] = json!(state.ds.now_ms());
+    // Other keys' names and their clients (game servers' job ids) are for
+    // an admin; any other key sees its own budget only.
+    let mut budgets = state.budgets.readings();
+    if who.role != Role::Admin {
+        budgets.retain(|b| b.key == who.name);
+    }
+    snapshot["api_budgets"] = json!(budgets);
     Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(snapshot))
 }
 
@@ -76,6 +84,18 @@ async fn gauges(state: &AppState) -> Gauges {
         save_failures: state.ds.save_failures(),
         queue: state.ds.queue_stats().await,
     }
+}
+
+/// `GET /v1/whoami`: the name, role and store scope of the key the
+/// request came with (what the console shows and offers follows them; the
+/// server checks every request all the same).
+async fn whoami(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse> {
+    let who = state.auth(&req, Role::Read)?;
+    Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(json!({
+        "name": who.name,
+        "role": who.role.as_str(),
+        "stores": who.stores,
+    })))
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -35,6 +35,7 @@ pub(super) fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/v1/stores").route(web::get().to(list_stores)))
     .service(resource("/v1/stores/{store}/keys").route(web::get().to(list_keys)))
+    .service(resource("/v1/stores/{store}/usage").route(web::get().to(store_usage)))
     .service(resource("/v1/stores/{store}").route(web::get().to(describe_store)));
 }
 
@@ -124,6 +125,54 @@ async fn list_keys(
         None
     };
     Ok(HttpResponse::Ok().json(json!({ "keys": keys, "next_cursor": next })))
+}
+
+/// How long a store's counted size is answered again before it is counted
+/// anew: a console's store list shown twice in a row counts once.
+const USAGE_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    /// Count now, whatever was counted before.
+    #[serde(default)]
+    fresh: bool,
+}
+
+/// `GET /v1/stores/{store}/usage[?fresh=true]`: how many records and kept
+/// versions the store holds and their bytes, with when they were counted.
+async fn store_usage(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<UsageQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse> {
+    state.auth(&req, Role::Read)?;
+    let name = path.into_inner();
+    datastorer::validate_store_name(&name).map_err(ApiError::from)?;
+    let cached = state.usage.lock().unwrap_or_else(|p| p.into_inner()).get(&name).copied();
+    let (usage, at_ms) = match cached {
+        Some((usage, at_ms, at)) if !query.fresh && at.elapsed() < USAGE_FRESH_FOR => (usage, at_ms),
+        _ => {
+            let usage = state.ds.store_usage(&name).await?;
+            let at_ms = crate::ending::now_ms();
+            let mut cache = state.usage.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: stores named by requests that were never created
+            // would otherwise each keep an entry.
+            if cache.len() >= 10_000 {
+                cache.retain(|_, (_, _, at)| at.elapsed() < USAGE_FRESH_FOR);
+            }
+            cache.insert(name.clone(), (usage, at_ms, std::time::Instant::now()));
+            (usage, at_ms)
+        }
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "store": name,
+        "keys": usage.keys,
+        "bytes": usage.bytes,
+        "versions": usage.versions,
+        "version_bytes": usage.version_bytes,
+        "measured_at_ms": at_ms,
+    })))
 }
 
 /// `GET /v1/stores?prefix=&cursor=&limit=`: the stores holding records
