@@ -928,6 +928,11 @@ pub async fn run(cfg: BenchConfig, out: PathBuf, only: Option<String>) -> Result
             add(m);
         }
     }
+    if wanted("console") {
+        for m in super::bench_console::bench_console(&cfg, &scratch).await? {
+            add(m);
+        }
+    }
     if wanted("cold") {
         for m in bench_cold_load(&cfg, &scratch).await? {
             add(m);

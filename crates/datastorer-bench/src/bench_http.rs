@@ -19,9 +19,9 @@ use super::bench_pg::drive;
 pub const CONNECTIONS: usize = 64;
 
 /// Our server as a child process on a free port; killed on drop.
-struct Child {
+pub(super) struct Child {
     process: std::process::Child,
-    base: String,
+    pub(super) base: String,
 }
 
 impl Drop for Child {
@@ -42,7 +42,7 @@ fn start_server(dir: &Path) -> Result<Child, String> {
 }
 
 /// `datastorer serve` on a free loopback port with `args`.
-fn spawn_server(args: &[std::ffi::OsString]) -> Result<Child, String> {
+pub(super) fn spawn_server(args: &[std::ffi::OsString]) -> Result<Child, String> {
     use std::io::BufRead;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut command = std::process::Command::new(exe);

@@ -12,6 +12,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod bench_console;
 mod bench_history;
 mod bench_http;
 mod bench_pg;
@@ -37,7 +38,7 @@ struct Cli {
     /// alternate runs with and without this flag).
     #[arg(long)]
     no_versions: bool,
-    /// Only benchmarks whose tag contains this: update, throughput, latency, shutdown, scale, http, cold; pg (PostgreSQL, only when named; pg-saves, pg-notify, pg-burst, pg-latency, pg-handoff, pg-processes, pg-fleet for one part).
+    /// Only benchmarks whose tag contains this: update, throughput, latency, shutdown, scale, http, history, console, cold; pg (PostgreSQL, only when named; pg-saves, pg-notify, pg-burst, pg-latency, pg-handoff, pg-processes, pg-fleet for one part).
     #[arg(long)]
     only: Option<String>,
     /// Where results.json and results.svg go (scratch data too, removed after).
