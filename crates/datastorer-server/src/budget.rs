@@ -22,6 +22,8 @@ struct Bucket {
     /// charts, which turn two readings into rates).
     served: u64,
     refused: u64,
+    /// When the bucket was made (a client's: its first request).
+    created: Instant,
 }
 
 impl Bucket {
@@ -58,6 +60,7 @@ impl Bucket {
             used: if self.capacity > 0.0 { (1.0 - self.tokens / self.capacity).clamp(0.0, 1.0) } else { 0.0 },
             served: self.served,
             refused: self.refused,
+            age_ms: now.saturating_duration_since(self.created).as_millis() as u64,
         }
     }
 }
@@ -65,7 +68,7 @@ impl Bucket {
 impl Bucket {
     fn full(rpm: u32, now: Instant) -> Self {
         let rpm = f64::from(rpm);
-        Bucket { tokens: rpm, capacity: rpm, per_sec: rpm / 60.0, last: now, served: 0, refused: 0 }
+        Bucket { tokens: rpm, capacity: rpm, per_sec: rpm / 60.0, last: now, served: 0, refused: 0, created: now }
     }
 }
 
@@ -88,6 +91,9 @@ pub(crate) struct BucketReading {
     /// Requests it let through and refused, since the server started.
     pub(crate) served: u64,
     pub(crate) refused: u64,
+    /// How long the bucket has existed: a reader that compares two
+    /// readings knows a client it had not seen started from nothing.
+    pub(crate) age_ms: u64,
 }
 
 /// A key's budgets as read for the charts: its own bucket, and its
@@ -230,7 +236,7 @@ mod tests {
     #[test]
     fn a_bucket_allows_a_burst_then_one_request_per_refill() {
         let t0 = Instant::now();
-        let mut b = Bucket { tokens: 3.0, capacity: 3.0, per_sec: 0.5, last: t0, served: 0, refused: 0 };
+        let mut b = Bucket { tokens: 3.0, capacity: 3.0, per_sec: 0.5, last: t0, served: 0, refused: 0, created: t0 };
         assert!((0..3).all(|_| b.take(t0).is_ok()));
         assert_eq!(b.take(t0), Err(2), "one token every 2 s");
         assert_eq!(b.take(t0 + Duration::from_millis(1000)), Err(1));

@@ -10,13 +10,15 @@
 //!
 //! Skips (saying so) without chromium, Node.js or the console's build,
 //! unless `DATASTORER_REQUIRE_BROWSER=1` (set by `.ci/run`, which installs
-//! chromium).
+//! chromium). Run twice: on sled, and on PostgreSQL (skipped without it,
+//! unless `DATASTORER_REQUIRE_PG=1`).
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::pg::PgSchema;
 use common::server::{call, key_url, token_of, Server};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::json;
@@ -130,6 +132,18 @@ async fn seed(c: &Client, s: &Server) {
 
 #[tokio::test]
 async fn the_console_works_in_a_real_browser() {
+    console_in_a_browser(None).await;
+}
+
+/// The same checks with the server on PostgreSQL.
+#[tokio::test]
+async fn the_console_works_in_a_real_browser_on_postgresql() {
+    let Some(pg) = PgSchema::new("the_console_works_in_a_real_browser_on_postgresql") else { return };
+    console_in_a_browser(Some(&pg)).await;
+}
+
+async fn console_in_a_browser(pg: Option<&PgSchema>) {
+    let backend = if pg.is_some() { "postgresql" } else { "sled" };
     let (chromium, build) = match tools() {
         Ok(t) => t,
         Err(why) => {
@@ -155,7 +169,11 @@ async fn the_console_works_in_a_real_browser() {
         ),
     )
     .unwrap();
-    let mut s = Server::process(tmp.path(), &["--config", keys.to_str().unwrap()]);
+    let args = ["--config", keys.to_str().unwrap()];
+    let mut s = match pg {
+        None => Server::process(tmp.path(), &args),
+        Some(pg) => Server::start_pg(&tmp.path().join("server"), &pg.url, &pg.schema, &args),
+    };
     let c = Client::new();
     seed(&c, &s).await;
     // A store to restore to a point in time: two keys, then (after that
@@ -192,10 +210,14 @@ async fn the_console_works_in_a_real_browser() {
     let (st, _) = call(&c, &s, Method::GET, "/console/not-a-file.js", None, None).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join(match pg {
+        None => "console-screenshots".to_owned(),
+        Some(_) => format!("console-screenshots-{backend}"),
+    });
     let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
-    let script = build.join("e2e.mjs");
+    // A copy per test: the two backends' tests run at once.
+    let script = build.join(format!("e2e-{backend}.mjs"));
     std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("console/tests/e2e.mjs"), &script).unwrap();
     // Off the test's thread, which keeps the autosaving game server going.
     let (base, dir, at) = (s.base.clone(), shots.clone(), build.clone());
@@ -285,7 +307,7 @@ async fn the_console_works_in_a_real_browser() {
         .iter()
         .map(|f| std::fs::metadata(build.join("dist").join(f)).map(|m| m.len()).unwrap_or(0))
         .sum();
-    println!("embedded console: {assets} bytes; screenshots in {}", shots.display());
+    println!("embedded console: {assets} bytes; {backend}: screenshots in {}", shots.display());
     assert!(s.stop().success());
     let log = s.log();
     assert!(!log.contains(ADMIN) && !log.contains(READER) && !log.contains(GAME), "no key in the server's log");

@@ -24,6 +24,8 @@ interface Reading {
   used: number;
   served: number;
   refused: number;
+  /** How long the bucket has existed (ms). */
+  age_ms: number;
 }
 
 interface KeyBudget {
@@ -103,6 +105,8 @@ function budgetChart(keys: KeyBudget[]): Chart {
 }
 
 const rate = (now: number, before: number | undefined, dt: number) => (now - (before ?? now)) / dt;
+/** A rate that may not be known: `—` for a client first shown now that existed before the last reading. */
+const rateText = (now: number, before: number | undefined, dt: number) => (before === undefined ? "—" : fixed(rate(now, before, dt)));
 const fixed = (v: number) => v.toFixed(v >= 100 ? 0 : 1);
 
 /** The busiest routes in the last second. */
@@ -131,13 +135,18 @@ function budgetsTable(prev: Stats, now: Stats, dt: number): HTMLElement {
       h("td", {}, who),
       h("td", {}, limit),
       h("td", {}, h("meter", { min: "0", max: "100", value: String(100 * r.used), "aria-label": `${who}: share of the budget used` }), ` ${fixed(100 * r.used)} %`),
-      h("td", {}, fixed(rate(r.served, before?.served, dt))),
-      h("td", {}, fixed(rate(r.refused, before?.refused, dt))));
+      h("td", {}, rateText(r.served, before?.served, dt)),
+      h("td", {}, rateText(r.refused, before?.refused, dt)));
   const rows = keys.flatMap((k) => {
     const old = prev.api_budgets?.find((b) => b.key === k.key);
     const own = k.total ? [row(k.key, `${k.requests_per_minute}/min`, k.total, old?.total ?? undefined)] : [];
+    // A client not in the last reading started from nothing if its
+    // bucket is younger than that reading; else its rate is not known yet.
+    const zero: Reading = { used: 0, served: 0, refused: 0, age_ms: 0 };
+    const before = (c: Reading & { client: string }) =>
+      old?.clients.find((o) => o.client === c.client) ?? (c.age_ms <= dt * 1000 ? zero : undefined);
     const clients = k.clients.map((c) =>
-      row(`${k.key} · ${c.client || "(no client id)"}`, `${k.client_requests_per_minute}/min each`, c, old?.clients.find((o) => o.client === c.client)));
+      row(`${k.key} · ${c.client || "(no client id)"}`, `${k.client_requests_per_minute}/min each`, c, before(c)));
     const more = k.client_count > k.clients.length
       ? [h("tr", {}, h("td", { colspan: "5", class: "muted" }, `and ${k.client_count - k.clients.length} more clients of ${k.key}`))]
       : [];
