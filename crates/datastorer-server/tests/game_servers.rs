@@ -746,6 +746,15 @@ async fn a_store_is_counted_and_a_key_says_what_it_may_do() {
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     let (st, v) = get(ops, "/v1/stores/guilds/usage").await;
     assert_eq!((st, v["keys"].as_u64()), (StatusCode::OK, Some(0)), "a store without records counts nothing: {v}");
+    // A key is told only of its own stores.
+    let r = c.put(s.url("/v1/stores/guilds/keys/g")).bearer_auth(ops).json(&json!({ "n": 1 }));
+    assert_eq!(r.send().await.unwrap().status(), StatusCode::OK);
+    let (_, v) = get(ops, "/v1/stores").await;
+    assert_eq!(v["stores"], json!(["guilds", "profiles"]), "{v}");
+    let (_, v) = get(eu, "/v1/stores").await;
+    assert_eq!(v["stores"], json!(["profiles"]), "{v}");
+    let (_, v) = get(eu, "/v1/stores?prefix=g").await;
+    assert_eq!(v["stores"], json!([]), "{v}");
     // Who each key is.
     let (_, v) = get(eu, "/v1/whoami").await;
     assert_eq!(v, json!({"name": "eu", "role": "write", "stores": ["profiles"]}));

@@ -136,7 +136,8 @@ function budgetsTable(prev: Stats, now: Stats, dt: number): HTMLElement {
       h("td", {}, limit),
       h("td", {}, h("meter", { min: "0", max: "100", value: String(100 * r.used), "aria-label": `${who}: share of the budget used` }), ` ${fixed(100 * r.used)} %`),
       h("td", {}, rateText(r.served, before?.served, dt)),
-      h("td", {}, rateText(r.refused, before?.refused, dt)));
+      h("td", {}, rateText(r.refused, before?.refused, dt)),
+      h("td", { class: "refused-total" }, r.refused.toLocaleString("en")));
   const rows = keys.flatMap((k) => {
     const old = prev.api_budgets?.find((b) => b.key === k.key);
     const own = k.total ? [row(k.key, `${k.requests_per_minute}/min`, k.total, old?.total ?? undefined)] : [];
@@ -148,12 +149,12 @@ function budgetsTable(prev: Stats, now: Stats, dt: number): HTMLElement {
     const clients = k.clients.map((c) =>
       row(`${k.key} · ${c.client || "(no client id)"}`, `${k.client_requests_per_minute}/min each`, c, before(c)));
     const more = k.client_count > k.clients.length
-      ? [h("tr", {}, h("td", { colspan: "5", class: "muted" }, `and ${k.client_count - k.clients.length} more clients of ${k.key}`))]
+      ? [h("tr", {}, h("td", { colspan: "6", class: "muted" }, `and ${k.client_count - k.clients.length} more clients of ${k.key}`))]
       : [];
     return [...own, ...clients, ...more];
   });
   return h("table", { id: "budgets" },
-    h("thead", {}, h("tr", {}, ...["Key · client", "Budget", "Used now", "served/s", "refused/s"].map((t) => h("th", { scope: "col" }, t)))),
+    h("thead", {}, h("tr", {}, ...["Key · client", "Budget", "Used now", "served/s", "refused/s", "refused since start"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, ...rows));
 }
 

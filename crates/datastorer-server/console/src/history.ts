@@ -157,20 +157,30 @@ export function eraseSection(userId: string, failure: Fail): HTMLElement {
 export async function auditPage(params: URLSearchParams, failure: Fail): Promise<void> {
   const show = screen();
   const heading = h("h1", {}, "Audit trail");
-  const action = h("input", { id: "audit-action", value: params.get("action") ?? "", autocomplete: "off" }) as HTMLInputElement;
-  const actor = h("input", { id: "audit-actor", value: params.get("actor") ?? "", autocomplete: "off" }) as HTMLInputElement;
+  // By action, by the API key that acted, by the record it acted on.
+  const fields = [
+    ["action", "Action"],
+    ["actor", "API key"],
+    ["store", "Store"],
+    ["key", "Key"],
+  ].map(([name, label]) => ({
+    name: name as string,
+    label: label as string,
+    input: h("input", { id: `audit-${name}`, value: params.get(name as string) ?? "", autocomplete: "off" }) as HTMLInputElement,
+  }));
+  const chosen = () => fields.map((f) => [f.name, f.input.value.trim()] as const).filter(([, v]) => v);
   const filter = h("form", {
     class: "inline",
     onsubmit: (e: Event) => {
       e.preventDefault();
-      location.hash = `#/audit?action=${seg(action.value.trim())}&actor=${seg(actor.value.trim())}`;
+      location.hash = `#/audit?${chosen().map(([k, v]) => `${k}=${seg(v)}`).join("&")}`;
     },
-  }, h("label", { for: "audit-action" }, "Action"), action, h("label", { for: "audit-actor" }, "API key"), actor,
+  }, ...fields.flatMap((f) => [h("label", { for: f.input.id }, f.label), f.input]),
     h("button", { type: "submit" }, "Filter"));
   show(h("nav", {}, h("a", { href: "#/stores" }, "Stores")), heading, filter, h("p", { class: "muted" }, "Loading…"));
   try {
     const q = new URLSearchParams({ limit: "200" });
-    for (const [k, v] of [["action", action.value.trim()], ["actor", actor.value.trim()]] as const) if (v) q.set(k, v);
+    for (const [k, v] of chosen()) q.set(k, v);
     const entries: AuditEntry[] = [];
     let after: string | null = null;
     do {

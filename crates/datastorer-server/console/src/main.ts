@@ -282,6 +282,8 @@ async function keyPage(store: string, key: string, notice?: Outcome, show = scre
     link(`#/keys/${seg(store)}`, store),
     " · ",
     link(`#/history/${seg(store)}/${seg(key)}`, "History"),
+    may("admin") ? " · " : null,
+    may("admin") ? link(`#/audit?store=${seg(store)}&key=${seg(key)}`, "Audit") : null,
   );
   const heading = h("h1", {}, key);
   show(crumbs, heading, h("p", { class: "muted" }, "Loading…"));

@@ -182,7 +182,7 @@ async fn list_stores(
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse> {
-    state.auth(&req, Role::Read)?;
+    let who = state.auth(&req, Role::Read)?;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIST_LIMIT {
         return Err(ApiError::new(ErrorCode::BadLimit, format!("limit must be 1 to {MAX_LIST_LIMIT}")));
@@ -192,7 +192,11 @@ async fn list_stores(
     {
         return Err(ApiError::new(ErrorCode::BadPrefix, "prefix is at most 128 bytes; cursor is a store name"));
     }
-    let mut stores = state.ds.store_names(&query.prefix, query.cursor.as_deref(), limit + 1).await?;
+    let mut stores = match &who.stores {
+        // A key reaches only its own stores: it is told of no other.
+        Some(scope) => scoped_store_names(&state, scope, &query.prefix, query.cursor.as_deref(), limit + 1).await?,
+        None => state.ds.store_names(&query.prefix, query.cursor.as_deref(), limit + 1).await?,
+    };
     let next = if stores.len() > limit {
         stores.truncate(limit);
         stores.last().cloned()
@@ -200,6 +204,33 @@ async fn list_stores(
         None
     };
     Ok(HttpResponse::Ok().json(json!({ "stores": stores, "next_cursor": next })))
+}
+
+/// The stores of a key's scope that hold records, start with `prefix` and
+/// sort after `after`, in byte order, at most `limit` (a scope is a short
+/// list: one look per store).
+async fn scoped_store_names(
+    state: &AppState,
+    scope: &[String],
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>> {
+    let mut names: Vec<&String> =
+        scope.iter().filter(|s| s.starts_with(prefix) && after.is_none_or(|a| s.as_str() > a)).collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        if out.len() >= limit {
+            break;
+        }
+        // The first store at or after `name` is `name` itself when it holds records.
+        if state.ds.store_names(name, None, 1).await?.first() == Some(name) {
+            out.push(name.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// `GET /v1/stores/{store}`: the spec a client reconciles against (the
