@@ -319,13 +319,14 @@ fn from_the_environment(e: &clap::Error, args: &[std::ffi::OsString]) -> Option<
 }
 
 fn serve(args: Box<Settings>) -> Result<(), String> {
+    let colour = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(crate::log_writer::LogWriter::start())
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(crate::log_writer::LogWriter::start(!colour))
+        .with_ansi(colour)
         .init();
     let result = serve_logged(args);
     crate::log_writer::LogWriter::flush_all();

@@ -19,6 +19,7 @@
 #![deny(unreachable_pub)]
 
 mod access;
+mod access_log;
 mod app;
 mod auth;
 mod budget;

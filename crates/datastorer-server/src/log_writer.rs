@@ -9,11 +9,15 @@
 //! the flush period, or lose one on a normal exit (`flush_all`).
 
 use std::io::{BufWriter, Stderr, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 static BUFFER: Mutex<Option<BufWriter<Stderr>>> = Mutex::new(None);
 static TIMER: Once = Once::new();
+/// Lines go out without colour (stderr is not a terminal): the access log
+/// may then write its lines itself, in the same shape (`access_log`).
+static PLAIN: AtomicBool = AtomicBool::new(false);
 
 /// How long an info line may wait in the buffer.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -27,8 +31,9 @@ fn buffer() -> MutexGuard<'static, Option<BufWriter<Stderr>>> {
 pub(crate) struct LogWriter;
 
 impl LogWriter {
-    /// Sets up the buffer and starts its flush timer.
-    pub(crate) fn start() -> LogWriter {
+    /// Sets up the buffer and starts its flush timer; `plain`: no colour.
+    pub(crate) fn start(plain: bool) -> LogWriter {
+        PLAIN.store(plain, Ordering::Relaxed);
         *buffer() = Some(BufWriter::with_capacity(64 * 1024, std::io::stderr()));
         TIMER.call_once(|| {
             let _ = std::thread::Builder::new().name("datastorer-log-flush".into()).spawn(|| loop {
@@ -37,6 +42,24 @@ impl LogWriter {
             });
         });
         LogWriter
+    }
+
+    /// Whether lines go out plain, through the buffer (set by `start`).
+    pub(crate) fn is_plain() -> bool {
+        PLAIN.load(Ordering::Relaxed)
+    }
+
+    /// Appends whole lines, formatted by the caller, to the buffer (an
+    /// info line's way out: flushed with the others).
+    pub(crate) fn write_lines(bytes: &[u8]) {
+        match buffer().as_mut() {
+            Some(b) => {
+                let _ = b.write_all(bytes);
+            }
+            None => {
+                let _ = std::io::stderr().write_all(bytes);
+            }
+        }
     }
 
     /// Writes out every line logged so far (call before exit).

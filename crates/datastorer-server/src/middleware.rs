@@ -15,7 +15,6 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
-use tracing::info;
 
 use crate::access::{AccessClient, AccessKey, SessionNotices};
 use crate::error::ApiError;
@@ -53,9 +52,15 @@ pub(crate) async fn observe(
         let ext = res.request().extensions();
         let key = ext.get::<AccessKey>().map(|k| k.0.as_str()).unwrap_or("-");
         let client = ext.get::<AccessClient>().map(|c| c.0.as_str()).unwrap_or("-");
-        info!(target: "datastorer::access", method = %method, route = %route, status,
-            duration_ms = %format_args!("{:.3}", took.as_secs_f64() * 1000.0), api_key = key, client,
-            code = code.map_or("-", ErrorCode::as_str), "request");
+        crate::access_log::log(&crate::access_log::Access {
+            method: method.as_str(),
+            route: &route,
+            status,
+            took,
+            api_key: key,
+            client,
+            code: code.map_or("-", ErrorCode::as_str),
+        });
     }
     state.metrics.observe_request(route, method.as_str(), status, took);
     Ok(res)
