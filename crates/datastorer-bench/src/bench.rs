@@ -938,6 +938,12 @@ pub async fn run(cfg: BenchConfig, out: PathBuf, only: Option<String>) -> Result
             add(m);
         }
     }
+    // Instruction counts only when asked for: they need valgrind and take minutes.
+    if only.as_deref().is_some_and(|o| o.contains("instructions")) {
+        for m in super::bench_instructions::bench_instructions(&cfg, &scratch).await? {
+            add(m);
+        }
+    }
     // PostgreSQL only when asked for: it needs a server and takes minutes.
     if let Some(part) = only.as_deref().and_then(|o| o.strip_prefix("pg")) {
         results.extend(super::bench_pg::bench_pg(&cfg, part.trim_start_matches('-')).await?);

@@ -59,12 +59,12 @@ pub(super) fn spawn_server(args: &[std::ffi::OsString]) -> Result<Child, String>
     Ok(Child { process, base })
 }
 
-fn payload(i: usize) -> String {
+pub(super) fn payload(i: usize) -> String {
     json!({ "n": i, "pad": "x".repeat(1000) }).to_string()
 }
 
 /// Opens a session on `key` of store `http`; answers its lease token.
-async fn open_session(http: &reqwest::Client, base: &str, key: &str) -> Result<String, String> {
+pub(super) async fn open_session(http: &reqwest::Client, base: &str, key: &str) -> Result<String, String> {
     open_session_in(http, base, "http", key).await
 }
 
@@ -93,7 +93,7 @@ async fn open_sessions(http: &reqwest::Client, base: &str) -> Result<Vec<String>
 /// bytes out, status and a `Content-Length` body in. The same shape as the
 /// Redis and PostgreSQL drivers, so that what is compared is the servers,
 /// not client libraries (reqwest took half of the machine's CPU here).
-struct RawHttp {
+pub(super) struct RawHttp {
     stream: BufReader<TcpStream>,
     host: String,
     line: String,
@@ -101,7 +101,7 @@ struct RawHttp {
 }
 
 impl RawHttp {
-    async fn connect(base: &str) -> Option<RawHttp> {
+    pub(super) async fn connect(base: &str) -> Option<RawHttp> {
         let host = base.strip_prefix("http://")?.trim_end_matches('/').to_owned();
         let stream = TcpStream::connect(&host).await.ok()?;
         stream.set_nodelay(true).ok()?;
@@ -109,7 +109,14 @@ impl RawHttp {
     }
 
     /// Sends one request and reads the whole response; answers its status.
-    async fn request(&mut self, method: &str, path: &str, token: &str, content_type: &str, body: &[u8]) -> Option<u16> {
+    pub(super) async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Option<u16> {
         use tokio::io::AsyncReadExt;
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nLease-Token: {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",

@@ -15,6 +15,7 @@ mod bench;
 mod bench_console;
 mod bench_history;
 mod bench_http;
+mod bench_instructions;
 mod bench_pg;
 
 use std::path::PathBuf;
@@ -38,7 +39,7 @@ struct Cli {
     /// alternate runs with and without this flag).
     #[arg(long)]
     no_versions: bool,
-    /// Only benchmarks whose tag contains this: update, throughput, latency, shutdown, scale, http, history, console, cold; pg (PostgreSQL, only when named; pg-saves, pg-notify, pg-burst, pg-latency, pg-handoff, pg-processes, pg-fleet for one part).
+    /// Only benchmarks whose tag contains this: update, throughput, latency, shutdown, scale, http, history, console, cold; instructions (callgrind, only when named); pg (PostgreSQL, only when named; pg-saves, pg-notify, pg-burst, pg-latency, pg-handoff, pg-processes, pg-fleet for one part).
     #[arg(long)]
     only: Option<String>,
     /// Where results.json and results.svg go (scratch data too, removed after).
