@@ -61,6 +61,7 @@ mod erasure;
 mod error;
 mod handoff;
 mod history;
+mod json_encode;
 mod keepalive;
 mod lease;
 mod messages;

@@ -202,6 +202,25 @@ async fn ours_at(base: &str, keys: &str, tokens: &[String], duration: Duration, 
     .await
 }
 
+/// `GET /healthz` on [`CONNECTIONS`] connections: what the HTTP server and
+/// the middleware cost with no handler work (figure 6e, the floor under 6a).
+async fn health_rate(base: &str, duration: Duration) -> f64 {
+    let base = base.to_owned();
+    drive(CONNECTIONS, duration, move |_, stop, count| {
+        let base = base.clone();
+        async move {
+            let Some(mut http) = RawHttp::connect(&base).await else { return };
+            while !stop.load(Ordering::SeqCst) {
+                if http.request("GET", "/healthz", "-", "text/plain", b"").await != Some(200) {
+                    return;
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await
+}
+
 /// Figure 6d's shape: connections that each hold `BATCH_KEYS` sessions (a
 /// game server's players) and autosave them all in one batch request.
 const BATCH_CONNECTIONS: usize = 4;
@@ -403,6 +422,7 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
     let (mut batch_saves, mut batch_requests) = (Vec::new(), Vec::new());
     let (mut up, mut redis, mut saves, mut pg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut two_requests = Vec::new();
+    let mut health = Vec::new();
     let mut skipped = Vec::new();
     let (mut poll_ms, mut sse_ms) = (Vec::new(), Vec::new());
     let samples = if cfg.updates < 10_000 { 5 } else { 50 };
@@ -411,6 +431,7 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
         poll_ms.push(p);
         sse_ms.push(e);
         up.push(ours(&server.base, &tokens, duration, Mode::Update).await);
+        health.push(health_rate(&server.base, duration).await);
         saves.push(ours(&server.base, &tokens, duration, Mode::UpdateSaved).await);
         two_requests.push(ours(&server.base, &tokens, duration, Mode::UpdateThenSave).await);
         let (saves_per_s, requests_per_s) = batched(&server.base, &batch_tokens, duration).await;
@@ -462,6 +483,20 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
         ],
     });
     if !redis.is_empty() {
+        out.push(Measurement {
+            name: "6e. the HTTP floor: GET /healthz on the same server (actix-web and the middleware, no handler work)"
+                .into(),
+            unit: "requests/s".into(),
+            higher_is_better: true,
+            ours: health.clone(),
+            baseline_name: "Redis SET of 6a's bytes, same concurrency".into(),
+            baseline: redis.clone(),
+            goal_ratio: None,
+            notes: vec![
+                note.clone(),
+                "6a's ratio cannot pass this one: an update does all a health check does, and more".into(),
+            ],
+        });
         out.push(Measurement {
             name: "6a. HTTP update requests (JSON merge patch, 1 KiB)".into(),
             unit: "requests/s".into(),

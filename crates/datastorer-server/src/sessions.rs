@@ -26,6 +26,20 @@ use datastorer::{AcquirePolicy, CloseReason, Error, Priority, Session, Store};
 
 type Key = (String, String);
 
+/// A store and key borrowed from a request, to look an entry up without
+/// building an owned [`Key`]: hashes as the tuple of `String`s does.
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
+}
+
+/// The table of live client sessions.
+type LeaseMap = hashbrown::HashMap<Key, ClientLease, std::hash::RandomState>;
+
 struct ClientLease {
     token: String,
     epoch: u64,
@@ -159,7 +173,7 @@ struct EndedLog {
 
 /// Every client session of this server.
 pub(crate) struct ClientSessions {
-    map: Mutex<HashMap<Key, ClientLease>>,
+    map: Mutex<LeaseMap>,
     locks: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     released: Notify,
     ttl: Duration,
@@ -237,7 +251,7 @@ impl ClientSessions {
         let tag = format!("{:08x}", seahash::hash(owner.as_bytes()) as u32);
         let boot = random_hex(4).unwrap_or_else(|_| format!("{:08x}", now_ms() as u32));
         Self {
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(LeaseMap::default()),
             locks: Mutex::new(HashMap::new()),
             released: Notify::new(),
             ttl,
@@ -306,7 +320,7 @@ impl ClientSessions {
         })
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<Key, ClientLease>> {
+    fn map(&self) -> MutexGuard<'_, LeaseMap> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -533,14 +547,15 @@ impl ClientSessions {
     /// the token of a session that ended is answered with why
     /// (`410 session_ended`).
     pub(crate) fn check(&self, store: &str, key: &str, token: &str) -> Result<(Session<Value>, LeaseGrant), ApiError> {
-        let k: Key = (store.to_owned(), key.to_owned());
         let mut map = self.map();
-        let current = map.get_mut(&k).filter(|cur| tokens_equal(&cur.token, token));
+        let current = map.get_mut(&KeyRef(store, key)).filter(|cur| tokens_equal(&cur.token, token));
         let Some(cur) = current else {
             drop(map);
+            let k: Key = (store.to_owned(), key.to_owned());
             return Err(self.ended(&k, token).map_or_else(bad_token, |e| ended_error(&e)));
         };
         if let Some(reason) = cur.session.close_reason() {
+            let k: Key = (store.to_owned(), key.to_owned());
             let cur = map.remove(&k);
             drop(map);
             self.released.notify_waiters();
@@ -551,6 +566,7 @@ impl ClientSessions {
         }
         if cur.expires_at <= Instant::now() {
             // The sweeper saves it; the client lost it.
+            let k: Key = (store.to_owned(), key.to_owned());
             let e = Ended { key: k, reason: EndReason::Expired, taken_over_by: None, ended_at_ms: Some(now_ms()) };
             return Err(ended_error(&e));
         }
@@ -564,7 +580,7 @@ impl ClientSessions {
     /// Answers the holder's client id and API key when the news is new.
     pub(crate) fn set_messages_waiting(&self, store: &str, key: &str, waiting: bool) -> Option<(String, String)> {
         let mut map = self.map();
-        let cur = map.get_mut(&(store.to_owned(), key.to_owned()))?;
+        let cur = map.get_mut(&KeyRef(store, key))?;
         let news = waiting && !cur.messages_waiting;
         cur.messages_waiting = waiting;
         news.then(|| (cur.holder.clone(), cur.opened_by.clone()))
@@ -684,5 +700,24 @@ struct Client<'a> {
 impl<'a> Client<'a> {
     fn of(lease: &'a ClientLease) -> Self {
         Client { id: &lease.holder, api_key: &lease.opened_by }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_borrowed_store_and_key_find_the_owned_entry_and_only_it() {
+        let mut map: hashbrown::HashMap<Key, u32, std::hash::RandomState> = Default::default();
+        let names = [("ab", "c"), ("a", "bc"), ("", "abc"), ("abc", ""), ("s", "k\u{10FFFF}"), ("s\u{ff}", "k")];
+        for (i, (s, k)) in names.iter().enumerate() {
+            map.insert((s.to_string(), k.to_string()), i as u32);
+        }
+        for (i, (s, k)) in names.iter().enumerate() {
+            assert_eq!(map.get(&KeyRef(s, k)), Some(&(i as u32)), "{s:?}/{k:?}");
+        }
+        assert_eq!(map.get(&KeyRef("a", "b")), None);
+        assert_eq!(map.get(&KeyRef("abc", "c")), None);
     }
 }

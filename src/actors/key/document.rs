@@ -128,7 +128,22 @@ impl SizeFault {
 /// as it passes the limit). `hint`, the length of the last encoding, sizes
 /// the buffer so a 1 KiB document is not grown through a chain of
 /// reallocations on every change.
-pub(super) fn encode_within<T: serde::Serialize>(doc: &T, limit: usize, hint: u32) -> Result<Bytes, SizeFault> {
+pub(super) fn encode_within<T: serde::Serialize + 'static>(
+    doc: &T,
+    limit: usize,
+    hint: u32,
+) -> Result<Bytes, SizeFault> {
+    let capacity = (hint as usize).saturating_add(16).min(limit.saturating_add(1));
+    // A `Value` (every document of the server) has an encoder of its own
+    // that escapes strings eight bytes at a time, byte for byte what
+    // serde_json writes.
+    if let Some(value) = (doc as &dyn std::any::Any).downcast_ref::<serde_json::Value>() {
+        let mut out = Vec::with_capacity(capacity);
+        return match crate::json_encode::write_value(&mut out, value, limit) {
+            Ok(()) => Ok(Bytes::from(out)),
+            Err(crate::json_encode::OverLimit) => Err(SizeFault::TooLarge),
+        };
+    }
     struct Bounded {
         out: Vec<u8>,
         limit: usize,
@@ -145,7 +160,6 @@ pub(super) fn encode_within<T: serde::Serialize>(doc: &T, limit: usize, hint: u3
             Ok(())
         }
     }
-    let capacity = (hint as usize).saturating_add(16).min(limit.saturating_add(1));
     let mut w = Bounded { out: Vec::with_capacity(capacity), limit };
     match serde_json::to_writer(&mut w, doc) {
         Ok(()) => Ok(Bytes::from(w.out)),
