@@ -199,13 +199,13 @@ impl Measurement {
 }
 
 /// A trivial actor: the baseline for a session round trip.
-struct Echo(u64);
+pub(super) struct Echo(pub(super) u64);
 impl Actor for Echo {
     type Context = Context<Self>;
 }
 #[derive(Message)]
 #[rtype(result = "u64")]
-struct Bump;
+pub(super) struct Bump;
 impl Handler<Bump> for Echo {
     type Result = u64;
     fn handle(&mut self, _: Bump, _: &mut Self::Context) -> u64 {
@@ -214,7 +214,7 @@ impl Handler<Bump> for Echo {
     }
 }
 
-fn memory_config(owner: &str) -> Config {
+pub(super) fn memory_config(owner: &str) -> Config {
     let mut c = Config::memory().owner_id(owner);
     c.handle_signals = false;
     c.autosave_interval = Duration::from_secs(3600);
@@ -222,7 +222,7 @@ fn memory_config(owner: &str) -> Config {
     c
 }
 
-fn sled_config(dir: &Path) -> Config {
+pub(super) fn sled_config(dir: &Path) -> Config {
     let mut c = Config::sled(dir).owner_id("bench");
     c.handle_signals = false;
     c.autosave_interval = Duration::from_secs(3600);
@@ -231,7 +231,7 @@ fn sled_config(dir: &Path) -> Config {
     c
 }
 
-fn doc(i: usize, bytes: usize) -> Value {
+pub(super) fn doc(i: usize, bytes: usize) -> Value {
     json!({ "i": i, "pad": "x".repeat(bytes.saturating_sub(24)) })
 }
 

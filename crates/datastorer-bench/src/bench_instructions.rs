@@ -106,6 +106,144 @@ fn last_dump(counted: &Counted, keep: &Path) -> Result<u64, String> {
         .ok_or_else(|| format!("no totals in {}", path.display()))
 }
 
+/// An operation counted in a child process of its own (figures I3, I4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Op {
+    /// `Session::update` of a one-key document on the memory backend (1a).
+    Update,
+    /// The baseline of 1a: an actix `send` to a trivial actor and its answer.
+    ActixSend,
+    /// An update and a durable `Session::save` of a 1 KiB document on sled (3a).
+    Save,
+    /// A raw sled insert of the same bytes and `flush`.
+    SledInsertFlush,
+}
+
+/// Operations per count in the child.
+const OPS: usize = 5000;
+
+/// Reads one line of stdin (the parent's go-ahead).
+fn wait_for_parent() -> Result<(), String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// The child: sets `op` up and warms it up, says `ready`, waits for a line
+/// on stdin, runs `OPS` of them, says `done`, waits for a line, exits. The
+/// parent zeroes callgrind's counters between `ready` and its line, and
+/// dumps them after `done`.
+pub async fn ops_child(op: Op, dir: PathBuf) -> Result<(), String> {
+    use datastorer::{Datastorer, Priority};
+    use serde_json::{json, Value};
+    let err = |e: datastorer::Error| e.to_string();
+    match op {
+        Op::Update => {
+            let ds = Datastorer::start(super::bench::memory_config("bench")).await.map_err(err)?;
+            let store = ds.store("b", super::bench::spec(json!({"n": 0}))).map_err(err)?;
+            let s = store.open("k").await.map_err(err)?;
+            let bump = |d: &mut Value| d["n"] = json!(d["n"].as_u64().unwrap_or(0) + 1);
+            for _ in 0..WARM_UP {
+                s.update(bump).await.map_err(err)?;
+            }
+            println!("ready");
+            wait_for_parent()?;
+            for _ in 0..OPS {
+                s.update(bump).await.map_err(err)?;
+            }
+            println!("done");
+            wait_for_parent()?;
+            ds.shutdown().await;
+        }
+        Op::ActixSend => {
+            use actix::Actor;
+            let echo = super::bench::Echo(0).start();
+            for _ in 0..WARM_UP {
+                echo.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
+            }
+            println!("ready");
+            wait_for_parent()?;
+            for _ in 0..OPS {
+                echo.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
+            }
+            println!("done");
+            wait_for_parent()?;
+        }
+        Op::Save => {
+            let ds = Datastorer::start(super::bench::sled_config(&dir)).await.map_err(err)?;
+            let store = ds.store("b", super::bench::spec(json!({"n": 0}))).map_err(err)?;
+            let s = store.open("k").await.map_err(err)?;
+            for i in 0..WARM_UP + OPS {
+                if i == WARM_UP {
+                    println!("ready");
+                    wait_for_parent()?;
+                }
+                let d = super::bench::doc(i, 1024);
+                s.update(move |x| *x = d).await.map_err(err)?;
+                s.save(Priority::Normal).await.map_err(err)?;
+            }
+            println!("done");
+            wait_for_parent()?;
+            ds.shutdown().await;
+        }
+        Op::SledInsertFlush => {
+            let db = sled::open(&dir).map_err(|e| e.to_string())?;
+            for i in 0..WARM_UP + OPS {
+                if i == WARM_UP {
+                    println!("ready");
+                    wait_for_parent()?;
+                }
+                let value = serde_json::to_vec(&super::bench::doc(i, 1024)).map_err(|e| e.to_string())?;
+                db.insert(b"k", value).map_err(|e| e.to_string())?;
+                db.flush().map_err(|e| e.to_string())?;
+            }
+            println!("done");
+            wait_for_parent()?;
+        }
+    }
+    Ok(())
+}
+
+/// Instructions per operation of `op`, in a child under callgrind.
+fn count_op(op: Op, dir: &Path, keep: &Path) -> Result<f64, String> {
+    use std::io::{BufRead, Write};
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = dir.join("callgrind.out");
+    let name = <Op as clap::ValueEnum>::to_possible_value(&op).map(|v| v.get_name().to_owned()).unwrap_or_default();
+    let mut process = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&exe)
+        .args(["bench-ops-child", "--op", &name, "--dir"])
+        .arg(dir.join("data"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run valgrind: {e}"))?;
+    let mut from_child = std::io::BufReader::new(process.stdout.take().ok_or("no stdout")?);
+    let mut to_child = process.stdin.take().ok_or("no stdin")?;
+    let counted = Counted { process, base: String::new(), out };
+    let mut expect = |word: &str| -> Result<(), String> {
+        let mut line = String::new();
+        from_child.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.trim() == word {
+            Ok(())
+        } else {
+            Err(format!("the {name} child said {line:?}, not {word}"))
+        }
+    };
+    expect("ready")?;
+    control("-z", counted.process.id())?;
+    writeln!(to_child).map_err(|e| e.to_string())?;
+    expect("done")?;
+    control("-d", counted.process.id())?;
+    let total = last_dump(&counted, keep)?;
+    writeln!(to_child).map_err(|e| e.to_string())?;
+    Ok(total as f64 / OPS as f64)
+}
+
 pub async fn bench_instructions(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measurement>, String> {
     let valgrind = Command::new("valgrind").arg("--version").output();
     if !valgrind.is_ok_and(|o| o.status.success()) {
@@ -129,6 +267,39 @@ pub async fn bench_instructions(cfg: &BenchConfig, scratch: &Path) -> Result<Vec
         saved.push(drive(&counted, &mut conn, "PATCH", &saved_path, &token, merge, &keep("save")).await?);
         health.push(drive(&counted, &mut conn, "GET", "/healthz", "", "text/plain", &keep("healthz")).await?);
     }
+    let (mut update_op, mut send_op, mut save_op, mut flush_op) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in 0..cfg.repeat.min(3) {
+        let keep = |what: &str| scratch.parent().unwrap_or(scratch).join(format!("callgrind-{what}-{r}.out"));
+        let dir = |what: &str| scratch.join(format!("ops-{what}-{r}"));
+        update_op.push(count_op(Op::Update, &dir("update"), &keep("engine-update"))?);
+        send_op.push(count_op(Op::ActixSend, &dir("send"), &keep("actix-send"))?);
+        save_op.push(count_op(Op::Save, &dir("save"), &keep("engine-save"))?);
+        flush_op.push(count_op(Op::SledInsertFlush, &dir("sled"), &keep("sled-insert-flush"))?);
+    }
+    let engine = |name: &str, ours: Vec<f64>, baseline_name: &str, baseline: Vec<f64>| Measurement {
+        name: name.to_owned(),
+        unit: "instructions".into(),
+        higher_is_better: false,
+        ours,
+        baseline_name: baseline_name.to_owned(),
+        baseline,
+        goal_ratio: None,
+        notes: vec![format!("{OPS} operations after {WARM_UP} of warm-up, in a process of their own, every thread")],
+    };
+    let mut out = vec![
+        engine(
+            "I3. instructions per in-memory update of one key (Session::update, figure 1a)",
+            update_op,
+            "an actix send to a trivial actor and its answer (1a's baseline)",
+            send_op,
+        ),
+        engine(
+            "I4. instructions per durable save of a 1 KiB document on sled (update + Session::save, figure 3a)",
+            save_op,
+            "raw sled insert of the same bytes + flush",
+            flush_op,
+        ),
+    ];
     let measurement = |name: &str, ours: Vec<f64>| Measurement {
         name: name.to_owned(),
         unit: "instructions".into(),
@@ -139,13 +310,14 @@ pub async fn bench_instructions(cfg: &BenchConfig, scratch: &Path) -> Result<Vec
         goal_ratio: None,
         notes: vec![format!("{REQUESTS} requests after {WARM_UP} of warm-up, one connection, access log on")],
     };
-    Ok(vec![
+    out.extend([
         measurement(
             "I1. instructions per HTTP merge-patch update (PATCH …/session/data), every thread of the server",
             update,
         ),
         measurement("I2. instructions per HTTP durable save (PATCH …/session/data?save=normal)", saved),
-    ])
+    ]);
+    Ok(out)
 }
 
 /// Instructions per request of one kind, sent one after another on

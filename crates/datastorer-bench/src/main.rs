@@ -48,6 +48,8 @@ struct Cli {
 }
 
 /// The bench's own child processes.
+// The variants name the subcommands the parent spawns (`bench-pg-child`, …).
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Subcommand)]
 enum Child {
     /// Internal: one process of the PostgreSQL scaling benchmark.
@@ -63,6 +65,14 @@ enum Child {
         millis: u64,
         #[arg(long)]
         doc_bytes: usize,
+    },
+    /// Internal: one operation counted under callgrind (`--only instructions`).
+    #[command(hide = true)]
+    BenchOpsChild {
+        #[arg(long, value_enum)]
+        op: bench_instructions::Op,
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Internal: one side of the memory benchmark, in a fresh process.
     #[command(hide = true)]
@@ -89,6 +99,7 @@ fn main() -> ExitCode {
     let result = match cli.child {
         Some(Child::BenchPgChild { schema, store, sessions, millis, doc_bytes }) => actix::System::new()
             .block_on(bench_pg::child(&schema, &store, sessions, std::time::Duration::from_millis(millis), doc_bytes)),
+        Some(Child::BenchOpsChild { op, dir }) => actix::System::new().block_on(bench_instructions::ops_child(op, dir)),
         Some(Child::BenchScaleChild { side, doc, keys }) => {
             actix::System::new().block_on(bench::scale_child(side, doc, keys))
         }
