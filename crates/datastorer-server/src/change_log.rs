@@ -59,6 +59,10 @@ pub(crate) struct Event {
     /// unless the holder released it first (ms since the Unix epoch).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) deadline_ms: Option<u64>,
+    /// The fencing epoch of the session a holder notice is about: a client
+    /// that has opened the key again since (a new epoch) ignores it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) epoch: Option<u64>,
     /// The API key the holder's session was opened under: a holder notice
     /// is read only under it (never sent).
     #[serde(skip)]
@@ -90,6 +94,7 @@ impl Event {
             holder: None,
             by: None,
             deadline_ms: None,
+            epoch: None,
             api_key: None,
         }
     }
@@ -192,13 +197,15 @@ impl ChangeLog {
         Some(self.push(e))
     }
 
-    /// Appends a notice for `holder`, the client holding `store`/`key`.
+    /// Appends a notice for `holder`, the client holding `store`/`key` in
+    /// the session of `epoch`.
     pub(crate) fn notify_holder(
         &self,
         store: &str,
         key: &str,
         holder: &str,
         api_key: &str,
+        epoch: u64,
         notice: HolderNotice,
     ) -> u64 {
         let mut e = match notice {
@@ -216,6 +223,7 @@ impl ChangeLog {
         };
         e.holder = Some(holder.to_owned());
         e.api_key = Some(api_key.to_owned());
+        e.epoch = Some(epoch);
         self.push(e)
     }
 
@@ -388,13 +396,14 @@ mod tests {
         let log = ChangeLog::new(8);
         saved(&log, "s", "a", 1);
         let ask = |by: &str| HolderNotice::HandoffRequested { by: by.into(), deadline_ms: 7 };
-        log.notify_holder("s", "a", "game-1", "k", ask("game-2"));
-        log.notify_holder("s", "b", "game-3", "k", ask("game-2"));
+        log.notify_holder("s", "a", "game-1", "k", 3, ask("game-2"));
+        log.notify_holder("s", "b", "game-3", "k", 1, ask("game-2"));
         log.notify_holder(
             "s",
             "c",
             "game-1",
             "k",
+            9,
             HolderNotice::SessionEnded { reason: "stolen", by: Some("x".into()) },
         );
         log.gap();
@@ -405,9 +414,10 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&page.events[0]).unwrap(),
             serde_json::json!({"seq": 2, "kind": "handoff_requested", "store": "s", "key": "a",
-                "holder": "game-1", "by": "game-2", "deadline_ms": 7})
+                "holder": "game-1", "by": "game-2", "deadline_ms": 7, "epoch": 3})
         );
         assert_eq!((page.events[1].reason, page.events[1].by.as_deref()), (Some("stolen"), Some("x")));
+        assert_eq!(page.events[1].epoch, Some(9), "a notice names the session it is about");
         assert_eq!(page.next, 5);
         assert_eq!(
             log.read(0, Filter { store: Some("t"), holder: Some("game-1"), api_key: None }, 10).events.len(),

@@ -41,8 +41,8 @@ pub(crate) async fn watch(state: web::Data<AppState>, mut notices: broadcast::Re
         }
         let Ok(store) = state.store(base) else { continue };
         let waiting = store.messages(&n.key).await.is_ok_and(|m| !m.is_empty());
-        if let Some((holder, api_key)) = state.sessions.set_messages_waiting(base, &n.key, waiting) {
-            state.changes.notify_holder(base, &n.key, &holder, &api_key, HolderNotice::Messages);
+        if let Some((holder, api_key, epoch)) = state.sessions.set_messages_waiting(base, &n.key, waiting) {
+            state.changes.notify_holder(base, &n.key, &holder, &api_key, epoch, HolderNotice::Messages);
         }
     }
 }

@@ -60,6 +60,7 @@ struct ClientLease {
 /// map so the entry itself stays where the holder's requests find it.
 struct HolderView {
     token: String,
+    epoch: u64,
     holder: String,
     opened_by: String,
     expires_at: Instant,
@@ -70,6 +71,7 @@ impl HolderView {
     fn of(l: &ClientLease) -> Self {
         Self {
             token: l.token.clone(),
+            epoch: l.epoch,
             holder: l.holder.clone(),
             opened_by: l.opened_by.clone(),
             expires_at: l.expires_at,
@@ -295,7 +297,7 @@ impl ClientSessions {
         drop(log);
         if first && !matches!(reason, EndReason::Released | EndReason::Closed) {
             let notice = HolderNotice::SessionEnded { reason: reason.as_str(), by: taken_over_by };
-            self.feed.notify_holder(&key.0, &key.1, holder.id, holder.api_key, notice);
+            self.feed.notify_holder(&key.0, &key.1, holder.id, holder.api_key, holder.epoch, notice);
         }
     }
 
@@ -508,10 +510,10 @@ impl ClientSessions {
         info!(target: "datastorer::server", store = %k.0, key = %k.1, holder = %cur.holder, by = %who.holder,
             grace_ms = grace.as_millis() as u64, "hand-off requested: the holder may release first");
         let notice = HolderNotice::HandoffRequested { by: handoff.by.clone(), deadline_ms: handoff.deadline_ms };
-        let (holder, api_key) = (cur.holder.clone(), cur.opened_by.clone());
+        let (holder, api_key, epoch) = (cur.holder.clone(), cur.opened_by.clone(), cur.epoch);
         cur.handoff = Some(handoff);
         drop(map);
-        self.feed.notify_holder(&k.0, &k.1, &holder, &api_key, notice);
+        self.feed.notify_holder(&k.0, &k.1, &holder, &api_key, epoch, notice);
         true
     }
 
@@ -531,7 +533,8 @@ impl ClientSessions {
         if map.get(k).is_some_and(|l| l.token == cur.token) {
             map.remove(k);
         }
-        self.record_end(&cur.token, Client { id: &cur.holder, api_key: &cur.opened_by }, k, reason, taken_over_by);
+        let client = Client { id: &cur.holder, api_key: &cur.opened_by, epoch: cur.epoch };
+        self.record_end(&cur.token, client, k, reason, taken_over_by);
     }
 
     /// The client holding `key`, and when its client lease lapses (ms since
@@ -577,13 +580,13 @@ impl ClientSessions {
     /// Records whether messages wait for the client holding `store`/`key`
     /// (a client of this server, if any). Answers the holder when it was
     /// not told yet, so it hears it once in its feed.
-    /// Answers the holder's client id and API key when the news is new.
-    pub(crate) fn set_messages_waiting(&self, store: &str, key: &str, waiting: bool) -> Option<(String, String)> {
+    /// Answers the holder's client id, API key and epoch when the news is new.
+    pub(crate) fn set_messages_waiting(&self, store: &str, key: &str, waiting: bool) -> Option<(String, String, u64)> {
         let mut map = self.map();
         let cur = map.get_mut(&KeyRef(store, key))?;
         let news = waiting && !cur.messages_waiting;
         cur.messages_waiting = waiting;
-        news.then(|| (cur.holder.clone(), cur.opened_by.clone()))
+        news.then(|| (cur.holder.clone(), cur.opened_by.clone(), cur.epoch))
     }
 
     /// The API keys under which `client` holds live sessions here.
@@ -628,7 +631,8 @@ impl ClientSessions {
                 // Recorded before the session leaves the map: no request in
                 // between finds neither.
                 let opened_by = self.map().get(&k).map(|l| l.opened_by.clone()).unwrap_or_default();
-                self.record_end(token, Client { id: &grant.holder, api_key: &opened_by }, &k, reason, None);
+                let client = Client { id: &grant.holder, api_key: &opened_by, epoch: grant.epoch };
+                self.record_end(token, client, &k, reason, None);
                 self.map().remove(&k);
                 self.released.notify_waiters();
                 Ok(outcome.revision)
@@ -695,11 +699,13 @@ impl ClientSessions {
 struct Client<'a> {
     id: &'a str,
     api_key: &'a str,
+    /// The fencing epoch of the session that ended.
+    epoch: u64,
 }
 
 impl<'a> Client<'a> {
     fn of(lease: &'a ClientLease) -> Self {
-        Client { id: &lease.holder, api_key: &lease.opened_by }
+        Client { id: &lease.holder, api_key: &lease.opened_by, epoch: lease.epoch }
     }
 }
 
