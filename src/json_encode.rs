@@ -1,5 +1,5 @@
 //! Compact JSON of a `serde_json::Value`, byte for byte what
-//! `serde_json::to_writer` writes, with strings escaped eight bytes at a
+//! `serde_json::to_writer` writes, with strings scanned sixteen bytes at a
 //! time: serde_json looks at each byte of a string through a table, which
 //! was the largest cost of our own in an HTTP update (the document is
 //! encoded on every change, for its size check, and that encoding is what
@@ -68,10 +68,17 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 /// serves all three tests).
 #[inline]
 fn needs_escape(x: u64) -> bool {
+    escape_bits(x) != 0
+}
+
+/// The high bits [`needs_escape`] tests, before the test: two words' bits
+/// can be joined with `|` and tested once.
+#[inline]
+fn escape_bits(x: u64) -> u64 {
     let control = x.wrapping_sub(ONES * 0x20);
     let quote = (x ^ (ONES * b'"' as u64)).wrapping_sub(ONES);
     let backslash = (x ^ (ONES * b'\\' as u64)).wrapping_sub(ONES);
-    (control | quote | backslash) & !x & HIGHS != 0
+    (control | quote | backslash) & !x & HIGHS
 }
 
 #[inline]
@@ -89,7 +96,10 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     loop {
-        // Eight bytes at a time while none needs escaping.
+        // Sixteen, then eight bytes at a time while none needs escaping.
+        while i + 16 <= bytes.len() && escape_bits(word_at(bytes, i)) | escape_bits(word_at(bytes, i + 8)) == 0 {
+            i += 16;
+        }
         while i + 8 <= bytes.len() && !needs_escape(word_at(bytes, i)) {
             i += 8;
         }

@@ -135,7 +135,7 @@ pub(super) fn encode_within<T: serde::Serialize + 'static>(
 ) -> Result<Bytes, SizeFault> {
     let capacity = (hint as usize).saturating_add(16).min(limit.saturating_add(1));
     // A `Value` (every document of the server) has an encoder of its own
-    // that escapes strings eight bytes at a time, byte for byte what
+    // that scans strings sixteen bytes at a time, byte for byte what
     // serde_json writes.
     if let Some(value) = (doc as &dyn std::any::Any).downcast_ref::<serde_json::Value>() {
         let mut out = Vec::with_capacity(capacity);
