@@ -47,9 +47,18 @@ export function screen(): Screen {
     if (mine !== navigation) return;
     const main = document.getElementById("main");
     if (!main) return;
+    // A page drawn again (its data arrived) keeps the focus where the user
+    // put it, in an input the new drawing reuses: typing into a search box
+    // must not land on the heading halfway through.
+    const active = document.activeElement;
+    const typing = active instanceof HTMLElement && active !== main && main.contains(active);
     main.replaceChildren();
     for (const c of children) {
       if (c) main.append(typeof c === "string" ? document.createTextNode(c) : c);
+    }
+    if (typing && main.contains(active)) {
+      active.focus();
+      return;
     }
     const heading = main.querySelector("h1");
     if (heading) {

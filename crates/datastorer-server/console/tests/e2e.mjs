@@ -252,6 +252,10 @@ try {
   // Keys by prefix, paged.
   await page.goto(`${BASE_URL}/console#/keys/profiles`);
   await page.getByLabel("Key prefix").fill("bulk-");
+  // The list arriving meanwhile draws the page again; the box keeps the focus.
+  await page.locator("#keys li").first().waitFor();
+  check(await page.getByLabel("Key prefix").evaluate((el) => el === document.activeElement && el.value === "bulk-"),
+    "a page drawn again keeps what the user was typing, and the focus");
   await page.keyboard.press("Enter");
   // The unfiltered list is on the page until the search answers.
   await page.waitForFunction(() => {
