@@ -75,6 +75,27 @@ impl Engine {
         async move { rx.await.unwrap_or(Err(QueueFailure::Stopped)) }
     }
 
+    /// Sends `op` and answers what `pick` takes from its reply: `asked`
+    /// names the operation should the queue answer with another kind.
+    fn typed<T: 'static>(
+        &self,
+        store: &Arc<str>,
+        key: &Arc<str>,
+        op: Operation,
+        lane: Priority,
+        asked: &'static str,
+        pick: fn(Reply) -> Result<T, Reply>,
+    ) -> impl std::future::Future<Output = Result<T, Error>> + 'static {
+        let request = self.request(op, lane);
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            match request.await {
+                Ok(reply) => pick(reply).map_err(|other| mismatch(&store, &key, asked, &other)),
+                Err(f) => Err(queue_error(&store, &key, f)),
+            }
+        }
+    }
+
     // The typed ways to the queue: each operation answers its own result,
     // with queue failures already turned into the public error of
     // `store`/`key` (the record a request is for, which for a meta key such
@@ -91,15 +112,10 @@ impl Engine {
         storage_key: StorageKey,
         lane: Priority,
     ) -> impl std::future::Future<Output = Result<Option<Vec<u8>>, Error>> + 'static {
-        let request = self.request(Operation::Get(storage_key), lane);
-        let (store, key) = (store.clone(), key.clone());
-        async move {
-            match request.await {
-                Ok(Reply::Value(v)) => Ok(v),
-                Ok(other) => Err(mismatch(&store, &key, "get", &other)),
-                Err(f) => Err(queue_error(&store, &key, f)),
-            }
-        }
+        self.typed(store, key, Operation::Get(storage_key), lane, "get", |r| match r {
+            Reply::Value(v) => Ok(v),
+            other => Err(other),
+        })
     }
 
     /// Applies `op` (a conditional write, or a delete) through the queue.
@@ -110,15 +126,10 @@ impl Engine {
         op: WriteOp,
         lane: Priority,
     ) -> impl std::future::Future<Output = Result<WriteOutcome, Error>> + 'static {
-        let request = self.request(Operation::Write(op), lane);
-        let (store, key) = (store.clone(), key.clone());
-        async move {
-            match request.await {
-                Ok(Reply::Written(outcome)) => Ok(outcome),
-                Ok(other) => Err(mismatch(&store, &key, "write", &other)),
-                Err(f) => Err(queue_error(&store, &key, f)),
-            }
-        }
+        self.typed(store, key, Operation::Write(op), lane, "write", |r| match r {
+            Reply::Written(outcome) => Ok(outcome),
+            other => Err(other),
+        })
     }
 
     /// Writes every op of `ops` in one all-or-nothing step, through the
@@ -131,15 +142,10 @@ impl Engine {
         ops: Vec<WriteOp>,
         lane: Priority,
     ) -> impl std::future::Future<Output = Result<AllOrNothing, Error>> + 'static {
-        let request = self.request(Operation::WriteAll { ops }, lane);
-        let (store, key) = (store.clone(), key.clone());
-        async move {
-            match request.await {
-                Ok(Reply::AllOrNothing(outcome)) => Ok(outcome),
-                Ok(other) => Err(mismatch(&store, &key, "write_all", &other)),
-                Err(f) => Err(queue_error(&store, &key, f)),
-            }
-        }
+        self.typed(store, key, Operation::WriteAll { ops }, lane, "write_all", |r| match r {
+            Reply::AllOrNothing(outcome) => Ok(outcome),
+            other => Err(other),
+        })
     }
 
     /// Every key and value under `prefix`, read page by page (for a prefix
@@ -187,19 +193,12 @@ impl Engine {
         limit: usize,
     ) -> impl std::future::Future<Output = Result<KeyValues, Error>> + 'static {
         let op = Operation::Scan { prefix: prefix.into(), start_after, limit };
-        let request = self.request(op, Priority::Normal);
-        let (store, label) = (store.clone(), label.clone());
-        async move {
-            match request.await {
-                Ok(Reply::Scanned(rows)) => Ok(rows),
-                Ok(other) => Err(mismatch(&store, &label, "scan", &other)),
-                Err(f) => Err(queue_error(&store, &label, f)),
-            }
-        }
+        self.typed(store, label, op, Priority::Normal, "scan", |r| match r {
+            Reply::Scanned(rows) => Ok(rows),
+            other => Err(other),
+        })
     }
-}
 
-impl Engine {
     /// Keys under `prefix` after `start_after` with their value lengths,
     /// at most `limit`, through the queue like a scan.
     pub(crate) fn scan_sizes(
@@ -211,15 +210,10 @@ impl Engine {
         limit: usize,
     ) -> impl std::future::Future<Output = Result<crate::storage::KeySizes, Error>> + 'static {
         let op = Operation::ScanSizes { prefix: prefix.into(), start_after, limit };
-        let request = self.request(op, Priority::Normal);
-        let (store, label) = (store.clone(), label.clone());
-        async move {
-            match request.await {
-                Ok(Reply::Sized(rows)) => Ok(rows),
-                Ok(other) => Err(mismatch(&store, &label, "scan_sizes", &other)),
-                Err(f) => Err(queue_error(&store, &label, f)),
-            }
-        }
+        self.typed(store, label, op, Priority::Normal, "scan_sizes", |r| match r {
+            Reply::Sized(rows) => Ok(rows),
+            other => Err(other),
+        })
     }
 }
 
