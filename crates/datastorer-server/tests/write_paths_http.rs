@@ -473,26 +473,7 @@ async fn client(shared: Arc<Shared>, index: usize, steps: u64) {
                         req = req.header("If-Match", format!("\"{e}.{r}\""));
                     }
                 }
-                let before = shared.history_len();
-                let answer = send(req).await;
-                let end = tick();
-                let mut log = shared.log();
-                let said = answer.as_ref().map_or("no answer".to_owned(), |(st, v)| format!("{st} {v}"));
-                log.delete_calls.push((key.into(), format!("{client_id} force={force}"), start, end, said));
-                if force {
-                    log.disruptions.push(Disruption { key: Some(key.into()), server: None, start, end });
-                }
-                match answer {
-                    Some((StatusCode::OK, v)) => {
-                        if v["deleted"] == json!(true) {
-                            log.deletes.push((key.into(), before));
-                        }
-                        log.clears.push(InboxClear { key: key.into(), up_to: None, end });
-                    }
-                    Some((StatusCode::PRECONDITION_FAILED | StatusCode::CONFLICT, _)) => {}
-                    // Unknown: it may have deleted the inbox.
-                    _ => log.clears.push(InboxClear { key: key.into(), up_to: None, end }),
-                }
+                logged_delete(&shared, req, key, format!("{client_id} force={force}"), start, force).await;
             }
             71..=80 => {
                 let n = shared.unique();
@@ -780,14 +761,23 @@ async fn console_handover_delete(shared: &Shared, c: &Client, base: &str, key: &
     };
     shared.log().released.push((key.into(), epoch, shared.history_len()));
     let revision = released["revision"].as_u64().expect("a release names its revision");
+    let req = c.delete(format!("{base}{}", key_path(key))).header("If-Match", format!("\"{epoch}.{revision}\""));
+    logged_delete(shared, req, key, format!("{client_id} console delete"), tick(), false).await;
+}
+
+/// Sends a `DELETE` of `key` and logs it for the checks: the call, a
+/// forced one's disruption, the delete it acknowledged, and the inbox it
+/// cleared (or may have: an unknown answer counts as cleared).
+async fn logged_delete(shared: &Shared, req: reqwest::RequestBuilder, key: &str, who: String, start: u64, force: bool) {
     let before = shared.history_len();
-    let call_start = tick();
-    let answer =
-        send(c.delete(format!("{base}{}", key_path(key))).header("If-Match", format!("\"{epoch}.{revision}\""))).await;
+    let answer = send(req).await;
     let end = tick();
     let mut log = shared.log();
     let said = answer.as_ref().map_or("no answer".to_owned(), |(st, v)| format!("{st} {v}"));
-    log.delete_calls.push((key.into(), format!("{client_id} console delete"), call_start, end, said));
+    log.delete_calls.push((key.into(), who, start, end, said));
+    if force {
+        log.disruptions.push(Disruption { key: Some(key.into()), server: None, start, end });
+    }
     match answer {
         Some((StatusCode::OK, v)) => {
             if v["deleted"] == json!(true) {
