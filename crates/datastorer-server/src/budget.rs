@@ -192,32 +192,31 @@ impl Budgets {
             .keys
             .iter()
             .map(|(name, budget)| {
-                let total = budget.total.as_ref().map(|b| b.lock().unwrap_or_else(|p| p.into_inner()).reading(now));
+                let total = budget.total.as_ref().map(|b| {
+                    let mut b = b.lock().unwrap_or_else(|p| p.into_inner());
+                    (b.capacity as u32, b.reading(now))
+                });
                 let (client_rpm, clients, client_count) = match &budget.per_client {
                     None => (None, Vec::new(), 0),
                     Some((rpm, clients)) => {
                         let mut clients = clients.lock().unwrap_or_else(|p| p.into_inner());
                         let count = clients.len();
-                        let mut read: Vec<ClientReading> = clients
-                            .iter_mut()
-                            .map(|(c, b)| ClientReading { client: c.clone(), reading: b.reading(now) })
-                            .collect();
-                        drop(clients);
-                        read.sort_by(|a, b| {
-                            b.reading.used.total_cmp(&a.reading.used).then_with(|| a.client.cmp(&b.client))
-                        });
+                        // Read by reference; only the clients shown get their
+                        // names copied (a key may have thousands).
+                        let mut read: Vec<(&String, BucketReading)> =
+                            clients.iter_mut().map(|(c, b)| (c, b.reading(now))).collect();
+                        read.sort_by(|a, b| b.1.used.total_cmp(&a.1.used).then_with(|| a.0.cmp(b.0)));
                         read.truncate(CLIENTS_SHOWN);
-                        (Some(*rpm), read, count)
+                        let shown =
+                            read.into_iter().map(|(c, reading)| ClientReading { client: c.clone(), reading }).collect();
+                        (Some(*rpm), shown, count)
                     }
                 };
                 KeyReading {
                     key: name.clone(),
-                    requests_per_minute: budget
-                        .total
-                        .as_ref()
-                        .map(|b| b.lock().unwrap_or_else(|p| p.into_inner()).capacity as u32),
+                    requests_per_minute: total.map(|(rpm, _)| rpm),
                     client_requests_per_minute: client_rpm,
-                    total,
+                    total: total.map(|(_, reading)| reading),
                     clients,
                     client_count,
                 }

@@ -59,14 +59,18 @@ export async function saveFree(r: RecordView, etag: string, edited: Json): Promi
     const { body } = await call<{ revision: number }>("PUT", recordPath(r), edited, { "If-Match": etag });
     return { ok: true, message: `Saved: revision ${body.revision}.` };
   } catch (e) {
-    if (e instanceof ApiError && e.code === "precondition_failed") {
-      return { ok: false, message: "Not saved: the record changed since this page loaded. Reload to see it; your edit is still in the box." };
-    }
-    if (e instanceof ApiError && e.code === "lease_held") {
-      return { ok: false, message: "Not saved: a game server took the key meanwhile. Reload, then send the change to its holder." };
-    }
-    throw e;
+    return refused(e, {
+      precondition_failed: "Not saved: the record changed since this page loaded. Reload to see it; your edit is still in the box.",
+      lease_held: "Not saved: a game server took the key meanwhile. Reload, then send the change to its holder.",
+    });
   }
+}
+
+/** A conditional write's refusal in the page's words (`messages` by error code); any other error goes on up. */
+function refused(e: unknown, messages: Record<string, string>): Outcome {
+  const message = e instanceof ApiError ? messages[e.code] : undefined;
+  if (message === undefined) throw e;
+  return { ok: false, message };
 }
 
 /** A held key: the change as a message to its holder. */
@@ -110,13 +114,10 @@ export async function deleteFree(r: RecordView, etag: string): Promise<Outcome> 
     await call("DELETE", recordPath(r), undefined, { "If-Match": etag });
     return { ok: true, message: `Deleted ${r.key} (kept as a version: the history can bring it back).` };
   } catch (e) {
-    if (e instanceof ApiError && e.code === "precondition_failed") {
-      return { ok: false, message: "Not deleted: the record changed since this page loaded. Reload to see it." };
-    }
-    if (e instanceof ApiError && e.code === "lease_held") {
-      return { ok: false, message: "Not deleted: a game server took the key meanwhile. Reload, then ask it to hand over." };
-    }
-    throw e;
+    return refused(e, {
+      precondition_failed: "Not deleted: the record changed since this page loaded. Reload to see it.",
+      lease_held: "Not deleted: a game server took the key meanwhile. Reload, then ask it to hand over.",
+    });
   }
 }
 

@@ -288,14 +288,16 @@ async function keyPage(store: string, key: string, notice?: Outcome, show = scre
   const heading = h("h1", {}, key);
   show(crumbs, heading, h("p", { class: "muted" }, "Loading…"));
   try {
-    const { body: r, headers } = await call<RecordView>("GET", `/v1/stores/${seg(store)}/keys/${seg(key)}`);
-    // What waits for the key's holder (a read: nothing is taken).
-    const waiting = await call<{ messages: { id: number; sent_at_ms: number; message: unknown }[] }>(
-      "GET",
-      `/v1/stores/${seg(store)}/keys/${seg(key)}/messages`,
-    )
-      .then((a) => a.body.messages)
-      .catch(() => null);
+    // The record and what waits for its holder (a read: nothing is taken), asked together.
+    const [{ body: r, headers }, waiting] = await Promise.all([
+      call<RecordView>("GET", `/v1/stores/${seg(store)}/keys/${seg(key)}`),
+      call<{ messages: { id: number; sent_at_ms: number; message: unknown }[] }>(
+        "GET",
+        `/v1/stores/${seg(store)}/keys/${seg(key)}/messages`,
+      )
+        .then((a) => a.body.messages)
+        .catch(() => null),
+    ]);
     const data = JSON.stringify(r.data, null, 2) ?? "null";
     const view = h("pre", { class: "json", id: "data", tabindex: "0", "aria-label": "the record's data" }, data.length > LARGE ? data.slice(0, LARGE) : data);
     const whole = data.length > LARGE
