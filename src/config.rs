@@ -151,6 +151,12 @@ pub struct Config {
     /// queue); `None`: never in the background (`Store::prune_versions`
     /// still does it on demand).
     pub prune_interval: Option<Duration>,
+    /// How long a loaded key with nothing unsaved may go without a message
+    /// before it hibernates: its actor stops and the cell keeps only the
+    /// document, lease and header; the next message wakes it unseen.
+    /// Checked on the autosave tick, so rounded up to whole
+    /// `autosave_interval`s (at least one). `None`: never.
+    pub hibernate_after: Option<Duration>,
 }
 
 fn default_owner_id() -> String {
@@ -202,6 +208,7 @@ impl Config {
             max_document_bytes: 4 * 1024 * 1024,
             keys_on_caller_arbiter: false,
             prune_interval: Some(Duration::from_secs(3600)),
+            hibernate_after: Some(Duration::from_secs(60)),
         }
     }
 

@@ -30,6 +30,12 @@ pub(crate) struct Engine {
     pub arbiter: ArbiterHandle,
     /// Failed saves by reason, for metrics.
     pub save_failures: crate::save_failures::SaveFailures,
+    /// Keys fallen asleep and woken since start (`Datastorer::hibernation`).
+    pub fell_asleep: std::sync::atomic::AtomicU64,
+    pub woken: std::sync::atomic::AtomicU64,
+    /// Keys asleep now (changed under each key's cell lock), so counting
+    /// them does not visit a million cells.
+    pub asleep: std::sync::atomic::AtomicUsize,
 }
 
 impl Drop for Engine {
@@ -61,6 +67,9 @@ impl Engine {
             clock,
             arbiter,
             save_failures: Default::default(),
+            fell_asleep: Default::default(),
+            woken: Default::default(),
+            asleep: Default::default(),
         }
     }
 

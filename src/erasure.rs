@@ -187,7 +187,7 @@ async fn write_any(
 async fn end_local_session(engine: &Engine, store: &str, key: &str) -> bool {
     let Some(actor) = engine.registry.find(store, key) else { return false };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if actor.send(Control::Close(Close { reason: CloseReason::Erased, receipt: tx })).await.is_err() {
+    if !actor.control(Control::Close(Close { reason: CloseReason::Erased, receipt: tx })) {
         return false;
     }
     let _ = tokio::time::timeout(CONTENTION_WINDOW, rx).await;

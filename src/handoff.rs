@@ -60,7 +60,7 @@ pub(crate) async fn hand_over(
     if let Some(actor) = engine.registry.find(store, key) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let release = Release { priority: Priority::Emergency, reason: close_reason(because), receipt: tx };
-        if actor.send(Control::Release(release)).await.is_ok() {
+        if actor.control(Control::Release(release)) {
             return Ok(match tokio::time::timeout(handoff, rx).await {
                 Ok(Ok(Ok(_))) => Handoff::Released,
                 // Closed already, or its save failed: what it holds is fenced.

@@ -132,7 +132,7 @@ pub use crate::store_usage::StoreUsage;
 pub use crate::types::EraseMode;
 pub use crate::types::Message;
 pub use crate::types::{AcquirePolicy, CloseReason, LeaseInfo, SaveOutcome};
-pub use crate::types::{BudgetLevels, Priority, QueueDepth, QueueStats};
+pub use crate::types::{BudgetLevels, HibernationStats, Priority, QueueDepth, QueueStats};
 
 /// One running engine: a backend, a queue, a supervisor and the stores.
 /// Cheap to clone; every clone is the same instance.
@@ -204,11 +204,13 @@ impl Datastorer {
         };
         let registry = Arc::new(Registry::default());
         let owner: Arc<str> = Arc::from(config.owner_id.as_str());
+        let clock = clock::Clock::new(backend.clock());
         let supervisor = Supervisor::new(
             registry.clone(),
             queue.clone(),
             backend.clone(),
             owner,
+            clock.clone(),
             config.autosave_interval,
             config.shutdown_deadline,
         )
@@ -217,7 +219,6 @@ impl Datastorer {
             install_signal_handler(supervisor.downgrade(), registry.clone())?;
         }
         info!(target: "datastorer", owner = %config.owner_id, backend = backend.name(), "datastorer started");
-        let clock = clock::Clock::new(backend.clock());
         let engine = Arc::new(Engine::new(config, backend, queue, queue_thread, registry, clock, arbiter));
         let keepalive = Arc::new(Keepalive::new(supervisor.clone().recipient()));
         Ok(Datastorer { engine, supervisor, keepalive })
@@ -332,9 +333,21 @@ impl Datastorer {
         self.engine.clock.now_ms()
     }
 
-    /// Number of keys loaded and open, over all stores.
+    /// Number of keys loaded and open, over all stores (hibernating ones
+    /// included: their sessions are open).
     pub fn loaded_count(&self) -> usize {
         self.engine.registry.loaded_count()
+    }
+
+    /// How many of the loaded keys hibernate right now (no actor; see
+    /// `Config::hibernate_after`), and how often keys fell asleep and woke.
+    pub fn hibernation(&self) -> HibernationStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        HibernationStats {
+            hibernating: self.engine.asleep.load(Relaxed),
+            fell_asleep: self.engine.fell_asleep.load(Relaxed),
+            woken: self.engine.woken.load(Relaxed),
+        }
     }
 
     /// Saves and releases every loaded key (reason `Released`).

@@ -1,6 +1,7 @@
 //! The registry of one `Datastorer` instance: its stores (type-erased, for
 //! the supervisor and the notice listener), the shutting-down flag, each
-//! store's fingerprint, and each key actor's close signal.
+//! store's fingerprint, each key session's close signal, and `KeyControl`,
+//! the type-erased way to a loaded key.
 //!
 //! Owns: these tables and signals. Must not: name the key actor, a store's
 //! document type or the engine; the layers above register here, and a key
@@ -12,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use actix::Recipient;
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -23,16 +23,31 @@ use crate::types::CloseReason;
 pub(crate) trait StoreControl: Send + Sync + 'static {
     fn as_any_arc(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
     fn fingerprint(&self) -> &Fingerprint;
-    /// The store's loaded keys, sorted by key if `sorted`.
-    fn key_recipients(&self, sorted: bool) -> Vec<Recipient<Control>>;
-    /// Every key actor with its key, in key order.
-    fn named_key_recipients(&self) -> Vec<(Arc<str>, Recipient<Control>)>;
-    fn find(&self, key: &str) -> Option<Recipient<Control>>;
+    /// The store's loaded keys (awake or asleep).
+    fn key_targets(&self) -> Vec<Arc<dyn KeyControl>>;
+    /// Every loaded key with its key, in key order.
+    fn named_key_targets(&self) -> Vec<(Arc<str>, Arc<dyn KeyControl>)>;
+    fn find(&self, key: &str) -> Option<Arc<dyn KeyControl>>;
     fn loaded_count(&self) -> usize;
     /// What an erasure by user id does to this store's records.
     fn erase_mode(&self) -> crate::types::EraseMode;
     /// Whether the store keeps versions.
     fn keeps_versions(&self) -> bool;
+}
+
+/// One loaded key, as the supervisor and the notice listener reach it:
+/// a `Control` goes to its actor, waking it if it sleeps (and only if the
+/// message needs the actor).
+pub(crate) trait KeyControl: Send + Sync + 'static {
+    /// Delivers `msg`; `false` once the key's session has ended (the
+    /// message, and any receipt in it, is dropped).
+    fn control(self: Arc<Self>, msg: Control) -> bool;
+    /// The autosave tick (`Control::Autosave`), at `now_ms` of the engine's
+    /// clock: a sleeping key whose lease is not due is passed without its
+    /// lock.
+    fn tick(self: Arc<Self>, now_ms: u64);
+    /// Ends a sleeping key's session with `Stopped` (the instance stopped).
+    fn stop_if_asleep(&self);
 }
 
 /// The stores of one instance. Stores point at the engine and the engine at
@@ -56,9 +71,9 @@ impl Registry {
     }
 
     /// Every loaded key, in map order.
-    pub(crate) fn all_keys(&self) -> Vec<Recipient<Control>> {
+    pub(crate) fn all_keys(&self) -> Vec<Arc<dyn KeyControl>> {
         let stores: Vec<_> = self.stores().values().cloned().collect();
-        stores.iter().flat_map(|s| s.key_recipients(false)).collect()
+        stores.iter().flat_map(|s| s.key_targets()).collect()
     }
 
     /// Every loaded key in storage-key order (stores by name, then keys),
@@ -76,16 +91,16 @@ impl Registry {
             .iter()
             .flat_map(|(name, s)| {
                 let store: Arc<str> = Arc::from(name.as_str());
-                s.named_key_recipients().into_iter().map(move |(key, r)| NamedKey {
+                s.named_key_targets().into_iter().map(move |(key, target)| NamedKey {
                     store: store.clone(),
                     key,
-                    recipient: r,
+                    target,
                 })
             })
             .collect()
     }
 
-    pub(crate) fn find(&self, store: &str, key: &str) -> Option<Recipient<Control>> {
+    pub(crate) fn find(&self, store: &str, key: &str) -> Option<Arc<dyn KeyControl>> {
         let s = self.stores().get(store).cloned()?;
         s.find(key)
     }
@@ -113,6 +128,13 @@ impl Registry {
         self.stopped.store(true, Ordering::SeqCst);
         self.stopped_notify.notify_waiters();
         let stores = std::mem::take(&mut *self.stores());
+        // A sleeping key has no actor to stop with the System: its session
+        // ends here, so whoever waits for it is told.
+        for store in stores.values() {
+            for key in store.key_targets() {
+                key.stop_if_asleep();
+            }
+        }
         drop(stores);
     }
 
@@ -170,17 +192,18 @@ impl Fingerprint {
     }
 }
 
-/// A loaded key's actor with the store and key it serves.
+/// A loaded key with the store and key it is.
 pub(crate) struct NamedKey {
     pub store: Arc<str>,
     pub key: Arc<str>,
-    pub recipient: Recipient<Control>,
+    pub target: Arc<dyn KeyControl>,
 }
 
-/// One key actor's lifecycle: opened, then closed once with a reason.
-/// One key actor's lifecycle as others see it: whether its open finished,
-/// and, once, that its session closed and why. The `Arc` doubles as the
-/// actor instance's identity in the store's registry.
+/// One key session's lifecycle as others see it: whether its open finished,
+/// and, once, that its session closed and why. It lives in the key's cell
+/// and outlives the actors that serve the session (a key that sleeps and
+/// wakes keeps it); its address identifies the session in the store's
+/// table.
 ///
 /// One exists per loaded key, so it is kept small: a `watch` channel costs
 /// about 360 bytes (eight inner `Notify`s), this 80.
@@ -195,8 +218,8 @@ pub(crate) struct CloseSignal {
 }
 
 impl CloseSignal {
-    pub(crate) fn new(one_shot: bool) -> Arc<Self> {
-        Arc::new(Self { reason: OnceLock::new(), opened: AtomicBool::new(false), one_shot, notify: Notify::new() })
+    pub(crate) fn new(one_shot: bool) -> Self {
+        Self { reason: OnceLock::new(), opened: AtomicBool::new(false), one_shot, notify: Notify::new() }
     }
 
     pub(crate) fn mark_opened(&self) {

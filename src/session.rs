@@ -11,18 +11,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use actix::Addr;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::actors::key::KeyActor;
+use crate::actors::key::{KeyActor, KeyCell};
 use crate::error::{Error, KeyId};
 use crate::keepalive::Keepalive;
 use crate::messages::key::{
     AddUserId, CheckLease, Close, GetLease, GetMetadata, GetUserIds, Read, ReceiptTx, Release, RemoveUserId, Save,
     SetMetadata, Update, UpdateEncoded,
 };
-use crate::registry::CloseSignal;
 use crate::types::Document;
 use crate::types::{CloseReason, LeaseInfo, Priority, SaveOutcome};
 
@@ -57,12 +55,10 @@ impl Future for SaveReceipt {
 }
 
 /// A handle on one loaded key. Cheap to clone; every clone talks to the same
-/// key actor, which runs closures one at a time.
+/// key actor, which runs closures one at a time (a key that sleeps is woken
+/// by the next call, unseen).
 pub struct Session<T: Document> {
-    addr: Addr<KeyActor<T>>,
-    store: Arc<str>,
-    key: Arc<str>,
-    closed: Arc<CloseSignal>,
+    cell: Arc<KeyCell<T>>,
     /// Keeps the instance running while the application holds the session
     /// (`None` in a session the engine made for itself).
     keepalive: Option<Arc<Keepalive>>,
@@ -70,51 +66,58 @@ pub struct Session<T: Document> {
 
 impl<T: Document> Clone for Session<T> {
     fn clone(&self) -> Self {
-        Self {
-            addr: self.addr.clone(),
-            store: self.store.clone(),
-            key: self.key.clone(),
-            closed: self.closed.clone(),
-            keepalive: self.keepalive.clone(),
-        }
+        Self { cell: self.cell.clone(), keepalive: self.keepalive.clone() }
     }
 }
 
 impl<T: Document> fmt::Debug for Session<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("store", &self.store).field("key", &self.key).finish()
+        f.debug_struct("Session").field("store", &self.store()).field("key", &self.key()).finish()
     }
 }
 
 impl<T: Document> Session<T> {
-    pub(crate) fn new(
-        addr: Addr<KeyActor<T>>,
-        store: Arc<str>,
-        key: Arc<str>,
-        closed: Arc<CloseSignal>,
-        keepalive: Option<Arc<Keepalive>>,
-    ) -> Self {
-        Self { addr, store, key, closed, keepalive }
+    pub(crate) fn new(cell: Arc<KeyCell<T>>, keepalive: Option<Arc<Keepalive>>) -> Self {
+        Self { cell, keepalive }
     }
 
     /// The store name.
     pub fn store(&self) -> &str {
-        &self.store
+        self.cell.store_name()
     }
 
     /// The key.
     pub fn key(&self) -> &str {
-        &self.key
+        self.cell.key()
     }
 
     fn gone(&self) -> Error {
-        let reason = self.closed.reason().unwrap_or(CloseReason::Stopped);
-        Error::SessionClosed { at: KeyId::new(self.store.to_string(), self.key.to_string()), reason }
+        let reason = self.cell.signal().reason().unwrap_or(CloseReason::Stopped);
+        Error::SessionClosed { at: KeyId::new(self.store().to_owned(), self.key().to_owned()), reason }
+    }
+
+    /// Sends `msg` to the key's actor (waking the key if it sleeps) and
+    /// waits for the answer.
+    async fn ask<M>(&self, msg: M) -> Result<M::Result, Error>
+    where
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+        KeyActor<T>: actix::Handler<M>,
+        <KeyActor<T> as actix::Actor>::Context: actix::dev::ToEnvelope<KeyActor<T>, M>,
+    {
+        match self.cell.send(msg) {
+            Some(request) => request.await.map_err(|_| self.gone()),
+            None => Err(self.gone()),
+        }
+    }
+
+    fn receipt(&self) -> (ReceiptTx, SaveReceipt) {
+        SaveReceipt::channel(self.cell.store_name().clone(), self.cell.key().clone())
     }
 
     /// Runs `f` over the document inside the key actor.
     pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&T) -> R + Send + 'static) -> Result<R, Error> {
-        self.addr.send(Read(f, PhantomData)).await.map_err(|_| self.gone())?
+        self.ask(Read(f, PhantomData)).await?
     }
 
     /// A copy of the document.
@@ -127,7 +130,7 @@ impl<T: Document> Session<T> {
     /// a copy for the duration of the call), the panic is returned as
     /// `Error::Panicked`, and the session stays open.
     pub async fn update<R: Send + 'static>(&self, f: impl FnOnce(&mut T) -> R + Send + 'static) -> Result<R, Error> {
-        self.addr.send(Update(f, PhantomData)).await.map_err(|_| self.gone())?
+        self.ask(Update(f, PhantomData)).await?
     }
 
     /// [`Session::update`], answering also the document's JSON encoding
@@ -138,38 +141,38 @@ impl<T: Document> Session<T> {
         &self,
         f: impl FnOnce(&mut T) -> R + Send + 'static,
     ) -> Result<(R, bytes::Bytes), Error> {
-        self.addr.send(UpdateEncoded(f, PhantomData)).await.map_err(|_| self.gone())?
+        self.ask(UpdateEncoded(f, PhantomData)).await?
     }
 
     /// The metadata stored beside the document.
     pub async fn metadata(&self) -> Result<Value, Error> {
-        self.addr.send(GetMetadata).await.map_err(|_| self.gone())?
+        self.ask(GetMetadata).await?
     }
 
     /// Replaces the metadata (saved with the next write).
     pub async fn set_metadata(&self, metadata: Value) -> Result<(), Error> {
-        self.addr.send(SetMetadata(metadata)).await.map_err(|_| self.gone())?
+        self.ask(SetMetadata(metadata)).await?
     }
 
     /// Associates a user id with the key (saved with the next write).
     pub async fn add_user_id(&self, user_id: impl fmt::Display) -> Result<(), Error> {
-        self.addr.send(AddUserId(user_id.to_string())).await.map_err(|_| self.gone())?
+        self.ask(AddUserId(user_id.to_string())).await?
     }
 
     /// Dissociates `user_id` from the key (saved with the next write, like
     /// an added one). Answers whether it was associated.
     pub async fn remove_user_id(&self, user_id: impl fmt::Display) -> Result<bool, Error> {
-        self.addr.send(RemoveUserId(user_id.to_string())).await.map_err(|_| self.gone())?
+        self.ask(RemoveUserId(user_id.to_string())).await?
     }
 
     /// The user ids associated with the key.
     pub async fn user_ids(&self) -> Result<Vec<String>, Error> {
-        self.addr.send(GetUserIds).await.map_err(|_| self.gone())?
+        self.ask(GetUserIds).await?
     }
 
     /// The lease this session holds.
     pub async fn lease(&self) -> Result<LeaseInfo, Error> {
-        self.addr.send(GetLease).await.map_err(|_| self.gone())?
+        self.ask(GetLease).await?
     }
 
     /// Reads the stored record back (one read through the queue) and
@@ -179,7 +182,7 @@ impl<T: Document> Session<T> {
     /// request that would otherwise answer from memory alone (a client
     /// resuming its session after a lost answer).
     pub async fn check_lease(&self) -> Result<(), Error> {
-        self.addr.send(CheckLease).await.map_err(|_| self.gone())?
+        self.ask(CheckLease).await?
     }
 
     /// Saves the document now. The receipt resolves once the write is
@@ -187,16 +190,16 @@ impl<T: Document> Session<T> {
     /// durable write it resolves at once with that revision. A save issued
     /// while another write is in flight waits and writes the newer state.
     pub fn save(&self, priority: Priority) -> SaveReceipt {
-        let (tx, receipt) = SaveReceipt::channel(self.store.clone(), self.key.clone());
-        self.addr.do_send(Save { priority, receipt: tx });
+        let (tx, receipt) = self.receipt();
+        self.cell.do_send(Save { priority, receipt: tx });
         receipt
     }
 
     /// Saves, clears the lease and closes the session (reason `Released`).
     /// On failure the session stays open and the data stays in memory.
     pub async fn release(&self, priority: Priority) -> Result<SaveOutcome, Error> {
-        let (tx, receipt) = SaveReceipt::channel(self.store.clone(), self.key.clone());
-        self.addr.do_send(Release { priority, reason: CloseReason::Released, receipt: tx });
+        let (tx, receipt) = self.receipt();
+        self.cell.do_send(Release { priority, reason: CloseReason::Released, receipt: tx });
         receipt.await
     }
 
@@ -206,8 +209,8 @@ impl<T: Document> Session<T> {
     /// `Expired`, one that hands a key to another client says
     /// `ReleaseRequested`.
     pub async fn release_as(&self, priority: Priority, reason: CloseReason) -> Result<SaveOutcome, Error> {
-        let (tx, receipt) = SaveReceipt::channel(self.store.clone(), self.key.clone());
-        self.addr.do_send(Release { priority, reason, receipt: tx });
+        let (tx, receipt) = self.receipt();
+        self.cell.do_send(Release { priority, reason, receipt: tx });
         receipt.await
     }
 
@@ -219,19 +222,19 @@ impl<T: Document> Session<T> {
     /// Like [`close`](Self::close), reporting `reason` (a server that
     /// hands a key to a stealing client says `Stolen`).
     pub async fn close_as(&self, reason: CloseReason) -> Result<SaveOutcome, Error> {
-        let (tx, receipt) = SaveReceipt::channel(self.store.clone(), self.key.clone());
-        self.addr.do_send(Close { reason, receipt: tx });
+        let (tx, receipt) = self.receipt();
+        self.cell.do_send(Close { reason, receipt: tx });
         receipt.await
     }
 
     /// Resolves with the reason once the session has closed.
     pub fn closed(&self) -> impl Future<Output = CloseReason> + Send + 'static {
-        let signal = self.closed.clone();
-        async move { signal.wait().await }
+        let cell = self.cell.clone();
+        async move { cell.signal().wait().await }
     }
 
     /// The close reason, if the session has closed.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.closed.reason()
+        self.cell.signal().reason()
     }
 }

@@ -39,9 +39,9 @@ impl<T> Clone for Hooks<T> {
     }
 }
 
-/// Removes a key from its store's table if the entry is still the actor
-/// instance identified by the signal.
-pub(crate) type Deregister = Box<dyn Fn(&str, &Arc<CloseSignal>) + Send + Sync>;
+/// Removes a key from its store's table if the entry is still the session
+/// whose close signal this is (compared by address).
+pub(crate) type Deregister = Box<dyn Fn(&str, &CloseSignal) + Send + Sync>;
 
 /// What a key actor needs of its store.
 pub(crate) struct StoreDef<T: Document> {
@@ -62,7 +62,7 @@ pub(crate) struct StoreDef<T: Document> {
 
 impl<T: Document> StoreDef<T> {
     /// Leaves the store's key table (if `instance` is still the entry there).
-    pub(crate) fn remove(&self, key: &str, instance: &Arc<CloseSignal>) {
+    pub(crate) fn remove(&self, key: &str, instance: &CloseSignal) {
         (self.deregister)(key, instance);
     }
 }

@@ -214,6 +214,17 @@ pub struct QueueStats {
     pub gets: u64,
 }
 
+/// Loaded keys without an actor (see `Config::hibernate_after`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HibernationStats {
+    /// Loaded keys hibernating now.
+    pub hibernating: usize,
+    /// Times a key fell asleep since the instance started.
+    pub fell_asleep: u64,
+    /// Times a message woke a hibernating key.
+    pub woken: u64,
+}
+
 /// One message.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Message {

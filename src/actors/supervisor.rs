@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::actors::queue::QueueActor;
+use crate::clock::Clock;
 use crate::error::Error;
 use crate::messages::key::{Control, Release};
 #[cfg(feature = "harness")]
@@ -35,6 +36,8 @@ pub(crate) struct Supervisor {
     queue: Addr<QueueActor>,
     backend: Arc<dyn Backend>,
     owner: Arc<str>,
+    /// The engine's clock: the tick tells each key the time once.
+    clock: Clock,
     autosave_interval: Duration,
     shutdown_deadline: Duration,
     shutdown: ShutdownState,
@@ -59,6 +62,7 @@ impl Supervisor {
         queue: Addr<QueueActor>,
         backend: Arc<dyn Backend>,
         owner: Arc<str>,
+        clock: Clock,
         autosave_interval: Duration,
         shutdown_deadline: Duration,
     ) -> Self {
@@ -67,6 +71,7 @@ impl Supervisor {
             queue,
             backend,
             owner,
+            clock,
             autosave_interval,
             shutdown_deadline,
             shutdown: ShutdownState::Running,
@@ -87,7 +92,7 @@ async fn release_keys(
     let mut names = Vec::with_capacity(keys.len());
     for k in keys {
         let (tx, rx) = oneshot::channel();
-        k.recipient.do_send(Control::Release(Release { reason: reason.clone(), priority, receipt: tx }));
+        k.target.control(Control::Release(Release { reason: reason.clone(), priority, receipt: tx }));
         receipts.push(rx);
         names.push((k.store, k.key));
     }
@@ -127,8 +132,9 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let tick = ctx.run_interval(self.autosave_interval, |act, _ctx| {
             if !act.registry.is_shutting_down() {
+                let now_ms = act.clock.now_ms();
                 for k in act.registry.all_keys() {
-                    k.do_send(Control::Autosave);
+                    k.tick(now_ms);
                 }
             }
         });
@@ -163,7 +169,7 @@ impl Actor for Supervisor {
                     };
                     if for_us {
                         if let Some(k) = registry.find(&n.store, &n.key) {
-                            k.do_send(Control::Notice(n.kind));
+                            k.clone().control(Control::Notice(n.kind));
                         }
                     }
                 }
@@ -181,7 +187,7 @@ fn verify_all(registry: &Registry) {
         warn!(target: "datastorer::supervisor", keys = keys.len(), "lease notices may have been missed: verifying leases");
     }
     for k in keys {
-        k.do_send(Control::VerifyLease);
+        k.clone().control(Control::VerifyLease);
     }
 }
 
@@ -196,10 +202,11 @@ impl Handler<AutosaveNow> for Supervisor {
 
     fn handle(&mut self, _msg: AutosaveNow, _ctx: &mut Self::Context) -> usize {
         let keys = self.registry.all_keys();
-        for k in &keys {
-            k.do_send(Control::Autosave);
+        let (count, now_ms) = (keys.len(), self.clock.now_ms());
+        for k in keys {
+            k.tick(now_ms);
         }
-        keys.len()
+        count
     }
 }
 
@@ -212,7 +219,7 @@ impl Handler<Abort> for Supervisor {
         self.registry.begin_shutdown();
         self.shutdown = ShutdownState::Done(ShutdownReport::default());
         for k in self.registry.all_keys() {
-            k.do_send(Control::Abort);
+            k.clone().control(Control::Abort);
         }
         self.queue.do_send(DropQueued { emergency_too: true });
         ctx.stop();

@@ -79,14 +79,14 @@ impl<T: Document> Store<T> {
             // A forced delete ends the live session here first: otherwise it
             // would go on changing a copy of a record that no longer exists,
             // and fail at its next write (at the latest at shutdown).
-            let ending = shared.keys().get(key.as_str()).map(|e| e.closed.clone());
-            if let Some(k) = engine.registry.find(&shared.name, &key) {
-                let _ = k.send(Control::Notice(NoticeKind::Deleted)).await;
+            let ending = shared.keys().get(key.as_str()).cloned();
+            if let Some(cell) = &ending {
+                cell.clone().control(crate::messages::key::Control::Notice(NoticeKind::Deleted));
             }
             // Its end is awaited, not polled (bounded: a stuck actor must
             // not hold the delete forever).
-            if let Some(ending) = ending {
-                let _ = tokio::time::timeout(CONTENTION_WINDOW, ending.wait()).await;
+            if let Some(cell) = ending {
+                let _ = tokio::time::timeout(CONTENTION_WINDOW, cell.signal().wait()).await;
             }
         }
         let current = self.inspect(key.as_str()).await;

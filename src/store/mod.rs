@@ -1,8 +1,9 @@
 //! Stores: a named collection of keys with a template, migrations, a
 //! metadata template and hooks; the typed registry of its key actors.
 //!
-//! Owns: the map from key to key actor for one store (which actor is
-//! loaded, which is open), name validation, where a key actor starts (the
+//! Owns: the map from key to key cell for one store (which key is loaded,
+//! which is open; a cell holds its actor or, hibernating, what the actor
+//! left), name validation, where a key actor starts (the
 //! engine's arbiter, or the caller's with `keys_on_caller_arbiter`), and
 //! the open flow up to the moment the key actor takes over, and the
 //! administrative reads and writes that need no lease (`list_keys`,
@@ -17,16 +18,16 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use actix::{Actor, Addr, Arbiter, Recipient};
+use actix::Arbiter;
 use serde_json::Value;
 
-use crate::actors::key::KeyActor;
+use crate::actors::key::KeyCell;
 use crate::engine::Engine;
 use crate::error::{Error, KeyId};
 use crate::keepalive::Keepalive;
-use crate::messages::key::{Control, Open};
+use crate::messages::key::Open;
 use crate::migration::Migration;
-use crate::registry::{CloseSignal, Fingerprint, StoreControl};
+use crate::registry::{CloseSignal, Fingerprint, KeyControl, StoreControl};
 pub use crate::retention::Retention;
 use crate::retry::CONTENTION_WINDOW;
 use crate::session::Session;
@@ -61,19 +62,14 @@ pub use spec::{
     MAX_STORE_NAME_LEN,
 };
 
-/// A registry entry: 32 bytes, since a million of them may exist. The
-/// signal's `Arc` identifies the actor instance (a reopened key gets a new one).
-struct KeyEntry<T: Document> {
-    addr: Addr<KeyActor<T>>,
-    closed: Arc<CloseSignal>,
-}
-
 /// One store's shared state; `Store<T>` handles point at it. Its key
 /// actors see only `def`.
 pub(crate) struct StoreShared<T: Document> {
     def: Arc<StoreDef<T>>,
     fingerprint: Fingerprint,
-    keys: Mutex<HashMap<Arc<str>, KeyEntry<T>>>,
+    /// One cell per loaded key (its actor awake, or the key asleep); the
+    /// cell identifies the session (a reopened key gets a new one).
+    keys: Mutex<HashMap<Arc<str>, Arc<KeyCell<T>>>>,
     /// Keys in a one-shot update (`update_unleased`) right now, each with
     /// the fair lock later ones queue on instead of failing on its lease.
     one_shots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -89,7 +85,7 @@ impl<T: Document> std::ops::Deref for StoreShared<T> {
 }
 
 impl<T: Document> StoreShared<T> {
-    fn keys(&self) -> MutexGuard<'_, HashMap<Arc<str>, KeyEntry<T>>> {
+    fn keys(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<KeyCell<T>>>> {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -97,10 +93,10 @@ impl<T: Document> StoreShared<T> {
         self.one_shots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Removes `key` if its entry is still the actor instance `instance`.
-    pub(crate) fn remove(&self, key: &str, instance: &Arc<CloseSignal>) {
+    /// Removes `key` if its entry is still the session `instance`.
+    pub(crate) fn remove(&self, key: &str, instance: &CloseSignal) {
         let mut keys = self.keys();
-        if keys.get(key).is_some_and(|e| Arc::ptr_eq(&e.closed, instance)) {
+        if keys.get(key).is_some_and(|e| std::ptr::eq(e.signal(), instance)) {
             keys.remove(key);
         }
     }
@@ -115,29 +111,23 @@ impl<T: Document> StoreControl for StoreShared<T> {
         &self.fingerprint
     }
 
-    fn key_recipients(&self, sorted: bool) -> Vec<Recipient<Control>> {
-        if !sorted {
-            return self.keys().values().map(|e| e.addr.clone().recipient()).collect();
-        }
-        let mut entries: Vec<(Arc<str>, Recipient<Control>)> =
-            self.keys().iter().map(|(k, e)| (k.clone(), e.addr.clone().recipient())).collect();
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        entries.into_iter().map(|(_, r)| r).collect()
+    fn key_targets(&self) -> Vec<Arc<dyn KeyControl>> {
+        self.keys().values().map(|e| e.clone() as Arc<dyn KeyControl>).collect()
     }
 
-    fn named_key_recipients(&self) -> Vec<(Arc<str>, Recipient<Control>)> {
-        let mut entries: Vec<(Arc<str>, Recipient<Control>)> =
-            self.keys().iter().map(|(k, e)| (k.clone(), e.addr.clone().recipient())).collect();
+    fn named_key_targets(&self) -> Vec<(Arc<str>, Arc<dyn KeyControl>)> {
+        let mut entries: Vec<(Arc<str>, Arc<dyn KeyControl>)> =
+            self.keys().iter().map(|(k, e)| (k.clone(), e.clone() as Arc<dyn KeyControl>)).collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         entries
     }
 
-    fn find(&self, key: &str) -> Option<Recipient<Control>> {
-        self.keys().get(key).map(|e| e.addr.clone().recipient())
+    fn find(&self, key: &str) -> Option<Arc<dyn KeyControl>> {
+        self.keys().get(key).map(|e| e.clone() as Arc<dyn KeyControl>)
     }
 
     fn loaded_count(&self) -> usize {
-        self.keys().values().filter(|e| e.closed.is_session_open()).count()
+        self.keys().values().filter(|e| e.signal().is_session_open()).count()
     }
 
     fn erase_mode(&self) -> crate::types::EraseMode {
@@ -277,19 +267,19 @@ impl<T: Document> Store<T> {
     pub fn get(&self, key: impl Into<Key>) -> Option<Session<T>> {
         let key = key.into().0;
         let keys = self.shared.keys();
-        let (k, e) = keys.get_key_value(key.as_str()).filter(|(_, e)| e.closed.is_session_open())?;
-        Some(Session::new(e.addr.clone(), self.shared.name.clone(), k.clone(), e.closed.clone(), self.keepalive()))
+        let cell = keys.get(key.as_str()).filter(|e| e.signal().is_session_open())?;
+        Some(Session::new(cell.clone(), self.keepalive()))
     }
 
     /// Whether this instance has `key` loaded and open.
     pub fn is_loaded(&self, key: impl Into<Key>) -> bool {
         let key = key.into().0;
-        self.shared.keys().get(key.as_str()).is_some_and(|e| e.closed.is_session_open())
+        self.shared.keys().get(key.as_str()).is_some_and(|e| e.signal().is_session_open())
     }
 
     /// Keys this instance has loaded and open.
     pub fn loaded_keys(&self) -> Vec<String> {
-        self.shared.keys().iter().filter(|(_, e)| e.closed.is_session_open()).map(|(k, _)| k.to_string()).collect()
+        self.shared.keys().iter().filter(|(_, e)| e.signal().is_session_open()).map(|(k, _)| k.to_string()).collect()
     }
 }
 

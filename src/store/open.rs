@@ -32,12 +32,10 @@ impl<T: Document> Store<T> {
             }
             let found = {
                 let mut keys = shared.keys();
-                match keys.get_key_value(key.as_str()) {
+                match keys.get(key.as_str()) {
                     // A session joins the session this instance is opening or has open.
-                    Some((k, e)) if !exclusive && !e.closed.is_one_shot() => {
-                        Found::Join(e.addr.clone(), k.clone(), e.closed.clone())
-                    }
-                    Some((_, e)) if exclusive && !e.closed.is_one_shot() && e.closed.is_open() => {
+                    Some(cell) if !exclusive && !cell.signal().is_one_shot() => Found::Join(cell.clone()),
+                    Some(cell) if exclusive && !cell.signal().is_one_shot() && cell.signal().is_open() => {
                         return Err(Error::LeaseHeld {
                             at: KeyId::new(shared.name.to_string(), key),
                             holder: shared.engine.owner.to_string(),
@@ -49,38 +47,39 @@ impl<T: Document> Store<T> {
                     // epoch with nothing fencing one from the other. A
                     // session still opening is waited for (then refused if
                     // it opened); a one-shot is waited out.
-                    Some((k, e)) => Found::Busy(k.clone(), e.closed.clone()),
+                    Some(cell) => Found::Busy(cell.clone()),
                     None => {
                         let key_arc: Arc<str> = Arc::from(key.as_str());
-                        let signal = CloseSignal::new(exclusive);
-                        let actor = KeyActor::new(shared.def.clone(), key_arc.clone(), signal.clone());
                         let home = match shared.engine.config.keys_on_caller_arbiter {
                             true => Arbiter::try_current().unwrap_or_else(|| shared.engine.arbiter.clone()),
                             false => shared.engine.arbiter.clone(),
                         };
-                        let addr = KeyActor::start_in_arbiter(&home, move |_| actor);
-                        keys.insert(key_arc.clone(), KeyEntry { addr: addr.clone(), closed: signal.clone() });
-                        Found::Created(addr, key_arc, signal)
+                        let cell = KeyCell::start(shared.def.clone(), key_arc.clone(), exclusive, &home);
+                        keys.insert(key_arc, cell.clone());
+                        Found::Created(cell)
                     }
                 }
             };
-            let (addr, key_arc, closed, created) = match found {
-                Found::Join(addr, k, closed) => (addr, k, closed, false),
-                Found::Created(addr, k, closed) => (addr, k, closed, true),
-                Found::Busy(k, closed) => {
-                    if closed.is_one_shot() || closed.reason().is_some() {
-                        closed.wait().await;
-                        shared.remove(&k, &closed);
+            let (cell, created) = match found {
+                Found::Join(cell) => (cell, false),
+                Found::Created(cell) => (cell, true),
+                Found::Busy(cell) => {
+                    if cell.signal().is_one_shot() || cell.signal().reason().is_some() {
+                        cell.signal().wait().await;
+                        shared.remove(cell.key(), cell.signal());
                     } else {
-                        closed.wait_settled().await;
+                        cell.signal().wait_settled().await;
                     }
                     continue;
                 }
             };
-            let opened = addr.send(Open { user_ids: user_ids.clone(), policy, one_shot: exclusive }).await;
+            let opened = match cell.send(Open { user_ids: user_ids.clone(), policy, one_shot: exclusive }) {
+                Some(request) => request.await,
+                None => Err(actix::MailboxError::Closed),
+            };
             match opened {
                 Ok(Ok(())) => {
-                    let session = Session::new(addr, shared.name.clone(), key_arc, closed, self.keepalive());
+                    let session = Session::new(cell, self.keepalive());
                     // An open that waited (for a lease held elsewhere) can
                     // complete after the shutdown took its snapshot of the
                     // keys to release: give the key back now and answer
@@ -97,17 +96,17 @@ impl<T: Document> Store<T> {
                 }
                 // An actor that is closing: wait for it to finish, then load afresh.
                 Ok(Err(Error::SessionClosed { .. })) => {
-                    closed.wait().await;
-                    shared.remove(&key_arc, &closed);
+                    cell.signal().wait().await;
+                    shared.remove(cell.key(), cell.signal());
                 }
                 // The actor stopped before reading our message (it was closing):
                 // load afresh.
                 Err(_) => {
-                    closed.wait().await;
-                    shared.remove(&key_arc, &closed);
+                    cell.signal().wait().await;
+                    shared.remove(cell.key(), cell.signal());
                     stopped += 1;
                     if stopped >= STOPPED_ACTORS_TOLERATED {
-                        let reason = closed.reason().unwrap_or(CloseReason::Stopped);
+                        let reason = cell.signal().reason().unwrap_or(CloseReason::Stopped);
                         return Err(Error::SessionClosed { at: KeyId::new(shared.name.to_string(), key), reason });
                     }
                 }
@@ -119,10 +118,10 @@ impl<T: Document> Store<T> {
 
 /// What `open_key` found in the key table.
 enum Found<T: Document> {
-    /// An actor to send the open to (the session this instance has).
-    Join(Addr<KeyActor<T>>, Arc<str>, Arc<CloseSignal>),
-    /// A new actor, just registered.
-    Created(Addr<KeyActor<T>>, Arc<str>, Arc<CloseSignal>),
-    /// An actor of the other kind (or one closing): wait, then look again.
-    Busy(Arc<str>, Arc<CloseSignal>),
+    /// The session this instance has (or is opening): send it the open.
+    Join(Arc<KeyCell<T>>),
+    /// A new key, just registered.
+    Created(Arc<KeyCell<T>>),
+    /// A key of the other kind (or one closing): wait, then look again.
+    Busy(Arc<KeyCell<T>>),
 }

@@ -13,6 +13,7 @@ mod engine_lifetime;
 mod erasure;
 mod fault_tolerance;
 mod harness;
+mod hibernation;
 mod history;
 mod leases;
 mod messages;

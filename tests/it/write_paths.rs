@@ -9,6 +9,8 @@
 //! - deletes, plain, conditional and forced;
 //! - messages: posts and their acknowledgements;
 //! - lapsed leases, clock jumps, node crashes and restarts;
+//! - idle keys hibernating and waking (every other history, its nodes put
+//!   a key to sleep after one idle autosave tick);
 //! - a way back: restores of a key to one of its versions, restores of the
 //!   whole store to an earlier time, erasures of a user id some sessions
 //!   carry, bulk migrations;
@@ -249,9 +251,16 @@ fn record_delete(obs: &mut Observed, key: &'static str, asked_at: usize, r: &Res
 async fn run_history(
     seed: u64,
     steps: u64,
-) -> (usize, usize, std::sync::Weak<datastorer::storage::memory::MemoryBackend>) {
+) -> (usize, usize, u64, std::sync::Weak<datastorer::storage::memory::MemoryBackend>) {
     let mut rng = Rng(seed | 1);
-    let mut cluster = Cluster::start(NODES).await;
+    let mut cluster = Cluster::start_with(NODES, |_, c| {
+        if seed % 2 == 0 {
+            c.hibernate_after = Some(Duration::ZERO);
+        }
+    })
+    .await;
+    // Wake-ups of nodes that crashed since, added to the live nodes' count at the end.
+    let mut woken = 0;
     cluster.backend().record_history(true);
     cluster.backend().fail_fraction(OpKind::Write, 0.05, ErrorKind::Transient, seed);
     let mut obs = Observed::default();
@@ -361,6 +370,7 @@ async fn run_history(
             86..=95 => race(&mut rng, &mut obs, &cluster, node, key, history_len).await,
             96..=99 => {
                 if rng.below(2) == 0 {
+                    woken += cluster.node(node).hibernation().woken;
                     cluster.crash(node).await;
                     cluster.restart(node).await;
                 }
@@ -423,7 +433,8 @@ async fn run_history(
         }
     }
     check(&cluster, &obs, seed);
-    (obs.acks.len(), cluster.backend().history().len(), std::sync::Arc::downgrade(cluster.backend()))
+    woken += (0..NODES).map(|n| cluster.node(n).hibernation().woken).sum::<u64>();
+    (obs.acks.len(), cluster.backend().history().len(), woken, std::sync::Arc::downgrade(cluster.backend()))
 }
 
 /// Restores `key` to one of its versions, chosen at random; an
@@ -753,18 +764,19 @@ async fn every_write_path_keeps_what_it_acknowledged_and_one_writer_holds_a_key(
     let steps = env_or("DATASTORER_CHECK_STEPS", 300);
     let base = env_or("DATASTORER_CHECK_SEED", 0x5eed_0000);
     let started = std::time::Instant::now();
-    let (mut acked, mut writes) = (0, 0);
+    let (mut acked, mut writes, mut woken) = (0, 0, 0);
     let mut gone = Vec::new();
     for i in 0..histories {
         let seed = base + i;
-        let (a, w, backend) = run_history(seed, steps).await;
+        let (a, w, k, backend) = run_history(seed, steps).await;
         gone.push((seed, backend));
         acked += a;
         writes += w;
+        woken += k;
     }
     println!(
         "write paths: {histories} histories of {steps} steps (seeds {base}..{}), {writes} applied writes checked, \
-         {acked} acknowledged writes verified, in {:.1} s",
+         {acked} acknowledged writes verified, {woken} hibernating keys woken, in {:.1} s",
         base + histories,
         started.elapsed().as_secs_f64()
     );

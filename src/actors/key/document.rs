@@ -15,6 +15,7 @@ where
     type Result = MessageResult<Read<T, F, R>>;
 
     fn handle(&mut self, msg: Read<T, F, R>, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         MessageResult(self.read(msg.0))
     }
 }
@@ -27,6 +28,7 @@ where
     type Result = MessageResult<Update<T, F, R>>;
 
     fn handle(&mut self, msg: Update<T, F, R>, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         MessageResult(self.update(msg.0))
     }
 }
@@ -39,6 +41,7 @@ where
     type Result = MessageResult<UpdateEncoded<T, F, R>>;
 
     fn handle(&mut self, msg: UpdateEncoded<T, F, R>, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         let updated = self.update(msg.0).and_then(|out| {
             // `update` keeps the encoding it checked the size with.
             let bytes = self.current_encoding().ok_or_else(|| self.closed_error())?;
@@ -172,6 +175,7 @@ impl<T: Document> Handler<GetMetadata> for KeyActor<T> {
     type Result = Result<Value, Error>;
 
     fn handle(&mut self, _msg: GetMetadata, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         let doc = self.doc.as_ref().ok_or_else(|| self.closed_error())?;
         serde_json::from_slice(&doc.metadata_json)
             .map_err(|e| Error::Serialize { at: self.key_id(), message: format!("metadata: {e}") })
@@ -182,6 +186,7 @@ impl<T: Document> Handler<SetMetadata> for KeyActor<T> {
     type Result = Result<(), Error>;
 
     fn handle(&mut self, msg: SetMetadata, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         if self.phase != Phase::Open {
             return Err(self.closed_error());
         }
@@ -200,6 +205,7 @@ impl<T: Document> Handler<RemoveUserId> for KeyActor<T> {
     type Result = Result<bool, Error>;
 
     fn handle(&mut self, msg: RemoveUserId, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         if self.phase != Phase::Open {
             return Err(self.closed_error());
         }
@@ -217,6 +223,7 @@ impl<T: Document> Handler<AddUserId> for KeyActor<T> {
     type Result = Result<(), Error>;
 
     fn handle(&mut self, msg: AddUserId, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         if self.phase != Phase::Open {
             return Err(self.closed_error());
         }
@@ -235,6 +242,7 @@ impl<T: Document> Handler<GetUserIds> for KeyActor<T> {
     type Result = Result<Vec<String>, Error>;
 
     fn handle(&mut self, _msg: GetUserIds, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         self.doc.as_ref().map(|d| d.user_ids.to_vec()).ok_or_else(|| self.closed_error())
     }
 }
@@ -243,6 +251,7 @@ impl<T: Document> Handler<GetLease> for KeyActor<T> {
     type Result = Result<LeaseInfo, Error>;
 
     fn handle(&mut self, _msg: GetLease, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         if !matches!(self.phase, Phase::Open | Phase::Closing(_)) {
             return Err(self.closed_error());
         }

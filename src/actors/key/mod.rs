@@ -13,6 +13,14 @@
 //!   final state; once closed the actor stops, so no late autosave can
 //!   write or re-lock the key.
 //!
+//! Hibernation: a key whose session is open, whose document is saved and
+//! which got no message for `Config::hibernate_after` gives up its actor
+//! (mailbox, context, task) and leaves what it holds in its `KeyCell`
+//! (`cell.rs`, which owns that hand-over and the wake-up); the next message
+//! starts a new actor from it. The autosave tick checks a sleeping key's
+//! lease itself and wakes it only to renew it; it sleeps again as soon as
+//! the renewal is written.
+//!
 //! Layout: this file holds the actor's state and its helpers; `open.rs`
 //! the open (the acquire, then the after-load hook); `document.rs` reads,
 //! changes, metadata and user ids (what a session does to the document);
@@ -21,6 +29,7 @@
 //!
 //! Must not: call the backend directly (only through the queue), or block.
 
+mod cell;
 mod document;
 mod open;
 mod write_slot;
@@ -34,6 +43,8 @@ use bytes::Bytes;
 use serde_json::Value;
 use tracing::{debug, warn};
 
+pub(crate) use self::cell::KeyCell;
+use self::cell::Waking;
 use self::write_slot::{OnWire, Requested, SlotKind, WriteSlot};
 use crate::error::{Error, KeyId};
 use crate::lease::{acquire, Loaded};
@@ -42,7 +53,6 @@ use crate::messages::key::{
     RemoveUserId, Save, SetMetadata, Update, UpdateEncoded,
 };
 use crate::migration::panic_message;
-use crate::registry::CloseSignal;
 use crate::storage::record::{LeaseRef, RecordRef};
 use crate::storage::{
     EndKind, Notice, NoticeKind, Precondition, Record, RecordHeader, RecordIndex, StorageKey, WriteOp, WriteOutcome,
@@ -59,6 +69,8 @@ enum Phase {
     Closing(Box<CloseReason>),
     /// The reason is in the close signal.
     Closed,
+    /// Gone to sleep: what it held is in its cell, and the session goes on.
+    Asleep,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,12 +132,57 @@ pub(crate) struct KeyActor<T: Document> {
     phase: Phase,
     doc: Option<Loaded<T>>,
     writes: WriteSlot<WriteKind, ReceiptTx, Written>,
-    closed: Arc<CloseSignal>,
+    cell: Arc<KeyCell<T>>,
+    /// Counted messages handled (see `cell.rs`): equal to the cell's count
+    /// of those sent, the mailbox holds none.
+    handled: u32,
+    /// `handled` at the last autosave tick.
+    handled_at_tick: u32,
+    /// Autosave ticks in a row with no counted message.
+    idle_ticks: u8,
+    /// Reads of the record under way (a lease check): the actor does not
+    /// sleep with one pending.
+    reads: u8,
 }
 
 impl<T: Document> KeyActor<T> {
-    pub(crate) fn new(store: Arc<StoreDef<T>>, key: Arc<str>, closed: Arc<CloseSignal>) -> Self {
-        Self { store, key, phase: Phase::Opening, doc: None, writes: WriteSlot::default(), closed }
+    fn new(cell: Arc<KeyCell<T>>) -> Self {
+        Self::with(cell, Phase::Opening, None, 0)
+    }
+
+    /// A sleeping key's new actor, holding what the last one left.
+    fn woken(cell: Arc<KeyCell<T>>, loaded: Loaded<T>, waking: Waking) -> Self {
+        // Woken for a renewal, it is as idle as when it fell asleep, and
+        // sleeps again once the renewal is written.
+        let idle = match waking {
+            Waking::ForRenewal => u8::MAX,
+            Waking::ForUse => 0,
+        };
+        Self::with(cell, Phase::Open, Some(loaded), idle)
+    }
+
+    fn with(cell: Arc<KeyCell<T>>, phase: Phase, doc: Option<Loaded<T>>, idle_ticks: u8) -> Self {
+        Self {
+            store: cell.def().clone(),
+            key: cell.key().clone(),
+            phase,
+            doc,
+            writes: WriteSlot::default(),
+            cell,
+            handled: 0,
+            handled_at_tick: 0,
+            idle_ticks,
+            reads: 0,
+        }
+    }
+
+    /// Counts a message the cell counted on its way in.
+    fn counted(&mut self) {
+        self.handled = self.handled.wrapping_add(1);
+    }
+
+    fn signal(&self) -> &crate::registry::CloseSignal {
+        self.cell.signal()
     }
 
     fn storage_key(&self) -> StorageKey {
@@ -141,8 +198,8 @@ impl<T: Document> KeyActor<T> {
             Phase::Closing(r) => (**r).clone(),
             // No reason recorded, or asked before the open finished (the
             // open holds the mailbox, so only a stopping actor gets here).
-            Phase::Closed => self.closed.reason().unwrap_or(CloseReason::Stopped),
-            Phase::Opening | Phase::Open => CloseReason::Stopped,
+            Phase::Closed => self.signal().reason().unwrap_or(CloseReason::Stopped),
+            Phase::Opening | Phase::Open | Phase::Asleep => CloseReason::Stopped,
         };
         Error::SessionClosed { at: self.key_id(), reason }
     }
@@ -164,17 +221,22 @@ impl<T: Document> Actor for KeyActor<T> {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if self.phase != Phase::Closed {
-            self.store.remove(&self.key, &self.closed);
-            self.closed.close(CloseReason::Stopped);
+        if !matches!(self.phase, Phase::Closed | Phase::Asleep) {
+            self.cell.set_gone();
+            self.store.remove(&self.key, self.cell.signal());
+            self.cell.signal().close(CloseReason::Stopped);
         }
     }
 }
 
 impl<T: Document> Drop for KeyActor<T> {
     // An actor dropped without stopping (its arbiter went away) must still
-    // wake whoever waits for the close; a reason already given stands.
+    // wake whoever waits for the close; a reason already given stands. One
+    // that fell asleep handed its session to its cell.
     fn drop(&mut self) {
-        self.closed.close(CloseReason::Stopped);
+        if self.phase != Phase::Asleep {
+            self.cell.set_gone();
+            self.cell.signal().close(CloseReason::Stopped);
+        }
     }
 }

@@ -9,9 +9,10 @@ impl<T: Document> Handler<Open> for KeyActor<T> {
     type Result = AtomicResponse<Self, Result<(), Error>>;
 
     fn handle(&mut self, msg: Open, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         match &self.phase {
             Phase::Open => return AtomicResponse::new(Box::pin(fut::ready(Ok(())))),
-            Phase::Closing(_) | Phase::Closed => {
+            Phase::Closing(_) | Phase::Closed | Phase::Asleep => {
                 return AtomicResponse::new(Box::pin(fut::ready(Err(self.closed_error()))))
             }
             Phase::Opening => {}
@@ -55,7 +56,7 @@ impl<T: Document> KeyActor<T> {
                 }));
             }
         }
-        self.closed.mark_opened();
+        self.signal().mark_opened();
         Box::pin(fut::ready(Ok(())))
     }
 }

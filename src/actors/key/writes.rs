@@ -246,8 +246,10 @@ impl<T: Document> KeyActor<T> {
             return;
         };
         let OnWire { kind, receipts, meta: inf } = *done;
+        let mut renewed = false;
         match result {
             Ok(WriteOutcome::Applied) => {
+                renewed = kind == WriteKind::Renew;
                 let closing = matches!(kind, WriteKind::Release(_) | WriteKind::Close(_));
                 if let Some(doc) = self.doc.as_mut() {
                     doc.header = inf.header;
@@ -344,6 +346,10 @@ impl<T: Document> KeyActor<T> {
         if let Some(next) = self.writes.next() {
             self.start_write(next.kind, next.priority, next.receipts, None, ctx);
         }
+        // A key woken only to renew its lease sleeps again at once.
+        if renewed {
+            self.try_hibernate(ctx);
+        }
     }
 
     /// Ends the session: reports `reason`, fails what is still waiting,
@@ -359,8 +365,9 @@ impl<T: Document> KeyActor<T> {
             }
         }
         self.phase = Phase::Closed;
-        self.store.remove(&self.key, &self.closed);
-        self.closed.close(reason);
+        self.cell.set_gone();
+        self.store.remove(&self.key, self.cell.signal());
+        self.cell.signal().close(reason);
         ctx.stop();
     }
 
@@ -386,13 +393,19 @@ impl<T: Document> KeyActor<T> {
                     let _ = receipt.send(Err(self.closed_error()));
                 }
             }
-            Phase::Opening | Phase::Closed => {
+            Phase::Opening | Phase::Closed | Phase::Asleep => {
                 let _ = receipt.send(Err(self.closed_error()));
             }
         }
     }
 
     fn autosave(&mut self, ctx: &mut Context<Self>) {
+        if self.handled == self.handled_at_tick {
+            self.idle_ticks = self.idle_ticks.saturating_add(1);
+        } else {
+            self.idle_ticks = 0;
+            self.handled_at_tick = self.handled;
+        }
         if self.phase != Phase::Open || !self.writes.idle() {
             return;
         }
@@ -410,6 +423,39 @@ impl<T: Document> KeyActor<T> {
         let half = engine.config.lease_ttl.as_millis() as u64 / 2;
         if expires.saturating_sub(engine.clock.now_ms()) < half {
             self.start_write(WriteKind::Renew, Priority::Normal, Vec::new(), Some(encoded), ctx);
+            return;
+        }
+        self.try_hibernate(ctx);
+    }
+
+    /// Falls asleep if the key has been idle long enough and holds nothing
+    /// unsaved or under way (see `cell.rs`); the session goes on.
+    fn try_hibernate(&mut self, ctx: &mut Context<Self>) {
+        let engine = &self.store.engine;
+        let Some(after) = engine.config.hibernate_after else { return };
+        let ticks = after.as_nanos().div_ceil(engine.config.autosave_interval.as_nanos().max(1));
+        let needed = u8::try_from(ticks.max(1)).unwrap_or(u8::MAX - 1);
+        // Idle since the last tick too: the document is still the one the
+        // tick found saved.
+        if self.idle_ticks < needed
+            || self.handled != self.handled_at_tick
+            || self.phase != Phase::Open
+            || !self.writes.idle()
+            || self.reads > 0
+            || self.signal().is_one_shot()
+            || engine.registry.is_shutting_down()
+        {
+            return;
+        }
+        let Some(doc) = self.doc.as_ref() else { return };
+        if doc.uncertain.is_some() || doc.encoded.is_some() || doc.meta_generation != doc.saved_meta_generation {
+            return;
+        }
+        if self.cell.fall_asleep(self.handled, &mut self.doc) {
+            debug!(target: "datastorer::key", store = %self.store.name, key = %self.key, "idle: asleep");
+            engine.fell_asleep.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.phase = Phase::Asleep;
+            ctx.stop();
         }
     }
 }
@@ -429,7 +475,9 @@ impl<T: Document> KeyActor<T> {
         let Some(ours) = self.doc.as_ref().map(|d| d.header.epoch) else { return };
         let engine = self.store.engine.clone();
         let read = engine.get(&self.store.name, &self.key, self.storage_key(), Priority::Normal);
+        self.reads += 1;
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
+            act.reads -= 1;
             let Ok(stored) = res else { return };
             let stored = stored.as_deref().and_then(RecordHeader::peek).map(|h| h.epoch);
             if act.phase == Phase::Open && stored != Some(ours) {
@@ -445,13 +493,16 @@ impl<T: Document> Handler<CheckLease> for KeyActor<T> {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
 
     fn handle(&mut self, _msg: CheckLease, _ctx: &mut Self::Context) -> Self::Result {
+        self.counted();
         let ours = match (&self.phase, self.doc.as_ref()) {
             (Phase::Open, Some(doc)) => doc.header.epoch,
             _ => return Box::pin(fut::ready(Err(self.closed_error()))),
         };
         let engine = self.store.engine.clone();
         let read = engine.get(&self.store.name, &self.key, self.storage_key(), Priority::Normal);
+        self.reads += 1;
         Box::pin(read.into_actor(self).map(move |res, act, ctx| {
+            act.reads -= 1;
             let stored = res?.as_deref().and_then(RecordHeader::peek).map(|h| h.epoch);
             if act.phase != Phase::Open {
                 return Err(act.closed_error());
@@ -472,6 +523,7 @@ impl<T: Document> Handler<Save> for KeyActor<T> {
     type Result = ();
 
     fn handle(&mut self, msg: Save, ctx: &mut Self::Context) {
+        self.counted();
         match &self.phase {
             Phase::Open => self.request_write(WriteKind::Save, msg.priority, vec![msg.receipt], ctx),
             // Updates are refused while a release runs, so its write covers this save.
@@ -479,7 +531,7 @@ impl<T: Document> Handler<Save> for KeyActor<T> {
                 let _ = msg.receipt.send(Err(self.closed_error()));
             }
             Phase::Closing(_) => self.begin_closing(WriteKind::Save, msg.priority, msg.receipt, ctx),
-            Phase::Opening | Phase::Closed => {
+            Phase::Opening | Phase::Closed | Phase::Asleep => {
                 let _ = msg.receipt.send(Err(self.closed_error()));
             }
         }
@@ -490,6 +542,7 @@ impl<T: Document> Handler<Release> for KeyActor<T> {
     type Result = ();
 
     fn handle(&mut self, msg: Release, ctx: &mut Self::Context) {
+        self.counted();
         self.release(msg, ctx);
     }
 }
@@ -510,6 +563,7 @@ impl<T: Document> Handler<Close> for KeyActor<T> {
     type Result = ();
 
     fn handle(&mut self, msg: Close, ctx: &mut Self::Context) {
+        self.counted();
         self.begin_closing(WriteKind::Close(msg.reason), Priority::Normal, msg.receipt, ctx);
     }
 }
@@ -518,6 +572,10 @@ impl<T: Document> Handler<Control> for KeyActor<T> {
     type Result = ();
 
     fn handle(&mut self, msg: Control, ctx: &mut Self::Context) {
+        // The cell counts every control but the tick.
+        if !matches!(msg, Control::Autosave) {
+            self.counted();
+        }
         match msg {
             Control::Autosave => self.autosave(ctx),
             Control::Notice(NoticeKind::ReleaseRequested { requester, because, .. }) => {
