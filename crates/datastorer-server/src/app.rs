@@ -266,6 +266,7 @@ async fn alert_unsaved(hooks: &Webhooks, report: &ShutdownReport) {
 fn engine_config(config: &ServerConfig, backend: Arc<dyn Backend>, owner: String) -> Config {
     let mut engine = Config::backend(backend).owner_id(owner);
     engine.autosave_interval = config.autosave_interval;
+    engine.hibernate_after = config.hibernate_after;
     engine.lease_ttl = config.lease_ttl;
     engine.shutdown_deadline = config.shutdown_deadline;
     // Ordered by `stop_on`: requests, then the engine, then HTTP.

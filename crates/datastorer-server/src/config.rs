@@ -216,6 +216,11 @@ pub struct Settings {
     /// Engine lease TTL between server processes, seconds (default 90).
     #[arg(long, env = "DATASTORER_LEASE_TTL_SECS")]
     pub(crate) lease_ttl_secs: Option<u64>,
+    /// Seconds a loaded key with nothing unsaved may go without a request
+    /// before it hibernates (its actor stops; the next request wakes it);
+    /// rounded up to whole autosave intervals; 0: never (default 60).
+    #[arg(long, env = "DATASTORER_HIBERNATE_AFTER_SECS")]
+    pub(crate) hibernate_after_secs: Option<u64>,
     /// Client session lifetime without a request, seconds (default 60).
     #[arg(long, env = "DATASTORER_CLIENT_LEASE_TTL_SECS")]
     pub(crate) client_lease_ttl_secs: Option<u64>,
@@ -301,6 +306,8 @@ pub struct ServerConfig {
     pub(crate) autosave_interval: Duration,
     /// Engine lease TTL (between server processes).
     pub(crate) lease_ttl: Duration,
+    /// How long an idle, saved key keeps its actor (`None`: always).
+    pub(crate) hibernate_after: Option<Duration>,
     /// How long a client's session lives without a request or renewal.
     pub(crate) client_lease_ttl: Duration,
     /// Bound on graceful shutdown.
@@ -423,6 +430,11 @@ impl ServerConfig {
             secs(o.autosave_interval_secs, file.autosave_interval_secs, engine.autosave_interval.as_secs());
         let lease_ttl = secs(o.lease_ttl_secs, file.lease_ttl_secs, engine.lease_ttl.as_secs());
         let client_lease_ttl = secs(o.client_lease_ttl_secs, file.client_lease_ttl_secs, 60);
+        let hibernate_after = match o.hibernate_after_secs.or(file.hibernate_after_secs) {
+            Some(0) => None,
+            Some(secs) => Some(Duration::from_secs(secs)),
+            None => engine.hibernate_after,
+        };
         let shutdown_deadline =
             secs(o.shutdown_deadline_secs, file.shutdown_deadline_secs, engine.shutdown_deadline.as_secs());
         for (field, d, given) in [
@@ -528,6 +540,7 @@ impl ServerConfig {
             stores,
             autosave_interval,
             lease_ttl,
+            hibernate_after,
             client_lease_ttl,
             shutdown_deadline,
             max_wait,

@@ -47,6 +47,8 @@ pub(crate) struct Gauges {
     pub(crate) budgets: BudgetLevels,
     /// Keys loaded in the engine.
     pub(crate) loaded_keys: usize,
+    /// Of those, hibernating now, and wake-ups since start.
+    pub(crate) hibernation: datastorer::HibernationStats,
     /// Client sessions open.
     pub(crate) client_sessions: usize,
     /// Client sessions that ended because their client stopped renewing.
@@ -145,6 +147,8 @@ impl Metrics {
             },
             "storage_budgets": { "get": g.budgets.get, "write": g.budgets.write, "scan": g.budgets.scan },
             "loaded_keys": g.loaded_keys,
+            "hibernating_keys": g.hibernation.hibernating,
+            "key_wakeups": g.hibernation.woken,
             "client_sessions": g.client_sessions,
             "client_lease_lapses": g.client_lease_lapses,
             "webhooks_delivered": webhooks_delivered,
@@ -224,6 +228,18 @@ impl Metrics {
         let _ = writeln!(out, "# HELP datastorer_loaded_keys Keys loaded in the engine.");
         let _ = writeln!(out, "# TYPE datastorer_loaded_keys gauge");
         let _ = writeln!(out, "datastorer_loaded_keys {}", g.loaded_keys);
+        let _ = writeln!(
+            out,
+            "# HELP datastorer_hibernating_keys Loaded keys hibernating (no actor; woken by the next request)."
+        );
+        let _ = writeln!(out, "# TYPE datastorer_hibernating_keys gauge");
+        let _ = writeln!(out, "datastorer_hibernating_keys {}", g.hibernation.hibernating);
+        let _ = writeln!(
+            out,
+            "# HELP datastorer_key_wakeups_total Hibernating keys woken by a request or a lease renewal."
+        );
+        let _ = writeln!(out, "# TYPE datastorer_key_wakeups_total counter");
+        let _ = writeln!(out, "datastorer_key_wakeups_total {}", g.hibernation.woken);
         let _ = writeln!(out, "# HELP datastorer_client_sessions Open client sessions (HTTP lease tokens).");
         let _ = writeln!(out, "# TYPE datastorer_client_sessions gauge");
         let _ = writeln!(out, "datastorer_client_sessions {}", g.client_sessions);

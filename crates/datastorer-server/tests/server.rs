@@ -87,6 +87,50 @@ async fn a_whole_session_lifecycle() {
     assert!(s.stop().success());
 }
 
+/// A client session whose key is idle and saved hibernates (its actor
+/// stops; the key stays loaded and leased); the client's next request
+/// wakes it unseen, with the document it left.
+#[tokio::test]
+async fn an_idle_session_hibernates_and_its_next_request_wakes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start(tmp.path(), &["--autosave-interval-secs", "1", "--hibernate-after-secs", "1"]);
+    let c = Client::new();
+    let k = key_url("profiles", "7");
+    let (st, v) = open(&c, &s, "profiles", "7", json!({"client_id": "game-1"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let t = token_of(&v);
+    let (st, _) =
+        call(&c, &s, Method::PUT, &format!("{k}/session/data?save=normal"), Some(&t), Some(json!({"coins": 1}))).await;
+    assert_eq!(st, StatusCode::OK);
+    // Waits for the signal (the engine says the key sleeps), bounded.
+    let asleep = |v: &Value| v["hibernating_keys"] == json!(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stats = json!(null);
+    while !asleep(&stats) {
+        assert!(Instant::now() < deadline, "the idle key never hibernated: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stats = call(&c, &s, Method::GET, "/v1/stats", None, None).await.1;
+    }
+    assert_eq!(stats["loaded_keys"], json!(1), "still loaded: {stats}");
+    let resp = c
+        .patch(s.url(&format!("{k}/session/data?save=normal")))
+        .header("Lease-Token", &t)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"level": 2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap()["data"], json!({"coins": 1, "level": 2}));
+    let (_, stats) = call(&c, &s, Method::GET, "/v1/stats", None, None).await;
+    assert!(stats["key_wakeups"].as_u64().unwrap_or(0) >= 1, "{stats}");
+    let (_, view) = call(&c, &s, Method::GET, &k, None, None).await;
+    assert_eq!((view["data"].clone(), view["epoch"].clone()), (json!({"coins": 1, "level": 2}), json!(1)));
+    let text = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("datastorer_hibernating_keys ") && text.contains("datastorer_key_wakeups_total "), "{text}");
+    assert!(s.stop().success());
+}
+
 /// `?save=` on a data change writes through: the answer comes once the
 /// change is durable and carries its revision.
 #[tokio::test]

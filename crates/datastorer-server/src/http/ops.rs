@@ -79,6 +79,7 @@ async fn gauges(state: &AppState) -> Gauges {
         depth: state.ds.queue_depth().await,
         budgets: state.ds.budget_levels().await,
         loaded_keys: state.ds.loaded_count(),
+        hibernation: state.ds.hibernation(),
         client_sessions: state.sessions.len(),
         client_lease_lapses: state.sessions.lapses(),
         save_failures: state.ds.save_failures(),
