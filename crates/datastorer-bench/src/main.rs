@@ -17,6 +17,7 @@ mod bench_history;
 mod bench_http;
 mod bench_instructions;
 mod bench_pg;
+mod bench_scale;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,9 +79,9 @@ enum Child {
     #[command(hide = true)]
     BenchScaleChild {
         #[arg(long, value_enum)]
-        side: bench::ScaleSide,
+        side: bench_scale::ScaleSide,
         #[arg(long, value_enum)]
-        doc: bench::ScaleDoc,
+        doc: bench_scale::ScaleDoc,
         #[arg(long)]
         keys: usize,
     },
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
             .block_on(bench_pg::child(&schema, &store, sessions, std::time::Duration::from_millis(millis), doc_bytes)),
         Some(Child::BenchOpsChild { op, dir }) => actix::System::new().block_on(bench_instructions::ops_child(op, dir)),
         Some(Child::BenchScaleChild { side, doc, keys }) => {
-            actix::System::new().block_on(bench::scale_child(side, doc, keys))
+            actix::System::new().block_on(bench_scale::scale_child(side, doc, keys))
         }
         None => run(cli.quick, cli.repeat, cli.only, cli.out),
     };
