@@ -137,8 +137,9 @@ impl<T: Document> KeyCell<T> {
         state: &'a mut CellState<T>,
         waking: Waking,
     ) -> Option<(&'a Addr<KeyActor<T>>, &'a mut u32)> {
-        if let CellState::Asleep(_) = state {
-            let CellState::Asleep(loaded) = std::mem::replace(state, CellState::Gone) else { unreachable!() };
+        if matches!(state, CellState::Asleep(_)) {
+            // Taken out and replaced by the new actor's state below.
+            let CellState::Asleep(loaded) = std::mem::replace(state, CellState::Gone) else { return None };
             let engine = &self.def.engine;
             let home = match engine.config.keys_on_caller_arbiter {
                 true => Arbiter::try_current().unwrap_or_else(|| engine.arbiter.clone()),
