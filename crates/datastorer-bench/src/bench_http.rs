@@ -508,23 +508,31 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
             notes: vec![note.clone()],
         });
     }
-    if !pg.is_empty() {
+    if !up.is_empty() {
+        // Round 2 measures a durable save against an update of the same
+        // run (what durability costs over HTTP); PostgreSQL's own UPDATE
+        // stays beside it as a note.
+        let mut notes = vec![
+            note,
+            format!("as two requests (patch, then POST save): {:.0} saves/s (median)", median(&two_requests)),
+        ];
+        if !pg.is_empty() {
+            notes.push(format!(
+                "PostgreSQL single-row UPDATE of a jsonb document, synchronous_commit=on, same concurrency: {:.0}/s; \
+                 ours is {:.2}x of that",
+                median(&pg),
+                median(&saves) / median(&pg)
+            ));
+        }
         out.push(Measurement {
             name: "6b. HTTP durable saves (merge patch with ?save=normal, answered when durable)".into(),
             unit: "saves/s".into(),
             higher_is_better: true,
             ours: saves.clone(),
-            baseline_name: "PostgreSQL single-row UPDATE of a jsonb document, synchronous_commit=on".into(),
-            baseline: pg,
-            goal_ratio: Some(5.0),
-            notes: vec![
-                note,
-                format!("as two requests (patch, then POST save): {:.0} saves/s (median)", median(&two_requests)),
-                format!(
-                    "against 6a (HTTP updates of the same run): {:.2} (round 2's goal: at least 0.50)",
-                    median(&saves) / median(&up)
-                ),
-            ],
+            baseline_name: "6a: HTTP updates (the same patch, not waiting for the disk), same run".into(),
+            baseline: up.clone(),
+            goal_ratio: Some(0.5),
+            notes,
         });
     }
     Ok(out)
