@@ -81,7 +81,14 @@ impl Supervisor {
     }
 }
 
-/// Sends every key a release and waits for all receipts until `deadline`.
+/// Releases in flight at once: a hibernating key is woken to be released,
+/// so sending a million releases at once would bring a million actors
+/// back (the memory an idle instance was sized without); this many keep
+/// the queue's group commits full.
+const RELEASES_IN_FLIGHT: usize = 16_384;
+
+/// Sends every key a release (at most `RELEASES_IN_FLIGHT` unanswered at
+/// once) and waits for all receipts until `deadline`.
 async fn release_keys(
     keys: Vec<NamedKey>,
     reason: CloseReason,
@@ -90,12 +97,6 @@ async fn release_keys(
 ) -> ReleaseReport {
     let mut receipts = Vec::with_capacity(keys.len());
     let mut names = Vec::with_capacity(keys.len());
-    for k in keys {
-        let (tx, rx) = oneshot::channel();
-        k.target.control(Control::Release(Release { reason: reason.clone(), priority, receipt: tx }));
-        receipts.push(rx);
-        names.push((k.store, k.key));
-    }
     let mut report = ReleaseReport::default();
     let mut tally = |receipt: Result<Result<SaveOutcome, Error>, oneshot::error::RecvError>| match receipt {
         Ok(Ok(_)) => report.released += 1,
@@ -103,16 +104,28 @@ async fn release_keys(
         Ok(Err(Error::SessionClosed { .. })) | Err(_) => {}
         Ok(Err(e)) => report.failed.push(e),
     };
-    // One timer for the whole wait, not one per key.
+    // One timer for the whole pass, not one per key.
     let mut next = 0;
+    let mut keys = keys.into_iter();
     let _ = tokio::time::timeout_at(deadline, async {
+        for k in keys.by_ref() {
+            while receipts.len() - next >= RELEASES_IN_FLIGHT {
+                tally((&mut receipts[next]).await);
+                next += 1;
+            }
+            let (tx, rx) = oneshot::channel();
+            k.target.control(Control::Release(Release { reason: reason.clone(), priority, receipt: tx }));
+            receipts.push(rx);
+            names.push((k.store, k.key));
+        }
         while let Some(rx) = receipts.get_mut(next) {
             tally(rx.await);
             next += 1;
         }
     })
     .await;
-    // Past the deadline, keys that did finish still count as released.
+    // Past the deadline, keys that did finish still count as released;
+    // keys not yet asked were not.
     let mut timed_out = Vec::new();
     for (rx, name) in receipts.iter_mut().zip(names).skip(next) {
         match rx.try_recv() {
@@ -121,6 +134,7 @@ async fn release_keys(
             Err(oneshot::error::TryRecvError::Closed) => {}
         }
     }
+    timed_out.extend(keys.map(|k| (k.store.to_string(), k.key.to_string())));
     report.timed_out += timed_out.len();
     report.timed_out_keys.extend(timed_out);
     report

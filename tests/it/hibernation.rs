@@ -3,6 +3,7 @@
 //! document, lease and header; the next message wakes it with the same
 //! guarantees (lease renewal, fencing, autosave, shutdown, notices).
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -257,5 +258,35 @@ async fn updates_racing_the_key_falling_asleep_are_all_kept() {
     }
     for a in arbiters {
         a.stop();
+    }
+}
+
+/// Shutdown wakes sleeping keys to release them, a bounded number at a
+/// time (more keys sleep here than it lets wake at once): every one is
+/// released, none is left holding its lease.
+#[actix_rt::test]
+async fn shutdown_releases_more_sleeping_keys_than_it_wakes_at_once() {
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::unlogged());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    const KEYS: usize = 17_000;
+    let mut pending = Vec::new();
+    for i in 0..KEYS {
+        pending.push(actix::spawn(store.open(format!("k{i}")).into_future()));
+        if pending.len() == 1024 || i + 1 == KEYS {
+            for p in pending.drain(..) {
+                drop(p.await.unwrap().unwrap());
+            }
+        }
+    }
+    ticks(&ds, 3).await;
+    assert_eq!(ds.hibernation().hibernating, KEYS);
+    let report = ds.shutdown().await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.release.released, KEYS);
+    assert_eq!(ds.hibernation().woken, KEYS as u64);
+    for i in (0..KEYS).step_by(997) {
+        assert!(stored(&backend, "profiles", &format!("k{i}")).unwrap().lease.is_none());
     }
 }

@@ -22,9 +22,14 @@ use datastorer::{AcquirePolicy, Config, Datastorer, Store};
 use super::bench::{median, spec, BenchConfig, Measurement};
 
 fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// A figure of /proc/self/status in bytes (`VmRSS:` now, `VmHWM:` the peak).
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
         .map(|kb| kb * 1024)
         .unwrap_or(0)
@@ -75,6 +80,10 @@ struct ChildFigures {
     hibernating: f64,
     /// One autosave tick's pass over every key, ms.
     tick_ms: f64,
+    /// The shutdown that releases every key, s.
+    shutdown_secs: f64,
+    /// How far above the loaded keys' memory the shutdown's peak went, bytes.
+    shutdown_peak: f64,
 }
 
 /// An engine on `backend`; `hibernate`: keys sleep after one idle tick
@@ -116,7 +125,7 @@ async fn scale_side<T: datastorer::Document>(
     let engines = match side {
         ScaleSide::Baseline => {
             let map: HashMap<String, T> = (0..n).map(|i| (format!("k{i}"), template.clone())).collect();
-            println!("{} {} 0 0 0", rss_bytes().saturating_sub(before), started.elapsed().as_secs_f64());
+            println!("{} {} 0 0 0 0 0", rss_bytes().saturating_sub(before), started.elapsed().as_secs_f64());
             std::hint::black_box(&map);
             return Ok(());
         }
@@ -152,8 +161,20 @@ async fn scale_side<T: datastorer::Document>(
         ds.autosave_now().await;
     }
     let tick_ms = t.elapsed().as_secs_f64() * 1e3;
-    println!("{rss} {took} {} {hibernating} {tick_ms}", stored_bytes(&backend)?);
-    std::hint::black_box(&running);
+    let stored = stored_bytes(&backend)?;
+    // Then the shutdown, which releases every key (a sleeping one is woken
+    // for it, so many at a time): how long, and the peak it reaches
+    // beyond what the loaded keys held.
+    let t = Instant::now();
+    for (ds, _) in &running {
+        let report = ds.shutdown().await;
+        if !report.is_clean() {
+            return Err(format!("shutdown was not clean: {report}"));
+        }
+    }
+    let shutdown_secs = t.elapsed().as_secs_f64();
+    let peak_beyond = status_bytes("VmHWM:").saturating_sub(before).saturating_sub(rss);
+    println!("{rss} {took} {stored} {hibernating} {tick_ms} {shutdown_secs} {peak_beyond}");
     Ok(())
 }
 
@@ -186,7 +207,7 @@ async fn stored_side<T: datastorer::Document>(template: T, n: usize) -> Result<(
         }
     }
     let rss = rss_bytes().saturating_sub(before);
-    println!("{rss} {} {} 0 0", started.elapsed().as_secs_f64(), stored_bytes(&backend)?);
+    println!("{rss} {} {} 0 0 0 0", started.elapsed().as_secs_f64(), stored_bytes(&backend)?);
     Ok(())
 }
 
@@ -267,8 +288,8 @@ fn run_scale_child(side: ScaleSide, doc: ScaleDoc, n: usize) -> Result<ChildFigu
     let text = String::from_utf8_lossy(&out.stdout);
     let parts: Vec<f64> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
     match parts[..] {
-        [rss, load_secs, stored, hibernating, tick_ms] => {
-            Ok(ChildFigures { rss, load_secs, stored, hibernating, tick_ms })
+        [rss, load_secs, stored, hibernating, tick_ms, shutdown_secs, shutdown_peak] => {
+            Ok(ChildFigures { rss, load_secs, stored, hibernating, tick_ms, shutdown_secs, shutdown_peak })
         }
         _ => Err(format!("scale child printed {text:?}")),
     }
@@ -325,6 +346,11 @@ pub(super) async fn bench_scale(cfg: &BenchConfig) -> Result<Vec<Measurement>, S
                 format!(
                     "one autosave tick's pass over the {n} keys: {:.0} ms",
                     median(&f.iter().map(|(c, _)| c.tick_ms).collect::<Vec<_>>())
+                ),
+                format!(
+                    "shutdown (every key released): {:.2} s, its peak {:.0} MiB above the loaded keys' memory",
+                    median(&f.iter().map(|(c, _)| c.shutdown_secs).collect::<Vec<_>>()),
+                    mib(median(&f.iter().map(|(c, _)| c.shutdown_peak).collect::<Vec<_>>()))
                 ),
             ];
             if *side == ScaleSide::Idle {
