@@ -73,6 +73,13 @@ impl Engine {
         }
     }
 
+    /// After when a lease expiring at `expires_at_ms` wants renewing: once
+    /// less than half of it is left (the autosave tick's rule, awake or
+    /// asleep).
+    pub(crate) fn renew_at_ms(&self, expires_at_ms: u64) -> u64 {
+        expires_at_ms.saturating_sub(self.config.lease_ttl.as_millis() as u64 / 2)
+    }
+
     /// Sends one request through the queue; answers its reply.
     fn request(
         &self,

@@ -242,9 +242,6 @@ async fn load<T: datastorer::Document>(
 async fn wait_until_asleep(ds: &Datastorer, n: usize) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while ds.hibernation().hibernating < n {
-        if std::env::var_os("DATASTORER_BENCH_TRACE").is_some() {
-            eprintln!("waiting for {n}: {:?} loaded {}", ds.hibernation(), ds.loaded_count());
-        }
         if Instant::now() > deadline {
             return Err(format!("{} of {n} keys asleep after 120 s", ds.hibernation().hibernating));
         }

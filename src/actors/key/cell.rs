@@ -110,10 +110,7 @@ impl<T: Document> KeyCell<T> {
         KeyActor<T>: Handler<M>,
         <KeyActor<T> as Actor>::Context: ToEnvelope<KeyActor<T>, M>,
     {
-        let mut state = self.lock();
-        let (addr, sent) = self.awake(&mut state, Waking::ForUse)?;
-        *sent = sent.wrapping_add(1);
-        Some(addr.send(msg))
+        self.deliver(&mut self.lock(), Waking::ForUse, true, |addr| addr.send(msg))
     }
 
     /// `send` without waiting for the answer; whether it was delivered.
@@ -124,11 +121,24 @@ impl<T: Document> KeyCell<T> {
         KeyActor<T>: Handler<M>,
         <KeyActor<T> as Actor>::Context: ToEnvelope<KeyActor<T>, M>,
     {
-        let mut state = self.lock();
-        let Some((addr, sent)) = self.awake(&mut state, Waking::ForUse) else { return false };
-        *sent = sent.wrapping_add(1);
-        addr.do_send(msg);
-        true
+        self.deliver(&mut self.lock(), Waking::ForUse, true, |addr| addr.do_send(msg)).is_some()
+    }
+
+    /// Hands the running actor (started from what the sleeping one left
+    /// if need be) to `send`, counting the message when `counted`; `None`
+    /// once the session has ended. `state` is the cell's, locked.
+    fn deliver<R>(
+        self: &Arc<Self>,
+        state: &mut CellState<T>,
+        waking: Waking,
+        counted: bool,
+        send: impl FnOnce(&Addr<KeyActor<T>>) -> R,
+    ) -> Option<R> {
+        let (addr, sent) = self.awake(state, waking)?;
+        if counted {
+            *sent = sent.wrapping_add(1);
+        }
+        Some(send(addr))
     }
 
     /// The running actor, started from what the sleeping one left if need be.
@@ -168,8 +178,7 @@ impl<T: Document> KeyCell<T> {
             _ => return false,
         }
         let Some(loaded) = doc.take() else { return false };
-        let half = self.def.engine.config.lease_ttl.as_millis() as u64 / 2;
-        self.renew_at_ms.store(loaded.expires_at_ms.saturating_sub(half).max(1), Relaxed);
+        self.renew_at_ms.store(self.def.engine.renew_at_ms(loaded.expires_at_ms).max(1), Relaxed);
         *state = CellState::Asleep(Box::new(loaded));
         self.def.engine.asleep.fetch_add(1, Relaxed);
         true
@@ -178,26 +187,6 @@ impl<T: Document> KeyCell<T> {
     /// Called by the actor as the session ends: later messages find nothing.
     pub(super) fn set_gone(&self) {
         *self.lock() = CellState::Gone;
-    }
-
-    /// The instance stopped with this key asleep: its session ends here
-    /// (an awake one ends as its actor stops).
-    pub(crate) fn stop_if_asleep(&self) {
-        let mut state = self.lock();
-        if let CellState::Asleep(_) = &*state {
-            *state = CellState::Gone;
-            self.def.engine.asleep.fetch_sub(1, Relaxed);
-            drop(state);
-            self.signal.close(CloseReason::Stopped);
-        }
-    }
-
-    /// Whether a sleeping key's lease needs renewing at this tick (the rule
-    /// of the actor's autosave: less than half of it left).
-    fn renewal_due(&self, loaded: &Loaded<T>) -> bool {
-        let engine = &self.def.engine;
-        let half = engine.config.lease_ttl.as_millis() as u64 / 2;
-        loaded.expires_at_ms.saturating_sub(engine.clock.now_ms()) < half
     }
 }
 
@@ -208,22 +197,20 @@ impl<T: Document> KeyControl for KeyCell<T> {
             (CellState::Gone, _) => return false,
             (CellState::Awake { .. }, _) => None,
             // A sleeping key is clean: the tick matters only for its lease.
-            (CellState::Asleep(loaded), Control::Autosave) => match self.renewal_due(loaded) {
-                true => Some(Waking::ForRenewal),
-                false => return true,
-            },
+            (CellState::Asleep(loaded), Control::Autosave) => {
+                match self.def.engine.clock.now_ms() > self.def.engine.renew_at_ms(loaded.expires_at_ms) {
+                    true => Some(Waking::ForRenewal),
+                    false => return true,
+                }
+            }
             // Notices its actor would ignore do not wake it.
             (CellState::Asleep(_), Control::Notice(kind)) if !acts_on(kind) => return true,
             (CellState::Asleep(_), _) => Some(Waking::ForUse),
         };
-        let Some((addr, sent)) = self.awake(&mut state, wake.unwrap_or(Waking::ForUse)) else { return false };
         // The tick is not counted: an actor may sleep with one in its
         // mailbox (it is clean, so the tick has nothing to do).
-        if !matches!(msg, Control::Autosave) {
-            *sent = sent.wrapping_add(1);
-        }
-        addr.do_send(msg);
-        true
+        let counted = !matches!(msg, Control::Autosave);
+        self.deliver(&mut state, wake.unwrap_or(Waking::ForUse), counted, |addr| addr.do_send(msg)).is_some()
     }
 
     fn tick(self: Arc<Self>, now_ms: u64) {
@@ -235,8 +222,16 @@ impl<T: Document> KeyControl for KeyCell<T> {
         self.control(Control::Autosave);
     }
 
+    /// The instance stopped with this key asleep: its session ends here
+    /// (an awake one ends as its actor stops).
     fn stop_if_asleep(&self) {
-        KeyCell::stop_if_asleep(self)
+        let mut state = self.lock();
+        if let CellState::Asleep(_) = &*state {
+            *state = CellState::Gone;
+            self.def.engine.asleep.fetch_sub(1, Relaxed);
+            drop(state);
+            self.signal.close(CloseReason::Stopped);
+        }
     }
 }
 

@@ -420,8 +420,7 @@ impl<T: Document> KeyActor<T> {
         }
         let engine = &self.store.engine;
         let expires = self.doc.as_ref().map_or(0, |d| d.expires_at_ms);
-        let half = engine.config.lease_ttl.as_millis() as u64 / 2;
-        if expires.saturating_sub(engine.clock.now_ms()) < half {
+        if engine.clock.now_ms() > engine.renew_at_ms(expires) {
             self.start_write(WriteKind::Renew, Priority::Normal, Vec::new(), Some(encoded), ctx);
             return;
         }
