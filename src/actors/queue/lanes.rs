@@ -317,14 +317,18 @@ impl<P: Queued> Lanes<P> {
             batch.requests.push(p);
         }
         // Skipped requests go back in front of the untouched rest, in order.
-        kept.append(&mut queue);
+        // Pushed onto the rest, not the rest appended to them: the rest can
+        // be a shutdown's hundred thousand requests, moved for every batch.
+        while let Some(p) = kept.pop_back() {
+            queue.push_front(p);
+        }
         let keys = match lane {
             Priority::Emergency => {
-                self.emergency = kept;
+                self.emergency = queue;
                 &mut self.emergency_keys
             }
             Priority::Normal => {
-                self.normal = kept;
+                self.normal = queue;
                 &mut self.normal_keys
             }
         };
