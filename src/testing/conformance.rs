@@ -136,6 +136,16 @@ fn history(b: &dyn Backend) {
         b.write_batch(&[saved(&r2, Precondition::Header(h1)), renewal]),
         vec![Ok(WriteOutcome::Applied), Ok(WriteOutcome::Applied)]
     );
+    // A version that is not the written value is kept as its own bytes (a
+    // backend may send a save's version once, as the value, only when the
+    // two are the same).
+    let apart = storage_key("hist", "apart");
+    let (value, kept) = (at(1, 1, &[]), at(1, 1, &["5"]));
+    let mut differing = op(&apart, Precondition::Absent, Some(value.encode()));
+    differing.version = Some(kept.encode().into());
+    assert_eq!(b.write_batch(&[differing]), vec![Ok(WriteOutcome::Applied)]);
+    assert_eq!(b.get(&version_key("hist", "apart", kept.header)).unwrap(), Some(kept.encode()));
+    assert_eq!(b.get(&apart).unwrap(), Some(value.encode()));
     // The delete leaves its tombstone, through write_all where there is one.
     let tomb = Record::tombstone(&r2, 1_800_000_000_000);
     let mut delete = op(&k, Precondition::Header(h2), None);

@@ -213,9 +213,12 @@ pub(super) struct Statements {
 /// 1 Absent, 2 Header, 3 Acquire), `$5`/`$6` expected epoch and revision,
 /// `$7` value (NULL deletes), `$8`/`$9` the new value's epoch and revision
 /// (NULL: not a record), `$10`/`$11` its lease owner and expiry, `$12` its
-/// user ids as an array literal; `$13` the version kept with it (NULL:
-/// none), `$14`/`$15` its epoch and revision, `$16` when it was saved,
-/// `$17` its user ids as an array literal.
+/// user ids as an array literal; `$13` the version kept with it, `$14`/`$15`
+/// its epoch and revision (NULL: no version), `$16` when it was saved,
+/// `$17` its user ids as an array literal. A version that is the written
+/// value itself (a save's, the common case) is sent once, as `$7`, with
+/// `$13` NULL: the bytes would otherwise cross the wire and fill the
+/// statement's rows twice.
 const OPS: &str = "ops AS (
   SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::int2[], $5::int8[], $6::int8[], $7::bytea[],
                        $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::text[],
@@ -230,8 +233,8 @@ fn keep_versions(s: &str, applied: &str) -> String {
     format!(
         "ver AS (
            INSERT INTO {s}.versions (store, key, epoch, revision, saved_ms, user_ids, value)
-           SELECT o.store, o.key, o.ver_epoch, o.ver_rev, o.ver_ms, o.ver_uids::text[], o.ver
-             FROM ops o JOIN {applied} a ON a.idx = o.idx WHERE o.ver IS NOT NULL
+           SELECT o.store, o.key, o.ver_epoch, o.ver_rev, o.ver_ms, o.ver_uids::text[], COALESCE(o.ver, o.value)
+             FROM ops o JOIN {applied} a ON a.idx = o.idx WHERE o.ver_rev IS NOT NULL
            ON CONFLICT DO NOTHING
            RETURNING store, key, user_ids),
          uk AS (

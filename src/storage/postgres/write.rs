@@ -175,7 +175,10 @@ async fn run_round(conn: &Conn, ops: &[RowOp], clock: &DbClock, fast_path: bool)
         .collect();
     let uids: Vec<String> =
         ops.iter().map(|o| sql::text_array_literal(o.index.as_ref().map_or(&[][..], |i| &i.user_ids))).collect();
-    let ver: Vec<Option<&[u8]>> = ops.iter().map(|o| o.version.as_ref().map(|(v, _)| &v[..])).collect();
+    let ver: Vec<Option<&[u8]>> = ops
+        .iter()
+        .map(|o| o.version.as_ref().map(|(v, _)| &v[..]).filter(|v| Some(*v) != o.value.as_deref()))
+        .collect();
     let ver_epoch: Vec<Option<i64>> =
         ops.iter().map(|o| o.version.as_ref().map(|(_, s)| s.header.epoch as i64)).collect();
     let ver_rev: Vec<Option<i64>> =
