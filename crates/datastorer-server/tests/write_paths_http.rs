@@ -958,6 +958,35 @@ fn doc_ops(r: &Record) -> BTreeSet<String> {
     ops_of(&serde_json::from_slice(&r.data).unwrap_or(Value::Null))
 }
 
+/// Everything the run knows of one key, for a failure to explain itself:
+/// its committed rows (seq:epoch.revision:owner:ops), its acknowledgements
+/// and the servers' log lines about it.
+fn story(records: &[&Row], log: &Log, server_logs: &str, key: &str) -> String {
+    let trail: Vec<String> = records
+        .iter()
+        .filter(|x| x.key == key)
+        .map(|x| match &x.record {
+            Some(rec) => format!(
+                "{}:{}.{}:{}:{:?}",
+                x.seq,
+                rec.header.epoch,
+                rec.header.revision,
+                rec.lease.as_ref().map_or("-", |l| l.owner.as_str()),
+                doc_ops(rec)
+            ),
+            None => format!("{}:deleted", x.seq),
+        })
+        .collect();
+    let said: Vec<String> =
+        log.acks.iter().filter(|x| x.key == key).map(|x| format!("{}@{}/{}", x.what, x.epoch, x.revision)).collect();
+    let logs: Vec<&str> = server_logs
+        .lines()
+        .filter(|l| l.contains(&format!("key={key}")) || l.contains(&format!("key=\"{key}\"")))
+        .filter(|l| !l.contains("datastorer::access"))
+        .collect();
+    format!("rows: {}\nacks of the key: {said:?}\nserver logs about it:\n{}", trail.join("\n  "), logs.join("\n"))
+}
+
 fn check(rows: &[Row], log: &Log, server_logs: &str) {
     let records: Vec<&Row> = rows.iter().filter(|r| r.store == STORE).collect();
     // 1. Epochs, owners, headers.
@@ -985,35 +1014,13 @@ fn check(rows: &[Row], log: &Log, server_logs: &str) {
         let ops = doc_ops(row.record.as_ref().unwrap());
         let missing: Vec<_> = a.ops.difference(&ops).collect();
         if !missing.is_empty() {
-            let trail: Vec<String> = records
-                .iter()
-                .filter(|x| x.key == a.key)
-                .map(|x| match &x.record {
-                    Some(rec) => format!(
-                        "{}:{}.{}:{}:{:?}",
-                        x.seq,
-                        rec.header.epoch,
-                        rec.header.revision,
-                        rec.lease.as_ref().map_or("-", |l| l.owner.as_str()),
-                        doc_ops(rec)
-                    ),
-                    None => format!("{}:deleted", x.seq),
-                })
-                .collect();
-            let said: Vec<String> = log
-                .acks
-                .iter()
-                .filter(|x| x.key == a.key)
-                .map(|x| format!("{}@{}/{}", x.what, x.epoch, x.revision))
-                .collect();
             panic!(
-                "{} {}@{}/{}: committed without {missing:?}\nrows: {}\nacks of the key: {said:?}\nserver logs about it:\n{}",
+                "{} {}@{}/{}: committed without {missing:?}\n{}",
                 a.what,
                 a.key,
                 a.epoch,
                 a.revision,
-                trail.join("\n  "),
-                server_logs.lines().filter(|l| l.contains(&format!("key={}", a.key)) || l.contains(&format!("key=\"{}\"", a.key))).filter(|l| !l.contains("datastorer::access")).collect::<Vec<_>>().join("\n")
+                story(&records, log, server_logs, &a.key)
             );
         }
         acked_rows.entry(row.seq).or_default().extend(a.ops.iter().cloned());
@@ -1024,7 +1031,15 @@ fn check(rows: &[Row], log: &Log, server_logs: &str) {
                 .unwrap();
             let before = records.iter().rev().find(|r| r.key == a.key && r.seq < acquire.seq);
             let found = before.and_then(|r| r.record.as_ref()).map(|r| (r.header.epoch, r.header.revision));
-            assert_eq!(found, condition, "{} {}@{}: its condition did not hold", a.what, a.key, a.epoch);
+            assert_eq!(
+                found,
+                condition,
+                "{} {}@{}: its condition did not hold\n{}",
+                a.what,
+                a.key,
+                a.epoch,
+                story(&records, log, server_logs, &a.key)
+            );
         }
     }
     for (key, before) in &log.deletes {
