@@ -73,6 +73,23 @@ impl<T: Document> Store<T> {
         Ok(VersionPage { versions, next })
     }
 
+    /// The version of `key` at exactly `id` as it was stored, undecoded
+    /// (`None` when no such version is kept): what a caller that wrote it
+    /// answers about its own write, whatever was written after it.
+    pub async fn inspect_version(&self, key: impl Into<Key>, id: VersionId) -> Result<Option<Record>, Error> {
+        let key = key.into().0;
+        validate_key(&key)?;
+        let shared = &self.shared;
+        let key_arc: Arc<str> = Arc::from(key.as_str());
+        let skey: StorageKey = version_key(&shared.name, &key, id).into();
+        let Some(bytes) = shared.engine.get(&shared.name, &key_arc, skey, Priority::Normal).await? else {
+            return Ok(None);
+        };
+        Record::decode(&bytes)
+            .map(Some)
+            .map_err(|source| Error::CorruptRecord { at: KeyId::new(self.name(), key), source })
+    }
+
     /// The version `id` of `key`, with its document as saved.
     pub async fn version(&self, key: impl Into<Key>, id: VersionId) -> Result<Version, Error> {
         let key = key.into().0;

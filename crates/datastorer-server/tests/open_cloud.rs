@@ -206,3 +206,69 @@ fn v2_entries_create_patch_scopes_tokens_and_errors() {
     assert_eq!(r.json::<Value>().unwrap(), json!({"errors": [{"code": 0, "message": "Invalid API Key"}]}));
     assert!(s.stop().success(), "server log:\n{}", s.log());
 }
+
+/// A set answers the version it wrote, never one written after it: a
+/// client takes that version as the base of its next `matchVersion`, so an
+/// answer naming a later write would let it overwrite a change it never
+/// saw. Tools set one entry at once through two servers on one PostgreSQL
+/// database (within one server, sets of a key take turns and the window is
+/// all but closed; across servers it is not): every answer names a
+/// distinct version, and that version holds the value of the set it
+/// answered. Skips, saying so, without PostgreSQL.
+#[test]
+fn a_set_answers_the_version_it_wrote_while_another_server_writes_the_entry() {
+    let Some(pg) = common::pg::PgSchema::new("a_set_answers_the_version_it_wrote") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("datastorer.toml");
+    std::fs::write(&config, format!("[[api_keys]]\nname = \"tool\"\nkey = \"{TOOL_KEY}\"\nrole = \"write\"\n"))
+        .unwrap();
+    let start = |name: &str| {
+        let args = ["--owner-id", name, "--access-log", "false", "--config", config.to_str().unwrap()];
+        Server::start_pg(&tmp.path().join(name), &pg.url, &pg.schema, &args)
+    };
+    let mut servers = [start("oc-a"), start("oc-b")];
+    let entry = "/datastores/v1/universes/7/standard-datastores/datastore/entries/entry?datastoreName=Race&entryKey=k";
+    let urls: Vec<String> = servers.iter().map(|s| s.url(entry)).collect();
+    let (writers, sets) = (8, 20);
+    let answers: Vec<(String, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let url = urls[w % urls.len()].clone();
+                scope.spawn(move || {
+                    let c = Client::new();
+                    let mut mine = Vec::new();
+                    for n in 0..sets {
+                        let value = json!({ "writer": w, "n": n });
+                        let r = c.post(&url).header("x-api-key", TOOL_KEY).json(&value).send().unwrap();
+                        let status = r.status().as_u16();
+                        let body: Value = r.json().unwrap();
+                        // A set refused under contention (409) wrote nothing.
+                        if status == 200 {
+                            mine.push((body["version"].as_str().unwrap().to_owned(), value));
+                        } else {
+                            assert_eq!(status, 409, "{body}");
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.len() >= writers * sets / 4, "most sets go through: {} of {}", answers.len(), writers * sets);
+    let distinct: std::collections::BTreeSet<&str> = answers.iter().map(|(v, _)| v.as_str()).collect();
+    assert_eq!(distinct.len(), answers.len(), "two sets were answered with one version");
+    let c = Client::new();
+    for (version, value) in &answers {
+        let at = servers[0].url(&format!(
+            "/datastores/v1/universes/7/standard-datastores/datastore/entries/entry/versions/version?datastoreName=Race&entryKey=k&versionId={version}"
+        ));
+        let r = c.get(at).header("x-api-key", TOOL_KEY).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "version {version}");
+        let stored: Value = r.json().unwrap();
+        assert_eq!(&stored, value, "version {version} answered a set that did not write it");
+    }
+    for s in &mut servers {
+        s.stop();
+    }
+}

@@ -295,14 +295,35 @@ fn refuse_if_held(state: &AppState, e: &Entry) -> OcResult<()> {
 async fn write(state: &AppState, e: &Entry, expected: Expect, w: Write) -> OcResult<Record> {
     refuse_if_held(state, e)?;
     let Write { value, user_ids, attributes } = w;
-    e.store
+    let written = e
+        .store
         .update_unleased_record(e.key.as_str(), expected, move |doc, parts| {
             *doc = value;
             parts.metadata = attributes;
             parts.user_ids = user_ids;
         })
         .await?;
-    read(e).await?.ok_or_else(|| OcError::not_found("KeyNotFound", "The entry was deleted meanwhile."))
+    // The answer is this write's record, never a later one: a client takes
+    // the version it is given as the base of its next `matchVersion`, and
+    // another writer may have written (or deleted) between the release and
+    // a read. The record as it is when it is still ours, else the version
+    // this write kept.
+    let header = RecordHeader { epoch: written.epoch, revision: written.revision };
+    if let Some(rec) = read(e).await?.filter(|r| r.header == header) {
+        return Ok(rec);
+    }
+    e.store.inspect_version(e.key.as_str(), header).await?.ok_or_else(|| {
+        OcError::new(
+            StatusCode::CONFLICT,
+            "ABORTED",
+            "Conflict",
+            format!(
+                "The entry was written as version {}.{}, and changed again before it could be answered; \
+                 the store keeps no versions to answer from. Read it again.",
+                header.epoch, header.revision
+            ),
+        )
+    })
 }
 
 /// Adds `by` to the integer stored at the entry (0 when absent), keeping
