@@ -8,7 +8,9 @@
 //!
 //! Also here, without the client: what the client does not touch (v2
 //! create, patch with an etag, the wildcard scope, page tokens bound to
-//! their query, the error shapes).
+//! their query, the error shapes), and the version a set answers while
+//! another server writes the entry (two servers on PostgreSQL; skips,
+//! saying so, without it, which `DATASTORER_REQUIRE_PG=1` makes a failure).
 
 mod common;
 
