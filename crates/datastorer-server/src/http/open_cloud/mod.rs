@@ -307,7 +307,8 @@ async fn write(state: &AppState, e: &Entry, expected: Expect, w: Write) -> OcRes
     // the version it is given as the base of its next `matchVersion`, and
     // another writer may have written (or deleted) between the release and
     // a read. The record as it is when it is still ours, else the version
-    // this write kept.
+    // this write kept (none when the store keeps no versions, or when the
+    // write changed nothing stored: then a 409 says what was written).
     let header = RecordHeader { epoch: written.epoch, revision: written.revision };
     if let Some(rec) = read(e).await?.filter(|r| r.header == header) {
         return Ok(rec);
@@ -319,7 +320,7 @@ async fn write(state: &AppState, e: &Entry, expected: Expect, w: Write) -> OcRes
             "Conflict",
             format!(
                 "The entry was written as version {}.{}, and changed again before it could be answered; \
-                 the store keeps no versions to answer from. Read it again.",
+                 no version of that write was kept to answer from. Read it again.",
                 header.epoch, header.revision
             ),
         )
