@@ -93,15 +93,10 @@ impl<T: Document> Store<T> {
     /// The version `id` of `key`, with its document as saved.
     pub async fn version(&self, key: impl Into<Key>, id: VersionId) -> Result<Version, Error> {
         let key = key.into().0;
-        validate_key(&key)?;
-        let shared = &self.shared;
-        let key_arc: Arc<str> = Arc::from(key.as_str());
-        let skey: StorageKey = version_key(&shared.name, &key, id).into();
-        let bytes = shared.engine.get(&shared.name, &key_arc, skey, Priority::Normal).await?;
-        let Some(bytes) = bytes else {
+        let Some(record) = self.inspect_version(key.as_str(), id).await? else {
             return Err(Error::VersionNotFound { at: KeyId::new(self.name(), key), wanted: version_id_text(id) });
         };
-        self.decode_version(&key, &bytes)
+        self.decode_version(&key, record)
     }
 
     /// The version of `key` current at `at_ms` (the last saved at or
@@ -116,9 +111,8 @@ impl<T: Document> Store<T> {
         }
     }
 
-    fn decode_version(&self, key: &str, bytes: &[u8]) -> Result<Version, Error> {
+    fn decode_version(&self, key: &str, record: Record) -> Result<Version, Error> {
         let at = || KeyId::new(self.name(), key);
-        let record = Record::decode(bytes).map_err(|source| Error::CorruptRecord { at: at(), source })?;
         let json = |b: &[u8], what: &str| {
             serde_json::from_slice::<Value>(b).map_err(|e| Error::Migration {
                 at: at(),

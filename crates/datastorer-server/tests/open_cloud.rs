@@ -24,7 +24,8 @@ use serde_json::{json, Value};
 const GAME_KEY: &str = "oc-game-secret-000000000001";
 const TOOL_KEY: &str = "oc-tool-secret-000000000002";
 
-fn server(dir: &Path) -> Server {
+/// The config file with the game's and the tool's API keys, in `dir`.
+fn config(dir: &Path) -> std::path::PathBuf {
     let config = dir.join("datastorer.toml");
     std::fs::write(
         &config,
@@ -34,6 +35,11 @@ fn server(dir: &Path) -> Server {
         ),
     )
     .unwrap();
+    config
+}
+
+fn server(dir: &Path) -> Server {
+    let config = config(dir);
     Server::process(dir, &["--access-log", "false", "--config", config.to_str().unwrap()])
 }
 
@@ -221,9 +227,7 @@ fn v2_entries_create_patch_scopes_tokens_and_errors() {
 fn a_set_answers_the_version_it_wrote_while_another_server_writes_the_entry() {
     let Some(pg) = common::pg::PgSchema::new("a_set_answers_the_version_it_wrote") else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("datastorer.toml");
-    std::fs::write(&config, format!("[[api_keys]]\nname = \"tool\"\nkey = \"{TOOL_KEY}\"\nrole = \"write\"\n"))
-        .unwrap();
+    let config = config(tmp.path());
     let start = |name: &str| {
         let args = ["--owner-id", name, "--access-log", "false", "--config", config.to_str().unwrap()];
         Server::start_pg(&tmp.path().join(name), &pg.url, &pg.schema, &args)
