@@ -65,14 +65,14 @@ impl<T: Document> KeyActor<T> {
             return Err(self.closed_error());
         }
         let now_ms = self.store.engine.clock.now_ms();
-        let at = self.key_id();
-        let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
+        let expired_at_ms = self.doc.as_ref().ok_or(Error::NotRunning)?.expires_at_ms;
         // A lease that lapsed without a renewal reaching storage may belong
         // to another process by now: serving changes on this copy would be
         // two owners at once (and lose them at the next write's fencing).
-        if doc.expires_at_ms <= now_ms {
-            return Err(Error::LeaseExpired { at, expired_at_ms: doc.expires_at_ms });
+        if expired_at_ms <= now_ms {
+            return Err(Error::LeaseExpired { at: self.key_id(), expired_at_ms });
         }
+        let doc = self.doc.as_mut().ok_or(Error::NotRunning)?;
         // The copy restores the document if the closure panics half-way, or
         // if its result could never be saved. The encoding of the document
         // before the change is stale whatever happens.

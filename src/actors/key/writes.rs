@@ -12,12 +12,14 @@ impl<T: Document> KeyActor<T> {
     /// last change made (taken: a saved key keeps no second copy), or a
     /// fresh one.
     fn encode_data(&mut self) -> Result<(Bytes, u64), Error> {
-        let at = self.key_id();
+        // The key's name is copied into an error only when there is one
+        // (this runs on every save).
+        let (store, key) = (&self.store.name, &self.key);
         let Some(doc) = self.doc.as_mut() else { return Err(self.closed_error()) };
         let bytes = match doc.encoded.take() {
             Some(bytes) => *bytes,
             None => encode_within(&doc.data, usize::MAX, doc.encoded_len_hint)
-                .map_err(|fault| Error::Serialize { at, message: fault.message() })?,
+                .map_err(|fault| Error::Serialize { at: KeyId::new(&**store, &**key), message: fault.message() })?,
         };
         doc.encoded_len_hint = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let checksum = seahash::hash(&bytes);
