@@ -113,6 +113,9 @@ pub enum Op {
     Update,
     /// The baseline of 1a: an actix `send` to a trivial actor and its answer.
     ActixSend,
+    /// The floor of 1a: the same `send` to an actor that keeps a copy of
+    /// its document and encodes it after the change (`bench::Keeper`).
+    ActixKeep,
     /// An update and a durable `Session::save` of a 1 KiB document on sled (3a).
     Save,
     /// A raw sled insert of the same bytes and `flush`.
@@ -165,6 +168,20 @@ pub async fn ops_child(op: Op, dir: PathBuf) -> Result<(), String> {
             wait_for_parent()?;
             for _ in 0..OPS {
                 echo.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
+            }
+            println!("done");
+            wait_for_parent()?;
+        }
+        Op::ActixKeep => {
+            use actix::Actor;
+            let keeper = super::bench::Keeper::new(json!({"n": 0})).start();
+            for _ in 0..WARM_UP {
+                keeper.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
+            }
+            println!("ready");
+            wait_for_parent()?;
+            for _ in 0..OPS {
+                keeper.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
             }
             println!("done");
             wait_for_parent()?;
@@ -268,11 +285,13 @@ pub async fn bench_instructions(cfg: &BenchConfig, scratch: &Path) -> Result<Vec
         health.push(drive(&counted, &mut conn, "GET", "/healthz", "", "text/plain", &keep("healthz")).await?);
     }
     let (mut update_op, mut send_op, mut save_op, mut flush_op) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut keep_op = Vec::new();
     for r in 0..cfg.repeat.min(3) {
         let keep = |what: &str| scratch.parent().unwrap_or(scratch).join(format!("callgrind-{what}-{r}.out"));
         let dir = |what: &str| scratch.join(format!("ops-{what}-{r}"));
         update_op.push(count_op(Op::Update, &dir("update"), &keep("engine-update"))?);
         send_op.push(count_op(Op::ActixSend, &dir("send"), &keep("actix-send"))?);
+        keep_op.push(count_op(Op::ActixKeep, &dir("keep"), &keep("actix-keep"))?);
         save_op.push(count_op(Op::Save, &dir("save"), &keep("engine-save"))?);
         flush_op.push(count_op(Op::SledInsertFlush, &dir("sled"), &keep("sled-insert-flush"))?);
     }
@@ -286,13 +305,18 @@ pub async fn bench_instructions(cfg: &BenchConfig, scratch: &Path) -> Result<Vec
         goal_ratio: None,
         notes: vec![format!("{OPS} operations after {WARM_UP} of warm-up, in a process of their own, every thread")],
     };
+    let mut update_measurement = engine(
+        "I3. instructions per in-memory update of one key (Session::update, figure 1a)",
+        update_op,
+        "an actix send to a trivial actor and its answer (1a's baseline)",
+        send_op,
+    );
+    update_measurement.notes.push(format!(
+        "floor, the same send to an actor that keeps a copy for a panic and encodes the changed document: {:.0} instructions (median)",
+        super::bench::median(&keep_op)
+    ));
     let mut out = vec![
-        engine(
-            "I3. instructions per in-memory update of one key (Session::update, figure 1a)",
-            update_op,
-            "an actix send to a trivial actor and its answer (1a's baseline)",
-            send_op,
-        ),
+        update_measurement,
         engine(
             "I4. instructions per durable save of a 1 KiB document on sled (update + Session::save, figure 3a)",
             save_op,
