@@ -562,6 +562,11 @@ pub struct Capabilities {
     /// most a barrier. The queue then flushes inline instead of on a
     /// flusher thread that would have nothing to overlap.
     pub durable_on_write: bool,
+    /// How many `write_batch` calls the backend runs at once, each on a
+    /// connection of its own (PostgreSQL's writer connections); 0 or 1:
+    /// one. With more, and `durable_on_write` and `prefers_own_thread`, the
+    /// queue keeps that many batches in flight on disjoint keys.
+    pub parallel_writers: usize,
     /// [`Backend::write_all`] is implemented: several keys written in one
     /// atomic, all-or-nothing step.
     pub writes_all_or_nothing: bool,

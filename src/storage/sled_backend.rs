@@ -350,6 +350,7 @@ impl Backend for SledBackend {
             shared_across_processes: false,
             prefers_own_thread: true,
             durable_on_write: false,
+            parallel_writers: 1,
             writes_all_or_nothing: true,
             indexes_records: false,
         }

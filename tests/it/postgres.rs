@@ -117,6 +117,47 @@ fn a_conflict_reports_the_header_that_won_not_the_statement_snapshot() {
     assert_eq!(b.get(&k).unwrap(), Some(winner));
 }
 
+/// Two writer connections (the default): a batch waiting on a row lock
+/// holds one writer only, and a batch on other keys goes out on the second
+/// meanwhile, committed while the first still waits. With one writer the
+/// second batch waits behind the first.
+#[test]
+fn a_second_batch_commits_on_the_other_writer_while_the_first_waits() {
+    let Some(pg) = PgSchema::new("a_second_batch_commits_on_the_other_writer") else { return };
+    let b = Arc::new(pg.backend());
+    assert_eq!(datastorer::storage::Backend::capabilities(&*b).parallel_writers, 2);
+    let (held, free) = (storage_key("s", "held"), storage_key("s", "free"));
+    put(&*b, &held, record(None, 0, 1, 1));
+    let other = crate::common::pg::OpenTransaction::begin(
+        &pg.url,
+        &format!("UPDATE \"{}\".records SET revision = 1 WHERE store = 's' AND key = 'held'", pg.schema),
+    );
+    let waiting = {
+        let (b, held) = (b.clone(), held.clone());
+        std::thread::spawn(move || {
+            let op = WriteOp::new(
+                held,
+                Precondition::Header(RecordHeader { epoch: 1, revision: 1 }),
+                Some(record(None, 0, 1, 2)),
+            );
+            b.write_batch(&[op])
+        })
+    };
+    let writer_name = format!("datastorer-writer-{}", b.connection_id());
+    eventually(Duration::from_secs(10), "the first batch waits on the row lock", || {
+        pg.sql(&format!(
+            "SELECT count(*)::text FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = '{writer_name}'"
+        )) == vec![Some("1".to_owned())]
+    });
+    let beside = b.write_batch(&[WriteOp::new(free.clone(), Precondition::Absent, Some(record(None, 0, 1, 1)))]);
+    assert_eq!(beside, vec![Ok(WriteOutcome::Applied)], "the batch beside the waiting one committed");
+    assert!(!waiting.is_finished(), "the first batch still waits on its row lock");
+    other.commit();
+    assert_eq!(waiting.join().unwrap(), vec![Ok(WriteOutcome::Applied)]);
+    assert_eq!(b.get(&free).unwrap(), Some(record(None, 0, 1, 1)));
+    assert_eq!(b.get(&held).unwrap(), Some(record(None, 0, 1, 2)));
+}
+
 #[test]
 fn epochs_beyond_bigint_are_refused_never_wrapped() {
     let Some(pg) = PgSchema::new("epochs_beyond_bigint_are_refused_never_wrapped") else { return };

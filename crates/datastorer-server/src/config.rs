@@ -187,6 +187,9 @@ pub struct Settings {
     /// Allow plaintext to a host that is not this machine (file only).
     #[arg(skip)]
     pub(crate) postgres_allow_plaintext: Option<bool>,
+    /// Connections writing batches at once, 1 to 16 (file only; default 2).
+    #[arg(skip)]
+    pub(crate) postgres_writer_connections: Option<usize>,
     /// This server's URL as clients should reach it (named in 421 wrong_server answers of other servers).
     #[arg(long, env = "DATASTORER_ADVERTISE_URL")]
     pub(crate) advertise_url: Option<String>,
@@ -677,6 +680,7 @@ fn storage(o: &Settings, file: &Settings, at: &Origin<'_>) -> Result<Storage, Co
                 ("postgres_tls", file.postgres_tls.is_some()),
                 ("postgres_root_cert", file.postgres_root_cert.is_some()),
                 ("postgres_allow_plaintext", file.postgres_allow_plaintext.is_some()),
+                ("postgres_writer_connections", file.postgres_writer_connections.is_some()),
             ] {
                 if set {
                     return Err(err(field, "applies only with database_url".into()));
@@ -709,6 +713,13 @@ fn storage(o: &Settings, file: &Settings, at: &Origin<'_>) -> Result<Storage, Co
             };
             pg.root_cert_path = file.postgres_root_cert.clone();
             pg.allow_plaintext = file.postgres_allow_plaintext.unwrap_or(false);
+            if let Some(n) = file.postgres_writer_connections {
+                let most = datastorer::storage::postgres::MAX_WRITER_CONNECTIONS;
+                if !(1..=most).contains(&n) {
+                    return Err(err("postgres_writer_connections", format!("must be between 1 and {most}, not {n}")));
+                }
+                pg.writer_connections = n;
+            }
             pg.advertise_url = o.advertise_url.clone().or(file.advertise_url.clone());
             pg.validate().map_err(|e| {
                 let message = match e {
@@ -778,6 +789,23 @@ mod tests {
         let (_dir, o) = with_file("workers = 0\n");
         let m = refused(&o);
         assert!(m.contains("datastorer.toml: field `workers`"), "{m}");
+    }
+
+    #[test]
+    fn postgres_writer_connections_are_checked_and_need_a_database() {
+        let url = "database_url = \"host=127.0.0.1 user=postgres dbname=test\"\n";
+        for bad in ["0", "17"] {
+            let (_dir, o) = with_file(&format!("{url}postgres_writer_connections = {bad}\n"));
+            let m = refused(&o);
+            assert!(m.contains("field `postgres_writer_connections`") && m.contains("between 1 and 16"), "{m}");
+        }
+        let (_dir, o) = with_file(&format!("{url}postgres_writer_connections = 4\n"));
+        match ServerConfig::load(&o).map(|c| c.storage) {
+            Ok(Storage::Postgres(pg)) => assert_eq!(pg.writer_connections, 4),
+            other => panic!("expected PostgreSQL with 4 writers: {:?}", other.map(|_| ()).map_err(|e| e.0)),
+        }
+        let (_dir, o) = with_file("postgres_writer_connections = 2\n");
+        assert!(refused(&o).contains("applies only with database_url"));
     }
 
     #[test]

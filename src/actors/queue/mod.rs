@@ -1,13 +1,16 @@
 //! The queue actor: the single path from the engine to the backend.
 //!
 //! Owns: the emergency and normal lanes, the token buckets, the retry timers,
-//! the batch executing and, on its own thread (sled), the flusher thread.
+//! the batch executing and, on its own thread, the flusher thread (sled) or
+//! the writer threads (PostgreSQL's writer connections).
 //! Every batch is one `Backend::write_batch` followed by a `Backend::flush`
 //! (group commit): while a batch is on the disk, new requests gather and go
 //! together in the next. On its own thread the queue pipelines: it hands
 //! the flush of an applied batch to the flusher and applies the next batch
 //! while the disk syncs (up to `MAX_UNFLUSHED` batches; one flush covers
-//! every batch applied before it).
+//! every batch applied before it). A backend durable on write that writes
+//! several batches at once gets a writer thread per connection instead:
+//! up to that many batches are out at once, on disjoint keys.
 //!
 //! Invariants:
 //! - per-key FIFO: a key with a request executing, waiting out a backoff, or
@@ -16,12 +19,14 @@
 //! - a batch holds at most one request per key;
 //! - a write is reported `Applied` only after the flush that covers it;
 //! - reads see only durable data: a key with an unflushed write is blocked,
-//!   and scans wait until nothing is unflushed.
+//!   and scans wait until nothing is unflushed;
+//! - with writer threads, a batch holding a scan or an all-or-nothing step
+//!   (several keys, of which the queue tracks the first) goes out alone.
 //!
 //! Layout: this file holds the actor (scheduling, retries, its messages);
 //! `lanes.rs` what goes in a batch (plain logic); `exec.rs` running a batch
 //! against the backend (plain functions of `&dyn Backend`); `pipeline.rs`
-//! the flusher thread and how a settled batch is answered.
+//! the flusher and writer threads and how a settled batch is answered.
 //!
 //! Must not: know about documents or leases (it moves bytes). One
 //! exception, on purpose: it peeks at a written value's `RecordHeader` to
@@ -33,7 +38,7 @@ mod lanes;
 mod pipeline;
 
 use self::exec::{apply, execute, fail_applied};
-use self::pipeline::{answer, run_flusher, settle, Flushed, KeyPart, SettledBatch, Unflushed};
+use self::pipeline::{answer, run_flusher, run_writer, settle, Flushed, KeyPart, SettledBatch, Unflushed};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,7 +114,14 @@ pub(crate) struct QueueActor {
     own_thread: bool,
     /// Where applied batches go to be flushed (own thread only).
     flusher: Option<std::sync::mpsc::Sender<Unflushed>>,
-    /// Batches handed to the flusher and not back yet, and their requests.
+    /// Where batches go to be written, and how many writer threads take
+    /// them (own thread, a backend durable on write with several writers).
+    writers: Option<(std::sync::mpsc::Sender<Vec<Pending>>, usize)>,
+    /// A batch with a scan or an all-or-nothing step is with the writers:
+    /// nothing else goes out until it is back.
+    exclusive_in_flight: bool,
+    /// Batches handed to the flusher or the writers and not back yet, and
+    /// their requests.
     unflushed: usize,
     unflushed_requests: usize,
     /// Keys with a request in an unflushed batch.
@@ -146,6 +158,8 @@ impl QueueActor {
             executing: 0,
             own_thread: false,
             flusher: None,
+            writers: None,
+            exclusive_in_flight: false,
             unflushed: 0,
             unflushed_requests: 0,
             unflushed_keys: KeyCounts::default(),
@@ -174,9 +188,8 @@ impl QueueActor {
     /// blocked, and scans held while anything applied is not yet durable.
     fn compose(&mut self) -> Vec<Pending> {
         let blocked: KeyHashSet = self.retrying_keys.keys().chain(self.unflushed_keys.keys()).collect();
-        self.lanes.compose(blocked, self.unflushed > 0, |p| {
-            matches!(p.req.op, Operation::Scan { .. } | Operation::ScanSizes { .. })
-        })
+        let parallel = self.writers.is_some();
+        self.lanes.compose(blocked, self.unflushed > 0, |p| exclusive(p, parallel))
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
@@ -185,6 +198,9 @@ impl QueueActor {
         }
         if self.flusher.is_some() {
             return self.pump_pipelined(ctx);
+        }
+        if self.writers.is_some() {
+            return self.pump_parallel(ctx);
         }
         loop {
             let mut batch = self.compose();
@@ -271,7 +287,47 @@ impl QueueActor {
         }
     }
 
-    /// Batches back from the flusher, answered but for their retries.
+    /// With writer threads: hands batches to them, up to one per writer,
+    /// on keys no batch in flight has; a scan or an all-or-nothing step
+    /// goes out only when nothing else is out, and alone (`exclusive`).
+    fn pump_parallel(&mut self, ctx: &mut Context<Self>) {
+        let Some((_, writer_count)) = self.writers else { return };
+        while self.unflushed < writer_count && !self.exclusive_in_flight {
+            let batch = self.compose();
+            if batch.is_empty() {
+                self.schedule_budget_wake(ctx);
+                self.notify_if_empty();
+                return;
+            }
+            self.exclusive_in_flight = batch.iter().any(|p| exclusive(p, true));
+            for p in &batch {
+                self.unflushed_keys.add(p.key_hash, 1);
+            }
+            self.unflushed += 1;
+            self.unflushed_requests += batch.len();
+            let sent = match &self.writers {
+                Some((tx, _)) => tx.send(batch).map_err(|e| e.0),
+                None => Err(batch),
+            };
+            if let Err(mut batch) = sent {
+                // The writers end only with the queue; should they be gone
+                // anyway, batches run inline, one at a time.
+                warn!(target: "datastorer::queue", "writer threads gone; writing inline");
+                self.writers = None;
+                let started = Instant::now();
+                let wrote = batch.iter().any(|p| p.req.op.writes());
+                let results = execute(&*self.backend, &mut batch);
+                let max_attempts = self.config.retry.max_attempts;
+                let (done, answers) = settle(batch, results, started.elapsed(), u64::from(wrote), max_attempts, true);
+                self.flushed(vec![done], ctx);
+                answer(answers);
+                return self.pump(ctx);
+            }
+        }
+    }
+
+    /// Batches back from the flusher or the writers, answered but for
+    /// their retries.
     fn flushed(&mut self, settled: Vec<SettledBatch>, ctx: &mut Context<Self>) {
         for done in settled {
             self.unflushed -= 1;
@@ -280,6 +336,10 @@ impl QueueActor {
                 self.unflushed_keys.remove_one(*key);
             }
             self.done(done, ctx);
+        }
+        // An exclusive batch went out alone.
+        if self.unflushed == 0 {
+            self.exclusive_in_flight = false;
         }
     }
 
@@ -356,10 +416,18 @@ impl Actor for QueueActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if !self.own_thread {
+            return;
+        }
         // A backend whose writes are durable when they return (PostgreSQL
-        // commits in `write_batch`) has nothing to overlap: a flusher thread
-        // would only add a thread hop to every save.
-        if !self.own_thread || self.backend.capabilities().durable_on_write {
+        // commits in `write_batch`) has no flush to overlap: a flusher
+        // thread would only add a thread hop to every save. One that can
+        // write several batches at once gets a writer thread for each.
+        let capabilities = self.backend.capabilities();
+        if capabilities.durable_on_write {
+            if capabilities.parallel_writers > 1 {
+                self.start_writers(capabilities.parallel_writers, ctx);
+            }
             return;
         }
         let (tx, rx) = std::sync::mpsc::channel();
@@ -374,6 +442,41 @@ impl Actor for QueueActor {
             // Without a thread to spare, batches flush inline as before.
             Err(e) => warn!(target: "datastorer::queue", error = %e, "no flusher thread; flushing inline"),
         }
+    }
+}
+
+impl QueueActor {
+    fn start_writers(&mut self, count: usize, ctx: &mut Context<Self>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut started = 0;
+        for i in 0..count {
+            let (backend, jobs, queue) = (self.backend.clone(), rx.clone(), ctx.address().downgrade());
+            let max_attempts = self.config.retry.max_attempts;
+            let spawned = std::thread::Builder::new()
+                .name(format!("datastorer-write-{i}"))
+                .spawn(move || run_writer(backend, jobs, queue, max_attempts));
+            match spawned {
+                Ok(_) => started += 1,
+                Err(e) => warn!(target: "datastorer::queue", error = %e, "no writer thread"),
+            }
+        }
+        // Without threads to spare, batches run inline as before.
+        if started > 0 {
+            self.writers = Some((tx, started));
+        }
+    }
+}
+
+/// A request that must see, or write, more than its own key: a scan, or an
+/// all-or-nothing step over several keys. It waits while anything applied
+/// is not yet durable; with several writers (`parallel`) an all-or-nothing
+/// step waits too, and the batch holding either goes out alone.
+fn exclusive(p: &Pending, parallel: bool) -> bool {
+    match p.req.op {
+        Operation::Scan { .. } | Operation::ScanSizes { .. } => true,
+        Operation::WriteAll { .. } => parallel,
+        Operation::Get(_) | Operation::Write(_) => false,
     }
 }
 
@@ -527,5 +630,124 @@ mod tests {
         }
         assert_eq!(backend.written_keys(), vec![b"k".to_vec(), b"k".to_vec(), b"j".to_vec()]);
         assert_eq!(backend.raw_get(b"k").unwrap(), v2);
+    }
+
+    /// What the writers of a two-writer backend are doing, seen by its
+    /// write hook: the keys of each batch in flight, the most batches in
+    /// flight at once, and any key found in two of them.
+    #[derive(Default)]
+    struct InFlight {
+        batches: Vec<Vec<Vec<u8>>>,
+        most: usize,
+        overlaps: Vec<Vec<u8>>,
+        /// Batches in flight met by each all-or-nothing step on its way in.
+        beside_all_or_nothing: Vec<usize>,
+        /// A batch holding this key waits in the hook until `open`.
+        gate: Option<Vec<u8>>,
+        open: bool,
+    }
+
+    type Watched = Arc<(std::sync::Mutex<InFlight>, std::sync::Condvar)>;
+
+    /// A memory backend claiming two writer connections, durable on write,
+    /// whose hook books `InFlight`, says which keys entered on `entered`,
+    /// and holds a gated batch until the gate opens (10 s at most, so a
+    /// broken queue fails instead of hanging).
+    fn two_writers() -> (Arc<crate::testing::Intercepted>, Watched, tokio::sync::mpsc::UnboundedReceiver<Vec<Vec<u8>>>)
+    {
+        let state: Watched = Arc::default();
+        let (entered, entries) = tokio::sync::mpsc::unbounded_channel();
+        let seen = state.clone();
+        let hook = move |ops: &mut [WriteOp]| {
+            let (lock, wake) = &*seen;
+            let keys: Vec<Vec<u8>> = ops.iter().map(|o| o.key.to_vec()).collect();
+            let mut s = lock.lock().unwrap();
+            if keys.iter().any(|k| k.starts_with(b"all-")) {
+                let beside = s.batches.len();
+                s.beside_all_or_nothing.push(beside);
+            }
+            for k in &keys {
+                if s.batches.iter().any(|b| b.contains(k)) {
+                    s.overlaps.push(k.clone());
+                }
+            }
+            s.batches.push(keys.clone());
+            s.most = s.most.max(s.batches.len());
+            let _ = entered.send(keys.clone());
+            if s.gate.as_ref().is_some_and(|g| keys.contains(g)) {
+                s = wake.wait_timeout_while(s, Duration::from_secs(10), |s| !s.open).unwrap().0;
+            }
+            if let Some(at) = s.batches.iter().position(|b| *b == keys) {
+                s.batches.remove(at);
+            }
+        };
+        let backend = crate::testing::Intercepted::new(Arc::new(MemoryBackend::new()), hook).claiming(
+            crate::storage::Capabilities {
+                prefers_own_thread: true,
+                durable_on_write: true,
+                parallel_writers: 2,
+                writes_all_or_nothing: true,
+                ..Default::default()
+            },
+        );
+        (Arc::new(backend), state, entries)
+    }
+
+    fn open_gate(state: &Watched) {
+        state.0.lock().unwrap().open = true;
+        state.1.notify_all();
+    }
+
+    /// With two writers a batch goes out while another is on the database,
+    /// on other keys only: the same key's next write waits for the first.
+    #[actix_rt::test]
+    async fn two_writers_run_two_batches_at_once_never_one_key_in_both() {
+        let (backend, state, mut entries) = two_writers();
+        state.0.lock().unwrap().gate = Some(b"a".to_vec());
+        let q = QueueActor::new(backend.clone(), QueueConfig::default()).on_own_thread().start();
+        let a1 = submit(&q, b"a", Precondition::Absent, record(1), Priority::Normal);
+        assert_eq!(entries.recv().await.unwrap(), vec![b"a".to_vec()]);
+        // `a` is held on the database: its next write must wait, `b` need not.
+        let a2 =
+            submit(&q, b"a", Precondition::Header(RecordHeader { epoch: 1, revision: 1 }), record(2), Priority::Normal);
+        let b1 = submit(&q, b"b", Precondition::Absent, record(1), Priority::Normal);
+        assert_eq!(entries.recv().await.unwrap(), vec![b"b".to_vec()], "b went out beside the held batch");
+        assert!(matches!(b1.await.unwrap(), Ok(Reply::Written(WriteOutcome::Applied))));
+        open_gate(&state);
+        for rx in [a1, a2] {
+            assert!(matches!(rx.await.unwrap(), Ok(Reply::Written(WriteOutcome::Applied))));
+        }
+        assert_eq!(entries.recv().await.unwrap(), vec![b"a".to_vec()]);
+        let s = state.0.lock().unwrap();
+        assert_eq!(s.most, 2, "two batches were in flight at once");
+        assert!(s.overlaps.is_empty(), "keys in two batches at once: {:?}", s.overlaps);
+        assert_eq!(backend.get(b"a").unwrap(), Some(record(2)));
+    }
+
+    /// An all-or-nothing step over several keys goes out only when no other
+    /// batch is in flight (its first key alone is what the queue blocks on).
+    #[actix_rt::test]
+    async fn two_writers_send_an_all_or_nothing_step_alone() {
+        let (backend, state, mut entries) = two_writers();
+        state.0.lock().unwrap().gate = Some(b"a".to_vec());
+        let q = QueueActor::new(backend.clone(), QueueConfig::default()).on_own_thread().start();
+        let a1 = submit(&q, b"a", Precondition::Absent, record(1), Priority::Normal);
+        assert_eq!(entries.recv().await.unwrap(), vec![b"a".to_vec()]);
+        let (reply, all) = oneshot::channel();
+        let ops = vec![
+            WriteOp::new(&b"all-1"[..], Precondition::Absent, Some(record(1))),
+            WriteOp::new(&b"all-2"[..], Precondition::Absent, Some(record(1))),
+        ];
+        q.do_send(Submit { op: Operation::WriteAll { ops }, lane: Priority::Normal, reply });
+        let b1 = submit(&q, b"b", Precondition::Absent, record(1), Priority::Normal);
+        // `b` overtakes the waiting step; the step waits for `a` to be back.
+        assert_eq!(entries.recv().await.unwrap(), vec![b"b".to_vec()]);
+        assert!(matches!(b1.await.unwrap(), Ok(Reply::Written(WriteOutcome::Applied))));
+        open_gate(&state);
+        assert!(matches!(a1.await.unwrap(), Ok(Reply::Written(WriteOutcome::Applied))));
+        assert!(matches!(all.await.unwrap(), Ok(Reply::AllOrNothing(AllOrNothing::Applied))));
+        let s = state.0.lock().unwrap();
+        assert_eq!(s.beside_all_or_nothing, vec![0], "the step went out alone");
+        assert_eq!(backend.get(b"all-2").unwrap(), Some(record(1)));
     }
 }

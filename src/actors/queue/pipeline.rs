@@ -1,6 +1,7 @@
 //! Pipelined group commit: the flusher thread that syncs one batch while
-//! the queue applies the next, and how a settled batch is answered
-//! (results to requesters, retries back to the queue).
+//! the queue applies the next, the writer threads that each run a whole
+//! batch beside another (a backend durable on write), and how a settled
+//! batch is answered (results to requesters, retries back to the queue).
 //!
 //! Must not: choose what goes in a batch; `lanes` does.
 
@@ -60,6 +61,42 @@ pub(super) fn run_flusher(
         // write then finds its key unblocked.
         let Some(q) = queue.upgrade() else { return };
         q.do_send(Flushed(settled));
+        answer(answers);
+    }
+}
+
+/// A writer thread (a backend that is durable when a write returns and
+/// writes several batches at once, PostgreSQL): runs each batch it takes,
+/// then hands it back like the flusher does. The queue keeps no more
+/// batches in flight than there are writers, and never one key in two.
+pub(super) fn run_writer(
+    backend: Arc<dyn Backend>,
+    jobs: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Vec<Pending>>>>,
+    queue: actix::WeakAddr<QueueActor>,
+    max_attempts: u32,
+) {
+    loop {
+        // Held only while waiting: the next writer waits behind it.
+        let next = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        let Ok(mut batch) = next else { return };
+        let span = debug_span!(target: "datastorer::queue", "batch", size = batch.len());
+        let _entered = span.enter();
+        let started = Instant::now();
+        let wrote = batch.iter().any(|p| p.req.op.writes());
+        // A panicking backend must not take the writer down with it: the
+        // batch would never be answered.
+        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(&*backend, &mut batch)))
+            .unwrap_or_else(|_| {
+                let e = StorageError::permanent("the backend panicked");
+                batch.iter().map(|_| Err(e.clone())).collect()
+            });
+        let (settled, answers) = settle(batch, results, started.elapsed(), u64::from(wrote), max_attempts, true);
+        // The queue hears first (the keys unblock), then the requesters.
+        let Some(q) = queue.upgrade() else { return };
+        q.do_send(Flushed(vec![settled]));
         answer(answers);
     }
 }

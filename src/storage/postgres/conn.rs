@@ -1,6 +1,7 @@
 //! Connections: the driver task of each, opening one for a role (writer,
 //! reader, listener, export) with its statements prepared, the reader
-//! shared, the writer reconnected when it broke, and the barrier after a
+//! shared, the writers handed out one call at a time (`WriterSlot`) and
+//! reconnected when one broke, and the barrier after a
 //! lost outcome.
 //!
 //! Must not: decide what a write means; `write` does.
@@ -134,21 +135,68 @@ impl Inner {
         if !self.needs_barrier.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let mut slot = self.writer.lock().await;
-        let conn = writer_conn(self, &mut slot).await?;
+        let mut slot = self.writer().await?;
+        let conn = slot.conn(self).await?;
+        // A failure leaves the connection to be dropped with the slot (it
+        // may be inside the aborted transaction).
         conn.client.batch_execute("BEGIN; SELECT pg_current_xact_id(); COMMIT").await?;
+        slot.settle();
         self.needs_barrier.store(false, Ordering::SeqCst);
         Ok(())
     }
+
+    /// A writer connection nobody is using, waiting for one to come free
+    /// if need be (the queue keeps no more batches in flight than there
+    /// are writers, so waiting is rare: an all-or-nothing step or a
+    /// barrier beside them).
+    pub(super) async fn writer(&self) -> Result<WriterSlot<'_>, PgFailure> {
+        let permit =
+            self.writers_free.acquire().await.map_err(|_| PgFailure::permanent("the writer connections are closed"))?;
+        // A permit is held for each slot locked, so one of them is free.
+        let guard = self
+            .writers
+            .iter()
+            .find_map(|slot| slot.try_lock().ok())
+            .ok_or_else(|| PgFailure::permanent("no free writer connection under a permit"))?;
+        Ok(WriterSlot { guard, _permit: permit, settled: false })
+    }
 }
 
-/// The writer connection, reconnected if it broke.
-pub(super) async fn writer_conn<'a>(inner: &Inner, slot: &'a mut Option<Conn>) -> Result<&'a Conn, PgFailure> {
-    if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
-        *slot = None;
-        *slot = Some(inner.connect_role("writer").await?);
+/// A writer connection held for one call. A call that ends without
+/// [`WriterSlot::settle`] (dropped mid-way by the request timeout, or
+/// failed with its connection) drops the connection before anyone else
+/// can take the slot: it may be inside a transaction, or owe answers to
+/// statements nobody waits for.
+pub(super) struct WriterSlot<'a> {
+    // Dropped before the permit: a waiter woken by the permit finds the
+    // slot unlocked.
+    guard: tokio::sync::MutexGuard<'a, Option<Conn>>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    settled: bool,
+}
+
+impl WriterSlot<'_> {
+    /// The connection, opened again if it broke.
+    pub(super) async fn conn(&mut self, inner: &Inner) -> Result<&Conn, PgFailure> {
+        if self.guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *self.guard = None;
+            *self.guard = Some(inner.connect_role("writer").await?);
+        }
+        self.guard.as_ref().ok_or_else(|| PgFailure::transient_reconnect("no writer connection"))
     }
-    slot.as_ref().ok_or_else(|| PgFailure::transient_reconnect("no writer connection"))
+
+    /// The call is over and the connection is between transactions.
+    pub(super) fn settle(&mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for WriterSlot<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            *self.guard = None;
+        }
+    }
 }
 
 pub(super) fn connect_error(e: &tokio_postgres::Error) -> String {

@@ -1,6 +1,6 @@
 //! PostgreSQL: the backend that several processes share.
 //!
-//! Owns: its connections (a writer for batches, a reader for reads and
+//! Owns: its connections (writers for batches, a reader for reads and
 //! NOTIFYs, a listener for LISTEN, owner locks and the heartbeat), the
 //! runtime thread that drives them, the schema, the mapping of the
 //! `Backend` contract onto SQL, and database time. Must not: know about
@@ -24,9 +24,12 @@
 //!   header it gets must be the current one.
 //! - **`flush`** is a barrier only: with `synchronous_commit` on, a batch is
 //!   durable when its COMMIT returns. After a call whose outcome was lost
-//!   with its connection, the next `flush` commits a transaction with an
-//!   xid first, so a write the retry found applied is also replicated to
-//!   synchronous standbys before it is acknowledged.
+//!   with its connection, and after a write that finds its own new header
+//!   already stored (the retry meeting that lost call), the next `flush`
+//!   commits a transaction with an xid first, so a write the retry found
+//!   applied is also replicated to synchronous standbys before it is
+//!   acknowledged (with several writers, another writer's flush may have
+//!   cleared the first mark before the retry came).
 //! - **Leases**: `Precondition::Acquire` compares the stored expiry with
 //!   the database's `statement_timestamp()`, and the engine's lease clock
 //!   follows database time ([`clock::DbClock`]).
@@ -58,7 +61,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::debug;
 
 pub use self::read::SnapshotError;
-pub use self::settings::{PostgresConfig, PostgresTls};
+pub use self::settings::{PostgresConfig, PostgresTls, MAX_WRITER_CONNECTIONS};
 
 use self::clock::DbClock;
 use self::conn::describe_target;
@@ -92,7 +95,11 @@ pub(crate) struct Inner {
     /// Random per backend: tags the notices this process sends, so their
     /// echo is not delivered twice.
     instance: String,
-    writer: AsyncMutex<Option<Conn>>,
+    /// The writer connections (`PostgresConfig::writer_connections`), each
+    /// opened on first use and again after it broke.
+    writers: Vec<AsyncMutex<Option<Conn>>>,
+    /// One permit for each writer connection not in use.
+    writers_free: tokio::sync::Semaphore,
     reader: AsyncMutex<Option<Arc<Conn>>>,
     clock: Arc<DbClock>,
     /// A call's outcome was lost with its connection (see the module docs).
@@ -160,13 +167,15 @@ impl PgBackend {
         getrandom::fill(&mut random).map_err(|e| StorageError::permanent(format!("no randomness: {e}")))?;
         let instance: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let cfg_poll = cfg.poll_notices;
+        let writer_count = cfg.writer_connections.max(1);
         let inner = Arc::new(Inner {
             sql: Statements::new(&cfg.schema),
             cfg,
             pg,
             target,
             instance,
-            writer: AsyncMutex::new(None),
+            writers: (0..writer_count).map(|_| AsyncMutex::new(None)).collect(),
+            writers_free: tokio::sync::Semaphore::new(writer_count),
             reader: AsyncMutex::new(None),
             clock: Arc::new(DbClock::new()),
             needs_barrier: AtomicBool::new(false),
@@ -209,7 +218,7 @@ impl PgBackend {
             schema::migrate(&mut client, &inner.cfg.schema).await?;
             let conn = inner.prepare(client).await.map_err(StartError::Query)?;
             inner.sample_clock(&conn).await.map_err(StartError::Query)?;
-            *inner.writer.lock().await = Some(conn);
+            *inner.writers[0].lock().await = Some(conn);
             let reader = inner.open_client("reader").await?;
             let reader = inner.prepare(reader).await.map_err(StartError::Query)?;
             *inner.reader.lock().await = Some(Arc::new(reader));
@@ -293,7 +302,7 @@ impl PgBackend {
 
     /// Runs a write on the runtime within the request timeout. A write
     /// that times out has an unknown fate: the next flush becomes a
-    /// barrier, the writer connection is replaced, and `timed_out` turns
+    /// barrier, its writer connection is replaced, and `timed_out` turns
     /// the error into the write's answer. `None`: the runtime is gone.
     fn write_within_timeout<T: Send + 'static>(
         &self,
@@ -305,11 +314,9 @@ impl PgBackend {
         self.block_on_runtime(async move {
             match tokio::time::timeout(timeout, write).await {
                 Ok(r) => r,
+                // The write's connection was dropped with it (`WriterSlot`).
                 Err(_) => {
                     inner.needs_barrier.store(true, Ordering::SeqCst);
-                    if let Ok(mut slot) = inner.writer.try_lock() {
-                        *slot = None;
-                    }
                     timed_out(StorageError::transient(format!("a write took longer than {timeout:?}")))
                 }
             }
@@ -505,6 +512,7 @@ impl Backend for PgBackend {
             shared_across_processes: true,
             prefers_own_thread: true,
             durable_on_write: true,
+            parallel_writers: self.inner.writers.len(),
             writes_all_or_nothing: true,
             indexes_records: true,
         }

@@ -61,7 +61,16 @@ pub struct PostgresConfig {
     /// LISTEN/NOTIFY (chosen automatically when the server has no LISTEN,
     /// as CockroachDB). Polled every 250 ms.
     pub poll_notices: bool,
+    /// Connections writing batches, 1 to 16: the queue keeps as many
+    /// batches in flight at once, each on a connection of its own and on
+    /// keys no other in-flight batch has, so PostgreSQL runs one batch's
+    /// statement while the next one is sent (see "Round 2 on PostgreSQL"
+    /// in docs/performance.md). 1 writes one batch at a time.
+    pub writer_connections: usize,
 }
+
+/// The most writer connections a process opens.
+pub const MAX_WRITER_CONNECTIONS: usize = 16;
 
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,6 +119,7 @@ impl PostgresConfig {
             notify_saves: true,
             single_op_fast_path: true,
             poll_notices: false,
+            writer_connections: 2,
         }
     }
 
@@ -159,6 +169,12 @@ impl PostgresConfig {
         }
         if self.request_timeout <= self.lock_timeout {
             return Err("postgres request_timeout must be longer than lock_timeout".into());
+        }
+        if !(1..=MAX_WRITER_CONNECTIONS).contains(&self.writer_connections) {
+            return Err(format!(
+                "postgres writer_connections must be between 1 and {MAX_WRITER_CONNECTIONS}, not {}",
+                self.writer_connections
+            ));
         }
         Ok(())
     }

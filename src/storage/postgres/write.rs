@@ -14,7 +14,6 @@ use bytes::Bytes;
 use tracing::warn;
 
 use super::clock::DbClock;
-use super::conn::writer_conn;
 use super::errors::PgFailure;
 use super::sql::{self, RowKey};
 use super::{Conn, Inner};
@@ -347,9 +346,12 @@ pub(super) async fn write_batch(inner: &Inner, ops: Vec<WriteOp>) -> Vec<Result<
     for round in &mut rounds {
         round.sort_by(|a, b| (a.store.as_bytes(), a.key.as_bytes()).cmp(&(b.store.as_bytes(), b.key.as_bytes())));
     }
-    let mut slot = inner.writer.lock().await;
+    let mut slot = match inner.writer().await {
+        Ok(slot) => slot,
+        Err(f) => return ops.iter().map(|_| Err(f.error.clone())).collect(),
+    };
     let outcome = async {
-        let conn = writer_conn(inner, &mut slot).await?;
+        let conn = slot.conn(inner).await?;
         let statements: usize = rounds.iter().map(|r| r.len().div_ceil(ROWS_PER_STATEMENT)).sum();
         let in_transaction = statements + usize::from(!metas.is_empty()) + usize::from(!history.is_empty()) > 1;
         if in_transaction {
@@ -369,6 +371,14 @@ pub(super) async fn write_batch(inner: &Inner, ops: Vec<WriteOp>) -> Vec<Result<
                 let lost: Vec<&RowOp> = round.iter().zip(&applied).filter(|(_, a)| !**a).map(|(o, _)| o).collect();
                 let current = if lost.is_empty() { Vec::new() } else { reread(conn, &lost).await? };
                 for (op, current) in lost.iter().zip(current) {
+                    // The write's own new header already stored: a retry
+                    // meeting its earlier attempt, whose COMMIT answer was
+                    // lost. The queue may count it applied, so the flush
+                    // after this batch must be a barrier, whatever another
+                    // writer's flush did since the loss.
+                    if current.is_some() && current == op.new_header {
+                        inner.needs_barrier.store(true, Ordering::SeqCst);
+                    }
                     decided.push((op.idx as usize, WriteOutcome::Conflict { current }));
                 }
                 for (op, _) in round.iter().zip(&applied).filter(|(_, a)| **a) {
@@ -396,15 +406,19 @@ pub(super) async fn write_batch(inner: &Inner, ops: Vec<WriteOp>) -> Vec<Result<
     .await;
     match outcome {
         Ok(decided) => {
+            slot.settle();
             for (i, o) in decided {
                 results[i] = Some(Ok(o));
             }
         }
         Err(f) => {
             if f.reconnect {
-                // The COMMIT may or may not have happened.
+                // The COMMIT may or may not have happened; the connection
+                // goes with the unsettled slot.
                 inner.needs_barrier.store(true, Ordering::SeqCst);
-                *slot = None;
+            } else {
+                // Rolled back (or never begun): the connection is clean.
+                slot.settle();
             }
             warn!(target: "datastorer::postgres", error = %f.error, ops = ops.len(), "batch failed");
             for r in results.iter_mut().filter(|r| r.is_none()) {
@@ -430,9 +444,9 @@ pub(super) async fn write_all(inner: &Inner, ops: Vec<WriteOp>) -> Result<AllOrN
     }
     // Rows locked in key order, as in `write_batch`.
     rows.sort_by(|a, b| (a.store.as_bytes(), a.key.as_bytes()).cmp(&(b.store.as_bytes(), b.key.as_bytes())));
-    let mut slot = inner.writer.lock().await;
+    let mut slot = inner.writer().await.map_err(|f| f.error)?;
     let outcome = async {
-        let conn = writer_conn(inner, &mut slot).await?;
+        let conn = slot.conn(inner).await?;
         conn.client.batch_execute("BEGIN").await?;
         let decided = async {
             let applied = run_round(conn, &rows, &inner.clock, false).await?;
@@ -458,12 +472,13 @@ pub(super) async fn write_all(inner: &Inner, ops: Vec<WriteOp>) -> Result<AllOrN
         }
     }
     .await;
+    match &outcome {
+        // The COMMIT may or may not have happened; the connection goes with
+        // the unsettled slot.
+        Err(f) if f.reconnect => inner.needs_barrier.store(true, Ordering::SeqCst),
+        _ => slot.settle(),
+    }
     outcome.map_err(|f| {
-        if f.reconnect {
-            // The COMMIT may or may not have happened.
-            inner.needs_barrier.store(true, Ordering::SeqCst);
-            *slot = None;
-        }
         warn!(target: "datastorer::postgres", error = %f.error, ops = ops.len(), "all-or-nothing write failed");
         f.error
     })
