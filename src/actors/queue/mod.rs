@@ -21,7 +21,8 @@
 //! - reads see only durable data: a key with an unflushed write is blocked,
 //!   and scans wait until nothing is unflushed;
 //! - with writer threads, a batch holding a scan or an all-or-nothing step
-//!   (several keys, of which the queue tracks the first) goes out alone.
+//!   (several keys, of which the queue tracks the first) goes out alone,
+//!   and while one waits for what is out, nothing new goes out.
 //!
 //! Layout: this file holds the actor (scheduling, retries, its messages);
 //! `lanes.rs` what goes in a batch (plain logic); `exec.rs` running a batch
@@ -120,6 +121,10 @@ pub(crate) struct QueueActor {
     /// A batch with a scan or an all-or-nothing step is with the writers:
     /// nothing else goes out until it is back.
     exclusive_in_flight: bool,
+    /// The last batch composed passed over a scan or an all-or-nothing step
+    /// because something was in flight: the writers get nothing more until
+    /// what is out is back, so it cannot wait forever under load.
+    exclusive_held: bool,
     /// Batches handed to the flusher or the writers and not back yet, and
     /// their requests.
     unflushed: usize,
@@ -160,6 +165,7 @@ impl QueueActor {
             flusher: None,
             writers: None,
             exclusive_in_flight: false,
+            exclusive_held: false,
             unflushed: 0,
             unflushed_requests: 0,
             unflushed_keys: KeyCounts::default(),
@@ -189,7 +195,15 @@ impl QueueActor {
     fn compose(&mut self) -> Vec<Pending> {
         let blocked: KeyHashSet = self.retrying_keys.keys().chain(self.unflushed_keys.keys()).collect();
         let parallel = self.writers.is_some();
-        self.lanes.compose(blocked, self.unflushed > 0, |p| exclusive(p, parallel))
+        let held = std::cell::Cell::new(false);
+        // Asked only of requests held back because something is in flight.
+        let batch = self.lanes.compose(blocked, self.unflushed > 0, |p| {
+            let exclusive = exclusive(p, parallel);
+            held.set(held.get() || exclusive);
+            exclusive
+        });
+        self.exclusive_held = held.get();
+        batch
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
@@ -293,6 +307,9 @@ impl QueueActor {
     fn pump_parallel(&mut self, ctx: &mut Context<Self>) {
         let Some((_, writer_count)) = self.writers else { return };
         while self.unflushed < writer_count && !self.exclusive_in_flight {
+            if self.exclusive_held && self.unflushed > 0 {
+                return;
+            }
             let batch = self.compose();
             if batch.is_empty() {
                 self.schedule_budget_wake(ctx);
@@ -749,5 +766,35 @@ mod tests {
         let s = state.0.lock().unwrap();
         assert_eq!(s.beside_all_or_nothing, vec![0], "the step went out alone");
         assert_eq!(backend.get(b"all-2").unwrap(), Some(record(1)));
+    }
+
+    /// A scan held back while a batch is out stops the writers from taking
+    /// more: under a steady stream of writes it would otherwise wait for a
+    /// moment when nothing is out, which may never come.
+    #[actix_rt::test]
+    async fn two_writers_drain_for_a_waiting_scan() {
+        let (backend, state, mut entries) = two_writers();
+        state.0.lock().unwrap().gate = Some(b"a".to_vec());
+        let q = QueueActor::new(backend.clone(), QueueConfig::default()).on_own_thread().start();
+        let a1 = submit(&q, b"a", Precondition::Absent, record(1), Priority::Normal);
+        assert_eq!(entries.recv().await.unwrap(), vec![b"a".to_vec()]);
+        let (reply, scanned) = oneshot::channel();
+        let scan = Operation::Scan { prefix: b"".to_vec().into(), start_after: None, limit: 10 };
+        q.do_send(Submit { op: scan, lane: Priority::Normal, reply });
+        // Composed beside the held batch, past the waiting scan.
+        let b1 = submit(&q, b"b", Precondition::Absent, record(1), Priority::Normal);
+        assert_eq!(entries.recv().await.unwrap(), vec![b"b".to_vec()]);
+        assert!(matches!(b1.await.unwrap(), Ok(Reply::Written(WriteOutcome::Applied))));
+        // Now a writer is free, but the scan waits: nothing more goes out.
+        let c1 = submit(&q, b"c", Precondition::Absent, record(1), Priority::Normal);
+        for _ in 0..3 {
+            q.send(GetDepth).await.unwrap();
+        }
+        let depth = q.send(GetDepth).await.unwrap();
+        assert_eq!((depth.normal, depth.in_flight), (2, 1), "the scan and c wait; only a is out: {depth:?}");
+        open_gate(&state);
+        assert!(matches!(a1.await.unwrap(), Ok(Reply::Written(WriteOutcome::Applied))));
+        assert!(matches!(scanned.await.unwrap(), Ok(Reply::Scanned(_))));
+        assert!(matches!(c1.await.unwrap(), Ok(Reply::Written(WriteOutcome::Applied))));
     }
 }
