@@ -325,10 +325,12 @@ async fn batched_on(
     let mut keys: Vec<String> = (0..rows).map(|i| format!("k{i}")).collect();
     keys.sort();
     let values: Vec<Vec<u8>> = keys.iter().map(|k| raw(k[1..].parse().unwrap_or(0), 9, bytes)).collect();
-    let chunks: Vec<(Vec<String>, Vec<Vec<u8>>)> =
+    // One statement's keys and values.
+    type Chunk = (Vec<String>, Vec<Vec<u8>>);
+    let chunks: Vec<Chunk> =
         keys.chunks(batch).zip(values.chunks(batch)).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
     let count = clients.len();
-    let mut dealt: Vec<Vec<(Vec<String>, Vec<Vec<u8>>)>> = (0..count).map(|_| Vec::new()).collect();
+    let mut dealt: Vec<Vec<Chunk>> = (0..count).map(|_| Vec::new()).collect();
     for (i, chunk) in chunks.into_iter().enumerate() {
         dealt[i % count].push(chunk);
     }
