@@ -69,6 +69,16 @@ async fn eventually_async<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// Waits until one writer connection of `b` waits on a row lock.
+fn wait_for_a_writer_on_a_row_lock(pg: &PgSchema, b: &PgBackend, what: &str) {
+    let writer_name = format!("datastorer-writer-{}", b.connection_id());
+    eventually(Duration::from_secs(10), what, || {
+        pg.sql(&format!(
+            "SELECT count(*)::text FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = '{writer_name}'"
+        )) == vec![Some("1".to_owned())]
+    });
+}
+
 /// Why the re-read exists: a batch whose compare-and-swap waited on a row
 /// lock re-checks its `WHERE` on the newest row, but the rest of its
 /// statement sees the snapshot from before the wait. A header taken from
@@ -105,12 +115,7 @@ fn a_conflict_reports_the_header_that_won_not_the_statement_snapshot() {
         })
     };
     // Commit only once our batch is really waiting for the lock.
-    let writer_name = format!("datastorer-writer-{}", b.connection_id());
-    eventually(Duration::from_secs(10), "the batch waits on the row lock", || {
-        pg.sql(&format!(
-            "SELECT count(*)::text FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = '{writer_name}'"
-        )) == vec![Some("1".to_owned())]
-    });
+    wait_for_a_writer_on_a_row_lock(&pg, &b, "the batch waits on the row lock");
     other.commit();
     let outcome = writer.join().unwrap();
     assert_eq!(outcome, vec![Ok(WriteOutcome::Conflict { current: Some(RecordHeader { epoch: 3, revision: 19 }) })]);
@@ -143,12 +148,7 @@ fn a_second_batch_commits_on_the_other_writer_while_the_first_waits() {
             b.write_batch(&[op])
         })
     };
-    let writer_name = format!("datastorer-writer-{}", b.connection_id());
-    eventually(Duration::from_secs(10), "the first batch waits on the row lock", || {
-        pg.sql(&format!(
-            "SELECT count(*)::text FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = '{writer_name}'"
-        )) == vec![Some("1".to_owned())]
-    });
+    wait_for_a_writer_on_a_row_lock(&pg, &b, "the first batch waits on the row lock");
     let beside = b.write_batch(&[WriteOp::new(free.clone(), Precondition::Absent, Some(record(None, 0, 1, 1)))]);
     assert_eq!(beside, vec![Ok(WriteOutcome::Applied)], "the batch beside the waiting one committed");
     assert!(!waiting.is_finished(), "the first batch still waits on its row lock");

@@ -132,6 +132,24 @@ fn wait_for_parent() -> Result<(), String> {
     std::io::stdin().lock().read_line(&mut line).map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// A child's count of actix sends of `Bump` to `to` and their answers:
+/// `WARM_UP` of them, `ready`, then `OPS` counted, `done`.
+async fn sends_counted<A>(to: actix::Addr<A>) -> Result<(), String>
+where
+    A: actix::Actor<Context = actix::Context<A>> + actix::Handler<super::bench::Bump>,
+{
+    for _ in 0..WARM_UP {
+        to.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
+    }
+    println!("ready");
+    wait_for_parent()?;
+    for _ in 0..OPS {
+        to.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
+    }
+    println!("done");
+    wait_for_parent()
+}
+
 /// The child: sets `op` up and warms it up, says `ready`, waits for a line
 /// on stdin, runs `OPS` of them, says `done`, waits for a line, exits. The
 /// parent zeroes callgrind's counters between `ready` and its line, and
@@ -158,34 +176,8 @@ pub async fn ops_child(op: Op, dir: PathBuf) -> Result<(), String> {
             wait_for_parent()?;
             ds.shutdown().await;
         }
-        Op::ActixSend => {
-            use actix::Actor;
-            let echo = super::bench::Echo(0).start();
-            for _ in 0..WARM_UP {
-                echo.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
-            }
-            println!("ready");
-            wait_for_parent()?;
-            for _ in 0..OPS {
-                echo.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
-            }
-            println!("done");
-            wait_for_parent()?;
-        }
-        Op::ActixKeep => {
-            use actix::Actor;
-            let keeper = super::bench::Keeper::new(json!({"n": 0})).start();
-            for _ in 0..WARM_UP {
-                keeper.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
-            }
-            println!("ready");
-            wait_for_parent()?;
-            for _ in 0..OPS {
-                keeper.send(super::bench::Bump).await.map_err(|e| e.to_string())?;
-            }
-            println!("done");
-            wait_for_parent()?;
-        }
+        Op::ActixSend => sends_counted(actix::Actor::start(super::bench::Echo(0))).await?,
+        Op::ActixKeep => sends_counted(actix::Actor::start(super::bench::Keeper::new(json!({"n": 0})))).await?,
         Op::Save => {
             let ds = Datastorer::start(super::bench::sled_config(&dir)).await.map_err(err)?;
             let store = ds.store("b", super::bench::spec(json!({"n": 0}))).map_err(err)?;

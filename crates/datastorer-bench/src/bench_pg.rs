@@ -286,21 +286,9 @@ fn keeping_versions(schema: &str, update: &str) -> String {
     )
 }
 
-/// (b) for a fixed amount of work: `rows` rows in batches of `batch`; seconds.
-async fn batched_once(
-    schema: &str,
-    store: &str,
-    rows: usize,
-    batch: usize,
-    bytes: usize,
-    versions: bool,
-) -> Result<f64, String> {
-    batched_on(schema, store, rows, batch, bytes, versions, 1).await
-}
-
-/// `batched_once` with the statements dealt round-robin over `connections`
-/// connections running at once: the hand-written batch with the
-/// concurrency of the engine's writer connections.
+/// (b) for a fixed amount of work, in seconds: `rows` records of `bytes` updated
+/// `batch` rows a statement (keeping a version of each with `versions`),
+/// the statements dealt round-robin over `connections` connections at once.
 async fn batched_on(
     schema: &str,
     store: &str,
@@ -555,9 +543,9 @@ async fn burst(cfg: &BenchConfig, n: usize, shutdown: bool) -> Result<Vec<Measur
             if versions { " and their versions" } else { "" }
         ));
         drop(backend);
-        base.push(batched_once(&scratch.schema, "b", n, 1024, cfg.doc_bytes, false).await?);
+        base.push(batched_on(&scratch.schema, "b", n, 1024, cfg.doc_bytes, false, 1).await?);
         if versions {
-            base_v.push(batched_once(&scratch.schema, "b", n, 1024, cfg.doc_bytes, true).await?);
+            base_v.push(batched_on(&scratch.schema, "b", n, 1024, cfg.doc_bytes, true, 1).await?);
         }
         // The engine writes on `writer_connections` (2) at once; the
         // hand-written batch given the same: context for the ratio.

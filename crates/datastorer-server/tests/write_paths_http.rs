@@ -1094,42 +1094,22 @@ fn check(rows: &[Row], log: &Log, server_logs: &str) {
                 && d.server.is_none_or(|s| s == r.server)
         });
         if !explained {
-            let trail: Vec<String> = records
-                .iter()
-                .filter(|x| x.key == r.key)
-                .map(|x| match &x.record {
-                    Some(rec) => format!(
-                        "{}:{}.{}:{}",
-                        x.seq,
-                        rec.header.epoch,
-                        rec.header.revision,
-                        rec.lease.as_ref().map_or("-", |l| l.owner.as_str())
-                    ),
-                    None => format!("{}:deleted", x.seq),
-                })
-                .collect();
             let deletes: Vec<String> = log
                 .delete_calls
                 .iter()
                 .filter(|(k, _, _, end, _)| *k == r.key && *end + 200 >= r.opened)
                 .map(|(_, who, start, end, said)| format!("{who} [{start}, {end}]: {said}"))
                 .collect();
-            let about: Vec<&str> = server_logs
-                .lines()
-                .filter(|l| l.contains(&format!("key={}", r.key)) || l.contains(&format!("key=\"{}\"", r.key)))
-                .filter(|l| !l.contains("datastorer::access"))
-                .collect();
             panic!(
                 "a live session (epoch {}) was refused with nothing that could end it: {} (opened at tick {}, refused at {}); \
-                 rows of {}: {}\ndeletes of it near then: {:?}\nserver log lines about it:\n{}",
+                 deletes of {} near then: {:?}\n{}",
                 r.epoch,
                 r.what,
                 r.opened,
                 r.at,
                 r.key,
-                trail.join(" "),
                 deletes,
-                about.join("\n")
+                story(&records, log, server_logs, &r.key)
             );
         }
     }

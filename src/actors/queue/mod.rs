@@ -39,7 +39,7 @@ mod lanes;
 mod pipeline;
 
 use self::exec::{apply, execute, fail_applied};
-use self::pipeline::{answer, run_flusher, run_writer, settle, Flushed, KeyPart, SettledBatch, Unflushed};
+use self::pipeline::{answer, run_flusher, run_writer, settle, write_whole, Flushed, KeyPart, SettledBatch, Unflushed};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -326,16 +326,12 @@ impl QueueActor {
                 Some((tx, _)) => tx.send(batch).map_err(|e| e.0),
                 None => Err(batch),
             };
-            if let Err(mut batch) = sent {
+            if let Err(batch) = sent {
                 // The writers end only with the queue; should they be gone
                 // anyway, batches run inline, one at a time.
                 warn!(target: "datastorer::queue", "writer threads gone; writing inline");
                 self.writers = None;
-                let started = Instant::now();
-                let wrote = batch.iter().any(|p| p.req.op.writes());
-                let results = execute(&*self.backend, &mut batch);
-                let max_attempts = self.config.retry.max_attempts;
-                let (done, answers) = settle(batch, results, started.elapsed(), u64::from(wrote), max_attempts, true);
+                let (done, answers) = write_whole(&*self.backend, batch, self.config.retry.max_attempts);
                 self.flushed(vec![done], ctx);
                 answer(answers);
                 return self.pump(ctx);
@@ -710,6 +706,25 @@ mod tests {
         (Arc::new(backend), state, entries)
     }
 
+    /// A queue on `two_writers` whose first write, of `a`, is held on the
+    /// database by the gate.
+    struct Held {
+        backend: Arc<crate::testing::Intercepted>,
+        state: Watched,
+        entries: tokio::sync::mpsc::UnboundedReceiver<Vec<Vec<u8>>>,
+        q: Addr<QueueActor>,
+        a1: oneshot::Receiver<Result<Reply, QueueFailure>>,
+    }
+
+    async fn a_held_on_two_writers() -> Held {
+        let (backend, state, mut entries) = two_writers();
+        state.0.lock().unwrap().gate = Some(b"a".to_vec());
+        let q = QueueActor::new(backend.clone(), QueueConfig::default()).on_own_thread().start();
+        let a1 = submit(&q, b"a", Precondition::Absent, record(1), Priority::Normal);
+        assert_eq!(entries.recv().await.unwrap(), vec![b"a".to_vec()]);
+        Held { backend, state, entries, q, a1 }
+    }
+
     fn open_gate(state: &Watched) {
         state.0.lock().unwrap().open = true;
         state.1.notify_all();
@@ -719,11 +734,7 @@ mod tests {
     /// on other keys only: the same key's next write waits for the first.
     #[actix_rt::test]
     async fn two_writers_run_two_batches_at_once_never_one_key_in_both() {
-        let (backend, state, mut entries) = two_writers();
-        state.0.lock().unwrap().gate = Some(b"a".to_vec());
-        let q = QueueActor::new(backend.clone(), QueueConfig::default()).on_own_thread().start();
-        let a1 = submit(&q, b"a", Precondition::Absent, record(1), Priority::Normal);
-        assert_eq!(entries.recv().await.unwrap(), vec![b"a".to_vec()]);
+        let Held { backend, state, mut entries, q, a1 } = a_held_on_two_writers().await;
         // `a` is held on the database: its next write must wait, `b` need not.
         let a2 =
             submit(&q, b"a", Precondition::Header(RecordHeader { epoch: 1, revision: 1 }), record(2), Priority::Normal);
@@ -745,11 +756,7 @@ mod tests {
     /// batch is in flight (its first key alone is what the queue blocks on).
     #[actix_rt::test]
     async fn two_writers_send_an_all_or_nothing_step_alone() {
-        let (backend, state, mut entries) = two_writers();
-        state.0.lock().unwrap().gate = Some(b"a".to_vec());
-        let q = QueueActor::new(backend.clone(), QueueConfig::default()).on_own_thread().start();
-        let a1 = submit(&q, b"a", Precondition::Absent, record(1), Priority::Normal);
-        assert_eq!(entries.recv().await.unwrap(), vec![b"a".to_vec()]);
+        let Held { backend, state, mut entries, q, a1 } = a_held_on_two_writers().await;
         let (reply, all) = oneshot::channel();
         let ops = vec![
             WriteOp::new(&b"all-1"[..], Precondition::Absent, Some(record(1))),
@@ -773,11 +780,7 @@ mod tests {
     /// moment when nothing is out, which may never come.
     #[actix_rt::test]
     async fn two_writers_drain_for_a_waiting_scan() {
-        let (backend, state, mut entries) = two_writers();
-        state.0.lock().unwrap().gate = Some(b"a".to_vec());
-        let q = QueueActor::new(backend.clone(), QueueConfig::default()).on_own_thread().start();
-        let a1 = submit(&q, b"a", Precondition::Absent, record(1), Priority::Normal);
-        assert_eq!(entries.recv().await.unwrap(), vec![b"a".to_vec()]);
+        let Held { state, mut entries, q, a1, .. } = a_held_on_two_writers().await;
         let (reply, scanned) = oneshot::channel();
         let scan = Operation::Scan { prefix: b"".to_vec().into(), start_after: None, limit: 10 };
         q.do_send(Submit { op: scan, lane: Priority::Normal, reply });

@@ -81,24 +81,35 @@ pub(super) fn run_writer(
             Ok(rx) => rx.recv(),
             Err(poisoned) => poisoned.into_inner().recv(),
         };
-        let Ok(mut batch) = next else { return };
-        let span = debug_span!(target: "datastorer::queue", "batch", size = batch.len());
-        let _entered = span.enter();
-        let started = Instant::now();
-        let wrote = batch.iter().any(|p| p.req.op.writes());
-        // A panicking backend must not take the writer down with it: the
-        // batch would never be answered.
-        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(&*backend, &mut batch)))
-            .unwrap_or_else(|_| {
-                let e = StorageError::permanent("the backend panicked");
-                batch.iter().map(|_| Err(e.clone())).collect()
-            });
-        let (settled, answers) = settle(batch, results, started.elapsed(), u64::from(wrote), max_attempts, true);
+        let Ok(batch) = next else { return };
+        let (settled, answers) = write_whole(&*backend, batch, max_attempts);
         // The queue hears first (the keys unblock), then the requesters.
         let Some(q) = queue.upgrade() else { return };
         q.do_send(Flushed(vec![settled]));
         answer(answers);
     }
+}
+
+/// Runs a whole batch (reads, writes, the flush a durable-on-write backend
+/// makes a barrier at most) and settles it, on a writer thread or, with
+/// the writers gone, inline on the queue's.
+pub(super) fn write_whole(
+    backend: &dyn Backend,
+    mut batch: Vec<Pending>,
+    max_attempts: u32,
+) -> (SettledBatch, Answers) {
+    let span = debug_span!(target: "datastorer::queue", "batch", size = batch.len());
+    let _entered = span.enter();
+    let started = Instant::now();
+    let wrote = batch.iter().any(|p| p.req.op.writes());
+    // A panicking backend must not take the writer down with it: the batch
+    // would never be answered.
+    let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(backend, &mut batch)))
+        .unwrap_or_else(|_| {
+            let e = StorageError::permanent("the backend panicked");
+            batch.iter().map(|_| Err(e.clone())).collect()
+        });
+    settle(batch, results, started.elapsed(), u64::from(wrote), max_attempts, true)
 }
 
 /// A batch after its flush, as the queue books it: counts, and the requests
