@@ -305,18 +305,26 @@ impl SledBackend {
     /// `op` and what it stores beside its record (its version, user-index
     /// entries) as writes of one sled batch.
     fn add_to_batch(&self, batch: &mut sled::Batch, op: &WriteOp) {
-        match &op.value {
-            Some(v) => batch.insert(op.key.as_bytes(), &v[..]),
+        // Copied into sled's buffer once: a save's version is the same
+        // bytes as its value, and an `IVec` clone shares them.
+        let value = op.value.as_ref().map(|v| (v, sled::IVec::from(&v[..])));
+        match &value {
+            Some((_, v)) => batch.insert(op.key.as_bytes(), v.clone()),
             None => batch.remove(op.key.as_bytes()),
         }
-        for (key, value) in super::history::companions(op) {
+        for (key, companion) in super::history::companions(op) {
             // An index entry already there is not written again.
-            if value.is_empty() && key.starts_with(super::history::USER_INDEX_PREFIX) {
+            if companion.is_empty() && key.starts_with(super::history::USER_INDEX_PREFIX) {
                 if let Ok(true) = self.db.contains_key(&key) {
                     continue;
                 }
             }
-            batch.insert(key, &value[..]);
+            match &value {
+                Some((bytes, shared)) if bytes.as_ptr() == companion.as_ptr() && bytes.len() == companion.len() => {
+                    batch.insert(key, shared.clone())
+                }
+                _ => batch.insert(key, &companion[..]),
+            }
         }
     }
 

@@ -82,6 +82,10 @@ pub(crate) enum BudgetClass {
     Scan,
 }
 
+impl BudgetClass {
+    const COUNT: usize = 3;
+}
+
 struct Bucket {
     budget: Budget,
     tokens: f64,
@@ -131,7 +135,9 @@ pub(crate) struct Lanes<P> {
     normal: VecDeque<P>,
     emergency_keys: KeyCounts,
     normal_keys: KeyCounts,
-    buckets: HashMap<BudgetClass, Bucket>,
+    /// One per `BudgetClass` (by its index), `None` where unlimited: looked
+    /// up for every request of every batch, so an array, not a map.
+    buckets: [Option<Bucket>; BudgetClass::COUNT],
     limits: BatchLimits,
     /// Batches composed in a row while the normal lane had work and got none.
     normal_starved: usize,
@@ -148,13 +154,11 @@ struct Batch<P> {
 
 impl<P: Queued> Lanes<P> {
     pub(crate) fn new(limits: BatchLimits, budgets: &Budgets) -> Self {
-        let mut buckets = HashMap::new();
+        let mut buckets: [Option<Bucket>; BudgetClass::COUNT] = Default::default();
         for (class, budget) in
             [(BudgetClass::Get, budgets.get), (BudgetClass::Write, budgets.write), (BudgetClass::Scan, budgets.scan)]
         {
-            if let Some(b) = budget {
-                buckets.insert(class, Bucket::new(b));
-            }
+            buckets[class as usize] = budget.map(Bucket::new);
         }
         Self {
             emergency: VecDeque::new(),
@@ -233,13 +237,15 @@ impl<P: Queued> Lanes<P> {
     /// only until the batch is full.
     pub(crate) fn compose(
         &mut self,
-        mut blocked: KeyHashSet,
+        blocked: &mut KeyHashSet,
         scans_wait: bool,
         is_scan: impl Fn(&P) -> bool,
     ) -> Vec<P> {
-        let now = Instant::now();
-        for b in self.buckets.values_mut() {
-            b.refill(now);
+        if self.buckets.iter().any(Option::is_some) {
+            let now = Instant::now();
+            for b in self.buckets.iter_mut().flatten() {
+                b.refill(now);
+            }
         }
         let max = self.limits.max_batch;
         let share = self.limits.normal_share.max(1);
@@ -248,11 +254,11 @@ impl<P: Queued> Lanes<P> {
         let normal_waiting = !self.normal.is_empty();
         let skip_scans = |p: &P| scans_wait && is_scan(p);
         if normal_waiting && self.normal_starved >= share {
-            self.take_from(Priority::Normal, reserved, &mut blocked, &mut batch, &skip_scans);
+            self.take_from(Priority::Normal, reserved, blocked, &mut batch, &skip_scans);
         }
-        self.take_from(Priority::Emergency, max.saturating_sub(reserved).max(1), &mut blocked, &mut batch, &skip_scans);
-        self.take_from(Priority::Normal, max, &mut blocked, &mut batch, &skip_scans);
-        self.take_from(Priority::Emergency, max, &mut blocked, &mut batch, &skip_scans);
+        self.take_from(Priority::Emergency, max.saturating_sub(reserved).max(1), blocked, &mut batch, &skip_scans);
+        self.take_from(Priority::Normal, max, blocked, &mut batch, &skip_scans);
+        self.take_from(Priority::Emergency, max, blocked, &mut batch, &skip_scans);
         let served_normal = batch.requests.iter().any(|p| p.lane() == Priority::Normal);
         if normal_waiting && !batch.requests.is_empty() && !served_normal {
             self.normal_starved += 1;
@@ -279,7 +285,10 @@ impl<P: Queued> Lanes<P> {
             Priority::Normal => std::mem::take(&mut self.normal),
         };
         let mut kept = VecDeque::new();
-        let mut taken_keys = Vec::new();
+        let keys = match lane {
+            Priority::Emergency => &mut self.emergency_keys,
+            Priority::Normal => &mut self.normal_keys,
+        };
         while let Some(p) = queue.pop_front() {
             if batch.requests.len() >= cap {
                 queue.push_front(p);
@@ -303,7 +312,7 @@ impl<P: Queued> Lanes<P> {
                 kept.push_back(p);
                 continue;
             }
-            if let Some(bucket) = self.buckets.get_mut(&p.class()) {
+            if let Some(bucket) = &mut self.buckets[p.class() as usize] {
                 if bucket.tokens < 1.0 {
                     blocked.insert(p.key_hash());
                     kept.push_back(p);
@@ -312,7 +321,7 @@ impl<P: Queued> Lanes<P> {
                 bucket.tokens -= 1.0;
             }
             blocked.insert(p.key_hash());
-            taken_keys.push(p.key_hash());
+            keys.remove_one(p.key_hash());
             batch.bytes += size;
             batch.requests.push(p);
         }
@@ -322,18 +331,9 @@ impl<P: Queued> Lanes<P> {
         while let Some(p) = kept.pop_back() {
             queue.push_front(p);
         }
-        let keys = match lane {
-            Priority::Emergency => {
-                self.emergency = queue;
-                &mut self.emergency_keys
-            }
-            Priority::Normal => {
-                self.normal = queue;
-                &mut self.normal_keys
-            }
-        };
-        for k in taken_keys {
-            keys.remove_one(k);
+        match lane {
+            Priority::Emergency => self.emergency = queue,
+            Priority::Normal => self.normal = queue,
         }
     }
 
@@ -352,14 +352,14 @@ impl<P: Queued> Lanes<P> {
     /// How long until an exhausted budget has a token again (`None`: no
     /// budget is exhausted).
     pub(crate) fn time_to_token(&self) -> Option<Duration> {
-        self.buckets.values().filter(|b| b.tokens < 1.0).map(Bucket::time_to_token).min()
+        self.buckets.iter().flatten().filter(|b| b.tokens < 1.0).map(Bucket::time_to_token).min()
     }
 
     /// Tokens left per budget, refilled to now.
     pub(crate) fn budget_levels(&mut self) -> BudgetLevels {
         let now = Instant::now();
         let mut level = |class| {
-            self.buckets.get_mut(&class).map(|b: &mut Bucket| {
+            self.buckets[class as usize].as_mut().map(|b: &mut Bucket| {
                 b.refill(now);
                 b.tokens
             })
@@ -414,7 +414,7 @@ mod tests {
     }
 
     fn compose(l: &mut Lanes<R>) -> Vec<u32> {
-        ids(&l.compose(KeyHashSet::default(), false, |_| false))
+        ids(&l.compose(&mut KeyHashSet::default(), false, |_| false))
     }
 
     /// (requests in arrival order, limits) → the batches that come out.
@@ -482,8 +482,8 @@ mod tests {
         for q in [r(1, 1, N), r(2, 2, N), scan, r(4, 1, N)] {
             l.enqueue(q, false);
         }
-        let blocked: KeyHashSet = [1].into_iter().collect();
-        let batch = l.compose(blocked, true, |q| q.class == BudgetClass::Scan);
+        let mut blocked: KeyHashSet = [1].into_iter().collect();
+        let batch = l.compose(&mut blocked, true, |q| q.class == BudgetClass::Scan);
         assert_eq!(ids(&batch), vec![2], "key 1 blocked, the scan waits");
         assert_eq!(compose(&mut l), vec![1, 3], "back in arrival order; key 1's second request after its first");
         assert_eq!(compose(&mut l), vec![4]);

@@ -131,6 +131,8 @@ pub(crate) struct QueueActor {
     unflushed_requests: usize,
     /// Keys with a request in an unflushed batch.
     unflushed_keys: KeyCounts,
+    /// The keys a batch being composed may not take (scratch space).
+    blocked: KeyHashSet,
     /// A pump is scheduled for after the mailbox drains.
     pump_scheduled: bool,
     wake_at: Option<Instant>,
@@ -169,6 +171,7 @@ impl QueueActor {
             unflushed: 0,
             unflushed_requests: 0,
             unflushed_keys: KeyCounts::default(),
+            blocked: KeyHashSet::default(),
             pump_scheduled: false,
             wake_at: None,
             stats: QueueStats::default(),
@@ -193,7 +196,15 @@ impl QueueActor {
     /// The next batch: what `Lanes` picks, with retrying and unflushed keys
     /// blocked, and scans held while anything applied is not yet durable.
     fn compose(&mut self) -> Vec<Pending> {
-        let blocked: KeyHashSet = self.retrying_keys.keys().chain(self.unflushed_keys.keys()).collect();
+        // Kept between batches (cleared, its room kept): composing runs
+        // for every batch, most of them of one request.
+        let blocked = &mut self.blocked;
+        // ...unless a burst grew it (a shutdown's batches of thousands).
+        if blocked.capacity() > 4096 {
+            *blocked = KeyHashSet::default();
+        }
+        blocked.clear();
+        blocked.extend(self.retrying_keys.keys().chain(self.unflushed_keys.keys()));
         let parallel = self.writers.is_some();
         let held = std::cell::Cell::new(false);
         // Asked only of requests held back because something is in flight.
