@@ -327,6 +327,18 @@ impl Datastorer {
         self.engine.backend.notices().subscribe()
     }
 
+    /// Calls `sink` with every change notice from now on (what
+    /// [`changes`](Self::changes) carries), on the thread that delivers it:
+    /// for a save, the key actor's, once the save is durable. It cannot lag
+    /// and wakes no other thread, so it suits a consumer that must see
+    /// every notice and does little with each (a server's change log
+    /// appends it to a buffer); it must be quick and must not block. It
+    /// stays for the life of the engine. A panic in it is logged and the
+    /// notice goes on to the others.
+    pub fn on_change(&self, sink: impl Fn(&crate::storage::Notice) + Send + Sync + 'static) {
+        self.engine.backend.notices().add_sink(std::sync::Arc::new(sink));
+    }
+
     /// Now, by the clock leases are written in (the database's on
     /// PostgreSQL), in ms since the Unix epoch.
     pub fn now_ms(&self) -> u64 {

@@ -446,13 +446,28 @@ pub struct NoticeBus {
     all: broadcast::Sender<Notice>,
     control: broadcast::Sender<Notice>,
     transport: Option<Arc<dyn NoticeTransport>>,
+    /// Called with every notice on the thread that delivers it (see
+    /// [`NoticeBus::add_sink`]); shared by the bus's clones, as the
+    /// channels are.
+    sinks: Arc<Sinks>,
 }
+
+#[derive(Default)]
+struct Sinks {
+    list: std::sync::RwLock<Vec<NoticeSink>>,
+    /// `list` is not empty (read on every publish without the lock).
+    any: std::sync::atomic::AtomicBool,
+}
+
+/// A function that hears every notice as it is delivered: see
+/// [`NoticeBus::add_sink`].
+pub type NoticeSink = Arc<dyn Fn(&Notice) + Send + Sync>;
 
 impl Default for NoticeBus {
     fn default() -> Self {
         let (all, _) = broadcast::channel(4096);
         let (control, _) = broadcast::channel(1024);
-        Self { all, control, transport: None }
+        Self { all, control, transport: None, sinks: Default::default() }
     }
 }
 
@@ -491,6 +506,16 @@ impl NoticeBus {
     }
 
     fn deliver_local(&self, notice: Notice) {
+        if self.sinks.any.load(std::sync::atomic::Ordering::Acquire) {
+            let sinks = self.sinks.list.read().unwrap_or_else(|p| p.into_inner());
+            for sink in sinks.iter() {
+                // A sink's panic must not take the publisher (a key actor,
+                // the queue's answer) down with it.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(&notice))).is_err() {
+                    tracing::error!(target: "datastorer::notices", store = %notice.store, key = %notice.key, "a notice sink panicked");
+                }
+            }
+        }
         if matches!(
             notice.kind,
             NoticeKind::ReleaseRequested { .. }
@@ -509,6 +534,17 @@ impl NoticeBus {
         self.all.subscribe()
     }
 
+    /// Calls `sink` with every notice delivered from now on, on the thread
+    /// that delivers it (a key actor's, for its own saves), before any
+    /// subscriber hears it. Unlike a subscriber a sink cannot lag, and
+    /// hearing a notice wakes no other thread; in exchange it must be
+    /// quick and never block or wait (append to a buffer, forward through
+    /// a channel). It stays for the life of the bus.
+    pub fn add_sink(&self, sink: NoticeSink) {
+        self.sinks.list.write().unwrap_or_else(|p| p.into_inner()).push(sink);
+        self.sinks.any.store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Subscribes to lease notices only (`ReleaseRequested`, `Stolen`).
     pub fn subscribe_lease_notices(&self) -> broadcast::Receiver<Notice> {
         self.control.subscribe()
@@ -518,7 +554,9 @@ impl NoticeBus {
     /// local subscriber to all notices, or any process on the other side of
     /// the transport. Publishers skip building one nobody would receive.
     pub fn has_subscribers(&self) -> bool {
-        self.transport.is_some() || self.all.receiver_count() > 0
+        self.transport.is_some()
+            || self.sinks.any.load(std::sync::atomic::Ordering::Acquire)
+            || self.all.receiver_count() > 0
     }
 }
 

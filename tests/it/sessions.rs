@@ -514,3 +514,42 @@ async fn a_change_is_serialized_once_for_its_size_check_its_answer_and_its_save(
     s.save(Priority::Normal).await.unwrap();
     assert_eq!(stored_json(&backend, "counted", "k")["coins"], 10);
 }
+
+#[actix_rt::test]
+async fn a_change_sink_hears_each_durable_save_of_a_key_in_order() {
+    use datastorer::storage::NoticeKind;
+    use std::sync::Mutex;
+    tokio::time::pause();
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let sink = heard.clone();
+    // The only listener: saves must still announce themselves.
+    ds.on_change(move |n| {
+        if n.store == "profiles" && n.key == "alice" {
+            sink.lock().unwrap().push(n.kind.clone());
+        }
+    });
+    let s = profiles(&ds).open("alice").await.unwrap();
+    let mut revisions = Vec::new();
+    for coins in 1..=3 {
+        s.update(move |p| p.coins = coins).await.unwrap();
+        revisions.push(s.save(Priority::Normal).await.unwrap().revision);
+    }
+    let released = s.release(Priority::Normal).await.unwrap().revision;
+    let heard = heard.lock().unwrap().clone();
+    let saved: Vec<u64> = heard
+        .iter()
+        .filter_map(|k| match k {
+            NoticeKind::Saved { revision } => Some(*revision),
+            _ => None,
+        })
+        .collect();
+    // Every durable save was heard by the time its receipt resolved, in order.
+    assert!(revisions.iter().all(|r| saved.contains(r)), "saves {revisions:?}, heard {heard:?}");
+    assert!(saved.windows(2).all(|w| w[0] < w[1]), "in order: {saved:?}");
+    assert!(
+        matches!(heard.last(), Some(NoticeKind::Released { revision, .. }) if *revision == released),
+        "the release comes last: {heard:?}"
+    );
+}

@@ -214,6 +214,30 @@ fn lease_notices_have_a_channel_that_saves_cannot_flood() {
     assert!(matches!(all.try_recv(), Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))));
 }
 
+#[test]
+fn a_notice_sink_hears_every_notice_cannot_lag_and_survives_its_own_panic() {
+    use datastorer::storage::{Notice, NoticeBus, NoticeKind};
+    use std::sync::Mutex;
+    let bus = NoticeBus::default();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let sink = heard.clone();
+    bus.add_sink(Arc::new(move |n: &Notice| sink.lock().unwrap().push(n.kind.clone())));
+    assert!(bus.has_subscribers(), "a sink asks for change notices");
+    // A second sink that panics on one notice: the others still hear it.
+    bus.add_sink(Arc::new(|n: &Notice| assert_ne!(n.kind, NoticeKind::Saved { revision: 7 }, "a faulty sink")));
+    let notice = |kind| Notice { store: "s".into(), key: "k".into(), kind };
+    // More than the broadcast channel holds: a sink misses none of them.
+    for revision in 0..10_000 {
+        datastorer::testing::publish(&bus, notice(NoticeKind::Saved { revision }));
+    }
+    // A notice from another process reaches the sinks too.
+    bus.deliver_remote(notice(NoticeKind::Deleted));
+    let heard = heard.lock().unwrap();
+    assert_eq!(heard.len(), 10_001);
+    assert!(heard[..10_000].iter().enumerate().all(|(i, k)| *k == NoticeKind::Saved { revision: i as u64 }));
+    assert_eq!(heard[10_000], NoticeKind::Deleted);
+}
+
 /// A sled snapshot while writers go on: its entries, applied in order,
 /// are the database as of one instant (the end), so a record and the
 /// version written with it are never torn apart in a backup.

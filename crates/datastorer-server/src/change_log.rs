@@ -5,12 +5,16 @@
 //! resume) both read from it, so both see the same events with the same
 //! numbers.
 //!
+//! The engine hands it every notice through a sink (`Datastorer::on_change`),
+//! on the thread that made the change: it cannot fall behind the notice
+//! bus, and appending wakes no task.
+//!
 //! Owns: the buffer and its numbering. Must not: touch storage (it only
-//! hears the engine's notices) or block a notice sender.
+//! hears the engine's notices) or hold its lock beyond an append or one
+//! page's copy (a notice's sender, a key actor, waits for the append).
 //!
 //! Sequences belong to one server process and start again at 1 when it
 //! restarts. A reader that asks for events older than the buffer holds,
-//! whose range crosses a gap (the log itself fell behind the notice bus),
 //! or whose cursor this log never handed out (a restart, another server),
 //! is told `lagged`: it must re-read what it caches.
 
@@ -18,7 +22,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use datastorer::storage::{EndKind, Notice, NoticeKind};
 
@@ -31,11 +35,10 @@ pub(crate) struct Event {
     /// Position in the log: 1, 2, 3, … (never reused while the server runs).
     pub(crate) seq: u64,
     /// `saved`, `released`, `closed`, `stolen`, `expired`, `deleted`,
-    /// `release_requested`, `resync` (drop every cache), `lagged` (the
-    /// log missed notices here), or a holder notice: `handoff_requested`,
-    /// `messages`, `session_ended`.
+    /// `release_requested`, `resync` (drop every cache), or a holder
+    /// notice: `handoff_requested`, `messages`, `session_ended`.
     pub(crate) kind: &'static str,
-    /// Store of the key (absent for `resync` and `lagged`).
+    /// Store of the key (absent for `resync`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) store: Option<String>,
     /// The key.
@@ -69,8 +72,8 @@ pub(crate) struct Event {
     pub(crate) api_key: Option<String>,
 }
 
-/// Which events a reader wants. Events that concern every key (`resync`,
-/// `lagged`) always match.
+/// Which events a reader wants. An event that concerns every key
+/// (`resync`) always matches.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Filter<'a> {
     /// Only this store's events.
@@ -168,7 +171,7 @@ struct Ring {
     last: u64,
 }
 
-/// The log (shared: the pump appends, readers read).
+/// The log (shared: the engine's sink appends, readers read).
 pub(crate) struct ChangeLog {
     ring: Mutex<Ring>,
     /// The newest sequence, for readers waiting for more.
@@ -227,13 +230,6 @@ impl ChangeLog {
         self.push(e)
     }
 
-    /// Records that the log missed notices here.
-    pub(crate) fn gap(&self) -> u64 {
-        let mut e = Event::keyed("lagged", "", "");
-        (e.store, e.key) = (None, None);
-        self.push(e)
-    }
-
     fn push(&self, mut event: Event) -> u64 {
         let seq = {
             let mut ring = self.ring();
@@ -264,7 +260,7 @@ impl ChangeLog {
         let after = if foreign { 0 } else { after };
         let oldest = ring.events.front().map_or(ring.last + 1, |e| e.seq);
         // Events after `after` that the buffer no longer holds.
-        let mut lagged = foreign || after + 1 < oldest;
+        let lagged = foreign || after + 1 < oldest;
         let mut events = Vec::new();
         let mut next = after.max(oldest.saturating_sub(1));
         let start = ring.events.partition_point(|e| e.seq <= after);
@@ -273,9 +269,6 @@ impl ChangeLog {
                 break;
             }
             next = e.seq;
-            if e.kind == "lagged" {
-                lagged = true;
-            }
             if e.matches(filter) {
                 events.push(e.clone());
             }
@@ -314,23 +307,6 @@ impl ChangeLog {
                 () = self.wait_after(after) => {}
                 () = tokio::time::sleep_until(deadline) => {}
                 _ = shutdown.changed() => {}
-            }
-        }
-    }
-
-    /// Copies the engine's notices into the log until the bus closes; a
-    /// lag of the bus becomes a `lagged` event, so no reader misses the
-    /// fact that it missed something.
-    pub(crate) async fn pump(self: Arc<Self>, mut notices: broadcast::Receiver<Notice>) {
-        loop {
-            match notices.recv().await {
-                Ok(n) => {
-                    self.record(&n);
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.gap();
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     }
@@ -386,9 +362,6 @@ mod tests {
         assert!(page.lagged, "events 1 and 2 were dropped");
         assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(!log.read(2, Filter::default(), 10).lagged, "nothing after 2 was dropped");
-        log.gap();
-        let page = log.read(5, Filter { store: Some("other"), holder: None, api_key: None }, 10);
-        assert!(page.lagged && page.next == 6);
     }
 
     #[test]
@@ -406,11 +379,11 @@ mod tests {
             9,
             HolderNotice::SessionEnded { reason: "stolen", by: Some("x".into()) },
         );
-        log.gap();
+        log.record(&Notice { store: String::new(), key: String::new(), kind: NoticeKind::Resync });
         let mine = Filter { store: None, holder: Some("game-1"), api_key: None };
         let page = log.read(0, mine, 10);
         let kinds: Vec<_> = page.events.iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, ["handoff_requested", "session_ended", "lagged"]);
+        assert_eq!(kinds, ["handoff_requested", "session_ended", "resync"]);
         assert_eq!(
             serde_json::to_value(&page.events[0]).unwrap(),
             serde_json::json!({"seq": 2, "kind": "handoff_requested", "store": "s", "key": "a",
@@ -422,7 +395,7 @@ mod tests {
         assert_eq!(
             log.read(0, Filter { store: Some("t"), holder: Some("game-1"), api_key: None }, 10).events.len(),
             1,
-            "lagged only"
+            "the resync only"
         );
     }
 

@@ -51,7 +51,7 @@ pub(crate) fn stream(
                 let missed = json!({ "after": st.after });
                 text.push_str(&format!("event: lagged\ndata: {missed}\n\n"));
             }
-            for e in page.events.iter().filter(|e| e.kind != "lagged") {
+            for e in &page.events {
                 let data = serde_json::to_string(e).unwrap_or_default();
                 text.push_str(&format!("id: {}\nevent: {}\ndata: {data}\n\n", e.seq, e.kind));
             }

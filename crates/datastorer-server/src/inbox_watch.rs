@@ -8,7 +8,7 @@
 
 use actix_web::web;
 use serde_json::{json, Value};
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use crate::change_log::HolderNotice;
 use crate::state::AppState;
@@ -22,20 +22,25 @@ pub(crate) fn view(messages: &[Message]) -> Value {
     )
 }
 
-/// Watches the engine's notices for changed inboxes of keys a client of
-/// this server holds, and tells that client (once per batch of news) that
-/// messages wait. Runs until the notice bus closes.
-pub(crate) async fn watch(state: web::Data<AppState>, mut notices: broadcast::Receiver<Notice>) {
-    loop {
-        let n = match notices.recv().await {
-            Ok(n) => n,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let Some(base) = n.store.strip_suffix(INBOX_SUFFIX) else { continue };
-        if !matches!(n.kind, NoticeKind::Released { .. } | NoticeKind::Saved { .. }) {
-            continue;
+/// Picks the notices of changed inboxes out of every notice, as they are
+/// delivered (an engine sink: no lag can drop one, and the saves of other
+/// stores wake nothing), and hands them to [`watch`].
+pub(crate) fn forward(ds: &datastorer::Datastorer) -> mpsc::UnboundedReceiver<Notice> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    ds.on_change(move |n| {
+        if n.store.ends_with(INBOX_SUFFIX) && matches!(n.kind, NoticeKind::Released { .. } | NoticeKind::Saved { .. }) {
+            let _ = tx.send(n.clone());
         }
+    });
+    rx
+}
+
+/// Tells the client of this server that holds a key whose inbox changed
+/// (once per batch of news) that messages wait. Runs until the engine
+/// stops.
+pub(crate) async fn watch(state: web::Data<AppState>, mut notices: mpsc::UnboundedReceiver<Notice>) {
+    while let Some(n) = notices.recv().await {
+        let Some(base) = n.store.strip_suffix(INBOX_SUFFIX) else { continue };
         if state.sessions.holder(base, &n.key).is_none() {
             continue;
         }
