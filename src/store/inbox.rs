@@ -283,8 +283,17 @@ impl<T: Document> Store<T> {
         let shared = self.shared();
         *shared.inbox.handler.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(handler));
         if !shared.inbox.watched.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            let notices = self.engine().backend.notices().subscribe();
-            actix::spawn(self.for_engine().watch_inbox(notices));
+            // A sink, not a subscription to every notice: a burst of other
+            // saves cannot make the watcher lag past an inbox's change (a
+            // lag dropped it, and the message waited for the next one).
+            let (tx, changed) = tokio::sync::mpsc::unbounded_channel();
+            let inbox = inbox_store_name(self.name());
+            self.engine().backend.notices().add_sink(Arc::new(move |n: &crate::storage::Notice| {
+                if n.store == inbox {
+                    let _ = tx.send(n.key.clone());
+                }
+            }));
+            actix::spawn(self.for_engine().watch_inbox(changed));
         }
     }
 
@@ -330,21 +339,21 @@ impl<T: Document> Store<T> {
         }
     }
 
-    /// Delivers to open keys whenever their inbox changes.
-    async fn watch_inbox(self, mut notices: tokio::sync::broadcast::Receiver<crate::storage::Notice>) {
-        let inbox = inbox_store_name(self.name());
+    /// Delivers to open keys whenever their inbox changes (the keys whose
+    /// inbox changed, from the sink `on_message` set up).
+    async fn watch_inbox(self, mut changed: tokio::sync::mpsc::UnboundedReceiver<String>) {
         let registry = self.engine().registry.clone();
         loop {
-            let notice = tokio::select! {
-                n = notices.recv() => n,
+            let key = tokio::select! {
+                k = changed.recv() => k,
                 () = registry.stopped() => return,
             };
-            match notice {
-                Ok(n) if n.store == inbox && self.is_loaded(n.key.as_str()) => {
-                    actix::spawn(self.clone().deliver_messages(n.key));
+            match key {
+                Some(key) if self.is_loaded(key.as_str()) => {
+                    actix::spawn(self.clone().deliver_messages(key));
                 }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Some(_) => {}
+                None => return,
             }
         }
     }

@@ -100,6 +100,50 @@ async fn a_message_handler_gets_waiting_messages_on_open_and_new_ones_while_open
     assert_eq!(store.messages("offline").await.unwrap().len(), 1);
 }
 
+/// Regression: the handler's watcher heard inbox changes on the broadcast
+/// channel of all notices and skipped whatever a lag dropped, so a message
+/// posted just before a burst of other saves waited for the next message
+/// or the next open. The watcher runs on another arbiter here, held while
+/// the message is posted and ten thousand other notices follow it (more
+/// than the channel keeps).
+#[actix_rt::test]
+async fn a_message_reaches_its_handler_through_a_burst_of_other_notices() {
+    use datastorer::storage::{Backend, Notice, NoticeKind};
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = node(&backend, "a").await;
+    let store = profiles(&ds);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = actix::Arbiter::new();
+    let (set, handler_set) = tokio::sync::oneshot::channel();
+    let on_watcher = store.clone();
+    watcher.spawn(async move {
+        on_watcher.on_message(move |_, m| {
+            let _ = tx.send(m.body.clone());
+            true
+        });
+        let _ = set.send(());
+    });
+    handler_set.await.unwrap();
+    let _session = store.open("p").await.unwrap();
+    // Hold the watcher's thread until the burst is over.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (holding, watcher_held) = tokio::sync::oneshot::channel();
+    watcher.spawn(async move {
+        let _ = holding.send(());
+        let _ = held.recv();
+    });
+    watcher_held.await.unwrap();
+    store.post_message("p", json!("gift")).await.unwrap();
+    for revision in 0..10_000 {
+        let n = Notice { store: "elsewhere".into(), key: "k".into(), kind: NoticeKind::Saved { revision } };
+        datastorer::testing::publish(backend.notices(), n);
+    }
+    release.send(()).unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await;
+    assert_eq!(got.expect("the message reaches the handler").unwrap(), json!("gift"));
+    watcher.stop();
+}
+
 /// Regression (issue 22, F1): deleting a key left its inbox behind, so the
 /// next holder of the key was handed the gifts posted before the delete.
 /// A delete takes everything stored for the key, inbox included, whether
