@@ -59,8 +59,9 @@ pub async fn run(
     }
     // Hooked in before any request can save, so the log misses nothing.
     // A sink, not a subscriber: every save's notice is appended on the
-    // thread that made it, waking no task of its own (about 5 % of the
-    // durable-save rate went on that wake-up, docs/performance.md).
+    // thread that made it, waking no task of its own (the task's wake-up
+    // per save cost about a seventh of the durable-save rate, "6b under
+    // load" in docs/performance.md).
     let change_log = ChangeLog::new(change_log::DEFAULT_CAPACITY);
     ds.on_change({
         let log = change_log.clone();
