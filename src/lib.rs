@@ -339,6 +339,16 @@ impl Datastorer {
         self.engine.backend.notices().add_sink(std::sync::Arc::new(sink));
     }
 
+    /// The change notices `wanted` picks, from now on, each one (no lag can
+    /// drop one): [`on_change`](Self::on_change) forwarding into a channel,
+    /// for a task that acts on a few kinds of notice among many.
+    pub fn changes_matching(
+        &self,
+        wanted: impl Fn(&crate::storage::Notice) -> bool + Send + Sync + 'static,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<crate::storage::Notice> {
+        self.engine.backend.notices().forward(wanted)
+    }
+
     /// Now, by the clock leases are written in (the database's on
     /// PostgreSQL), in ms since the Unix epoch.
     pub fn now_ms(&self) -> u64 {

@@ -120,7 +120,7 @@ pub fn companions(op: &WriteOp) -> Vec<(Vec<u8>, Bytes)> {
     };
     // The writer's index describes the value; for a save the version is
     // the value (the same bytes), for a delete it is the tombstone.
-    let same_bytes = op.value.as_ref().is_some_and(|v| v.as_ptr() == version.as_ptr() && v.len() == version.len());
+    let same_bytes = op.value.as_deref().is_some_and(|v| super::same_buffer(v, version));
     let index = match (&op.index, same_bytes) {
         (Some(i), true) => Some(std::borrow::Cow::Borrowed(i)),
         _ => peek_version(version).map(std::borrow::Cow::Owned),

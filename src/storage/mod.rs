@@ -253,6 +253,13 @@ pub struct WriteOp {
     pub version: Option<Bytes>,
 }
 
+/// Whether `a` and `b` are the same bytes in memory (not merely equal):
+/// a save's version is its value's own `Bytes`, which a backend may then
+/// write or copy once for both.
+pub(crate) fn same_buffer(a: &[u8], b: &[u8]) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
 impl WriteOp {
     /// An op whose index, if the backend needs one, is read from the value.
     pub fn new(key: impl Into<StorageKey>, precondition: Precondition, value: Option<impl Into<Bytes>>) -> Self {
@@ -543,6 +550,22 @@ impl NoticeBus {
     pub fn add_sink(&self, sink: NoticeSink) {
         self.sinks.list.write().unwrap_or_else(|p| p.into_inner()).push(sink);
         self.sinks.any.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The notices `wanted` picks, from now on, through a sink into a
+    /// channel of their own: a task hears every one of them (no lag can
+    /// drop one), and the notices it does not want wake it not at all.
+    pub fn forward(
+        &self,
+        wanted: impl Fn(&Notice) -> bool + Send + Sync + 'static,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Notice> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.add_sink(Arc::new(move |n: &Notice| {
+            if wanted(n) {
+                let _ = tx.send(n.clone());
+            }
+        }));
+        rx
     }
 
     /// Subscribes to lease notices only (`ReleaseRequested`, `Stolen`).

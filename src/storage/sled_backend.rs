@@ -320,9 +320,7 @@ impl SledBackend {
                 }
             }
             match &value {
-                Some((bytes, shared)) if bytes.as_ptr() == companion.as_ptr() && bytes.len() == companion.len() => {
-                    batch.insert(key, shared.clone())
-                }
+                Some((bytes, shared)) if super::same_buffer(bytes, &companion) => batch.insert(key, shared.clone()),
                 _ => batch.insert(key, &companion[..]),
             }
         }

@@ -286,13 +286,8 @@ impl<T: Document> Store<T> {
             // A sink, not a subscription to every notice: a burst of other
             // saves cannot make the watcher lag past an inbox's change (a
             // lag dropped it, and the message waited for the next one).
-            let (tx, changed) = tokio::sync::mpsc::unbounded_channel();
             let inbox = inbox_store_name(self.name());
-            self.engine().backend.notices().add_sink(Arc::new(move |n: &crate::storage::Notice| {
-                if n.store == inbox {
-                    let _ = tx.send(n.key.clone());
-                }
-            }));
+            let changed = self.engine().backend.notices().forward(move |n| n.store == inbox);
             actix::spawn(self.for_engine().watch_inbox(changed));
         }
     }
@@ -341,16 +336,16 @@ impl<T: Document> Store<T> {
 
     /// Delivers to open keys whenever their inbox changes (the keys whose
     /// inbox changed, from the sink `on_message` set up).
-    async fn watch_inbox(self, mut changed: tokio::sync::mpsc::UnboundedReceiver<String>) {
+    async fn watch_inbox(self, mut changed: tokio::sync::mpsc::UnboundedReceiver<crate::storage::Notice>) {
         let registry = self.engine().registry.clone();
         loop {
-            let key = tokio::select! {
-                k = changed.recv() => k,
+            let notice = tokio::select! {
+                n = changed.recv() => n,
                 () = registry.stopped() => return,
             };
-            match key {
-                Some(key) if self.is_loaded(key.as_str()) => {
-                    actix::spawn(self.clone().deliver_messages(key));
+            match notice {
+                Some(n) if self.is_loaded(n.key.as_str()) => {
+                    actix::spawn(self.clone().deliver_messages(n.key));
                 }
                 Some(_) => {}
                 None => return,

@@ -26,13 +26,9 @@ pub(crate) fn view(messages: &[Message]) -> Value {
 /// delivered (an engine sink: no lag can drop one, and the saves of other
 /// stores wake nothing), and hands them to [`watch`].
 pub(crate) fn forward(ds: &datastorer::Datastorer) -> mpsc::UnboundedReceiver<Notice> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    ds.on_change(move |n| {
-        if n.store.ends_with(INBOX_SUFFIX) && matches!(n.kind, NoticeKind::Released { .. } | NoticeKind::Saved { .. }) {
-            let _ = tx.send(n.clone());
-        }
-    });
-    rx
+    ds.changes_matching(|n| {
+        n.store.ends_with(INBOX_SUFFIX) && matches!(n.kind, NoticeKind::Released { .. } | NoticeKind::Saved { .. })
+    })
 }
 
 /// Tells the client of this server that holds a key whose inbox changed
