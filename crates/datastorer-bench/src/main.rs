@@ -7,7 +7,7 @@
 //! hidden `serve` subcommand is the server's own command line), so the
 //! bench needs nothing else built.
 
-// The same allocator as the `datastorer` binary.
+// The same allocator as the `datastorer` binary (and its settings: main).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -88,6 +88,9 @@ enum Child {
 }
 
 fn main() -> ExitCode {
+    // The server binary's memory settings, for the engine this process
+    // hosts and for the server it runs as a child (figure 6).
+    datastorer_server::process_memory::tune();
     // The server under test for figure 6: the server's own command line.
     if std::env::args_os().nth(1).is_some_and(|a| a == "serve") {
         return datastorer_server::cli::main_from(std::env::args_os());

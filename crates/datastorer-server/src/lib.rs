@@ -41,6 +41,7 @@ mod log_writer;
 mod metrics;
 mod middleware;
 mod openapi;
+pub mod process_memory;
 mod roblox_names;
 mod roblox_signature;
 mod sessions;
