@@ -55,6 +55,28 @@ impl Scratch {
         PostgresConfig::new(url()).schema(self.schema.clone())
     }
 
+    /// Brings the tables to the same state before each side of P2 times
+    /// its writes: dead row versions reclaimed (`VACUUM`) and a checkpoint
+    /// taken, so every side pays the full-page images of the pages it
+    /// touches first (PostgreSQL writes a page whole to the WAL the first
+    /// time it changes after a checkpoint). Without it each side ran on
+    /// the table as the one before left it: the later a side ran, the more
+    /// dead versions it stepped over, and a checkpoint falling inside one
+    /// side's run charged it alone. A server that refuses `CHECKPOINT` (no
+    /// `pg_checkpoint` role) skips that half and says so once.
+    async fn settle_tables(&self) -> Result<(), String> {
+        let s = &self.schema;
+        self.admin
+            .batch_execute(&format!("VACUUM \"{s}\".records, \"{s}\".versions"))
+            .await
+            .map_err(|e| format!("VACUUM before a timed section: {e}"))?;
+        if let Err(e) = self.admin.batch_execute("CHECKPOINT").await {
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| eprintln!("note: CHECKPOINT refused ({e}); P2's sides run without one"));
+        }
+        Ok(())
+    }
+
     async fn drop_schema(self) {
         let _ = self.admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema)).await;
     }
@@ -493,6 +515,21 @@ async fn backend_only(backend: &Arc<PgBackend>, n: usize, bytes: usize, keep_ver
     .map_err(|e| e.to_string())?
 }
 
+/// Autosaves every dirty key of `ds` and waits until `n` more writes have
+/// been through the queue. The tick reaches the key actors by message, so
+/// the queue being empty once is not enough.
+async fn save_all_dirty(ds: &Datastorer, n: usize) {
+    let before = ds.queue_stats().await;
+    ds.autosave_now().await;
+    loop {
+        ds.wait_for_empty_queue().await;
+        if ds.queue_stats().await.writes - before.writes >= n as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
 /// P2: a save burst of `n` dirty keys (autosave) or a shutdown of `n`,
 /// beside (b) at 1,024 rows per statement and, with versions on, beside
 /// (b+v) keeping a version of each row as the engine does.
@@ -505,10 +542,20 @@ async fn burst(cfg: &BenchConfig, n: usize, shutdown: bool) -> Result<Vec<Measur
         let ds = Datastorer::start(engine(backend.clone(), &format!("bench-{r}"))).await.map_err(|e| e.to_string())?;
         let store = ds.store("b", super::bench::spec(json!({}))).map_err(|e| e.to_string())?;
         let sessions = open_all(&store, n).await?;
+        // The rows at their full size first, as after any earlier save: an
+        // open creates each row from the (empty) template, so without this
+        // the timed burst alone would grow every row and extend the table,
+        // work no baseline repeats (they run after it, on full-size rows).
+        for (i, s) in sessions.iter().enumerate() {
+            let d = doc(i, 1, cfg.doc_bytes);
+            s.update(move |x| *x = d).await.map_err(|e| e.to_string())?;
+        }
+        save_all_dirty(&ds, n).await;
         for (i, s) in sessions.iter().enumerate() {
             let d = doc(i, 2, cfg.doc_bytes);
             s.update(move |x| *x = d).await.map_err(|e| e.to_string())?;
         }
+        scratch.settle_tables().await?;
         let before = ds.queue_stats().await;
         let started = Instant::now();
         if shutdown {
@@ -517,17 +564,7 @@ async fn burst(cfg: &BenchConfig, n: usize, shutdown: bool) -> Result<Vec<Measur
                 return Err(format!("shutdown was not clean: {report:?}"));
             }
         } else {
-            ds.autosave_now().await;
-            // The tick reaches the key actors by message: wait until every
-            // one of their writes has been through the queue, not merely
-            // until the queue is empty once.
-            loop {
-                ds.wait_for_empty_queue().await;
-                if ds.queue_stats().await.writes - before.writes >= n as u64 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
+            save_all_dirty(&ds, n).await;
         }
         ours.push(started.elapsed().as_secs_f64());
         let after = ds.queue_stats().await;
@@ -537,19 +574,23 @@ async fn burst(cfg: &BenchConfig, n: usize, shutdown: bool) -> Result<Vec<Measur
         }
         drop(sessions);
         drop(ds);
+        scratch.settle_tables().await?;
         let raw = backend_only(&backend, n, cfg.doc_bytes, versions).await?;
         notes.push(format!(
             "run {r}: the backend alone (PgBackend::write_batch of the same records{}, pre-encoded, 4,096 per batch): {raw:.3} s",
             if versions { " and their versions" } else { "" }
         ));
         drop(backend);
+        scratch.settle_tables().await?;
         base.push(batched_on(&scratch.schema, "b", n, 1024, cfg.doc_bytes, false, 1).await?);
         if versions {
+            scratch.settle_tables().await?;
             base_v.push(batched_on(&scratch.schema, "b", n, 1024, cfg.doc_bytes, true, 1).await?);
         }
         // The engine writes on `writer_connections` (2) at once; the
         // hand-written batch given the same: context for the ratio.
         let writers = scratch.config().writer_connections;
+        scratch.settle_tables().await?;
         let wide = batched_on(&scratch.schema, "b", n, 1024, cfg.doc_bytes, versions, writers).await?;
         notes.push(format!(
             "run {r}: (b{}) on {writers} connections at once, statements dealt round-robin: {wide:.3} s",
