@@ -561,7 +561,9 @@ impl NoticeBus {
     ) -> tokio::sync::mpsc::UnboundedReceiver<Notice> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.add_sink(Arc::new(move |n: &Notice| {
-            if wanted(n) {
+            // A sink stays for the bus's life; once its task has gone it
+            // neither filters nor copies another notice.
+            if !tx.is_closed() && wanted(n) {
                 let _ = tx.send(n.clone());
             }
         }));
