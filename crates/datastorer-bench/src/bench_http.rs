@@ -24,6 +24,49 @@ pub(super) struct Child {
     pub(super) base: String,
 }
 
+impl Child {
+    /// CPU seconds the server has used so far (user and system, every
+    /// thread), from `/proc`; `None` where there is no `/proc`.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id())).ok()?;
+        // Fields after the command's closing parenthesis (the command may
+        // hold spaces): state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // USER_HZ, fixed at 100 for every Linux architecture's user ABI.
+        Some(ticks / 100.0)
+    }
+}
+
+/// A rate measured with the server's CPU time spent meanwhile: answers
+/// (requests/s, server CPU µs per request).
+async fn with_server_cpu(
+    server: &Child,
+    duration: Duration,
+    run: impl std::future::Future<Output = f64>,
+) -> (f64, Option<f64>) {
+    let before = server.cpu_seconds();
+    let rate = run.await;
+    let per_request = match (before, server.cpu_seconds()) {
+        (Some(b), Some(a)) if rate > 0.0 => Some((a - b) * 1e6 / (rate * duration.as_secs_f64())),
+        _ => None,
+    };
+    (rate, per_request)
+}
+
+/// The queue's totals from the server's `/metrics`: (batches, flushes, writes).
+async fn queue_totals(http: &reqwest::Client, base: &str) -> Option<[f64; 3]> {
+    let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    let value =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
+    Some([
+        value("datastorer_queue_batches_total")?,
+        value("datastorer_storage_flushes_total")?,
+        value("datastorer_storage_writes_total")?,
+    ])
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.process.kill();
@@ -423,6 +466,8 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
     let (mut up, mut redis, mut saves, mut pg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut two_requests = Vec::new();
     let mut health = Vec::new();
+    let (mut update_cpu_us, mut save_cpu_us) = (Vec::new(), Vec::new());
+    let (mut writes_per_batch, mut writes_per_flush) = (Vec::new(), Vec::new());
     let mut skipped = Vec::new();
     let (mut poll_ms, mut sse_ms) = (Vec::new(), Vec::new());
     let samples = if cfg.updates < 10_000 { 5 } else { 50 };
@@ -430,9 +475,22 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
         let (p, e) = feed_latency(&server.base, &tokens[0], samples).await?;
         poll_ms.push(p);
         sse_ms.push(e);
-        up.push(ours(&server.base, &tokens, duration, Mode::Update).await);
+        let (rate, cpu) = with_server_cpu(&server, duration, ours(&server.base, &tokens, duration, Mode::Update)).await;
+        up.push(rate);
+        update_cpu_us.extend(cpu);
         health.push(health_rate(&server.base, duration).await);
-        saves.push(ours(&server.base, &tokens, duration, Mode::UpdateSaved).await);
+        let totals_before = queue_totals(&http, &server.base).await;
+        let (rate, cpu) =
+            with_server_cpu(&server, duration, ours(&server.base, &tokens, duration, Mode::UpdateSaved)).await;
+        saves.push(rate);
+        save_cpu_us.extend(cpu);
+        if let (Some(b), Some(a)) = (totals_before, queue_totals(&http, &server.base).await) {
+            let writes = a[2] - b[2];
+            if a[0] > b[0] && a[1] > b[1] {
+                writes_per_batch.push(writes / (a[0] - b[0]));
+                writes_per_flush.push(writes / (a[1] - b[1]));
+            }
+        }
         two_requests.push(ours(&server.base, &tokens, duration, Mode::UpdateThenSave).await);
         let (saves_per_s, requests_per_s) = batched(&server.base, &batch_tokens, duration).await;
         batch_saves.push(saves_per_s);
@@ -516,6 +574,25 @@ pub async fn bench_http(cfg: &BenchConfig, scratch: &Path) -> Result<Vec<Measure
             note,
             format!("as two requests (patch, then POST save): {:.0} saves/s (median)", median(&two_requests)),
         ];
+        if !update_cpu_us.is_empty() && update_cpu_us.len() == save_cpu_us.len() {
+            // The client shares the machine's cores, so this is what bounds
+            // 6b/6a where the CPU is the limit: their inverse ratio.
+            let per_run: Vec<f64> = update_cpu_us.iter().zip(&save_cpu_us).map(|(u, s)| s / u).collect();
+            notes.push(format!(
+                "the server's CPU time per request (/proc, every thread): update {:.1} µs, durable save {:.1} µs (medians); \
+                 a save costs {:.2}x an update (median of per-run ratios)",
+                median(&update_cpu_us),
+                median(&save_cpu_us),
+                median(&per_run)
+            ));
+        }
+        if !writes_per_flush.is_empty() {
+            notes.push(format!(
+                "group commit under this load: {:.1} writes per batch applied, {:.1} per flush (medians; /metrics)",
+                median(&writes_per_batch),
+                median(&writes_per_flush)
+            ));
+        }
         if !pg.is_empty() {
             notes.push(format!(
                 "PostgreSQL single-row UPDATE of a jsonb document, synchronous_commit=on, same concurrency: {:.0}/s; \
