@@ -253,8 +253,13 @@ async fn flush_queue_cancels_normal_requests_and_emergency_flush_cancels_all() {
 /// A node whose queue runs on its own thread with the pipelined flusher
 /// (what the sled backend gets), over an in-memory backend.
 async fn pipelined_node(backend: &Arc<MemoryBackend>) -> Datastorer {
+    pipelined_node_with_max_batch(backend, datastorer::QueueConfig::default().max_batch).await
+}
+
+async fn pipelined_node_with_max_batch(backend: &Arc<MemoryBackend>, max_batch: usize) -> Datastorer {
     let mut cfg = config(backend, "a");
     cfg.queue.own_thread = Some(true);
+    cfg.queue.max_batch = max_batch;
     Datastorer::start(cfg).await.unwrap()
 }
 
@@ -293,10 +298,11 @@ async fn save_with_held_flush(
     (session, receipt)
 }
 
+/// A full batch (here one request is one) is worth applying beside a sync.
 #[actix_rt::test]
-async fn pipelined_the_next_batch_applies_while_a_flush_runs_and_receipts_wait_for_their_flush() {
+async fn pipelined_a_full_batch_applies_while_a_flush_runs_and_receipts_wait_for_their_flush() {
     let backend = Arc::new(MemoryBackend::new());
-    let ds = pipelined_node(&backend).await;
+    let ds = pipelined_node_with_max_batch(&backend, 1).await;
     let store = profiles(&ds);
     let b = store.open("b").await.unwrap();
     let (_a, mut save_a) = save_with_held_flush(&backend, &store, "a", 1).await;
@@ -316,6 +322,53 @@ async fn pipelined_the_next_batch_applies_while_a_flush_runs_and_receipts_wait_f
     assert!(backend.stats().flushes > flushes_before, "b was acknowledged without a flush after its write");
     let depth = ds.queue_depth().await;
     assert_eq!(depth.total(), 0, "{depth:?}");
+}
+
+/// Group commit by flush: a write that would not fill a batch waits for the
+/// flush in flight and goes with what gathers meanwhile; a read needs no
+/// flush and does not wait.
+#[actix_rt::test]
+async fn pipelined_a_small_write_waits_for_the_flush_in_flight_and_a_read_does_not() {
+    let backend = Arc::new(MemoryBackend::new());
+    let ds = pipelined_node(&backend).await;
+    let store = profiles(&ds);
+    let c = store.open("c").await.unwrap();
+    c.update(|p| p.coins = 3).await.unwrap();
+    c.save(Priority::Normal).await.unwrap();
+    let b = store.open("b").await.unwrap();
+    let (_a, save_a) = save_with_held_flush(&backend, &store, "a", 1).await;
+
+    b.update(|p| p.coins = 2).await.unwrap();
+    let mut save_b = b.save(Priority::Normal);
+    wait_until_async("b's write to reach the queue", || async { ds.queue_depth().await.normal == 1 }).await;
+    let read = tokio::time::timeout(Duration::from_secs(20), store.inspect("c")).await;
+    let record = read.expect("a read waited for the flush in flight").unwrap().expect("c is stored");
+    let data: serde_json::Value = serde_json::from_slice(&record.data).unwrap();
+    assert_eq!(data["coins"], 3);
+    // More round trips through the queue's mailbox: b's write stays queued.
+    for _ in 0..10 {
+        assert_eq!(ds.queue_depth().await.normal, 1, "b's write left the lane while a's flush was out");
+        assert_ne!(stored_json(&backend, "profiles", "b")["coins"], 2, "b's write was applied beside a's flush");
+        assert!(pending(&mut save_b).await);
+    }
+
+    let flushes_before = backend.stats().flushes;
+    backend.unfreeze();
+    save_a.await.unwrap();
+    save_b.await.unwrap();
+    assert_eq!(stored_json(&backend, "profiles", "b")["coins"], 2);
+    assert_eq!(backend.stats().flushes - flushes_before, 2, "a's flush, then b's own");
+    let depth = ds.queue_depth().await;
+    assert_eq!(depth.total(), 0, "{depth:?}");
+}
+
+/// `wait_until` for a condition that has to be awaited.
+async fn wait_until_async<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 #[actix_rt::test]

@@ -141,6 +141,10 @@ pub(crate) struct Lanes<P> {
     limits: BatchLimits,
     /// Batches composed in a row while the normal lane had work and got none.
     normal_starved: usize,
+    /// Bytes the waiting requests write (`Queued::bytes`), both lanes.
+    queued_bytes: usize,
+    /// Waiting requests per `BudgetClass` (by its index), both lanes.
+    queued_by_class: [usize; BudgetClass::COUNT],
 }
 
 /// A batch being composed.
@@ -168,6 +172,8 @@ impl<P: Queued> Lanes<P> {
             buckets,
             limits,
             normal_starved: 0,
+            queued_bytes: 0,
+            queued_by_class: [0; BudgetClass::COUNT],
         }
     }
 
@@ -180,12 +186,26 @@ impl<P: Queued> Lanes<P> {
         self.emergency.is_empty() && self.normal.is_empty()
     }
 
+    /// Requests of `class` waiting, both lanes.
+    pub(crate) fn waiting(&self, class: BudgetClass) -> usize {
+        self.queued_by_class[class as usize]
+    }
+
+    /// Whether what waits would fill a whole batch, by count or by bytes
+    /// (whatever keys, budgets or blocks then let in).
+    pub(crate) fn would_fill_batch(&self) -> bool {
+        let (emergency, normal) = self.len();
+        emergency + normal >= self.limits.max_batch || self.queued_bytes >= self.limits.max_batch_bytes
+    }
+
     /// Queues `p` at the back of its lane (`front`: a retry, ahead of
     /// everything). A normal request of a key with queued emergency
     /// requests joins them; an emergency request pulls its key's (older)
     /// normal requests into the emergency lane ahead of itself.
     pub(crate) fn enqueue(&mut self, mut p: P, front: bool) {
         let key = p.key_hash();
+        self.queued_bytes = self.queued_bytes.saturating_add(p.bytes());
+        self.queued_by_class[p.class() as usize] += 1;
         if p.lane() == Priority::Normal && self.emergency_keys.contains(key) {
             p.set_lane(Priority::Emergency);
         }
@@ -322,6 +342,8 @@ impl<P: Queued> Lanes<P> {
             }
             blocked.insert(p.key_hash());
             keys.remove_one(p.key_hash());
+            self.queued_bytes = self.queued_bytes.saturating_sub(size);
+            self.queued_by_class[p.class() as usize] -= 1;
             batch.bytes += size;
             batch.requests.push(p);
         }
@@ -345,6 +367,10 @@ impl<P: Queued> Lanes<P> {
         if emergency_too {
             dropped.extend(self.emergency.drain(..));
             self.emergency_keys.clear();
+        }
+        for p in &dropped {
+            self.queued_bytes = self.queued_bytes.saturating_sub(p.bytes());
+            self.queued_by_class[p.class() as usize] -= 1;
         }
         dropped
     }
@@ -487,6 +513,42 @@ mod tests {
         assert_eq!(ids(&batch), vec![2], "key 1 blocked, the scan waits");
         assert_eq!(compose(&mut l), vec![1, 3], "back in arrival order; key 1's second request after its first");
         assert_eq!(compose(&mut l), vec![4]);
+    }
+
+    #[test]
+    fn a_batch_would_be_full_by_count_or_by_the_bytes_waiting() {
+        // (max_batch, max_batch_bytes), requests of 10 bytes, full?
+        for (what, (max, bytes), n, full) in [
+            ("fewer than max_batch, few bytes", (4, 1 << 20), 3, false),
+            ("max_batch requests", (4, 1 << 20), 4, true),
+            ("the byte limit reached first", (8, 30), 3, true),
+            ("below both", (8, 31), 3, false),
+        ] {
+            let mut l = lanes(max, bytes, 4);
+            for i in 0..n {
+                l.enqueue(r(i, u64::from(i), N), false);
+            }
+            assert_eq!(l.would_fill_batch(), full, "{what}");
+        }
+        // What leaves the lanes leaves the count and the bytes.
+        let mut l = lanes(8, 30, 4);
+        for i in 0..3 {
+            l.enqueue(r(i, u64::from(i), N), false);
+        }
+        assert!(l.would_fill_batch());
+        assert_eq!(compose(&mut l), vec![0, 1, 2]);
+        l.enqueue(r(9, 9, E), false);
+        l.enqueue(r(10, 10, N), false);
+        assert!(!l.would_fill_batch(), "bytes taken into a batch are not waiting any more");
+        l.enqueue(R { id: 11, key: 11, lane: N, bytes: 0, class: BudgetClass::Get }, false);
+        assert_eq!((l.waiting(BudgetClass::Write), l.waiting(BudgetClass::Get)), (2, 1));
+        assert_eq!(l.drain(true).len(), 3);
+        assert_eq!((l.waiting(BudgetClass::Write), l.waiting(BudgetClass::Get)), (0, 0));
+        for i in 20..22 {
+            l.enqueue(r(i, u64::from(i), N), false);
+        }
+        assert!(!l.would_fill_batch(), "drained bytes are not waiting any more");
+        assert_eq!(l.waiting(BudgetClass::Write), 2);
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! Every batch is one `Backend::write_batch` followed by a `Backend::flush`
 //! (group commit): while a batch is on the disk, new requests gather and go
 //! together in the next. On its own thread the queue pipelines: it hands
-//! the flush of an applied batch to the flusher and applies the next batch
-//! while the disk syncs (up to `MAX_UNFLUSHED` batches; one flush covers
-//! every batch applied before it). A backend durable on write that writes
+//! the flush of an applied batch to the flusher and, when what waits fills
+//! a whole batch, applies the next one while the disk syncs (up to
+//! `MAX_UNFLUSHED` batches; one flush covers every batch applied before
+//! it); smaller writes wait for the flush and gather, reads go meanwhile.
+//! A backend durable on write that writes
 //! several batches at once gets a writer thread per connection instead:
 //! up to that many batches are out at once, on disjoint keys.
 //!
@@ -195,7 +197,7 @@ impl QueueActor {
 
     /// The next batch: what `Lanes` picks, with retrying and unflushed keys
     /// blocked, and scans held while anything applied is not yet durable.
-    fn compose(&mut self) -> Vec<Pending> {
+    fn compose(&mut self, hold_writes: bool) -> Vec<Pending> {
         // Kept between batches (cleared, its room kept): composing runs
         // for every batch, most of them of one request.
         let blocked = &mut self.blocked;
@@ -211,7 +213,7 @@ impl QueueActor {
         let batch = self.lanes.compose(blocked, self.unflushed > 0, |p| {
             let exclusive = exclusive(p, parallel);
             held.set(held.get() || exclusive);
-            exclusive
+            exclusive || (hold_writes && p.req.op.writes())
         });
         self.exclusive_held = held.get();
         batch
@@ -228,7 +230,7 @@ impl QueueActor {
             return self.pump_parallel(ctx);
         }
         loop {
-            let mut batch = self.compose();
+            let mut batch = self.compose(false);
             if batch.is_empty() {
                 self.schedule_budget_wake(ctx);
                 self.notify_if_empty();
@@ -269,8 +271,26 @@ impl QueueActor {
     /// the flusher, up to `MAX_UNFLUSHED` at a time.
     fn pump_pipelined(&mut self, ctx: &mut Context<Self>) {
         while self.unflushed < MAX_UNFLUSHED {
-            let mut batch = self.compose();
+            // Group commit by flush: while a flush is out, writes that would
+            // not fill a batch wait for it and gather what arrives meanwhile,
+            // to be applied and synced together; reads need no flush and go.
+            // A batch applied beside a running sync only pays off when it is
+            // full (a backlog): a small one costs sled a log write of its own
+            // for the few microseconds it saves.
+            let hold_writes = self.unflushed > 0 && !self.lanes.would_fill_batch();
+            // Nothing but held writes (scans wait for every flush anyway):
+            // no batch to compose, and no walk over what waits.
+            if hold_writes && self.lanes.waiting(BudgetClass::Get) == 0 {
+                self.notify_if_empty();
+                return;
+            }
+            let mut batch = self.compose(hold_writes);
             if batch.is_empty() {
+                if hold_writes {
+                    // The flush's return pumps again; no timer needed.
+                    self.notify_if_empty();
+                    return;
+                }
                 self.schedule_budget_wake(ctx);
                 self.notify_if_empty();
                 return;
@@ -321,7 +341,7 @@ impl QueueActor {
             if self.exclusive_held && self.unflushed > 0 {
                 return;
             }
-            let batch = self.compose();
+            let batch = self.compose(false);
             if batch.is_empty() {
                 self.schedule_budget_wake(ctx);
                 self.notify_if_empty();
