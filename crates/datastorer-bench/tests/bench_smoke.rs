@@ -22,6 +22,14 @@ fn bench_quick_writes_json_and_svg_with_every_figure_beside_a_baseline() {
         assert!(r["baseline_median"].as_f64().is_some_and(|v| v >= 0.0), "{r}");
         assert!(!r["baseline_name"].as_str().unwrap().is_empty());
     }
+    // 6b carries what compares builds where the rates drift: the server's
+    // CPU per request (from /proc) and the queue's group sizes (/metrics).
+    let saves = results.iter().find(|r| r["name"].as_str().unwrap().starts_with("6b.")).expect("figure 6b");
+    let notes: Vec<&str> = saves["notes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    if cfg!(target_os = "linux") {
+        assert!(notes.iter().any(|n| n.starts_with("the server's CPU time per request")), "{notes:?}");
+    }
+    assert!(notes.iter().any(|n| n.starts_with("group commit under this load")), "{notes:?}");
     let svg = std::fs::read_to_string(tmp.path().join("results.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.matches("<rect").count() > results.len());
     let text = String::from_utf8_lossy(&out.stdout);
