@@ -49,7 +49,9 @@ async fn with_server_cpu(
     let before = server.cpu_seconds();
     let rate = run.await;
     let per_request = match (before, server.cpu_seconds()) {
-        (Some(b), Some(a)) if rate > 0.0 => Some((a - b) * 1e6 / (rate * duration.as_secs_f64())),
+        // Requests counted as rate × duration; no tick elapsed (a run far
+        // shorter than the clock's 10 ms grain) gives no figure.
+        (Some(b), Some(a)) if rate > 0.0 && a > b => Some((a - b) * 1e6 / (rate * duration.as_secs_f64())),
         _ => None,
     };
     (rate, per_request)
