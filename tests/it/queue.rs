@@ -266,8 +266,13 @@ async fn pipelined_node_with_max_batch(backend: &Arc<MemoryBackend>, max_batch: 
 /// Waits for a condition another thread brings about (real time: the queue
 /// runs on its own thread, out of reach of a paused clock).
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    wait_until_async(what, || std::future::ready(cond())).await
+}
+
+/// `wait_until` for a condition that has to be awaited.
+async fn wait_until_async<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !cond() {
+    while !cond().await {
         assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -360,15 +365,6 @@ async fn pipelined_a_small_write_waits_for_the_flush_in_flight_and_a_read_does_n
     assert_eq!(backend.stats().flushes - flushes_before, 2, "a's flush, then b's own");
     let depth = ds.queue_depth().await;
     assert_eq!(depth.total(), 0, "{depth:?}");
-}
-
-/// `wait_until` for a condition that has to be awaited.
-async fn wait_until_async<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !cond().await {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 #[actix_rt::test]

@@ -141,10 +141,28 @@ pub(crate) struct Lanes<P> {
     limits: BatchLimits,
     /// Batches composed in a row while the normal lane had work and got none.
     normal_starved: usize,
-    /// Bytes the waiting requests write (`Queued::bytes`), both lanes.
-    queued_bytes: usize,
-    /// Waiting requests per `BudgetClass` (by its index), both lanes.
-    queued_by_class: [usize; BudgetClass::COUNT],
+    /// What waits in both lanes, counted.
+    waiting: Waiting,
+}
+
+/// What waits in the lanes: the bytes its requests write and how many of
+/// each `BudgetClass` (by its index). Kept apart from the lanes so a lane
+/// can be borrowed while a request is counted out.
+#[derive(Default)]
+struct Waiting {
+    bytes: usize,
+    by_class: [usize; BudgetClass::COUNT],
+}
+
+impl Waiting {
+    fn add(&mut self, p: &impl Queued) {
+        self.bytes = self.bytes.saturating_add(p.bytes());
+        self.by_class[p.class() as usize] += 1;
+    }
+    fn remove(&mut self, p: &impl Queued) {
+        self.bytes = self.bytes.saturating_sub(p.bytes());
+        self.by_class[p.class() as usize] -= 1;
+    }
 }
 
 /// A batch being composed.
@@ -172,8 +190,7 @@ impl<P: Queued> Lanes<P> {
             buckets,
             limits,
             normal_starved: 0,
-            queued_bytes: 0,
-            queued_by_class: [0; BudgetClass::COUNT],
+            waiting: Waiting::default(),
         }
     }
 
@@ -188,14 +205,14 @@ impl<P: Queued> Lanes<P> {
 
     /// Requests of `class` waiting, both lanes.
     pub(crate) fn waiting(&self, class: BudgetClass) -> usize {
-        self.queued_by_class[class as usize]
+        self.waiting.by_class[class as usize]
     }
 
     /// Whether what waits would fill a whole batch, by count or by bytes
     /// (whatever keys, budgets or blocks then let in).
     pub(crate) fn would_fill_batch(&self) -> bool {
         let (emergency, normal) = self.len();
-        emergency + normal >= self.limits.max_batch || self.queued_bytes >= self.limits.max_batch_bytes
+        emergency + normal >= self.limits.max_batch || self.waiting.bytes >= self.limits.max_batch_bytes
     }
 
     /// Queues `p` at the back of its lane (`front`: a retry, ahead of
@@ -204,8 +221,7 @@ impl<P: Queued> Lanes<P> {
     /// normal requests into the emergency lane ahead of itself.
     pub(crate) fn enqueue(&mut self, mut p: P, front: bool) {
         let key = p.key_hash();
-        self.queued_bytes = self.queued_bytes.saturating_add(p.bytes());
-        self.queued_by_class[p.class() as usize] += 1;
+        self.waiting.add(&p);
         if p.lane() == Priority::Normal && self.emergency_keys.contains(key) {
             p.set_lane(Priority::Emergency);
         }
@@ -342,8 +358,7 @@ impl<P: Queued> Lanes<P> {
             }
             blocked.insert(p.key_hash());
             keys.remove_one(p.key_hash());
-            self.queued_bytes = self.queued_bytes.saturating_sub(size);
-            self.queued_by_class[p.class() as usize] -= 1;
+            self.waiting.remove(&p);
             batch.bytes += size;
             batch.requests.push(p);
         }
@@ -369,8 +384,7 @@ impl<P: Queued> Lanes<P> {
             self.emergency_keys.clear();
         }
         for p in &dropped {
-            self.queued_bytes = self.queued_bytes.saturating_sub(p.bytes());
-            self.queued_by_class[p.class() as usize] -= 1;
+            self.waiting.remove(p);
         }
         dropped
     }

@@ -279,20 +279,18 @@ impl QueueActor {
             // for the few microseconds it saves.
             let hold_writes = self.unflushed > 0 && !self.lanes.would_fill_batch();
             // Nothing but held writes (scans wait for every flush anyway):
-            // no batch to compose, and no walk over what waits.
+            // no batch to compose, and no walk over what waits. The flush's
+            // return pumps again, so no timer either (and the queue is not
+            // empty while a flush is out).
             if hold_writes && self.lanes.waiting(BudgetClass::Get) == 0 {
-                self.notify_if_empty();
                 return;
             }
             let mut batch = self.compose(hold_writes);
             if batch.is_empty() {
-                if hold_writes {
-                    // The flush's return pumps again; no timer needed.
+                if !hold_writes {
+                    self.schedule_budget_wake(ctx);
                     self.notify_if_empty();
-                    return;
                 }
-                self.schedule_budget_wake(ctx);
-                self.notify_if_empty();
                 return;
             }
             let span = debug_span!(target: "datastorer::queue", "batch", size = batch.len());
