@@ -367,6 +367,60 @@ async fn pipelined_a_small_write_waits_for_the_flush_in_flight_and_a_read_does_n
     assert_eq!(depth.total(), 0, "{depth:?}");
 }
 
+/// Group commit by flush under races: sixteen sessions save at once, round
+/// after round, on the pipelined queue with batches of four (so full
+/// batches go beside a sync and small ones wait for it) while flushes are
+/// held and some fail; every acknowledged save is what storage holds at
+/// the end, and every refused one is retried by the next round's save.
+#[actix_rt::test]
+async fn pipelined_every_acknowledged_save_is_stored_while_flushes_are_held_and_fail() {
+    let backend = Arc::new(MemoryBackend::new());
+    let mut cfg = config(&backend, "a");
+    cfg.queue.own_thread = Some(true);
+    cfg.queue.max_batch = 4;
+    cfg.queue.retry.base_delay = Duration::from_millis(1);
+    let ds = Datastorer::start(cfg).await.unwrap();
+    let store = profiles(&ds);
+    let mut sessions = Vec::new();
+    for i in 0..16 {
+        sessions.push(store.open(format!("k{i}").as_str()).await.unwrap());
+    }
+    let mut acknowledged = vec![None; sessions.len()];
+    for round in 0..24u64 {
+        let held = round % 4 == 1;
+        if round % 3 == 0 {
+            backend.fail_next(OpKind::Flush, None, 1, ErrorKind::Transient);
+        }
+        if held {
+            backend.freeze(OpKind::Flush, None, 1);
+        }
+        let mut receipts = Vec::new();
+        for (i, s) in sessions.iter().enumerate() {
+            let coins = round * 100 + i as u64;
+            s.update(move |p| p.coins = coins).await.unwrap();
+            receipts.push((i, coins, s.save(Priority::Normal)));
+        }
+        if held {
+            wait_until("a flush to be held", || backend.frozen() == 1).await;
+            backend.unfreeze();
+        }
+        for (i, coins, receipt) in receipts {
+            if receipt.await.is_ok() {
+                acknowledged[i] = Some(coins);
+            }
+        }
+    }
+    // A storage crash now keeps only what was flushed: every acknowledged
+    // save must be among it.
+    backend.lose_unflushed();
+    for (i, coins) in acknowledged.iter().enumerate() {
+        let coins = coins.unwrap_or_else(|| panic!("k{i}: no save acknowledged in 24 rounds"));
+        assert_eq!(stored_json(&backend, "profiles", &format!("k{i}"))["coins"], coins, "k{i}");
+    }
+    let depth = ds.queue_depth().await;
+    assert_eq!(depth.total(), 0, "{depth:?}");
+}
+
 #[actix_rt::test]
 async fn pipelined_scans_wait_until_every_applied_write_is_durable() {
     let backend = Arc::new(MemoryBackend::new());
